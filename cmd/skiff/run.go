@@ -1,0 +1,235 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
+	"github.com/skiffproxy/skiff/dataplane"
+	"github.com/skiffproxy/skiff/dataplane/filters"
+	"github.com/skiffproxy/skiff/internal/cfgerr"
+	"github.com/skiffproxy/skiff/internal/runtimedir"
+	"github.com/skiffproxy/skiff/internal/stats"
+	"github.com/skiffproxy/skiff/xds/bootstrap"
+)
+
+// runOptions are the flags of 'skiff run'. Envoy's spellings and skiff's own sit
+// side by side, so that scripts written for Envoy start skiff unchanged.
+type runOptions struct {
+	configPath, configYAML string
+	mode                   string
+	logLevel, logPath      string
+	logEncoding            string
+	drainTime              time.Duration
+	parentShutdownTime     time.Duration
+	serviceNode            string
+	serviceCluster         string
+	serviceZone            string
+	concurrency            int
+	runtimeDir             string
+}
+
+func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
+	o := &runOptions{}
+	fs := flag.NewFlagSet("skiff run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "Usage: skiff run -c FILE [flags]\n\nRuns a data plane from an Envoy v3 bootstrap (YAML, JSON, .pb or .pb_text).\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.configPath, "c", "", "path to the bootstrap file (Envoy's -c)")
+	fs.StringVar(&o.configPath, "config-path", "", "same as -c")
+	fs.StringVar(&o.configYAML, "config-yaml", "", "bootstrap YAML merged over the file (Envoy's --config-yaml)")
+	fs.StringVar(&o.mode, "mode", "serve", "serve, or validate: check the configuration and exit")
+	fs.StringVar(&o.logLevel, "l", "info", "log level: trace, debug, info, warning, error, critical, off")
+	fs.StringVar(&o.logLevel, "log-level", "info", "same as -l")
+	fs.StringVar(&o.logPath, "log-path", "", "write logs to this file instead of stderr")
+	fs.StringVar(&o.logEncoding, "log-encoding", "text", "log encoding: text or json")
+	fs.DurationVar(&o.drainTime, "drain-time", 5*time.Second, "how long connections may finish after a stop or a listener removal")
+	drainS := fs.Int("drain-time-s", -1, "Envoy's spelling of --drain-time, in seconds")
+	fs.DurationVar(&o.parentShutdownTime, "parent-shutdown-time", 10*time.Second, "how long a hot-restart parent lives at most after handing over")
+	parentS := fs.Int("parent-shutdown-time-s", -1, "Envoy's spelling of --parent-shutdown-time, in seconds")
+	fs.StringVar(&o.serviceNode, "service-node", "", "node.id (overrides the bootstrap)")
+	fs.StringVar(&o.serviceCluster, "service-cluster", "", "node.cluster (overrides the bootstrap)")
+	fs.StringVar(&o.serviceZone, "service-zone", "", "node.locality.zone (overrides the bootstrap)")
+	fs.IntVar(&o.concurrency, "concurrency", 0, "worker threads (GOMAXPROCS); 0 keeps Go's default of one per CPU")
+	fs.StringVar(&o.runtimeDir, "runtime-dir", runtimedir.Default(), "directory for this instance's sockets and stats")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (flags only; did you mean -c %s?)", fs.Arg(0), fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["c"] && set["config-path"] {
+		return nil, errors.New("-c and --config-path are the same flag; give one")
+	}
+	if *drainS >= 0 {
+		if set["drain-time"] {
+			return nil, errors.New("--drain-time and --drain-time-s are the same setting; give one")
+		}
+		o.drainTime = time.Duration(*drainS) * time.Second
+	}
+	if *parentS >= 0 {
+		if set["parent-shutdown-time"] {
+			return nil, errors.New("--parent-shutdown-time and --parent-shutdown-time-s are the same setting; give one")
+		}
+		o.parentShutdownTime = time.Duration(*parentS) * time.Second
+	}
+	if o.configPath == "" && o.configYAML == "" {
+		return nil, errors.New("no configuration: give a bootstrap file with -c FILE (or --config-yaml)")
+	}
+	if o.mode != "serve" && o.mode != "validate" {
+		return nil, fmt.Errorf("--mode %q: skiff supports serve and validate", o.mode)
+	}
+	if o.drainTime < 0 || o.parentShutdownTime < 0 {
+		return nil, errors.New("--drain-time and --parent-shutdown-time must not be negative")
+	}
+	return o, nil
+}
+
+func runCmd(args []string, stdout, stderr io.Writer) error {
+	o, err := parseRunFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	log, closeLog, err := newLogger(o.logLevel, o.logEncoding, o.logPath, stderr)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	if o.concurrency > 0 {
+		runtime.GOMAXPROCS(o.concurrency)
+	}
+
+	source := o.configPath
+	if source == "" {
+		source = "--config-yaml"
+	}
+	b, err := bootstrap.Load(o.configPath, o.configYAML)
+	if err != nil {
+		return err
+	}
+	bootstrap.ApplyNodeFlags(b, o.serviceNode, o.serviceCluster)
+	if o.serviceZone != "" {
+		if b.Node == nil {
+			b.Node = &corev3.Node{}
+		}
+		if b.Node.Locality == nil {
+			b.Node.Locality = &corev3.Locality{}
+		}
+		b.Node.Locality.Zone = o.serviceZone
+	}
+	if o.mode == "validate" {
+		if _, err := newServer(b, source, log, o.drainTime); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "configuration '%s' OK\n", source)
+		return nil
+	}
+	srv, err := newServer(b, source, log, o.drainTime)
+	if err != nil {
+		return err
+	}
+
+	dir, err := runtimedir.Open(o.runtimeDir)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return serve(ctx, srv.srv, srv.snap, source, log, o.drainTime, b)
+}
+
+// server is a validated data plane, not yet started.
+type server struct {
+	srv  *dataplane.Server
+	snap *dataplane.Snapshot
+}
+
+// newServer checks everything in b that skiff can check without touching a
+// socket, so that a bad bootstrap exits before binding anything.
+func newServer(b *bootstrapv3.Bootstrap, source string, log *slog.Logger, drainTime time.Duration) (*server, error) {
+	if b.GetDynamicResources() != nil {
+		return nil, fmt.Errorf("%s: dynamic_resources: xDS is not supported by this version of skiff yet", source)
+	}
+	reg, err := filters.Builtin()
+	if err != nil {
+		return nil, err
+	}
+	srv := dataplane.NewServer(dataplane.Options{Logger: log, Registry: reg, Stats: stats.NewStore(), DrainTime: drainTime})
+	snap := &dataplane.Snapshot{
+		Listeners: b.GetStaticResources().GetListeners(),
+		Clusters:  b.GetStaticResources().GetClusters(),
+	}
+	if err := srv.Validate(snap); err != nil {
+		return nil, locate(source, err)
+	}
+	return &server{srv: srv, snap: snap}, nil
+}
+
+// locate turns a dataplane error about a static resource into one that names the
+// file and the field path in it.
+func locate(source string, err error) error {
+	var re *dataplane.ResourceError
+	if !errors.As(err, &re) {
+		return fmt.Errorf("%s: %w", source, err)
+	}
+	path := bootstrap.ListenerPath(re.Index)
+	if re.Kind == "cluster" {
+		path = bootstrap.ClusterPath(re.Index)
+	}
+	return fmt.Errorf("%s: %w (%s %q)", source, cfgerr.Field(path, re.Err), re.Kind, re.Name)
+}
+
+// serve applies snap, runs until ctx is done, then drains for at most drainTime.
+// A second signal during the drain ends it at once.
+func serve(ctx context.Context, srv *dataplane.Server, snap *dataplane.Snapshot, source string, log *slog.Logger, drainTime time.Duration, b *bootstrapv3.Bootstrap) error {
+	if err := srv.Apply(snap); err != nil {
+		return locate(source, err)
+	}
+	if a := b.GetAdmin().GetAddress().GetSocketAddress(); a != nil {
+		log.Info("admin address recorded; the admin API is not served by this version", "address", fmt.Sprintf("%s:%d", a.GetAddress(), a.GetPortValue()))
+	}
+	var names []string
+	for _, l := range srv.Listeners() {
+		names = append(names, l.Name)
+	}
+	log.Info("skiff started", "version", version, "node", b.GetNode().GetId(), "listeners", strings.Join(names, ","), "pid", os.Getpid())
+	<-ctx.Done()
+
+	log.Info("shutting down: listeners closed, draining connections", "drain_time", drainTime)
+	dctx, cancel := context.WithTimeout(context.Background(), drainTime)
+	defer cancel()
+	again := make(chan os.Signal, 1)
+	signal.Notify(again, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(again)
+	go func() {
+		select {
+		case <-again:
+			log.Warn("second signal: closing all connections now")
+			cancel()
+		case <-dctx.Done():
+		}
+	}()
+	if err := srv.Shutdown(dctx); err != nil {
+		log.Info("drain ended with connections still open; they were closed", "reason", err)
+	}
+	log.Info("skiff stopped")
+	return nil
+}

@@ -1,0 +1,131 @@
+// Package filter defines the extension points of skiff's data path (listener
+// filters and network filters; HTTP filters join them with the HTTP connection
+// manager) and the Registry that maps a typed_config's type URL to the factory
+// that builds it.
+//
+// A factory turns a decoded, validated config message into a filter value once,
+// when a listener is built; that value then serves every connection of the filter
+// chain it belongs to, so it must be safe for concurrent use and must not keep
+// per-connection state of its own. Building never touches sockets, which is what
+// lets skiff validate a whole configuration (and NACK it) before applying any of it.
+package filter
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+
+	"google.golang.org/protobuf/proto"
+)
+
+// Conn is a downstream connection as listener and network filters see it.
+//
+// Listener filters may refine the addressing and protocol fields before the filter
+// chain is chosen; from then on the fields are read-only. The embedded net.Conn
+// belongs to the terminal filter of the chain once ServeConn is called.
+type Conn struct {
+	net.Conn
+
+	// ID identifies the connection in logs (Envoy's "ConnectionId").
+	ID uint64
+	// Listener is the name of the listener that accepted the connection.
+	Listener string
+	// Local is the destination address: the listener socket's address, or the
+	// original destination when a listener filter restored it.
+	Local netip.AddrPort
+	// Remote is the source address: the socket peer, or the original client when a
+	// listener filter (PROXY protocol) restored it.
+	Remote netip.AddrPort
+	// DirectRemote is always the socket peer.
+	DirectRemote netip.AddrPort
+	// ServerName is the TLS SNI, when a listener filter found one.
+	ServerName string
+	// TransportProtocol is "raw_buffer" unless a listener filter detected
+	// another protocol (e.g. "tls").
+	TransportProtocol string
+	// ApplicationProtocols are the ALPN values offered by the client, if known.
+	ApplicationProtocols []string
+	// Logger carries the connection's attributes.
+	Logger *slog.Logger
+
+	draining <-chan struct{}
+}
+
+// NewConn wraps an accepted connection.
+func NewConn(c net.Conn, id uint64, listener string, log *slog.Logger) *Conn {
+	conn := &Conn{Conn: c, ID: id, Listener: listener, TransportProtocol: "raw_buffer", Logger: log}
+	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
+		conn.Local = unmap(a.AddrPort())
+	}
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		conn.Remote = unmap(a.AddrPort())
+		conn.DirectRemote = conn.Remote
+	}
+	return conn
+}
+
+// unmap turns ::ffff:a.b.c.d into a.b.c.d so that IPv4 prefixes match clients of
+// dual-stack listeners, as they do in Envoy.
+func unmap(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// Draining is closed when the connection should end at its next safe point: the
+// listener or filter chain that accepted it was removed or changed, or skiff is
+// shutting down. Protocols with a graceful end (HTTP/2 GOAWAY, HTTP/1.1
+// "Connection: close") use it; a TCP proxy simply runs on until the drain time
+// is over and its context is canceled.
+func (c *Conn) Draining() <-chan struct{} { return c.draining }
+
+// SetDraining is called by the listener once it has chosen the connection's
+// filter chain: draining is that chain's drain signal.
+func (c *Conn) SetDraining(draining <-chan struct{}) { c.draining = draining }
+
+// ListenerFilter runs on a new connection before its filter chain is chosen. It
+// may peek at the first bytes the client sent and set Conn fields the chain match
+// uses (ServerName, TransportProtocol, ApplicationProtocols, Local, Remote).
+type ListenerFilter interface {
+	// OnAccept inspects c. An error closes the connection; the error is logged.
+	OnAccept(ctx context.Context, c *Conn) error
+}
+
+// NetworkFilter sees every new connection of its filter chain, in order. A filter
+// that is not terminal may only inspect the connection and accept or reject it.
+type NetworkFilter interface {
+	// OnConnection returns an error to close the connection (e.g. an RBAC deny).
+	OnConnection(ctx context.Context, c *Conn) error
+}
+
+// TerminalFilter is a NetworkFilter that takes the connection over: the TCP proxy,
+// the HTTP connection manager. It must be the last filter of its chain.
+type TerminalFilter interface {
+	NetworkFilter
+	// ServeConn owns c until it returns and must close it before returning.
+	// ctx is canceled when the connection must end now (drain time over).
+	ServeConn(ctx context.Context, c *Conn)
+}
+
+// Factory is what every filter factory has: a name and the config message type
+// whose type URL keys it in the Registry.
+type Factory interface {
+	// Name is the filter's canonical name, e.g. "envoy.filters.network.tcp_proxy".
+	Name() string
+	// ConfigType returns an empty message of the filter's typed_config type.
+	ConfigType() proto.Message
+}
+
+// NetworkFactory builds network filters.
+type NetworkFactory interface {
+	Factory
+	// Create builds a filter from its decoded config, which the Registry has
+	// already checked against its proto constraints. Errors should be located
+	// with cfgerr so they name the offending field.
+	Create(cfg proto.Message, fc *Context) (NetworkFilter, error)
+}
+
+// ListenerFactory builds listener filters.
+type ListenerFactory interface {
+	Factory
+	Create(cfg proto.Message, fc *Context) (ListenerFilter, error)
+}

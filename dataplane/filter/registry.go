@@ -1,0 +1,112 @@
+package filter
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/skiffproxy/skiff/dataplane/upstream"
+	"github.com/skiffproxy/skiff/internal/bufpool"
+	"github.com/skiffproxy/skiff/internal/cfgerr"
+	"github.com/skiffproxy/skiff/internal/netio"
+	"github.com/skiffproxy/skiff/internal/stats"
+)
+
+// Context is what a factory may use to build a filter. It is shared by every
+// filter of a listener; factories must not modify it.
+type Context struct {
+	Logger   *slog.Logger
+	Stats    *stats.Store
+	Clusters *upstream.Manager
+	Buffers  *bufpool.Pool
+	Pipes    *netio.PipePool // nil when splice(2) is unavailable
+	// Listener is the name of the listener being built.
+	Listener string
+}
+
+// Registry maps typed_config type URLs to factories. It is built once at start-up
+// (see the builtin package for skiff's list) and read-only afterwards.
+type Registry struct {
+	network  map[string]NetworkFactory
+	listener map[string]ListenerFactory
+}
+
+// NewRegistry returns an empty Registry.
+func NewRegistry() *Registry {
+	return &Registry{network: map[string]NetworkFactory{}, listener: map[string]ListenerFactory{}}
+}
+
+// TypeURL returns the type URL that keys f.
+func TypeURL(f Factory) string {
+	return "type.googleapis.com/" + string(f.ConfigType().ProtoReflect().Descriptor().FullName())
+}
+
+// RegisterNetwork adds a network filter factory. Registering a type URL twice is
+// an error.
+func (r *Registry) RegisterNetwork(f NetworkFactory) error {
+	return register(r.network, f)
+}
+
+// RegisterListener adds a listener filter factory.
+func (r *Registry) RegisterListener(f ListenerFactory) error {
+	return register(r.listener, f)
+}
+
+func register[F Factory](m map[string]F, f F) error {
+	url := TypeURL(f)
+	if old, ok := m[url]; ok {
+		return fmt.Errorf("filter registry: %s: type URL %s already registered by %s", f.Name(), url, old.Name())
+	}
+	m[url] = f
+	return nil
+}
+
+// NetworkFilter builds the network filter described by typedConfig. name is the
+// filter's name in the config, used in errors.
+func (r *Registry) NetworkFilter(name string, typedConfig *anypb.Any, fc *Context) (NetworkFilter, error) {
+	f, cfg, err := lookup(r.network, "network", name, typedConfig)
+	if err != nil {
+		return nil, err
+	}
+	nf, err := f.Create(cfg, fc)
+	return nf, cfgerr.Field("typed_config", err)
+}
+
+// ListenerFilter builds the listener filter described by typedConfig.
+func (r *Registry) ListenerFilter(name string, typedConfig *anypb.Any, fc *Context) (ListenerFilter, error) {
+	f, cfg, err := lookup(r.listener, "listener", name, typedConfig)
+	if err != nil {
+		return nil, err
+	}
+	lf, err := f.Create(cfg, fc)
+	return lf, cfgerr.Field("typed_config", err)
+}
+
+// lookup finds the factory for typedConfig and decodes and validates the config.
+func lookup[F Factory](m map[string]F, kind, name string, typedConfig *anypb.Any) (F, proto.Message, error) {
+	var zero F
+	if typedConfig == nil {
+		return zero, nil, cfgerr.Errorf("typed_config", "%s filter %q has no typed_config (skiff, like current Envoy, selects filters by type URL, not by name)", kind, name)
+	}
+	url := typedConfig.GetTypeUrl()
+	f, ok := m[url]
+	if !ok {
+		if i := strings.LastIndexByte(url, '/'); i >= 0 {
+			f, ok = m["type.googleapis.com/"+url[i+1:]]
+		}
+	}
+	if !ok {
+		return zero, nil, cfgerr.Errorf("typed_config", "%s filter %q: type %s is not a %s filter skiff supports", kind, name, url, kind)
+	}
+	cfg := f.ConfigType().ProtoReflect().New().Interface()
+	if err := typedConfig.UnmarshalTo(cfg); err != nil {
+		return zero, nil, cfgerr.Errorf("typed_config", "%s filter %q: decoding %s: %w", kind, name, url, err)
+	}
+	if err := cfgerr.Validate(cfg); err != nil {
+		return zero, nil, cfgerr.Field("typed_config", err)
+	}
+	return f, cfg, nil
+}

@@ -1,0 +1,22 @@
+// Package filters assembles skiff's built-in filters. Each filter lives in its own
+// folder below this one, with its tests and a README; Builtin is the one list
+// that registers them.
+package filters
+
+import (
+	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/dataplane/filters/tcpproxy"
+)
+
+// Builtin returns a Registry holding every filter skiff ships with.
+func Builtin() (*filter.Registry, error) {
+	r := filter.NewRegistry()
+	for _, f := range []filter.NetworkFactory{
+		tcpproxy.Factory{},
+	} {
+		if err := r.RegisterNetwork(f); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}

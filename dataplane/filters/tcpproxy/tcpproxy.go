@@ -1,0 +1,180 @@
+// Package tcpproxy is the network filter envoy.filters.network.tcp_proxy: it
+// connects each downstream connection to a host of an upstream cluster and copies
+// bytes both ways until both sides are done.
+package tcpproxy
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"time"
+
+	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/dataplane/upstream"
+	"github.com/skiffproxy/skiff/internal/cfgerr"
+	"github.com/skiffproxy/skiff/internal/netio"
+	"github.com/skiffproxy/skiff/internal/stats"
+)
+
+// Name is the filter's canonical name.
+const Name = "envoy.filters.network.tcp_proxy"
+
+// DefaultIdleTimeout is Envoy's tcp_proxy idle_timeout when none is configured.
+const DefaultIdleTimeout = time.Hour
+
+// Factory builds tcp_proxy filters.
+type Factory struct{}
+
+// Name implements filter.Factory.
+func (Factory) Name() string { return Name }
+
+// ConfigType implements filter.Factory.
+func (Factory) ConfigType() proto.Message { return &tcpv3.TcpProxy{} }
+
+// Create implements filter.NetworkFactory.
+func (Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilter, error) {
+	cfg := m.(*tcpv3.TcpProxy)
+	if err := cfgerr.OnlyFields(cfg, "stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts"); err != nil {
+		return nil, err
+	}
+	p := &Proxy{
+		clusters:    fc.Clusters,
+		idleTimeout: DefaultIdleTimeout,
+		maxAttempts: 1,
+		log:         fc.Logger,
+		copyCfg:     netio.Config{Buffers: fc.Buffers, Pipes: fc.Pipes},
+	}
+	switch sp := cfg.GetClusterSpecifier().(type) {
+	case *tcpv3.TcpProxy_Cluster:
+		if sp.Cluster == "" {
+			return nil, cfgerr.Errorf("cluster", "must not be empty")
+		}
+		p.clusterNames = []string{sp.Cluster}
+		p.weights = []uint32{1}
+	case *tcpv3.TcpProxy_WeightedClusters:
+		for i, cw := range sp.WeightedClusters.GetClusters() {
+			if err := cfgerr.OnlyFields(cw, "name", "weight"); err != nil {
+				return nil, cfgerr.Index("weighted_clusters.clusters", i, err)
+			}
+			p.clusterNames = append(p.clusterNames, cw.GetName())
+			p.weights = append(p.weights, cw.GetWeight())
+			p.total += uint64(cw.GetWeight())
+		}
+		if p.total == 0 {
+			return nil, cfgerr.Errorf("weighted_clusters.clusters", "the weights add up to 0")
+		}
+	default:
+		return nil, cfgerr.Errorf("cluster", "one of cluster or weighted_clusters is required")
+	}
+	if t := cfg.GetIdleTimeout(); t != nil {
+		p.idleTimeout = t.AsDuration() // 0 disables it, as in Envoy
+	}
+	if n := cfg.GetMaxConnectAttempts(); n != nil {
+		p.maxAttempts = int(n.GetValue()) // the proto requires >= 1
+	}
+	p.copyCfg.IdleTimeout = p.idleTimeout
+	prefix := "tcp." + cfg.GetStatPrefix() + "."
+	p.stats = proxyStats{
+		cxTotal:         fc.Stats.Counter(prefix + "downstream_cx_total"),
+		noRoute:         fc.Stats.Counter(prefix + "downstream_cx_no_route"),
+		rxBytes:         fc.Stats.Counter(prefix + "downstream_cx_rx_bytes_total"),
+		txBytes:         fc.Stats.Counter(prefix + "downstream_cx_tx_bytes_total"),
+		idleTimeout:     fc.Stats.Counter(prefix + "idle_timeout"),
+		connectAttempts: fc.Stats.Counter(prefix + "upstream_connect_attempts_exceeded"),
+		flushActive:     fc.Stats.Gauge(prefix + "upstream_flush_active"),
+	}
+	return p, nil
+}
+
+type proxyStats struct {
+	cxTotal, noRoute, rxBytes, txBytes, idleTimeout, connectAttempts stats.Counter
+	flushActive                                                      stats.Gauge
+}
+
+// Proxy is a built tcp_proxy filter. It keeps no per-connection state.
+type Proxy struct {
+	clusters     *upstream.Manager
+	clusterNames []string
+	weights      []uint32
+	total        uint64
+	idleTimeout  time.Duration
+	maxAttempts  int
+	stats        proxyStats
+	copyCfg      netio.Config
+	log          *slog.Logger
+}
+
+// OnConnection implements filter.NetworkFilter.
+func (*Proxy) OnConnection(context.Context, *filter.Conn) error { return nil }
+
+// pickCluster chooses the cluster for a connection (by weight, at random, as
+// Envoy does for weighted_clusters).
+func (p *Proxy) pickCluster() string {
+	if len(p.clusterNames) == 1 {
+		return p.clusterNames[0]
+	}
+	r := rand.Uint64N(p.total)
+	for i, w := range p.weights {
+		if r < uint64(w) {
+			return p.clusterNames[i]
+		}
+		r -= uint64(w)
+	}
+	return p.clusterNames[len(p.clusterNames)-1]
+}
+
+// ServeConn implements filter.TerminalFilter.
+func (p *Proxy) ServeConn(ctx context.Context, c *filter.Conn) {
+	p.stats.cxTotal.Inc()
+	name := p.pickCluster()
+	cl := p.clusters.Get(name)
+	if cl == nil {
+		p.stats.noRoute.Inc()
+		p.log.Warn("tcp_proxy: no such cluster; closing downstream", "conn", c.ID, "cluster", name)
+		c.Close()
+		return
+	}
+	up, host := p.connect(ctx, c, cl)
+	if up == nil {
+		c.Close()
+		return
+	}
+	defer cl.Disconnected(host)
+
+	cfg := p.copyCfg
+	tx, rx := cl.ByteCounters()
+	cfg.SentCounters = []stats.Counter{p.stats.rxBytes, tx}
+	cfg.ReceivedCounters = []stats.Counter{p.stats.txBytes, rx}
+	res := netio.NewPair(c.Conn, up, &cfg).Run(ctx)
+	if res.End == netio.IdleTimeout {
+		p.stats.idleTimeout.Inc()
+	}
+	p.log.Debug("tcp_proxy: connection done", "conn", c.ID, "cluster", name, "upstream", host.Addr,
+		"sent", res.Sent, "received", res.Received, "end", res.End.String(), "error", res.Err)
+}
+
+// connect tries up to max_connect_attempts hosts, the load balancer choosing each.
+func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluster) (*net.TCPConn, *upstream.Host) {
+	for attempt := 1; attempt <= p.maxAttempts; attempt++ {
+		h := cl.Pick()
+		if h == nil {
+			p.log.Warn("tcp_proxy: no healthy upstream; closing downstream", "conn", c.ID, "cluster", cl.Name())
+			return nil, nil
+		}
+		up, err := cl.Connect(ctx, h)
+		if err == nil {
+			return up, h
+		}
+		p.log.Warn("tcp_proxy: upstream connect failed", "conn", c.ID, "cluster", cl.Name(), "host", h.Addr,
+			"attempt", attempt, "max_connect_attempts", p.maxAttempts, "error", err)
+		if ctx.Err() != nil {
+			return nil, nil
+		}
+	}
+	p.stats.connectAttempts.Inc()
+	return nil, nil
+}

@@ -1,0 +1,229 @@
+// Package listener runs skiff's listeners: the sockets they accept on, the
+// listener filters, the choice of a filter chain for each connection, and the
+// registry of the connections each filter chain accepted (which is what drain and
+// hand-over operate on).
+package listener
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/internal/cfgerr"
+)
+
+// DefaultListenerFiltersTimeout is Envoy's default listener_filters_timeout.
+const DefaultListenerFiltersTimeout = 15 * time.Second
+
+// Config is a validated listener: its sockets, listener filters and built filter
+// chains. Building a Config touches no socket.
+type Config struct {
+	Name    string
+	Sockets []SocketSpec
+	// StatPrefix names the listener's stats: listener.<StatPrefix>.*; by default
+	// the address of its first socket as Envoy writes it (127.0.0.1_10000).
+	StatPrefix string
+
+	ListenerFilters                  []filter.ListenerFilter
+	ListenerFiltersTimeout           time.Duration
+	ContinueOnListenerFiltersTimeout bool
+
+	Chains       []*FilterChain
+	DefaultChain *FilterChain
+
+	proto *listenerv3.Listener
+}
+
+// Proto returns the listener resource the Config was built from.
+func (c *Config) Proto() *listenerv3.Listener { return c.proto }
+
+// Build validates pb and builds its filters through reg. prev, if not nil, is the
+// listener's running configuration: filter chains equal to one of prev's are
+// reused as they are, so their connections are not drained by an update that does
+// not touch them.
+func Build(pb *listenerv3.Listener, reg *filter.Registry, fc filter.Context, prev *Config) (*Config, error) {
+	if err := cfgerr.OnlyFields(pb,
+		"name", "address", "additional_addresses", "stat_prefix", "filter_chains", "default_filter_chain",
+		"listener_filters", "listener_filters_timeout", "continue_on_listener_filters_timeout",
+		"per_connection_buffer_limit_bytes", "metadata", "drain_type", "transparent", "freebind",
+		"socket_options", "tcp_fast_open_queue_length", "traffic_direction", "enable_reuse_port",
+		"tcp_backlog_size", "bind_to_port", "ignore_global_conn_limit",
+	); err != nil {
+		return nil, err
+	}
+	if err := cfgerr.Validate(pb); err != nil {
+		return nil, err
+	}
+	if pb.GetName() == "" {
+		return nil, cfgerr.Errorf("name", "must not be empty")
+	}
+	if pb.BindToPort != nil && !pb.GetBindToPort().GetValue() {
+		return nil, cfgerr.Errorf("bind_to_port", "listeners that do not bind (reached through use_original_dst) are not supported by skiff yet")
+	}
+	c := &Config{
+		Name:                             pb.GetName(),
+		ListenerFiltersTimeout:           DefaultListenerFiltersTimeout,
+		ContinueOnListenerFiltersTimeout: pb.GetContinueOnListenerFiltersTimeout(),
+		proto:                            pb,
+	}
+	fc.Listener = c.Name
+
+	base, err := baseSpec(pb)
+	if err != nil {
+		return nil, err
+	}
+	spec, err := socketSpec(pb.GetAddress(), base)
+	if err != nil {
+		return nil, cfgerr.Field("address", err)
+	}
+	c.Sockets = append(c.Sockets, spec)
+	for i, aa := range pb.GetAdditionalAddresses() {
+		if err := cfgerr.OnlyFields(aa, "address"); err != nil {
+			return nil, cfgerr.Index("additional_addresses", i, err)
+		}
+		spec, err := socketSpec(aa.GetAddress(), base)
+		if err != nil {
+			return nil, cfgerr.Index("additional_addresses", i, cfgerr.Field("address", err))
+		}
+		c.Sockets = append(c.Sockets, spec)
+	}
+	for i, s := range c.Sockets {
+		for _, o := range c.Sockets[:i] {
+			if o.Addr == s.Addr && s.Addr.Port() != 0 {
+				return nil, cfgerr.Errorf("additional_addresses", "address %s is listed twice", s.Addr)
+			}
+		}
+	}
+	c.StatPrefix = pb.GetStatPrefix()
+	if c.StatPrefix == "" {
+		c.StatPrefix = StatAddress(c.Sockets[0].Addr)
+	}
+
+	if t := pb.GetListenerFiltersTimeout(); t != nil {
+		c.ListenerFiltersTimeout = t.AsDuration() // 0 disables it, as in Envoy
+	}
+	for i, lf := range pb.GetListenerFilters() {
+		f, err := buildListenerFilter(lf, reg, &fc)
+		if err != nil {
+			return nil, cfgerr.Index("listener_filters", i, err)
+		}
+		c.ListenerFilters = append(c.ListenerFilters, f)
+	}
+
+	if len(pb.GetFilterChains()) == 0 && pb.GetDefaultFilterChain() == nil {
+		return nil, cfgerr.Errorf("filter_chains", "a listener needs at least one filter chain or a default_filter_chain")
+	}
+	var prevChains []*FilterChain
+	if prev != nil {
+		prevChains = append(prev.Chains, prev.DefaultChain)
+	}
+	for i, fcpb := range pb.GetFilterChains() {
+		ch, err := buildChain(fcpb, reg, &fc, prevChains)
+		if err != nil {
+			return nil, cfgerr.Index("filter_chains", i, err)
+		}
+		for j, other := range c.Chains {
+			if proto.Equal(other.proto.GetFilterChainMatch(), fcpb.GetFilterChainMatch()) {
+				return nil, cfgerr.Errorf(fmt.Sprintf("filter_chains[%d].filter_chain_match", i),
+					"same matching rules as filter_chains[%d] (%s); Envoy rejects duplicate matches too", j, describeMatch(fcpb.GetFilterChainMatch()))
+			}
+		}
+		c.Chains = append(c.Chains, ch)
+	}
+	if d := pb.GetDefaultFilterChain(); d != nil {
+		if d.GetFilterChainMatch() != nil {
+			return nil, cfgerr.Errorf("default_filter_chain.filter_chain_match", "the default filter chain must not have a match")
+		}
+		ch, err := buildChain(d, reg, &fc, prevChains)
+		if err != nil {
+			return nil, cfgerr.Field("default_filter_chain", err)
+		}
+		c.DefaultChain = ch
+	}
+	return c, nil
+}
+
+// baseSpec collects the socket settings shared by all of a listener's addresses.
+func baseSpec(pb *listenerv3.Listener) (SocketSpec, error) {
+	var s SocketSpec
+	if v := pb.GetTransparent(); v != nil {
+		b := v.GetValue()
+		s.Transparent = &b
+	}
+	if v := pb.GetFreebind(); v != nil {
+		b := v.GetValue()
+		s.Freebind = &b
+	}
+	s.FastOpenQueue = int(pb.GetTcpFastOpenQueueLength().GetValue())
+	s.Backlog = int(pb.GetTcpBacklogSize().GetValue())
+	for i, o := range pb.GetSocketOptions() {
+		so, err := socketOption(o)
+		if err != nil {
+			return s, cfgerr.Index("socket_options", i, err)
+		}
+		s.Options = append(s.Options, so)
+	}
+	return s, nil
+}
+
+func socketOption(o *corev3.SocketOption) (SocketOption, error) {
+	if err := cfgerr.OnlyFields(o, "description", "level", "name", "int_value", "buf_value", "state"); err != nil {
+		return SocketOption{}, err
+	}
+	so := SocketOption{Level: o.GetLevel(), Name: o.GetName(), State: o.GetState()}
+	switch v := o.GetValue().(type) {
+	case *corev3.SocketOption_IntValue:
+		iv := v.IntValue
+		so.Int = &iv
+	case *corev3.SocketOption_BufValue:
+		so.Buf = v.BufValue
+	default:
+		return so, cfgerr.Errorf("value", "one of int_value or buf_value is required")
+	}
+	return so, nil
+}
+
+func socketSpec(a *corev3.Address, base SocketSpec) (SocketSpec, error) {
+	sa := a.GetSocketAddress()
+	if sa == nil {
+		return base, cfgerr.Errorf("", "only socket_address listeners are supported (not pipe or envoy_internal_address)")
+	}
+	if err := cfgerr.OnlyFields(sa, "protocol", "address", "port_value", "ipv4_compat"); err != nil {
+		return base, cfgerr.Field("socket_address", err)
+	}
+	if sa.GetProtocol() != corev3.SocketAddress_TCP {
+		return base, cfgerr.Errorf("socket_address.protocol", "only TCP listeners are supported")
+	}
+	ip, err := netip.ParseAddr(sa.GetAddress())
+	if err != nil || ip.Zone() != "" {
+		return base, cfgerr.Errorf("socket_address.address", "%q is not an IP address", sa.GetAddress())
+	}
+	if sa.GetPortValue() > 65535 {
+		return base, cfgerr.Errorf("socket_address.port_value", "%d is not a port", sa.GetPortValue())
+	}
+	base.Addr = netip.AddrPortFrom(ip, uint16(sa.GetPortValue()))
+	base.IPv4Compat = sa.GetIpv4Compat()
+	return base, nil
+}
+
+func buildListenerFilter(lf *listenerv3.ListenerFilter, reg *filter.Registry, fc *filter.Context) (filter.ListenerFilter, error) {
+	if err := cfgerr.OnlyFields(lf, "name", "typed_config"); err != nil {
+		return nil, err
+	}
+	return reg.ListenerFilter(lf.GetName(), lf.GetTypedConfig(), fc)
+}
+
+// StatAddress formats an address the way Envoy's listener stat names do:
+// 127.0.0.1_10000, [__1]_10000 (':' is not allowed in stat names).
+func StatAddress(ap netip.AddrPort) string {
+	if ap.Addr().Is4() {
+		return fmt.Sprintf("%s_%d", ap.Addr(), ap.Port())
+	}
+	return fmt.Sprintf("[%s]_%d", strings.ReplaceAll(ap.Addr().String(), ":", "_"), ap.Port())
+}

@@ -1,0 +1,97 @@
+package listener
+
+import (
+	"context"
+	"sync"
+
+	"github.com/skiffproxy/skiff/dataplane/filter"
+)
+
+// ConnSet is the registry of the connections one filter chain accepted. Draining a
+// chain, counting what it still serves and ending what is left are operations on
+// its ConnSet, and so will be handing its connections to a successor process.
+type ConnSet struct {
+	mu       sync.Mutex
+	conns    map[*filter.Conn]struct{}
+	closed   bool
+	draining chan struct{} // closed by Drain
+	drainOne sync.Once
+	empty    chan struct{} // closed when the set next becomes empty; nil if nobody waits
+
+	// ctx is the parent of every connection's context; Close cancels it. It lives
+	// as long as the chain does, like http.Server's base context.
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// NewConnSet returns an empty, open set.
+func NewConnSet() *ConnSet {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &ConnSet{conns: map[*filter.Conn]struct{}{}, draining: make(chan struct{}), ctx: ctx, cancel: cancel}
+}
+
+// add registers c and returns the context it must be served with. It returns
+// false if the set is already closed, in which case c must be closed.
+func (s *ConnSet) add(c *filter.Conn) (context.Context, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, false
+	}
+	s.conns[c] = struct{}{}
+	return s.ctx, true
+}
+
+func (s *ConnSet) remove(c *filter.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.conns, c)
+	if len(s.conns) == 0 && s.empty != nil {
+		close(s.empty)
+		s.empty = nil
+	}
+}
+
+// Draining returns the channel the set's connections see as Conn.Draining.
+func (s *ConnSet) Draining() <-chan struct{} { return s.draining }
+
+// Len is the number of connections in the set.
+func (s *ConnSet) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// Drain asks every connection, present and future, to end at its next safe point.
+func (s *ConnSet) Drain() { s.drainOne.Do(func() { close(s.draining) }) }
+
+// Wait blocks until the set is empty or ctx is done, and returns ctx's error in
+// the latter case.
+func (s *ConnSet) Wait(ctx context.Context) error {
+	s.mu.Lock()
+	if len(s.conns) == 0 {
+		s.mu.Unlock()
+		return nil
+	}
+	if s.empty == nil {
+		s.empty = make(chan struct{})
+	}
+	empty := s.empty
+	s.mu.Unlock()
+	select {
+	case <-empty:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Close ends every connection now (their contexts are canceled; each terminal
+// filter closes its connection) and refuses new ones.
+func (s *ConnSet) Close() {
+	s.Drain()
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.cancel()
+}

@@ -1,0 +1,220 @@
+package listener
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/internal/stats"
+)
+
+// listenerStats are a listener's stat handles, named as in Envoy.
+type listenerStats struct {
+	cxTotal, cxDestroy, noChainMatch, filterError, preCxTimeout stats.Counter
+	cxActive                                                    stats.Gauge
+}
+
+func newListenerStats(st *stats.Store, prefix string) listenerStats {
+	p := "listener." + prefix + "."
+	return listenerStats{
+		cxTotal:      st.Counter(p + "downstream_cx_total"),
+		cxDestroy:    st.Counter(p + "downstream_cx_destroy"),
+		noChainMatch: st.Counter(p + "no_filter_chain_match"),
+		filterError:  st.Counter(p + "downstream_listener_filter_error"),
+		preCxTimeout: st.Counter(p + "downstream_pre_cx_timeout"),
+		cxActive:     st.Gauge(p + "downstream_cx_active"),
+	}
+}
+
+// Options are what a Listener needs besides its Config.
+type Options struct {
+	Logger  *slog.Logger
+	Stats   *stats.Store
+	Sockets *SocketTable
+	// ConnIDs numbers connections across all listeners.
+	ConnIDs *atomic.Uint64
+	// Serving counts the connection goroutines of all listeners, so that the
+	// owner can wait for every connection to end.
+	Serving *sync.WaitGroup
+}
+
+// Listener accepts connections on its sockets and serves each with the filter
+// chain it matches in the listener's current Config. Update swaps the Config
+// without closing the sockets; connections keep the chain they were accepted with.
+type Listener struct {
+	name    string
+	cfg     atomic.Pointer[Config]
+	opts    Options
+	stats   listenerStats
+	sockets []*Socket
+	log     *slog.Logger
+
+	mu      sync.Mutex
+	stopped bool
+}
+
+// Start binds (or takes from the socket table) every socket of cfg and begins
+// accepting. On error nothing stays bound.
+func Start(cfg *Config, opts Options) (*Listener, error) {
+	l := &Listener{name: cfg.Name, opts: opts, stats: newListenerStats(opts.Stats, cfg.StatPrefix)}
+	l.log = opts.Logger.With("listener", cfg.Name)
+	l.cfg.Store(cfg)
+	for _, spec := range cfg.Sockets {
+		s, err := opts.Sockets.Acquire(spec)
+		if err != nil {
+			l.release()
+			return nil, err
+		}
+		l.sockets = append(l.sockets, s)
+	}
+	for _, s := range l.sockets {
+		s.setHandler(l)
+		l.log.Info("listener bound", "address", s.Bound.String())
+	}
+	return l, nil
+}
+
+// Name is the listener's name.
+func (l *Listener) Name() string { return l.name }
+
+// Config returns the listener's current configuration.
+func (l *Listener) Config() *Config { return l.cfg.Load() }
+
+// Bound returns the addresses the listener's sockets are bound to; for a port of
+// 0 they hold the port the system chose.
+func (l *Listener) Bound() []netip.AddrPort {
+	out := make([]netip.AddrPort, len(l.sockets))
+	for i, s := range l.sockets {
+		out[i] = s.Bound
+	}
+	return out
+}
+
+// Update makes cfg the listener's configuration for new connections. cfg must
+// have the same socket specs as the current one. It returns the chains of the old
+// configuration that cfg no longer uses; the caller drains them.
+func (l *Listener) Update(cfg *Config) (retired []*FilterChain) {
+	old := l.cfg.Swap(cfg)
+	keep := map[*FilterChain]bool{cfg.DefaultChain: true}
+	for _, ch := range cfg.Chains {
+		keep[ch] = true
+	}
+	for _, ch := range AllChains(old) {
+		if !keep[ch] {
+			retired = append(retired, ch)
+		}
+	}
+	return retired
+}
+
+// AllChains returns every chain of cfg, the default one last.
+func AllChains(cfg *Config) []*FilterChain {
+	out := append([]*FilterChain(nil), cfg.Chains...)
+	if cfg.DefaultChain != nil {
+		out = append(out, cfg.DefaultChain)
+	}
+	return out
+}
+
+// StopAccepting gives the listener's sockets back to the table (closing those no
+// other listener uses). Connections already accepted go on.
+func (l *Listener) StopAccepting() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopped {
+		return
+	}
+	l.stopped = true
+	l.release()
+}
+
+func (l *Listener) release() {
+	for _, s := range l.sockets {
+		if h := s.handler.Load(); h != nil && *h == acceptHandler(l) {
+			s.setHandler(nil)
+		}
+		l.opts.Sockets.Release(s)
+	}
+}
+
+// handle is called by the accept loop of each of the listener's sockets.
+func (l *Listener) handle(c *net.TCPConn) {
+	l.opts.Serving.Add(1)
+	go l.serve(c)
+}
+
+func (l *Listener) serve(tc *net.TCPConn) {
+	defer l.opts.Serving.Done()
+	cfg := l.cfg.Load()
+	l.stats.cxTotal.Inc()
+	l.stats.cxActive.Inc()
+	defer func() {
+		l.stats.cxActive.Dec()
+		l.stats.cxDestroy.Inc()
+	}()
+	c := filter.NewConn(tc, l.opts.ConnIDs.Add(1), l.name, l.log)
+
+	if len(cfg.ListenerFilters) > 0 && !l.runListenerFilters(cfg, c) {
+		tc.Close()
+		return
+	}
+	ch := match(cfg.Chains, cfg.DefaultChain, c)
+	if ch == nil {
+		l.stats.noChainMatch.Inc()
+		l.log.Debug("no filter chain matched; closing", "conn", c.ID, "remote", c.Remote, "local", c.Local, "sni", c.ServerName)
+		tc.Close()
+		return
+	}
+	ctx, ok := ch.conns.add(c)
+	if !ok {
+		tc.Close()
+		return
+	}
+	defer ch.conns.remove(c)
+	c.SetDraining(ch.conns.Draining())
+	for _, f := range ch.filters {
+		if err := f.OnConnection(ctx, c); err != nil {
+			l.log.Debug("network filter closed the connection", "conn", c.ID, "error", err)
+			tc.Close()
+			return
+		}
+	}
+	ch.terminal.ServeConn(ctx, c)
+}
+
+// runListenerFilters runs cfg's listener filters under the listener filter
+// timeout and reports whether the connection goes on to a filter chain.
+func (l *Listener) runListenerFilters(cfg *Config, c *filter.Conn) bool {
+	ctx := context.Background()
+	if t := cfg.ListenerFiltersTimeout; t > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, t)
+		defer cancel()
+		c.SetReadDeadline(time.Now().Add(t))
+		defer c.SetReadDeadline(time.Time{})
+	}
+	for _, f := range cfg.ListenerFilters {
+		err := f.OnAccept(ctx, c)
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+			if cfg.ContinueOnListenerFiltersTimeout {
+				return true
+			}
+			l.stats.preCxTimeout.Inc()
+		} else {
+			l.stats.filterError.Inc()
+		}
+		l.log.Debug("listener filter closed the connection", "conn", c.ID, "error", err)
+		return false
+	}
+	return true
+}

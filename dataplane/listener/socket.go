@@ -1,0 +1,302 @@
+package listener
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"golang.org/x/sys/unix"
+)
+
+// SocketSpec is everything about a listening socket that is fixed when it is
+// bound. Two listeners with equal specs can use the same socket; a change of spec
+// is what makes a listener update "listener-breaking" (the socket must be rebound,
+// or handed to a successor process).
+type SocketSpec struct {
+	Addr       netip.AddrPort
+	IPv4Compat bool // for [::]: also accept IPv4 (IPV6_V6ONLY off)
+	Backlog    int  // 0: the system maximum (net.core.somaxconn), like Envoy
+	// Transparent and Freebind are tri-state as in Envoy: nil leaves the option alone.
+	Transparent, Freebind *bool
+	FastOpenQueue         int // TCP_FASTOPEN queue length, 0 = off
+	Options               []SocketOption
+}
+
+// SocketOption is a raw setsockopt applied at a given point of the socket's life,
+// Envoy's core.v3.SocketOption.
+type SocketOption struct {
+	Level, Name int64
+	Int         *int64
+	Buf         []byte
+	State       corev3.SocketOption_SocketState
+}
+
+// Key identifies the spec: sockets are shared and inherited by equal keys.
+func (s SocketSpec) Key() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "tcp/%s/compat=%t/backlog=%d/fastopen=%d", s.Addr, s.IPv4Compat, s.Backlog, s.FastOpenQueue)
+	if s.Transparent != nil {
+		fmt.Fprintf(&b, "/transparent=%t", *s.Transparent)
+	}
+	if s.Freebind != nil {
+		fmt.Fprintf(&b, "/freebind=%t", *s.Freebind)
+	}
+	for _, o := range s.Options {
+		fmt.Fprintf(&b, "/opt=%d.%d.%d:", o.State, o.Level, o.Name)
+		if o.Int != nil {
+			b.WriteString(strconv.FormatInt(*o.Int, 10))
+		} else {
+			fmt.Fprintf(&b, "%x", o.Buf)
+		}
+	}
+	return b.String()
+}
+
+// Bind creates, binds and listens on a TCP socket as spec says, applying each
+// socket option at the state it names. It does the system calls itself (rather
+// than through net.Listen) because Envoy's STATE_BOUND options must go between
+// bind(2) and listen(2), and because Envoy's IPV6_V6ONLY default differs from Go's.
+func Bind(spec SocketSpec) (*net.TCPListener, error) {
+	ln, err := bind(spec)
+	if err != nil {
+		return nil, &net.OpError{Op: "listen", Net: "tcp", Addr: net.TCPAddrFromAddrPort(spec.Addr), Err: err}
+	}
+	return ln, nil
+}
+
+func bind(spec SocketSpec) (_ *net.TCPListener, err error) {
+	ip := spec.Addr.Addr()
+	family, sa := unix.AF_INET6, unix.Sockaddr(nil)
+	if ip.Is4() {
+		family = unix.AF_INET
+		sa = &unix.SockaddrInet4{Port: int(spec.Addr.Port()), Addr: ip.As4()}
+	} else {
+		sa = &unix.SockaddrInet6{Port: int(spec.Addr.Port()), Addr: ip.As16()}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.IPPROTO_TCP)
+	if err != nil {
+		return nil, os.NewSyscallError("socket", err)
+	}
+	defer func() {
+		if err != nil {
+			unix.Close(fd)
+		}
+	}()
+	set := func(level, name, v int, what string) error {
+		if err := unix.SetsockoptInt(fd, level, name, v); err != nil {
+			return fmt.Errorf("setsockopt %s: %w", what, err)
+		}
+		return nil
+	}
+	if err := set(unix.SOL_SOCKET, unix.SO_REUSEADDR, 1, "SO_REUSEADDR"); err != nil {
+		return nil, err
+	}
+	if family == unix.AF_INET6 {
+		v6only := 1
+		if spec.IPv4Compat {
+			v6only = 0
+		}
+		if err := set(unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, v6only, "IPV6_V6ONLY"); err != nil {
+			return nil, err
+		}
+	}
+	if spec.Transparent != nil {
+		lvl, name := unix.SOL_IP, unix.IP_TRANSPARENT
+		if family == unix.AF_INET6 {
+			lvl, name = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
+		}
+		if err := set(lvl, name, boolInt(*spec.Transparent), "IP_TRANSPARENT"); err != nil {
+			return nil, err
+		}
+	}
+	if spec.Freebind != nil {
+		lvl, name := unix.SOL_IP, unix.IP_FREEBIND
+		if family == unix.AF_INET6 {
+			lvl, name = unix.SOL_IPV6, unix.IPV6_FREEBIND
+		}
+		if err := set(lvl, name, boolInt(*spec.Freebind), "IP_FREEBIND"); err != nil {
+			return nil, err
+		}
+	}
+	if err := applyOptions(fd, spec.Options, corev3.SocketOption_STATE_PREBIND); err != nil {
+		return nil, err
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		return nil, os.NewSyscallError("bind", err)
+	}
+	if err := applyOptions(fd, spec.Options, corev3.SocketOption_STATE_BOUND); err != nil {
+		return nil, err
+	}
+	backlog := spec.Backlog
+	if backlog <= 0 {
+		backlog = 65535 // the kernel caps it at net.core.somaxconn
+	}
+	if err := unix.Listen(fd, backlog); err != nil {
+		return nil, os.NewSyscallError("listen", err)
+	}
+	if spec.FastOpenQueue > 0 {
+		if err := set(unix.IPPROTO_TCP, unix.TCP_FASTOPEN, spec.FastOpenQueue, "TCP_FASTOPEN"); err != nil {
+			return nil, err
+		}
+	}
+	if err := applyOptions(fd, spec.Options, corev3.SocketOption_STATE_LISTENING); err != nil {
+		return nil, err
+	}
+	return fileListener(fd, spec.Addr.String())
+}
+
+// fileListener wraps fd (which it takes over) in a *net.TCPListener.
+func fileListener(fd int, name string) (*net.TCPListener, error) {
+	f := os.NewFile(uintptr(fd), "tcp-listener:"+name)
+	defer f.Close() // net.FileListener works on a dup
+	l, err := net.FileListener(f)
+	if err != nil {
+		return nil, err
+	}
+	return l.(*net.TCPListener), nil
+}
+
+func applyOptions(fd int, opts []SocketOption, state corev3.SocketOption_SocketState) error {
+	for _, o := range opts {
+		if o.State != state {
+			continue
+		}
+		var err error
+		if o.Int != nil {
+			err = unix.SetsockoptInt(fd, int(o.Level), int(o.Name), int(*o.Int))
+		} else {
+			err = unix.SetsockoptString(fd, int(o.Level), int(o.Name), string(o.Buf))
+		}
+		if err != nil {
+			return fmt.Errorf("setsockopt level %d name %d (%s): %w", o.Level, o.Name, state, err)
+		}
+	}
+	return nil
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// acceptHandler receives the connections a Socket accepts.
+type acceptHandler interface {
+	handle(c *net.TCPConn)
+}
+
+// Socket is a bound listening socket with its accept loop. The loop hands each
+// connection to the socket's current handler, so a listener update that keeps the
+// socket swaps the handler without a gap in accepting.
+type Socket struct {
+	Spec SocketSpec
+	ln   *net.TCPListener
+	// Bound is the address the socket is bound to (the chosen port for port 0).
+	Bound netip.AddrPort
+
+	handler atomic.Pointer[acceptHandler]
+	refs    int // guarded by the table's mutex
+	done    chan struct{}
+	log     *slog.Logger
+}
+
+func (s *Socket) setHandler(h acceptHandler) {
+	if h == nil {
+		s.handler.Store(nil)
+		return
+	}
+	s.handler.Store(&h)
+}
+
+func (s *Socket) acceptLoop() {
+	defer close(s.done)
+	var delay time.Duration
+	for {
+		c, err := s.ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of fds or memory: back off and retry, as net/http does, rather
+			// than spin or give up the listener.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed; retrying", "address", s.Bound, "retry_in", delay, "error", err)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		if h := s.handler.Load(); h != nil {
+			(*h).handle(c)
+		} else {
+			c.Close()
+		}
+	}
+}
+
+// SocketTable owns the listening sockets, keyed by SocketSpec. Listeners borrow
+// sockets from it: an update that keeps a listener's spec keeps its socket, and a
+// listener that replaces another on the same spec takes the socket over instead
+// of failing to bind. The table is what a hot restart hands to the successor.
+type SocketTable struct {
+	mu    sync.Mutex
+	byKey map[string]*Socket
+	log   *slog.Logger
+}
+
+// NewSocketTable returns an empty table.
+func NewSocketTable(log *slog.Logger) *SocketTable {
+	return &SocketTable{byKey: map[string]*Socket{}, log: log}
+}
+
+// Acquire returns the socket for spec, binding it if the table has none. A spec
+// with port 0 always binds a new socket (each asks for its own port).
+func (t *SocketTable) Acquire(spec SocketSpec) (*Socket, error) {
+	key := spec.Key()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if spec.Addr.Port() != 0 {
+		if s, ok := t.byKey[key]; ok {
+			s.refs++
+			return s, nil
+		}
+	}
+	ln, err := Bind(spec)
+	if err != nil {
+		return nil, err
+	}
+	s := &Socket{Spec: spec, ln: ln, refs: 1, done: make(chan struct{}), log: t.log}
+	s.Bound = ln.Addr().(*net.TCPAddr).AddrPort()
+	s.Bound = netip.AddrPortFrom(s.Bound.Addr().Unmap(), s.Bound.Port())
+	if spec.Addr.Port() != 0 {
+		t.byKey[key] = s
+	}
+	go s.acceptLoop()
+	return s, nil
+}
+
+// Release gives back a socket obtained from Acquire. The last release closes it
+// and waits for its accept loop to end.
+func (t *SocketTable) Release(s *Socket) {
+	t.mu.Lock()
+	s.refs--
+	last := s.refs == 0
+	if last && t.byKey[s.Spec.Key()] == s {
+		delete(t.byKey, s.Spec.Key())
+	}
+	t.mu.Unlock()
+	if last {
+		s.setHandler(nil)
+		s.ln.Close()
+		<-s.done
+	}
+}

@@ -1,0 +1,342 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
+	"github.com/skiffproxy/skiff/internal/stats"
+)
+
+// Host is one upstream endpoint of a cluster. A Host outlives updates of its
+// cluster as long as its address stays in the load assignment, so its counters
+// and the connections made to it are untouched by unrelated changes.
+type Host struct {
+	Addr netip.AddrPort
+
+	weight   atomic.Uint32
+	priority atomic.Uint32
+	health   atomic.Int32 // corev3.HealthStatus
+
+	// Per-host counters, read by the admin API.
+	CxTotal       atomic.Uint64
+	CxActive      atomic.Int64
+	CxConnectFail atomic.Uint64
+}
+
+// Weight is the host's load-balancing weight.
+func (h *Host) Weight() uint32 { return h.weight.Load() }
+
+// Priority is the host's priority level (0 is highest).
+func (h *Host) Priority() uint32 { return h.priority.Load() }
+
+// Health is the host's health as the control plane reported it.
+func (h *Host) Health() corev3.HealthStatus { return corev3.HealthStatus(h.health.Load()) }
+
+// Healthy reports whether the load balancer may pick the host. Hosts whose
+// health is UNKNOWN are healthy, as in Envoy without active health checking.
+func (h *Host) Healthy() bool {
+	switch h.Health() {
+	case corev3.HealthStatus_UNKNOWN, corev3.HealthStatus_HEALTHY:
+		return true
+	}
+	return false
+}
+
+// clusterStats are a cluster's stat handles, named as in Envoy.
+type clusterStats struct {
+	cxTotal, cxConnectFail, cxConnectTimeout, cxNoneHealthy stats.Counter
+	cxActive, membershipTotal, membershipHealthy            stats.Gauge
+	rxBytes, txBytes                                        stats.Counter
+}
+
+func newClusterStats(st *stats.Store, statName string) clusterStats {
+	p := "cluster." + statName + "."
+	return clusterStats{
+		cxTotal:           st.Counter(p + "upstream_cx_total"),
+		cxConnectFail:     st.Counter(p + "upstream_cx_connect_fail"),
+		cxConnectTimeout:  st.Counter(p + "upstream_cx_connect_timeout"),
+		cxNoneHealthy:     st.Counter(p + "upstream_cx_none_healthy"),
+		cxActive:          st.Gauge(p + "upstream_cx_active"),
+		membershipTotal:   st.Gauge(p + "membership_total"),
+		membershipHealthy: st.Gauge(p + "membership_healthy"),
+		rxBytes:           st.Counter(p + "upstream_cx_rx_bytes_total"),
+		txBytes:           st.Counter(p + "upstream_cx_tx_bytes_total"),
+	}
+}
+
+// Cluster is a named set of hosts with a load balancer. Its settings and hosts
+// are replaced atomically by updates; Pick and Connect never block on an update.
+type Cluster struct {
+	name  string
+	cfg   atomic.Pointer[Config]
+	lb    atomic.Pointer[balancer]
+	stats clusterStats
+
+	mu    sync.Mutex               // serialises updates
+	hosts map[netip.AddrPort]*Host // every host of the current assignment, by address
+}
+
+func newCluster(cfg *Config, st *stats.Store) *Cluster {
+	c := &Cluster{name: cfg.Name, stats: newClusterStats(st, cfg.StatName), hosts: map[netip.AddrPort]*Host{}}
+	c.update(cfg)
+	return c
+}
+
+// Name is the cluster's name.
+func (c *Cluster) Name() string { return c.name }
+
+// Config returns the cluster's current configuration.
+func (c *Cluster) Config() *Config { return c.cfg.Load() }
+
+// Hosts returns the cluster's hosts in load-assignment order.
+func (c *Cluster) Hosts() []*Host { return c.lb.Load().all }
+
+// update applies a new configuration in place, keeping the Host objects of
+// addresses that remain.
+func (c *Cluster) update(cfg *Config) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cfg.Store(cfg)
+	c.setEndpointsLocked(cfg.Endpoints, cfg.LBPolicy)
+}
+
+// SetEndpoints replaces the cluster's hosts (an EDS update), keeping the Host
+// objects of addresses that remain.
+func (c *Cluster) SetEndpoints(eps []Endpoint) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.setEndpointsLocked(eps, c.cfg.Load().LBPolicy)
+}
+
+func (c *Cluster) setEndpointsLocked(eps []Endpoint, policy clusterv3.Cluster_LbPolicy) {
+	next := make(map[netip.AddrPort]*Host, len(eps))
+	all := make([]*Host, 0, len(eps))
+	for _, ep := range eps {
+		if _, dup := next[ep.Addr]; dup {
+			continue // Envoy, too, keeps one host per address
+		}
+		h, ok := c.hosts[ep.Addr]
+		if !ok {
+			h = &Host{Addr: ep.Addr}
+		}
+		h.weight.Store(ep.Weight)
+		h.priority.Store(ep.Priority)
+		h.health.Store(int32(ep.Health))
+		next[ep.Addr] = h
+		all = append(all, h)
+	}
+	c.hosts = next
+	b := newBalancer(policy, all)
+	c.lb.Store(b)
+	c.stats.membershipTotal.Set(int64(len(all)))
+	c.stats.membershipHealthy.Set(int64(b.healthy))
+}
+
+// Pick chooses a host for a new connection, or returns nil (and counts
+// upstream_cx_none_healthy) when no host is healthy.
+func (c *Cluster) Pick() *Host {
+	h := c.lb.Load().pick()
+	if h == nil {
+		c.stats.cxNoneHealthy.Inc()
+	}
+	return h
+}
+
+// ErrConnectTimeout is returned (wrapped) by Connect when connect_timeout expired.
+var ErrConnectTimeout = errors.New("connect timeout")
+
+// Connect opens a TCP connection to h within the cluster's connect_timeout and
+// accounts for it in the cluster's and host's counters. Call Disconnected once the
+// connection is closed.
+func (c *Cluster) Connect(ctx context.Context, h *Host) (*net.TCPConn, error) {
+	cfg := c.cfg.Load()
+	c.stats.cxTotal.Inc()
+	h.CxTotal.Add(1)
+	d := net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: -1}
+	if ka := cfg.Keepalive; ka != nil {
+		d.KeepAliveConfig = net.KeepAliveConfig{Enable: true, Idle: ka.Idle, Interval: ka.Interval, Count: ka.Probes}
+		d.KeepAlive = 0
+	}
+	conn, err := d.DialContext(ctx, "tcp", h.Addr.String())
+	if err != nil {
+		c.stats.cxConnectFail.Inc()
+		h.CxConnectFail.Add(1)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
+			c.stats.cxConnectTimeout.Inc()
+			err = fmt.Errorf("cluster %s: connecting to %s: %w after %v", c.name, h.Addr, ErrConnectTimeout, cfg.ConnectTimeout)
+		} else {
+			err = fmt.Errorf("cluster %s: %w", c.name, err)
+		}
+		return nil, err
+	}
+	c.stats.cxActive.Inc()
+	h.CxActive.Add(1)
+	return conn.(*net.TCPConn), nil
+}
+
+// Disconnected accounts for the end of a connection returned by Connect.
+func (c *Cluster) Disconnected(h *Host) {
+	c.stats.cxActive.Dec()
+	h.CxActive.Add(-1)
+}
+
+// ByteCounters returns the cluster's upstream_cx_tx_bytes_total (bytes sent to
+// the hosts) and upstream_cx_rx_bytes_total counters.
+func (c *Cluster) ByteCounters() (tx, rx stats.Counter) { return c.stats.txBytes, c.stats.rxBytes }
+
+// IsRefused reports whether err means the host actively refused the connection.
+func IsRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
+
+// balancer is an immutable snapshot of a cluster's pickable hosts.
+type balancer struct {
+	all     []*Host
+	healthy int
+	policy  clusterv3.Cluster_LbPolicy
+
+	// pickable are the healthy hosts of the best priority level that has any.
+	pickable []*Host
+	weighted bool // weights differ: use smooth weighted round robin
+
+	next atomic.Uint64 // round-robin cursor (equal weights)
+
+	mu      sync.Mutex // smooth weighted round robin state
+	current []int64
+	total   int64
+}
+
+func newBalancer(policy clusterv3.Cluster_LbPolicy, all []*Host) *balancer {
+	b := &balancer{all: all, policy: policy}
+	best := uint32(0)
+	found := false
+	for _, h := range all {
+		if !h.Healthy() {
+			continue
+		}
+		b.healthy++
+		// Simplest correct priority handling: use the highest priority (lowest
+		// number) that has a healthy host; lower ones take over only when it has none.
+		switch p := h.Priority(); {
+		case !found || p < best:
+			best, found = p, true
+			b.pickable = append(b.pickable[:0], h)
+		case p == best:
+			b.pickable = append(b.pickable, h)
+		}
+	}
+	for _, h := range b.pickable {
+		if h.Weight() != b.pickable[0].Weight() {
+			b.weighted = true
+		}
+		b.total += int64(h.Weight())
+	}
+	b.current = make([]int64, len(b.pickable))
+	return b
+}
+
+func (b *balancer) pick() *Host {
+	n := len(b.pickable)
+	switch {
+	case n == 0:
+		return nil
+	case n == 1:
+		return b.pickable[0]
+	case b.policy == clusterv3.Cluster_RANDOM:
+		return b.pickRandom()
+	case !b.weighted:
+		return b.pickable[(b.next.Add(1)-1)%uint64(n)]
+	}
+	// Smooth weighted round robin (as in nginx): every pick raises each host's
+	// current weight by its weight and takes the largest, which then pays the
+	// total back. Picks are spread evenly in proportion to the weights.
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	best := 0
+	for i, h := range b.pickable {
+		b.current[i] += int64(h.Weight())
+		if b.current[i] > b.current[best] {
+			best = i
+		}
+	}
+	b.current[best] -= b.total
+	return b.pickable[best]
+}
+
+func (b *balancer) pickRandom() *Host {
+	if !b.weighted {
+		return b.pickable[rand.IntN(len(b.pickable))]
+	}
+	r := rand.Int64N(b.total)
+	for _, h := range b.pickable {
+		r -= int64(h.Weight())
+		if r < 0 {
+			return h
+		}
+	}
+	return b.pickable[len(b.pickable)-1]
+}
+
+// Manager owns the clusters. Lookups are lock-free; updates are serialised.
+type Manager struct {
+	stats    *stats.Store
+	clusters atomic.Pointer[map[string]*Cluster]
+	mu       sync.Mutex
+}
+
+// NewManager returns a Manager with no clusters.
+func NewManager(st *stats.Store) *Manager {
+	m := &Manager{stats: st}
+	empty := map[string]*Cluster{}
+	m.clusters.Store(&empty)
+	return m
+}
+
+// Get returns the named cluster, or nil.
+func (m *Manager) Get(name string) *Cluster { return (*m.clusters.Load())[name] }
+
+// Clusters returns every cluster (in no particular order).
+func (m *Manager) Clusters() []*Cluster {
+	cur := *m.clusters.Load()
+	out := make([]*Cluster, 0, len(cur))
+	for _, c := range cur {
+		out = append(out, c)
+	}
+	return out
+}
+
+// Set makes cfgs the complete set of clusters: new names are added, existing
+// clusters are updated in place (connections to hosts that remain are untouched)
+// and clusters not in cfgs are removed. It returns the removed clusters.
+func (m *Manager) Set(cfgs []*Config) (removed []*Cluster) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cur := *m.clusters.Load()
+	next := make(map[string]*Cluster, len(cfgs))
+	for _, cfg := range cfgs {
+		if c, ok := cur[cfg.Name]; ok {
+			if c.Config() != cfg {
+				c.update(cfg)
+			}
+			next[cfg.Name] = c
+			continue
+		}
+		next[cfg.Name] = newCluster(cfg, m.stats)
+	}
+	for name, c := range cur {
+		if _, ok := next[name]; !ok {
+			removed = append(removed, c)
+		}
+	}
+	m.clusters.Store(&next)
+	return removed
+}
