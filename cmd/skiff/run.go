@@ -115,10 +115,7 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 		runtime.GOMAXPROCS(o.concurrency)
 	}
 
-	source := o.configPath
-	if source == "" {
-		source = "--config-yaml"
-	}
+	source := bootstrap.SourceName(o.configPath, o.configYAML)
 	b, err := bootstrap.Load(o.configPath, o.configYAML)
 	if err != nil {
 		return err

@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"slices"
 
-	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // OnlyFields reports the first field of msg that is set but not among supported,
