@@ -25,6 +25,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/listener"
 	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/internal/bufpool"
+	"github.com/skiffproxy/skiff/internal/cfgerr"
 	"github.com/skiffproxy/skiff/internal/netio"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
@@ -127,7 +128,7 @@ func (s *Server) build(snap *Snapshot, running map[string]*listener.Listener) (*
 			return nil, &ResourceError{Kind: "cluster", Index: i, Name: pb.GetName(), Err: err}
 		}
 		if j, dup := seen[cfg.Name]; dup {
-			return nil, &ResourceError{Kind: "cluster", Index: i, Name: pb.GetName(), Err: fmt.Errorf("name: duplicate of cluster %d", j)}
+			return nil, &ResourceError{Kind: "cluster", Index: i, Name: pb.GetName(), Err: cfgerr.Errorf("name", "duplicate of cluster %d", j)}
 		}
 		seen[cfg.Name] = i
 		g.clusters = append(g.clusters, cfg)
@@ -144,13 +145,13 @@ func (s *Server) build(snap *Snapshot, running map[string]*listener.Listener) (*
 			return nil, &ResourceError{Kind: "listener", Index: i, Name: pb.GetName(), Err: err}
 		}
 		if j, dup := seen[cfg.Name]; dup {
-			return nil, &ResourceError{Kind: "listener", Index: i, Name: pb.GetName(), Err: fmt.Errorf("name: duplicate of listener %d", j)}
+			return nil, &ResourceError{Kind: "listener", Index: i, Name: pb.GetName(), Err: cfgerr.Errorf("name", "duplicate of listener %d", j)}
 		}
 		seen[cfg.Name] = i
-		for _, sp := range cfg.Sockets {
+		for k, sp := range cfg.Sockets {
 			if other, dup := bound[sp.Addr]; dup && sp.Addr.Port() != 0 {
 				return nil, &ResourceError{Kind: "listener", Index: i, Name: pb.GetName(),
-					Err: fmt.Errorf("address: %s is also the address of listener %q", sp.Addr, other)}
+					Err: cfgerr.Errorf(listener.SocketPath(k), "%s is also the address of listener %q", sp.Addr, other)}
 			}
 			bound[sp.Addr] = cfg.Name
 		}
@@ -186,7 +187,7 @@ func (s *Server) Apply(snap *Snapshot) error {
 	next := make(map[string]*listener.Listener, len(g.listeners))
 	var started []*listener.Listener
 	updates := map[*listener.Listener]*listener.Config{}
-	for _, cfg := range g.listeners {
+	for i, cfg := range g.listeners {
 		if l := s.listeners[cfg.Name]; l != nil && sameSockets(l.Config(), cfg) {
 			updates[l] = cfg
 			next[cfg.Name] = l
@@ -197,7 +198,7 @@ func (s *Server) Apply(snap *Snapshot) error {
 			for _, l := range started {
 				l.StopAccepting()
 			}
-			return fmt.Errorf("listener %q: %w", cfg.Name, err)
+			return &ResourceError{Kind: "listener", Index: i, Name: cfg.Name, Err: err}
 		}
 		started = append(started, l)
 		next[cfg.Name] = l

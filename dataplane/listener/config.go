@@ -94,9 +94,9 @@ func Build(pb *listenerv3.Listener, reg *filter.Registry, fc filter.Context, pre
 		c.Sockets = append(c.Sockets, spec)
 	}
 	for i, s := range c.Sockets {
-		for _, o := range c.Sockets[:i] {
+		for j, o := range c.Sockets[:i] {
 			if o.Addr == s.Addr && s.Addr.Port() != 0 {
-				return nil, cfgerr.Errorf("additional_addresses", "address %s is listed twice", s.Addr)
+				return nil, cfgerr.Errorf(SocketPath(i), "%s is also %s", s.Addr, SocketPath(j))
 			}
 		}
 	}
@@ -147,6 +147,15 @@ func Build(pb *listenerv3.Listener, reg *filter.Registry, fc filter.Context, pre
 		c.DefaultChain = ch
 	}
 	return c, nil
+}
+
+// SocketPath is the field path, relative to the listener, of the address of its
+// i-th socket: "address" for the first, then the additional addresses.
+func SocketPath(i int) string {
+	if i == 0 {
+		return "address"
+	}
+	return fmt.Sprintf("additional_addresses[%d].address", i-1)
 }
 
 // baseSpec collects the socket settings shared by all of a listener's addresses.

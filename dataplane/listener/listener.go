@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/internal/cfgerr"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
 
@@ -66,11 +67,11 @@ func Start(cfg *Config, opts Options) (*Listener, error) {
 	l := &Listener{name: cfg.Name, opts: opts, stats: newListenerStats(opts.Stats, cfg.StatPrefix)}
 	l.log = opts.Logger.With("listener", cfg.Name)
 	l.cfg.Store(cfg)
-	for _, spec := range cfg.Sockets {
+	for i, spec := range cfg.Sockets {
 		s, err := opts.Sockets.Acquire(spec)
 		if err != nil {
 			l.release()
-			return nil, err
+			return nil, cfgerr.Field(SocketPath(i), err)
 		}
 		l.sockets = append(l.sockets, s)
 	}

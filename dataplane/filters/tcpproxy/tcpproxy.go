@@ -62,10 +62,7 @@ func (Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilter
 			}
 			p.clusterNames = append(p.clusterNames, cw.GetName())
 			p.weights = append(p.weights, cw.GetWeight())
-			p.total += uint64(cw.GetWeight())
-		}
-		if p.total == 0 {
-			return nil, cfgerr.Errorf("weighted_clusters.clusters", "the weights add up to 0")
+			p.total += uint64(cw.GetWeight()) // each at least 1 (proto constraint)
 		}
 	default:
 		return nil, cfgerr.Errorf("cluster", "one of cluster or weighted_clusters is required")

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# skiff as the proxy under test of ../shared/bench/run.sh (its SUT_CMD contract):
+#
+#   go build -o /tmp/skiff ./cmd/skiff
+#   SKIFF=/tmp/skiff SUT_CMD=$PWD/bench/sut-skiff.sh HAPROXY_SPLICE=1 \
+#     SCENARIOS="h1close tcp" /work/shared/bench/run.sh
+#
+# It writes an Envoy bootstrap with one tcp_proxy listener per L4 scenario
+# (BENCH_LISTEN_L4_HTTP -> BENCH_UPSTREAM_HTTP, BENCH_LISTEN_L4_TCP ->
+# BENCH_UPSTREAM_TCP) and execs skiff in the foreground. The L7 listeners
+# (BENCH_LISTEN_HTTP, BENCH_LISTEN_H2C) join once skiff has the HTTP connection
+# manager; until then run.sh skips those scenarios for skiff.
+set -euo pipefail
+
+skiff=${SKIFF:-}
+if [[ -z $skiff ]]; then
+  skiff="$BENCH_DIR/skiff"
+  (cd "$(dirname "${BASH_SOURCE[0]}")/.." && go build -o "$skiff" ./cmd/skiff)
+fi
+
+listener() {  # name listen-addr cluster
+  local host=${2%:*} port=${2##*:}
+  cat <<YAML
+  - name: $1
+    address: { socket_address: { address: "$host", port_value: $port } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: $1
+          cluster: $3
+YAML
+}
+
+cluster() {  # name upstream-addr
+  local host=${2%:*} port=${2##*:}
+  cat <<YAML
+  - name: $1
+    type: STATIC
+    connect_timeout: 5s
+    load_assignment:
+      cluster_name: $1
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: "$host", port_value: $port } } }
+YAML
+}
+
+cfg="$BENCH_DIR/skiff.yaml"
+{
+  echo "node: { id: bench, cluster: bench }"
+  echo "static_resources:"
+  echo "  listeners:"
+  listener l4_http "$BENCH_LISTEN_L4_HTTP" backend_http
+  listener l4_tcp "$BENCH_LISTEN_L4_TCP" backend_tcp
+  echo "  clusters:"
+  cluster backend_http "$BENCH_UPSTREAM_HTTP"
+  cluster backend_tcp "$BENCH_UPSTREAM_TCP"
+} >"$cfg"
+
+exec "$skiff" run -c "$cfg" --concurrency "${BENCH_WORKERS:-1}" -l warning \
+  --runtime-dir "$BENCH_DIR/run" --drain-time 1s

@@ -1,0 +1,254 @@
+package tcpproxy
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"go.uber.org/goleak"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/dataplane/upstream"
+	"github.com/skiffproxy/skiff/internal/bufpool"
+	"github.com/skiffproxy/skiff/internal/cfgerr"
+	"github.com/skiffproxy/skiff/internal/stats"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type env struct {
+	reg *filter.Registry
+	fc  *filter.Context
+	st  *stats.Store
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	reg := filter.NewRegistry()
+	if err := reg.RegisterNetwork(Factory{}); err != nil {
+		t.Fatal(err)
+	}
+	st := stats.NewStore()
+	return &env{reg: reg, st: st, fc: &filter.Context{
+		Logger: slog.New(slog.DiscardHandler), Stats: st, Clusters: upstream.NewManager(st), Buffers: bufpool.New(),
+	}}
+}
+
+func (e *env) build(t *testing.T, cfg *tcpv3.TcpProxy) (*Proxy, error) {
+	t.Helper()
+	a, err := anypb.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := e.reg.NetworkFilter(Name, a, e.fc)
+	if err != nil {
+		return nil, err
+	}
+	return f.(*Proxy), nil
+}
+
+func TestConfigErrors(t *testing.T) {
+	e := newEnv(t)
+	for _, tc := range []struct {
+		name string
+		cfg  *tcpv3.TcpProxy
+		path string
+	}{
+		{"no cluster", &tcpv3.TcpProxy{StatPrefix: "x"}, "typed_config"},
+		{"empty stat prefix", &tcpv3.TcpProxy{ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}}, "typed_config.stat_prefix"},
+		{"hash policy", &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
+			HashPolicy: []*typev3.HashPolicy{{PolicySpecifier: &typev3.HashPolicy_SourceIp_{SourceIp: &typev3.HashPolicy_SourceIp{}}}}}, "typed_config.hash_policy"},
+		{"zero weight", &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_WeightedClusters{WeightedClusters: &tcpv3.TcpProxy_WeightedCluster{
+			Clusters: []*tcpv3.TcpProxy_WeightedCluster_ClusterWeight{{Name: "a", Weight: 1}, {Name: "b", Weight: 0}}}}}, "typed_config.weighted_clusters.clusters[1].weight"},
+		{"zero connect attempts", &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
+			MaxConnectAttempts: wrapperspb.UInt32(0)}, "typed_config.max_connect_attempts"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := e.build(t, tc.cfg)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if got := cfgerr.PathOf(err); got != tc.path {
+				t.Fatalf("error %q at %q, want %q", err, got, tc.path)
+			}
+		})
+	}
+}
+
+func TestWeightedClustersSplit(t *testing.T) {
+	e := newEnv(t)
+	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_WeightedClusters{WeightedClusters: &tcpv3.TcpProxy_WeightedCluster{
+		Clusters: []*tcpv3.TcpProxy_WeightedCluster_ClusterWeight{{Name: "a", Weight: 80}, {Name: "b", Weight: 20}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	for range 10000 {
+		got[p.pickCluster()]++
+	}
+	if got["a"]+got["b"] != 10000 || got["a"] < 7600 || got["a"] > 8400 {
+		t.Fatalf("split %v, want about 8000/2000", got)
+	}
+}
+
+// serve runs p on the server side of a fresh loopback connection and returns
+// the client side; the returned wait function waits for ServeConn to return.
+func serve(t *testing.T, p *Proxy) (net.Conn, func()) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	srv, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		p.ServeConn(context.Background(), filter.NewConn(srv, 1, "test", slog.New(slog.DiscardHandler)))
+	}()
+	return client, wg.Wait
+}
+
+func echoServer(t *testing.T) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() { defer wg.Done(); defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+func refusingAddr(t *testing.T) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Close()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+func TestRetriesAnotherEndpointOnConnectFailure(t *testing.T) {
+	e := newEnv(t)
+	e.fc.Clusters.Set([]*upstream.Config{{Name: "c", StatName: "c", ConnectTimeout: time.Second, Endpoints: []upstream.Endpoint{
+		{Addr: refusingAddr(t), Weight: 1}, {Addr: echoServer(t), Weight: 1},
+	}}})
+	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}, MaxConnectAttempts: wrapperspb.UInt32(2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 { // round robin starts on each endpoint in turn
+		client, wait := serve(t, p)
+		msg := []byte("hello through the proxy")
+		client.Write(msg)
+		client.(*net.TCPConn).CloseWrite()
+		client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got, err := io.ReadAll(client)
+		if err != nil || string(got) != string(msg) {
+			t.Fatalf("connection %d: got %q, %v", i, got, err)
+		}
+		wait()
+	}
+	// Round robin alternates, so every connection's first attempt lands on the
+	// refusing host and its retry on the good one.
+	if v, _ := e.st.Value("cluster.c.upstream_cx_connect_fail"); v != 4 {
+		t.Fatalf("upstream_cx_connect_fail = %d, want 4 (each first attempt)", v)
+	}
+	if v, _ := e.st.Value("tcp.x.downstream_cx_total"); v != 4 {
+		t.Fatalf("downstream_cx_total = %d", v)
+	}
+	if v, _ := e.st.Value("tcp.x.downstream_cx_rx_bytes_total"); v != 4*23 {
+		t.Fatalf("downstream_cx_rx_bytes_total = %d, want %d", v, 4*23)
+	}
+}
+
+func TestAllAttemptsFailClosesDownstream(t *testing.T) {
+	e := newEnv(t)
+	e.fc.Clusters.Set([]*upstream.Config{{Name: "c", StatName: "c", ConnectTimeout: time.Second, Endpoints: []upstream.Endpoint{
+		{Addr: refusingAddr(t), Weight: 1},
+	}}})
+	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}, MaxConnectAttempts: wrapperspb.UInt32(3)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, wait := serve(t, p)
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := client.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("read %d bytes from a connection with no upstream", n)
+	}
+	wait()
+	if v, _ := e.st.Value("cluster.c.upstream_cx_connect_fail"); v != 3 {
+		t.Fatalf("upstream_cx_connect_fail = %d, want 3", v)
+	}
+	if v, _ := e.st.Value("tcp.x.upstream_connect_attempts_exceeded"); v != 1 {
+		t.Fatalf("upstream_connect_attempts_exceeded = %d", v)
+	}
+}
+
+func TestUnknownClusterClosesDownstream(t *testing.T) {
+	e := newEnv(t)
+	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "missing"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, wait := serve(t, p)
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := client.Read(make([]byte, 1)); err == nil {
+		t.Fatal("connection to a missing cluster stayed open")
+	}
+	wait()
+	if v, _ := e.st.Value("tcp.x.downstream_cx_no_route"); v != 1 {
+		t.Fatalf("downstream_cx_no_route = %d", v)
+	}
+}
+
+func TestIdleTimeoutIsCounted(t *testing.T) {
+	e := newEnv(t)
+	e.fc.Clusters.Set([]*upstream.Config{{Name: "c", StatName: "c", ConnectTimeout: time.Second, Endpoints: []upstream.Endpoint{{Addr: echoServer(t), Weight: 1}}}})
+	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}, IdleTimeout: durationpb.New(100 * time.Millisecond)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, wait := serve(t, p)
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := client.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("idle connection: read error %v, want EOF", err)
+	}
+	wait()
+	if v, _ := e.st.Value("tcp.x.idle_timeout"); v != 1 {
+		t.Fatalf("idle_timeout = %d", v)
+	}
+}

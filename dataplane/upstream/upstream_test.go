@@ -1,0 +1,268 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/skiffproxy/skiff/internal/cfgerr"
+	"github.com/skiffproxy/skiff/internal/stats"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func ep(addr string, weight uint32, prio uint32, health corev3.HealthStatus) Endpoint {
+	return Endpoint{Addr: netip.MustParseAddrPort(addr), Weight: weight, Priority: prio, Health: health}
+}
+
+func newTestCluster(eps []Endpoint, policy clusterv3.Cluster_LbPolicy) *Cluster {
+	return newCluster(&Config{Name: "c", StatName: "c", ConnectTimeout: time.Second, LBPolicy: policy, Endpoints: eps}, stats.NewStore())
+}
+
+func countPicks(c *Cluster, n int) map[string]int {
+	got := map[string]int{}
+	for range n {
+		h := c.Pick()
+		if h == nil {
+			got["<nil>"]++
+			continue
+		}
+		got[h.Addr.String()]++
+	}
+	return got
+}
+
+func TestRoundRobinIsEven(t *testing.T) {
+	c := newTestCluster([]Endpoint{
+		ep("127.0.0.1:1", 1, 0, 0), ep("127.0.0.1:2", 1, 0, 0), ep("127.0.0.1:3", 1, 0, 0),
+	}, clusterv3.Cluster_ROUND_ROBIN)
+	got := countPicks(c, 300)
+	for _, a := range []string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"} {
+		if got[a] != 100 {
+			t.Fatalf("round robin picks: %v, want 100 each", got)
+		}
+	}
+}
+
+func TestWeightedRoundRobinFollowsWeights(t *testing.T) {
+	c := newTestCluster([]Endpoint{
+		ep("127.0.0.1:1", 5, 0, 0), ep("127.0.0.1:2", 1, 0, 0), ep("127.0.0.1:3", 4, 0, 0),
+	}, clusterv3.Cluster_ROUND_ROBIN)
+	got := countPicks(c, 1000)
+	if got["127.0.0.1:1"] != 500 || got["127.0.0.1:2"] != 100 || got["127.0.0.1:3"] != 400 {
+		t.Fatalf("weighted picks: %v, want 500/100/400", got)
+	}
+	// Smooth: the heavy host never takes more than its share in a short window.
+	var run, longest int
+	for range 100 {
+		if c.Pick().Addr.Port() == 1 {
+			run++
+			longest = max(longest, run)
+		} else {
+			run = 0
+		}
+	}
+	if longest > 2 {
+		t.Fatalf("weight-5 host picked %d times in a row; smooth WRR interleaves", longest)
+	}
+}
+
+func TestPriorityAndHealth(t *testing.T) {
+	c := newTestCluster([]Endpoint{
+		ep("127.0.0.1:1", 1, 0, corev3.HealthStatus_UNHEALTHY),
+		ep("127.0.0.1:2", 1, 1, corev3.HealthStatus_HEALTHY),
+		ep("127.0.0.1:3", 1, 1, corev3.HealthStatus_UNKNOWN),
+		ep("127.0.0.1:4", 1, 2, corev3.HealthStatus_HEALTHY),
+		ep("127.0.0.1:5", 1, 1, corev3.HealthStatus_DRAINING),
+	}, clusterv3.Cluster_ROUND_ROBIN)
+	got := countPicks(c, 100)
+	if got["127.0.0.1:2"] != 50 || got["127.0.0.1:3"] != 50 {
+		t.Fatalf("picks %v: want priority 1's two usable hosts only", got)
+	}
+	c.SetEndpoints([]Endpoint{ep("127.0.0.1:1", 1, 0, corev3.HealthStatus_UNHEALTHY)})
+	if h := c.Pick(); h != nil {
+		t.Fatalf("picked %v from a cluster with no healthy host", h.Addr)
+	}
+	if v := c.stats.cxNoneHealthy.Value(); v != 1 {
+		t.Fatalf("upstream_cx_none_healthy = %d, want 1", v)
+	}
+}
+
+func TestRandomStaysInPickableSet(t *testing.T) {
+	c := newTestCluster([]Endpoint{
+		ep("127.0.0.1:1", 3, 0, 0), ep("127.0.0.1:2", 1, 0, 0), ep("127.0.0.1:9", 1, 1, 0),
+	}, clusterv3.Cluster_RANDOM)
+	got := countPicks(c, 4000)
+	if got["127.0.0.1:9"] != 0 || got["127.0.0.1:1"] < 2600 || got["127.0.0.1:1"] > 3400 {
+		t.Fatalf("random picks %v: want ~3000/1000 over priority 0", got)
+	}
+}
+
+func TestSetEndpointsKeepsHosts(t *testing.T) {
+	c := newTestCluster([]Endpoint{ep("127.0.0.1:1", 1, 0, 0), ep("127.0.0.1:2", 1, 0, 0)}, clusterv3.Cluster_ROUND_ROBIN)
+	before := c.Hosts()[0]
+	before.CxTotal.Add(7)
+	c.SetEndpoints([]Endpoint{ep("127.0.0.1:1", 3, 0, 0), ep("127.0.0.1:3", 1, 0, 0)})
+	after := c.Hosts()[0]
+	if after != before || after.CxTotal.Load() != 7 || after.Weight() != 3 {
+		t.Fatalf("host 127.0.0.1:1 was replaced or lost its counters (same=%v total=%d weight=%d)", after == before, after.CxTotal.Load(), after.Weight())
+	}
+	if len(c.Hosts()) != 2 || c.Hosts()[1].Addr.Port() != 3 {
+		t.Fatalf("hosts after update: %v", c.Hosts())
+	}
+}
+
+func TestConnectCountsAndRefusal(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := ln.Addr().(*net.TCPAddr).AddrPort()
+	closed, _ := net.Listen("tcp", "127.0.0.1:0")
+	refusing := closed.Addr().(*net.TCPAddr).AddrPort()
+	closed.Close()
+	defer ln.Close()
+
+	st := stats.NewStore()
+	m := NewManager(st)
+	cfg := &Config{Name: "c", StatName: "c", ConnectTimeout: time.Second, Endpoints: []Endpoint{{Addr: good, Weight: 1}, {Addr: refusing, Weight: 1}}}
+	m.Set([]*Config{cfg})
+	c := m.Get("c")
+	hosts := c.Hosts()
+
+	conn, err := c.Connect(context.Background(), hosts[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Connect(context.Background(), hosts[1]); !IsRefused(err) {
+		t.Fatalf("connect to a closed port: %v, want connection refused", err)
+	}
+	for name, want := range map[string]int64{
+		"cluster.c.upstream_cx_total":        2,
+		"cluster.c.upstream_cx_connect_fail": 1,
+		"cluster.c.upstream_cx_active":       1,
+	} {
+		if v, _ := st.Value(name); v != want {
+			t.Errorf("%s = %d, want %d", name, v, want)
+		}
+	}
+	conn.Close()
+	c.Disconnected(hosts[0])
+	if v, _ := st.Value("cluster.c.upstream_cx_active"); v != 0 {
+		t.Errorf("upstream_cx_active after Disconnected = %d", v)
+	}
+	if hosts[1].CxConnectFail.Load() != 1 || hosts[0].CxActive.Load() != 0 {
+		t.Errorf("host counters: fail=%d active=%d", hosts[1].CxConnectFail.Load(), hosts[0].CxActive.Load())
+	}
+}
+
+func TestConnectTimeout(t *testing.T) {
+	// A listener whose accept queue is full drops further SYNs, so a connect to
+	// it hangs until the connect timeout: the loopback way to get a timeout.
+	addr := listenBacklog1(t)
+	var fill []net.Conn
+	defer func() {
+		for _, c := range fill {
+			c.Close()
+		}
+	}()
+	st := stats.NewStore()
+	m := NewManager(st)
+	m.Set([]*Config{{Name: "c", StatName: "c", ConnectTimeout: 200 * time.Millisecond, Endpoints: []Endpoint{{Addr: addr, Weight: 1}}}})
+	c := m.Get("c")
+	for range 64 { // a backlog of 1 fills after a couple of connections
+		conn, err := c.Connect(context.Background(), c.Hosts()[0])
+		if err != nil {
+			if !errors.Is(err, ErrConnectTimeout) {
+				t.Fatalf("got %v, want a connect timeout", err)
+			}
+			if v, _ := st.Value("cluster.c.upstream_cx_connect_timeout"); v != 1 {
+				t.Fatalf("upstream_cx_connect_timeout = %d", v)
+			}
+			return
+		}
+		fill = append(fill, conn)
+	}
+	t.Skip("could not fill the accept queue; no connect timeout to observe")
+}
+
+func TestNewConfigErrors(t *testing.T) {
+	base := func() *clusterv3.Cluster {
+		return &clusterv3.Cluster{
+			Name:                 "c",
+			ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+			LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: "c", Endpoints: []*endpointv3.LocalityLbEndpoints{{
+				LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+					Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+						Address: "127.0.0.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 80}}}}}}}},
+			}}},
+		}
+	}
+	if cfg, err := NewConfig(base()); err != nil || len(cfg.Endpoints) != 1 || cfg.ConnectTimeout != DefaultConnectTimeout {
+		t.Fatalf("good cluster: %v %+v", err, cfg)
+	}
+	for _, tc := range []struct {
+		name   string
+		mutate func(*clusterv3.Cluster)
+		path   string
+	}{
+		{"hostname endpoint", func(c *clusterv3.Cluster) {
+			c.LoadAssignment.Endpoints[0].LbEndpoints[0].GetEndpoint().Address.GetSocketAddress().Address = "example.com"
+		}, "load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address"},
+		{"EDS not yet", func(c *clusterv3.Cluster) {
+			c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS}
+		}, "type"},
+		{"no load assignment", func(c *clusterv3.Cluster) { c.LoadAssignment = nil }, "load_assignment"},
+		{"ring hash", func(c *clusterv3.Cluster) { c.LbPolicy = clusterv3.Cluster_RING_HASH }, "lb_policy"},
+		{"outlier detection", func(c *clusterv3.Cluster) { c.OutlierDetection = &clusterv3.OutlierDetection{} }, "outlier_detection"},
+		{"zero connect timeout", func(c *clusterv3.Cluster) { c.ConnectTimeout = durationpb.New(0) }, "connect_timeout"},
+		{"zero weight", func(c *clusterv3.Cluster) {
+			c.LoadAssignment.Endpoints[0].LbEndpoints[0].LoadBalancingWeight = wrapperspb.UInt32(0)
+		}, "load_assignment.endpoints[0].lb_endpoints[0].load_balancing_weight"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := base()
+			tc.mutate(c)
+			_, err := NewConfig(c)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if got := cfgerr.PathOf(err); got != tc.path {
+				t.Fatalf("error %q at %q, want path %q", err, got, tc.path)
+			}
+		})
+	}
+}
+
+// listenBacklog1 binds a loopback listener with the smallest accept queue and
+// never accepts from it.
+func listenBacklog1(t *testing.T) netip.AddrPort {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*unix.SockaddrInet4).Port))
+}
