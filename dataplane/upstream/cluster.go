@@ -167,7 +167,8 @@ func (c *Cluster) Connect(ctx context.Context, h *Host) (*net.TCPConn, error) {
 		d.KeepAliveConfig = net.KeepAliveConfig{Enable: true, Idle: ka.Idle, Interval: ka.Interval, Count: ka.Probes}
 		d.KeepAlive = 0
 	}
-	conn, err := d.DialContext(ctx, "tcp", h.Addr.String())
+	// DialTCP takes the address as it is: no parsing, no resolver.
+	conn, err := d.DialTCP(ctx, "tcp", netip.AddrPort{}, h.Addr)
 	if err != nil {
 		c.stats.cxConnectFail.Inc()
 		h.CxConnectFail.Add(1)
@@ -182,7 +183,7 @@ func (c *Cluster) Connect(ctx context.Context, h *Host) (*net.TCPConn, error) {
 	}
 	c.stats.cxActive.Inc()
 	h.CxActive.Add(1)
-	return conn.(*net.TCPConn), nil
+	return conn, nil
 }
 
 // Disconnected accounts for the end of a connection returned by Connect.

@@ -23,8 +23,11 @@ func TestLargeTransferBothWays(t *testing.T) {
 		h := newHarness(t, m, time.Minute)
 		toServer, toClient := randomBytes(1, size), randomBytes(2, size)
 		p := NewPair(h.down, h.up, h.cfg)
-		if got := p.dirs[ToUpstream].splice; got != m.splice {
-			t.Fatalf("splice mode = %v, want %v", got, m.splice)
+		if got := p.dirs[ToUpstream].canSplice; got != m.splice {
+			t.Fatalf("can splice = %v, want %v", got, m.splice)
+		}
+		if p.dirs[ToUpstream].splice {
+			t.Fatal("splicing before any bulk data was seen")
 		}
 		run := h.start(t.Context(), p)
 		cli := exchange(h.client, toServer, 1, nil)
@@ -49,7 +52,8 @@ func TestLargeTransferBothWays(t *testing.T) {
 				t.Errorf("received counter = %d, want %d", c.Value(), size)
 			}
 		}
-		// Splice must really have been used, not silently given up on.
+		// Bulk data must have switched both directions to splice, and splice
+		// must not have been silently given up on.
 		if m.splice && (!p.dirs[ToUpstream].splice || !p.dirs[ToDownstream].splice) {
 			t.Error("pair fell back from splice to copying")
 		}
