@@ -47,6 +47,42 @@ func testMain(m *testing.M) int {
 	return code
 }
 
+// TestBinaryInputs makes the cached result of this package depend on skiff's
+// sources. go test caches a package's result keyed on the files its tests opened
+// (logged only while tests run, not in TestMain); the sources read by the
+// "go build" child are invisible to it, so without this a changed skiff would be
+// served a cached e2e pass.
+func TestBinaryInputs(t *testing.T) {
+	if err := touchSources(".."); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// touchSources opens every file the binary is built from (see TestBinaryInputs).
+func touchSources(root string) error {
+	return filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			switch d.Name() {
+			case ".git", "e2e", "tools", "bench", "testdata":
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		switch filepath.Ext(path) {
+		case ".go", ".yaml", ".mod", ".sum":
+			f, err := os.Open(path)
+			if err != nil {
+				return err
+			}
+			return f.Close()
+		}
+		return nil
+	})
+}
+
 // buildSkiff builds ./cmd/skiff into out, with -race when the tests run with it.
 // go test puts its own toolchain first in PATH, so "go" is the go that runs us.
 func buildSkiff(out string) error {
