@@ -22,6 +22,7 @@ import (
 // and the connections made to it are untouched by unrelated changes.
 type Host struct {
 	Addr netip.AddrPort
+	addr string // Addr.String(), formatted once for dialing
 
 	weight   atomic.Uint32
 	priority atomic.Uint32
@@ -127,7 +128,7 @@ func (c *Cluster) setEndpointsLocked(eps []Endpoint, policy clusterv3.Cluster_Lb
 		}
 		h, ok := c.hosts[ep.Addr]
 		if !ok {
-			h = &Host{Addr: ep.Addr}
+			h = &Host{Addr: ep.Addr, addr: ep.Addr.String()}
 		}
 		h.weight.Store(ep.Weight)
 		h.priority.Store(ep.Priority)
@@ -167,8 +168,9 @@ func (c *Cluster) Connect(ctx context.Context, h *Host) (*net.TCPConn, error) {
 		d.KeepAliveConfig = net.KeepAliveConfig{Enable: true, Idle: ka.Idle, Interval: ka.Interval, Count: ka.Probes}
 		d.KeepAlive = 0
 	}
-	// DialTCP takes the address as it is: no parsing, no resolver.
-	conn, err := d.DialTCP(ctx, "tcp", netip.AddrPort{}, h.Addr)
+	// Not Dialer.DialTCP: with a zero local address it binds to port 0 before
+	// connecting, an extra system call and the kernel's slow port search.
+	conn, err := d.DialContext(ctx, "tcp", h.addr)
 	if err != nil {
 		c.stats.cxConnectFail.Inc()
 		h.CxConnectFail.Add(1)
@@ -183,7 +185,7 @@ func (c *Cluster) Connect(ctx context.Context, h *Host) (*net.TCPConn, error) {
 	}
 	c.stats.cxActive.Inc()
 	h.CxActive.Add(1)
-	return conn, nil
+	return conn.(*net.TCPConn), nil
 }
 
 // Disconnected accounts for the end of a connection returned by Connect.

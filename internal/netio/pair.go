@@ -151,6 +151,7 @@ type Pair struct {
 
 	base time.Time    // set by Run before the directions start
 	last atomic.Int64 // time.Since(base) of the last byte moved, when idle > 0
+	eofs atomic.Int32 // directions that reached end of stream and forwarded it
 
 	mu       sync.Mutex
 	started  bool        // Run has begun
@@ -590,6 +591,13 @@ func (d *direction) flush() bool {
 func (d *direction) readEnded() {
 	if d.rerr != io.EOF {
 		d.p.failed(d.srcEnd, d.rerr)
+		return
+	}
+	if d.p.eofs.Add(1) == 2 {
+		// The other direction already ended: both streams are complete, so
+		// closing both conns sends the last FIN; a shutdown first would be a
+		// wasted system call on every connection.
+		d.p.end(Closed, nil)
 		return
 	}
 	if cw, ok := d.dst.(interface{ CloseWrite() error }); ok {

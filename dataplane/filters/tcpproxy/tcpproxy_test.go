@@ -252,3 +252,21 @@ func TestIdleTimeoutIsCounted(t *testing.T) {
 		t.Fatalf("idle_timeout = %d", v)
 	}
 }
+
+func TestClusterWithoutEndpointsClosesDownstream(t *testing.T) {
+	e := newEnv(t)
+	e.fc.Clusters.Set([]*upstream.Config{{Name: "empty", StatName: "empty", ConnectTimeout: time.Second}})
+	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "empty"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, wait := serve(t, p)
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := client.Read(make([]byte, 1)); err == nil {
+		t.Fatal("connection to a cluster without endpoints stayed open")
+	}
+	wait()
+	if v, _ := e.st.Value("cluster.empty.upstream_cx_none_healthy"); v != 1 {
+		t.Fatalf("upstream_cx_none_healthy = %d", v)
+	}
+}

@@ -1,0 +1,225 @@
+package listener
+
+import (
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/dataplane/filters/tcpproxy"
+	"github.com/skiffproxy/skiff/dataplane/upstream"
+	"github.com/skiffproxy/skiff/internal/bufpool"
+	"github.com/skiffproxy/skiff/internal/cfgerr"
+	"github.com/skiffproxy/skiff/internal/stats"
+)
+
+func testRegistry(t *testing.T) (*filter.Registry, filter.Context) {
+	t.Helper()
+	reg := filter.NewRegistry()
+	if err := reg.RegisterNetwork(tcpproxy.Factory{}); err != nil {
+		t.Fatal(err)
+	}
+	st := stats.NewStore()
+	return reg, filter.Context{Logger: slog.New(slog.DiscardHandler), Stats: st, Clusters: upstream.NewManager(st), Buffers: bufpool.New()}
+}
+
+func addr(ip string, port uint32) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address: ip, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port}}}}
+}
+
+func tcpFilter(t *testing.T) *listenerv3.Filter {
+	t.Helper()
+	a, err := anypb.New(&tcpv3.TcpProxy{StatPrefix: "t", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &listenerv3.Filter{Name: tcpproxy.Name, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: a}}
+}
+
+func TestBuildErrors(t *testing.T) {
+	reg, fc := testRegistry(t)
+	good := func() *listenerv3.Listener {
+		return &listenerv3.Listener{
+			Name:         "l",
+			Address:      addr("127.0.0.1", 0),
+			FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{tcpFilter(t)}}},
+		}
+	}
+	if _, err := Build(good(), reg, fc, nil); err != nil {
+		t.Fatalf("good listener: %v", err)
+	}
+	nonTerminal := &listenerv3.Filter{Name: "x"} // no typed_config
+	for _, tc := range []struct {
+		name   string
+		mutate func(*listenerv3.Listener)
+		path   string
+	}{
+		{"no chains", func(l *listenerv3.Listener) { l.FilterChains = nil }, "filter_chains"},
+		{"terminal not last", func(l *listenerv3.Listener) {
+			l.FilterChains[0].Filters = append(l.FilterChains[0].Filters, tcpFilter(t))
+		}, "filter_chains[0].filters[0]"},
+		{"filter without typed_config", func(l *listenerv3.Listener) {
+			l.FilterChains[0].Filters = []*listenerv3.Filter{nonTerminal}
+		}, "filter_chains[0].filters[0].typed_config"},
+		{"tls transport socket", func(l *listenerv3.Listener) {
+			l.FilterChains[0].TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls"}
+		}, "filter_chains[0].transport_socket"},
+		{"duplicate match", func(l *listenerv3.Listener) {
+			l.FilterChains = append(l.FilterChains, &listenerv3.FilterChain{Filters: []*listenerv3.Filter{tcpFilter(t)}})
+		}, "filter_chains[1].filter_chain_match"},
+		{"hostname address", func(l *listenerv3.Listener) { l.Address = addr("localhost", 80) }, "address.socket_address.address"},
+		{"udp", func(l *listenerv3.Listener) { l.Address.GetSocketAddress().Protocol = corev3.SocketAddress_UDP }, "address.socket_address.protocol"},
+		{"same additional address", func(l *listenerv3.Listener) {
+			l.Address = addr("127.0.0.1", 8080)
+			l.AdditionalAddresses = []*listenerv3.AdditionalAddress{{Address: addr("127.0.0.1", 8080)}}
+		}, "additional_addresses[0].address"},
+		{"bind_to_port false", func(l *listenerv3.Listener) { l.BindToPort = wrapperspb.Bool(false) }, "bind_to_port"},
+		{"connection balance", func(l *listenerv3.Listener) {
+			l.ConnectionBalanceConfig = &listenerv3.Listener_ConnectionBalanceConfig{}
+		}, "connection_balance_config"},
+		{"socket option without value", func(l *listenerv3.Listener) {
+			l.SocketOptions = []*corev3.SocketOption{{Level: 1, Name: 2}}
+		}, "socket_options[0]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := good()
+			tc.mutate(l)
+			_, err := Build(l, reg, fc, nil)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if got := cfgerr.PathOf(err); got != tc.path {
+				t.Fatalf("error %q at %q, want %q", err, got, tc.path)
+			}
+		})
+	}
+}
+
+func TestBuildReusesEqualChains(t *testing.T) {
+	reg, fc := testRegistry(t)
+	mk := func(port uint32) *listenerv3.Listener {
+		return &listenerv3.Listener{Name: "l", Address: addr("127.0.0.1", 0), FilterChains: []*listenerv3.FilterChain{
+			{FilterChainMatch: &listenerv3.FilterChainMatch{DestinationPort: wrapperspb.UInt32(port)}, Filters: []*listenerv3.Filter{tcpFilter(t)}},
+			{Filters: []*listenerv3.Filter{tcpFilter(t)}},
+		}}
+	}
+	first, err := Build(mk(80), reg, fc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := Build(mk(81), reg, fc, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.Chains[1] != first.Chains[1] {
+		t.Error("the unchanged chain was rebuilt (its connections would drain)")
+	}
+	if second.Chains[0] == first.Chains[0] {
+		t.Error("the changed chain was reused")
+	}
+}
+
+func sockopt(t *testing.T, ln *net.TCPListener, level, name int) int {
+	t.Helper()
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v int
+	var serr error
+	rc.Control(func(fd uintptr) { v, serr = unix.GetsockoptInt(int(fd), level, name) })
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	return v
+}
+
+func TestBindAppliesEnvoySocketSemantics(t *testing.T) {
+	// Envoy binds "::" IPv6-only unless ipv4_compat is set; Go's default is
+	// dual-stack, so skiff must set IPV6_V6ONLY itself. (Only the wildcard
+	// address shows it: Linux makes a socket bound to ::1 IPv6-only anyway.
+	// Nothing connects to the socket.)
+	for _, compat := range []bool{false, true} {
+		ln, err := Bind(SocketSpec{Addr: netip.MustParseAddrPort("[::]:0"), IPv4Compat: compat})
+		if err != nil {
+			t.Skipf("no IPv6 loopback: %v", err)
+		}
+		got := sockopt(t, ln, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
+		ln.Close()
+		if want := map[bool]int{false: 1, true: 0}[compat]; got != want {
+			t.Errorf("ipv4_compat=%v: IPV6_V6ONLY=%d, want %d", compat, got, want)
+		}
+	}
+
+	rcvbuf := int64(1 << 16)
+	keepalive := int64(1)
+	spec := SocketSpec{Addr: netip.MustParseAddrPort("127.0.0.1:0"), Options: []SocketOption{
+		{Level: unix.SOL_SOCKET, Name: unix.SO_RCVBUF, Int: &rcvbuf, State: corev3.SocketOption_STATE_PREBIND},
+		{Level: unix.SOL_SOCKET, Name: unix.SO_KEEPALIVE, Int: &keepalive, State: corev3.SocketOption_STATE_LISTENING},
+	}}
+	ln, err := Bind(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if got := sockopt(t, ln, unix.SOL_SOCKET, unix.SO_RCVBUF); got < int(rcvbuf) {
+		t.Errorf("SO_RCVBUF = %d, want at least %d", got, rcvbuf)
+	}
+	if got := sockopt(t, ln, unix.SOL_SOCKET, unix.SO_KEEPALIVE); got != 1 {
+		t.Errorf("SO_KEEPALIVE = %d after a STATE_LISTENING option", got)
+	}
+}
+
+func TestBindPortInUse(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	_, err = Bind(SocketSpec{Addr: taken.Addr().(*net.TCPAddr).AddrPort()})
+	if err == nil || !strings.Contains(err.Error(), "address already in use") || !strings.Contains(err.Error(), taken.Addr().String()) {
+		t.Fatalf("Bind on a taken port: %v", err)
+	}
+}
+
+func TestSocketTableSharesByKey(t *testing.T) {
+	tab := NewSocketTable(slog.New(slog.DiscardHandler))
+	first, err := tab.Acquire(SocketSpec{Addr: netip.MustParseAddrPort("127.0.0.1:0")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := SocketSpec{Addr: first.Bound}
+	tab.Release(first) // frees the port for a fixed-port spec below
+	a, err := tab.Acquire(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := tab.Acquire(spec)
+	if err != nil {
+		t.Fatalf("second Acquire of the same spec: %v (it must share, not rebind)", err)
+	}
+	if a != b {
+		t.Fatal("equal specs got different sockets")
+	}
+	tab.Release(a)
+	if c, err := net.Dial("tcp", spec.Addr.String()); err != nil {
+		t.Fatalf("socket closed while still referenced: %v", err)
+	} else {
+		c.Close()
+	}
+	tab.Release(b)
+	if c, err := net.Dial("tcp", spec.Addr.String()); err == nil {
+		c.Close()
+		t.Fatal("socket still open after the last Release")
+	}
+}
