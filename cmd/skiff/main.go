@@ -22,6 +22,9 @@ const usage = `skiff is an xDS-driven L4/L7 proxy data plane (Envoy v3 configura
 Usage:
   skiff run -c FILE [flags]   run a data plane from an Envoy bootstrap (see 'skiff run -h')
   skiff demo [flags]          run a demo on loopback: an upstream and a proxy in front of it
+  skiff controlplane [flags]  serve Envoy resources from files over ADS (xDS)
+  skiff admin [flags] CMD     query or steer a running skiff over its gRPC admin API
+  skiff stats [flags]         print a skiff's counters straight from its stats file
   skiff version               print the version
 
 Envoy's own invocation also works: 'skiff -c FILE ...' is 'skiff run -c FILE ...'.
@@ -47,6 +50,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runCmd(args[1:], stdout, stderr)
 	case cmd == "demo":
 		err = demoCmd(args[1:], stdout, stderr)
+	case cmd == "controlplane":
+		err = controlplaneCmd(args[1:], stdout, stderr)
+	case cmd == "admin":
+		err = adminCmd(args[1:], stdout, stderr)
+	case cmd == "stats":
+		err = statsCmd(args[1:], stdout, stderr)
 	case cmd == "version" || cmd == "--version":
 		fmt.Fprintf(stdout, "skiff %s\n", versionString())
 	case cmd == "help" || cmd == "-h" || cmd == "--help":
