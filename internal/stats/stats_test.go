@@ -1,54 +1,216 @@
 package stats
 
 import (
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
+
+	"go.uber.org/goleak"
 )
 
+func TestMain(m *testing.M) {
+	if role := os.Getenv(childEnv); role != "" {
+		os.Exit(childMain(role))
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// stores runs f against an in-memory Store and a file-backed one.
+func stores(t *testing.T, f func(t *testing.T, s *Store)) {
+	t.Run("memory", func(t *testing.T) { f(t, NewStore()) })
+	t.Run("file", func(t *testing.T) {
+		s := openTest(t, filepath.Join(t.TempDir(), "stats"), WithCapacity(1024))
+		f(t, s)
+		if err := s.reg.verify(); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func openTest(t *testing.T, path string, opts ...Option) *Store {
+	t.Helper()
+	s, err := Open(path, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// userSamples leaves out the stats every file-backed Store has.
+func userSamples(s *Store) []Sample {
+	var out []Sample
+	for _, sm := range s.Snapshot() {
+		if sm.Name != "stats.overflow" {
+			out = append(out, sm)
+		}
+	}
+	return out
+}
+
 func TestSameNameSameValue(t *testing.T) {
-	s := NewStore()
-	a, b := s.Counter("cluster.c.upstream_cx_total"), s.Counter("cluster.c.upstream_cx_total")
-	a.Inc()
-	b.Add(2)
-	if a.Value() != 3 || b.Value() != 3 {
-		t.Fatalf("two handles of one counter: %d, %d", a.Value(), b.Value())
-	}
-	g := s.Gauge("cluster.c.upstream_cx_active")
-	g.Inc()
-	g.Inc()
-	g.Dec()
-	if v, ok := s.Value("cluster.c.upstream_cx_active"); !ok || v != 1 {
-		t.Fatalf("gauge = %d, %v", v, ok)
-	}
-	snap := s.Snapshot()
-	if len(snap) != 2 || snap[0].Name != "cluster.c.upstream_cx_active" || snap[0].Kind != KindGauge || snap[1].Value != 3 {
-		t.Fatalf("snapshot %+v", snap)
-	}
+	stores(t, func(t *testing.T, s *Store) {
+		a, b := s.Counter("cluster.c.upstream_cx_total"), s.Counter("cluster.c.upstream_cx_total")
+		a.Inc()
+		b.Add(2)
+		if a.Value() != 3 || b.Value() != 3 {
+			t.Fatalf("two handles of one counter: %d, %d", a.Value(), b.Value())
+		}
+		g := s.Gauge("cluster.c.upstream_cx_active")
+		g.Inc()
+		g.Inc()
+		g.Dec()
+		g.Add(-5)
+		g.Set(1)
+		if v, ok := s.Value("cluster.c.upstream_cx_active"); !ok || v != 1 {
+			t.Fatalf("gauge = %d, %v", v, ok)
+		}
+		if _, ok := s.Value("nope"); ok {
+			t.Fatal("Value of a missing stat")
+		}
+		snap := userSamples(s)
+		if len(snap) != 2 || snap[0].Name != "cluster.c.upstream_cx_active" || snap[0].Kind != KindGauge || snap[1].Value != 3 {
+			t.Fatalf("snapshot %+v", snap)
+		}
+	})
 }
 
 func TestConcurrentIncrements(t *testing.T) {
-	s := NewStore()
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c := s.Counter("x")
-			for range 1000 {
-				c.Inc()
-			}
-		}()
+	stores(t, func(t *testing.T, s *Store) {
+		var wg sync.WaitGroup
+		for i := range 8 {
+			wg.Go(func() {
+				c := s.Counter("x")
+				g := s.Gauge("g")
+				sc := s.Scope(fmt.Sprintf("scope%d.", i))
+				own := sc.Counter("n")
+				for range 1000 {
+					c.Inc()
+					g.Add(2)
+					g.Dec()
+					own.Inc()
+				}
+				sc.Close()
+			})
+		}
+		wg.Wait()
+		if v, _ := s.Value("x"); v != 8000 {
+			t.Fatalf("x = %d, want 8000", v)
+		}
+		if v, _ := s.Value("g"); v != 8000 {
+			t.Fatalf("g = %d, want 8000", v)
+		}
+		if _, ok := s.Value("scope0.n"); ok {
+			t.Fatal("a closed scope's counter is still there")
+		}
+	})
+}
+
+func TestScopes(t *testing.T) {
+	stores(t, func(t *testing.T, s *Store) {
+		a := s.Scope("cluster.a.")
+		b := s.Scope("cluster.a.")
+		ca, cb := a.Counter("upstream_cx_total"), b.Counter("upstream_cx_total")
+		ca.Inc()
+		if cb.Value() != 1 || a.Counter("upstream_cx_total").Value() != 1 {
+			t.Fatal("two scopes with one prefix do not share")
+		}
+		a.Histogram("upstream_cx_length_ms").Record(3)
+		a.GaugeMode("membership_total", NeverImport).Set(4)
+		a.Close()
+		if v, ok := s.Value("cluster.a.upstream_cx_total"); !ok || v != 1 {
+			t.Fatalf("b still holds the counter: %d, %v", v, ok)
+		}
+		if _, ok := s.Value("cluster.a.membership_total"); ok {
+			t.Fatal("a gauge only a held survived a.Close")
+		}
+		b.Close()
+		b.Close()
+		if len(userSamples(s)) != 0 {
+			t.Fatalf("stats left after closing every scope: %+v", userSamples(s))
+		}
+		// A closed scope still hands out working, detached handles.
+		c := a.Counter("late")
+		c.Inc()
+		if c.Value() != 1 || len(userSamples(s)) != 0 {
+			t.Fatal("a closed scope created a stat")
+		}
+		// The Store's own hold keeps a stat a scope gives up.
+		root := s.Counter("cluster.b.x")
+		sc := s.Scope("cluster.b.")
+		sc.Counter("x").Add(7)
+		sc.Close()
+		if root.Value() != 7 {
+			t.Fatalf("root-held counter = %d after the scope closed", root.Value())
+		}
+	})
+}
+
+func TestHistogram(t *testing.T) {
+	for v := range uint64(100000) {
+		i := bucketOf(v)
+		lo, hi := bucketBounds(i)
+		if v < lo || v > hi {
+			t.Fatalf("value %d in bucket %d [%d,%d]", v, i, lo, hi)
+		}
+		if hi-lo > max(lo/8, 1) {
+			t.Fatalf("bucket %d [%d,%d] wider than 1/8", i, lo, hi)
+		}
 	}
-	wg.Wait()
-	if v, _ := s.Value("x"); v != 8000 {
-		t.Fatalf("x = %d, want 8000", v)
+	for _, v := range []uint64{1 << 63, math.MaxUint64, 1<<40 + 12345} {
+		lo, hi := bucketBounds(bucketOf(v))
+		if v < lo || v > hi {
+			t.Fatalf("value %d not in [%d,%d]", v, lo, hi)
+		}
+	}
+	if bucketOf(math.MaxUint64) != histBuckets-1 {
+		t.Fatal("the largest value is not in the last bucket")
+	}
+
+	s := NewStore()
+	h := s.Histogram("cluster.c.upstream_cx_connect_ms")
+	for v := uint64(1); v <= 1000; v++ {
+		h.Record(v)
+	}
+	snap := s.Snapshot()
+	if len(snap) != 1 || snap[0].Kind != KindHistogram || snap[0].Histogram == nil {
+		t.Fatalf("snapshot %+v", snap)
+	}
+	hs := snap[0].Histogram
+	if hs.Count != 1000 || hs.Sum != 500500 {
+		t.Fatalf("count %d sum %d", hs.Count, hs.Sum)
+	}
+	var n uint64
+	for i, b := range hs.Buckets {
+		n += b.Count
+		if i > 0 && b.Lower <= hs.Buckets[i-1].Upper {
+			t.Fatal("buckets out of order")
+		}
+	}
+	if n != 1000 {
+		t.Fatalf("buckets add up to %d", n)
+	}
+	for _, q := range []struct{ q, want float64 }{{0.5, 500}, {0.9, 900}, {0.99, 990}} {
+		if got := hs.Quantile(q.q); math.Abs(got-q.want)/q.want > 0.07 {
+			t.Errorf("p%v = %v, want about %v", q.q*100, got, q.want)
+		}
+	}
+	if !math.IsNaN((&HistogramSnapshot{}).Quantile(0.5)) {
+		t.Fatal("quantile of an empty histogram")
 	}
 }
 
-func BenchmarkCounterInc(b *testing.B) {
-	c := NewStore().Counter("listener.127.0.0.1_10000.downstream_cx_total")
-	b.ReportAllocs()
-	for b.Loop() {
-		c.Inc()
+func TestKindsAndModesPrint(t *testing.T) {
+	for _, s := range []fmt.Stringer{KindCounter, KindGauge, KindHistogram, Kind(9), Accumulate, NeverImport, ImportMode(7)} {
+		if s.String() == "" {
+			t.Fatal("empty name")
+		}
+	}
+	if !strings.Contains((&VersionError{Path: "p", Version: 9}).Error(), "version 9") {
+		t.Fatal("VersionError does not name the version")
 	}
 }
