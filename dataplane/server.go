@@ -19,7 +19,9 @@ import (
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 
 	"github.com/skiffproxy/skiff/dataplane/filter"
 	"github.com/skiffproxy/skiff/dataplane/listener"
@@ -30,16 +32,25 @@ import (
 	"github.com/skiffproxy/skiff/internal/stats"
 )
 
-// Snapshot is a complete data-plane configuration.
+// Snapshot is a complete data-plane configuration. The Server keeps what it
+// built from each message and rebuilds only messages it has not seen before, so
+// callers should pass the same message values for unchanged resources (an xDS
+// client does naturally).
 type Snapshot struct {
 	Listeners []*listenerv3.Listener
 	Clusters  []*clusterv3.Cluster
+	// Endpoints are the ClusterLoadAssignments of EDS clusters, by service name
+	// (eds_cluster_config.service_name, or the cluster's name). An EDS cluster
+	// whose assignment is missing has no hosts.
+	Endpoints map[string]*endpointv3.ClusterLoadAssignment
+	// Routes are the RouteConfigurations listeners may name through RDS.
+	Routes map[string]*routev3.RouteConfiguration
 }
 
 // ResourceError is a configuration error in one resource of a Snapshot. Err
 // carries the field path inside the resource (see package cfgerr).
 type ResourceError struct {
-	Kind  string // "listener" or "cluster"
+	Kind  string // "listener", "cluster" or "endpoints"
 	Index int    // position in the Snapshot's list
 	Name  string
 	Err   error
@@ -59,6 +70,9 @@ type Options struct {
 	// DrainTime is how long connections of removed listeners and filter chains
 	// may go on before they are closed.
 	DrainTime time.Duration
+	// InitializedExternally: the caller calls MarkInitialized when its first
+	// round of configuration is complete, instead of the first Apply.
+	InitializedExternally bool
 }
 
 // Server runs listeners and clusters.
@@ -73,10 +87,28 @@ type Server struct {
 
 	mu        sync.Mutex // serialises Apply and Shutdown
 	listeners map[string]*listener.Listener
-	retired   map[*listener.FilterChain]bool // draining chains of older generations
-	shutdown  bool
-	draining  sync.WaitGroup // drain timers
-	serving   sync.WaitGroup // connection goroutines of every listener
+	// What the last Apply built, by message: reused when the same message comes
+	// again, so an update rebuilds only what changed.
+	clusterCfgs map[*clusterv3.Cluster]*upstream.Config
+	assigned    map[*endpointv3.ClusterLoadAssignment][]upstream.Endpoint
+	// What Validate* built, kept for the Apply that follows (an xDS client
+	// validates a response, then applies it): each message is built once.
+	prepMu      sync.Mutex
+	prepCluster map[*clusterv3.Cluster]*upstream.Config
+	prepAssign  map[*endpointv3.ClusterLoadAssignment][]upstream.Endpoint
+	retired     map[*listener.FilterChain]bool // draining chains of older generations
+	shutdown    bool
+	draining    sync.WaitGroup // drain timers
+	serving     sync.WaitGroup // connection goroutines of every listener
+
+	// For the admin API: the number of Snapshots applied and a channel the
+	// first one closes; DrainListeners' state (guarded by mu).
+	gen        atomic.Uint64
+	applied    chan struct{}
+	initOnce   sync.Once
+	drained    bool        // DrainListeners ran: Apply starts no new listener
+	drainTimer *time.Timer // a graceful DrainListeners' end
+	drainedAt  time.Time   // when the listeners stop(ped) accepting
 }
 
 // NewServer returns a Server with no listeners or clusters.
@@ -89,6 +121,7 @@ func NewServer(opts Options) *Server {
 		buffers:   bufpool.New(),
 		listeners: map[string]*listener.Listener{},
 		retired:   map[*listener.FilterChain]bool{},
+		applied:   make(chan struct{}),
 	}
 	if pipes, err := netio.NewPipePool(0); err != nil {
 		opts.Logger.Warn("splice(2) unavailable; TCP proxying copies through buffers", "error", err)
@@ -113,25 +146,55 @@ func (s *Server) factoryContext() filter.Context {
 
 // generation is a validated Snapshot, ready to apply.
 type generation struct {
-	listeners []*listener.Config
-	clusters  []*upstream.Config
+	listeners   []*listener.Config
+	clusters    []upstream.Assignment
+	clusterCfgs map[*clusterv3.Cluster]*upstream.Config
+	assigned    map[*endpointv3.ClusterLoadAssignment][]upstream.Endpoint
 }
 
 // build validates snap and builds every filter, reusing the filter chains of
 // running listeners that did not change. It touches no socket.
 func (s *Server) build(snap *Snapshot, running map[string]*listener.Listener) (*generation, error) {
-	g := &generation{}
+	g := &generation{
+		clusterCfgs: make(map[*clusterv3.Cluster]*upstream.Config, len(snap.Clusters)),
+		assigned:    map[*endpointv3.ClusterLoadAssignment][]upstream.Endpoint{},
+	}
 	seen := map[string]int{}
 	for i, pb := range snap.Clusters {
-		cfg, err := upstream.NewConfig(pb)
-		if err != nil {
-			return nil, &ResourceError{Kind: "cluster", Index: i, Name: pb.GetName(), Err: err}
+		cfg, ok := s.clusterCfgs[pb]
+		if !ok {
+			cfg, ok = s.prepared(pb)
+		}
+		if !ok {
+			var err error
+			if cfg, err = upstream.NewConfig(pb); err != nil {
+				return nil, &ResourceError{Kind: "cluster", Index: i, Name: pb.GetName(), Err: err}
+			}
 		}
 		if j, dup := seen[cfg.Name]; dup {
 			return nil, &ResourceError{Kind: "cluster", Index: i, Name: pb.GetName(), Err: cfgerr.Errorf("name", "duplicate of cluster %d", j)}
 		}
 		seen[cfg.Name] = i
-		g.clusters = append(g.clusters, cfg)
+		g.clusterCfgs[pb] = cfg
+		a := upstream.Static(cfg)
+		if cfg.EDS != nil {
+			cla := snap.Endpoints[cfg.EDS.ServiceName]
+			eps, ok := s.assigned[cla]
+			if !ok && cla != nil {
+				eps, ok = s.preparedEndpoints(cla)
+			}
+			if !ok && cla != nil {
+				var err error
+				if eps, err = upstream.Endpoints(cla); err != nil {
+					return nil, &ResourceError{Kind: "endpoints", Index: i, Name: cfg.EDS.ServiceName, Err: err}
+				}
+			}
+			if cla != nil {
+				g.assigned[cla] = eps
+			}
+			a = upstream.Assignment{Config: cfg, Endpoints: eps, From: cla}
+		}
+		g.clusters = append(g.clusters, a)
 	}
 	clear(seen)
 	bound := map[netip.AddrPort]string{}
@@ -166,6 +229,58 @@ func (s *Server) Validate(snap *Snapshot) error {
 	return err
 }
 
+// ValidateListener checks one listener as Apply would build it (every filter's
+// typed_config through the Registry), without binding anything. The error names
+// the field relative to the listener.
+func (s *Server) ValidateListener(pb *listenerv3.Listener) error {
+	_, err := listener.Build(pb, s.opts.Registry, s.factoryContext(), nil)
+	return err
+}
+
+// ValidateCluster checks one cluster as Apply would build it. The result is
+// kept for the next Apply of the same message.
+func (s *Server) ValidateCluster(pb *clusterv3.Cluster) error {
+	cfg, err := upstream.NewConfig(pb)
+	if err == nil {
+		s.prepMu.Lock()
+		if s.prepCluster == nil {
+			s.prepCluster = map[*clusterv3.Cluster]*upstream.Config{}
+		}
+		s.prepCluster[pb] = cfg
+		s.prepMu.Unlock()
+	}
+	return err
+}
+
+// ValidateEndpoints checks one ClusterLoadAssignment. The result is kept for the
+// next Apply of the same message.
+func (s *Server) ValidateEndpoints(cla *endpointv3.ClusterLoadAssignment) error {
+	eps, err := upstream.Endpoints(cla)
+	if err == nil {
+		s.prepMu.Lock()
+		if s.prepAssign == nil {
+			s.prepAssign = map[*endpointv3.ClusterLoadAssignment][]upstream.Endpoint{}
+		}
+		s.prepAssign[cla] = eps
+		s.prepMu.Unlock()
+	}
+	return err
+}
+
+func (s *Server) prepared(pb *clusterv3.Cluster) (*upstream.Config, bool) {
+	s.prepMu.Lock()
+	defer s.prepMu.Unlock()
+	cfg, ok := s.prepCluster[pb]
+	return cfg, ok
+}
+
+func (s *Server) preparedEndpoints(cla *endpointv3.ClusterLoadAssignment) ([]upstream.Endpoint, bool) {
+	s.prepMu.Lock()
+	defer s.prepMu.Unlock()
+	eps, ok := s.prepAssign[cla]
+	return eps, ok
+}
+
 // Apply makes snap the running configuration. Either all of it is applied or,
 // on error, none of it: validation and binding happen before anything running
 // is touched. Listeners whose sockets are unchanged keep them; their connections
@@ -193,6 +308,10 @@ func (s *Server) Apply(snap *Snapshot) error {
 			next[cfg.Name] = l
 			continue
 		}
+		if s.drained {
+			s.log.Warn("listener not started: the listeners were drained (admin DrainListeners)", "listener", cfg.Name)
+			continue
+		}
 		l, err := listener.Start(cfg, listener.Options{Logger: s.log, Stats: s.opts.Stats, Sockets: s.sockets, ConnIDs: &s.connIDs, Serving: &s.serving})
 		if err != nil {
 			for _, l := range started {
@@ -208,6 +327,10 @@ func (s *Server) Apply(snap *Snapshot) error {
 	// there yet. Removed clusters go only after the listeners stopped using them;
 	// connections already made keep their upstream connection either way.
 	s.clusters.Set(g.clusters)
+	s.clusterCfgs, s.assigned = g.clusterCfgs, g.assigned
+	s.prepMu.Lock()
+	s.prepCluster, s.prepAssign = nil, nil // what was not applied now is stale
+	s.prepMu.Unlock()
 
 	var retired []*listener.FilterChain
 	for l, cfg := range updates {
@@ -215,14 +338,43 @@ func (s *Server) Apply(snap *Snapshot) error {
 	}
 	for name, l := range s.listeners {
 		if next[name] != l {
+			if repl := next[name]; repl != nil {
+				// A listener-breaking change: the replacement is bound and
+				// accepting; steer the shared addresses to it before closing.
+				if err := l.HandOverTo(repl); err != nil {
+					s.log.Warn("listener rebind: handover incomplete; connections still queued on the old socket may be reset", "listener", name, "error", err)
+				}
+			}
 			l.StopAccepting()
-			retired = append(retired, listener.AllChains(l.Config())...)
+			// Chains the replacement reuses keep their connections.
+			keep := map[*listener.FilterChain]bool{}
+			if repl := next[name]; repl != nil {
+				for _, ch := range listener.AllChains(repl.Config()) {
+					keep[ch] = true
+				}
+			}
+			for _, ch := range listener.AllChains(l.Config()) {
+				if !keep[ch] {
+					retired = append(retired, ch)
+				}
+			}
 			s.log.Info("listener removed or rebound; draining its connections", "listener", name)
 		}
 	}
 	s.listeners = next
 	s.drain(retired)
+	if s.gen.Add(1) == 1 && !s.opts.InitializedExternally {
+		s.MarkInitialized()
+	}
 	return nil
+}
+
+// MarkInitialized says the first round of configuration is in place: Applied
+// is closed and the server is LIVE. Apply calls it for its first Snapshot,
+// unless Options.InitializedExternally leaves it to the caller (an xDS client
+// whose first round takes several updates).
+func (s *Server) MarkInitialized() {
+	s.initOnce.Do(func() { close(s.applied) })
 }
 
 func sameSockets(a, b *listener.Config) bool {
@@ -281,6 +433,9 @@ func (s *Server) Listeners() []ListenerInfo {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.shutdown = true
+	if s.drainTimer != nil {
+		s.drainTimer.Stop()
+	}
 	var chains []*listener.FilterChain
 	for _, l := range s.listeners {
 		l.StopAccepting()
@@ -309,4 +464,55 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return fmt.Errorf("dataplane: drain time over, closed the connections left: %w", err)
 	}
 	return nil
+}
+
+// Generation is the number of Snapshots applied so far: 0 until the first.
+func (s *Server) Generation() uint64 { return s.gen.Load() }
+
+// Applied is closed once the first round of configuration is in place (see
+// MarkInitialized).
+func (s *Server) Applied() <-chan struct{} { return s.applied }
+
+// Stats returns the stats store the Server counts in.
+func (s *Server) Stats() *stats.Store { return s.opts.Stats }
+
+// DrainListeners stops every listener from accepting connections, as Envoy's
+// /drain_listeners; connections already accepted go on. With graceful, the
+// connections of every filter chain are first asked to end at their next safe
+// point, and the listeners go on accepting (the new connections are asked the
+// same) for the drain time before they stop. Listeners that a later Apply adds
+// are not started. It returns when the listeners stop (or stopped) accepting.
+func (s *Server) DrainListeners(graceful bool) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.drained && (graceful || s.drainTimer == nil) {
+		return s.drainedAt
+	}
+	s.drained = true
+	if !graceful {
+		if s.drainTimer != nil {
+			s.drainTimer.Stop()
+			s.drainTimer = nil
+		}
+		for _, l := range s.listeners {
+			l.StopAccepting()
+		}
+		s.drainedAt = time.Now()
+		return s.drainedAt
+	}
+	for _, l := range s.listeners {
+		for _, ch := range listener.AllChains(l.Config()) {
+			ch.Conns().Drain()
+		}
+	}
+	s.drainedAt = time.Now().Add(s.opts.DrainTime)
+	s.drainTimer = time.AfterFunc(s.opts.DrainTime, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.drainTimer = nil
+		for _, l := range s.listeners {
+			l.StopAccepting()
+		}
+	})
+	return s.drainedAt
 }

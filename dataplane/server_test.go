@@ -349,3 +349,87 @@ func TestShutdownClosesWhatIsLeft(t *testing.T) {
 		t.Fatal("listener still accepts after Shutdown")
 	}
 }
+
+func TestListenerBreakingChangeRebindsWithoutRefusing(t *testing.T) {
+	a := namedEcho(t, "a")
+	s, _ := newTestServer(t, time.Second)
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := free.Addr().(*net.TCPAddr).AddrPort()
+	free.Close()
+
+	withRcvbuf := func(n int64) *listenerv3.Listener {
+		l := tcpListener("l", addr, "a")
+		l.SocketOptions = []*corev3.SocketOption{{Level: 1 /* SOL_SOCKET */, Name: 8 /* SO_RCVBUF */, Value: &corev3.SocketOption_IntValue{IntValue: n}}}
+		return l
+	}
+	cl := []*clusterv3.Cluster{staticCluster("a", a)}
+	if err := s.Apply(&Snapshot{Listeners: []*listenerv3.Listener{withRcvbuf(65536)}, Clusters: cl}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Clients connect continuously while the listener is rebound five times
+	// with a changed socket option: not one connection may be refused or reset.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var failures []error
+	var ok int
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 2000; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				err := func() error {
+					c, err := net.DialTimeout("tcp", addr.String(), 5*time.Second)
+					if err != nil {
+						return err
+					}
+					defer c.Close()
+					c.SetDeadline(time.Now().Add(5 * time.Second))
+					_, err = bufio.NewReader(c).ReadString('\n')
+					return err
+				}()
+				mu.Lock()
+				if err != nil {
+					failures = append(failures, err)
+				} else {
+					ok++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for i := range 5 {
+		time.Sleep(30 * time.Millisecond)
+		if err := s.Apply(&Snapshot{Listeners: []*listenerv3.Listener{withRcvbuf(int64(131072 + i*65536))}, Clusters: cl}); err != nil {
+			t.Fatalf("rebind %d: %v", i, err)
+		}
+	}
+	time.Sleep(30 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if len(failures) > 0 {
+		t.Fatalf("%d of %d connections failed across the rebinds, first: %v", len(failures), len(failures)+ok, failures[0])
+	}
+	if ok < 10 {
+		t.Fatalf("only %d connections made; the test proves nothing", ok)
+	}
+	if got := boundAddr(t, s, "l"); got != addr {
+		t.Fatalf("listener moved to %s", got)
+	}
+	// The new option is in effect on the socket now serving.
+	s.mu.Lock()
+	sock := s.listeners["l"].Sockets()[0]
+	s.mu.Unlock()
+	if got := sock.IntOption(t, 1, 8); got < 131072+4*65536 {
+		t.Fatalf("SO_RCVBUF on the serving socket = %d", got)
+	}
+}

@@ -22,15 +22,14 @@ type listenerStats struct {
 	cxActive                                                    stats.Gauge
 }
 
-func newListenerStats(st *stats.Store, prefix string) listenerStats {
-	p := "listener." + prefix + "."
+func newListenerStats(sc *stats.Scope) listenerStats {
 	return listenerStats{
-		cxTotal:      st.Counter(p + "downstream_cx_total"),
-		cxDestroy:    st.Counter(p + "downstream_cx_destroy"),
-		noChainMatch: st.Counter(p + "no_filter_chain_match"),
-		filterError:  st.Counter(p + "downstream_listener_filter_error"),
-		preCxTimeout: st.Counter(p + "downstream_pre_cx_timeout"),
-		cxActive:     st.Gauge(p + "downstream_cx_active"),
+		cxTotal:      sc.Counter("downstream_cx_total"),
+		cxDestroy:    sc.Counter("downstream_cx_destroy"),
+		noChainMatch: sc.Counter("no_filter_chain_match"),
+		filterError:  sc.Counter("downstream_listener_filter_error"),
+		preCxTimeout: sc.Counter("downstream_pre_cx_timeout"),
+		cxActive:     sc.Gauge("downstream_cx_active"),
 	}
 }
 
@@ -54,8 +53,12 @@ type Listener struct {
 	cfg     atomic.Pointer[Config]
 	opts    Options
 	stats   listenerStats
+	scope   *stats.Scope
 	sockets []*Socket
 	log     *slog.Logger
+	// refs counts the accepting listener (until StopAccepting) and each
+	// connection being served; the stats scope is released with the last.
+	refs atomic.Int64
 
 	mu      sync.Mutex
 	stopped bool
@@ -64,13 +67,16 @@ type Listener struct {
 // Start binds (or takes from the socket table) every socket of cfg and begins
 // accepting. On error nothing stays bound.
 func Start(cfg *Config, opts Options) (*Listener, error) {
-	l := &Listener{name: cfg.Name, opts: opts, stats: newListenerStats(opts.Stats, cfg.StatPrefix)}
+	sc := opts.Stats.Scope("listener." + cfg.StatPrefix + ".")
+	l := &Listener{name: cfg.Name, opts: opts, scope: sc, stats: newListenerStats(sc)}
+	l.refs.Store(1)
 	l.log = opts.Logger.With("listener", cfg.Name)
 	l.cfg.Store(cfg)
 	for i, spec := range cfg.Sockets {
 		s, err := opts.Sockets.Acquire(spec)
 		if err != nil {
 			l.release()
+			l.unref()
 			return nil, cfgerr.Field(SocketPath(i), err)
 		}
 		l.sockets = append(l.sockets, s)
@@ -87,6 +93,26 @@ func (l *Listener) Name() string { return l.name }
 
 // Config returns the listener's current configuration.
 func (l *Listener) Config() *Config { return l.cfg.Load() }
+
+// Sockets returns the listener's sockets.
+func (l *Listener) Sockets() []*Socket { return l.sockets }
+
+// HandOverTo moves new connections for every address this listener shares with
+// next (a replacement bound with other socket options) to next's sockets, so
+// that stopping this listener afterwards refuses nothing. See Handover.
+func (l *Listener) HandOverTo(next *Listener) error {
+	var first error
+	for _, old := range l.sockets {
+		for _, s := range next.sockets {
+			if s != old && s.Bound == old.Bound {
+				if err := Handover(old, s, time.Second); err != nil && first == nil {
+					first = err
+				}
+			}
+		}
+	}
+	return first
+}
 
 // Bound returns the addresses the listener's sockets are bound to; for a port of
 // 0 they hold the port the system chose.
@@ -134,6 +160,26 @@ func (l *Listener) StopAccepting() {
 	}
 	l.stopped = true
 	l.release()
+	l.unref()
+}
+
+// ref takes a reference for a connection; false once the listener is gone.
+func (l *Listener) ref() bool {
+	for {
+		r := l.refs.Load()
+		if r <= 0 {
+			return false
+		}
+		if l.refs.CompareAndSwap(r, r+1) {
+			return true
+		}
+	}
+}
+
+func (l *Listener) unref() {
+	if l.refs.Add(-1) == 0 {
+		l.scope.Close()
+	}
 }
 
 func (l *Listener) release() {
@@ -147,12 +193,17 @@ func (l *Listener) release() {
 
 // handle is called by the accept loop of each of the listener's sockets.
 func (l *Listener) handle(c *net.TCPConn) {
+	if !l.ref() {
+		c.Close() // accepted just as the listener stopped
+		return
+	}
 	l.opts.Serving.Add(1)
 	go l.serve(c)
 }
 
 func (l *Listener) serve(tc *net.TCPConn) {
 	defer l.opts.Serving.Done()
+	defer l.unref()
 	cfg := l.cfg.Load()
 	l.stats.cxTotal.Inc()
 	l.stats.cxActive.Inc()

@@ -100,6 +100,13 @@ func bind(spec SocketSpec) (_ *net.TCPListener, err error) {
 	if err := set(unix.SOL_SOCKET, unix.SO_REUSEADDR, 1, "SO_REUSEADDR"); err != nil {
 		return nil, err
 	}
+	// SO_REUSEPORT lets a listener be rebound with new options while its old
+	// socket still accepts (see SocketTable.Acquire and Socket.Handover), so a
+	// listener-breaking update refuses no connection. Sharing a port with some
+	// other process is prevented by the probe in SocketTable.Acquire.
+	if err := set(unix.SOL_SOCKET, unix.SO_REUSEPORT, 1, "SO_REUSEPORT"); err != nil {
+		return nil, err
+	}
 	if family == unix.AF_INET6 {
 		v6only := 1
 		if spec.IPv4Compat {
@@ -260,6 +267,12 @@ func NewSocketTable(log *slog.Logger) *SocketTable {
 
 // Acquire returns the socket for spec, binding it if the table has none. A spec
 // with port 0 always binds a new socket (each asks for its own port).
+//
+// Sockets are bound with SO_REUSEPORT so that one of ours can be rebound with
+// other options while the old one still accepts. To keep that from silently
+// sharing a port with another process, a new address is first probed with a
+// plain bind: if anything else holds it, Acquire fails with "address already
+// in use", as a plain bind would.
 func (t *SocketTable) Acquire(spec SocketSpec) (*Socket, error) {
 	key := spec.Key()
 	t.mu.Lock()
@@ -268,6 +281,11 @@ func (t *SocketTable) Acquire(spec SocketSpec) (*Socket, error) {
 		if s, ok := t.byKey[key]; ok {
 			s.refs++
 			return s, nil
+		}
+		if !t.holdsAddrLocked(spec.Addr) {
+			if err := probe(spec); err != nil {
+				return nil, err
+			}
 		}
 	}
 	ln, err := Bind(spec)
@@ -282,6 +300,122 @@ func (t *SocketTable) Acquire(spec SocketSpec) (*Socket, error) {
 	}
 	go s.acceptLoop()
 	return s, nil
+}
+
+func (t *SocketTable) holdsAddrLocked(a netip.AddrPort) bool {
+	for _, s := range t.byKey {
+		if s.Bound == a {
+			return true
+		}
+	}
+	return false
+}
+
+// probe binds spec's address without SO_REUSEPORT and closes it again, to learn
+// whether anyone else holds the address.
+func probe(spec SocketSpec) error {
+	ip := spec.Addr.Addr()
+	family, sa := unix.AF_INET6, unix.Sockaddr(nil)
+	if ip.Is4() {
+		family, sa = unix.AF_INET, &unix.SockaddrInet4{Port: int(spec.Addr.Port()), Addr: ip.As4()}
+	} else {
+		sa = &unix.SockaddrInet6{Port: int(spec.Addr.Port()), Addr: ip.As16()}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return &net.OpError{Op: "listen", Net: "tcp", Addr: net.TCPAddrFromAddrPort(spec.Addr), Err: os.NewSyscallError("socket", err)}
+	}
+	defer unix.Close(fd)
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	if family == unix.AF_INET6 && !spec.IPv4Compat {
+		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
+	}
+	if spec.Freebind != nil && *spec.Freebind {
+		unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_FREEBIND, 1)
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		return &net.OpError{Op: "listen", Net: "tcp", Addr: net.TCPAddrFromAddrPort(spec.Addr), Err: os.NewSyscallError("bind", err)}
+	}
+	return nil
+}
+
+// IntOption reads an integer socket option of the socket (for tests and the
+// admin API); t, if not nil, fails on error.
+func (s *Socket) IntOption(t interface{ Fatal(...any) }, level, name int) int {
+	rc, err := s.ln.SyscallConn()
+	var v int
+	var serr error
+	if err == nil {
+		err = rc.Control(func(fd uintptr) { v, serr = unix.GetsockoptInt(int(fd), level, name) })
+	}
+	if err == nil {
+		err = serr
+	}
+	if err != nil && t != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// Handover moves new connections for old's address to next, a socket bound
+// later to the same address (a listener-breaking update): it steers the
+// address's SO_REUSEPORT group to next, then waits (at most wait) until old's
+// accept queue, which its accept loop keeps draining, is empty. The caller then
+// releases old; nothing was refused in between.
+func Handover(old, next *Socket, wait time.Duration) error {
+	if err := steer(next); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(wait)
+	for time.Now().Before(deadline) {
+		n, err := acceptQueueLen(old)
+		if err != nil || n == 0 {
+			return err
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return fmt.Errorf("handover of %s: the old socket's accept queue did not empty in %v", old.Bound, wait)
+}
+
+// steer attaches to s's SO_REUSEPORT group a classic BPF program that picks the
+// group's second socket: the group holds exactly the old socket (index 0) and s
+// (index 1) during a handover. Once the old socket is closed the index is past
+// the end and the kernel falls back to its hash, which finds s alone.
+func steer(s *Socket) error {
+	prog := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 1}}
+	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
+	rc, err := s.ln.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptSockFprog(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &fprog)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("steering %s to the new socket: %w", s.Bound, os.NewSyscallError("setsockopt SO_ATTACH_REUSEPORT_CBPF", serr))
+	}
+	return nil
+}
+
+// acceptQueueLen is the number of established connections waiting in a
+// listening socket's accept queue (tcpi_unacked of a LISTEN socket).
+func acceptQueueLen(s *Socket) (int, error) {
+	rc, err := s.ln.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var info *unix.TCPInfo
+	var serr error
+	if err := rc.Control(func(fd uintptr) { info, serr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); err != nil {
+		return 0, err
+	}
+	if serr != nil {
+		return 0, os.NewSyscallError("getsockopt TCP_INFO", serr)
+	}
+	return int(info.Unacked), nil
 }
 
 // Release gives back a socket obtained from Acquire. The last release closes it

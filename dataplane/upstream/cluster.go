@@ -60,18 +60,17 @@ type clusterStats struct {
 	rxBytes, txBytes                                        stats.Counter
 }
 
-func newClusterStats(st *stats.Store, statName string) clusterStats {
-	p := "cluster." + statName + "."
+func newClusterStats(sc *stats.Scope) clusterStats {
 	return clusterStats{
-		cxTotal:           st.Counter(p + "upstream_cx_total"),
-		cxConnectFail:     st.Counter(p + "upstream_cx_connect_fail"),
-		cxConnectTimeout:  st.Counter(p + "upstream_cx_connect_timeout"),
-		cxNoneHealthy:     st.Counter(p + "upstream_cx_none_healthy"),
-		cxActive:          st.Gauge(p + "upstream_cx_active"),
-		membershipTotal:   st.Gauge(p + "membership_total"),
-		membershipHealthy: st.Gauge(p + "membership_healthy"),
-		rxBytes:           st.Counter(p + "upstream_cx_rx_bytes_total"),
-		txBytes:           st.Counter(p + "upstream_cx_tx_bytes_total"),
+		cxTotal:           sc.Counter("upstream_cx_total"),
+		cxConnectFail:     sc.Counter("upstream_cx_connect_fail"),
+		cxConnectTimeout:  sc.Counter("upstream_cx_connect_timeout"),
+		cxNoneHealthy:     sc.Counter("upstream_cx_none_healthy"),
+		cxActive:          sc.Gauge("upstream_cx_active"),
+		membershipTotal:   sc.GaugeMode("membership_total", stats.NeverImport),
+		membershipHealthy: sc.GaugeMode("membership_healthy", stats.NeverImport),
+		rxBytes:           sc.Counter("upstream_cx_rx_bytes_total"),
+		txBytes:           sc.Counter("upstream_cx_tx_bytes_total"),
 	}
 }
 
@@ -82,15 +81,45 @@ type Cluster struct {
 	cfg   atomic.Pointer[Config]
 	lb    atomic.Pointer[balancer]
 	stats clusterStats
+	scope *stats.Scope
+	// refs counts the Manager's reference (until the cluster is removed) and
+	// every user between Acquire and Release. The stats scope is closed, and its
+	// slots reclaimed, when the last one goes.
+	refs atomic.Int64
 
-	mu    sync.Mutex               // serialises updates
-	hosts map[netip.AddrPort]*Host // every host of the current assignment, by address
+	mu      sync.Mutex               // serialises updates
+	hosts   map[netip.AddrPort]*Host // every host of the current assignment, by address
+	epsFrom any                      // what the current endpoints were built from (see Assignment)
 }
 
-func newCluster(cfg *Config, st *stats.Store) *Cluster {
-	c := &Cluster{name: cfg.Name, stats: newClusterStats(st, cfg.StatName), hosts: map[netip.AddrPort]*Host{}}
-	c.update(cfg)
+func newCluster(a Assignment, st *stats.Store) *Cluster {
+	sc := st.Scope("cluster." + a.Config.StatName + ".")
+	c := &Cluster{name: a.Config.Name, scope: sc, stats: newClusterStats(sc), hosts: map[netip.AddrPort]*Host{}}
+	c.refs.Store(1)
+	c.update(a)
 	return c
+}
+
+// Acquire takes a reference to the cluster for the duration of a use (a
+// connection being made and served). It returns false if the cluster has been
+// removed and its last user is gone, in which case it must not be used.
+func (c *Cluster) Acquire() bool {
+	for {
+		r := c.refs.Load()
+		if r <= 0 {
+			return false
+		}
+		if c.refs.CompareAndSwap(r, r+1) {
+			return true
+		}
+	}
+}
+
+// Release gives back a reference from Acquire.
+func (c *Cluster) Release() {
+	if c.refs.Add(-1) == 0 {
+		c.scope.Close()
+	}
 }
 
 // Name is the cluster's name.
@@ -102,21 +131,26 @@ func (c *Cluster) Config() *Config { return c.cfg.Load() }
 // Hosts returns the cluster's hosts in load-assignment order.
 func (c *Cluster) Hosts() []*Host { return c.lb.Load().all }
 
-// update applies a new configuration in place, keeping the Host objects of
-// addresses that remain.
-func (c *Cluster) update(cfg *Config) {
+// update applies a new configuration and assignment in place, keeping the Host
+// objects of addresses that remain. Endpoints built from the same source as the
+// current ones are not rebuilt.
+func (c *Cluster) update(a Assignment) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.cfg.Store(cfg)
-	c.setEndpointsLocked(cfg.Endpoints, cfg.LBPolicy)
+	old := c.cfg.Swap(a.Config)
+	if old == nil || old.LBPolicy != a.Config.LBPolicy || c.epsFrom == nil || c.epsFrom != a.From {
+		c.setEndpointsLocked(a.Endpoints, a.Config.LBPolicy)
+		c.epsFrom = a.From
+	}
 }
 
-// SetEndpoints replaces the cluster's hosts (an EDS update), keeping the Host
-// objects of addresses that remain.
+// SetEndpoints replaces the cluster's hosts, keeping the Host objects of
+// addresses that remain.
 func (c *Cluster) SetEndpoints(eps []Endpoint) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.setEndpointsLocked(eps, c.cfg.Load().LBPolicy)
+	c.epsFrom = nil
 }
 
 func (c *Cluster) setEndpointsLocked(eps []Endpoint, policy clusterv3.Cluster_LbPolicy) {
@@ -304,7 +338,8 @@ func NewManager(st *stats.Store) *Manager {
 	return m
 }
 
-// Get returns the named cluster, or nil.
+// Get returns the named cluster, or nil. Callers that go on to use it (Pick,
+// Connect) must Acquire it first, since it may be removed meanwhile.
 func (m *Manager) Get(name string) *Cluster { return (*m.clusters.Load())[name] }
 
 // Clusters returns every cluster (in no particular order).
@@ -317,23 +352,34 @@ func (m *Manager) Clusters() []*Cluster {
 	return out
 }
 
-// Set makes cfgs the complete set of clusters: new names are added, existing
+// Assignment is a cluster's configuration with its endpoints: the Config's own
+// for a STATIC cluster, those of its ClusterLoadAssignment for an EDS cluster.
+// From identifies what the endpoints were built from (the Config, the
+// ClusterLoadAssignment message): an update with the same From keeps the
+// current hosts without rebuilding them, which keeps large EDS updates cheap.
+type Assignment struct {
+	Config    *Config
+	Endpoints []Endpoint
+	From      any
+}
+
+// Set makes as the complete set of clusters: new names are added, existing
 // clusters are updated in place (connections to hosts that remain are untouched)
-// and clusters not in cfgs are removed. It returns the removed clusters.
-func (m *Manager) Set(cfgs []*Config) (removed []*Cluster) {
+// and clusters not in as are removed. It returns the removed clusters.
+func (m *Manager) Set(as []Assignment) (removed []*Cluster) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	cur := *m.clusters.Load()
-	next := make(map[string]*Cluster, len(cfgs))
-	for _, cfg := range cfgs {
-		if c, ok := cur[cfg.Name]; ok {
-			if c.Config() != cfg {
-				c.update(cfg)
+	next := make(map[string]*Cluster, len(as))
+	for _, a := range as {
+		if c, ok := cur[a.Config.Name]; ok {
+			if c.Config() != a.Config || c.epsFrom != a.From {
+				c.update(a)
 			}
-			next[cfg.Name] = c
+			next[a.Config.Name] = c
 			continue
 		}
-		next[cfg.Name] = newCluster(cfg, m.stats)
+		next[a.Config.Name] = newCluster(a, m.stats)
 	}
 	for name, c := range cur {
 		if _, ok := next[name]; !ok {
@@ -341,5 +387,13 @@ func (m *Manager) Set(cfgs []*Config) (removed []*Cluster) {
 		}
 	}
 	m.clusters.Store(&next)
+	for _, c := range removed {
+		c.Release() // the Manager's reference; users still connected keep theirs
+	}
 	return removed
+}
+
+// Static is the Assignment of a cluster whose endpoints are in its Config.
+func Static(cfg *Config) Assignment {
+	return Assignment{Config: cfg, Endpoints: cfg.Endpoints, From: cfg}
 }

@@ -11,6 +11,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 )
@@ -31,8 +32,22 @@ type Config struct {
 	Keepalive *Keepalive
 	// Endpoints is the cluster's load assignment (STATIC clusters).
 	Endpoints []Endpoint
+	// EDS is set for clusters whose endpoints come from EDS.
+	EDS *EDSConfig
+	// HTTP2 says the cluster's hosts speak HTTP/2 (http2_protocol_options or
+	// an HttpProtocolOptions extension asking for it), as gRPC servers need.
+	HTTP2 bool
 
 	proto *clusterv3.Cluster
+}
+
+// EDSConfig says where a cluster's endpoints come from.
+type EDSConfig struct {
+	// ServiceName is the ClusterLoadAssignment's name: eds_cluster_config's
+	// service_name, or the cluster's name.
+	ServiceName string
+	// Source is eds_cluster_config.eds_config.
+	Source *corev3.ConfigSource
 }
 
 // Proto returns the cluster resource the Config was built from.
@@ -61,7 +76,8 @@ func NewConfig(pb *clusterv3.Cluster) (*Config, error) {
 	if err := cfgerr.OnlyFields(pb,
 		"name", "alt_stat_name", "type", "connect_timeout", "lb_policy", "load_assignment",
 		"per_connection_buffer_limit_bytes", "upstream_connection_options", "metadata",
-		"common_lb_config", "round_robin_lb_config", "dns_lookup_family",
+		"common_lb_config", "round_robin_lb_config", "dns_lookup_family", "eds_cluster_config",
+		"http2_protocol_options", "typed_extension_protocol_options",
 	); err != nil {
 		return nil, err
 	}
@@ -110,23 +126,76 @@ func NewConfig(pb *clusterv3.Cluster) (*Config, error) {
 			}
 		}
 	}
+	if err := c.protocolOptions(pb); err != nil {
+		return nil, err
+	}
 	switch pb.GetType() {
 	case clusterv3.Cluster_STATIC:
 		if pb.GetLoadAssignment() == nil {
 			return nil, cfgerr.Errorf("load_assignment", "a STATIC cluster needs a load_assignment")
+		}
+		if pb.GetEdsClusterConfig() != nil {
+			return nil, cfgerr.Errorf("eds_cluster_config", "only EDS clusters take an eds_cluster_config")
 		}
 		eps, err := Endpoints(pb.GetLoadAssignment())
 		if err != nil {
 			return nil, cfgerr.Field("load_assignment", err)
 		}
 		c.Endpoints = eps
+	case clusterv3.Cluster_EDS:
+		ec := pb.GetEdsClusterConfig()
+		if ec == nil || ec.GetEdsConfig() == nil {
+			return nil, cfgerr.Errorf("eds_cluster_config.eds_config", "an EDS cluster needs the config source of its endpoints")
+		}
+		if pb.GetLoadAssignment() != nil {
+			return nil, cfgerr.Errorf("load_assignment", "an EDS cluster takes its load assignment from EDS, not inline")
+		}
+		c.EDS = &EDSConfig{ServiceName: ec.GetServiceName(), Source: ec.GetEdsConfig()}
+		if c.EDS.ServiceName == "" {
+			c.EDS.ServiceName = c.Name
+		}
 	default:
 		if pb.GetClusterType() != nil {
 			return nil, cfgerr.Errorf("cluster_type", "custom cluster types are not supported by skiff")
 		}
-		return nil, cfgerr.Errorf("type", "%s clusters are not supported by skiff yet (STATIC is)", pb.GetType())
+		return nil, cfgerr.Errorf("type", "%s clusters are not supported by skiff yet (STATIC and EDS are)", pb.GetType())
 	}
 	return c, nil
+}
+
+// httpProtocolOptionsName is the extension key of HttpProtocolOptions in
+// typed_extension_protocol_options.
+const httpProtocolOptionsName = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+// protocolOptions reads the HTTP protocol the cluster's hosts speak. The HTTP
+// connection manager issue gives these options their full meaning; until then
+// skiff records whether HTTP/2 is asked for (a gRPC control plane's cluster says
+// so) and refuses what it cannot honour.
+func (c *Config) protocolOptions(pb *clusterv3.Cluster) error {
+	//lint:ignore SA1019 deprecated in Envoy but still accepted there, and bootstraps use it
+	if pb.GetHttp2ProtocolOptions() != nil {
+		c.HTTP2 = true
+	}
+	for name, a := range pb.GetTypedExtensionProtocolOptions() {
+		path := fmt.Sprintf("typed_extension_protocol_options[%s]", name)
+		if name != httpProtocolOptionsName && a.GetTypeUrl() != "type.googleapis.com/"+httpProtocolOptionsName {
+			return cfgerr.Errorf(path, "only %s is supported", httpProtocolOptionsName)
+		}
+		var hpo httpv3.HttpProtocolOptions
+		if err := a.UnmarshalTo(&hpo); err != nil {
+			return cfgerr.Errorf(path, "decoding: %w", err)
+		}
+		if err := cfgerr.Validate(&hpo); err != nil {
+			return cfgerr.Field(path, err)
+		}
+		if err := cfgerr.OnlyFields(&hpo, "explicit_http_config", "common_http_protocol_options"); err != nil {
+			return cfgerr.Field(path, err)
+		}
+		if e := hpo.GetExplicitHttpConfig(); e != nil && e.GetHttp2ProtocolOptions() != nil {
+			c.HTTP2 = true
+		}
+	}
+	return nil
 }
 
 func checkCommonLB(cl *clusterv3.Cluster_CommonLbConfig) error {

@@ -3,8 +3,10 @@ package upstream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -27,7 +30,7 @@ func ep(addr string, weight uint32, prio uint32, health corev3.HealthStatus) End
 }
 
 func newTestCluster(eps []Endpoint, policy clusterv3.Cluster_LbPolicy) *Cluster {
-	return newCluster(&Config{Name: "c", StatName: "c", ConnectTimeout: time.Second, LBPolicy: policy, Endpoints: eps}, stats.NewStore())
+	return newCluster(Static(&Config{Name: "c", StatName: "c", ConnectTimeout: time.Second, LBPolicy: policy, Endpoints: eps}), stats.NewStore())
 }
 
 func countPicks(c *Cluster, n int) map[string]int {
@@ -137,7 +140,7 @@ func TestConnectCountsAndRefusal(t *testing.T) {
 	st := stats.NewStore()
 	m := NewManager(st)
 	cfg := &Config{Name: "c", StatName: "c", ConnectTimeout: time.Second, Endpoints: []Endpoint{{Addr: good, Weight: 1}, {Addr: refusing, Weight: 1}}}
-	m.Set([]*Config{cfg})
+	m.Set([]Assignment{Static(cfg)})
 	c := m.Get("c")
 	hosts := c.Hosts()
 
@@ -179,7 +182,7 @@ func TestConnectTimeout(t *testing.T) {
 	}()
 	st := stats.NewStore()
 	m := NewManager(st)
-	m.Set([]*Config{{Name: "c", StatName: "c", ConnectTimeout: 200 * time.Millisecond, Endpoints: []Endpoint{{Addr: addr, Weight: 1}}}})
+	m.Set([]Assignment{Static(&Config{Name: "c", StatName: "c", ConnectTimeout: 200 * time.Millisecond, Endpoints: []Endpoint{{Addr: addr, Weight: 1}}})})
 	c := m.Get("c")
 	for range 64 { // a backlog of 1 fills after a couple of connections
 		conn, err := c.Connect(context.Background(), c.Hosts()[0])
@@ -220,9 +223,20 @@ func TestNewConfigErrors(t *testing.T) {
 		{"hostname endpoint", func(c *clusterv3.Cluster) {
 			c.LoadAssignment.Endpoints[0].LbEndpoints[0].GetEndpoint().Address.GetSocketAddress().Address = "example.com"
 		}, "load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address"},
-		{"EDS not yet", func(c *clusterv3.Cluster) {
-			c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS}
+		{"DNS not yet", func(c *clusterv3.Cluster) {
+			c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS}
 		}, "type"},
+		{"EDS without a source", func(c *clusterv3.Cluster) {
+			c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS}
+			c.LoadAssignment = nil
+		}, "eds_cluster_config.eds_config"},
+		{"EDS with inline endpoints", func(c *clusterv3.Cluster) {
+			c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS}
+			c.EdsClusterConfig = &clusterv3.Cluster_EdsClusterConfig{EdsConfig: &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}}
+		}, "load_assignment"},
+		{"unknown protocol options", func(c *clusterv3.Cluster) {
+			c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions": {TypeUrl: "type.googleapis.com/envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions"}}
+		}, "typed_extension_protocol_options[envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions]"},
 		{"no load assignment", func(c *clusterv3.Cluster) { c.LoadAssignment = nil }, "load_assignment"},
 		{"ring hash", func(c *clusterv3.Cluster) { c.LbPolicy = clusterv3.Cluster_RING_HASH }, "lb_policy"},
 		{"outlier detection", func(c *clusterv3.Cluster) { c.OutlierDetection = &clusterv3.OutlierDetection{} }, "outlier_detection"},
@@ -265,4 +279,38 @@ func listenBacklog1(t *testing.T) netip.AddrPort {
 		t.Fatal(err)
 	}
 	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*unix.SockaddrInet4).Port))
+}
+
+func TestRemovedClusterReleasesItsStatsAfterLastUser(t *testing.T) {
+	st := stats.NewStore()
+	m := NewManager(st)
+	cfg := &Config{Name: "gone", StatName: "gone", ConnectTimeout: time.Second}
+	m.Set([]Assignment{Static(cfg)})
+	c := m.Get("gone")
+	if !c.Acquire() {
+		t.Fatal("Acquire of a live cluster failed")
+	}
+	c.stats.cxTotal.Inc()
+	m.Set(nil) // removed while a connection still uses it
+	if _, ok := st.Value("cluster.gone.upstream_cx_total"); !ok {
+		t.Fatal("stats of a removed cluster vanished while it was still in use")
+	}
+	c.Release()
+	if _, ok := st.Value("cluster.gone.upstream_cx_total"); ok {
+		t.Fatal("stats of a removed, unused cluster are still held")
+	}
+	if c.Acquire() {
+		t.Fatal("Acquire succeeded on a released cluster")
+	}
+	// Churn: many clusters come and go; the store does not keep them.
+	for i := range 200 {
+		name := fmt.Sprintf("churn-%d", i)
+		m.Set([]Assignment{Static(&Config{Name: name, StatName: name, ConnectTimeout: time.Second})})
+	}
+	m.Set(nil)
+	for _, s := range st.Snapshot() {
+		if strings.HasPrefix(s.Name, "cluster.churn-") {
+			t.Fatalf("stat %s of a removed cluster is still held", s.Name)
+		}
+	}
 }

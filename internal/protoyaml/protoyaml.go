@@ -171,9 +171,19 @@ func checkYAML(data []byte) error {
 	// Decoding into MapSlice keeps the keys of each mapping as written, in order, and
 	// (unlike decoding into a map) leaves out keys that come from "<<" merges, so a
 	// duplicate here is a key the user wrote twice, not an override of a merged one.
+	var probe any
+	if yamlv2.Unmarshal(data, &probe) != nil {
+		return nil
+	}
+	if _, isMap := probe.(map[any]any); !isMap {
+		// Not a mapping at the top (a list, a scalar): decoding says why it is
+		// not a message. (yaml.v2 would decode a sequence into a MapSlice of
+		// keyless items.)
+		return nil
+	}
 	var top yamlv2.MapSlice
 	if yamlv2.Unmarshal(data, &top) != nil {
-		return nil // not a mapping at the top: nothing to check, decoding will say why
+		return nil
 	}
 	return duplicateKey(top, "")
 }

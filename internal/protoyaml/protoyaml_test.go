@@ -551,3 +551,12 @@ func TestUnmarshalOtherMessages(t *testing.T) {
 		t.Errorf("Any error: %v", err)
 	}
 }
+
+// A list where a message is expected is reported as such, not as a duplicate
+// key (yaml.v2 decodes a sequence into a MapSlice of keyless items).
+func TestTopLevelListIsNotAMessage(t *testing.T) {
+	err := protoyaml.Unmarshal([]byte("- node: {id: a}\n- node: {id: b}\n"), &bootstrapv3.Bootstrap{})
+	if err == nil || strings.Contains(err.Error(), "appears twice") || !strings.Contains(err.Error(), "list") {
+		t.Fatalf("got %v, want an error saying a list is not a message", err)
+	}
+}

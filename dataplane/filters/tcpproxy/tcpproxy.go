@@ -129,12 +129,16 @@ func (p *Proxy) ServeConn(ctx context.Context, c *filter.Conn) {
 	p.stats.cxTotal.Inc()
 	name := p.pickCluster()
 	cl := p.clusters.Get(name)
+	if cl != nil && !cl.Acquire() {
+		cl = nil // removed just now
+	}
 	if cl == nil {
 		p.stats.noRoute.Inc()
 		p.log.Warn("tcp_proxy: no such cluster; closing downstream", "conn", c.ID, "cluster", name)
 		c.Close()
 		return
 	}
+	defer cl.Release()
 	up, host := p.connect(ctx, c, cl)
 	if up == nil {
 		c.Close()

@@ -44,6 +44,14 @@ func newEnv(t *testing.T) *env {
 	}}
 }
 
+func (e *env) setClusters(cfgs ...*upstream.Config) {
+	var as []upstream.Assignment
+	for _, c := range cfgs {
+		as = append(as, upstream.Static(c))
+	}
+	e.fc.Clusters.Set(as)
+}
+
 func (e *env) build(t *testing.T, cfg *tcpv3.TcpProxy) (*Proxy, error) {
 	t.Helper()
 	a, err := anypb.New(cfg)
@@ -163,9 +171,9 @@ func refusingAddr(t *testing.T) netip.AddrPort {
 
 func TestRetriesAnotherEndpointOnConnectFailure(t *testing.T) {
 	e := newEnv(t)
-	e.fc.Clusters.Set([]*upstream.Config{{Name: "c", StatName: "c", ConnectTimeout: time.Second, Endpoints: []upstream.Endpoint{
+	e.setClusters(&upstream.Config{Name: "c", StatName: "c", ConnectTimeout: time.Second, Endpoints: []upstream.Endpoint{
 		{Addr: refusingAddr(t), Weight: 1}, {Addr: echoServer(t), Weight: 1},
-	}}})
+	}})
 	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}, MaxConnectAttempts: wrapperspb.UInt32(2)})
 	if err != nil {
 		t.Fatal(err)
@@ -197,9 +205,9 @@ func TestRetriesAnotherEndpointOnConnectFailure(t *testing.T) {
 
 func TestAllAttemptsFailClosesDownstream(t *testing.T) {
 	e := newEnv(t)
-	e.fc.Clusters.Set([]*upstream.Config{{Name: "c", StatName: "c", ConnectTimeout: time.Second, Endpoints: []upstream.Endpoint{
+	e.setClusters(&upstream.Config{Name: "c", StatName: "c", ConnectTimeout: time.Second, Endpoints: []upstream.Endpoint{
 		{Addr: refusingAddr(t), Weight: 1},
-	}}})
+	}})
 	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}, MaxConnectAttempts: wrapperspb.UInt32(3)})
 	if err != nil {
 		t.Fatal(err)
@@ -237,7 +245,7 @@ func TestUnknownClusterClosesDownstream(t *testing.T) {
 
 func TestIdleTimeoutIsCounted(t *testing.T) {
 	e := newEnv(t)
-	e.fc.Clusters.Set([]*upstream.Config{{Name: "c", StatName: "c", ConnectTimeout: time.Second, Endpoints: []upstream.Endpoint{{Addr: echoServer(t), Weight: 1}}}})
+	e.setClusters(&upstream.Config{Name: "c", StatName: "c", ConnectTimeout: time.Second, Endpoints: []upstream.Endpoint{{Addr: echoServer(t), Weight: 1}}})
 	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}, IdleTimeout: durationpb.New(100 * time.Millisecond)})
 	if err != nil {
 		t.Fatal(err)
@@ -255,7 +263,7 @@ func TestIdleTimeoutIsCounted(t *testing.T) {
 
 func TestClusterWithoutEndpointsClosesDownstream(t *testing.T) {
 	e := newEnv(t)
-	e.fc.Clusters.Set([]*upstream.Config{{Name: "empty", StatName: "empty", ConnectTimeout: time.Second}})
+	e.setClusters(&upstream.Config{Name: "empty", StatName: "empty", ConnectTimeout: time.Second})
 	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "empty"}})
 	if err != nil {
 		t.Fatal(err)

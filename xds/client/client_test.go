@@ -1,0 +1,309 @@
+package client
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	runtimev3 "github.com/envoyproxy/go-control-plane/envoy/service/runtime/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/skiffproxy/skiff/internal/xdstest"
+	"github.com/skiffproxy/skiff/xds/resource"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var loopback0 = netip.MustParseAddrPort("127.0.0.1:0")
+
+func node() *corev3.Node { return &corev3.Node{Id: nodeID, Cluster: "test"} }
+
+// wantRequest compares a whole DiscoveryRequest.
+func wantRequest(t *testing.T, got, want *discoveryv3.DiscoveryRequest) {
+	t.Helper()
+	if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+		t.Fatalf("DiscoveryRequest mismatch (-want +got):\n%s", diff)
+	}
+}
+
+func wantDeltaRequest(t *testing.T, got, want *discoveryv3.DeltaDiscoveryRequest) {
+	t.Helper()
+	if diff := cmp.Diff(want, got, protocmp.Transform(), protocmp.SortRepeatedFields(&discoveryv3.DeltaDiscoveryRequest{}, "resource_names_subscribe", "resource_names_unsubscribe")); diff != "" {
+		t.Fatalf("DeltaDiscoveryRequest mismatch (-want +got):\n%s", diff)
+	}
+}
+
+func full(cluster *clusterv3.Cluster, cla proto.Message, l *listenerv3.Listener) map[resourcev3.Type][]types.Resource {
+	m := map[resourcev3.Type][]types.Resource{
+		resourcev3.ClusterType:  {cluster},
+		resourcev3.EndpointType: {cla.(types.Resource)},
+	}
+	if l != nil {
+		m[resourcev3.ListenerType] = []types.Resource{l}
+	}
+	return m
+}
+
+func TestStateOfTheWorldADS(t *testing.T) {
+	up := greeter(t, "backend-1")
+	f := newFixture(t, setup{})
+	v1 := f.cp.Push(full(edsCluster("backend"), assignment("backend", up), tcpListener("ingress", loopback0, "backend")))
+
+	// CDS first, with the node and no version.
+	wantRequest(t, f.cp.Request(resource.ClusterType, 0), &discoveryv3.DiscoveryRequest{Node: node(), TypeUrl: resource.ClusterType})
+	cdsResp := f.cp.Response(resource.ClusterType, 0)
+	// The CDS ACK, then the EDS subscription the cluster needs.
+	wantRequest(t, f.cp.Request(resource.ClusterType, 1), &discoveryv3.DiscoveryRequest{
+		Node: node(), TypeUrl: resource.ClusterType, VersionInfo: v1, ResponseNonce: cdsResp.GetNonce()})
+	wantRequest(t, f.cp.Request(resource.EndpointType, 0), &discoveryv3.DiscoveryRequest{
+		Node: node(), TypeUrl: resource.EndpointType, ResourceNames: []string{"backend"}})
+	edsResp := f.cp.Response(resource.EndpointType, 0)
+	wantRequest(t, f.cp.Request(resource.EndpointType, 1), &discoveryv3.DiscoveryRequest{
+		Node: node(), TypeUrl: resource.EndpointType, VersionInfo: v1, ResourceNames: []string{"backend"}, ResponseNonce: edsResp.GetNonce()})
+	// Listeners only once the clusters are warm.
+	wantRequest(t, f.cp.Request(resource.ListenerType, 0), &discoveryv3.DiscoveryRequest{Node: node(), TypeUrl: resource.ListenerType})
+	ldsResp := f.cp.Response(resource.ListenerType, 0)
+	wantRequest(t, f.cp.Request(resource.ListenerType, 1), &discoveryv3.DiscoveryRequest{
+		Node: node(), TypeUrl: resource.ListenerType, VersionInfo: v1, ResponseNonce: ldsResp.GetNonce()})
+
+	f.waitReady()
+	if got := through(t, f.listenerAddr("ingress")); got != "backend-1" {
+		t.Fatalf("through the listener: %q", got)
+	}
+
+	// An endpoint update applies in place; new connections go to the new host.
+	up2 := greeter(t, "backend-2")
+	v2 := f.cp.Push(full(edsCluster("backend"), assignment("backend", up2), tcpListener("ingress", loopback0, "backend")))
+	addr := f.listenerAddr("ingress")
+	eventually(t, "new endpoint in use", func() string {
+		if got := through(t, addr); got != "backend-2" {
+			return "reached " + got
+		}
+		return ""
+	})
+	if got := f.listenerAddr("ingress"); got != addr {
+		t.Fatalf("listener rebound from %s to %s on an update that changed nothing of it", addr, got)
+	}
+	eventually(t, "versions", func() string {
+		if v := f.client.Versions(); v[resource.EndpointType] != v2 || v[resource.ClusterType] != v2 || v[resource.ListenerType] != v2 {
+			return "versions " + strings.Join([]string{v[resource.ClusterType], v[resource.EndpointType], v[resource.ListenerType]}, ",")
+		}
+		return ""
+	})
+}
+
+func TestNACKKeepsLastGoodConfig(t *testing.T) {
+	up := greeter(t, "good")
+	f := newFixture(t, setup{})
+	v1 := f.cp.Push(full(edsCluster("backend"), assignment("backend", up), tcpListener("ingress", loopback0, "backend")))
+	f.waitReady()
+	addr := f.listenerAddr("ingress")
+
+	// A listener whose filter skiff does not know: the whole LDS response is
+	// NACKed, naming the listener and the field, with the last good version.
+	bad := tcpListener("broken", loopback0, "backend")
+	bad.FilterChains[0].Filters[0].GetTypedConfig().TypeUrl = "type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy"
+	f.cp.Push(map[resourcev3.Type][]types.Resource{
+		resourcev3.ClusterType:  {edsCluster("backend")},
+		resourcev3.EndpointType: {assignment("backend", up)},
+		resourcev3.ListenerType: {tcpListener("ingress", loopback0, "backend"), bad},
+	})
+	resp := f.cp.Response(resource.ListenerType, 1)
+	nack := f.cp.Request(resource.ListenerType, 2)
+	if nack.GetVersionInfo() != v1 || nack.GetResponseNonce() != resp.GetNonce() || nack.GetErrorDetail() == nil {
+		t.Fatalf("want a NACK of nonce %s with version %s, got %v", resp.GetNonce(), v1, nack)
+	}
+	msg := nack.GetErrorDetail().GetMessage()
+	for _, want := range []string{`Listener "broken"`, "filter_chains[0].filters[0].typed_config", "RedisProxy"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error_detail %q does not mention %q", msg, want)
+		}
+	}
+	if got := through(t, addr); got != "good" {
+		t.Fatalf("after the NACK the old listener answers %q", got)
+	}
+	for _, l := range f.dp.Listeners() {
+		if l.Name == "broken" {
+			t.Fatal("the rejected listener runs")
+		}
+	}
+	// CSDS shows the rejection.
+	var found bool
+	for _, g := range f.client.GenericXdsConfigs() {
+		if g.GetName() == "broken" {
+			found = g.GetClientStatus().String() == "NACKED" && strings.Contains(g.GetErrorState().GetDetails(), "typed_config")
+		}
+	}
+	if !found {
+		t.Errorf("CSDS does not report the listener NACKED: %v", f.client.GenericXdsConfigs())
+	}
+}
+
+func TestDuplicateNamesAreNACKed(t *testing.T) {
+	up := greeter(t, "x")
+	f := newFixture(t, setup{})
+	f.cp.Push(full(edsCluster("backend"), assignment("backend", up), nil))
+	cds := f.cp.Response(resource.ClusterType, 0)
+	f.cp.Request(resource.ClusterType, 1) // ACK
+
+	// go-control-plane's cache refuses duplicates, so this response is sent by
+	// hand through the client's handler, as if it came on the stream.
+	a, _ := anypb.New(edsCluster("dup"))
+	ts := f.client.types[resource.ClusterType]
+	f.client.handleSotW(ts.stream, &discoveryv3.DiscoveryResponse{
+		VersionInfo: "dup", TypeUrl: resource.ClusterType, Nonce: "n-dup", Resources: []*anypb.Any{a, a},
+	})
+	f.client.mu.Lock()
+	nack, version := ts.nack, ts.version
+	f.client.mu.Unlock()
+	if nack == nil || !strings.Contains(nack.Error(), `Cluster "dup" appears twice`) {
+		t.Fatalf("NACK error %v", nack)
+	}
+	if version != cds.GetVersionInfo() {
+		t.Fatalf("version after a rejected response %q, want %q", version, cds.GetVersionInfo())
+	}
+}
+
+func TestDeltaADS(t *testing.T) {
+	up := greeter(t, "delta-backend")
+	f := newFixture(t, setup{delta: true})
+	f.cp.Push(full(edsCluster("backend"), assignment("backend", up), tcpListener("ingress", loopback0, "backend")))
+
+	wantDeltaRequest(t, f.cp.DeltaRequest(resource.ClusterType, 0), &discoveryv3.DeltaDiscoveryRequest{Node: node(), TypeUrl: resource.ClusterType})
+	cds := f.cp.DeltaResponse(resource.ClusterType, 0)
+	wantDeltaRequest(t, f.cp.DeltaRequest(resource.ClusterType, 1), &discoveryv3.DeltaDiscoveryRequest{Node: node(), TypeUrl: resource.ClusterType, ResponseNonce: cds.GetNonce()})
+	wantDeltaRequest(t, f.cp.DeltaRequest(resource.EndpointType, 0), &discoveryv3.DeltaDiscoveryRequest{Node: node(), TypeUrl: resource.EndpointType, ResourceNamesSubscribe: []string{"backend"}})
+	f.waitReady()
+	if got := through(t, f.listenerAddr("ingress")); got != "delta-backend" {
+		t.Fatalf("through the listener: %q", got)
+	}
+
+	// Removing the cluster from CDS while the listener still uses it: the
+	// cluster is kept until the listener stops referencing it.
+	f.cp.Push(map[resourcev3.Type][]types.Resource{
+		resourcev3.EndpointType: {assignment("backend", up)},
+		resourcev3.ListenerType: {tcpListener("ingress", loopback0, "backend")},
+	})
+	resp := f.cp.DeltaResponse(resource.ClusterType, 1)
+	if len(resp.GetRemovedResources()) != 1 || resp.GetRemovedResources()[0] != "backend" {
+		t.Fatalf("expected the cluster removed, got %v", resp)
+	}
+	f.cp.DeltaRequest(resource.ClusterType, 2) // its ACK
+	if got := through(t, f.listenerAddr("ingress")); got != "delta-backend" {
+		t.Fatalf("a cluster still used by a listener was dropped: %q", got)
+	}
+	// The listener moves to another cluster: now the old one goes.
+	f.cp.Push(map[resourcev3.Type][]types.Resource{
+		resourcev3.ClusterType:  {edsCluster("other")},
+		resourcev3.EndpointType: {assignment("other", up)},
+		resourcev3.ListenerType: {tcpListener("ingress", loopback0, "other")},
+	})
+	eventually(t, "the unused cluster is dropped", func() string {
+		if f.dp.Clusters().Get("backend") != nil {
+			return "cluster backend still present"
+		}
+		if f.dp.Clusters().Get("other") == nil {
+			return "cluster other missing"
+		}
+		return ""
+	})
+}
+
+func TestReconnectResendsVersions(t *testing.T) {
+	for _, delta := range []bool{false, true} {
+		t.Run(map[bool]string{false: "sotw", true: "delta"}[delta], func(t *testing.T) {
+			up := greeter(t, "persist")
+			cp := xdstest.Start(t, "127.0.0.1:0", nodeID)
+			addr := cp.Addr()
+			f := newFixtureWith(t, cp, setup{delta: delta})
+			v1 := cp.Push(full(edsCluster("backend"), assignment("backend", up), tcpListener("ingress", loopback0, "backend")))
+			f.waitReady()
+			lis := f.listenerAddr("ingress")
+
+			cp.Stop()
+			if got := through(t, lis); got != "persist" {
+				t.Fatalf("traffic while the control plane is down: %q", got)
+			}
+			cp2 := xdstest.Start(t, addr, nodeID)
+			cp2.Push(full(edsCluster("backend"), assignment("backend", up), tcpListener("ingress", loopback0, "backend")))
+			if delta {
+				r := cp2.DeltaRequest(resource.ClusterType, 0)
+				if r.GetInitialResourceVersions()["backend"] == "" {
+					t.Fatalf("delta reconnect without initial_resource_versions: %v", r)
+				}
+				r = cp2.DeltaRequest(resource.EndpointType, 0)
+				if len(r.GetResourceNamesSubscribe()) != 1 || r.GetInitialResourceVersions()["backend"] == "" {
+					t.Fatalf("delta EDS reconnect: %v", r)
+				}
+			} else {
+				wantRequest(t, cp2.Request(resource.ClusterType, 0), &discoveryv3.DiscoveryRequest{Node: node(), TypeUrl: resource.ClusterType, VersionInfo: v1})
+				wantRequest(t, cp2.Request(resource.EndpointType, 0), &discoveryv3.DiscoveryRequest{Node: node(), TypeUrl: resource.EndpointType, VersionInfo: v1, ResourceNames: []string{"backend"}})
+				wantRequest(t, cp2.Request(resource.ListenerType, 0), &discoveryv3.DiscoveryRequest{Node: node(), TypeUrl: resource.ListenerType, VersionInfo: v1})
+			}
+			if got := through(t, lis); got != "persist" {
+				t.Fatalf("traffic after the reconnect: %q", got)
+			}
+		})
+	}
+}
+
+func TestPerTypeStreams(t *testing.T) {
+	up := greeter(t, "per-type")
+	f := newFixture(t, setup{perType: true})
+	cl := edsCluster("backend")
+	// With per-type sources, the EDS config source of a cluster can be "self"
+	// (the CDS source) or ADS; "self" is what a non-ADS control plane uses.
+	cl.EdsClusterConfig.EdsConfig = &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Self{Self: &corev3.SelfConfigSource{}}}
+	f.cp.Push(full(cl, assignment("backend", up), tcpListener("ingress", loopback0, "backend")))
+	f.waitReady()
+	if got := through(t, f.listenerAddr("ingress")); got != "per-type" {
+		t.Fatalf("through the listener: %q", got)
+	}
+}
+
+func TestListenerWaitsForClusters(t *testing.T) {
+	f := newFixture(t, setup{edsTimeout: time.Hour})
+	// Only a CDS resource whose endpoints never come: LDS must not be requested.
+	f.cp.Push(map[resourcev3.Type][]types.Resource{resourcev3.ClusterType: {edsCluster("backend")}})
+	f.cp.Request(resource.EndpointType, 0)
+	time.Sleep(300 * time.Millisecond)
+	for _, r := range f.cp.Requests() {
+		if r.(*discoveryv3.DiscoveryRequest).GetTypeUrl() == resource.ListenerType {
+			t.Fatal("LDS requested while a cluster was still warming")
+		}
+	}
+}
+
+func TestRuntimeLayerOverRTDS(t *testing.T) {
+	f := newFixture(t, setup{rtds: true})
+	layer, err := structpb.NewStruct(map[string]any{"feature.enabled": true, "limits": map[string]any{"max": 7}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.cp.Push(map[resourcev3.Type][]types.Resource{
+		resourcev3.RuntimeType:  {&runtimev3.Runtime{Name: "dynamic", Layer: layer}},
+		resourcev3.ClusterType:  {},
+		resourcev3.ListenerType: {},
+	})
+	wantRequest(t, f.cp.Request(resource.RuntimeType, 0), &discoveryv3.DiscoveryRequest{Node: node(), TypeUrl: resource.RuntimeType, ResourceNames: []string{"dynamic"}})
+	eventually(t, "runtime layer applied", func() string {
+		s := f.runtime.Snapshot()
+		if !s.Bool("feature.enabled", false) || s.Uint("limits.max", 0) != 7 {
+			return "runtime values not visible"
+		}
+		return ""
+	})
+}

@@ -1,0 +1,163 @@
+package client
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	testv3 "github.com/envoyproxy/go-control-plane/pkg/test/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/skiffproxy/skiff/dataplane"
+	"github.com/skiffproxy/skiff/dataplane/filters"
+	"github.com/skiffproxy/skiff/internal/stats"
+	"github.com/skiffproxy/skiff/xds/resource"
+)
+
+// TestInitialFetchTimeout runs a real go-control-plane server and the client in
+// a synctest bubble, over an in-memory connection, so the initial fetch timeouts
+// can be observed on the bubble's fake clock: a cluster whose endpoints never
+// come warms (empty) when its eds_config's initial_fetch_timeout expires, and
+// only then are listeners requested and the client initialized.
+func TestInitialFetchTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		lis := newMemListener()
+		cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
+		gs := grpc.NewServer()
+		testv3.RegisterServer(gs, serverv3.NewServer(context.Background(), cache, nil))
+		go gs.Serve(lis)
+		defer gs.Stop()
+
+		cl := edsCluster("slow")
+		cl.EdsClusterConfig.EdsConfig.InitialFetchTimeout = durationpb.New(5 * time.Second)
+		snap, err := cachev3.NewSnapshot("1", map[resourcev3.Type][]types.Resource{resourcev3.ClusterType: {cl}, resourcev3.ListenerType: {}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cache.SetSnapshot(context.Background(), nodeID, snap); err != nil {
+			t.Fatal(err)
+		}
+
+		reg, _ := filters.Builtin()
+		log := slog.New(slog.DiscardHandler)
+		dp := dataplane.NewServer(dataplane.Options{Logger: log, Registry: reg, Stats: stats.NewStore(), DrainTime: time.Second})
+		ready := make(chan struct{})
+		api := &corev3.ApiConfigSource{ApiType: corev3.ApiConfigSource_GRPC, GrpcServices: []*corev3.GrpcService{{
+			TargetSpecifier: &corev3.GrpcService_GoogleGrpc_{GoogleGrpc: &corev3.GrpcService_GoogleGrpc{TargetUri: "passthrough:///mem"}}}}}
+		c, err := New(Options{
+			Node: node(), Logger: log, Dataplane: dp,
+			Sources: Sources{ADS: api, Cluster: adsSource(), Listener: adsSource()},
+			Dial: func(*corev3.GrpcService) (*grpc.ClientConn, error) {
+				return grpc.NewClient("passthrough:///mem", grpc.WithTransportCredentials(insecure.NewCredentials()),
+					grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return lis.dial() }))
+			},
+			OnInitialized: func() { close(ready) },
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { c.Run(ctx); close(done) }()
+		defer func() {
+			cancel()
+			<-done
+			sctx, scancel := context.WithTimeout(context.Background(), time.Second)
+			defer scancel()
+			dp.Shutdown(sctx)
+		}()
+
+		synctest.Wait()
+		start := time.Now()
+		if c.Initialized() {
+			t.Fatal("initialized while a cluster was warming")
+		}
+		if d := c.dataplaneClusterNames(); len(d) != 0 {
+			t.Fatalf("warming cluster applied before its endpoints or timeout: %v", d)
+		}
+		<-ready // the fetch timeout, then LDS (empty, answered at once), then ready
+		if waited := time.Since(start); waited < 5*time.Second || waited > 6*time.Second {
+			t.Fatalf("initialized after %v, want the 5 s initial_fetch_timeout", waited)
+		}
+		if dp.Clusters().Get("slow") == nil {
+			t.Fatal("the cluster is not in use after its fetch timed out")
+		}
+		var timedOut bool
+		for _, g := range c.GenericXdsConfigs() {
+			if g.GetTypeUrl() == resource.EndpointType && g.GetName() == "slow" {
+				timedOut = g.GetClientStatus().String() == "TIMEOUT"
+			}
+		}
+		if !timedOut {
+			t.Errorf("CSDS does not say the endpoints timed out: %v", c.GenericXdsConfigs())
+		}
+	})
+}
+
+// dataplaneClusterNames is what the client last applied.
+func (c *Client) dataplaneClusterNames() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for n := range c.activeClusters {
+		out = append(out, n)
+	}
+	return out
+}
+
+// memListener is an in-memory net.Listener built on net.Pipe, so that every
+// goroutine of the gRPC client and server blocks on channels the synctest
+// bubble can see.
+type memListener struct {
+	conns  chan net.Conn
+	closed chan struct{}
+}
+
+func newMemListener() *memListener {
+	return &memListener{conns: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+func (l *memListener) dial() (net.Conn, error) {
+	a, b := net.Pipe()
+	select {
+	case l.conns <- b:
+		return a, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *memListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *memListener) Close() error {
+	select {
+	case <-l.closed:
+	default:
+		close(l.closed)
+	}
+	return nil
+}
+
+func (l *memListener) Addr() net.Addr { return memAddr{} }
+
+type memAddr struct{}
+
+func (memAddr) Network() string { return "mem" }
+func (memAddr) String() string  { return "mem" }
