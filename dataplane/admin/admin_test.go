@@ -1,0 +1,635 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	statusv3 "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/skiffproxy/skiff/dataplane"
+	"github.com/skiffproxy/skiff/dataplane/upstream"
+	"github.com/skiffproxy/skiff/internal/stats"
+	adminv1 "github.com/skiffproxy/skiff/proto/skiff/admin/v1"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fakeDataplane is a Dataplane whose state the test sets.
+type fakeDataplane struct {
+	gen      atomic.Uint64
+	applied  chan struct{}
+	clusters *upstream.Manager
+
+	mu     sync.Mutex
+	drains []bool
+}
+
+func newFakeDataplane(st *stats.Store) *fakeDataplane {
+	return &fakeDataplane{applied: make(chan struct{}), clusters: upstream.NewManager(st)}
+}
+
+func (f *fakeDataplane) Listeners() []dataplane.ListenerInfo {
+	return []dataplane.ListenerInfo{{Name: "l", Bound: []netip.AddrPort{
+		netip.MustParseAddrPort("127.0.0.1:41000"), netip.MustParseAddrPort("[::1]:41000")}}}
+}
+func (f *fakeDataplane) Clusters() *upstream.Manager { return f.clusters }
+func (f *fakeDataplane) Generation() uint64          { return f.gen.Load() }
+func (f *fakeDataplane) Applied() <-chan struct{}    { return f.applied }
+func (f *fakeDataplane) DrainListeners(graceful bool) time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.drains = append(f.drains, graceful)
+	return time.Now()
+}
+
+func (f *fakeDataplane) drained() []bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.drains)
+}
+
+func (f *fakeDataplane) apply() {
+	if f.gen.Add(1) == 1 {
+		close(f.applied)
+	}
+}
+
+// fakeXDS is an XDSStatus (and VersionReporter) with fixed answers.
+type fakeXDS struct {
+	configs  []*statusv3.ClientConfig_GenericXdsConfig
+	versions map[string]string
+}
+
+func (x *fakeXDS) GenericXdsConfigs() []*statusv3.ClientConfig_GenericXdsConfig { return x.configs }
+func (x *fakeXDS) Versions() map[string]string                                  { return x.versions }
+
+// testAdmin is a Server serving on a unix socket and a loopback port, with a
+// client connection to each.
+type testAdmin struct {
+	srv      *Server
+	dp       *fakeDataplane
+	stats    *stats.Store
+	levels   *slog.LevelVar
+	unix     *grpc.ClientConn
+	tcp      *grpc.ClientConn
+	httpAddr string
+}
+
+func startTestAdmin(t *testing.T, configure func(*Options)) *testAdmin {
+	t.Helper()
+	st := stats.NewStore()
+	ta := &testAdmin{dp: newFakeDataplane(st), stats: st, levels: new(slog.LevelVar)}
+	opts := Options{
+		Logger:    slog.New(slog.DiscardHandler),
+		Dataplane: ta.dp,
+		Stats:     st,
+		Bootstrap: &bootstrapv3.Bootstrap{Node: &corev3.Node{Id: "node-1", Cluster: "c1"}},
+		Levels:    ta.levels,
+		Version:   "test",
+	}
+	if configure != nil {
+		configure(&opts)
+	}
+	ta.srv = New(opts)
+	sock := filepath.Join(t.TempDir(), SocketName)
+	uln, err := ListenUnix(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ta.httpAddr = tln.Addr().String()
+	var wg sync.WaitGroup
+	for _, ln := range []net.Listener{uln, tln} {
+		wg.Go(func() {
+			if err := ta.srv.Serve(ln); err != nil {
+				t.Errorf("Serve(%s): %v", ln.Addr(), err)
+			}
+		})
+	}
+	dial := func(target string) *grpc.ClientConn {
+		cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cc
+	}
+	ta.unix, ta.tcp = dial("unix://"+sock), dial(ta.httpAddr)
+	t.Cleanup(func() {
+		ta.unix.Close()
+		ta.tcp.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := ta.srv.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		wg.Wait()
+	})
+	return ta
+}
+
+func (ta *testAdmin) admin(overUnix bool) adminv1.AdminServiceClient {
+	if overUnix {
+		return adminv1.NewAdminServiceClient(ta.unix)
+	}
+	return adminv1.NewAdminServiceClient(ta.tcp)
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func httpGet(t *testing.T, url string) (int, string, http.Header) {
+	t.Helper()
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b), resp.Header
+}
+
+func TestStateReadyAndHealth(t *testing.T) {
+	ta := startTestAdmin(t, nil)
+	ctx := ctxT(t)
+	health := healthpb.NewHealthClient(ta.tcp)
+	watch, err := health.Watch(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectHealth := func(want healthpb.HealthCheckResponse_ServingStatus) {
+		t.Helper()
+		for {
+			r, err := watch.Recv()
+			if err != nil {
+				t.Fatalf("health watch: %v", err)
+			}
+			if r.GetStatus() == want {
+				return
+			}
+		}
+	}
+	expect := func(want adminv1.ServerState, code int) {
+		t.Helper()
+		r, err := ta.admin(false).GetReady(ctx, &adminv1.GetReadyRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.GetState() != want || r.GetReady() != (want == adminv1.ServerState_SERVER_STATE_LIVE) {
+			t.Errorf("GetReady = %v, want state %v", r, want)
+		}
+		got, body, _ := httpGet(t, "http://"+ta.httpAddr+"/ready")
+		if wantBody := strings.TrimPrefix(want.String(), "SERVER_STATE_") + "\n"; got != code || body != wantBody {
+			t.Errorf("GET /ready = %d %q, want %d %q", got, body, code, wantBody)
+		}
+	}
+
+	expectHealth(healthpb.HealthCheckResponse_NOT_SERVING)
+	expect(adminv1.ServerState_SERVER_STATE_INITIALIZING, http.StatusServiceUnavailable)
+	if v, _ := ta.stats.Value("server.state"); v != 3 {
+		t.Errorf("server.state = %d while initializing, want 3 (Envoy's INITIALIZING)", v)
+	}
+
+	ta.dp.apply()
+	expectHealth(healthpb.HealthCheckResponse_SERVING)
+	expect(adminv1.ServerState_SERVER_STATE_LIVE, http.StatusOK)
+	r, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: "skiff.admin.v1.AdminService"})
+	if err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("Check(skiff.admin.v1.AdminService) = %v, %v; want SERVING", r, err)
+	}
+	if v, _ := ta.stats.Value("server.live"); v != 1 {
+		t.Errorf("server.live = %d when LIVE, want 1", v)
+	}
+
+	ta.srv.SetDraining()
+	expectHealth(healthpb.HealthCheckResponse_NOT_SERVING)
+	expect(adminv1.ServerState_SERVER_STATE_DRAINING, http.StatusServiceUnavailable)
+
+	info, err := ta.admin(false).GetServerInfo(ctx, &adminv1.GetServerInfoRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.GetNodeId() != "node-1" || info.GetGeneration() != 1 || info.GetVersion() != "test" || info.GetState() != adminv1.ServerState_SERVER_STATE_DRAINING {
+		t.Errorf("GetServerInfo = %v", info)
+	}
+}
+
+func TestMutationsOnlyOverUnixSocket(t *testing.T) {
+	ta := startTestAdmin(t, nil)
+	ctx := ctxT(t)
+	if _, err := ta.admin(false).SetLogLevel(ctx, &adminv1.SetLogLevelRequest{Level: "debug"}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("SetLogLevel over TCP: %v, want PermissionDenied", err)
+	} else if !strings.Contains(err.Error(), "--admin-tcp-mutations") {
+		t.Errorf("SetLogLevel over TCP: %v, want the error to name --admin-tcp-mutations", err)
+	}
+	if _, err := ta.admin(false).DrainListeners(ctx, &adminv1.DrainListenersRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("DrainListeners over TCP: %v, want PermissionDenied", err)
+	}
+	if _, err := ta.admin(false).StartHotRestart(ctx, &adminv1.StartHotRestartRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("StartHotRestart over TCP: %v, want PermissionDenied", err)
+	}
+	if ta.levels.Level() != slog.LevelInfo || len(ta.dp.drained()) != 0 {
+		t.Fatalf("a refused call changed the server: level %v, drains %v", ta.levels.Level(), ta.dp.drained())
+	}
+	// Reading is fine over TCP.
+	if r, err := ta.admin(false).GetLogLevel(ctx, &adminv1.GetLogLevelRequest{}); err != nil || r.GetLevel() != "info" {
+		t.Errorf("GetLogLevel over TCP = %v, %v; want info", r, err)
+	}
+
+	r, err := ta.admin(true).SetLogLevel(ctx, &adminv1.SetLogLevelRequest{Level: "warning"})
+	if err != nil {
+		t.Fatalf("SetLogLevel over the unix socket: %v", err)
+	}
+	if r.GetLevel() != "warning" || r.GetPreviousLevel() != "info" || ta.levels.Level() != slog.LevelWarn {
+		t.Errorf("SetLogLevel = %v, level now %v; want warning (was info)", r, ta.levels.Level())
+	}
+	if _, err := ta.admin(true).SetLogLevel(ctx, &adminv1.SetLogLevelRequest{Level: "loud"}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("SetLogLevel(loud): %v, want InvalidArgument", err)
+	}
+	if _, err := ta.admin(true).DrainListeners(ctx, &adminv1.DrainListenersRequest{Graceful: true}); err != nil {
+		t.Fatalf("DrainListeners over the unix socket: %v", err)
+	}
+	if !slices.Equal(ta.dp.drained(), []bool{true}) || ta.srv.State() != adminv1.ServerState_SERVER_STATE_DRAINING {
+		t.Errorf("after DrainListeners(graceful): drains %v, state %v; want [true], DRAINING", ta.dp.drained(), ta.srv.State())
+	}
+	_, err = ta.admin(true).StartHotRestart(ctx, &adminv1.StartHotRestartRequest{})
+	if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "not implemented") {
+		t.Errorf("StartHotRestart: %v, want Unimplemented with an explanation", err)
+	}
+
+	open := startTestAdmin(t, func(o *Options) { o.TCPMutations = true })
+	if _, err := open.admin(false).SetLogLevel(ctxT(t), &adminv1.SetLogLevelRequest{Level: "debug"}); err != nil {
+		t.Errorf("SetLogLevel over TCP with TCPMutations: %v", err)
+	}
+}
+
+func TestListeners(t *testing.T) {
+	ta := startTestAdmin(t, nil)
+	r, err := ta.admin(false).ListListeners(ctxT(t), &adminv1.ListListenersRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &adminv1.ListListenersResponse{Listeners: []*adminv1.ListenerStatus{{
+		Name: "l", LocalAddress: "127.0.0.1:41000", AdditionalLocalAddresses: []string{"[::1]:41000"}}}}
+	if !proto.Equal(r, want) {
+		t.Errorf("ListListeners = %v, want %v", r, want)
+	}
+}
+
+func staticBootstrap(t *testing.T) *bootstrapv3.Bootstrap {
+	return &bootstrapv3.Bootstrap{
+		Node: &corev3.Node{Id: "node-1"},
+		StaticResources: &bootstrapv3.Bootstrap_StaticResources{
+			Listeners: []*listenerv3.Listener{tlsListener(t)},
+			Clusters:  []*clusterv3.Cluster{{Name: "backend"}},
+		},
+	}
+}
+
+func unpackDump(t *testing.T, r *adminv1.GetConfigDumpResponse) *adminv3.ConfigDump {
+	t.Helper()
+	cd := &adminv3.ConfigDump{}
+	if err := r.GetConfigDump().UnmarshalTo(cd); err != nil {
+		t.Fatalf("config_dump is not an envoy.admin.v3.ConfigDump: %v", err)
+	}
+	return cd
+}
+
+func TestConfigDumpStatic(t *testing.T) {
+	b := staticBootstrap(t)
+	before := proto.Clone(b)
+	ta := startTestAdmin(t, func(o *Options) { o.Bootstrap = b })
+	ctx := ctxT(t)
+	r, err := ta.admin(false).GetConfigDump(ctx, &adminv1.GetConfigDumpRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cd := unpackDump(t, r)
+	var types []string
+	for _, a := range cd.GetConfigs() {
+		types = append(types, string(a.MessageName().Name()))
+	}
+	if want := []string{"BootstrapConfigDump", "ClustersConfigDump", "ListenersConfigDump", "RoutesConfigDump", "SecretsConfigDump"}; !slices.Equal(types, want) {
+		t.Errorf("config dump holds %v, want %v", types, want)
+	}
+	ld, cld := &adminv3.ListenersConfigDump{}, &adminv3.ClustersConfigDump{}
+	cd.GetConfigs()[2].UnmarshalTo(ld)
+	cd.GetConfigs()[1].UnmarshalTo(cld)
+	if len(ld.GetStaticListeners()) != 1 || len(cld.GetStaticClusters()) != 1 || ld.GetStaticListeners()[0].GetLastUpdated() == nil {
+		t.Errorf("static listeners %v, static clusters %v: want one of each, with last_updated", ld.GetStaticListeners(), cld.GetStaticClusters())
+	}
+	js, err := protojson.Marshal(cd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := string(js); strings.Contains(s, "PRIVATE-KEY") || strings.Contains(s, "KEY-PASSWORD") || !strings.Contains(s, redacted) {
+		t.Errorf("config dump shows the secrets of the bootstrap (or redacts nothing):\n%s", s)
+	}
+	if !proto.Equal(b, before) {
+		t.Error("GetConfigDump changed the bootstrap it dumps")
+	}
+
+	// ?resource= and ?name_regex=.
+	r, err = ta.admin(false).GetConfigDump(ctx, &adminv1.GetConfigDumpRequest{Resource: "static_clusters"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cd := unpackDump(t, r); len(cd.GetConfigs()) != 1 || !cd.GetConfigs()[0].MessageIs(&adminv3.ClustersConfigDump_StaticCluster{}) {
+		t.Errorf("resource static_clusters: %v, want one StaticCluster", cd.GetConfigs())
+	}
+	r, err = ta.admin(false).GetConfigDump(ctx, &adminv1.GetConfigDumpRequest{Resource: "static_listeners", NameRegex: "^nothing$"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cd := unpackDump(t, r); len(cd.GetConfigs()) != 0 {
+		t.Errorf("name_regex ^nothing$: %v, want nothing", cd.GetConfigs())
+	}
+	for _, req := range []*adminv1.GetConfigDumpRequest{{Resource: "no_such_field"}, {NameRegex: "("}} {
+		if _, err := ta.admin(false).GetConfigDump(ctx, req); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("GetConfigDump(%v): %v, want InvalidArgument", req, err)
+		}
+	}
+}
+
+func TestConfigDumpAndCSDSFromXDS(t *testing.T) {
+	l := tlsListener(t)
+	la, err := anypb.New(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := timestamppb.Now()
+	x := &fakeXDS{
+		configs: []*statusv3.ClientConfig_GenericXdsConfig{
+			{TypeUrl: listenerTypeURL, Name: "tls", VersionInfo: "v1", XdsConfig: la, LastUpdated: now, ClientStatus: adminv3.ClientResourceStatus_ACKED},
+			{TypeUrl: clusterTypeURL, Name: "bad", ClientStatus: adminv3.ClientResourceStatus_NACKED,
+				ErrorState: &adminv3.UpdateFailureState{VersionInfo: "v2", Details: "cluster \"bad\": connect_timeout: must be positive"}},
+		},
+		versions: map[string]string{listenerTypeURL: "v1", clusterTypeURL: "v1"},
+	}
+	keep := proto.Clone(x.configs[0])
+	ta := startTestAdmin(t, func(o *Options) { o.XDS = x })
+	ctx := ctxT(t)
+
+	csds := statusv3.NewClientStatusDiscoveryServiceClient(ta.tcp)
+	resp, err := csds.FetchClientStatus(ctx, &statusv3.ClientStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetConfig()) != 1 {
+		t.Fatalf("FetchClientStatus returned %d ClientConfigs, want exactly 1", len(resp.GetConfig()))
+	}
+	cfg := resp.GetConfig()[0]
+	if cfg.GetNode().GetId() != "node-1" || len(cfg.GetGenericXdsConfigs()) != 2 {
+		t.Fatalf("ClientConfig = %v, want node-1 with 2 generic_xds_configs", cfg)
+	}
+	if g := cfg.GetGenericXdsConfigs()[1]; g.GetClientStatus() != adminv3.ClientResourceStatus_NACKED || g.GetErrorState().GetVersionInfo() != "v2" {
+		t.Errorf("NACKed cluster shown as %v", g)
+	}
+	js, _ := protojson.Marshal(resp)
+	if strings.Contains(string(js), "PRIVATE-KEY") {
+		t.Errorf("CSDS shows a private key:\n%s", js)
+	}
+	if !proto.Equal(x.configs[0], keep) {
+		t.Error("CSDS changed what the xDS client returned")
+	}
+	if _, err := csds.FetchClientStatus(ctx, &statusv3.ClientStatusRequest{NodeMatchers: []*matcherv3.NodeMatcher{{}}}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("FetchClientStatus with node_matchers: %v, want InvalidArgument", err)
+	}
+	stream, err := csds.StreamClientStatus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := stream.Send(&statusv3.ClientStatusRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := stream.Recv(); err != nil || len(r.GetConfig()) != 1 {
+			t.Fatalf("StreamClientStatus: %v, %v", r, err)
+		}
+	}
+	stream.CloseSend()
+	if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
+		t.Errorf("StreamClientStatus after CloseSend: %v, want EOF", err)
+	}
+
+	r, err := ta.admin(false).GetConfigDump(ctx, &adminv1.GetConfigDumpRequest{Resource: "dynamic_listeners"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cd := unpackDump(t, r)
+	if len(cd.GetConfigs()) != 1 {
+		t.Fatalf("dynamic_listeners: %d entries, want 1", len(cd.GetConfigs()))
+	}
+	dl := &adminv3.ListenersConfigDump_DynamicListener{}
+	cd.GetConfigs()[0].UnmarshalTo(dl)
+	if dl.GetName() != "tls" || dl.GetActiveState().GetVersionInfo() != "v1" || dl.GetClientStatus() != adminv3.ClientResourceStatus_ACKED {
+		t.Errorf("dynamic listener = %v, want tls active at v1, ACKED", dl)
+	}
+	if js, _ := protojson.Marshal(cd); strings.Contains(string(js), "PRIVATE-KEY") {
+		t.Errorf("config dump shows a private key:\n%s", js)
+	}
+	r, err = ta.admin(false).GetConfigDump(ctx, &adminv1.GetConfigDumpRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ld := &adminv3.ListenersConfigDump{}
+	unpackDump(t, r).GetConfigs()[2].UnmarshalTo(ld)
+	if ld.GetVersionInfo() != "v1" {
+		t.Errorf("listeners dump version_info = %q, want v1 (from Versions)", ld.GetVersionInfo())
+	}
+
+	// Without xDS: the node and nothing else.
+	plain := startTestAdmin(t, nil)
+	resp, err = statusv3.NewClientStatusDiscoveryServiceClient(plain.unix).FetchClientStatus(ctx, &statusv3.ClientStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetConfig()) != 1 || resp.GetConfig()[0].GetNode().GetId() != "node-1" || len(resp.GetConfig()[0].GetGenericXdsConfigs()) != 0 {
+		t.Errorf("CSDS without xDS = %v, want one ClientConfig with the node and no resources", resp)
+	}
+}
+
+func TestStats(t *testing.T) {
+	ta := startTestAdmin(t, nil)
+	c := ta.stats.Counter("cluster.backend.upstream_cx_total")
+	ta.stats.Counter("cluster.backend.upstream_cx_connect_fail")
+	ctx := ctxT(t)
+
+	r, err := ta.admin(false).GetStats(ctx, &adminv1.GetStatsRequest{Filter: `^cluster\.backend\.`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.GetStats()) != 2 || r.GetStats()[0].GetName() != "cluster.backend.upstream_cx_connect_fail" || r.GetStats()[1].GetType() != adminv1.StatType_STAT_TYPE_COUNTER {
+		t.Errorf("GetStats(^cluster.backend.) = %v", r.GetStats())
+	}
+	ta.stats.Histogram("cluster.backend.upstream_cx_length_ms").Record(7)
+	r, err = ta.admin(false).GetStats(ctx, &adminv1.GetStatsRequest{Filter: `_ms$`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &adminv1.Stat{Name: "cluster.backend.upstream_cx_length_ms", Type: adminv1.StatType_STAT_TYPE_HISTOGRAM,
+		Histogram: &adminv1.Histogram{Count: 1, Sum: 7, Buckets: []*adminv1.HistogramBucket{{Lower: 7, Upper: 7, Count: 1}}}}
+	if len(r.GetStats()) != 1 || !proto.Equal(r.GetStats()[0], want) {
+		t.Errorf("GetStats(_ms$) = %v, want %v", r.GetStats(), want)
+	}
+	if _, err := ta.admin(false).GetStats(ctx, &adminv1.GetStatsRequest{Filter: "("}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("GetStats with a bad regex: %v, want InvalidArgument", err)
+	}
+
+	stream, err := ta.admin(false).WatchStats(ctx, &adminv1.WatchStatsRequest{Filter: "upstream_cx_total$", Interval: durationpb.New(time.Millisecond)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(first.GetStats()) != 1 || first.GetStats()[0].GetValue() != 0 {
+		t.Errorf("first WatchStats message = %v, want the counter at 0", first.GetStats())
+	}
+	c.Add(3)
+	next, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(next.GetStats()) != 1 || next.GetStats()[0].GetValue() != 3 {
+		t.Errorf("WatchStats after the change = %v, want the counter at 3", next.GetStats())
+	}
+
+	// Shutdown ends the stream.
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := ta.srv.Shutdown(sctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err == nil {
+		t.Error("WatchStats stream still open after Shutdown")
+	}
+}
+
+func TestHTTP(t *testing.T) {
+	ta := startTestAdmin(t, nil)
+	ta.stats.Counter("cluster.backend.upstream_cx_total").Add(3)
+	ta.stats.Counter("listener.127.0.0.1_10000.downstream_cx_total").Inc()
+	ta.stats.Counter("tcp.in.downstream_cx_total")
+	base := "http://" + ta.httpAddr
+
+	code, body, h := httpGet(t, base+"/stats/prometheus")
+	if code != http.StatusOK || !strings.HasPrefix(h.Get("Content-Type"), "text/plain; version=0.0.4") {
+		t.Errorf("GET /stats/prometheus: %d, Content-Type %q", code, h.Get("Content-Type"))
+	}
+	for _, want := range []string{
+		"# TYPE envoy_cluster_upstream_cx_total counter\nenvoy_cluster_upstream_cx_total{envoy_cluster_name=\"backend\"} 3\n",
+		`envoy_listener_downstream_cx_total{envoy_listener_address="127.0.0.1_10000"} 1`,
+		`envoy_tcp_downstream_cx_total{envoy_tcp_prefix="in"} 0`,
+		"# TYPE envoy_server_live gauge\n",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("GET /stats/prometheus lacks %q:\n%s", want, body)
+		}
+	}
+	if _, body, _ := httpGet(t, base+"/stats/prometheus?usedonly&filter=cluster"); strings.Contains(body, "tcp") || !strings.Contains(body, "backend") {
+		t.Errorf("GET /stats/prometheus?usedonly&filter=cluster:\n%s", body)
+	}
+	if _, body, _ := httpGet(t, base+"/stats?filter=upstream_cx_total"); body != "cluster.backend.upstream_cx_total: 3\n" {
+		t.Errorf("GET /stats?filter=upstream_cx_total = %q", body)
+	}
+	ta.stats.Histogram("cluster.backend.upstream_cx_length_ms").Record(4)
+	if _, body, _ := httpGet(t, base+"/stats?format=json&filter=backend"); !strings.Contains(body, `{"name":"cluster.backend.upstream_cx_total","value":3}`) ||
+		!strings.Contains(body, `"computed_quantiles":[{"name":"cluster.backend.upstream_cx_length_ms","values":[{"interval":null,"cumulative":4}`) {
+		t.Errorf("GET /stats?format=json = %s", body)
+	}
+	if code, _, _ := httpGet(t, base+"/stats?filter=("); code != http.StatusBadRequest {
+		t.Errorf("GET /stats?filter=( = %d, want 400", code)
+	}
+	if code, _, _ := httpGet(t, base+"/nope"); code != http.StatusNotFound {
+		t.Errorf("GET /nope = %d, want 404", code)
+	}
+	resp, err := http.Post(base+"/stats", "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST /stats = %d, want 405", resp.StatusCode)
+	}
+
+	// HTTP/2 without TLS (prior knowledge) reaches the HTTP side too.
+	p := new(http.Protocols)
+	p.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: p}
+	defer tr.CloseIdleConnections()
+	resp, err = (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get(base + "/stats?filter=upstream_cx_total")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 || string(b) != "cluster.backend.upstream_cx_total: 3\n" {
+		t.Errorf("GET /stats over h2c: %s %q", resp.Proto, b)
+	}
+}
+
+func TestReflection(t *testing.T) {
+	ta := startTestAdmin(t, nil)
+	stream, err := reflectionpb.NewServerReflectionClient(ta.tcp).ServerReflectionInfo(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.CloseSend()
+	if err := stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range r.GetListServicesResponse().GetService() {
+		names = append(names, s.GetName())
+	}
+	for _, want := range []string{"skiff.admin.v1.AdminService", "envoy.service.status.v3.ClientStatusDiscoveryService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("reflection lists %v, want %s among them", names, want)
+		}
+	}
+}

@@ -1,0 +1,127 @@
+package admin
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/skiffproxy/skiff/internal/stats"
+	adminv1 "github.com/skiffproxy/skiff/proto/skiff/admin/v1"
+)
+
+// httpHelp is the index page of the HTTP side.
+const httpHelp = `skiff admin: the HTTP side of the admin API (the rest is gRPC: skiff admin, grpcurl, grpcdebug)
+
+  /ready              200 LIVE when serving, 503 and the state otherwise
+  /stats              counters and gauges, "name: value" lines; ?filter=RE2 ?usedonly ?format=json|prometheus
+  /stats/prometheus   the same in Prometheus' text format, named as Envoy names them
+`
+
+// httpHandler serves the read-only HTTP endpoints, for scrapers and load
+// balancer health checks. Nothing here changes the server.
+func (s *Server) httpHandler(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed: the HTTP side of the admin API is read-only", http.StatusMethodNotAllowed)
+		return
+	}
+	switch r.URL.Path {
+	case "/":
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprint(w, httpHelp)
+	case "/ready":
+		s.serveReady(w)
+	case "/stats":
+		format := r.URL.Query().Get("format")
+		switch format {
+		case "", "json", "prometheus":
+		default:
+			http.Error(w, fmt.Sprintf("format %q: want json or prometheus", format), http.StatusBadRequest)
+			return
+		}
+		s.serveStats(w, r, format)
+	case "/stats/prometheus":
+		s.serveStats(w, r, "prometheus")
+	default:
+		http.Error(w, "not found\n\n"+httpHelp, http.StatusNotFound)
+	}
+}
+
+// serveReady answers as Envoy's /ready: 200 and LIVE, or 503 and the state.
+func (s *Server) serveReady(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	st := s.State()
+	if st != adminv1.ServerState_SERVER_STATE_LIVE {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	fmt.Fprintln(w, strings.TrimPrefix(st.String(), "SERVER_STATE_"))
+}
+
+func (s *Server) serveStats(w http.ResponseWriter, r *http.Request, format string) {
+	q := r.URL.Query()
+	f, err := newStatFilter(q.Get("filter"), q.Has("usedonly"))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	samples := f.apply(s.opts.Stats.Snapshot())
+	switch format {
+	case "prometheus":
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		writePrometheus(w, samples)
+	case "json":
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(statsJSON(samples))
+	default:
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		writeStatsText(w, samples)
+	}
+}
+
+// statsJSON is Envoy's /stats?format=json: {"stats": [{"name": ..., "value":
+// ...}, ..., {"histograms": {"supported_quantiles": [...],
+// "computed_quantiles": [{"name": ..., "values": [{"interval": null,
+// "cumulative": ...}]}]}}]}. skiff keeps no interval histograms.
+func statsJSON(samples []stats.Sample) any {
+	type quantile struct {
+		Interval   *float64 `json:"interval"`
+		Cumulative *float64 `json:"cumulative"`
+	}
+	type computed struct {
+		Name   string     `json:"name"`
+		Values []quantile `json:"values"`
+	}
+	type histograms struct {
+		Supported []float64  `json:"supported_quantiles"`
+		Computed  []computed `json:"computed_quantiles"`
+	}
+	out := []any{}
+	var hs *histograms
+	for _, s := range samples {
+		if s.Kind != stats.KindHistogram {
+			out = append(out, map[string]any{"name": s.Name, "value": s.Value})
+			continue
+		}
+		if hs == nil {
+			hs = &histograms{}
+			for _, q := range envoyQuantiles {
+				hs.Supported = append(hs.Supported, q.q*100)
+			}
+		}
+		c := computed{Name: s.Name}
+		for _, q := range envoyQuantiles {
+			var v *float64
+			if s.Histogram.Count > 0 {
+				x := s.Histogram.Quantile(q.q)
+				v = &x
+			}
+			c.Values = append(c.Values, quantile{Cumulative: v})
+		}
+		hs.Computed = append(hs.Computed, c)
+	}
+	if hs != nil {
+		out = append(out, map[string]any{"histograms": hs})
+	}
+	return map[string]any{"stats": out}
+}
