@@ -13,8 +13,10 @@ import (
 // TestDemo runs 'skiff demo' and fetches its page through the proxy.
 func TestDemo(t *testing.T) {
 	t.Parallel()
-	listen, upstreamPort := freePort(t), freePort(t)
-	p := startProcess(t, []string{"demo", "--listen-port", strconv.Itoa(listen), "--upstream-port", strconv.Itoa(upstreamPort)}, procOpts{})
+	listen, xdsPort := freePort(t), freePort(t)
+	upstreamPort := freePortPair(t)
+	p := startProcess(t, []string{"demo", "--listen-port", strconv.Itoa(listen), "--upstream-port", strconv.Itoa(upstreamPort),
+		"--xds-port", strconv.Itoa(xdsPort)}, procOpts{})
 
 	tr := &http.Transport{DisableKeepAlives: true}
 	defer tr.CloseIdleConnections()
@@ -38,7 +40,7 @@ func TestDemo(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if !strings.HasPrefix(body, "Hello from the skiff demo upstream!") {
+	if !strings.HasPrefix(body, "Hello from the skiff demo upstream! (blue)") {
 		t.Errorf("GET %s through the demo proxy: %q, want the demo upstream's greeting", url, body)
 	}
 	if !strings.Contains(p.Stdout(), strconv.Itoa(listen)) {

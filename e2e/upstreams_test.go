@@ -236,6 +236,19 @@ func freePort(t testing.TB) int {
 }
 
 // portFree reports whether host:port can be bound now.
+// freePortPair returns a port p such that p and p+1 were both free.
+func freePortPair(t testing.TB) int {
+	t.Helper()
+	for range 100 {
+		p := freePort(t)
+		if p < 65535 && portFree(net.JoinHostPort("127.0.0.1", strconv.Itoa(p+1))) {
+			return p
+		}
+	}
+	t.Fatal("no two adjacent free ports")
+	return 0
+}
+
 func portFree(addr string) bool {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

@@ -3,10 +3,29 @@
 // working.
 package examples
 
-import _ "embed"
+import (
+	"embed"
+	"io/fs"
+)
 
-//go:embed demo/bootstrap.yaml
-var demoBootstrap []byte
+//go:embed demo/bootstrap.yaml demo/resources/*.yaml
+var demo embed.FS
 
 // DemoBootstrap returns the bootstrap `skiff demo` runs (examples/demo/bootstrap.yaml).
-func DemoBootstrap() []byte { return append([]byte(nil), demoBootstrap...) }
+func DemoBootstrap() []byte {
+	b, err := demo.ReadFile("demo/bootstrap.yaml")
+	if err != nil {
+		panic(err) // embedded at build time
+	}
+	return b
+}
+
+// DemoResources returns the resource files the demo's control plane serves
+// (examples/demo/resources).
+func DemoResources() fs.FS {
+	sub, err := fs.Sub(demo, "demo/resources")
+	if err != nil {
+		panic(err) // embedded at build time
+	}
+	return sub
+}

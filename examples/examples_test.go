@@ -12,6 +12,7 @@ import (
 	"github.com/skiffproxy/skiff/examples"
 	"github.com/skiffproxy/skiff/internal/stats"
 	"github.com/skiffproxy/skiff/xds/bootstrap"
+	"github.com/skiffproxy/skiff/xds/controlplane"
 )
 
 // TestExamplesValidate loads every example bootstrap and checks it the way
@@ -19,7 +20,7 @@ import (
 func TestExamplesValidate(t *testing.T) {
 	var found int
 	err := filepath.WalkDir(".", func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() || filepath.Ext(path) != ".yaml" {
+		if err != nil || d.IsDir() || d.Name() != "bootstrap.yaml" {
 			return err
 		}
 		found++
@@ -52,5 +53,17 @@ func TestDemoBootstrapIsTheFile(t *testing.T) {
 	}
 	if string(onDisk) != string(examples.DemoBootstrap()) {
 		t.Fatal("the embedded demo bootstrap differs from examples/demo/bootstrap.yaml")
+	}
+	entries, err := fs.ReadDir(examples.DemoResources(), ".")
+	if err != nil || len(entries) != 3 {
+		t.Fatalf("embedded demo resources: %v, %v", entries, err)
+	}
+}
+
+// TestDemoResourcesServe loads the demo's resource files the way the demo's
+// control plane does.
+func TestDemoResourcesServe(t *testing.T) {
+	if _, err := controlplane.New(controlplane.Options{Dir: "demo/resources", Logger: slog.New(slog.DiscardHandler)}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -39,6 +39,7 @@ type runOptions struct {
 	serviceZone            string
 	concurrency            int
 	runtimeDir             string
+	admin                  adminFlags
 }
 
 func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
@@ -66,6 +67,7 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 	fs.StringVar(&o.serviceZone, "service-zone", "", "node.locality.zone (overrides the bootstrap)")
 	fs.IntVar(&o.concurrency, "concurrency", 0, "worker threads (GOMAXPROCS); 0 keeps Go's default of one per CPU")
 	fs.StringVar(&o.runtimeDir, "runtime-dir", runtimedir.Default(), "directory for this instance's sockets and stats")
+	o.admin.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -106,7 +108,8 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log, closeLog, err := newLogger(o.logLevel, o.logEncoding, o.logPath, stderr)
+	levels := new(slog.LevelVar)
+	log, closeLog, err := newLogger(levels, o.logLevel, o.logEncoding, o.logPath, stderr)
 	if err != nil {
 		return err
 	}
@@ -130,27 +133,35 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 		}
 		b.Node.Locality.Zone = o.serviceZone
 	}
+	if err := checkAdmin(b, source, o.admin); err != nil {
+		return err
+	}
 	if o.mode == "validate" {
-		if _, err := newServer(b, source, log, o.drainTime); err != nil {
+		if _, err := newServer(b, source, log, o.drainTime, stats.NewStore()); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "configuration '%s' OK\n", source)
 		return nil
 	}
-	srv, err := newServer(b, source, log, o.drainTime)
-	if err != nil {
-		return err
-	}
-
 	dir, err := runtimedir.Open(o.runtimeDir)
 	if err != nil {
 		return err
 	}
 	defer dir.Close()
+	st, err := stats.Open(dir.File(statsFile), stats.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	srv, err := newServer(b, source, log, o.drainTime, st)
+	if err != nil {
+		return err
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	return serve(ctx, srv.srv, srv.snap, source, log, o.drainTime, b)
+	go stats.NewServerStats(st, time.Now()).Run(ctx, time.Second)
+	return serve(ctx, srv.srv, srv.snap, source, log, o.drainTime, b, &adminConfig{adminFlags: o.admin, runtimeDir: dir.Path, levels: levels})
 }
 
 // server is a validated data plane, not yet started.
@@ -161,15 +172,17 @@ type server struct {
 
 // newServer checks everything in b that skiff can check without touching a
 // socket, so that a bad bootstrap exits before binding anything.
-func newServer(b *bootstrapv3.Bootstrap, source string, log *slog.Logger, drainTime time.Duration) (*server, error) {
-	if b.GetDynamicResources() != nil {
-		return nil, fmt.Errorf("%s: dynamic_resources: xDS is not supported by this version of skiff yet", source)
+func newServer(b *bootstrapv3.Bootstrap, source string, log *slog.Logger, drainTime time.Duration, st *stats.Store) (*server, error) {
+	if err := checkDynamic(b); err != nil {
+		return nil, fmt.Errorf("%s: %w", source, err)
 	}
 	reg, err := filters.Builtin()
 	if err != nil {
 		return nil, err
 	}
-	srv := dataplane.NewServer(dataplane.Options{Logger: log, Registry: reg, Stats: stats.NewStore(), DrainTime: drainTime})
+	srv := dataplane.NewServer(dataplane.Options{Logger: log, Registry: reg, Stats: st, DrainTime: drainTime,
+		// With xDS, the client says when the first round is in place.
+		InitializedExternally: b.GetDynamicResources() != nil})
 	snap := &dataplane.Snapshot{
 		Listeners: b.GetStaticResources().GetListeners(),
 		Clusters:  b.GetStaticResources().GetClusters(),
@@ -195,13 +208,23 @@ func locate(source string, err error) error {
 }
 
 // serve applies snap, runs until ctx is done, then drains for at most drainTime.
-// A second signal during the drain ends it at once.
-func serve(ctx context.Context, srv *dataplane.Server, snap *dataplane.Snapshot, source string, log *slog.Logger, drainTime time.Duration, b *bootstrapv3.Bootstrap) error {
-	if err := srv.Apply(snap); err != nil {
-		return locate(source, err)
+// A second signal during the drain ends it at once. The admin API (nil adm: none)
+// serves from before snap is applied until the drain is over.
+func serve(ctx context.Context, srv *dataplane.Server, snap *dataplane.Snapshot, source string, log *slog.Logger, drainTime time.Duration, b *bootstrapv3.Bootstrap, adm *adminConfig) error {
+	admin, err := startAdmin(ctx, srv, b, source, log, adm)
+	if err != nil {
+		return err
 	}
-	if a := b.GetAdmin().GetAddress().GetSocketAddress(); a != nil {
-		log.Info("admin address recorded; the admin API is not served by this version", "address", fmt.Sprintf("%s:%d", a.GetAddress(), a.GetPortValue()))
+	defer admin.stop()
+	x, err := startXDS(ctx, srv, snap, b, log)
+	if err != nil {
+		return fmt.Errorf("%s: %w", source, err)
+	}
+	if x != nil {
+		admin.setXDS(x.client)
+		defer func() { <-x.done }() // ctx is done by then: the client stops
+	} else if err := srv.Apply(snap); err != nil {
+		return locate(source, err)
 	}
 	var names []string
 	for _, l := range srv.Listeners() {

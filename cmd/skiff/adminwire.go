@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+
+	"github.com/skiffproxy/skiff/dataplane"
+	"github.com/skiffproxy/skiff/dataplane/admin"
+)
+
+// adminFlags are the flags of 'skiff run' about the admin API.
+type adminFlags struct {
+	allowRemote  bool
+	tcpMutations bool
+}
+
+func (f *adminFlags) register(fs *flag.FlagSet) {
+	fs.BoolVar(&f.allowRemote, "admin-allow-remote", false,
+		"allow the bootstrap's admin.address to be other than loopback (the admin API shows the configuration and can drain skiff)")
+	fs.BoolVar(&f.tcpMutations, "admin-tcp-mutations", false,
+		"accept the admin calls that change skiff (drain, restart, log level) over admin.address too, not only over <runtime-dir>/admin.sock")
+}
+
+// adminConfig is what serve needs to run the admin API.
+type adminConfig struct {
+	adminFlags
+	runtimeDir string
+	levels     *slog.LevelVar
+}
+
+// adminRun is the running admin API.
+type adminRun struct {
+	srv  *admin.Server // nil when there is no admin API
+	stop func()
+}
+
+// setXDS gives the admin API the xDS client's status (CSDS, config dump).
+func (a *adminRun) setXDS(x admin.XDSStatus) {
+	if a.srv != nil {
+		a.srv.SetXDS(x)
+	}
+}
+
+// checkAdmin checks the bootstrap's admin.address against the flags, so that a
+// refused address stops skiff before anything is bound.
+func checkAdmin(b *bootstrapv3.Bootstrap, source string, f adminFlags) error {
+	if _, err := admin.TCPAddress(b, f.allowRemote); err != nil {
+		return fmt.Errorf("%s: %w", source, err)
+	}
+	return nil
+}
+
+// startAdmin binds the admin API's sockets, <runtime-dir>/admin.sock and the
+// bootstrap's admin.address, and serves it. The server reports INITIALIZING
+// until srv applies its first configuration, then LIVE, and DRAINING once ctx
+// is done. Its stop method stops the admin API and waits for it. A nil cfg
+// serves nothing.
+func startAdmin(ctx context.Context, srv *dataplane.Server, b *bootstrapv3.Bootstrap, source string, log *slog.Logger, cfg *adminConfig) (*adminRun, error) {
+	if cfg == nil {
+		return &adminRun{stop: func() {}}, nil
+	}
+	tcpAddr, err := admin.TCPAddress(b, cfg.allowRemote)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", source, err)
+	}
+	var lns []net.Listener
+	uln, err := admin.ListenUnix(filepath.Join(cfg.runtimeDir, admin.SocketName))
+	if err != nil {
+		return nil, err
+	}
+	lns = append(lns, uln)
+	if tcpAddr != "" {
+		tln, err := net.Listen("tcp", tcpAddr)
+		if err != nil {
+			uln.Close()
+			return nil, fmt.Errorf("%s: admin.address: %w", source, err)
+		}
+		lns = append(lns, tln)
+	}
+
+	adm := admin.New(admin.Options{
+		Logger:       log,
+		Dataplane:    srv,
+		Stats:        srv.Stats(),
+		Bootstrap:    b,
+		Levels:       cfg.levels,
+		Version:      versionString(),
+		StartTime:    time.Now(),
+		RuntimeDir:   cfg.runtimeDir,
+		TCPMutations: cfg.tcpMutations,
+	})
+	var wg sync.WaitGroup
+	for _, ln := range lns {
+		log.Info("admin listening", "address", ln.Addr().String(), "network", ln.Addr().Network())
+		wg.Go(func() {
+			if err := adm.Serve(ln); err != nil {
+				log.Error("admin API stopped serving", "address", ln.Addr().String(), "error", err)
+			}
+		})
+	}
+	stopDraining := context.AfterFunc(ctx, adm.SetDraining)
+	return &adminRun{srv: adm, stop: func() {
+		stopDraining()
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		adm.Shutdown(sctx)
+		wg.Wait()
+	}}, nil
+}

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/skiffproxy/skiff/dataplane"
+	"github.com/skiffproxy/skiff/dataplane/runtime"
+	"github.com/skiffproxy/skiff/internal/cfgerr"
+	"github.com/skiffproxy/skiff/xds/client"
+)
+
+// xdsRun is a running xDS client.
+type xdsRun struct {
+	client *client.Client
+	ready  chan struct{} // closed once the first round of configuration is in place
+	done   chan struct{}
+}
+
+// checkDynamic validates the bootstrap's dynamic_resources and layered_runtime
+// without connecting anywhere.
+func checkDynamic(b *bootstrapv3.Bootstrap) error {
+	if _, err := runtime.New(b.GetLayeredRuntime()); err != nil {
+		return cfgerr.Field("layered_runtime", err)
+	}
+	_, err := client.SourcesFromBootstrap(b)
+	return err
+}
+
+// startXDS starts the xDS client when the bootstrap has dynamic_resources; it
+// returns nil otherwise. The client applies snap's static resources itself,
+// together with what the control plane sends, and stops when ctx is done.
+func startXDS(ctx context.Context, srv *dataplane.Server, snap *dataplane.Snapshot, b *bootstrapv3.Bootstrap, log *slog.Logger) (*xdsRun, error) {
+	if b.GetDynamicResources() == nil {
+		return nil, nil
+	}
+	rt, err := runtime.New(b.GetLayeredRuntime())
+	if err != nil {
+		return nil, cfgerr.Field("layered_runtime", err)
+	}
+	srcs, err := client.SourcesFromBootstrap(b)
+	if err != nil {
+		return nil, err
+	}
+	node := proto.Clone(b.GetNode()).(*corev3.Node)
+	if node == nil {
+		node = &corev3.Node{}
+	}
+	node.UserAgentName = "skiff"
+	node.UserAgentVersionType = &corev3.Node_UserAgentVersion{UserAgentVersion: version}
+	node.ClientFeatures = append(node.ClientFeatures, "envoy.lb.does_not_support_overprovisioning", "xds.config.resource-ttl")
+	x := &xdsRun{ready: make(chan struct{}), done: make(chan struct{})}
+	c, err := client.New(client.Options{
+		Node:                      node,
+		Logger:                    log,
+		Dataplane:                 srv,
+		Static:                    *snap,
+		Runtime:                   rt,
+		Sources:                   srcs,
+		Dial:                      client.NewDialer(b, fmt.Sprintf("skiff/%s", version)),
+		SetNodeOnFirstMessageOnly: srcs.ADS.GetSetNodeOnFirstMessageOnly(),
+		OnInitialized: func() {
+			srv.MarkInitialized()
+			close(x.ready)
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	x.client = c
+	go func() {
+		defer close(x.done)
+		c.Run(ctx)
+	}()
+	return x, nil
+}

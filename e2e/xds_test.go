@@ -1,0 +1,215 @@
+package e2e
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/skiffproxy/skiff/internal/xdstest"
+)
+
+const xdsNode = "e2e-node"
+
+// xdsBootstrap is a bootstrap whose listeners and clusters come over ADS from
+// the control plane at cpAddr (delta or state of the world).
+func xdsBootstrap(cpAddr string, delta bool) string {
+	host, port, _ := net.SplitHostPort(cpAddr)
+	apiType := "GRPC"
+	if delta {
+		apiType = "DELTA_GRPC"
+	}
+	return fmt.Sprintf(`node: { id: %s, cluster: e2e }
+dynamic_resources:
+  ads_config:
+    api_type: %s
+    transport_api_version: V3
+    grpc_services:
+    - envoy_grpc: { cluster_name: xds }
+  cds_config: { ads: {}, resource_api_version: V3 }
+  lds_config: { ads: {}, resource_api_version: V3 }
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }
+    load_assignment:
+      cluster_name: xds
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: %s, port_value: %s } } }
+`, xdsNode, apiType, host, port)
+}
+
+func xdsAddress(addr string) *corev3.Address {
+	ap := netip.MustParseAddrPort(addr)
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address: ap.Addr().String(), PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(ap.Port())}}}}
+}
+
+func xdsEDSCluster(name string) *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		ConnectTimeout:       durationpb.New(time.Second),
+		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{EdsConfig: &corev3.ConfigSource{
+			ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}, ResourceApiVersion: corev3.ApiVersion_V3}},
+	}
+}
+
+func xdsAssignment(name string, hosts ...string) *endpointv3.ClusterLoadAssignment {
+	var eps []*endpointv3.LbEndpoint
+	for _, h := range hosts {
+		eps = append(eps, &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: xdsAddress(h)}}})
+	}
+	return &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: eps}}}
+}
+
+func xdsListener(name, cluster string) *listenerv3.Listener {
+	a, _ := anypb.New(&tcpv3.TcpProxy{StatPrefix: name, ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: cluster}})
+	return &listenerv3.Listener{
+		Name:    name,
+		Address: xdsAddress("127.0.0.1:0"),
+		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+			Name: "envoy.filters.network.tcp_proxy", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: a}}}}},
+	}
+}
+
+func xdsResources(cla *endpointv3.ClusterLoadAssignment, ls ...*listenerv3.Listener) map[resourcev3.Type][]types.Resource {
+	m := map[resourcev3.Type][]types.Resource{
+		resourcev3.ClusterType:  {xdsEDSCluster(cla.GetClusterName())},
+		resourcev3.EndpointType: {cla},
+		resourcev3.ListenerType: {},
+	}
+	for _, l := range ls {
+		m[resourcev3.ListenerType] = append(m[resourcev3.ListenerType], l)
+	}
+	return m
+}
+
+// TestXDS drives the real binary from an in-test go-control-plane server, over
+// state-of-the-world and delta ADS.
+func TestXDS(t *testing.T) {
+	for _, delta := range []bool{false, true} {
+		t.Run(map[bool]string{false: "sotw", true: "delta"}[delta], func(t *testing.T) {
+			t.Parallel()
+			upA := startUpstream(t, "127.0.0.1", echoHandler)
+			upB := startUpstream(t, "127.0.0.1", echoHandler)
+			cp := xdstest.Start(t, "127.0.0.1:0", xdsNode)
+			cpAddr := cp.Addr()
+			v1 := cp.Push(xdsResources(xdsAssignment("backend", upA.Addr), xdsListener("ingress", "backend")))
+			p := startSkiff(t, xdsBootstrap(cpAddr, delta))
+			addr := waitListener(t, p, "ingress")
+
+			// Traffic flows; a long-lived connection is open on host A.
+			old := dial(t, addr)
+			if err := echoRoundTrip(old, []byte("first")); err != nil {
+				t.Fatal(err)
+			}
+			if upA.accepted.Load() != 1 {
+				t.Fatalf("host A accepted %d connections", upA.accepted.Load())
+			}
+
+			// An endpoint update redirects new connections while the old one goes on.
+			cp.Push(xdsResources(xdsAssignment("backend", upB.Addr), xdsListener("ingress", "backend")))
+			deadline := time.Now().Add(20 * time.Second)
+			for upB.accepted.Load() == 0 && time.Now().Before(deadline) {
+				c := dial(t, addr)
+				if err := echoRoundTrip(c, []byte("new")); err != nil {
+					t.Fatal(err)
+				}
+				c.Close()
+				time.Sleep(50 * time.Millisecond)
+			}
+			if upB.accepted.Load() == 0 {
+				t.Fatal("new connections never reached host B after the endpoint update")
+			}
+			if err := echoRoundTrip(old, []byte("old connection still works")); err != nil {
+				t.Fatalf("the connection to host A broke on an endpoint update: %v", err)
+			}
+
+			// An invalid listener is NACKed with the field path; traffic keeps flowing.
+			bad := xdsListener("broken", "backend")
+			bad.FilterChains[0].Filters[0].GetTypedConfig().TypeUrl = "type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy"
+			cp.Push(xdsResources(xdsAssignment("backend", upB.Addr), xdsListener("ingress", "backend"), bad))
+			nack := waitNACK(t, cp, delta)
+			if !strings.Contains(nack, `Listener "broken"`) || !strings.Contains(nack, "filter_chains[0].filters[0].typed_config") {
+				t.Fatalf("NACK error_detail %q does not name the listener and the field", nack)
+			}
+			if err := echoRoundTrip(old, []byte("after the NACK")); err != nil {
+				t.Fatal(err)
+			}
+			c := dial(t, addr)
+			if err := echoRoundTrip(c, []byte("new after the NACK")); err != nil {
+				t.Fatal(err)
+			}
+
+			// The control plane restarts: traffic is undisturbed, and the client
+			// reconnects and resyncs from the versions it has.
+			cp.Stop()
+			if err := echoRoundTrip(old, []byte("control plane down")); err != nil {
+				t.Fatal(err)
+			}
+			cp2 := xdstest.Start(t, cpAddr, xdsNode)
+			cp2.Push(xdsResources(xdsAssignment("backend", upA.Addr), xdsListener("ingress", "backend"), xdsListener("second", "backend")))
+			if delta {
+				if r := cp2.DeltaRequest(resourcev3.ClusterType, 0); r.GetInitialResourceVersions()["backend"] == "" {
+					t.Fatalf("delta reconnect without initial_resource_versions: %v", r)
+				}
+			} else if r := cp2.Request(resourcev3.ClusterType, 0); r.GetVersionInfo() == "" {
+				t.Fatalf("reconnect without the accepted version (%s): %v", v1, r)
+			}
+			second := waitListener(t, p, "second")
+			c2 := dial(t, second)
+			if err := echoRoundTrip(c2, []byte("resynced")); err != nil {
+				t.Fatal(err)
+			}
+			if err := echoRoundTrip(old, []byte("still the same connection")); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// waitNACK returns the error_detail of the first NACK the control plane got.
+func waitNACK(t *testing.T, cp *xdstest.ControlPlane, delta bool) string {
+	t.Helper()
+	for n := 0; ; n++ {
+		if delta {
+			if r := cp.DeltaRequest(resourcev3.ListenerType, n); r.GetErrorDetail() != nil {
+				return r.GetErrorDetail().GetMessage()
+			}
+			continue
+		}
+		r := cp.Request(resourcev3.ListenerType, n)
+		if r.GetErrorDetail() != nil {
+			return r.GetErrorDetail().GetMessage()
+		}
+	}
+}
+
+// waitListener waits until skiff binds the named listener (xDS listeners come
+// after start-up) and returns its address.
+func waitListener(t *testing.T, p *Proxy, name string) string {
+	t.Helper()
+	l := p.WaitLog(t, 30*time.Second, "listener "+name+" bound", func(l LogLine) bool {
+		return l.Msg() == "listener bound" && l.Fields["listener"] == name
+	})
+	return l.Fields["address"]
+}
