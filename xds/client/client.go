@@ -544,6 +544,10 @@ func (c *Client) applyLocked() error {
 	}
 	c.activeClusters, c.activeListeners = clusters, listeners
 	c.applied = true
+	// What only the previous active versions referenced can go now.
+	if err := c.followRefsLocked(); err != nil {
+		c.log.Warn("following references after an update", "error", err)
+	}
 	return nil
 }
 

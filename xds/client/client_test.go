@@ -1,6 +1,8 @@
 package client
 
 import (
+	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -9,6 +11,8 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	runtimev3 "github.com/envoyproxy/go-control-plane/envoy/service/runtime/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -17,10 +21,12 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/skiffproxy/skiff/dataplane/filter"
 	"github.com/skiffproxy/skiff/internal/xdstest"
 	"github.com/skiffproxy/skiff/xds/resource"
 )
@@ -303,6 +309,146 @@ func TestRuntimeLayerOverRTDS(t *testing.T) {
 		s := f.runtime.Snapshot()
 		if !s.Bool("feature.enabled", false) || s.Uint("limits.max", 0) != 7 {
 			return "runtime values not visible"
+		}
+		return ""
+	})
+}
+
+// hcmStandIn is a network filter factory for the HTTP connection manager's
+// config type, registered by TestRDSFollowsListeners only: the HTTP connection
+// manager itself comes with the HTTP issue, but RDS (subscribing to what
+// listeners name, warming them until their routes arrive, ACKing) does not
+// depend on serving HTTP. It decodes the config and closes connections.
+type hcmStandIn struct{}
+
+func (hcmStandIn) Name() string { return "envoy.filters.network.http_connection_manager" }
+func (hcmStandIn) ConfigType() proto.Message {
+	return &hcmv3.HttpConnectionManager{}
+}
+func (hcmStandIn) Create(proto.Message, *filter.Context) (filter.NetworkFilter, error) {
+	return closer{}, nil
+}
+
+type closer struct{}
+
+func (closer) OnConnection(context.Context, *filter.Conn) error { return nil }
+func (closer) ServeConn(_ context.Context, c *filter.Conn)      { c.Close() }
+
+func hcmListener(name, routeConfig string) *listenerv3.Listener {
+	a, _ := anypb.New(&hcmv3.HttpConnectionManager{
+		StatPrefix: name,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			RouteConfigName: routeConfig, ConfigSource: adsSource()}},
+	})
+	return &listenerv3.Listener{
+		Name:    name,
+		Address: sockAddr(loopback0),
+		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+			Name: "envoy.filters.network.http_connection_manager", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: a},
+		}}}},
+	}
+}
+
+func TestRDSFollowsListeners(t *testing.T) {
+	up := greeter(t, "x")
+	f := newFixture(t, setup{extraNetworkFilters: []filter.NetworkFactory{hcmStandIn{}}})
+	routes := func(name string) *routev3.RouteConfiguration {
+		return &routev3.RouteConfiguration{Name: name, VirtualHosts: []*routev3.VirtualHost{{
+			Name: "all", Domains: []string{"*"}, Routes: []*routev3.Route{{
+				Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+				Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "backend"}}},
+			}},
+		}}}
+	}
+	// The listener names routes "a", which the control plane does not have yet.
+	f.cp.Push(map[resourcev3.Type][]types.Resource{
+		resourcev3.ClusterType:  {edsCluster("backend")},
+		resourcev3.EndpointType: {assignment("backend", up)},
+		resourcev3.ListenerType: {hcmListener("http", "a")},
+		resourcev3.RouteType:    {},
+	})
+	wantRequest(t, f.cp.Request(resource.RouteType, 0), &discoveryv3.DiscoveryRequest{Node: node(), TypeUrl: resource.RouteType, ResourceNames: []string{"a"}})
+	time.Sleep(200 * time.Millisecond)
+	for _, l := range f.dp.Listeners() {
+		if l.Name == "http" {
+			t.Fatal("a listener whose routes have not arrived is serving (it must warm)")
+		}
+	}
+	if f.client.Initialized() {
+		t.Fatal("initialized while a listener warms")
+	}
+	v := f.cp.Push(map[resourcev3.Type][]types.Resource{
+		resourcev3.ClusterType:  {edsCluster("backend")},
+		resourcev3.EndpointType: {assignment("backend", up)},
+		resourcev3.ListenerType: {hcmListener("http", "a")},
+		resourcev3.RouteType:    {routes("a")},
+	})
+	f.waitReady()
+	f.listenerAddr("http")
+	eventually(t, "RDS ACKed", func() string {
+		if got := f.client.Versions()[resource.RouteType]; got != v {
+			return "RDS version " + got
+		}
+		return ""
+	})
+	// The listener moves to routes "b": the subscription follows.
+	f.cp.Push(map[resourcev3.Type][]types.Resource{
+		resourcev3.ClusterType:  {edsCluster("backend")},
+		resourcev3.EndpointType: {assignment("backend", up)},
+		resourcev3.ListenerType: {hcmListener("http", "b")},
+		resourcev3.RouteType:    {routes("a"), routes("b")},
+	})
+	eventually(t, "RDS subscription follows the listener", func() string {
+		for _, r := range f.cp.Requests() {
+			if dr, ok := r.(*discoveryv3.DiscoveryRequest); ok && dr.GetTypeUrl() == resource.RouteType &&
+				len(dr.GetResourceNames()) == 1 && dr.GetResourceNames()[0] == "b" {
+				return ""
+			}
+		}
+		return "no RDS request for [b] alone"
+	})
+}
+
+func TestResourceTTLAndHeartbeat(t *testing.T) {
+	f := newFixture(t, setup{})
+	v := f.cp.Push(map[resourcev3.Type][]types.Resource{resourcev3.ClusterType: {}, resourcev3.ListenerType: {}})
+	f.waitReady()
+	ts := f.client.types[resource.ClusterType]
+	wrap := func(withResource bool) *anypb.Any {
+		w := &discoveryv3.Resource{Name: "short-lived", Version: "1", Ttl: durationpb.New(300 * time.Millisecond)}
+		if withResource {
+			c := edsCluster("short-lived")
+			c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
+			c.EdsClusterConfig = nil
+			c.LoadAssignment = assignment("short-lived")
+			w.Resource, _ = anypb.New(c)
+		}
+		a, _ := anypb.New(w)
+		return a
+	}
+	// The responses are handed to the client's handler as if they came on the
+	// stream (go-control-plane only sends TTLs with its heartbeating cache).
+	// They carry the server's version, so that the ACKs they cause do not make
+	// the real server resend its own (empty) CDS state.
+	send := func(withResource bool, nonce string) {
+		f.client.handleSotW(ts.stream, &discoveryv3.DiscoveryResponse{VersionInfo: v, TypeUrl: resource.ClusterType, Nonce: nonce, Resources: []*anypb.Any{wrap(withResource)}})
+	}
+	send(true, "ttl-1")
+	if f.dp.Clusters().Get("short-lived") == nil {
+		t.Fatal("the TTL'd cluster was not applied")
+	}
+	// Heartbeats keep it alive well past its TTL.
+	for i := range 6 {
+		time.Sleep(100 * time.Millisecond)
+		send(false, fmt.Sprintf("hb-%d", i))
+	}
+	if f.dp.Clusters().Get("short-lived") == nil {
+		t.Fatal("heartbeats did not keep the cluster alive")
+	}
+	// Without them it goes once the TTL passes.
+	eventually(t, "expired cluster removed", func() string {
+		if f.dp.Clusters().Get("short-lived") != nil {
+			return "still there"
 		}
 		return ""
 	})

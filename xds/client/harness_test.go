@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/skiffproxy/skiff/dataplane"
+	"github.com/skiffproxy/skiff/dataplane/filter"
 	"github.com/skiffproxy/skiff/dataplane/filters"
 	"github.com/skiffproxy/skiff/dataplane/runtime"
 	"github.com/skiffproxy/skiff/internal/stats"
@@ -70,11 +71,12 @@ func tcpListener(name string, addr netip.AddrPort, cluster string) *listenerv3.L
 // --- the client under test ---
 
 type setup struct {
-	rtds        bool // a bootstrap RTDS layer named "dynamic" over ADS
-	delta       bool
-	perType     bool // per-type api_config_source streams instead of ADS
-	edsTimeout  time.Duration
-	staticExtra []*clusterv3.Cluster
+	extraNetworkFilters []filter.NetworkFactory
+	rtds                bool // a bootstrap RTDS layer named "dynamic" over ADS
+	delta               bool
+	perType             bool // per-type api_config_source streams instead of ADS
+	edsTimeout          time.Duration
+	staticExtra         []*clusterv3.Cluster
 }
 
 type fixture struct {
@@ -135,6 +137,11 @@ func newFixtureWith(t testing.TB, cp *xdstest.ControlPlane, s setup) *fixture {
 	reg, err := filters.Builtin()
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, nf := range s.extraNetworkFilters {
+		if err := reg.RegisterNetwork(nf); err != nil {
+			t.Fatal(err)
+		}
 	}
 	st := stats.NewStore()
 	log := slog.New(slog.DiscardHandler)
