@@ -22,6 +22,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/skiffproxy/skiff/dataplane/filter"
 	"github.com/skiffproxy/skiff/dataplane/listener"
@@ -75,8 +76,33 @@ type Options struct {
 	InitializedExternally bool
 }
 
+// managerStats are Envoy's listener_manager.* and cluster_manager.* stats.
+type managerStats struct {
+	listenersActive                                  stats.Gauge
+	listenerAdded, listenerModified, listenerRemoved stats.Counter
+	listenerCreateSuccess, listenerCreateFailure     stats.Counter
+	clustersActive                                   stats.Gauge
+	clusterAdded, clusterModified, clusterRemoved    stats.Counter
+}
+
+func newManagerStats(st *stats.Store) managerStats {
+	return managerStats{
+		listenersActive:       st.GaugeMode("listener_manager.total_listeners_active", stats.NeverImport),
+		listenerAdded:         st.Counter("listener_manager.listener_added"),
+		listenerModified:      st.Counter("listener_manager.listener_modified"),
+		listenerRemoved:       st.Counter("listener_manager.listener_removed"),
+		listenerCreateSuccess: st.Counter("listener_manager.listener_create_success"),
+		listenerCreateFailure: st.Counter("listener_manager.listener_create_failure"),
+		clustersActive:        st.GaugeMode("cluster_manager.active_clusters", stats.NeverImport),
+		clusterAdded:          st.Counter("cluster_manager.cluster_added"),
+		clusterModified:       st.Counter("cluster_manager.cluster_modified"),
+		clusterRemoved:        st.Counter("cluster_manager.cluster_removed"),
+	}
+}
+
 // Server runs listeners and clusters.
 type Server struct {
+	mstats   managerStats
 	opts     Options
 	log      *slog.Logger
 	clusters *upstream.Manager
@@ -117,6 +143,7 @@ func NewServer(opts Options) *Server {
 		opts:      opts,
 		log:       opts.Logger,
 		clusters:  upstream.NewManager(opts.Stats),
+		mstats:    newManagerStats(opts.Stats),
 		sockets:   listener.NewSocketTable(opts.Logger),
 		buffers:   bufpool.New(),
 		listeners: map[string]*listener.Listener{},
@@ -317,11 +344,13 @@ func (s *Server) Apply(snap *Snapshot) error {
 			for _, l := range started {
 				l.StopAccepting()
 			}
+			s.mstats.listenerCreateFailure.Inc()
 			return &ResourceError{Kind: "listener", Index: i, Name: cfg.Name, Err: err}
 		}
 		started = append(started, l)
 		next[cfg.Name] = l
 	}
+	s.countChanges(g, next, started, updates)
 
 	// Clusters first, so that listeners never point at a cluster that is not
 	// there yet. Removed clusters go only after the listeners stopped using them;
@@ -375,6 +404,47 @@ func (s *Server) Apply(snap *Snapshot) error {
 // whose first round takes several updates).
 func (s *Server) MarkInitialized() {
 	s.initOnce.Do(func() { close(s.applied) })
+}
+
+// countChanges updates the listener_manager and cluster_manager stats for an
+// Apply about to be committed.
+func (s *Server) countChanges(g *generation, next map[string]*listener.Listener, started []*listener.Listener, updates map[*listener.Listener]*listener.Config) {
+	m := &s.mstats
+	for _, l := range started {
+		m.listenerCreateSuccess.Inc()
+		if s.listeners[l.Name()] != nil {
+			m.listenerModified.Inc()
+		} else {
+			m.listenerAdded.Inc()
+		}
+	}
+	for l, cfg := range updates {
+		if l.Config() != cfg && !proto.Equal(l.Config().Proto(), cfg.Proto()) {
+			m.listenerModified.Inc()
+		}
+	}
+	for name := range s.listeners {
+		if next[name] == nil {
+			m.listenerRemoved.Inc()
+		}
+	}
+	m.listenersActive.Set(int64(len(next)))
+	names := make(map[string]bool, len(g.clusters))
+	for _, a := range g.clusters {
+		names[a.Config.Name] = true
+		switch c := s.clusters.Get(a.Config.Name); {
+		case c == nil:
+			m.clusterAdded.Inc()
+		case c.Config() != a.Config && !proto.Equal(c.Config().Proto(), a.Config.Proto()):
+			m.clusterModified.Inc()
+		}
+	}
+	for _, c := range s.clusters.Clusters() {
+		if !names[c.Name()] {
+			m.clusterRemoved.Inc()
+		}
+	}
+	m.clustersActive.Set(int64(len(g.clusters)))
 }
 
 func sameSockets(a, b *listener.Config) bool {

@@ -4,21 +4,25 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	statusv3 "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/skiffproxy/skiff/internal/xdstest"
+	adminv1 "github.com/skiffproxy/skiff/proto/skiff/admin/v1"
 )
 
 const xdsNode = "e2e-node"
@@ -155,6 +159,7 @@ func TestXDS(t *testing.T) {
 			if err := echoRoundTrip(old, []byte("after the NACK")); err != nil {
 				t.Fatal(err)
 			}
+			checkCSDSAfterNACK(t, p)
 			c := dial(t, addr)
 			if err := echoRoundTrip(c, []byte("new after the NACK")); err != nil {
 				t.Fatal(err)
@@ -212,4 +217,44 @@ func waitListener(t *testing.T, p *Proxy, name string) string {
 		return l.Msg() == "listener bound" && l.Fields["listener"] == name
 	})
 	return l.Fields["address"]
+}
+
+// checkCSDSAfterNACK asks the admin API's CSDS what it knows after an LDS NACK:
+// exactly one ClientConfig (skiff's node), the accepted listener ACKED with its
+// version, the rejected one NACKED with the error.
+func checkCSDSAfterNACK(t *testing.T, p *Proxy) {
+	t.Helper()
+	cc := grpcConn(t, "unix:"+filepath.Join(p.RuntimeDir, "admin.sock"))
+	resp, err := statusv3.NewClientStatusDiscoveryServiceClient(cc).FetchClientStatus(rpcCtx(t), &statusv3.ClientStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetConfig()) != 1 || resp.GetConfig()[0].GetNode().GetId() != xdsNode {
+		t.Fatalf("CSDS: want one ClientConfig for node %s, got %v", xdsNode, resp)
+	}
+	var ingress, broken *statusv3.ClientConfig_GenericXdsConfig
+	for _, g := range resp.GetConfig()[0].GetGenericXdsConfigs() {
+		if g.GetTypeUrl() != resourcev3.ListenerType {
+			continue
+		}
+		switch g.GetName() {
+		case "ingress":
+			ingress = g
+		case "broken":
+			broken = g
+		}
+	}
+	if ingress.GetClientStatus() != adminv3.ClientResourceStatus_ACKED || ingress.GetVersionInfo() == "" || ingress.GetXdsConfig() == nil {
+		t.Errorf("CSDS: listener ingress = %v, want ACKED with its version and config", ingress)
+	}
+	if broken.GetClientStatus() != adminv3.ClientResourceStatus_NACKED || !strings.Contains(broken.GetErrorState().GetDetails(), "typed_config") {
+		t.Errorf("CSDS: listener broken = %v, want NACKED with the error", broken)
+	}
+	info, err := adminv1.NewAdminServiceClient(cc).GetServerInfo(rpcCtx(t), &adminv1.GetServerInfoRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.GetState() != adminv1.ServerState_SERVER_STATE_LIVE {
+		t.Errorf("server state %v after xDS initialized, want LIVE", info.GetState())
+	}
 }

@@ -62,6 +62,7 @@ func startXDS(ctx context.Context, srv *dataplane.Server, snap *dataplane.Snapsh
 		Static:                    *snap,
 		Runtime:                   rt,
 		Sources:                   srcs,
+		Stats:                     srv.Stats(),
 		Dial:                      client.NewDialer(b, fmt.Sprintf("skiff/%s", version)),
 		SetNodeOnFirstMessageOnly: srcs.ADS.GetSetNodeOnFirstMessageOnly(),
 		OnInitialized: func() {

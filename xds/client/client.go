@@ -26,6 +26,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"maps"
 	"slices"
@@ -45,6 +46,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/runtime"
 	"github.com/skiffproxy/skiff/internal/backoff"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
+	"github.com/skiffproxy/skiff/internal/stats"
 	"github.com/skiffproxy/skiff/xds/resource"
 )
 
@@ -82,6 +84,33 @@ type Options struct {
 	// OnInitialized is called once, when the first round of configuration
 	// (clusters, their endpoints, listeners, their routes) is in place or timed out.
 	OnInitialized func()
+	// Stats receives control_plane.connected_state and the CDS/LDS update
+	// stats (cluster_manager.cds.*, listener_manager.lds.*); nil: none.
+	Stats *stats.Store
+}
+
+// subStats are Envoy's subscription stats for one type.
+type subStats struct {
+	attempt, success, rejected, failure stats.Counter
+	version                             stats.Gauge
+}
+
+func newSubStats(st *stats.Store, prefix string) *subStats {
+	return &subStats{
+		attempt:  st.Counter(prefix + "update_attempt"),
+		success:  st.Counter(prefix + "update_success"),
+		rejected: st.Counter(prefix + "update_rejected"),
+		failure:  st.Counter(prefix + "update_failure"),
+		version:  st.GaugeMode(prefix+"version", stats.NeverImport),
+	}
+}
+
+// versionHash is what Envoy's <subscription>.version gauge holds: a hash of the
+// version_info string.
+func versionHash(v string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte(v))
+	return int64(h.Sum64() >> 1)
 }
 
 // Sources are the bootstrap's config sources.
@@ -103,6 +132,10 @@ type Client struct {
 	phase   phase
 	ctx     context.Context // Run's context, for streams started later; nil before Run
 	wg      sync.WaitGroup
+
+	connected      stats.Gauge // control_plane.connected_state
+	connectedCount int
+	haveStats      bool
 
 	// What the data plane runs now, by name: the last applied versions.
 	activeClusters  map[string]*clusterv3.Cluster
@@ -146,6 +179,7 @@ type typeState struct {
 	// when the error could not be tied to one resource.
 	rejected    map[string]rejection
 	lastReject  *rejection
+	stats       *subStats              // nil for types without Envoy subscription stats
 	fetchTimers map[string]*time.Timer // names waiting for their first update
 	timedOut    map[string]bool        // names whose initial fetch timed out
 	received    bool                   // a response arrived (initial round)
@@ -175,6 +209,12 @@ func New(opts Options) (*Client, error) {
 	for _, url := range resource.Types() {
 		c.types[url] = &typeState{url: url, wildcard: resource.Wildcard(url), names: map[string]bool{}, res: map[string]*Resource{},
 			rejected: map[string]rejection{}, fetchTimers: map[string]*time.Timer{}, timedOut: map[string]bool{}}
+	}
+	if st := opts.Stats; st != nil {
+		c.haveStats = true
+		c.connected = st.GaugeMode("control_plane.connected_state", stats.NeverImport)
+		c.types[resource.ClusterType].stats = newSubStats(st, "cluster_manager.cds.")
+		c.types[resource.ListenerType].stats = newSubStats(st, "listener_manager.lds.")
 	}
 	var err error
 	if s := opts.Sources.Cluster; s != nil {

@@ -89,6 +89,17 @@ func TestStateOfTheWorldADS(t *testing.T) {
 	if got := through(t, f.listenerAddr("ingress")); got != "backend-1" {
 		t.Fatalf("through the listener: %q", got)
 	}
+	for name, want := range map[string]int64{
+		"control_plane.connected_state":           1,
+		"cluster_manager.cds.update_success":      1,
+		"listener_manager.lds.update_success":     1,
+		"listener_manager.total_listeners_active": 1,
+		"cluster_manager.active_clusters":         2, // with the static xds cluster
+	} {
+		if v, _ := f.stats.Value(name); v != want {
+			t.Errorf("%s = %d, want %d", name, v, want)
+		}
+	}
 
 	// An endpoint update applies in place; new connections go to the new host.
 	up2 := greeter(t, "backend-2")
@@ -140,6 +151,11 @@ func TestNACKKeepsLastGoodConfig(t *testing.T) {
 	}
 	if got := through(t, addr); got != "good" {
 		t.Fatalf("after the NACK the old listener answers %q", got)
+	}
+	// (At least one: go-control-plane answers the NACK by sending its
+	// snapshot again, which is rejected again.)
+	if v, _ := f.stats.Value("listener_manager.lds.update_rejected"); v < 1 {
+		t.Errorf("listener_manager.lds.update_rejected = %d, want at least 1", v)
 	}
 	for _, l := range f.dp.Listeners() {
 		if l.Name == "broken" {

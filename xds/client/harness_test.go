@@ -157,6 +157,7 @@ func newFixtureWith(t testing.TB, cp *xdstest.ControlPlane, s setup) *fixture {
 	f := &fixture{t: t, cp: cp, dp: dp, stats: st, runtime: rt, done: make(chan struct{}), ready: make(chan struct{})}
 	c, err := New(Options{
 		Runtime:       rt,
+		Stats:         st,
 		Node:          b.GetNode(),
 		Logger:        log,
 		Dataplane:     dp,

@@ -179,6 +179,14 @@ type stream struct {
 	urls  map[string]bool // types this stream carries
 }
 
+// setConnectedLocked counts open streams into control_plane.connected_state.
+func (c *Client) setConnectedLocked(delta int) {
+	c.connectedCount += delta
+	if c.haveStats {
+		c.connected.Set(int64(min(c.connectedCount, 1)))
+	}
+}
+
 func (c *Client) startStreamLocked(s *stream) {
 	if s.running || c.ctx == nil {
 		return
@@ -235,6 +243,17 @@ func (s *stream) once(ctx context.Context) (got bool, err error) {
 		return false, err
 	}
 	s.c.mu.Lock()
+	s.c.setConnectedLocked(+1)
+	defer func() {
+		s.c.mu.Lock()
+		s.c.setConnectedLocked(-1)
+		for url := range s.urls {
+			if st := s.c.types[url].stats; st != nil && err != nil && ctx.Err() == nil {
+				st.failure.Inc()
+			}
+		}
+		s.c.mu.Unlock()
+	}()
 	s.first = true
 	s.sent = map[string]map[string]bool{}
 	for url := range s.urls {
@@ -483,6 +502,15 @@ func (c *Client) handleDelta(s *stream, resp *discoveryv3.DeltaDiscoveryResponse
 
 // finishLocked records the outcome of a response and queues the ACK or NACK.
 func (c *Client) finishLocked(s *stream, ts *typeState, version string, n int, bad string, err error) {
+	if st := ts.stats; st != nil {
+		st.attempt.Inc()
+		if err != nil {
+			st.rejected.Inc()
+		} else {
+			st.success.Inc()
+			st.version.Set(versionHash(version))
+		}
+	}
 	if err != nil {
 		ts.nack = err
 		rej := rejection{version: version, err: err, at: time.Now()}
