@@ -657,12 +657,13 @@ func adminDrain(c *adminClient, args []string) error {
 }
 
 func adminRestart(c *adminClient, args []string) error {
+	binary := c.fs.String("binary", "", "the binary the successor runs (default: the running skiff's own)")
 	if err := c.parse(args, 0); err != nil {
 		return err
 	}
 	ctx, cancel := c.call()
 	defer cancel()
-	r, err := c.admin.StartHotRestart(ctx, &adminv1.StartHotRestartRequest{})
+	r, err := c.admin.StartHotRestart(ctx, &adminv1.StartHotRestartRequest{Binary: *binary})
 	if err != nil {
 		return err
 	}

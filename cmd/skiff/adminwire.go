@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -34,11 +36,15 @@ type adminConfig struct {
 	adminFlags
 	runtimeDir string
 	levels     *slog.LevelVar
+	// inheritedTCP is the admin.address socket a hot-restart parent handed
+	// over (nil: bind it).
+	inheritedTCP *os.File
 }
 
 // adminRun is the running admin API.
 type adminRun struct {
 	srv  *admin.Server // nil when there is no admin API
+	tcp  net.Listener  // the admin.address listener, nil if none
 	stop func()
 }
 
@@ -63,7 +69,7 @@ func checkAdmin(b *bootstrapv3.Bootstrap, source string, f adminFlags) error {
 // until srv applies its first configuration, then LIVE, and DRAINING once ctx
 // is done. Its stop method stops the admin API and waits for it. A nil cfg
 // serves nothing.
-func startAdmin(ctx context.Context, srv *dataplane.Server, b *bootstrapv3.Bootstrap, source string, log *slog.Logger, cfg *adminConfig) (*adminRun, error) {
+func startAdmin(ctx context.Context, srv *dataplane.Server, b *bootstrapv3.Bootstrap, source string, log *slog.Logger, cfg *adminConfig, hr *hotRestart) (*adminRun, error) {
 	if cfg == nil {
 		return &adminRun{stop: func() {}}, nil
 	}
@@ -77,13 +83,22 @@ func startAdmin(ctx context.Context, srv *dataplane.Server, b *bootstrapv3.Boots
 		return nil, err
 	}
 	lns = append(lns, uln)
+	var tln net.Listener
 	if tcpAddr != "" {
-		tln, err := net.Listen("tcp", tcpAddr)
+		if f := cfg.inheritedTCP; f != nil {
+			// The parent's socket: both answer until the parent hands over.
+			tln, err = net.FileListener(f)
+			f.Close()
+		} else {
+			tln, err = net.Listen("tcp", tcpAddr)
+		}
 		if err != nil {
 			uln.Close()
 			return nil, fmt.Errorf("%s: admin.address: %w", source, err)
 		}
 		lns = append(lns, tln)
+	} else if cfg.inheritedTCP != nil {
+		cfg.inheritedTCP.Close()
 	}
 
 	adm := admin.New(admin.Options{
@@ -96,22 +111,35 @@ func startAdmin(ctx context.Context, srv *dataplane.Server, b *bootstrapv3.Boots
 		StartTime:    time.Now(),
 		RuntimeDir:   cfg.runtimeDir,
 		TCPMutations: cfg.tcpMutations,
+		HotRestart:   hotRestartHook(hr),
 	})
 	var wg sync.WaitGroup
 	for _, ln := range lns {
 		log.Info("admin listening", "address", ln.Addr().String(), "network", ln.Addr().Network())
 		wg.Go(func() {
-			if err := adm.Serve(ln); err != nil {
+			if err := adm.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
 				log.Error("admin API stopped serving", "address", ln.Addr().String(), "error", err)
 			}
 		})
 	}
 	stopDraining := context.AfterFunc(ctx, adm.SetDraining)
-	return &adminRun{srv: adm, stop: func() {
+	return &adminRun{srv: adm, tcp: tln, stop: func() {
 		stopDraining()
 		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		adm.Shutdown(sctx)
 		wg.Wait()
 	}}, nil
+}
+
+// hotRestartHook is the admin API's StartHotRestart: it starts a successor and
+// waits until it took over (or failed).
+func hotRestartHook(hr *hotRestart) func(ctx context.Context, binary string) (int, uint32, error) {
+	if hr == nil {
+		return nil
+	}
+	return func(ctx context.Context, binary string) (int, uint32, error) {
+		pid, err := hr.start(ctx, binary)
+		return pid, uint32(hr.st.Generation()) + 1, err
+	}
 }

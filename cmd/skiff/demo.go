@@ -135,7 +135,7 @@ func demoCmd(args []string, stdout, stderr io.Writer) error {
   stop it:    Ctrl-C (or kill -TERM %d)
 `, *xdsPort, dir, *listenPort, *upstreamPort, *upstreamPort+1, *listenPort,
 		filepath.Join(dir, "endpoints.yaml"), *upstreamPort, *upstreamPort+1, os.Getpid())
-	err = serve(ctx, srv.srv, srv.snap, demoSource, log, time.Second, b, nil)
+	err = serve(ctx, serveOptions{srv: srv.srv, snap: srv.snap, boot: b, source: demoSource, log: log, drainTime: time.Second})
 	if err != nil && errors.Is(err, syscall.EADDRINUSE) {
 		return fmt.Errorf("%w (pick another with --listen-port)", err)
 	}

@@ -16,12 +16,16 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/skiffproxy/skiff/dataplane"
 	"github.com/skiffproxy/skiff/dataplane/filters"
+	"github.com/skiffproxy/skiff/dataplane/restart"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 	"github.com/skiffproxy/skiff/internal/runtimedir"
+	"github.com/skiffproxy/skiff/internal/sdnotify"
 	"github.com/skiffproxy/skiff/internal/stats"
+	restartv1 "github.com/skiffproxy/skiff/proto/skiff/restart/v1"
 	"github.com/skiffproxy/skiff/xds/bootstrap"
 )
 
@@ -143,25 +147,66 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "configuration '%s' OK\n", source)
 		return nil
 	}
+	// Everything that can be checked without the runtime directory or a socket
+	// is checked first: a bad bootstrap stops here, before any of them.
+	if _, err := newServer(b, source, log, o.drainTime, stats.NewStore()); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
 	dir, err := runtimedir.Open(o.runtimeDir)
+	var inherited *restart.Inherited
+	if errors.Is(err, runtimedir.ErrInUse) {
+		// Another skiff owns the directory: take over from it (hot restart).
+		inherited, dir, err = takeOver(ctx, o.runtimeDir, log)
+		if err != nil {
+			return fmt.Errorf("runtime dir %s belongs to a running skiff, and taking over from it failed: %w", o.runtimeDir, err)
+		}
+		if os.Getenv(restartChildEnv) != "" && len(inherited.Handover.GetBootstrap()) > 0 {
+			// Started by the parent: run exactly what it ran.
+			var pb bootstrapv3.Bootstrap
+			if err := proto.Unmarshal(inherited.Handover.GetBootstrap(), &pb); err != nil {
+				inherited.Refuse("decoding the bootstrap: " + err.Error())
+				return fmt.Errorf("hot restart: decoding the parent's bootstrap: %w", err)
+			}
+			b, source = &pb, "the parent's bootstrap"
+		}
+	}
 	if err != nil {
 		return err
 	}
 	defer dir.Close()
 	st, err := stats.Open(dir.File(statsFile), stats.WithLogger(log))
 	if err != nil {
+		if inherited != nil {
+			inherited.Refuse(err.Error())
+		}
 		return err
 	}
 	defer st.Close()
 	srv, err := newServer(b, source, log, o.drainTime, st)
+	adminCfg := &adminConfig{adminFlags: o.admin, runtimeDir: dir.Path, levels: levels}
+	if err == nil && inherited != nil {
+		var socks []restart.ListenSocket
+		socks, adminCfg.inheritedTCP = splitAdminSocket(inherited.Sockets)
+		err = srv.srv.InheritSockets(socks)
+	}
 	if err != nil {
+		if inherited != nil {
+			inherited.Refuse(err.Error())
+		}
 		return err
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	go stats.NewServerStats(st, time.Now()).Run(ctx, time.Second)
-	return serve(ctx, srv.srv, srv.snap, source, log, o.drainTime, b, &adminConfig{adminFlags: o.admin, runtimeDir: dir.Path, levels: levels})
+	return serve(ctx, serveOptions{
+		srv: srv.srv, snap: srv.snap, boot: b, source: source, log: log,
+		drainTime: o.drainTime, parentShutdownTime: o.parentShutdownTime,
+		admin:     adminCfg,
+		restart:   newHotRestart(log, dir, srv.srv, st, b),
+		inherited: inherited,
+	})
 }
 
 // server is a validated data plane, not yet started.
@@ -207,33 +252,106 @@ func locate(source string, err error) error {
 	return fmt.Errorf("%s: %w (%s %q)", source, cfgerr.Field(path, re.Err), re.Kind, re.Name)
 }
 
-// serve applies snap, runs until ctx is done, then drains for at most drainTime.
-// A second signal during the drain ends it at once. The admin API (nil adm: none)
-// serves from before snap is applied until the drain is over.
-func serve(ctx context.Context, srv *dataplane.Server, snap *dataplane.Snapshot, source string, log *slog.Logger, drainTime time.Duration, b *bootstrapv3.Bootstrap, adm *adminConfig) error {
-	admin, err := startAdmin(ctx, srv, b, source, log, adm)
+// serveOptions are what serve runs.
+type serveOptions struct {
+	srv                *dataplane.Server
+	snap               *dataplane.Snapshot
+	boot               *bootstrapv3.Bootstrap
+	source             string
+	log                *slog.Logger
+	drainTime          time.Duration
+	parentShutdownTime time.Duration
+	admin              *adminConfig       // nil: no admin API
+	restart            *hotRestart        // nil: no hot restart (the demo)
+	inherited          *restart.Inherited // set when taking over from a parent
+}
+
+// serve applies the configuration (or starts the xDS client that does), runs
+// until ctx is done or a successor took over, then drains: for at most the
+// drain time, or the parent shutdown time after a handover. A second signal
+// during the drain ends it at once.
+func serve(ctx context.Context, o serveOptions) error {
+	srv, log := o.srv, o.log
+	admin, err := startAdmin(ctx, srv, o.boot, o.source, log, o.admin, o.restart)
 	if err != nil {
 		return err
 	}
 	defer admin.stop()
-	x, err := startXDS(ctx, srv, snap, b, log)
+	if o.restart != nil {
+		o.restart.adminTCP = admin.tcp
+	}
+	// The xDS client stops when this process hands over (its successor has its
+	// own) or shuts down.
+	xctx, stopXDS := context.WithCancel(ctx)
+	defer stopXDS()
+	var initial *restartv1.XdsState
+	if o.inherited != nil {
+		initial = o.inherited.Handover.GetXds()
+	}
+	x, err := startXDS(xctx, srv, o.snap, o.boot, log, initial)
 	if err != nil {
-		return fmt.Errorf("%s: %w", source, err)
+		if o.inherited != nil {
+			o.inherited.Refuse(err.Error())
+		}
+		return fmt.Errorf("%s: %w", o.source, err)
 	}
 	if x != nil {
 		admin.setXDS(x.client)
-		defer func() { <-x.done }() // ctx is done by then: the client stops
-	} else if err := srv.Apply(snap); err != nil {
-		return locate(source, err)
+		if o.restart != nil {
+			o.restart.xds = x.client.State
+		}
+		defer func() { <-x.done }()
+	} else if err := srv.Apply(o.snap); err != nil {
+		if o.inherited != nil {
+			o.inherited.Refuse(err.Error())
+		}
+		return locate(o.source, err)
+	}
+	if o.inherited != nil {
+		// Serving with the parent's state: tell it, take its connections, and
+		// close the sockets of its that no listener uses any more.
+		if x != nil {
+			select {
+			case <-x.ready:
+			case <-ctx.Done():
+				o.inherited.Refuse("stopped before serving")
+				return nil
+			}
+		}
+		go srv.SettleInherited()
+		if err := o.inherited.Ready(srv.AdoptConnection); err != nil {
+			log.Warn("hot restart: receiving the parent's connections", "error", err)
+		}
+		log.Info("hot restart: took over from the parent")
+	}
+	if o.restart != nil {
+		if err := o.restart.serve(ctx); err != nil {
+			return err
+		}
+	}
+	if err := sdnotify.Notify("READY=1"); err != nil {
+		log.Warn("telling systemd skiff is ready", "error", err)
 	}
 	var names []string
 	for _, l := range srv.Listeners() {
 		names = append(names, l.Name)
 	}
-	log.Info("skiff started", "version", version, "node", b.GetNode().GetId(), "listeners", strings.Join(names, ","), "pid", os.Getpid())
-	<-ctx.Done()
+	log.Info("skiff started", "version", version, "node", o.boot.GetNode().GetId(), "listeners", strings.Join(names, ","), "pid", os.Getpid())
 
-	log.Info("shutting down: listeners closed, draining connections", "drain_time", drainTime)
+	var handedOver <-chan struct{}
+	if o.restart != nil {
+		handedOver = o.restart.handedOver
+	}
+	drainTime := o.drainTime
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down: listeners closed, draining connections", "drain_time", drainTime)
+	case <-handedOver:
+		stopXDS()
+		drainTime = o.parentShutdownTime
+		log.Info("handed over to the successor: draining what is left, then exiting", "parent_shutdown_time", drainTime)
+	}
+	sdnotify.Notify("STOPPING=1")
 	dctx, cancel := context.WithTimeout(context.Background(), drainTime)
 	defer cancel()
 	again := make(chan os.Signal, 1)

@@ -12,6 +12,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane"
 	"github.com/skiffproxy/skiff/dataplane/runtime"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
+	restartv1 "github.com/skiffproxy/skiff/proto/skiff/restart/v1"
 	"github.com/skiffproxy/skiff/xds/client"
 )
 
@@ -35,7 +36,7 @@ func checkDynamic(b *bootstrapv3.Bootstrap) error {
 // startXDS starts the xDS client when the bootstrap has dynamic_resources; it
 // returns nil otherwise. The client applies snap's static resources itself,
 // together with what the control plane sends, and stops when ctx is done.
-func startXDS(ctx context.Context, srv *dataplane.Server, snap *dataplane.Snapshot, b *bootstrapv3.Bootstrap, log *slog.Logger) (*xdsRun, error) {
+func startXDS(ctx context.Context, srv *dataplane.Server, snap *dataplane.Snapshot, b *bootstrapv3.Bootstrap, log *slog.Logger, initial *restartv1.XdsState) (*xdsRun, error) {
 	if b.GetDynamicResources() == nil {
 		return nil, nil
 	}
@@ -63,6 +64,7 @@ func startXDS(ctx context.Context, srv *dataplane.Server, snap *dataplane.Snapsh
 		Runtime:                   rt,
 		Sources:                   srcs,
 		Stats:                     srv.Stats(),
+		Initial:                   initial,
 		Dial:                      client.NewDialer(b, fmt.Sprintf("skiff/%s", version)),
 		SetNodeOnFirstMessageOnly: srcs.ADS.GetSetNodeOnFirstMessageOnly(),
 		OnInitialized: func() {

@@ -106,9 +106,10 @@ type Options struct {
 	// TCPMutations accepts DrainListeners, StartHotRestart and SetLogLevel
 	// over TCP too; by default they are accepted only over unix sockets.
 	TCPMutations bool
-	// HotRestart starts a hot restart and returns the new process's pid and
-	// epoch; nil answers StartHotRestart with UNIMPLEMENTED.
-	HotRestart func(ctx context.Context) (pid int, epoch uint32, err error)
+	// HotRestart starts a hot restart, running binary (empty: skiff's own
+	// executable), and returns the new process's pid and epoch once it is
+	// ready; nil answers StartHotRestart with UNIMPLEMENTED.
+	HotRestart func(ctx context.Context, binary string) (pid int, epoch uint32, err error)
 }
 
 // Server is the admin API. Serve it on listeners; Shutdown ends it.

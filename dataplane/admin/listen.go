@@ -75,6 +75,10 @@ func ListenUnix(path string) (*net.UnixListener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
+	// A hot-restart successor binds the path anew while this process still
+	// runs; closing must not remove the successor's socket. (A stale socket
+	// left behind is replaced at the next start.)
+	ln.SetUnlinkOnClose(false)
 	// The runtime directory is 0700, so nobody else could reach the socket
 	// between bind(2) and this chmod.
 	if err := os.Chmod(path, 0o600); err != nil {

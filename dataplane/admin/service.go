@@ -206,12 +206,12 @@ func (v *service) DrainListeners(_ context.Context, req *adminv1.DrainListenersR
 	return &adminv1.DrainListenersResponse{StopAcceptingTime: timestamppb.New(at)}, nil
 }
 
-func (v *service) StartHotRestart(ctx context.Context, _ *adminv1.StartHotRestartRequest) (*adminv1.StartHotRestartResponse, error) {
+func (v *service) StartHotRestart(ctx context.Context, req *adminv1.StartHotRestartRequest) (*adminv1.StartHotRestartResponse, error) {
 	if v.s.opts.HotRestart == nil {
 		return nil, status.Error(codes.Unimplemented,
 			"hot restart is not implemented in this version of skiff yet; to upgrade, stop skiff (SIGTERM drains it) and start the new binary")
 	}
-	pid, epoch, err := v.s.opts.HotRestart(ctx)
+	pid, epoch, err := v.s.opts.HotRestart(ctx, req.GetBinary())
 	if err != nil {
 		if _, ok := status.FromError(err); ok {
 			return nil, err

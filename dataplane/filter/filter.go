@@ -15,6 +15,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync/atomic"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 )
@@ -50,6 +52,56 @@ type Conn struct {
 	Logger *slog.Logger
 
 	draining <-chan struct{}
+	mover    atomic.Pointer[moverBox]
+}
+
+type moverBox struct{ m Mover }
+
+// MovedConn is a connection stopped at a safe point so that a hot-restart
+// successor can resume it: a TCP proxy pair with the bytes read but not yet
+// written in each direction.
+type MovedConn struct {
+	Down, Up    net.Conn
+	Pending     [2][]byte // to upstream, to downstream
+	Cluster     string
+	Host        netip.AddrPort
+	StatPrefix  string
+	IdleTimeout time.Duration
+	// Release must be called once the conns have been duplicated into the
+	// successor: it closes this process's copies (the successor's keep the
+	// connections open) and lets the filter's goroutine end.
+	Release func()
+}
+
+// Mover is set on a connection by a terminal filter that can hand it over.
+type Mover interface {
+	// Move stops the connection at a safe point and returns it, or false if it
+	// ended meanwhile or cannot be moved.
+	Move() (*MovedConn, bool)
+}
+
+// SetMover makes m the connection's Mover (nil: it cannot be moved).
+func (c *Conn) SetMover(m Mover) {
+	if m == nil {
+		c.mover.Store(nil)
+		return
+	}
+	c.mover.Store(&moverBox{m})
+}
+
+// Mover returns the connection's Mover, or nil.
+func (c *Conn) Mover() Mover {
+	if b := c.mover.Load(); b != nil {
+		return b.m
+	}
+	return nil
+}
+
+// Adopter is a TerminalFilter that can resume a connection a hot-restart
+// parent moved: c is the downstream side, m its state.
+type Adopter interface {
+	TerminalFilter
+	Adopt(ctx context.Context, c *Conn, m *MovedConn)
 }
 
 // NewConn wraps an accepted connection.

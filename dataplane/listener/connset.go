@@ -55,6 +55,17 @@ func (s *ConnSet) remove(c *filter.Conn) {
 // Draining returns the channel the set's connections see as Conn.Draining.
 func (s *ConnSet) Draining() <-chan struct{} { return s.draining }
 
+// Snapshot returns the connections in the set now.
+func (s *ConnSet) Snapshot() []*filter.Conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*filter.Conn, 0, len(s.conns))
+	for c := range s.conns {
+		out = append(out, c)
+	}
+	return out
+}
+
 // Len is the number of connections in the set.
 func (s *ConnSet) Len() int {
 	s.mu.Lock()

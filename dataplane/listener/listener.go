@@ -241,6 +241,52 @@ func (l *Listener) serve(tc *net.TCPConn) {
 	ch.terminal.ServeConn(ctx, c)
 }
 
+// Adopt serves a connection a hot-restart parent moved: down is its downstream
+// side, m the rest. It is matched to a filter chain of the current
+// configuration like a new connection (without listener filters: what they
+// learned is not carried over) and resumed by the chain's terminal filter if
+// that can adopt it; otherwise both sides are closed.
+func (l *Listener) Adopt(down net.Conn, m *filter.MovedConn) {
+	if !l.ref() {
+		down.Close()
+		m.Up.Close()
+		return
+	}
+	l.opts.Serving.Add(1)
+	go func() {
+		defer l.opts.Serving.Done()
+		defer l.unref()
+		cfg := l.cfg.Load()
+		l.stats.cxTotal.Inc()
+		l.stats.cxActive.Inc()
+		defer func() {
+			l.stats.cxActive.Dec()
+			l.stats.cxDestroy.Inc()
+		}()
+		c := filter.NewConn(down, l.opts.ConnIDs.Add(1), l.name, l.log)
+		ch := match(cfg.Chains, cfg.DefaultChain, c)
+		var ad filter.Adopter
+		if ch != nil {
+			ad, _ = ch.terminal.(filter.Adopter)
+		}
+		if ad == nil {
+			l.log.Warn("hot restart: a moved connection has no TCP proxy to resume it in the new configuration; closing it", "conn", c.ID)
+			down.Close()
+			m.Up.Close()
+			return
+		}
+		ctx, ok := ch.conns.add(c)
+		if !ok {
+			down.Close()
+			m.Up.Close()
+			return
+		}
+		defer ch.conns.remove(c)
+		c.SetDraining(ch.conns.Draining())
+		ad.Adopt(ctx, c, m)
+	}()
+}
+
 // runListenerFilters runs cfg's listener filters under the listener filter
 // timeout and reports whether the connection goes on to a filter chain.
 func (l *Listener) runListenerFilters(cfg *Config, c *filter.Conn) bool {

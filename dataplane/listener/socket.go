@@ -207,6 +207,7 @@ type acceptHandler interface {
 // socket swaps the handler without a gap in accepting.
 type Socket struct {
 	Spec SocketSpec
+	key  string // Spec.Key(), also for inherited sockets whose Spec is not known
 	ln   *net.TCPListener
 	// Bound is the address the socket is bound to (the chosen port for port 0).
 	Bound netip.AddrPort
@@ -257,12 +258,91 @@ func (s *Socket) acceptLoop() {
 type SocketTable struct {
 	mu    sync.Mutex
 	byKey map[string]*Socket
+	all   map[*Socket]bool     // every socket in use, port 0 ones included
+	spare map[string][]*Socket // inherited from a hot-restart parent, not yet used
 	log   *slog.Logger
 }
 
 // NewSocketTable returns an empty table.
 func NewSocketTable(log *slog.Logger) *SocketTable {
-	return &SocketTable{byKey: map[string]*Socket{}, log: log}
+	return &SocketTable{byKey: map[string]*Socket{}, all: map[*Socket]bool{}, spare: map[string][]*Socket{}, log: log}
+}
+
+// Inherit adds a listening socket handed over by a hot-restart parent, under
+// the key of the spec it was bound with. Acquire uses it for a spec with that
+// key instead of binding. The table owns f afterwards.
+func (t *SocketTable) Inherit(key string, f *os.File) error {
+	l, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("inherited socket %s: %w", key, err)
+	}
+	ln, ok := l.(*net.TCPListener)
+	if !ok {
+		l.Close()
+		return fmt.Errorf("inherited socket %s is not a TCP listener", key)
+	}
+	s := &Socket{key: key, ln: ln, done: make(chan struct{}), log: t.log}
+	s.Bound = ln.Addr().(*net.TCPAddr).AddrPort()
+	s.Bound = netip.AddrPortFrom(s.Bound.Addr().Unmap(), s.Bound.Port())
+	t.mu.Lock()
+	t.spare[key] = append(t.spare[key], s)
+	t.mu.Unlock()
+	return nil
+}
+
+// HandOut returns a duplicate of every socket in use, with its key, for a
+// hot-restart successor. The caller owns the files.
+func (t *SocketTable) HandOut() (keys []string, files []*os.File, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for s := range t.all {
+		f, ferr := s.ln.File()
+		if ferr != nil {
+			for _, f := range files {
+				f.Close()
+			}
+			return nil, nil, fmt.Errorf("duplicating the socket of %s: %w", s.Bound, ferr)
+		}
+		keys = append(keys, s.key)
+		files = append(files, f)
+	}
+	return keys, files, nil
+}
+
+// SettleInherited deals with the inherited sockets no listener took: a socket
+// whose address a listener now serves through another socket (a
+// listener-breaking change across the restart) is handed over to that socket
+// (its queue drained into the new listener, new connections steered away)
+// and closed; the others are closed. It returns when all are closed.
+func (t *SocketTable) SettleInherited() {
+	t.mu.Lock()
+	var left []*Socket
+	for _, ss := range t.spare {
+		left = append(left, ss...)
+	}
+	clear(t.spare)
+	byAddr := map[netip.AddrPort]*Socket{}
+	for s := range t.all {
+		byAddr[s.Bound] = s
+	}
+	t.mu.Unlock()
+	for _, old := range left {
+		if next := byAddr[old.Bound]; next != nil {
+			if h := next.handler.Load(); h != nil {
+				old.handler.Store(h)
+				go old.acceptLoop()
+				if err := Handover(old, next, time.Second); err != nil {
+					t.log.Warn("hot restart: rebound listener socket: handover incomplete", "address", old.Bound, "error", err)
+				}
+				old.setHandler(nil)
+				old.ln.Close()
+				<-old.done
+				continue
+			}
+		}
+		old.ln.Close()
+	}
 }
 
 // Acquire returns the socket for spec, binding it if the table has none. A spec
@@ -277,6 +357,17 @@ func (t *SocketTable) Acquire(spec SocketSpec) (*Socket, error) {
 	key := spec.Key()
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if ss := t.spare[key]; len(ss) > 0 {
+		s := ss[0]
+		t.spare[key] = ss[1:]
+		s.Spec, s.refs = spec, 1
+		if spec.Addr.Port() != 0 {
+			t.byKey[key] = s
+		}
+		t.all[s] = true
+		go s.acceptLoop()
+		return s, nil
+	}
 	if spec.Addr.Port() != 0 {
 		if s, ok := t.byKey[key]; ok {
 			s.refs++
@@ -292,12 +383,13 @@ func (t *SocketTable) Acquire(spec SocketSpec) (*Socket, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Socket{Spec: spec, ln: ln, refs: 1, done: make(chan struct{}), log: t.log}
+	s := &Socket{Spec: spec, key: key, ln: ln, refs: 1, done: make(chan struct{}), log: t.log}
 	s.Bound = ln.Addr().(*net.TCPAddr).AddrPort()
 	s.Bound = netip.AddrPortFrom(s.Bound.Addr().Unmap(), s.Bound.Port())
 	if spec.Addr.Port() != 0 {
 		t.byKey[key] = s
 	}
+	t.all[s] = true
 	go s.acceptLoop()
 	return s, nil
 }
@@ -306,6 +398,13 @@ func (t *SocketTable) holdsAddrLocked(a netip.AddrPort) bool {
 	for _, s := range t.byKey {
 		if s.Bound == a {
 			return true
+		}
+	}
+	for _, ss := range t.spare {
+		for _, s := range ss {
+			if s.Bound == a {
+				return true
+			}
 		}
 	}
 	return false
@@ -424,8 +523,11 @@ func (t *SocketTable) Release(s *Socket) {
 	t.mu.Lock()
 	s.refs--
 	last := s.refs == 0
-	if last && t.byKey[s.Spec.Key()] == s {
-		delete(t.byKey, s.Spec.Key())
+	if last {
+		if t.byKey[s.key] == s {
+			delete(t.byKey, s.key)
+		}
+		delete(t.all, s)
 	}
 	t.mu.Unlock()
 	if last {

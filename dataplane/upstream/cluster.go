@@ -222,6 +222,20 @@ func (c *Cluster) Connect(ctx context.Context, h *Host) (*net.TCPConn, error) {
 	return conn.(*net.TCPConn), nil
 }
 
+// Adopted accounts for a connection to addr a hot-restart parent made and
+// handed over, as if Connect had made it. It returns the host (for
+// Disconnected), or nil if the cluster no longer has that host.
+func (c *Cluster) Adopted(addr netip.AddrPort) *Host {
+	for _, h := range c.Hosts() {
+		if h.Addr == addr {
+			c.stats.cxActive.Inc()
+			h.CxActive.Add(1)
+			return h
+		}
+	}
+	return nil
+}
+
 // Disconnected accounts for the end of a connection returned by Connect.
 func (c *Cluster) Disconnected(h *Host) {
 	c.stats.cxActive.Dec()

@@ -85,6 +85,19 @@ func Open(path string) (*Dir, error) {
 	return &Dir{Path: path, lock: f}, nil
 }
 
+// Adopt returns the Dir at path whose lock a hot-restart parent handed over as
+// lock (a descriptor of the same open lock file: the lock is shared with it and
+// outlives the parent).
+func Adopt(path string, lock *os.File) *Dir {
+	if err := lock.Truncate(0); err == nil {
+		lock.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return &Dir{Path: path, lock: lock}
+}
+
+// LockFile returns the open lock file, to hand to a hot-restart successor.
+func (d *Dir) LockFile() *os.File { return d.lock }
+
 // File returns the path of a file in the directory.
 func (d *Dir) File(name string) string { return filepath.Join(d.Path, name) }
 

@@ -47,6 +47,7 @@ import (
 	"github.com/skiffproxy/skiff/internal/backoff"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 	"github.com/skiffproxy/skiff/internal/stats"
+	restartv1 "github.com/skiffproxy/skiff/proto/skiff/restart/v1"
 	"github.com/skiffproxy/skiff/xds/resource"
 )
 
@@ -87,6 +88,10 @@ type Options struct {
 	// Stats receives control_plane.connected_state and the CDS/LDS update
 	// stats (cluster_manager.cds.*, listener_manager.lds.*); nil: none.
 	Stats *stats.Store
+	// Initial is the accepted state a hot-restart parent handed over: the
+	// client starts serving from it at once, then resyncs with the control
+	// plane (sending its versions). New fails if any of it does not validate.
+	Initial *restartv1.XdsState
 }
 
 // subStats are Envoy's subscription stats for one type.
@@ -236,7 +241,67 @@ func New(opts Options) (*Client, error) {
 	if c.types[resource.ClusterType].stream == nil {
 		c.phase = phaseListeners
 	}
+	if err := c.loadInitial(opts.Initial); err != nil {
+		return nil, fmt.Errorf("the inherited xDS state: %w", err)
+	}
 	return c, nil
+}
+
+// loadInitial takes a parent's accepted state as if it had just been received
+// and accepted: validated, with its versions, subscriptions following it.
+func (c *Client) loadInitial(st *restartv1.XdsState) error {
+	if st == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	byURL := map[string]*restartv1.TypeState{}
+	for _, t := range st.GetTypes() {
+		byURL[t.GetTypeUrl()] = t
+	}
+	// In initialisation order, following references as they appear: the EDS
+	// and RDS subscriptions exist only once the clusters and listeners that
+	// name them are loaded.
+	for _, url := range resource.Types() {
+		if err := c.followRefsLocked(); err != nil {
+			return err
+		}
+		t, ts := byURL[url], c.types[url]
+		if t == nil || ts.stream == nil {
+			continue // not subscribed in this configuration
+		}
+		for _, r := range t.GetResources() {
+			m, name, err := c.validateLocked(ts.url, r.GetResource())
+			if err != nil {
+				return err
+			}
+			ts.res[name] = &Resource{Name: name, Version: r.GetVersion(), Any: r.GetResource(), Msg: m, LastUpdated: now}
+		}
+		ts.version = t.GetVersion()
+		ts.received = true
+	}
+	return c.followRefsLocked()
+}
+
+// State returns the accepted state, for a hot-restart successor.
+func (c *Client) State() *restartv1.XdsState {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := &restartv1.XdsState{}
+	for _, url := range resource.Types() {
+		ts := c.types[url]
+		if ts.stream == nil {
+			continue
+		}
+		t := &restartv1.TypeState{TypeUrl: url, Version: ts.version}
+		for _, name := range sortedKeys(ts.res) {
+			r := ts.res[name]
+			t.Resources = append(t.Resources, &restartv1.Resource{Name: name, Version: r.Version, Resource: r.Any})
+		}
+		st.Types = append(st.Types, t)
+	}
+	return st
 }
 
 // attach makes src the config source of type url. parent is the source of the

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/netip"
+	"sync"
 	"time"
 
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
@@ -145,17 +147,101 @@ func (p *Proxy) ServeConn(ctx context.Context, c *filter.Conn) {
 		return
 	}
 	defer cl.Disconnected(host)
+	p.proxy(ctx, c, cl, host, up, [2][]byte{})
+}
 
+// Adopt implements filter.Adopter: it resumes a pair a hot-restart parent moved.
+// The upstream connection counts toward its cluster and host if they still
+// exist; the pair is resumed either way.
+func (p *Proxy) Adopt(ctx context.Context, c *filter.Conn, m *filter.MovedConn) {
+	cl := p.clusters.Get(m.Cluster)
+	if cl != nil && !cl.Acquire() {
+		cl = nil
+	}
+	var host *upstream.Host
+	if cl != nil {
+		defer cl.Release()
+		host = cl.Adopted(m.Host)
+		if host != nil {
+			defer cl.Disconnected(host)
+		}
+	}
+	p.proxy(ctx, c, cl, host, m.Up, m.Pending)
+}
+
+// proxy copies between c and up until the pair ends, or until a hot restart
+// moves it (then the conns are left to the successor).
+func (p *Proxy) proxy(ctx context.Context, c *filter.Conn, cl *upstream.Cluster, host *upstream.Host, up net.Conn, pending [2][]byte) {
 	cfg := p.copyCfg
-	tx, rx := cl.ByteCounters()
-	cfg.SentCounters = []stats.Counter{p.stats.rxBytes, tx}
-	cfg.ReceivedCounters = []stats.Counter{p.stats.txBytes, rx}
-	res := netio.NewPair(c.Conn, up, &cfg).Run(ctx)
+	cfg.SentCounters = []stats.Counter{p.stats.rxBytes}
+	cfg.ReceivedCounters = []stats.Counter{p.stats.txBytes}
+	if cl != nil {
+		tx, rx := cl.ByteCounters()
+		cfg.SentCounters = append(cfg.SentCounters, tx)
+		cfg.ReceivedCounters = append(cfg.ReceivedCounters, rx)
+	}
+	pair := netio.ResumePair(c.Conn, up, &cfg, pending)
+	mv := &mover{p: p, pair: pair, down: c.Conn, up: up, result: make(chan netio.Result, 1), released: make(chan struct{})}
+	if cl != nil {
+		mv.cluster = cl.Name()
+	}
+	if host != nil {
+		mv.host = host.Addr
+	}
+	c.SetMover(mv)
+	res := pair.Run(ctx)
+	c.SetMover(nil)
+	mv.result <- res
+	if res.End == netio.Paused {
+		// A hot restart took the pair: wait until the successor has its copies
+		// of the conns, which Release closes here.
+		select {
+		case <-mv.released:
+		case <-ctx.Done():
+			c.Close()
+			up.Close()
+		}
+		p.log.Debug("tcp_proxy: connection moved to the successor", "conn", c.ID, "cluster", mv.cluster)
+		return
+	}
 	if res.End == netio.IdleTimeout {
 		p.stats.idleTimeout.Inc()
 	}
-	p.log.Debug("tcp_proxy: connection done", "conn", c.ID, "cluster", name, "upstream", host.Addr,
+	p.log.Debug("tcp_proxy: connection done", "conn", c.ID, "cluster", mv.cluster, "upstream", mv.host,
 		"sent", res.Sent, "received", res.Received, "end", res.End.String(), "error", res.Err)
+}
+
+// mover hands a running pair over at a hot restart.
+type mover struct {
+	p        *Proxy
+	pair     *netio.Pair
+	down, up net.Conn
+	cluster  string
+	host     netip.AddrPort
+	result   chan netio.Result
+	released chan struct{}
+	once     sync.Once
+}
+
+// Move implements filter.Mover.
+func (m *mover) Move() (*filter.MovedConn, bool) {
+	m.pair.Pause()
+	res := <-m.result
+	m.result <- res // for a second Move, and for proxy's own read
+	if res.End != netio.Paused || res.Err != nil {
+		return nil, false
+	}
+	return &filter.MovedConn{
+		Down: m.down, Up: m.up, Pending: res.Pending,
+		Cluster: m.cluster, Host: m.host, IdleTimeout: m.p.idleTimeout,
+		Release: func() {
+			m.once.Do(func() {
+				m.down.Close()
+				m.up.Close()
+				close(m.released)
+			})
+		},
+	}, true
 }
 
 // connect tries up to max_connect_attempts hosts, the load balancer choosing each.

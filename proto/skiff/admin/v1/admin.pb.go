@@ -1411,7 +1411,10 @@ func (x *DrainListenersResponse) GetStopAcceptingTime() *timestamppb.Timestamp {
 }
 
 type StartHotRestartRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The binary the successor runs; empty: the running skiff's own
+	// executable (an upgrade replaces the file first, or names the new one here).
+	Binary        string `protobuf:"bytes,1,opt,name=binary,proto3" json:"binary,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1444,6 +1447,13 @@ func (x *StartHotRestartRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use StartHotRestartRequest.ProtoReflect.Descriptor instead.
 func (*StartHotRestartRequest) Descriptor() ([]byte, []int) {
 	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *StartHotRestartRequest) GetBinary() string {
+	if x != nil {
+		return x.Binary
+	}
+	return ""
 }
 
 type StartHotRestartResponse struct {
@@ -1768,8 +1778,9 @@ const file_skiff_admin_v1_admin_proto_rawDesc = "" +
 	"\x15DrainListenersRequest\x12\x1a\n" +
 	"\bgraceful\x18\x01 \x01(\bR\bgraceful\"d\n" +
 	"\x16DrainListenersResponse\x12J\n" +
-	"\x13stop_accepting_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x11stopAcceptingTime\"\x18\n" +
-	"\x16StartHotRestartRequest\"W\n" +
+	"\x13stop_accepting_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x11stopAcceptingTime\"0\n" +
+	"\x16StartHotRestartRequest\x12\x16\n" +
+	"\x06binary\x18\x01 \x01(\tR\x06binary\"W\n" +
 	"\x17StartHotRestartResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x03R\x03pid\x12*\n" +
 	"\x11hot_restart_epoch\x18\x02 \x01(\rR\x0fhotRestartEpoch\"\x14\n" +

@@ -1,0 +1,189 @@
+package dataplane
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/dataplane/listener"
+	"github.com/skiffproxy/skiff/dataplane/restart"
+	restartv1 "github.com/skiffproxy/skiff/proto/skiff/restart/v1"
+)
+
+// HandOutSockets returns duplicates of every listening socket, with the keys a
+// successor's listeners find them by. The caller owns the files.
+func (s *Server) HandOutSockets() ([]restart.ListenSocket, error) {
+	keys, files, err := s.sockets.HandOut()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]restart.ListenSocket, len(keys))
+	for i := range keys {
+		out[i] = restart.ListenSocket{Key: keys[i], File: files[i]}
+	}
+	return out, nil
+}
+
+// InheritSockets makes the listening sockets a hot-restart parent handed over
+// available to Apply: a listener whose socket spec matches one uses it instead
+// of binding. Call SettleInherited after the first Apply.
+func (s *Server) InheritSockets(socks []restart.ListenSocket) error {
+	for _, ls := range socks {
+		if err := s.sockets.Inherit(ls.Key, ls.File); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SettleInherited closes the inherited sockets no listener took, first
+// steering their addresses to the sockets that replaced them (see
+// listener.SocketTable.SettleInherited).
+func (s *Server) SettleInherited() { s.sockets.SettleInherited() }
+
+// StopAccepting makes every listener stop accepting, as a hot-restart parent
+// does once its successor is ready; connections go on.
+func (s *Server) StopAccepting() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.shutdown = true // no Apply from now on starts a listener
+	for _, l := range s.listeners {
+		l.StopAccepting()
+	}
+}
+
+// MoveConnections stops every connection that can be moved (TCP proxy pairs)
+// at a safe point and returns them for a hot-restart successor, with the
+// function to call once they have been sent (it closes this process's copies).
+func (s *Server) MoveConnections() ([]restart.Moved, func(), error) {
+	s.mu.Lock()
+	type owned struct {
+		listener string
+		c        *filter.Conn
+	}
+	var conns []owned
+	for name, l := range s.listeners {
+		for _, ch := range listener.AllChains(l.Config()) {
+			for _, c := range ch.Conns().Snapshot() {
+				conns = append(conns, owned{name, c})
+			}
+		}
+	}
+	for ch := range s.retired {
+		for _, c := range ch.Conns().Snapshot() {
+			conns = append(conns, owned{c.Listener, c})
+		}
+	}
+	s.mu.Unlock()
+
+	var mu sync.Mutex
+	var moved []restart.Moved
+	var releases []func()
+	var firstErr error
+	var wg sync.WaitGroup
+	for _, o := range conns {
+		m := o.c.Mover()
+		if m == nil {
+			continue
+		}
+		wg.Go(func() {
+			mc, ok := m.Move()
+			if !ok {
+				return
+			}
+			rm, err := movedFiles(o.listener, mc)
+			mu.Lock()
+			defer mu.Unlock()
+			releases = append(releases, mc.Release)
+			if err != nil {
+				if firstErr == nil {
+					firstErr = err
+				}
+				return
+			}
+			moved = append(moved, rm)
+		})
+	}
+	wg.Wait()
+	done := func() {
+		for _, r := range releases {
+			r()
+		}
+		for _, m := range moved {
+			m.Down.Close()
+			m.Up.Close()
+		}
+	}
+	return moved, done, firstErr
+}
+
+func movedFiles(listenerName string, mc *filter.MovedConn) (restart.Moved, error) {
+	df, err := fileOf(mc.Down)
+	if err != nil {
+		return restart.Moved{}, fmt.Errorf("duplicating a moved connection: %w", err)
+	}
+	uf, err := fileOf(mc.Up)
+	if err != nil {
+		df.Close()
+		return restart.Moved{}, fmt.Errorf("duplicating a moved connection: %w", err)
+	}
+	return restart.Moved{
+		Info: &restartv1.MovedConnection{
+			Listener:            listenerName,
+			Cluster:             mc.Cluster,
+			UpstreamHost:        mc.Host.String(),
+			PendingToUpstream:   mc.Pending[0],
+			PendingToDownstream: mc.Pending[1],
+			IdleTimeoutMs:       mc.IdleTimeout.Milliseconds(),
+		},
+		Down: df, Up: uf,
+	}, nil
+}
+
+// AdoptConnection resumes a connection a hot-restart parent moved, in the
+// listener of the same name. It owns m's files.
+func (s *Server) AdoptConnection(m restart.Moved) {
+	defer m.Down.Close()
+	defer m.Up.Close()
+	down, err := net.FileConn(m.Down)
+	if err != nil {
+		s.log.Warn("hot restart: adopting a moved connection", "error", err)
+		return
+	}
+	up, err := net.FileConn(m.Up)
+	if err != nil {
+		down.Close()
+		s.log.Warn("hot restart: adopting a moved connection", "error", err)
+		return
+	}
+	s.mu.Lock()
+	l := s.listeners[m.Info.GetListener()]
+	s.mu.Unlock()
+	if l == nil {
+		s.log.Warn("hot restart: a moved connection's listener is gone; closing it", "listener", m.Info.GetListener())
+		down.Close()
+		up.Close()
+		return
+	}
+	mc := &filter.MovedConn{
+		Up:          up,
+		Pending:     [2][]byte{m.Info.GetPendingToUpstream(), m.Info.GetPendingToDownstream()},
+		Cluster:     m.Info.GetCluster(),
+		IdleTimeout: time.Duration(m.Info.GetIdleTimeoutMs()) * time.Millisecond,
+	}
+	mc.Host, _ = netip.ParseAddrPort(m.Info.GetUpstreamHost()) // zero if unknown: no host counts it
+	l.Adopt(down, mc)
+}
+
+// fileOf duplicates a connection's descriptor.
+func fileOf(c net.Conn) (*os.File, error) {
+	f, ok := c.(interface{ File() (*os.File, error) })
+	if !ok {
+		return nil, fmt.Errorf("a %T has no file descriptor to hand over", c)
+	}
+	return f.File()
+}
