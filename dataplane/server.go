@@ -123,6 +123,9 @@ type Server struct {
 	prepCluster map[*clusterv3.Cluster]*upstream.Config
 	prepAssign  map[*endpointv3.ClusterLoadAssignment][]upstream.Endpoint
 	retired     map[*listener.FilterChain]bool // draining chains of older generations
+	last        *Snapshot                      // the last Snapshot applied
+	onBreaking  func([]string)                 // see OnListenerBreaking
+	rebindHere  bool                           // Apply rebinds breaking changes itself
 	shutdown    bool
 	draining    sync.WaitGroup // drain timers
 	serving     sync.WaitGroup // connection goroutines of every listener
@@ -329,9 +332,19 @@ func (s *Server) Apply(snap *Snapshot) error {
 	next := make(map[string]*listener.Listener, len(g.listeners))
 	var started []*listener.Listener
 	updates := map[*listener.Listener]*listener.Config{}
+	var breaking []string
 	for i, cfg := range g.listeners {
-		if l := s.listeners[cfg.Name]; l != nil && sameSockets(l.Config(), cfg) {
+		l := s.listeners[cfg.Name]
+		if l != nil && sameSockets(l.Config(), cfg) {
 			updates[l] = cfg
+			next[cfg.Name] = l
+			continue
+		}
+		if l != nil && s.onBreaking != nil && !s.rebindHere {
+			// A listener-breaking change goes to a hot-restart successor, which
+			// binds the new socket; this process serves the old version until
+			// it hands over.
+			breaking = append(breaking, cfg.Name)
 			next[cfg.Name] = l
 			continue
 		}
@@ -392,10 +405,44 @@ func (s *Server) Apply(snap *Snapshot) error {
 	}
 	s.listeners = next
 	s.drain(retired)
+	s.last = snap
 	if s.gen.Add(1) == 1 && !s.opts.InitializedExternally {
 		s.MarkInitialized()
 	}
+	if len(breaking) > 0 {
+		s.log.Info("listener-breaking change: handing it to a hot-restart successor", "listeners", breaking)
+		go s.onBreaking(breaking)
+	}
 	return nil
+}
+
+// OnListenerBreaking makes listener-breaking changes (a listener's address or
+// socket options) a hot restart's business: Apply keeps serving the old
+// version of such a listener and calls f with their names, and f starts a
+// successor that binds the new sockets. Without it (or if f's restart fails
+// and it calls RebindHere), Apply rebinds in process.
+func (s *Server) OnListenerBreaking(f func(listeners []string)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onBreaking = f
+}
+
+// RebindHere applies the last Snapshot again, rebinding listener-breaking
+// changes in this process (the fallback when a hot restart fails).
+func (s *Server) RebindHere() error {
+	s.mu.Lock()
+	snap := s.last
+	s.rebindHere = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.rebindHere = false
+		s.mu.Unlock()
+	}()
+	if snap == nil {
+		return nil
+	}
+	return s.Apply(snap)
 }
 
 // MarkInitialized says the first round of configuration is in place: Applied

@@ -4,8 +4,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -256,5 +261,101 @@ func checkCSDSAfterNACK(t *testing.T, p *Proxy) {
 	}
 	if info.GetState() != adminv1.ServerState_SERVER_STATE_LIVE {
 		t.Errorf("server state %v after xDS initialized, want LIVE", info.GetState())
+	}
+}
+
+// TestListenerBreakingLDSRestart pushes, under continuous connects, a listener
+// update that changes a socket option: skiff hands the change to a hot-restart
+// successor, which binds the new socket while the parent's keeps accepting.
+// Not one connection may fail, and the new option must be in effect on the
+// socket that serves afterwards.
+func TestListenerBreakingLDSRestart(t *testing.T) {
+	if _, err := exec.LookPath("ss"); err != nil {
+		t.Skip("ss (iproute2) is needed to read the listening socket's receive buffer")
+	}
+	t.Parallel()
+	up := startUpstream(t, "127.0.0.1", echoHandler)
+	cp := xdstest.Start(t, "127.0.0.1:0", xdsNode)
+	port := freePort(t)
+	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	withRcvbuf := func(n int64) *listenerv3.Listener {
+		l := xdsListener("ingress", "backend")
+		l.Address = xdsAddress(listen)
+		l.SocketOptions = []*corev3.SocketOption{{Level: 1 /* SOL_SOCKET */, Name: 8, /* SO_RCVBUF */
+			Value: &corev3.SocketOption_IntValue{IntValue: n}, State: corev3.SocketOption_STATE_PREBIND}}
+		return l
+	}
+	cp.Push(xdsResources(xdsAssignment("backend", up.Addr), withRcvbuf(32768)))
+	p := startSkiff(t, xdsBootstrap(cp.Addr(), false))
+	addr := waitListener(t, p, "ingress")
+	if rb := listenRcvbuf(t, port); rb != 65536 {
+		t.Fatalf("receive buffer before the update: %d, want 65536 (the kernel doubles 32768)", rb)
+	}
+
+	stop := make(chan struct{})
+	var ok, failed atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for i := 0; i < 100000; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+				if err == nil {
+					err = echoRoundTrip(c, []byte("through the restart"))
+					c.Close()
+				}
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+					continue
+				}
+				ok.Add(1)
+			}
+		})
+	}
+	time.Sleep(200 * time.Millisecond)
+	cp.Push(xdsResources(xdsAssignment("backend", up.Addr), withRcvbuf(131072)))
+	p.WaitLog(t, 60*time.Second, "the successor took over", func(l LogLine) bool { return l.Msg() == "hot restart: took over from the parent" })
+	if code := p.Wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("the parent exited %d after handing over, want 0", code)
+	}
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if failed.Load() > 0 {
+		t.Fatalf("%d of %d connections failed across the listener-breaking restart; first: %v", failed.Load(), failed.Load()+ok.Load(), firstErr.Load())
+	}
+	if ok.Load() < 20 {
+		t.Fatalf("only %d connections made: the test proves nothing", ok.Load())
+	}
+	if rb := listenRcvbuf(t, port); rb != 262144 {
+		t.Fatalf("receive buffer of the serving socket after the update: %d, want 262144", rb)
+	}
+}
+
+// listenRcvbuf reads the receive buffer size (skmem rb) of the one socket
+// listening on 127.0.0.1:port, from ss.
+func listenRcvbuf(t *testing.T, port int) int {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, err := exec.Command("ss", "-ltnm", fmt.Sprintf("sport = :%d", port)).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ss: %v\n%s", err, out)
+		}
+		m := regexp.MustCompile(`\brb(\d+)`).FindAllStringSubmatch(string(out), -1)
+		if len(m) == 1 {
+			n, _ := strconv.Atoi(m[0][1])
+			return n
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("want exactly one socket listening on port %d, ss says:\n%s", port, out)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

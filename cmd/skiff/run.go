@@ -43,6 +43,7 @@ type runOptions struct {
 	serviceZone            string
 	concurrency            int
 	runtimeDir             string
+	supervise              bool
 	admin                  adminFlags
 }
 
@@ -71,6 +72,7 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 	fs.StringVar(&o.serviceZone, "service-zone", "", "node.locality.zone (overrides the bootstrap)")
 	fs.IntVar(&o.concurrency, "concurrency", 0, "worker threads (GOMAXPROCS); 0 keeps Go's default of one per CPU")
 	fs.StringVar(&o.runtimeDir, "runtime-dir", runtimedir.Default(), "directory for this instance's sockets and stats")
+	fs.BoolVar(&o.supervise, "supervise", false, "run under a small supervisor that outlives hot restarts (for PID 1 in containers and pid-following process managers)")
 	o.admin.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -111,6 +113,9 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	o, err := parseRunFlags(args, stderr)
 	if err != nil {
 		return err
+	}
+	if o.supervise && o.mode == "serve" {
+		return supervise(withoutFlag(args, "supervise"), o.runtimeDir, stderr)
 	}
 	levels := new(slog.LevelVar)
 	log, closeLog, err := newLogger(levels, o.logLevel, o.logEncoding, o.logPath, stderr)
@@ -328,6 +333,18 @@ func serve(ctx context.Context, o serveOptions) error {
 		if err := o.restart.serve(ctx); err != nil {
 			return err
 		}
+		hr := o.restart
+		srv.OnListenerBreaking(func(names []string) {
+			if _, err := hr.start(ctx, ""); err != nil {
+				if errors.Is(err, restart.ErrBusy) {
+					return // the restart under way resyncs from the control plane
+				}
+				log.Warn("hot restart for a listener-breaking change failed; rebinding in this process", "listeners", names, "error", err)
+				if err := srv.RebindHere(); err != nil {
+					log.Error("rebinding in this process", "error", err)
+				}
+			}
+		})
 	}
 	if err := sdnotify.Notify("READY=1"); err != nil {
 		log.Warn("telling systemd skiff is ready", "error", err)
