@@ -553,8 +553,9 @@ func TestAdminMutationsOverTCP(t *testing.T) {
 	if err := echoRoundTrip(dial(t, a.Addr(t, "l")), []byte("still here")); err != nil {
 		t.Error(err)
 	}
-	if _, err := a.admin(true).StartHotRestart(ctx, &adminv1.StartHotRestartRequest{}); status.Code(err) != codes.Unimplemented {
-		t.Errorf("StartHotRestart over the unix socket: %v, want Unimplemented", err)
+	// Over the unix socket it is accepted: a successor takes over.
+	if r, err := a.admin(true).StartHotRestart(ctx, &adminv1.StartHotRestartRequest{}); err != nil || r.GetPid() <= 0 || r.GetHotRestartEpoch() != 1 {
+		t.Errorf("StartHotRestart over the unix socket: %v, %v; want the successor's pid and epoch 1", r, err)
 	}
 
 	open := startAdminSkiff(t, simple(up.Addr), "--admin-tcp-mutations")
@@ -622,9 +623,9 @@ func TestAdminCLI(t *testing.T) {
 	if r.code == 0 || !strings.Contains(r.stderr, "PermissionDenied") || !strings.Contains(r.stderr, "admin.sock") {
 		t.Errorf("skiff admin --addr TCP drain: exit %d, stderr %q; want a refusal naming the unix socket", r.code, r.stderr)
 	}
-	// restart is not implemented yet, and says so.
-	if r := adm("restart"); r.code == 0 || !strings.Contains(r.stderr, "not implemented") {
-		t.Errorf("skiff admin restart: exit %d, stderr %q", r.code, r.stderr)
+	// restart hands over to a successor, which answers from then on.
+	if r := adm("restart"); r.code != 0 || !strings.Contains(r.stdout, "hot restart started: pid") {
+		t.Errorf("skiff admin restart: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
 	// No skiff there: a clear error.
 	if r := runSkiff(t, "admin", "--runtime-dir", t.TempDir(), "info"); r.code == 0 || !strings.Contains(r.stderr, "no admin socket") {

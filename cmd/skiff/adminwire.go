@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
@@ -78,10 +79,12 @@ func startAdmin(ctx context.Context, srv *dataplane.Server, b *bootstrapv3.Boots
 		return nil, fmt.Errorf("%s: %w", source, err)
 	}
 	var lns []net.Listener
-	uln, err := admin.ListenUnix(filepath.Join(cfg.runtimeDir, admin.SocketName))
+	sockPath := filepath.Join(cfg.runtimeDir, admin.SocketName)
+	uln, err := admin.ListenUnix(sockPath)
 	if err != nil {
 		return nil, err
 	}
+	sockID := fileID(sockPath)
 	lns = append(lns, uln)
 	var tln net.Listener
 	if tcpAddr != "" {
@@ -112,6 +115,7 @@ func startAdmin(ctx context.Context, srv *dataplane.Server, b *bootstrapv3.Boots
 		RuntimeDir:   cfg.runtimeDir,
 		TCPMutations: cfg.tcpMutations,
 		HotRestart:   hotRestartHook(hr),
+		RestartEpoch: restartEpoch(hr),
 	})
 	var wg sync.WaitGroup
 	for _, ln := range lns {
@@ -129,7 +133,28 @@ func startAdmin(ctx context.Context, srv *dataplane.Server, b *bootstrapv3.Boots
 		defer cancel()
 		adm.Shutdown(sctx)
 		wg.Wait()
+		removeIfSame(sockPath, sockID) // unless a hot-restart successor bound its own
 	}}, nil
+}
+
+// fileID identifies the file at path (device and inode), zero if there is none.
+func fileID(path string) [2]uint64 {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return [2]uint64{}
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return [2]uint64{}
+	}
+	return [2]uint64{st.Dev, st.Ino}
+}
+
+// removeIfSame removes path if it is still the file identified by id.
+func removeIfSame(path string, id [2]uint64) {
+	if id != ([2]uint64{}) && fileID(path) == id {
+		os.Remove(path)
+	}
 }
 
 // hotRestartHook is the admin API's StartHotRestart: it starts a successor and
@@ -140,6 +165,13 @@ func hotRestartHook(hr *hotRestart) func(ctx context.Context, binary string) (in
 	}
 	return func(ctx context.Context, binary string) (int, uint32, error) {
 		pid, err := hr.start(ctx, binary)
-		return pid, uint32(hr.st.Generation()) + 1, err
+		return pid, hr.epoch + 1, err
 	}
+}
+
+func restartEpoch(hr *hotRestart) uint32 {
+	if hr == nil {
+		return 0
+	}
+	return hr.epoch
 }

@@ -39,7 +39,10 @@ type hotRestart struct {
 	srv  *dataplane.Server
 	st   *stats.Store
 	boot *bootstrapv3.Bootstrap
-	xds  func() *restartv1.XdsState // nil until the xDS client runs
+	// epoch counts the hot restarts that led to this process: 0 for a cold
+	// start, the parent's plus one for a successor (Envoy's restart epoch).
+	epoch uint32
+	xds   func() *restartv1.XdsState // nil until the xDS client runs
 	// adminTCP is the admin.address listener (nil if none): handed over with
 	// the listeners, closed here once the successor took over.
 	adminTCP net.Listener
@@ -72,11 +75,16 @@ func newHotRestart(log *slog.Logger, dir *runtimedir.Dir, srv *dataplane.Server,
 // serve listens on the reconfig socket and answers successors until ctx is
 // done; SIGHUP starts one.
 func (h *hotRestart) serve(ctx context.Context) error {
-	ln, err := restart.Listen(h.dir.File(restart.SocketName))
+	path := h.dir.File(restart.SocketName)
+	ln, err := restart.Listen(path)
 	if err != nil {
 		return err
 	}
-	go h.parent.Serve(ctx, ln)
+	id := fileID(path)
+	go func() {
+		h.parent.Serve(ctx, ln)
+		removeIfSame(path, id) // unless a successor bound its own
+	}()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	go func() {
@@ -166,7 +174,7 @@ func (h *hotRestart) state() (*restart.State, error) {
 		}
 		socks = append(socks, restart.ListenSocket{Key: adminSocketKey, Address: h.adminTCP.Addr().String(), File: f})
 	}
-	hd := &restartv1.Handover{Generation: uint32(h.st.Generation()), Bootstrap: b, StatsPath: h.st.Path()}
+	hd := &restartv1.Handover{Generation: h.epoch, Bootstrap: b, StatsPath: h.st.Path()}
 	if h.xds != nil {
 		hd.Xds = h.xds()
 	}
@@ -250,7 +258,7 @@ func takeOver(ctx context.Context, path string, log *slog.Logger) (*restart.Inhe
 		in.Refuse("no runtime directory lock was handed over")
 		return nil, nil, errors.New("hot restart: the parent did not hand over the runtime directory lock")
 	}
-	log.Info("hot restart: taking over", "generation", in.Handover.GetGeneration()+1,
+	log.Info("hot restart: taking over", "epoch", in.Handover.GetGeneration()+1,
 		"sockets", len(in.Sockets), "xds_types", len(in.Handover.GetXds().GetTypes()))
 	return in, runtimedir.Adopt(path, in.Lock), nil
 }

@@ -205,11 +205,15 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	}
 
 	go stats.NewServerStats(st, time.Now()).Run(ctx, time.Second)
+	hr := newHotRestart(log, dir, srv.srv, st, b)
+	if inherited != nil {
+		hr.epoch = inherited.Handover.GetGeneration() + 1
+	}
 	return serve(ctx, serveOptions{
 		srv: srv.srv, snap: srv.snap, boot: b, source: source, log: log,
 		drainTime: o.drainTime, parentShutdownTime: o.parentShutdownTime,
 		admin:     adminCfg,
-		restart:   newHotRestart(log, dir, srv.srv, st, b),
+		restart:   hr,
 		inherited: inherited,
 	})
 }

@@ -127,6 +127,7 @@ type Server struct {
 	stop     chan struct{}
 	tracker  sync.WaitGroup
 	shutdown sync.Once
+	calls    inflight // gRPC requests being served (ServeHTTP)
 }
 
 // serverGauges are Envoy's server.* gauges that the admin API keeps.
@@ -201,6 +202,8 @@ func New(opts Options) *Server {
 // handlers.
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+		s.calls.add()
+		defer s.calls.done()
 		s.grpc.ServeHTTP(w, r)
 		return
 	}
@@ -226,8 +229,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		close(s.stop)
 		s.tracker.Wait()
 		s.health.Shutdown()
-		// Ends every gRPC call, so that http.Server.Shutdown does not wait for
-		// streams that only the client would end.
+		// Calls in flight finish, their responses written (a StartHotRestart
+		// answers just before its process hands over and exits): grpc's own
+		// GracefulStop would cut them, since it closes ServeHTTP's streams.
+		// Streams that only the client would end (WatchStats) are cut after a
+		// short grace, so that http.Server.Shutdown does not wait for them.
+		grace := time.NewTimer(time.Second)
+		select {
+		case <-s.calls.idle():
+		case <-grace.C:
+		case <-ctx.Done():
+		}
+		grace.Stop()
 		s.grpc.Stop()
 		if err = s.http.Shutdown(ctx); err != nil {
 			s.http.Close()
@@ -347,4 +360,43 @@ func (s *Server) streamGuard(srv any, ss grpc.ServerStream, info *grpc.StreamSer
 		return err
 	}
 	return handler(srv, ss)
+}
+
+// inflight counts requests being served and says when there are none. Unlike a
+// sync.WaitGroup it may gain requests while someone waits for it to empty.
+type inflight struct {
+	mu   sync.Mutex
+	n    int
+	zero chan struct{} // closed when n drops to 0; nil if nobody waits
+}
+
+func (f *inflight) add() {
+	f.mu.Lock()
+	f.n++
+	f.mu.Unlock()
+}
+
+func (f *inflight) done() {
+	f.mu.Lock()
+	f.n--
+	if f.n == 0 && f.zero != nil {
+		close(f.zero)
+		f.zero = nil
+	}
+	f.mu.Unlock()
+}
+
+// idle returns a channel closed once no request is being served.
+func (f *inflight) idle() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.n == 0 {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	if f.zero == nil {
+		f.zero = make(chan struct{})
+	}
+	return f.zero
 }

@@ -280,7 +280,8 @@ type Handover struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The parent's protocol version.
 	ProtocolVersion uint32 `protobuf:"varint,1,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
-	// The parent's hot-restart generation; the successor's is one more.
+	// The parent's hot-restart epoch (0 for a process started cold); the
+	// successor's is one more.
 	Generation uint32 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
 	// The bootstrap the parent runs (envoy.config.bootstrap.v3.Bootstrap, with
 	// command-line overrides applied), serialized.
