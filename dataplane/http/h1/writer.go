@@ -1,0 +1,219 @@
+package h1
+
+import (
+	"net"
+	"strconv"
+
+	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/internal/bufpool"
+)
+
+// writer is a connection's write side: a pooled buffer (taken for a message,
+// given back after it) where a head is built and small body writes are
+// framed, and the encoding of the body.
+type writer struct {
+	conn net.Conn
+	pool *bufpool.Pool
+	pb   *bufpool.Buffer
+	n    int   // bytes buffered in pb.B
+	err  error // sticky: the conn failed
+
+	mode bodyMode // how the body being written is delimited
+	left int64    // bodyLength: bytes still to write
+	crlf bool     // bodyChunked: the CRLF ending the last chunk is still to write
+
+	vec  [2][]byte
+	bufs net.Buffers
+}
+
+func (w *writer) init(conn net.Conn, pool *bufpool.Pool) {
+	*w = writer{conn: conn, pool: pool}
+}
+
+func (w *writer) get() {
+	if w.pb == nil {
+		w.pb = w.pool.Get(bufpool.Small)
+		w.n = 0
+	}
+}
+
+// release gives the buffer back; anything still buffered is dropped.
+func (w *writer) release() {
+	if w.pb != nil {
+		w.pool.Put(w.pb)
+		w.pb, w.n = nil, 0
+	}
+}
+
+func (w *writer) avail() int { return len(w.pb.B) - w.n }
+
+func (w *writer) flush() error {
+	if w.err != nil {
+		return w.err
+	}
+	if w.n == 0 {
+		return nil
+	}
+	_, err := w.conn.Write(w.pb.B[:w.n])
+	w.n = 0
+	if err != nil {
+		w.err = err
+	}
+	return err
+}
+
+func (w *writer) str(s string) {
+	for len(s) > 0 {
+		if w.n == len(w.pb.B) && w.flush() != nil {
+			return
+		}
+		k := copy(w.pb.B[w.n:], s)
+		w.n += k
+		s = s[k:]
+	}
+}
+
+func (w *writer) uint(v uint64, base int) {
+	if w.avail() < 24 && w.flush() != nil {
+		return
+	}
+	w.n = len(strconv.AppendUint(w.pb.B[:w.n], v, base))
+}
+
+// field writes "name: value\r\n".
+func (w *writer) field(name, value string) {
+	w.str(name)
+	w.str(": ")
+	w.str(value)
+	w.str("\r\n")
+}
+
+// through writes what is buffered and then p, in one system call if it can.
+func (w *writer) through(p []byte) error {
+	if w.err != nil {
+		return w.err
+	}
+	if len(p) <= w.avail() {
+		w.n += copy(w.pb.B[w.n:], p)
+		return w.flush()
+	}
+	var err error
+	if w.n == 0 {
+		_, err = w.conn.Write(p)
+	} else {
+		w.vec = [2][]byte{w.pb.B[:w.n], p}
+		w.bufs = w.vec[:]
+		_, err = w.bufs.WriteTo(w.conn)
+		w.vec, w.bufs = [2][]byte{}, nil
+		w.n = 0
+	}
+	if err != nil {
+		w.err = err
+	}
+	return err
+}
+
+// setBody sets how the body that follows the head is delimited.
+func (w *writer) setBody(mode bodyMode, n int64) {
+	w.mode, w.left, w.crlf = mode, n, false
+}
+
+// body writes body bytes, framed, and flushes. It returns ErrContentLength,
+// having written what fits, if p goes past a Content-Length.
+func (w *writer) body(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, w.flush()
+	}
+	switch w.mode {
+	case bodyLength:
+		if int64(len(p)) > w.left {
+			k := int(w.left)
+			w.left = 0
+			if err := w.through(p[:k]); err != nil {
+				return 0, err
+			}
+			return k, ErrContentLength
+		}
+		w.left -= int64(len(p))
+	case bodyChunked:
+		if w.crlf {
+			w.str("\r\n")
+		}
+		w.uint(uint64(len(p)), 16)
+		w.str("\r\n")
+		w.crlf = true // sent with the next chunk or the last one: the data need not wait for it
+	case bodyNone:
+		return 0, ErrBodyNotAllowed
+	}
+	if err := w.through(p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// end finishes the body: the last chunk and trailers for chunked, a check of
+// the length for Content-Length. It flushes.
+func (w *writer) end(trailers *http.Header) error {
+	switch w.mode {
+	case bodyLength:
+		if w.left != 0 {
+			w.flush()
+			return ErrContentLength
+		}
+	case bodyChunked:
+		if w.crlf {
+			w.str("\r\n")
+		}
+		w.str("0\r\n")
+		if trailers != nil {
+			writeFields(w, trailers, skipFraming|skipHost)
+		}
+		w.str("\r\n")
+	}
+	w.mode = bodyNone
+	return w.flush()
+}
+
+// Fields writeFields leaves out, besides pseudo-headers.
+const (
+	// skipFraming: content-length, transfer-encoding, connection and
+	// keep-alive, which the codec writes itself from the message's framing
+	// and persistence.
+	skipFraming = 1 << iota
+	// skipHost: host, which the client codec writes from :authority.
+	skipHost
+)
+
+func skipped(name string, mask int) bool {
+	switch name {
+	case "content-length", "transfer-encoding", "connection", "keep-alive":
+		return mask&skipFraming != 0
+	case "host":
+		return mask&skipHost != 0
+	}
+	return false
+}
+
+// writeFields writes h's fields, except pseudo-headers and those mask names.
+func writeFields(w *writer, h *http.Header, mask int) {
+	h.Range(func(name, value string) bool {
+		if len(name) > 0 && name[0] != ':' && !skipped(name, mask) {
+			w.field(name, value)
+		}
+		return true
+	})
+}
+
+// validFields reports whether every field of h but the pseudo-headers can be
+// sent as it is.
+func validFields(h *http.Header) bool {
+	ok := true
+	h.Range(func(name, value string) bool {
+		if len(name) > 0 && name[0] == ':' {
+			return true
+		}
+		ok = isTokenString(name) && validValue(value)
+		return ok
+	})
+	return ok
+}

@@ -1,0 +1,227 @@
+package h2
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+
+	"github.com/skiffproxy/skiff/dataplane/http"
+)
+
+// Server holds what the downstream connections of one configuration share:
+// the options and the pools of streams and buffers. It is safe for concurrent
+// use; each connection gets its own ServerConn from NewConn.
+type Server struct {
+	cfg     settings
+	streams sync.Pool
+}
+
+// NewServer checks opts and returns a Server.
+func NewServer(opts ServerOptions) (*Server, error) {
+	cfg, err := resolve(opts.MaxConcurrentStreams, opts.InitialStreamWindowSize, opts.InitialConnectionWindowSize,
+		opts.MaxHeaderListSize, opts.Buffers, opts.Logger)
+	if err != nil {
+		return nil, err
+	}
+	cfg.idleTimeout = opts.IdleTimeout
+	cfg.drainTimeout = opts.DrainTimeout
+	if cfg.drainTimeout <= 0 {
+		cfg.drainTimeout = DefaultDrainTimeout
+	}
+	return &Server{cfg: cfg}, nil
+}
+
+// NewConn returns the codec for one downstream connection.
+func (srv *Server) NewConn() *ServerConn { return &ServerConn{srv: srv} }
+
+// ServerConn is the HTTP/2 server codec of one connection (http.ServerCodec):
+// h2c with prior knowledge, or h2 negotiated by ALPN (the caller passes the
+// *tls.Conn; the code path is the same).
+type ServerConn struct {
+	srv   *Server
+	mu    sync.Mutex
+	c     *conn
+	drain bool
+}
+
+var _ http.ServerCodec = (*ServerConn)(nil)
+
+// Serve reads the client preface and serves the connection: each stream goes
+// to h.ServeStream on a goroutine of its own. It returns, having closed conn
+// and waited for the handlers, when the connection is done: nil if it ended in
+// an orderly way (the client closed it or went away; Drain or the idle timeout
+// completed; ctx was canceled), a *ConnError if the client broke the protocol
+// (the GOAWAY code sent), else the I/O error.
+func (sc *ServerConn) Serve(ctx context.Context, nc net.Conn, h http.Handler) error {
+	c := newConn(nc, false, sc.srv.cfg)
+	c.pool, c.ctx, c.handler = &sc.srv.streams, ctx, h
+	sc.mu.Lock()
+	if sc.c != nil {
+		sc.mu.Unlock()
+		_ = nc.Close()
+		return errors.New("h2: ServerConn.Serve called twice")
+	}
+	sc.c = c
+	drain := sc.drain
+	sc.mu.Unlock()
+
+	go c.writeLoop()
+	c.mu.Lock()
+	c.armIdleLocked()
+	if drain {
+		c.startDrainLocked()
+	}
+	c.mu.Unlock()
+	stop := context.AfterFunc(ctx, c.abort)
+	err := c.serve()
+	stop()
+	c.teardown(err)
+	c.handlers.Wait()
+	return err
+}
+
+// Drain starts a graceful shutdown: a GOAWAY announcing it, then, a round trip
+// later, the final GOAWAY; streams already open finish, then the connection
+// closes and Serve returns. It may be called before Serve, and more than once.
+func (sc *ServerConn) Drain() {
+	sc.mu.Lock()
+	c := sc.c
+	sc.drain = true
+	sc.mu.Unlock()
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	c.startDrainLocked()
+	c.mu.Unlock()
+}
+
+func (c *conn) serve() error {
+	var buf [len(ClientPreface)]byte
+	if _, err := io.ReadFull(c.br, buf[:]); err != nil {
+		return c.ioEnd(err)
+	}
+	if string(buf[:]) != ClientPreface {
+		ce := connErr(http.ResetProtocolError, "invalid connection preface")
+		return c.drainAfterError(ce)
+	}
+	return c.readLoop()
+}
+
+// serverHeaders acts on a complete header block received by the server: a new
+// request, or a request's trailers.
+func (c *conn) serverHeaders() error {
+	hb := &c.hb
+	id := hb.id
+	if id%2 == 0 {
+		return connErr(http.ResetProtocolError, "client used even stream id %d", id)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.streams[id]; s != nil {
+		defer c.maybeRelease(s)
+		switch {
+		case s.remoteDone:
+			c.resetLocked(s, ResetStreamClosed, false)
+		case !hb.endStream || hb.tooLarge || hb.selfDep || !validateTrailers(&c.hdr) ||
+			s.contentLength >= 0 && s.recvBytes != s.contentLength:
+			// Trailers end the stream; a second header block that does
+			// not is malformed (RFC 9113 section 8.1).
+			c.resetLocked(s, http.ResetProtocolError, false)
+		default:
+			s.trl, c.hdr = c.hdr, s.trl
+			c.remoteEndLocked(s)
+		}
+		return nil
+	}
+	if id <= c.maxPeerID {
+		if c.recentlyReset(id) || c.ignored(id) {
+			return nil
+		}
+		return connErr(ResetStreamClosed, "HEADERS on closed stream %d", id)
+	}
+	if c.ignored(id) || c.wstop {
+		return nil // after our final GOAWAY
+	}
+	c.maxPeerID = id
+	refuse := func(code http.ResetCode) error {
+		c.noteReset(id)
+		return c.queueCtrl(ctrlFrame{kind: ctrlRST, id: id, val: uint32(code)})
+	}
+	if hb.selfDep {
+		return refuse(http.ResetProtocolError)
+	}
+	if c.active >= int(c.cfg.maxStreams) {
+		return refuse(http.ResetRefusedStream)
+	}
+	s := c.getStream()
+	s.id = id
+	s.sendWindow = c.peerInitWindow
+	s.inMap, s.counted = true, true
+	c.streams[id] = s
+	c.active++
+	if hb.tooLarge {
+		// 431 Request Header Fields Too Large, without a handler.
+		s.shdr.Add(http.Status, "431")
+		s.hdrPending, s.hdrEnd, s.finalSubmitted, s.ended = true, true, true, true
+		if hb.endStream {
+			s.remoteDone = true
+		}
+		c.queueStream(s)
+		return nil
+	}
+	cl, ok := validateRequest(&c.hdr)
+	if ok && hb.endStream && cl > 0 {
+		ok = false
+	}
+	if !ok {
+		c.resetLocked(s, http.ResetProtocolError, false)
+		c.maybeRelease(s)
+		return nil
+	}
+	s.hdr, c.hdr = c.hdr, s.hdr
+	s.contentLength = cl
+	s.remoteDone = hb.endStream
+	s.headerEnded = hb.endStream
+	s.held = true
+	c.handlers.Add(1)
+	go c.runHandler(s)
+	return nil
+}
+
+func (c *conn) runHandler(s *stream) {
+	defer c.handlers.Done()
+	c.handler.ServeStream(s)
+	c.finishHandler(s)
+}
+
+// finishHandler ends what the handler left: an unfinished response is reset
+// (INTERNAL_ERROR); a finished one with the request still coming is followed
+// by RST_STREAM(NO_ERROR) (RFC 9113 section 8.1).
+func (c *conn) finishHandler(s *stream) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s.held = false
+	if s.cancel != nil {
+		s.cancel()
+	}
+	c.creditConn(int64(s.recv.reset(c.cfg.bufs)))
+	if s.err == nil && !c.closed && (c.ctx == nil || c.ctx.Err() == nil) {
+		// (When Serve's context is canceled, the connection is closing:
+		// the handlers' streams end with it, not with resets.)
+		switch {
+		case s.localDone:
+			if !s.remoteDone {
+				c.resetLocked(s, http.ResetNoError, false)
+			}
+		case s.ended:
+			// The response is complete and waits for the writer, which
+			// resets the stream if the request is not (localEndLocked).
+		default:
+			c.resetLocked(s, http.ResetInternalError, false)
+		}
+	}
+	c.maybeRelease(s)
+}
