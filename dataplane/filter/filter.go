@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
+
+	"github.com/skiffproxy/skiff/dataplane/http"
 )
 
 // Conn is a downstream connection as listener and network filters see it.
@@ -174,6 +176,13 @@ type NetworkFactory interface {
 	// already checked against its proto constraints. Errors should be located
 	// with cfgerr so they name the offending field.
 	Create(cfg proto.Message, fc *Context) (NetworkFilter, error)
+}
+
+// HTTPFactory builds HTTP filters (Envoy's http_filters of an HTTP connection
+// manager). The router is one, and must be the last of its chain.
+type HTTPFactory interface {
+	Factory
+	Create(cfg proto.Message, fc *Context) (http.Filter, error)
 }
 
 // ListenerFactory builds listener filters.

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/internal/bufpool"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
@@ -32,11 +33,12 @@ type Context struct {
 type Registry struct {
 	network  map[string]NetworkFactory
 	listener map[string]ListenerFactory
+	http     map[string]HTTPFactory
 }
 
 // NewRegistry returns an empty Registry.
 func NewRegistry() *Registry {
-	return &Registry{network: map[string]NetworkFactory{}, listener: map[string]ListenerFactory{}}
+	return &Registry{network: map[string]NetworkFactory{}, listener: map[string]ListenerFactory{}, http: map[string]HTTPFactory{}}
 }
 
 // TypeURL returns the type URL that keys f.
@@ -62,6 +64,21 @@ func register[F Factory](m map[string]F, f F) error {
 	}
 	m[url] = f
 	return nil
+}
+
+// RegisterHTTP adds an HTTP filter factory.
+func (r *Registry) RegisterHTTP(f HTTPFactory) error {
+	return register(r.http, f)
+}
+
+// HTTPFilter builds the HTTP filter described by typedConfig.
+func (r *Registry) HTTPFilter(name string, typedConfig *anypb.Any, fc *Context) (http.Filter, error) {
+	f, cfg, err := lookup(r.http, "HTTP", name, typedConfig)
+	if err != nil {
+		return nil, err
+	}
+	hf, err := f.Create(cfg, fc)
+	return hf, cfgerr.Field("typed_config", err)
 }
 
 // NetworkFilter builds the network filter described by typedConfig. name is the
