@@ -378,6 +378,10 @@ func (s *Server) Apply(snap *Snapshot) error {
 	for l, cfg := range updates {
 		retired = append(retired, l.Update(cfg)...)
 	}
+	// New listeners accept only now that their clusters are in place.
+	for _, l := range started {
+		l.Accept()
+	}
 	for name, l := range s.listeners {
 		if next[name] != l {
 			if repl := next[name]; repl != nil {

@@ -102,6 +102,7 @@ func (p *Proxy) cleanup(t testing.TB) {
 			t.Errorf("skiff (pid %d) exited with %v after SIGTERM at the end of the test, want exit status 0", p.cmd.Process.Pid, p.state)
 		}
 	}
+	p.endSuccessors(t)
 	out := p.stderr.String()
 	for _, bad := range []string{"WARNING: DATA RACE", "panic: ", "fatal error: "} {
 		if strings.Contains(out, bad) {
@@ -110,6 +111,26 @@ func (p *Proxy) cleanup(t testing.TB) {
 	}
 	if t.Failed() {
 		t.Logf("skiff %s: %v\n--- stderr ---\n%s\n--- stdout ---\n%s", strings.Join(p.cmd.Args[1:], " "), p.state, tail(out, 200), tail(p.stdout.String(), 50))
+	}
+}
+
+// endSuccessors stops what is left of skiff's process group once skiff
+// itself has exited: the successors of its hot restarts, which outlive it. A
+// group with members keeps its id, so signalling it cannot reach a stranger.
+func (p *Proxy) endSuccessors(t testing.TB) {
+	pgid := p.cmd.Process.Pid
+	if len(groupProcs(pgid)) == 0 {
+		return
+	}
+	syscall.Kill(-pgid, syscall.SIGTERM)
+	deadline := time.Now().Add(exitTimeout)
+	for len(groupProcs(pgid)) > 0 {
+		if time.Now().After(deadline) {
+			t.Errorf("skiff successors %v still running %v after SIGTERM; sending SIGKILL", groupProcs(pgid), exitTimeout)
+			syscall.Kill(-pgid, syscall.SIGKILL)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

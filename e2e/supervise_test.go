@@ -31,7 +31,7 @@ func TestSupervise(t *testing.T) {
 	for i := range 2 {
 		sup.Signal(t, syscall.SIGHUP)
 		deadline := time.Now().Add(30 * time.Second)
-		for owner(t, dir) == first && time.Now().Before(deadline) {
+		for o := owner(t, dir); (o == first || o == 0) && time.Now().Before(deadline); o = owner(t, dir) {
 			time.Sleep(20 * time.Millisecond)
 		}
 		next := owner(t, dir)

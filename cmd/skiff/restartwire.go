@@ -58,7 +58,7 @@ type hotRestart struct {
 	waiters  []chan error
 }
 
-func newHotRestart(log *slog.Logger, dir *runtimedir.Dir, srv *dataplane.Server, st *stats.Store, b *bootstrapv3.Bootstrap) *hotRestart {
+func newHotRestart(log *slog.Logger, dir *runtimedir.Dir, srv *dataplane.Server, st *stats.Store, b *bootstrapv3.Bootstrap, readyTimeout time.Duration) *hotRestart {
 	h := &hotRestart{log: log, dir: dir, srv: srv, st: st, boot: b, handedOver: make(chan struct{}),
 		abandoned: st.Counter("server.hot_restart_abandoned")}
 	h.parent = &restart.Parent{
@@ -67,7 +67,8 @@ func newHotRestart(log *slog.Logger, dir *runtimedir.Dir, srv *dataplane.Server,
 		Handover:     h.handover,
 		Finished:     h.finished,
 		Abandoned:    h.abandonedBy,
-		ReadyTimeout: time.Minute,
+		Admit:        h.admit,
+		ReadyTimeout: readyTimeout,
 	}
 	return h
 }
@@ -154,6 +155,17 @@ func (h *hotRestart) start(ctx context.Context, binary string) (int, error) {
 	case <-ctx.Done():
 		return pid, ctx.Err()
 	}
+}
+
+// admit lets a successor take over unless this process started one itself
+// and is waiting for it: then only that one may.
+func (h *hotRestart) admit(pid int64) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.starting && h.child != nil && int64(h.child.Process.Pid) != pid {
+		return fmt.Errorf("%w (waiting for the successor with pid %d)", restart.ErrBusy, h.child.Process.Pid)
+	}
+	return nil
 }
 
 // state is what a successor receives.

@@ -38,6 +38,7 @@ type runOptions struct {
 	logEncoding            string
 	drainTime              time.Duration
 	parentShutdownTime     time.Duration
+	readyTimeout           time.Duration
 	serviceNode            string
 	serviceCluster         string
 	serviceZone            string
@@ -67,6 +68,7 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 	drainS := fs.Int("drain-time-s", -1, "Envoy's spelling of --drain-time, in seconds")
 	fs.DurationVar(&o.parentShutdownTime, "parent-shutdown-time", 10*time.Second, "how long a hot-restart parent lives at most after handing over")
 	parentS := fs.Int("parent-shutdown-time-s", -1, "Envoy's spelling of --parent-shutdown-time, in seconds")
+	fs.DurationVar(&o.readyTimeout, "hot-restart-ready-timeout", time.Minute, "how long a hot-restart successor may take to serve before its parent gives up on it and keeps serving")
 	fs.StringVar(&o.serviceNode, "service-node", "", "node.id (overrides the bootstrap)")
 	fs.StringVar(&o.serviceCluster, "service-cluster", "", "node.cluster (overrides the bootstrap)")
 	fs.StringVar(&o.serviceZone, "service-zone", "", "node.locality.zone (overrides the bootstrap)")
@@ -105,6 +107,9 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 	}
 	if o.drainTime < 0 || o.parentShutdownTime < 0 {
 		return nil, errors.New("--drain-time and --parent-shutdown-time must not be negative")
+	}
+	if o.readyTimeout <= 0 {
+		return nil, errors.New("--hot-restart-ready-timeout must be positive")
 	}
 	return o, nil
 }
@@ -205,7 +210,7 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	}
 
 	go stats.NewServerStats(st, time.Now()).Run(ctx, time.Second)
-	hr := newHotRestart(log, dir, srv.srv, st, b)
+	hr := newHotRestart(log, dir, srv.srv, st, b, o.readyTimeout)
 	if inherited != nil {
 		hr.epoch = inherited.Handover.GetGeneration() + 1
 	}
@@ -281,13 +286,29 @@ type serveOptions struct {
 // during the drain ends it at once.
 func serve(ctx context.Context, o serveOptions) error {
 	srv, log := o.srv, o.log
-	admin, err := startAdmin(ctx, srv, o.boot, o.source, log, o.admin, o.restart)
-	if err != nil {
-		return err
+	var admin *adminRun
+	startAdminAPI := func() error {
+		a, err := startAdmin(ctx, srv, o.boot, o.source, log, o.admin, o.restart)
+		if err != nil {
+			return err
+		}
+		admin = a
+		if o.restart != nil {
+			o.restart.adminTCP = a.tcp
+		}
+		return nil
 	}
-	defer admin.stop()
-	if o.restart != nil {
-		o.restart.adminTCP = admin.tcp
+	defer func() {
+		if admin != nil {
+			admin.stop()
+		}
+	}()
+	// A successor binds the admin socket only once it is about to take over,
+	// so that one failing before that leaves the parent's in place.
+	if o.inherited == nil {
+		if err := startAdminAPI(); err != nil {
+			return err
+		}
 	}
 	// The xDS client stops when this process hands over (its successor has its
 	// own) or shuts down.
@@ -305,7 +326,9 @@ func serve(ctx context.Context, o serveOptions) error {
 		return fmt.Errorf("%s: %w", o.source, err)
 	}
 	if x != nil {
-		admin.setXDS(x.client)
+		if admin != nil {
+			admin.setXDS(x.client)
+		}
 		if o.restart != nil {
 			o.restart.xds = x.client.State
 		}
@@ -326,6 +349,16 @@ func serve(ctx context.Context, o serveOptions) error {
 				o.inherited.Refuse("stopped before serving")
 				return nil
 			}
+		}
+		if err := startAdminAPI(); err != nil {
+			o.inherited.Refuse(err.Error())
+			return err
+		}
+		if x != nil {
+			admin.setXDS(x.client)
+		}
+		if o.restart != nil {
+			o.restart.dir.Claim()
 		}
 		go srv.SettleInherited()
 		if err := o.inherited.Ready(srv.AdoptConnection); err != nil {

@@ -55,6 +55,7 @@ type Conn struct {
 
 	draining <-chan struct{}
 	mover    atomic.Pointer[moverBox]
+	moved    atomic.Bool
 }
 
 type moverBox struct{ m Mover }
@@ -90,6 +91,13 @@ func (c *Conn) SetMover(m Mover) {
 	}
 	c.mover.Store(&moverBox{m})
 }
+
+// MarkMoved records that the connection went to a hot-restart successor: it
+// goes on there, so this process does not count it as destroyed.
+func (c *Conn) MarkMoved() { c.moved.Store(true) }
+
+// Moved reports whether MarkMoved was called.
+func (c *Conn) Moved() bool { return c.moved.Load() }
 
 // Mover returns the connection's Mover, or nil.
 func (c *Conn) Mover() Mover {

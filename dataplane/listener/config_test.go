@@ -1,11 +1,14 @@
 package listener
 
 import (
+	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -194,32 +197,112 @@ func TestBindPortInUse(t *testing.T) {
 
 func TestSocketTableSharesByKey(t *testing.T) {
 	tab := NewSocketTable(slog.New(slog.DiscardHandler))
-	first, err := tab.Acquire(SocketSpec{Addr: netip.MustParseAddrPort("127.0.0.1:0")})
+	first, err := tab.Acquire(SocketSpec{Addr: netip.MustParseAddrPort("127.0.0.1:0")}, "l/0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	spec := SocketSpec{Addr: first.Bound}
-	tab.Release(first) // frees the port for a fixed-port spec below
-	a, err := tab.Acquire(spec)
+	tab.Release(first, nil) // frees the port for a fixed-port spec below
+	a, err := tab.Acquire(spec, "l/0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := tab.Acquire(spec)
+	b, err := tab.Acquire(spec, "l/0")
 	if err != nil {
 		t.Fatalf("second Acquire of the same spec: %v (it must share, not rebind)", err)
 	}
 	if a != b {
 		t.Fatal("equal specs got different sockets")
 	}
-	tab.Release(a)
+	tab.Release(a, nil)
 	if c, err := net.Dial("tcp", spec.Addr.String()); err != nil {
 		t.Fatalf("socket closed while still referenced: %v", err)
 	} else {
 		c.Close()
 	}
-	tab.Release(b)
+	tab.Release(b, nil)
 	if c, err := net.Dial("tcp", spec.Addr.String()); err == nil {
 		c.Close()
 		t.Fatal("socket still open after the last Release")
 	}
+}
+
+// A hot-restart successor gets each port 0 socket back in the listener that
+// had it, not in whichever listener with an equal spec asks first.
+func TestSocketTableInheritsPortZeroByOwner(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	parent := NewSocketTable(log)
+	spec := SocketSpec{Addr: netip.MustParseAddrPort("127.0.0.1:0")}
+	bound := map[string]netip.AddrPort{}
+	for _, owner := range []string{"a/0", "b/0", "c/0"} {
+		s, err := parent.Acquire(spec, owner)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer parent.Release(s, nil)
+		bound[owner] = s.Bound
+	}
+	keys, files, err := parent.HandOut()
+	if err != nil {
+		t.Fatal(err)
+	}
+	child := NewSocketTable(log)
+	for i := range keys {
+		if err := child.Inherit(keys[i], files[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, owner := range []string{"c/0", "a/0", "b/0"} {
+		s, err := child.Acquire(spec, owner)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer child.Release(s, nil)
+		if s.Bound != bound[owner] {
+			t.Errorf("%s got %s back, had %s", owner, s.Bound, bound[owner])
+		}
+	}
+}
+
+type countingHandler struct{ n chan *net.TCPConn }
+
+func (h countingHandler) handle(c *net.TCPConn) { h.n <- c }
+
+// A socket bound but not yet given a handler queues connections (it does not
+// accept and close them); its last Release hands what the loop accepted to the
+// handler instead of dropping it.
+func TestSocketAcceptsOnlyWithAHandler(t *testing.T) {
+	tab := NewSocketTable(slog.New(slog.DiscardHandler))
+	s, err := tab.Acquire(SocketSpec{Addr: netip.MustParseAddrPort("127.0.0.1:0")}, "l/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", s.Bound.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read on a queued connection: %v, want a timeout (not closed)", err)
+	}
+	h := countingHandler{make(chan *net.TCPConn, 1)}
+	s.setHandler(h)
+	select {
+	case ac := <-h.n:
+		ac.Close()
+	case <-time.After(10 * time.Second):
+		t.Fatal("the queued connection was not handed to the handler")
+	}
+	tab.Release(s, h)
+}
+
+// Releasing a socket that never accepted does not wait for a loop.
+func TestSocketReleaseWithoutHandler(t *testing.T) {
+	tab := NewSocketTable(slog.New(slog.DiscardHandler))
+	s, err := tab.Acquire(SocketSpec{Addr: netip.MustParseAddrPort("127.0.0.1:0")}, "l/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab.Release(s, nil)
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,8 +65,8 @@ type Listener struct {
 	stopped bool
 }
 
-// Start binds (or takes from the socket table) every socket of cfg and begins
-// accepting. On error nothing stays bound.
+// Start binds (or takes from the socket table) every socket of cfg; the
+// listener accepts once Accept is called. On error nothing stays bound.
 func Start(cfg *Config, opts Options) (*Listener, error) {
 	sc := opts.Stats.Scope("listener." + cfg.StatPrefix + ".")
 	l := &Listener{name: cfg.Name, opts: opts, scope: sc, stats: newListenerStats(sc)}
@@ -73,19 +74,24 @@ func Start(cfg *Config, opts Options) (*Listener, error) {
 	l.log = opts.Logger.With("listener", cfg.Name)
 	l.cfg.Store(cfg)
 	for i, spec := range cfg.Sockets {
-		s, err := opts.Sockets.Acquire(spec)
+		s, err := opts.Sockets.Acquire(spec, cfg.Name+"/"+strconv.Itoa(i))
 		if err != nil {
 			l.release()
 			l.unref()
 			return nil, cfgerr.Field(SocketPath(i), err)
 		}
 		l.sockets = append(l.sockets, s)
-	}
-	for _, s := range l.sockets {
-		s.setHandler(l)
 		l.log.Info("listener bound", "address", s.Bound.String())
 	}
 	return l, nil
+}
+
+// Accept makes the listener's sockets hand their connections to it: it starts
+// accepting (or, on a socket shared with a listener it replaces, takes over).
+func (l *Listener) Accept() {
+	for _, s := range l.sockets {
+		s.setHandler(l)
+	}
 }
 
 // Name is the listener's name.
@@ -184,10 +190,7 @@ func (l *Listener) unref() {
 
 func (l *Listener) release() {
 	for _, s := range l.sockets {
-		if h := s.handler.Load(); h != nil && *h == acceptHandler(l) {
-			s.setHandler(nil)
-		}
-		l.opts.Sockets.Release(s)
+		l.opts.Sockets.Release(s, l)
 	}
 }
 
@@ -207,11 +210,8 @@ func (l *Listener) serve(tc *net.TCPConn) {
 	cfg := l.cfg.Load()
 	l.stats.cxTotal.Inc()
 	l.stats.cxActive.Inc()
-	defer func() {
-		l.stats.cxActive.Dec()
-		l.stats.cxDestroy.Inc()
-	}()
 	c := filter.NewConn(tc, l.opts.ConnIDs.Add(1), l.name, l.log)
+	defer l.connEnded(c)
 
 	if len(cfg.ListenerFilters) > 0 && !l.runListenerFilters(cfg, c) {
 		tc.Close()
@@ -241,6 +241,15 @@ func (l *Listener) serve(tc *net.TCPConn) {
 	ch.terminal.ServeConn(ctx, c)
 }
 
+// connEnded accounts for the end of a connection served by the listener; one
+// moved to a hot-restart successor lives on there.
+func (l *Listener) connEnded(c *filter.Conn) {
+	l.stats.cxActive.Dec()
+	if !c.Moved() {
+		l.stats.cxDestroy.Inc()
+	}
+}
+
 // Adopt serves a connection a hot-restart parent moved: down is its downstream
 // side, m the rest. It is matched to a filter chain of the current
 // configuration like a new connection (without listener filters: what they
@@ -257,13 +266,12 @@ func (l *Listener) Adopt(down net.Conn, m *filter.MovedConn) {
 		defer l.opts.Serving.Done()
 		defer l.unref()
 		cfg := l.cfg.Load()
-		l.stats.cxTotal.Inc()
+		// The parent counted it in downstream_cx_total when it accepted it
+		// (the stats region is shared) and took it out of downstream_cx_active
+		// when it moved it.
 		l.stats.cxActive.Inc()
-		defer func() {
-			l.stats.cxActive.Dec()
-			l.stats.cxDestroy.Inc()
-		}()
 		c := filter.NewConn(down, l.opts.ConnIDs.Add(1), l.name, l.log)
+		defer l.connEnded(c)
 		ch := match(cfg.Chains, cfg.DefaultChain, c)
 		var ad filter.Adopter
 		if ch != nil {

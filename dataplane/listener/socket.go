@@ -202,28 +202,46 @@ type acceptHandler interface {
 	handle(c *net.TCPConn)
 }
 
-// Socket is a bound listening socket with its accept loop. The loop hands each
-// connection to the socket's current handler, so a listener update that keeps the
-// socket swaps the handler without a gap in accepting.
+// Socket is a bound listening socket with its accept loop. The loop starts when
+// the socket is first given a handler (a socket is bound before the
+// configuration that serves it is in place) and hands each connection to the
+// socket's current handler, so a listener update that keeps the socket swaps
+// the handler without a gap in accepting.
 type Socket struct {
 	Spec SocketSpec
-	key  string // Spec.Key(), also for inherited sockets whose Spec is not known
-	ln   *net.TCPListener
+	// key is what the socket is shared and handed over by: Spec.Key(), with
+	// the owner for a port 0 socket, which is nobody else's.
+	key string
+	ln  *net.TCPListener
 	// Bound is the address the socket is bound to (the chosen port for port 0).
 	Bound netip.AddrPort
 
 	handler atomic.Pointer[acceptHandler]
-	refs    int // guarded by the table's mutex
+	refs    int       // guarded by the table's mutex
+	loop    sync.Once // starts the accept loop, or marks it as never started
 	done    chan struct{}
 	log     *slog.Logger
 }
 
+// setHandler makes h receive the connections accepted from now on, starting
+// the accept loop the first time; nil makes the loop close them.
 func (s *Socket) setHandler(h acceptHandler) {
 	if h == nil {
 		s.handler.Store(nil)
 		return
 	}
 	s.handler.Store(&h)
+	s.loop.Do(func() { go s.acceptLoop() })
+}
+
+// close closes the socket and waits until its accept loop has handed over the
+// last connection it accepted; the handler is cleared only then, so that no
+// connection accepted before the close is dropped.
+func (s *Socket) close() {
+	s.ln.Close()
+	s.loop.Do(func() { close(s.done) }) // the loop never started
+	<-s.done
+	s.setHandler(nil)
 }
 
 func (s *Socket) acceptLoop() {
@@ -330,31 +348,32 @@ func (t *SocketTable) SettleInherited() {
 	for _, old := range left {
 		if next := byAddr[old.Bound]; next != nil {
 			if h := next.handler.Load(); h != nil {
-				old.handler.Store(h)
-				go old.acceptLoop()
+				old.setHandler(*h)
 				if err := Handover(old, next, time.Second); err != nil {
 					t.log.Warn("hot restart: rebound listener socket: handover incomplete", "address", old.Bound, "error", err)
 				}
-				old.setHandler(nil)
-				old.ln.Close()
-				<-old.done
-				continue
 			}
 		}
-		old.ln.Close()
+		old.close()
 	}
 }
 
 // Acquire returns the socket for spec, binding it if the table has none. A spec
-// with port 0 always binds a new socket (each asks for its own port).
+// with port 0 always binds a new socket (each asks for its own port); owner
+// (the listener and the socket's index in it) tells apart the port 0 sockets
+// inherited from a hot-restart parent, so each listener gets its own port back.
+// The socket accepts once it is given a handler.
 //
 // Sockets are bound with SO_REUSEPORT so that one of ours can be rebound with
 // other options while the old one still accepts. To keep that from silently
 // sharing a port with another process, a new address is first probed with a
 // plain bind: if anything else holds it, Acquire fails with "address already
 // in use", as a plain bind would.
-func (t *SocketTable) Acquire(spec SocketSpec) (*Socket, error) {
+func (t *SocketTable) Acquire(spec SocketSpec, owner string) (*Socket, error) {
 	key := spec.Key()
+	if spec.Addr.Port() == 0 {
+		key += "/owner=" + owner
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if ss := t.spare[key]; len(ss) > 0 {
@@ -365,7 +384,6 @@ func (t *SocketTable) Acquire(spec SocketSpec) (*Socket, error) {
 			t.byKey[key] = s
 		}
 		t.all[s] = true
-		go s.acceptLoop()
 		return s, nil
 	}
 	if spec.Addr.Port() != 0 {
@@ -390,7 +408,6 @@ func (t *SocketTable) Acquire(spec SocketSpec) (*Socket, error) {
 		t.byKey[key] = s
 	}
 	t.all[s] = true
-	go s.acceptLoop()
 	return s, nil
 }
 
@@ -517,9 +534,11 @@ func acceptQueueLen(s *Socket) (int, error) {
 	return int(info.Unacked), nil
 }
 
-// Release gives back a socket obtained from Acquire. The last release closes it
-// and waits for its accept loop to end.
-func (t *SocketTable) Release(s *Socket) {
+// Release gives back a socket obtained from Acquire by the listener whose
+// handler is h. The last release closes it and waits for its accept loop to
+// end, h still receiving what was accepted until then; otherwise, if h is the
+// socket's handler, the socket stops handing connections to it.
+func (t *SocketTable) Release(s *Socket, h acceptHandler) {
 	t.mu.Lock()
 	s.refs--
 	last := s.refs == 0
@@ -528,11 +547,11 @@ func (t *SocketTable) Release(s *Socket) {
 			delete(t.byKey, s.key)
 		}
 		delete(t.all, s)
+	} else if cur := s.handler.Load(); cur != nil && *cur == h {
+		s.setHandler(nil)
 	}
 	t.mu.Unlock()
 	if last {
-		s.setHandler(nil)
-		s.ln.Close()
-		<-s.done
+		s.close()
 	}
 }

@@ -150,6 +150,36 @@ func closeAll(files []*os.File) {
 	}
 }
 
+// fdOf returns f's descriptor without os.File.Fd, which would switch the
+// descriptor to blocking mode: a duplicated socket shares its file status
+// flags with the original, so Fd on a handed-out copy of a listening socket
+// would make the parent's own accept loop block a thread. The descriptor stays
+// valid while f is open; callers keep f alive until it has been sent.
+func fdOf(f *os.File) (int, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return -1, fmt.Errorf("restart: %s: %w", f.Name(), err)
+	}
+	fd := -1
+	if err := rc.Control(func(u uintptr) { fd = int(u) }); err != nil {
+		return -1, fmt.Errorf("restart: %s: %w", f.Name(), err)
+	}
+	return fd, nil
+}
+
+// fdsOf returns the descriptors of files (see fdOf).
+func fdsOf(files ...*os.File) ([]int, error) {
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fd, err := fdOf(f)
+		if err != nil {
+			return nil, err
+		}
+		fds[i] = fd
+	}
+	return fds, nil
+}
+
 // expectFDs checks that a message came with exactly n descriptors, closing
 // them otherwise.
 func expectFDs(files []*os.File, n int, what string) error {

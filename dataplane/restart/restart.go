@@ -59,6 +59,10 @@ type Parent struct {
 	Abandoned func(reason error)
 	// ReadyTimeout bounds how long a successor may take to become ready.
 	ReadyTimeout time.Duration
+	// Admit, if set, decides whether the successor with this pid may take
+	// over; an error refuses it with that reason. A parent that started a
+	// successor itself admits only that one.
+	Admit func(pid int64) error
 
 	busy atomic.Bool
 	wg   sync.WaitGroup
@@ -99,10 +103,7 @@ func (p *Parent) Serve(ctx context.Context, ln *net.UnixListener) {
 			break
 		}
 		if !p.busy.CompareAndSwap(false, true) {
-			c := NewConn(uc)
-			c.SetDeadline(time.Now().Add(5 * time.Second))
-			c.Send(&restartv1.Envelope{Message: &restartv1.Envelope_Refused{Refused: &restartv1.Refused{Reason: ErrBusy.Error()}}}, nil)
-			c.Close()
+			go refuseEarly(NewConn(uc), ErrBusy.Error())
 			continue
 		}
 		p.wg.Add(1)
@@ -127,7 +128,8 @@ func (p *Parent) serveOne(ctx context.Context, c *Conn) {
 			c.SetDeadline(time.Now().Add(2 * time.Second))
 			c.Send(refuse(err.Error()), nil)
 		}
-		if !finished && p.Abandoned != nil {
+		var notAdmitted notAdmittedError
+		if !finished && !errors.As(err, &notAdmitted) && p.Abandoned != nil {
 			p.Abandoned(err)
 		}
 		return
@@ -136,6 +138,24 @@ func (p *Parent) serveOne(ctx context.Context, c *Conn) {
 		p.Finished()
 	}
 }
+
+// refuseEarly answers a successor's hello with a refusal. Reading the hello
+// first means the successor's send succeeds and it reads the reason, rather
+// than failing on a connection reset.
+func refuseEarly(c *Conn, reason string) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, files, err := c.Recv(); err == nil {
+		closeAll(files)
+	}
+	c.Send(refuse(reason), nil)
+}
+
+// notAdmittedError refuses a successor other than the expected one; the
+// restart under way (if any) goes on.
+type notAdmittedError struct{ error }
+
+func (e notAdmittedError) Unwrap() error { return e.error }
 
 type refusedError struct{ reason string }
 
@@ -161,6 +181,11 @@ func (p *Parent) exchange(ctx context.Context, c *Conn) (finished bool, err erro
 	if hello.GetProtocolVersion() != ProtocolVersion {
 		return false, fmt.Errorf("the successor speaks handover protocol version %d, this skiff %d", hello.GetProtocolVersion(), ProtocolVersion)
 	}
+	if p.Admit != nil {
+		if err := p.Admit(hello.GetPid()); err != nil {
+			return false, notAdmittedError{fmt.Errorf("successor pid %d not admitted: %w", hello.GetPid(), err)}
+		}
+	}
 	log := p.Log.With("successor_pid", hello.GetPid(), "successor_version", hello.GetVersion())
 	log.Info("hot restart: a successor connected; handing over")
 
@@ -171,10 +196,17 @@ func (p *Parent) exchange(ctx context.Context, c *Conn) (finished bool, err erro
 	h := st.Handover
 	h.ProtocolVersion = ProtocolVersion
 	h.SocketCount = uint32(len(st.Sockets))
+	defer func() {
+		for _, s := range st.Sockets {
+			s.File.Close() // our copies; the successor has its own
+		}
+	}()
 	var lockFD []int
 	if st.Lock != nil {
 		h.LockFd = true
-		lockFD = []int{int(st.Lock.Fd())}
+		if lockFD, err = fdsOf(st.Lock); err != nil {
+			return false, err
+		}
 	}
 	if err := c.Send(&restartv1.Envelope{Message: &restartv1.Envelope_Handover{Handover: h}}, lockFD); err != nil {
 		return false, err
@@ -182,17 +214,18 @@ func (p *Parent) exchange(ctx context.Context, c *Conn) (finished bool, err erro
 	for start := 0; start < len(st.Sockets); start += maxFDsPerMessage {
 		batch := st.Sockets[start:min(start+maxFDsPerMessage, len(st.Sockets))]
 		msg := &restartv1.Sockets{}
-		fds := make([]int, len(batch))
+		files := make([]*os.File, len(batch))
 		for i, s := range batch {
 			msg.Sockets = append(msg.Sockets, &restartv1.Socket{Key: s.Key, Address: s.Address})
-			fds[i] = int(s.File.Fd())
+			files[i] = s.File
+		}
+		fds, err := fdsOf(files...)
+		if err != nil {
+			return false, err
 		}
 		if err := c.Send(&restartv1.Envelope{Message: &restartv1.Envelope_Sockets{Sockets: msg}}, fds); err != nil {
 			return false, err
 		}
-	}
-	for _, s := range st.Sockets {
-		s.File.Close() // our copies; the successor has its own
 	}
 
 	timeout := p.ReadyTimeout
@@ -229,10 +262,14 @@ func (p *Parent) exchange(ctx context.Context, c *Conn) (finished bool, err erro
 	for start := 0; start < len(moved); start += perMessage {
 		batch := moved[start:min(start+perMessage, len(moved))]
 		msg := &restartv1.Connections{}
-		var fds []int
+		var files []*os.File
 		for _, m := range batch {
 			msg.Connections = append(msg.Connections, m.Info)
-			fds = append(fds, int(m.Down.Fd()), int(m.Up.Fd()))
+			files = append(files, m.Down, m.Up)
+		}
+		fds, err := fdsOf(files...)
+		if err != nil {
+			return true, err
 		}
 		if err := c.Send(&restartv1.Envelope{Message: &restartv1.Envelope_Connections{Connections: msg}}, fds); err != nil {
 			return true, err
@@ -281,11 +318,14 @@ func Connect(ctx context.Context, path, version string) (*Inherited, error) {
 func receiveState(c *Conn, version string) (*Inherited, error) {
 	c.SetDeadline(time.Now().Add(30 * time.Second))
 	hello := &restartv1.Hello{ProtocolVersion: ProtocolVersion, Pid: int64(os.Getpid()), Version: version}
-	if err := c.Send(&restartv1.Envelope{Message: &restartv1.Envelope_Hello{Hello: hello}}, nil); err != nil {
-		return nil, err
-	}
+	sendErr := c.Send(&restartv1.Envelope{Message: &restartv1.Envelope_Hello{Hello: hello}}, nil)
+	// Even if the hello could not be sent, the parent may have said why it
+	// closed the connection: read that first.
 	env, files, err := c.Recv()
 	if err != nil {
+		if sendErr != nil {
+			return nil, sendErr
+		}
 		return nil, fmt.Errorf("restart: waiting for the handover: %w", err)
 	}
 	if r := env.GetRefused(); r != nil {

@@ -79,20 +79,31 @@ func Open(path string) (*Dir, error) {
 		}
 		return nil, fmt.Errorf("runtime dir: locking %s: %w", lockPath, err)
 	}
-	if err := f.Truncate(0); err == nil {
-		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-	}
+	writePID(f)
 	return &Dir{Path: path, lock: f}, nil
 }
 
 // Adopt returns the Dir at path whose lock a hot-restart parent handed over as
 // lock (a descriptor of the same open lock file: the lock is shared with it and
-// outlives the parent).
+// outlives the parent). The lock file keeps naming the parent until Claim.
 func Adopt(path string, lock *os.File) *Dir {
-	if err := lock.Truncate(0); err == nil {
-		lock.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-	}
 	return &Dir{Path: path, lock: lock}
+}
+
+// Claim writes this process's pid into the lock file, as the directory's
+// owner: a hot-restart successor does so once it takes over.
+func (d *Dir) Claim() {
+	writePID(d.lock)
+}
+
+// writePID overwrites the pid in the lock file, then cuts what is left of a
+// longer one: a reader (skiff run --supervise forwarding a signal) never sees
+// the file empty.
+func writePID(f *os.File) {
+	b := []byte(strconv.Itoa(os.Getpid()) + "\n")
+	if _, err := f.WriteAt(b, 0); err == nil {
+		f.Truncate(int64(len(b)))
+	}
 }
 
 // LockFile returns the open lock file, to hand to a hot-restart successor.

@@ -345,6 +345,10 @@ func (c *Client) Run(ctx context.Context) {
 	}
 	c.startTypeLocked(resource.RuntimeType)
 	c.startTypeLocked(resource.ClusterType)
+	// Static clusters and listeners, and the state a hot-restart parent
+	// handed over, may already name endpoints and routes.
+	c.startTypeLocked(resource.EndpointType)
+	c.startTypeLocked(resource.RouteType)
 	c.maybeAdvanceLocked()
 	c.mu.Unlock()
 	<-ctx.Done()

@@ -282,6 +282,28 @@ func TestReconnectResendsVersions(t *testing.T) {
 	}
 }
 
+// A hot-restart successor starts from its parent's accepted state: it serves
+// that at once and subscribes to everything it names, the endpoints and routes
+// included, with the versions it has.
+func TestInitialStateFromParent(t *testing.T) {
+	up := greeter(t, "inherited")
+	cp := xdstest.Start(t, "127.0.0.1:0", nodeID)
+	parent := newFixtureWith(t, cp, setup{})
+	v1 := cp.Push(full(edsCluster("backend"), assignment("backend", up), tcpListener("ingress", loopback0, "backend")))
+	parent.waitReady()
+	state := parent.client.State()
+	parent.close()
+
+	cp2 := xdstest.Start(t, "127.0.0.1:0", nodeID) // nothing pushed: the state alone serves
+	f := newFixtureWith(t, cp2, setup{initial: state})
+	if got := through(t, f.listenerAddr("ingress")); got != "inherited" {
+		t.Fatalf("through the inherited listener: %q", got)
+	}
+	wantRequest(t, cp2.Request(resource.ClusterType, 0), &discoveryv3.DiscoveryRequest{Node: node(), TypeUrl: resource.ClusterType, VersionInfo: v1})
+	wantRequest(t, cp2.Request(resource.EndpointType, 0), &discoveryv3.DiscoveryRequest{Node: node(), TypeUrl: resource.EndpointType, VersionInfo: v1, ResourceNames: []string{"backend"}})
+	wantRequest(t, cp2.Request(resource.ListenerType, 0), &discoveryv3.DiscoveryRequest{Node: node(), TypeUrl: resource.ListenerType, VersionInfo: v1})
+}
+
 func TestPerTypeStreams(t *testing.T) {
 	up := greeter(t, "per-type")
 	f := newFixture(t, setup{perType: true})

@@ -25,6 +25,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/runtime"
 	"github.com/skiffproxy/skiff/internal/stats"
 	"github.com/skiffproxy/skiff/internal/xdstest"
+	restartv1 "github.com/skiffproxy/skiff/proto/skiff/restart/v1"
 )
 
 const nodeID = "test-node"
@@ -77,6 +78,7 @@ type setup struct {
 	perType             bool // per-type api_config_source streams instead of ADS
 	edsTimeout          time.Duration
 	staticExtra         []*clusterv3.Cluster
+	initial             *restartv1.XdsState // a hot-restart parent's state
 }
 
 type fixture struct {
@@ -165,6 +167,7 @@ func newFixtureWith(t testing.TB, cp *xdstest.ControlPlane, s setup) *fixture {
 		Sources:       srcs,
 		Dial:          NewDialer(b, "skiff/test"),
 		OnInitialized: func() { close(f.ready) },
+		Initial:       s.initial,
 	})
 	if err != nil {
 		t.Fatal(err)

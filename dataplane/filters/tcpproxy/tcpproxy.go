@@ -197,6 +197,7 @@ func (p *Proxy) proxy(ctx context.Context, c *filter.Conn, cl *upstream.Cluster,
 		// of the conns, which Release closes here.
 		select {
 		case <-mv.released:
+			c.MarkMoved()
 		case <-ctx.Done():
 			c.Close()
 			up.Close()
