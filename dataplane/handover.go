@@ -115,7 +115,9 @@ func (s *Server) MoveConnections() ([]restart.Moved, func(), error) {
 		}
 		for _, m := range moved {
 			m.Down.Close()
-			m.Up.Close()
+			if m.Up != nil {
+				m.Up.Close()
+			}
 		}
 	}
 	return moved, done, firstErr
@@ -126,13 +128,18 @@ func movedFiles(listenerName string, mc *filter.MovedConn) (restart.Moved, error
 	if err != nil {
 		return restart.Moved{}, fmt.Errorf("duplicating a moved connection: %w", err)
 	}
-	uf, err := fileOf(mc.Up)
-	if err != nil {
-		df.Close()
-		return restart.Moved{}, fmt.Errorf("duplicating a moved connection: %w", err)
+	kind := restartv1.ConnectionKind_CONNECTION_KIND_HTTP1_IDLE
+	var uf *os.File
+	if mc.Kind == filter.MovedTCPPair {
+		kind = restartv1.ConnectionKind_CONNECTION_KIND_TCP_PROXY
+		if uf, err = fileOf(mc.Up); err != nil {
+			df.Close()
+			return restart.Moved{}, fmt.Errorf("duplicating a moved connection: %w", err)
+		}
 	}
 	return restart.Moved{
 		Info: &restartv1.MovedConnection{
+			Kind:                kind,
 			Listener:            listenerName,
 			Cluster:             mc.Cluster,
 			UpstreamHost:        mc.Host.String(),
@@ -148,17 +155,28 @@ func movedFiles(listenerName string, mc *filter.MovedConn) (restart.Moved, error
 // listener of the same name. It owns m's files.
 func (s *Server) AdoptConnection(m restart.Moved) {
 	defer m.Down.Close()
-	defer m.Up.Close()
+	if m.Up != nil {
+		defer m.Up.Close()
+	}
 	down, err := net.FileConn(m.Down)
 	if err != nil {
 		s.log.Warn("hot restart: adopting a moved connection", "error", err)
 		return
 	}
-	up, err := net.FileConn(m.Up)
-	if err != nil {
-		down.Close()
-		s.log.Warn("hot restart: adopting a moved connection", "error", err)
-		return
+	kind := filter.MovedHTTP1Idle
+	var up net.Conn
+	if m.Info.GetKind() != restartv1.ConnectionKind_CONNECTION_KIND_HTTP1_IDLE {
+		kind = filter.MovedTCPPair
+		if m.Up == nil {
+			down.Close()
+			s.log.Warn("hot restart: a moved TCP proxy pair came without its upstream connection")
+			return
+		}
+		if up, err = net.FileConn(m.Up); err != nil {
+			down.Close()
+			s.log.Warn("hot restart: adopting a moved connection", "error", err)
+			return
+		}
 	}
 	s.mu.Lock()
 	l := s.listeners[m.Info.GetListener()]
@@ -166,10 +184,13 @@ func (s *Server) AdoptConnection(m restart.Moved) {
 	if l == nil {
 		s.log.Warn("hot restart: a moved connection's listener is gone; closing it", "listener", m.Info.GetListener())
 		down.Close()
-		up.Close()
+		if up != nil {
+			up.Close()
+		}
 		return
 	}
 	mc := &filter.MovedConn{
+		Kind:        kind,
 		Up:          up,
 		Pending:     [2][]byte{m.Info.GetPendingToUpstream(), m.Info.GetPendingToDownstream()},
 		Cluster:     m.Info.GetCluster(),

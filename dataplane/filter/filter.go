@@ -60,11 +60,24 @@ type Conn struct {
 
 type moverBox struct{ m Mover }
 
+// MovedKind says what kind of connection a MovedConn is.
+type MovedKind int
+
+const (
+	// MovedTCPPair is a TCP proxy pair: Down and Up, with the bytes read but
+	// not yet written in each direction.
+	MovedTCPPair MovedKind = iota
+	// MovedHTTP1Idle is an idle HTTP/1.1 keep-alive downstream connection (no
+	// request under way): Down only, Pending[0] holding the bytes read from
+	// it but not yet parsed.
+	MovedHTTP1Idle
+)
+
 // MovedConn is a connection stopped at a safe point so that a hot-restart
-// successor can resume it: a TCP proxy pair with the bytes read but not yet
-// written in each direction.
+// successor can resume it.
 type MovedConn struct {
-	Down, Up    net.Conn
+	Kind        MovedKind
+	Down, Up    net.Conn // Up is nil for MovedHTTP1Idle
 	Pending     [2][]byte // to upstream, to downstream
 	Cluster     string
 	Host        netip.AddrPort
@@ -108,9 +121,11 @@ func (c *Conn) Mover() Mover {
 }
 
 // Adopter is a TerminalFilter that can resume a connection a hot-restart
-// parent moved: c is the downstream side, m its state.
+// parent moved: c is the downstream side, m its state. Adopt is called only
+// for a kind Adopts accepts, and owns c and m.Up.
 type Adopter interface {
 	TerminalFilter
+	Adopts(kind MovedKind) bool
 	Adopt(ctx context.Context, c *Conn, m *MovedConn)
 }
 

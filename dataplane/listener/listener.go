@@ -256,9 +256,14 @@ func (l *Listener) connEnded(c *filter.Conn) {
 // learned is not carried over) and resumed by the chain's terminal filter if
 // that can adopt it; otherwise both sides are closed.
 func (l *Listener) Adopt(down net.Conn, m *filter.MovedConn) {
-	if !l.ref() {
+	closeBoth := func() {
 		down.Close()
-		m.Up.Close()
+		if m.Up != nil {
+			m.Up.Close()
+		}
+	}
+	if !l.ref() {
+		closeBoth()
 		return
 	}
 	l.opts.Serving.Add(1)
@@ -277,16 +282,14 @@ func (l *Listener) Adopt(down net.Conn, m *filter.MovedConn) {
 		if ch != nil {
 			ad, _ = ch.terminal.(filter.Adopter)
 		}
-		if ad == nil {
-			l.log.Warn("hot restart: a moved connection has no TCP proxy to resume it in the new configuration; closing it", "conn", c.ID)
-			down.Close()
-			m.Up.Close()
+		if ad == nil || !ad.Adopts(m.Kind) {
+			l.log.Warn("hot restart: nothing in the new configuration resumes a moved connection of this kind; closing it", "conn", c.ID, "kind", m.Kind)
+			closeBoth()
 			return
 		}
 		ctx, ok := ch.conns.add(c)
 		if !ok {
-			down.Close()
-			m.Up.Close()
+			closeBoth()
 			return
 		}
 		defer ch.conns.remove(c)

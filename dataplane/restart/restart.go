@@ -34,10 +34,27 @@ type State struct {
 	Lock *os.File
 }
 
-// Moved is a connection handed over: a TCP proxy pair stopped at a safe point.
+// Moved is a connection handed over, stopped at a safe point: a TCP proxy
+// pair, or an idle HTTP/1.1 downstream connection (Up nil).
 type Moved struct {
 	Info     *restartv1.MovedConnection
 	Down, Up *os.File
+}
+
+// files returns m's descriptors in the order they are sent.
+func (m Moved) files() []*os.File {
+	if fdsPerConn(m.Info) == 1 {
+		return []*os.File{m.Down}
+	}
+	return []*os.File{m.Down, m.Up}
+}
+
+// fdsPerConn is the number of descriptors a moved connection comes with.
+func fdsPerConn(info *restartv1.MovedConnection) int {
+	if info.GetKind() == restartv1.ConnectionKind_CONNECTION_KIND_HTTP1_IDLE {
+		return 1
+	}
+	return 2
 }
 
 // Parent serves the reconfig socket of a running skiff. A successor that
@@ -265,7 +282,7 @@ func (p *Parent) exchange(ctx context.Context, c *Conn) (finished bool, err erro
 		var files []*os.File
 		for _, m := range batch {
 			msg.Connections = append(msg.Connections, m.Info)
-			files = append(files, m.Down, m.Up)
+			files = append(files, m.files()...)
 		}
 		fds, err := fdsOf(files...)
 		if err != nil {
@@ -410,11 +427,20 @@ func (in *Inherited) Ready(adopt func(Moved)) error {
 		switch m := env.GetMessage().(type) {
 		case *restartv1.Envelope_Connections:
 			conns := m.Connections.GetConnections()
-			if err := expectFDs(files, 2*len(conns), "moved connections"); err != nil {
+			want := 0
+			for _, info := range conns {
+				want += fdsPerConn(info)
+			}
+			if err := expectFDs(files, want, "moved connections"); err != nil {
 				return err
 			}
-			for i, info := range conns {
-				adopt(Moved{Info: info, Down: files[2*i], Up: files[2*i+1]})
+			for _, info := range conns {
+				mv := Moved{Info: info, Down: files[0]}
+				if fdsPerConn(info) == 2 {
+					mv.Up = files[1]
+				}
+				files = files[fdsPerConn(info):]
+				adopt(mv)
 			}
 		case *restartv1.Envelope_Done:
 			closeAll(files)

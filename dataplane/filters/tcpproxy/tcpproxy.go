@@ -150,6 +150,9 @@ func (p *Proxy) ServeConn(ctx context.Context, c *filter.Conn) {
 	p.proxy(ctx, c, cl, host, up, [2][]byte{})
 }
 
+// Adopts implements filter.Adopter: a TCP proxy resumes TCP proxy pairs.
+func (p *Proxy) Adopts(kind filter.MovedKind) bool { return kind == filter.MovedTCPPair }
+
 // Adopt implements filter.Adopter: it resumes a pair a hot-restart parent moved.
 // The upstream connection counts toward its cluster and host if they still
 // exist; the pair is resumed either way.

@@ -48,6 +48,62 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ConnectionKind says what a moved connection is, and so how many file
+// descriptors it comes with.
+type ConnectionKind int32
+
+const (
+	// Read as CONNECTION_KIND_TCP_PROXY (what protocol version 1 moved first).
+	ConnectionKind_CONNECTION_KIND_UNSPECIFIED ConnectionKind = 0
+	// A TCP proxy pair: two descriptors, downstream then upstream.
+	ConnectionKind_CONNECTION_KIND_TCP_PROXY ConnectionKind = 1
+	// An idle HTTP/1.1 keep-alive downstream connection (no request under
+	// way): one descriptor; pending_to_upstream holds the bytes read from it
+	// but not yet parsed (the start of the next request, if any).
+	ConnectionKind_CONNECTION_KIND_HTTP1_IDLE ConnectionKind = 2
+)
+
+// Enum value maps for ConnectionKind.
+var (
+	ConnectionKind_name = map[int32]string{
+		0: "CONNECTION_KIND_UNSPECIFIED",
+		1: "CONNECTION_KIND_TCP_PROXY",
+		2: "CONNECTION_KIND_HTTP1_IDLE",
+	}
+	ConnectionKind_value = map[string]int32{
+		"CONNECTION_KIND_UNSPECIFIED": 0,
+		"CONNECTION_KIND_TCP_PROXY":   1,
+		"CONNECTION_KIND_HTTP1_IDLE":  2,
+	}
+)
+
+func (x ConnectionKind) Enum() *ConnectionKind {
+	p := new(ConnectionKind)
+	*p = x
+	return p
+}
+
+func (x ConnectionKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ConnectionKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_skiff_restart_v1_restart_proto_enumTypes[0].Descriptor()
+}
+
+func (ConnectionKind) Type() protoreflect.EnumType {
+	return &file_skiff_restart_v1_restart_proto_enumTypes[0]
+}
+
+func (x ConnectionKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ConnectionKind.Descriptor instead.
+func (ConnectionKind) EnumDescriptor() ([]byte, []int) {
+	return file_skiff_restart_v1_restart_proto_rawDescGZIP(), []int{0}
+}
+
 // Envelope is one message of the protocol.
 type Envelope struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -731,9 +787,9 @@ func (x *Connections) GetConnections() []*MovedConnection {
 	return nil
 }
 
-// MovedConnection is a TCP proxy pair stopped at a safe point. Its two file
-// descriptors are sent with the Connections message, downstream then upstream,
-// in the order of the list.
+// MovedConnection is a connection stopped at a safe point. Its file
+// descriptors (see ConnectionKind) are sent with the Connections message, in
+// the order of the list.
 type MovedConnection struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The listener that accepted the downstream connection.
@@ -745,8 +801,9 @@ type MovedConnection struct {
 	PendingToUpstream   []byte `protobuf:"bytes,4,opt,name=pending_to_upstream,json=pendingToUpstream,proto3" json:"pending_to_upstream,omitempty"`
 	PendingToDownstream []byte `protobuf:"bytes,5,opt,name=pending_to_downstream,json=pendingToDownstream,proto3" json:"pending_to_downstream,omitempty"`
 	// The tcp_proxy's stat prefix and idle timeout in force.
-	StatPrefix    string `protobuf:"bytes,6,opt,name=stat_prefix,json=statPrefix,proto3" json:"stat_prefix,omitempty"`
-	IdleTimeoutMs int64  `protobuf:"varint,7,opt,name=idle_timeout_ms,json=idleTimeoutMs,proto3" json:"idle_timeout_ms,omitempty"`
+	StatPrefix    string         `protobuf:"bytes,6,opt,name=stat_prefix,json=statPrefix,proto3" json:"stat_prefix,omitempty"`
+	IdleTimeoutMs int64          `protobuf:"varint,7,opt,name=idle_timeout_ms,json=idleTimeoutMs,proto3" json:"idle_timeout_ms,omitempty"`
+	Kind          ConnectionKind `protobuf:"varint,8,opt,name=kind,proto3,enum=skiff.restart.v1.ConnectionKind" json:"kind,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -828,6 +885,13 @@ func (x *MovedConnection) GetIdleTimeoutMs() int64 {
 		return x.IdleTimeoutMs
 	}
 	return 0
+}
+
+func (x *MovedConnection) GetKind() ConnectionKind {
+	if x != nil {
+		return x.Kind
+	}
+	return ConnectionKind_CONNECTION_KIND_UNSPECIFIED
 }
 
 // Done says the parent handed over everything it will.
@@ -958,7 +1022,7 @@ const file_skiff_restart_v1_restart_proto_rawDesc = "" +
 	"\bresource\x18\x03 \x01(\v2\x14.google.protobuf.AnyR\bresource\"\a\n" +
 	"\x05Ready\"R\n" +
 	"\vConnections\x12C\n" +
-	"\vconnections\x18\x01 \x03(\v2!.skiff.restart.v1.MovedConnectionR\vconnections\"\x99\x02\n" +
+	"\vconnections\x18\x01 \x03(\v2!.skiff.restart.v1.MovedConnectionR\vconnections\"\xcf\x02\n" +
 	"\x0fMovedConnection\x12\x1a\n" +
 	"\blistener\x18\x01 \x01(\tR\blistener\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12#\n" +
@@ -967,10 +1031,15 @@ const file_skiff_restart_v1_restart_proto_rawDesc = "" +
 	"\x15pending_to_downstream\x18\x05 \x01(\fR\x13pendingToDownstream\x12\x1f\n" +
 	"\vstat_prefix\x18\x06 \x01(\tR\n" +
 	"statPrefix\x12&\n" +
-	"\x0fidle_timeout_ms\x18\a \x01(\x03R\ridleTimeoutMs\"\x06\n" +
+	"\x0fidle_timeout_ms\x18\a \x01(\x03R\ridleTimeoutMs\x124\n" +
+	"\x04kind\x18\b \x01(\x0e2 .skiff.restart.v1.ConnectionKindR\x04kind\"\x06\n" +
 	"\x04Done\"!\n" +
 	"\aRefused\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reasonB>Z<github.com/skiffproxy/skiff/proto/skiff/restart/v1;restartv1b\x06proto3"
+	"\x06reason\x18\x01 \x01(\tR\x06reason*p\n" +
+	"\x0eConnectionKind\x12\x1f\n" +
+	"\x1bCONNECTION_KIND_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19CONNECTION_KIND_TCP_PROXY\x10\x01\x12\x1e\n" +
+	"\x1aCONNECTION_KIND_HTTP1_IDLE\x10\x02B>Z<github.com/skiffproxy/skiff/proto/skiff/restart/v1;restartv1b\x06proto3"
 
 var (
 	file_skiff_restart_v1_restart_proto_rawDescOnce sync.Once
@@ -984,42 +1053,45 @@ func file_skiff_restart_v1_restart_proto_rawDescGZIP() []byte {
 	return file_skiff_restart_v1_restart_proto_rawDescData
 }
 
+var file_skiff_restart_v1_restart_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_skiff_restart_v1_restart_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_skiff_restart_v1_restart_proto_goTypes = []any{
-	(*Envelope)(nil),        // 0: skiff.restart.v1.Envelope
-	(*Hello)(nil),           // 1: skiff.restart.v1.Hello
-	(*Handover)(nil),        // 2: skiff.restart.v1.Handover
-	(*Sockets)(nil),         // 3: skiff.restart.v1.Sockets
-	(*Socket)(nil),          // 4: skiff.restart.v1.Socket
-	(*XdsState)(nil),        // 5: skiff.restart.v1.XdsState
-	(*TypeState)(nil),       // 6: skiff.restart.v1.TypeState
-	(*Resource)(nil),        // 7: skiff.restart.v1.Resource
-	(*Ready)(nil),           // 8: skiff.restart.v1.Ready
-	(*Connections)(nil),     // 9: skiff.restart.v1.Connections
-	(*MovedConnection)(nil), // 10: skiff.restart.v1.MovedConnection
-	(*Done)(nil),            // 11: skiff.restart.v1.Done
-	(*Refused)(nil),         // 12: skiff.restart.v1.Refused
-	(*anypb.Any)(nil),       // 13: google.protobuf.Any
+	(ConnectionKind)(0),     // 0: skiff.restart.v1.ConnectionKind
+	(*Envelope)(nil),        // 1: skiff.restart.v1.Envelope
+	(*Hello)(nil),           // 2: skiff.restart.v1.Hello
+	(*Handover)(nil),        // 3: skiff.restart.v1.Handover
+	(*Sockets)(nil),         // 4: skiff.restart.v1.Sockets
+	(*Socket)(nil),          // 5: skiff.restart.v1.Socket
+	(*XdsState)(nil),        // 6: skiff.restart.v1.XdsState
+	(*TypeState)(nil),       // 7: skiff.restart.v1.TypeState
+	(*Resource)(nil),        // 8: skiff.restart.v1.Resource
+	(*Ready)(nil),           // 9: skiff.restart.v1.Ready
+	(*Connections)(nil),     // 10: skiff.restart.v1.Connections
+	(*MovedConnection)(nil), // 11: skiff.restart.v1.MovedConnection
+	(*Done)(nil),            // 12: skiff.restart.v1.Done
+	(*Refused)(nil),         // 13: skiff.restart.v1.Refused
+	(*anypb.Any)(nil),       // 14: google.protobuf.Any
 }
 var file_skiff_restart_v1_restart_proto_depIdxs = []int32{
-	1,  // 0: skiff.restart.v1.Envelope.hello:type_name -> skiff.restart.v1.Hello
-	2,  // 1: skiff.restart.v1.Envelope.handover:type_name -> skiff.restart.v1.Handover
-	8,  // 2: skiff.restart.v1.Envelope.ready:type_name -> skiff.restart.v1.Ready
-	9,  // 3: skiff.restart.v1.Envelope.connections:type_name -> skiff.restart.v1.Connections
-	11, // 4: skiff.restart.v1.Envelope.done:type_name -> skiff.restart.v1.Done
-	12, // 5: skiff.restart.v1.Envelope.refused:type_name -> skiff.restart.v1.Refused
-	3,  // 6: skiff.restart.v1.Envelope.sockets:type_name -> skiff.restart.v1.Sockets
-	5,  // 7: skiff.restart.v1.Handover.xds:type_name -> skiff.restart.v1.XdsState
-	4,  // 8: skiff.restart.v1.Sockets.sockets:type_name -> skiff.restart.v1.Socket
-	6,  // 9: skiff.restart.v1.XdsState.types:type_name -> skiff.restart.v1.TypeState
-	7,  // 10: skiff.restart.v1.TypeState.resources:type_name -> skiff.restart.v1.Resource
-	13, // 11: skiff.restart.v1.Resource.resource:type_name -> google.protobuf.Any
-	10, // 12: skiff.restart.v1.Connections.connections:type_name -> skiff.restart.v1.MovedConnection
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	2,  // 0: skiff.restart.v1.Envelope.hello:type_name -> skiff.restart.v1.Hello
+	3,  // 1: skiff.restart.v1.Envelope.handover:type_name -> skiff.restart.v1.Handover
+	9,  // 2: skiff.restart.v1.Envelope.ready:type_name -> skiff.restart.v1.Ready
+	10, // 3: skiff.restart.v1.Envelope.connections:type_name -> skiff.restart.v1.Connections
+	12, // 4: skiff.restart.v1.Envelope.done:type_name -> skiff.restart.v1.Done
+	13, // 5: skiff.restart.v1.Envelope.refused:type_name -> skiff.restart.v1.Refused
+	4,  // 6: skiff.restart.v1.Envelope.sockets:type_name -> skiff.restart.v1.Sockets
+	6,  // 7: skiff.restart.v1.Handover.xds:type_name -> skiff.restart.v1.XdsState
+	5,  // 8: skiff.restart.v1.Sockets.sockets:type_name -> skiff.restart.v1.Socket
+	7,  // 9: skiff.restart.v1.XdsState.types:type_name -> skiff.restart.v1.TypeState
+	8,  // 10: skiff.restart.v1.TypeState.resources:type_name -> skiff.restart.v1.Resource
+	14, // 11: skiff.restart.v1.Resource.resource:type_name -> google.protobuf.Any
+	11, // 12: skiff.restart.v1.Connections.connections:type_name -> skiff.restart.v1.MovedConnection
+	0,  // 13: skiff.restart.v1.MovedConnection.kind:type_name -> skiff.restart.v1.ConnectionKind
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_skiff_restart_v1_restart_proto_init() }
@@ -1041,13 +1113,14 @@ func file_skiff_restart_v1_restart_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_skiff_restart_v1_restart_proto_rawDesc), len(file_skiff_restart_v1_restart_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_skiff_restart_v1_restart_proto_goTypes,
 		DependencyIndexes: file_skiff_restart_v1_restart_proto_depIdxs,
+		EnumInfos:         file_skiff_restart_v1_restart_proto_enumTypes,
 		MessageInfos:      file_skiff_restart_v1_restart_proto_msgTypes,
 	}.Build()
 	File_skiff_restart_v1_restart_proto = out.File
