@@ -77,7 +77,7 @@ const (
 // successor can resume it.
 type MovedConn struct {
 	Kind        MovedKind
-	Down, Up    net.Conn // Up is nil for MovedHTTP1Idle
+	Down, Up    net.Conn  // Up is nil for MovedHTTP1Idle
 	Pending     [2][]byte // to upstream, to downstream
 	Cluster     string
 	Host        netip.AddrPort

@@ -246,9 +246,12 @@ func TestAdmitRefuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := &Parent{
-		Log:       slog.New(slog.DiscardHandler),
-		Admit:     func(int64) error { return ErrBusy },
-		State:     func() (*State, error) { t.Error("State called for a successor not admitted"); return nil, errors.New("no") },
+		Log:   slog.New(slog.DiscardHandler),
+		Admit: func(int64) error { return ErrBusy },
+		State: func() (*State, error) {
+			t.Error("State called for a successor not admitted")
+			return nil, errors.New("no")
+		},
 		Abandoned: func(err error) { t.Errorf("abandoned: %v", err) },
 	}
 	ctx, cancel := context.WithCancel(context.Background())
