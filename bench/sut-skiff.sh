@@ -7,9 +7,11 @@
 #
 # It writes an Envoy bootstrap with one tcp_proxy listener per L4 scenario
 # (BENCH_LISTEN_L4_HTTP -> BENCH_UPSTREAM_HTTP, BENCH_LISTEN_L4_TCP ->
-# BENCH_UPSTREAM_TCP) and execs skiff in the foreground. The L7 listeners
-# (BENCH_LISTEN_HTTP, BENCH_LISTEN_H2C) join once skiff has the HTTP connection
-# manager; until then run.sh skips those scenarios for skiff.
+# BENCH_UPSTREAM_TCP) and one HTTP connection manager per L7 scenario
+# (BENCH_LISTEN_HTTP with codec HTTP1, BENCH_LISTEN_H2C with codec HTTP2, both
+# routing to BENCH_UPSTREAM_HTTP over pooled HTTP/1.1 keep-alive connections,
+# as the peers do), and execs skiff in the foreground. Access logs are off, as
+# for the peers.
 set -euo pipefail
 
 skiff=${SKIFF:-}
@@ -30,6 +32,32 @@ listener() {  # name listen-addr cluster
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
           stat_prefix: $1
           cluster: $3
+YAML
+}
+
+http_listener() {  # name listen-addr codec cluster
+  local host=${2%:*} port=${2##*:}
+  cat <<YAML
+  - name: $1
+    address: { socket_address: { address: "$host", port_value: $port } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: $1
+          codec_type: $3
+          route_config:
+            name: $1
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: $4 }
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
 YAML
 }
 
@@ -54,6 +82,8 @@ cfg="$BENCH_DIR/skiff.yaml"
   echo "  listeners:"
   listener l4_http "$BENCH_LISTEN_L4_HTTP" backend_http
   listener l4_tcp "$BENCH_LISTEN_L4_TCP" backend_tcp
+  http_listener http "$BENCH_LISTEN_HTTP" HTTP1 backend_http
+  http_listener h2c "$BENCH_LISTEN_H2C" HTTP2 backend_http
   echo "  clusters:"
   cluster backend_http "$BENCH_UPSTREAM_HTTP"
   cluster backend_tcp "$BENCH_UPSTREAM_TCP"

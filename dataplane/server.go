@@ -19,14 +19,19 @@ import (
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/skiffproxy/skiff/dataplane/accesslog"
 	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/dataplane/http/route"
 	"github.com/skiffproxy/skiff/dataplane/listener"
+	"github.com/skiffproxy/skiff/dataplane/runtime"
 	"github.com/skiffproxy/skiff/dataplane/upstream"
+	"github.com/skiffproxy/skiff/dataplane/upstream/pool"
 	"github.com/skiffproxy/skiff/internal/bufpool"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 	"github.com/skiffproxy/skiff/internal/netio"
@@ -44,14 +49,18 @@ type Snapshot struct {
 	// (eds_cluster_config.service_name, or the cluster's name). An EDS cluster
 	// whose assignment is missing has no hosts.
 	Endpoints map[string]*endpointv3.ClusterLoadAssignment
-	// Routes are the RouteConfigurations listeners may name through RDS.
+	// Routes are the RouteConfigurations listeners may name through RDS, by
+	// name. Each is compiled once (the Server keeps the Table of a message it
+	// saw before) and swapped in atomically: HTTP connection managers look
+	// theirs up by name for every request, so an RDS update rebuilds no
+	// listener.
 	Routes map[string]*routev3.RouteConfiguration
 }
 
 // ResourceError is a configuration error in one resource of a Snapshot. Err
 // carries the field path inside the resource (see package cfgerr).
 type ResourceError struct {
-	Kind  string // "listener", "cluster" or "endpoints"
+	Kind  string // "listener", "cluster", "endpoints" or "route"
 	Index int    // position in the Snapshot's list
 	Name  string
 	Err   error
@@ -74,6 +83,12 @@ type Options struct {
 	// InitializedExternally: the caller calls MarkInitialized when its first
 	// round of configuration is complete, instead of the first Apply.
 	InitializedExternally bool
+	// Node is the bootstrap's node, which the gRPC access log service is
+	// told. Nil: an empty node.
+	Node *corev3.Node
+	// Runtime is the layered runtime filters read fractions and overrides
+	// from. Nil: every runtime key takes its default.
+	Runtime *runtime.Loader
 }
 
 // managerStats are Envoy's listener_manager.* and cluster_manager.* stats.
@@ -110,6 +125,12 @@ type Server struct {
 	buffers  *bufpool.Pool
 	pipes    *netio.PipePool
 	connIDs  atomic.Uint64
+	// The HTTP side: route configurations from RDS (swapped by Apply), the
+	// upstream connection pools and the access log writers every HTTP
+	// connection manager shares.
+	routes     *route.Provider
+	httpPools  *pool.Manager
+	accessLogs *accesslog.Sinks
 
 	mu        sync.Mutex // serialises Apply and Shutdown
 	listeners map[string]*listener.Listener
@@ -117,6 +138,7 @@ type Server struct {
 	// again, so an update rebuilds only what changed.
 	clusterCfgs map[*clusterv3.Cluster]*upstream.Config
 	assigned    map[*endpointv3.ClusterLoadAssignment][]upstream.Endpoint
+	routeTables map[*routev3.RouteConfiguration]*route.Table
 	// What Validate* built, kept for the Apply that follows (an xDS client
 	// validates a response, then applies it): each message is built once.
 	prepMu      sync.Mutex
@@ -152,7 +174,10 @@ func NewServer(opts Options) *Server {
 		listeners: map[string]*listener.Listener{},
 		retired:   map[*listener.FilterChain]bool{},
 		applied:   make(chan struct{}),
+		routes:    route.NewProvider(),
 	}
+	s.httpPools = pool.NewManager(pool.Options{Buffers: s.buffers, Logger: opts.Logger})
+	s.accessLogs = accesslog.NewSinks(opts.Logger, opts.Stats)
 	if pipes, err := netio.NewPipePool(0); err != nil {
 		opts.Logger.Warn("splice(2) unavailable; TCP proxying copies through buffers", "error", err)
 	} else {
@@ -166,11 +191,19 @@ func (s *Server) Clusters() *upstream.Manager { return s.clusters }
 
 func (s *Server) factoryContext() filter.Context {
 	return filter.Context{
-		Logger:   s.log,
-		Stats:    s.opts.Stats,
-		Clusters: s.clusters,
-		Buffers:  s.buffers,
-		Pipes:    s.pipes,
+		Logger:     s.log,
+		Stats:      s.opts.Stats,
+		Clusters:   s.clusters,
+		Buffers:    s.buffers,
+		Pipes:      s.pipes,
+		Routes:     s.routes,
+		HTTPPools:  s.httpPools,
+		AccessLogs: s.accessLogs,
+		Node:       s.opts.Node,
+		Runtime:    s.opts.Runtime,
+		ClusterExists: func(name string) bool {
+			return s.clusters.Get(name) != nil
+		},
 	}
 }
 
@@ -180,6 +213,8 @@ type generation struct {
 	clusters    []upstream.Assignment
 	clusterCfgs map[*clusterv3.Cluster]*upstream.Config
 	assigned    map[*endpointv3.ClusterLoadAssignment][]upstream.Endpoint
+	routes      map[string]*route.Table
+	routeTables map[*routev3.RouteConfiguration]*route.Table
 }
 
 // build validates snap and builds every filter, reusing the filter chains of
@@ -226,6 +261,14 @@ func (s *Server) build(snap *Snapshot, running map[string]*listener.Listener) (*
 		}
 		g.clusters = append(g.clusters, a)
 	}
+	clusterNames := make(map[string]bool, len(seen))
+	for name := range seen {
+		clusterNames[name] = true
+	}
+	clusterExists := func(name string) bool { return clusterNames[name] }
+	if err := s.buildRoutes(g, snap, clusterExists); err != nil {
+		return nil, err
+	}
 	clear(seen)
 	bound := map[netip.AddrPort]string{}
 	for i, pb := range snap.Listeners {
@@ -233,7 +276,9 @@ func (s *Server) build(snap *Snapshot, running map[string]*listener.Listener) (*
 		if l := running[pb.GetName()]; l != nil {
 			prev = l.Config()
 		}
-		cfg, err := listener.Build(pb, s.opts.Registry, s.factoryContext(), prev)
+		fc := s.factoryContext()
+		fc.ClusterExists = clusterExists
+		cfg, err := listener.Build(pb, s.opts.Registry, fc, prev)
 		if err != nil {
 			return nil, &ResourceError{Kind: "listener", Index: i, Name: pb.GetName(), Err: err}
 		}
@@ -252,6 +297,43 @@ func (s *Server) build(snap *Snapshot, running map[string]*listener.Listener) (*
 	}
 	return g, nil
 }
+
+// buildRoutes compiles the snapshot's route configurations, reusing the
+// Table of every message compiled before.
+func (s *Server) buildRoutes(g *generation, snap *Snapshot, clusterExists func(string) bool) error {
+	g.routes = make(map[string]*route.Table, len(snap.Routes))
+	g.routeTables = make(map[*routev3.RouteConfiguration]*route.Table, len(snap.Routes))
+	names := make([]string, 0, len(snap.Routes))
+	for name := range snap.Routes {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for i, name := range names {
+		rc := snap.Routes[name]
+		t, ok := s.routeTables[rc]
+		if !ok {
+			var err error
+			if t, err = route.Compile(rc, route.Options{ClusterExists: clusterExists}); err != nil {
+				return &ResourceError{Kind: "route", Index: i, Name: name, Err: err}
+			}
+		}
+		g.routes[name] = t
+		g.routeTables[rc] = t
+	}
+	return nil
+}
+
+// ValidateRoute checks one RouteConfiguration as Apply would compile it
+// (validate_clusters against the clusters running now). The error names the
+// field relative to the route configuration.
+func (s *Server) ValidateRoute(rc *routev3.RouteConfiguration) error {
+	_, err := route.Compile(rc, route.Options{ClusterExists: func(name string) bool { return s.clusters.Get(name) != nil }})
+	return err
+}
+
+// Routes is the route configurations the Server's HTTP connection managers
+// load through RDS.
+func (s *Server) Routes() *route.Provider { return s.routes }
 
 // Validate checks snap as Apply would, without applying it.
 func (s *Server) Validate(snap *Snapshot) error {
@@ -370,6 +452,8 @@ func (s *Server) Apply(snap *Snapshot) error {
 	// connections already made keep their upstream connection either way.
 	s.clusters.Set(g.clusters)
 	s.clusterCfgs, s.assigned = g.clusterCfgs, g.assigned
+	s.routes.Set(g.routes)
+	s.routeTables = g.routeTables
 	s.prepMu.Lock()
 	s.prepCluster, s.prepAssign = nil, nil // what was not applied now is stale
 	s.prepMu.Unlock()
@@ -581,6 +665,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.serving.Wait()
 	s.draining.Wait()
+	s.httpPools.Close()
+	s.accessLogs.Close()
 	if err != nil {
 		return fmt.Errorf("dataplane: drain time over, closed the connections left: %w", err)
 	}
@@ -596,6 +682,10 @@ func (s *Server) Applied() <-chan struct{} { return s.applied }
 
 // Stats returns the stats store the Server counts in.
 func (s *Server) Stats() *stats.Store { return s.opts.Stats }
+
+// Runtime returns the layered runtime the server's filters read, nil when
+// there is none.
+func (s *Server) Runtime() *runtime.Loader { return s.opts.Runtime }
 
 // DrainListeners stops every listener from accepting connections, as Envoy's
 // /drain_listeners; connections already accepted go on. With graceful, the

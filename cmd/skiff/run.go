@@ -232,14 +232,15 @@ type server struct {
 // newServer checks everything in b that skiff can check without touching a
 // socket, so that a bad bootstrap exits before binding anything.
 func newServer(b *bootstrapv3.Bootstrap, source string, log *slog.Logger, drainTime time.Duration, st *stats.Store) (*server, error) {
-	if err := checkDynamic(b); err != nil {
+	rt, err := checkDynamic(b)
+	if err != nil {
 		return nil, fmt.Errorf("%s: %w", source, err)
 	}
 	reg, err := filters.Builtin()
 	if err != nil {
 		return nil, err
 	}
-	srv := dataplane.NewServer(dataplane.Options{Logger: log, Registry: reg, Stats: st, DrainTime: drainTime,
+	srv := dataplane.NewServer(dataplane.Options{Logger: log, Registry: reg, Stats: st, DrainTime: drainTime, Node: b.GetNode(), Runtime: rt,
 		// With xDS, the client says when the first round is in place.
 		InitializedExternally: b.GetDynamicResources() != nil})
 	snap := &dataplane.Snapshot{

@@ -24,13 +24,17 @@ type xdsRun struct {
 }
 
 // checkDynamic validates the bootstrap's dynamic_resources and layered_runtime
-// without connecting anywhere.
-func checkDynamic(b *bootstrapv3.Bootstrap) error {
-	if _, err := runtime.New(b.GetLayeredRuntime()); err != nil {
-		return cfgerr.Field("layered_runtime", err)
+// without connecting anywhere, and returns the runtime loader the data plane's
+// filters and the xDS client's RTDS subscriptions share.
+func checkDynamic(b *bootstrapv3.Bootstrap) (*runtime.Loader, error) {
+	rt, err := runtime.New(b.GetLayeredRuntime())
+	if err != nil {
+		return nil, cfgerr.Field("layered_runtime", err)
 	}
-	_, err := client.SourcesFromBootstrap(b)
-	return err
+	if _, err := client.SourcesFromBootstrap(b); err != nil {
+		return nil, err
+	}
+	return rt, nil
 }
 
 // startXDS starts the xDS client when the bootstrap has dynamic_resources; it
@@ -39,10 +43,6 @@ func checkDynamic(b *bootstrapv3.Bootstrap) error {
 func startXDS(ctx context.Context, srv *dataplane.Server, snap *dataplane.Snapshot, b *bootstrapv3.Bootstrap, log *slog.Logger, initial *restartv1.XdsState) (*xdsRun, error) {
 	if b.GetDynamicResources() == nil {
 		return nil, nil
-	}
-	rt, err := runtime.New(b.GetLayeredRuntime())
-	if err != nil {
-		return nil, cfgerr.Field("layered_runtime", err)
 	}
 	srcs, err := client.SourcesFromBootstrap(b)
 	if err != nil {
@@ -61,7 +61,7 @@ func startXDS(ctx context.Context, srv *dataplane.Server, snap *dataplane.Snapsh
 		Logger:                    log,
 		Dataplane:                 srv,
 		Static:                    *snap,
-		Runtime:                   rt,
+		Runtime:                   srv.Runtime(),
 		Sources:                   srcs,
 		Stats:                     srv.Stats(),
 		Initial:                   initial,

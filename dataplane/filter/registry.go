@@ -2,14 +2,20 @@ package filter
 
 import (
 	"fmt"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"log/slog"
 	"strings"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/skiffproxy/skiff/dataplane/accesslog"
 	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/dataplane/http/route"
+	"github.com/skiffproxy/skiff/dataplane/runtime"
 	"github.com/skiffproxy/skiff/dataplane/upstream"
+	"github.com/skiffproxy/skiff/dataplane/upstream/pool"
 	"github.com/skiffproxy/skiff/internal/bufpool"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 	"github.com/skiffproxy/skiff/internal/netio"
@@ -26,6 +32,35 @@ type Context struct {
 	Pipes    *netio.PipePool // nil when splice(2) is unavailable
 	// Listener is the name of the listener being built.
 	Listener string
+	// HTTPStatPrefix is set when HTTP filters are built: the stats prefix of the
+	// HTTP connection manager that owns them, "http.<stat_prefix>.", under which
+	// Envoy roots HTTP filters' stats (http.<stat_prefix>.fault.*, .rbac.*, .cors.*).
+	HTTPStatPrefix string
+	// Runtime is the layered runtime filters read fractions and overrides from
+	// at request time (Envoy's runtime keys); nil means no runtime, so every
+	// key takes its default.
+	Runtime *runtime.Loader
+
+	// The HTTP connection manager's and the router's surroundings.
+
+	// Routes holds the route configurations RDS delivered: a connection
+	// manager with rds takes the Slot of its route_config_name. Nil: a
+	// connection manager with rds answers 404 until it has routes.
+	Routes *route.Provider
+	// HTTPPools are the upstream HTTP connection pools, shared by every router
+	// of the process. Nil: each router makes its own.
+	HTTPPools *pool.Manager
+	// ClusterExists reports whether the configuration being built has a
+	// cluster of that name (what an inline route_config's validate_clusters
+	// checks). Nil: the check is skipped.
+	ClusterExists func(name string) bool
+	// Node is the bootstrap's node, for what reports to a control plane (the
+	// gRPC access log service). Nil: an empty node.
+	Node *corev3.Node
+	// AccessLogs are the process's access log writers (files, stdout, gRPC
+	// streams), shared by every HTTP connection manager. Nil: access logs are
+	// built and checked but write nowhere (validation).
+	AccessLogs *accesslog.Sinks
 }
 
 // Registry maps typed_config type URLs to factories. It is built once at start-up
@@ -69,6 +104,19 @@ func register[F Factory](m map[string]F, f F) error {
 // RegisterHTTP adds an HTTP filter factory.
 func (r *Registry) RegisterHTTP(f HTTPFactory) error {
 	return register(r.http, f)
+}
+
+// HasHTTP reports whether an HTTP filter factory is registered for typeURL
+// (what an is_optional HTTP filter's presence depends on).
+func (r *Registry) HasHTTP(typeURL string) bool {
+	if _, ok := r.http[typeURL]; ok {
+		return true
+	}
+	if i := strings.LastIndexByte(typeURL, '/'); i >= 0 {
+		_, ok := r.http["type.googleapis.com/"+typeURL[i+1:]]
+		return ok
+	}
+	return false
 }
 
 // HTTPFilter builds the HTTP filter described by typedConfig.

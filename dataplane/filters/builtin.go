@@ -5,6 +5,12 @@ package filters
 
 import (
 	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/dataplane/filters/cors"
+	"github.com/skiffproxy/skiff/dataplane/filters/fault"
+	"github.com/skiffproxy/skiff/dataplane/filters/hcm"
+	"github.com/skiffproxy/skiff/dataplane/filters/localratelimit"
+	"github.com/skiffproxy/skiff/dataplane/filters/rbac"
+	"github.com/skiffproxy/skiff/dataplane/filters/router"
 	"github.com/skiffproxy/skiff/dataplane/filters/tcpproxy"
 )
 
@@ -13,8 +19,22 @@ func Builtin() (*filter.Registry, error) {
 	r := filter.NewRegistry()
 	for _, f := range []filter.NetworkFactory{
 		tcpproxy.Factory{},
+		rbac.NetworkFactory{},
+		hcm.Factory{Registry: r}, // builds its http_filters through r
 	} {
 		if err := r.RegisterNetwork(f); err != nil {
+			return nil, err
+		}
+	}
+	for _, f := range []filter.HTTPFactory{
+		fault.Factory{},
+		localratelimit.Factory{},
+		cors.Factory{},
+		cors.PolicyFactory{},
+		rbac.HTTPFactory{},
+		router.Factory{},
+	} {
+		if err := r.RegisterHTTP(f); err != nil {
 			return nil, err
 		}
 	}

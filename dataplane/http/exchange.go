@@ -3,20 +3,31 @@ package http
 import (
 	"context"
 	"net/netip"
+	"strconv"
+	"sync"
 	"time"
 )
 
 // Exchange is one request and its response as the HTTP connection manager runs
-// them through its HTTP filters and the router. The manager creates it when a
-// codec hands over a stream, fills Route, runs the filters' OnRequest in order,
-// then the router (the last filter), and runs ResponseFilters' OnResponse, in
-// reverse order, just before response headers go downstream.
+// them through its HTTP filters and the router. The manager fills it when a
+// codec hands over a stream (Route included), runs the filters' OnRequest in
+// order, then the router (the last filter). Response filters' OnResponse run,
+// in reverse order, when the response headers go downstream: the manager's
+// Downstream stream runs them inside WriteHeader, whoever answers (the router
+// with the upstream's response, a filter with a local reply).
+//
+// A manager reuses its Exchanges (see Reset): nothing may keep a pointer to one,
+// or to a string of its Headers, past the end of its request.
 type Exchange struct {
-	// Downstream is the codec's stream: the request body is read from it and the
-	// response written to it.
+	// Downstream is the request's stream: the request body is read from it and
+	// the response written to it. Under the HTTP connection manager it is the
+	// manager's view of the codec's stream, which runs the response filters,
+	// adds the manager's response headers and keeps the StreamInfo up to date.
 	Downstream ServerStream
 	// Request is the request headers; filters may change them before the
-	// router sees them.
+	// router sees them. A filter that changes what routing depends on (the
+	// :authority, the :path, a header a route matches on) sets Route to nil;
+	// the router then matches again.
 	Request *Header
 	// Response is the response headers being built (by the router from the
 	// upstream's, or by a local reply); ResponseFilters may change them.
@@ -26,17 +37,99 @@ type Exchange struct {
 	// Info is what access logs and stats report.
 	Info StreamInfo
 
-	ctx context.Context
+	ctx          context.Context
+	respTrailers Header
+
+	// Interruption (see Interrupt).
+	imu         sync.Mutex
+	interrupted error
+	interrupter Interrupter
+}
+
+// Interrupter is what Interrupt stops: the router registers its upstream
+// request, which it then abandons.
+type Interrupter interface {
+	// Interrupt makes the work in progress stop soon (an upstream stream is
+	// reset, a wait ends). It must not block, and must not call the
+	// Exchange's Interrupt, Interrupted or SetInterrupter.
+	Interrupt(reason error)
+}
+
+// Interrupt ends the exchange's work early, for reason (a stream timeout of
+// the connection manager): what registered with SetInterrupter is
+// interrupted, and what registers later is refused. The one that interrupts
+// answers downstream itself (a local reply, or a reset) once Serve returns.
+func (e *Exchange) Interrupt(reason error) {
+	// The interrupter runs under the lock, so that once SetInterrupter(nil)
+	// returns no Interrupt reaches what was registered (the router reuses
+	// its request state for other exchanges).
+	e.imu.Lock()
+	defer e.imu.Unlock()
+	if e.interrupted != nil {
+		return
+	}
+	e.interrupted = reason
+	if e.interrupter != nil {
+		e.interrupter.Interrupt(reason)
+	}
+}
+
+// Interrupted returns the reason Interrupt gave, or nil.
+func (e *Exchange) Interrupted() error {
+	e.imu.Lock()
+	defer e.imu.Unlock()
+	return e.interrupted
+}
+
+// SetInterrupter makes i what Interrupt interrupts (nil: nothing). It
+// returns the reason if the exchange was interrupted already, in which case
+// i is not registered and its work should not start.
+func (e *Exchange) SetInterrupter(i Interrupter) error {
+	e.imu.Lock()
+	defer e.imu.Unlock()
+	if e.interrupted != nil {
+		return e.interrupted
+	}
+	e.interrupter = i
+	return nil
 }
 
 // NewExchange returns an Exchange for a stream.
 func NewExchange(ctx context.Context, s ServerStream) *Exchange {
-	return &Exchange{Downstream: s, Request: s.Header(), ctx: ctx, Info: StreamInfo{Start: time.Now(), Protocol: s.Protocol()}}
+	e := new(Exchange)
+	e.Reset(ctx, s)
+	return e
 }
+
+// Reset readies e for a new stream, keeping the memory of its Response
+// headers: a connection manager reuses Exchanges, so that a request costs no
+// allocation.
+func (e *Exchange) Reset(ctx context.Context, s ServerStream) {
+	resp, tr := e.Response, e.respTrailers
+	resp.Reset()
+	tr.Reset()
+	e.imu.Lock()
+	e.interrupted, e.interrupter = nil, nil
+	e.imu.Unlock()
+	e.Downstream, e.Request, e.Response, e.Route, e.Info, e.ctx = s, nil, resp, nil, StreamInfo{}, ctx
+	e.respTrailers = tr
+	if s != nil {
+		e.Request = s.Header()
+		e.Info.Protocol = s.Protocol()
+	}
+	e.Info.Start = time.Now()
+}
+
+// ResponseTrailers are the trailers the response ended with, as the
+// connection manager recorded them (for access logs); empty if none.
+func (e *Exchange) ResponseTrailers() *Header { return &e.respTrailers }
 
 // Context is canceled when the exchange must end (the downstream went away,
 // the stream was reset, or skiff is closing the connection).
 func (e *Exchange) Context() context.Context { return e.ctx }
+
+// IsGRPC reports whether the request is a gRPC call (see IsGRPC).
+func (e *Exchange) IsGRPC() bool { return e.Request != nil && IsGRPC(e.Request) }
 
 // Action is what a filter's OnRequest says happens next.
 type Action int
@@ -45,20 +138,24 @@ type Action int
 const (
 	// Continue passes the request to the next filter.
 	Continue Action = iota
-	// Stop ends the chain: the filter answered (a local reply) or reset the
-	// stream.
+	// Stop ends the chain: the filter answered (LocalReply, or Downstream's
+	// WriteHeader) or reset the stream. A filter that returns Stop having only
+	// set Response (with a :status) has that sent for it, without a body; one
+	// that did neither has its stream reset.
 	Stop
 )
 
 // Filter is an HTTP filter (Envoy's decoder filter): it sees every request
 // of its HTTP connection manager. A Filter value serves all streams
-// concurrently and keeps no per-stream state of its own.
+// concurrently and keeps no per-stream state of its own. OnRequest runs on the
+// stream's goroutine and may block (a fault delay), watching e.Context().
 type Filter interface {
 	OnRequest(e *Exchange) Action
 }
 
 // ResponseFilter is a Filter that also sees response headers (Envoy's encoder
-// filter), just before they are sent downstream.
+// filter), just before they are sent downstream, local replies included. It
+// may change e.Response, and read e.Info (ResponseCode is not yet set).
 type ResponseFilter interface {
 	Filter
 	OnResponse(e *Exchange)
@@ -68,9 +165,10 @@ type ResponseFilter interface {
 // the last of the chain.
 type Terminal interface {
 	Filter
-	// Serve sends the request upstream (or answers it) and streams the response
-	// back, running respond just before the response headers are sent.
-	Serve(e *Exchange, respond func(*Exchange))
+	// Serve sends the request upstream (or answers it) and streams the
+	// response back through e.Downstream, whose WriteHeader runs the response
+	// filters. It returns when the exchange is over.
+	Serve(e *Exchange)
 }
 
 // ResponseFlag is one of Envoy's response flags (%RESPONSE_FLAGS%): why a
@@ -79,27 +177,40 @@ type ResponseFlag uint32
 
 // Response flags, with Envoy's short names (see ResponseFlag.String).
 const (
-	FlagNoHealthyUpstream               ResponseFlag = 1 << iota // UH
-	FlagUpstreamConnectionFailure                                // UF
-	FlagUpstreamOverflow                                         // UO
-	FlagNoRouteFound                                             // NR
-	FlagUpstreamRequestTimeout                                   // UT
-	FlagLocalReset                                               // LR
-	FlagUpstreamRemoteReset                                      // UR
-	FlagUpstreamConnectionTermination                            // UC
-	FlagDownstreamConnectionTermination                          // DC
-	FlagFaultInjected                                            // FI
-	FlagDelayInjected                                            // DI
-	FlagRateLimited                                              // RL
-	FlagUnauthorized                                             // UAEX
-	FlagStreamIdleTimeout                                        // SI
-	FlagNoClusterFound                                           // NC
-	FlagDownstreamProtocolError                                  // DPE
-	FlagUpstreamRetryLimitExceeded                               // URX
-	FlagDurationTimeout                                          // DT
+	FlagNoHealthyUpstream                ResponseFlag = 1 << iota // UH
+	FlagUpstreamConnectionFailure                                 // UF
+	FlagUpstreamOverflow                                          // UO
+	FlagNoRouteFound                                              // NR
+	FlagUpstreamRequestTimeout                                    // UT
+	FlagLocalReset                                                // LR
+	FlagUpstreamRemoteReset                                       // UR
+	FlagUpstreamConnectionTermination                             // UC
+	FlagDownstreamConnectionTermination                           // DC
+	FlagFaultInjected                                             // FI
+	FlagDelayInjected                                             // DI
+	FlagRateLimited                                               // RL
+	FlagUnauthorized                                              // UAEX
+	FlagStreamIdleTimeout                                         // SI
+	FlagNoClusterFound                                            // NC
+	FlagDownstreamProtocolError                                   // DPE
+	FlagUpstreamRetryLimitExceeded                                // URX
+	FlagDurationTimeout                                           // DT
+	FlagUpstreamProtocolError                                     // UPE
+	FlagRBACDenied                                                // RBAC (Envoy: UnauthorizedExternalService is UAEX)
+	FlagUpstreamMaxStreamDurationReached                          // UMSDR
+	FlagOverloadManager                                           // OM
 )
 
-var flagNames = [...]string{"UH", "UF", "UO", "NR", "UT", "LR", "UR", "UC", "DC", "FI", "DI", "RL", "UAEX", "SI", "NC", "DPE", "URX", "DT"}
+var flagNames = [...]string{"UH", "UF", "UO", "NR", "UT", "LR", "UR", "UC", "DC", "FI", "DI", "RL", "UAEX", "SI", "NC", "DPE", "URX", "DT", "UPE", "RBAC", "UMSDR", "OM"}
+
+var flagLongNames = [...]string{
+	"NoHealthyUpstream", "UpstreamConnectionFailure", "UpstreamOverflow", "NoRouteFound",
+	"UpstreamRequestTimeout", "LocalReset", "UpstreamRemoteReset", "UpstreamConnectionTermination",
+	"DownstreamConnectionTermination", "FaultInjected", "DelayInjected", "RateLimited",
+	"UnauthorizedExternalService", "StreamIdleTimeout", "NoClusterFound", "DownstreamProtocolError",
+	"UpstreamRetryLimitExceeded", "DurationTimeout", "UpstreamProtocolError", "RbacAccessDenied",
+	"UpstreamMaxStreamDurationReached", "OverloadManagerTerminated",
+}
 
 // String renders the flags as Envoy's %RESPONSE_FLAGS% does: short names joined
 // by commas, or "-" for none.
@@ -107,30 +218,64 @@ func (f ResponseFlag) String() string {
 	if f == 0 {
 		return "-"
 	}
-	var b []byte
-	for i, name := range flagNames {
+	return string(f.Append(nil, false))
+}
+
+// Append appends the flags as %RESPONSE_FLAGS% (long: %RESPONSE_FLAGS_LONG%)
+// renders them, "-" for none, without allocating beyond dst's growth.
+func (f ResponseFlag) Append(dst []byte, long bool) []byte {
+	if f == 0 {
+		return append(dst, '-')
+	}
+	names := flagNames[:]
+	if long {
+		names = flagLongNames[:]
+	}
+	first := true
+	for i, name := range names {
 		if f&(1<<i) != 0 {
-			if len(b) > 0 {
-				b = append(b, ',')
+			if !first {
+				dst = append(dst, ',')
 			}
-			b = append(b, name...)
+			first = false
+			dst = append(dst, name...)
 		}
 	}
-	return string(b)
+	return dst
 }
 
 // StreamInfo is what is known about an exchange, for access logs and stats
-// (Envoy's StreamInfo).
+// (Envoy's StreamInfo). Strings in it point into the exchange's Headers or
+// into configuration, and are valid as long as the exchange is.
 type StreamInfo struct {
 	Start    time.Time
-	Duration time.Duration
+	Duration time.Duration // from Start to the end of the exchange
 	Protocol string
 
+	// RequestComplete is when the request's last byte arrived, and
+	// ResponseStart and ResponseComplete when the response's first and last
+	// were sent, as offsets from Start (0: not yet, or never).
+	RequestComplete, ResponseStart, ResponseComplete time.Duration
+	// UpstreamStart is when the first upstream attempt began, and
+	// UpstreamResponseStart when its response headers arrived (offsets from
+	// Start; 0: never).
+	UpstreamStart, UpstreamResponseStart time.Duration
+
+	ConnectionID                      uint64
 	DownstreamRemote, DownstreamLocal netip.AddrPort
+	// DownstreamDirectRemote is the socket peer, whatever PROXY protocol or
+	// x-forwarded-for say DownstreamRemote is.
+	DownstreamDirectRemote netip.AddrPort
+	RequestedServerName    string
 
 	RouteName       string
+	VirtualHostName string
 	UpstreamCluster string
 	UpstreamHost    netip.AddrPort
+	UpstreamLocal   netip.AddrPort
+	// UpstreamTransportFailureReason says why the last connection attempt
+	// failed, e.g. "delayed connect error: 111".
+	UpstreamTransportFailureReason string
 
 	ResponseCode        int
 	ResponseFlags       ResponseFlag
@@ -139,4 +284,14 @@ type StreamInfo struct {
 	BytesReceived, BytesSent int64
 	RequestID                string
 	UpstreamAttempts         int
+}
+
+// AddUint appends a field whose value is v in decimal, without allocating.
+func (h *Header) AddUint(name string, v uint64) {
+	start := uint32(len(h.buf))
+	h.buf = append(h.buf, name...)
+	mid := uint32(len(h.buf))
+	h.buf = strconv.AppendUint(h.buf, v, 10)
+	h.fields = append(h.fields, field{nameStart: start, nameEnd: mid, valueEnd: uint32(len(h.buf))})
+	h.n++
 }

@@ -209,3 +209,18 @@ func (h *Header) String() string {
 	})
 	return b.String()
 }
+
+// DeleteFunc removes every field for which del returns true and reports how
+// many it removed.
+func (h *Header) DeleteFunc(del func(name, value string) bool) int {
+	n := 0
+	for i := range h.fields {
+		f := &h.fields[i]
+		if !f.deleted && del(h.str(f.nameStart, f.nameEnd), h.str(f.nameEnd, f.valueEnd)) {
+			f.deleted = true
+			n++
+		}
+	}
+	h.n -= n
+	return n
+}

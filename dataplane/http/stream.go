@@ -2,6 +2,7 @@ package http
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 )
@@ -10,13 +11,50 @@ import (
 // code (RFC 9113 section 7), HTTP/1.1 closes the connection.
 type ResetCode uint32
 
-// Reset codes, with HTTP/2's values.
+// Reset codes, with HTTP/2's values (RFC 9113 section 7).
 const (
-	ResetNoError       ResetCode = 0x0
-	ResetProtocolError ResetCode = 0x1
-	ResetInternalError ResetCode = 0x2
-	ResetRefusedStream ResetCode = 0x7
-	ResetCancel        ResetCode = 0x8
+	ResetNoError            ResetCode = 0x0
+	ResetProtocolError      ResetCode = 0x1
+	ResetInternalError      ResetCode = 0x2
+	ResetFlowControlError   ResetCode = 0x3
+	ResetSettingsTimeout    ResetCode = 0x4
+	ResetStreamClosed       ResetCode = 0x5
+	ResetFrameSizeError     ResetCode = 0x6
+	ResetRefusedStream      ResetCode = 0x7
+	ResetCancel             ResetCode = 0x8
+	ResetCompressionError   ResetCode = 0x9
+	ResetConnectError       ResetCode = 0xa
+	ResetEnhanceYourCalm    ResetCode = 0xb
+	ResetInadequateSecurity ResetCode = 0xc
+	ResetHTTP11Required     ResetCode = 0xd
+)
+
+var resetNames = [...]string{
+	"NO_ERROR", "PROTOCOL_ERROR", "INTERNAL_ERROR", "FLOW_CONTROL_ERROR", "SETTINGS_TIMEOUT",
+	"STREAM_CLOSED", "FRAME_SIZE_ERROR", "REFUSED_STREAM", "CANCEL", "COMPRESSION_ERROR",
+	"CONNECT_ERROR", "ENHANCE_YOUR_CALM", "INADEQUATE_SECURITY", "HTTP_1_1_REQUIRED",
+}
+
+// String names the code as RFC 9113 does (PROTOCOL_ERROR, ...).
+func (c ResetCode) String() string {
+	if int(c) < len(resetNames) {
+		return resetNames[c]
+	}
+	return "unknown error code"
+}
+
+// Errors the codecs share, so that the router can tell what happened to an
+// upstream stream without knowing which codec carried it.
+var (
+	// ErrConnClosed is found (errors.Is) in the error of ClientConn.NewStream
+	// when the connection takes no more streams, and in the errors of stream
+	// operations when the connection ended under them.
+	ErrConnClosed = errors.New("http: connection closed")
+	// ErrNotProcessed is found (errors.Is) in the error of a client stream the
+	// upstream did not process at all: HTTP/2's REFUSED_STREAM, or a GOAWAY
+	// below the stream's id. The request is safe to retry elsewhere, whatever
+	// its method (RFC 9113 section 8.7).
+	ErrNotProcessed = errors.New("http: request not processed by the upstream (safe to retry)")
 )
 
 // ServerStream is one request arriving on a downstream connection and the
@@ -28,10 +66,17 @@ const (
 // is read with Read until io.EOF; Trailers are valid after that (and may be
 // empty). The response side: WriteHeader once (informational 1xx responses
 // aside), then Write for the body, then End or EndWithTrailers; or Reset.
+// The two sides may be used from two goroutines at once, each side calling
+// its methods in order.
 type ServerStream interface {
 	// Header returns the request headers, with :method, :path, :authority and
 	// :scheme (HTTP/1.1's request line and Host are presented this way too).
 	Header() *Header
+	// EndedWithHeader reports whether the request ended with its header: it
+	// has no body and no trailers (HTTP/2 END_STREAM on HEADERS; HTTP/1.1
+	// without Content-Length or Transfer-Encoding, or with Content-Length 0).
+	// A proxy passes it on as WriteHeader's end.
+	EndedWithHeader() bool
 	// Read reads the request body.
 	Read(p []byte) (int, error)
 	// Trailers returns the request trailers once Read returned io.EOF.
@@ -46,7 +91,8 @@ type ServerStream interface {
 	// EndWithTrailers ends the response with trailers.
 	EndWithTrailers(t *Header) error
 	// Reset abandons the stream: HTTP/2 sends RST_STREAM, HTTP/1.1 closes the
-	// connection after whatever was written.
+	// connection after whatever was written. Reset(ResetNoError) after End is
+	// HTTP/2's polite "stop sending the request" (RFC 9113 section 8.1).
 	Reset(code ResetCode)
 	// Context is canceled when the downstream goes away or the stream is reset.
 	Context() context.Context
@@ -70,8 +116,14 @@ type ServerCodec interface {
 	Drain()
 }
 
-// ClientStream is one request sent on an upstream connection and the response
-// to it, as a client codec presents them: the mirror of ServerStream.
+// ClientStream is one request sent on an upstream connection and the
+// response to it, as a client codec presents them: the mirror of ServerStream.
+// The request side (WriteHeader, Write, End) and the response side
+// (ReadHeader, Read) may run on two goroutines at once.
+//
+// A stream is finished when the request was ended and the response body read
+// to io.EOF, or abandoned with Reset; either way its user calls Close once it
+// is done with it, which gives the stream's memory back to its connection.
 type ClientStream interface {
 	// WriteHeader sends the request headers (with the pseudo-headers; an
 	// HTTP/1.1 codec turns them into the request line and Host). If end is true
@@ -86,11 +138,18 @@ type ClientStream interface {
 	// 1xx responses other than 101 are consumed by the codec (100 Continue
 	// releases a request body held back by "Expect: 100-continue").
 	ReadHeader() (*Header, error)
+	// EndedWithHeader reports, after ReadHeader, whether the response ended
+	// with its header (no body, no trailers): gRPC's trailers-only responses
+	// keep their shape when a proxy passes it on as WriteHeader's end.
+	EndedWithHeader() bool
 	// Read reads the response body; Trailers are valid after io.EOF.
 	Read(p []byte) (int, error)
 	Trailers() *Header
 	// Reset abandons the stream.
 	Reset(code ResetCode)
+	// Close ends the caller's use of the stream: one not finished is reset
+	// (CANCEL). No method may be called after it; Close is idempotent.
+	Close() error
 }
 
 // ClientConn is an upstream connection that carries streams: one at a time

@@ -27,6 +27,8 @@ type Host struct {
 	weight   atomic.Uint32
 	priority atomic.Uint32
 	health   atomic.Int32 // corev3.HealthStatus
+	hostname atomic.Pointer[string]
+	gone     atomic.Bool // no longer in its cluster's assignment, or the cluster was removed
 
 	// Per-host counters, read by the admin API.
 	CxTotal       atomic.Uint64
@@ -36,6 +38,19 @@ type Host struct {
 
 // Weight is the host's load-balancing weight.
 func (h *Host) Weight() uint32 { return h.weight.Load() }
+
+// Hostname is the endpoint's hostname from the load assignment, or "" (what
+// a route's auto_host_rewrite puts in :authority).
+func (h *Host) Hostname() string {
+	if p := h.hostname.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// Gone reports whether the host left its cluster (an update dropped it, or
+// the cluster was removed): connection pools close what they keep to it.
+func (h *Host) Gone() bool { return h.gone.Load() }
 
 // Priority is the host's priority level (0 is highest).
 func (h *Host) Priority() uint32 { return h.priority.Load() }
@@ -87,6 +102,9 @@ type Cluster struct {
 	// slots reclaimed, when the last one goes.
 	refs atomic.Int64
 
+	httpStats atomic.Pointer[HTTPStats]
+	httpOnce  sync.Mutex
+
 	mu      sync.Mutex               // serialises updates
 	hosts   map[netip.AddrPort]*Host // every host of the current assignment, by address
 	epsFrom any                      // what the current endpoints were built from (see Assignment)
@@ -124,6 +142,23 @@ func (c *Cluster) Release() {
 
 // Name is the cluster's name.
 func (c *Cluster) Name() string { return c.name }
+
+// HTTPStats returns the cluster's HTTP request stats, created the first time
+// an HTTP request goes to the cluster (a cluster only TCP proxies use has
+// none). The caller holds a reference (Acquire).
+func (c *Cluster) HTTPStats() *HTTPStats {
+	if hs := c.httpStats.Load(); hs != nil {
+		return hs
+	}
+	c.httpOnce.Lock()
+	defer c.httpOnce.Unlock()
+	if hs := c.httpStats.Load(); hs != nil {
+		return hs
+	}
+	hs := newHTTPStats(c.scope)
+	c.httpStats.Store(hs)
+	return hs
+}
 
 // Config returns the cluster's current configuration.
 func (c *Cluster) Config() *Config { return c.cfg.Load() }
@@ -167,8 +202,17 @@ func (c *Cluster) setEndpointsLocked(eps []Endpoint, policy clusterv3.Cluster_Lb
 		h.weight.Store(ep.Weight)
 		h.priority.Store(ep.Priority)
 		h.health.Store(int32(ep.Health))
+		if ep.Hostname != h.Hostname() {
+			name := ep.Hostname
+			h.hostname.Store(&name)
+		}
 		next[ep.Addr] = h
 		all = append(all, h)
+	}
+	for addr, h := range c.hosts {
+		if next[addr] != h {
+			h.gone.Store(true)
+		}
 	}
 	c.hosts = next
 	b := newBalancer(policy, all)
@@ -402,6 +446,9 @@ func (m *Manager) Set(as []Assignment) (removed []*Cluster) {
 	}
 	m.clusters.Store(&next)
 	for _, c := range removed {
+		for _, h := range c.Hosts() {
+			h.gone.Store(true)
+		}
 		c.Release() // the Manager's reference; users still connected keep theirs
 	}
 	return removed

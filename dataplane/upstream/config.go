@@ -37,6 +37,11 @@ type Config struct {
 	// HTTP2 says the cluster's hosts speak HTTP/2 (http2_protocol_options or
 	// an HttpProtocolOptions extension asking for it), as gRPC servers need.
 	HTTP2 bool
+	// HTTP are the cluster's HTTP connection pool settings (HttpProtocolOptions).
+	HTTP HTTPOptions
+	// Limits are the circuit breakers' thresholds (circuit_breakers, default
+	// priority).
+	Limits Limits
 
 	proto *clusterv3.Cluster
 }
@@ -77,7 +82,7 @@ func NewConfig(pb *clusterv3.Cluster) (*Config, error) {
 		"name", "alt_stat_name", "type", "connect_timeout", "lb_policy", "load_assignment",
 		"per_connection_buffer_limit_bytes", "upstream_connection_options", "metadata",
 		"common_lb_config", "round_robin_lb_config", "dns_lookup_family", "eds_cluster_config",
-		"http2_protocol_options", "typed_extension_protocol_options",
+		"http2_protocol_options", "typed_extension_protocol_options", "circuit_breakers",
 	); err != nil {
 		return nil, err
 	}
@@ -129,6 +134,9 @@ func NewConfig(pb *clusterv3.Cluster) (*Config, error) {
 	if err := c.protocolOptions(pb); err != nil {
 		return nil, err
 	}
+	if err := c.circuitBreakers(pb.GetCircuitBreakers()); err != nil {
+		return nil, cfgerr.Field("circuit_breakers", err)
+	}
 	switch pb.GetType() {
 	case clusterv3.Cluster_STATIC:
 		if pb.GetLoadAssignment() == nil {
@@ -167,14 +175,15 @@ func NewConfig(pb *clusterv3.Cluster) (*Config, error) {
 // typed_extension_protocol_options.
 const httpProtocolOptionsName = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
-// protocolOptions reads the HTTP protocol the cluster's hosts speak. The HTTP
-// connection manager issue gives these options their full meaning; until then
-// skiff records whether HTTP/2 is asked for (a gRPC control plane's cluster says
-// so) and refuses what it cannot honour.
+// protocolOptions reads the HTTP protocol the cluster's hosts speak and the
+// settings of its HTTP connection pools, refusing what skiff cannot honour.
 func (c *Config) protocolOptions(pb *clusterv3.Cluster) error {
 	//lint:ignore SA1019 deprecated in Envoy but still accepted there, and bootstraps use it
-	if pb.GetHttp2ProtocolOptions() != nil {
+	if h2 := pb.GetHttp2ProtocolOptions(); h2 != nil {
 		c.HTTP2 = true
+		if err := c.HTTP.http2Options(h2); err != nil {
+			return cfgerr.Field("http2_protocol_options", err)
+		}
 	}
 	for name, a := range pb.GetTypedExtensionProtocolOptions() {
 		path := fmt.Sprintf("typed_extension_protocol_options[%s]", name)
@@ -191,8 +200,168 @@ func (c *Config) protocolOptions(pb *clusterv3.Cluster) error {
 		if err := cfgerr.OnlyFields(&hpo, "explicit_http_config", "common_http_protocol_options"); err != nil {
 			return cfgerr.Field(path, err)
 		}
-		if e := hpo.GetExplicitHttpConfig(); e != nil && e.GetHttp2ProtocolOptions() != nil {
-			c.HTTP2 = true
+		if e := hpo.GetExplicitHttpConfig(); e != nil {
+			switch {
+			case e.GetHttp2ProtocolOptions() != nil:
+				c.HTTP2 = true
+				if err := c.HTTP.http2Options(e.GetHttp2ProtocolOptions()); err != nil {
+					return cfgerr.Field(path+".explicit_http_config.http2_protocol_options", err)
+				}
+			case e.GetHttpProtocolOptions() != nil:
+				if err := cfgerr.OnlyFields(e.GetHttpProtocolOptions()); err != nil {
+					return cfgerr.Field(path+".explicit_http_config.http_protocol_options", err)
+				}
+			default:
+				return cfgerr.Errorf(path+".explicit_http_config", "only http_protocol_options and http2_protocol_options are supported (not HTTP/3)")
+			}
+		}
+		if co := hpo.GetCommonHttpProtocolOptions(); co != nil {
+			if err := c.HTTP.common(co); err != nil {
+				return cfgerr.Field(path+".common_http_protocol_options", err)
+			}
+		}
+	}
+	return nil
+}
+
+// Envoy's defaults for upstream HTTP connection pools and circuit breakers.
+const (
+	DefaultUpstreamIdleTimeout = time.Hour
+	DefaultCircuitBreakerLimit = 1024 // max_connections, max_pending_requests, max_requests
+	DefaultMaxRetries          = 3
+)
+
+// HTTPOptions are the settings of a cluster's HTTP connection pools
+// (HttpProtocolOptions). Zero values take Envoy's defaults.
+type HTTPOptions struct {
+	// IdleTimeout closes an upstream connection that carried no request for
+	// this long (common_http_protocol_options.idle_timeout; 1 h by default, as
+	// in Envoy; negative disables it).
+	IdleTimeout time.Duration
+	// MaxConnectionDuration closes a connection this long after it was made,
+	// once it is idle (0: no limit).
+	MaxConnectionDuration time.Duration
+	// MaxRequestsPerConnection closes a connection after it carried this many
+	// requests (0: no limit).
+	MaxRequestsPerConnection uint32
+	// MaxHeadersCount limits the fields of a response head (0: 100).
+	MaxHeadersCount uint32
+	// HTTP/2: SETTINGS and windows (0: the codec's defaults, Envoy's).
+	MaxConcurrentStreams        uint32
+	InitialStreamWindowSize     uint32
+	InitialConnectionWindowSize uint32
+}
+
+// Idle returns the idle timeout to apply (0: none).
+func (o *HTTPOptions) Idle() time.Duration {
+	switch {
+	case o.IdleTimeout < 0:
+		return 0
+	case o.IdleTimeout == 0:
+		return DefaultUpstreamIdleTimeout
+	}
+	return o.IdleTimeout
+}
+
+func (o *HTTPOptions) common(co *corev3.HttpProtocolOptions) error {
+	if err := cfgerr.OnlyFields(co, "idle_timeout", "max_connection_duration", "max_headers_count", "max_requests_per_connection"); err != nil {
+		return err
+	}
+	if d := co.GetIdleTimeout(); d != nil {
+		o.IdleTimeout = d.AsDuration()
+		if o.IdleTimeout == 0 {
+			o.IdleTimeout = -1 // 0s disables it, as in Envoy
+		}
+	}
+	if d := co.GetMaxConnectionDuration(); d != nil {
+		o.MaxConnectionDuration = d.AsDuration()
+	}
+	if v := co.GetMaxHeadersCount(); v != nil {
+		o.MaxHeadersCount = v.GetValue()
+	}
+	if v := co.GetMaxRequestsPerConnection(); v != nil {
+		o.MaxRequestsPerConnection = v.GetValue()
+	}
+	return nil
+}
+
+func (o *HTTPOptions) http2Options(h2 *corev3.Http2ProtocolOptions) error {
+	// hpack_table_size and the flood limits are the codec's own, fixed.
+	if err := cfgerr.OnlyFields(h2, "max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"); err != nil {
+		return err
+	}
+	o.MaxConcurrentStreams = h2.GetMaxConcurrentStreams().GetValue()
+	o.InitialStreamWindowSize = h2.GetInitialStreamWindowSize().GetValue()
+	o.InitialConnectionWindowSize = h2.GetInitialConnectionWindowSize().GetValue()
+	return nil
+}
+
+// Limits are a cluster's circuit breakers (Envoy's default-priority
+// thresholds). Zero values take Envoy's defaults; see the methods.
+type Limits struct {
+	MaxConnections, MaxPendingRequests, MaxRequests, MaxRetries uint32
+	// set records which fields were configured (a configured 0 is 0).
+	set uint8
+}
+
+const (
+	setConnections = 1 << iota
+	setPending
+	setRequests
+	setRetries
+)
+
+func (l Limits) get(v uint32, bit uint8, def uint32) uint32 {
+	if l.set&bit != 0 {
+		return v
+	}
+	return def
+}
+
+// Connections is max_connections (1024 by default).
+func (l Limits) Connections() uint32 {
+	return l.get(l.MaxConnections, setConnections, DefaultCircuitBreakerLimit)
+}
+
+// Pending is max_pending_requests (1024 by default).
+func (l Limits) Pending() uint32 {
+	return l.get(l.MaxPendingRequests, setPending, DefaultCircuitBreakerLimit)
+}
+
+// Requests is max_requests (1024 by default).
+func (l Limits) Requests() uint32 {
+	return l.get(l.MaxRequests, setRequests, DefaultCircuitBreakerLimit)
+}
+
+// Retries is max_retries (3 by default).
+func (l Limits) Retries() uint32 { return l.get(l.MaxRetries, setRetries, DefaultMaxRetries) }
+
+func (c *Config) circuitBreakers(cb *clusterv3.CircuitBreakers) error {
+	if cb == nil {
+		return nil
+	}
+	if err := cfgerr.OnlyFields(cb, "thresholds"); err != nil {
+		return err
+	}
+	for i, t := range cb.GetThresholds() {
+		if err := cfgerr.OnlyFields(t, "priority", "max_connections", "max_pending_requests", "max_requests", "max_retries", "track_remaining"); err != nil {
+			return cfgerr.Index("thresholds", i, err)
+		}
+		if t.GetPriority() != corev3.RoutingPriority_DEFAULT {
+			continue // routes use the default priority only (skiff refuses others)
+		}
+		l := &c.Limits
+		if v := t.GetMaxConnections(); v != nil {
+			l.MaxConnections, l.set = v.GetValue(), l.set|setConnections
+		}
+		if v := t.GetMaxPendingRequests(); v != nil {
+			l.MaxPendingRequests, l.set = v.GetValue(), l.set|setPending
+		}
+		if v := t.GetMaxRequests(); v != nil {
+			l.MaxRequests, l.set = v.GetValue(), l.set|setRequests
+		}
+		if v := t.GetMaxRetries(); v != nil {
+			l.MaxRetries, l.set = v.GetValue(), l.set|setRetries
 		}
 	}
 	return nil

@@ -59,6 +59,9 @@ type Dataplane interface {
 	ValidateListener(*listenerv3.Listener) error
 	ValidateCluster(*clusterv3.Cluster) error
 	ValidateEndpoints(*endpointv3.ClusterLoadAssignment) error
+	// ValidateRoute checks a route configuration whole, NACKing what the
+	// router cannot serve, not just the proto rules.
+	ValidateRoute(*routev3.RouteConfiguration) error
 	Apply(*dataplane.Snapshot) error
 }
 
@@ -664,7 +667,7 @@ func (c *Client) applyLocked() error {
 func (c *Client) describeApplyError(err error) error {
 	var re *dataplane.ResourceError
 	if errors.As(err, &re) {
-		kind := map[string]string{"listener": "Listener", "cluster": "Cluster", "endpoints": "ClusterLoadAssignment"}[re.Kind]
+		kind := map[string]string{"listener": "Listener", "cluster": "Cluster", "endpoints": "ClusterLoadAssignment", "route": "RouteConfiguration"}[re.Kind]
 		return fmt.Errorf("%s %q: %w", kind, re.Name, re.Err)
 	}
 	return err
@@ -780,6 +783,8 @@ func (c *Client) validateLocked(url string, a *anypb.Any) (proto.Message, string
 		err = c.opts.Dataplane.ValidateCluster(r)
 	case *endpointv3.ClusterLoadAssignment:
 		err = c.opts.Dataplane.ValidateEndpoints(r)
+	case *routev3.RouteConfiguration:
+		err = c.opts.Dataplane.ValidateRoute(r)
 	default:
 		err = cfgerr.Validate(m)
 	}

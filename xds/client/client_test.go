@@ -1,7 +1,6 @@
 package client
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	runtimev3 "github.com/envoyproxy/go-control-plane/envoy/service/runtime/v3"
@@ -26,7 +26,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/skiffproxy/skiff/dataplane/filter"
 	"github.com/skiffproxy/skiff/internal/xdstest"
 	"github.com/skiffproxy/skiff/xds/resource"
 )
@@ -352,31 +351,13 @@ func TestRuntimeLayerOverRTDS(t *testing.T) {
 	})
 }
 
-// hcmStandIn is a network filter factory for the HTTP connection manager's
-// config type, registered by TestRDSFollowsListeners only: the HTTP connection
-// manager itself comes with the HTTP issue, but RDS (subscribing to what
-// listeners name, warming them until their routes arrive, ACKing) does not
-// depend on serving HTTP. It decodes the config and closes connections.
-type hcmStandIn struct{}
-
-func (hcmStandIn) Name() string { return "envoy.filters.network.http_connection_manager" }
-func (hcmStandIn) ConfigType() proto.Message {
-	return &hcmv3.HttpConnectionManager{}
-}
-func (hcmStandIn) Create(proto.Message, *filter.Context) (filter.NetworkFilter, error) {
-	return closer{}, nil
-}
-
-type closer struct{}
-
-func (closer) OnConnection(context.Context, *filter.Conn) error { return nil }
-func (closer) ServeConn(_ context.Context, c *filter.Conn)      { c.Close() }
-
 func hcmListener(name, routeConfig string) *listenerv3.Listener {
+	rtr, _ := anypb.New(&routerv3.Router{})
 	a, _ := anypb.New(&hcmv3.HttpConnectionManager{
 		StatPrefix: name,
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
 			RouteConfigName: routeConfig, ConfigSource: adsSource()}},
+		HttpFilters: []*hcmv3.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: rtr}}},
 	})
 	return &listenerv3.Listener{
 		Name:    name,
@@ -389,7 +370,7 @@ func hcmListener(name, routeConfig string) *listenerv3.Listener {
 
 func TestRDSFollowsListeners(t *testing.T) {
 	up := greeter(t, "x")
-	f := newFixture(t, setup{extraNetworkFilters: []filter.NetworkFactory{hcmStandIn{}}})
+	f := newFixture(t, setup{})
 	routes := func(name string) *routev3.RouteConfiguration {
 		return &routev3.RouteConfiguration{Name: name, VirtualHosts: []*routev3.VirtualHost{{
 			Name: "all", Domains: []string{"*"}, Routes: []*routev3.Route{{

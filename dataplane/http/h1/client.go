@@ -763,6 +763,30 @@ func (s *clientStream) parseResponse(head []byte) (int, error) {
 	return status, nil
 }
 
+// EndedWithHeader reports, after ReadHeader, whether the response has no
+// body: a response to HEAD, a 204 or 304, or Content-Length 0. (A 101 or a
+// 2xx to CONNECT is a tunnel, and never ends with its header.)
+func (s *clientStream) EndedWithHeader() bool {
+	return s.final && s.body.mode == bodyNone
+}
+
+// Close ends the caller's use of the stream: a stream not finished (the
+// request ended and the response read to io.EOF) is reset, which closes the
+// connection, as does the end of a tunnel. The stream value is the
+// connection's and is reused by its next stream: Close must come before the
+// connection is given another stream (a pool takes it back after Close), and
+// nothing may be called on the stream after it.
+func (s *clientStream) Close() error {
+	c := s.c
+	c.mu.Lock()
+	finished := c.done == reqDone|respDone
+	c.mu.Unlock()
+	if !finished || s.tunnel.Load() {
+		s.Reset(http.ResetCancel)
+	}
+	return nil
+}
+
 // Read reads the response body, decoded; on a tunnel, the raw bytes the
 // upstream sends until it closes.
 func (s *clientStream) Read(p []byte) (int, error) {

@@ -158,9 +158,8 @@ func (e *Error) Flags() http.ResponseFlag {
 // Errors for misuse of a stream, and for connections that can take no stream.
 var (
 	// ErrConnClosed is returned (wrapped) by ClientConn.NewStream on a closed
-	// connection. Package http's ClientConn contract names an ErrConnClosed it
-	// does not define yet; this one should become http.ErrConnClosed.
-	ErrConnClosed = errors.New("h1: connection closed")
+	// connection. It is dataplane/http's ErrConnClosed.
+	ErrConnClosed = http.ErrConnClosed
 	// ErrConnBusy is returned by ClientConn.NewStream while a stream is in
 	// flight: HTTP/1.1 carries one at a time.
 	ErrConnBusy = errors.New("h1: connection busy")

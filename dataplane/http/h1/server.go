@@ -409,6 +409,7 @@ func (c *ServerConn) parseRequest(head []byte) *Error {
 		req.AddBytes(f.name, f.value)
 	}
 	s.body.reset(mode, cl.n)
+	s.noBody = s.body.mode == bodyNone
 	s.bodyDone.Store(s.body.done)
 	if s.minor == 0 {
 		s.proto = "HTTP/1.0"
@@ -504,7 +505,7 @@ type serverStream struct {
 	// The request, set before the handler runs.
 	minor                           int
 	isHead, isConnect, upgrade      bool
-	reqClose, expect                bool
+	reqClose, expect, noBody        bool
 	expectPending                   bool        // read side: 100 not yet dealt with
 	body                            body        // read side
 	raw                             body        // read side, once a tunnel
@@ -541,6 +542,10 @@ func (s *serverStream) begin() {
 // received, hop-by-hop fields included: removing them is the connection
 // manager's business.
 func (s *serverStream) Header() *http.Header { return &s.req }
+
+// EndedWithHeader reports whether the request has no body: neither
+// Content-Length (other than 0) nor Transfer-Encoding.
+func (s *serverStream) EndedWithHeader() bool { return s.noBody }
 
 // Read reads the request body, decoded. The first Read of a body sent with
 // "expect: 100-continue" sends "100 Continue" unless the response has begun.

@@ -9,19 +9,18 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/http"
 )
 
-// HTTP/2 error codes (RFC 9113 section 7) that dataplane/http's ResetCode does
-// not name. They are ResetCode values, so they can be passed to Reset and
-// compared with StreamError.Code and ConnError.Code.
+// HTTP/2 error codes (RFC 9113 section 7), as dataplane/http names them; kept
+// here so the codec reads as the RFC does.
 const (
-	ResetFlowControlError   http.ResetCode = 0x3
-	ResetSettingsTimeout    http.ResetCode = 0x4
-	ResetStreamClosed       http.ResetCode = 0x5
-	ResetFrameSizeError     http.ResetCode = 0x6
-	ResetCompressionError   http.ResetCode = 0x9
-	ResetConnectError       http.ResetCode = 0xa
-	ResetEnhanceYourCalm    http.ResetCode = 0xb
-	ResetInadequateSecurity http.ResetCode = 0xc
-	ResetHTTP11Required     http.ResetCode = 0xd
+	ResetFlowControlError   = http.ResetFlowControlError
+	ResetSettingsTimeout    = http.ResetSettingsTimeout
+	ResetStreamClosed       = http.ResetStreamClosed
+	ResetFrameSizeError     = http.ResetFrameSizeError
+	ResetCompressionError   = http.ResetCompressionError
+	ResetConnectError       = http.ResetConnectError
+	ResetEnhanceYourCalm    = http.ResetEnhanceYourCalm
+	ResetInadequateSecurity = http.ResetInadequateSecurity
+	ResetHTTP11Required     = http.ResetHTTP11Required
 )
 
 // codeString names an error code as RFC 9113 does (PROTOCOL_ERROR, ...).
@@ -29,18 +28,15 @@ func codeString(c http.ResetCode) string { return http2.ErrCode(c).String() }
 
 // ErrConnClosed is returned (wrapped, with the reason) by NewStream when the
 // connection takes no more streams, and by stream operations when the
-// connection ended under them.
-//
-// dataplane/http's ClientConn documents an ErrConnClosed of its own that does
-// not exist yet; when it does, this should become an alias of it.
-var ErrConnClosed = errors.New("h2: connection closed")
+// connection ended under them. It is dataplane/http's ErrConnClosed.
+var ErrConnClosed = http.ErrConnClosed
 
 // ErrNotProcessed is what errors.Is finds in the error of a client stream that
 // the server did not process: the server refused it (RST_STREAM with
 // REFUSED_STREAM) or went away (GOAWAY) before the stream's id. Such a request
 // is safe to retry on another connection, whatever its method (RFC 9113
-// section 8.7).
-var ErrNotProcessed = errors.New("h2: request not processed by the server (safe to retry)")
+// section 8.7). It is dataplane/http's ErrNotProcessed.
+var ErrNotProcessed = http.ErrNotProcessed
 
 // StreamError is why a stream ended abnormally: an RST_STREAM received from
 // the peer (Remote) or sent by this end.

@@ -149,9 +149,7 @@ func (s *stream) Trailers() *http.Header { return &s.trl }
 // EndedWithHeader reports whether the header received (the request's, or after
 // ReadHeader the response's) ended the stream: the message has no body and no
 // trailers. A proxy passes it on as WriteHeader's end, which keeps, for one,
-// gRPC's trailers-only responses intact. (dataplane/http's stream interfaces
-// do not carry this yet; reach it with a type assertion to
-// interface{ EndedWithHeader() bool }.)
+// gRPC's trailers-only responses intact.
 func (s *stream) EndedWithHeader() bool {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
@@ -375,9 +373,7 @@ func (s *stream) Reset(code http.ResetCode) {
 // Close ends the caller's use of a client stream: an unfinished stream is
 // reset (CANCEL), and the stream's memory goes back to the connection's pool.
 // No method may be called after it. It is a no-op on a server stream, which
-// ends when its handler returns. (dataplane/http's ClientStream has no such
-// method yet; without it a client stream is left to the garbage collector,
-// and one left unfinished keeps its place in the concurrency limit.)
+// ends when its handler returns.
 func (s *stream) Close() error {
 	c := s.c
 	c.mu.Lock()

@@ -1,0 +1,445 @@
+// Package accesslog writes skiff's HTTP access logs, configured as Envoy's
+// access_log (envoy.config.accesslog.v3.AccessLog) of an HTTP connection
+// manager:
+//
+//   - envoy.access_loggers.file (FileAccessLog) and envoy.access_loggers.stdout
+//     / .stderr (StdoutAccessLog, StderrAccessLog): lines in Envoy's default
+//     format, or a log_format (SubstitutionFormatString) with text_format,
+//     text_format_source (inline_string) or json_format, or FileAccessLog's
+//     format / json_format / typed_json_format, with the %COMMAND%s listed by
+//     Commands;
+//   - envoy.access_loggers.http_grpc (HttpGrpcAccessLogConfig): entries
+//     streamed to a gRPC access log service
+//     (envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs), batched
+//     by buffer_size_bytes and buffer_flush_interval.
+//
+// Filters: status_code_filter, duration_filter, not_health_check_filter
+// (skiff has no health check filter, so it passes everything),
+// response_flag_filter, grpc_status_filter, header_filter, and_filter,
+// or_filter. Anything else is refused by name.
+//
+// # Never blocking a request
+//
+// Log formats an entry on the request's goroutine into a buffer (text logs
+// allocate nothing in steady state) and hands it to a sink: file and stdout
+// sinks append to a memory buffer that a goroutine writes out every second
+// (or when 64 KiB are waiting), and the gRPC sink queues entries for its
+// stream. When a sink is full (a slow disk, a gRPC service that does not keep
+// up), the entry is dropped and counted (access_logs.file.logs_dropped,
+// access_logs.grpc_access_log.logs_dropped) instead of waiting.
+package accesslog
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	filev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
+	grpcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
+	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/dataplane/upstream"
+	"github.com/skiffproxy/skiff/internal/cfgerr"
+	"github.com/skiffproxy/skiff/internal/stats"
+)
+
+// Logger writes one entry per exchange it accepts. Log is called once the
+// exchange is over, on its goroutine, and must not block.
+type Logger interface {
+	Log(e *http.Exchange)
+}
+
+// Options are what Build needs from its surroundings.
+type Options struct {
+	// Sinks are the shared writers (files, stdout, gRPC streams). Nil: Build
+	// checks the configuration and returns loggers that write nowhere.
+	Sinks *Sinks
+	// Clusters is where an http_grpc logger's envoy_grpc cluster is found.
+	Clusters *upstream.Manager
+	// Node identifies this proxy to a gRPC access log service.
+	Node *corev3.Node
+	// Stats counts written and dropped entries. Nil: not counted.
+	Stats *stats.Store
+	// Logger logs sink failures. Nil: discard.
+	Logger *slog.Logger
+}
+
+// Names of the access loggers.
+const (
+	FileName     = "envoy.access_loggers.file"
+	StdoutName   = "envoy.access_loggers.stdout"
+	StderrName   = "envoy.access_loggers.stderr"
+	HTTPGRPCName = "envoy.access_loggers.http_grpc"
+)
+
+// Build builds the access loggers of an access_log list. Errors name the
+// field, relative to the list's element.
+func Build(cfgs []*accesslogv3.AccessLog, o Options) ([]Logger, error) {
+	if o.Stats == nil {
+		o.Stats = stats.NewStore()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	var out []Logger
+	for i, c := range cfgs {
+		l, err := build(c, &o)
+		if err != nil {
+			return nil, cfgerr.Index("access_log", i, err)
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
+func build(c *accesslogv3.AccessLog, o *Options) (Logger, error) {
+	if err := cfgerr.OnlyFields(c, "name", "filter", "typed_config"); err != nil {
+		return nil, err
+	}
+	if err := cfgerr.Validate(c); err != nil {
+		return nil, err
+	}
+	var flt filterFunc
+	if f := c.GetFilter(); f != nil {
+		var err error
+		if flt, err = buildFilter(f); err != nil {
+			return nil, cfgerr.Field("filter", err)
+		}
+	}
+	tc := c.GetTypedConfig()
+	if tc == nil {
+		return nil, cfgerr.Errorf("typed_config", "access log %q has no typed_config", c.GetName())
+	}
+	m, err := tc.UnmarshalNew()
+	if err != nil {
+		return nil, cfgerr.Errorf("typed_config", "access log %q: decoding %s: %w", c.GetName(), tc.GetTypeUrl(), err)
+	}
+	if err := cfgerr.Validate(m); err != nil {
+		return nil, cfgerr.Field("typed_config", err)
+	}
+	var l Logger
+	switch cfg := m.(type) {
+	case *filev3.FileAccessLog:
+		l, err = buildFile(cfg, o)
+	case *streamv3.StdoutAccessLog:
+		l, err = buildStream(cfg.GetLogFormat(), "/dev/stdout", o)
+	case *streamv3.StderrAccessLog:
+		l, err = buildStream(cfg.GetLogFormat(), "/dev/stderr", o)
+	case *grpcv3.HttpGrpcAccessLogConfig:
+		l, err = buildGRPC(cfg, o)
+	default:
+		return nil, cfgerr.Errorf("typed_config", "access log %q: type %s is not an access logger skiff supports (%s, %s, %s, %s)",
+			c.GetName(), tc.GetTypeUrl(), FileName, StdoutName, StderrName, HTTPGRPCName)
+	}
+	if err != nil {
+		return nil, cfgerr.Field("typed_config", err)
+	}
+	if flt != nil {
+		return &filtered{flt, l}, nil
+	}
+	return l, nil
+}
+
+type filtered struct {
+	keep filterFunc
+	l    Logger
+}
+
+func (f *filtered) Log(e *http.Exchange) {
+	if f.keep(e) {
+		f.l.Log(e)
+	}
+}
+
+// formatter renders an entry.
+type formatter interface {
+	append(dst []byte, e *http.Exchange) []byte
+}
+
+type textFormatter struct{ f *Format }
+
+func (t textFormatter) append(dst []byte, e *http.Exchange) []byte { return t.f.Append(dst, e) }
+
+func buildFile(cfg *filev3.FileAccessLog, o *Options) (Logger, error) {
+	if err := cfgerr.OnlyFields(cfg, "path", "format", "json_format", "typed_json_format", "log_format"); err != nil {
+		return nil, err
+	}
+	var fm formatter
+	var err error
+	switch f := cfg.GetAccessLogFormat().(type) {
+	case nil:
+		fm, err = textOf(DefaultFormat)
+	case *filev3.FileAccessLog_Format:
+		//lint:ignore SA1019 deprecated in Envoy, but still accepted there
+		fm, err = textOf(f.Format)
+		err = cfgerr.Field("format", err)
+	case *filev3.FileAccessLog_JsonFormat:
+		//lint:ignore SA1019 deprecated in Envoy, but still accepted there
+		fm, err = jsonOf(f.JsonFormat, false)
+		err = cfgerr.Field("json_format", err)
+	case *filev3.FileAccessLog_TypedJsonFormat:
+		//lint:ignore SA1019 deprecated in Envoy, but still accepted there
+		fm, err = jsonOf(f.TypedJsonFormat, false)
+		err = cfgerr.Field("typed_json_format", err)
+	case *filev3.FileAccessLog_LogFormat:
+		fm, err = substitutionFormat(f.LogFormat)
+		err = cfgerr.Field("log_format", err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return newTextLogger(cfg.GetPath(), fm, o), nil
+}
+
+func buildStream(sf *corev3.SubstitutionFormatString, path string, o *Options) (Logger, error) {
+	var fm formatter
+	var err error
+	if sf == nil {
+		fm, err = textOf(DefaultFormat)
+	} else {
+		fm, err = substitutionFormat(sf)
+		err = cfgerr.Field("log_format", err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return newTextLogger(path, fm, o), nil
+}
+
+func textOf(s string) (formatter, error) {
+	f, err := ParseFormat(s)
+	if err != nil {
+		return nil, err
+	}
+	return textFormatter{f}, nil
+}
+
+// substitutionFormat builds a config.core.v3.SubstitutionFormatString.
+func substitutionFormat(sf *corev3.SubstitutionFormatString) (formatter, error) {
+	if err := cfgerr.OnlyFields(sf, "text_format", "json_format", "text_format_source", "omit_empty_values", "content_type", "json_format_options"); err != nil {
+		return nil, err
+	}
+	if len(sf.GetFormatters()) > 0 {
+		return nil, cfgerr.Errorf("formatters", "formatter extensions are not supported by skiff")
+	}
+	omit := sf.GetOmitEmptyValues()
+	switch f := sf.GetFormat().(type) {
+	case *corev3.SubstitutionFormatString_TextFormat:
+		//lint:ignore SA1019 deprecated in Envoy, but still accepted there
+		fm, err := textOf(f.TextFormat)
+		return omitted(fm, omit), cfgerr.Field("text_format", err)
+	case *corev3.SubstitutionFormatString_TextFormatSource:
+		src := f.TextFormatSource
+		if err := cfgerr.OnlyFields(src, "inline_string", "inline_bytes"); err != nil {
+			return nil, cfgerr.Field("text_format_source", err)
+		}
+		s := src.GetInlineString()
+		if b := src.GetInlineBytes(); b != nil {
+			s = string(b)
+		}
+		fm, err := textOf(s)
+		return omitted(fm, omit), cfgerr.Field("text_format_source", err)
+	case *corev3.SubstitutionFormatString_JsonFormat:
+		if o := sf.GetJsonFormatOptions(); o != nil {
+			if err := cfgerr.OnlyFields(o, "sort_properties"); err != nil {
+				return nil, cfgerr.Field("json_format_options", err)
+			}
+		}
+		fm, err := jsonOf(f.JsonFormat, omit)
+		return fm, cfgerr.Field("json_format", err)
+	}
+	return nil, cfgerr.Errorf("", "one of text_format, text_format_source, json_format is required")
+}
+
+// omitted makes a text format render missing values as "" (omit_empty_values).
+func omitted(fm formatter, omit bool) formatter {
+	if !omit || fm == nil {
+		return fm
+	}
+	return omitText{fm.(textFormatter).f}
+}
+
+type omitText struct{ f *Format }
+
+func (t omitText) append(dst []byte, e *http.Exchange) []byte {
+	for i := range t.f.parts {
+		p := &t.f.parts[i]
+		if p.cmd == nil && p.hdr == 0 && !p.isStart {
+			dst = append(dst, p.literal...)
+			continue
+		}
+		start := len(dst)
+		var ok bool
+		if dst, ok = p.value(dst, e); !ok {
+			dst = dst[:start]
+		} else if p.maxLen > 0 {
+			dst = truncate(dst, start, p.maxLen)
+		}
+	}
+	return dst
+}
+
+// jsonFormatter renders a json_format: one JSON object per line, its keys in
+// configuration order (sorted), values from formats (numbers typed).
+type jsonFormatter struct {
+	fields []jsonField
+	omit   bool
+}
+
+type jsonField struct {
+	key    string // JSON-encoded, with the quotes
+	f      *Format
+	nested *jsonFormatter
+	lit    string // a JSON literal (number, bool, null)
+}
+
+func jsonOf(st *structpb.Struct, omit bool) (formatter, error) {
+	j, err := jsonStruct(st, omit, "")
+	if err != nil {
+		return nil, err
+	}
+	return j, nil
+}
+
+func jsonStruct(st *structpb.Struct, omit bool, path string) (*jsonFormatter, error) {
+	j := &jsonFormatter{omit: omit}
+	keys := make([]string, 0, len(st.GetFields()))
+	for k := range st.GetFields() {
+		keys = append(keys, k)
+	}
+	sortStrings(keys)
+	for _, k := range keys {
+		v := st.GetFields()[k]
+		fld := jsonField{key: string(appendJSONString(nil, k))}
+		switch x := v.GetKind().(type) {
+		case *structpb.Value_StringValue:
+			f, err := ParseFormat(x.StringValue)
+			if err != nil {
+				return nil, fmt.Errorf("%s%s: %w", path, k, err)
+			}
+			fld.f = f
+		case *structpb.Value_StructValue:
+			n, err := jsonStruct(x.StructValue, omit, path+k+".")
+			if err != nil {
+				return nil, err
+			}
+			fld.nested = n
+		case *structpb.Value_NumberValue, *structpb.Value_BoolValue, *structpb.Value_NullValue:
+			b, _ := v.MarshalJSON()
+			fld.lit = string(b)
+		default:
+			return nil, fmt.Errorf("%s%s: only strings, numbers, booleans and nested objects are allowed", path, k)
+		}
+		j.fields = append(j.fields, fld)
+	}
+	return j, nil
+}
+
+func (j *jsonFormatter) append(dst []byte, e *http.Exchange) []byte {
+	dst = j.appendObject(dst, e)
+	return append(dst, '\n')
+}
+
+func (j *jsonFormatter) appendObject(dst []byte, e *http.Exchange) []byte {
+	dst = append(dst, '{')
+	first := true
+	for i := range j.fields {
+		fld := &j.fields[i]
+		mark := len(dst)
+		if !first {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, fld.key...)
+		dst = append(dst, ':')
+		switch {
+		case fld.nested != nil:
+			dst = fld.nested.appendObject(dst, e)
+		case fld.lit != "":
+			dst = append(dst, fld.lit...)
+		default:
+			var ok bool
+			dst, ok = appendJSONValue(dst, fld.f, e)
+			if !ok && j.omit {
+				dst = dst[:mark]
+				continue
+			}
+		}
+		first = false
+	}
+	return append(dst, '}')
+}
+
+// appendJSONValue renders one value: a number for a single numeric command,
+// null for a single missing command, else a string.
+func appendJSONValue(dst []byte, f *Format, e *http.Exchange) ([]byte, bool) {
+	if f.single() {
+		p := &f.parts[0]
+		start := len(dst)
+		v, ok := p.value(dst, e)
+		if !ok {
+			return append(dst[:start], "null"...), false
+		}
+		if p.maxLen > 0 {
+			v = truncate(v, start, p.maxLen)
+		}
+		if f.typed() {
+			return v, true
+		}
+		// Quote what was appended in place: copy it out first.
+		var tmp [256]byte
+		raw := append(tmp[:0], v[start:]...)
+		return appendJSONString(v[:start], unsafeString(raw)), true
+	}
+	var tmp [512]byte
+	raw := f.Append(tmp[:0], e)
+	return appendJSONString(dst, unsafeString(raw)), true
+}
+
+// appendJSONString appends s as a JSON string.
+func appendJSONString(dst []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"' || c == '\\':
+			dst = append(dst, '\\', c)
+		case c == '\n':
+			dst = append(dst, '\\', 'n')
+		case c == '\r':
+			dst = append(dst, '\\', 'r')
+		case c == '\t':
+			dst = append(dst, '\\', 't')
+		case c < 0x20 || c == 0x7f:
+			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&15])
+		default:
+			dst = append(dst, c)
+		}
+	}
+	return append(dst, '"')
+}
+
+// ConfigFor is a helper for tests and examples: an AccessLog of logger m.
+func ConfigFor(name string, m proto.Message) (*accesslogv3.AccessLog, error) {
+	return newAccessLog(name, m)
+}
+
+// Close durations for flushers.
+const (
+	flushEvery = time.Second
+)
+
+// lowerNames lower-cases header names given in configuration.
+func lowerNames(names []string) []string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = strings.ToLower(n)
+	}
+	return out
+}

@@ -1,0 +1,342 @@
+package accesslog
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	alsv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+
+	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/internal/protoyaml"
+	"github.com/skiffproxy/skiff/internal/stats"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// exchange is a finished exchange as the connection manager leaves it.
+func exchange() *http.Exchange {
+	e := http.NewExchange(context.Background(), nil)
+	var req http.Header
+	req.Add(http.Method, "GET")
+	req.Add(http.Scheme, "http")
+	req.Add(http.Authority, "example.com")
+	req.Add(http.Path, "/index.html")
+	req.Add("user-agent", "curl/8")
+	req.Add("x-request-id", "0c8a7b0e-6b1f-4a9a-9e55-1b4f0b1c2d3e")
+	req.Add("x-forwarded-for", "10.0.0.1")
+	e.Request = &req
+	e.Response.Add(http.Status, "200")
+	e.Response.Add("x-envoy-upstream-service-time", "3")
+	e.ResponseTrailers().Add("grpc-status", "0")
+	e.Info.Start = time.Date(2026, 11, 27, 12, 34, 56, 789_000_000, time.UTC)
+	e.Info.Duration = 12 * time.Millisecond
+	e.Info.Protocol = "HTTP/1.1"
+	e.Info.ResponseCode = 200
+	e.Info.BytesReceived = 5
+	e.Info.BytesSent = 64
+	e.Info.UpstreamHost = netip.MustParseAddrPort("10.1.2.3:8080")
+	e.Info.UpstreamCluster = "backend"
+	e.Info.DownstreamRemote = netip.MustParseAddrPort("192.0.2.1:5555")
+	e.Info.DownstreamLocal = netip.MustParseAddrPort("127.0.0.1:10000")
+	e.Info.RouteName = "r1"
+	e.Info.ResponseCodeDetails = "via_upstream"
+	e.Info.ConnectionID = 42
+	return e
+}
+
+func TestDefaultFormat(t *testing.T) {
+	f, err := ParseFormat(DefaultFormat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := string(f.Append(nil, exchange()))
+	want := `[2026-11-27T12:34:56.789Z] "GET /index.html HTTP/1.1" 200 - 5 64 12 3 "10.0.0.1" "curl/8" "0c8a7b0e-6b1f-4a9a-9e55-1b4f0b1c2d3e" "example.com" "10.1.2.3:8080"` + "\n"
+	if got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+	e := exchange()
+	e.Request.Set("x-envoy-original-path", "/before/rewrite")
+	e.Info.ResponseFlags = http.FlagUpstreamRequestTimeout | http.FlagUpstreamRetryLimitExceeded
+	got = string(f.Append(nil, e))
+	if !strings.Contains(got, `"GET /before/rewrite HTTP/1.1" 200 UT,URX `) {
+		t.Errorf("original path or flags: %s", got)
+	}
+}
+
+func TestCommands(t *testing.T) {
+	e := exchange()
+	for format, want := range map[string]string{
+		"%PROTOCOL% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS%":               "HTTP/1.1 200 via_upstream",
+		"%REQ(:AUTHORITY)% %REQ(X-MISSING)% %RESP(:STATUS)%":               "example.com - 200",
+		"%REQ(USER-AGENT):4% %TRAILER(GRPC-STATUS)%":                       "curl 0",
+		"%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_LOCAL_PORT%": "192.0.2.1 10000",
+		"%UPSTREAM_CLUSTER% %ROUTE_NAME% %CONNECTION_ID% %%":               "backend r1 42 %",
+		"%START_TIME(%Y/%m/%d %H:%M:%S.%3f)%":                              "2026/11/27 12:34:56.789",
+		"%START_TIME(%s)%":                                                 "1795782896",
+		"%RESPONSE_FLAGS_LONG% %UPSTREAM_TRANSPORT_FAILURE_REASON%":        "- -",
+	} {
+		f, err := ParseFormat(format)
+		if err != nil {
+			t.Errorf("%s: %v", format, err)
+			continue
+		}
+		if got := string(f.Append(nil, e)); got != want {
+			t.Errorf("%s: %q, want %q", format, got, want)
+		}
+	}
+	for _, bad := range []string{"%NOPE%", "%REQ%", "%REQ(x", "%PROTOCOL", "%START_TIME(%Q)%", "%REQ(a):x%"} {
+		if _, err := ParseFormat(bad); err == nil {
+			t.Errorf("%s: no error", bad)
+		}
+	}
+}
+
+func TestJSONFormat(t *testing.T) {
+	l := build1(t, `
+name: envoy.access_loggers.stdout
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+  log_format:
+    json_format:
+      code: "%RESPONSE_CODE%"
+      path: "%REQ(:PATH)%"
+      missing: "%REQ(X-NONE)%"
+      mixed: "%PROTOCOL% to %UPSTREAM_CLUSTER%"
+      nested: { cluster: "%UPSTREAM_CLUSTER%", num: 1 }
+`, nil)
+	tl := l.(*textLogger)
+	line := tl.fm.append(nil, exchange())
+	var m map[string]any
+	if err := json.Unmarshal(line, &m); err != nil {
+		t.Fatalf("%s: %v", line, err)
+	}
+	if m["code"] != float64(200) || m["path"] != "/index.html" || m["missing"] != nil || m["mixed"] != "HTTP/1.1 to backend" {
+		t.Errorf("%s", line)
+	}
+	if n, _ := m["nested"].(map[string]any); n["cluster"] != "backend" || n["num"] != float64(1) {
+		t.Errorf("nested: %s", line)
+	}
+	if line[len(line)-1] != '\n' {
+		t.Errorf("no newline: %q", line)
+	}
+}
+
+func build1(t *testing.T, y string, sinks *Sinks) Logger {
+	t.Helper()
+	var c accesslogv3.AccessLog
+	if err := protoyaml.Unmarshal([]byte(y), &c); err != nil {
+		t.Fatal(err)
+	}
+	ls, err := Build([]*accesslogv3.AccessLog{&c}, Options{Sinks: sinks})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ls[0]
+}
+
+func TestFilters(t *testing.T) {
+	for _, tc := range []struct {
+		filter string
+		code   int
+		flags  http.ResponseFlag
+		want   bool
+	}{
+		{`status_code_filter: { comparison: { op: GE, value: { default_value: 500, runtime_key: "" } } }`, 503, 0, true},
+		{`status_code_filter: { comparison: { op: GE, value: { default_value: 500, runtime_key: "" } } }`, 200, 0, false},
+		{`response_flag_filter: { flags: [UH, UF] }`, 503, http.FlagUpstreamConnectionFailure, true},
+		{`response_flag_filter: { flags: [UH] }`, 503, http.FlagUpstreamConnectionFailure, false},
+		{`or_filter: { filters: [{ status_code_filter: { comparison: { op: EQ, value: { default_value: 404, runtime_key: "" } } } }, { response_flag_filter: {} }] }`, 200, http.FlagNoRouteFound, true},
+		{`and_filter: { filters: [{ not_health_check_filter: {} }, { header_filter: { header: { name: user-agent, string_match: { prefix: curl } } } }] }`, 200, 0, true},
+		{`grpc_status_filter: { statuses: [OK], exclude: true }`, 200, 0, false},
+	} {
+		l := build1(t, `
+name: f
+filter: { `+tc.filter+` }
+typed_config: { "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog }
+`, nil)
+		e := exchange()
+		e.Info.ResponseCode, e.Info.ResponseFlags = tc.code, tc.flags
+		if got := l.(*filtered).keep(e); got != tc.want {
+			t.Errorf("%s with %d %v: %v", tc.filter, tc.code, tc.flags, got)
+		}
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	for y, want := range map[string]string{
+		`{ name: x, typed_config: { "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, path: /tmp/x, log_format: { text_format: "%BOGUS%" } } }`: "log_format.text_format",
+		`{ name: x, filter: { runtime_filter: { runtime_key: k } }, typed_config: { "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog } }`:   "runtime_filter",
+		`{ name: x, typed_config: { "@type": type.googleapis.com/google.protobuf.Empty } }`:                                                                                       "not an access logger skiff supports",
+	} {
+		var c accesslogv3.AccessLog
+		if err := protoyaml.Unmarshal([]byte(y), &c); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Build([]*accesslogv3.AccessLog{&c}, Options{})
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want it to mention %q", y, err, want)
+		}
+	}
+}
+
+func TestFileSink(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "a.log")
+	st := stats.NewStore()
+	sinks := NewSinks(nil, st)
+	l := build1(t, `
+name: envoy.access_loggers.file
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+  path: `+path+`
+  log_format: { text_format_source: { inline_string: "%RESPONSE_CODE% %REQ(:PATH)%\n" } }
+`, sinks)
+	e := exchange()
+	for range 100 {
+		l.Log(e)
+	}
+	sinks.Close() // flushes
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Count(string(b), "200 /index.html\n") != 100 {
+		t.Errorf("file holds %q", b)
+	}
+	if v, _ := st.Value("access_log.write_buffered"); v != 100 {
+		t.Errorf("write_buffered = %d", v)
+	}
+	// After Close, entries are dropped, not written.
+	l.Log(e)
+	if v, _ := st.Value("access_log.logs_dropped"); v != 1 {
+		t.Errorf("logs_dropped = %d", v)
+	}
+}
+
+func TestTextLogAllocs(t *testing.T) {
+	sinks := NewSinks(nil, nil)
+	defer sinks.Close()
+	l := build1(t, `
+name: envoy.access_loggers.file
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+  path: `+filepath.Join(t.TempDir(), "b.log")+`
+`, sinks)
+	e := exchange()
+	for range 10 {
+		l.Log(e)
+	}
+	if n := testing.AllocsPerRun(100, func() { l.Log(e) }); n > 0 {
+		t.Errorf("%v allocs per entry", n)
+	}
+}
+
+// alsServer is a gRPC access log service recording what it receives.
+type alsServer struct {
+	alsv3.UnimplementedAccessLogServiceServer
+	mu       sync.Mutex
+	msgs     []*alsv3.StreamAccessLogsMessage
+	received chan struct{}
+}
+
+func (s *alsServer) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessLogsServer) error {
+	for {
+		m, err := stream.Recv()
+		if err == io.EOF {
+			return stream.SendAndClose(&alsv3.StreamAccessLogsResponse{})
+		}
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		s.msgs = append(s.msgs, m)
+		s.mu.Unlock()
+		select {
+		case s.received <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func TestGRPCSink(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &alsServer{received: make(chan struct{}, 1)}
+	gs := grpc.NewServer()
+	alsv3.RegisterAccessLogServiceServer(gs, srv)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = gs.Serve(lis) }()
+	defer func() { gs.Stop(); <-done }()
+
+	st := stats.NewStore()
+	sinks := NewSinks(nil, st)
+	l := build1(t, `
+name: envoy.access_loggers.http_grpc
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig
+  common_config:
+    log_name: edge
+    transport_api_version: V3
+    buffer_flush_interval: 0.05s
+    grpc_service: { google_grpc: { target_uri: "`+lis.Addr().String()+`", stat_prefix: als } }
+  additional_request_headers_to_log: [X-Request-Id]
+`, sinks)
+	e := exchange()
+	l.Log(e)
+	l.Log(e)
+	select {
+	case <-srv.received:
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing received")
+	}
+	sinks.Close()
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	first := srv.msgs[0]
+	if first.GetIdentifier().GetLogName() != "edge" {
+		t.Errorf("identifier %v", first.GetIdentifier())
+	}
+	var n int
+	for _, m := range srv.msgs {
+		for _, ent := range m.GetHttpLogs().GetLogEntry() {
+			n++
+			if ent.GetRequest().GetPath() != "/index.html" || ent.GetResponse().GetResponseCode().GetValue() != 200 ||
+				ent.GetCommonProperties().GetUpstreamCluster() != "backend" ||
+				ent.GetRequest().GetRequestHeaders()["x-request-id"] != "0c8a7b0e-6b1f-4a9a-9e55-1b4f0b1c2d3e" {
+				t.Errorf("entry %v", ent)
+			}
+		}
+	}
+	if n != 2 {
+		t.Errorf("%d entries", n)
+	}
+	if v, _ := st.Value("access_logs.grpc_access_log.logs_written"); v != 2 {
+		t.Errorf("logs_written = %d", v)
+	}
+}
+
+func FuzzParseFormat(f *testing.F) {
+	f.Add(DefaultFormat)
+	f.Add("%REQ(a?b):3% %START_TIME(%Y %3f)% %%")
+	f.Add("%")
+	f.Fuzz(func(t *testing.T, s string) {
+		fm, err := ParseFormat(s)
+		if err != nil {
+			return
+		}
+		_ = fm.Append(nil, exchange())
+	})
+}

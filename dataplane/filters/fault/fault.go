@@ -1,0 +1,464 @@
+// Package fault is the HTTP filter envoy.filters.http.fault: it delays
+// requests and aborts them with an HTTP or gRPC status, for a configured
+// fraction of the requests that match its headers, upstream cluster and
+// downstream nodes, or as the request's x-envoy-fault-* headers ask when the
+// configuration lets them.
+package fault
+
+import (
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	faultcommonv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/dataplane/http/route"
+	"github.com/skiffproxy/skiff/dataplane/runtime"
+	"github.com/skiffproxy/skiff/internal/cfgerr"
+	"github.com/skiffproxy/skiff/internal/stats"
+)
+
+// Name is the filter's canonical name.
+const Name = "envoy.filters.http.fault"
+
+// Request headers that control faults when the configuration says so.
+const (
+	HeaderAbort               = "x-envoy-fault-abort-request"
+	HeaderAbortGRPC           = "x-envoy-fault-abort-grpc-request"
+	HeaderAbortPercentage     = "x-envoy-fault-abort-request-percentage"
+	HeaderDelay               = "x-envoy-fault-delay-request"
+	HeaderDelayPercentage     = "x-envoy-fault-delay-request-percentage"
+	HeaderDownstreamNode      = "x-envoy-downstream-service-node"
+	DefaultAbortBody          = "fault filter abort"
+	ResponseCodeDetailsAbort  = "fault_filter_abort"
+	defaultDelayPercentKey    = "fault.http.delay.fixed_delay_percent"
+	defaultAbortPercentKey    = "fault.http.abort.abort_percent"
+	defaultDelayDurationKey   = "fault.http.delay.fixed_duration_ms"
+	defaultAbortHTTPStatusKey = "fault.http.abort.http_status"
+	defaultAbortGRPCStatusKey = "fault.http.abort.grpc_status"
+	defaultMaxActiveFaultsKey = "fault.http.max_active_faults"
+)
+
+// Factory builds fault filters.
+type Factory struct{}
+
+// Name implements filter.Factory.
+func (Factory) Name() string { return Name }
+
+// ConfigType implements filter.Factory.
+func (Factory) ConfigType() proto.Message { return &faultv3.HTTPFault{} }
+
+// Create implements filter.HTTPFactory.
+func (Factory) Create(m proto.Message, fc *filter.Context) (http.Filter, error) {
+	cfg := m.(*faultv3.HTTPFault)
+	if err := cfgerr.OnlyFields(cfg, "delay", "abort", "upstream_cluster", "headers", "downstream_nodes", "max_active_faults",
+		"delay_percent_runtime", "abort_percent_runtime", "delay_duration_runtime", "abort_http_status_runtime",
+		"max_active_faults_runtime", "abort_grpc_status_runtime", "disable_downstream_cluster_stats"); err != nil {
+		return nil, err
+	}
+	f := &Filter{
+		upstreamCluster: cfg.GetUpstreamCluster(),
+		downstreamNodes: slices.Clone(cfg.GetDownstreamNodes()),
+		maxActive:       math.MaxUint64,
+		rt:              fc.Runtime,
+		log:             fc.Logger,
+		rand:            rand.Uint64,
+		delayPercentKey: runtime.NewKey(or(cfg.GetDelayPercentRuntime(), defaultDelayPercentKey)),
+		abortPercentKey: runtime.NewKey(or(cfg.GetAbortPercentRuntime(), defaultAbortPercentKey)),
+		delayMsKey:      or(cfg.GetDelayDurationRuntime(), defaultDelayDurationKey),
+		httpStatusKey:   or(cfg.GetAbortHttpStatusRuntime(), defaultAbortHTTPStatusKey),
+		grpcStatusKey:   or(cfg.GetAbortGrpcStatusRuntime(), defaultAbortGRPCStatusKey),
+		maxActiveKey:    or(cfg.GetMaxActiveFaultsRuntime(), defaultMaxActiveFaultsKey),
+	}
+	if cfg.GetDelay() == nil && cfg.GetAbort() == nil {
+		return nil, cfgerr.Errorf("", "at least one of abort or delay is required")
+	}
+	if d := cfg.GetDelay(); d != nil {
+		dc, err := compileDelay(d)
+		if err != nil {
+			return nil, cfgerr.Field("delay", err)
+		}
+		f.delay = dc
+	}
+	if a := cfg.GetAbort(); a != nil {
+		ac, err := compileAbort(a)
+		if err != nil {
+			return nil, cfgerr.Field("abort", err)
+		}
+		f.abort = ac
+	}
+	for i, pb := range cfg.GetHeaders() {
+		hm, err := route.NewHeaderMatcher(pb)
+		if err != nil {
+			return nil, cfgerr.Index("headers", i, err)
+		}
+		f.headers = append(f.headers, hm)
+	}
+	if v := cfg.GetMaxActiveFaults(); v != nil {
+		f.maxActive = uint64(v.GetValue())
+	}
+	prefix := fc.HTTPStatPrefix + "fault."
+	f.stats = faultStats{
+		delays:   fc.Stats.Counter(prefix + "delays_injected"),
+		aborts:   fc.Stats.Counter(prefix + "aborts_injected"),
+		overflow: fc.Stats.Counter(prefix + "faults_overflow"),
+		active:   fc.Stats.Gauge(prefix + "active_faults"),
+	}
+	return f, nil
+}
+
+func or(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// delayConfig is a compiled FaultDelay.
+type delayConfig struct {
+	fixed      time.Duration // fixed_delay, in whole milliseconds as Envoy keeps it
+	fromHeader bool          // header_delay
+	percentage runtime.Fraction
+}
+
+func compileDelay(pb *faultcommonv3.FaultDelay) (*delayConfig, error) {
+	if err := cfgerr.OnlyFields(pb, "fixed_delay", "header_delay", "percentage"); err != nil {
+		return nil, err
+	}
+	d := &delayConfig{percentage: runtime.FractionOf(pb.GetPercentage())}
+	switch s := pb.GetFaultDelaySecifier().(type) {
+	case *faultcommonv3.FaultDelay_FixedDelay:
+		d.fixed = s.FixedDelay.AsDuration().Truncate(time.Millisecond)
+	case *faultcommonv3.FaultDelay_HeaderDelay_:
+		d.fromHeader = true
+	default:
+		return nil, cfgerr.Errorf("", "one of fixed_delay or header_delay is required")
+	}
+	return d, nil
+}
+
+// abortKind is what decides an abort's status.
+type abortKind uint8
+
+const (
+	abortHTTP   abortKind = iota // http_status
+	abortGRPC                    // grpc_status
+	abortHeader                  // header_abort: x-envoy-fault-abort-(grpc-)request
+)
+
+// abortConfig is a compiled FaultAbort.
+type abortConfig struct {
+	kind       abortKind
+	status     uint64 // the HTTP or gRPC status
+	percentage runtime.Fraction
+	body       string
+}
+
+func compileAbort(pb *faultv3.FaultAbort) (*abortConfig, error) {
+	if err := cfgerr.OnlyFields(pb, "http_status", "grpc_status", "header_abort", "percentage", "response_body"); err != nil {
+		return nil, err
+	}
+	a := &abortConfig{percentage: runtime.FractionOf(pb.GetPercentage()), body: pb.GetResponseBody()}
+	if a.body == "" {
+		a.body = DefaultAbortBody
+	}
+	switch s := pb.GetErrorType().(type) {
+	case *faultv3.FaultAbort_HttpStatus:
+		a.kind, a.status = abortHTTP, uint64(s.HttpStatus) // PGV: [200, 600)
+	case *faultv3.FaultAbort_GrpcStatus:
+		a.kind, a.status = abortGRPC, uint64(s.GrpcStatus)
+	case *faultv3.FaultAbort_HeaderAbort_:
+		a.kind = abortHeader
+	default:
+		return nil, cfgerr.Errorf("", "one of http_status, grpc_status or header_abort is required")
+	}
+	return a, nil
+}
+
+type faultStats struct {
+	delays, aborts, overflow stats.Counter
+	active                   stats.Gauge
+}
+
+// Filter is a built fault filter.
+type Filter struct {
+	delay           *delayConfig // nil: no delay
+	abort           *abortConfig // nil: no abort
+	headers         []*route.HeaderMatcher
+	upstreamCluster string
+	downstreamNodes []string
+	maxActive       uint64
+
+	rt              *runtime.Loader
+	delayPercentKey runtime.Key
+	abortPercentKey runtime.Key
+	delayMsKey      string
+	httpStatusKey   string
+	grpcStatusKey   string
+	maxActiveKey    string
+
+	stats faultStats
+	log   *slog.Logger
+	rand  func() uint64
+}
+
+// OnRequest implements http.Filter. A delay holds the request; the exchange's
+// context ending cuts it short (the stream is then reset and the chain ends),
+// and so does the connection manager interrupting the exchange (the chain
+// ends; the manager answers). An abort answers the request with a local reply. A delay may be followed by an abort,
+// as in Envoy. Both count as one active fault while OnRequest runs.
+func (f *Filter) OnRequest(e *http.Exchange) http.Action {
+	if !f.matches(e) {
+		return http.Continue
+	}
+	snap := f.rt.Current()
+	h := e.Request
+	active := false
+	if d, ok := f.delayDuration(snap, h); ok {
+		if active = f.tryActivate(snap); active {
+			f.stats.delays.Inc()
+			e.Info.ResponseFlags |= http.FlagDelayInjected
+			if gone, interrupted := sleep(e, d); gone || interrupted {
+				f.stats.active.Dec()
+				if gone {
+					e.Downstream.Reset(http.ResetCancel)
+				}
+				return http.Stop
+			}
+		}
+	}
+	if f.abort != nil && f.abortEnabled(snap, h) {
+		status, grpcStatus, ok := f.abortStatus(snap, h)
+		if ok && (active || f.tryActivate(snap)) {
+			f.stats.aborts.Inc()
+			var err error
+			if grpcStatus >= 0 {
+				err = e.LocalReplyGRPC(status, uint32(grpcStatus), f.abort.body, ResponseCodeDetailsAbort, http.FlagFaultInjected)
+			} else {
+				err = e.LocalReply(status, f.abort.body, ResponseCodeDetailsAbort, http.FlagFaultInjected)
+			}
+			if err != nil {
+				f.log.Debug("fault: sending the abort failed", "error", err)
+			}
+			f.stats.active.Dec()
+			return http.Stop
+		}
+	}
+	if active {
+		f.stats.active.Dec()
+	}
+	return http.Continue
+}
+
+// matches applies upstream_cluster, downstream_nodes and headers.
+func (f *Filter) matches(e *http.Exchange) bool {
+	if f.upstreamCluster != "" && upstreamCluster(e) != f.upstreamCluster {
+		return false
+	}
+	if len(f.downstreamNodes) > 0 {
+		node, ok := e.Request.Get(HeaderDownstreamNode)
+		if !ok || !slices.Contains(f.downstreamNodes, node) {
+			return false
+		}
+	}
+	for _, hm := range f.headers {
+		if !hm.Matches(e.Request) {
+			return false
+		}
+	}
+	return true
+}
+
+// upstreamCluster is the cluster the request is bound to: the one the
+// connection manager recorded when it resolved the route, or else the route's
+// cluster (for weighted clusters, the pick of random value 0).
+func upstreamCluster(e *http.Exchange) string {
+	if e.Info.UpstreamCluster != "" {
+		return e.Info.UpstreamCluster
+	}
+	if r, ok := e.Route.(*route.Route); ok && r != nil && r.Action == route.Forward {
+		return r.ClusterFor(e.Request, 0)
+	}
+	return ""
+}
+
+// tryActivate charges one active fault unless max_active_faults (or its
+// runtime override) is reached, which counts faults_overflow.
+func (f *Filter) tryActivate(snap *runtime.Snapshot) bool {
+	limit := snap.Integer(f.maxActiveKey, f.maxActive)
+	if n := f.stats.active.Value(); n >= 0 && uint64(n) >= limit {
+		f.stats.overflow.Inc()
+		return false
+	}
+	f.stats.active.Inc()
+	return true
+}
+
+// percentage is the fraction of a fault: the configured one, or, with a
+// header-controlled fault, the header's numerator capped at the configured
+// one (over the configured denominator).
+func percentage(h *http.Header, name string, fromHeader bool, cfg runtime.Fraction) runtime.Fraction {
+	if !fromHeader {
+		return cfg
+	}
+	v, ok := h.Get(name)
+	if !ok {
+		return cfg
+	}
+	n, ok := parseUint(v)
+	if !ok || n > math.MaxUint32 {
+		return cfg
+	}
+	return runtime.Fraction{Numerator: min(n, cfg.Numerator), Denominator: cfg.Denominator}
+}
+
+// delayDuration decides whether to delay, and for how long.
+func (f *Filter) delayDuration(snap *runtime.Snapshot, h *http.Header) (time.Duration, bool) {
+	d := f.delay
+	if d == nil {
+		return 0, false
+	}
+	pct := percentage(h, HeaderDelayPercentage, d.fromHeader, d.percentage)
+	if !snap.FeatureEnabled(f.delayPercentKey, pct, f.rand()) {
+		return 0, false
+	}
+	ms := uint64(d.fixed / time.Millisecond)
+	if d.fromHeader {
+		v, ok := h.Get(HeaderDelay)
+		if !ok {
+			return 0, false
+		}
+		if ms, ok = parseUint(v); !ok {
+			return 0, false
+		}
+	}
+	ms = snap.Integer(f.delayMsKey, ms)
+	if ms == 0 {
+		return 0, false
+	}
+	if ms > uint64(math.MaxInt64/time.Millisecond) {
+		ms = uint64(math.MaxInt64 / time.Millisecond)
+	}
+	return time.Duration(ms) * time.Millisecond, true
+}
+
+func (f *Filter) abortEnabled(snap *runtime.Snapshot, h *http.Header) bool {
+	pct := percentage(h, HeaderAbortPercentage, f.abort.kind == abortHeader, f.abort.percentage)
+	return snap.FeatureEnabled(f.abortPercentKey, pct, f.rand())
+}
+
+// abortStatus returns the status to abort with: an HTTP status (grpcStatus
+// -1), or for a gRPC abort HTTP 200 and the gRPC status. An HTTP status
+// wins over a gRPC one, as in Envoy.
+func (f *Filter) abortStatus(snap *runtime.Snapshot, h *http.Header) (status int, grpcStatus int64, ok bool) {
+	a := f.abort
+	var httpStatus, grpc uint64
+	hasHTTP, hasGRPC := false, false
+	switch a.kind {
+	case abortHTTP:
+		httpStatus, hasHTTP = a.status, true
+	case abortGRPC:
+		grpc, hasGRPC = a.status, true
+	case abortHeader:
+		if v, ok := h.Get(HeaderAbort); ok {
+			if n, ok := parseUint(v); ok && n >= 200 && n < 600 {
+				httpStatus, hasHTTP = n, true
+			}
+		}
+		if !hasHTTP {
+			if v, ok := h.Get(HeaderAbortGRPC); ok {
+				if n, ok := parseUint(v); ok && n <= math.MaxUint32 {
+					grpc, hasGRPC = n, true
+				}
+			}
+		}
+	}
+	switch {
+	case hasHTTP:
+		n := snap.Integer(f.httpStatusKey, httpStatus)
+		if n > math.MaxInt32 {
+			n = 500
+		}
+		return int(n), -1, true
+	case hasGRPC:
+		n := snap.Integer(f.grpcStatusKey, grpc)
+		if n > math.MaxUint32 {
+			n = 2 // UNKNOWN
+		}
+		return 200, int64(n), true
+	}
+	return 0, 0, false
+}
+
+// sleep waits d. It ends early when the exchange's context ends (gone: the
+// client went away, the stream was reset, the connection is closing) or when
+// the connection manager interrupts the exchange (a request or stream idle
+// timeout; the manager then answers the request itself).
+func sleep(e *http.Exchange, d time.Duration) (gone, interrupted bool) {
+	w := make(wakeup, 1)
+	if e.SetInterrupter(w) != nil {
+		return false, true
+	}
+	defer e.SetInterrupter(nil)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return false, false
+	case <-e.Context().Done():
+		return true, false
+	case <-w:
+		return false, true
+	}
+}
+
+// wakeup is the http.Interrupter of a delay.
+type wakeup chan struct{}
+
+// Interrupt implements http.Interrupter.
+func (w wakeup) Interrupt(error) {
+	select {
+	case w <- struct{}{}:
+	default:
+	}
+}
+
+// parseUint is absl::SimpleAtoi for an unsigned value: surrounding ASCII
+// whitespace and a '+' allowed, overflow not.
+func parseUint(s string) (uint64, bool) {
+	for len(s) > 0 && isSpace(s[0]) {
+		s = s[1:]
+	}
+	for len(s) > 0 && isSpace(s[len(s)-1]) {
+		s = s[:len(s)-1]
+	}
+	if len(s) > 0 && s[0] == '+' {
+		s = s[1:]
+	}
+	if s == "" {
+		return 0, false
+	}
+	var n uint64
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		d := uint64(c - '0')
+		if n > (math.MaxUint64-d)/10 {
+			return 0, false
+		}
+		n = n*10 + d
+	}
+	return n, true
+}
+
+func isSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'
+}

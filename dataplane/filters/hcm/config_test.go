@@ -1,0 +1,72 @@
+package hcm_test
+
+import (
+	"strings"
+	"testing"
+
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+
+	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/dataplane/filters/hcm"
+	"github.com/skiffproxy/skiff/dataplane/filters/router"
+	"github.com/skiffproxy/skiff/internal/cfgerr"
+	"github.com/skiffproxy/skiff/internal/protoyaml"
+)
+
+const routerFilter = `{ name: envoy.filters.http.router, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }`
+
+func TestConfigErrors(t *testing.T) {
+	reg := filter.NewRegistry()
+	if err := reg.RegisterHTTP(router.Factory{}); err != nil {
+		t.Fatal(err)
+	}
+	f := hcm.Factory{Registry: reg}
+	routes := `route_config: { virtual_hosts: [{ name: a, domains: ["*"], routes: [{ match: { prefix: "/" }, route: { cluster: c } }] }] }`
+	for _, tc := range []struct{ yaml, path, msg string }{
+		{`stat_prefix: x
+` + routes + `
+http_filters: [` + routerFilter + `]
+tracing: {}`, "tracing", "not supported by skiff"},
+		{`stat_prefix: x
+` + routes + `
+http_filters: [{ name: envoy.filters.http.lua, typed_config: { "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog } }, ` + routerFilter + `]`, "http_filters[0].typed_config", "is not a HTTP filter skiff supports"},
+		{`stat_prefix: x
+` + routes + `
+http_filters: [` + routerFilter + `, ` + routerFilter + `]`, "http_filters[0]", "must be the last"},
+		{`stat_prefix: x
+` + routes, "http_filters", "router"},
+		{`stat_prefix: x
+` + routes + `
+codec_type: HTTP3
+http_filters: [` + routerFilter + `]`, "codec_type", "HTTP3"},
+		{`stat_prefix: x
+route_config: { virtual_hosts: [{ name: a, domains: ["*"], routes: [{ match: { prefix: "/" }, route: { cluster: missing } }] }] }
+http_filters: [` + routerFilter + `]`, "route_config.virtual_hosts[0].routes[0].route.cluster", ""},
+		{`stat_prefix: x
+` + routes + `
+common_http_protocol_options: { max_stream_duration: 1s }
+http_filters: [` + routerFilter + `]`, "common_http_protocol_options.max_stream_duration", ""},
+		{`stat_prefix: x
+` + routes + `
+upgrade_configs: [{ upgrade_type: CONNECT }]
+http_filters: [` + routerFilter + `]`, "upgrade_configs[0].upgrade_type", "CONNECT"},
+		{`stat_prefix: x
+` + routes + `
+access_log: [{ name: l, typed_config: { "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog, log_format: { text_format: "%NOPE%" } } }]
+http_filters: [` + routerFilter + `]`, "access_log[0].typed_config.log_format.text_format", "NOPE"},
+	} {
+		var cfg hcmv3.HttpConnectionManager
+		if err := protoyaml.Unmarshal([]byte(tc.yaml), &cfg); err != nil {
+			t.Fatalf("%v\n%s", err, tc.yaml)
+		}
+		fc := &filter.Context{Listener: "l", ClusterExists: func(name string) bool { return name == "c" }}
+		_, err := f.Create(&cfg, fc)
+		if err == nil {
+			t.Errorf("no error for\n%s", tc.yaml)
+			continue
+		}
+		if got := cfgerr.PathOf(err); got != tc.path || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("error %q at %q, want %q containing %q", err, got, tc.path, tc.msg)
+		}
+	}
+}

@@ -1,0 +1,316 @@
+package hcm_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	nethttp "net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+func TestH2cManyStreams(t *testing.T) {
+	up := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		fmt.Fprintf(w, "%s %s", r.Proto, r.URL.Path)
+	}))
+	for _, upH2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("upstream-http2=%v", upH2), func(t *testing.T) {
+			e := newEnv(t, hcmYAML("backend", "codec_type: HTTP2\n"), cluster(t, "backend", upH2, up))
+			c := h2cClient(t)
+			var wg sync.WaitGroup
+			errs := make(chan error, 100)
+			for i := range 100 {
+				wg.Go(func() {
+					resp, err := c.Get(fmt.Sprintf("http://%s/s/%d", e.addr, i))
+					if err != nil {
+						errs <- err
+						return
+					}
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					wantProto := "HTTP/1.1"
+					if upH2 {
+						wantProto = "HTTP/2.0"
+					}
+					if want := fmt.Sprintf("%s /s/%d", wantProto, i); string(b) != want || resp.ProtoMajor != 2 {
+						errs <- fmt.Errorf("got %q over %s, want %q", b, resp.Proto, want)
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			e.waitStat("http.ingress.downstream_rq_2xx", 100)
+			// Until a peer's SETTINGS arrive, a client assumes it takes 100
+			// streams at once (RFC 9113), and may open a second connection.
+			if got := e.stat("http.ingress.downstream_cx_http2_total"); got > 2 {
+				t.Errorf("downstream_cx_http2_total = %d", got)
+			}
+			if upH2 {
+				if got := e.stat("cluster.backend.upstream_cx_http2_total"); got > 2 {
+					t.Errorf("upstream_cx_http2_total = %d: streams not multiplexed", got)
+				}
+			}
+		})
+	}
+}
+
+func TestAutoCodec(t *testing.T) {
+	up := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		io.WriteString(w, r.Proto)
+	}))
+	e := newEnv(t, hcmYAML("backend", ""), cluster(t, "backend", false, up))
+	for _, c := range []*nethttp.Client{h1Client(t), h2cClient(t)} {
+		resp, err := c.Get("http://" + e.addr + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("%s: %d", resp.Proto, resp.StatusCode)
+		}
+	}
+	e.waitStat("http.ingress.downstream_cx_http1_total", 1)
+	e.waitStat("http.ingress.downstream_cx_http2_total", 1)
+}
+
+type testService struct {
+	testpb.UnimplementedTestServiceServer
+}
+
+func (testService) UnaryCall(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	_ = grpc.SetTrailer(ctx, metadata.Pairs("x-unary-trailer", "t"))
+	if st := req.GetResponseStatus(); st.GetCode() != 0 {
+		return nil, status.Error(codes.Code(st.GetCode()), st.GetMessage())
+	}
+	return &testpb.SimpleResponse{Payload: req.GetPayload()}, nil
+}
+
+func (testService) FullDuplexCall(stream testpb.TestService_FullDuplexCallServer) error {
+	stream.SetTrailer(metadata.Pairs("x-stream-trailer", "bye"))
+	for {
+		in, err := stream.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if st := in.GetResponseStatus(); st.GetCode() != 0 {
+			return status.Error(codes.Code(st.GetCode()), st.GetMessage())
+		}
+		if err := stream.Send(&testpb.StreamingOutputCallResponse{Payload: in.GetPayload()}); err != nil {
+			return err
+		}
+	}
+}
+
+func grpcUpstream(t testing.TB) string {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	testpb.RegisterTestServiceServer(gs, testService{})
+	done := make(chan struct{})
+	go func() { defer close(done); _ = gs.Serve(lis) }()
+	t.Cleanup(func() { gs.Stop(); <-done })
+	return lis.Addr().String()
+}
+
+func TestGRPC(t *testing.T) {
+	up := grpcUpstream(t)
+	e := newEnv(t, hcmYAML("grpc", ""), cluster(t, "grpc", true, up))
+	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := testpb.NewTestServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	var trl metadata.MD
+	body := bytes.Repeat([]byte("grpc"), 1<<18)
+	resp, err := client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: body}}, grpc.Trailer(&trl))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(resp.GetPayload().GetBody(), body) || trl.Get("x-unary-trailer")[0] != "t" {
+		t.Errorf("unary: %d bytes, trailer %v", len(resp.GetPayload().GetBody()), trl)
+	}
+
+	_, err = client.UnaryCall(ctx, &testpb.SimpleRequest{ResponseStatus: &testpb.EchoStatus{Code: int32(codes.NotFound), Message: "nope"}})
+	if st, _ := status.FromError(err); st.Code() != codes.NotFound || st.Message() != "nope" {
+		t.Errorf("trailers-only error: %v", err)
+	}
+
+	stream, err := client.FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		msg := bytes.Repeat([]byte{byte(i)}, 1000*i)
+		if err := stream.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: msg}}); err != nil {
+			t.Fatal(err)
+		}
+		in, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(in.GetPayload().GetBody(), msg) {
+			t.Fatalf("message %d: %d bytes", i, len(in.GetPayload().GetBody()))
+		}
+	}
+	stream.CloseSend()
+	if _, err := stream.Recv(); err != io.EOF {
+		t.Errorf("end of stream: %v", err)
+	}
+	if stream.Trailer().Get("x-stream-trailer")[0] != "bye" {
+		t.Errorf("stream trailer %v", stream.Trailer())
+	}
+
+	// A streaming call ending in an error status.
+	stream, err = client.FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream.Send(&testpb.StreamingOutputCallRequest{ResponseStatus: &testpb.EchoStatus{Code: int32(codes.ResourceExhausted), Message: "full"}})
+	if _, err := stream.Recv(); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("stream error: %v", err)
+	}
+}
+
+func TestWebSocketUpgrade(t *testing.T) {
+	// A raw upstream that accepts the upgrade and echoes bytes.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		req, err := nethttp.ReadRequest(br)
+		if err != nil || req.Header.Get("upgrade") != "websocket" {
+			io.WriteString(c, "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
+		io.Copy(c, br)
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	e := newEnv(t, hcmYAML("ws", "upgrade_configs: [{ upgrade_type: websocket }]\n"), cluster(t, "ws", false, ln.Addr().String()))
+
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET /chat HTTP/1.1\r\nhost: a\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-version: 13\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := nethttp.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 101 || !strings.EqualFold(resp.Header.Get("upgrade"), "websocket") {
+		t.Fatalf("upgrade answered %d %v", resp.StatusCode, resp.Header)
+	}
+	for i := range 5 {
+		msg := fmt.Sprintf("frame %d", i)
+		io.WriteString(c, msg)
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(br, buf); err != nil || string(buf) != msg {
+			t.Fatalf("tunnel: %q %v", buf, err)
+		}
+	}
+	c.(*net.TCPConn).CloseWrite()
+	if rest, _ := io.ReadAll(br); len(rest) != 0 {
+		t.Errorf("after close: %q", rest)
+	}
+
+	// Without upgrade_configs, an upgrade is refused.
+	e2 := newEnv(t, hcmYAML("ws", ""), cluster(t, "ws", false, ln.Addr().String()))
+	got := rawExchange(t, e2.addr, "GET /chat HTTP/1.1\r\nhost: a\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n", 2*time.Second)
+	if !strings.HasPrefix(got, "HTTP/1.1 403 ") {
+		t.Errorf("upgrade without upgrade_configs: %q", got)
+	}
+}
+
+func TestDrain(t *testing.T) {
+	up := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		io.WriteString(w, "ok")
+	}))
+	e := newEnv(t, hcmYAML("backend", ""), cluster(t, "backend", false, up))
+	// An HTTP/1.1 connection and an HTTP/2 one, both open.
+	c1, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	c1.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c1)
+	io.WriteString(c1, "GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+	if resp, err := nethttp.ReadResponse(br, nil); err != nil || resp.Header.Get("connection") == "close" {
+		t.Fatalf("before drain: %v %v", resp, err)
+	} else {
+		io.ReadAll(resp.Body)
+	}
+	c2, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	c2.SetDeadline(time.Now().Add(10 * time.Second))
+	fr := http2.NewFramer(c2, c2)
+	io.WriteString(c2, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+	fr.WriteSettings()
+
+	e.drain()
+	e.waitStat("http.ingress.downstream_cx_drain_close", 2)
+	// HTTP/1.1: the next response says connection: close (or the idle
+	// connection is closed).
+	io.WriteString(c1, "GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+	if resp, err := nethttp.ReadResponse(br, nil); err == nil && resp.Header.Get("connection") != "close" {
+		t.Errorf("HTTP/1.1 after drain: %v", resp.Header)
+	}
+	// HTTP/2: GOAWAY.
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("no GOAWAY: %v", err)
+		}
+		if _, ok := f.(*http2.GoAwayFrame); ok {
+			break
+		}
+		if s, ok := f.(*http2.SettingsFrame); ok && !s.IsAck() {
+			fr.WriteSettingsAck()
+		}
+		if p, ok := f.(*http2.PingFrame); ok && !p.IsAck() {
+			fr.WritePing(true, p.Data)
+		}
+	}
+	e.waitStat("http.ingress.downstream_cx_drain_close", 2)
+}

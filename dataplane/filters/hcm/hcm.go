@@ -1,0 +1,444 @@
+// Package hcm is the network filter envoy.filters.network.http_connection_manager:
+// it speaks HTTP/1.1 and HTTP/2 (h2c with prior knowledge, or either found by
+// sniffing the HTTP/2 connection preface with codec_type AUTO) on a downstream
+// connection, sanitizes each request as Envoy does (hop-by-hop fields,
+// x-forwarded-for, x-forwarded-proto, x-request-id, internal x-envoy-*
+// headers), matches it against its route configuration (inline, or by name
+// through RDS), runs its HTTP filters (built through the filter Registry; the
+// router last), adds the server and date headers to the response, counts the
+// exchange (http.<stat_prefix>.*) and writes the access logs.
+//
+// Streams: HTTP/1.1 serves one request at a time per connection (pipelined
+// ones wait, in order) on the connection's goroutine, reusing the exchange
+// and its headers, so that a keep-alive request allocates nothing; HTTP/2
+// serves each stream on a goroutine of its own, with pooled exchanges.
+//
+// Timeouts: request_headers_timeout (408, the codec's), request_timeout (the
+// whole request received: 408 "request timeout"), stream_idle_timeout (5 min
+// by default: no byte either way; 408 "stream timeout", or a reset once the
+// response began), the route's idle_timeout overriding it;
+// common_http_protocol_options.idle_timeout (1 h by default: a connection
+// without requests) and max_connection_duration (drained then). When skiff
+// drains a connection (a listener or filter chain removed or changed, a
+// shutdown), HTTP/1.1 answers the request in flight with "connection:
+// close" and HTTP/2 sends GOAWAY.
+package hcm
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/skiffproxy/skiff/dataplane/accesslog"
+	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/dataplane/http/h1"
+	"github.com/skiffproxy/skiff/dataplane/http/h2"
+	"github.com/skiffproxy/skiff/dataplane/http/route"
+	"github.com/skiffproxy/skiff/internal/bufpool"
+	"github.com/skiffproxy/skiff/internal/cfgerr"
+	"github.com/skiffproxy/skiff/internal/stats"
+)
+
+// Name is the filter's canonical name.
+const Name = "envoy.filters.network.http_connection_manager"
+
+// Envoy's defaults.
+const (
+	DefaultStreamIdleTimeout = 5 * time.Minute
+	DefaultIdleTimeout       = time.Hour
+	DefaultMaxRequestHeaders = 60 // KiB
+	DefaultDrainTimeout      = 5 * time.Second
+	DefaultServerName        = "envoy"
+)
+
+// Factory builds connection managers. Registry is where their HTTP filters
+// come from (the one the Factory is registered in).
+type Factory struct {
+	Registry *filter.Registry
+}
+
+// Name implements filter.Factory.
+func (Factory) Name() string { return Name }
+
+// ConfigType implements filter.Factory.
+func (Factory) ConfigType() proto.Message { return &hcmv3.HttpConnectionManager{} }
+
+// serverHeader is server_header_transformation.
+type serverHeader uint8
+
+const (
+	serverOverwrite serverHeader = iota
+	serverAppendIfAbsent
+	serverPassThrough
+)
+
+// Manager is a built connection manager: one per filter chain, serving every
+// connection of it.
+type Manager struct {
+	log      *slog.Logger
+	listener string
+	buffers  *bufpool.Pool
+
+	codec hcmv3.HttpConnectionManager_CodecType
+	h1    h1.Options
+	h2    *h2.Server
+
+	// Routes: one of table and slot.
+	table *route.Table
+	slot  *route.Slot
+
+	filters     []http.Filter
+	respFilters []http.ResponseFilter
+	router      http.Terminal
+	logs        []accesslog.Logger
+
+	useRemote       bool
+	trustedHops     uint32
+	skipXFFAppend   bool
+	via             string
+	generateID      bool
+	preserveExtID   bool
+	alwaysSetID     bool
+	serverName      string
+	serverHeader    serverHeader
+	acceptHTTP10    bool
+	defaultHost10   string
+	maxHeaders      int
+	underscores     corev3.HttpProtocolOptions_HeadersWithUnderscoresAction
+	maxRequests     uint32 // per connection, 0: no limit
+	maxConnDuration time.Duration
+	idleTimeout     time.Duration // a connection without requests (HTTP/1.1; HTTP/2's is the codec's)
+	streamIdle      time.Duration
+	requestTimeout  time.Duration
+	upgrades        map[string]bool // upgrade types allowed (lower case)
+	normalizePath   bool
+	mergeSlashes    bool
+	stripPort       int // -2: no, -1: any port, else strip_matching_host_port (the listener's port is known per connection)
+	stripMatching   bool
+
+	stats   hcmStats
+	streams sync.Pool // of *stream, for HTTP/2
+}
+
+// Create implements filter.NetworkFactory.
+func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilter, error) {
+	cfg := m.(*hcmv3.HttpConnectionManager)
+	if err := cfgerr.OnlyFields(cfg, "codec_type", "stat_prefix", "rds", "route_config", "http_filters",
+		"common_http_protocol_options", "http_protocol_options", "http2_protocol_options", "server_name",
+		"server_header_transformation", "max_request_headers_kb", "stream_idle_timeout", "request_timeout",
+		"request_headers_timeout", "drain_timeout", "delayed_close_timeout", "access_log", "use_remote_address",
+		"xff_num_trusted_hops", "skip_xff_append", "via", "generate_request_id", "preserve_external_request_id",
+		"always_set_request_id_in_response", "forward_client_cert_details", "set_current_client_cert_details",
+		"proxy_100_continue", "upgrade_configs", "normalize_path", "merge_slashes", "path_with_escaped_slashes_action",
+		"strip_matching_host_port", "strip_any_host_port", "stream_error_on_invalid_http_message",
+		"add_user_agent"); err != nil {
+		return nil, err
+	}
+	log := fc.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	st := fc.Stats
+	if st == nil {
+		st = stats.NewStore()
+	}
+	bufs := fc.Buffers
+	if bufs == nil {
+		bufs = bufpool.New()
+	}
+	mg := &Manager{
+		log:           log.With("filter", Name),
+		listener:      fc.Listener,
+		buffers:       bufs,
+		codec:         cfg.GetCodecType(),
+		generateID:    true,
+		serverName:    DefaultServerName,
+		streamIdle:    DefaultStreamIdleTimeout,
+		stripPort:     -2,
+		trustedHops:   cfg.GetXffNumTrustedHops(),
+		useRemote:     cfg.GetUseRemoteAddress().GetValue(),
+		skipXFFAppend: cfg.GetSkipXffAppend(),
+		via:           cfg.GetVia(),
+		preserveExtID: cfg.GetPreserveExternalRequestId(),
+		alwaysSetID:   cfg.GetAlwaysSetRequestIdInResponse(),
+	}
+	if cfg.GetCodecType() == hcmv3.HttpConnectionManager_HTTP3 {
+		return nil, cfgerr.Errorf("codec_type", "HTTP3 is not supported by skiff (AUTO, HTTP1, HTTP2 are)")
+	}
+	if v := cfg.GetGenerateRequestId(); v != nil {
+		mg.generateID = v.GetValue()
+	}
+	if v := cfg.GetAddUserAgent(); v.GetValue() {
+		return nil, cfgerr.Errorf("add_user_agent", "not supported by skiff")
+	}
+	if cfg.GetProxy_100Continue() {
+		return nil, cfgerr.Errorf("proxy_100_continue", "not supported by skiff: skiff answers 100-continue itself, as Envoy does by default")
+	}
+	if cfg.GetForwardClientCertDetails() != hcmv3.HttpConnectionManager_SANITIZE {
+		return nil, cfgerr.Errorf("forward_client_cert_details", "only SANITIZE is supported (skiff has no TLS listeners yet)")
+	}
+	if a := cfg.GetPathWithEscapedSlashesAction(); a != hcmv3.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT && a != hcmv3.HttpConnectionManager_KEEP_UNCHANGED {
+		return nil, cfgerr.Errorf("path_with_escaped_slashes_action", "%v is not supported by skiff (KEEP_UNCHANGED is)", a)
+	}
+	if cfg.GetServerName() != "" {
+		mg.serverName = cfg.GetServerName()
+	}
+	switch cfg.GetServerHeaderTransformation() {
+	case hcmv3.HttpConnectionManager_APPEND_IF_ABSENT:
+		mg.serverHeader = serverAppendIfAbsent
+	case hcmv3.HttpConnectionManager_PASS_THROUGH:
+		mg.serverHeader = serverPassThrough
+	}
+	mg.normalizePath = cfg.GetNormalizePath().GetValue()
+	mg.mergeSlashes = cfg.GetMergeSlashes()
+	switch {
+	case cfg.GetStripAnyHostPort():
+		mg.stripPort = -1
+	case cfg.GetStripMatchingHostPort():
+		mg.stripMatching = true
+	}
+
+	// Timeouts.
+	if d := cfg.GetStreamIdleTimeout(); d != nil {
+		mg.streamIdle = d.AsDuration() // 0 disables it
+	}
+	if d := cfg.GetRequestTimeout(); d != nil {
+		mg.requestTimeout = d.AsDuration()
+	}
+	drainTimeout := DefaultDrainTimeout
+	if d := cfg.GetDrainTimeout(); d != nil {
+		drainTimeout = d.AsDuration()
+	}
+	maxKB := uint32(DefaultMaxRequestHeaders)
+	if v := cfg.GetMaxRequestHeadersKb(); v != nil {
+		maxKB = v.GetValue()
+	}
+	// The connection manager keeps HTTP/1.1's idle timeout itself (one lazy
+	// timer per connection instead of a read deadline set and cleared for
+	// every request).
+	mg.h1 = h1.Options{Buffers: bufs, MaxHeaderBytes: int(maxKB) << 10}
+	mg.idleTimeout = DefaultIdleTimeout
+	if d := cfg.GetRequestHeadersTimeout(); d != nil {
+		mg.h1.RequestHeadersTimeout = d.AsDuration()
+	}
+	if d := cfg.GetDelayedCloseTimeout(); d != nil {
+		mg.h1.CloseDelay = d.AsDuration()
+		if mg.h1.CloseDelay == 0 {
+			mg.h1.CloseDelay = -1
+		}
+	}
+	h2opts := h2.ServerOptions{MaxHeaderListSize: maxKB << 10, IdleTimeout: DefaultIdleTimeout, DrainTimeout: drainTimeout, Buffers: bufs, Logger: log}
+
+	if co := cfg.GetCommonHttpProtocolOptions(); co != nil {
+		if err := cfgerr.OnlyFields(co, "idle_timeout", "max_connection_duration", "max_headers_count",
+			"headers_with_underscores_action", "max_requests_per_connection"); err != nil {
+			return nil, cfgerr.Field("common_http_protocol_options", err)
+		}
+		if d := co.GetIdleTimeout(); d != nil {
+			mg.idleTimeout = d.AsDuration()
+			h2opts.IdleTimeout = d.AsDuration()
+		}
+		mg.maxConnDuration = co.GetMaxConnectionDuration().AsDuration()
+		if v := co.GetMaxHeadersCount(); v != nil {
+			mg.maxHeaders = int(v.GetValue())
+			mg.h1.MaxHeaders = mg.maxHeaders
+		}
+		mg.underscores = co.GetHeadersWithUnderscoresAction()
+		mg.maxRequests = co.GetMaxRequestsPerConnection().GetValue()
+	}
+	if mg.maxHeaders == 0 {
+		mg.maxHeaders = h1.DefaultMaxHeaders
+	}
+	mg.acceptHTTP10 = false
+	if po := cfg.GetHttpProtocolOptions(); po != nil {
+		// enable_trailers: skiff passes HTTP/1.1 trailers on whatever it says
+		// (Envoy drops them unless it is set).
+		if err := cfgerr.OnlyFields(po, "accept_http_10", "default_host_for_http_10", "enable_trailers",
+			"allow_absolute_url", "override_stream_error_on_invalid_http_message"); err != nil {
+			return nil, cfgerr.Field("http_protocol_options", err)
+		}
+		if v := po.GetAllowAbsoluteUrl(); v != nil && !v.GetValue() {
+			return nil, cfgerr.Errorf("http_protocol_options.allow_absolute_url", "false is not supported by skiff")
+		}
+		mg.acceptHTTP10 = po.GetAcceptHttp_10()
+		mg.defaultHost10 = po.GetDefaultHostForHttp_10()
+	}
+	if po := cfg.GetHttp2ProtocolOptions(); po != nil {
+		if err := cfgerr.OnlyFields(po, "max_concurrent_streams", "initial_stream_window_size",
+			"initial_connection_window_size", "override_stream_error_on_invalid_http_message",
+			"stream_error_on_invalid_http_messaging"); err != nil {
+			return nil, cfgerr.Field("http2_protocol_options", err)
+		}
+		h2opts.MaxConcurrentStreams = po.GetMaxConcurrentStreams().GetValue()
+		h2opts.InitialStreamWindowSize = po.GetInitialStreamWindowSize().GetValue()
+		h2opts.InitialConnectionWindowSize = po.GetInitialConnectionWindowSize().GetValue()
+	}
+	srv, err := h2.NewServer(h2opts)
+	if err != nil {
+		return nil, cfgerr.Errorf("http2_protocol_options", "%v", err)
+	}
+	mg.h2 = srv
+
+	// Upgrades.
+	for i, u := range cfg.GetUpgradeConfigs() {
+		if err := cfgerr.OnlyFields(u, "upgrade_type", "enabled"); err != nil {
+			return nil, cfgerr.Index("upgrade_configs", i, err)
+		}
+		t := strings.ToLower(u.GetUpgradeType())
+		if t == "connect" {
+			return nil, cfgerr.Errorf(fmt.Sprintf("upgrade_configs[%d].upgrade_type", i), "CONNECT is not supported by skiff yet")
+		}
+		if mg.upgrades == nil {
+			mg.upgrades = map[string]bool{}
+		}
+		mg.upgrades[t] = u.Enabled == nil || u.GetEnabled().GetValue()
+	}
+
+	// Routes.
+	switch rs := cfg.GetRouteSpecifier().(type) {
+	case *hcmv3.HttpConnectionManager_RouteConfig:
+		t, err := route.CompileInline(rs.RouteConfig, route.Options{ClusterExists: fc.ClusterExists})
+		if err != nil {
+			return nil, cfgerr.Field("route_config", err)
+		}
+		mg.table = t
+	case *hcmv3.HttpConnectionManager_Rds:
+		if err := cfgerr.OnlyFields(rs.Rds, "config_source", "route_config_name"); err != nil {
+			return nil, cfgerr.Field("rds", err)
+		}
+		provider := fc.Routes
+		if provider == nil {
+			provider = route.NewProvider()
+		}
+		mg.slot = provider.Slot(rs.Rds.GetRouteConfigName())
+	default:
+		return nil, cfgerr.Errorf("route_config", "one of route_config and rds is required (scoped_routes is not supported by skiff)")
+	}
+
+	// Stats first: the filters root theirs under http.<stat_prefix>.
+	prefix := "http." + cfg.GetStatPrefix() + "."
+	mg.stats = newStats(st, prefix)
+
+	// HTTP filters, the router last.
+	hfc := *fc
+	hfc.HTTPStatPrefix = prefix
+	filters := cfg.GetHttpFilters()
+	if len(filters) == 0 {
+		return nil, cfgerr.Errorf("http_filters", "an HTTP connection manager needs http_filters ending with the router (%s)", "envoy.filters.http.router")
+	}
+	for i, hf := range filters {
+		if err := cfgerr.OnlyFields(hf, "name", "typed_config", "is_optional", "disabled"); err != nil {
+			return nil, cfgerr.Index("http_filters", i, err)
+		}
+		if hf.GetDisabled() {
+			continue
+		}
+		if f.Registry == nil {
+			return nil, cfgerr.Errorf("http_filters", "no filter registry")
+		}
+		if hf.GetIsOptional() && !f.Registry.HasHTTP(hf.GetTypedConfig().GetTypeUrl()) {
+			continue // Envoy skips an optional filter it does not know
+		}
+		flt, err := f.Registry.HTTPFilter(hf.GetName(), hf.GetTypedConfig(), &hfc)
+		if err != nil {
+			return nil, cfgerr.Index("http_filters", i, err)
+		}
+		term, isTerminal := flt.(http.Terminal)
+		last := i == len(filters)-1
+		switch {
+		case isTerminal && !last:
+			return nil, cfgerr.Errorf(fmt.Sprintf("http_filters[%d]", i), "%s is a terminal filter and must be the last of http_filters", hf.GetName())
+		case !isTerminal && last:
+			return nil, cfgerr.Errorf(fmt.Sprintf("http_filters[%d]", i), "the last HTTP filter must be the router (envoy.filters.http.router); %s is not", hf.GetName())
+		case isTerminal:
+			mg.router = term
+		default:
+			mg.filters = append(mg.filters, flt)
+			if rf, ok := flt.(http.ResponseFilter); ok {
+				mg.respFilters = append(mg.respFilters, rf)
+			}
+		}
+	}
+	if mg.router == nil {
+		return nil, cfgerr.Errorf("http_filters", "the last HTTP filter must be the router (envoy.filters.http.router)")
+	}
+
+	// Access logs.
+	logs, err := accesslog.Build(cfg.GetAccessLog(), accesslog.Options{
+		Sinks: fc.AccessLogs, Clusters: fc.Clusters, Node: fc.Node, Stats: st, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	mg.logs = logs
+	mg.streams.New = func() any { return newStream(mg) }
+	return mg, nil
+}
+
+// hcmStats are Envoy's http.<stat_prefix>.* connection manager stats.
+type hcmStats struct {
+	cxTotal, cxHTTP1Total, cxHTTP2Total, cxDestroy         stats.Counter
+	cxActive, cxHTTP1Active, cxHTTP2Active                 stats.Gauge
+	cxProtocolError, cxIdleTimeout, cxMaxDuration, cxDrain stats.Counter
+	cxMaxRequests                                          stats.Counter
+	rqTotal, rqHTTP1Total, rqHTTP2Total, rqCompleted       stats.Counter
+	rqActive                                               stats.Gauge
+	rqClass                                                [5]stats.Counter
+	rqTimeout, rqIdleTimeout, rqHeaderTimeout, rqRxReset   stats.Counter
+	rqTxReset, rqWsOnNonWs, rqTooLarge, rqFailedNormalize  stats.Counter
+	rxBytes, txBytes                                       stats.Counter
+	rqTime                                                 stats.Histogram
+}
+
+func newStats(st *stats.Store, p string) hcmStats {
+	s := hcmStats{
+		cxTotal:           st.Counter(p + "downstream_cx_total"),
+		cxHTTP1Total:      st.Counter(p + "downstream_cx_http1_total"),
+		cxHTTP2Total:      st.Counter(p + "downstream_cx_http2_total"),
+		cxDestroy:         st.Counter(p + "downstream_cx_destroy"),
+		cxActive:          st.Gauge(p + "downstream_cx_active"),
+		cxHTTP1Active:     st.Gauge(p + "downstream_cx_http1_active"),
+		cxHTTP2Active:     st.Gauge(p + "downstream_cx_http2_active"),
+		cxProtocolError:   st.Counter(p + "downstream_cx_protocol_error"),
+		cxIdleTimeout:     st.Counter(p + "downstream_cx_idle_timeout"),
+		cxMaxDuration:     st.Counter(p + "downstream_cx_max_duration_reached"),
+		cxDrain:           st.Counter(p + "downstream_cx_drain_close"),
+		cxMaxRequests:     st.Counter(p + "downstream_cx_max_requests_reached"),
+		rqTotal:           st.Counter(p + "downstream_rq_total"),
+		rqHTTP1Total:      st.Counter(p + "downstream_rq_http1_total"),
+		rqHTTP2Total:      st.Counter(p + "downstream_rq_http2_total"),
+		rqCompleted:       st.Counter(p + "downstream_rq_completed"),
+		rqActive:          st.Gauge(p + "downstream_rq_active"),
+		rqTimeout:         st.Counter(p + "downstream_rq_timeout"),
+		rqIdleTimeout:     st.Counter(p + "downstream_rq_idle_timeout"),
+		rqHeaderTimeout:   st.Counter(p + "downstream_rq_header_timeout"),
+		rqRxReset:         st.Counter(p + "downstream_rq_rx_reset"),
+		rqTxReset:         st.Counter(p + "downstream_rq_tx_reset"),
+		rqWsOnNonWs:       st.Counter(p + "downstream_rq_ws_on_non_ws_route"),
+		rqTooLarge:        st.Counter(p + "downstream_rq_too_large"),
+		rqFailedNormalize: st.Counter(p + "downstream_rq_failed_path_normalization"),
+		rxBytes:           st.Counter(p + "downstream_cx_rx_bytes_total"),
+		txBytes:           st.Counter(p + "downstream_cx_tx_bytes_total"),
+		rqTime:            st.Histogram(p + "downstream_rq_time"),
+	}
+	for i := range s.rqClass {
+		s.rqClass[i] = st.Counter(fmt.Sprintf("%sdownstream_rq_%dxx", p, i+1))
+	}
+	return s
+}
+
+// routes returns the route table for a request: the inline one, or RDS's
+// current one (nil until it arrives).
+func (m *Manager) routes() *route.Table {
+	if m.table != nil {
+		return m.table
+	}
+	return m.slot.Table()
+}

@@ -1,0 +1,405 @@
+package hcm
+
+import (
+	"math/rand/v2"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/skiffproxy/skiff/dataplane/http"
+)
+
+// sanitize applies the connection manager's request header mutations, as
+// Envoy's ConnectionManagerUtility::mutateRequestHeaders: hop-by-hop fields
+// go (connection and upgrade stay on an upgrade that goes on), the trusted
+// client address is found (use_remote_address, xff_num_trusted_hops) and
+// x-forwarded-for, x-forwarded-proto, x-envoy-internal,
+// x-envoy-external-address and x-request-id are set; an external request
+// loses the x-envoy-* fields only internal ones may set.
+func (st *stream) sanitize(keepUpgrade bool) {
+	m, e := st.m, &st.ex
+	req := e.Request
+	fc := st.c.fc
+	xff, hasXFF := req.Get("x-forwarded-for")
+	var trusted netip.Addr
+	fromConn := false
+	single := false
+	if m.useRemote {
+		single = !hasXFF
+		if m.trustedHops > 0 {
+			trusted, _ = lastXFF(xff, m.trustedHops-1)
+		}
+		if !trusted.IsValid() {
+			trusted, fromConn = fc.Remote.Addr(), true
+		}
+	} else {
+		trusted, single = lastXFF(xff, m.trustedHops)
+	}
+	internal := single && trusted.IsValid() && isInternal(trusted)
+	edge := !internal && m.useRemote
+
+	// One pass removes every field that goes.
+	teTrailers := false
+	req.DeleteFunc(func(name, value string) bool {
+		if len(name) < 2 {
+			return false
+		}
+		switch name[0] {
+		case 'c':
+			return name == "connection" && !keepUpgrade
+		case 'u':
+			return name == "upgrade" && !keepUpgrade
+		case 'k':
+			return name == "keep-alive"
+		case 'p':
+			return name == "proxy-connection"
+		case 't':
+			switch name {
+			case "transfer-encoding":
+				return true
+			case "te":
+				teTrailers = teTrailers || hasTokenFold(value, "trailers")
+				return true
+			}
+		case 'x':
+			if name == "x-forwarded-client-cert" {
+				return true // forward_client_cert_details SANITIZE
+			}
+			if len(name) > 8 && name[:8] == "x-envoy-" {
+				switch name[8:] {
+				case "internal":
+					return true
+				case "decorator-operation", "downstream-service-cluster", "downstream-service-node":
+					return edge
+				case "retry-on", "retry-grpc-on", "max-retries", "upstream-alt-stat-name", "upstream-rq-timeout-ms",
+					"upstream-rq-per-try-timeout-ms", "upstream-rq-timeout-alt-response", "expected-rq-timeout-ms",
+					"force-trace", "ip-tags":
+					return !internal
+				}
+			}
+		}
+		return false
+	})
+	if teTrailers {
+		req.Add("te", "trailers")
+	}
+	var buf [256]byte
+	if m.useRemote {
+		if !m.skipXFFAppend {
+			a := fc.Remote.Addr()
+			if a.IsLoopback() && fc.Local.IsValid() {
+				a = fc.Local.Addr() // as Envoy: a loopback peer is this host
+			}
+			v := buf[:0]
+			if hasXFF && xff != "" {
+				v = append(v, xff...)
+				v = append(v, ", "...)
+			}
+			v = a.AppendTo(v)
+			req.Set("x-forwarded-for", bytesString(v))
+		}
+		req.Set("x-forwarded-proto", "http")
+	} else if !req.Has("x-forwarded-proto") {
+		req.Add("x-forwarded-proto", "http")
+	}
+	if internal {
+		req.Add("x-envoy-internal", "true")
+	}
+	if edge && trusted.IsValid() {
+		req.Set("x-envoy-external-address", bytesString(trusted.AppendTo(buf[:0])))
+	}
+	if m.generateID {
+		if id, ok := req.Get("x-request-id"); !ok || id == "" || edge && !m.preserveExtID {
+			req.Set("x-request-id", bytesString(appendUUID(buf[:0])))
+		}
+	}
+	e.Info.RequestID = req.Value("x-request-id")
+	if m.via != "" {
+		appendVia(req, m.via, buf[:0])
+	}
+	switch {
+	case fromConn:
+		e.Info.DownstreamRemote = fc.Remote
+	case trusted.IsValid():
+		e.Info.DownstreamRemote = netip.AddrPortFrom(trusted, 0)
+	}
+}
+
+// mutateResponse applies the connection manager's response header
+// mutations: hop-by-hop fields go (but a 101's upgrade), date is added if
+// missing, server as server_header_transformation says, x-request-id with
+// always_set_request_id_in_response, via.
+func (st *stream) mutateResponse(status int) {
+	m, e := st.m, &st.ex
+	r := &e.Response
+	upgrade := status == 101
+	r.DeleteFunc(func(name, _ string) bool {
+		switch name {
+		case "connection", "upgrade":
+			return !upgrade
+		case "keep-alive", "proxy-connection", "transfer-encoding":
+			return true
+		}
+		return false
+	})
+	if !r.Has("date") {
+		r.Add("date", httpDate())
+	}
+	switch m.serverHeader {
+	case serverOverwrite:
+		r.Set("server", m.serverName)
+	case serverAppendIfAbsent:
+		if !r.Has("server") {
+			r.Add("server", m.serverName)
+		}
+	}
+	if m.alwaysSetID && e.Info.RequestID != "" {
+		r.Set("x-request-id", e.Info.RequestID)
+	}
+	if m.via != "" {
+		var buf [256]byte
+		appendVia(r, m.via, buf[:0])
+	}
+}
+
+// appendVia appends via to the via field of h.
+func appendVia(h *http.Header, via string, buf []byte) {
+	if old, ok := h.Get("via"); ok && old != "" {
+		buf = append(buf, old...)
+		buf = append(buf, ", "...)
+	}
+	buf = append(buf, via...)
+	h.Set("via", bytesString(buf))
+}
+
+// lastXFF returns the address skip entries from the right of an
+// x-forwarded-for value, and whether the value holds a single address
+// (Envoy's Utility::getLastAddressFromXFF).
+func lastXFF(xff string, skip uint32) (netip.Addr, bool) {
+	if xff == "" {
+		return netip.Addr{}, false
+	}
+	single := strings.IndexByte(xff, ',') < 0
+	rest := xff
+	for i := uint32(0); ; i++ {
+		j := strings.LastIndexByte(rest, ',')
+		entry := rest[j+1:]
+		if i == skip {
+			a, err := netip.ParseAddr(strings.TrimSpace(entry))
+			if err != nil {
+				return netip.Addr{}, single
+			}
+			return a.Unmap(), single
+		}
+		if j < 0 {
+			return netip.Addr{}, single
+		}
+		rest = rest[:j]
+	}
+}
+
+// Internal addresses, as Envoy's Network::Utility::isInternalAddress.
+var internalPrefixes = [...]netip.Prefix{
+	netip.MustParsePrefix("10.0.0.0/8"),
+	netip.MustParsePrefix("172.16.0.0/12"),
+	netip.MustParsePrefix("192.168.0.0/16"),
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("fd00::/8"),
+	netip.MustParsePrefix("::1/128"),
+}
+
+func isInternal(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range internalPrefixes {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// appendUUID appends a random (version 4) UUID.
+func appendUUID(dst []byte) []byte {
+	const hex = "0123456789abcdef"
+	var b [16]byte
+	hi, lo := rand.Uint64(), rand.Uint64()
+	for i := range 8 {
+		b[i] = byte(hi >> (56 - 8*i))
+		b[8+i] = byte(lo >> (56 - 8*i))
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	for i, c := range b {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			dst = append(dst, '-')
+		}
+		dst = append(dst, hex[c>>4], hex[c&15])
+	}
+	return dst
+}
+
+// The date field's value, formatted once a second.
+type dateValue struct {
+	sec int64
+	val string
+}
+
+var currentDate atomic.Pointer[dateValue]
+
+func httpDate() string {
+	now := time.Now()
+	sec := now.Unix()
+	if d := currentDate.Load(); d != nil && d.sec == sec {
+		return d.val
+	}
+	d := &dateValue{sec: sec, val: now.UTC().Format("Mon, 02 Jan 2006 15:04:05 GMT")}
+	currentDate.Store(d)
+	return d.val
+}
+
+// connectionHasUpgrade reports whether a connection field lists "upgrade".
+func connectionHasUpgrade(h *http.Header) bool {
+	found := false
+	h.Range(func(name, value string) bool {
+		if name == "connection" && hasTokenFold(value, "upgrade") {
+			found = true
+			return false
+		}
+		return true
+	})
+	return found
+}
+
+// hasTokenFold reports whether a comma-separated list holds token
+// (case-insensitively).
+func hasTokenFold(list, token string) bool {
+	for list != "" {
+		var t string
+		if i := strings.IndexByte(list, ','); i >= 0 {
+			t, list = list[:i], list[i+1:]
+		} else {
+			t, list = list, ""
+		}
+		if equalFold(strings.TrimSpace(t), token) {
+			return true
+		}
+	}
+	return false
+}
+
+func equalFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+func lowerASCII(s string) string {
+	for i := 0; i < len(s); i++ {
+		if 'A' <= s[i] && s[i] <= 'Z' {
+			return strings.ToLower(s)
+		}
+	}
+	return s
+}
+
+// normalize applies normalize_path (RFC 3986 dot-segment removal) and
+// merge_slashes to :path; false means the path could not be normalized and
+// the request was answered 400.
+func (st *stream) normalize() bool {
+	m, e := st.m, &st.ex
+	req := e.Request
+	p, ok := req.Get(http.Path)
+	if !ok || p == "" || p[0] != '/' {
+		return true // CONNECT, "*", or no path: nothing to normalize
+	}
+	path, query := p, ""
+	if i := strings.IndexByte(p, '?'); i >= 0 {
+		path, query = p[:i], p[i:]
+	}
+	np := path
+	if m.normalizePath {
+		np = removeDotSegments(np)
+	}
+	if m.mergeSlashes {
+		np = mergeSlashes(np)
+	}
+	if np == path {
+		return true
+	}
+	if np == "" || np[0] != '/' {
+		m.stats.rqFailedNormalize.Inc()
+		_ = e.LocalReply(400, "", "path_normalization_failed", 0)
+		return false
+	}
+	req.Set(http.Path, np+query)
+	return true
+}
+
+// removeDotSegments is RFC 3986 section 5.2.4's algorithm.
+func removeDotSegments(p string) string {
+	if !strings.Contains(p, "/.") {
+		return p
+	}
+	segs := strings.Split(p, "/")
+	out := make([]string, 0, len(segs))
+	for i, s := range segs {
+		switch s {
+		case ".":
+			if i == len(segs)-1 {
+				out = append(out, "")
+			}
+		case "..":
+			if len(out) > 1 {
+				out = out[:len(out)-1]
+			}
+			if i == len(segs)-1 {
+				out = append(out, "")
+			}
+		default:
+			out = append(out, s)
+		}
+	}
+	r := strings.Join(out, "/")
+	if r == "" {
+		return "/"
+	}
+	return r
+}
+
+func mergeSlashes(p string) string {
+	if !strings.Contains(p, "//") {
+		return p
+	}
+	var b strings.Builder
+	for i := 0; i < len(p); i++ {
+		if p[i] == '/' && i > 0 && p[i-1] == '/' {
+			continue
+		}
+		b.WriteByte(p[i])
+	}
+	return b.String()
+}
+
+// bytesString returns b's bytes as a string without copying; the caller
+// passes it only to Header methods, which copy.
+func bytesString(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
+}

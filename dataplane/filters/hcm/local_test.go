@@ -1,0 +1,219 @@
+package hcm_test
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	nethttp "net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// rawExchange writes req on a new connection and returns everything read
+// until the peer closes or timeout passes.
+func rawExchange(t testing.TB, addr, req string, timeout time.Duration) string {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(c)
+	return string(b)
+}
+
+func get(t testing.TB, c *nethttp.Client, url string, hdr ...string) (*nethttp.Response, string) {
+	t.Helper()
+	req, err := nethttp.NewRequest("GET", url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		if strings.EqualFold(hdr[i], "host") {
+			req.Host = hdr[i+1]
+			continue
+		}
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, string(b)
+}
+
+func TestLocalReplies(t *testing.T) {
+	closed := func() string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := ln.Addr().String()
+		ln.Close()
+		return a
+	}()
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "access.log")
+	cfg := fmt.Sprintf(`
+stat_prefix: ingress
+route_config:
+  name: local
+  validate_clusters: false
+  virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+    - match: { prefix: "/nocluster" }
+      route: { cluster: missing }
+    - match: { prefix: "/nohost" }
+      route: { cluster: empty }
+    - match: { prefix: "/refused" }
+      route: { cluster: refused }
+    - match: { prefix: "/redirect" }
+      redirect: { host_redirect: "example.com", path_redirect: "/there" }
+    - match: { prefix: "/direct" }
+      direct_response: { status: 418, body: { inline_string: "teapot" } }
+    - match: { path: "/grpc.Svc/Method" }
+      route: { cluster: missing }
+http_filters:
+- name: envoy.filters.http.router
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+access_log:
+- name: envoy.access_loggers.file
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+    path: %q
+`, logPath)
+	empty := cluster(t, "empty", false)
+	e := newEnv(t, cfg, empty, cluster(t, "refused", false, closed))
+	c := h1Client(t)
+	for _, tc := range []struct {
+		path, want, body, details string
+		status                    int
+	}{
+		{"/nothing", "", "", "route_not_found", 404},
+		{"/nocluster", "", "", "cluster_not_found", 503},
+		{"/nohost", "", "no healthy upstream", "no_healthy_upstream", 503},
+		{"/refused", "", "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: delayed connect error: 111", "", 503},
+		{"/direct", "", "teapot", "", 418},
+	} {
+		resp, body := get(t, c, "http://"+e.addr+tc.path)
+		if resp.StatusCode != tc.status || body != tc.body {
+			t.Errorf("%s: %d %q, want %d %q", tc.path, resp.StatusCode, body, tc.status, tc.body)
+		}
+		if resp.Header.Get("server") != "envoy" {
+			t.Errorf("%s: no server header: %v", tc.path, resp.Header)
+		}
+	}
+	resp, _ := get(t, c, "http://"+e.addr+"/redirect/x")
+	if resp.StatusCode != 301 || resp.Header.Get("location") != "http://example.com/there" {
+		t.Errorf("redirect: %d %v", resp.StatusCode, resp.Header)
+	}
+	// A gRPC request gets a trailers-only gRPC answer.
+	req, _ := nethttp.NewRequest("POST", "http://"+e.addr+"/grpc.Svc/Method", strings.NewReader(""))
+	req.Header.Set("content-type", "application/grpc")
+	gr, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, gr.Body)
+	gr.Body.Close()
+	if gr.StatusCode != 200 || gr.Header.Get("grpc-status") != "14" {
+		t.Errorf("grpc local reply: %d %v", gr.StatusCode, gr.Header)
+	}
+	e.waitStat("http.ingress.no_route", 1)
+	e.waitStat("http.ingress.no_cluster", 2)
+	e.waitStat("http.ingress.downstream_rq_5xx", 3)
+	e.waitStat("http.ingress.downstream_rq_4xx", 2)
+	e.waitStat("http.ingress.downstream_rq_3xx", 1)
+
+	// The access log, in Envoy's default format.
+	var log string
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		b, _ := os.ReadFile(logPath)
+		log = string(b)
+		if strings.Count(log, "\n") >= 7 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Log(log)
+	lines := strings.Split(strings.TrimSpace(log), "\n")
+	if len(lines) != 7 {
+		t.Fatalf("access log has %d lines:\n%s", len(lines), log)
+	}
+	for i, want := range []string{
+		`"GET /nothing HTTP/1.1" 404 NR 0 0 `,
+		`"GET /nocluster HTTP/1.1" 503 NC 0 0 `,
+		`"GET /nohost HTTP/1.1" 503 UH 0 19 `,
+		`"GET /refused HTTP/1.1" 503 UF 0 `,
+		`"GET /direct HTTP/1.1" 418 - 0 6 `,
+		`"GET /redirect/x HTTP/1.1" 301 - 0 0 `,
+		`"POST /grpc.Svc/Method HTTP/1.1" 200 NC 0 0 `,
+	} {
+		if !strings.Contains(lines[i], want) || !strings.HasPrefix(lines[i], "[") {
+			t.Errorf("line %d: %s\nwant it to contain %s", i, lines[i], want)
+		}
+	}
+	if !strings.HasSuffix(lines[3], `"`+closed+`"`) {
+		t.Errorf("UF line without the upstream host %s: %s", closed, lines[3])
+	}
+}
+
+func TestMalformedAndOversized(t *testing.T) {
+	up := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {}))
+	e := newEnv(t, hcmYAML("backend", "max_request_headers_kb: 1\n"), cluster(t, "backend", false, up))
+	big := "GET / HTTP/1.1\r\nhost: a\r\nx-big: " + strings.Repeat("b", 2000) + "\r\n\r\n"
+	if got := rawExchange(t, e.addr, big, 5*time.Second); !strings.HasPrefix(got, "HTTP/1.1 431 ") {
+		t.Errorf("oversized head: %q", got)
+	}
+	if got := rawExchange(t, e.addr, "GET / HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n", 5*time.Second); !strings.HasPrefix(got, "HTTP/1.1 400 ") {
+		t.Errorf("smuggling attempt: %q", got)
+	}
+	if got := rawExchange(t, e.addr, "GET / HTTP/1.0\r\n\r\n", 5*time.Second); !strings.HasPrefix(got, "HTTP/1.1 426 ") {
+		t.Errorf("HTTP/1.0 without accept_http_10: %q", got)
+	}
+	e.waitStat("http.ingress.downstream_rq_4xx", 3)
+	e.waitStat("http.ingress.downstream_cx_protocol_error", 2)
+}
+
+func TestHTTP10AndPipelining(t *testing.T) {
+	up := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		io.WriteString(w, r.URL.Path)
+	}))
+	e := newEnv(t, hcmYAML("backend", "http_protocol_options: { accept_http_10: true, default_host_for_http_10: default.host }\n"), cluster(t, "backend", false, up))
+	got := rawExchange(t, e.addr, "GET /ten HTTP/1.0\r\n\r\n", 5*time.Second)
+	if !strings.HasPrefix(got, "HTTP/1.1 200 OK\r\n") || !strings.HasSuffix(got, "/ten") {
+		t.Errorf("HTTP/1.0: %q", got)
+	}
+	// Three pipelined requests, answered in order on one connection.
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET /1 HTTP/1.1\r\nhost: a\r\n\r\nGET /2 HTTP/1.1\r\nhost: a\r\n\r\nGET /3 HTTP/1.1\r\nhost: a\r\n\r\n")
+	br := bufio.NewReader(c)
+	for i := 1; i <= 3; i++ {
+		resp, err := nethttp.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if string(b) != fmt.Sprintf("/%d", i) {
+			t.Errorf("pipelined %d: %q", i, b)
+		}
+	}
+}

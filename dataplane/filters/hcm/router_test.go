@@ -1,0 +1,308 @@
+package hcm_test
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	nethttp "net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// echoUpstream echoes the request body, with a digest of it and the
+// request's trailers in the response trailers.
+func echoUpstream(t testing.TB) string {
+	return upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		_ = nethttp.NewResponseController(w).EnableFullDuplex()
+		w.Header().Set("Trailer", "x-sha, x-req-trailer")
+		w.Header().Set("x-method", r.Method)
+		w.Header().Set("x-te", r.Header.Get("te"))
+		h := sha256.New()
+		_, err := io.Copy(io.MultiWriter(w, h), r.Body)
+		if err != nil {
+			return
+		}
+		w.Header().Set("x-sha", fmt.Sprintf("%x", h.Sum(nil)))
+		w.Header().Set("x-req-trailer", r.Trailer.Get("x-client-trailer"))
+	}))
+}
+
+func TestBodies(t *testing.T) {
+	up := echoUpstream(t)
+	e := newEnv(t, hcmYAML("backend", ""), cluster(t, "backend", false, up))
+	for _, tc := range []struct {
+		name    string
+		size    int
+		chunked bool
+		h2c     bool
+	}{
+		{"small content-length", 100, false, false},
+		{"large content-length", 3 << 20, false, false},
+		{"chunked", 1 << 20, true, false},
+		{"h2c", 2 << 20, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := h1Client(t)
+			if tc.h2c {
+				c = h2cClient(t)
+			}
+			body := bytes.Repeat([]byte("0123456789abcdef"), tc.size/16)
+			var r io.Reader = bytes.NewReader(body)
+			if tc.chunked {
+				r = io.MultiReader(r) // no length: chunked
+			}
+			req, _ := nethttp.NewRequest("POST", "http://"+e.addr+"/echo", r)
+			if tc.chunked {
+				req.Trailer = nethttp.Header{"X-Client-Trailer": nil}
+				req.Body = &trailerSetter{r: req.Body, req: req, k: "X-Client-Trailer", v: "ct"}
+			}
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, body) {
+				t.Fatalf("echoed %d bytes, sent %d", len(got), len(body))
+			}
+			want := fmt.Sprintf("%x", sha256.Sum256(body))
+			if resp.Trailer.Get("x-sha") != want {
+				t.Errorf("trailers %v", resp.Trailer)
+			}
+			if tc.chunked && resp.Trailer.Get("x-req-trailer") != "ct" {
+				t.Errorf("request trailer not passed on: %v", resp.Trailer)
+			}
+		})
+	}
+}
+
+// trailerSetter sets a request trailer once the body is read.
+type trailerSetter struct {
+	r    io.ReadCloser
+	req  *nethttp.Request
+	k, v string
+}
+
+func (t *trailerSetter) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	if err == io.EOF {
+		t.req.Trailer.Set(t.k, t.v)
+	}
+	return n, err
+}
+func (t *trailerSetter) Close() error { return t.r.Close() }
+
+func TestExpectContinue(t *testing.T) {
+	up := echoUpstream(t)
+	e := newEnv(t, hcmYAML("backend", ""), cluster(t, "backend", false, up))
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
+	br := bufio.NewReader(c)
+	line, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 100 Continue") {
+		t.Fatalf("first line %q, %v", line, err)
+	}
+	br.ReadString('\n')
+	io.WriteString(c, "hello")
+	resp, err := nethttp.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(b) != "hello" {
+		t.Errorf("%d %q", resp.StatusCode, b)
+	}
+}
+
+func TestRetries(t *testing.T) {
+	var fails atomic.Int32
+	fails.Store(2)
+	flaky := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		b, _ := io.ReadAll(r.Body)
+		if fails.Add(-1) >= 0 {
+			w.WriteHeader(503)
+			return
+		}
+		fmt.Fprintf(w, "ok %s attempt=%s", b, r.Header.Get("x-envoy-attempt-count"))
+	}))
+	closed := func() string {
+		ln, _ := net.Listen("tcp", "127.0.0.1:0")
+		a := ln.Addr().String()
+		ln.Close()
+		return a
+	}()
+	good := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		io.WriteString(w, "good")
+	}))
+	cfg := `
+stat_prefix: ingress
+route_config:
+  virtual_hosts:
+  - name: all
+    domains: ["*"]
+    include_request_attempt_count: true
+    routes:
+    - match: { prefix: "/flaky" }
+      route:
+        cluster: flaky
+        retry_policy: { retry_on: "5xx", num_retries: 3, retry_back_off: { base_interval: 0.001s } }
+    - match: { prefix: "/connect" }
+      route:
+        cluster: mixed
+        retry_policy: { retry_on: "connect-failure", num_retries: 3, retry_back_off: { base_interval: 0.001s } }
+    - match: { prefix: "/limited" }
+      route:
+        cluster: flaky
+        retry_policy: { retry_on: "5xx", num_retries: 1, retry_back_off: { base_interval: 0.001s } }
+http_filters:
+- name: envoy.filters.http.router
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+`
+	e := newEnv(t, cfg, cluster(t, "flaky", false, flaky), cluster(t, "mixed", false, closed, good))
+	c := h1Client(t)
+	req, _ := nethttp.NewRequest("POST", "http://"+e.addr+"/flaky", strings.NewReader("payload"))
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != "ok payload attempt=3" {
+		t.Errorf("5xx retries: %d %q", resp.StatusCode, b)
+	}
+	e.waitStat("cluster.flaky.upstream_rq_retry", 2)
+	e.waitStat("cluster.flaky.upstream_rq_retry_success", 1)
+	for range 4 {
+		resp, body := get(t, c, "http://"+e.addr+"/connect")
+		if resp.StatusCode != 200 || body != "good" {
+			t.Errorf("connect-failure retries: %d %q", resp.StatusCode, body)
+		}
+	}
+	fails.Store(5)
+	resp, _ = get(t, c, "http://"+e.addr+"/limited")
+	if resp.StatusCode != 503 {
+		t.Errorf("retries exhausted: %d", resp.StatusCode)
+	}
+	e.waitStat("cluster.flaky.upstream_rq_retry_limit_exceeded", 1)
+}
+
+func TestTimeouts(t *testing.T) {
+	release := make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	slow := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		if r.URL.Path == "/stall-body" {
+			w.Header().Set("content-length", "10")
+			w.WriteHeader(200)
+			io.WriteString(w, "12345")
+			w.(nethttp.Flusher).Flush()
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	cfg := `
+stat_prefix: ingress
+stream_idle_timeout: 0.3s
+route_config:
+  virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+    - match: { prefix: "/timeout" }
+      route: { cluster: slow, timeout: 0.2s }
+    - match: { prefix: "/idle" }
+      route: { cluster: slow, timeout: 0s }
+    - match: { prefix: "/stall-body" }
+      route: { cluster: slow, timeout: 0s }
+http_filters:
+- name: envoy.filters.http.router
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+`
+	e := newEnv(t, cfg, cluster(t, "slow", false, slow))
+	c := h1Client(t)
+	start := time.Now()
+	resp, body := get(t, c, "http://"+e.addr+"/timeout")
+	if resp.StatusCode != 504 || body != "upstream request timeout" {
+		t.Errorf("route timeout: %d %q", resp.StatusCode, body)
+	}
+	if d := time.Since(start); d < 150*time.Millisecond || d > 3*time.Second {
+		t.Errorf("route timeout after %v", d)
+	}
+	resp, body = get(t, c, "http://"+e.addr+"/idle")
+	if resp.StatusCode != 408 || body != "stream timeout" {
+		t.Errorf("stream idle timeout: %d %q", resp.StatusCode, body)
+	}
+	// A response stalled in its body is reset.
+	req, _ := nethttp.NewRequest("GET", "http://"+e.addr+"/stall-body", nil)
+	r, err := c.Do(req)
+	if err == nil {
+		_, err = io.ReadAll(r.Body)
+		r.Body.Close()
+	}
+	if err == nil {
+		t.Errorf("stalled body: no error")
+	}
+	e.waitStat("cluster.slow.upstream_rq_timeout", 1)
+	e.waitStat("http.ingress.downstream_rq_idle_timeout", 2)
+	once.Do(func() { close(release) })
+}
+
+func TestHeaderMutations(t *testing.T) {
+	up := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		w.Header().Set("x-remove-me", "1")
+		w.Header().Set("keep-alive", "timeout=5")
+		fmt.Fprintf(w, "path=%s host=%s added=%s removed=%q xff=%s proto=%s ext=%s internal=%q", r.URL.Path, r.Host,
+			r.Header.Get("x-added"), r.Header.Get("x-gone"), r.Header.Get("x-forwarded-for"),
+			r.Header.Get("x-forwarded-proto"), r.Header.Get("x-envoy-external-address"), r.Header.Get("x-envoy-internal"))
+	}))
+	cfg := `
+stat_prefix: ingress
+use_remote_address: true
+route_config:
+  response_headers_to_add: [{ header: { key: x-config, value: "c" } }]
+  virtual_hosts:
+  - name: vh
+    domains: ["example.com"]
+    request_headers_to_add: [{ header: { key: x-added, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%" } }]
+    request_headers_to_remove: [x-gone]
+    routes:
+    - match: { prefix: "/old/" }
+      route: { cluster: backend, prefix_rewrite: "/new/", host_rewrite_literal: "rewritten.example" }
+      response_headers_to_add: [{ header: { key: x-route, value: "r" } }]
+      response_headers_to_remove: [x-remove-me]
+http_filters:
+- name: envoy.filters.http.router
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+`
+	e := newEnv(t, cfg, cluster(t, "backend", false, up))
+	c := h1Client(t)
+	resp, body := get(t, c, "http://"+e.addr+"/old/x", "host", "example.com", "x-gone", "1", "x-forwarded-for", "1.2.3.4")
+	want := "path=/new/x host=rewritten.example added=127.0.0.1 removed=\"\" xff=1.2.3.4, 127.0.0.1 proto=http ext=127.0.0.1 internal=\"\""
+	if body != want {
+		t.Errorf("upstream saw\n%s\nwant\n%s", body, want)
+	}
+	if resp.Header.Get("x-route") != "r" || resp.Header.Get("x-config") != "c" || resp.Header.Get("x-remove-me") != "" || resp.Header.Get("keep-alive") != "" {
+		t.Errorf("response headers %v", resp.Header)
+	}
+	// Routing by host: another host finds no virtual host.
+	resp, _ = get(t, c, "http://"+e.addr+"/old/x", "host", "other.com")
+	if resp.StatusCode != 404 {
+		t.Errorf("unknown host: %d", resp.StatusCode)
+	}
+}

@@ -1,0 +1,506 @@
+package hcm
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
+	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/dataplane/http/route"
+)
+
+// Why the connection manager interrupts an exchange.
+var (
+	errStreamIdle     = errors.New("hcm: stream idle timeout")
+	errRequestTimeout = errors.New("hcm: request timeout")
+	errDownstreamGone = errors.New("hcm: the downstream went away")
+)
+
+// epoch is the origin of the monotonic clock activity is measured on.
+var epoch = time.Now()
+
+func nanotime() int64 { return int64(time.Since(epoch)) }
+
+// stream is one exchange as the connection manager runs it, and the
+// http.ServerStream the filters and the router see as Exchange.Downstream:
+// it wraps the codec's stream, runs the response filters and the manager's
+// response headers in WriteHeader, and keeps the StreamInfo and the stream
+// timeouts up to date. An HTTP/1.1 connection reuses one; HTTP/2 takes them
+// from the Manager's pool.
+type stream struct {
+	m    *Manager
+	c    *conn
+	down http.ServerStream
+	ex   http.Exchange
+
+	headerSent, ended bool        // the response side, on the handler's goroutine
+	resetFlag         atomic.Bool // Reset was called (from any goroutine)
+	matched           bool
+
+	mu        sync.Mutex // the timers' view
+	active    bool
+	idle      time.Duration
+	reqAt     time.Time
+	activity  atomic.Int64
+	idleTimer *time.Timer
+	reqTimer  *time.Timer
+	// Whether the timers are running: they are set only when they are not,
+	// and on firing look at the deadlines and go again or stop, so that an
+	// exchange costs no timer operation in steady state.
+	idleRunning, reqRunning bool
+
+	downstreamGoneFn func() // st.downstreamGone, made once
+}
+
+func newStream(m *Manager) *stream {
+	st := &stream{m: m}
+	st.downstreamGoneFn = st.downstreamGone
+	return st
+}
+
+// downstreamGone runs when the downstream stream's context ends: the client
+// went away or reset the stream. The exchange in progress is interrupted
+// (the router resets its upstream stream), unless skiff reset it itself.
+func (st *stream) downstreamGone() {
+	if st.resetFlag.Load() {
+		return
+	}
+	st.mu.Lock()
+	active := st.active
+	st.mu.Unlock()
+	if active {
+		st.ex.Interrupt(errDownstreamGone)
+	}
+}
+
+// close stops the stream's timers for good.
+func (st *stream) close() {
+	st.mu.Lock()
+	st.active = false
+	st.mu.Unlock()
+	if st.idleTimer != nil {
+		st.idleTimer.Stop()
+	}
+	if st.reqTimer != nil {
+		st.reqTimer.Stop()
+	}
+}
+
+// serve runs one exchange.
+func (st *stream) serve(c *conn, s http.ServerStream) {
+	m := st.m
+	st.c, st.down = c, s
+	st.headerSent, st.ended, st.matched = false, false, false
+	st.resetFlag.Store(false)
+	e := &st.ex
+	e.Reset(s.Context(), st)
+	in := &e.Info
+	in.ConnectionID = c.fc.ID
+	in.DownstreamLocal = c.fc.Local
+	in.DownstreamRemote = c.fc.Remote
+	in.DownstreamDirectRemote = c.fc.DirectRemote
+	in.RequestedServerName = c.fc.ServerName
+	m.stats.rqTotal.Inc()
+	if c.http2 {
+		m.stats.rqHTTP2Total.Inc()
+	} else {
+		m.stats.rqHTTP1Total.Inc()
+	}
+	m.stats.rqActive.Inc()
+	st.activity.Store(int64(e.Info.Start.Sub(epoch)))
+	if s.EndedWithHeader() {
+		in.RequestComplete = 1
+	}
+
+	if st.prepare() {
+		st.armTimers()
+		st.run()
+	}
+	st.finish()
+}
+
+// run matches the route and runs the filters and the router.
+func (st *stream) run() {
+	m, e := st.m, &st.ex
+	t := m.routes()
+	if t != nil {
+		if r := t.Match(e.Request); r != nil {
+			e.Route = r
+			st.matched = true
+			st.routeIdle(r)
+		}
+	}
+	for _, f := range m.filters {
+		if f.OnRequest(e) == http.Stop {
+			return
+		}
+	}
+	if e.Route == nil && st.matched && t != nil {
+		// A filter cleared the route (it changed what routing depends on).
+		if r := t.Match(e.Request); r != nil {
+			e.Route = r
+		}
+	}
+	m.router.Serve(e)
+}
+
+// routeIdle applies the route's idle_timeout, which overrides the manager's
+// stream_idle_timeout.
+func (st *stream) routeIdle(r *route.Route) {
+	if r.IdleTimeout == nil {
+		return
+	}
+	st.mu.Lock()
+	st.idle = *r.IdleTimeout
+	st.mu.Unlock()
+}
+
+// finish ends what the exchange left undone, then counts and logs it.
+func (st *stream) finish() {
+	m, e := st.m, &st.ex
+	st.stopTimers()
+	if reason := e.Interrupted(); reason == errDownstreamGone {
+		e.Info.ResponseFlags |= http.FlagDownstreamConnectionTermination
+		m.stats.rqRxReset.Inc()
+		st.Reset(http.ResetCancel)
+	} else if reason != nil {
+		if reason == errStreamIdle {
+			m.stats.rqIdleTimeout.Inc()
+		} else {
+			m.stats.rqTimeout.Inc()
+		}
+		switch {
+		case !st.headerSent && !st.resetFlag.Load():
+			if reason == errStreamIdle {
+				_ = e.LocalReply(408, "stream timeout", "stream_idle_timeout", http.FlagStreamIdleTimeout)
+			} else {
+				_ = e.LocalReply(408, "request timeout", "request_overall_timeout", 0)
+			}
+		case !st.ended:
+			if reason == errStreamIdle {
+				e.Info.ResponseFlags |= http.FlagStreamIdleTimeout
+			}
+			st.Reset(http.ResetCancel)
+		}
+	}
+	switch {
+	case st.resetFlag.Load():
+	case !st.headerSent:
+		// A filter stopped the chain with a Response but no answer, or the
+		// client went away before there was one.
+		if _, ok := e.Response.Get(http.Status); ok && e.Context().Err() == nil {
+			_ = st.WriteHeader(&e.Response, true)
+		} else {
+			if e.Context().Err() != nil {
+				e.Info.ResponseFlags |= http.FlagDownstreamConnectionTermination
+				m.stats.rqRxReset.Inc()
+			}
+			st.Reset(http.ResetInternalError)
+		}
+	case !st.ended:
+		st.Reset(http.ResetInternalError)
+	}
+	e.Info.Duration = time.Since(e.Info.Start)
+	if code := e.Info.ResponseCode; code >= 100 && code < 600 {
+		m.stats.rqClass[code/100-1].Inc()
+	}
+	m.stats.rqCompleted.Inc()
+	m.stats.rqTime.Record(uint64(e.Info.Duration / time.Millisecond))
+	for _, l := range m.logs {
+		l.Log(e)
+	}
+	m.stats.rqActive.Dec()
+	st.down, st.c = nil, nil
+}
+
+// prepare checks and sanitizes the request; false means it was answered.
+func (st *stream) prepare() bool {
+	m, e := st.m, &st.ex
+	req := e.Request
+	proto := e.Info.Protocol
+	if proto == "HTTP/1.0" {
+		if !m.acceptHTTP10 {
+			_ = e.LocalReply(426, "", "low_version", http.FlagDownstreamProtocolError)
+			return false
+		}
+		if !req.Has(http.Authority) && m.defaultHost10 != "" {
+			req.Add(http.Authority, m.defaultHost10)
+		}
+	}
+	if st.c.http2 && req.Len() > m.maxHeaders {
+		m.stats.rqTooLarge.Inc()
+		_ = e.LocalReply(431, "", "http2.too_many_headers", http.FlagDownstreamProtocolError)
+		return false
+	}
+	if m.underscores != corev3.HttpProtocolOptions_ALLOW && !st.underscores() {
+		return false
+	}
+	upgrade, ok := st.upgrade()
+	if !ok {
+		return false
+	}
+	if m.normalizePath || m.mergeSlashes {
+		if !st.normalize() {
+			return false
+		}
+	}
+	if m.stripPort == -1 {
+		route.StripPort(req, -1)
+	} else if m.stripMatching {
+		route.StripPort(req, int(st.c.fc.Local.Port()))
+	}
+	st.sanitize(upgrade)
+	return true
+}
+
+// underscores applies headers_with_underscores_action; false means the
+// request was refused.
+func (st *stream) underscores() bool {
+	e := &st.ex
+	reject := st.m.underscores == corev3.HttpProtocolOptions_REJECT_REQUEST
+	bad := false
+	e.Request.DeleteFunc(func(name, _ string) bool {
+		if name == "" || name[0] == ':' {
+			return false
+		}
+		for i := 0; i < len(name); i++ {
+			if name[i] == '_' {
+				bad = true
+				return !reject
+			}
+		}
+		return false
+	})
+	if bad && reject {
+		details := "http1.unexpected_underscore"
+		if st.c.http2 {
+			details = "http2.unexpected_underscore"
+		}
+		_ = e.LocalReply(400, "", details, http.FlagDownstreamProtocolError)
+		return false
+	}
+	return true
+}
+
+// upgrade decides what happens to an upgrade request: h2c upgrades are
+// ignored (the request goes on as HTTP/1.1, as in Envoy), configured types
+// are tunneled, others refused with 403. It reports whether the upgrade is
+// kept, and false in ok if the request was answered.
+func (st *stream) upgrade() (keep, ok bool) {
+	e := &st.ex
+	req := e.Request
+	up, has := req.Get("upgrade")
+	if !has || st.c.http2 {
+		return false, true
+	}
+	if !connectionHasUpgrade(req) {
+		return false, true
+	}
+	if equalFold(up, "h2c") {
+		return false, true
+	}
+	if allowed, found := st.m.upgrades[lowerASCII(up)]; found && allowed {
+		return true, true
+	}
+	st.m.stats.rqWsOnNonWs.Inc()
+	_ = e.LocalReply(403, "", "upgrade_failed", 0)
+	return false, false
+}
+
+// armTimers starts the stream idle and request timeouts. The exchange is
+// active (for the timers and downstreamGone) from here to finish.
+func (st *stream) armTimers() {
+	m := st.m
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.active = true
+	st.idle = m.streamIdle
+	if st.idle > 0 && !st.idleRunning {
+		st.idleRunning = true
+		if st.idleTimer == nil {
+			st.idleTimer = time.AfterFunc(st.idle, st.onIdle)
+		} else {
+			st.idleTimer.Reset(st.idle)
+		}
+	}
+	if m.requestTimeout > 0 && st.ex.Info.RequestComplete == 0 {
+		st.reqAt = st.ex.Info.Start.Add(m.requestTimeout)
+		if !st.reqRunning {
+			st.reqRunning = true
+			if st.reqTimer == nil {
+				st.reqTimer = time.AfterFunc(m.requestTimeout, st.onRequestTimeout)
+			} else {
+				st.reqTimer.Reset(m.requestTimeout)
+			}
+		}
+	}
+}
+
+// stopTimers ends the exchange for the timers, which stop when they next
+// fire.
+func (st *stream) stopTimers() {
+	st.mu.Lock()
+	st.active = false
+	st.reqAt = time.Time{}
+	st.mu.Unlock()
+}
+
+// onIdle runs when the idle timer fires: it interrupts the exchange if
+// nothing moved for the idle timeout, and waits the rest otherwise. Between
+// exchanges (the stream is reused) it stops.
+func (st *stream) onIdle() {
+	st.mu.Lock()
+	if !st.active || st.idle <= 0 {
+		st.idleRunning = false
+		st.mu.Unlock()
+		return
+	}
+	quiet := time.Duration(nanotime() - st.activity.Load())
+	if quiet < st.idle {
+		st.idleTimer.Reset(st.idle - quiet)
+		st.mu.Unlock()
+		return
+	}
+	st.idleRunning = false
+	st.active = false
+	st.mu.Unlock()
+	st.ex.Interrupt(errStreamIdle)
+}
+
+func (st *stream) onRequestTimeout() {
+	st.mu.Lock()
+	if !st.active || st.reqAt.IsZero() {
+		st.reqRunning = false
+		st.mu.Unlock()
+		return
+	}
+	if now := time.Now(); now.Before(st.reqAt) {
+		st.reqTimer.Reset(st.reqAt.Sub(now))
+		st.mu.Unlock()
+		return
+	}
+	st.reqRunning = false
+	st.mu.Unlock()
+	st.ex.Interrupt(errRequestTimeout)
+}
+
+// requestDone stops the request timeout once the request is all in.
+func (st *stream) requestDone() {
+	e := &st.ex
+	if e.Info.RequestComplete == 0 {
+		e.Info.RequestComplete = max(time.Since(e.Info.Start), 1)
+	}
+	st.mu.Lock()
+	st.reqAt = time.Time{}
+	st.mu.Unlock()
+}
+
+// The http.ServerStream the filters and the router see.
+
+// Header implements http.ServerStream.
+func (st *stream) Header() *http.Header { return st.down.Header() }
+
+// EndedWithHeader implements http.ServerStream.
+func (st *stream) EndedWithHeader() bool { return st.down.EndedWithHeader() }
+
+// Trailers implements http.ServerStream.
+func (st *stream) Trailers() *http.Header { return st.down.Trailers() }
+
+// Context implements http.ServerStream.
+func (st *stream) Context() context.Context { return st.down.Context() }
+
+// Protocol implements http.ServerStream.
+func (st *stream) Protocol() string { return st.down.Protocol() }
+
+// Read implements http.ServerStream: the request body, counted.
+func (st *stream) Read(p []byte) (int, error) {
+	n, err := st.down.Read(p)
+	if n > 0 {
+		st.ex.Info.BytesReceived += int64(n)
+		st.activity.Store(nanotime())
+	}
+	if err == io.EOF {
+		st.requestDone()
+	}
+	return n, err
+}
+
+// WriteHeader implements http.ServerStream: the response filters run, then
+// the manager's response headers go in, then the codec sends it.
+func (st *stream) WriteHeader(h *http.Header, end bool) error {
+	m, e := st.m, &st.ex
+	if st.headerSent {
+		return st.down.WriteHeader(h, end)
+	}
+	status, _ := strconv.Atoi(h.Value(http.Status))
+	if status > 0 && status < 200 && status != 101 {
+		return st.down.WriteHeader(h, end) // informational
+	}
+	r := &e.Response
+	if h != r {
+		h.CopyTo(r)
+	}
+	for i := len(m.respFilters) - 1; i >= 0; i-- {
+		m.respFilters[i].OnResponse(e)
+	}
+	if v, err := strconv.Atoi(r.Value(http.Status)); err == nil {
+		status = v
+	}
+	st.mutateResponse(status)
+	e.Info.ResponseCode = status
+	e.Info.ResponseStart = max(time.Since(e.Info.Start), 1)
+	st.headerSent = true
+	st.activity.Store(nanotime())
+	err := st.down.WriteHeader(r, end)
+	if end {
+		st.ended = true
+		e.Info.ResponseComplete = e.Info.ResponseStart
+	}
+	return err
+}
+
+// Write implements http.ServerStream.
+func (st *stream) Write(p []byte) (int, error) {
+	n, err := st.down.Write(p)
+	if n > 0 {
+		st.ex.Info.BytesSent += int64(n)
+		st.activity.Store(nanotime())
+	}
+	return n, err
+}
+
+// End implements http.ServerStream.
+func (st *stream) End() error {
+	st.ended = true
+	st.ex.Info.ResponseComplete = max(time.Since(st.ex.Info.Start), 1)
+	return st.down.End()
+}
+
+// EndWithTrailers implements http.ServerStream.
+func (st *stream) EndWithTrailers(t *http.Header) error {
+	st.ended = true
+	st.ex.Info.ResponseComplete = max(time.Since(st.ex.Info.Start), 1)
+	if t != nil && t.Len() > 0 {
+		t.CopyTo(st.ex.ResponseTrailers())
+	}
+	return st.down.EndWithTrailers(t)
+}
+
+// Reset implements http.ServerStream.
+func (st *stream) Reset(code http.ResetCode) {
+	if st.resetFlag.Swap(true) {
+		return
+	}
+	if code != http.ResetNoError {
+		st.m.stats.rqTxReset.Inc()
+	}
+	st.down.Reset(code)
+}
+
+var _ http.ServerStream = (*stream)(nil)

@@ -1,0 +1,212 @@
+// Package router is the HTTP filter envoy.filters.http.router: the last filter
+// of every HTTP connection manager. For each request it takes the route the
+// connection manager matched, answers redirects and direct responses itself,
+// and forwards the rest to a host of the route's cluster over a pooled
+// upstream connection (HTTP/1.1 or HTTP/2, as the cluster says), with the
+// route's rewrites, header mutations, timeouts and retry policy, streaming
+// the bodies both ways and passing trailers on.
+//
+// # Local replies
+//
+// As Envoy's router, with the details (%RESPONSE_CODE_DETAILS%) and response
+// flags in the StreamInfo:
+//
+//	404 route_not_found                                      NR
+//	503 cluster_not_found (the route's cluster_not_found_response_code)  NC
+//	503 no_healthy_upstream "no healthy upstream"            UH
+//	503 upstream_reset_before_response_started{overflow}     UO (circuit breakers)
+//	503 upstream_reset_before_response_started{connection_failure}     UF
+//	503 upstream_reset_before_response_started{connection_termination} UC
+//	503 upstream_reset_before_response_started{remote_reset}           UR
+//	504 upstream_response_timeout "upstream request timeout"            UT
+//
+// A failure after the response began resets the downstream stream instead.
+//
+// # Retries
+//
+// retry_on 5xx, gateway-error, reset, reset-before-request, connect-failure,
+// retriable-4xx, refused-stream, retriable-status-codes, retriable-headers,
+// envoy-ratelimited and the gRPC conditions, with num_retries,
+// per_try_timeout, the jittered exponential back-off and the previous_hosts
+// predicate; x-envoy-retry-on, x-envoy-retry-grpc-on and x-envoy-max-retries
+// on the request widen the route's policy, as in Envoy. The request body is
+// buffered for a retry up to 1 MiB (Envoy's default buffer limit); a larger
+// one, or one still arriving when the attempt fails, is not retried. Retries
+// count against the cluster's max_retries circuit breaker. A request an
+// upstream did not process (HTTP/2 REFUSED_STREAM or GOAWAY, or an HTTP/1.1
+// keep-alive connection the upstream closed as the request was sent) is
+// retried on a new connection without counting as a retry, when it is safe.
+//
+// # Timeouts
+//
+// The route's timeout (15 s by default) runs from the end of the request to
+// the end of the response; per_try_timeout bounds each attempt from the end
+// of the request to the response headers; max_grpc_timeout makes a gRPC
+// request's grpc-timeout the timeout. x-envoy-upstream-rq-timeout-ms and
+// x-envoy-upstream-rq-per-try-timeout-ms override them, and
+// x-envoy-expected-rq-timeout-ms tells the upstream (unless
+// suppress_envoy_headers). After a 101 (a WebSocket tunnel) no route timeout
+// applies. Stream idle timeouts are the connection manager's.
+package router
+
+import (
+	"log/slog"
+	"sync"
+
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/dataplane/http/route"
+	"github.com/skiffproxy/skiff/dataplane/upstream"
+	"github.com/skiffproxy/skiff/dataplane/upstream/pool"
+	"github.com/skiffproxy/skiff/internal/bufpool"
+	"github.com/skiffproxy/skiff/internal/cfgerr"
+	"github.com/skiffproxy/skiff/internal/stats"
+)
+
+// Name is the filter's canonical name.
+const Name = "envoy.filters.http.router"
+
+// RetryBufferLimit is how much of a request body is kept for a retry
+// (Envoy's default per-connection buffer limit, 1 MiB).
+const RetryBufferLimit = 1 << 20
+
+// Factory builds router filters.
+type Factory struct{}
+
+// Name implements filter.Factory.
+func (Factory) Name() string { return Name }
+
+// ConfigType implements filter.Factory.
+func (Factory) ConfigType() proto.Message { return &routerv3.Router{} }
+
+// Create implements filter.HTTPFactory.
+func (Factory) Create(m proto.Message, fc *filter.Context) (http.Filter, error) {
+	cfg := m.(*routerv3.Router)
+	// dynamic_stats and start_child_span have nothing to do without
+	// per-virtual-cluster stats and a tracer; accepting them changes nothing.
+	if err := cfgerr.OnlyFields(cfg, "dynamic_stats", "start_child_span", "suppress_envoy_headers",
+		"respect_expected_rq_timeout", "suppress_grpc_request_failure_code_stats"); err != nil {
+		return nil, err
+	}
+	r := &Router{
+		clusters:        fc.Clusters,
+		pools:           fc.HTTPPools,
+		buffers:         fc.Buffers,
+		log:             fc.Logger,
+		suppressHeaders: cfg.GetSuppressEnvoyHeaders(),
+		respectExpected: cfg.GetRespectExpectedRqTimeout(),
+	}
+	if r.buffers == nil {
+		r.buffers = bufpool.New()
+	}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	if r.pools == nil {
+		r.pools = pool.NewManager(pool.Options{Buffers: r.buffers, Logger: r.log})
+		r.ownPools = true
+	}
+	st := fc.Stats
+	if st == nil {
+		st = stats.NewStore()
+	}
+	prefix := fc.HTTPStatPrefix
+	if prefix == "" {
+		prefix = "http.router."
+	}
+	r.stats = routerStats{
+		rqTotal:          st.Counter(prefix + "rq_total"),
+		noRoute:          st.Counter(prefix + "no_route"),
+		noCluster:        st.Counter(prefix + "no_cluster"),
+		rqRedirect:       st.Counter(prefix + "rq_redirect"),
+		rqDirectResponse: st.Counter(prefix + "rq_direct_response"),
+		resetAfterStart:  st.Counter(prefix + "rq_reset_after_downstream_response_started"),
+	}
+	r.rqs.New = func() any { return &rq{} }
+	return r, nil
+}
+
+type routerStats struct {
+	rqTotal, noRoute, noCluster, rqRedirect, rqDirectResponse, resetAfterStart stats.Counter
+}
+
+// Router is a built router filter. It keeps no per-request state of its own;
+// what a request needs comes from a pool of request states.
+type Router struct {
+	clusters        *upstream.Manager
+	pools           *pool.Manager
+	buffers         *bufpool.Pool
+	log             *slog.Logger
+	suppressHeaders bool
+	respectExpected bool
+	ownPools        bool
+	stats           routerStats
+	rqs             sync.Pool // of *rq
+}
+
+// OnRequest implements http.Filter; the router does its work in Serve.
+func (*Router) OnRequest(*http.Exchange) http.Action { return http.Continue }
+
+// Serve implements http.Terminal.
+func (r *Router) Serve(e *http.Exchange) {
+	r.stats.rqTotal.Inc()
+	rt, _ := e.Route.(*route.Route)
+	if rt == nil {
+		r.stats.noRoute.Inc()
+		_ = e.LocalReply(404, "", "route_not_found", http.FlagNoRouteFound)
+		return
+	}
+	e.Info.RouteName = rt.Name
+	if rt.VirtualHost != nil {
+		e.Info.VirtualHostName = rt.VirtualHost.Name
+	}
+	switch rt.Action {
+	case route.Redirect, route.DirectResponse:
+		if rt.Action == route.Redirect {
+			r.stats.rqRedirect.Inc()
+		} else {
+			r.stats.rqDirectResponse.Inc()
+		}
+		r.reply(e, rt)
+		return
+	}
+	q := r.rqs.Get().(*rq)
+	q.begin(r, e, rt)
+	q.run()
+	q.end()
+	r.rqs.Put(q)
+}
+
+// reply answers a redirect or direct response route.
+func (r *Router) reply(e *http.Exchange, rt *route.Route) {
+	e.Response.Reset()
+	body := rt.Reply(e.Request, &e.Response, &e.Info)
+	e.Info.ResponseCodeDetails = "direct_response"
+	if e.Request.Method() == "HEAD" {
+		body = nil
+	}
+	if len(body) == 0 {
+		_ = e.Downstream.WriteHeader(&e.Response, true)
+		return
+	}
+	e.Response.Del("content-length")
+	e.Response.AddUint("content-length", uint64(len(body)))
+	if e.Downstream.WriteHeader(&e.Response, false) != nil {
+		return
+	}
+	if _, err := e.Downstream.Write(body); err != nil {
+		return
+	}
+	_ = e.Downstream.End()
+}
+
+// Close closes the router's own connection pools, if it made them (a
+// router built without filter.Context.HTTPPools, as in tests).
+func (r *Router) Close() {
+	if r.ownPools {
+		r.pools.Close()
+	}
+}

@@ -1,0 +1,1205 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/dataplane/http/h1"
+	"github.com/skiffproxy/skiff/dataplane/http/h2"
+	"github.com/skiffproxy/skiff/dataplane/http/route"
+	"github.com/skiffproxy/skiff/dataplane/upstream"
+	"github.com/skiffproxy/skiff/dataplane/upstream/pool"
+	"github.com/skiffproxy/skiff/internal/bufpool"
+)
+
+// Why an attempt was interrupted.
+var (
+	errGlobalTimeout = errors.New("router: upstream request timeout")
+	errPerTryTimeout = errors.New("router: upstream per-try timeout")
+)
+
+// senderGrace is how long a finished response waits for the request side to
+// finish before the upstream stream is reset (an upstream that answered
+// before reading the whole request).
+const senderGrace = 100 * time.Millisecond
+
+// maxTransparentRetries bounds the retries of requests an upstream did not
+// process, which do not count against num_retries.
+const maxTransparentRetries = 2
+
+// defaultRetryPolicy is the policy of a route without one whose request asks
+// for retries with x-envoy-retry-on.
+var defaultRetryPolicy = &route.RetryPolicy{
+	NumRetries:               1,
+	HostSelectionMaxAttempts: 1,
+}
+
+func init() {
+	defaultRetryPolicy.Backoff.Base = route.DefaultRetryBackoffBase
+	defaultRetryPolicy.Backoff.Max = 10 * route.DefaultRetryBackoffBase
+}
+
+// outcome is what an attempt leads to.
+type outcome uint8
+
+const (
+	done        outcome = iota // the exchange is over (answered, reset, or abandoned)
+	retry                      // try again, counting a retry
+	transparent                // try again on a new connection, not counting a retry
+)
+
+// rq is the router's state for one request. Router keeps them in a
+// sync.Pool; everything in it is reset by begin.
+type rq struct {
+	r  *Router
+	e  *http.Exchange
+	rt *route.Route
+	cl *upstream.Cluster
+	hs *upstream.HTTPStats
+
+	// Timeouts and retries, fixed at the start.
+	timeout, perTry time.Duration
+	perTryIdle      time.Duration      // the retry policy's per_try_idle_timeout
+	policy          *route.RetryPolicy // nil: no retries
+	retryOn         route.RetryOn
+	retriesLeft     uint32
+	retries         int // retries done
+	transparent     int
+	tried           [4]*upstream.Host
+
+	// The current attempt, guarded by mu (the timers and Interrupt reach it
+	// from other goroutines).
+	mu        sync.Mutex
+	us        http.ClientStream
+	reason    error     // sticky: a global timeout or the exchange's interruption
+	tryReason error     // the current attempt's per-try timeout
+	globalAt  time.Time // the global timeout's deadline (zero: none)
+	tryAt     time.Time // the per-try timeout's
+	// When the timers are set to fire (zero: not running). A timer is reset
+	// only when a deadline comes before its firing; otherwise it fires late,
+	// finds the deadline still ahead (or gone) and goes again (or stops), so
+	// that a request costs no timer operation in steady state.
+	globalFire, tryFire time.Time
+	onGlobalFn, onTryFn func() // the timers' functions, made once
+	// per_try_idle_timeout: the attempt's idle deadline, pushed back by each
+	// byte of response.
+	idleAt, idleFire time.Time
+	idleTimer        *time.Timer
+	onIdleFn         func()
+	abort            chan struct{} // closed when reason is set; nil until needed
+	aborted          bool
+	complete         bool // the whole request was read from downstream (or has no body)
+
+	globalTimer, tryTimer, grace *time.Timer
+
+	// The request body.
+	bodyStarted  bool              // reading it began (by a sender)
+	bodyDone     bool              // it was read to its end (set by the sender before senderDone)
+	bodyTooLarge bool              // it did not fit RetryBufferLimit: no retry
+	buffering    bool              // keep it for retries
+	chunks       []*bufpool.Buffer // the body kept for retries
+	last         int               // bytes used in the last chunk
+	bodyLen      int
+	trailers     http.Header // the request's trailers, kept for a retry
+	senderDone   chan struct{}
+	sending      bool
+	sendWriteErr bool // the sender could not write upstream
+	readFailed   bool // reading the downstream body failed (the client went away)
+
+	tunneling   bool // after a 101: both sides are raw (guarded by mu)
+	respStarted bool // the response headers went downstream
+	replied     bool // a local reply (or a reset) answered
+	buf         *bufpool.Buffer
+}
+
+// begin readies q for a request.
+func (q *rq) begin(r *Router, e *http.Exchange, rt *route.Route) {
+	// A timer of the request before (the state is reused) may still fire:
+	// what the timers read is set under the lock.
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.r, q.e, q.rt = r, e, rt
+	q.cl, q.hs = nil, nil
+	q.timeout, q.perTry, q.perTryIdle = 0, 0, 0
+	q.policy, q.retryOn, q.retriesLeft, q.retries, q.transparent = nil, 0, 0, 0, 0
+	q.tried = [4]*upstream.Host{}
+	q.us, q.reason, q.tryReason = nil, nil, nil
+	q.globalAt, q.tryAt, q.idleAt = time.Time{}, time.Time{}, time.Time{}
+	if q.aborted {
+		q.abort, q.aborted = nil, false
+	}
+	q.complete = false
+	q.bodyStarted, q.bodyDone, q.bodyTooLarge, q.buffering = false, false, false, false
+	q.last, q.bodyLen = 0, 0
+	q.trailers.Reset()
+	q.sending, q.sendWriteErr, q.readFailed = false, false, false
+	q.respStarted, q.replied, q.tunneling = false, false, false
+	if q.senderDone == nil {
+		q.senderDone = make(chan struct{}, 1)
+		q.onGlobalFn, q.onTryFn, q.onIdleFn = q.onGlobal, q.onTry, q.onIdle
+	}
+}
+
+// end releases what the request held.
+func (q *rq) end() {
+	q.stopTimers()
+	for i, c := range q.chunks {
+		q.r.buffers.Put(c)
+		q.chunks[i] = nil
+	}
+	q.chunks = q.chunks[:0]
+	if q.buf != nil {
+		q.r.buffers.Put(q.buf)
+		q.buf = nil
+	}
+	q.mu.Lock()
+	q.e, q.rt, q.cl, q.hs = nil, nil, nil, nil
+	q.mu.Unlock()
+}
+
+// run forwards the request.
+func (q *rq) run() {
+	e, rt := q.e, q.rt
+	name := rt.ClusterFor(e.Request, rand.Uint64())
+	var cl *upstream.Cluster
+	if name != "" {
+		cl = q.r.clusters.Get(name)
+	}
+	if cl == nil || !cl.Acquire() {
+		q.r.stats.noCluster.Inc()
+		_ = e.LocalReply(rt.ClusterNotFoundCode, "", "cluster_not_found", http.FlagNoClusterFound)
+		return
+	}
+	defer cl.Release()
+	q.cl, q.hs = cl, cl.HTTPStats()
+	e.Info.UpstreamCluster = name
+
+	rt.MutateRequest(e.Request, &e.Info)
+	rt.RewriteRequest(e.Request, !q.r.suppressHeaders)
+	q.setupTimeouts()
+	q.setupRetries()
+	if e.Request.Has("expect") {
+		// As Envoy without proxy_100_continue: skiff answers the expectation
+		// itself (the downstream codec sends 100 Continue when the body is
+		// first read) and the upstream gets the body without asking.
+		e.Request.Del("expect")
+	}
+	if err := e.SetInterrupter(q); err != nil {
+		return // the connection manager gave up on it already
+	}
+	defer e.SetInterrupter(nil)
+	if e.Downstream.EndedWithHeader() {
+		q.requestComplete()
+	}
+	for {
+		switch q.attempt() {
+		case done:
+			return
+		case retry:
+			q.retries++
+			q.retriesLeft--
+			if !q.backoff() {
+				q.interrupted()
+				return
+			}
+		case transparent:
+			q.transparent++
+		}
+	}
+}
+
+// setupTimeouts computes the global and per-try timeouts from the route and
+// the request's x-envoy headers (Envoy's FilterUtility::finalTimeout).
+func (q *rq) setupTimeouts() {
+	e, rt := q.e, q.rt
+	req := e.Request
+	q.timeout = rt.Timeout
+	if rt.MaxGRPCTimeout != nil && e.IsGRPC() {
+		q.timeout = 0 // infinity, unless grpc-timeout or max_grpc_timeout say otherwise
+		if v, ok := req.Get("grpc-timeout"); ok {
+			if d, ok := parseGRPCTimeout(v); ok {
+				q.timeout = d
+			}
+		}
+		if m := *rt.MaxGRPCTimeout; m > 0 && (q.timeout == 0 || q.timeout > m) {
+			q.timeout = m
+		}
+		if off := rt.GRPCTimeoutOffset; off != nil && q.timeout > *off {
+			q.timeout -= *off
+		}
+	}
+	if rt.Retry != nil {
+		q.perTry = rt.Retry.PerTryTimeout
+		q.perTryIdle = rt.Retry.PerTryIdleTimeout
+	}
+	if v, ok := req.Get("x-envoy-upstream-rq-timeout-ms"); ok {
+		if ms, err := strconv.ParseUint(v, 10, 32); err == nil {
+			q.timeout = time.Duration(ms) * time.Millisecond
+		}
+		req.Del("x-envoy-upstream-rq-timeout-ms")
+	} else if q.r.respectExpected {
+		if v, ok := req.Get("x-envoy-expected-rq-timeout-ms"); ok {
+			if ms, err := strconv.ParseUint(v, 10, 32); err == nil {
+				q.timeout = time.Duration(ms) * time.Millisecond
+			}
+		}
+	}
+	if v, ok := req.Get("x-envoy-upstream-rq-per-try-timeout-ms"); ok {
+		if ms, err := strconv.ParseUint(v, 10, 32); err == nil {
+			q.perTry = time.Duration(ms) * time.Millisecond
+		}
+		req.Del("x-envoy-upstream-rq-per-try-timeout-ms")
+	}
+	if q.perTry >= q.timeout && q.timeout > 0 {
+		q.perTry = 0 // the global timeout comes first anyway
+	}
+	if !q.r.suppressHeaders {
+		expected := q.timeout
+		if q.perTry > 0 {
+			expected = q.perTry
+		}
+		if expected > 0 {
+			req.Del("x-envoy-expected-rq-timeout-ms")
+			req.AddUint("x-envoy-expected-rq-timeout-ms", uint64(expected/time.Millisecond))
+		}
+	}
+}
+
+// parseGRPCTimeout parses a grpc-timeout value: up to 8 digits and a unit
+// (H, M, S, m, u, n).
+func parseGRPCTimeout(v string) (time.Duration, bool) {
+	if len(v) < 2 || len(v) > 9 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(v[:len(v)-1], 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	var unit time.Duration
+	switch v[len(v)-1] {
+	case 'H':
+		unit = time.Hour
+	case 'M':
+		unit = time.Minute
+	case 'S':
+		unit = time.Second
+	case 'm':
+		unit = time.Millisecond
+	case 'u':
+		unit = time.Microsecond
+	case 'n':
+		unit = time.Nanosecond
+	default:
+		return 0, false
+	}
+	return time.Duration(n) * unit, true
+}
+
+// setupRetries takes the route's retry policy, widened by the request's
+// x-envoy-retry-on, x-envoy-retry-grpc-on and x-envoy-max-retries.
+func (q *rq) setupRetries() {
+	req := q.e.Request
+	p := q.rt.Retry
+	var on route.RetryOn
+	if p != nil {
+		on = p.On
+	}
+	if v, ok := req.Get("x-envoy-retry-on"); ok {
+		extra, _ := route.ParseRetryOn(v)
+		on |= extra
+	}
+	if v, ok := req.Get("x-envoy-retry-grpc-on"); ok {
+		extra, _ := route.ParseRetryOn(v)
+		on |= extra
+	}
+	if on == 0 {
+		return
+	}
+	if p == nil {
+		p = defaultRetryPolicy
+	}
+	if !p.AllowsRequest(req) {
+		return
+	}
+	n := p.NumRetries
+	if v, ok := req.Get("x-envoy-max-retries"); ok {
+		if m, err := strconv.ParseUint(v, 10, 32); err == nil {
+			n = uint32(m)
+		}
+	}
+	q.policy, q.retryOn, q.retriesLeft = p, on, n
+	q.buffering = n > 0
+}
+
+// attempt makes one try at the upstream.
+func (q *rq) attempt() outcome {
+	e, hs := q.e, q.hs
+	host := q.pickHost()
+	if host == nil {
+		return q.fail(503, "no healthy upstream", "no_healthy_upstream", http.FlagNoHealthyUpstream)
+	}
+	e.Info.UpstreamHost = host.Addr
+	e.Info.UpstreamAttempts++
+	if q.rt.AutoHostRewrite {
+		if name := host.Hostname(); name != "" {
+			route.UpdateAuthority(e.Request, name, q.rt.AppendXForwardedHost, !q.r.suppressHeaders)
+		}
+	}
+	if q.retries+q.transparent < len(q.tried) {
+		q.tried[q.retries+q.transparent] = host
+	}
+	limits := q.cl.Config().Limits
+	if hs.Requests.Add(1) > int64(limits.Requests()) {
+		hs.Requests.Add(-1)
+		hs.RqPendingOverflow.Inc()
+		return q.fail(503, "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+			"upstream_reset_before_response_started{overflow}", http.FlagUpstreamOverflow)
+	}
+	defer hs.Requests.Add(-1)
+	hs.RqTotal.Inc()
+	hs.RqActive.Inc()
+	defer hs.RqActive.Dec()
+	start := time.Now()
+	if e.Info.UpstreamStart == 0 {
+		e.Info.UpstreamStart = max(start.Sub(e.Info.Start), 1)
+	}
+
+	p := q.r.pools.Pool(q.cl, host)
+	if p.HTTP2() && e.Request.Has("upgrade") {
+		// An HTTP/1.1 upgrade would need extended CONNECT (RFC 8441) to an
+		// HTTP/2 upstream, which skiff does not speak yet.
+		return q.fail(503, "", "upgrade_failed", 0)
+	}
+	// The upstream stream's context is not the downstream's: the connection
+	// manager interrupts the exchange (Interrupt) when the downstream goes
+	// away, which resets the stream, so the codec need not watch a context
+	// per request.
+	conn, us, err := p.Acquire(context.Background(), q.stopChan())
+	if err != nil {
+		return q.acquireFailed(err)
+	}
+	if a, ok := conn.LocalAddr().(*net.TCPAddr); ok {
+		e.Info.UpstreamLocal = netip.AddrPortFrom(a.AddrPort().Addr().Unmap(), a.AddrPort().Port())
+	}
+	if !q.setStream(us) {
+		us.Close()
+		p.Release(conn)
+		return q.interrupted()
+	}
+	out := q.exchange(conn, us, start)
+	q.stopSender(us)
+	q.clearStream()
+	us.Close()
+	p.Release(conn)
+	return out
+}
+
+// exchange sends the request on us and forwards the response.
+func (q *rq) exchange(conn *pool.Conn, us http.ClientStream, start time.Time) outcome {
+	e, hs, vh := q.e, q.hs, q.rt.VirtualHost
+	req := e.Request
+	if vh != nil && vh.IncludeRequestAttemptCount {
+		req.Del("x-envoy-attempt-count")
+		req.AddUint("x-envoy-attempt-count", uint64(e.Info.UpstreamAttempts))
+	}
+	upgrade := req.Has("upgrade")
+	end := q.requestEnded()
+	if err := us.WriteHeader(req, end); err != nil {
+		return q.upstreamFailed(conn, err, false)
+	}
+	if !end && !upgrade {
+		q.startSender(us)
+	}
+	q.armTry()
+	q.touchIdle()
+	resp, err := us.ReadHeader()
+	if err != nil {
+		q.settleSender()
+		return q.upstreamFailed(conn, err, true)
+	}
+	q.stopTry()
+	status, _ := strconv.Atoi(resp.Value(http.Status))
+	if e.Info.UpstreamResponseStart == 0 {
+		e.Info.UpstreamResponseStart = time.Since(e.Info.Start)
+	}
+	if q.retryOn != 0 && q.policy.RetriableResponse(q.retryOn, resp) {
+		q.settleSender()
+		if q.canRetry(true) {
+			hs.Response(status)
+			us.Reset(http.ResetCancel)
+			return retry
+		}
+	}
+	if status == 101 && !upgrade {
+		us.Reset(http.ResetProtocolError)
+		return q.fail(503, "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+			"upstream_reset_before_response_started{protocol_error}", http.FlagUpstreamProtocolError)
+	}
+	hs.Response(status)
+	if q.retries > 0 {
+		hs.RqRetrySuccess.Inc()
+	}
+
+	// The response goes downstream.
+	r := &e.Response
+	resp.CopyTo(r)
+	q.rt.MutateResponse(r, &e.Info)
+	if !q.r.suppressHeaders {
+		r.Del("x-envoy-upstream-service-time")
+		r.AddUint("x-envoy-upstream-service-time", uint64(time.Since(start)/time.Millisecond))
+	}
+	if vh != nil && vh.IncludeAttemptCountInResponse {
+		r.Del("x-envoy-attempt-count")
+		r.AddUint("x-envoy-attempt-count", uint64(e.Info.UpstreamAttempts))
+	}
+	e.Info.ResponseCodeDetails = "via_upstream"
+	respEnd := us.EndedWithHeader()
+	q.respStarted = true
+	if err := e.Downstream.WriteHeader(r, respEnd); err != nil {
+		us.Reset(http.ResetCancel)
+		e.Info.ResponseFlags |= http.FlagDownstreamConnectionTermination
+		return done
+	}
+	if status == 101 {
+		q.stopTimers()
+		q.tunnel(us)
+		hs.RqCompleted.Inc()
+		return done
+	}
+	if !respEnd && !q.pumpResponse(us) {
+		return done
+	}
+	q.stopTimers()
+	hs.RqCompleted.Inc()
+	hs.RqTime.Record(uint64(time.Since(start) / time.Millisecond))
+	return done
+}
+
+// pumpResponse copies the response body and trailers downstream. It reports
+// whether the response went out complete.
+func (q *rq) pumpResponse(us http.ClientStream) bool {
+	e := q.e
+	if q.buf == nil {
+		q.buf = q.r.buffers.Get(bufpool.Medium)
+	}
+	buf := q.buf.B
+	for {
+		n, err := us.Read(buf)
+		if n > 0 {
+			q.touchIdle()
+			if _, werr := e.Downstream.Write(buf[:n]); werr != nil {
+				us.Reset(http.ResetCancel)
+				e.Info.ResponseFlags |= http.FlagDownstreamConnectionTermination
+				return false
+			}
+		}
+		if err == io.EOF {
+			tr := us.Trailers()
+			if tr.Len() > 0 {
+				err = e.Downstream.EndWithTrailers(tr)
+			} else {
+				err = e.Downstream.End()
+			}
+			return err == nil
+		}
+		if err != nil {
+			q.midResponseFailure(err)
+			return false
+		}
+	}
+}
+
+// midResponseFailure ends a response that failed after it began downstream:
+// the downstream stream is reset, with the flags saying why.
+func (q *rq) midResponseFailure(err error) {
+	e := q.e
+	q.r.stats.resetAfterStart.Inc()
+	switch reason := q.why(); {
+	case reason == errGlobalTimeout:
+		q.hs.RqTimeout.Inc()
+		e.Info.ResponseFlags |= http.FlagUpstreamRequestTimeout
+		e.Info.ResponseCodeDetails = "upstream_response_timeout"
+	case q.takeTryReason():
+		q.hs.RqPerTryTimeout.Inc()
+		e.Info.ResponseFlags |= http.FlagUpstreamRequestTimeout
+		e.Info.ResponseCodeDetails = "upstream_per_try_idle_timeout"
+	case reason != nil:
+	case e.Context().Err() != nil:
+		e.Info.ResponseFlags |= http.FlagDownstreamConnectionTermination
+	default:
+		flag, details := resetKind(err)
+		e.Info.ResponseFlags |= flag
+		e.Info.ResponseCodeDetails = "upstream_reset_after_response_started{" + details + "}"
+		q.hs.RqRxReset.Inc()
+	}
+	e.Downstream.Reset(http.ResetInternalError)
+}
+
+// tunnel copies both ways after a 101: the sender takes the downstream's
+// bytes upstream, this goroutine the upstream's downstream.
+func (q *rq) tunnel(us http.ClientStream) {
+	e := q.e
+	q.mu.Lock()
+	q.sending = true
+	q.tunneling = q.reason == nil
+	q.mu.Unlock()
+	go q.tunnelUp(us)
+	if q.buf == nil {
+		q.buf = q.r.buffers.Get(bufpool.Medium)
+	}
+	buf := q.buf.B
+	for {
+		n, err := us.Read(buf)
+		if n > 0 {
+			if _, werr := e.Downstream.Write(buf[:n]); werr != nil {
+				us.Reset(http.ResetCancel)
+				e.Downstream.Reset(http.ResetCancel)
+				break
+			}
+		}
+		if err != nil {
+			if err == io.EOF {
+				_ = e.Downstream.End()
+			} else {
+				e.Downstream.Reset(http.ResetCancel)
+			}
+			break
+		}
+	}
+	<-q.senderDone
+	q.mu.Lock()
+	q.sending = false
+	q.tunneling = false
+	q.mu.Unlock()
+}
+
+func (q *rq) tunnelUp(us http.ClientStream) {
+	defer func() { q.senderDone <- struct{}{} }()
+	buf := q.r.buffers.Get(bufpool.Medium)
+	defer q.r.buffers.Put(buf)
+	for {
+		n, err := q.e.Downstream.Read(buf.B)
+		if n > 0 {
+			if _, werr := us.Write(buf.B[:n]); werr != nil {
+				q.e.Downstream.Reset(http.ResetCancel)
+				return
+			}
+		}
+		if err != nil {
+			if err == io.EOF {
+				_ = us.End()
+			} else {
+				us.Reset(http.ResetCancel)
+			}
+			return
+		}
+	}
+}
+
+// requestEnded reports whether the upstream request ends with its header.
+func (q *rq) requestEnded() bool {
+	if q.e.Downstream.EndedWithHeader() {
+		return true
+	}
+	return q.bodyDone && q.bodyLen == 0 && q.trailers.Len() == 0
+}
+
+// startSender starts the goroutine that sends the request body: from the
+// downstream for the first attempt that gets this far, from the buffer for a
+// retry.
+func (q *rq) startSender(us http.ClientStream) {
+	q.mu.Lock()
+	q.sending = true
+	q.sendWriteErr = false
+	q.mu.Unlock()
+	if q.bodyStarted {
+		go q.replay(us)
+		return
+	}
+	q.bodyStarted = true
+	go q.send(us)
+}
+
+// send reads the request body from downstream, sends it upstream and keeps
+// it for a retry.
+func (q *rq) send(us http.ClientStream) {
+	e := q.e
+	buf := q.r.buffers.Get(bufpool.Medium)
+	defer func() {
+		q.r.buffers.Put(buf)
+		q.senderDone <- struct{}{}
+	}()
+	writeFailed := false
+	for {
+		n, err := e.Downstream.Read(buf.B)
+		if n > 0 {
+			q.keep(buf.B[:n])
+			if !writeFailed {
+				if _, werr := us.Write(buf.B[:n]); werr != nil {
+					writeFailed = true
+					q.mu.Lock()
+					q.sendWriteErr = true
+					q.mu.Unlock()
+					if !q.buffering {
+						return
+					}
+				}
+			}
+		}
+		if err == io.EOF {
+			tr := e.Downstream.Trailers()
+			if tr.Len() > 0 && q.buffering {
+				tr.CopyTo(&q.trailers)
+			}
+			q.requestComplete()
+			if !writeFailed {
+				if tr.Len() > 0 {
+					_ = us.EndWithTrailers(tr)
+				} else {
+					_ = us.End()
+				}
+			}
+			return
+		}
+		if err != nil {
+			q.mu.Lock()
+			q.readFailed = true
+			q.mu.Unlock()
+			us.Reset(http.ResetCancel)
+			return
+		}
+	}
+}
+
+// keep adds body bytes to the retry buffer.
+func (q *rq) keep(p []byte) {
+	q.bodyLen += len(p)
+	if !q.buffering {
+		return
+	}
+	if q.bodyLen > RetryBufferLimit {
+		q.buffering, q.bodyTooLarge = false, true
+		for i, c := range q.chunks {
+			q.r.buffers.Put(c)
+			q.chunks[i] = nil
+		}
+		q.chunks = q.chunks[:0]
+		return
+	}
+	for len(p) > 0 {
+		if len(q.chunks) == 0 || q.last == len(q.chunks[len(q.chunks)-1].B) {
+			q.chunks = append(q.chunks, q.r.buffers.Get(bufpool.Medium))
+			q.last = 0
+		}
+		k := copy(q.chunks[len(q.chunks)-1].B[q.last:], p)
+		q.last += k
+		p = p[k:]
+	}
+}
+
+// replay sends the kept body and trailers on a retry's stream.
+func (q *rq) replay(us http.ClientStream) {
+	defer func() { q.senderDone <- struct{}{} }()
+	for i, c := range q.chunks {
+		b := c.B
+		if i == len(q.chunks)-1 {
+			b = b[:q.last]
+		}
+		if _, err := us.Write(b); err != nil {
+			return
+		}
+	}
+	if q.trailers.Len() > 0 {
+		_ = us.EndWithTrailers(&q.trailers)
+	} else {
+		_ = us.End()
+	}
+}
+
+// isSending reports whether a sender runs (or ran and was not waited for).
+func (q *rq) isSending() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.sending
+}
+
+// settleSender gives a running sender a moment to finish, and reports
+// whether it did (its state may then be read).
+func (q *rq) settleSender() bool {
+	if !q.isSending() {
+		return true
+	}
+	select {
+	case <-q.senderDone:
+	default:
+		if q.grace == nil {
+			q.grace = time.NewTimer(senderGrace)
+		} else {
+			q.grace.Reset(senderGrace)
+		}
+		select {
+		case <-q.senderDone:
+			q.grace.Stop()
+		case <-q.grace.C:
+			return false
+		}
+	}
+	q.mu.Lock()
+	q.sending = false
+	q.mu.Unlock()
+	return true
+}
+
+// stopSender ends the request side of an attempt that is over: a sender
+// that does not finish within a moment is stopped by resetting the upstream
+// stream and, if it is still reading the request, the downstream one
+// (HTTP/1.1 closes the connection, after the response if one went out;
+// HTTP/2 sends RST_STREAM, NO_ERROR after a response).
+func (q *rq) stopSender(us http.ClientStream) {
+	if q.settleSender() {
+		return
+	}
+	us.Reset(http.ResetCancel)
+	q.mu.Lock()
+	bodyDone := q.bodyDone
+	q.mu.Unlock()
+	if !bodyDone {
+		if q.respStarted || q.replied {
+			q.e.Downstream.Reset(http.ResetNoError)
+		} else {
+			q.e.Downstream.Reset(http.ResetCancel)
+		}
+	}
+	<-q.senderDone
+	q.mu.Lock()
+	q.sending = false
+	q.mu.Unlock()
+}
+
+// pickHost picks the attempt's host, avoiding those tried before when the
+// policy's previous_hosts predicate asks.
+func (q *rq) pickHost() *upstream.Host {
+	h := q.cl.Pick()
+	if h == nil || q.policy == nil || !q.policy.AvoidPreviousHosts || q.retries == 0 {
+		return h
+	}
+	for range q.policy.HostSelectionMaxAttempts {
+		if !q.triedHost(h) {
+			return h
+		}
+		h = q.cl.Pick()
+		if h == nil {
+			return nil
+		}
+	}
+	return h
+}
+
+func (q *rq) triedHost(h *upstream.Host) bool {
+	for _, t := range q.tried {
+		if t == h {
+			return true
+		}
+	}
+	return false
+}
+
+// acquireFailed handles a failure to get a connection.
+func (q *rq) acquireFailed(err error) outcome {
+	e := q.e
+	if q.why() != nil {
+		return q.interrupted()
+	}
+	if e.Context().Err() != nil {
+		q.hs.RqCancelled.Inc()
+		e.Info.ResponseFlags |= http.FlagDownstreamConnectionTermination
+		return done
+	}
+	if errors.Is(err, pool.ErrOverflow) {
+		return q.fail(503, "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+			"upstream_reset_before_response_started{overflow}", http.FlagUpstreamOverflow)
+	}
+	var ce *pool.ConnectError
+	reason := err.Error()
+	if errors.As(err, &ce) {
+		reason = ce.Reason()
+	}
+	e.Info.UpstreamTransportFailureReason = reason
+	if q.retryOn != 0 && q.policy.RetriableReset(q.retryOn, route.ResetConnectFailure, false) && q.canRetry(false) {
+		return retry
+	}
+	body := "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: " + reason
+	if q.retries > 0 {
+		body = "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection failure, transport failure reason: " + reason
+	}
+	return q.fail(503, body, "upstream_reset_before_response_started{connection_failure}", http.FlagUpstreamConnectionFailure)
+}
+
+// upstreamFailed handles an attempt that ended without response headers.
+func (q *rq) upstreamFailed(conn *pool.Conn, err error, sent bool) outcome {
+	e := q.e
+	tryTimeout := q.takeTryReason()
+	if reason := q.why(); reason != nil {
+		return q.interrupted()
+	}
+	if e.Context().Err() != nil {
+		q.hs.RqCancelled.Inc()
+		e.Info.ResponseFlags |= http.FlagDownstreamConnectionTermination
+		return done
+	}
+	q.mu.Lock()
+	readFailed := q.readFailed
+	q.mu.Unlock()
+	if readFailed {
+		e.Info.ResponseFlags |= http.FlagDownstreamConnectionTermination
+		return done
+	}
+	if tryTimeout {
+		// A per-try timeout stands for a 504 from the upstream: retried when
+		// the policy retries those.
+		q.hs.RqPerTryTimeout.Inc()
+		if q.retryOn&(route.Retry5xx|route.RetryGatewayError|route.RetryReset) != 0 && q.canRetry(true) {
+			return retry
+		}
+		q.hs.RqTimeout.Inc()
+		return q.fail(504, "upstream request timeout", "upstream_per_try_timeout", http.FlagUpstreamRequestTimeout)
+	}
+	// A request the upstream did not process goes again on a new
+	// connection, if it can be sent again.
+	if q.transparent < maxTransparentRetries && q.replayable() && notProcessed(conn, err, e.Request) {
+		return transparent
+	}
+	q.hs.RqRxReset.Inc()
+	kind := route.ResetOther
+	if errors.Is(err, http.ErrNotProcessed) {
+		var se *h2.StreamError
+		if errors.As(err, &se) && se.Code == http.ResetRefusedStream {
+			kind = route.ResetRefusedStream
+		}
+	}
+	if q.retryOn != 0 && q.policy.RetriableReset(q.retryOn, kind, sent) && q.canRetry(true) {
+		return retry
+	}
+	flag, details := resetKind(err)
+	what := strings.ReplaceAll(details, "_", " ")
+	body := "upstream connect error or disconnect/reset before headers. reset reason: " + what
+	if q.retries > 0 {
+		body = "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: " + what
+	}
+	return q.fail(503, body, "upstream_reset_before_response_started{"+details+"}", flag)
+}
+
+// notProcessed reports whether err says the upstream did not process the
+// request: HTTP/2's REFUSED_STREAM or GOAWAY, or an HTTP/1.1 keep-alive
+// connection closed before any response, for a method that may be repeated.
+func notProcessed(conn *pool.Conn, err error, req *http.Header) bool {
+	if errors.Is(err, http.ErrNotProcessed) {
+		return true
+	}
+	var he *h1.Error
+	if !conn.Reused() || !errors.As(err, &he) || he.Kind != h1.KindNoResponse {
+		return false
+	}
+	switch req.Method() {
+	case "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE":
+		return true
+	}
+	return req.Has("idempotency-key") || req.Has("x-idempotency-key")
+}
+
+// resetKind names an upstream failure as Envoy's reset reasons do.
+func resetKind(err error) (http.ResponseFlag, string) {
+	var se *h2.StreamError
+	if errors.As(err, &se) && se.Remote {
+		if se.Code == http.ResetRefusedStream {
+			return http.FlagUpstreamRemoteReset, "remote_refused_stream_reset"
+		}
+		return http.FlagUpstreamRemoteReset, "remote_reset"
+	}
+	var he *h1.Error
+	if errors.As(err, &he) && (he.Kind == h1.KindMalformed || he.Kind == h1.KindFraming ||
+		he.Kind == h1.KindHeadersTooLarge || he.Kind == h1.KindTooManyHeaders || he.Kind == h1.KindVersion) {
+		return http.FlagUpstreamProtocolError, "protocol_error"
+	}
+	var ce *h2.ConnError
+	if errors.As(err, &ce) && !ce.Remote {
+		return http.FlagUpstreamProtocolError, "protocol_error"
+	}
+	return http.FlagUpstreamConnectionTermination, "connection_termination"
+}
+
+// replayable reports whether the request can be sent again: it has no body,
+// or all of it is kept (and its sender is done).
+func (q *rq) replayable() bool {
+	if q.e.Downstream.EndedWithHeader() || !q.bodyStarted {
+		return true
+	}
+	if q.isSending() {
+		return false
+	}
+	return q.bodyDone && !q.bodyTooLarge && (q.buffering || q.bodyLen == 0)
+}
+
+// canRetry reports whether a retry may go now, counting it if so. counted
+// says whether the failed attempt went as far as the upstream (it then
+// counts in upstream_rq_retry_limit_exceeded when no retry is left).
+func (q *rq) canRetry(counted bool) bool {
+	hs := q.hs
+	switch {
+	case q.retriesLeft == 0:
+		if q.policy != nil {
+			hs.RqRetryLimitExceeded.Inc()
+			q.e.Info.ResponseFlags |= http.FlagUpstreamRetryLimitExceeded
+		}
+		return false
+	case !q.replayable():
+		return false
+	case hs.Retries.Load() >= int64(q.cl.Config().Limits.Retries()):
+		hs.RqRetryOverflow.Inc()
+		return false
+	}
+	hs.RqRetry.Inc()
+	return true
+}
+
+// backoff waits before a retry, as the policy's back-off says. It reports
+// false if the request was interrupted meanwhile.
+func (q *rq) backoff() bool {
+	hs := q.hs
+	hs.Retries.Add(1)
+	defer hs.Retries.Add(-1)
+	d := q.policy.Backoff.Delay(q.retries - 1)
+	if d <= 0 {
+		return q.why() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-q.stopChan():
+	case <-q.e.Context().Done():
+	}
+	return q.why() == nil && q.e.Context().Err() == nil
+}
+
+// fail answers with a local reply, or resets the downstream stream if the
+// response began.
+func (q *rq) fail(status int, body, details string, flag http.ResponseFlag) outcome {
+	q.replied = true
+	if q.respStarted {
+		q.e.Info.ResponseFlags |= flag
+		q.e.Downstream.Reset(http.ResetInternalError)
+		return done
+	}
+	_ = q.e.LocalReply(status, body, details, flag)
+	return done
+}
+
+// interrupted ends an attempt a global timeout or the connection manager
+// stopped.
+func (q *rq) interrupted() outcome {
+	reason := q.why()
+	if reason == errGlobalTimeout {
+		q.hs.RqTimeout.Inc()
+		return q.fail(504, "upstream request timeout", "upstream_response_timeout", http.FlagUpstreamRequestTimeout)
+	}
+	// The connection manager's reason: it answers.
+	return done
+}
+
+// Interrupt implements http.Interrupter: the connection manager's timeouts
+// stop the request.
+func (q *rq) Interrupt(reason error) { q.interrupt(reason, false) }
+
+func (q *rq) interrupt(reason error, perTry bool) {
+	q.mu.Lock()
+	if perTry {
+		q.tryReason = reason
+	} else if q.reason == nil {
+		q.reason = reason
+		if !q.aborted {
+			q.aborted = true
+			if q.abort == nil {
+				q.abort = make(chan struct{})
+			}
+			close(q.abort)
+		}
+	}
+	// The stream is reset under q.mu: clearStream waits for it, so that a
+	// stream given back to its connection is never reset from here.
+	if q.us != nil {
+		q.us.Reset(http.ResetCancel)
+	}
+	if q.tunneling && !perTry {
+		q.e.Downstream.Reset(http.ResetCancel)
+	}
+	q.mu.Unlock()
+}
+
+func (q *rq) why() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.reason
+}
+
+func (q *rq) takeTryReason() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	r := q.tryReason
+	q.tryReason = nil
+	return r != nil
+}
+
+// stopChan is closed when the request is interrupted.
+func (q *rq) stopChan() <-chan struct{} {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.abort == nil {
+		q.abort = make(chan struct{})
+	}
+	return q.abort
+}
+
+// setStream makes us the attempt's stream; false if the request was
+// interrupted meanwhile.
+func (q *rq) setStream(us http.ClientStream) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.reason != nil {
+		return false
+	}
+	q.us = us
+	q.tryReason = nil
+	return true
+}
+
+func (q *rq) clearStream() {
+	q.mu.Lock()
+	q.us = nil
+	q.tryAt, q.idleAt = time.Time{}, time.Time{}
+	q.mu.Unlock()
+}
+
+// touchIdle pushes the attempt's idle deadline back (per_try_idle_timeout).
+func (q *rq) touchIdle() {
+	if q.perTryIdle <= 0 {
+		return
+	}
+	now := time.Now()
+	q.mu.Lock()
+	q.idleAt = now.Add(q.perTryIdle)
+	q.armLocked(&q.idleTimer, &q.idleFire, q.idleAt, now, q.onIdleFn)
+	q.mu.Unlock()
+}
+
+func (q *rq) onIdle() {
+	if q.fired(&q.idleTimer, &q.idleFire, &q.idleAt, q.onIdleFn) {
+		q.interrupt(errPerTryTimeout, true)
+	}
+}
+
+// requestComplete notes the end of the downstream request: the global
+// timeout starts, and the per-try timeout of the attempt in progress.
+func (q *rq) requestComplete() {
+	now := time.Now()
+	q.e.Info.RequestComplete = max(now.Sub(q.e.Info.Start), 1)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.complete = true
+	if q.bodyStarted {
+		q.bodyDone = true
+	}
+	if q.timeout > 0 {
+		q.globalAt = now.Add(q.timeout)
+		q.armLocked(&q.globalTimer, &q.globalFire, q.globalAt, now, q.onGlobalFn)
+	}
+	if q.perTry > 0 && q.us != nil && q.tryAt.IsZero() {
+		q.tryAt = now.Add(q.perTry)
+		q.armLocked(&q.tryTimer, &q.tryFire, q.tryAt, now, q.onTryFn)
+	}
+}
+
+// armLocked makes *t fire by deadline, resetting it only if it is not
+// running or set to fire later.
+func (q *rq) armLocked(t **time.Timer, fire *time.Time, deadline, now time.Time, f func()) {
+	if !fire.IsZero() && !fire.After(deadline) {
+		return
+	}
+	*fire = deadline
+	if *t == nil {
+		*t = time.AfterFunc(deadline.Sub(now), f)
+	} else {
+		(*t).Reset(deadline.Sub(now))
+	}
+}
+
+// armTry starts the per-try timer of the attempt, if the request is
+// complete (otherwise requestComplete will).
+func (q *rq) armTry() {
+	if q.perTry <= 0 {
+		return
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.complete {
+		now := time.Now()
+		q.tryAt = now.Add(q.perTry)
+		q.armLocked(&q.tryTimer, &q.tryFire, q.tryAt, now, q.onTryFn)
+	}
+}
+
+func (q *rq) stopTry() {
+	q.mu.Lock()
+	q.tryAt = time.Time{}
+	q.mu.Unlock()
+}
+
+func (q *rq) stopTimers() {
+	q.mu.Lock()
+	q.globalAt, q.tryAt, q.idleAt = time.Time{}, time.Time{}, time.Time{}
+	q.mu.Unlock()
+}
+
+// onGlobal runs when the global timer fires: the request times out if its
+// deadline passed; a deadline still ahead (a later request, the state is
+// reused) sets the timer again.
+func (q *rq) onGlobal() {
+	if q.fired(&q.globalTimer, &q.globalFire, &q.globalAt, q.onGlobalFn) {
+		q.interrupt(errGlobalTimeout, false)
+	}
+}
+
+func (q *rq) onTry() {
+	if q.fired(&q.tryTimer, &q.tryFire, &q.tryAt, q.onTryFn) {
+		q.interrupt(errPerTryTimeout, true)
+	}
+}
+
+// fired handles a timer firing: it reports whether the deadline passed (and
+// clears it), or sets the timer for a deadline still ahead.
+func (q *rq) fired(t **time.Timer, fire, at *time.Time, f func()) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	*fire = time.Time{}
+	if at.IsZero() {
+		return false
+	}
+	now := time.Now()
+	if now.Before(*at) {
+		q.armLocked(t, fire, *at, now, f)
+		return false
+	}
+	*at = time.Time{}
+	return true
+}
+
+var _ http.Interrupter = (*rq)(nil)

@@ -1,0 +1,140 @@
+package http
+
+import (
+	"strconv"
+	"strings"
+	"unsafe"
+)
+
+// LocalReply answers the request from skiff itself, as Envoy's
+// sendLocalReply does: a filter that denies a request (RBAC, a rate limit, an
+// injected fault) or the connection manager (no route, no healthy upstream)
+// calls it and then returns Stop.
+//
+// It records status, details (Envoy's %RESPONSE_CODE_DETAILS%, e.g.
+// "rbac_access_denied_matched_policy[none]") and flags in e.Info, and sends
+// e.Response through e.Downstream with :status set to status and, when body
+// is not empty, content-type text/plain and content-length (a HEAD request gets
+// the headers only). Fields a caller put in e.Response before the call are sent
+// too: that is how a filter adds its own headers to its reply (Envoy's
+// modify_headers callback). A gRPC request (content-type application/grpc...)
+// gets a gRPC trailers-only reply instead: :status 200, grpc-status mapped from
+// status as Envoy maps it (403 PERMISSION_DENIED, 429 and 503 UNAVAILABLE, ...)
+// and grpc-message set to body.
+//
+// The reply goes through e.Downstream.WriteHeader, so a connection manager that
+// wants its ResponseFilters to see local replies (as Envoy's encoder filters
+// do) sets e.Downstream to a ServerStream that runs them on WriteHeader.
+//
+// With literal arguments LocalReply does not allocate beyond what e.Response
+// needs to grow.
+func (e *Exchange) LocalReply(status int, body, details string, flags ResponseFlag) error {
+	return e.localReply(status, -1, body, details, flags)
+}
+
+// LocalReplyGRPC is LocalReply with the grpc-status a gRPC request gets given
+// explicitly (Envoy's sendLocalReply grpc_status argument) instead of derived
+// from status. A request that is not gRPC gets status and body as with
+// LocalReply.
+func (e *Exchange) LocalReplyGRPC(status int, grpcStatus uint32, body, details string, flags ResponseFlag) error {
+	return e.localReply(status, int64(grpcStatus), body, details, flags)
+}
+
+func (e *Exchange) localReply(status int, grpcStatus int64, body, details string, flags ResponseFlag) error {
+	e.Info.ResponseCodeDetails = details
+	e.Info.ResponseFlags |= flags
+	h := &e.Response
+	var num [20]byte
+	if e.Request != nil && IsGRPC(e.Request) {
+		if grpcStatus < 0 {
+			grpcStatus = int64(GRPCStatusFromHTTP(status))
+		}
+		e.Info.ResponseCode = 200
+		setBytes(h, Status, strconv.AppendInt(num[:0], 200, 10))
+		h.Set("content-type", "application/grpc")
+		setBytes(h, "grpc-status", strconv.AppendInt(num[:0], grpcStatus, 10))
+		if body != "" {
+			h.Del("grpc-message")
+			h.addGRPCMessage(body)
+		}
+		return e.Downstream.WriteHeader(h, true)
+	}
+	e.Info.ResponseCode = status
+	setBytes(h, Status, strconv.AppendInt(num[:0], int64(status), 10))
+	if body == "" {
+		return e.Downstream.WriteHeader(h, true)
+	}
+	setBytes(h, "content-length", strconv.AppendInt(num[:0], int64(len(body)), 10))
+	h.Set("content-type", "text/plain")
+	if e.Request != nil && e.Request.Method() == "HEAD" {
+		return e.Downstream.WriteHeader(h, true)
+	}
+	if err := e.Downstream.WriteHeader(h, false); err != nil {
+		return err
+	}
+	// Write must not keep or modify p (io.Writer's contract), so the body's
+	// bytes are lent without a copy.
+	if _, err := e.Downstream.Write(unsafe.Slice(unsafe.StringData(body), len(body))); err != nil {
+		return err
+	}
+	return e.Downstream.End()
+}
+
+// setBytes replaces the fields called name with one whose value is v (copied).
+func setBytes(h *Header, name string, v []byte) {
+	h.Del(name)
+	start := uint32(len(h.buf))
+	h.buf = append(h.buf, name...)
+	mid := uint32(len(h.buf))
+	h.buf = append(h.buf, v...)
+	h.fields = append(h.fields, field{nameStart: start, nameEnd: mid, valueEnd: uint32(len(h.buf))})
+	h.n++
+}
+
+// addGRPCMessage adds grpc-message with msg percent-encoded as gRPC requires
+// (bytes outside printable ASCII, and '%').
+func (h *Header) addGRPCMessage(msg string) {
+	start := uint32(len(h.buf))
+	h.buf = append(h.buf, "grpc-message"...)
+	mid := uint32(len(h.buf))
+	const hex = "0123456789ABCDEF"
+	for i := 0; i < len(msg); i++ {
+		c := msg[i]
+		if c < ' ' || c > '~' || c == '%' {
+			h.buf = append(h.buf, '%', hex[c>>4], hex[c&15])
+			continue
+		}
+		h.buf = append(h.buf, c)
+	}
+	h.fields = append(h.fields, field{nameStart: start, nameEnd: mid, valueEnd: uint32(len(h.buf))})
+	h.n++
+}
+
+// IsGRPC reports whether request headers h are a gRPC request's: content-type
+// application/grpc, alone or followed by '+' or ';' (Envoy's
+// Grpc::Common::isGrpcRequestHeaders).
+func IsGRPC(h *Header) bool {
+	ct, ok := h.Get("content-type")
+	if !ok || !strings.HasPrefix(ct, "application/grpc") {
+		return false
+	}
+	return len(ct) == len("application/grpc") || ct[len("application/grpc")] == '+' || ct[len("application/grpc")] == ';'
+}
+
+// GRPCStatusFromHTTP maps an HTTP status to the gRPC status a local reply to a
+// gRPC request carries (Envoy's Grpc::Utility::httpToGrpcStatus).
+func GRPCStatusFromHTTP(status int) uint32 {
+	switch status {
+	case 400:
+		return 13 // INTERNAL
+	case 401:
+		return 16 // UNAUTHENTICATED
+	case 403:
+		return 7 // PERMISSION_DENIED
+	case 404:
+		return 12 // UNIMPLEMENTED
+	case 429, 502, 503, 504:
+		return 14 // UNAVAILABLE
+	}
+	return 2 // UNKNOWN
+}

@@ -1,0 +1,100 @@
+package upstream
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+
+	"github.com/skiffproxy/skiff/internal/cfgerr"
+	"github.com/skiffproxy/skiff/internal/protoyaml"
+	"github.com/skiffproxy/skiff/internal/stats"
+)
+
+func clusterYAML(t *testing.T, extra string) *clusterv3.Cluster {
+	t.Helper()
+	var c clusterv3.Cluster
+	y := `
+name: c
+type: STATIC
+load_assignment: { cluster_name: c, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 1 } } } }] }] }
+` + extra
+	if err := protoyaml.Unmarshal([]byte(y), &c); err != nil {
+		t.Fatal(err)
+	}
+	return &c
+}
+
+func TestHTTPProtocolOptions(t *testing.T) {
+	cfg, err := NewConfig(clusterYAML(t, `
+circuit_breakers:
+  thresholds:
+  - { max_connections: 7, max_pending_requests: 0, max_retries: 1 }
+  - { priority: HIGH, max_connections: 1 }
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    common_http_protocol_options: { idle_timeout: 30s, max_requests_per_connection: 100, max_headers_count: 50 }
+    explicit_http_config: { http2_protocol_options: { max_concurrent_streams: 10, initial_stream_window_size: 70000 } }
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := cfg.HTTP
+	if !cfg.HTTP2 || h.Idle() != 30*time.Second || h.MaxRequestsPerConnection != 100 || h.MaxHeadersCount != 50 ||
+		h.MaxConcurrentStreams != 10 || h.InitialStreamWindowSize != 70000 {
+		t.Errorf("%+v http2=%v", h, cfg.HTTP2)
+	}
+	l := cfg.Limits
+	if l.Connections() != 7 || l.Pending() != 0 || l.Requests() != DefaultCircuitBreakerLimit || l.Retries() != 1 {
+		t.Errorf("limits %+v", l)
+	}
+	var zero Config
+	if zero.HTTP.Idle() != DefaultUpstreamIdleTimeout || zero.Limits.Connections() != DefaultCircuitBreakerLimit || zero.Limits.Retries() != DefaultMaxRetries {
+		t.Errorf("defaults")
+	}
+	for extra, path := range map[string]string{
+		`circuit_breakers: { thresholds: [{ retry_budget: {} }] }`: "circuit_breakers.thresholds[0]",
+		`typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    common_http_protocol_options: { max_stream_duration: 1s }
+    explicit_http_config: { http_protocol_options: {} }`: "typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].common_http_protocol_options",
+		`http2_protocol_options: { hpack_table_size: 100 }`: "http2_protocol_options",
+	} {
+		_, err := NewConfig(clusterYAML(t, extra))
+		if err == nil || !strings.HasPrefix(cfgerr.PathOf(err), path) {
+			t.Errorf("%s: %v (path %q), want path %s", extra, err, cfgerr.PathOf(err), path)
+		}
+	}
+}
+
+func TestHostHostnameAndGone(t *testing.T) {
+	m := NewManager(stats.NewStore())
+	a := netip.MustParseAddrPort("127.0.0.1:1")
+	b := netip.MustParseAddrPort("127.0.0.1:2")
+	cfg := &Config{Name: "c", StatName: "c", ConnectTimeout: time.Second, Endpoints: []Endpoint{{Addr: a, Weight: 1, Hostname: "a.example"}, {Addr: b, Weight: 1}}}
+	m.Set([]Assignment{Static(cfg)})
+	c := m.Get("c")
+	ha := c.Hosts()[0]
+	if ha.Hostname() != "a.example" || c.Hosts()[1].Hostname() != "" {
+		t.Errorf("hostnames %q %q", ha.Hostname(), c.Hosts()[1].Hostname())
+	}
+	c.SetEndpoints([]Endpoint{{Addr: b, Weight: 1}})
+	if !ha.Gone() || c.Hosts()[0].Gone() {
+		t.Errorf("a dropped host is not gone, or a kept one is")
+	}
+	hb := c.Hosts()[0]
+	m.Set(nil)
+	if !hb.Gone() {
+		t.Errorf("a removed cluster's host is not gone")
+	}
+	hs := c.HTTPStats()
+	hs.Response(503)
+	hs.Response(503)
+	if hs.classes[4].Value() != 2 || hs.codes[403].Load().Value() != 2 {
+		t.Errorf("response counters")
+	}
+}

@@ -1,0 +1,659 @@
+// Package pool keeps skiff's upstream HTTP connections: one Pool per upstream
+// host and protocol, shared by every router of the process, so that an
+// HTTP/1.1 connection is reused by the next request to that host (keep-alive)
+// and an HTTP/2 connection carries many requests at once (multiplexing).
+//
+// # Using a pool
+//
+//	p := m.Pool(cluster, host)              // the cluster's protocol (Config.HTTP2) decides
+//	c, s, err := p.Acquire(ctx)             // a stream on an idle, shared or new connection
+//	// ... s.WriteHeader, s.ReadHeader, s.Read to io.EOF ...
+//	s.Close()
+//	p.Release(c)                            // the connection goes back (or is closed)
+//
+// Acquire fails with ErrOverflow when the cluster's circuit breakers
+// (max_connections with max_pending_requests) leave no room, or with a
+// *ConnectError when no connection could be made.
+//
+// # Limits
+//
+// HTTP/1.1 carries one request per connection at a time: a request takes the
+// most recently used idle connection of its host, or opens a new one while
+// the cluster has fewer than max_connections (a host with none may always
+// open one); otherwise it waits, as a pending request (at most
+// max_pending_requests of them), for a connection of its host to come back.
+// A connection is closed instead of reused once it carried
+// max_requests_per_connection requests or lived max_connection_duration, and
+// when it sat idle for idle_timeout (1 h by default, Envoy's). One that sat
+// idle for a while is checked (a non-blocking peek) before reuse, so that one
+// the upstream closed meanwhile is not handed out.
+//
+// HTTP/2 puts requests on the first connection of its host with room below
+// the server's SETTINGS_MAX_CONCURRENT_STREAMS, opening another when none has.
+//
+// # Allocation
+//
+// Reusing a connection allocates nothing: idle connections sit on a slice
+// used as a stack, the per-pool lookup is a sync.Map keyed by pointers, and
+// the codecs reuse their streams.
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/dataplane/http/h1"
+	"github.com/skiffproxy/skiff/dataplane/http/h2"
+	"github.com/skiffproxy/skiff/dataplane/upstream"
+	"github.com/skiffproxy/skiff/internal/bufpool"
+)
+
+// ErrOverflow is returned by Acquire when the cluster's circuit breakers
+// refuse the request: no connection can be made and the pending queue is
+// full (Envoy's UO response flag).
+var ErrOverflow = errors.New("pool: upstream overflow (circuit breaker open)")
+
+// ConnectError is returned by Acquire when no connection to the host could be
+// made (Envoy's UF response flag).
+type ConnectError struct {
+	Host string
+	Err  error
+}
+
+func (e *ConnectError) Error() string {
+	return fmt.Sprintf("pool: connecting to %s: %v", e.Host, e.Err)
+}
+func (e *ConnectError) Unwrap() error { return e.Err }
+
+// Reason renders the failure as Envoy's %UPSTREAM_TRANSPORT_FAILURE_REASON%
+// does, e.g. "delayed connect error: 111".
+func (e *ConnectError) Reason() string {
+	var errno syscall.Errno
+	if errors.As(e.Err, &errno) {
+		return fmt.Sprintf("delayed connect error: %d", int(errno))
+	}
+	if errors.Is(e.Err, upstream.ErrConnectTimeout) {
+		return "connect timeout"
+	}
+	return e.Err.Error()
+}
+
+// Defaults of the pools.
+const (
+	// PeekAfter is how long a connection may sit idle before it is checked
+	// for a close by the upstream before reuse.
+	PeekAfter = 500 * time.Millisecond
+	// sweepEvery is how often idle connections are checked for their idle
+	// timeout, and pools without connections removed.
+	sweepEvery = time.Second
+	// emptyPoolLife is how long a pool without connections is kept.
+	emptyPoolLife = time.Minute
+)
+
+// Options configure a Manager.
+type Options struct {
+	// Buffers supplies the codecs' buffers. Nil: a pool of the Manager's own.
+	Buffers *bufpool.Pool
+	// Logger logs connection failures at debug level. Nil: discard.
+	Logger *slog.Logger
+}
+
+// Manager holds the pools of every upstream host. It is safe for concurrent
+// use; one Manager serves the whole process.
+type Manager struct {
+	opts  Options
+	pools sync.Map // key -> *Pool
+
+	mu      sync.Mutex
+	closed  bool
+	started bool
+	quit    chan struct{}
+	done    chan struct{}
+	bg      sync.WaitGroup // HTTP/2 connections' watchers and closes
+}
+
+type key struct {
+	host  *upstream.Host
+	http2 bool
+}
+
+// NewManager returns a Manager without pools. It starts no goroutine until
+// the first connection is made.
+func NewManager(opts Options) *Manager {
+	if opts.Buffers == nil {
+		opts.Buffers = bufpool.New()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Manager{opts: opts, quit: make(chan struct{}), done: make(chan struct{})}
+}
+
+// Pool returns the pool of connections to host h of cluster cl, in the
+// protocol cl's configuration asks for.
+func (m *Manager) Pool(cl *upstream.Cluster, h *upstream.Host) *Pool {
+	k := key{h, cl.Config().HTTP2}
+	if p, ok := m.pools.Load(k); ok {
+		return p.(*Pool)
+	}
+	p := &Pool{m: m, cl: cl, host: h, http2: k.http2, lastUsed: time.Now()}
+	actual, _ := m.pools.LoadOrStore(k, p)
+	return actual.(*Pool)
+}
+
+// startSweeper starts the goroutine that closes expired idle connections.
+func (m *Manager) startSweeper() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return false
+	}
+	if !m.started {
+		m.started = true
+		go m.sweep()
+	}
+	return true
+}
+
+func (m *Manager) sweep() {
+	defer close(m.done)
+	t := time.NewTicker(sweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.quit:
+			return
+		case now := <-t.C:
+			m.pools.Range(func(k, v any) bool {
+				p := v.(*Pool)
+				if p.sweep(now) {
+					m.pools.CompareAndDelete(k, p)
+				}
+				return true
+			})
+		}
+	}
+}
+
+// Close closes every connection (streams in flight fail) and stops the
+// Manager's goroutine. Pools used afterwards fail to connect.
+func (m *Manager) Close() {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return
+	}
+	m.closed = true
+	started := m.started
+	m.mu.Unlock()
+	close(m.quit)
+	if started {
+		<-m.done
+	}
+	m.pools.Range(func(k, v any) bool {
+		v.(*Pool).closeAll()
+		m.pools.Delete(k)
+		return true
+	})
+	m.bg.Wait()
+}
+
+// Conn is a pooled connection, lent by Acquire until Release.
+type Conn struct {
+	p         *Pool
+	h1        *h1.ClientConn
+	h2        *h2.ClientConn
+	tcp       *net.TCPConn
+	created   time.Time
+	idleSince time.Time
+	requests  uint32
+	streams   int // HTTP/2: streams lent out
+	closed    bool
+
+	// The liveness peek's state, so that the check allocates nothing.
+	raw     syscall.RawConn
+	peekFn  func(fd uintptr) bool
+	peekN   int
+	peekErr error
+	peekBuf [1]byte
+}
+
+// Reused reports whether the connection carried a request before the current
+// one: an HTTP/1.1 upstream that closed it meanwhile shows as a request that
+// got no response, which is safe to retry on a new connection.
+func (c *Conn) Reused() bool { return c.requests > 1 }
+
+// LocalAddr is the connection's local address.
+func (c *Conn) LocalAddr() net.Addr { return c.tcp.LocalAddr() }
+
+// Pool is the connections to one upstream host in one protocol.
+type Pool struct {
+	m     *Manager
+	cl    *upstream.Cluster
+	host  *upstream.Host
+	http2 bool
+
+	mu       sync.Mutex
+	idle     []*Conn // HTTP/1.1: idle connections, most recently used last
+	conns    []*Conn // HTTP/2: every open connection
+	total    int     // open or being made
+	dialing  int     // being made
+	waiters  int
+	wake     chan struct{} // closed when a connection comes back or goes; nil if nobody waits
+	lastUsed time.Time
+	dead     bool // removed from the Manager
+}
+
+// Host is the pool's upstream host.
+func (p *Pool) Host() *upstream.Host { return p.host }
+
+// HTTP2 reports whether the pool's connections speak HTTP/2.
+func (p *Pool) HTTP2() bool { return p.http2 }
+
+// ErrStopped is returned by Acquire when stop was closed during a wait for a
+// connection.
+var ErrStopped = errors.New("pool: wait for a connection stopped")
+
+// Acquire returns a connection with a new stream on it. ctx bounds the wait
+// for a connection and the connect, and is the stream's context (canceling
+// it resets the stream); closing stop ends a wait for a connection (the
+// router's timeouts).
+func (p *Pool) Acquire(ctx context.Context, stop <-chan struct{}) (*Conn, http.ClientStream, error) {
+	hs := p.cl.HTTPStats()
+	cfg := p.cl.Config()
+	pending := false
+	defer func() {
+		if pending {
+			hs.Pending.Add(-1)
+			hs.RqPendingActive.Dec()
+		}
+	}()
+	p.mu.Lock()
+	for {
+		if p.http2 {
+			if c, s := p.h2StreamLocked(ctx); c != nil {
+				p.mu.Unlock()
+				return c, s, nil
+			}
+			if p.dialing > 0 {
+				// A connection on its way will take this stream too.
+				if !p.waitLocked(ctx, stop) {
+					p.mu.Unlock()
+					return nil, nil, p.stopErr(ctx)
+				}
+				continue
+			}
+		} else {
+			for len(p.idle) > 0 {
+				c := p.idle[len(p.idle)-1]
+				p.idle[len(p.idle)-1] = nil
+				p.idle = p.idle[:len(p.idle)-1]
+				if !p.reusable(c, time.Now()) {
+					p.closeLocked(c)
+					continue
+				}
+				s, err := c.h1.NewStream(ctx)
+				if err != nil {
+					p.closeLocked(c)
+					if ctx.Err() != nil {
+						p.mu.Unlock()
+						return nil, nil, ctx.Err()
+					}
+					continue
+				}
+				c.requests++
+				p.lastUsed = time.Now()
+				p.mu.Unlock()
+				return c, s, nil
+			}
+		}
+		if p.total == 0 || hs.Conns.Load() < int64(cfg.Limits.Connections()) {
+			p.total++
+			p.dialing++
+			hs.Conns.Add(1)
+			p.mu.Unlock()
+			return p.dial(ctx, hs)
+		}
+		if !pending {
+			if hs.Pending.Load() >= int64(cfg.Limits.Pending()) {
+				p.mu.Unlock()
+				hs.RqPendingOverflow.Inc()
+				hs.CxOverflow.Inc()
+				return nil, nil, ErrOverflow
+			}
+			pending = true
+			hs.Pending.Add(1)
+			hs.RqPendingActive.Inc()
+			hs.RqPendingTotal.Inc()
+		}
+		if !p.waitLocked(ctx, stop) {
+			p.mu.Unlock()
+			return nil, nil, p.stopErr(ctx)
+		}
+	}
+}
+
+// waitLocked waits, releasing p.mu meanwhile, until a connection comes
+// back, goes or is made. It reports false if ctx or stop ended the wait.
+func (p *Pool) waitLocked(ctx context.Context, stop <-chan struct{}) bool {
+	if p.wake == nil {
+		p.wake = make(chan struct{})
+	}
+	wake := p.wake
+	p.waiters++
+	p.mu.Unlock()
+	ok := true
+	select {
+	case <-wake:
+	case <-ctx.Done():
+		ok = false
+	case <-stop:
+		ok = false
+	}
+	p.mu.Lock()
+	p.waiters--
+	return ok
+}
+
+func (p *Pool) stopErr(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return ErrStopped
+}
+
+// h2StreamLocked opens a stream on a connection with room, if there is one.
+func (p *Pool) h2StreamLocked(ctx context.Context) (*Conn, http.ClientStream) {
+	for i := 0; i < len(p.conns); i++ {
+		c := p.conns[i]
+		if c.h2 == nil || !c.h2.Available() {
+			continue
+		}
+		if limit := p.cl.Config().HTTP.MaxRequestsPerConnection; limit > 0 && c.requests >= limit {
+			continue
+		}
+		s, err := c.h2.NewStream(ctx)
+		if err != nil {
+			continue
+		}
+		c.requests++
+		c.streams++
+		p.lastUsed = time.Now()
+		return c, s
+	}
+	return nil, nil
+}
+
+// dial makes a new connection and opens a stream on it. p.total counts it.
+func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.ClientStream, error) {
+	fail := func(err error) (*Conn, http.ClientStream, error) {
+		p.mu.Lock()
+		p.total--
+		p.dialing--
+		p.wakeLocked()
+		p.mu.Unlock()
+		hs.Conns.Add(-1)
+		return nil, nil, err
+	}
+	if !p.m.startSweeper() || !p.cl.Acquire() {
+		return fail(&ConnectError{Host: p.host.Addr.String(), Err: errors.New("shutting down")})
+	}
+	tcp, err := p.cl.Connect(ctx, p.host)
+	if err != nil {
+		p.cl.Release()
+		p.m.opts.Logger.Debug("upstream connect failed", "cluster", p.cl.Name(), "host", p.host.Addr, "error", err)
+		return fail(&ConnectError{Host: p.host.Addr.String(), Err: err})
+	}
+	cfg := p.cl.Config()
+	c := &Conn{p: p, tcp: tcp, created: time.Now(), requests: 1}
+	if p.http2 {
+		hs.CxHTTP2Total.Inc()
+		cc, err := h2.NewClientConn(tcp, h2.ClientOptions{
+			MaxConcurrentStreams:        cfg.HTTP.MaxConcurrentStreams,
+			InitialStreamWindowSize:     cfg.HTTP.InitialStreamWindowSize,
+			InitialConnectionWindowSize: cfg.HTTP.InitialConnectionWindowSize,
+			Buffers:                     p.m.opts.Buffers,
+			Logger:                      p.m.opts.Logger,
+		})
+		if err != nil {
+			tcp.Close()
+			p.cl.Disconnected(p.host)
+			p.cl.Release()
+			return fail(&ConnectError{Host: p.host.Addr.String(), Err: err})
+		}
+		c.h2 = cc
+		c.streams = 1
+		p.m.bg.Go(func() { p.watchH2(c) })
+		s, err := cc.NewStream(ctx)
+		p.mu.Lock()
+		p.dialing--
+		p.conns = append(p.conns, c)
+		p.lastUsed = time.Now()
+		p.wakeLocked() // others may share it
+		p.mu.Unlock()
+		if err != nil {
+			p.Release(c)
+			return nil, nil, err
+		}
+		return c, s, nil
+	}
+	hs.CxHTTP1Total.Inc()
+	if rc, err := tcp.SyscallConn(); err == nil {
+		c.raw = rc
+		c.peekFn = c.peek
+	}
+	c.h1 = h1.NewClientConn(tcp, &h1.Options{Buffers: p.m.opts.Buffers, MaxHeaders: int(cfg.HTTP.MaxHeadersCount)})
+	s, err := c.h1.NewStream(ctx)
+	p.mu.Lock()
+	p.dialing--
+	p.lastUsed = time.Now()
+	if err != nil {
+		p.closeLocked(c)
+		p.mu.Unlock()
+		return nil, nil, err
+	}
+	p.mu.Unlock()
+	return c, s, nil
+}
+
+// watchH2 accounts for an HTTP/2 connection that ends by itself (GOAWAY, an
+// error, the upstream closing it).
+func (p *Pool) watchH2(c *Conn) {
+	<-c.h2.Done()
+	p.mu.Lock()
+	if c.streams == 0 {
+		p.closeLocked(c)
+	}
+	p.wakeLocked()
+	p.mu.Unlock()
+}
+
+// Release gives back a connection from Acquire, once its stream is closed.
+func (p *Pool) Release(c *Conn) {
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c.closed {
+		return
+	}
+	if p.http2 {
+		c.streams--
+		if c.streams == 0 {
+			c.idleSince = now
+			select {
+			case <-c.h2.Done():
+				p.closeLocked(c)
+			default:
+				if !p.reusable(c, now) {
+					p.closeLocked(c)
+				}
+			}
+		}
+		p.wakeLocked()
+		return
+	}
+	if !c.h1.Available() || p.dead || !p.reusable(c, now) {
+		p.closeLocked(c)
+		p.wakeLocked()
+		return
+	}
+	c.idleSince = now
+	p.idle = append(p.idle, c)
+	p.wakeLocked()
+}
+
+// reusable reports whether c may carry another request.
+func (p *Pool) reusable(c *Conn, now time.Time) bool {
+	hc := &p.cl.Config().HTTP
+	hs := p.cl.HTTPStats()
+	switch {
+	case p.host.Gone():
+		return false
+	case hc.MaxRequestsPerConnection > 0 && c.requests >= hc.MaxRequestsPerConnection:
+		hs.CxMaxRequests.Inc()
+		return false
+	case hc.MaxConnectionDuration > 0 && now.Sub(c.created) >= hc.MaxConnectionDuration:
+		hs.CxMaxDurationReach.Inc()
+		return false
+	case c.h1 != nil && !c.idleSince.IsZero() && now.Sub(c.idleSince) >= PeekAfter && !c.alive():
+		hs.CxDestroyRemote.Inc()
+		return false
+	}
+	if idle := hc.Idle(); idle > 0 && !c.idleSince.IsZero() && now.Sub(c.idleSince) >= idle && (c.h1 != nil || c.streams == 0) {
+		hs.CxIdleTimeout.Inc()
+		return false
+	}
+	return true
+}
+
+// alive peeks at an idle HTTP/1.1 connection without blocking: an upstream
+// that closed it (or sent something unasked, such as a 408) makes it unfit
+// for reuse.
+func (c *Conn) alive() bool {
+	if c.raw == nil {
+		return true
+	}
+	c.peekN, c.peekErr = 0, nil
+	if err := c.raw.Read(c.peekFn); err != nil {
+		return false
+	}
+	switch {
+	case c.peekErr == syscall.EAGAIN:
+		return true
+	case c.peekErr != nil:
+		return false
+	}
+	return false // EOF (0 bytes) or unexpected bytes
+}
+
+func (c *Conn) peek(fd uintptr) bool {
+	c.peekN, _, c.peekErr = syscall.Recvfrom(int(fd), c.peekBuf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	return true
+}
+
+// closeLocked closes c and accounts for it. p.mu is held.
+func (p *Pool) closeLocked(c *Conn) {
+	if c.closed {
+		return
+	}
+	c.closed = true
+	if c.h2 != nil {
+		for i, x := range p.conns {
+			if x == c {
+				p.conns = append(p.conns[:i], p.conns[i+1:]...)
+				break
+			}
+		}
+		// Close waits for the connection's goroutines; watchH2 may be one
+		// waiting for p.mu, so it runs without it.
+		p.m.bg.Go(func() { c.h2.Close() })
+	} else {
+		c.h1.Close()
+	}
+	p.total--
+	hs := p.cl.HTTPStats()
+	hs.Conns.Add(-1)
+	hs.CxDestroy.Inc()
+	p.cl.Disconnected(p.host)
+	p.cl.Release()
+	p.wakeLocked()
+}
+
+// wakeLocked wakes the requests waiting for a connection.
+func (p *Pool) wakeLocked() {
+	if p.wake != nil {
+		close(p.wake)
+		p.wake = nil
+	}
+}
+
+// sweep closes expired idle connections and reports whether the pool is
+// empty and unused for long enough to be dropped.
+func (p *Pool) sweep(now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	keep := p.idle[:0]
+	for _, c := range p.idle {
+		if p.reusableIdle(c, now) {
+			keep = append(keep, c)
+		} else {
+			p.closeLocked(c)
+		}
+	}
+	clear(p.idle[len(keep):])
+	p.idle = keep
+	for i := 0; i < len(p.conns); i++ {
+		c := p.conns[i]
+		if c.streams == 0 && !p.reusableIdle(c, now) {
+			p.closeLocked(c)
+			i--
+		}
+	}
+	if p.total == 0 && p.waiters == 0 && (p.host.Gone() || now.Sub(p.lastUsed) > emptyPoolLife) {
+		p.dead = true
+		return true
+	}
+	return false
+}
+
+// reusableIdle is reusable without the liveness peek (the sweep leaves that
+// to the next Acquire).
+func (p *Pool) reusableIdle(c *Conn, now time.Time) bool {
+	if c.h2 != nil {
+		select {
+		case <-c.h2.Done():
+			return false
+		default:
+		}
+	}
+	hc := &p.cl.Config().HTTP
+	if p.host.Gone() {
+		return false
+	}
+	if idle := hc.Idle(); idle > 0 && !c.idleSince.IsZero() && now.Sub(c.idleSince) >= idle {
+		p.cl.HTTPStats().CxIdleTimeout.Inc()
+		return false
+	}
+	return true
+}
+
+// closeAll closes every connection of the pool.
+func (p *Pool) closeAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.dead = true
+	for _, c := range p.idle {
+		p.closeLocked(c)
+	}
+	p.idle = nil
+	for len(p.conns) > 0 {
+		p.closeLocked(p.conns[0])
+	}
+}
