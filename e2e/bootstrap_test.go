@@ -17,9 +17,11 @@ type bootstrap struct {
 	Clusters  []clusterCfg
 }
 
-// listenerCfg is a listener with one filter chain holding a tcp_proxy.
+// listenerCfg is a listener with one filter chain holding a tcp_proxy, or
+// with HTTP an HTTP connection manager routing everything to Cluster.
 type listenerCfg struct {
 	Name string
+	HTTP bool
 	// Address is host:port; "" is 127.0.0.1:0 (a port chosen by the system).
 	Address string
 	// Additional are additional_addresses, host:port each.
@@ -66,6 +68,22 @@ var bootstrapTmpl = template.Must(template.New("bootstrap").Funcs(template.FuncM
 {{- end}}
     filter_chains:
     - filters:
+{{- if .HTTP}}
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {{.Name}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: {{.Cluster}} }
+{{- else}}
       - name: envoy.filters.network.tcp_proxy
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
@@ -84,6 +102,7 @@ var bootstrapTmpl = template.Must(template.New("bootstrap").Funcs(template.FuncM
 {{- end}}
 {{- with .MaxConnectAttempts}}
           max_connect_attempts: {{.}}
+{{- end}}
 {{- end}}
 {{- end}}
 {{- if .Clusters}}

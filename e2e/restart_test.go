@@ -1,9 +1,12 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
+	nethttp "net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -27,13 +30,15 @@ import (
 // restartfleet_test.go for how a fleet of processes is followed, and
 // restartload_test.go for the load.
 
-// loadTestBootstrap is an HTTP listener on a port of its own in front of web
-// and a TCP listener on port 0 in front of echo. (Two listeners on
-// 127.0.0.1:0 would share a socket spec; see TestHotRestartPortZeroListeners.)
+// loadTestBootstrap is a TCP proxy listener ("http") and an HTTP connection
+// manager ("hcm") on ports of their own in front of web, and a TCP listener on
+// port 0 in front of echo. (Two listeners on 127.0.0.1:0 would share a socket
+// spec; see TestHotRestartPortZeroListeners.)
 func loadTestBootstrap(t testing.TB, web, echo string) string {
 	return bootstrap{
 		Listeners: []listenerCfg{
 			{Name: "http", Address: net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t))), Cluster: "web"},
+			{Name: "hcm", HTTP: true, Address: net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t))), Cluster: "web"},
 			{Name: "tcp", Cluster: "echo"},
 		},
 		Clusters: []clusterCfg{{Name: "web", Endpoints: []string{web}}, {Name: "echo", Endpoints: []string{echo}}},
@@ -42,38 +47,51 @@ func loadTestBootstrap(t testing.TB, web, echo string) string {
 
 // TestHotRestartUnderLoad restarts skiff three times in a row, once by each
 // trigger, under sustained load: HTTP/1.1 with a new connection per request
-// and HTTP/1.1 keep-alive through a tcp_proxy listener (wrk if installed, else
-// goroutines), and four long-lived TCP streams whose echo is checked byte for
-// byte. Not one connection may be refused, not one request fail, not one byte
-// be lost or duplicated; the streams survive all three restarts, moved to each
-// successor in turn; every parent exits 0.
+// and HTTP/1.1 keep-alive through a tcp_proxy listener, HTTP/1.1 keep-alive
+// through an HTTP connection manager (wrk if installed, else goroutines), four
+// long-lived TCP streams whose echo is checked byte for byte, and three idle
+// HTTP/1.1 keep-alive connections to the HTTP connection manager that send
+// one request after each restart. Not one connection may be refused, not one
+// request fail, not one byte be lost or duplicated; the streams and the idle
+// connections survive all three restarts, moved to each successor in turn;
+// every parent exits 0.
 func TestHotRestartUnderLoad(t *testing.T) {
 	t.Parallel()
 	web := startHTTPUpstream(t)
 	echo := startUpstream(t, "127.0.0.1", longEchoHandler)
 	f := startFleet(t, loadTestBootstrap(t, web.Addr, echo.Addr))
-	httpAddr, tcpAddr := f.addr("http"), f.addr("tcp")
+	httpAddr, hcmAddr, tcpAddr := f.addr("http"), f.addr("hcm"), f.addr("tcp")
 	ss := startStreams(t, tcpAddr, 4)
 	ss.waitProgress(t, make([]int64, len(ss)), 64<<10, "before the restarts")
+	var idle []*idleHTTP
+	for i := range 3 {
+		idle = append(idle, dialIdleHTTP(t, hcmAddr, fmt.Sprintf("/idle/%d/start", i)))
+	}
 
 	pid := f.current()
 	for _, how := range []string{"sighup", "admin", "takeover"} {
 		closing, keepAlive := startHTTPLoad(t, httpAddr, false), startHTTPLoad(t, httpAddr, true)
+		hcmKeepAlive := startHTTPLoad(t, hcmAddr, true)
 		web.waitServed(t, web.served.Load(), 300, 15*time.Second, how+": the load before the restart")
 
 		h := f.restart(how, pid)
 		atHandover := ss.received()
-		if h.moved < len(ss) {
-			t.Errorf("%s: the parent moved %d connections, want at least the %d streams", how, h.moved, len(ss))
+		if h.moved < len(ss)+len(idle) {
+			t.Errorf("%s: the parent moved %d connections, want at least the %d streams and the %d idle HTTP connections", how, h.moved, len(ss), len(idle))
 		}
 		// The successor alone carries the load now.
 		web.waitServed(t, web.served.Load(), 300, 15*time.Second, how+": the load after the parent exited")
 		ss.waitProgress(t, atHandover, 64<<10, how+": the streams after the parent exited")
+		for i, c := range idle {
+			if err := c.get(fmt.Sprintf("/idle/%d/%s", i, how)); err != nil {
+				t.Errorf("%s: idle HTTP/1.1 connection %d after the parent exited: %v", how, i, err)
+			}
+		}
 
 		for _, r := range []struct {
 			name string
 			res  loadResult
-		}{{"a new connection per request", closing.stop(t)}, {"keep-alive", keepAlive.stop(t)}} {
+		}{{"a new connection per request", closing.stop(t)}, {"keep-alive", keepAlive.stop(t)}, {"keep-alive through the HTTP connection manager", hcmKeepAlive.stop(t)}} {
 			t.Logf("%s: %s: %d requests, %d failed (%s); %d connections moved", how, r.name, r.res.requests, r.res.failures, r.res.detail, h.moved)
 			if r.res.failures != 0 {
 				t.Errorf("%s restart under load, %s: %d of %d requests failed: %s", how, r.name, r.res.failures, r.res.requests+r.res.failures, r.res.detail)
@@ -197,6 +215,49 @@ func TestHotRestartTenInARow(t *testing.T) {
 
 // pollName asks addr for its upstream's name until it is want, for up to
 // timeout, and returns the last answer.
+// idleHTTP is an HTTP/1.1 keep-alive connection that stays idle between
+// the requests a test makes on it.
+type idleHTTP struct {
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func dialIdleHTTP(t testing.TB, addr, path string) *idleHTTP {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ih := &idleHTTP{c: c, br: bufio.NewReader(c)}
+	if err := ih.get(path); err != nil {
+		t.Fatal(err)
+	}
+	return ih
+}
+
+// get makes one request on the connection and checks the answer: 200, the
+// upstream's body, and the connection kept open.
+func (ih *idleHTTP) get(path string) error {
+	ih.c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := fmt.Fprintf(ih.c, "GET %s HTTP/1.1\r\nHost: skiff\r\n\r\n", path); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	resp, err := nethttp.ReadResponse(ih.br, nil)
+	if err != nil {
+		return fmt.Errorf("read: %w", err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return fmt.Errorf("read body: %w", err)
+	}
+	if resp.StatusCode != 200 || string(b) != httpBody(path) || resp.Close {
+		return fmt.Errorf("GET %s: %d %q, close %v; want 200 %q on a kept connection", path, resp.StatusCode, b, resp.Close, httpBody(path))
+	}
+	return nil
+}
+
 func pollName(addr, want string, timeout time.Duration) string {
 	deadline := time.Now().Add(timeout)
 	for {
@@ -762,6 +823,46 @@ func TestHotRestartMovedConnectionCountedOnce(t *testing.T) {
 		t.Errorf("after moving 3 open connections: %s = %d, tcp.l.downstream_cx_total = %d, %s = %d, %s = %d; want 5, 5, 2 and 3 (no connection was opened or closed)",
 			total, v, tp, destroy, d, active, a)
 	}
+}
+
+// TestHotRestartMovedHTTPConnectionCountedOnce: idle HTTP/1.1 connections an
+// HTTP connection manager hands over are counted once in its
+// http.<stat_prefix>.downstream_cx_* stats, go on with the successor, and are
+// counted as destroyed only when they end there.
+func TestHotRestartMovedHTTPConnectionCountedOnce(t *testing.T) {
+	t.Parallel()
+	web := startHTTPUpstream(t)
+	f := startFleet(t, bootstrap{
+		Listeners: []listenerCfg{{Name: "h", HTTP: true, Cluster: "web"}},
+		Clusters:  []clusterCfg{{Name: "web", Endpoints: []string{web.Addr}}},
+	}.yaml(t))
+	addr := f.addr("h")
+	var idle []*idleHTTP
+	for i := range 3 {
+		idle = append(idle, dialIdleHTTP(t, addr, fmt.Sprintf("/before/%d", i)))
+	}
+	stat := func(s fileStats, name string) int64 {
+		v, _ := s.value("http.h.downstream_cx_" + name)
+		return v
+	}
+	h := f.restart("sighup", f.current())
+	if h.moved != len(idle) {
+		t.Errorf("moved %d connections, want the %d idle ones", h.moved, len(idle))
+	}
+	for i, c := range idle {
+		if err := c.get(fmt.Sprintf("/after/%d", i)); err != nil {
+			t.Fatalf("idle connection %d after the restart: %v", i, err)
+		}
+	}
+	s := f.statsFile()
+	if tot, http1, act, des := stat(s, "total"), stat(s, "http1_total"), stat(s, "active"), stat(s, "destroy"); tot != 3 || http1 != 3 || act != 3 || des != 0 {
+		t.Errorf("after moving 3 idle connections: total %d, http1_total %d, active %d, destroy %d; want 3, 3, 3, 0", tot, http1, act, des)
+	}
+	idle[0].c.Close()
+	waitFor(t, "the closed connection counted as destroyed", func() bool {
+		s := f.statsFile()
+		return stat(s, "destroy") == 1 && stat(s, "active") == 2
+	})
 }
 
 // fixedPort is simple(endpoints...) with the listener on a free port rather than

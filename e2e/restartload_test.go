@@ -248,6 +248,7 @@ func (l *httpLoad) run(addr string) func() {
 				br = bufio.NewReader(c)
 			}
 			c.SetDeadline(time.Now().Add(10 * time.Second))
+			closed := false
 			err := func() error {
 				if _, err := io.WriteString(c, req); err != nil {
 					return fmt.Errorf("write: %w", err)
@@ -264,6 +265,7 @@ func (l *httpLoad) run(addr string) func() {
 				if resp.StatusCode != 200 || string(b) != want {
 					return fmt.Errorf("response %d %q, want 200 %q", resp.StatusCode, b, want)
 				}
+				closed = resp.Close // a draining HTTP connection manager says so
 				return nil
 			}()
 			if err != nil {
@@ -271,7 +273,7 @@ func (l *httpLoad) run(addr string) func() {
 			} else {
 				l.requests.Add(1)
 			}
-			if err != nil || !l.keepAlive {
+			if err != nil || !l.keepAlive || closed {
 				c.Close()
 				c = nil
 			}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,23 +37,55 @@ type conn struct {
 	idleSince atomic.Int64
 	idleTimer *time.Timer
 	stopGone  func() bool
+
+	// A hot restart moving the idle HTTP/1.1 connection (see Move): released
+	// is closed once the successor has its copy.
+	h1c      *h1.ServerConn
+	released chan struct{}
+	once     sync.Once
 }
 
 // ServeConn implements filter.TerminalFilter.
 func (m *Manager) ServeConn(ctx context.Context, fc *filter.Conn) {
-	m.stats.cxTotal.Inc()
+	m.serveConn(ctx, fc, nil)
+}
+
+// Adopts implements filter.Adopter: a connection manager that speaks
+// HTTP/1.1 resumes the idle HTTP/1.1 connections a hot-restart parent moved.
+func (m *Manager) Adopts(kind filter.MovedKind) bool {
+	return kind == filter.MovedHTTP1Idle && m.codec != hcmv3.HttpConnectionManager_HTTP2
+}
+
+// Adopt implements filter.Adopter: the connection goes on with the bytes the
+// parent read and did not parse, as if it had never left.
+func (m *Manager) Adopt(ctx context.Context, fc *filter.Conn, mc *filter.MovedConn) {
+	m.serveConn(ctx, fc, mc)
+}
+
+// serveConn runs a downstream connection, a new one or, with moved, one a
+// hot-restart parent handed over idle between HTTP/1.1 requests.
+func (m *Manager) serveConn(ctx context.Context, fc *filter.Conn, moved *filter.MovedConn) {
+	if moved == nil {
+		// A moved connection was counted by the parent (the stats region is
+		// shared).
+		m.stats.cxTotal.Inc()
+	}
 	m.stats.cxActive.Inc()
 	defer func() {
 		m.stats.cxActive.Dec()
-		m.stats.cxDestroy.Inc()
+		if !fc.Moved() {
+			m.stats.cxDestroy.Inc()
+		}
 	}()
 	ctx = filter.WithConn(ctx, fc)
 	cc := &countedConn{Conn: fc.Conn, rx: m.stats.rxBytes, tx: m.stats.txBytes}
 	c := &conn{m: m, fc: fc}
-	switch m.codec {
-	case hcmv3.HttpConnectionManager_HTTP2:
+	switch {
+	case moved != nil:
+		cc.pending = moved.Pending[0]
+	case m.codec == hcmv3.HttpConnectionManager_HTTP2:
 		c.http2 = true
-	case hcmv3.HttpConnectionManager_AUTO:
+	case m.codec == hcmv3.HttpConnectionManager_AUTO:
 		isH2, err := m.sniff(ctx, cc)
 		if err != nil {
 			fc.Close()
@@ -66,10 +99,13 @@ func (m *Manager) ServeConn(ctx context.Context, fc *filter.Conn) {
 		defer m.stats.cxHTTP2Active.Dec()
 		c.codec = m.h2.NewConn()
 	} else {
-		m.stats.cxHTTP1Total.Inc()
+		if moved == nil {
+			m.stats.cxHTTP1Total.Inc()
+		}
 		m.stats.cxHTTP1Active.Inc()
 		defer m.stats.cxHTTP1Active.Dec()
-		c.codec = h1.NewServerConn(&m.h1)
+		c.h1c = h1.NewServerConn(&m.h1)
+		c.codec = c.h1c
 		c.st = newStream(m)
 		defer c.st.close()
 		if m.idleTimeout > 0 {
@@ -101,9 +137,60 @@ func (m *Manager) ServeConn(ctx context.Context, fc *filter.Conn) {
 		})
 		defer t.Stop()
 	}
+	if c.movable() {
+		c.released = make(chan struct{})
+		fc.SetMover(c)
+	}
 	err := c.codec.Serve(ctx, cc, c)
 	close(done)
+	if errors.Is(err, h1.ErrDetached) {
+		// A hot restart took the idle connection: wait until the successor
+		// has its copy, which Release closes here.
+		select {
+		case <-c.released:
+			fc.MarkMoved()
+		case <-ctx.Done():
+			fc.Close()
+		}
+		return
+	}
+	fc.SetMover(nil)
 	c.connEnded(ctx, err)
+}
+
+// movable reports whether a hot restart may move the connection while it is
+// idle: plain HTTP/1.1 on a TCP socket, nothing a listener filter learned
+// that the successor could not learn again.
+func (c *conn) movable() bool {
+	_, tcp := c.fc.Conn.(*net.TCPConn)
+	return c.h1c != nil && tcp && c.fc.TransportProtocol == "raw_buffer" && c.fc.Remote == c.fc.DirectRemote
+}
+
+// moveWait is how long a hot restart waits for a busy HTTP/1.1 connection to
+// end its exchange so that it can move; one still busy then stays and drains
+// (its response says "connection: close" if its head is not sent yet).
+const moveWait = 250 * time.Millisecond
+
+// Move implements filter.Mover: an HTTP/1.1 connection between two exchanges
+// stops reading and is handed over with the bytes it read and did not parse
+// (see h1.ServerConn.Detach).
+func (c *conn) Move() (*filter.MovedConn, bool) {
+	pending, ok := c.h1c.Detach(moveWait)
+	if !ok {
+		return nil, false
+	}
+	return &filter.MovedConn{
+		Kind:        filter.MovedHTTP1Idle,
+		Down:        c.fc.Conn,
+		Pending:     [2][]byte{pending},
+		IdleTimeout: c.m.idleTimeout,
+		Release: func() {
+			c.once.Do(func() {
+				c.fc.Conn.Close()
+				close(c.released)
+			})
+		},
+	}, true
 }
 
 // connEnded accounts for how the connection ended, logging a request the

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/internal/bufpool"
 )
 
 // ServerConn is the server side of one downstream HTTP/1.x connection, an
@@ -46,8 +47,15 @@ type ServerConn struct {
 	path   []byte // scratch for a :path that needs a leading '/'
 
 	draining atomic.Bool
-	idle     atomic.Bool // waiting for the first byte of a request
-	deadline bool        // a read deadline is set
+	state    atomic.Int32 // stBusy, stIdle, stWantDetach or stDetach
+	deadline bool         // a read deadline is set
+
+	// Detach: detached is closed when Serve has stopped at the detach point
+	// (or ended otherwise); detachedBytes are the unparsed bytes then, and
+	// detachedOK says whether it stopped there.
+	detached      chan struct{}
+	detachedBytes []byte
+	detachedOK    bool
 
 	// The background read (see startBackgroundRead); bgErr is written by the
 	// background goroutine before it sends on bgDone.
@@ -59,9 +67,21 @@ type ServerConn struct {
 
 type span struct{ name, value []byte }
 
+// The states of a ServerConn, as Drain and Detach see them.
+const (
+	stBusy       int32 = iota // reading a request, or serving one
+	stIdle                    // waiting for the first byte of the next request
+	stWantDetach              // busy, and Detach waits for the exchange to end
+	stDetach                  // Detach took the connection
+)
+
+// ErrDetached is what Serve returns when Detach took the connection: Serve
+// has not closed it.
+var ErrDetached = errors.New("h1: connection detached")
+
 // NewServerConn returns the server codec for one connection. It copies opts.
 func NewServerConn(opts *Options) *ServerConn {
-	c := &ServerConn{opts: opts.withDefaults()}
+	c := &ServerConn{opts: opts.withDefaults(), detached: make(chan struct{})}
 	c.stream.c = c
 	return c
 }
@@ -72,19 +92,36 @@ var (
 	errConnDone    = errors.New("h1: connection done")
 )
 
-// Serve runs the connection until it ends, and closes it. It must be called
+// Serve runs the connection until it ends, and closes it, unless Detach took
+// it (Serve then returns ErrDetached and leaves conn open). It must be called
 // once.
 func (c *ServerConn) Serve(ctx context.Context, conn net.Conn, h http.Handler) error {
+	return c.ServeBuffered(ctx, conn, nil, h)
+}
+
+// ServeBuffered is Serve for a connection whose first bytes were already
+// read: buffered, which the codec copies, is parsed before conn is read. A
+// connection a hot-restart parent detached resumes this way.
+func (c *ServerConn) ServeBuffered(ctx context.Context, conn net.Conn, buffered []byte, h http.Handler) (err error) {
 	c.parent, c.conn = ctx, conn
 	_, c.tls = conn.(interface{ ConnectionState() tls.ConnectionState })
 	c.ctx, c.cancel = context.WithCancelCause(ctx)
 	stop := context.AfterFunc(c.ctx, func() { conn.Close() })
 	c.rd.init(conn, c.opts.Buffers)
 	c.wr.init(conn, c.opts.Buffers)
+	c.rd.preload(buffered)
 	defer func() {
-		stop()
-		conn.Close()
-		c.cancel(errConnDone)
+		if stop() && err == ErrDetached {
+			c.cancel(errConnDone) // conn stays open: its new owner has it
+		} else {
+			conn.Close()
+			c.cancel(errConnDone)
+			if err == ErrDetached {
+				// The connection closed as it was detached.
+				err = nil
+				c.detachedOK = false
+			}
+		}
 		if c.bgStart != nil {
 			if c.bgPending {
 				<-c.bgDone
@@ -93,6 +130,7 @@ func (c *ServerConn) Serve(ctx context.Context, conn net.Conn, h http.Handler) e
 		}
 		c.rd.release()
 		c.wr.release()
+		close(c.detached)
 	}()
 	for {
 		if err := c.readRequest(); err != nil {
@@ -124,9 +162,71 @@ func (c *ServerConn) Serve(ctx context.Context, conn net.Conn, h http.Handler) e
 // after it; an idle connection closes at once.
 func (c *ServerConn) Drain() {
 	c.draining.Store(true)
-	if c.idle.Load() {
+	if c.state.Load() == stIdle {
 		c.conn.SetReadDeadline(time.Unix(1, 0))
 	}
+}
+
+// Detach stops the connection between two exchanges so that another process
+// can go on with it: Serve returns ErrDetached without closing the
+// connection, and Detach returns the bytes read but not yet parsed (a copy).
+// An idle connection, waiting for its next request, stops at once; one busy
+// with an exchange stops when the exchange ends, if it ends within wait and
+// keeps the connection open. Otherwise Detach reports false and changes
+// nothing: the connection goes on here (and is drained, typically). Detach
+// may be called from any goroutine, once; it returns once Serve has stopped
+// or wait has passed.
+func (c *ServerConn) Detach(wait time.Duration) ([]byte, bool) {
+	switch {
+	case c.state.CompareAndSwap(stIdle, stDetach):
+		c.conn.SetReadDeadline(time.Unix(1, 0)) // wake the read
+	case wait > 0 && c.state.CompareAndSwap(stBusy, stWantDetach):
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-c.detached:
+		case <-t.C:
+			if c.state.CompareAndSwap(stWantDetach, stBusy) {
+				return nil, false
+			}
+			// Serve reached the detach point just now.
+		}
+	default:
+		return nil, false
+	}
+	<-c.detached
+	return c.detachedBytes, c.detachedOK
+}
+
+// wake ends the wait for the next request: it moves the state from idle to
+// busy and reports false if Detach got there first.
+func (c *ServerConn) wake() bool {
+	return c.state.CompareAndSwap(stIdle, stBusy)
+}
+
+// idle moves the state from busy to idle before the wait for the next
+// request and reports false if Detach waits for this point: the state is
+// then stDetach.
+func (c *ServerConn) idle() bool {
+	for !c.state.CompareAndSwap(stBusy, stIdle) {
+		if c.state.CompareAndSwap(stWantDetach, stDetach) {
+			return false
+		}
+	}
+	return true
+}
+
+// detachBusy is the detach point of a connection Detach waited for: its
+// exchange ended. A background read still under way is woken first.
+func (c *ServerConn) detachBusy() error {
+	var err error
+	if c.bgPending {
+		c.conn.SetReadDeadline(time.Unix(1, 0))
+		<-c.bgDone
+		c.bgPending = false
+		err = c.bgErr
+	}
+	return c.detach(err)
 }
 
 func (c *ServerConn) setReadDeadline(t time.Time) {
@@ -141,6 +241,9 @@ var errDrained = errors.New("h1: drained")
 // c.stream. It returns nil when a stream is ready, errDrained when the
 // connection ended quietly, and an *Error otherwise.
 func (c *ServerConn) readRequest() error {
+	if c.state.Load() == stWantDetach && c.state.CompareAndSwap(stWantDetach, stDetach) {
+		return c.detachBusy() // a pipelined request goes with the bytes
+	}
 	if c.bgPending || c.rd.buffered() == 0 {
 		if !c.bgPending {
 			c.rd.shrink()
@@ -148,9 +251,13 @@ func (c *ServerConn) readRequest() error {
 		if c.opts.IdleTimeout > 0 {
 			c.setReadDeadline(time.Now().Add(c.opts.IdleTimeout))
 		}
-		c.idle.Store(true)
+		if !c.idle() {
+			return c.detachBusy()
+		}
 		if c.draining.Load() {
-			c.idle.Store(false)
+			if !c.wake() {
+				return c.detach(nil)
+			}
 			return errDrained
 		}
 		var err error
@@ -161,7 +268,9 @@ func (c *ServerConn) readRequest() error {
 		} else {
 			err = c.rd.fill(c.opts.MaxHeaderBytes)
 		}
-		c.idle.Store(false)
+		if !c.wake() {
+			return c.detach(err)
+		}
 		if c.rd.buffered() == 0 {
 			if errors.Is(err, os.ErrDeadlineExceeded) && !c.draining.Load() {
 				return &Error{Kind: KindIdleTimeout, Msg: "no request within the idle timeout"}
@@ -197,9 +306,40 @@ func (c *ServerConn) readRequest() error {
 	return nil
 }
 
+// detach is the detach point: Detach took the idle connection and woke its
+// read, which returned err. The bytes read and not parsed go to Detach's
+// caller; a connection the client closed meanwhile is not handed over.
+func (c *ServerConn) detach(err error) error {
+	if c.rd.buffered() == 0 && err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		return errDrained
+	}
+	c.conn.SetReadDeadline(time.Time{})
+	c.detachedBytes = append([]byte(nil), c.rd.b[c.rd.r:c.rd.w]...)
+	c.detachedOK = true
+	return ErrDetached
+}
+
+// preload puts bytes read before Serve (by another process) in the read
+// buffer, copying them.
+func (rd *reader) preload(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	if len(b) <= bufpool.Small {
+		rd.pb = rd.pool.Get(bufpool.Small)
+		rd.b = rd.pb.B
+	} else {
+		rd.b = make([]byte, len(b)) // a one-off, as for a head above bufpool.Large
+	}
+	rd.r, rd.w = 0, copy(rd.b, b)
+}
+
 // refuse ends Serve for err, answering first if err calls for it.
 func (c *ServerConn) refuse(err error) error {
-	if err == errDrained {
+	switch err {
+	case ErrDetached:
+		return err
+	case errDrained:
 		err = nil
 	}
 	if c.parent.Err() != nil {
@@ -474,7 +614,7 @@ func (c *ServerConn) backgroundReads() {
 	for range c.bgStart {
 		err := c.rd.fill(c.opts.MaxHeaderBytes)
 		c.bgErr = err
-		if err != nil {
+		if err != nil && (c.state.Load() != stDetach || !errors.Is(err, os.ErrDeadlineExceeded)) {
 			c.cancel(errClientGone)
 		}
 		c.bgDone <- struct{}{}
