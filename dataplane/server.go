@@ -636,6 +636,32 @@ func (s *Server) Listeners() []ListenerInfo {
 // ctx is done, then closes what is left and waits for it to end. It is safe to
 // call more than once.
 func (s *Server) Shutdown(ctx context.Context) error {
+	chains := s.beginShutdown()
+	var err error
+	for _, ch := range chains {
+		if err = ch.Conns().Wait(ctx); err != nil {
+			break
+		}
+	}
+	for _, ch := range chains {
+		ch.Conns().Close()
+	}
+	s.serving.Wait()
+	s.draining.Wait()
+	s.httpPools.Close()
+	s.accessLogs.Close()
+	if err != nil {
+		return fmt.Errorf("dataplane: drain time over, closed the connections left: %w", err)
+	}
+	return nil
+}
+
+// BeginShutdown is Shutdown's first half, for a caller that reports the
+// drain as begun: every listener stops accepting and every connection is
+// told to drain. Shutdown does it too (again, harmlessly).
+func (s *Server) BeginShutdown() { s.beginShutdown() }
+
+func (s *Server) beginShutdown() []*listener.FilterChain {
 	s.mu.Lock()
 	s.shutdown = true
 	if s.drainTimer != nil {
@@ -654,23 +680,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, ch := range chains {
 		ch.Conns().Drain()
 	}
-	var err error
-	for _, ch := range chains {
-		if err = ch.Conns().Wait(ctx); err != nil {
-			break
-		}
-	}
-	for _, ch := range chains {
-		ch.Conns().Close()
-	}
-	s.serving.Wait()
-	s.draining.Wait()
-	s.httpPools.Close()
-	s.accessLogs.Close()
-	if err != nil {
-		return fmt.Errorf("dataplane: drain time over, closed the connections left: %w", err)
-	}
-	return nil
+	return chains
 }
 
 // Generation is the number of Snapshots applied so far: 0 until the first.

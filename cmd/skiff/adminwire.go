@@ -133,7 +133,11 @@ func startAdmin(ctx context.Context, srv *dataplane.Server, b *bootstrapv3.Boots
 		defer cancel()
 		adm.Shutdown(sctx)
 		wg.Wait()
-		removeIfSame(sockPath, sockID) // unless a hot-restart successor bound its own
+		if hr == nil || !hr.wasHandedOver() {
+			// A successor binds its own admin.sock; the inode number of the
+			// one removed for it may be reused, so identity alone is not proof.
+			removeIfSame(sockPath, sockID)
+		}
 	}}, nil
 }
 

@@ -84,7 +84,11 @@ func (h *hotRestart) serve(ctx context.Context) error {
 	id := fileID(path)
 	go func() {
 		h.parent.Serve(ctx, ln)
-		removeIfSame(path, id) // unless a successor bound its own
+		if !h.wasHandedOver() {
+			// A successor binds its own reconfig.sock, perhaps on the inode
+			// number of the one it removed: never remove it then.
+			removeIfSame(path, id)
+		}
 	}()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -216,6 +220,16 @@ func (h *hotRestart) finished() {
 		h.adminTCP.Close() // admin.address is the successor's now; admin.sock already is
 	}
 	h.handoffOnce.Do(func() { close(h.handedOver) })
+}
+
+// wasHandedOver reports whether a successor took over from this process.
+func (h *hotRestart) wasHandedOver() bool {
+	select {
+	case <-h.handedOver:
+		return true
+	default:
+		return false
+	}
 }
 
 // adminSocketKey marks the admin.address socket among the handed-over sockets.

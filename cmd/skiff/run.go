@@ -400,6 +400,7 @@ func serve(ctx context.Context, o serveOptions) error {
 	drainTime := o.drainTime
 	select {
 	case <-ctx.Done():
+		srv.BeginShutdown()
 		log.Info("shutting down: listeners closed, draining connections", "drain_time", drainTime)
 	case <-handedOver:
 		stopXDS()
