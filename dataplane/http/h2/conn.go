@@ -386,7 +386,8 @@ func (c *conn) teardown(err error) {
 // orderlyReadError reports whether err is how a connection normally ends.
 func orderlyReadError(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) ||
-		errors.Is(err, io.ErrUnexpectedEOF) || isConnReset(err)
+		errors.Is(err, io.ErrUnexpectedEOF) || isConnReset(err) ||
+		errors.Is(err, io.ErrClosedPipe) // net.Pipe's EPIPE
 }
 
 // notProcessed marks the error of a client stream whose request never left.
