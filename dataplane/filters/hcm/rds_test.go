@@ -155,9 +155,12 @@ func TestH2spec(t *testing.T) {
 	bin := buildH2spec(t)
 	up := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
 		io.Copy(io.Discard, r.Body)
+		// Slow enough that the streams of 5.1.2's burst are all still open
+		// when the one over the limit arrives.
+		time.Sleep(20 * time.Millisecond)
 		io.WriteString(w, "skiff answers h2spec through its router, with a body long enough for flow control\n")
 	}))
-	e := newEnv(t, hcmYAML("backend", "codec_type: HTTP2\n"), cluster(t, "backend", false, up))
+	e := newEnv(t, hcmYAML("backend", "codec_type: HTTP2\nhttp2_protocol_options: { max_concurrent_streams: 100 }\n"), cluster(t, "backend", false, up))
 	_, port, _ := net.SplitHostPort(e.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
