@@ -313,7 +313,7 @@ func (s *Server) buildRoutes(g *generation, snap *Snapshot, clusterExists func(s
 		t, ok := s.routeTables[rc]
 		if !ok {
 			var err error
-			if t, err = route.Compile(rc, route.Options{ClusterExists: clusterExists}); err != nil {
+			if t, err = route.Compile(rc, route.Options{ClusterExists: clusterExists, FilterConfigs: s.routeFilterConfigs()}); err != nil {
 				return &ResourceError{Kind: "route", Index: i, Name: name, Err: err}
 			}
 		}
@@ -327,8 +327,18 @@ func (s *Server) buildRoutes(g *generation, snap *Snapshot, clusterExists func(s
 // (validate_clusters against the clusters running now). The error names the
 // field relative to the route configuration.
 func (s *Server) ValidateRoute(rc *routev3.RouteConfiguration) error {
-	_, err := route.Compile(rc, route.Options{ClusterExists: func(name string) bool { return s.clusters.Get(name) != nil }})
+	_, err := route.Compile(rc, route.Options{
+		ClusterExists: func(name string) bool { return s.clusters.Get(name) != nil },
+		FilterConfigs: s.routeFilterConfigs(),
+	})
 	return err
+}
+
+// routeFilterConfigs builds the typed_per_filter_config entries of route
+// configurations through the registry's HTTP filter factories.
+func (s *Server) routeFilterConfigs() route.FilterConfigBuilder {
+	fc := s.factoryContext()
+	return s.opts.Registry.RouteConfigs(&fc)
 }
 
 // Routes is the route configurations the Server's HTTP connection managers

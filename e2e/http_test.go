@@ -21,8 +21,10 @@ import (
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"golang.org/x/net/http2"
@@ -717,20 +719,38 @@ func TestHTTPRDS(t *testing.T) {
 	blue := httpBackend(t, echoHTTP("blue"))
 	green := httpBackend(t, echoHTTP("green"))
 	cp := xdstest.Start(t, "127.0.0.1:0", xdsNode)
+	// /teapot aborts with the status the route's typed_per_filter_config
+	// gives the fault filter, which has no fault of its own.
+	teapot := func(status uint32) map[string]*anypb.Any {
+		f, _ := anypb.New(&faultv3.HTTPFault{Abort: &faultv3.FaultAbort{
+			ErrorType:  &faultv3.FaultAbort_HttpStatus{HttpStatus: status},
+			Percentage: &typev3.FractionalPercent{Numerator: 100},
+		}})
+		return map[string]*anypb.Any{"envoy.filters.http.fault": f}
+	}
+	teapotStatus := uint32(418)
 	routes := func(cluster string) *routev3.RouteConfiguration {
 		return &routev3.RouteConfiguration{Name: "web", VirtualHosts: []*routev3.VirtualHost{{
 			Name: "all", Domains: []string{"*"}, Routes: []*routev3.Route{{
+				Match:                &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/teapot"}},
+				Action:               &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster}}},
+				TypedPerFilterConfig: teapot(teapotStatus),
+			}, {
 				Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
 				Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster}}},
 			}},
 		}}}
 	}
 	rtr, _ := anypb.New(&routerv3.Router{})
+	flt, _ := anypb.New(&faultv3.HTTPFault{})
 	hcm, _ := anypb.New(&hcmv3.HttpConnectionManager{
 		StatPrefix: "ingress",
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{RouteConfigName: "web",
 			ConfigSource: xdsEDSCluster("x").GetEdsClusterConfig().GetEdsConfig()}},
-		HttpFilters: []*hcmv3.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: rtr}}},
+		HttpFilters: []*hcmv3.HttpFilter{
+			{Name: "envoy.filters.http.fault", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: flt}},
+			{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: rtr}},
+		},
 	})
 	lis := &listenerv3.Listener{
 		Name:    "web",
@@ -758,6 +778,26 @@ func TestHTTPRDS(t *testing.T) {
 	if got := ask(); got != "blue" {
 		t.Fatalf("first route: %q", got)
 	}
+	io.WriteString(c, "GET /teapot HTTP/1.1\r\nhost: a\r\n\r\n")
+	if resp, _ := c.response(t); resp.StatusCode != 418 {
+		t.Fatalf("/teapot with the fault of its RDS typed_per_filter_config: %d, want 418", resp.StatusCode)
+	}
+
+	// An invalid per-filter config is NACKed, naming it; the last good
+	// routes go on.
+	teapotStatus = 99
+	push("green")
+	var nack string
+	for n := 0; nack == ""; n++ {
+		nack = cp.Request(resourcev3.RouteType, n).GetErrorDetail().GetMessage()
+	}
+	if !strings.Contains(nack, "typed_per_filter_config[envoy.filters.http.fault].abort.http_status") {
+		t.Errorf("NACK of an invalid per-filter config: %q", nack)
+	}
+	if got := ask(); got != "blue" {
+		t.Fatalf("after the NACK: %q, want the last good route", got)
+	}
+	teapotStatus = 418
 	push("green")
 	deadline := time.Now().Add(20 * time.Second)
 	for ask() != "green" {

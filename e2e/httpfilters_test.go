@@ -11,8 +11,8 @@ import (
 // the router, through the real binary, with a static runtime layer that the
 // filters read: fault injection switched on by the runtime, RBAC denying a
 // header, a local rate limit, and CORS preflights answered by skiff (the
-// policy given as the filter's own config, as skiff's route table does not
-// take typed_per_filter_config yet).
+// policy given as the filter's own config; e2e/perfilter_test.go gives it
+// per route).
 func TestHTTPFilters(t *testing.T) {
 	t.Parallel()
 	echo := httpBackend(t, echoHTTP("a"))

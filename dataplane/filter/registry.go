@@ -2,11 +2,11 @@ package filter
 
 import (
 	"fmt"
-
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"log/slog"
 	"strings"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -36,6 +36,14 @@ type Context struct {
 	// HTTP connection manager that owns them, "http.<stat_prefix>.", under which
 	// Envoy roots HTTP filters' stats (http.<stat_prefix>.fault.*, .rbac.*, .cors.*).
 	HTTPStatPrefix string
+	// HTTPFilterName is set when an HTTP filter (or its per-route
+	// configuration) is built: its name in the connection manager's
+	// http_filters, which keys its typed_per_filter_config entries (see
+	// PerRoute).
+	HTTPFilterName string
+	// HTTPFilterDisabled is set when an HTTP filter is built: its HttpFilter's
+	// disabled, which means the filter runs only for the routes that enable it.
+	HTTPFilterDisabled bool
 	// Runtime is the layered runtime filters read fractions and overrides from
 	// at request time (Envoy's runtime keys); nil means no runtime, so every
 	// key takes its default.
@@ -69,16 +77,22 @@ type Registry struct {
 	network  map[string]NetworkFactory
 	listener map[string]ListenerFactory
 	http     map[string]HTTPFactory
+	perRoute map[string]RouteConfigFactory // by the type URL of RouteConfigType
 }
 
 // NewRegistry returns an empty Registry.
 func NewRegistry() *Registry {
-	return &Registry{network: map[string]NetworkFactory{}, listener: map[string]ListenerFactory{}, http: map[string]HTTPFactory{}}
+	return &Registry{network: map[string]NetworkFactory{}, listener: map[string]ListenerFactory{}, http: map[string]HTTPFactory{},
+		perRoute: map[string]RouteConfigFactory{}}
 }
 
 // TypeURL returns the type URL that keys f.
 func TypeURL(f Factory) string {
-	return "type.googleapis.com/" + string(f.ConfigType().ProtoReflect().Descriptor().FullName())
+	return typeURLOf(f.ConfigType())
+}
+
+func typeURLOf(m proto.Message) string {
+	return "type.googleapis.com/" + string(m.ProtoReflect().Descriptor().FullName())
 }
 
 // RegisterNetwork adds a network filter factory. Registering a type URL twice is
@@ -101,9 +115,25 @@ func register[F Factory](m map[string]F, f F) error {
 	return nil
 }
 
-// RegisterHTTP adds an HTTP filter factory.
+// RegisterHTTP adds an HTTP filter factory. A RouteConfigFactory is also
+// registered under the type URL of its per-route configuration, which must
+// not be another factory's per-route type.
 func (r *Registry) RegisterHTTP(f HTTPFactory) error {
-	return register(r.http, f)
+	rf, perRoute := f.(RouteConfigFactory)
+	var url string
+	if perRoute {
+		url = typeURLOf(rf.RouteConfigType())
+		if old, ok := r.perRoute[url]; ok {
+			return fmt.Errorf("filter registry: %s: per-route type URL %s already registered by %s", f.Name(), url, old.Name())
+		}
+	}
+	if err := register(r.http, f); err != nil {
+		return err
+	}
+	if perRoute {
+		r.perRoute[url] = rf
+	}
+	return nil
 }
 
 // HasHTTP reports whether an HTTP filter factory is registered for typeURL
@@ -119,14 +149,42 @@ func (r *Registry) HasHTTP(typeURL string) bool {
 	return false
 }
 
-// HTTPFilter builds the HTTP filter described by typedConfig.
+// HTTPFilter builds the HTTP filter described by typedConfig; name is its
+// name in http_filters (see HTTPFilterFor).
 func (r *Registry) HTTPFilter(name string, typedConfig *anypb.Any, fc *Context) (http.Filter, error) {
-	f, cfg, err := lookup(r.http, "HTTP", name, typedConfig)
+	return r.HTTPFilterFor(&hcmv3.HttpFilter{Name: name, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typedConfig}}, fc)
+}
+
+// HTTPFilterFor builds the HTTP filter of an HTTP connection manager's
+// http_filters entry (its name, typed_config and disabled; is_optional is
+// the caller's business). The factory gets fc with HTTPFilterName and
+// HTTPFilterDisabled set. The filter honours its per-route configuration
+// (typed_per_filter_config, and FilterConfig's disabled), as a RouteAware
+// filter does itself, or through a wrapper that skips it on the routes that
+// disable it (or, with disabled, on those that do not enable it). A terminal
+// filter (the router) is returned as is, and cannot be disabled.
+func (r *Registry) HTTPFilterFor(hf *hcmv3.HttpFilter, fc *Context) (http.Filter, error) {
+	name := hf.GetName()
+	f, cfg, err := lookup(r.http, "HTTP", name, hf.GetTypedConfig())
 	if err != nil {
 		return nil, err
 	}
-	hf, err := f.Create(cfg, fc)
-	return hf, cfgerr.Field("typed_config", err)
+	hfc := *fc
+	hfc.HTTPFilterName, hfc.HTTPFilterDisabled = name, hf.GetDisabled()
+	flt, err := f.Create(cfg, &hfc)
+	if err != nil {
+		return nil, cfgerr.Field("typed_config", err)
+	}
+	if _, terminal := flt.(http.Terminal); terminal {
+		if hf.GetDisabled() {
+			return nil, cfgerr.Errorf("disabled", "the terminal filter %s cannot be disabled by default", name)
+		}
+		return flt, nil
+	}
+	if _, aware := flt.(RouteAware); aware {
+		return flt, nil
+	}
+	return gate(flt, hfc.PerRoute()), nil
 }
 
 // NetworkFilter builds the network filter described by typedConfig. name is the

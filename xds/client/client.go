@@ -182,6 +182,11 @@ type typeState struct {
 	version string // last accepted version_info (SotW) or system_version_info (delta)
 	nonce   string // nonce of the last response on the current stream
 	nack    error  // to send with the next request, then cleared
+	// The same update rejected again (a control plane that answers every
+	// NACK with the same response): how many times in a row, and the timer
+	// that paces the next NACK.
+	nackRepeats int
+	nackTimer   *time.Timer
 
 	// For CSDS: the last rejected update per resource, and what was rejected
 	// when the error could not be tied to one resource.
@@ -362,6 +367,9 @@ func (c *Client) Run(ctx context.Context) {
 		}
 		if ts.typeTimer != nil {
 			ts.typeTimer.Stop()
+		}
+		if ts.nackTimer != nil {
+			ts.nackTimer.Stop()
 		}
 		for _, r := range ts.res {
 			if r.ttl != nil {

@@ -511,19 +511,52 @@ func (c *Client) finishLocked(s *stream, ts *typeState, version string, n int, b
 			st.version.Set(versionHash(version))
 		}
 	}
-	if err != nil {
-		ts.nack = err
-		rej := rejection{version: version, err: err, at: time.Now()}
-		ts.lastReject = &rej
-		if bad != "" {
-			ts.rejected[bad] = rej
-		}
+	if err == nil {
+		ts.nackRepeats = 0
+		c.log.Info("xDS update accepted (ACK)", "type", resource.ShortName(ts.url), "version", version, "resources", n, "total", len(ts.res))
+		s.queueLocked(ts.url)
+		return
+	}
+	if prev := ts.lastReject; prev != nil && prev.version == version && prev.err.Error() == err.Error() {
+		ts.nackRepeats++
+	} else {
+		ts.nackRepeats = 0
+	}
+	ts.nack = err
+	rej := rejection{version: version, err: err, at: time.Now()}
+	ts.lastReject = &rej
+	if bad != "" {
+		ts.rejected[bad] = rej
+	}
+	if ts.nackRepeats == 0 {
 		c.log.Warn("xDS update rejected (NACK); the last good configuration keeps serving",
 			"type", resource.ShortName(ts.url), "version", version, "error", err)
-	} else {
-		c.log.Info("xDS update accepted (ACK)", "type", resource.ShortName(ts.url), "version", version, "resources", n, "total", len(ts.res))
+		s.queueLocked(ts.url)
+		return
 	}
-	s.queueLocked(ts.url)
+	// A control plane that answers each NACK with the same response (as
+	// go-control-plane's snapshot cache does until the snapshot changes)
+	// would otherwise spin with us: the repeated NACK waits, longer each time.
+	delay := nackPacing(ts.nackRepeats)
+	c.log.Debug("xDS update rejected again; pacing the NACK", "type", resource.ShortName(ts.url), "version", version,
+		"repeats", ts.nackRepeats, "delay", delay)
+	if ts.nackTimer != nil {
+		ts.nackTimer.Stop()
+	}
+	ts.nackTimer = time.AfterFunc(delay, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if ts.nack != nil && c.ctx.Err() == nil {
+			s.queueLocked(ts.url)
+		}
+	})
+}
+
+// nackPacing is how long the n-th repeated NACK of one update waits: 100 ms,
+// doubling, up to 1 s, so that a fixed update (which such a control plane
+// sends in answer to the next NACK) waits at most a second.
+func nackPacing(n int) time.Duration {
+	return min(100*time.Millisecond<<min(n-1, 4), time.Second)
 }
 
 func (c *Client) newResourceLocked(ts *typeState, name, version string, a *anypb.Any, m proto.Message, now time.Time, ttl *time.Duration) *Resource {

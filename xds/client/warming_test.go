@@ -4,11 +4,14 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -161,3 +164,91 @@ type memAddr struct{}
 
 func (memAddr) Network() string { return "mem" }
 func (memAddr) String() string  { return "mem" }
+
+// TestRepeatedNACKsArePaced: go-control-plane's snapshot cache answers every
+// NACK with the same response until the snapshot changes. The client NACKs
+// the first at once and paces the repeats (100 ms doubling up to 1 s) instead
+// of spinning with the server; a fixed snapshot is taken within a second.
+func TestRepeatedNACKsArePaced(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		lis := newMemListener()
+		cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
+		var mu sync.Mutex
+		nacks, acks := 0, 0
+		cb := serverv3.CallbackFuncs{StreamRequestFunc: func(_ int64, r *discoveryv3.DiscoveryRequest) error {
+			if r.GetTypeUrl() != resource.ClusterType || r.GetResponseNonce() == "" {
+				return nil
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if r.GetErrorDetail() != nil {
+				nacks++
+			} else {
+				acks++
+			}
+			return nil
+		}}
+		gs := grpc.NewServer()
+		testv3.RegisterServer(gs, serverv3.NewServer(context.Background(), cache, cb))
+		go gs.Serve(lis)
+		defer gs.Stop()
+
+		bad := edsCluster("bad")
+		bad.LbPolicy = clusterv3.Cluster_MAGLEV // not supported: rejected
+		set := func(version string, cl *clusterv3.Cluster) {
+			snap, err := cachev3.NewSnapshot(version, map[resourcev3.Type][]types.Resource{resourcev3.ClusterType: {cl}, resourcev3.ListenerType: {}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cache.SetSnapshot(context.Background(), nodeID, snap); err != nil {
+				t.Fatal(err)
+			}
+		}
+		set("1", bad)
+
+		reg, _ := filters.Builtin()
+		log := slog.New(slog.DiscardHandler)
+		dp := dataplane.NewServer(dataplane.Options{Logger: log, Registry: reg, Stats: stats.NewStore(), DrainTime: time.Second})
+		api := &corev3.ApiConfigSource{ApiType: corev3.ApiConfigSource_GRPC, GrpcServices: []*corev3.GrpcService{{
+			TargetSpecifier: &corev3.GrpcService_GoogleGrpc_{GoogleGrpc: &corev3.GrpcService_GoogleGrpc{TargetUri: "passthrough:///mem"}}}}}
+		c, err := New(Options{
+			Node: node(), Logger: log, Dataplane: dp,
+			Sources: Sources{ADS: api, Cluster: adsSource(), Listener: adsSource()},
+			Dial: func(*corev3.GrpcService) (*grpc.ClientConn, error) {
+				return grpc.NewClient("passthrough:///mem", grpc.WithTransportCredentials(insecure.NewCredentials()),
+					grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return lis.dial() }))
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { c.Run(ctx); close(done) }()
+		defer func() {
+			cancel()
+			<-done
+			sctx, scancel := context.WithTimeout(context.Background(), time.Second)
+			defer scancel()
+			dp.Shutdown(sctx)
+		}()
+
+		// NACKs at 0, 0.1, 0.3, 0.7, 1.5, 2.5, 3.5 ... 9.5 s.
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+		mu.Lock()
+		n := nacks
+		mu.Unlock()
+		if n < 8 || n > 13 {
+			t.Fatalf("%d NACKs of the same update in 10 s, want about 12 (paced)", n)
+		}
+		set("2", edsCluster("good"))
+		time.Sleep(time.Second)
+		synctest.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		if acks != 1 {
+			t.Fatalf("%d ACKs within a second of the fixed snapshot, want 1", acks)
+		}
+	})
+}

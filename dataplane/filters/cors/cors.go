@@ -3,14 +3,17 @@
 // itself and adds access-control-allow-origin and its companions to the
 // responses of cross-origin requests whose origin the policy allows.
 //
-// Envoy takes the policy from the route (typed_per_filter_config, or the
-// deprecated cors field of a route or virtual host) and its filter config,
-// envoy.extensions.filters.http.cors.v3.Cors, is empty. skiff's route table
-// does not take per-filter configs yet, so the filter also accepts a
-// envoy.extensions.filters.http.cors.v3.CorsPolicy as its typed_config: that
-// policy then applies to every route of the connection manager. With the
-// empty Cors config there is no policy and the filter lets everything through
-// untouched, as Envoy does on a route without one.
+// As Envoy, the filter takes its policy from the route: the CorsPolicy
+// entries of typed_per_filter_config on the route (or its weighted cluster),
+// its virtual host and the route configuration, merged field by field, the
+// most specific level's field winning (filter_enabled and shadow_enabled are
+// the most specific policy's). Its own filter config,
+// envoy.extensions.filters.http.cors.v3.Cors, is empty. As a skiff extension
+// the filter also accepts a CorsPolicy as its typed_config: that policy then
+// applies to every route of the connection manager, as the least specific
+// level below the routes' own. The deprecated cors field of a route or
+// virtual host is refused by the route table. Without any policy the filter
+// lets everything through untouched, as Envoy does on a route without one.
 package cors
 
 import (
@@ -64,6 +67,15 @@ func (Factory) Create(m proto.Message, fc *filter.Context) (http.Filter, error) 
 	return newFilter(nil, fc), nil
 }
 
+// RouteConfigType implements filter.RouteConfigFactory: a route's policy is a
+// CorsPolicy.
+func (Factory) RouteConfigType() proto.Message { return &corsv3.CorsPolicy{} }
+
+// NewRouteConfig implements filter.RouteConfigFactory.
+func (Factory) NewRouteConfig(m proto.Message, _ *filter.Context) (any, error) {
+	return NewPolicy(m.(*corsv3.CorsPolicy))
+}
+
 // PolicyFactory builds the filter from a CorsPolicy given as the filter's
 // typed_config: a policy for every route (a skiff extension, see the package
 // comment).
@@ -91,11 +103,31 @@ type Policy struct {
 	allowHeaders     string
 	exposeHeaders    string
 	maxAge           string
-	allowCredentials bool
-	allowPNA         bool
-	forwardNotMatch  bool
+	allowCredentials optBool
+	allowPNA         optBool
+	forwardNotMatch  optBool
 	enabled          runtime.RuntimeFraction
 	shadow           runtime.RuntimeFraction
+}
+
+// optBool is a BoolValue field: unset, false or true. An unset field of a
+// more specific policy lets a less specific one's show through.
+type optBool uint8
+
+const (
+	unset optBool = iota
+	isFalse
+	isTrue
+)
+
+func optBoolOf(v interface{ GetValue() bool }, set bool) optBool {
+	switch {
+	case !set:
+		return unset
+	case v.GetValue():
+		return isTrue
+	}
+	return isFalse
 }
 
 // NewPolicy compiles pb. Errors name the field inside it.
@@ -110,16 +142,13 @@ func NewPolicy(pb *corsv3.CorsPolicy) (*Policy, error) {
 		allowHeaders:     pb.GetAllowHeaders(),
 		exposeHeaders:    pb.GetExposeHeaders(),
 		maxAge:           pb.GetMaxAge(),
-		allowCredentials: pb.GetAllowCredentials().GetValue(),
-		allowPNA:         pb.GetAllowPrivateNetworkAccess().GetValue(),
-		forwardNotMatch:  true,
+		allowCredentials: optBoolOf(pb.GetAllowCredentials(), pb.AllowCredentials != nil),
+		allowPNA:         optBoolOf(pb.GetAllowPrivateNetworkAccess(), pb.AllowPrivateNetworkAccess != nil),
+		forwardNotMatch:  optBoolOf(pb.GetForwardNotMatchingPreflights(), pb.ForwardNotMatchingPreflights != nil),
 		// Without filter_enabled a policy is enabled for every request; without
 		// shadow_enabled it shadows none.
 		enabled: runtime.RuntimeFractionOf(pb.GetFilterEnabled(), runtime.Percent(100)),
 		shadow:  runtime.RuntimeFractionOf(pb.GetShadowEnabled(), runtime.Percent(0)),
-	}
-	if v := pb.GetForwardNotMatchingPreflights(); v != nil {
-		p.forwardNotMatch = v.GetValue()
 	}
 	for i, sm := range pb.GetAllowOriginStringMatch() {
 		m, err := route.NewStringMatcher(sm)
@@ -131,15 +160,90 @@ func NewPolicy(pb *corsv3.CorsPolicy) (*Policy, error) {
 	return p, nil
 }
 
-// originAllowed is Envoy's isOriginAllowed: a matcher that matches "*" (or
-// the origin itself) allows it.
-func (p *Policy) originAllowed(origin string) bool {
-	for _, m := range p.origins {
-		if m.Match("*") || m.Match(origin) {
-			return true
+// policies are the policies that apply to a request, most specific first:
+// the route's (its levels', from route.PerFilterConfig.Configs), then the
+// filter's own. Envoy's CorsFilter resolves each field from the first policy
+// that sets it.
+type policies struct {
+	route []any   // *Policy values; others (a misplaced config) are skipped
+	base  *Policy // the filter's typed_config CorsPolicy, or nil
+}
+
+// at returns the i-th policy, or nil past the end or for a value that is not
+// a *Policy.
+func (ps *policies) at(i int) *Policy {
+	if i < len(ps.route) {
+		p, _ := ps.route[i].(*Policy)
+		return p
+	}
+	if i == len(ps.route) {
+		return ps.base
+	}
+	return nil
+}
+
+func (ps *policies) n() int { return len(ps.route) + 1 }
+
+// first is the most specific policy (whose filter_enabled and shadow_enabled
+// decide), or nil when there is none.
+func (ps *policies) first() *Policy {
+	for i := range ps.n() {
+		if p := ps.at(i); p != nil {
+			return p
 		}
 	}
+	return nil
+}
+
+// str is the first non-empty string field get returns.
+func (ps *policies) str(get func(*Policy) string) string {
+	for i := range ps.n() {
+		if p := ps.at(i); p != nil {
+			if v := get(p); v != "" {
+				return v
+			}
+		}
+	}
+	return ""
+}
+
+// flag is the first set BoolValue field get returns, else def.
+func (ps *policies) flag(get func(*Policy) optBool, def bool) bool {
+	for i := range ps.n() {
+		if p := ps.at(i); p != nil {
+			if v := get(p); v != unset {
+				return v == isTrue
+			}
+		}
+	}
+	return def
+}
+
+// originAllowed is Envoy's isOriginAllowed with the first policy that has
+// allow_origin_string_match: a matcher that matches "*" (or the origin
+// itself) allows it.
+func (ps *policies) originAllowed(origin string) bool {
+	for i := range ps.n() {
+		p := ps.at(i)
+		if p == nil || len(p.origins) == 0 {
+			continue
+		}
+		for _, m := range p.origins {
+			if m.Match("*") || m.Match(origin) {
+				return true
+			}
+		}
+		return false
+	}
 	return false
+}
+
+func (ps *policies) allowCredentials() bool {
+	return ps.flag(func(p *Policy) optBool { return p.allowCredentials }, false)
+}
+
+func (ps *policies) exposeHeaders() string {
+	return ps.str(func(p *Policy) string { return p.exposeHeaders })
 }
 
 type corsStats struct {
@@ -148,16 +252,21 @@ type corsStats struct {
 
 // Filter is a built CORS filter.
 type Filter struct {
-	policy *Policy // nil: no policy, nothing to do
+	policy *Policy // the filter's own (nil: only the routes' apply)
+	pr     filter.PerRoute
 	stats  corsStats
 	rt     *runtime.Loader
 	log    *slog.Logger
 }
 
+// PerRoute implements filter.RouteAware.
+func (f *Filter) PerRoute() filter.PerRoute { return f.pr }
+
 func newFilter(p *Policy, fc *filter.Context) *Filter {
 	prefix := kit.StatPrefixJoin(fc.HTTPStatPrefix, "cors.")
 	return &Filter{
 		policy: p,
+		pr:     fc.PerRoute(),
 		stats: corsStats{
 			valid:   fc.Stats.Counter(prefix + "origin_valid"),
 			invalid: fc.Stats.Counter(prefix + "origin_invalid"),
@@ -181,22 +290,30 @@ type state struct {
 }
 
 // decide looks at the request as Envoy's decodeHeaders does, without
-// counting.
-func (f *Filter) decide(e *http.Exchange) state {
-	p := f.policy
-	if p == nil || !hasRoute(e) {
-		return state{} // Envoy ignores requests without a route
+// counting, and returns the policies that apply.
+func (f *Filter) decide(e *http.Exchange) (state, policies) {
+	if !hasRoute(e) {
+		return state{}, policies{} // Envoy ignores requests without a route
+	}
+	pf, on := f.pr.Lookup(e)
+	if !on {
+		return state{}, policies{}
+	}
+	ps := policies{route: pf.Configs(), base: f.policy}
+	p := ps.first()
+	if p == nil {
+		return state{}, ps
 	}
 	snap := f.rt.Current()
 	enabled := p.enabled.Enabled(snap, kit.Sample(e, saltEnabled))
 	if !enabled && !p.shadow.Enabled(snap, kit.Sample(e, saltShadow)) {
-		return state{}
+		return state{}, ps
 	}
 	origin, _ := e.Request.Get(HeaderOrigin)
 	if origin == "" {
-		return state{}
+		return state{}, ps
 	}
-	return state{origin: origin, allowed: p.originAllowed(origin), cors: enabled}
+	return state{origin: origin, allowed: ps.originAllowed(origin), cors: enabled}, ps
 }
 
 // OnRequest implements http.Filter: it counts origin_valid or
@@ -205,7 +322,7 @@ func (f *Filter) decide(e *http.Exchange) state {
 // does not allow is passed upstream, unless forward_not_matching_preflights
 // is false: then it gets the 200 without access-control-allow-origin).
 func (f *Filter) OnRequest(e *http.Exchange) http.Action {
-	st := f.decide(e)
+	st, ps := f.decide(e)
 	if st.origin == "" {
 		return http.Continue
 	}
@@ -221,40 +338,39 @@ func (f *Filter) OnRequest(e *http.Exchange) http.Action {
 	if reqMethod == "" {
 		return http.Continue
 	}
-	p := f.policy
-	if !st.allowed && p.forwardNotMatch {
+	if !st.allowed && ps.flag(func(p *Policy) optBool { return p.forwardNotMatch }, true) {
 		return http.Continue
 	}
 	h := &e.Response
 	if st.allowed {
 		h.Set(HeaderAllowOrigin, st.origin)
 	}
-	if p.allowCredentials {
+	if ps.allowCredentials() {
 		h.Set(HeaderAllowCredentials, "true")
 	}
-	switch p.allowMethods {
+	switch m := ps.str(func(p *Policy) string { return p.allowMethods }); m {
 	case "":
 	case "*":
 		h.Set(HeaderAllowMethods, reqMethod)
 	default:
-		h.Set(HeaderAllowMethods, p.allowMethods)
+		h.Set(HeaderAllowMethods, m)
 	}
-	switch p.allowHeaders {
+	switch hs := ps.str(func(p *Policy) string { return p.allowHeaders }); hs {
 	case "":
 	case "*":
 		h.Set(HeaderAllowHeaders, e.Request.Value(HeaderRequestHeaders))
 	default:
-		h.Set(HeaderAllowHeaders, p.allowHeaders)
+		h.Set(HeaderAllowHeaders, hs)
 	}
-	if p.maxAge != "" {
-		h.Set(HeaderMaxAge, p.maxAge)
+	if maxAge := ps.str(func(p *Policy) string { return p.maxAge }); maxAge != "" {
+		h.Set(HeaderMaxAge, maxAge)
 	}
-	if p.allowPNA && e.Request.Value(HeaderRequestPrivateNetwork) == "true" {
+	if ps.flag(func(p *Policy) optBool { return p.allowPNA }, false) && e.Request.Value(HeaderRequestPrivateNetwork) == "true" {
 		h.Set(HeaderAllowPrivateNetwork, "true")
 	}
 	// Envoy's own encodeHeaders then runs on this response too: an allowed
 	// origin gets expose-headers as well.
-	f.decorate(st, h)
+	f.decorate(st, &ps, h)
 	if err := e.LocalReply(200, "", ResponseCodeDetailsCorsResponse, 0); err != nil {
 		f.log.Debug("cors: sending the preflight response failed", "error", err)
 	}
@@ -265,23 +381,20 @@ func (f *Filter) OnRequest(e *http.Exchange) http.Action {
 // from an allowed origin gets access-control-allow-origin (the origin),
 // -allow-credentials and -expose-headers per the policy.
 func (f *Filter) OnResponse(e *http.Exchange) {
-	if f.policy == nil {
-		return
-	}
-	f.decorate(f.decide(e), &e.Response)
+	st, ps := f.decide(e)
+	f.decorate(st, &ps, &e.Response)
 }
 
-func (f *Filter) decorate(st state, h *http.Header) {
+func (f *Filter) decorate(st state, ps *policies, h *http.Header) {
 	if !st.cors || !st.allowed {
 		return
 	}
-	p := f.policy
 	h.Set(HeaderAllowOrigin, st.origin)
-	if p.allowCredentials {
+	if ps.allowCredentials() {
 		h.Set(HeaderAllowCredentials, "true")
 	}
-	if p.exposeHeaders != "" {
-		h.Set(HeaderExposeHeaders, p.exposeHeaders)
+	if x := ps.exposeHeaders(); x != "" {
+		h.Set(HeaderExposeHeaders, x)
 	}
 }
 

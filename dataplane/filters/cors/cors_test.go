@@ -240,7 +240,7 @@ func TestFractionConsistent(t *testing.T) {
 		if f.OnRequest(e) != http.Continue || s.Status() != "" {
 			t.Fatal("not a preflight")
 		}
-		st := f.decide(e)
+		st, _ := f.decide(e)
 		e.Response.Add(http.Status, "200")
 		f.OnResponse(e)
 		if e.Response.Has(HeaderAllowOrigin) != st.cors {

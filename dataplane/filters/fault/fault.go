@@ -3,6 +3,10 @@
 // fraction of the requests that match its headers, upstream cluster and
 // downstream nodes, or as the request's x-envoy-fault-* headers ask when the
 // configuration lets them.
+//
+// A route's typed_per_filter_config may give the filter another HTTPFault,
+// which replaces the filter's config for that route (the stats stay the
+// filter's), as in Envoy.
 package fault
 
 import (
@@ -56,19 +60,48 @@ func (Factory) ConfigType() proto.Message { return &faultv3.HTTPFault{} }
 
 // Create implements filter.HTTPFactory.
 func (Factory) Create(m proto.Message, fc *filter.Context) (http.Filter, error) {
-	cfg := m.(*faultv3.HTTPFault)
+	s, err := compile(m.(*faultv3.HTTPFault))
+	if err != nil {
+		return nil, err
+	}
+	f := &Filter{
+		settings: s,
+		pr:       fc.PerRoute(),
+		rt:       fc.Runtime,
+		log:      fc.Logger,
+		rand:     rand.Uint64,
+	}
+	prefix := fc.HTTPStatPrefix + "fault."
+	f.stats = faultStats{
+		delays:   fc.Stats.Counter(prefix + "delays_injected"),
+		aborts:   fc.Stats.Counter(prefix + "aborts_injected"),
+		overflow: fc.Stats.Counter(prefix + "faults_overflow"),
+		active:   fc.Stats.Gauge(prefix + "active_faults"),
+	}
+	return f, nil
+}
+
+// RouteConfigType implements filter.RouteConfigFactory: a route's
+// typed_per_filter_config is an HTTPFault too.
+func (Factory) RouteConfigType() proto.Message { return &faultv3.HTTPFault{} }
+
+// NewRouteConfig implements filter.RouteConfigFactory: the per-route HTTPFault
+// replaces the filter's for the route.
+func (Factory) NewRouteConfig(m proto.Message, _ *filter.Context) (any, error) {
+	return compile(m.(*faultv3.HTTPFault))
+}
+
+// compile checks and compiles an HTTPFault.
+func compile(cfg *faultv3.HTTPFault) (*settings, error) {
 	if err := cfgerr.OnlyFields(cfg, "delay", "abort", "upstream_cluster", "headers", "downstream_nodes", "max_active_faults",
 		"delay_percent_runtime", "abort_percent_runtime", "delay_duration_runtime", "abort_http_status_runtime",
 		"max_active_faults_runtime", "abort_grpc_status_runtime", "disable_downstream_cluster_stats"); err != nil {
 		return nil, err
 	}
-	f := &Filter{
+	f := &settings{
 		upstreamCluster: cfg.GetUpstreamCluster(),
 		downstreamNodes: slices.Clone(cfg.GetDownstreamNodes()),
 		maxActive:       math.MaxUint64,
-		rt:              fc.Runtime,
-		log:             fc.Logger,
-		rand:            rand.Uint64,
 		delayPercentKey: runtime.NewKey(or(cfg.GetDelayPercentRuntime(), defaultDelayPercentKey)),
 		abortPercentKey: runtime.NewKey(or(cfg.GetAbortPercentRuntime(), defaultAbortPercentKey)),
 		delayMsKey:      or(cfg.GetDelayDurationRuntime(), defaultDelayDurationKey),
@@ -76,9 +109,9 @@ func (Factory) Create(m proto.Message, fc *filter.Context) (http.Filter, error) 
 		grpcStatusKey:   or(cfg.GetAbortGrpcStatusRuntime(), defaultAbortGRPCStatusKey),
 		maxActiveKey:    or(cfg.GetMaxActiveFaultsRuntime(), defaultMaxActiveFaultsKey),
 	}
-	if cfg.GetDelay() == nil && cfg.GetAbort() == nil {
-		return nil, cfgerr.Errorf("", "at least one of abort or delay is required")
-	}
+	// Neither delay nor abort is a fault that never fires, as in Envoy:
+	// istiod puts one in every HTTP filter chain and gives routes their
+	// faults through typed_per_filter_config.
 	if d := cfg.GetDelay(); d != nil {
 		dc, err := compileDelay(d)
 		if err != nil {
@@ -102,13 +135,6 @@ func (Factory) Create(m proto.Message, fc *filter.Context) (http.Filter, error) 
 	}
 	if v := cfg.GetMaxActiveFaults(); v != nil {
 		f.maxActive = uint64(v.GetValue())
-	}
-	prefix := fc.HTTPStatPrefix + "fault."
-	f.stats = faultStats{
-		delays:   fc.Stats.Counter(prefix + "delays_injected"),
-		aborts:   fc.Stats.Counter(prefix + "aborts_injected"),
-		overflow: fc.Stats.Counter(prefix + "faults_overflow"),
-		active:   fc.Stats.Gauge(prefix + "active_faults"),
 	}
 	return f, nil
 }
@@ -186,8 +212,8 @@ type faultStats struct {
 	active                   stats.Gauge
 }
 
-// Filter is a built fault filter.
-type Filter struct {
+// settings are a compiled HTTPFault: the filter's own, or a route's.
+type settings struct {
 	delay           *delayConfig // nil: no delay
 	abort           *abortConfig // nil: no abort
 	headers         []*route.HeaderMatcher
@@ -195,17 +221,39 @@ type Filter struct {
 	downstreamNodes []string
 	maxActive       uint64
 
-	rt              *runtime.Loader
 	delayPercentKey runtime.Key
 	abortPercentKey runtime.Key
 	delayMsKey      string
 	httpStatusKey   string
 	grpcStatusKey   string
 	maxActiveKey    string
+}
 
+// Filter is a built fault filter.
+type Filter struct {
+	*settings // the filter's own; a route's replace them (see settingsFor)
+
+	pr    filter.PerRoute
+	rt    *runtime.Loader
 	stats faultStats
 	log   *slog.Logger
 	rand  func() uint64
+}
+
+// PerRoute implements filter.RouteAware.
+func (f *Filter) PerRoute() filter.PerRoute { return f.pr }
+
+// settingsFor returns the settings for e: the route's HTTPFault if it has
+// one, else the filter's; nil when the route disables the filter.
+func (f *Filter) settingsFor(e *http.Exchange) *settings {
+	pf, on := f.pr.Lookup(e)
+	if !on {
+		return nil
+	}
+	if s, ok := pf.Config().(*settings); ok {
+		return s
+	}
+	return f.settings
 }
 
 // OnRequest implements http.Filter. A delay holds the request; the exchange's
@@ -214,14 +262,15 @@ type Filter struct {
 // ends; the manager answers). An abort answers the request with a local reply. A delay may be followed by an abort,
 // as in Envoy. Both count as one active fault while OnRequest runs.
 func (f *Filter) OnRequest(e *http.Exchange) http.Action {
-	if !f.matches(e) {
+	s := f.settingsFor(e)
+	if s == nil || !s.matches(e) {
 		return http.Continue
 	}
 	snap := f.rt.Current()
 	h := e.Request
 	active := false
-	if d, ok := f.delayDuration(snap, h); ok {
-		if active = f.tryActivate(snap); active {
+	if d, ok := f.delayDuration(s, snap, h); ok {
+		if active = f.tryActivate(s, snap); active {
 			f.stats.delays.Inc()
 			e.Info.ResponseFlags |= http.FlagDelayInjected
 			if gone, interrupted := sleep(e, d); gone || interrupted {
@@ -233,15 +282,15 @@ func (f *Filter) OnRequest(e *http.Exchange) http.Action {
 			}
 		}
 	}
-	if f.abort != nil && f.abortEnabled(snap, h) {
-		status, grpcStatus, ok := f.abortStatus(snap, h)
-		if ok && (active || f.tryActivate(snap)) {
+	if s.abort != nil && f.abortEnabled(s, snap, h) {
+		status, grpcStatus, ok := s.abortStatus(snap, h)
+		if ok && (active || f.tryActivate(s, snap)) {
 			f.stats.aborts.Inc()
 			var err error
 			if grpcStatus >= 0 {
-				err = e.LocalReplyGRPC(status, uint32(grpcStatus), f.abort.body, ResponseCodeDetailsAbort, http.FlagFaultInjected)
+				err = e.LocalReplyGRPC(status, uint32(grpcStatus), s.abort.body, ResponseCodeDetailsAbort, http.FlagFaultInjected)
 			} else {
-				err = e.LocalReply(status, f.abort.body, ResponseCodeDetailsAbort, http.FlagFaultInjected)
+				err = e.LocalReply(status, s.abort.body, ResponseCodeDetailsAbort, http.FlagFaultInjected)
 			}
 			if err != nil {
 				f.log.Debug("fault: sending the abort failed", "error", err)
@@ -257,7 +306,7 @@ func (f *Filter) OnRequest(e *http.Exchange) http.Action {
 }
 
 // matches applies upstream_cluster, downstream_nodes and headers.
-func (f *Filter) matches(e *http.Exchange) bool {
+func (f *settings) matches(e *http.Exchange) bool {
 	if f.upstreamCluster != "" && upstreamCluster(e) != f.upstreamCluster {
 		return false
 	}
@@ -277,21 +326,22 @@ func (f *Filter) matches(e *http.Exchange) bool {
 
 // upstreamCluster is the cluster the request is bound to: the one the
 // connection manager recorded when it resolved the route, or else the route's
-// cluster (for weighted clusters, the pick of random value 0).
+// cluster (for weighted clusters, the one the router will pick: it picks with
+// the exchange's random value).
 func upstreamCluster(e *http.Exchange) string {
 	if e.Info.UpstreamCluster != "" {
 		return e.Info.UpstreamCluster
 	}
 	if r, ok := e.Route.(*route.Route); ok && r != nil && r.Action == route.Forward {
-		return r.ClusterFor(e.Request, 0)
+		return r.ClusterFor(e.Request, route.ExchangeRandom(e))
 	}
 	return ""
 }
 
 // tryActivate charges one active fault unless max_active_faults (or its
 // runtime override) is reached, which counts faults_overflow.
-func (f *Filter) tryActivate(snap *runtime.Snapshot) bool {
-	limit := snap.Integer(f.maxActiveKey, f.maxActive)
+func (f *Filter) tryActivate(s *settings, snap *runtime.Snapshot) bool {
+	limit := snap.Integer(s.maxActiveKey, s.maxActive)
 	if n := f.stats.active.Value(); n >= 0 && uint64(n) >= limit {
 		f.stats.overflow.Inc()
 		return false
@@ -319,13 +369,13 @@ func percentage(h *http.Header, name string, fromHeader bool, cfg runtime.Fracti
 }
 
 // delayDuration decides whether to delay, and for how long.
-func (f *Filter) delayDuration(snap *runtime.Snapshot, h *http.Header) (time.Duration, bool) {
-	d := f.delay
+func (f *Filter) delayDuration(s *settings, snap *runtime.Snapshot, h *http.Header) (time.Duration, bool) {
+	d := s.delay
 	if d == nil {
 		return 0, false
 	}
 	pct := percentage(h, HeaderDelayPercentage, d.fromHeader, d.percentage)
-	if !snap.FeatureEnabled(f.delayPercentKey, pct, f.rand()) {
+	if !snap.FeatureEnabled(s.delayPercentKey, pct, f.rand()) {
 		return 0, false
 	}
 	ms := uint64(d.fixed / time.Millisecond)
@@ -338,7 +388,7 @@ func (f *Filter) delayDuration(snap *runtime.Snapshot, h *http.Header) (time.Dur
 			return 0, false
 		}
 	}
-	ms = snap.Integer(f.delayMsKey, ms)
+	ms = snap.Integer(s.delayMsKey, ms)
 	if ms == 0 {
 		return 0, false
 	}
@@ -348,15 +398,15 @@ func (f *Filter) delayDuration(snap *runtime.Snapshot, h *http.Header) (time.Dur
 	return time.Duration(ms) * time.Millisecond, true
 }
 
-func (f *Filter) abortEnabled(snap *runtime.Snapshot, h *http.Header) bool {
-	pct := percentage(h, HeaderAbortPercentage, f.abort.kind == abortHeader, f.abort.percentage)
-	return snap.FeatureEnabled(f.abortPercentKey, pct, f.rand())
+func (f *Filter) abortEnabled(s *settings, snap *runtime.Snapshot, h *http.Header) bool {
+	pct := percentage(h, HeaderAbortPercentage, s.abort.kind == abortHeader, s.abort.percentage)
+	return snap.FeatureEnabled(s.abortPercentKey, pct, f.rand())
 }
 
 // abortStatus returns the status to abort with: an HTTP status (grpcStatus
 // -1), or for a gRPC abort HTTP 200 and the gRPC status. An HTTP status
 // wins over a gRPC one, as in Envoy.
-func (f *Filter) abortStatus(snap *runtime.Snapshot, h *http.Header) (status int, grpcStatus int64, ok bool) {
+func (f *settings) abortStatus(snap *runtime.Snapshot, h *http.Header) (status int, grpcStatus int64, ok bool) {
 	a := f.abort
 	var httpStatus, grpc uint64
 	hasHTTP, hasGRPC := false, false

@@ -119,6 +119,7 @@ func TestAbort(t *testing.T) {
 		{"header percentage 0", `abort: {header_abort: {}, ` + always + `}`,
 			[]string{HeaderAbort, "500", HeaderAbortPercentage, "0"}, "", "", ""},
 		{"unset percentage is 0%", `abort: {http_status: 503}`, nil, "", "", ""},
+		{"empty config (istiod's) never fires", `{}`, []string{HeaderAbort, "503"}, "", "", ""},
 		{"headers match", `abort: {http_status: 503, ` + always + `}
 headers: [{name: x-chaos, string_match: {exact: "on"}}]`, []string{"x-chaos", "on"}, "503", "", DefaultAbortBody},
 		{"headers do not match", `abort: {http_status: 503, ` + always + `}
@@ -418,7 +419,6 @@ func TestConfigErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name, cfg, path, msg string
 	}{
-		{"nothing to do", `headers: [{name: x}]`, "typed_config", "at least one of abort or delay"},
 		{"response rate limit", `delay: {fixed_delay: 1s}
 response_rate_limit: {fixed_limit: {limit_kbps: 1}}`, "typed_config.response_rate_limit", "not supported"},
 		{"filter metadata", `abort: {http_status: 500}

@@ -304,7 +304,7 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 	// Routes.
 	switch rs := cfg.GetRouteSpecifier().(type) {
 	case *hcmv3.HttpConnectionManager_RouteConfig:
-		t, err := route.CompileInline(rs.RouteConfig, route.Options{ClusterExists: fc.ClusterExists})
+		t, err := route.CompileInline(rs.RouteConfig, route.Options{ClusterExists: fc.ClusterExists, FilterConfigs: f.Registry.RouteConfigs(fc)})
 		if err != nil {
 			return nil, cfgerr.Field("route_config", err)
 		}
@@ -337,16 +337,13 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 		if err := cfgerr.OnlyFields(hf, "name", "typed_config", "is_optional", "disabled"); err != nil {
 			return nil, cfgerr.Index("http_filters", i, err)
 		}
-		if hf.GetDisabled() {
-			continue
-		}
 		if f.Registry == nil {
 			return nil, cfgerr.Errorf("http_filters", "no filter registry")
 		}
 		if hf.GetIsOptional() && !f.Registry.HasHTTP(hf.GetTypedConfig().GetTypeUrl()) {
 			continue // Envoy skips an optional filter it does not know
 		}
-		flt, err := f.Registry.HTTPFilter(hf.GetName(), hf.GetTypedConfig(), &hfc)
+		flt, err := f.Registry.HTTPFilterFor(hf, &hfc) // disabled: off unless a route enables it
 		if err != nil {
 			return nil, cfgerr.Index("http_filters", i, err)
 		}

@@ -3,6 +3,10 @@
 // per Envoy process, as in Envoy) admits requests; when it is empty a request
 // is answered with 429 (or the configured status), if the filter is enforced
 // for it.
+//
+// A route's typed_per_filter_config may give the filter another
+// LocalRateLimit (with a token_bucket), which replaces the filter's config for
+// that route, with a token bucket and stats of its own, as in Envoy.
 package localratelimit
 
 import (
@@ -61,8 +65,34 @@ func (Factory) Create(m proto.Message, fc *filter.Context) (http.Filter, error) 
 	return f, nil
 }
 
+// RouteConfigType implements filter.RouteConfigFactory: a route's
+// typed_per_filter_config is a LocalRateLimit too.
+func (Factory) RouteConfigType() proto.Message { return &lrlv3.LocalRateLimit{} }
+
+// NewRouteConfig implements filter.RouteConfigFactory: the per-route
+// LocalRateLimit replaces the filter's config on the route, with its own token
+// bucket (shared by every request of the route, built once per route
+// configuration version) and its own stats (<stat_prefix>.http_local_rate_limit.*).
+// As in Envoy, it must have a token_bucket.
+func (Factory) NewRouteConfig(m proto.Message, fc *filter.Context) (any, error) {
+	cfg := m.(*lrlv3.LocalRateLimit)
+	if cfg.GetTokenBucket() == nil {
+		return nil, cfgerr.Errorf("token_bucket", "is required in a per-route configuration")
+	}
+	return newConfig(cfg, fc, nil)
+}
+
 // New builds a filter from cfg; now is its clock (nil: time.Now).
 func New(cfg *lrlv3.LocalRateLimit, fc *filter.Context, now func() time.Time) (*Filter, error) {
+	c, err := newConfig(cfg, fc, now)
+	if err != nil {
+		return nil, err
+	}
+	return &Filter{config: c, pr: fc.PerRoute(), rt: fc.Runtime, log: fc.Logger, rand: rand.Uint64}, nil
+}
+
+// newConfig compiles cfg, making its bucket and stats.
+func newConfig(cfg *lrlv3.LocalRateLimit, fc *filter.Context, now func() time.Time) (*config, error) {
 	// always_consume_default_token_bucket only matters with descriptors, which
 	// are refused; it is accepted so that configs that spell the default out
 	// load.
@@ -71,16 +101,13 @@ func New(cfg *lrlv3.LocalRateLimit, fc *filter.Context, now func() time.Time) (*
 		"rate_limited_as_resource_exhausted", "enable_retry_after_header", "always_consume_default_token_bucket"); err != nil {
 		return nil, err
 	}
-	f := &Filter{
+	f := &config{
 		status:     429,
 		enabled:    runtime.RuntimeFractionOf(cfg.GetFilterEnabled(), runtime.Fraction{Denominator: 100}),
 		enforced:   runtime.RuntimeFractionOf(cfg.GetFilterEnforced(), runtime.Fraction{Denominator: 100}),
 		xHeaders:   cfg.GetEnableXRatelimitHeaders() == ratelimitv3.XRateLimitHeadersRFCVersion_DRAFT_VERSION_03,
 		retryAfter: cfg.GetEnableRetryAfterHeader(),
 		grpcStatus: -1,
-		rt:         fc.Runtime,
-		log:        fc.Logger,
-		rand:       rand.Uint64,
 	}
 	if s := cfg.GetStatus(); s != nil {
 		if err := cfgerr.OnlyFields(s, "code"); err != nil {
@@ -130,8 +157,9 @@ type lrlStats struct {
 	enabled, enforced, rateLimited, ok stats.Counter
 }
 
-// Filter is a built local_ratelimit filter.
-type Filter struct {
+// config is a compiled LocalRateLimit with its bucket and stats: the
+// filter's own, or a route's.
+type config struct {
 	bucket     *Bucket // nil: no token_bucket, so no limit
 	limit      string  // max_tokens, for x-ratelimit-limit
 	status     int
@@ -145,9 +173,32 @@ type Filter struct {
 	responseHeaders kit.HeaderAdds
 
 	stats lrlStats
-	rt    *runtime.Loader
-	log   *slog.Logger
-	rand  func() uint64
+}
+
+// Filter is a built local_ratelimit filter.
+type Filter struct {
+	*config // the filter's own; a route's replaces it (see configFor)
+
+	pr   filter.PerRoute
+	rt   *runtime.Loader
+	log  *slog.Logger
+	rand func() uint64
+}
+
+// PerRoute implements filter.RouteAware.
+func (f *Filter) PerRoute() filter.PerRoute { return f.pr }
+
+// configFor returns the config for e: the route's LocalRateLimit if it has
+// one, else the filter's; nil when the route disables the filter.
+func (f *Filter) configFor(e *http.Exchange) *config {
+	pf, on := f.pr.Lookup(e)
+	if !on {
+		return nil
+	}
+	if c, ok := pf.Config().(*config); ok {
+		return c
+	}
+	return f.config
 }
 
 // sampleSalt decorrelates the enabled decision from other filters' samples.
@@ -155,35 +206,39 @@ const sampleSalt = 0x6c726c
 
 // OnRequest implements http.Filter.
 func (f *Filter) OnRequest(e *http.Exchange) http.Action {
+	c := f.configFor(e)
+	if c == nil {
+		return http.Continue
+	}
 	snap := f.rt.Current()
 	// Enabled is sampled with the exchange's own value so that OnResponse
 	// agrees on it (see kit.Sample).
-	if !f.enabled.Enabled(snap, kit.Sample(e, sampleSalt)) {
+	if !c.enabled.Enabled(snap, kit.Sample(e, sampleSalt)) {
 		return http.Continue
 	}
-	f.stats.enabled.Inc()
-	if f.bucket == nil || f.bucket.Consume() {
-		f.stats.ok.Inc()
+	c.stats.enabled.Inc()
+	if c.bucket == nil || c.bucket.Consume() {
+		c.stats.ok.Inc()
 		return http.Continue
 	}
-	f.stats.rateLimited.Inc()
-	if !f.enforced.Enabled(snap, f.rand()) {
-		f.requestHeaders.Apply(e.Request)
+	c.stats.rateLimited.Inc()
+	if !c.enforced.Enabled(snap, f.rand()) {
+		c.requestHeaders.Apply(e.Request)
 		return http.Continue
 	}
-	f.stats.enforced.Inc()
-	f.responseHeaders.Apply(&e.Response)
-	if f.retryAfter && f.status == 429 && !e.Response.Has(HeaderRetry) {
-		secs := max(1, ceilSeconds(f.bucket.NextToken()))
+	c.stats.enforced.Inc()
+	c.responseHeaders.Apply(&e.Response)
+	if c.retryAfter && c.status == 429 && !e.Response.Has(HeaderRetry) {
+		secs := max(1, ceilSeconds(c.bucket.NextToken()))
 		var b [20]byte
 		e.Response.Add(HeaderRetry, string(strconv.AppendUint(b[:0], secs, 10)))
 	}
-	f.addXHeaders(&e.Response)
+	c.addXHeaders(&e.Response)
 	var err error
-	if f.grpcStatus >= 0 {
-		err = e.LocalReplyGRPC(f.status, uint32(f.grpcStatus), Body, ResponseCodeDetails, http.FlagRateLimited)
+	if c.grpcStatus >= 0 {
+		err = e.LocalReplyGRPC(c.status, uint32(c.grpcStatus), Body, ResponseCodeDetails, http.FlagRateLimited)
 	} else {
-		err = e.LocalReply(f.status, Body, ResponseCodeDetails, http.FlagRateLimited)
+		err = e.LocalReply(c.status, Body, ResponseCodeDetails, http.FlagRateLimited)
 	}
 	if err != nil {
 		f.log.Debug("local_ratelimit: sending the reply failed", "error", err)
@@ -196,16 +251,17 @@ func (f *Filter) OnRequest(e *http.Exchange) http.Action {
 // x-ratelimit-limit, -remaining and -reset, read from the shared bucket as the
 // response goes out, as Envoy reads them.
 func (f *Filter) OnResponse(e *http.Exchange) {
-	if !f.xHeaders || f.bucket == nil || e.Info.ResponseCodeDetails == ResponseCodeDetails {
-		return // no headers wanted, or a reply of ours that has them already
+	c := f.configFor(e)
+	if c == nil || !c.xHeaders || c.bucket == nil || e.Info.ResponseCodeDetails == ResponseCodeDetails {
+		return // disabled, no headers wanted, or a reply of ours that has them already
 	}
-	if !f.enabled.Enabled(f.rt.Current(), kit.Sample(e, sampleSalt)) {
+	if !c.enabled.Enabled(f.rt.Current(), kit.Sample(e, sampleSalt)) {
 		return
 	}
-	f.addXHeaders(&e.Response)
+	c.addXHeaders(&e.Response)
 }
 
-func (f *Filter) addXHeaders(h *http.Header) {
+func (f *config) addXHeaders(h *http.Header) {
 	if !f.xHeaders || f.bucket == nil {
 		return
 	}

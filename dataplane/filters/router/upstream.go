@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"strconv"
@@ -169,7 +168,9 @@ func (q *rq) end() {
 // run forwards the request.
 func (q *rq) run() {
 	e, rt := q.e, q.rt
-	name := rt.ClusterFor(e.Request, rand.Uint64())
+	// The exchange's random value, which HTTP filters looked up the weighted
+	// cluster's typed_per_filter_config with.
+	name := rt.ClusterFor(e.Request, route.ExchangeRandom(e))
 	var cl *upstream.Cluster
 	if name != "" {
 		cl = q.r.clusters.Get(name)

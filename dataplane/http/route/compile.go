@@ -26,6 +26,12 @@ type Options struct {
 	// names; not those read from headers) must exist. When ClusterExists is
 	// nil there is nothing to check against and the check is the caller's.
 	ClusterExists func(name string) bool
+	// FilterConfigs builds the HTTP filters' per-route configurations
+	// (typed_per_filter_config of the route configuration, its virtual hosts,
+	// routes and weighted clusters). The HTTP filter registry provides it
+	// (filter.Registry.RouteConfigs). When nil, a typed_per_filter_config
+	// entry is an error.
+	FilterConfigs FilterConfigBuilder
 }
 
 // Compile validates a RouteConfiguration (as RDS delivers it) and compiles it
@@ -49,6 +55,12 @@ type compiler struct {
 	maxBody          uint32
 	mostSpecificWins bool
 	cfgReq, cfgResp  *headerMutation
+
+	// typed_per_filter_config of the levels above the route being compiled,
+	// and the names of those levels for errors.
+	rcFilters, vhFilters []levelConfig
+	vhMerged             []PerFilterConfig
+	rcWhere, vhWhere     string
 }
 
 func compile(rc *routev3.RouteConfiguration, opts Options, inline bool) (*Table, error) {
@@ -58,7 +70,7 @@ func compile(rc *routev3.RouteConfiguration, opts Options, inline bool) (*Table,
 	if err := cfgerr.OnlyFields(rc, "name", "virtual_hosts", "response_headers_to_add", "response_headers_to_remove",
 		"request_headers_to_add", "request_headers_to_remove", "most_specific_header_mutations_wins",
 		"validate_clusters", "max_direct_response_body_size_bytes", "ignore_port_in_host_matching",
-		"ignore_path_parameters_in_path_matching", "metadata"); err != nil {
+		"ignore_path_parameters_in_path_matching", "metadata", "typed_per_filter_config"); err != nil {
 		return nil, err
 	}
 	if err := cfgerr.Validate(rc); err != nil {
@@ -81,6 +93,10 @@ func compile(rc *routev3.RouteConfiguration, opts Options, inline bool) (*Table,
 		return nil, err
 	}
 	if c.cfgResp, err = compileMutation("response_headers_to_add", rc.GetResponseHeadersToAdd(), "response_headers_to_remove", rc.GetResponseHeadersToRemove()); err != nil {
+		return nil, err
+	}
+	c.rcWhere = describe("route configuration", rc.GetName(), "")
+	if c.rcFilters, err = c.filterConfigs(rc.GetTypedPerFilterConfig(), c.rcWhere); err != nil {
 		return nil, err
 	}
 	t := &Table{
@@ -152,7 +168,8 @@ func sortWildcards(m map[int]map[string]*VirtualHost) []wildcards {
 func (c *compiler) virtualHost(pb *routev3.VirtualHost) (*VirtualHost, error) {
 	if err := cfgerr.OnlyFields(pb, "name", "domains", "routes", "request_headers_to_add", "request_headers_to_remove",
 		"response_headers_to_add", "response_headers_to_remove", "include_request_attempt_count",
-		"include_attempt_count_in_response", "include_is_timeout_retry_header", "retry_policy", "metadata"); err != nil {
+		"include_attempt_count_in_response", "include_is_timeout_retry_header", "retry_policy", "metadata",
+		"typed_per_filter_config"); err != nil {
 		return nil, err
 	}
 	vh := &VirtualHost{
@@ -177,6 +194,11 @@ func (c *compiler) virtualHost(pb *routev3.VirtualHost) (*VirtualHost, error) {
 			return nil, cfgerr.Field("retry_policy", err)
 		}
 	}
+	c.vhWhere = describe("virtual host", pb.GetName(), c.rcWhere)
+	if c.vhFilters, err = c.filterConfigs(pb.GetTypedPerFilterConfig(), c.vhWhere); err != nil {
+		return nil, err
+	}
+	c.vhMerged = mergeFilterConfigs(c.vhFilters, c.rcFilters)
 	for i, rpb := range pb.GetRoutes() {
 		r, err := c.route(rpb, vh, retry, req, resp)
 		if err != nil {
@@ -208,7 +230,8 @@ func (c *compiler) levels(route, vhost, config *headerMutation) []*headerMutatio
 // (nil if none) the route inherits.
 func (c *compiler) route(pb *routev3.Route, vh *VirtualHost, vhRetry *RetryPolicy, vhReq, vhResp *headerMutation) (*Route, error) {
 	if err := cfgerr.OnlyFields(pb, "name", "match", "route", "redirect", "direct_response", "metadata", "decorator",
-		"request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove"); err != nil {
+		"request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
+		"typed_per_filter_config"); err != nil {
 		return nil, err
 	}
 	r := &Route{Name: pb.GetName(), VirtualHost: vh, Metadata: pb.GetMetadata()}
@@ -227,6 +250,15 @@ func (c *compiler) route(pb *routev3.Route, vh *VirtualHost, vhRetry *RetryPolic
 	}
 	r.reqMut = c.levels(req, vhReq, c.cfgReq)
 	r.respMut = c.levels(resp, vhResp, c.cfgResp)
+	where := describe("route", pb.GetName(), c.vhWhere)
+	routeFilters, err := c.filterConfigs(pb.GetTypedPerFilterConfig(), where)
+	if err != nil {
+		return nil, err
+	}
+	r.perFilter = c.vhMerged
+	if routeFilters != nil {
+		r.perFilter = mergeFilterConfigs(routeFilters, c.vhFilters, c.rcFilters)
+	}
 	if d := pb.GetDecorator(); d != nil {
 		if err := cfgerr.OnlyFields(d, "operation", "propagate"); err != nil {
 			return nil, cfgerr.Field("decorator", err)
@@ -236,7 +268,7 @@ func (c *compiler) route(pb *routev3.Route, vh *VirtualHost, vhRetry *RetryPolic
 	switch a := pb.GetAction().(type) {
 	case *routev3.Route_Route:
 		r.Action = Forward
-		if err := c.routeAction(r, a.Route, vhRetry); err != nil {
+		if err := c.routeAction(r, a.Route, vhRetry, routeFilters, where); err != nil {
 			return nil, cfgerr.Field("route", err)
 		}
 	case *routev3.Route_Redirect:
@@ -304,7 +336,10 @@ func compileRouteMatch(pb *routev3.RouteMatch) (routeMatch, error) {
 	return m, nil
 }
 
-func (c *compiler) routeAction(r *Route, pb *routev3.RouteAction, vhRetry *RetryPolicy) error {
+// routeAction compiles a route's RouteAction; routeFilters are the route's
+// own typed_per_filter_config (the level below a weighted cluster's) and where
+// names the route for errors.
+func (c *compiler) routeAction(r *Route, pb *routev3.RouteAction, vhRetry *RetryPolicy, routeFilters []levelConfig, where string) error {
 	// max_grpc_timeout and grpc_timeout_offset are deprecated, but Istio sends them.
 	if err := cfgerr.OnlyFields(pb, "cluster", "cluster_header", "weighted_clusters", "cluster_not_found_response_code",
 		"prefix_rewrite", "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "host_rewrite_header",
@@ -321,7 +356,7 @@ func (c *compiler) routeAction(r *Route, pb *routev3.RouteAction, vhRetry *Retry
 	case *routev3.RouteAction_ClusterHeader:
 		r.clusters.header = lowerASCII(cs.ClusterHeader)
 	case *routev3.RouteAction_WeightedClusters:
-		w, err := c.weightedClusters(cs.WeightedClusters)
+		w, err := c.weightedClusters(cs.WeightedClusters, r, routeFilters, where)
 		if err != nil {
 			return cfgerr.Field("weighted_clusters", err)
 		}
@@ -426,7 +461,7 @@ func (c *compiler) checkCluster(field, name string) error {
 	return nil
 }
 
-func (c *compiler) weightedClusters(pb *routev3.WeightedCluster) (*weightedClusters, error) {
+func (c *compiler) weightedClusters(pb *routev3.WeightedCluster, r *Route, routeFilters []levelConfig, where string) (*weightedClusters, error) {
 	// total_weight is deprecated, but when a control plane sends it its rule holds.
 	if err := cfgerr.OnlyFields(pb, "clusters", "total_weight", "header_name", "use_hash_policy"); err != nil {
 		return nil, err
@@ -436,7 +471,7 @@ func (c *compiler) weightedClusters(pb *routev3.WeightedCluster) (*weightedClust
 	}
 	w := &weightedClusters{header: lowerASCII(pb.GetHeaderName())}
 	for i, cw := range pb.GetClusters() {
-		if err := cfgerr.OnlyFields(cw, "name", "cluster_header", "weight"); err != nil {
+		if err := cfgerr.OnlyFields(cw, "name", "cluster_header", "weight", "typed_per_filter_config"); err != nil {
 			return nil, cfgerr.Index("clusters", i, err)
 		}
 		switch {
@@ -451,6 +486,18 @@ func (c *compiler) weightedClusters(pb *routev3.WeightedCluster) (*weightedClust
 			}
 		}
 		e := weightedEntry{name: cw.GetName(), header: lowerASCII(cw.GetClusterHeader()), weight: uint64(cw.GetWeight().GetValue())}
+		cwName := cw.GetName()
+		if cwName == "" {
+			cwName = "cluster_header " + cw.GetClusterHeader()
+		}
+		own, err := c.filterConfigs(cw.GetTypedPerFilterConfig(), describe("weighted cluster", cwName, where))
+		if err != nil {
+			return nil, cfgerr.Index("clusters", i, err)
+		}
+		if own != nil {
+			w.perFilter = true
+			e.perFilter = mergeFilterConfigs(own, routeFilters, c.vhFilters, c.rcFilters)
+		}
 		w.total += e.weight
 		if w.total > math.MaxUint32 {
 			return nil, cfgerr.Errorf("clusters", "the weights add up to more than %d", uint32(math.MaxUint32))
@@ -459,6 +506,15 @@ func (c *compiler) weightedClusters(pb *routev3.WeightedCluster) (*weightedClust
 	}
 	if w.total == 0 {
 		return nil, cfgerr.Errorf("clusters", "the sum of the weights must be greater than 0")
+	}
+	if w.perFilter {
+		// The clusters without a typed_per_filter_config of their own see the
+		// route's.
+		for i := range w.entries {
+			if w.entries[i].perFilter == nil {
+				w.entries[i].perFilter = r.perFilter
+			}
+		}
 	}
 	//lint:ignore SA1019 see above
 	if tw := pb.GetTotalWeight(); tw != nil && tw.GetValue() > 0 && uint64(tw.GetValue()) != w.total {

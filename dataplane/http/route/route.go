@@ -108,6 +108,7 @@ type Route struct {
 	reqMut      []*headerMutation
 	respMut     []*headerMutation
 	statusText  string
+	perFilter   []PerFilterConfig // typed_per_filter_config of every level, merged (see PerFilter)
 }
 
 // Decorator is a route's envoy.config.route.v3.Decorator.
@@ -236,14 +237,16 @@ type clusterSpec struct {
 }
 
 type weightedClusters struct {
-	entries []weightedEntry
-	total   uint64
-	header  string // header_name: the random value's source
+	entries   []weightedEntry
+	total     uint64
+	header    string // header_name: the random value's source
+	perFilter bool   // a cluster has a typed_per_filter_config: look at the entries'
 }
 
 type weightedEntry struct {
 	name, header string
 	weight       uint64
+	perFilter    []PerFilterConfig // when the weightedClusters' perFilter is set
 }
 
 // pathRewrite is prefix_rewrite or regex_rewrite.
@@ -301,6 +304,15 @@ func (r *Route) ClusterFor(h *http.Header, rnd uint64) string {
 }
 
 func (w *weightedClusters) pick(h *http.Header, rnd uint64) string {
+	e := &w.entries[w.index(h, rnd)]
+	if e.header != "" {
+		return h.Value(e.header)
+	}
+	return e.name
+}
+
+// index is the position of the cluster a request picks.
+func (w *weightedClusters) index(h *http.Header, rnd uint64) int {
 	sel := rnd
 	if w.header != "" {
 		var stack [2]string
@@ -313,16 +325,12 @@ func (w *weightedClusters) pick(h *http.Header, rnd uint64) string {
 	sel %= w.total
 	var end uint64
 	for i := range w.entries {
-		e := &w.entries[i]
-		end += e.weight
+		end += w.entries[i].weight
 		if sel < end {
-			if e.header != "" {
-				return h.Value(e.header)
-			}
-			return e.name
+			return i
 		}
 	}
-	return "" // unreachable: sel < total
+	return len(w.entries) - 1 // unreachable: sel < total
 }
 
 // simpleAtoiUint64 is absl::SimpleAtoi for uint64: surrounding ASCII

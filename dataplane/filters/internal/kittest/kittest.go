@@ -1,5 +1,6 @@
 // Package kittest helps test HTTP filters without a connection manager: a
-// recording ServerStream and Exchanges built on it.
+// recording ServerStream, Exchanges built on it, and route tables whose
+// typed_per_filter_config the filters' factories build (Routes, Routed).
 package kittest
 
 import (
@@ -8,9 +9,14 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"testing"
+
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 
 	"github.com/skiffproxy/skiff/dataplane/filter"
 	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/dataplane/http/route"
+	"github.com/skiffproxy/skiff/internal/protoyaml"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
 
@@ -163,3 +169,36 @@ func Value(st *stats.Store, name string) (int64, bool) {
 
 // Addr parses an address:port, panicking on error (tests only).
 func Addr(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+// Routes compiles a RouteConfiguration written in YAML as a connection
+// manager's inline route_config, its typed_per_filter_config entries built by
+// reg's factories with fc.
+func Routes(tb testing.TB, reg *filter.Registry, fc *filter.Context, y string) *route.Table {
+	tb.Helper()
+	t, err := CompileRoutes(tb, reg, fc, y)
+	if err != nil {
+		tb.Fatalf("compiling the routes: %v", err)
+	}
+	return t
+}
+
+// CompileRoutes is Routes returning the compile error.
+func CompileRoutes(tb testing.TB, reg *filter.Registry, fc *filter.Context, y string) (*route.Table, error) {
+	tb.Helper()
+	var rc routev3.RouteConfiguration
+	if err := protoyaml.Unmarshal([]byte(y), &rc); err != nil {
+		tb.Fatalf("parsing %s: %v", y, err)
+	}
+	return route.CompileInline(&rc, route.Options{FilterConfigs: reg.RouteConfigs(fc)})
+}
+
+// Routed returns an Exchange like Exchange's (with :authority host), its
+// Route matched in t (nil when no route matches).
+func Routed(t *route.Table, method, host, path string, kv ...string) (*http.Exchange, *Stream) {
+	e, s := Exchange(method, path, kv...)
+	e.Request.Set(http.Authority, host)
+	if r := t.Match(e.Request); r != nil {
+		e.Route = r
+	}
+	return e, s
+}
