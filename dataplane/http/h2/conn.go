@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 
@@ -128,9 +129,17 @@ type conn struct {
 	writerDone chan struct{}
 
 	// Server side.
-	ctx      context.Context // Serve's: the parent of the streams' contexts
-	handler  http.Handler
-	handlers sync.WaitGroup
+	ctx        context.Context // Serve's
+	streamsCtx context.Context // the parent of the streams' contexts (a child of ctx)
+	handler    http.Handler
+	handlers   sync.WaitGroup
+	// The handler goroutines: one that finished its stream waits on work
+	// for the next (nil: exit), up to maxIdleWorkers of them, so that a
+	// stream costs no goroutine start (nor the growth of a new stack).
+	work        chan *stream
+	idleWorkers int  // waiting on work (under mu)
+	workClosed  bool // work is closed: the connection is done (under mu)
+	workers     sync.WaitGroup
 
 	mu          sync.Mutex
 	wcond       sync.Cond
@@ -1092,15 +1101,25 @@ func (c *conn) writeLoop() {
 	defer close(c.writerDone)
 	err := c.writePreamble()
 	var it writeItem
+	yielded := false
 	for err == nil {
 		c.mu.Lock()
 		if !c.haveWork() && !c.wstop {
 			c.mu.Unlock()
 			if c.bw.Buffered() > 0 {
+				if !yielded {
+					// Before the write, let the goroutines ready to run
+					// (handlers whose responses just arrived) queue their
+					// frames too, so that one system call carries them all.
+					yielded = true
+					runtime.Gosched()
+					continue
+				}
 				if err = c.bw.Flush(); err != nil {
 					break
 				}
 			}
+			yielded = false
 			c.mu.Lock()
 			for !c.haveWork() && !c.wstop {
 				c.wcond.Wait()

@@ -9,7 +9,11 @@
 // parses frames and acts on them, and a writer goroutine that owns the
 // socket's writes: control frames first, then one frame at a time from the
 // streams with something to send, round robin, flushing when it runs out of
-// work, so frames from many streams share system calls. Streams' users never
+// work, so frames from many streams share system calls (before it flushes it
+// yields once, so that handlers ready to run add their frames to the same
+// write). On the server each stream's handler runs on a goroutine of the
+// connection's: one that finished a stream waits for the next, up to a few
+// per connection, so that a stream starts no goroutine. Streams' users never
 // block on the socket: Write copies into the stream's pooled send buffer and
 // blocks only while it is full, which the peer's flow-control windows govern.
 //
@@ -37,8 +41,9 @@
 // Server streams are pooled per Server, client streams per ClientConn (when
 // their user calls Close); bodies move through bufpool buffers; header blocks
 // are decoded straight into the stream's reused http.Header. A small request
-// and its response cost one allocation in steady state, both sides together:
-// the handler's goroutine (a stream's Context, when asked for, adds a few). HPACK's encoder keeps the strings of the
+// and its response cost no allocation in steady state, both sides together,
+// the handler's goroutine being reused (a stream's Context, when asked for,
+// adds a few). HPACK's encoder keeps the strings of the
 // fields it indexes, while a Header's strings live only as long as its buffer:
 // fields the encoder may index are given as interned copies, bounded in
 // number, and large ones as never-indexed literals.

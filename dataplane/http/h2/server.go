@@ -57,6 +57,11 @@ var _ http.ServerCodec = (*ServerConn)(nil)
 func (sc *ServerConn) Serve(ctx context.Context, nc net.Conn, h http.Handler) error {
 	c := newConn(nc, false, sc.srv.cfg)
 	c.pool, c.ctx, c.handler = &sc.srv.streams, ctx, h
+	// The streams' contexts hang off one of the connection's own, not off
+	// ctx, which the listener's other connections share.
+	var cancelStreams context.CancelFunc
+	c.streamsCtx, cancelStreams = context.WithCancel(ctx)
+	defer cancelStreams()
 	sc.mu.Lock()
 	if sc.c != nil {
 		sc.mu.Unlock()
@@ -67,6 +72,7 @@ func (sc *ServerConn) Serve(ctx context.Context, nc net.Conn, h http.Handler) er
 	drain := sc.drain
 	sc.mu.Unlock()
 
+	c.work = make(chan *stream)
 	go c.writeLoop()
 	c.mu.Lock()
 	c.armIdleLocked()
@@ -79,6 +85,11 @@ func (sc *ServerConn) Serve(ctx context.Context, nc net.Conn, h http.Handler) er
 	stop()
 	c.teardown(err)
 	c.handlers.Wait()
+	c.mu.Lock()
+	c.workClosed = true
+	close(c.work)
+	c.mu.Unlock()
+	c.workers.Wait()
 	return err
 }
 
@@ -187,8 +198,44 @@ func (c *conn) serverHeaders() error {
 	s.headerEnded = hb.endStream
 	s.held = true
 	c.handlers.Add(1)
-	go c.runHandler(s)
+	c.dispatchLocked(s)
 	return nil
+}
+
+// maxIdleWorkers bounds the handler goroutines a connection keeps waiting
+// for streams.
+const maxIdleWorkers = 8
+
+// dispatchLocked runs the handler of s on an idle handler goroutine of the
+// connection, or on a new one.
+func (c *conn) dispatchLocked(s *stream) {
+	if c.idleWorkers > 0 && !c.workClosed {
+		select {
+		case c.work <- s:
+			c.idleWorkers--
+			return
+		default: // (it is between streams)
+		}
+	}
+	c.workers.Add(1)
+	go c.worker(s)
+}
+
+// worker runs handlers: s's, then those dispatchLocked hands it, until the
+// connection ends or enough others wait.
+func (c *conn) worker(s *stream) {
+	defer c.workers.Done()
+	for s != nil {
+		c.runHandler(s)
+		c.mu.Lock()
+		if c.closed || c.workClosed || c.idleWorkers >= maxIdleWorkers {
+			c.mu.Unlock()
+			return
+		}
+		c.idleWorkers++
+		c.mu.Unlock()
+		s = <-c.work
+	}
 }
 
 func (c *conn) runHandler(s *stream) {

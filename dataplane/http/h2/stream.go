@@ -166,7 +166,7 @@ func (s *stream) Context() context.Context {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if s.ctx == nil {
-		parent := c.ctx
+		parent := c.streamsCtx
 		if parent == nil {
 			parent = context.Background()
 		}

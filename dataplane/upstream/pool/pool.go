@@ -291,11 +291,12 @@ func (p *Pool) Acquire(ctx context.Context, stop <-chan struct{}) (*Conn, http.C
 				continue
 			}
 		} else {
+			now := time.Now()
 			for len(p.idle) > 0 {
 				c := p.idle[len(p.idle)-1]
 				p.idle[len(p.idle)-1] = nil
 				p.idle = p.idle[:len(p.idle)-1]
-				if !p.reusable(c, time.Now()) {
+				if !p.reusable(c, now) {
 					p.closeLocked(c)
 					continue
 				}
@@ -309,7 +310,7 @@ func (p *Pool) Acquire(ctx context.Context, stop <-chan struct{}) (*Conn, http.C
 					continue
 				}
 				c.requests++
-				p.lastUsed = time.Now()
+				p.lastUsed = now
 				p.mu.Unlock()
 				return c, s, nil
 			}
