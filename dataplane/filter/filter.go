@@ -54,6 +54,8 @@ type Conn struct {
 	Logger *slog.Logger
 
 	draining <-chan struct{}
+	onDrain  atomic.Pointer[func()]
+	drained  atomic.Bool // the hook ran (or there will be none)
 	mover    atomic.Pointer[moverBox]
 	moved    atomic.Bool
 }
@@ -158,6 +160,29 @@ func (c *Conn) Draining() <-chan struct{} { return c.draining }
 // SetDraining is called by the listener once it has chosen the connection's
 // filter chain: draining is that chain's drain signal.
 func (c *Conn) SetDraining(draining <-chan struct{}) { c.draining = draining }
+
+// OnDrain makes f run once when the connection's chain drains, at once if it
+// drains already. The listener runs it before the drain it was asked for
+// returns, so that a drain is in effect (an HTTP/1.1 response in preparation
+// says "connection: close") by the time it is reported begun. f must not
+// block.
+func (c *Conn) OnDrain(f func()) {
+	c.onDrain.Store(&f)
+	select {
+	case <-c.draining:
+		c.Drain()
+	default:
+	}
+}
+
+// Drain runs the connection's drain hook, once; the listener calls it for
+// every connection of a chain that drains.
+func (c *Conn) Drain() {
+	f := c.onDrain.Load()
+	if f != nil && c.drained.CompareAndSwap(false, true) {
+		(*f)()
+	}
+}
 
 // ListenerFilter runs on a new connection before its filter chain is chosen. It
 // may peek at the first bytes the client sent and set Conn fields the chain match

@@ -73,8 +73,17 @@ func (s *ConnSet) Len() int {
 	return len(s.conns)
 }
 
-// Drain asks every connection, present and future, to end at its next safe point.
-func (s *ConnSet) Drain() { s.drainOne.Do(func() { close(s.draining) }) }
+// Drain asks every connection, present and future, to end at its next safe
+// point: the drain hooks of the connections present have run when it returns
+// (see filter.Conn.OnDrain).
+func (s *ConnSet) Drain() {
+	s.drainOne.Do(func() {
+		close(s.draining)
+		for _, c := range s.Snapshot() {
+			c.Drain()
+		}
+	})
+}
 
 // Wait blocks until the set is empty or ctx is done, and returns ctx's error in
 // the latter case.

@@ -121,15 +121,10 @@ func (m *Manager) serveConn(ctx context.Context, fc *filter.Conn, moved *filter.
 	}
 
 	// Drain: the connection's chain is retired, or skiff shuts down.
-	done := make(chan struct{})
-	go func() {
-		select {
-		case <-fc.Draining():
-			m.stats.cxDrain.Inc()
-			c.codec.Drain()
-		case <-done:
-		}
-	}()
+	fc.OnDrain(func() {
+		m.stats.cxDrain.Inc()
+		c.codec.Drain()
+	})
 	if m.maxConnDuration > 0 {
 		t := time.AfterFunc(m.maxConnDuration, func() {
 			m.stats.cxMaxDuration.Inc()
@@ -142,7 +137,6 @@ func (m *Manager) serveConn(ctx context.Context, fc *filter.Conn, moved *filter.
 		fc.SetMover(c)
 	}
 	err := c.codec.Serve(ctx, cc, c)
-	close(done)
 	if errors.Is(err, h1.ErrDetached) {
 		// A hot restart took the idle connection: wait until the successor
 		// has its copy, which Release closes here.

@@ -46,6 +46,8 @@ type env struct {
 	addr     string
 	draining chan struct{}
 	drainOne sync.Once
+	connsMu  sync.Mutex
+	conns    []*filter.Conn
 	ids      atomic.Uint64
 }
 
@@ -128,6 +130,9 @@ func (e *env) serve() {
 			}
 			fc := filter.NewConn(c, e.ids.Add(1), "test", testLog)
 			fc.SetDraining(e.draining)
+			e.connsMu.Lock()
+			e.conns = append(e.conns, fc)
+			e.connsMu.Unlock()
 			wg.Go(func() { e.mgr.ServeConn(ctx, fc) })
 		}
 	})
@@ -140,8 +145,19 @@ func (e *env) serve() {
 	})
 }
 
-// drain makes every connection drain (as a retired filter chain's do).
-func (e *env) drain() { e.drainOne.Do(func() { close(e.draining) }) }
+// drain makes every connection drain (as a retired filter chain's do: see
+// listener.ConnSet.Drain).
+func (e *env) drain() {
+	e.drainOne.Do(func() {
+		close(e.draining)
+		e.connsMu.Lock()
+		conns := e.conns
+		e.connsMu.Unlock()
+		for _, c := range conns {
+			c.Drain()
+		}
+	})
+}
 
 // stat returns a counter's or gauge's value.
 func (e *env) stat(name string) int64 {

@@ -165,7 +165,14 @@ func (st *stream) routeIdle(r *route.Route) {
 func (st *stream) finish() {
 	m, e := st.m, &st.ex
 	st.stopTimers()
-	if reason := e.Interrupted(); reason == errDownstreamGone {
+	reason := e.Interrupted()
+	if reason == errDownstreamGone && st.ended {
+		// The client went away after the whole response: nothing was cut
+		// short (the router may still have been tidying its upstream
+		// request up after a local reply).
+		reason = nil
+	}
+	if reason == errDownstreamGone {
 		e.Info.ResponseFlags |= http.FlagDownstreamConnectionTermination
 		m.stats.rqRxReset.Inc()
 		st.Reset(http.ResetCancel)
