@@ -883,7 +883,8 @@ func splitPort(t testing.TB, addr string) (string, string) {
 	return host, port
 }
 
-// TestHotRestartFigures measures hot restarts under load, for each trigger:
+// TestHotRestartFigures measures hot restarts under load (as
+// TestHotRestartUnderLoad's, but for the idle connections), for each trigger:
 // the time from the trigger until the successor accepts (its first "listener
 // bound", on an inherited socket), until it has taken over ("took over from the
 // parent"), until it logs "skiff started", and until the parent has exited;
@@ -910,21 +911,22 @@ func TestHotRestartFigures(t *testing.T) {
 			web := startHTTPUpstream(t)
 			echo := startUpstream(t, "127.0.0.1", longEchoHandler)
 			f := startFleet(t, loadTestBootstrap(t, web.Addr, echo.Addr))
-			httpAddr := f.addr("http")
+			httpAddr, hcmAddr := f.addr("http"), f.addr("hcm")
 			ss := startStreams(t, f.addr("tcp"), 4)
 			pid := f.current()
 			for i := range reps {
 				closing, keepAlive := startHTTPLoad(t, httpAddr, false), startHTTPLoad(t, httpAddr, true)
+				hcmKeepAlive := startHTTPLoad(t, hcmAddr, true)
 				web.waitServed(t, web.served.Load(), 200, 15*time.Second, "load before the restart")
 				from := f.mark()
 				h := f.restart(how, pid)
 				web.waitServed(t, web.served.Load(), 200, 15*time.Second, "load after the restart")
-				rc, rk := closing.stop(t), keepAlive.stop(t)
+				rc, rk, rh := closing.stop(t), keepAlive.stop(t), hcmKeepAlive.stop(t)
 				bound, _ := f.waitMsg(from, time.Second, "listener bound")
 				r := row{
 					accepting: logTime(t, bound).Sub(h.trigger), tookOver: h.tookOver.Sub(h.trigger),
 					started: h.started.Sub(h.trigger), parentExit: h.parentExit.Sub(h.trigger),
-					requests: rc.requests + rk.requests, failed: rc.failures + rk.failures, moved: h.moved,
+					requests: rc.requests + rk.requests + rh.requests, failed: rc.failures + rk.failures + rh.failures, moved: h.moved,
 				}
 				summary[how] = append(summary[how], r)
 				t.Logf("%s #%d: accepting %v, took over %v, started %v, parent exited %v; %d requests, %d failed; %d connections moved",
