@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unsafe"
 )
 
 // Exchange is one request and its response as the HTTP connection manager runs
@@ -92,6 +93,24 @@ func (e *Exchange) SetInterrupter(i Interrupter) error {
 	}
 	e.interrupter = i
 	return nil
+}
+
+// Random returns a pseudo-random value fixed for the exchange: the same each
+// time it is asked with the same salt during one exchange, different from one
+// exchange to the next. Filters whose decisions must agree across the
+// exchange (a fraction sampled in OnRequest and looked at again in
+// OnResponse; the weighted cluster a filter looks up and the one the router
+// picks) use it, since a Filter keeps no per-stream state; salt decorrelates
+// unrelated decisions.
+func (e *Exchange) Random(salt uint64) uint64 {
+	x := uint64(e.Info.Start.UnixNano()) ^ uint64(uintptr(unsafe.Pointer(e)))<<1 ^ salt
+	// splitmix64's finalizer.
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
 }
 
 // NewExchange returns an Exchange for a stream.

@@ -22,6 +22,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/filter"
 	"github.com/skiffproxy/skiff/dataplane/filters/internal/kit"
 	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/dataplane/http/route"
 	"github.com/skiffproxy/skiff/dataplane/runtime"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 	"github.com/skiffproxy/skiff/internal/stats"
@@ -137,10 +138,10 @@ func newConfig(cfg *lrlv3.LocalRateLimit, fc *filter.Context, now func() time.Ti
 		f.limit = strconv.FormatUint(uint64(tb.GetMaxTokens()), 10)
 	}
 	var err error
-	if f.requestHeaders, err = kit.CompileHeaderAdds("request_headers_to_add_when_not_enforced", cfg.GetRequestHeadersToAddWhenNotEnforced()); err != nil {
+	if f.requestHeaders, err = route.CompileHeadersToAdd("request_headers_to_add_when_not_enforced", cfg.GetRequestHeadersToAddWhenNotEnforced()); err != nil {
 		return nil, err
 	}
-	if f.responseHeaders, err = kit.CompileHeaderAdds("response_headers_to_add", cfg.GetResponseHeadersToAdd()); err != nil {
+	if f.responseHeaders, err = route.CompileHeadersToAdd("response_headers_to_add", cfg.GetResponseHeadersToAdd()); err != nil {
 		return nil, err
 	}
 	prefix := cfg.GetStatPrefix() + ".http_local_rate_limit."
@@ -169,8 +170,8 @@ type config struct {
 	xHeaders   bool
 	retryAfter bool
 
-	requestHeaders  kit.HeaderAdds
-	responseHeaders kit.HeaderAdds
+	requestHeaders  route.HeadersToAdd
+	responseHeaders route.HeadersToAdd
 
 	stats lrlStats
 }
@@ -223,11 +224,11 @@ func (f *Filter) OnRequest(e *http.Exchange) http.Action {
 	}
 	c.stats.rateLimited.Inc()
 	if !c.enforced.Enabled(snap, f.rand()) {
-		c.requestHeaders.Apply(e.Request)
+		c.requestHeaders.Apply(e.Request, &e.Info)
 		return http.Continue
 	}
 	c.stats.enforced.Inc()
-	c.responseHeaders.Apply(&e.Response)
+	c.responseHeaders.Apply(&e.Response, &e.Info)
 	if c.retryAfter && c.status == 429 && !e.Response.Has(HeaderRetry) {
 		secs := max(1, ceilSeconds(c.bucket.NextToken()))
 		var b [20]byte

@@ -297,6 +297,26 @@ func (m *headerMutation) apply(h *http.Header, info *http.StreamInfo) {
 	}
 }
 
+// HeadersToAdd is a compiled headers_to_add list of an HTTP filter's own
+// (local_ratelimit's response_headers_to_add, ...), applied as the route
+// table applies its own: Envoy's HeaderParser semantics, the same value
+// syntax (%COMMAND%s as FormatterCommands lists them) and errors.
+type HeadersToAdd struct{ m *headerMutation }
+
+// CompileHeadersToAdd compiles list; field is its name, for errors.
+func CompileHeadersToAdd(field string, list []*corev3.HeaderValueOption) (HeadersToAdd, error) {
+	m, err := compileMutation(field, list, "", nil)
+	return HeadersToAdd{m}, err
+}
+
+// Apply adds the headers to h; info is the exchange's, for formatted values.
+// It does not allocate for literal values and lists of up to 16.
+func (a HeadersToAdd) Apply(h *http.Header, info *http.StreamInfo) {
+	if a.m != nil {
+		a.m.apply(h, info)
+	}
+}
+
 // applyAll applies levels in order, skipping nil ones.
 func applyAll(levels []*headerMutation, h *http.Header, info *http.StreamInfo) {
 	for _, m := range levels {

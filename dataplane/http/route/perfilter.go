@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"unsafe"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -132,16 +131,7 @@ func PerFilter(e *http.Exchange, name string) *PerFilterConfig {
 // value: fixed for the exchange, so that HTTP filters, which run before the
 // router, see the typed_per_filter_config of the cluster the request will go
 // to.
-func ExchangeRandom(e *http.Exchange) uint64 {
-	x := uint64(e.Info.Start.UnixNano()) ^ uint64(uintptr(unsafe.Pointer(e)))<<1 ^ 0x5851f42d4c957f2d
-	// splitmix64's finalizer.
-	x ^= x >> 30
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 27
-	x *= 0x94d049bb133111eb
-	x ^= x >> 31
-	return x
-}
+func ExchangeRandom(e *http.Exchange) uint64 { return e.Random(0x5851f42d4c957f2d) }
 
 // levelConfig is one compiled typed_per_filter_config entry.
 type levelConfig struct {
