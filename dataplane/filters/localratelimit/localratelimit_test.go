@@ -308,8 +308,8 @@ local_rate_limit_per_downstream_connection: true`, "typed_config.local_rate_limi
 		{"short interval", `stat_prefix: s
 token_bucket: {max_tokens: 1, fill_interval: 0.01s}`, "typed_config.token_bucket.fill_interval", "below the minimum"},
 		{"no stat prefix", `token_bucket: {max_tokens: 1, fill_interval: 1s}`, "typed_config.stat_prefix", ""},
-		{"formatter", `stat_prefix: s
-response_headers_to_add: [{header: {key: x, value: "%START_TIME%"}}]`, "typed_config.response_headers_to_add[0].header.value", "%COMMAND%"},
+		{"formatter skiff lacks", `stat_prefix: s
+response_headers_to_add: [{header: {key: x, value: "%START_TIME%"}}]`, "typed_config.response_headers_to_add[0].header.value", "%START_TIME% is not supported"},
 		{"host header", `stat_prefix: s
 request_headers_to_add_when_not_enforced: [{header: {key: Host, value: x}}]`, "typed_config.request_headers_to_add_when_not_enforced[0].header.key", "may not be modified"},
 	} {
