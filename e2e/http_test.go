@@ -36,6 +36,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/skiffproxy/skiff/internal/grpcecho"
 	"github.com/skiffproxy/skiff/internal/xdstest"
 )
 
@@ -85,51 +86,6 @@ func echoHTTP(name string) nethttp.Handler {
 		w.Header().Set("x-sha", fmt.Sprintf("%x", h.Sum(nil)))
 		w.Header().Set("x-req-trailer", r.Trailer.Get("x-client-trailer"))
 	})
-}
-
-type grpcService struct {
-	testpb.UnimplementedTestServiceServer
-}
-
-func (grpcService) UnaryCall(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
-	_ = grpc.SetTrailer(ctx, metadata.Pairs("x-unary-trailer", "t"))
-	if st := req.GetResponseStatus(); st.GetCode() != 0 {
-		return nil, status.Error(codes.Code(st.GetCode()), st.GetMessage())
-	}
-	return &testpb.SimpleResponse{Payload: req.GetPayload()}, nil
-}
-
-func (grpcService) FullDuplexCall(stream testpb.TestService_FullDuplexCallServer) error {
-	stream.SetTrailer(metadata.Pairs("x-stream-trailer", "bye"))
-	for {
-		in, err := stream.Recv()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if st := in.GetResponseStatus(); st.GetCode() != 0 {
-			return status.Error(codes.Code(st.GetCode()), st.GetMessage())
-		}
-		if err := stream.Send(&testpb.StreamingOutputCallResponse{Payload: in.GetPayload()}); err != nil {
-			return err
-		}
-	}
-}
-
-func grpcUpstream(t testing.TB) string {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	testpb.RegisterTestServiceServer(gs, grpcService{})
-	done := make(chan struct{})
-	go func() { defer close(done); _ = gs.Serve(lis) }()
-	t.Cleanup(func() { gs.Stop(); <-done })
-	return lis.Addr().String()
 }
 
 // wsUpstream accepts WebSocket upgrades and echoes what follows.
@@ -220,7 +176,7 @@ func startHTTPFixture(t *testing.T) *httpFixture {
 		case <-r.Context().Done():
 		}
 	}))
-	grpcAddr := grpcUpstream(t)
+	grpcAddr := grpcecho.Start(t)
 	ws := wsUpstream(t)
 	f.logPath = filepath.Join(t.TempDir(), "access.log")
 

@@ -20,6 +20,8 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/skiffproxy/skiff/internal/grpcecho"
 )
 
 func TestH2cManyStreams(t *testing.T) {
@@ -90,52 +92,8 @@ func TestAutoCodec(t *testing.T) {
 	e.waitStat("http.ingress.downstream_cx_http2_total", 1)
 }
 
-type testService struct {
-	testpb.UnimplementedTestServiceServer
-}
-
-func (testService) UnaryCall(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
-	_ = grpc.SetTrailer(ctx, metadata.Pairs("x-unary-trailer", "t"))
-	if st := req.GetResponseStatus(); st.GetCode() != 0 {
-		return nil, status.Error(codes.Code(st.GetCode()), st.GetMessage())
-	}
-	return &testpb.SimpleResponse{Payload: req.GetPayload()}, nil
-}
-
-func (testService) FullDuplexCall(stream testpb.TestService_FullDuplexCallServer) error {
-	stream.SetTrailer(metadata.Pairs("x-stream-trailer", "bye"))
-	for {
-		in, err := stream.Recv()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if st := in.GetResponseStatus(); st.GetCode() != 0 {
-			return status.Error(codes.Code(st.GetCode()), st.GetMessage())
-		}
-		if err := stream.Send(&testpb.StreamingOutputCallResponse{Payload: in.GetPayload()}); err != nil {
-			return err
-		}
-	}
-}
-
-func grpcUpstream(t testing.TB) string {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	testpb.RegisterTestServiceServer(gs, testService{})
-	done := make(chan struct{})
-	go func() { defer close(done); _ = gs.Serve(lis) }()
-	t.Cleanup(func() { gs.Stop(); <-done })
-	return lis.Addr().String()
-}
-
 func TestGRPC(t *testing.T) {
-	up := grpcUpstream(t)
+	up := grpcecho.Start(t)
 	e := newEnv(t, hcmYAML("grpc", ""), cluster(t, "grpc", true, up))
 	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

@@ -1,25 +1,17 @@
 package hcm_test
 
 import (
-	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
 	nethttp "net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"regexp"
-	"runtime"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 
 	"github.com/skiffproxy/skiff/dataplane/http/route"
+	"github.com/skiffproxy/skiff/internal/h2spectest"
 	"github.com/skiffproxy/skiff/internal/protoyaml"
 )
 
@@ -149,10 +141,6 @@ func TestSteadyStateAllocs(t *testing.T) {
 // TestH2spec runs h2spec (tools/h2spec) against the connection manager's
 // downstream HTTP/2, through the router to an upstream.
 func TestH2spec(t *testing.T) {
-	if testing.Short() {
-		t.Skip("h2spec: skipped in -short mode")
-	}
-	bin := buildH2spec(t)
 	up := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
 		io.Copy(io.Discard, r.Body)
 		// Slow enough that the streams of 5.1.2's burst are all still open
@@ -162,45 +150,5 @@ func TestH2spec(t *testing.T) {
 	}))
 	e := newEnv(t, hcmYAML("backend", "codec_type: HTTP2\nhttp2_protocol_options: { max_concurrent_streams: 100 }\n"), cluster(t, "backend", false, up))
 	_, port, _ := net.SplitHostPort(e.addr)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	args := []string{"-h", "127.0.0.1", "-p", port, "-o", "2", "--strict"}
-	args = append(args, strings.Fields(os.Getenv("SKIFF_H2SPEC_ARGS"))...)
-	cmd := exec.CommandContext(ctx, bin, args...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	m := regexp.MustCompile(`(\d+) tests, (\d+) passed, (\d+) skipped, (\d+) failed`).FindStringSubmatch(out.String())
-	if m == nil {
-		t.Fatalf("h2spec: %v, no summary line:\n%s", err, out.String())
-	}
-	t.Logf("h2spec: %s", m[0])
-	if failed, _ := strconv.Atoi(m[4]); failed > 0 || err != nil {
-		s := out.String()
-		if i := strings.Index(s, "Failures:"); i >= 0 {
-			s = s[i:]
-		}
-		t.Errorf("h2spec: %v\n%s", err, s)
-	}
-}
-
-// buildH2spec builds h2spec as pinned in tools/h2spec/go.mod (SKIFF_H2SPEC
-// names a prebuilt binary instead).
-func buildH2spec(t *testing.T) string {
-	t.Helper()
-	if bin := os.Getenv("SKIFF_H2SPEC"); bin != "" {
-		return bin
-	}
-	_, file, _, _ := runtime.Caller(0)
-	dir := filepath.Join(filepath.Dir(file), "..", "..", "..", "tools", "h2spec")
-	bin := filepath.Join(t.TempDir(), "h2spec")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/summerwind/h2spec/cmd/h2spec")
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "GOWORK=off")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building h2spec in %s: %v\n%s", dir, err, out)
-	}
-	return bin
+	h2spectest.Run(t, port)
 }

@@ -18,43 +18,11 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/internal/grpcecho"
 )
 
 // testService echoes payloads, fails with the status a request asks for, and
 // sets headers and trailers.
-type testService struct {
-	testpb.UnimplementedTestServiceServer
-}
-
-func (testService) UnaryCall(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	_ = grpc.SetHeader(ctx, metadata.Pairs("x-echo-md", first(md["x-md"])))
-	_ = grpc.SetTrailer(ctx, metadata.Pairs("x-unary-trailer", "t", "x-bin-bin", "\x00\x01\xff"))
-	if st := req.GetResponseStatus(); st.GetCode() != 0 {
-		return nil, status.Error(codes.Code(st.GetCode()), st.GetMessage())
-	}
-	return &testpb.SimpleResponse{Payload: req.GetPayload()}, nil
-}
-
-func (testService) FullDuplexCall(stream testpb.TestService_FullDuplexCallServer) error {
-	stream.SetTrailer(metadata.Pairs("x-stream-trailer", "bye"))
-	for {
-		in, err := stream.Recv()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if st := in.GetResponseStatus(); st.GetCode() != 0 {
-			return status.Error(codes.Code(st.GetCode()), st.GetMessage())
-		}
-		if err := stream.Send(&testpb.StreamingOutputCallResponse{Payload: in.GetPayload()}); err != nil {
-			return err
-		}
-	}
-}
-
 func first(v []string) string {
 	if len(v) == 0 {
 		return ""
@@ -137,7 +105,7 @@ func TestGRPCThroughProxy(t *testing.T) {
 		t.Fatal(err)
 	}
 	gs := grpc.NewServer()
-	testpb.RegisterTestServiceServer(gs, testService{})
+	testpb.RegisterTestServiceServer(gs, grpcecho.Service{})
 	served := make(chan struct{})
 	go func() { defer close(served); _ = gs.Serve(lis) }()
 	defer func() { gs.Stop(); <-served }()
