@@ -136,10 +136,11 @@ type conn struct {
 	// The handler goroutines: one that finished its stream waits on work
 	// for the next (nil: exit), up to maxIdleWorkers of them, so that a
 	// stream costs no goroutine start (nor the growth of a new stack).
-	work        chan *stream
-	idleWorkers int  // waiting on work (under mu)
-	workClosed  bool // work is closed: the connection is done (under mu)
-	workers     sync.WaitGroup
+	work            chan *stream
+	idleWorkers     int  // waiting on work (under mu)
+	runningHandlers int  // handlers under way (under mu)
+	workClosed      bool // work is closed: the connection is done (under mu)
+	workers         sync.WaitGroup
 
 	mu          sync.Mutex
 	wcond       sync.Cond

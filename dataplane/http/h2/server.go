@@ -209,6 +209,7 @@ const maxIdleWorkers = 8
 // dispatchLocked runs the handler of s on an idle handler goroutine of the
 // connection, or on a new one.
 func (c *conn) dispatchLocked(s *stream) {
+	c.runningHandlers++
 	if c.idleWorkers > 0 && !c.workClosed {
 		select {
 		case c.work <- s:
@@ -228,13 +229,33 @@ func (c *conn) worker(s *stream) {
 	for s != nil {
 		c.runHandler(s)
 		c.mu.Lock()
-		if c.closed || c.workClosed || c.idleWorkers >= maxIdleWorkers {
+		c.runningHandlers--
+		if c.runningHandlers == 0 {
+			// The connection went quiet: it keeps this goroutine waiting,
+			// not the stacks of its busiest moment.
+			c.releaseIdleWorkersLocked()
+		}
+		keep := min(max(c.runningHandlers, 1), maxIdleWorkers)
+		if c.closed || c.workClosed || c.idleWorkers >= keep {
 			c.mu.Unlock()
 			return
 		}
 		c.idleWorkers++
 		c.mu.Unlock()
 		s = <-c.work
+	}
+}
+
+// releaseIdleWorkersLocked ends the idle handler goroutines that are
+// waiting (one just going idle may miss it and stay).
+func (c *conn) releaseIdleWorkersLocked() {
+	for c.idleWorkers > 0 {
+		select {
+		case c.work <- nil:
+			c.idleWorkers--
+		default:
+			return
+		}
 	}
 }
 
