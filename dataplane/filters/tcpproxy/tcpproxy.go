@@ -15,7 +15,9 @@ import (
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/skiffproxy/skiff/dataplane/accesslog"
 	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 	"github.com/skiffproxy/skiff/internal/netio"
@@ -40,7 +42,13 @@ func (Factory) ConfigType() proto.Message { return &tcpv3.TcpProxy{} }
 // Create implements filter.NetworkFactory.
 func (Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilter, error) {
 	cfg := m.(*tcpv3.TcpProxy)
-	if err := cfgerr.OnlyFields(cfg, "stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts"); err != nil {
+	if err := cfgerr.OnlyFields(cfg, "stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts", "access_log"); err != nil {
+		return nil, err
+	}
+	logs, err := accesslog.Build(cfg.GetAccessLog(), accesslog.Options{
+		Sinks: fc.AccessLogs, Clusters: fc.Clusters, Node: fc.Node, Stats: fc.Stats, Logger: fc.Logger,
+	})
+	if err != nil {
 		return nil, err
 	}
 	p := &Proxy{
@@ -49,6 +57,7 @@ func (Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilter
 		maxAttempts: 1,
 		log:         fc.Logger,
 		copyCfg:     netio.Config{Buffers: fc.Buffers, Pipes: fc.Pipes},
+		logs:        logs,
 	}
 	switch sp := cfg.GetClusterSpecifier().(type) {
 	case *tcpv3.TcpProxy_Cluster:
@@ -105,6 +114,7 @@ type Proxy struct {
 	stats        proxyStats
 	copyCfg      netio.Config
 	log          *slog.Logger
+	logs         []accesslog.Logger
 }
 
 // OnConnection implements filter.NetworkFilter.
@@ -129,6 +139,7 @@ func (p *Proxy) pickCluster() string {
 // ServeConn implements filter.TerminalFilter.
 func (p *Proxy) ServeConn(ctx context.Context, c *filter.Conn) {
 	p.stats.cxTotal.Inc()
+	start := time.Now()
 	name := p.pickCluster()
 	cl := p.clusters.Get(name)
 	if cl != nil && !cl.Acquire() {
@@ -138,16 +149,41 @@ func (p *Proxy) ServeConn(ctx context.Context, c *filter.Conn) {
 		p.stats.noRoute.Inc()
 		p.log.Warn("tcp_proxy: no such cluster; closing downstream", "conn", c.ID, "cluster", name)
 		c.Close()
+		p.accessLog(ctx, c, start, name, netip.AddrPort{}, netio.Result{}, http.FlagNoClusterFound)
 		return
 	}
 	defer cl.Release()
-	up, host := p.connect(ctx, c, cl)
+	up, host, flag := p.connect(ctx, c, cl)
 	if up == nil {
 		c.Close()
+		p.accessLog(ctx, c, start, name, netip.AddrPort{}, netio.Result{}, flag)
 		return
 	}
 	defer cl.Disconnected(host)
-	p.proxy(ctx, c, cl, host, up, [2][]byte{})
+	p.proxy(ctx, c, cl, host, up, [2][]byte{}, start)
+}
+
+// accessLog writes the connection's access log entries, Envoy's TCP ones:
+// no request, the bytes each way, the cluster and host, and the response
+// flags (NC, UH, UF) of a connection that found no upstream.
+func (p *Proxy) accessLog(ctx context.Context, c *filter.Conn, start time.Time, cluster string, host netip.AddrPort, res netio.Result, flags http.ResponseFlag) {
+	if len(p.logs) == 0 {
+		return
+	}
+	e := http.NewExchange(ctx, nil)
+	in := &e.Info
+	in.Start = start
+	in.Duration = time.Since(start)
+	in.ConnectionID = c.ID
+	in.DownstreamLocal, in.DownstreamRemote, in.DownstreamDirectRemote = c.Local, c.Remote, c.DirectRemote
+	in.RequestedServerName = c.ServerName
+	in.UpstreamCluster = cluster
+	in.UpstreamHost = host
+	in.BytesReceived, in.BytesSent = res.Sent, res.Received
+	in.ResponseFlags = flags
+	for _, l := range p.logs {
+		l.Log(e)
+	}
 }
 
 // Adopts implements filter.Adopter: a TCP proxy resumes TCP proxy pairs.
@@ -169,12 +205,12 @@ func (p *Proxy) Adopt(ctx context.Context, c *filter.Conn, m *filter.MovedConn) 
 			defer cl.Disconnected(host)
 		}
 	}
-	p.proxy(ctx, c, cl, host, m.Up, m.Pending)
+	p.proxy(ctx, c, cl, host, m.Up, m.Pending, time.Now())
 }
 
 // proxy copies between c and up until the pair ends, or until a hot restart
 // moves it (then the conns are left to the successor).
-func (p *Proxy) proxy(ctx context.Context, c *filter.Conn, cl *upstream.Cluster, host *upstream.Host, up net.Conn, pending [2][]byte) {
+func (p *Proxy) proxy(ctx context.Context, c *filter.Conn, cl *upstream.Cluster, host *upstream.Host, up net.Conn, pending [2][]byte, start time.Time) {
 	cfg := p.copyCfg
 	cfg.SentCounters = []stats.Counter{p.stats.rxBytes}
 	cfg.ReceivedCounters = []stats.Counter{p.stats.txBytes}
@@ -213,6 +249,7 @@ func (p *Proxy) proxy(ctx context.Context, c *filter.Conn, cl *upstream.Cluster,
 	}
 	p.log.Debug("tcp_proxy: connection done", "conn", c.ID, "cluster", mv.cluster, "upstream", mv.host,
 		"sent", res.Sent, "received", res.Received, "end", res.End.String(), "error", res.Err)
+	p.accessLog(ctx, c, start, mv.cluster, mv.host, res, 0)
 }
 
 // mover hands a running pair over at a hot restart.
@@ -249,23 +286,25 @@ func (m *mover) Move() (*filter.MovedConn, bool) {
 }
 
 // connect tries up to max_connect_attempts hosts, the load balancer choosing each.
-func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluster) (*net.TCPConn, *upstream.Host) {
+// It returns the response flag of a failure: UH (no healthy host) or UF
+// (connection failure).
+func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluster) (*net.TCPConn, *upstream.Host, http.ResponseFlag) {
 	for attempt := 1; attempt <= p.maxAttempts; attempt++ {
 		h := cl.Pick()
 		if h == nil {
 			p.log.Warn("tcp_proxy: no healthy upstream; closing downstream", "conn", c.ID, "cluster", cl.Name())
-			return nil, nil
+			return nil, nil, http.FlagNoHealthyUpstream
 		}
 		up, err := cl.Connect(ctx, h)
 		if err == nil {
-			return up, h
+			return up, h, 0
 		}
 		p.log.Warn("tcp_proxy: upstream connect failed", "conn", c.ID, "cluster", cl.Name(), "host", h.Addr,
 			"attempt", attempt, "max_connect_attempts", p.maxAttempts, "error", err)
 		if ctx.Err() != nil {
-			return nil, nil
+			return nil, nil, http.FlagUpstreamConnectionFailure
 		}
 	}
 	p.stats.connectAttempts.Inc()
-	return nil, nil
+	return nil, nil, http.FlagUpstreamConnectionFailure
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"go.uber.org/goleak"
@@ -80,6 +81,10 @@ func TestConfigErrors(t *testing.T) {
 			Clusters: []*tcpv3.TcpProxy_WeightedCluster_ClusterWeight{{Name: "a", Weight: 1}, {Name: "b", Weight: 0}}}}}, "typed_config.weighted_clusters.clusters[1].weight"},
 		{"zero connect attempts", &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
 			MaxConnectAttempts: wrapperspb.UInt32(0)}, "typed_config.max_connect_attempts"},
+		{"unknown access logger", &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
+			AccessLog: []*accesslogv3.AccessLog{{Name: "x", ConfigType: &accesslogv3.AccessLog_TypedConfig{
+				TypedConfig: &anypb.Any{TypeUrl: "type.googleapis.com/envoy.extensions.access_loggers.wasm.v3.WasmAccessLog"}}}}},
+			"typed_config.access_log[0].typed_config"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := e.build(t, tc.cfg)

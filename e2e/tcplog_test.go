@@ -1,0 +1,101 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestTCPProxyAccessLog: tcp_proxy's access_log writes one entry per
+// connection when it ends, in Envoy's default format (no request: "- - -")
+// and in a JSON format, with the bytes each way, the upstream host, and the
+// response flag of a connection that found no upstream (UF).
+func TestTCPProxyAccessLog(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, "127.0.0.1", echoHandler)
+	dir := t.TempDir()
+	text, js := filepath.Join(dir, "tcp.log"), filepath.Join(dir, "tcp.json")
+	listener := func(name, cluster string) string {
+		return fmt.Sprintf(`  - name: %s
+    address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: %s
+          cluster: %s
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: %q
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: %q
+              log_format:
+                json_format: { listener: %s, flags: "%%RESPONSE_FLAGS%%", rx: "%%BYTES_RECEIVED%%", tx: "%%BYTES_SENT%%", upstream: "%%UPSTREAM_HOST%%", cluster: "%%UPSTREAM_CLUSTER%%" }
+`, name, name, cluster, text, js, name)
+	}
+	cfg := "static_resources:\n  listeners:\n" + listener("ok", "echo") + listener("refused", "refused") + `  clusters:
+` + staticCluster("echo", false, up.Addr) + staticCluster("refused", false, refusingAddr(t))
+	p := startSkiff(t, cfg)
+
+	c := dial(t, p.Addr(t, "ok"))
+	if err := echoRoundTrip(c, []byte("hello, access log")); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	r := dial(t, p.Addr(t, "refused"))
+	r.SetReadDeadline(time.Now().Add(10 * time.Second))
+	io.Copy(io.Discard, r) // skiff closes it
+
+	// (Byte counts are JSON numbers and a missing host null, as in Envoy.)
+	type entry struct {
+		Listener, Flags, Cluster string
+		Rx, Tx                   json.Number
+		Upstream                 *string
+	}
+	var got map[string]entry
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got = map[string]entry{}
+		b, _ := os.ReadFile(js)
+		for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			var e entry
+			if json.Unmarshal([]byte(l), &e) == nil {
+				got[e.Listener] = e
+			}
+		}
+		if len(got) == 2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(got) != 2 {
+		b, _ := os.ReadFile(js)
+		t.Logf("%s:\n%s", js, b)
+	}
+	if e := got["ok"]; e.Flags != "-" || e.Rx != "17" || e.Tx != "17" || e.Upstream == nil || *e.Upstream != up.Addr || e.Cluster != "echo" {
+		t.Errorf("the proxied connection's entry: %+v", e)
+	}
+	if e := got["refused"]; e.Flags != "UF" || e.Rx != "0" || e.Upstream != nil || e.Cluster != "refused" {
+		t.Errorf("the refused connection's entry: %+v", e)
+	}
+	b, _ := os.ReadFile(text)
+	line := regexp.MustCompile(`^\[\d{4}-\d\d-\d\dT[0-9:.]+Z\] "- - -" 0 - 17 17 \d+ - "-" "-" "-" "-" "` + regexp.QuoteMeta(up.Addr) + `"$`)
+	var found bool
+	for _, l := range strings.Split(string(b), "\n") {
+		found = found || line.MatchString(l)
+	}
+	if !found {
+		t.Errorf("no default-format line like %s in:\n%s", line, b)
+	}
+}
