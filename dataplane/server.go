@@ -232,7 +232,7 @@ func (s *Server) build(snap *Snapshot, running map[string]*listener.Listener) (*
 		}
 		if !ok {
 			var err error
-			if cfg, err = upstream.NewConfig(pb); err != nil {
+			if cfg, err = upstream.NewConfigWith(pb, s.clusterOptions()); err != nil {
 				return nil, &ResourceError{Kind: "cluster", Index: i, Name: pb.GetName(), Err: err}
 			}
 		}
@@ -362,7 +362,7 @@ func (s *Server) ValidateListener(pb *listenerv3.Listener) error {
 // ValidateCluster checks one cluster as Apply would build it. The result is
 // kept for the next Apply of the same message.
 func (s *Server) ValidateCluster(pb *clusterv3.Cluster) error {
-	cfg, err := upstream.NewConfig(pb)
+	cfg, err := upstream.NewConfigWith(pb, s.clusterOptions())
 	if err == nil {
 		s.prepMu.Lock()
 		if s.prepCluster == nil {
@@ -387,6 +387,15 @@ func (s *Server) ValidateEndpoints(cla *endpointv3.ClusterLoadAssignment) error 
 		s.prepMu.Unlock()
 	}
 	return err
+}
+
+// clusterOptions builds clusters' upstream network filters (Cluster.filters)
+// through the Registry.
+func (s *Server) clusterOptions() upstream.Options {
+	fc := s.factoryContext()
+	return upstream.Options{Filters: func(f *clusterv3.Filter) (upstream.ConnFilter, error) {
+		return s.opts.Registry.UpstreamNetworkFilter(f.GetName(), f.GetTypedConfig(), &fc)
+	}}
 }
 
 func (s *Server) prepared(pb *clusterv3.Cluster) (*upstream.Config, bool) {

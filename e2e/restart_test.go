@@ -135,6 +135,12 @@ func TestHotRestartTenInARow(t *testing.T) {
 	measure := func(pid int) footprint {
 		t.Helper()
 		var fp footprint
+		// Counted once the successor follows the control plane (its xDS
+		// connection is one of its files) and the count stays put.
+		waitFor(t, "the successor connected to the control plane", func() bool {
+			v, _ := f.statsFile().value("control_plane.connected_state")
+			return v == 1
+		})
 		fp.fds = settledFDs(t, pid)
 		fi, err := os.Stat(filepath.Join(f.Dir, "stats"))
 		if err != nil {

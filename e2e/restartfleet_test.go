@@ -464,7 +464,7 @@ func fds(t testing.TB, pid int) int {
 }
 
 // settledFDs counts pid's open files once the count has stayed the same for
-// three readings 100 ms apart (connections being set up or torn down come and
+// five readings 100 ms apart (connections being set up or torn down come and
 // go), within 10 s.
 func settledFDs(t testing.TB, pid int) int {
 	t.Helper()
@@ -472,7 +472,7 @@ func settledFDs(t testing.TB, pid int) int {
 	for range 100 {
 		n := fds(t, pid)
 		if n == last {
-			if same++; same == 2 {
+			if same++; same == 4 {
 				return n
 			}
 		} else {

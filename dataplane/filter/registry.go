@@ -9,6 +9,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/skiffproxy/skiff/dataplane/accesslog"
 	"github.com/skiffproxy/skiff/dataplane/http"
@@ -32,6 +33,9 @@ type Context struct {
 	Pipes    *netio.PipePool // nil when splice(2) is unavailable
 	// Listener is the name of the listener being built.
 	Listener string
+	// TrafficDirection is the listener's traffic_direction (what an HTTP
+	// connection manager's tracing calls egress or ingress).
+	TrafficDirection corev3.TrafficDirection
 	// HTTPStatPrefix is set when HTTP filters are built: the stats prefix of the
 	// HTTP connection manager that owns them, "http.<stat_prefix>.", under which
 	// Envoy roots HTTP filters' stats (http.<stat_prefix>.fault.*, .rbac.*, .cors.*).
@@ -78,12 +82,13 @@ type Registry struct {
 	listener map[string]ListenerFactory
 	http     map[string]HTTPFactory
 	perRoute map[string]RouteConfigFactory // by the type URL of RouteConfigType
+	upstream map[string]UpstreamNetworkFactory
 }
 
 // NewRegistry returns an empty Registry.
 func NewRegistry() *Registry {
 	return &Registry{network: map[string]NetworkFactory{}, listener: map[string]ListenerFactory{}, http: map[string]HTTPFactory{},
-		perRoute: map[string]RouteConfigFactory{}}
+		perRoute: map[string]RouteConfigFactory{}, upstream: map[string]UpstreamNetworkFactory{}}
 }
 
 // TypeURL returns the type URL that keys f.
@@ -99,6 +104,26 @@ func typeURLOf(m proto.Message) string {
 // an error.
 func (r *Registry) RegisterNetwork(f NetworkFactory) error {
 	return register(r.network, f)
+}
+
+// RegisterUpstreamNetwork adds an upstream network filter factory (for a
+// cluster's filters).
+func (r *Registry) RegisterUpstreamNetwork(f UpstreamNetworkFactory) error {
+	return register(r.upstream, f)
+}
+
+// UpstreamNetworkFilter builds the upstream network filter (an entry of a
+// cluster's filters) described by typedConfig.
+func (r *Registry) UpstreamNetworkFilter(name string, typedConfig *anypb.Any, fc *Context) (upstream.ConnFilter, error) {
+	if r == nil {
+		return nil, cfgerr.Errorf("typed_config", "no filter registry")
+	}
+	f, cfg, err := lookup(r.upstream, "upstream network", name, typedConfig)
+	if err != nil {
+		return nil, err
+	}
+	uf, err := f.Create(cfg, fc)
+	return uf, cfgerr.Field("typed_config", err)
 }
 
 // RegisterListener adds a listener filter factory.
@@ -215,6 +240,14 @@ func lookup[F Factory](m map[string]F, kind, name string, typedConfig *anypb.Any
 		return zero, nil, cfgerr.Errorf("typed_config", "%s filter %q has no typed_config (skiff, like current Envoy, selects filters by type URL, not by name)", kind, name)
 	}
 	url := typedConfig.GetTypeUrl()
+	var typed *structpb.Struct // the value of a TypedStruct
+	if isTypedStruct(url) {
+		inner, value, err := unwrapTypedStruct(typedConfig)
+		if err != nil {
+			return zero, nil, cfgerr.Errorf("typed_config", "%s filter %q: %w", kind, name, err)
+		}
+		url, typed = inner, value
+	}
 	f, ok := m[url]
 	if !ok {
 		if i := strings.LastIndexByte(url, '/'); i >= 0 {
@@ -225,7 +258,11 @@ func lookup[F Factory](m map[string]F, kind, name string, typedConfig *anypb.Any
 		return zero, nil, cfgerr.Errorf("typed_config", "%s filter %q: type %s is not a %s filter skiff supports", kind, name, url, kind)
 	}
 	cfg := f.ConfigType().ProtoReflect().New().Interface()
-	if err := typedConfig.UnmarshalTo(cfg); err != nil {
+	if typed != nil {
+		if err := structToMessage(typed, cfg); err != nil {
+			return zero, nil, cfgerr.Errorf("typed_config.value", "%s filter %q: decoding %s from a TypedStruct: %w", kind, name, url, err)
+		}
+	} else if err := typedConfig.UnmarshalTo(cfg); err != nil {
 		return zero, nil, cfgerr.Errorf("typed_config", "%s filter %q: decoding %s: %w", kind, name, url, err)
 	}
 	if err := cfgerr.Validate(cfg); err != nil {

@@ -7,8 +7,12 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/filter"
 	"github.com/skiffproxy/skiff/dataplane/filters/cors"
 	"github.com/skiffproxy/skiff/dataplane/filters/fault"
+	"github.com/skiffproxy/skiff/dataplane/filters/grpcstats"
 	"github.com/skiffproxy/skiff/dataplane/filters/hcm"
+	"github.com/skiffproxy/skiff/dataplane/filters/istioalpn"
 	"github.com/skiffproxy/skiff/dataplane/filters/localratelimit"
+	"github.com/skiffproxy/skiff/dataplane/filters/metadataexchange"
+	"github.com/skiffproxy/skiff/dataplane/filters/peermetadata"
 	"github.com/skiffproxy/skiff/dataplane/filters/rbac"
 	"github.com/skiffproxy/skiff/dataplane/filters/router"
 	"github.com/skiffproxy/skiff/dataplane/filters/tcpproxy"
@@ -20,9 +24,18 @@ func Builtin() (*filter.Registry, error) {
 	for _, f := range []filter.NetworkFactory{
 		tcpproxy.Factory{},
 		rbac.NetworkFactory{},
-		hcm.Factory{Registry: r}, // builds its http_filters through r
+		metadataexchange.NetworkFactory{}, // Istio's; see its package
+		hcm.Factory{Registry: r},          // builds its http_filters through r
 	} {
 		if err := r.RegisterNetwork(f); err != nil {
+			return nil, err
+		}
+	}
+	// Upstream network filters: a cluster's filters.
+	for _, f := range []filter.UpstreamNetworkFactory{
+		metadataexchange.UpstreamFactory{},
+	} {
+		if err := r.RegisterUpstreamNetwork(f); err != nil {
 			return nil, err
 		}
 	}
@@ -32,6 +45,9 @@ func Builtin() (*filter.Registry, error) {
 		cors.Factory{},
 		cors.PolicyFactory{},
 		rbac.HTTPFactory{},
+		grpcstats.Factory{},
+		istioalpn.Factory{},    // Istio's; see its package
+		peermetadata.Factory{}, // Istio's istio.metadata_exchange; see its package
 		router.Factory{},
 	} {
 		if err := r.RegisterHTTP(f); err != nil {

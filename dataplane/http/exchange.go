@@ -180,6 +180,17 @@ type ResponseFilter interface {
 	OnResponse(e *Exchange)
 }
 
+// CompleteFilter is a Filter that also sees the end of each exchange, once
+// the response is complete (or the stream was reset), just before the
+// access logs are written: e.Info is final and ResponseTrailers holds the
+// response trailers. OnComplete must not block. The filter Registry does not
+// gate it by route: a CompleteFilter is RouteAware and checks its route
+// itself.
+type CompleteFilter interface {
+	Filter
+	OnComplete(e *Exchange)
+}
+
 // Terminal is the filter that answers the request: the router. It must be
 // the last of the chain.
 type Terminal interface {

@@ -54,6 +54,12 @@ func Build(pb *listenerv3.Listener, reg *filter.Registry, fc filter.Context, pre
 		"per_connection_buffer_limit_bytes", "metadata", "drain_type", "transparent", "freebind",
 		"socket_options", "tcp_fast_open_queue_length", "traffic_direction", "enable_reuse_port",
 		"tcp_backlog_size", "bind_to_port", "ignore_global_conn_limit",
+		// Envoy's event loop accepts at most this many pending connections per
+		// socket event, for fairness between listeners sharing a worker. skiff's
+		// accept loop takes one connection per Accept call and hands it to its
+		// own goroutine, so it already interleaves as Envoy does with 1 (the
+		// value istiod sends); any value is honoured by that behaviour.
+		"max_connections_to_accept_per_socket_event",
 	); err != nil {
 		return nil, err
 	}
@@ -73,6 +79,7 @@ func Build(pb *listenerv3.Listener, reg *filter.Registry, fc filter.Context, pre
 		proto:                            pb,
 	}
 	fc.Listener = c.Name
+	fc.TrafficDirection = pb.GetTrafficDirection()
 
 	base, err := baseSpec(pb)
 	if err != nil {

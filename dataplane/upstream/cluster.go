@@ -13,6 +13,7 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/skiffproxy/skiff/internal/stats"
 )
@@ -34,6 +35,14 @@ type Host struct {
 	CxTotal       atomic.Uint64
 	CxActive      atomic.Int64
 	CxConnectFail atomic.Uint64
+	// RqActive counts the requests under way to the host (the router's
+	// attempts), which LEAST_REQUEST balances on.
+	RqActive atomic.Int64
+
+	// transport is the transport socket transport_socket_matches chose for
+	// the endpoint's metadata (tm, ltm).
+	transport atomic.Pointer[Transport]
+	tm, ltm   *structpb.Struct
 }
 
 // Weight is the host's load-balancing weight.
@@ -73,6 +82,9 @@ type clusterStats struct {
 	cxTotal, cxConnectFail, cxConnectTimeout, cxNoneHealthy stats.Counter
 	cxActive, membershipTotal, membershipHealthy            stats.Gauge
 	rxBytes, txBytes                                        stats.Counter
+	// cxTransportUnsupported (skiff's own) counts connections not made
+	// because their host's transport socket is TLS (see Transport).
+	cxTransportUnsupported stats.Counter
 }
 
 func newClusterStats(sc *stats.Scope) clusterStats {
@@ -86,6 +98,8 @@ func newClusterStats(sc *stats.Scope) clusterStats {
 		membershipHealthy: sc.GaugeMode("membership_healthy", stats.NeverImport),
 		rxBytes:           sc.Counter("upstream_cx_rx_bytes_total"),
 		txBytes:           sc.Counter("upstream_cx_tx_bytes_total"),
+
+		cxTransportUnsupported: sc.Counter("upstream_cx_transport_unsupported"),
 	}
 }
 
@@ -105,9 +119,10 @@ type Cluster struct {
 	httpStats atomic.Pointer[HTTPStats]
 	httpOnce  sync.Mutex
 
-	mu      sync.Mutex               // serialises updates
-	hosts   map[netip.AddrPort]*Host // every host of the current assignment, by address
-	epsFrom any                      // what the current endpoints were built from (see Assignment)
+	mu         sync.Mutex               // serialises updates
+	transports []*Transport             // the Config's transport_socket_matches with this cluster's counters
+	hosts      map[netip.AddrPort]*Host // every host of the current assignment, by address
+	epsFrom    any                      // what the current endpoints were built from (see Assignment)
 }
 
 func newCluster(a Assignment, st *stats.Store) *Cluster {
@@ -173,9 +188,16 @@ func (c *Cluster) update(a Assignment) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	old := c.cfg.Swap(a.Config)
-	if old == nil || old.LBPolicy != a.Config.LBPolicy || c.epsFrom == nil || c.epsFrom != a.From {
+	if old != a.Config {
+		c.transports = bindTransportStats(a.Config, c.scope)
+	}
+	if old == nil || old.LBPolicy != a.Config.LBPolicy || old.ChoiceCount != a.Config.ChoiceCount || c.epsFrom == nil || c.epsFrom != a.From {
 		c.setEndpointsLocked(a.Endpoints, a.Config.LBPolicy)
 		c.epsFrom = a.From
+	} else if old != a.Config {
+		for _, h := range c.hosts {
+			h.transport.Store(resolveTransport(c.transports, a.Config.transport, h.tm, h.ltm))
+		}
 	}
 }
 
@@ -201,6 +223,8 @@ func (c *Cluster) setEndpointsLocked(eps []Endpoint, policy clusterv3.Cluster_Lb
 		}
 		h.weight.Store(ep.Weight)
 		h.priority.Store(ep.Priority)
+		h.tm, h.ltm = ep.TransportMatch, ep.LocalityTransportMatch
+		h.transport.Store(resolveTransport(c.transports, c.cfg.Load().transport, h.tm, h.ltm))
 		h.health.Store(int32(ep.Health))
 		if ep.Hostname != h.Hostname() {
 			name := ep.Hostname
@@ -216,6 +240,7 @@ func (c *Cluster) setEndpointsLocked(eps []Endpoint, policy clusterv3.Cluster_Lb
 	}
 	c.hosts = next
 	b := newBalancer(policy, all)
+	b.choices = c.cfg.Load().ChoiceCount
 	c.lb.Store(b)
 	c.stats.membershipTotal.Set(int64(len(all)))
 	c.stats.membershipHealthy.Set(int64(b.healthy))
@@ -241,6 +266,9 @@ func (c *Cluster) Connect(ctx context.Context, h *Host) (*net.TCPConn, error) {
 	cfg := c.cfg.Load()
 	c.stats.cxTotal.Inc()
 	h.CxTotal.Add(1)
+	if err := c.checkTransport(h); err != nil {
+		return nil, err
+	}
 	d := net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: -1}
 	if ka := cfg.Keepalive; ka != nil {
 		d.KeepAliveConfig = net.KeepAliveConfig{Enable: true, Idle: ka.Idle, Interval: ka.Interval, Count: ka.Probes}
@@ -261,9 +289,18 @@ func (c *Cluster) Connect(ctx context.Context, h *Host) (*net.TCPConn, error) {
 		}
 		return nil, err
 	}
+	tc := conn.(*net.TCPConn)
+	for _, f := range cfg.Filters {
+		if err := f.UpstreamConnected(tc, ""); err != nil {
+			tc.Close()
+			c.stats.cxConnectFail.Inc()
+			h.CxConnectFail.Add(1)
+			return nil, fmt.Errorf("cluster %s: upstream filter: %w", c.name, err)
+		}
+	}
 	c.stats.cxActive.Inc()
 	h.CxActive.Add(1)
-	return conn.(*net.TCPConn), nil
+	return tc, nil
 }
 
 // Adopted accounts for a connection to addr a hot-restart parent made and
@@ -302,6 +339,7 @@ type balancer struct {
 	// pickable are the healthy hosts of the best priority level that has any.
 	pickable []*Host
 	weighted bool // weights differ: use smooth weighted round robin
+	choices  int  // LEAST_REQUEST's choice_count
 
 	next atomic.Uint64 // round-robin cursor (equal weights)
 
@@ -348,6 +386,8 @@ func (b *balancer) pick() *Host {
 		return b.pickable[0]
 	case b.policy == clusterv3.Cluster_RANDOM:
 		return b.pickRandom()
+	case b.policy == clusterv3.Cluster_LEAST_REQUEST:
+		return b.pickLeastRequest()
 	case !b.weighted:
 		return b.pickable[(b.next.Add(1)-1)%uint64(n)]
 	}
@@ -365,6 +405,35 @@ func (b *balancer) pick() *Host {
 	}
 	b.current[best] -= b.total
 	return b.pickable[best]
+}
+
+// pickLeastRequest is Envoy's LEAST_REQUEST: with equal weights, the host
+// with the fewest active requests of choice_count picked at random (power of
+// two choices by default); with unequal weights, a weighted random pick by
+// weight / (active requests + 1) (Envoy's active_request_bias of 1.0).
+func (b *balancer) pickLeastRequest() *Host {
+	n := len(b.pickable)
+	if !b.weighted {
+		best := b.pickable[rand.IntN(n)]
+		for range max(b.choices, 1) - 1 {
+			if h := b.pickable[rand.IntN(n)]; h.RqActive.Load() < best.RqActive.Load() {
+				best = h
+			}
+		}
+		return best
+	}
+	total := 0.0
+	for _, h := range b.pickable {
+		total += float64(h.Weight()) / float64(h.RqActive.Load()+1)
+	}
+	r := rand.Float64() * total
+	for _, h := range b.pickable {
+		r -= float64(h.Weight()) / float64(h.RqActive.Load()+1)
+		if r < 0 {
+			return h
+		}
+	}
+	return b.pickable[n-1]
 }
 
 func (b *balancer) pickRandom() *Host {

@@ -12,6 +12,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 )
@@ -42,8 +43,15 @@ type Config struct {
 	// Limits are the circuit breakers' thresholds (circuit_breakers, default
 	// priority).
 	Limits Limits
+	// Filters are the cluster's upstream network filters (filters), run on
+	// each new connection.
+	Filters []ConnFilter
+	// ChoiceCount is least_request_lb_config.choice_count (LEAST_REQUEST).
+	ChoiceCount int
 
-	proto *clusterv3.Cluster
+	transport *Transport   // transport_socket (raw_buffer by default)
+	matches   []*Transport // transport_socket_matches
+	proto     *clusterv3.Cluster
 }
 
 // EDSConfig says where a cluster's endpoints come from.
@@ -73,16 +81,33 @@ type Endpoint struct {
 	Priority uint32
 	Health   corev3.HealthStatus
 	Hostname string
+	// TransportMatch and LocalityTransportMatch are the endpoint's and its
+	// locality's envoy.transport_socket_match metadata (nil if none), which
+	// the cluster's transport_socket_matches select a transport with.
+	TransportMatch, LocalityTransportMatch *structpb.Struct
+}
+
+// Options are what NewConfigWith needs beyond the Cluster itself.
+type Options struct {
+	// Filters builds an entry of the cluster's filters. Nil: a cluster with
+	// filters is refused.
+	Filters FilterBuilder
 }
 
 // NewConfig validates a Cluster resource and returns its Config. Errors name the
 // offending field relative to the cluster.
 func NewConfig(pb *clusterv3.Cluster) (*Config, error) {
+	return NewConfigWith(pb, Options{})
+}
+
+// NewConfigWith is NewConfig with the cluster's filters built by opts.Filters.
+func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 	if err := cfgerr.OnlyFields(pb,
 		"name", "alt_stat_name", "type", "connect_timeout", "lb_policy", "load_assignment",
 		"per_connection_buffer_limit_bytes", "upstream_connection_options", "metadata",
-		"common_lb_config", "round_robin_lb_config", "dns_lookup_family", "eds_cluster_config",
-		"http2_protocol_options", "typed_extension_protocol_options", "circuit_breakers",
+		"common_lb_config", "round_robin_lb_config", "least_request_lb_config", "dns_lookup_family",
+		"eds_cluster_config", "http2_protocol_options", "typed_extension_protocol_options", "circuit_breakers",
+		"transport_socket", "transport_socket_matches", "filters",
 	); err != nil {
 		return nil, err
 	}
@@ -110,8 +135,39 @@ func NewConfig(pb *clusterv3.Cluster) (*Config, error) {
 	}
 	switch c.LBPolicy {
 	case clusterv3.Cluster_ROUND_ROBIN, clusterv3.Cluster_RANDOM:
+	case clusterv3.Cluster_LEAST_REQUEST:
+		c.ChoiceCount = 2 // Envoy's default
 	default:
-		return nil, cfgerr.Errorf("lb_policy", "%s is not supported by skiff yet (ROUND_ROBIN, RANDOM are)", c.LBPolicy)
+		return nil, cfgerr.Errorf("lb_policy", "%s is not supported by skiff yet (ROUND_ROBIN, RANDOM, LEAST_REQUEST are)", c.LBPolicy)
+	}
+	if lr := pb.GetLeastRequestLbConfig(); lr != nil {
+		// active_request_bias and slow start shape weighted hosts, which
+		// skiff's least request does not do yet.
+		if err := cfgerr.OnlyFields(lr, "choice_count"); err != nil {
+			return nil, cfgerr.Field("least_request_lb_config", err)
+		}
+		if c.LBPolicy != clusterv3.Cluster_LEAST_REQUEST {
+			return nil, cfgerr.Errorf("least_request_lb_config", "only for lb_policy LEAST_REQUEST")
+		}
+		if v := lr.GetChoiceCount(); v != nil {
+			c.ChoiceCount = int(v.GetValue())
+		}
+	}
+	if err := c.transportSockets(pb); err != nil {
+		return nil, err
+	}
+	for i, f := range pb.GetFilters() {
+		if opts.Filters == nil {
+			return nil, cfgerr.Errorf(fmt.Sprintf("filters[%d]", i), "upstream network filters need a filter registry")
+		}
+		if err := cfgerr.OnlyFields(f, "name", "typed_config"); err != nil {
+			return nil, cfgerr.Index("filters", i, err)
+		}
+		cf, err := opts.Filters(f)
+		if err != nil {
+			return nil, cfgerr.Index("filters", i, err)
+		}
+		c.Filters = append(c.Filters, cf)
 	}
 	if err := checkCommonLB(pb.GetCommonLbConfig()); err != nil {
 		return nil, cfgerr.Field("common_lb_config", err)
@@ -139,9 +195,8 @@ func NewConfig(pb *clusterv3.Cluster) (*Config, error) {
 	}
 	switch pb.GetType() {
 	case clusterv3.Cluster_STATIC:
-		if pb.GetLoadAssignment() == nil {
-			return nil, cfgerr.Errorf("load_assignment", "a STATIC cluster needs a load_assignment")
-		}
+		// Without a load_assignment the cluster has no hosts, as in Envoy
+		// (istiod's BlackHoleCluster): requests get 503, connections close.
 		if pb.GetEdsClusterConfig() != nil {
 			return nil, cfgerr.Errorf("eds_cluster_config", "only EDS clusters take an eds_cluster_config")
 		}
@@ -420,7 +475,8 @@ func endpoint(lle *endpointv3.LocalityLbEndpoints, lbe *endpointv3.LbEndpoint) (
 	if w == 0 {
 		w = 1
 	}
-	return Endpoint{Addr: ap, Weight: w, Priority: lle.GetPriority(), Health: lbe.GetHealthStatus(), Hostname: e.GetHostname()}, nil
+	return Endpoint{Addr: ap, Weight: w, Priority: lle.GetPriority(), Health: lbe.GetHealthStatus(), Hostname: e.GetHostname(),
+		TransportMatch: transportMetadata(lbe.GetMetadata()), LocalityTransportMatch: transportMetadata(lle.GetMetadata())}, nil
 }
 
 // SocketAddr converts an Envoy SocketAddress naming an IP and a port into an

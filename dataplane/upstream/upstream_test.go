@@ -237,7 +237,19 @@ func TestNewConfigErrors(t *testing.T) {
 		{"unknown protocol options", func(c *clusterv3.Cluster) {
 			c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions": {TypeUrl: "type.googleapis.com/envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions"}}
 		}, "typed_extension_protocol_options[envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions]"},
-		{"no load assignment", func(c *clusterv3.Cluster) { c.LoadAssignment = nil }, "load_assignment"},
+		{"upstream filters without a registry", func(c *clusterv3.Cluster) {
+			c.Filters = []*clusterv3.Filter{{Name: "x"}}
+		}, "filters[0]"},
+		{"TLS transport socket", func(c *clusterv3.Cluster) {
+			c.TransportSocket = tlsSocket(t)
+		}, "transport_socket"},
+		{"unknown transport socket", func(c *clusterv3.Cluster) {
+			c.TransportSocketMatches = []*clusterv3.Cluster_TransportSocketMatch{{Name: "m", TransportSocket: &corev3.TransportSocket{
+				Name: "x", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: &anypb.Any{TypeUrl: "type.googleapis.com/x.Y"}}}}}
+		}, "transport_socket_matches[0].transport_socket.typed_config"},
+		{"least request config without LEAST_REQUEST", func(c *clusterv3.Cluster) {
+			c.LbConfig = &clusterv3.Cluster_LeastRequestLbConfig_{LeastRequestLbConfig: &clusterv3.Cluster_LeastRequestLbConfig{}}
+		}, "least_request_lb_config"},
 		{"ring hash", func(c *clusterv3.Cluster) { c.LbPolicy = clusterv3.Cluster_RING_HASH }, "lb_policy"},
 		{"outlier detection", func(c *clusterv3.Cluster) { c.OutlierDetection = &clusterv3.OutlierDetection{} }, "outlier_detection"},
 		{"zero connect timeout", func(c *clusterv3.Cluster) { c.ConnectTimeout = durationpb.New(0) }, "connect_timeout"},

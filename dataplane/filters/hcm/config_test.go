@@ -26,7 +26,15 @@ func TestConfigErrors(t *testing.T) {
 		{`stat_prefix: x
 ` + routes + `
 http_filters: [` + routerFilter + `]
-tracing: {}`, "tracing", "not supported by skiff"},
+tracing: { provider: { name: envoy.tracers.zipkin } }`, "tracing.provider", "no tracers"},
+		{`stat_prefix: x
+` + routes + `
+http_filters: [` + routerFilter + `]
+forward_client_cert_details: ALWAYS_FORWARD_ONLY`, "forward_client_cert_details", "ALWAYS_FORWARD_ONLY"},
+		{`stat_prefix: x
+` + routes + `
+http_filters: [` + routerFilter + `]
+request_id_extension: { typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }`, "request_id_extension.typed_config", "not a request id extension"},
 		{`stat_prefix: x
 ` + routes + `
 http_filters: [{ name: envoy.filters.http.lua, typed_config: { "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog } }, ` + routerFilter + `]`, "http_filters[0].typed_config", "is not a HTTP filter skiff supports"},

@@ -96,6 +96,7 @@ type Manager struct {
 
 	filters     []http.Filter
 	respFilters []http.ResponseFilter
+	doneFilters []http.CompleteFilter
 	router      http.Terminal
 	logs        []accesslog.Logger
 
@@ -123,6 +124,8 @@ type Manager struct {
 	stripPort       int // -2: no, -1: any port, else strip_matching_host_port (the listener's port is known per connection)
 	stripMatching   bool
 
+	tracing *tracing // nil: no tracing configuration
+
 	stats   hcmStats
 	streams sync.Pool // of *stream, for HTTP/2
 }
@@ -138,7 +141,7 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 		"always_set_request_id_in_response", "forward_client_cert_details", "set_current_client_cert_details",
 		"proxy_100_continue", "upgrade_configs", "normalize_path", "merge_slashes", "path_with_escaped_slashes_action",
 		"strip_matching_host_port", "strip_any_host_port", "stream_error_on_invalid_http_message",
-		"add_user_agent"); err != nil {
+		"add_user_agent", "tracing", "request_id_extension"); err != nil {
 		return nil, err
 	}
 	log := fc.Logger
@@ -178,11 +181,25 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 	if v := cfg.GetAddUserAgent(); v.GetValue() {
 		return nil, cfgerr.Errorf("add_user_agent", "not supported by skiff")
 	}
-	if cfg.GetProxy_100Continue() {
-		return nil, cfgerr.Errorf("proxy_100_continue", "not supported by skiff: skiff answers 100-continue itself, as Envoy does by default")
+	// proxy_100_continue (istiod sets it): Envoy then forwards the
+	// expectation and relays the upstream's 100 Continue. skiff's codecs
+	// answer "expect: 100-continue" themselves when the router starts reading
+	// the body, and the upstream gets the body without the expectation, as
+	// Envoy does without proxy_100_continue: the client is told to go on by
+	// skiff rather than by the upstream. The final response is the same.
+	_ = cfg.GetProxy_100Continue()
+	// forward_client_cert_details: on a connection without a client
+	// certificate, Envoy removes x-forwarded-client-cert in every mode but
+	// ALWAYS_FORWARD_ONLY; skiff has no TLS listeners, so every connection is
+	// one, and SANITIZE_SET, FORWARD_ONLY and APPEND_FORWARD all sanitize (and
+	// set_current_client_cert_details has no certificate to describe).
+	if cfg.GetForwardClientCertDetails() == hcmv3.HttpConnectionManager_ALWAYS_FORWARD_ONLY {
+		return nil, cfgerr.Errorf("forward_client_cert_details", "ALWAYS_FORWARD_ONLY is not supported by skiff (the others are: without TLS they all remove the header)")
 	}
-	if cfg.GetForwardClientCertDetails() != hcmv3.HttpConnectionManager_SANITIZE {
-		return nil, cfgerr.Errorf("forward_client_cert_details", "only SANITIZE is supported (skiff has no TLS listeners yet)")
+	if d := cfg.GetSetCurrentClientCertDetails(); d != nil {
+		if err := cfgerr.OnlyFields(d, "subject", "cert", "chain", "dns", "uri"); err != nil {
+			return nil, cfgerr.Field("set_current_client_cert_details", err)
+		}
 	}
 	if a := cfg.GetPathWithEscapedSlashesAction(); a != hcmv3.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT && a != hcmv3.HttpConnectionManager_KEEP_UNCHANGED {
 		return nil, cfgerr.Errorf("path_with_escaped_slashes_action", "%v is not supported by skiff (KEEP_UNCHANGED is)", a)
@@ -325,6 +342,15 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 	// Stats first: the filters root theirs under http.<stat_prefix>.
 	prefix := "http." + cfg.GetStatPrefix() + "."
 	mg.stats = newStats(st, prefix)
+	egress := fc.TrafficDirection == corev3.TrafficDirection_OUTBOUND
+	if mg.tracing, err = newTracing(cfg, egress, st, prefix); err != nil {
+		return nil, err
+	}
+	if cfg.GetTracing() == nil && cfg.GetRequestIdExtension() != nil {
+		if _, err := requestIDConfig(cfg.GetRequestIdExtension()); err != nil {
+			return nil, cfgerr.Field("request_id_extension", err)
+		}
+	}
 
 	// HTTP filters, the router last.
 	hfc := *fc
@@ -360,6 +386,9 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 			mg.filters = append(mg.filters, flt)
 			if rf, ok := flt.(http.ResponseFilter); ok {
 				mg.respFilters = append(mg.respFilters, rf)
+			}
+			if cf, ok := flt.(http.CompleteFilter); ok {
+				mg.doneFilters = append(mg.doneFilters, cf)
 			}
 		}
 	}

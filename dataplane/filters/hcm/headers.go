@@ -115,6 +115,9 @@ func (st *stream) sanitize(keepUpgrade bool) {
 			req.Set("x-request-id", bytesString(appendUUID(buf[:0])))
 		}
 	}
+	if m.tracing != nil {
+		m.tracing.decide(req)
+	}
 	e.Info.RequestID = req.Value("x-request-id")
 	if m.via != "" {
 		appendVia(req, m.via, buf[:0])
@@ -154,6 +157,9 @@ func (st *stream) mutateResponse(status int) {
 		if !r.Has("server") {
 			r.Add("server", m.serverName)
 		}
+	}
+	if st.decoratorOp != "" {
+		r.Set("x-envoy-decorator-operation", st.decoratorOp)
 	}
 	if m.alwaysSetID && e.Info.RequestID != "" {
 		r.Set("x-request-id", e.Info.RequestID)

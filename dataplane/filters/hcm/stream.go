@@ -42,6 +42,7 @@ type stream struct {
 	headerSent, ended bool        // the response side, on the handler's goroutine
 	resetFlag         atomic.Bool // Reset was called (from any goroutine)
 	matched           bool
+	decoratorOp       string // x-envoy-decorator-operation for the response (tracing, ingress)
 
 	mu        sync.Mutex // the timers' view
 	active    bool
@@ -97,6 +98,7 @@ func (st *stream) serve(c *conn, s http.ServerStream) {
 	m := st.m
 	st.c, st.down = c, s
 	st.headerSent, st.ended, st.matched = false, false, false
+	st.decoratorOp = ""
 	st.resetFlag.Store(false)
 	e := &st.ex
 	e.Reset(s.Context(), st)
@@ -129,12 +131,16 @@ func (st *stream) serve(c *conn, s http.ServerStream) {
 func (st *stream) run() {
 	m, e := st.m, &st.ex
 	t := m.routes()
+	var rt *route.Route
 	if t != nil {
-		if r := t.Match(e.Request); r != nil {
-			e.Route = r
+		if rt = t.Match(e.Request); rt != nil {
+			e.Route = rt
 			st.matched = true
-			st.routeIdle(r)
+			st.routeIdle(rt)
 		}
+	}
+	if m.tracing != nil {
+		st.decoratorOp = m.tracing.decorate(e.Request, rt)
 	}
 	for _, f := range m.filters {
 		if f.OnRequest(e) == http.Stop {
@@ -219,6 +225,9 @@ func (st *stream) finish() {
 	}
 	m.stats.rqCompleted.Inc()
 	m.stats.rqTime.Record(uint64(e.Info.Duration / time.Millisecond))
+	for _, f := range m.doneFilters {
+		f.OnComplete(e)
+	}
 	for _, l := range m.logs {
 		l.Log(e)
 	}

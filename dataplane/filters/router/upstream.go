@@ -350,6 +350,8 @@ func (q *rq) attempt() outcome {
 	}
 	e.Info.UpstreamHost = host.Addr
 	e.Info.UpstreamAttempts++
+	host.RqActive.Add(1) // what LEAST_REQUEST balances on
+	defer host.RqActive.Add(-1)
 	if q.rt.AutoHostRewrite {
 		if name := host.Hostname(); name != "" {
 			route.UpdateAuthority(e.Request, name, q.rt.AppendXForwardedHost, !q.r.suppressHeaders)

@@ -1,0 +1,198 @@
+package upstream
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	rawbufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/skiffproxy/skiff/internal/cfgerr"
+	"github.com/skiffproxy/skiff/internal/stats"
+)
+
+// TransportSocketMatchKey is the filter_metadata key of an endpoint's (or its
+// locality's) metadata that a cluster's transport_socket_matches match
+// against, as in Envoy.
+const TransportSocketMatchKey = "envoy.transport_socket_match"
+
+// Transport is what an upstream connection is wrapped in: Envoy's transport
+// socket. skiff speaks raw_buffer (plain TCP) only; a host whose transport is
+// TLS (an UpstreamTlsContext chosen by transport_socket_matches) is known,
+// and every connection to it fails with ErrTransportUnsupported instead of
+// sending plaintext to a host that expects TLS.
+type Transport struct {
+	// Name is the transport_socket_matches entry's name ("" for the
+	// cluster's transport_socket or the raw_buffer default).
+	Name string
+	// Socket is the transport socket's name (envoy.transport_sockets.tls,
+	// envoy.transport_sockets.raw_buffer).
+	Socket string
+	// TLS: the transport is an UpstreamTlsContext, which skiff cannot speak.
+	TLS bool
+	// ALPN is the UpstreamTlsContext's alpn_protocols (what istio.alpn
+	// would override; kept for the error message and upstream filters).
+	ALPN []string
+
+	match      *structpb.Struct // nil: matches every endpoint
+	matchCount stats.Counter    // cluster.<name>.<match name>.total_match_count
+}
+
+// rawBuffer is the default transport: plain TCP.
+var rawBuffer = &Transport{Socket: "envoy.transport_sockets.raw_buffer"}
+
+// ErrTransportUnsupported is returned (wrapped) by Connect for a host whose
+// transport socket skiff does not implement (TLS).
+var ErrTransportUnsupported = errors.New("transport socket not supported by skiff")
+
+// transportSockets reads transport_socket and transport_socket_matches.
+func (c *Config) transportSockets(pb *clusterv3.Cluster) error {
+	c.transport = rawBuffer
+	if ts := pb.GetTransportSocket(); ts != nil {
+		t, err := newTransport(ts)
+		if err != nil {
+			return cfgerr.Field("transport_socket", err)
+		}
+		if t.TLS {
+			// Every connection of the cluster would need TLS: refuse it now
+			// rather than fail each connection.
+			return cfgerr.Errorf("transport_socket", "TLS to upstream hosts (%s) is not supported by skiff yet", t.Socket)
+		}
+		c.transport = t
+	}
+	for i, m := range pb.GetTransportSocketMatches() {
+		if err := cfgerr.OnlyFields(m, "name", "match", "transport_socket"); err != nil {
+			return cfgerr.Index("transport_socket_matches", i, err)
+		}
+		if m.GetTransportSocket() == nil {
+			return cfgerr.Errorf(fmt.Sprintf("transport_socket_matches[%d].transport_socket", i), "is required")
+		}
+		t, err := newTransport(m.GetTransportSocket())
+		if err != nil {
+			return cfgerr.Index("transport_socket_matches", i, cfgerr.Field("transport_socket", err))
+		}
+		t.Name = m.GetName()
+		if len(m.GetMatch().GetFields()) > 0 {
+			t.match = m.GetMatch()
+		}
+		c.matches = append(c.matches, t)
+	}
+	return nil
+}
+
+func newTransport(ts *corev3.TransportSocket) (*Transport, error) {
+	if err := cfgerr.OnlyFields(ts, "name", "typed_config"); err != nil {
+		return nil, err
+	}
+	a := ts.GetTypedConfig()
+	if a == nil {
+		return nil, cfgerr.Errorf("typed_config", "a transport socket needs a typed_config")
+	}
+	t := &Transport{Socket: ts.GetName()}
+	var m proto.Message
+	switch a.GetTypeUrl() {
+	case "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer":
+		m = &rawbufferv3.RawBuffer{}
+	case "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext":
+		m = &tlsv3.UpstreamTlsContext{}
+		t.TLS = true
+	default:
+		return nil, cfgerr.Errorf("typed_config", "transport socket %q: type %s is not supported by skiff (RawBuffer is; UpstreamTlsContext only in transport_socket_matches, and its hosts fail to connect)", ts.GetName(), a.GetTypeUrl())
+	}
+	if err := a.UnmarshalTo(m); err != nil {
+		return nil, cfgerr.Errorf("typed_config", "decoding %s: %w", a.GetTypeUrl(), err)
+	}
+	if err := cfgerr.Validate(m); err != nil {
+		return nil, cfgerr.Field("typed_config", err)
+	}
+	if tc, ok := m.(*tlsv3.UpstreamTlsContext); ok {
+		t.ALPN = tc.GetCommonTlsContext().GetAlpnProtocols()
+	}
+	return t, nil
+}
+
+// bindTransportStats creates the match counters of a cluster's scope.
+func bindTransportStats(cfg *Config, sc *stats.Scope) []*Transport {
+	out := make([]*Transport, len(cfg.matches))
+	for i, t := range cfg.matches {
+		cp := *t
+		cp.matchCount = sc.Counter(t.Name + ".total_match_count")
+		out[i] = &cp
+	}
+	return out
+}
+
+// resolveTransport is Envoy's TransportSocketMatcher: the first match whose
+// every key equals the endpoint's envoy.transport_socket_match metadata
+// (else its locality's) wins; none matching, the cluster's transport_socket.
+func resolveTransport(matches []*Transport, def *Transport, ep, locality *structpb.Struct) *Transport {
+	for _, md := range []*structpb.Struct{ep, locality} {
+		for _, t := range matches {
+			if labelsMatch(t.match, md) {
+				t.matchCount.Inc()
+				return t
+			}
+		}
+		if locality == nil {
+			break
+		}
+	}
+	return def
+}
+
+func labelsMatch(match, md *structpb.Struct) bool {
+	for k, v := range match.GetFields() {
+		got, ok := md.GetFields()[k]
+		if !ok || !proto.Equal(got, v) {
+			return false
+		}
+	}
+	return true
+}
+
+// transportMetadata returns the envoy.transport_socket_match struct of md.
+func transportMetadata(md *corev3.Metadata) *structpb.Struct {
+	return md.GetFilterMetadata()[TransportSocketMatchKey]
+}
+
+// checkTransport refuses a connection the host's transport cannot carry.
+func (c *Cluster) checkTransport(h *Host) error {
+	t := h.transport.Load()
+	if t == nil || !t.TLS {
+		return nil
+	}
+	c.stats.cxConnectFail.Inc()
+	c.stats.cxTransportUnsupported.Inc()
+	h.CxConnectFail.Add(1)
+	return &TransportError{Cluster: c.name, Host: h.Addr.String(), Match: t.Name, Socket: t.Socket}
+}
+
+// TransportError is a connection refused because its host needs a transport
+// socket skiff does not implement.
+type TransportError struct {
+	Cluster, Host, Match, Socket string
+}
+
+func (e *TransportError) Error() string {
+	return fmt.Sprintf("cluster %s: host %s: transport_socket_matches %q selects %s (TLS), which skiff does not support; not connecting in plaintext",
+		e.Cluster, e.Host, e.Match, e.Socket)
+}
+
+func (e *TransportError) Unwrap() error { return ErrTransportUnsupported }
+
+// ConnFilter is an upstream network filter (a cluster's filters): it sees
+// each new connection to the cluster's hosts once it is made, before any
+// byte is written. alpn is the protocol the transport negotiated ("" on
+// plain TCP). An error closes the connection.
+type ConnFilter interface {
+	UpstreamConnected(c net.Conn, alpn string) error
+}
+
+// FilterBuilder builds a cluster's filters entry (through the filter
+// Registry, which this package cannot import).
+type FilterBuilder func(f *clusterv3.Filter) (ConnFilter, error)

@@ -1,0 +1,189 @@
+package e2e
+
+import (
+	"fmt"
+	"net"
+	nethttp "net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/skiffproxy/skiff/internal/xdstest"
+)
+
+// istioRouterNode is the node istiod pushed the gateway resources to.
+const istioRouterNode = "router~127.0.0.1~gw.istio-system~istio-system.svc.cluster.local"
+
+// loadIstioRouter decodes the resources istiod pushed to an ingress gateway
+// (../dataplane/testdata/istio/router, exactly as received).
+func loadIstioRouter(t *testing.T) map[resourcev3.Type][]types.Resource {
+	t.Helper()
+	files, err := filepath.Glob("../dataplane/testdata/istio/router/*.pb")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no gateway resources: %v", err)
+	}
+	out := map[resourcev3.Type][]types.Resource{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m types.Resource
+		var typ resourcev3.Type
+		switch base := filepath.Base(f); {
+		case strings.HasPrefix(base, "Listener-"):
+			m, typ = &listenerv3.Listener{}, resourcev3.ListenerType
+		case strings.HasPrefix(base, "ClusterLoadAssignment-"):
+			m, typ = &endpointv3.ClusterLoadAssignment{}, resourcev3.EndpointType
+		case strings.HasPrefix(base, "Cluster-"):
+			m, typ = &clusterv3.Cluster{}, resourcev3.ClusterType
+		case strings.HasPrefix(base, "RouteConfiguration-"):
+			m, typ = &routev3.RouteConfiguration{}, resourcev3.RouteType
+		}
+		if err := proto.Unmarshal(b, m); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		out[typ] = append(out[typ], m)
+	}
+	return out
+}
+
+func setSocketAddress(a *corev3.Address, addr string) {
+	ap := netip.MustParseAddrPort(addr)
+	sa := a.GetSocketAddress()
+	sa.Address = ap.Addr().String()
+	sa.PortSpecifier = &corev3.SocketAddress_PortValue{PortValue: uint32(ap.Port())}
+}
+
+// TestIstioGateway pushes what istiod sent an ingress gateway, unchanged but
+// for addresses (the listener on a free loopback port, the EDS endpoints on
+// test backends), from a go-control-plane server to the real binary, and
+// sends the VirtualService's traffic through it.
+func TestIstioGateway(t *testing.T) {
+	res := loadIstioRouter(t)
+	// backend.example.com's three endpoints become three backends.
+	backends := map[string]string{}
+	for i := range 3 {
+		name := fmt.Sprintf("backend-%d", i)
+		addr := httpBackend(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+			w.Header().Set("x-upstream", name)
+			w.Header().Set("x-seen-path", r.URL.RequestURI())
+			w.Header().Set("x-seen-decorator", r.Header.Get("x-envoy-decorator-operation"))
+			w.Header().Set("x-seen-peer-id", r.Header.Get("x-envoy-peer-metadata-id"))
+			w.Header().Set("x-seen-attempt-count", r.Header.Get("x-envoy-attempt-count"))
+			w.Header().Set("x-seen-request-id", r.Header.Get("x-request-id"))
+			// An upstream peer's metadata, which the gateway removes.
+			w.Header().Set("x-envoy-peer-metadata-id", "sidecar~10.0.0.1~backend")
+			fmt.Fprintf(w, "hello from %s", name)
+		}))
+		backends[addr] = name
+	}
+	var backendAddrs []string
+	for a := range backends {
+		backendAddrs = append(backendAddrs, a)
+	}
+	echo := startUpstream(t, "127.0.0.1", echoHandler)
+	for _, r := range res[resourcev3.EndpointType] {
+		cla := r.(*endpointv3.ClusterLoadAssignment)
+		for _, lle := range cla.GetEndpoints() {
+			for i, lbe := range lle.GetLbEndpoints() {
+				a := lbe.GetEndpoint().GetAddress()
+				if a.GetSocketAddress().GetPortValue() == 19000 {
+					setSocketAddress(a, echo.Addr)
+				} else {
+					setSocketAddress(a, backendAddrs[i])
+				}
+			}
+		}
+	}
+	l := res[resourcev3.ListenerType][0].(*listenerv3.Listener)
+	setSocketAddress(l.GetAddress(), "127.0.0.1:0")
+
+	cp := xdstest.Start(t, "127.0.0.1:0", istioRouterNode)
+	cp.Push(res)
+	host, port, _ := net.SplitHostPort(cp.Addr())
+	p := startSkiff(t, fmt.Sprintf(`node:
+  id: %s
+  cluster: istio-ingressgateway.istio-system
+  metadata: { NAMESPACE: istio-system, CLUSTER_ID: Kubernetes, NAME: gw-0, LABELS: { istio: ingressgateway } }
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services:
+    - envoy_grpc: { cluster_name: xds }
+  cds_config: { ads: {}, resource_api_version: V3 }
+  lds_config: { ads: {}, resource_api_version: V3 }
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }
+    load_assignment:
+      cluster_name: xds
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: %s, port_value: %s } } }
+`, istioRouterNode, host, port))
+	addr := waitListener(t, p, l.GetName())
+	for _, r := range cp.Requests() {
+		if d, ok := r.(*discoveryv3.DiscoveryRequest); ok && d.GetErrorDetail() != nil {
+			t.Fatalf("skiff NACKed istiod's resources: %s", d.GetErrorDetail().GetMessage())
+		}
+	}
+
+	c := h1Client(t)
+	seen := map[string]bool{}
+	for i := range 6 {
+		resp, body := doGet(t, c, "http://"+addr+"/api/items?i="+fmt.Sprint(i), "host", "shop.example.com")
+		if resp.StatusCode != 200 {
+			t.Fatalf("GET /api/items: %d %q", resp.StatusCode, body)
+		}
+		up := resp.Header.Get("x-upstream")
+		if !strings.HasPrefix(body, "hello from backend-") || up == "" {
+			t.Fatalf("GET /api/items reached %q: %q", up, body)
+		}
+		seen[up] = true
+		for h, want := range map[string]string{
+			"x-seen-path":          "/api/items?i=" + fmt.Sprint(i),
+			"x-seen-decorator":     "backend.example.com:80/api*", // the route's decorator, egress
+			"x-seen-peer-id":       istioRouterNode,               // istio.metadata_exchange
+			"x-seen-attempt-count": "1",                           // include_request_attempt_count
+			"server":               "istio-envoy",
+		} {
+			if got := resp.Header.Get(h); got != want {
+				t.Errorf("%s = %q, want %q", h, got, want)
+			}
+		}
+		if rid := resp.Header.Get("x-seen-request-id"); len(rid) != 36 || (rid[14] != '4' && rid[14] != '9') {
+			t.Errorf("x-request-id upstream %q is not a UUID with a trace reason", rid)
+		}
+		if v := resp.Header.Get("x-envoy-peer-metadata-id"); v != "" {
+			t.Errorf("the upstream's x-envoy-peer-metadata-id went downstream: %q", v)
+		}
+	}
+	if len(seen) < 2 {
+		t.Errorf("6 requests reached only %v of the three endpoints", seen)
+	}
+
+	// No route: 404, as Envoy.
+	resp, body := doGet(t, c, "http://"+addr+"/elsewhere", "host", "shop.example.com")
+	if resp.StatusCode != 404 {
+		t.Fatalf("GET /elsewhere: %d %q, want 404", resp.StatusCode, body)
+	}
+}
