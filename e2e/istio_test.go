@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -145,6 +146,13 @@ static_resources:
 		if d, ok := r.(*discoveryv3.DiscoveryRequest); ok && d.GetErrorDetail() != nil {
 			t.Fatalf("skiff NACKed istiod's resources: %s", d.GetErrorDetail().GetMessage())
 		}
+	}
+
+	// The config dump prints as JSON, Istio's own config types included.
+	r := runSkiff(t, "admin", "--runtime-dir", p.RuntimeDir, "config-dump", "-o", "json")
+	alpnType := regexp.MustCompile(`"@type":\s*"type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig"`)
+	if r.code != 0 || !alpnType.MatchString(r.stdout) {
+		t.Errorf("skiff admin config-dump -o json: exit %d, stderr %q, istio.alpn's config not printed", r.code, r.stderr)
 	}
 
 	c := h1Client(t)

@@ -28,6 +28,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/skiffproxy/skiff/dataplane/admin"
+	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/dataplane/filters"
 	"github.com/skiffproxy/skiff/internal/runtimedir"
 	adminv1 "github.com/skiffproxy/skiff/proto/skiff/admin/v1"
 )
@@ -115,6 +117,9 @@ type adminClient struct {
 	admin  adminv1.AdminServiceClient
 	csds   statusv3.ClientStatusDiscoveryServiceClient
 	stdout io.Writer
+	// types resolves the Anys of what is printed as JSON, Istio's config
+	// types (described by skiff, not linked in) included.
+	types *filter.TypeResolver
 }
 
 func adminCmd(args []string, stdout, stderr io.Writer) error {
@@ -143,7 +148,11 @@ func adminCmd(args []string, stdout, stderr io.Writer) error {
 	sub := flag.NewFlagSet("skiff admin "+name, flag.ContinueOnError)
 	sub.SetOutput(stderr)
 	o.register(sub)
-	c := &adminClient{opts: o, fs: sub, stdout: stdout}
+	reg, err := filters.Builtin()
+	if err != nil {
+		return err
+	}
+	c := &adminClient{opts: o, fs: sub, stdout: stdout, types: reg.Resolver()}
 	// The command registers its own flags before it parses them. NewClient
 	// connects at the first call, so -h needs no server.
 	target, socket := o.target()
@@ -201,7 +210,7 @@ func (c *adminClient) json() bool { return c.opts.output == "json" }
 
 // printJSON prints m as protojson.
 func (c *adminClient) printJSON(m proto.Message) error {
-	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
+	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", Resolver: c.types}.Marshal(m)
 	if err != nil {
 		return err
 	}
@@ -352,7 +361,7 @@ func adminStats(c *adminClient, args []string) error {
 		}
 		if c.json() {
 			// One message a line (JSON lines), for scripts that read a stream.
-			b, err := protojson.Marshal(r)
+			b, err := protojson.MarshalOptions{Resolver: c.types}.Marshal(r)
 			if err != nil {
 				return err
 			}
