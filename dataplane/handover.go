@@ -56,10 +56,12 @@ func (s *Server) StopAccepting() {
 	}
 }
 
-// MoveConnections stops every connection that can be moved (TCP proxy pairs)
-// at a safe point and returns them for a hot-restart successor, with the
-// function to call once they have been sent (it closes this process's copies).
-func (s *Server) MoveConnections() ([]restart.Moved, func(), error) {
+// MoveConnections stops every connection that can be moved (TCP proxy pairs,
+// HTTP/1.1 connections between exchanges) at a safe point and returns them
+// for a hot-restart successor, with the function to call once they have been
+// sent (it closes this process's copies). A connection that stopped but could
+// not be duplicated is closed and logged; the others go on.
+func (s *Server) MoveConnections() ([]restart.Moved, func()) {
 	s.mu.Lock()
 	type owned struct {
 		listener string
@@ -83,7 +85,6 @@ func (s *Server) MoveConnections() ([]restart.Moved, func(), error) {
 	var mu sync.Mutex
 	var moved []restart.Moved
 	var releases []func()
-	var firstErr error
 	var wg sync.WaitGroup
 	for _, o := range conns {
 		m := o.c.Mover()
@@ -96,15 +97,16 @@ func (s *Server) MoveConnections() ([]restart.Moved, func(), error) {
 				return
 			}
 			rm, err := movedFiles(o.listener, mc)
+			if err != nil {
+				// This one cannot go (out of descriptors, say): it was stopped,
+				// so it is closed; the others go on to the successor.
+				s.log.Warn("hot restart: a connection could not be handed over; closing it", "conn", o.c.ID, "listener", o.listener, "error", err)
+				mc.Release()
+				return
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			releases = append(releases, mc.Release)
-			if err != nil {
-				if firstErr == nil {
-					firstErr = err
-				}
-				return
-			}
 			moved = append(moved, rm)
 		})
 	}
@@ -120,7 +122,7 @@ func (s *Server) MoveConnections() ([]restart.Moved, func(), error) {
 			}
 		}
 	}
-	return moved, done, firstErr
+	return moved, done
 }
 
 func movedFiles(listenerName string, mc *filter.MovedConn) (restart.Moved, error) {

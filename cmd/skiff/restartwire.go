@@ -201,7 +201,8 @@ func (h *hotRestart) state() (*restart.State, error) {
 // proxy connections.
 func (h *hotRestart) handover(context.Context) ([]restart.Moved, func(), error) {
 	h.srv.StopAccepting()
-	return h.srv.MoveConnections()
+	moved, done := h.srv.MoveConnections()
+	return moved, done, nil
 }
 
 // finished: the successor has everything; this process drains and exits.

@@ -472,3 +472,39 @@ func TestResourceTTLAndHeartbeat(t *testing.T) {
 		return ""
 	})
 }
+
+// TestHeldBackNACKDoesNotRideOnTheNextACK: a repeated NACK that the client
+// paces is dropped when a good update is accepted meanwhile, so that the ACK
+// of the good version carries no error_detail.
+func TestHeldBackNACKDoesNotRideOnTheNextACK(t *testing.T) {
+	up := greeter(t, "x")
+	f := newFixture(t, setup{})
+	f.cp.Push(full(edsCluster("backend"), assignment("backend", up), nil))
+	f.cp.Response(resource.ClusterType, 0)
+	f.cp.Request(resource.ClusterType, 1) // ACK
+
+	ts := f.client.types[resource.ClusterType]
+	bad := edsCluster("bad")
+	bad.LbPolicy = clusterv3.Cluster_MAGLEV // not supported: rejected
+	a, _ := anypb.New(bad)
+	for i := range 2 { // the second is held back
+		f.client.handleSotW(ts.stream, &discoveryv3.DiscoveryResponse{
+			VersionInfo: "bad", TypeUrl: resource.ClusterType, Nonce: fmt.Sprintf("n-bad-%d", i), Resources: []*anypb.Any{a},
+		})
+	}
+	f.client.mu.Lock()
+	held := ts.nack != nil && ts.nackTimer != nil
+	f.client.mu.Unlock()
+	if !held {
+		t.Fatal("the repeated NACK was not held back")
+	}
+	g, _ := anypb.New(edsCluster("backend"))
+	f.client.handleSotW(ts.stream, &discoveryv3.DiscoveryResponse{
+		VersionInfo: "good", TypeUrl: resource.ClusterType, Nonce: "n-good", Resources: []*anypb.Any{g},
+	})
+	f.client.mu.Lock()
+	defer f.client.mu.Unlock()
+	if ts.nack != nil || ts.nackTimer != nil || ts.version != "good" {
+		t.Fatalf("after accepting a good update: pending NACK %v, timer %v, version %q", ts.nack, ts.nackTimer != nil, ts.version)
+	}
+}

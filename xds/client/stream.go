@@ -512,7 +512,12 @@ func (c *Client) finishLocked(s *stream, ts *typeState, version string, n int, b
 		}
 	}
 	if err == nil {
-		ts.nackRepeats = 0
+		// A NACK held back (see below) must not ride on this ACK.
+		ts.nack, ts.nackRepeats = nil, 0
+		if ts.nackTimer != nil {
+			ts.nackTimer.Stop()
+			ts.nackTimer = nil
+		}
 		c.log.Info("xDS update accepted (ACK)", "type", resource.ShortName(ts.url), "version", version, "resources", n, "total", len(ts.res))
 		s.queueLocked(ts.url)
 		return

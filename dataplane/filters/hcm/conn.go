@@ -136,7 +136,16 @@ func (m *Manager) serveConn(ctx context.Context, fc *filter.Conn, moved *filter.
 		c.released = make(chan struct{})
 		fc.SetMover(c)
 	}
-	err := c.codec.Serve(ctx, cc, c)
+	var err error
+	if c.h1c != nil {
+		// Bytes read already (sniffed, or unparsed by a hot-restart parent)
+		// go into the codec's own buffer, where Detach sees them too.
+		pending := cc.pending
+		cc.pending = nil
+		err = c.h1c.ServeBuffered(ctx, cc, pending, c)
+	} else {
+		err = c.codec.Serve(ctx, cc, c)
+	}
 	if errors.Is(err, h1.ErrDetached) {
 		// A hot restart took the idle connection: wait until the successor
 		// has its copy, which Release closes here.

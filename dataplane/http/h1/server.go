@@ -256,7 +256,9 @@ func (c *ServerConn) readRequest() error {
 		}
 		if c.draining.Load() {
 			if !c.wake() {
-				return c.detach(nil)
+				// Detach got here first: a background read may still be
+				// under way, so detach as for a busy connection.
+				return c.detachBusy()
 			}
 			return errDrained
 		}
