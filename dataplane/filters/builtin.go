@@ -9,6 +9,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/filters/fault"
 	"github.com/skiffproxy/skiff/dataplane/filters/grpcstats"
 	"github.com/skiffproxy/skiff/dataplane/filters/hcm"
+	"github.com/skiffproxy/skiff/dataplane/filters/httpinspector"
 	"github.com/skiffproxy/skiff/dataplane/filters/istioalpn"
 	"github.com/skiffproxy/skiff/dataplane/filters/localratelimit"
 	"github.com/skiffproxy/skiff/dataplane/filters/metadataexchange"
@@ -16,6 +17,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/filters/rbac"
 	"github.com/skiffproxy/skiff/dataplane/filters/router"
 	"github.com/skiffproxy/skiff/dataplane/filters/tcpproxy"
+	"github.com/skiffproxy/skiff/dataplane/filters/tlsinspector"
 )
 
 // Builtin returns a Registry holding every filter skiff ships with.
@@ -36,6 +38,15 @@ func Builtin() (*filter.Registry, error) {
 		metadataexchange.UpstreamFactory{},
 	} {
 		if err := r.RegisterUpstreamNetwork(f); err != nil {
+			return nil, err
+		}
+	}
+	// Listener filters: a listener's listener_filters.
+	for _, f := range []filter.ListenerFactory{
+		tlsinspector.Factory{},
+		httpinspector.Factory{},
+	} {
+		if err := r.RegisterListener(f); err != nil {
 			return nil, err
 		}
 	}
