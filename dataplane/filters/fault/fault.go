@@ -361,7 +361,7 @@ func percentage(h *http.Header, name string, fromHeader bool, cfg runtime.Fracti
 	if !ok {
 		return cfg
 	}
-	n, ok := parseUint(v)
+	n, ok := route.SimpleAtoiUint64(v)
 	if !ok || n > math.MaxUint32 {
 		return cfg
 	}
@@ -384,7 +384,7 @@ func (f *Filter) delayDuration(s *settings, snap *runtime.Snapshot, h *http.Head
 		if !ok {
 			return 0, false
 		}
-		if ms, ok = parseUint(v); !ok {
+		if ms, ok = route.SimpleAtoiUint64(v); !ok {
 			return 0, false
 		}
 	}
@@ -417,13 +417,13 @@ func (f *settings) abortStatus(snap *runtime.Snapshot, h *http.Header) (status i
 		grpc, hasGRPC = a.status, true
 	case abortHeader:
 		if v, ok := h.Get(HeaderAbort); ok {
-			if n, ok := parseUint(v); ok && n >= 200 && n < 600 {
+			if n, ok := route.SimpleAtoiUint64(v); ok && n >= 200 && n < 600 {
 				httpStatus, hasHTTP = n, true
 			}
 		}
 		if !hasHTTP {
 			if v, ok := h.Get(HeaderAbortGRPC); ok {
-				if n, ok := parseUint(v); ok && n <= math.MaxUint32 {
+				if n, ok := route.SimpleAtoiUint64(v); ok && n <= math.MaxUint32 {
 					grpc, hasGRPC = n, true
 				}
 			}
@@ -477,38 +477,4 @@ func (w wakeup) Interrupt(error) {
 	case w <- struct{}{}:
 	default:
 	}
-}
-
-// parseUint is absl::SimpleAtoi for an unsigned value: surrounding ASCII
-// whitespace and a '+' allowed, overflow not.
-func parseUint(s string) (uint64, bool) {
-	for len(s) > 0 && isSpace(s[0]) {
-		s = s[1:]
-	}
-	for len(s) > 0 && isSpace(s[len(s)-1]) {
-		s = s[:len(s)-1]
-	}
-	if len(s) > 0 && s[0] == '+' {
-		s = s[1:]
-	}
-	if s == "" {
-		return 0, false
-	}
-	var n uint64
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		d := uint64(c - '0')
-		if n > (math.MaxUint64-d)/10 {
-			return 0, false
-		}
-		n = n*10 + d
-	}
-	return n, true
-}
-
-func isSpace(c byte) bool {
-	return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'
 }

@@ -285,13 +285,13 @@ func TestSimpleAtoi(t *testing.T) {
 		}
 	}
 	for s, want := range map[string]uint64{"0": 0, "+1": 1, " 18446744073709551615 ": 1<<64 - 1} {
-		if got, ok := simpleAtoiUint64(s); !ok || got != want {
-			t.Errorf("simpleAtoiUint64(%q) = %d, %v; want %d", s, got, ok, want)
+		if got, ok := SimpleAtoiUint64(s); !ok || got != want {
+			t.Errorf("SimpleAtoiUint64(%q) = %d, %v; want %d", s, got, ok, want)
 		}
 	}
 	for _, s := range []string{"", "-1", "18446744073709551616", "++1", "1.0"} {
-		if got, ok := simpleAtoiUint64(s); ok {
-			t.Errorf("simpleAtoiUint64(%q) = %d, want failure", s, got)
+		if got, ok := SimpleAtoiUint64(s); ok {
+			t.Errorf("SimpleAtoiUint64(%q) = %d, want failure", s, got)
 		}
 	}
 }

@@ -317,7 +317,7 @@ func (w *weightedClusters) index(h *http.Header, rnd uint64) int {
 	if w.header != "" {
 		var stack [2]string
 		if vals := h.Values(stack[:0], w.header); len(vals) == 1 {
-			if n, ok := simpleAtoiUint64(vals[0]); ok {
+			if n, ok := SimpleAtoiUint64(vals[0]); ok {
 				sel = n
 			}
 		}
@@ -333,9 +333,10 @@ func (w *weightedClusters) index(h *http.Header, rnd uint64) int {
 	return len(w.entries) - 1 // unreachable: sel < total
 }
 
-// simpleAtoiUint64 is absl::SimpleAtoi for uint64: surrounding ASCII
+// SimpleAtoiUint64 is absl::SimpleAtoi for uint64, as Envoy parses numbers in
+// headers (the router's, the fault filter's): surrounding ASCII
 // whitespace and a '+' are allowed, overflow is not.
-func simpleAtoiUint64(s string) (uint64, bool) {
+func SimpleAtoiUint64(s string) (uint64, bool) {
 	s = trimASCIISpace(s)
 	if len(s) > 0 && s[0] == '+' {
 		s = s[1:]

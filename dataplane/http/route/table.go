@@ -177,7 +177,7 @@ func StripPort(h *http.Header, listenerPort int) bool {
 	if i < 0 {
 		return false
 	}
-	port, ok := simpleAtoiUint64(host[i+1:])
+	port, ok := SimpleAtoiUint64(host[i+1:])
 	if !ok || port > 1<<32-1 {
 		return false
 	}
