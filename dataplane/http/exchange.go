@@ -3,7 +3,6 @@ package http
 import (
 	"context"
 	"net/netip"
-	"strconv"
 	"sync"
 	"time"
 	"unsafe"
@@ -314,14 +313,4 @@ type StreamInfo struct {
 	BytesReceived, BytesSent int64
 	RequestID                string
 	UpstreamAttempts         int
-}
-
-// AddUint appends a field whose value is v in decimal, without allocating.
-func (h *Header) AddUint(name string, v uint64) {
-	start := uint32(len(h.buf))
-	h.buf = append(h.buf, name...)
-	mid := uint32(len(h.buf))
-	h.buf = strconv.AppendUint(h.buf, v, 10)
-	h.fields = append(h.fields, field{nameStart: start, nameEnd: mid, valueEnd: uint32(len(h.buf))})
-	h.n++
 }

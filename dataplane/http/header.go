@@ -16,6 +16,7 @@
 package http
 
 import (
+	"strconv"
 	"strings"
 	"unsafe"
 )
@@ -83,6 +84,23 @@ func (h *Header) Add(name, value string) {
 	h.buf = append(h.buf, value...)
 	h.fields = append(h.fields, field{nameStart: start, nameEnd: mid, valueEnd: uint32(len(h.buf))})
 	h.n++
+}
+
+// AddUint appends a field whose value is v in decimal, without allocating.
+func (h *Header) AddUint(name string, v uint64) {
+	start := uint32(len(h.buf))
+	h.buf = append(h.buf, name...)
+	mid := uint32(len(h.buf))
+	h.buf = strconv.AppendUint(h.buf, v, 10)
+	h.fields = append(h.fields, field{nameStart: start, nameEnd: mid, valueEnd: uint32(len(h.buf))})
+	h.n++
+}
+
+// SetUint replaces the fields called name with one whose value is v in
+// decimal, without allocating.
+func (h *Header) SetUint(name string, v uint64) {
+	h.Del(name)
+	h.AddUint(name, v)
 }
 
 // AddBytes is Add for byte slices, as a codec has them.

@@ -1,7 +1,6 @@
 package http
 
 import (
-	"strconv"
 	"strings"
 	"unsafe"
 )
@@ -44,15 +43,14 @@ func (e *Exchange) localReply(status int, grpcStatus int64, body, details string
 	e.Info.ResponseCodeDetails = details
 	e.Info.ResponseFlags |= flags
 	h := &e.Response
-	var num [20]byte
 	if e.Request != nil && IsGRPC(e.Request) {
 		if grpcStatus < 0 {
 			grpcStatus = int64(GRPCStatusFromHTTP(status))
 		}
 		e.Info.ResponseCode = 200
-		setBytes(h, Status, strconv.AppendInt(num[:0], 200, 10))
+		h.SetUint(Status, 200)
 		h.Set("content-type", "application/grpc")
-		setBytes(h, "grpc-status", strconv.AppendInt(num[:0], grpcStatus, 10))
+		h.SetUint("grpc-status", uint64(grpcStatus))
 		if body != "" {
 			h.Del("grpc-message")
 			h.addGRPCMessage(body)
@@ -60,11 +58,11 @@ func (e *Exchange) localReply(status int, grpcStatus int64, body, details string
 		return e.Downstream.WriteHeader(h, true)
 	}
 	e.Info.ResponseCode = status
-	setBytes(h, Status, strconv.AppendInt(num[:0], int64(status), 10))
+	h.SetUint(Status, uint64(status))
 	if body == "" {
 		return e.Downstream.WriteHeader(h, true)
 	}
-	setBytes(h, "content-length", strconv.AppendInt(num[:0], int64(len(body)), 10))
+	h.SetUint("content-length", uint64(len(body)))
 	h.Set("content-type", "text/plain")
 	if e.Request != nil && e.Request.Method() == "HEAD" {
 		return e.Downstream.WriteHeader(h, true)
@@ -78,17 +76,6 @@ func (e *Exchange) localReply(status int, grpcStatus int64, body, details string
 		return err
 	}
 	return e.Downstream.End()
-}
-
-// setBytes replaces the fields called name with one whose value is v (copied).
-func setBytes(h *Header, name string, v []byte) {
-	h.Del(name)
-	start := uint32(len(h.buf))
-	h.buf = append(h.buf, name...)
-	mid := uint32(len(h.buf))
-	h.buf = append(h.buf, v...)
-	h.fields = append(h.fields, field{nameStart: start, nameEnd: mid, valueEnd: uint32(len(h.buf))})
-	h.n++
 }
 
 // addGRPCMessage adds grpc-message with msg percent-encoded as gRPC requires

@@ -231,8 +231,7 @@ func (f *Filter) OnRequest(e *http.Exchange) http.Action {
 	c.responseHeaders.Apply(&e.Response, &e.Info)
 	if c.retryAfter && c.status == 429 && !e.Response.Has(HeaderRetry) {
 		secs := max(1, ceilSeconds(c.bucket.NextToken()))
-		var b [20]byte
-		e.Response.Add(HeaderRetry, string(strconv.AppendUint(b[:0], secs, 10)))
+		e.Response.AddUint(HeaderRetry, secs)
 	}
 	c.addXHeaders(&e.Response)
 	var err error
@@ -267,10 +266,9 @@ func (f *config) addXHeaders(h *http.Header) {
 		return
 	}
 	remaining, next := f.bucket.State()
-	var b [20]byte
 	h.Add(HeaderLimit, f.limit)
-	h.Add(HeaderRemaining, string(strconv.AppendUint(b[:0], remaining, 10)))
-	h.Add(HeaderReset, string(strconv.AppendUint(b[:0], ceilSeconds(next), 10)))
+	h.AddUint(HeaderRemaining, remaining)
+	h.AddUint(HeaderReset, ceilSeconds(next))
 }
 
 // ceilSeconds rounds d up to whole seconds.

@@ -192,8 +192,7 @@ func (r *Router) reply(e *http.Exchange, rt *route.Route) {
 		_ = e.Downstream.WriteHeader(&e.Response, true)
 		return
 	}
-	e.Response.Del("content-length")
-	e.Response.AddUint("content-length", uint64(len(body)))
+	e.Response.SetUint("content-length", uint64(len(body)))
 	if e.Downstream.WriteHeader(&e.Response, false) != nil {
 		return
 	}

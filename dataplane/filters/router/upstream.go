@@ -269,8 +269,7 @@ func (q *rq) setupTimeouts() {
 			expected = q.perTry
 		}
 		if expected > 0 {
-			req.Del("x-envoy-expected-rq-timeout-ms")
-			req.AddUint("x-envoy-expected-rq-timeout-ms", uint64(expected/time.Millisecond))
+			req.SetUint("x-envoy-expected-rq-timeout-ms", uint64(expected/time.Millisecond))
 		}
 	}
 }
@@ -411,8 +410,7 @@ func (q *rq) exchange(conn *pool.Conn, us http.ClientStream, start time.Time) ou
 	e, hs, vh := q.e, q.hs, q.rt.VirtualHost
 	req := e.Request
 	if vh != nil && vh.IncludeRequestAttemptCount {
-		req.Del("x-envoy-attempt-count")
-		req.AddUint("x-envoy-attempt-count", uint64(e.Info.UpstreamAttempts))
+		req.SetUint("x-envoy-attempt-count", uint64(e.Info.UpstreamAttempts))
 	}
 	upgrade := req.Has("upgrade")
 	end := q.requestEnded()
@@ -457,12 +455,10 @@ func (q *rq) exchange(conn *pool.Conn, us http.ClientStream, start time.Time) ou
 	resp.CopyTo(r)
 	q.rt.MutateResponse(r, &e.Info)
 	if !q.r.suppressHeaders {
-		r.Del("x-envoy-upstream-service-time")
-		r.AddUint("x-envoy-upstream-service-time", uint64(time.Since(start)/time.Millisecond))
+		r.SetUint("x-envoy-upstream-service-time", uint64(time.Since(start)/time.Millisecond))
 	}
 	if vh != nil && vh.IncludeAttemptCountInResponse {
-		r.Del("x-envoy-attempt-count")
-		r.AddUint("x-envoy-attempt-count", uint64(e.Info.UpstreamAttempts))
+		r.SetUint("x-envoy-attempt-count", uint64(e.Info.UpstreamAttempts))
 	}
 	e.Info.ResponseCodeDetails = "via_upstream"
 	respEnd := us.EndedWithHeader()
