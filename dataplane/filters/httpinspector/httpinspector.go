@@ -18,6 +18,7 @@ import (
 
 	"github.com/skiffproxy/skiff/dataplane/filter"
 	"github.com/skiffproxy/skiff/dataplane/filters/internal/peek"
+	"github.com/skiffproxy/skiff/dataplane/http/h2"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
@@ -28,9 +29,6 @@ const Name = "envoy.filters.listener.http_inspector"
 // MaxInspectSize is how many bytes the inspector looks at, at most (Envoy's
 // MAX_INSPECT_SIZE): a request line not ended by then is not HTTP.
 const MaxInspectSize = 8192
-
-// h2Preface is the HTTP/2 client connection preface (RFC 9113 3.4).
-const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 // Factory builds http_inspector filters.
 type Factory struct{}
@@ -81,8 +79,8 @@ const (
 // Detect looks at the first bytes of a connection: the HTTP/2 preface is
 // "h2c", an HTTP/1.0 or HTTP/1.1 request line "http/1.0" or "http/1.1".
 func Detect(b []byte) (string, Result) {
-	if n := min(len(b), len(h2Preface)); string(b[:n]) == h2Preface[:n] {
-		if n < len(h2Preface) {
+	if n := min(len(b), len(h2.ClientPreface)); string(b[:n]) == h2.ClientPreface[:n] {
+		if n < len(h2.ClientPreface) {
 			return "", More
 		}
 		return "h2c", Found
