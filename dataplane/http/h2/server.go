@@ -230,9 +230,10 @@ func (c *conn) worker(s *stream) {
 		c.runHandler(s)
 		c.mu.Lock()
 		c.runningHandlers--
-		if c.runningHandlers == 0 {
+		if c.runningHandlers == 0 && !c.workClosed {
 			// The connection went quiet: it keeps this goroutine waiting,
-			// not the stacks of its busiest moment.
+			// not the stacks of its busiest moment. (Once Serve has closed
+			// work, after the last handler returned, the idle ones are gone.)
 			c.releaseIdleWorkersLocked()
 		}
 		keep := min(max(c.runningHandlers, 1), maxIdleWorkers)
