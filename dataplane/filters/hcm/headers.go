@@ -288,39 +288,11 @@ func hasTokenFold(list, token string) bool {
 		} else {
 			t, list = list, ""
 		}
-		if equalFold(strings.TrimSpace(t), token) {
+		if http.EqualFoldLower(strings.TrimSpace(t), token) {
 			return true
 		}
 	}
 	return false
-}
-
-func equalFold(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		x, y := a[i], b[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
-}
-
-func lowerASCII(s string) string {
-	for i := 0; i < len(s); i++ {
-		if 'A' <= s[i] && s[i] <= 'Z' {
-			return strings.ToLower(s)
-		}
-	}
-	return s
 }
 
 // normalize applies normalize_path (RFC 3986 dot-segment removal) and

@@ -318,10 +318,10 @@ func (st *stream) upgrade() (keep, ok bool) {
 	if !connectionHasUpgrade(req) {
 		return false, true
 	}
-	if equalFold(up, "h2c") {
+	if http.EqualFoldLower(up, "h2c") {
 		return false, true
 	}
-	if allowed, found := st.m.upgrades[lowerASCII(up)]; found && allowed {
+	if allowed, found := st.m.upgrades[http.LowerASCII(up)]; found && allowed {
 		return true, true
 	}
 	st.m.stats.rqWsOnNonWs.Inc()

@@ -362,7 +362,7 @@ func (s *clientStream) WriteHeader(h *http.Header, end bool) error {
 		case "upgrade":
 			upgrade = true
 		case "expect":
-			expects = expects || equalFoldString(value, "100-continue")
+			expects = expects || http.EqualFoldLower(value, "100-continue")
 		}
 		return true
 	})

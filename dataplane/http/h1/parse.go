@@ -1,6 +1,10 @@
 package h1
 
-import "bytes"
+import (
+	"bytes"
+
+	"github.com/skiffproxy/skiff/dataplane/http"
+)
 
 // Byte classes of RFC 9110 and RFC 3986, as bits in one table.
 const (
@@ -133,22 +137,6 @@ func equalFold(b []byte, s string) bool {
 	return true
 }
 
-func equalFoldString(a, s string) bool {
-	if len(a) != len(s) {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		c := a[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if c != s[i] {
-			return false
-		}
-	}
-	return true
-}
-
 // nextElement splits a comma-separated list (RFC 9110 section 5.6.1): it
 // returns the first non-empty element, trimmed of whitespace, and the rest.
 // An empty element means the list is exhausted.
@@ -197,11 +185,11 @@ func (t *connTokens) addString(value string) {
 			elem = elem[:len(elem)-1]
 		}
 		switch {
-		case equalFoldString(elem, "close"):
+		case http.EqualFoldLower(elem, "close"):
 			t.close = true
-		case equalFoldString(elem, "keep-alive"):
+		case http.EqualFoldLower(elem, "keep-alive"):
 			t.keepAlive = true
-		case equalFoldString(elem, "upgrade"):
+		case http.EqualFoldLower(elem, "upgrade"):
 			t.upgrade = true
 		}
 	}

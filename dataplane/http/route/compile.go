@@ -10,6 +10,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 )
 
@@ -118,7 +119,7 @@ func compile(rc *routev3.RouteConfiguration, opts Options, inline bool) (*Table,
 		t.vhosts = append(t.vhosts, vh)
 		for j, d := range vpb.GetDomains() {
 			here := fmt.Sprintf("virtual_hosts[%d].domains[%d]", i, j)
-			d = lowerASCII(d)
+			d = http.LowerASCII(d)
 			if where, dup := seen[d]; dup {
 				if d == "*" {
 					return nil, cfgerr.Errorf(here, "only one virtual host may have the domain \"*\" (%s has it)", where)
@@ -316,7 +317,7 @@ func compileRouteMatch(pb *routev3.RouteMatch) (routeMatch, error) {
 		return m, cfgerr.Errorf("", "one of prefix, path, safe_regex, path_separated_prefix is required")
 	}
 	if !m.caseSensitive {
-		m.value = lowerASCII(m.value)
+		m.value = http.LowerASCII(m.value)
 	}
 	var err error
 	if m.headers, err = compileHeaderMatchers("headers", pb.GetHeaders()); err != nil {
@@ -354,7 +355,7 @@ func (c *compiler) routeAction(r *Route, pb *routev3.RouteAction, vhRetry *Retry
 		}
 		r.clusters.name = cs.Cluster
 	case *routev3.RouteAction_ClusterHeader:
-		r.clusters.header = lowerASCII(cs.ClusterHeader)
+		r.clusters.header = http.LowerASCII(cs.ClusterHeader)
 	case *routev3.RouteAction_WeightedClusters:
 		w, err := c.weightedClusters(cs.WeightedClusters, r, routeFilters, where)
 		if err != nil {
@@ -391,7 +392,7 @@ func (c *compiler) routeAction(r *Route, pb *routev3.RouteAction, vhRetry *Retry
 	case *routev3.RouteAction_AutoHostRewrite:
 		r.AutoHostRewrite = hr.AutoHostRewrite.GetValue()
 	case *routev3.RouteAction_HostRewriteHeader:
-		r.host.header = lowerASCII(hr.HostRewriteHeader)
+		r.host.header = http.LowerASCII(hr.HostRewriteHeader)
 	case *routev3.RouteAction_HostRewritePathRegex:
 		re, tmpl, err := compileRegexRewrite(hr.HostRewritePathRegex)
 		if err != nil {
@@ -469,7 +470,7 @@ func (c *compiler) weightedClusters(pb *routev3.WeightedCluster, r *Route, route
 	if uh := pb.GetUseHashPolicy(); uh.GetValue() {
 		return nil, cfgerr.Errorf("use_hash_policy", "not supported by skiff (hash policies are not)")
 	}
-	w := &weightedClusters{header: lowerASCII(pb.GetHeaderName())}
+	w := &weightedClusters{header: http.LowerASCII(pb.GetHeaderName())}
 	for i, cw := range pb.GetClusters() {
 		if err := cfgerr.OnlyFields(cw, "name", "cluster_header", "weight", "typed_per_filter_config"); err != nil {
 			return nil, cfgerr.Index("clusters", i, err)
@@ -485,7 +486,7 @@ func (c *compiler) weightedClusters(pb *routev3.WeightedCluster, r *Route, route
 				return nil, cfgerr.Index("clusters", i, err)
 			}
 		}
-		e := weightedEntry{name: cw.GetName(), header: lowerASCII(cw.GetClusterHeader()), weight: uint64(cw.GetWeight().GetValue())}
+		e := weightedEntry{name: cw.GetName(), header: http.LowerASCII(cw.GetClusterHeader()), weight: uint64(cw.GetWeight().GetValue())}
 		cwName := cw.GetName()
 		if cwName == "" {
 			cwName = "cluster_header " + cw.GetClusterHeader()

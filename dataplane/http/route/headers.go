@@ -192,7 +192,7 @@ func compileMutation(addField string, adds []*corev3.HeaderValueOption, removeFi
 		m.add = append(m.add, a)
 	}
 	for i, name := range removes {
-		name = lowerASCII(name)
+		name = http.LowerASCII(name)
 		if name == "" || name[0] == ':' || name == "host" {
 			return nil, cfgerr.Index(removeField, i, fmt.Errorf(":-prefixed or host headers may not be removed"))
 		}
@@ -209,7 +209,7 @@ func compileHeaderAdd(hvo *corev3.HeaderValueOption) (headerAdd, error) {
 	if err := cfgerr.OnlyFields(hv, "key", "value"); err != nil {
 		return headerAdd{}, cfgerr.Field("header", err)
 	}
-	name := lowerASCII(hv.GetKey())
+	name := http.LowerASCII(hv.GetKey())
 	if name == "" || name[0] == ':' || name == "host" {
 		return headerAdd{}, cfgerr.Errorf("header.key", ":-prefixed or host headers may not be modified")
 	}

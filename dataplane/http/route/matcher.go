@@ -97,7 +97,7 @@ func NewStringMatcher(pb *matcherv3.StringMatcher) (*StringMatcher, error) {
 		return nil, cfgerr.Errorf("", "one of exact, prefix, suffix, safe_regex, contains is required")
 	}
 	if m.ignoreCase {
-		m.value = lowerASCII(m.value)
+		m.value = http.LowerASCII(m.value)
 	}
 	return m, nil
 }
@@ -107,7 +107,7 @@ func (m *StringMatcher) Match(s string) bool {
 	switch m.kind {
 	case strExact:
 		if m.ignoreCase {
-			return equalFoldASCII(s, m.value)
+			return http.EqualFoldLower(s, m.value)
 		}
 		return s == m.value
 	case strPrefix:
@@ -117,7 +117,7 @@ func (m *StringMatcher) Match(s string) bool {
 		return strings.HasPrefix(s, m.value)
 	case strSuffix:
 		if m.ignoreCase {
-			return len(s) >= len(m.value) && equalFoldASCII(s[len(s)-len(m.value):], m.value)
+			return len(s) >= len(m.value) && http.EqualFoldLower(s[len(s)-len(m.value):], m.value)
 		}
 		return strings.HasSuffix(s, m.value)
 	case strContains:
@@ -172,7 +172,7 @@ func NewHeaderMatcher(pb *routev3.HeaderMatcher) (*HeaderMatcher, error) {
 		return nil, cfgerr.Errorf("name", "must not be empty")
 	}
 	m := &HeaderMatcher{
-		name:           lowerASCII(pb.GetName()),
+		name:           http.LowerASCII(pb.GetName()),
 		invert:         pb.GetInvertMatch(),
 		missingAsEmpty: pb.GetTreatMissingHeaderAsEmpty(),
 	}
@@ -417,37 +417,13 @@ func hasUpperASCII(s string) bool {
 	return false
 }
 
-func lowerASCII(s string) string {
-	if !hasUpperASCII(s) {
-		return s
-	}
-	b := []byte(s)
-	for i, c := range b {
-		b[i] = lowerByte(c)
-	}
-	return string(b)
-}
-
-// equalFoldASCII compares s with lower, which is already lower case.
-func equalFoldASCII(s, lower string) bool {
-	if len(s) != len(lower) {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if lowerByte(s[i]) != lower[i] {
-			return false
-		}
-	}
-	return true
-}
-
 func hasPrefixFoldASCII(s, lower string) bool {
-	return len(s) >= len(lower) && equalFoldASCII(s[:len(lower)], lower)
+	return len(s) >= len(lower) && http.EqualFoldLower(s[:len(lower)], lower)
 }
 
 func containsFoldASCII(s, lower string) bool {
 	for i := 0; i+len(lower) <= len(s); i++ {
-		if equalFoldASCII(s[i:i+len(lower)], lower) {
+		if http.EqualFoldLower(s[i:i+len(lower)], lower) {
 			return true
 		}
 	}

@@ -178,7 +178,7 @@ func (m *routeMatch) matches(h *http.Header, path, query string, hasQuery bool) 
 			if path != m.value {
 				return false
 			}
-		} else if !equalFoldASCII(path, m.value) {
+		} else if !http.EqualFoldLower(path, m.value) {
 			return false
 		}
 	case pathSeparatedPrefix:
@@ -189,7 +189,7 @@ func (m *routeMatch) matches(h *http.Header, path, query string, hasQuery bool) 
 			if path[:len(m.value)] != m.value {
 				return false
 			}
-		} else if !equalFoldASCII(path[:len(m.value)], m.value) {
+		} else if !http.EqualFoldLower(path[:len(m.value)], m.value) {
 			return false
 		}
 	case pathRegex:

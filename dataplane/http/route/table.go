@@ -127,7 +127,7 @@ func (t *Table) VirtualHostFor(host string) *VirtualHost {
 			}
 			host = unsafe.String(&b[0], len(b))
 		} else {
-			host = lowerASCII(host)
+			host = http.LowerASCII(host)
 		}
 	}
 	if vh := t.exact[host]; vh != nil {
