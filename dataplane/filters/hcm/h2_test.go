@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -271,4 +272,57 @@ func TestDrain(t *testing.T) {
 		}
 	}
 	e.waitStat("http.ingress.downstream_cx_drain_close", 2)
+}
+
+// TestRequestHeadersTimeout: a request head not complete within
+// request_headers_timeout gets 408 on HTTP/1.1 and RST_STREAM(NO_ERROR) on
+// HTTP/2 (whose connection goes on), and counts
+// downstream_rq_header_timeout either way.
+func TestRequestHeadersTimeout(t *testing.T) {
+	up := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		_, _ = io.WriteString(w, r.URL.Path)
+	}))
+	e := newEnv(t, "codec_type: AUTO\nrequest_headers_timeout: 0.2s\n"+hcmYAML("up", ""), cluster(t, "up", false, up))
+
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, _ = io.WriteString(c, "GET /slow HTTP/1.1\r\nhost: a\r\n")
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := nethttp.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != 408 {
+		t.Fatalf("HTTP/1.1: %v %v, want 408", resp, err)
+	}
+	e.waitStat("http.ingress.downstream_rq_header_timeout", 1)
+
+	h2c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h2c.Close()
+	_, _ = io.WriteString(h2c, http2.ClientPreface)
+	fr := http2.NewFramer(h2c, h2c)
+	_ = fr.WriteSettings()
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, kv := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "a"}, {":path", "/stalled"}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
+	}
+	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes()[:4], EndStream: true})
+	_ = h2c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("HTTP/2: %v before RST_STREAM", err)
+		}
+		if rst, ok := f.(*http2.RSTStreamFrame); ok {
+			if rst.StreamID != 1 || rst.ErrCode != http2.ErrCodeNo {
+				t.Fatalf("HTTP/2: %v, want RST_STREAM(NO_ERROR) on stream 1", rst)
+			}
+			break
+		}
+	}
+	e.waitStat("http.ingress.downstream_rq_header_timeout", 2)
 }

@@ -13,7 +13,8 @@
 // and its headers, so that a keep-alive request allocates nothing; HTTP/2
 // serves each stream on a goroutine of its own, with pooled exchanges.
 //
-// Timeouts: request_headers_timeout (408, the codec's), request_timeout (the
+// Timeouts: request_headers_timeout (the codecs': 408 on HTTP/1.1, the stream
+// reset on HTTP/2), request_timeout (the
 // whole request received: 408 "request timeout"), stream_idle_timeout (5 min
 // by default: no byte either way; 408 "stream timeout", or a reset once the
 // response began), the route's idle_timeout overriding it;
@@ -242,8 +243,10 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 	// every request).
 	mg.h1 = h1.Options{Buffers: bufs, MaxHeaderBytes: int(maxKB) << 10}
 	mg.idleTimeout = DefaultIdleTimeout
+	var headersTimeout time.Duration
 	if d := cfg.GetRequestHeadersTimeout(); d != nil {
-		mg.h1.RequestHeadersTimeout = d.AsDuration()
+		headersTimeout = d.AsDuration()
+		mg.h1.RequestHeadersTimeout = headersTimeout
 	}
 	if d := cfg.GetDelayedCloseTimeout(); d != nil {
 		mg.h1.CloseDelay = d.AsDuration()
@@ -251,7 +254,11 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 			mg.h1.CloseDelay = -1
 		}
 	}
-	h2opts := h2.ServerOptions{MaxHeaderListSize: maxKB << 10, IdleTimeout: DefaultIdleTimeout, DrainTimeout: drainTimeout, Buffers: bufs, Logger: log}
+	h2opts := h2.ServerOptions{MaxHeaderListSize: maxKB << 10, IdleTimeout: DefaultIdleTimeout, DrainTimeout: drainTimeout,
+		RequestHeadersTimeout: headersTimeout, Buffers: bufs, Logger: log}
+	if headersTimeout > 0 {
+		h2opts.OnRequestHeadersTimeout = func() { mg.stats.rqHeaderTimeout.Inc() }
+	}
 
 	if co := cfg.GetCommonHttpProtocolOptions(); co != nil {
 		if err := cfgerr.OnlyFields(co, "idle_timeout", "max_connection_duration", "max_headers_count",

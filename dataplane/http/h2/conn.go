@@ -178,6 +178,12 @@ type conn struct {
 	idleSince    time.Time
 	idleTimer    *time.Timer
 	drainTimer   *time.Timer
+
+	// Server side, RequestHeadersTimeout (under mu).
+	hbTimer    *time.Timer
+	hbTimedID  uint32    // the stream whose header block is being timed, 0 if none
+	hbDeadline time.Time // when it times out
+	hbTimedOut bool      // the open block's stream was reset: drop the block
 }
 
 // errRecorder remembers the last error the connection's reader returned, to
@@ -387,6 +393,9 @@ func (c *conn) teardown(err error) {
 	if c.drainTimer != nil {
 		c.drainTimer.Stop()
 	}
+	if c.hbTimer != nil {
+		c.hbTimer.Stop()
+	}
 	c.wcond.Broadcast()
 	c.mu.Unlock()
 	_ = c.nc.Close()
@@ -422,6 +431,9 @@ func isConnReset(err error) bool {
 func (c *conn) readLoop() error {
 	for {
 		fh, err := c.fr.ReadFrameHeader()
+		if err == nil && fh.Type == http2.FrameHeaders {
+			c.armHeadersTimeout(fh)
+		}
 		var f http2.Frame
 		if err == nil && fh.Type == http2.FrameHeaders && c.gotSet {
 			// HEADERS frames are parsed here rather than by the framer,
@@ -745,6 +757,7 @@ func (c *conn) onHeaderFragment(frag []byte, ended bool) error {
 	if !ended {
 		return nil
 	}
+	c.disarmHeadersTimeout()
 	if err := c.hdec.Close(); err != nil {
 		return connErr(ResetCompressionError, "HPACK: %v", err)
 	}

@@ -34,7 +34,8 @@
 // protocol violation is answered with GOAWAY and the error code (the reason
 // as debug data), after which the connection closes; stream-level violations
 // reset just the stream. The idle timeout closes a connection without
-// streams the same way.
+// streams the same way. RequestHeadersTimeout resets a stream whose request
+// header block is not complete in time and leaves the connection open.
 //
 // # Memory
 //

@@ -51,6 +51,16 @@ type ServerOptions struct {
 	// that measures a round trip before the final GOAWAY. Default 5 s (Envoy's
 	// drain_timeout).
 	DrainTimeout time.Duration
+	// RequestHeadersTimeout bounds the time from the HEADERS frame that opens
+	// a stream to the end of its header block (Envoy's request_headers_timeout):
+	// a block still open then has its stream reset with RST_STREAM(NO_ERROR),
+	// as Envoy does, and OnRequestHeadersTimeout is called. The rest of the
+	// block, if it comes, is decoded (HPACK stays in step) and dropped. 0
+	// disables it.
+	RequestHeadersTimeout time.Duration
+	// OnRequestHeadersTimeout, if set, is called (on a timer's goroutine) for
+	// each stream reset by RequestHeadersTimeout.
+	OnRequestHeadersTimeout func()
 	// Buffers is the pool buffers come from. Nil: a pool of the Server's own.
 	Buffers *bufpool.Pool
 	// Logger logs connection errors at debug level. Nil: slog.Default().
@@ -88,6 +98,8 @@ type settings struct {
 	maxHeaderList uint32
 	idleTimeout   time.Duration
 	drainTimeout  time.Duration
+	hdrTimeout    time.Duration // server: RequestHeadersTimeout
+	onHdrTimeout  func()
 	bufs          *bufpool.Pool
 	log           *slog.Logger
 }

@@ -6,8 +6,10 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/skiffproxy/skiff/dataplane/http"
+	"golang.org/x/net/http2"
 )
 
 // Server holds what the downstream connections of one configuration share:
@@ -27,6 +29,10 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	}
 	cfg.idleTimeout = opts.IdleTimeout
 	cfg.drainTimeout = opts.DrainTimeout
+	cfg.hdrTimeout, cfg.onHdrTimeout = opts.RequestHeadersTimeout, opts.OnRequestHeadersTimeout
+	if cfg.hdrTimeout < 0 {
+		cfg.hdrTimeout = 0
+	}
 	if cfg.drainTimeout <= 0 {
 		cfg.drainTimeout = DefaultDrainTimeout
 	}
@@ -131,6 +137,15 @@ func (c *conn) serverHeaders() error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.hbTimedOut {
+		// RequestHeadersTimeout reset the stream while its block was open:
+		// the block only had to be decoded.
+		c.hbTimedOut = false
+		if id > c.maxPeerID {
+			c.maxPeerID = id
+		}
+		return nil
+	}
 	if s := c.streams[id]; s != nil {
 		defer c.maybeRelease(s)
 		switch {
@@ -293,4 +308,56 @@ func (c *conn) finishHandler(s *stream) {
 		}
 	}
 	c.maybeRelease(s)
+}
+
+// armHeadersTimeout starts RequestHeadersTimeout for the header block a
+// HEADERS frame opens, if it opens a stream (trailers are not timed, as in
+// Envoy, whose timer ends with the request headers). The reader calls it
+// on the frame's header, before its payload.
+func (c *conn) armHeadersTimeout(fh http2.FrameHeader) {
+	if c.client || c.cfg.hdrTimeout <= 0 || fh.StreamID <= c.maxPeerID || fh.StreamID%2 == 0 {
+		return
+	}
+	deadline := time.Now().Add(c.cfg.hdrTimeout)
+	c.mu.Lock()
+	c.hbTimedID, c.hbDeadline, c.hbTimedOut = fh.StreamID, deadline, false
+	if c.hbTimer == nil {
+		c.hbTimer = time.AfterFunc(c.cfg.hdrTimeout, c.headersTimeoutFired)
+	} else {
+		c.hbTimer.Reset(c.cfg.hdrTimeout)
+	}
+	c.mu.Unlock()
+}
+
+// disarmHeadersTimeout ends the timing of the open header block, which is
+// complete. The reader calls it before handing the block on.
+func (c *conn) disarmHeadersTimeout() {
+	if c.hbTimer == nil {
+		return
+	}
+	c.mu.Lock()
+	if c.hbTimedID != 0 {
+		c.hbTimedID = 0
+		c.hbTimer.Stop()
+	}
+	c.mu.Unlock()
+}
+
+// headersTimeoutFired resets the stream whose header block is still open
+// after RequestHeadersTimeout. A firing that an armHeadersTimeout for a later
+// block overtook finds a deadline in the future and does nothing.
+func (c *conn) headersTimeoutFired() {
+	c.mu.Lock()
+	id := c.hbTimedID
+	if id == 0 || c.wstop || time.Now().Before(c.hbDeadline) {
+		c.mu.Unlock()
+		return
+	}
+	c.hbTimedID, c.hbTimedOut = 0, true
+	c.noteReset(id)
+	_ = c.queueCtrl(ctrlFrame{kind: ctrlRST, id: id, val: uint32(http.ResetNoError)})
+	c.mu.Unlock()
+	if f := c.cfg.onHdrTimeout; f != nil {
+		f()
+	}
 }

@@ -651,3 +651,47 @@ func TestServerManyStreamsRawOrder(t *testing.T) {
 		}
 	}
 }
+
+func TestServerRequestHeadersTimeout(t *testing.T) {
+	var served, fired atomic.Int32
+	ts := startServer(t, ServerOptions{
+		RequestHeadersTimeout:   100 * time.Millisecond,
+		OnRequestHeadersTimeout: func() { fired.Add(1) },
+	}, handlerFunc(func(s http.ServerStream) {
+		served.Add(1)
+		_, _ = io.Copy(io.Discard, s)
+		respond(s, s.Header().Value(":path"))
+	}))
+	p := dialPeer(t, ts.addr)
+
+	// A header block left open: the stream is reset as Envoy resets it.
+	block := p.encode(":method", "GET", ":scheme", "http", ":authority", "a", ":path", "/late")
+	_ = p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block[:5], EndStream: true})
+	p.expectRST(1, http2.ErrCodeNo)
+	if fired.Load() != 1 {
+		t.Errorf("OnRequestHeadersTimeout called %d times, want 1", fired.Load())
+	}
+	// Its end arrives late: decoded (HPACK stays in step) and dropped.
+	_ = p.fr.WriteContinuation(1, true, block[5:])
+	p.request(3, true, "/next")
+	if hdr, body, _ := p.readResponse(3); hdr[0].Value != "200" || string(body) != "/next" {
+		t.Errorf("after the timeout: %v %q", hdr, body)
+	}
+
+	// A request whose block completes in time, sent slowly afterwards (body
+	// and trailers are not timed), is served.
+	block = p.encode(":method", "POST", ":scheme", "http", ":authority", "a", ":path", "/slow-body")
+	_ = p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 5, BlockFragment: block[:3]})
+	time.Sleep(30 * time.Millisecond)
+	_ = p.fr.WriteContinuation(5, true, block[3:])
+	time.Sleep(150 * time.Millisecond)
+	p.data(5, false, []byte("x"))
+	time.Sleep(150 * time.Millisecond)
+	p.headers(5, true, "x-trailer", "t")
+	if hdr, body, _ := p.readResponse(5); hdr[0].Value != "200" || string(body) != "/slow-body" {
+		t.Errorf("slow body: %v %q", hdr, body)
+	}
+	if served.Load() != 2 || fired.Load() != 1 {
+		t.Errorf("served %d, timeouts %d; want 2 and 1", served.Load(), fired.Load())
+	}
+}
