@@ -100,7 +100,7 @@ func namedEcho(t *testing.T, name string) netip.AddrPort {
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
-func newTestServer(t *testing.T, drain time.Duration) (*Server, *stats.Store) {
+func newTestServer(t testing.TB, drain time.Duration) (*Server, *stats.Store) {
 	t.Helper()
 	reg, err := filters.Builtin()
 	if err != nil {
@@ -116,7 +116,7 @@ func newTestServer(t *testing.T, drain time.Duration) (*Server, *stats.Store) {
 	return s, st
 }
 
-func boundAddr(t *testing.T, s *Server, name string) netip.AddrPort {
+func boundAddr(t testing.TB, s *Server, name string) netip.AddrPort {
 	t.Helper()
 	for _, l := range s.Listeners() {
 		if l.Name == name {

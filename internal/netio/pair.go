@@ -160,6 +160,7 @@ type Pair struct {
 	err      error       // goes with reason
 	timer    *time.Timer // idle timer
 	acting   sync.WaitGroup
+	running  sync.WaitGroup // Run's goroutine for the ToDownstream direction
 }
 
 // NewPair returns a Pair that copies between down and up once Run is called. The
@@ -244,13 +245,9 @@ func (p *Pair) Run(ctx context.Context) Result {
 	p.mu.Unlock()
 
 	stop := context.AfterFunc(ctx, func() { p.end(Canceled, context.Cause(ctx)) })
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		p.dirs[ToDownstream].run()
-	}()
+	p.running.Go(p.dirs[ToDownstream].run)
 	p.dirs[ToUpstream].run()
-	<-done
+	p.running.Wait()
 	stop()
 
 	p.end(Closed, nil) // no-op unless both directions ended normally

@@ -211,16 +211,16 @@ func (p *Proxy) Adopt(ctx context.Context, c *filter.Conn, m *filter.MovedConn) 
 // proxy copies between c and up until the pair ends, or until a hot restart
 // moves it (then the conns are left to the successor).
 func (p *Proxy) proxy(ctx context.Context, c *filter.Conn, cl *upstream.Cluster, host *upstream.Host, up net.Conn, pending [2][]byte, start time.Time) {
+	mv := &mover{p: p, down: c.Conn, up: up, result: make(chan netio.Result, 1), released: make(chan struct{})}
 	cfg := p.copyCfg
-	cfg.SentCounters = []stats.Counter{p.stats.rxBytes}
-	cfg.ReceivedCounters = []stats.Counter{p.stats.txBytes}
+	mv.sent[0], mv.received[0] = p.stats.rxBytes, p.stats.txBytes
+	cfg.SentCounters, cfg.ReceivedCounters = mv.sent[:1], mv.received[:1]
 	if cl != nil {
-		tx, rx := cl.ByteCounters()
-		cfg.SentCounters = append(cfg.SentCounters, tx)
-		cfg.ReceivedCounters = append(cfg.ReceivedCounters, rx)
+		mv.sent[1], mv.received[1] = cl.ByteCounters()
+		cfg.SentCounters, cfg.ReceivedCounters = mv.sent[:], mv.received[:]
 	}
 	pair := netio.ResumePair(c.Conn, up, &cfg, pending)
-	mv := &mover{p: p, pair: pair, down: c.Conn, up: up, result: make(chan netio.Result, 1), released: make(chan struct{})}
+	mv.pair = pair
 	if cl != nil {
 		mv.cluster = cl.Name()
 	}
@@ -247,8 +247,10 @@ func (p *Proxy) proxy(ctx context.Context, c *filter.Conn, cl *upstream.Cluster,
 	if res.End == netio.IdleTimeout {
 		p.stats.idleTimeout.Inc()
 	}
-	p.log.Debug("tcp_proxy: connection done", "conn", c.ID, "cluster", mv.cluster, "upstream", mv.host,
-		"sent", res.Sent, "received", res.Received, "end", res.End.String(), "error", res.Err)
+	if p.log.Enabled(ctx, slog.LevelDebug) { // the arguments would cost allocations per connection
+		p.log.Debug("tcp_proxy: connection done", "conn", c.ID, "cluster", mv.cluster, "upstream", mv.host,
+			"sent", res.Sent, "received", res.Received, "end", res.End.String(), "error", res.Err)
+	}
 	p.accessLog(ctx, c, start, mv.cluster, mv.host, res, 0)
 }
 
@@ -262,6 +264,9 @@ type mover struct {
 	result   chan netio.Result
 	released chan struct{}
 	once     sync.Once
+	// The byte counters of the pair's two directions: the filter's and, if
+	// the cluster still exists, the cluster's (here to save allocations).
+	sent, received [2]stats.Counter
 }
 
 // Move implements filter.Mover.
