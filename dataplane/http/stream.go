@@ -100,6 +100,19 @@ type ServerStream interface {
 	Protocol() string
 }
 
+// GoneNotifier is implemented by server streams that can report, without a
+// context, that they ended abnormally (the peer reset the stream, the
+// connection ended) while the handler held them. It spares a connection
+// manager the context.AfterFunc on Context that it would otherwise pay for
+// per stream.
+type GoneNotifier interface {
+	// NotifyGone makes f run, on a goroutine of its own, when the stream ends
+	// abnormally before the handler returns, or at once if it already has;
+	// f runs at most once. NotifyGone(nil) withdraws it: f may have been
+	// started already, as with the stop function of context.AfterFunc.
+	NotifyGone(f func())
+}
+
 // Handler serves the streams of a downstream connection.
 type Handler interface {
 	ServeStream(s ServerStream)

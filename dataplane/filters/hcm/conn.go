@@ -276,9 +276,15 @@ func (c *conn) ServeStream(s http.ServerStream) {
 		return
 	}
 	st := m.streams.Get().(*stream)
-	stop := context.AfterFunc(s.Context(), st.downstreamGoneFn)
-	st.serve(c, s)
-	stop()
+	if gn, ok := s.(http.GoneNotifier); ok {
+		gn.NotifyGone(st.downstreamGoneFn)
+		st.serve(c, s)
+		gn.NotifyGone(nil)
+	} else {
+		stop := context.AfterFunc(s.Context(), st.downstreamGoneFn)
+		st.serve(c, s)
+		stop()
+	}
 	m.streams.Put(st)
 }
 

@@ -326,3 +326,45 @@ func TestRequestHeadersTimeout(t *testing.T) {
 	}
 	e.waitStat("http.ingress.downstream_rq_header_timeout", 2)
 }
+
+// TestH2ClientResetInterruptsUpstream: an HTTP/2 client's RST_STREAM reaches
+// the upstream request it was waiting on (its HTTP/1.1 connection is closed),
+// and the stream counts as reset by the client.
+func TestH2ClientResetInterruptsUpstream(t *testing.T) {
+	arrived, gone := make(chan struct{}), make(chan struct{})
+	up := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		close(arrived)
+		select {
+		case <-r.Context().Done():
+			close(gone)
+		case <-time.After(10 * time.Second):
+		}
+	}))
+	e := newEnv(t, "codec_type: HTTP2\n"+hcmYAML("up", ""), cluster(t, "up", false, up))
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, _ = io.WriteString(c, http2.ClientPreface)
+	fr := http2.NewFramer(c, c)
+	_ = fr.WriteSettings()
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, kv := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "a"}, {":path", "/wait"}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
+	}
+	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+	select {
+	case <-arrived:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the request did not reach the upstream")
+	}
+	_ = fr.WriteRSTStream(1, http2.ErrCodeCancel)
+	select {
+	case <-gone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the upstream request was not interrupted by the client's reset")
+	}
+	e.waitStat("http.ingress.downstream_rq_rx_reset", 1)
+}

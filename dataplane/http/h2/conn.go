@@ -1004,6 +1004,10 @@ func (c *conn) failStreamLocked(s *stream, err error) {
 	if s.cancel != nil {
 		s.cancel()
 	}
+	if f := s.onGone; f != nil {
+		s.onGone = nil
+		go f()
+	}
 	s.cond.Broadcast()
 	c.removeLocked(s)
 }

@@ -288,6 +288,7 @@ func (c *conn) finishHandler(s *stream) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s.held = false
+	s.onGone = nil
 	if s.cancel != nil {
 		s.cancel()
 	}

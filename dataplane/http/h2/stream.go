@@ -70,6 +70,7 @@ type stream struct {
 	held   bool
 	ctx    context.Context
 	cancel context.CancelFunc
+	onGone func() // NotifyGone's (server side)
 
 	// Client side.
 	stopCtx func() bool
@@ -176,6 +177,19 @@ func (s *stream) Context() context.Context {
 		}
 	}
 	return s.ctx
+}
+
+// NotifyGone implements http.GoneNotifier: f runs when the stream fails (the
+// client reset it, the connection ended) while the handler holds it.
+func (s *stream) NotifyGone(f func()) {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f != nil && (s.err != nil || c.closed) {
+		go f()
+		return
+	}
+	s.onGone = f
 }
 
 // Read reads body bytes received; io.EOF once the peer ended the stream.
