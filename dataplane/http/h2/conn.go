@@ -137,9 +137,10 @@ type conn struct {
 	// for the next (nil: exit), up to maxIdleWorkers of them, so that a
 	// stream costs no goroutine start (nor the growth of a new stack).
 	work            chan *stream
-	idleWorkers     int  // waiting on work (under mu)
-	runningHandlers int  // handlers under way (under mu)
-	workClosed      bool // work is closed: the connection is done (under mu)
+	idleWorkers     int         // waiting on work (under mu)
+	runningHandlers int         // handlers under way (under mu)
+	workClosed      bool        // work is closed: the connection is done (under mu)
+	trimTimer       *time.Timer // runs trimIdleWorkers once the connection is quiet (under mu)
 	workers         sync.WaitGroup
 
 	mu          sync.Mutex

@@ -94,6 +94,9 @@ func (sc *ServerConn) Serve(ctx context.Context, nc net.Conn, h http.Handler) er
 	c.mu.Lock()
 	c.workClosed = true
 	close(c.work)
+	if c.trimTimer != nil {
+		c.trimTimer.Stop()
+	}
 	c.mu.Unlock()
 	c.workers.Wait()
 	return err
@@ -218,8 +221,12 @@ func (c *conn) serverHeaders() error {
 }
 
 // maxIdleWorkers bounds the handler goroutines a connection keeps waiting
-// for streams.
+// for streams while it is busy.
 const maxIdleWorkers = 8
+
+// workerTrimDelay is how long a connection stays without a running handler
+// before it lets its idle handler goroutines go, all but one.
+const workerTrimDelay = time.Second
 
 // dispatchLocked runs the handler of s on an idle handler goroutine of the
 // connection, or on a new one.
@@ -238,23 +245,28 @@ func (c *conn) dispatchLocked(s *stream) {
 }
 
 // worker runs handlers: s's, then those dispatchLocked hands it, until the
-// connection ends or enough others wait.
+// connection ends, enough others wait, or the connection stays quiet (see
+// trimIdleWorkers).
 func (c *conn) worker(s *stream) {
 	defer c.workers.Done()
 	for s != nil {
 		c.runHandler(s)
 		c.mu.Lock()
 		c.runningHandlers--
-		if c.runningHandlers == 0 && !c.workClosed {
-			// The connection went quiet: it keeps this goroutine waiting,
-			// not the stacks of its busiest moment. (Once Serve has closed
-			// work, after the last handler returned, the idle ones are gone.)
-			c.releaseIdleWorkersLocked()
-		}
-		keep := min(max(c.runningHandlers, 1), maxIdleWorkers)
-		if c.closed || c.workClosed || c.idleWorkers >= keep {
+		if c.closed || c.workClosed || c.idleWorkers >= maxIdleWorkers {
 			c.mu.Unlock()
 			return
+		}
+		if c.runningHandlers == 0 {
+			// Streams come and go in bursts (a client with a few in flight
+			// sees them all answered before it sends the next ones): the
+			// idle goroutines are kept through the gaps, and let go only
+			// when the connection stays quiet.
+			if c.trimTimer == nil {
+				c.trimTimer = time.AfterFunc(workerTrimDelay, c.trimIdleWorkers)
+			} else {
+				c.trimTimer.Reset(workerTrimDelay)
+			}
 		}
 		c.idleWorkers++
 		c.mu.Unlock()
@@ -262,10 +274,16 @@ func (c *conn) worker(s *stream) {
 	}
 }
 
-// releaseIdleWorkersLocked ends the idle handler goroutines that are
-// waiting (one just going idle may miss it and stay).
-func (c *conn) releaseIdleWorkersLocked() {
-	for c.idleWorkers > 0 {
+// trimIdleWorkers ends, on a connection still quiet workerTrimDelay after its
+// last handler returned, the idle handler goroutines but one: it keeps that
+// one waiting, not the stacks of its busiest moment.
+func (c *conn) trimIdleWorkers() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.runningHandlers != 0 || c.workClosed {
+		return
+	}
+	for c.idleWorkers > 1 {
 		select {
 		case c.work <- nil:
 			c.idleWorkers--
