@@ -122,8 +122,8 @@ func (m *Manager) serveConn(ctx context.Context, fc *filter.Conn, moved *filter.
 
 	// Drain: the connection's chain is retired, or skiff shuts down.
 	fc.OnDrain(func() {
-		m.stats.cxDrain.Inc()
 		c.codec.Drain()
+		m.stats.cxDrain.Inc() // after: once counted, the drain is in effect
 	})
 	if m.maxConnDuration > 0 {
 		t := time.AfterFunc(m.maxConnDuration, func() {
