@@ -116,8 +116,8 @@ type Cluster struct {
 	// slots reclaimed, when the last one goes.
 	refs atomic.Int64
 
-	httpStats atomic.Pointer[HTTPStats]
-	httpOnce  sync.Mutex
+	httpStats lazyStats[HTTPStats]
+	grpcStats lazyStats[GRPCStats]
 
 	mu         sync.Mutex               // serialises updates
 	transports []*Transport             // the Config's transport_socket_matches with this cluster's counters
@@ -162,17 +162,44 @@ func (c *Cluster) Name() string { return c.name }
 // an HTTP request goes to the cluster (a cluster only TCP proxies use has
 // none). The caller holds a reference (Acquire).
 func (c *Cluster) HTTPStats() *HTTPStats {
-	if hs := c.httpStats.Load(); hs != nil {
-		return hs
+	return c.httpStats.get(func() *HTTPStats { return newHTTPStats(c.scope) })
+}
+
+// GRPCStats are a cluster's cluster.<name>.grpc.* counters, which the
+// grpc_stats HTTP filter keeps: gRPC calls that ended with a grpc-status,
+// and of those the successes (status 0) and failures.
+type GRPCStats struct {
+	Total, Success, Failure stats.Counter
+}
+
+// GRPCStats returns the cluster's gRPC counters, created the first time a
+// gRPC call to the cluster is counted; they go with the cluster's other
+// stats when it is removed. The caller holds a reference (Acquire).
+func (c *Cluster) GRPCStats() *GRPCStats {
+	return c.grpcStats.get(func() *GRPCStats {
+		return &GRPCStats{Total: c.scope.Counter("grpc.total"), Success: c.scope.Counter("grpc.success"), Failure: c.scope.Counter("grpc.failure")}
+	})
+}
+
+// lazyStats is a set of a cluster's stats made on first use: most clusters
+// never need most sets.
+type lazyStats[T any] struct {
+	p  atomic.Pointer[T]
+	mu sync.Mutex
+}
+
+func (l *lazyStats[T]) get(newStats func() *T) *T {
+	if v := l.p.Load(); v != nil {
+		return v
 	}
-	c.httpOnce.Lock()
-	defer c.httpOnce.Unlock()
-	if hs := c.httpStats.Load(); hs != nil {
-		return hs
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if v := l.p.Load(); v != nil {
+		return v
 	}
-	hs := newHTTPStats(c.scope)
-	c.httpStats.Store(hs)
-	return hs
+	v := newStats()
+	l.p.Store(v)
+	return v
 }
 
 // Config returns the cluster's current configuration.

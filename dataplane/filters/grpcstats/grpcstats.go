@@ -16,8 +16,6 @@
 package grpcstats
 
 import (
-	"sync"
-
 	grpcstatsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/grpc_stats/v3"
 	"google.golang.org/protobuf/proto"
 
@@ -25,7 +23,6 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
-	"github.com/skiffproxy/skiff/internal/stats"
 )
 
 // Name is the filter's canonical name.
@@ -43,14 +40,7 @@ func (Factory) ConfigType() proto.Message { return &grpcstatsv3.FilterConfig{} }
 // Filter is a built grpc_stats filter.
 type Filter struct {
 	pr       filter.PerRoute
-	st       *stats.Store
 	clusters *upstream.Manager
-	byName   sync.Map // cluster stat name -> *Counters
-}
-
-// Counters are one cluster's cluster.<name>.grpc.* counters.
-type Counters struct {
-	Total, Success, Failure stats.Counter
 }
 
 // Create implements filter.HTTPFactory.
@@ -62,11 +52,7 @@ func (Factory) Create(m proto.Message, fc *filter.Context) (http.Filter, error) 
 	if cfg.GetStatsForAllMethods().GetValue() {
 		return nil, cfgerr.Errorf("stats_for_all_methods", "per-method stats are not supported by skiff yet (false is)")
 	}
-	st := fc.Stats
-	if st == nil {
-		st = stats.NewStore()
-	}
-	return &Filter{pr: fc.PerRoute(), st: st, clusters: fc.Clusters}, nil
+	return &Filter{pr: fc.PerRoute(), clusters: fc.Clusters}, nil
 }
 
 // PerRoute implements filter.RouteAware.
@@ -90,32 +76,21 @@ func (f *Filter) OnComplete(e *http.Exchange) {
 	if !ok {
 		return // Envoy charges nothing without a grpc-status
 	}
-	c := f.counters(e.Info.UpstreamCluster)
-	if c == nil {
+	// The counters live in the cluster's stats scope, as in Envoy, and go
+	// with it: a call whose cluster was removed meanwhile is not counted.
+	if f.clusters == nil {
 		return
 	}
+	cl := f.clusters.Get(e.Info.UpstreamCluster)
+	if cl == nil || !cl.Acquire() {
+		return
+	}
+	defer cl.Release()
+	c := cl.GRPCStats()
 	c.Total.Inc()
 	if status == "0" {
 		c.Success.Inc()
 	} else {
 		c.Failure.Inc()
 	}
-}
-
-// counters returns the counters of the named cluster, made once per
-// cluster stat name.
-func (f *Filter) counters(cluster string) *Counters {
-	if v, ok := f.byName.Load(cluster); ok {
-		return v.(*Counters)
-	}
-	statName := cluster
-	if f.clusters != nil {
-		if cl := f.clusters.Get(cluster); cl != nil {
-			statName = cl.Config().StatName
-		}
-	}
-	p := "cluster." + statName + ".grpc."
-	c := &Counters{Total: f.st.Counter(p + "total"), Success: f.st.Counter(p + "success"), Failure: f.st.Counter(p + "failure")}
-	v, _ := f.byName.LoadOrStore(cluster, c)
-	return v.(*Counters)
 }

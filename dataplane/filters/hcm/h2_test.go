@@ -369,3 +369,72 @@ func TestH2ClientResetInterruptsUpstream(t *testing.T) {
 	}
 	e.waitStat("http.ingress.downstream_rq_rx_reset", 1)
 }
+
+// TestGRPCStats: the grpc_stats filter counts each gRPC call that ends with
+// a grpc-status in its cluster's stats (success for status 0, failure
+// otherwise; a trailers-only answer included), and the counters go with the
+// cluster when it is removed.
+func TestGRPCStats(t *testing.T) {
+	up := grpcecho.Start(t)
+	e := newEnv(t, `
+stat_prefix: ingress
+route_config:
+  virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+    - match: { prefix: "/" }
+      route: { cluster: grpc }
+http_filters:
+- name: envoy.filters.http.grpc_stats
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig
+    emit_filter_state: true
+- name: envoy.filters.http.router
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+`, cluster(t, "grpc", true, up))
+	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := testpb.NewTestServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for range 3 {
+		if _, err := client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("x")}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = client.UnaryCall(ctx, &testpb.SimpleRequest{ResponseStatus: &testpb.EchoStatus{Code: int32(codes.NotFound), Message: "nope"}})
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("trailers-only error: %v", err)
+	}
+	stream, err := client.FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = stream.Send(&testpb.StreamingOutputCallRequest{ResponseStatus: &testpb.EchoStatus{Code: int32(codes.ResourceExhausted), Message: "full"}})
+	if _, err := stream.Recv(); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("stream error: %v", err)
+	}
+	e.waitStat("cluster.grpc.grpc.total", 5)
+	e.waitStat("cluster.grpc.grpc.success", 3)
+	e.waitStat("cluster.grpc.grpc.failure", 2)
+
+	// Removed with its cluster (once its pooled upstream connections,
+	// which hold references to it, are closed).
+	conn.Close()
+	e.pools.Close()
+	e.clusters.Set(nil)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, ok := e.st.Value("cluster.grpc.grpc.total"); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("cluster.grpc.grpc.total outlived its cluster")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

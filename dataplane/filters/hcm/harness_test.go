@@ -20,6 +20,7 @@ import (
 
 	"github.com/skiffproxy/skiff/dataplane/accesslog"
 	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/dataplane/filters/grpcstats"
 	"github.com/skiffproxy/skiff/dataplane/filters/hcm"
 	"github.com/skiffproxy/skiff/dataplane/filters/router"
 	"github.com/skiffproxy/skiff/dataplane/http/route"
@@ -78,8 +79,10 @@ func newEnv(t testing.TB, hcmYAML string, clusters ...*clusterv3.Cluster) *env {
 	e.routes = route.NewProvider()
 	e.sinks = accesslog.NewSinks(testLog, e.st)
 	e.reg = filter.NewRegistry()
-	if err := e.reg.RegisterHTTP(router.Factory{}); err != nil {
-		t.Fatal(err)
+	for _, f := range []filter.HTTPFactory{router.Factory{}, grpcstats.Factory{}} {
+		if err := e.reg.RegisterHTTP(f); err != nil {
+			t.Fatal(err)
+		}
 	}
 	f := hcm.Factory{Registry: e.reg}
 	if err := e.reg.RegisterNetwork(f); err != nil {
