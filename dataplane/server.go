@@ -675,6 +675,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return nil
 }
 
+// ReopenAccessLogs makes every access log file be opened again by its path
+// before its next write, so that one log rotation moved away is followed by
+// a new one (Envoy's SIGUSR1).
+func (s *Server) ReopenAccessLogs() { s.accessLogs.Reopen() }
+
 // BeginShutdown is Shutdown's first half, for a caller that reports the
 // drain as begun: every listener stops accepting and every connection is
 // told to drain. Shutdown does it too (again, harmlessly).

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -97,5 +98,71 @@ func TestTCPProxyAccessLog(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("no default-format line like %s in:\n%s", line, b)
+	}
+}
+
+// TestAccessLogReopenOnSIGUSR1: as with Envoy, SIGUSR1 makes skiff reopen its
+// access log files, so that logrotate can move a file away and the next
+// entries go to a new one at the configured path; skiff keeps serving.
+func TestAccessLogReopenOnSIGUSR1(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, "127.0.0.1", echoHandler)
+	path := filepath.Join(t.TempDir(), "tcp.log")
+	cfg := fmt.Sprintf(`static_resources:
+  listeners:
+  - name: l
+    address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: l
+          cluster: echo
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: %q
+              log_format: { text_format_source: { inline_string: "%%BYTES_RECEIVED%%\n" } }
+  clusters:
+`, path) + staticCluster("echo", false, up.Addr)
+	p := startSkiff(t, cfg)
+	roundTrip := func(msg string) {
+		t.Helper()
+		c := dial(t, p.Addr(t, "l"))
+		if err := echoRoundTrip(c, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	waitFor := func(file, want string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			b, _ := os.ReadFile(file)
+			if string(b) == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s holds %q, want %q", file, b, want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	roundTrip("12345")
+	waitFor(path, "5\n")
+	if err := os.Rename(path, path+".1"); err != nil {
+		t.Fatal(err)
+	}
+	p.Signal(t, syscall.SIGUSR1)
+	p.WaitLog(t, 10*time.Second, "the reopen logged", func(l LogLine) bool { return strings.Contains(l.Msg(), "reopening the access logs") })
+	roundTrip("1234567")
+	waitFor(path, "7\n")
+	waitFor(path+".1", "5\n")
+	select {
+	case <-p.Exited():
+		t.Fatal("skiff exited on SIGUSR1")
+	default:
 	}
 }

@@ -164,6 +164,11 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// SIGUSR1 reopens the access logs, as Envoy's does (logrotate's
+	// postrotate sends it); taken from here on so that it never kills skiff.
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
 
 	dir, err := runtimedir.Open(o.runtimeDir)
 	var inherited *restart.Inherited
@@ -217,9 +222,10 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	return serve(ctx, serveOptions{
 		srv: srv.srv, snap: srv.snap, boot: b, source: source, log: log,
 		drainTime: o.drainTime, parentShutdownTime: o.parentShutdownTime,
-		admin:     adminCfg,
-		restart:   hr,
-		inherited: inherited,
+		admin:      adminCfg,
+		restart:    hr,
+		inherited:  inherited,
+		reopenLogs: usr1,
 	})
 }
 
@@ -279,6 +285,7 @@ type serveOptions struct {
 	admin              *adminConfig       // nil: no admin API
 	restart            *hotRestart        // nil: no hot restart (the demo)
 	inherited          *restart.Inherited // set when taking over from a parent
+	reopenLogs         <-chan os.Signal   // each value reopens the access logs (SIGUSR1)
 }
 
 // serve applies the configuration (or starts the xDS client that does), runs
@@ -392,6 +399,19 @@ func serve(ctx context.Context, o serveOptions) error {
 		names = append(names, l.Name)
 	}
 	log.Info("skiff started", "version", version, "node", o.boot.GetNode().GetId(), "listeners", strings.Join(names, ","), "pid", os.Getpid())
+	if o.reopenLogs != nil {
+		go func() {
+			for {
+				select {
+				case <-o.reopenLogs:
+					log.Info("SIGUSR1: reopening the access logs")
+					srv.ReopenAccessLogs()
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
 
 	var handedOver <-chan struct{}
 	if o.restart != nil {

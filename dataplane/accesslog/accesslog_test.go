@@ -224,6 +224,50 @@ typed_config:
 	}
 }
 
+// TestFileSinkReopen: after Reopen, entries go to a new file at the path,
+// and what was written before stays in the file log rotation moved away.
+func TestFileSinkReopen(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "a.log")
+	sinks := NewSinks(nil, nil)
+	defer sinks.Close()
+	l := build1(t, `
+name: envoy.access_loggers.file
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+  path: `+path+`
+  log_format: { text_format_source: { inline_string: "%REQ(:PATH)%\n" } }
+`, sinks)
+	logPath := func(p string) {
+		e := exchange()
+		e.Request.Set(http.Path, p)
+		l.Log(e)
+	}
+	waitFor := func(file, want string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			b, _ := os.ReadFile(file)
+			if string(b) == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s holds %q, want %q", file, b, want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	logPath("/before")
+	waitFor(path, "/before\n")
+	if err := os.Rename(path, path+".1"); err != nil {
+		t.Fatal(err)
+	}
+	sinks.Reopen()
+	logPath("/after")
+	waitFor(path, "/after\n")
+	waitFor(path+".1", "/before\n")
+}
+
 func TestTextLogAllocs(t *testing.T) {
 	sinks := NewSinks(nil, nil)
 	defer sinks.Close()

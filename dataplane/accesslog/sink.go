@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -64,6 +65,26 @@ func (s *Sinks) Close() {
 	s.wg.Wait()
 }
 
+// Reopen makes every access log file be opened again, by its path, before
+// its next write (entries still buffered go to the new file, as in Envoy),
+// so that a file log rotation moved away is followed by a new one: Envoy's
+// SIGUSR1. Standard output and error are left alone.
+func (s *Sinks) Reopen() {
+	s.mu.Lock()
+	files := make([]*fileSink, 0, len(s.files))
+	for _, f := range s.files {
+		files = append(files, f)
+	}
+	s.mu.Unlock()
+	for _, f := range files {
+		f.reopen.Store(true)
+		select {
+		case f.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // file returns the sink of path.
 func (s *Sinks) file(path string) *fileSink {
 	s.mu.Lock()
@@ -113,6 +134,7 @@ type fileSink struct {
 	closed  bool
 	kick    chan struct{}
 	quit    chan struct{}
+	reopen  atomic.Bool // Reopen was called: open the path again after the next write
 
 	buffered, written, failed, dropped stats.Counter
 }
@@ -147,21 +169,13 @@ func (f *fileSink) write(p []byte) {
 }
 
 func (f *fileSink) run() {
-	var out *os.File
-	switch f.path {
-	case "/dev/stdout":
-		out = os.Stdout
-	case "/dev/stderr":
-		out = os.Stderr
-	default:
-		var err error
-		out, err = os.OpenFile(f.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-		if err != nil {
-			f.s.log.Error("access log: cannot open the file; entries are dropped", "path", f.path, "error", err)
-		} else {
-			defer out.Close()
+	f.reopen.Store(false) // the file is opened now
+	out := f.open()
+	defer func() {
+		if out != nil && out != os.Stdout && out != os.Stderr {
+			out.Close()
 		}
-	}
+	}()
 	t := time.NewTicker(flushEvery)
 	defer t.Stop()
 	for {
@@ -171,6 +185,12 @@ func (f *fileSink) run() {
 		case <-f.kick:
 		case <-f.quit:
 			quit = true
+		}
+		if f.reopen.CompareAndSwap(true, false) && out != os.Stdout && out != os.Stderr {
+			if out != nil {
+				out.Close()
+			}
+			out = f.open()
 		}
 		f.mu.Lock()
 		pending := f.buf
@@ -195,6 +215,22 @@ func (f *fileSink) run() {
 			return
 		}
 	}
+}
+
+// open opens the sink's file for appending (nil, logged, if it cannot).
+func (f *fileSink) open() *os.File {
+	switch f.path {
+	case "/dev/stdout":
+		return os.Stdout
+	case "/dev/stderr":
+		return os.Stderr
+	}
+	out, err := os.OpenFile(f.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		f.s.log.Error("access log: cannot open the file; entries are dropped", "path", f.path, "error", err)
+		return nil
+	}
+	return out
 }
 
 func (f *fileSink) close() {
