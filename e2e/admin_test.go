@@ -586,6 +586,7 @@ func TestAdminCLI(t *testing.T) {
 		{[]string{"csds"}, []string{"0 xDS resources"}},
 		{[]string{"log-level"}, []string{"info"}},
 		{[]string{"log-level", "debug"}, []string{"log level debug (was info)"}},
+		{[]string{"reopen-logs"}, []string{"access logs reopened"}},
 	} {
 		r := adm(tt.args...)
 		if r.code != 0 {
@@ -618,10 +619,12 @@ func TestAdminCLI(t *testing.T) {
 		t.Errorf("skiff admin listeners -o json: %v\n%s", err, r.stdout)
 	}
 
-	// Over TCP a drain is refused, with the reason.
-	r = runSkiff(t, "admin", "--addr", a.tcpAddr, "drain")
-	if r.code == 0 || !strings.Contains(r.stderr, "PermissionDenied") || !strings.Contains(r.stderr, "admin.sock") {
-		t.Errorf("skiff admin --addr TCP drain: exit %d, stderr %q; want a refusal naming the unix socket", r.code, r.stderr)
+	// Over TCP a drain or a reopen is refused, with the reason.
+	for _, cmd := range []string{"drain", "reopen-logs"} {
+		r = runSkiff(t, "admin", "--addr", a.tcpAddr, cmd)
+		if r.code == 0 || !strings.Contains(r.stderr, "PermissionDenied") || !strings.Contains(r.stderr, "admin.sock") {
+			t.Errorf("skiff admin --addr TCP %s: exit %d, stderr %q; want a refusal naming the unix socket", cmd, r.code, r.stderr)
+		}
 	}
 	// restart hands over to a successor, which answers from then on.
 	if r := adm("restart"); r.code != 0 || !strings.Contains(r.stdout, "hot restart started: pid") {

@@ -52,9 +52,10 @@ Commands:
   log-level [LEVEL]         print the log level, or set it: trace, debug, info, warning, error, critical, off
   drain [--graceful]        stop the listeners accepting connections (Envoy's /drain_listeners)
   restart                   start a hot restart
+  reopen-logs               reopen the access log files, for log rotation (Envoy's /reopen_logs; SIGUSR1)
 
-drain, restart and a log-level change are accepted only over the unix socket
-unless skiff runs with --admin-tcp-mutations.
+drain, restart, reopen-logs and a log-level change are accepted only over the
+unix socket unless skiff runs with --admin-tcp-mutations.
 
 Flags (also accepted after COMMAND):
 `
@@ -108,6 +109,7 @@ var adminCommands = map[string]func(c *adminClient, args []string) error{
 	"log-level":   adminLogLevel,
 	"drain":       adminDrain,
 	"restart":     adminRestart,
+	"reopen-logs": adminReopenLogs,
 }
 
 // adminClient is a connection to the admin API and where to print.
@@ -680,5 +682,22 @@ func adminRestart(c *adminClient, args []string) error {
 		return c.printJSON(r)
 	}
 	_, err = fmt.Fprintf(c.stdout, "hot restart started: pid %d, epoch %d\n", r.GetPid(), r.GetHotRestartEpoch())
+	return err
+}
+
+func adminReopenLogs(c *adminClient, args []string) error {
+	if err := c.parse(args, 0); err != nil {
+		return err
+	}
+	ctx, cancel := c.call()
+	defer cancel()
+	r, err := c.admin.ReopenLogs(ctx, &adminv1.ReopenLogsRequest{})
+	if err != nil {
+		return err
+	}
+	if c.json() {
+		return c.printJSON(r)
+	}
+	_, err = fmt.Fprintln(c.stdout, "access logs reopened")
 	return err
 }

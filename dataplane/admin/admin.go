@@ -11,10 +11,10 @@
 //
 // The Server serves on any number of listeners (in skiff, the runtime
 // directory's admin.sock and the bootstrap's admin.address). Calls that change
-// the running process (DrainListeners, StartHotRestart, SetLogLevel) are
-// accepted only over unix sockets unless Options.TCPMutations is set: a unix
-// socket in the 0700 runtime directory reaches only its owner, a loopback port
-// every local user.
+// the running process (DrainListeners, StartHotRestart, SetLogLevel,
+// ReopenLogs) are accepted only over unix sockets unless Options.TCPMutations
+// is set: a unix socket in the 0700 runtime directory reaches only its owner,
+// a loopback port every local user.
 package admin
 
 import (
@@ -58,6 +58,9 @@ type Dataplane interface {
 	// DrainListeners stops the listeners from accepting (Envoy's
 	// /drain_listeners) and returns when they stop (stopped).
 	DrainListeners(graceful bool) time.Time
+	// ReopenAccessLogs makes the access log files be opened again by their
+	// paths (Envoy's /reopen_logs).
+	ReopenAccessLogs()
 }
 
 // XDSStatus is what the xDS client reports for CSDS and the config dump. The
@@ -103,8 +106,8 @@ type Options struct {
 	RestartEpoch uint32
 	// RuntimeDir is reported by GetServerInfo.
 	RuntimeDir string
-	// TCPMutations accepts DrainListeners, StartHotRestart and SetLogLevel
-	// over TCP too; by default they are accepted only over unix sockets.
+	// TCPMutations accepts DrainListeners, StartHotRestart, SetLogLevel and
+	// ReopenLogs over TCP too; by default they are accepted only over unix sockets.
 	TCPMutations bool
 	// HotRestart starts a hot restart, running binary (empty: skiff's own
 	// executable), and returns the new process's pid and epoch once it is
@@ -141,7 +144,8 @@ func mutating(method string) bool {
 	switch method {
 	case adminv1.AdminService_DrainListeners_FullMethodName,
 		adminv1.AdminService_StartHotRestart_FullMethodName,
-		adminv1.AdminService_SetLogLevel_FullMethodName:
+		adminv1.AdminService_SetLogLevel_FullMethodName,
+		adminv1.AdminService_ReopenLogs_FullMethodName:
 		return true
 	}
 	return false

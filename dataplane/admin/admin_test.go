@@ -52,6 +52,7 @@ type fakeDataplane struct {
 
 	mu     sync.Mutex
 	drains []bool
+	reopen atomic.Int32
 }
 
 func newFakeDataplane(st *stats.Store) *fakeDataplane {
@@ -71,6 +72,8 @@ func (f *fakeDataplane) DrainListeners(graceful bool) time.Time {
 	f.drains = append(f.drains, graceful)
 	return time.Now()
 }
+
+func (f *fakeDataplane) ReopenAccessLogs() { f.reopen.Add(1) }
 
 func (f *fakeDataplane) drained() []bool {
 	f.mu.Lock()
@@ -267,8 +270,11 @@ func TestMutationsOnlyOverUnixSocket(t *testing.T) {
 	if _, err := ta.admin(false).StartHotRestart(ctx, &adminv1.StartHotRestartRequest{}); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("StartHotRestart over TCP: %v, want PermissionDenied", err)
 	}
-	if ta.levels.Level() != slog.LevelInfo || len(ta.dp.drained()) != 0 {
-		t.Fatalf("a refused call changed the server: level %v, drains %v", ta.levels.Level(), ta.dp.drained())
+	if _, err := ta.admin(false).ReopenLogs(ctx, &adminv1.ReopenLogsRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("ReopenLogs over TCP: %v, want PermissionDenied", err)
+	}
+	if ta.levels.Level() != slog.LevelInfo || len(ta.dp.drained()) != 0 || ta.dp.reopen.Load() != 0 {
+		t.Fatalf("a refused call changed the server: level %v, drains %v, reopens %d", ta.levels.Level(), ta.dp.drained(), ta.dp.reopen.Load())
 	}
 	// Reading is fine over TCP.
 	if r, err := ta.admin(false).GetLogLevel(ctx, &adminv1.GetLogLevelRequest{}); err != nil || r.GetLevel() != "info" {
@@ -284,6 +290,9 @@ func TestMutationsOnlyOverUnixSocket(t *testing.T) {
 	}
 	if _, err := ta.admin(true).SetLogLevel(ctx, &adminv1.SetLogLevelRequest{Level: "loud"}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("SetLogLevel(loud): %v, want InvalidArgument", err)
+	}
+	if _, err := ta.admin(true).ReopenLogs(ctx, &adminv1.ReopenLogsRequest{}); err != nil || ta.dp.reopen.Load() != 1 {
+		t.Errorf("ReopenLogs over the unix socket: %v, %d reopens; want 1", err, ta.dp.reopen.Load())
 	}
 	if _, err := ta.admin(true).DrainListeners(ctx, &adminv1.DrainListenersRequest{Graceful: true}); err != nil {
 		t.Fatalf("DrainListeners over the unix socket: %v", err)

@@ -225,6 +225,12 @@ func (v *service) GetLogLevel(context.Context, *adminv1.GetLogLevelRequest) (*ad
 	return &adminv1.GetLogLevelResponse{Level: LogLevelName(v.s.opts.Levels.Level())}, nil
 }
 
+func (v *service) ReopenLogs(context.Context, *adminv1.ReopenLogsRequest) (*adminv1.ReopenLogsResponse, error) {
+	v.s.log.Info("admin: reopening the access logs")
+	v.s.opts.Dataplane.ReopenAccessLogs()
+	return &adminv1.ReopenLogsResponse{}, nil
+}
+
 func (v *service) SetLogLevel(_ context.Context, req *adminv1.SetLogLevelRequest) (*adminv1.SetLogLevelResponse, error) {
 	l, err := ParseLogLevel(req.GetLevel())
 	if err != nil {

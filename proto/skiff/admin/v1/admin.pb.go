@@ -1690,6 +1690,78 @@ func (x *SetLogLevelResponse) GetPreviousLevel() string {
 	return ""
 }
 
+type ReopenLogsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReopenLogsRequest) Reset() {
+	*x = ReopenLogsRequest{}
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReopenLogsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReopenLogsRequest) ProtoMessage() {}
+
+func (x *ReopenLogsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReopenLogsRequest.ProtoReflect.Descriptor instead.
+func (*ReopenLogsRequest) Descriptor() ([]byte, []int) {
+	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+type ReopenLogsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReopenLogsResponse) Reset() {
+	*x = ReopenLogsResponse{}
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReopenLogsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReopenLogsResponse) ProtoMessage() {}
+
+func (x *ReopenLogsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReopenLogsResponse.ProtoReflect.Descriptor instead.
+func (*ReopenLogsResponse) Descriptor() ([]byte, []int) {
+	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
 var File_skiff_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_skiff_admin_v1_admin_proto_rawDesc = "" +
@@ -1791,7 +1863,9 @@ const file_skiff_admin_v1_admin_proto_rawDesc = "" +
 	"\x05level\x18\x01 \x01(\tR\x05level\"R\n" +
 	"\x13SetLogLevelResponse\x12\x14\n" +
 	"\x05level\x18\x01 \x01(\tR\x05level\x12%\n" +
-	"\x0eprevious_level\x18\x02 \x01(\tR\rpreviousLevel*|\n" +
+	"\x0eprevious_level\x18\x02 \x01(\tR\rpreviousLevel\"\x13\n" +
+	"\x11ReopenLogsRequest\"\x14\n" +
+	"\x12ReopenLogsResponse*|\n" +
 	"\vServerState\x12\x1c\n" +
 	"\x18SERVER_STATE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19SERVER_STATE_INITIALIZING\x10\x01\x12\x15\n" +
@@ -1801,7 +1875,7 @@ const file_skiff_admin_v1_admin_proto_rawDesc = "" +
 	"\x15STAT_TYPE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11STAT_TYPE_COUNTER\x10\x01\x12\x13\n" +
 	"\x0fSTAT_TYPE_GAUGE\x10\x02\x12\x17\n" +
-	"\x13STAT_TYPE_HISTOGRAM\x10\x032\xed\a\n" +
+	"\x13STAT_TYPE_HISTOGRAM\x10\x032\xc2\b\n" +
 	"\fAdminService\x12\\\n" +
 	"\rGetServerInfo\x12$.skiff.admin.v1.GetServerInfoRequest\x1a%.skiff.admin.v1.GetServerInfoResponse\x12M\n" +
 	"\bGetReady\x12\x1f.skiff.admin.v1.GetReadyRequest\x1a .skiff.admin.v1.GetReadyResponse\x12\\\n" +
@@ -1814,7 +1888,9 @@ const file_skiff_admin_v1_admin_proto_rawDesc = "" +
 	"\x0eDrainListeners\x12%.skiff.admin.v1.DrainListenersRequest\x1a&.skiff.admin.v1.DrainListenersResponse\x12b\n" +
 	"\x0fStartHotRestart\x12&.skiff.admin.v1.StartHotRestartRequest\x1a'.skiff.admin.v1.StartHotRestartResponse\x12V\n" +
 	"\vGetLogLevel\x12\".skiff.admin.v1.GetLogLevelRequest\x1a#.skiff.admin.v1.GetLogLevelResponse\x12V\n" +
-	"\vSetLogLevel\x12\".skiff.admin.v1.SetLogLevelRequest\x1a#.skiff.admin.v1.SetLogLevelResponseB:Z8github.com/skiffproxy/skiff/proto/skiff/admin/v1;adminv1b\x06proto3"
+	"\vSetLogLevel\x12\".skiff.admin.v1.SetLogLevelRequest\x1a#.skiff.admin.v1.SetLogLevelResponse\x12S\n" +
+	"\n" +
+	"ReopenLogs\x12!.skiff.admin.v1.ReopenLogsRequest\x1a\".skiff.admin.v1.ReopenLogsResponseB:Z8github.com/skiffproxy/skiff/proto/skiff/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_skiff_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -1829,7 +1905,7 @@ func file_skiff_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_skiff_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_skiff_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_skiff_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_skiff_admin_v1_admin_proto_goTypes = []any{
 	(ServerState)(0),                // 0: skiff.admin.v1.ServerState
 	(StatType)(0),                   // 1: skiff.admin.v1.StatType
@@ -1861,27 +1937,29 @@ var file_skiff_admin_v1_admin_proto_goTypes = []any{
 	(*GetLogLevelResponse)(nil),     // 27: skiff.admin.v1.GetLogLevelResponse
 	(*SetLogLevelRequest)(nil),      // 28: skiff.admin.v1.SetLogLevelRequest
 	(*SetLogLevelResponse)(nil),     // 29: skiff.admin.v1.SetLogLevelResponse
-	(*durationpb.Duration)(nil),     // 30: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 31: google.protobuf.Timestamp
-	(*anypb.Any)(nil),               // 32: google.protobuf.Any
+	(*ReopenLogsRequest)(nil),       // 30: skiff.admin.v1.ReopenLogsRequest
+	(*ReopenLogsResponse)(nil),      // 31: skiff.admin.v1.ReopenLogsResponse
+	(*durationpb.Duration)(nil),     // 32: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 33: google.protobuf.Timestamp
+	(*anypb.Any)(nil),               // 34: google.protobuf.Any
 }
 var file_skiff_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: skiff.admin.v1.GetServerInfoResponse.state:type_name -> skiff.admin.v1.ServerState
-	30, // 1: skiff.admin.v1.GetServerInfoResponse.uptime:type_name -> google.protobuf.Duration
-	31, // 2: skiff.admin.v1.GetServerInfoResponse.start_time:type_name -> google.protobuf.Timestamp
+	32, // 1: skiff.admin.v1.GetServerInfoResponse.uptime:type_name -> google.protobuf.Duration
+	33, // 2: skiff.admin.v1.GetServerInfoResponse.start_time:type_name -> google.protobuf.Timestamp
 	0,  // 3: skiff.admin.v1.GetReadyResponse.state:type_name -> skiff.admin.v1.ServerState
-	32, // 4: skiff.admin.v1.GetConfigDumpResponse.config_dump:type_name -> google.protobuf.Any
+	34, // 4: skiff.admin.v1.GetConfigDumpResponse.config_dump:type_name -> google.protobuf.Any
 	1,  // 5: skiff.admin.v1.Stat.type:type_name -> skiff.admin.v1.StatType
 	9,  // 6: skiff.admin.v1.Stat.histogram:type_name -> skiff.admin.v1.Histogram
 	10, // 7: skiff.admin.v1.Histogram.buckets:type_name -> skiff.admin.v1.HistogramBucket
 	8,  // 8: skiff.admin.v1.GetStatsResponse.stats:type_name -> skiff.admin.v1.Stat
-	30, // 9: skiff.admin.v1.WatchStatsRequest.interval:type_name -> google.protobuf.Duration
+	32, // 9: skiff.admin.v1.WatchStatsRequest.interval:type_name -> google.protobuf.Duration
 	8,  // 10: skiff.admin.v1.WatchStatsResponse.stats:type_name -> skiff.admin.v1.Stat
-	31, // 11: skiff.admin.v1.WatchStatsResponse.time:type_name -> google.protobuf.Timestamp
+	33, // 11: skiff.admin.v1.WatchStatsResponse.time:type_name -> google.protobuf.Timestamp
 	17, // 12: skiff.admin.v1.ListListenersResponse.listeners:type_name -> skiff.admin.v1.ListenerStatus
 	20, // 13: skiff.admin.v1.ListClustersResponse.clusters:type_name -> skiff.admin.v1.ClusterStatus
 	21, // 14: skiff.admin.v1.ClusterStatus.hosts:type_name -> skiff.admin.v1.HostStatus
-	31, // 15: skiff.admin.v1.DrainListenersResponse.stop_accepting_time:type_name -> google.protobuf.Timestamp
+	33, // 15: skiff.admin.v1.DrainListenersResponse.stop_accepting_time:type_name -> google.protobuf.Timestamp
 	2,  // 16: skiff.admin.v1.AdminService.GetServerInfo:input_type -> skiff.admin.v1.GetServerInfoRequest
 	4,  // 17: skiff.admin.v1.AdminService.GetReady:input_type -> skiff.admin.v1.GetReadyRequest
 	6,  // 18: skiff.admin.v1.AdminService.GetConfigDump:input_type -> skiff.admin.v1.GetConfigDumpRequest
@@ -1893,19 +1971,21 @@ var file_skiff_admin_v1_admin_proto_depIdxs = []int32{
 	24, // 24: skiff.admin.v1.AdminService.StartHotRestart:input_type -> skiff.admin.v1.StartHotRestartRequest
 	26, // 25: skiff.admin.v1.AdminService.GetLogLevel:input_type -> skiff.admin.v1.GetLogLevelRequest
 	28, // 26: skiff.admin.v1.AdminService.SetLogLevel:input_type -> skiff.admin.v1.SetLogLevelRequest
-	3,  // 27: skiff.admin.v1.AdminService.GetServerInfo:output_type -> skiff.admin.v1.GetServerInfoResponse
-	5,  // 28: skiff.admin.v1.AdminService.GetReady:output_type -> skiff.admin.v1.GetReadyResponse
-	7,  // 29: skiff.admin.v1.AdminService.GetConfigDump:output_type -> skiff.admin.v1.GetConfigDumpResponse
-	12, // 30: skiff.admin.v1.AdminService.GetStats:output_type -> skiff.admin.v1.GetStatsResponse
-	14, // 31: skiff.admin.v1.AdminService.WatchStats:output_type -> skiff.admin.v1.WatchStatsResponse
-	16, // 32: skiff.admin.v1.AdminService.ListListeners:output_type -> skiff.admin.v1.ListListenersResponse
-	19, // 33: skiff.admin.v1.AdminService.ListClusters:output_type -> skiff.admin.v1.ListClustersResponse
-	23, // 34: skiff.admin.v1.AdminService.DrainListeners:output_type -> skiff.admin.v1.DrainListenersResponse
-	25, // 35: skiff.admin.v1.AdminService.StartHotRestart:output_type -> skiff.admin.v1.StartHotRestartResponse
-	27, // 36: skiff.admin.v1.AdminService.GetLogLevel:output_type -> skiff.admin.v1.GetLogLevelResponse
-	29, // 37: skiff.admin.v1.AdminService.SetLogLevel:output_type -> skiff.admin.v1.SetLogLevelResponse
-	27, // [27:38] is the sub-list for method output_type
-	16, // [16:27] is the sub-list for method input_type
+	30, // 27: skiff.admin.v1.AdminService.ReopenLogs:input_type -> skiff.admin.v1.ReopenLogsRequest
+	3,  // 28: skiff.admin.v1.AdminService.GetServerInfo:output_type -> skiff.admin.v1.GetServerInfoResponse
+	5,  // 29: skiff.admin.v1.AdminService.GetReady:output_type -> skiff.admin.v1.GetReadyResponse
+	7,  // 30: skiff.admin.v1.AdminService.GetConfigDump:output_type -> skiff.admin.v1.GetConfigDumpResponse
+	12, // 31: skiff.admin.v1.AdminService.GetStats:output_type -> skiff.admin.v1.GetStatsResponse
+	14, // 32: skiff.admin.v1.AdminService.WatchStats:output_type -> skiff.admin.v1.WatchStatsResponse
+	16, // 33: skiff.admin.v1.AdminService.ListListeners:output_type -> skiff.admin.v1.ListListenersResponse
+	19, // 34: skiff.admin.v1.AdminService.ListClusters:output_type -> skiff.admin.v1.ListClustersResponse
+	23, // 35: skiff.admin.v1.AdminService.DrainListeners:output_type -> skiff.admin.v1.DrainListenersResponse
+	25, // 36: skiff.admin.v1.AdminService.StartHotRestart:output_type -> skiff.admin.v1.StartHotRestartResponse
+	27, // 37: skiff.admin.v1.AdminService.GetLogLevel:output_type -> skiff.admin.v1.GetLogLevelResponse
+	29, // 38: skiff.admin.v1.AdminService.SetLogLevel:output_type -> skiff.admin.v1.SetLogLevelResponse
+	31, // 39: skiff.admin.v1.AdminService.ReopenLogs:output_type -> skiff.admin.v1.ReopenLogsResponse
+	28, // [28:40] is the sub-list for method output_type
+	16, // [16:28] is the sub-list for method input_type
 	16, // [16:16] is the sub-list for extension type_name
 	16, // [16:16] is the sub-list for extension extendee
 	0,  // [0:16] is the sub-list for field type_name
@@ -1922,7 +2002,7 @@ func file_skiff_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_skiff_admin_v1_admin_proto_rawDesc), len(file_skiff_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   28,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

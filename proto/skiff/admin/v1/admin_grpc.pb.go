@@ -37,6 +37,7 @@ const (
 	AdminService_StartHotRestart_FullMethodName = "/skiff.admin.v1.AdminService/StartHotRestart"
 	AdminService_GetLogLevel_FullMethodName     = "/skiff.admin.v1.AdminService/GetLogLevel"
 	AdminService_SetLogLevel_FullMethodName     = "/skiff.admin.v1.AdminService/SetLogLevel"
+	AdminService_ReopenLogs_FullMethodName      = "/skiff.admin.v1.AdminService/ReopenLogs"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -72,13 +73,18 @@ type AdminServiceClient interface {
 	// DrainListeners stops the listeners from accepting connections (Envoy's
 	// /drain_listeners). The server is DRAINING from then on.
 	DrainListeners(ctx context.Context, in *DrainListenersRequest, opts ...grpc.CallOption) (*DrainListenersResponse, error)
-	// StartHotRestart hands the listening sockets to a new skiff process
-	// (Envoy's hot restart). Not implemented yet: it fails with UNIMPLEMENTED.
+	// StartHotRestart hands the listening sockets, the configuration and the
+	// idle connections to a new skiff process (Envoy's hot restart) and
+	// returns once it serves; this process then drains and exits.
 	StartHotRestart(ctx context.Context, in *StartHotRestartRequest, opts ...grpc.CallOption) (*StartHotRestartResponse, error)
 	// GetLogLevel returns the log level (Envoy's /logging).
 	GetLogLevel(ctx context.Context, in *GetLogLevelRequest, opts ...grpc.CallOption) (*GetLogLevelResponse, error)
 	// SetLogLevel changes the log level (Envoy's /logging?level=).
 	SetLogLevel(ctx context.Context, in *SetLogLevelRequest, opts ...grpc.CallOption) (*SetLogLevelResponse, error)
+	// ReopenLogs opens the access log files again by their paths before their
+	// next write, for log rotation (Envoy's /reopen_logs; SIGUSR1 does the
+	// same).
+	ReopenLogs(ctx context.Context, in *ReopenLogsRequest, opts ...grpc.CallOption) (*ReopenLogsResponse, error)
 }
 
 type adminServiceClient struct {
@@ -208,6 +214,16 @@ func (c *adminServiceClient) SetLogLevel(ctx context.Context, in *SetLogLevelReq
 	return out, nil
 }
 
+func (c *adminServiceClient) ReopenLogs(ctx context.Context, in *ReopenLogsRequest, opts ...grpc.CallOption) (*ReopenLogsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReopenLogsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ReopenLogs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -241,13 +257,18 @@ type AdminServiceServer interface {
 	// DrainListeners stops the listeners from accepting connections (Envoy's
 	// /drain_listeners). The server is DRAINING from then on.
 	DrainListeners(context.Context, *DrainListenersRequest) (*DrainListenersResponse, error)
-	// StartHotRestart hands the listening sockets to a new skiff process
-	// (Envoy's hot restart). Not implemented yet: it fails with UNIMPLEMENTED.
+	// StartHotRestart hands the listening sockets, the configuration and the
+	// idle connections to a new skiff process (Envoy's hot restart) and
+	// returns once it serves; this process then drains and exits.
 	StartHotRestart(context.Context, *StartHotRestartRequest) (*StartHotRestartResponse, error)
 	// GetLogLevel returns the log level (Envoy's /logging).
 	GetLogLevel(context.Context, *GetLogLevelRequest) (*GetLogLevelResponse, error)
 	// SetLogLevel changes the log level (Envoy's /logging?level=).
 	SetLogLevel(context.Context, *SetLogLevelRequest) (*SetLogLevelResponse, error)
+	// ReopenLogs opens the access log files again by their paths before their
+	// next write, for log rotation (Envoy's /reopen_logs; SIGUSR1 does the
+	// same).
+	ReopenLogs(context.Context, *ReopenLogsRequest) (*ReopenLogsResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -290,6 +311,9 @@ func (UnimplementedAdminServiceServer) GetLogLevel(context.Context, *GetLogLevel
 }
 func (UnimplementedAdminServiceServer) SetLogLevel(context.Context, *SetLogLevelRequest) (*SetLogLevelResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetLogLevel not implemented")
+}
+func (UnimplementedAdminServiceServer) ReopenLogs(context.Context, *ReopenLogsRequest) (*ReopenLogsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReopenLogs not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -503,6 +527,24 @@ func _AdminService_SetLogLevel_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ReopenLogs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReopenLogsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ReopenLogs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ReopenLogs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ReopenLogs(ctx, req.(*ReopenLogsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -549,6 +591,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetLogLevel",
 			Handler:    _AdminService_SetLogLevel_Handler,
+		},
+		{
+			MethodName: "ReopenLogs",
+			Handler:    _AdminService_ReopenLogs_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
