@@ -1,6 +1,8 @@
 package dataplane
 
 import (
+	"bufio"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -112,4 +114,68 @@ func TestRoutesFromSnapshot(t *testing.T) {
 	if got := get(); got != "green" {
 		t.Errorf("after the refused update: %q", got)
 	}
+}
+
+// TestFilterChainChangeKeepsIdleHTTP1: when a listener's filter chain
+// changes, an idle HTTP/1.1 keep-alive connection of the old chain is not
+// closed under its client: its next request is answered by the old chain
+// with "connection: close" (as Envoy's drain does), and the next connection
+// reaches the new chain. A shutdown closes an idle one at once.
+func TestFilterChainChangeKeepsIdleHTTP1(t *testing.T) {
+	s, _ := newTestServer(t, 10*time.Second)
+	blue, green := httpGreeter(t, "blue"), httpGreeter(t, "green")
+	snap := func(prefix string) *Snapshot {
+		lis := hcmListener("web", netip.MustParseAddrPort("127.0.0.1:0"), "r")
+		lis.FilterChains[0].Name = prefix // a changed chain: the old one drains
+		return &Snapshot{
+			Listeners: []*listenerv3.Listener{lis},
+			Clusters:  []*clusterv3.Cluster{staticCluster("blue", blue), staticCluster("green", green)},
+			Routes:    map[string]*routev3.RouteConfiguration{"r": routeTo("r", "blue")},
+		}
+	}
+	if err := s.Apply(snap("a")); err != nil {
+		t.Fatal(err)
+	}
+	addr := boundAddr(t, s, "web")
+	dial := func() (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		return c, bufio.NewReader(c)
+	}
+	get := func(c net.Conn, br *bufio.Reader) (*nethttp.Response, error) {
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nhost: a\r\n\r\n"); err != nil {
+			return nil, err
+		}
+		resp, err := nethttp.ReadResponse(br, nil)
+		if err == nil {
+			io.ReadAll(resp.Body)
+		}
+		return resp, err
+	}
+	c1, br1 := dial()
+	if resp, err := get(c1, br1); err != nil || resp.Close {
+		t.Fatalf("before the change: %v %v", resp, err)
+	}
+	if err := s.Apply(snap("b")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // (a connection closed by the drain would be closed by now)
+	if resp, err := get(c1, br1); err != nil || !resp.Close {
+		t.Fatalf("the idle connection after the change: %v, %v; want an answer with connection: close", resp, err)
+	}
+	c2, br2 := dial()
+	if resp, err := get(c2, br2); err != nil || resp.Close {
+		t.Fatalf("a new connection after the change: %v %v", resp, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s.BeginShutdown()
+	if _, err := br2.ReadByte(); err != io.EOF {
+		t.Errorf("an idle connection at a shutdown: %v, want EOF", err)
+	}
+	_ = s.Shutdown(ctx)
 }

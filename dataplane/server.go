@@ -702,7 +702,7 @@ func (s *Server) beginShutdown() []*listener.FilterChain {
 	s.mu.Unlock()
 
 	for _, ch := range chains {
-		ch.Conns().Drain()
+		ch.Conns().DrainNow()
 	}
 	return chains
 }

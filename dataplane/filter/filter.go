@@ -53,11 +53,14 @@ type Conn struct {
 	// Logger carries the connection's attributes.
 	Logger *slog.Logger
 
-	draining <-chan struct{}
-	onDrain  atomic.Pointer[func()]
-	drained  atomic.Bool // the hook ran (or there will be none)
-	mover    atomic.Pointer[moverBox]
-	moved    atomic.Bool
+	draining    <-chan struct{}
+	closingIdle <-chan struct{}
+	onDrain     atomic.Pointer[func(closeIdle bool)]
+	drained     atomic.Bool // the hook ran for a drain (or there will be none)
+	idleClosed  atomic.Bool // the hook ran with closeIdle
+
+	mover atomic.Pointer[moverBox]
+	moved atomic.Bool
 }
 
 type moverBox struct{ m Mover }
@@ -158,29 +161,51 @@ func unmap(ap netip.AddrPort) netip.AddrPort {
 func (c *Conn) Draining() <-chan struct{} { return c.draining }
 
 // SetDraining is called by the listener once it has chosen the connection's
-// filter chain: draining is that chain's drain signal.
-func (c *Conn) SetDraining(draining <-chan struct{}) { c.draining = draining }
+// filter chain: draining is that chain's drain signal, closingIdle the one
+// that says idle connections should end at once (skiff shuts down).
+func (c *Conn) SetDraining(draining, closingIdle <-chan struct{}) {
+	c.draining, c.closingIdle = draining, closingIdle
+}
 
-// OnDrain makes f run once when the connection's chain drains, at once if it
-// drains already. The listener runs it before the drain it was asked for
-// returns, so that a drain is in effect (an HTTP/1.1 response in preparation
-// says "connection: close") by the time it is reported begun. f must not
-// block.
-func (c *Conn) OnDrain(f func()) {
+// OnDrain makes f run when the connection's chain drains, at once if it
+// drains already: f(false) for a drain that only discourages further use (a
+// filter chain changed or removed, a graceful drain: an idle HTTP/1.1
+// connection stays open, and its next response says "connection: close", as
+// in Envoy), then f(true) if idle connections are to end at once (skiff shuts
+// down); each at most once, and f(true) alone if that comes first. The
+// listener runs it before the drain it was asked for returns, so that a drain
+// is in effect by the time it is reported begun. f must not block.
+func (c *Conn) OnDrain(f func(closeIdle bool)) {
 	c.onDrain.Store(&f)
 	select {
+	case <-c.closingIdle:
+		c.Drain(true)
+		return
+	default:
+	}
+	select {
 	case <-c.draining:
-		c.Drain()
+		c.Drain(false)
 	default:
 	}
 }
 
-// Drain runs the connection's drain hook, once; the listener calls it for
-// every connection of a chain that drains.
-func (c *Conn) Drain() {
+// Drain runs the connection's drain hook (see OnDrain); the listener calls it
+// for every connection of a chain that drains.
+func (c *Conn) Drain(closeIdle bool) {
 	f := c.onDrain.Load()
-	if f != nil && c.drained.CompareAndSwap(false, true) {
-		(*f)()
+	if f == nil {
+		return
+	}
+	if closeIdle {
+		if c.idleClosed.CompareAndSwap(false, true) {
+			c.drained.Store(true)
+			(*f)(true)
+		}
+		return
+	}
+	if !c.idleClosed.Load() && c.drained.CompareAndSwap(false, true) {
+		(*f)(false)
 	}
 }
 

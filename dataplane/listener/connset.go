@@ -11,12 +11,14 @@ import (
 // chain, counting what it still serves and ending what is left are operations on
 // its ConnSet, and so will be handing its connections to a successor process.
 type ConnSet struct {
-	mu       sync.Mutex
-	conns    map[*filter.Conn]struct{}
-	closed   bool
-	draining chan struct{} // closed by Drain
-	drainOne sync.Once
-	empty    chan struct{} // closed when the set next becomes empty; nil if nobody waits
+	mu          sync.Mutex
+	conns       map[*filter.Conn]struct{}
+	closed      bool
+	draining    chan struct{} // closed by Drain
+	closingIdle chan struct{} // closed by DrainNow
+	drainOne    sync.Once
+	nowOne      sync.Once
+	empty       chan struct{} // closed when the set next becomes empty; nil if nobody waits
 
 	// ctx is the parent of every connection's context; Close cancels it. It lives
 	// as long as the chain does, like http.Server's base context.
@@ -27,7 +29,7 @@ type ConnSet struct {
 // NewConnSet returns an empty, open set.
 func NewConnSet() *ConnSet {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &ConnSet{conns: map[*filter.Conn]struct{}{}, draining: make(chan struct{}), ctx: ctx, cancel: cancel}
+	return &ConnSet{conns: map[*filter.Conn]struct{}{}, draining: make(chan struct{}), closingIdle: make(chan struct{}), ctx: ctx, cancel: cancel}
 }
 
 // add registers c and returns the context it must be served with. It returns
@@ -74,16 +76,31 @@ func (s *ConnSet) Len() int {
 }
 
 // Drain asks every connection, present and future, to end at its next safe
-// point: the drain hooks of the connections present have run when it returns
-// (see filter.Conn.OnDrain).
+// point, without ending idle ones (see filter.Conn.OnDrain): the drain hooks
+// of the connections present have run when it returns.
 func (s *ConnSet) Drain() {
 	s.drainOne.Do(func() {
 		close(s.draining)
 		for _, c := range s.Snapshot() {
-			c.Drain()
+			c.Drain(false)
 		}
 	})
 }
+
+// DrainNow is Drain for a shutdown: idle connections end at once too.
+func (s *ConnSet) DrainNow() {
+	s.nowOne.Do(func() {
+		s.drainOne.Do(func() { close(s.draining) })
+		close(s.closingIdle)
+		for _, c := range s.Snapshot() {
+			c.Drain(true)
+		}
+	})
+}
+
+// ClosingIdle is closed by DrainNow: idle connections are to end at once (see
+// filter.Conn.SetDraining).
+func (s *ConnSet) ClosingIdle() <-chan struct{} { return s.closingIdle }
 
 // Wait blocks until the set is empty or ctx is done, and returns ctx's error in
 // the latter case.

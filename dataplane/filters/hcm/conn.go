@@ -120,10 +120,19 @@ func (m *Manager) serveConn(ctx context.Context, fc *filter.Conn, moved *filter.
 		}()
 	}
 
-	// Drain: the connection's chain is retired, or skiff shuts down.
-	fc.OnDrain(func() {
-		c.codec.Drain()
-		m.stats.cxDrain.Inc() // after: once counted, the drain is in effect
+	// Drain: the connection's chain is retired or drained (an idle HTTP/1.1
+	// connection stays for its next request, which is answered with
+	// "connection: close", as in Envoy), or skiff shuts down (it closes).
+	var drainCounted atomic.Bool
+	fc.OnDrain(func(closeIdle bool) {
+		if c.h1c != nil && !closeIdle {
+			c.h1c.Discourage()
+		} else {
+			c.codec.Drain()
+		}
+		if drainCounted.CompareAndSwap(false, true) {
+			m.stats.cxDrain.Inc() // after: once counted, the drain is in effect
+		}
 	})
 	if m.maxConnDuration > 0 {
 		t := time.AfterFunc(m.maxConnDuration, func() {

@@ -247,14 +247,40 @@ func TestDrain(t *testing.T) {
 	io.WriteString(c2, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 	fr.WriteSettings()
 
-	e.drain()
-	e.waitStat("http.ingress.downstream_cx_drain_close", 2)
-	// HTTP/1.1: the idle connection is closed, or (a request that reached
-	// it first) answered with "connection: close", which ReadResponse
-	// turns into resp.Close, taking the header away.
+	// A third connection, idle when skiff shuts down.
+	c3, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c3.Close()
+	c3.SetDeadline(time.Now().Add(10 * time.Second))
+	br3 := bufio.NewReader(c3)
+	io.WriteString(c3, "GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+	if resp, err := nethttp.ReadResponse(br3, nil); err != nil || resp.Close {
+		t.Fatalf("before drain: %v %v", resp, err)
+	} else {
+		io.ReadAll(resp.Body)
+	}
+
+	e.drain(false) // a filter chain changed
+	e.waitStat("http.ingress.downstream_cx_drain_close", 3)
+	// HTTP/1.1: the idle connection stays open, as in Envoy, and its next
+	// response says "connection: close" (which ReadResponse turns into
+	// resp.Close, taking the header away); then the connection closes.
+	time.Sleep(50 * time.Millisecond) // (a connection closed by the drain would be closed by now)
 	io.WriteString(c1, "GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-	if resp, err := nethttp.ReadResponse(br, nil); err == nil && !resp.Close {
-		t.Errorf("HTTP/1.1 after drain: %v", resp.Header)
+	if resp, err := nethttp.ReadResponse(br, nil); err != nil || !resp.Close {
+		t.Errorf("HTTP/1.1 after the drain: %v, %v; want a response with connection: close", resp, err)
+	} else if b, _ := io.ReadAll(resp.Body); string(b) != "ok" {
+		t.Errorf("HTTP/1.1 after the drain: body %q", b)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("after the connection: close response: %v, want EOF", err)
+	}
+	// At a shutdown, an idle connection closes at once.
+	e.drain(true)
+	if _, err := br3.ReadByte(); err != io.EOF {
+		t.Errorf("an idle connection at a shutdown: %v, want EOF", err)
 	}
 	// HTTP/2: GOAWAY.
 	for {
@@ -272,7 +298,7 @@ func TestDrain(t *testing.T) {
 			fr.WritePing(true, p.Data)
 		}
 	}
-	e.waitStat("http.ingress.downstream_cx_drain_close", 2)
+	e.waitStat("http.ingress.downstream_cx_drain_close", 3)
 }
 
 // TestRequestHeadersTimeout: a request head not complete within

@@ -132,7 +132,7 @@ func (e *env) serve() {
 				return
 			}
 			fc := filter.NewConn(c, e.ids.Add(1), "test", testLog)
-			fc.SetDraining(e.draining)
+			fc.SetDraining(e.draining, nil)
 			e.connsMu.Lock()
 			e.conns = append(e.conns, fc)
 			e.connsMu.Unlock()
@@ -148,18 +148,17 @@ func (e *env) serve() {
 	})
 }
 
-// drain makes every connection drain (as a retired filter chain's do: see
-// listener.ConnSet.Drain).
-func (e *env) drain() {
-	e.drainOne.Do(func() {
-		close(e.draining)
-		e.connsMu.Lock()
-		conns := e.conns
-		e.connsMu.Unlock()
-		for _, c := range conns {
-			c.Drain()
-		}
-	})
+// drain makes every connection drain as a retired filter chain's do
+// (listener.ConnSet.Drain) or, with closeIdle, as at a shutdown
+// (listener.ConnSet.DrainNow).
+func (e *env) drain(closeIdle bool) {
+	e.drainOne.Do(func() { close(e.draining) })
+	e.connsMu.Lock()
+	conns := e.conns
+	e.connsMu.Unlock()
+	for _, c := range conns {
+		c.Drain(closeIdle)
+	}
 }
 
 // stat returns a counter's or gauge's value.

@@ -22,7 +22,8 @@
 // without requests) and max_connection_duration (drained then). When skiff
 // drains a connection (a listener or filter chain removed or changed, a
 // shutdown), HTTP/1.1 answers the request in flight with "connection:
-// close" and HTTP/2 sends GOAWAY.
+// close" and HTTP/2 sends GOAWAY; an idle HTTP/1.1 connection stays for its
+// next request (answered the same way) unless skiff shuts down.
 package hcm
 
 import (

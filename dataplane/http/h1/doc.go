@@ -10,7 +10,7 @@
 //
 //	opts := &h1.Options{Buffers: pool, MaxHeaderBytes: ..., RequestHeadersTimeout: ..., IdleTimeout: ...}
 //	// per accepted connection:
-//	sc := h1.NewServerConn(opts)   // keep it to call sc.Drain() when draining
+//	sc := h1.NewServerConn(opts)   // keep it to call sc.Drain() (or Discourage) when draining
 //	err := sc.Serve(ctx, conn, handler)
 //	var e *h1.Error
 //	if errors.As(err, &e) { /* count e.Kind; log e.Status, e.Flags(), e.Details */ }

@@ -46,9 +46,10 @@ type ServerConn struct {
 	spans  []span // the fields of the head being parsed
 	path   []byte // scratch for a :path that needs a leading '/'
 
-	draining atomic.Bool
-	state    atomic.Int32 // stBusy, stIdle, stWantDetach or stDetach
-	deadline bool         // a read deadline is set
+	draining  atomic.Bool  // responses say "connection: close" (Drain, Discourage)
+	closeIdle atomic.Bool  // an idle connection ends at once (Drain)
+	state     atomic.Int32 // stBusy, stIdle, stWantDetach or stDetach
+	deadline  bool         // a read deadline is set
 
 	// Detach: detached is closed when Serve has stopped at the detach point
 	// (or ended otherwise); detachedBytes are the unparsed bytes then, and
@@ -162,10 +163,18 @@ func (c *ServerConn) ServeBuffered(ctx context.Context, conn net.Conn, buffered 
 // after it; an idle connection closes at once.
 func (c *ServerConn) Drain() {
 	c.draining.Store(true)
+	c.closeIdle.Store(true)
 	if c.state.Load() == stIdle {
 		c.conn.SetReadDeadline(time.Unix(1, 0))
 	}
 }
+
+// Discourage is Envoy's drain of an HTTP/1.1 connection: the next response
+// whose head is not sent yet says "connection: close" and the connection
+// closes after it, but an idle connection stays open for its next request,
+// so that a client sending one as the drain begins gets an answer rather
+// than a closed connection. (Drain, or the end of the drain time, ends it.)
+func (c *ServerConn) Discourage() { c.draining.Store(true) }
 
 // Detach stops the connection between two exchanges so that another process
 // can go on with it: Serve returns ErrDetached without closing the
@@ -254,7 +263,7 @@ func (c *ServerConn) readRequest() error {
 		if !c.idle() {
 			return c.detachBusy()
 		}
-		if c.draining.Load() {
+		if c.closeIdle.Load() {
 			if !c.wake() {
 				// Detach got here first: a background read may still be
 				// under way, so detach as for a busy connection.
@@ -274,7 +283,7 @@ func (c *ServerConn) readRequest() error {
 			return c.detach(err)
 		}
 		if c.rd.buffered() == 0 {
-			if errors.Is(err, os.ErrDeadlineExceeded) && !c.draining.Load() {
+			if errors.Is(err, os.ErrDeadlineExceeded) && !c.closeIdle.Load() {
 				return &Error{Kind: KindIdleTimeout, Msg: "no request within the idle timeout"}
 			}
 			return errDrained // the client closed, or the connection drained
@@ -282,7 +291,7 @@ func (c *ServerConn) readRequest() error {
 	}
 	if c.opts.RequestHeadersTimeout > 0 {
 		c.setReadDeadline(time.Now().Add(c.opts.RequestHeadersTimeout))
-	} else if c.deadline || c.draining.Load() {
+	} else if c.deadline || c.closeIdle.Load() {
 		c.setReadDeadline(time.Time{})
 	}
 	head, err := c.rd.readHead(c.opts.MaxHeaderBytes, c.opts.MaxHeaders, true)
@@ -295,7 +304,7 @@ func (c *ServerConn) readRequest() error {
 		case errors.As(err, &e):
 			return e
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			if c.draining.Load() {
+			if c.closeIdle.Load() {
 				return errDrained
 			}
 			return protoErr(KindHeadersTimeout, 408, DetailsRequestHeaderTimeout, "request head not received in time")
@@ -574,7 +583,7 @@ func (c *ServerConn) endStream() bool {
 	}
 	c.wr.release()
 	c.wmu.Unlock()
-	if !keep || c.draining.Load() || s.err != nil {
+	if !keep || c.closeIdle.Load() || s.err != nil {
 		return false
 	}
 	if !s.bodyDone.Load() {

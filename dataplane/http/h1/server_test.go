@@ -415,6 +415,40 @@ func TestServerDrain(t *testing.T) {
 			t.Fatalf("Serve = %v", err)
 		}
 	})
+	t.Run("discouraged idle", func(t *testing.T) {
+		// Envoy's drain: the idle connection stays for its next request,
+		// whose response says connection: close; then it closes.
+		s := startServer(t, testOptions(), echo)
+		s.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+		if resp, _ := s.response("GET"); resp.Close {
+			t.Fatal("connection: close before the drain")
+		}
+		s.c.Discourage()
+		time.Sleep(20 * time.Millisecond) // (a closing connection would be closed by now)
+		s.send("GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+		if resp, _ := s.response("GET"); !resp.Close || resp.StatusCode != 200 {
+			t.Fatalf("the request after Discourage: status %d, close %v; want 200 with connection: close", resp.StatusCode, resp.Close)
+		}
+		if !s.closed() {
+			t.Fatal("connection left open after its connection: close response")
+		}
+		if err := s.result(); err != nil {
+			t.Fatalf("Serve = %v", err)
+		}
+	})
+	t.Run("discouraged then drained", func(t *testing.T) {
+		s := startServer(t, testOptions(), echo)
+		s.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+		s.response("GET")
+		s.c.Discourage()
+		s.c.Drain()
+		if !s.closed() {
+			t.Fatal("idle connection not closed by Drain after Discourage")
+		}
+		if err := s.result(); err != nil {
+			t.Fatalf("Serve = %v", err)
+		}
+	})
 }
 
 func TestServerClientGoneCancelsContext(t *testing.T) {

@@ -374,9 +374,15 @@ func (c *conn) headersTimeoutFired() {
 	}
 	c.hbTimedID, c.hbTimedOut = 0, true
 	c.noteReset(id)
-	_ = c.queueCtrl(ctrlFrame{kind: ctrlRST, id: id, val: uint32(http.ResetNoError)})
 	c.mu.Unlock()
+	// Counted before the reset goes out, so that a client that saw it finds
+	// it counted.
 	if f := c.cfg.onHdrTimeout; f != nil {
 		f()
 	}
+	c.mu.Lock()
+	if !c.wstop {
+		_ = c.queueCtrl(ctrlFrame{kind: ctrlRST, id: id, val: uint32(http.ResetNoError)})
+	}
+	c.mu.Unlock()
 }
