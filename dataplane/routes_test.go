@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	nethttp "net/http"
 	"net/netip"
@@ -18,6 +19,9 @@ import (
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/skiffproxy/skiff/dataplane/filters"
+	"github.com/skiffproxy/skiff/internal/stats"
 )
 
 func hcmListener(name string, addr netip.AddrPort, routeName string) *listenerv3.Listener {
@@ -178,4 +182,87 @@ func TestFilterChainChangeKeepsIdleHTTP1(t *testing.T) {
 		t.Errorf("an idle connection at a shutdown: %v, want EOF", err)
 	}
 	_ = s.Shutdown(ctx)
+}
+
+// TestGradualDrain: with Envoy's gradual drain strategy, the connections of a
+// changed filter chain are asked to end with a probability that grows over
+// the drain time: right after the change few of the old chain's connections
+// answer with "connection: close", most do late in the window.
+func TestGradualDrain(t *testing.T) {
+	reg, err := filters.Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const window = 3 * time.Second
+	s := NewServer(Options{Logger: slog.New(slog.DiscardHandler), Registry: reg, Stats: stats.NewStore(), DrainTime: window, GradualDrain: true})
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+	})
+	blue := httpGreeter(t, "blue")
+	snap := func(name string) *Snapshot {
+		lis := hcmListener("web", netip.MustParseAddrPort("127.0.0.1:0"), "r")
+		lis.FilterChains[0].Name = name
+		return &Snapshot{
+			Listeners: []*listenerv3.Listener{lis},
+			Clusters:  []*clusterv3.Cluster{staticCluster("blue", blue)},
+			Routes:    map[string]*routev3.RouteConfiguration{"r": routeTo("r", "blue")},
+		}
+	}
+	if err := s.Apply(snap("a")); err != nil {
+		t.Fatal(err)
+	}
+	type client struct {
+		c  net.Conn
+		br *bufio.Reader
+	}
+	get := func(cl client) bool { // reports connection: close
+		t.Helper()
+		io.WriteString(cl.c, "GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+		resp, err := nethttp.ReadResponse(cl.br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.ReadAll(resp.Body)
+		return resp.Close
+	}
+	var clients []client
+	for range 20 {
+		c, err := net.Dial("tcp", boundAddr(t, s, "web").String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		cl := client{c, bufio.NewReader(c)}
+		if get(cl) {
+			t.Fatal("connection: close before any drain")
+		}
+		clients = append(clients, cl)
+	}
+	start := time.Now()
+	if err := s.Apply(snap("b")); err != nil {
+		t.Fatal(err)
+	}
+	var open []client
+	for _, cl := range clients {
+		if !get(cl) {
+			open = append(open, cl)
+		}
+	}
+	early := len(clients) - len(open)
+	if early > 5 {
+		t.Errorf("%d of %d connections closed %v into a %v gradual drain, want few", early, len(clients), time.Since(start), window)
+	}
+	time.Sleep(time.Until(start.Add(window * 5 / 6)))
+	late := 0
+	for _, cl := range open {
+		if get(cl) {
+			late++
+		}
+	}
+	if late < len(open)/2 {
+		t.Errorf("%d of %d connections closed %v into a %v gradual drain, want most", late, len(open), time.Since(start), window)
+	}
 }

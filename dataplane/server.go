@@ -80,6 +80,12 @@ type Options struct {
 	// DrainTime is how long connections of removed listeners and filter chains
 	// may go on before they are closed.
 	DrainTime time.Duration
+	// GradualDrain is Envoy's --drain-strategy gradual (its default): over a
+	// drain of removed or changed filter chains (and a graceful
+	// DrainListeners), connections are asked to end with a probability that
+	// grows from 0 to 1 over DrainTime, rather than all at once (immediate,
+	// the zero value). A shutdown drains immediately.
+	GradualDrain bool
 	// InitializedExternally: the caller calls MarkInitialized when its first
 	// round of configuration is complete, instead of the first Apply.
 	InitializedExternally bool
@@ -609,7 +615,7 @@ func sameSockets(a, b *listener.Config) bool {
 // is left after the drain time. s.mu is held.
 func (s *Server) drain(chains []*listener.FilterChain) {
 	for _, ch := range chains {
-		ch.Conns().Drain()
+		s.drainChain(ch)
 		s.retired[ch] = true
 		s.draining.Add(1)
 		go func() {
@@ -680,6 +686,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // a new one (Envoy's SIGUSR1).
 func (s *Server) ReopenAccessLogs() { s.accessLogs.Reopen() }
 
+// drainChain starts the drain of a filter chain's connections with the
+// configured strategy.
+func (s *Server) drainChain(ch *listener.FilterChain) {
+	if s.opts.GradualDrain {
+		ch.Conns().DrainGradually(s.opts.DrainTime)
+	} else {
+		ch.Conns().Drain()
+	}
+}
+
 // BeginShutdown is Shutdown's first half, for a caller that reports the
 // drain as begun: every listener stops accepting and every connection is
 // told to drain. Shutdown does it too (again, harmlessly).
@@ -747,7 +763,7 @@ func (s *Server) DrainListeners(graceful bool) time.Time {
 	}
 	for _, l := range s.listeners {
 		for _, ch := range listener.AllChains(l.Config()) {
-			ch.Conns().Drain()
+			s.drainChain(ch)
 		}
 	}
 	s.drainedAt = time.Now().Add(s.opts.DrainTime)

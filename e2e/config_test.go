@@ -143,6 +143,7 @@ func TestBadFlags(t *testing.T) {
 		{"missing_file", []string{"run", "-c", missing}, missing},
 		{"argument", []string{"run", cfg}, cfg},
 		{"both_drain_flags", []string{"run", "-c", cfg, "--drain-time", "1s", "--drain-time-s", "1"}, "drain-time"},
+		{"bad_drain_strategy", []string{"run", "-c", cfg, "--drain-strategy", "eventually"}, "--drain-strategy"},
 		{"envoy_style_unknown_flag", []string{"-c", cfg, "--no-such-flag"}, "no-such-flag"},
 	}
 	for _, tt := range tests {
@@ -213,7 +214,7 @@ func TestEnvoyFlags(t *testing.T) {
 	cfg := writeFile(t, "envoy.yaml", simple(up.Addr).yaml(t))
 	// No --runtime-dir: skiff's default is under $XDG_RUNTIME_DIR.
 	xdg := t.TempDir()
-	p := startProcess(t, []string{"-c", cfg, "-l", "debug", "--drain-time-s", "1",
+	p := startProcess(t, []string{"-c", cfg, "-l", "debug", "--drain-time-s", "1", "--drain-strategy", "immediate",
 		"--service-node", "n1", "--service-cluster", "c1", "--concurrency", "2"},
 		procOpts{env: []string{"XDG_RUNTIME_DIR=" + xdg}})
 	p.WaitStarted(t) // text logs, which the harness parses too

@@ -37,6 +37,7 @@ type runOptions struct {
 	logLevel, logPath      string
 	logEncoding            string
 	drainTime              time.Duration
+	drainStrategy          string
 	parentShutdownTime     time.Duration
 	readyTimeout           time.Duration
 	serviceNode            string
@@ -66,6 +67,7 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 	fs.StringVar(&o.logEncoding, "log-encoding", "text", "log encoding: text or json")
 	fs.DurationVar(&o.drainTime, "drain-time", 5*time.Second, "how long connections may finish after a stop or a listener removal")
 	drainS := fs.Int("drain-time-s", -1, "Envoy's spelling of --drain-time, in seconds")
+	fs.StringVar(&o.drainStrategy, "drain-strategy", "gradual", "how connections of removed or changed filter chains are asked to end over the drain time: gradual (spread over it, Envoy's default) or immediate (all at once); a stop drains immediately")
 	fs.DurationVar(&o.parentShutdownTime, "parent-shutdown-time", 10*time.Second, "how long a hot-restart parent lives at most after handing over")
 	parentS := fs.Int("parent-shutdown-time-s", -1, "Envoy's spelling of --parent-shutdown-time, in seconds")
 	fs.DurationVar(&o.readyTimeout, "hot-restart-ready-timeout", time.Minute, "how long a hot-restart successor may take to serve before its parent gives up on it and keeps serving")
@@ -104,6 +106,9 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 	}
 	if o.mode != "serve" && o.mode != "validate" {
 		return nil, fmt.Errorf("--mode %q: skiff supports serve and validate", o.mode)
+	}
+	if o.drainStrategy != "gradual" && o.drainStrategy != "immediate" {
+		return nil, fmt.Errorf("--drain-strategy %q: gradual or immediate", o.drainStrategy)
 	}
 	if o.drainTime < 0 || o.parentShutdownTime < 0 {
 		return nil, errors.New("--drain-time and --parent-shutdown-time must not be negative")
@@ -151,7 +156,7 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if o.mode == "validate" {
-		if _, err := newServer(b, source, log, o.drainTime, stats.NewStore()); err != nil {
+		if _, err := newServer(b, source, log, o.drain(), stats.NewStore()); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "configuration '%s' OK\n", source)
@@ -159,7 +164,7 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	// Everything that can be checked without the runtime directory or a socket
 	// is checked first: a bad bootstrap stops here, before any of them.
-	if _, err := newServer(b, source, log, o.drainTime, stats.NewStore()); err != nil {
+	if _, err := newServer(b, source, log, o.drain(), stats.NewStore()); err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -200,7 +205,7 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer st.Close()
-	srv, err := newServer(b, source, log, o.drainTime, st)
+	srv, err := newServer(b, source, log, o.drain(), st)
 	adminCfg := &adminConfig{adminFlags: o.admin, runtimeDir: dir.Path, levels: levels}
 	if err == nil && inherited != nil {
 		var socks []restart.ListenSocket
@@ -229,6 +234,17 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	})
 }
 
+// drainPolicy is how the data plane drains the connections of removed or
+// changed filter chains.
+type drainPolicy struct {
+	time    time.Duration
+	gradual bool
+}
+
+func (o *runOptions) drain() drainPolicy {
+	return drainPolicy{time: o.drainTime, gradual: o.drainStrategy == "gradual"}
+}
+
 // server is a validated data plane, not yet started.
 type server struct {
 	srv  *dataplane.Server
@@ -237,7 +253,7 @@ type server struct {
 
 // newServer checks everything in b that skiff can check without touching a
 // socket, so that a bad bootstrap exits before binding anything.
-func newServer(b *bootstrapv3.Bootstrap, source string, log *slog.Logger, drainTime time.Duration, st *stats.Store) (*server, error) {
+func newServer(b *bootstrapv3.Bootstrap, source string, log *slog.Logger, drain drainPolicy, st *stats.Store) (*server, error) {
 	rt, err := checkDynamic(b)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", source, err)
@@ -246,7 +262,7 @@ func newServer(b *bootstrapv3.Bootstrap, source string, log *slog.Logger, drainT
 	if err != nil {
 		return nil, err
 	}
-	srv := dataplane.NewServer(dataplane.Options{Logger: log, Registry: reg, Stats: st, DrainTime: drainTime, Node: b.GetNode(), Runtime: rt,
+	srv := dataplane.NewServer(dataplane.Options{Logger: log, Registry: reg, Stats: st, DrainTime: drain.time, GradualDrain: drain.gradual, Node: b.GetNode(), Runtime: rt,
 		// With xDS, the client says when the first round is in place.
 		InitializedExternally: b.GetDynamicResources() != nil})
 	snap := &dataplane.Snapshot{

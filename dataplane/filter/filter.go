@@ -53,11 +53,10 @@ type Conn struct {
 	// Logger carries the connection's attributes.
 	Logger *slog.Logger
 
-	draining    <-chan struct{}
-	closingIdle <-chan struct{}
-	onDrain     atomic.Pointer[func(closeIdle bool)]
-	drained     atomic.Bool // the hook ran for a drain (or there will be none)
-	idleClosed  atomic.Bool // the hook ran with closeIdle
+	drain      DrainDecision
+	onDrain    atomic.Pointer[func(closeIdle bool)]
+	drained    atomic.Bool // the hook ran for a drain (or there will be none)
+	idleClosed atomic.Bool // the hook ran with closeIdle
 
 	mover atomic.Pointer[moverBox]
 	moved atomic.Bool
@@ -153,38 +152,76 @@ func unmap(ap netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
+// DrainDecision is a filter chain's drain state, which its connections share
+// (Envoy's Network::DrainDecision); the listener's ConnSet implements it.
+type DrainDecision interface {
+	// Draining is closed when the chain drains: it was removed or changed,
+	// a graceful drain began, or skiff shuts down.
+	Draining() <-chan struct{}
+	// ClosingIdle is closed when idle connections are to end at once (skiff
+	// shuts down).
+	ClosingIdle() <-chan struct{}
+	// DrainClose reports, once the chain drains, whether a connection should
+	// end at its next safe point now (Envoy's drainClose): always with the
+	// immediate drain strategy, with a probability that grows from 0 to 1
+	// over the drain time with the gradual one, so that clients do not all
+	// reconnect at once.
+	DrainClose() bool
+}
+
 // Draining is closed when the connection should end at its next safe point: the
 // listener or filter chain that accepted it was removed or changed, or skiff is
 // shutting down. Protocols with a graceful end (HTTP/2 GOAWAY, HTTP/1.1
-// "Connection: close") use it; a TCP proxy simply runs on until the drain time
-// is over and its context is canceled.
-func (c *Conn) Draining() <-chan struct{} { return c.draining }
-
-// SetDraining is called by the listener once it has chosen the connection's
-// filter chain: draining is that chain's drain signal, closingIdle the one
-// that says idle connections should end at once (skiff shuts down).
-func (c *Conn) SetDraining(draining, closingIdle <-chan struct{}) {
-	c.draining, c.closingIdle = draining, closingIdle
+// "Connection: close") use it, asking DrainClose when to end; a TCP proxy
+// simply runs on until the drain time is over and its context is canceled.
+// Nil before SetDrain.
+func (c *Conn) Draining() <-chan struct{} {
+	if c.drain == nil {
+		return nil
+	}
+	return c.drain.Draining()
 }
+
+// DrainClose reports whether the connection should end at its next safe point
+// now: false unless its chain drains; see DrainDecision.
+func (c *Conn) DrainClose() bool {
+	if c.drain == nil {
+		return false
+	}
+	select {
+	case <-c.drain.Draining():
+		return c.drain.DrainClose()
+	default:
+		return false
+	}
+}
+
+// SetDrain is called by the listener once it has chosen the connection's
+// filter chain: d is that chain's drain state.
+func (c *Conn) SetDrain(d DrainDecision) { c.drain = d }
 
 // OnDrain makes f run when the connection's chain drains, at once if it
 // drains already: f(false) for a drain that only discourages further use (a
-// filter chain changed or removed, a graceful drain: an idle HTTP/1.1
-// connection stays open, and its next response says "connection: close", as
-// in Envoy), then f(true) if idle connections are to end at once (skiff shuts
-// down); each at most once, and f(true) alone if that comes first. The
-// listener runs it before the drain it was asked for returns, so that a drain
-// is in effect by the time it is reported begun. f must not block.
+// filter chain changed or removed, a graceful drain: the connection ends when
+// DrainClose says so, and an idle HTTP/1.1 connection stays open for its next
+// request, as in Envoy), then f(true) if idle connections are to end at once
+// (skiff shuts down); each at most once, and f(true) alone if that comes
+// first. The listener runs it before the drain it was asked for returns, so
+// that a drain is in effect by the time it is reported begun. f must not
+// block.
 func (c *Conn) OnDrain(f func(closeIdle bool)) {
 	c.onDrain.Store(&f)
+	if c.drain == nil {
+		return
+	}
 	select {
-	case <-c.closingIdle:
+	case <-c.drain.ClosingIdle():
 		c.Drain(true)
 		return
 	default:
 	}
 	select {
-	case <-c.draining:
+	case <-c.drain.Draining():
 		c.Drain(false)
 	default:
 	}

@@ -2,7 +2,9 @@ package listener
 
 import (
 	"context"
+	"math/rand/v2"
 	"sync"
+	"time"
 
 	"github.com/skiffproxy/skiff/dataplane/filter"
 )
@@ -18,6 +20,10 @@ type ConnSet struct {
 	closingIdle chan struct{} // closed by DrainNow
 	drainOne    sync.Once
 	nowOne      sync.Once
+	// A gradual drain's start and length (set before draining is closed);
+	// a zero window is an immediate drain.
+	drainStart  time.Time
+	drainWindow time.Duration
 	empty       chan struct{} // closed when the set next becomes empty; nil if nobody waits
 
 	// ctx is the parent of every connection's context; Close cancels it. It lives
@@ -54,7 +60,8 @@ func (s *ConnSet) remove(c *filter.Conn) {
 	}
 }
 
-// Draining returns the channel the set's connections see as Conn.Draining.
+// Draining returns the channel the set's connections see as Conn.Draining
+// (filter.DrainDecision).
 func (s *ConnSet) Draining() <-chan struct{} { return s.draining }
 
 // Snapshot returns the connections in the set now.
@@ -77,14 +84,42 @@ func (s *ConnSet) Len() int {
 
 // Drain asks every connection, present and future, to end at its next safe
 // point, without ending idle ones (see filter.Conn.OnDrain): the drain hooks
-// of the connections present have run when it returns.
-func (s *ConnSet) Drain() {
+// of the connections present have run when it returns. DrainClose says yes
+// from the start (Envoy's immediate drain strategy).
+func (s *ConnSet) Drain() { s.DrainGradually(0) }
+
+// DrainGradually is Drain with Envoy's gradual drain strategy: DrainClose
+// says yes with a probability that grows from 0 to 1 over window, so that
+// the connections end spread over it rather than all at once.
+func (s *ConnSet) DrainGradually(window time.Duration) {
 	s.drainOne.Do(func() {
+		s.drainStart, s.drainWindow = time.Now(), window
 		close(s.draining)
 		for _, c := range s.Snapshot() {
 			c.Drain(false)
 		}
 	})
+}
+
+// DrainClose implements filter.DrainDecision: once the set drains, whether a
+// connection should end at its next safe point now.
+func (s *ConnSet) DrainClose() bool {
+	select {
+	case <-s.draining:
+	default:
+		return false
+	}
+	select {
+	case <-s.closingIdle: // a shutdown: everything ends now
+		return true
+	default:
+	}
+	w := s.drainWindow
+	if w <= 0 {
+		return true
+	}
+	elapsed := time.Since(s.drainStart)
+	return elapsed >= w || rand.Int64N(int64(w)) < int64(elapsed)
 }
 
 // DrainNow is Drain for a shutdown: idle connections end at once too.
@@ -99,7 +134,7 @@ func (s *ConnSet) DrainNow() {
 }
 
 // ClosingIdle is closed by DrainNow: idle connections are to end at once (see
-// filter.Conn.SetDraining).
+// filter.DrainDecision).
 func (s *ConnSet) ClosingIdle() <-chan struct{} { return s.closingIdle }
 
 // Wait blocks until the set is empty or ctx is done, and returns ctx's error in
@@ -132,3 +167,5 @@ func (s *ConnSet) Close() {
 	s.mu.Unlock()
 	s.cancel()
 }
+
+var _ filter.DrainDecision = (*ConnSet)(nil)

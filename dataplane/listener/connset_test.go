@@ -4,6 +4,7 @@ import (
 	"net"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/skiffproxy/skiff/dataplane/filter"
 )
@@ -21,7 +22,7 @@ func TestConnSetDrainRunsHooks(t *testing.T) {
 		if _, ok := s.add(c); !ok {
 			t.Fatal("add refused")
 		}
-		c.SetDraining(s.Draining(), s.ClosingIdle())
+		c.SetDrain(s)
 		return c, new([]bool)
 	}
 	hook := func(calls *[]bool) func(bool) {
@@ -58,4 +59,52 @@ func TestConnSetDrainRunsHooks(t *testing.T) {
 		t.Fatalf("a hook set after DrainNow: %v, want [true]", *n3)
 	}
 	s.Close()
+}
+
+// TestConnSetDrainClose: DrainClose says no until the set drains; yes at once
+// with the immediate strategy (Drain) and at a shutdown; with the gradual one,
+// rarely at first, about half the time half way through the window, always
+// after it.
+func TestConnSetDrainClose(t *testing.T) {
+	immediate := NewConnSet()
+	defer immediate.Close()
+	if immediate.DrainClose() {
+		t.Fatal("DrainClose before any drain")
+	}
+	immediate.Drain()
+	if !immediate.DrainClose() {
+		t.Fatal("DrainClose after an immediate drain: no")
+	}
+
+	count := func(s *ConnSet) int {
+		n := 0
+		for range 1000 {
+			if s.DrainClose() {
+				n++
+			}
+		}
+		return n
+	}
+	early := NewConnSet()
+	defer early.Close()
+	early.DrainGradually(time.Hour)
+	if n := count(early); n > 5 {
+		t.Errorf("at the start of an hour-long gradual drain: %d of 1000 yes, want about 0", n)
+	}
+	early.DrainNow()
+	if n := count(early); n != 1000 {
+		t.Errorf("after DrainNow: %d of 1000 yes, want all", n)
+	}
+
+	mid := NewConnSet()
+	defer mid.Close()
+	mid.DrainGradually(time.Hour)
+	mid.drainStart = mid.drainStart.Add(-30 * time.Minute) // half way through
+	if n := count(mid); n < 400 || n > 600 {
+		t.Errorf("half way through a gradual drain: %d of 1000 yes, want about 500", n)
+	}
+	mid.drainStart = mid.drainStart.Add(-31 * time.Minute) // past the end
+	if n := count(mid); n != 1000 {
+		t.Errorf("after the drain window: %d of 1000 yes, want all", n)
+	}
 }

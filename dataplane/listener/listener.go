@@ -230,7 +230,7 @@ func (l *Listener) serve(tc *net.TCPConn) {
 		return
 	}
 	defer ch.conns.remove(c)
-	c.SetDraining(ch.conns.Draining(), ch.conns.ClosingIdle())
+	c.SetDrain(ch.conns)
 	for _, f := range ch.filters {
 		if err := f.OnConnection(ctx, c); err != nil {
 			l.log.Debug("network filter closed the connection", "conn", c.ID, "error", err)
@@ -293,7 +293,7 @@ func (l *Listener) Adopt(down net.Conn, m *filter.MovedConn) {
 			return
 		}
 		defer ch.conns.remove(c)
-		c.SetDraining(ch.conns.Draining(), ch.conns.ClosingIdle())
+		c.SetDrain(ch.conns)
 		ad.Adopt(ctx, c, m)
 	}()
 }

@@ -43,6 +43,11 @@ type conn struct {
 	h1c      *h1.ServerConn
 	released chan struct{}
 	once     sync.Once
+
+	// A drain of the connection's chain: begun (drainBegun) and applied to
+	// the codec (drainApplied), which, with the gradual drain strategy, a
+	// later request may do (see filter.Conn.DrainClose).
+	drainBegun, drainApplied, drainCounted atomic.Bool
 }
 
 // ServeConn implements filter.TerminalFilter.
@@ -120,18 +125,21 @@ func (m *Manager) serveConn(ctx context.Context, fc *filter.Conn, moved *filter.
 		}()
 	}
 
-	// Drain: the connection's chain is retired or drained (an idle HTTP/1.1
-	// connection stays for its next request, which is answered with
-	// "connection: close", as in Envoy), or skiff shuts down (it closes).
-	var drainCounted atomic.Bool
+	// Drain: the connection's chain is retired or drained, or skiff shuts
+	// down. The codec is told when filter.Conn.DrainClose says so: at once
+	// with the immediate drain strategy, at one of the next requests with the
+	// gradual one; an idle HTTP/1.1 connection stays for its next request,
+	// answered with "connection: close" (Envoy's behaviour), unless skiff
+	// shuts down.
 	fc.OnDrain(func(closeIdle bool) {
-		if c.h1c != nil && !closeIdle {
-			c.h1c.Discourage()
-		} else {
+		if closeIdle {
 			c.codec.Drain()
+			c.countDrain()
+			return
 		}
-		if drainCounted.CompareAndSwap(false, true) {
-			m.stats.cxDrain.Inc() // after: once counted, the drain is in effect
+		c.drainBegun.Store(true)
+		if fc.DrainClose() {
+			c.applyDrain()
 		}
 	})
 	if m.maxConnDuration > 0 {
@@ -265,6 +273,9 @@ func (c *conn) logRefused(ctx context.Context, he *h1.Error) {
 // ServeStream implements http.Handler.
 func (c *conn) ServeStream(s http.ServerStream) {
 	m := c.m
+	if c.drainBegun.Load() && !c.drainApplied.Load() && c.fc.DrainClose() {
+		c.applyDrain()
+	}
 	n := c.requests.Add(1)
 	if m.maxRequests > 0 && n >= m.maxRequests {
 		// This one is the last: HTTP/1.1 answers it with "connection: close",
@@ -295,6 +306,29 @@ func (c *conn) ServeStream(s http.ServerStream) {
 		stop()
 	}
 	m.streams.Put(st)
+}
+
+// applyDrain tells the codec of a connection whose chain drains to end it:
+// HTTP/1.1 answers with "connection: close" from now on (an idle connection
+// stays for its next request), HTTP/2 sends GOAWAY.
+func (c *conn) applyDrain() {
+	if !c.drainApplied.CompareAndSwap(false, true) {
+		return
+	}
+	if c.h1c != nil {
+		c.h1c.Discourage()
+	} else {
+		c.codec.Drain()
+	}
+	c.countDrain()
+}
+
+// countDrain counts the connection in downstream_cx_drain_close, once; after
+// the drain is in effect, so that it is by the time the count shows.
+func (c *conn) countDrain() {
+	if c.drainCounted.CompareAndSwap(false, true) {
+		c.m.stats.cxDrain.Inc()
+	}
 }
 
 // onIdle closes an HTTP/1.1 connection that carried no request for the idle

@@ -45,8 +45,7 @@ type env struct {
 	reg      *filter.Registry
 	mgr      *hcm.Manager
 	addr     string
-	draining chan struct{}
-	drainOne sync.Once
+	drainSig testDrain
 	connsMu  sync.Mutex
 	conns    []*filter.Conn
 	ids      atomic.Uint64
@@ -63,7 +62,7 @@ var testLog = func() *slog.Logger {
 // and serves it.
 func newEnv(t testing.TB, hcmYAML string, clusters ...*clusterv3.Cluster) *env {
 	t.Helper()
-	e := &env{t: t, st: stats.NewStore(), draining: make(chan struct{})}
+	e := &env{t: t, st: stats.NewStore(), drainSig: testDrain{draining: make(chan struct{}), closingIdle: make(chan struct{})}}
 	e.clusters = upstream.NewManager(e.st)
 	var as []upstream.Assignment
 	for _, pb := range clusters {
@@ -132,7 +131,7 @@ func (e *env) serve() {
 				return
 			}
 			fc := filter.NewConn(c, e.ids.Add(1), "test", testLog)
-			fc.SetDraining(e.draining, nil)
+			fc.SetDrain(&e.drainSig)
 			e.connsMu.Lock()
 			e.conns = append(e.conns, fc)
 			e.connsMu.Unlock()
@@ -149,10 +148,14 @@ func (e *env) serve() {
 }
 
 // drain makes every connection drain as a retired filter chain's do
-// (listener.ConnSet.Drain) or, with closeIdle, as at a shutdown
-// (listener.ConnSet.DrainNow).
+// (listener.ConnSet.Drain, the immediate strategy) or, with closeIdle, as at
+// a shutdown (listener.ConnSet.DrainNow).
 func (e *env) drain(closeIdle bool) {
-	e.drainOne.Do(func() { close(e.draining) })
+	d := &e.drainSig
+	d.drainOne.Do(func() { close(d.draining) })
+	if closeIdle {
+		d.idleOne.Do(func() { close(d.closingIdle) })
+	}
 	e.connsMu.Lock()
 	conns := e.conns
 	e.connsMu.Unlock()
@@ -160,6 +163,16 @@ func (e *env) drain(closeIdle bool) {
 		c.Drain(closeIdle)
 	}
 }
+
+// testDrain is the harness's filter.DrainDecision: an immediate drain.
+type testDrain struct {
+	draining, closingIdle chan struct{}
+	drainOne, idleOne     sync.Once
+}
+
+func (d *testDrain) Draining() <-chan struct{}    { return d.draining }
+func (d *testDrain) ClosingIdle() <-chan struct{} { return d.closingIdle }
+func (d *testDrain) DrainClose() bool             { return true }
 
 // stat returns a counter's or gauge's value.
 func (e *env) stat(name string) int64 {
