@@ -7,7 +7,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // goodListener is a valid listener on 127.0.0.1:PORT proxying to cluster c.
@@ -282,5 +284,37 @@ func TestValidateMode(t *testing.T) {
 		if !portFree(addr) {
 			t.Errorf("%s is not free after --mode validate", addr)
 		}
+	}
+}
+
+// TestDisableHotRestart: with Envoy's --disable-hot-restart, skiff keeps no
+// reconfig socket, logs and ignores SIGHUP (as Envoy does) while it goes on
+// serving, refuses a hot restart asked through the admin API, and a second
+// skiff on the same runtime directory exits with an error instead of taking
+// over.
+func TestDisableHotRestart(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, "127.0.0.1", echoHandler)
+	a := startAdminSkiff(t, simple(up.Addr), "--disable-hot-restart")
+	if _, err := os.Stat(filepath.Join(a.RuntimeDir, "reconfig.sock")); !os.IsNotExist(err) {
+		t.Errorf("reconfig.sock with --disable-hot-restart: %v", err)
+	}
+	a.Signal(t, syscall.SIGHUP)
+	a.WaitLog(t, 10*time.Second, "SIGHUP logged and ignored", func(l LogLine) bool { return strings.Contains(l.Msg(), "caught SIGHUP and ignored it") })
+	if err := echoAll(dial(t, a.Addr(t, "l")), []byte("still here")); err != nil {
+		t.Fatalf("after SIGHUP: %v", err)
+	}
+	r := runSkiff(t, "admin", "--runtime-dir", a.RuntimeDir, "restart")
+	if r.code == 0 || !strings.Contains(r.stderr, "hot restart is off") {
+		t.Errorf("skiff admin restart: exit %d, stderr %q; want a refusal saying hot restart is off", r.code, r.stderr)
+	}
+	r = runSkiff(t, "run", "-c", a.ConfigPath, "--runtime-dir", a.RuntimeDir, "--disable-hot-restart", "--log-encoding", "json")
+	if r.code == 0 || !strings.Contains(r.stderr, "--disable-hot-restart") {
+		t.Errorf("a second skiff on the runtime dir: exit %d, stderr %q; want an error naming --disable-hot-restart", r.code, r.stderr)
+	}
+	select {
+	case <-a.Exited():
+		t.Fatal("the first skiff exited")
+	default:
 	}
 }

@@ -8,9 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/signal"
 	"sync"
-	"syscall"
 	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
@@ -75,7 +73,7 @@ func newHotRestart(log *slog.Logger, dir *runtimedir.Dir, srv *dataplane.Server,
 
 // serve listens on the reconfig socket and answers successors until ctx is
 // done; SIGHUP starts one.
-func (h *hotRestart) serve(ctx context.Context) error {
+func (h *hotRestart) serve(ctx context.Context, hup <-chan os.Signal) error {
 	path := h.dir.File(restart.SocketName)
 	ln, err := restart.Listen(path)
 	if err != nil {
@@ -90,10 +88,7 @@ func (h *hotRestart) serve(ctx context.Context) error {
 			removeIfSame(path, id)
 		}
 	}()
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
 	go func() {
-		defer signal.Stop(hup)
 		for {
 			select {
 			case <-ctx.Done():

@@ -38,6 +38,7 @@ type runOptions struct {
 	logEncoding            string
 	drainTime              time.Duration
 	drainStrategy          string
+	disableHotRestart      bool
 	parentShutdownTime     time.Duration
 	readyTimeout           time.Duration
 	serviceNode            string
@@ -70,6 +71,7 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 	fs.StringVar(&o.drainStrategy, "drain-strategy", "gradual", "how connections of removed or changed filter chains are asked to end over the drain time: gradual (spread over it, Envoy's default) or immediate (all at once); a stop drains immediately")
 	fs.DurationVar(&o.parentShutdownTime, "parent-shutdown-time", 10*time.Second, "how long a hot-restart parent lives at most after handing over")
 	parentS := fs.Int("parent-shutdown-time-s", -1, "Envoy's spelling of --parent-shutdown-time, in seconds")
+	fs.BoolVar(&o.disableHotRestart, "disable-hot-restart", false, "no hot restart (Envoy's flag): no reconfig socket, SIGHUP is logged and ignored, and a runtime dir in use is an error rather than a takeover")
 	fs.DurationVar(&o.readyTimeout, "hot-restart-ready-timeout", time.Minute, "how long a hot-restart successor may take to serve before its parent gives up on it and keeps serving")
 	fs.StringVar(&o.serviceNode, "service-node", "", "node.id (overrides the bootstrap)")
 	fs.StringVar(&o.serviceCluster, "service-cluster", "", "node.cluster (overrides the bootstrap)")
@@ -174,9 +176,16 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	usr1 := make(chan os.Signal, 1)
 	signal.Notify(usr1, syscall.SIGUSR1)
 	defer signal.Stop(usr1)
+	// SIGHUP starts a hot restart; like Envoy, skiff never dies of it.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 
 	dir, err := runtimedir.Open(o.runtimeDir)
 	var inherited *restart.Inherited
+	if errors.Is(err, runtimedir.ErrInUse) && o.disableHotRestart {
+		return fmt.Errorf("runtime dir %s belongs to a running skiff, and --disable-hot-restart rules out taking over from it: %w", o.runtimeDir, err)
+	}
 	if errors.Is(err, runtimedir.ErrInUse) {
 		// Another skiff owns the directory: take over from it (hot restart).
 		inherited, dir, err = takeOver(ctx, o.runtimeDir, log)
@@ -220,9 +229,12 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	}
 
 	go stats.NewServerStats(st, time.Now()).Run(ctx, time.Second)
-	hr := newHotRestart(log, dir, srv.srv, st, b, o.readyTimeout)
-	if inherited != nil {
-		hr.epoch = inherited.Handover.GetGeneration() + 1
+	var hr *hotRestart
+	if !o.disableHotRestart {
+		hr = newHotRestart(log, dir, srv.srv, st, b, o.readyTimeout)
+		if inherited != nil {
+			hr.epoch = inherited.Handover.GetGeneration() + 1
+		}
 	}
 	return serve(ctx, serveOptions{
 		srv: srv.srv, snap: srv.snap, boot: b, source: source, log: log,
@@ -231,6 +243,7 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 		restart:    hr,
 		inherited:  inherited,
 		reopenLogs: usr1,
+		hup:        hup,
 	})
 }
 
@@ -302,6 +315,7 @@ type serveOptions struct {
 	restart            *hotRestart        // nil: no hot restart (the demo)
 	inherited          *restart.Inherited // set when taking over from a parent
 	reopenLogs         <-chan os.Signal   // each value reopens the access logs (SIGUSR1)
+	hup                <-chan os.Signal   // each value starts a hot restart (SIGHUP), or is logged without one
 }
 
 // serve applies the configuration (or starts the xDS client that does), runs
@@ -390,8 +404,20 @@ func serve(ctx context.Context, o serveOptions) error {
 		}
 		log.Info("hot restart: took over from the parent")
 	}
+	if o.restart == nil && o.hup != nil {
+		go func() {
+			for {
+				select {
+				case <-o.hup:
+					log.Warn("caught SIGHUP and ignored it: hot restart is disabled (--disable-hot-restart)")
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
 	if o.restart != nil {
-		if err := o.restart.serve(ctx); err != nil {
+		if err := o.restart.serve(ctx, o.hup); err != nil {
 			return err
 		}
 		hr := o.restart

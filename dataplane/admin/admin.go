@@ -111,7 +111,7 @@ type Options struct {
 	TCPMutations bool
 	// HotRestart starts a hot restart, running binary (empty: skiff's own
 	// executable), and returns the new process's pid and epoch once it is
-	// ready; nil answers StartHotRestart with UNIMPLEMENTED.
+	// ready; nil (hot restart off) answers StartHotRestart with UNIMPLEMENTED.
 	HotRestart func(ctx context.Context, binary string) (pid int, epoch uint32, err error)
 }
 

@@ -301,7 +301,7 @@ func TestMutationsOnlyOverUnixSocket(t *testing.T) {
 		t.Errorf("after DrainListeners(graceful): drains %v, state %v; want [true], DRAINING", ta.dp.drained(), ta.srv.State())
 	}
 	_, err = ta.admin(true).StartHotRestart(ctx, &adminv1.StartHotRestartRequest{})
-	if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "not implemented") {
+	if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "hot restart is off") {
 		t.Errorf("StartHotRestart: %v, want Unimplemented with an explanation", err)
 	}
 

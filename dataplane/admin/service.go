@@ -209,7 +209,7 @@ func (v *service) DrainListeners(_ context.Context, req *adminv1.DrainListenersR
 func (v *service) StartHotRestart(ctx context.Context, req *adminv1.StartHotRestartRequest) (*adminv1.StartHotRestartResponse, error) {
 	if v.s.opts.HotRestart == nil {
 		return nil, status.Error(codes.Unimplemented,
-			"hot restart is not implemented in this version of skiff yet; to upgrade, stop skiff (SIGTERM drains it) and start the new binary")
+			"hot restart is off in this skiff (skiff demo, or skiff run --disable-hot-restart); to upgrade, stop skiff (SIGTERM drains it) and start the new binary")
 	}
 	pid, epoch, err := v.s.opts.HotRestart(ctx, req.GetBinary())
 	if err != nil {
