@@ -216,7 +216,7 @@ func TestEnvoyFlags(t *testing.T) {
 	cfg := writeFile(t, "envoy.yaml", simple(up.Addr).yaml(t))
 	// No --runtime-dir: skiff's default is under $XDG_RUNTIME_DIR.
 	xdg := t.TempDir()
-	p := startProcess(t, []string{"-c", cfg, "-l", "debug", "--drain-time-s", "1", "--drain-strategy", "immediate",
+	p := startProcess(t, []string{"-c", cfg, "-l", "debug", "--drain-time-s", "1", "--drain-strategy", "immediate", "--cpuset-threads",
 		"--service-node", "n1", "--service-cluster", "c1", "--concurrency", "2"},
 		procOpts{env: []string{"XDG_RUNTIME_DIR=" + xdg}})
 	p.WaitStarted(t) // text logs, which the harness parses too

@@ -77,6 +77,7 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 	fs.StringVar(&o.serviceCluster, "service-cluster", "", "node.cluster (overrides the bootstrap)")
 	fs.StringVar(&o.serviceZone, "service-zone", "", "node.locality.zone (overrides the bootstrap)")
 	fs.IntVar(&o.concurrency, "concurrency", 0, "worker threads (GOMAXPROCS); 0 keeps Go's default of one per CPU")
+	fs.Bool("cpuset-threads", false, "Envoy's flag for sizing the workers by the CPU set rather than the machine's CPUs; accepted, as Go's default already counts the CPUs skiff may run on (its affinity mask and cgroup quota)")
 	fs.StringVar(&o.runtimeDir, "runtime-dir", runtimedir.Default(), "directory for this instance's sockets and stats")
 	fs.BoolVar(&o.supervise, "supervise", false, "run under a small supervisor that outlives hot restarts (for PID 1 in containers and pid-following process managers)")
 	o.admin.register(fs)
