@@ -193,7 +193,7 @@ func TestGradualDrain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const window = 3 * time.Second
+	const window = 10 * time.Second // long, so that a slow machine still makes the first round early in it
 	s := NewServer(Options{Logger: slog.New(slog.DiscardHandler), Registry: reg, Stats: stats.NewStore(), DrainTime: window, GradualDrain: true})
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -252,7 +252,7 @@ func TestGradualDrain(t *testing.T) {
 		}
 	}
 	early := len(clients) - len(open)
-	if early > 5 {
+	if early > 8 { // immediate would close all 20
 		t.Errorf("%d of %d connections closed %v into a %v gradual drain, want few", early, len(clients), time.Since(start), window)
 	}
 	time.Sleep(time.Until(start.Add(window * 5 / 6)))

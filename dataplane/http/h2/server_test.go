@@ -655,7 +655,7 @@ func TestServerManyStreamsRawOrder(t *testing.T) {
 func TestServerRequestHeadersTimeout(t *testing.T) {
 	var served, fired atomic.Int32
 	ts := startServer(t, ServerOptions{
-		RequestHeadersTimeout:   100 * time.Millisecond,
+		RequestHeadersTimeout:   300 * time.Millisecond,
 		OnRequestHeadersTimeout: func() { fired.Add(1) },
 	}, handlerFunc(func(s http.ServerStream) {
 		served.Add(1)
@@ -684,9 +684,9 @@ func TestServerRequestHeadersTimeout(t *testing.T) {
 	_ = p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 5, BlockFragment: block[:3]})
 	time.Sleep(30 * time.Millisecond)
 	_ = p.fr.WriteContinuation(5, true, block[3:])
-	time.Sleep(150 * time.Millisecond)
+	time.Sleep(350 * time.Millisecond)
 	p.data(5, false, []byte("x"))
-	time.Sleep(150 * time.Millisecond)
+	time.Sleep(350 * time.Millisecond)
 	p.headers(5, true, "x-trailer", "t")
 	if hdr, body, _ := p.readResponse(5); hdr[0].Value != "200" || string(body) != "/slow-body" {
 		t.Errorf("slow body: %v %q", hdr, body)
