@@ -44,10 +44,10 @@ type conn struct {
 	released chan struct{}
 	once     sync.Once
 
-	// A drain of the connection's chain: begun (drainBegun) and applied to
-	// the codec (drainApplied), which, with the gradual drain strategy, a
-	// later request may do (see filter.Conn.DrainClose).
-	drainBegun, drainApplied, drainCounted atomic.Bool
+	// A drain of the connection's chain applied to the codec, which, with
+	// the gradual drain strategy, a later request may do (see
+	// filter.Conn.DrainClose); and counted.
+	drainApplied, drainCounted atomic.Bool
 }
 
 // ServeConn implements filter.TerminalFilter.
@@ -137,7 +137,6 @@ func (m *Manager) serveConn(ctx context.Context, fc *filter.Conn, moved *filter.
 			c.countDrain()
 			return
 		}
-		c.drainBegun.Store(true)
 		if fc.DrainClose() {
 			c.applyDrain()
 		}
@@ -273,7 +272,7 @@ func (c *conn) logRefused(ctx context.Context, he *h1.Error) {
 // ServeStream implements http.Handler.
 func (c *conn) ServeStream(s http.ServerStream) {
 	m := c.m
-	if c.drainBegun.Load() && !c.drainApplied.Load() && c.fc.DrainClose() {
+	if !c.drainApplied.Load() && c.fc.DrainClose() {
 		c.applyDrain()
 	}
 	n := c.requests.Add(1)
