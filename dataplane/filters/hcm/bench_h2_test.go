@@ -25,11 +25,11 @@ type h2BenchConn struct {
 
 // h2RequestBlock is a GET's header block, HPACK-encoded without the dynamic
 // table, so that the same bytes serve every request.
-func h2RequestBlock(authority string) []byte {
+func h2RequestBlock(authority, path string) []byte {
 	var buf bytes.Buffer
 	enc := hpack.NewEncoder(&buf)
 	enc.SetMaxDynamicTableSizeLimit(0)
-	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", authority}, {":path", "/"},
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", authority}, {":path", path},
 		{"user-agent", "h2bench"}, {"accept", "*/*"}} {
 		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 	}
@@ -42,7 +42,7 @@ func dialH2Bench(tb testing.TB, addr string) *h2BenchConn {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { nc.Close() })
-	c := &h2BenchConn{nc: nc, block: h2RequestBlock(addr), nextID: 1}
+	c := &h2BenchConn{nc: nc, block: h2RequestBlock(addr, "/"), nextID: 1}
 	c.fr = http2.NewFramer(&c.wbuf, nc)
 	c.fr.SetReuseFrames()
 	c.wbuf.WriteString(http2.ClientPreface)

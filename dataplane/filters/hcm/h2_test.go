@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -223,44 +222,11 @@ func TestDrain(t *testing.T) {
 		io.WriteString(w, "ok")
 	}))
 	e := newEnv(t, hcmYAML("backend", ""), cluster(t, "backend", false, up))
-	// An HTTP/1.1 connection and an HTTP/2 one, both open.
-	c1, err := net.Dial("tcp", e.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c1.Close()
-	c1.SetDeadline(time.Now().Add(10 * time.Second))
-	br := bufio.NewReader(c1)
-	io.WriteString(c1, "GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-	if resp, err := nethttp.ReadResponse(br, nil); err != nil || resp.Close {
-		t.Fatalf("before drain: %v %v", resp, err)
-	} else {
-		io.ReadAll(resp.Body)
-	}
-	c2, err := net.Dial("tcp", e.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Close()
-	c2.SetDeadline(time.Now().Add(10 * time.Second))
-	fr := http2.NewFramer(c2, c2)
-	io.WriteString(c2, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-	fr.WriteSettings()
-
-	// A third connection, idle when skiff shuts down.
-	c3, err := net.Dial("tcp", e.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c3.Close()
-	c3.SetDeadline(time.Now().Add(10 * time.Second))
-	br3 := bufio.NewReader(c3)
-	io.WriteString(c3, "GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-	if resp, err := nethttp.ReadResponse(br3, nil); err != nil || resp.Close {
-		t.Fatalf("before drain: %v %v", resp, err)
-	} else {
-		io.ReadAll(resp.Body)
-	}
+	// An HTTP/1.1 connection and an HTTP/2 one, both open, and a third
+	// connection, idle when skiff shuts down.
+	c1, br := dialKeepAlive(t, e.addr)
+	_, fr := dialH2(t, e.addr)
+	_, br3 := dialKeepAlive(t, e.addr)
 
 	e.drain(false) // a filter chain changed
 	e.waitStat("http.ingress.downstream_cx_drain_close", 3)
@@ -324,20 +290,8 @@ func TestRequestHeadersTimeout(t *testing.T) {
 	}
 	e.waitStat("http.ingress.downstream_rq_header_timeout", 1)
 
-	h2c, err := net.Dial("tcp", e.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h2c.Close()
-	_, _ = io.WriteString(h2c, http2.ClientPreface)
-	fr := http2.NewFramer(h2c, h2c)
-	_ = fr.WriteSettings()
-	var hb bytes.Buffer
-	enc := hpack.NewEncoder(&hb)
-	for _, kv := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "a"}, {":path", "/stalled"}} {
-		_ = enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
-	}
-	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes()[:4], EndStream: true})
+	h2c, fr := dialH2(t, e.addr)
+	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: h2RequestBlock("a", "/stalled")[:4], EndStream: true})
 	_ = h2c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	for {
 		f, err := fr.ReadFrame()
@@ -368,20 +322,8 @@ func TestH2ClientResetInterruptsUpstream(t *testing.T) {
 		}
 	}))
 	e := newEnv(t, "codec_type: HTTP2\n"+hcmYAML("up", ""), cluster(t, "up", false, up))
-	c, err := net.Dial("tcp", e.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_, _ = io.WriteString(c, http2.ClientPreface)
-	fr := http2.NewFramer(c, c)
-	_ = fr.WriteSettings()
-	var hb bytes.Buffer
-	enc := hpack.NewEncoder(&hb)
-	for _, kv := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "a"}, {":path", "/wait"}} {
-		_ = enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
-	}
-	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+	_, fr := dialH2(t, e.addr)
+	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: h2RequestBlock("a", "/wait"), EndStream: true, EndHeaders: true})
 	select {
 	case <-arrived:
 	case <-time.After(5 * time.Second):
@@ -463,4 +405,41 @@ http_filters:
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// dialH2 opens an HTTP/2 connection to addr for a test that writes and reads
+// frames itself: the client preface and SETTINGS are sent. Its deadline is
+// 10 s away.
+func dialH2(t *testing.T, addr string) (net.Conn, *http2.Framer) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, _ = io.WriteString(c, http2.ClientPreface)
+	fr := http2.NewFramer(c, c)
+	_ = fr.WriteSettings()
+	return c, fr
+}
+
+// dialKeepAlive opens an HTTP/1.1 connection to addr and makes one
+// keep-alive exchange on it, which must not say close.
+func dialKeepAlive(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	io.WriteString(c, "GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+	resp, err := nethttp.ReadResponse(br, nil)
+	if err != nil || resp.Close {
+		t.Fatalf("before the drain: %v %v", resp, err)
+	}
+	io.ReadAll(resp.Body)
+	return c, br
 }
