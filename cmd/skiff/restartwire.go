@@ -88,19 +88,12 @@ func (h *hotRestart) serve(ctx context.Context, hup <-chan os.Signal) error {
 			removeIfSame(path, id)
 		}
 	}()
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
-				h.log.Info("SIGHUP: starting a hot restart")
-				if _, err := h.start(ctx, ""); err != nil {
-					h.log.Warn("hot restart not started", "error", err)
-				}
-			}
+	go onSignal(ctx, hup, func() {
+		h.log.Info("SIGHUP: starting a hot restart")
+		if _, err := h.start(ctx, ""); err != nil {
+			h.log.Warn("hot restart not started", "error", err)
 		}
-	}()
+	})
 	return nil
 }
 

@@ -248,6 +248,18 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	})
 }
 
+// onSignal runs f for each signal on ch until ctx is done.
+func onSignal(ctx context.Context, ch <-chan os.Signal, f func()) {
+	for {
+		select {
+		case <-ch:
+			f()
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
 // drainPolicy is how the data plane drains the connections of removed or
 // changed filter chains.
 type drainPolicy struct {
@@ -406,16 +418,9 @@ func serve(ctx context.Context, o serveOptions) error {
 		log.Info("hot restart: took over from the parent")
 	}
 	if o.restart == nil && o.hup != nil {
-		go func() {
-			for {
-				select {
-				case <-o.hup:
-					log.Warn("caught SIGHUP and ignored it: hot restart is disabled (--disable-hot-restart)")
-				case <-ctx.Done():
-					return
-				}
-			}
-		}()
+		go onSignal(ctx, o.hup, func() {
+			log.Warn("caught SIGHUP and ignored it: hot restart is disabled (--disable-hot-restart)")
+		})
 	}
 	if o.restart != nil {
 		if err := o.restart.serve(ctx, o.hup); err != nil {
@@ -443,17 +448,10 @@ func serve(ctx context.Context, o serveOptions) error {
 	}
 	log.Info("skiff started", "version", version, "node", o.boot.GetNode().GetId(), "listeners", strings.Join(names, ","), "pid", os.Getpid())
 	if o.reopenLogs != nil {
-		go func() {
-			for {
-				select {
-				case <-o.reopenLogs:
-					log.Info("SIGUSR1: reopening the access logs")
-					srv.ReopenAccessLogs()
-				case <-ctx.Done():
-					return
-				}
-			}
-		}()
+		go onSignal(ctx, o.reopenLogs, func() {
+			log.Info("SIGUSR1: reopening the access logs")
+			srv.ReopenAccessLogs()
+		})
 	}
 
 	var handedOver <-chan struct{}
