@@ -78,10 +78,7 @@ func (s *Sinks) Reopen() {
 	s.mu.Unlock()
 	for _, f := range files {
 		f.reopen.Store(true)
-		select {
-		case f.kick <- struct{}{}:
-		default:
-		}
+		f.wake()
 	}
 }
 
@@ -134,7 +131,7 @@ type fileSink struct {
 	closed  bool
 	kick    chan struct{}
 	quit    chan struct{}
-	reopen  atomic.Bool // Reopen was called: open the path again after the next write
+	reopen  atomic.Bool // Reopen was called: open the path again before the next write
 
 	buffered, written, failed, dropped stats.Counter
 }
@@ -161,10 +158,16 @@ func (f *fileSink) write(p []byte) {
 	f.mu.Unlock()
 	f.buffered.Inc()
 	if full {
-		select {
-		case f.kick <- struct{}{}:
-		default:
-		}
+		f.wake()
+	}
+}
+
+// wake makes the sink's goroutine write what is buffered now rather than at
+// its next tick.
+func (f *fileSink) wake() {
+	select {
+	case f.kick <- struct{}{}:
+	default:
 	}
 }
 
