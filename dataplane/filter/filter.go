@@ -161,11 +161,11 @@ type DrainDecision interface {
 	// ClosingIdle is closed when idle connections are to end at once (skiff
 	// shuts down).
 	ClosingIdle() <-chan struct{}
-	// DrainClose reports, once the chain drains, whether a connection should
-	// end at its next safe point now (Envoy's drainClose): always with the
-	// immediate drain strategy, with a probability that grows from 0 to 1
-	// over the drain time with the gradual one, so that clients do not all
-	// reconnect at once.
+	// DrainClose reports whether a connection should end at its next safe
+	// point now (Envoy's drainClose): never before the chain drains, then
+	// always with the immediate drain strategy, or with a probability that
+	// grows from 0 to 1 over the drain time with the gradual one, so that
+	// clients do not all reconnect at once.
 	DrainClose() bool
 }
 
@@ -184,17 +184,7 @@ func (c *Conn) Draining() <-chan struct{} {
 
 // DrainClose reports whether the connection should end at its next safe point
 // now: false unless its chain drains; see DrainDecision.
-func (c *Conn) DrainClose() bool {
-	if c.drain == nil {
-		return false
-	}
-	select {
-	case <-c.drain.Draining():
-		return c.drain.DrainClose()
-	default:
-		return false
-	}
-}
+func (c *Conn) DrainClose() bool { return c.drain != nil && c.drain.DrainClose() }
 
 // SetDrain is called by the listener once it has chosen the connection's
 // filter chain: d is that chain's drain state.

@@ -101,8 +101,8 @@ func (s *ConnSet) DrainGradually(window time.Duration) {
 	})
 }
 
-// DrainClose implements filter.DrainDecision: once the set drains, whether a
-// connection should end at its next safe point now.
+// DrainClose implements filter.DrainDecision: whether a connection should
+// end at its next safe point now (never before the set drains).
 func (s *ConnSet) DrainClose() bool {
 	select {
 	case <-s.draining:

@@ -172,7 +172,14 @@ type testDrain struct {
 
 func (d *testDrain) Draining() <-chan struct{}    { return d.draining }
 func (d *testDrain) ClosingIdle() <-chan struct{} { return d.closingIdle }
-func (d *testDrain) DrainClose() bool             { return true }
+func (d *testDrain) DrainClose() bool {
+	select {
+	case <-d.draining:
+		return true
+	default:
+		return false
+	}
+}
 
 // stat returns a counter's or gauge's value.
 func (e *env) stat(name string) int64 {
