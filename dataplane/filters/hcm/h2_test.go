@@ -95,14 +95,7 @@ func TestAutoCodec(t *testing.T) {
 func TestGRPC(t *testing.T) {
 	up := grpcecho.Start(t)
 	e := newEnv(t, hcmYAML("grpc", ""), cluster(t, "grpc", true, up))
-	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	client := testpb.NewTestServiceClient(conn)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	_, client, ctx := grpcClient(t, e.addr)
 
 	var trl metadata.MD
 	body := bytes.Repeat([]byte("grpc"), 1<<18)
@@ -361,20 +354,13 @@ http_filters:
 - name: envoy.filters.http.router
   typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
 `, cluster(t, "grpc", true, up))
-	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	client := testpb.NewTestServiceClient(conn)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	conn, client, ctx := grpcClient(t, e.addr)
 	for range 3 {
 		if _, err := client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("x")}}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, err = client.UnaryCall(ctx, &testpb.SimpleRequest{ResponseStatus: &testpb.EchoStatus{Code: int32(codes.NotFound), Message: "nope"}})
+	_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{ResponseStatus: &testpb.EchoStatus{Code: int32(codes.NotFound), Message: "nope"}})
 	if status.Code(err) != codes.NotFound {
 		t.Fatalf("trailers-only error: %v", err)
 	}
@@ -442,4 +428,18 @@ func dialKeepAlive(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
 	}
 	io.ReadAll(resp.Body)
 	return c, br
+}
+
+// grpcClient is a grpc-go TestService client of skiff at addr, and a context
+// for its calls that ends within 10 s; the test's cleanup closes both.
+func grpcClient(t *testing.T, addr string) (*grpc.ClientConn, testpb.TestServiceClient, context.Context) {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return conn, testpb.NewTestServiceClient(conn), ctx
 }
