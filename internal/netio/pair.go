@@ -650,11 +650,11 @@ func (d *direction) spliceIn(fd uintptr) bool {
 		d.pipe = pp
 	}
 	for {
-		n, err := unix.Splice(int(fd), nil, d.pipe.w, nil, d.p.pipes.size, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+		n, err := rawSplice(fd, uintptr(d.pipe.w), d.p.pipes.size, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
 		switch err {
-		case nil:
-			d.n = int(n)
-			d.pipe.data = int(n)
+		case 0:
+			d.n = n
+			d.pipe.data = n
 			if n > 0 {
 				d.p.touch()
 			}
@@ -675,13 +675,13 @@ func (d *direction) spliceIn(fd uintptr) bool {
 // into the destination socket.
 func (d *direction) spliceOut(fd uintptr) bool {
 	for d.pipe.data > 0 {
-		n, err := unix.Splice(d.pipe.r, nil, int(fd), nil, d.pipe.data, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+		n, err := rawSplice(uintptr(d.pipe.r), fd, d.pipe.data, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
 		if n > 0 {
-			d.pipe.data -= int(n)
-			d.wrote(int(n))
+			d.pipe.data -= n
+			d.wrote(n)
 		}
 		switch err {
-		case nil:
+		case 0:
 			if n == 0 { // cannot happen while the pipe holds data and we hold its write end
 				d.err = io.ErrNoProgress
 				return true
@@ -704,9 +704,9 @@ func (d *direction) readRaw(fd uintptr) bool {
 		d.buf = d.p.buffers.Get(bufpool.Large)
 	}
 	for {
-		n, err := unix.Read(int(fd), d.buf.B)
+		n, err := rawRead(fd, d.buf.B)
 		switch err {
-		case nil:
+		case 0:
 			d.n = n
 			if n > 0 {
 				d.p.touch()
@@ -727,13 +727,13 @@ func (d *direction) readRaw(fd uintptr) bool {
 // writeRaw is the RawConn write callback in buffer mode.
 func (d *direction) writeRaw(fd uintptr) bool {
 	for len(d.out) > 0 {
-		n, err := unix.Write(int(fd), d.out)
+		n, err := rawWrite(fd, d.out)
 		if n > 0 {
 			d.out = d.out[n:]
 			d.wrote(n)
 		}
 		switch err {
-		case nil:
+		case 0:
 			if n == 0 {
 				d.err = io.ErrNoProgress
 				return true

@@ -15,6 +15,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/dataplane/http/h1"
 	"github.com/skiffproxy/skiff/dataplane/http/h2"
+	"github.com/skiffproxy/skiff/internal/netio"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
 
@@ -84,6 +85,11 @@ func (m *Manager) serveConn(ctx context.Context, fc *filter.Conn, moved *filter.
 	}()
 	ctx = filter.WithConn(ctx, fc)
 	cc := &countedConn{Conn: fc.Conn, rx: m.stats.rxBytes, tx: m.stats.txBytes}
+	if tc, ok := fc.Conn.(*net.TCPConn); ok {
+		if rc, err := netio.NewConn(tc); err == nil {
+			cc.Conn = rc
+		}
+	}
 	c := &conn{m: m, fc: fc}
 	switch {
 	case moved != nil:

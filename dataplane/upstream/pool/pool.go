@@ -53,6 +53,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/http/h2"
 	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/internal/bufpool"
+	"github.com/skiffproxy/skiff/internal/netio"
 )
 
 // ErrOverflow is returned by Acquire when the cluster's circuit breakers
@@ -414,9 +415,13 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 	}
 	cfg := p.cl.Config()
 	c := &Conn{p: p, tcp: tcp, created: time.Now(), requests: 1}
+	var nc net.Conn = tcp // the codec's: reads and writes as raw system calls when it can
+	if rc, err := netio.NewConn(tcp); err == nil {
+		nc = rc
+	}
 	if p.http2 {
 		hs.CxHTTP2Total.Inc()
-		cc, err := h2.NewClientConn(tcp, h2.ClientOptions{
+		cc, err := h2.NewClientConn(nc, h2.ClientOptions{
 			MaxConcurrentStreams:        cfg.HTTP.MaxConcurrentStreams,
 			InitialStreamWindowSize:     cfg.HTTP.InitialStreamWindowSize,
 			InitialConnectionWindowSize: cfg.HTTP.InitialConnectionWindowSize,
@@ -450,7 +455,7 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 		c.raw = rc
 		c.peekFn = c.peek
 	}
-	c.h1 = h1.NewClientConn(tcp, &h1.Options{Buffers: p.m.opts.Buffers, MaxHeaders: int(cfg.HTTP.MaxHeadersCount)})
+	c.h1 = h1.NewClientConn(nc, &h1.Options{Buffers: p.m.opts.Buffers, MaxHeaders: int(cfg.HTTP.MaxHeadersCount)})
 	s, err := c.h1.NewStream(ctx)
 	p.mu.Lock()
 	p.dialing--

@@ -1,0 +1,186 @@
+package netio
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The data path's system calls on non-blocking sockets and pipes are made with
+// syscall.RawSyscall6, which, unlike the syscall.Syscall behind unix.Read and
+// net.Conn, does not tell the Go scheduler that the goroutine entered a system
+// call. These calls never block (a socket with nothing to read says EAGAIN, and
+// the goroutine then waits in the runtime's poller through syscall.RawConn), so
+// the scheduler has nothing to gain from knowing, and telling it costs: when
+// every P was idle, the runtime's monitor thread (sysmon) sleeps until woken,
+// and the next goroutine to enter a system call wakes it and makes it poll every
+// 20 µs again for a millisecond or more, a thread wake-up each time. A proxy
+// under load goes idle between bursts thousands of times a second, so with
+// net.Conn's calls sysmon woke about once per ten requests (perf stat, h1ka of
+// ../shared/bench with GOMAXPROCS=1), about twice the context switches of the
+// proxy's own work. With raw calls it wakes about a hundred times a second.
+
+// rawRead is read(2) on a non-blocking descriptor.
+func rawRead(fd uintptr, p []byte) (int, syscall.Errno) {
+	var ptr unsafe.Pointer
+	if len(p) > 0 {
+		ptr = unsafe.Pointer(&p[0])
+	}
+	n, _, e := syscall.RawSyscall6(unix.SYS_READ, fd, uintptr(ptr), uintptr(len(p)), 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	raceRead(p, int(n))
+	return int(n), 0
+}
+
+// rawWrite is write(2) on a non-blocking descriptor.
+func rawWrite(fd uintptr, p []byte) (int, syscall.Errno) {
+	var ptr unsafe.Pointer
+	if len(p) > 0 {
+		ptr = unsafe.Pointer(&p[0])
+	}
+	raceWrite(p)
+	n, _, e := syscall.RawSyscall6(unix.SYS_WRITE, fd, uintptr(ptr), uintptr(len(p)), 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), 0
+}
+
+// rawSplice is splice(2) between non-blocking descriptors without offsets.
+func rawSplice(in, out uintptr, n int, flags uint) (int, syscall.Errno) {
+	r, _, e := syscall.RawSyscall6(unix.SYS_SPLICE, in, 0, out, 0, uintptr(n), uintptr(flags))
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), 0
+}
+
+// Conn is a TCP connection whose Read and Write make their system calls
+// raw (see above) and wait in the runtime's poller like net.Conn's. Everything
+// else, deadlines and Close included, is the embedded *net.TCPConn's, and
+// Read and Write return the errors net.Conn's would: io.EOF at the end of the
+// stream, and *net.OpError values (wrapping os.ErrDeadlineExceeded, net.ErrClosed
+// or the *os.SyscallError) otherwise. A Conn allocates nothing per call.
+//
+// Like net.Conn, Read and Write may run concurrently with each other, but each
+// of them on one goroutine at a time.
+type Conn struct {
+	*net.TCPConn
+	rc syscall.RawConn
+
+	rfn   func(fd uintptr) bool
+	rbuf  []byte
+	rn    int
+	rerr  syscall.Errno
+	wfn   func(fd uintptr) bool
+	wbuf  []byte
+	wn    int
+	werr  syscall.Errno
+	isEOF bool
+}
+
+// NewConn returns tc with raw Read and Write, or an error if tc has no
+// descriptor.
+func NewConn(tc *net.TCPConn) (*Conn, error) {
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	c := &Conn{TCPConn: tc, rc: rc}
+	c.rfn, c.wfn = c.read, c.write
+	return c, nil
+}
+
+// Read implements net.Conn.
+func (c *Conn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	c.rbuf, c.rn, c.rerr, c.isEOF = p, 0, 0, false
+	err := c.rc.Read(c.rfn)
+	c.rbuf = nil
+	switch {
+	case err != nil:
+		return 0, c.opError("read", err)
+	case c.rerr != 0:
+		return 0, c.opError("read", os.NewSyscallError("read", c.rerr))
+	case c.isEOF:
+		return 0, io.EOF
+	}
+	return c.rn, nil
+}
+
+func (c *Conn) read(fd uintptr) bool {
+	for {
+		n, e := rawRead(fd, c.rbuf)
+		switch e {
+		case 0:
+			c.rn, c.isEOF = n, n == 0
+			return true
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			c.rerr = e
+			return true
+		}
+	}
+}
+
+// Write implements net.Conn: it returns once all of p is written or on an
+// error.
+func (c *Conn) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	c.wbuf, c.wn, c.werr = p, 0, 0
+	err := c.rc.Write(c.wfn)
+	n := c.wn
+	c.wbuf = nil
+	switch {
+	case err != nil:
+		return n, c.opError("write", err)
+	case c.werr != 0:
+		return n, c.opError("write", os.NewSyscallError("write", c.werr))
+	}
+	return n, nil
+}
+
+func (c *Conn) write(fd uintptr) bool {
+	for c.wn < len(c.wbuf) {
+		n, e := rawWrite(fd, c.wbuf[c.wn:])
+		switch e {
+		case 0:
+			if n == 0 {
+				c.werr = syscall.EIO // write(2) on a stream socket never returns 0 for a non-empty buffer
+				return true
+			}
+			c.wn += n
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			c.werr = e
+			return true
+		}
+	}
+	return true
+}
+
+// opError gives an error of the raw connection the shape net.Conn's have:
+// RawConn's own errors (deadline, closed) come as *net.OpError with Op
+// "raw-read" or "raw-write", re-labelled here as the plain operation.
+func (c *Conn) opError(op string, err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		err = oe.Err
+	}
+	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+}
