@@ -165,6 +165,18 @@ type ClientStream interface {
 	Close() error
 }
 
+// HeaderExchanger is implemented by client streams that can send a request
+// without a body and wait for its response head as one step, in fewer system
+// calls than WriteHeader(h, true) and ReadHeader make: the HTTP/1.1 codec on a
+// raw TCP connection (netio.Conn) writes the request and waits for the answer
+// without first trying a read that could only fail.
+type HeaderExchanger interface {
+	// ExchangeHeader does what WriteHeader(h, true) followed by ReadHeader
+	// would, with their errors; sent reports whether the request was written
+	// (an error with sent false is WriteHeader's).
+	ExchangeHeader(h *Header) (resp *Header, sent bool, err error)
+}
+
 // ClientConn is an upstream connection that carries streams: one at a time
 // (HTTP/1.1) or many (HTTP/2).
 type ClientConn interface {

@@ -414,18 +414,29 @@ func (q *rq) exchange(conn *pool.Conn, us http.ClientStream, start time.Time) ou
 	}
 	upgrade := req.Has("upgrade")
 	end := q.requestEnded()
-	if err := us.WriteHeader(req, end); err != nil {
-		return q.upstreamFailed(conn, err, false)
-	}
-	if !end && !upgrade {
-		q.startSender(us)
-	}
-	q.armTry()
-	q.touchIdle()
-	resp, err := us.ReadHeader()
-	if err != nil {
-		q.settleSender()
-		return q.upstreamFailed(conn, err, true)
+	var resp *http.Header
+	var err error
+	if ex, ok := us.(http.HeaderExchanger); ok && end && !upgrade {
+		// The common case, a request without a body, in one step.
+		q.armTry()
+		q.touchIdle()
+		var sent bool
+		if resp, sent, err = ex.ExchangeHeader(req); err != nil {
+			return q.upstreamFailed(conn, err, sent)
+		}
+	} else {
+		if err := us.WriteHeader(req, end); err != nil {
+			return q.upstreamFailed(conn, err, false)
+		}
+		if !end && !upgrade {
+			q.startSender(us)
+		}
+		q.armTry()
+		q.touchIdle()
+		if resp, err = us.ReadHeader(); err != nil {
+			q.settleSender()
+			return q.upstreamFailed(conn, err, true)
+		}
 	}
 	q.stopTry()
 	status, _ := strconv.Atoi(resp.Value(http.Status))

@@ -328,11 +328,20 @@ func (s *clientStream) WriteHeader(h *http.Header, end bool) error {
 	c := s.c
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	_, err := s.writeHeader(h, end, false)
+	return err
+}
+
+// writeHeader is WriteHeader under c.wmu. With hold, a request that ends with
+// its head (no body, no upgrade, not CONNECT) is left whole in c.wr, ended but
+// neither sent nor released, and held reports so.
+func (s *clientStream) writeHeader(h *http.Header, end, hold bool) (held bool, err error) {
+	c := s.c
 	switch {
 	case s.reset.Load():
-		return ErrStreamDone
+		return false, ErrStreamDone
 	case s.headSent:
-		return ErrHeaderSent
+		return false, ErrHeaderSent
 	}
 	method := h.Value(http.Method)
 	s.isConnect = method == "CONNECT"
@@ -346,7 +355,7 @@ func (s *clientStream) WriteHeader(h *http.Header, end bool) error {
 		target = authority
 	}
 	if !isTokenString(method) || !validTarget(target) || !validValue(authority) || !validFields(h) {
-		return ErrInvalidHeader
+		return false, ErrInvalidHeader
 	}
 	cl := int64(-1)
 	var conn connTokens
@@ -368,7 +377,7 @@ func (s *clientStream) WriteHeader(h *http.Header, end bool) error {
 	})
 	s.upgrade = upgrade && conn.upgrade && !s.isConnect
 	if bad || s.upgrade && cl > 0 {
-		return ErrInvalidHeader
+		return false, ErrInvalidHeader
 	}
 	mode := bodyNone
 	switch {
@@ -422,18 +431,73 @@ func (s *clientStream) WriteHeader(h *http.Header, end bool) error {
 		s.deadline = time.Now().Add(c.opts.ExpectContinueTimeout)
 		c.mu.Unlock()
 		s.expectWait = true
-		return s.flush()
+		return false, s.flush()
 	}
 	switch {
+	case hold && end && !s.upgrade && !s.isConnect:
+		s.reqEnded = true
+		if err := w.close(nil); err != nil {
+			return false, s.writeFailed(err)
+		}
+		return true, nil
 	case end || s.upgrade:
 		// An upgrade request has no body: the request is complete unless it
 		// becomes a tunnel.
-		return s.end(nil)
+		return false, s.end(nil)
 	case mode == bodyLength && cl <= int64(w.avail()):
 		s.headHeld.Store(true)
-		return nil
+		return false, nil
 	}
-	return s.flush()
+	return false, s.flush()
+}
+
+// ExchangeHeader implements http.HeaderExchanger. On a conn that can write
+// and then wait for the answer in one step (netio.Conn's WriteRead), the
+// request is sent that way and the first bytes of the response come with it;
+// on another, it is WriteHeader(h, true) and ReadHeader.
+func (s *clientStream) ExchangeHeader(h *http.Header) (*http.Header, bool, error) {
+	c := s.c
+	wr, ok := c.conn.(writeReader)
+	if !ok {
+		if err := s.WriteHeader(h, true); err != nil {
+			return nil, false, err
+		}
+		resp, err := s.ReadHeader()
+		return resp, true, err
+	}
+	c.wmu.Lock()
+	held, err := s.writeHeader(h, true, true)
+	if err != nil || !held {
+		c.wmu.Unlock()
+		if err != nil {
+			return nil, false, err
+		}
+		resp, err := s.ReadHeader()
+		return resp, true, err
+	}
+	c.rsem <- struct{}{}
+	defer func() { <-c.rsem }()
+	// The read buffer is empty: finish lets a connection carry another
+	// stream only then.
+	_, werr, rerr := c.rd.writeFill(wr, c.wr.buffered(), c.opts.MaxHeaderBytes)
+	if werr != nil {
+		err = s.writeFailed(werr)
+		c.wmu.Unlock()
+		return nil, false, err
+	}
+	c.wr.release()
+	c.finish(reqDone)
+	c.wmu.Unlock()
+	if rerr != nil {
+		c.rd.err = rerr // for readHead, which makes it the stream's error
+	}
+	for !s.final && s.headErr == nil {
+		s.headErr = s.readHead()
+	}
+	if s.headErr != nil {
+		return nil, true, s.headErr
+	}
+	return &s.resp, true, nil
 }
 
 func (s *clientStream) flush() error {

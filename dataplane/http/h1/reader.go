@@ -60,6 +60,35 @@ func (rd *reader) fill(limit int) error {
 		rd.err = nil
 		return err
 	}
+	if err := rd.room(limit); err != nil {
+		return err
+	}
+	n, err := rd.conn.Read(rd.b[rd.w:])
+	return rd.got(n, err)
+}
+
+// writeFill is fill for the first bytes of an answer to w, which it writes
+// first through the conn's WriteRead (see netio.Conn): wn is how much of w
+// was written, and a write error comes back as werr, with no read made.
+func (rd *reader) writeFill(wr writeReader, w []byte, limit int) (wn int, werr, err error) {
+	if err := rd.room(limit); err != nil {
+		return 0, nil, err
+	}
+	wn, n, err := wr.WriteRead(w, rd.b[rd.w:])
+	if wn < len(w) {
+		return wn, err, nil
+	}
+	return wn, nil, rd.got(n, err)
+}
+
+// writeReader is a conn that can write a request and read its answer in one
+// wait (netio.Conn).
+type writeReader interface {
+	WriteRead(w, r []byte) (wn, rn int, err error)
+}
+
+// room makes room in the buffer for a read, as fill describes.
+func (rd *reader) room(limit int) error {
 	if rd.b == nil {
 		rd.pb = rd.pool.Get(bufpool.Small)
 		rd.b = rd.pb.B
@@ -78,7 +107,11 @@ func (rd *reader) fill(limit int) error {
 			return errBufferFull
 		}
 	}
-	n, err := rd.conn.Read(rd.b[rd.w:])
+	return nil
+}
+
+// got accounts for a read of n bytes that returned err.
+func (rd *reader) got(n int, err error) error {
 	rd.w += n
 	if n > 0 {
 		rd.err = err

@@ -154,6 +154,15 @@ func (w *writer) body(p []byte) (int, error) {
 // end finishes the body: the last chunk and trailers for chunked, a check of
 // the length for Content-Length. It flushes.
 func (w *writer) end(trailers *http.Header) error {
+	if err := w.close(trailers); err != nil {
+		return err
+	}
+	return w.flush()
+}
+
+// close ends the body in the buffer (the last chunk and trailers), leaving
+// the flush to the caller.
+func (w *writer) close(trailers *http.Header) error {
 	switch w.mode {
 	case bodyLength:
 		if w.left != 0 {
@@ -171,7 +180,17 @@ func (w *writer) end(trailers *http.Header) error {
 		w.str("\r\n")
 	}
 	w.mode = bodyNone
-	return w.flush()
+	return w.err
+}
+
+// buffered returns the bytes written to the buffer and not yet flushed; they
+// stay there until flush, or until the caller has sent them itself and calls
+// release.
+func (w *writer) buffered() []byte {
+	if w.pb == nil {
+		return nil
+	}
+	return w.pb.B[:w.n]
 }
 
 // Fields writeFields leaves out, besides pseudo-headers.
