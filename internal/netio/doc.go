@@ -5,7 +5,9 @@
 // sockets and through pooled buffers otherwise, forwards half-closes and resets,
 // enforces an idle timeout, and can be paused at a safe point and resumed on the
 // same conns (the hot-restart handover). PipePool holds the kernel pipes splice
-// needs.
+// needs. Conn is a TCP connection whose reads and writes are raw system calls
+// that wait in the runtime's poller (see raw.go for why), with WriteRead for a
+// request and its answer in one wait; the HTTP codecs run on it.
 //
 // Nothing here allocates per chunk: buffers and pipes come from pools and are
 // held only while bytes are in flight, so an idle connection costs its sockets
