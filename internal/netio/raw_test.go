@@ -11,16 +11,27 @@ import (
 	"time"
 )
 
-// rawPair is tcpPair with the dialed end as a raw Conn.
-func rawPair(t testing.TB) (*Conn, *net.TCPConn) {
+// connPair is tcpPair with c, the dialed end as a raw Conn if raw is true
+// and as the *net.TCPConn d otherwise. Cleanup closes both ends.
+func connPair(t testing.TB, raw bool) (c net.Conn, d, a *net.TCPConn) {
 	t.Helper()
-	d, a := tcpPair(t)
-	c, err := NewConn(d)
+	d, a = tcpPair(t)
+	t.Cleanup(func() { d.Close(); a.Close() })
+	if !raw {
+		return d, d, a
+	}
+	rc, err := NewConn(d)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close(); a.Close() })
-	return c, a
+	return rc, d, a
+}
+
+// rawPair is connPair's raw Conn and the accepted end.
+func rawPair(t testing.TB) (*Conn, *net.TCPConn) {
+	t.Helper()
+	c, _, a := connPair(t, true)
+	return c.(*Conn), a
 }
 
 func TestConnRoundTrip(t *testing.T) {
@@ -116,17 +127,7 @@ func TestConnErrorsAsNet(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			errOf := func(raw bool) error {
-				d, a := tcpPair(t)
-				defer d.Close()
-				defer a.Close()
-				var c net.Conn = d
-				if raw {
-					rc, err := NewConn(d)
-					if err != nil {
-						t.Fatal(err)
-					}
-					c = rc
-				}
+				c, d, a := connPair(t, raw)
 				err := tc.do(c, d, a)
 				if err == nil {
 					t.Fatalf("raw=%v: no error", raw)
@@ -218,17 +219,7 @@ func BenchmarkConnPingPong(b *testing.B) {
 			name = "raw"
 		}
 		b.Run(name, func(b *testing.B) {
-			d, peer := tcpPair(b)
-			defer d.Close()
-			defer peer.Close()
-			var c net.Conn = d
-			if raw {
-				rc, err := NewConn(d)
-				if err != nil {
-					b.Fatal(err)
-				}
-				c = rc
-			}
+			c, d, peer := connPair(b, raw)
 			done := make(chan struct{})
 			go func() {
 				defer close(done)

@@ -17,19 +17,11 @@ import (
 
 // exchangeUpstream is upstream with the client's end as a netio.Conn when raw
 // is true (ExchangeHeader's one-step path) and a plain *net.TCPConn otherwise
-// (its WriteHeader-then-ReadHeader fallback). It returns the raw conn too.
-func exchangeUpstream(t *testing.T, raw bool, script func(conn net.Conn, br *bufio.Reader)) (*ClientConn, *netio.Conn) {
+// (its WriteHeader-then-ReadHeader fallback).
+func exchangeUpstream(t *testing.T, raw bool, script func(conn net.Conn, br *bufio.Reader)) *ClientConn {
 	t.Helper()
 	conn, up := tcpPair(t)
-	var nc net.Conn = conn
-	var rc *netio.Conn
-	if raw {
-		var err error
-		if rc, err = netio.NewConn(conn); err != nil {
-			t.Fatal(err)
-		}
-		nc = rc
-	}
+	nc := maybeRaw(t, conn, raw)
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		defer up.Close()
@@ -41,7 +33,20 @@ func exchangeUpstream(t *testing.T, raw bool, script func(conn net.Conn, br *buf
 		up.Close()
 		wg.Wait()
 	})
-	return cc, rc
+	return cc
+}
+
+// maybeRaw returns conn as a netio.Conn if raw is true, as it is otherwise.
+func maybeRaw(t *testing.T, conn *net.TCPConn, raw bool) net.Conn {
+	t.Helper()
+	if !raw {
+		return conn
+	}
+	rc, err := netio.NewConn(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rc
 }
 
 // exchange opens a stream on cc and runs ExchangeHeader with a deadline, so
@@ -92,7 +97,7 @@ func TestClientExchangeHeader(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			forBothConns(t, func(t *testing.T, raw bool) {
 				paths := make(chan string, 3)
-				cc, _ := exchangeUpstream(t, raw, func(conn net.Conn, br *bufio.Reader) {
+				cc := exchangeUpstream(t, raw, func(conn net.Conn, br *bufio.Reader) {
 					for {
 						req, _ := readRequest(t, br)
 						if req == nil {
@@ -143,7 +148,7 @@ func TestClientExchangeHeader(t *testing.T) {
 func TestClientExchangeHeaderClosedIdle(t *testing.T) {
 	forBothConns(t, func(t *testing.T, raw bool) {
 		closed := make(chan struct{})
-		cc, _ := exchangeUpstream(t, raw, func(conn net.Conn, br *bufio.Reader) {
+		cc := exchangeUpstream(t, raw, func(conn net.Conn, br *bufio.Reader) {
 			readRequest(t, br)
 			io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
 			conn.Close()
@@ -171,15 +176,7 @@ func TestClientExchangeHeaderWriteFails(t *testing.T) {
 	forBothConns(t, func(t *testing.T, raw bool) {
 		conn, up := tcpPair(t)
 		defer up.Close()
-		var nc net.Conn = conn
-		if raw {
-			rc, err := netio.NewConn(conn)
-			if err != nil {
-				t.Fatal(err)
-			}
-			nc = rc
-		}
-		cc := NewClientConn(nc, testOptions())
+		cc := NewClientConn(maybeRaw(t, conn, raw), testOptions())
 		defer cc.Close()
 		conn.CloseWrite()
 		_, _, sent, err := exchange(t, cc, get("/"))
