@@ -31,6 +31,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -87,6 +88,7 @@ type Manager struct {
 	log      *slog.Logger
 	listener string
 	buffers  *bufpool.Pool
+	date     atomic.Pointer[dateValue] // the Date header of responses without one
 
 	codec hcmv3.HttpConnectionManager_CodecType
 	h1    h1.Options

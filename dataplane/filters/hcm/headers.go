@@ -4,7 +4,6 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"strings"
-	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -148,7 +147,7 @@ func (st *stream) mutateResponse(status int) {
 		return false
 	})
 	if !r.Has("date") {
-		r.Add("date", httpDate())
+		r.Add("date", m.httpDate())
 	}
 	switch m.serverHeader {
 	case serverOverwrite:
@@ -247,21 +246,22 @@ func appendUUID(dst []byte) []byte {
 }
 
 // The date field's value, formatted once a second.
+// dateValue is an HTTP date and the second it was formatted for.
 type dateValue struct {
 	sec int64
 	val string
 }
 
-var currentDate atomic.Pointer[dateValue]
-
-func httpDate() string {
+// httpDate returns the current time as an HTTP date, formatted once a
+// second (the Manager keeps the last one).
+func (m *Manager) httpDate() string {
 	now := time.Now()
 	sec := now.Unix()
-	if d := currentDate.Load(); d != nil && d.sec == sec {
+	if d := m.date.Load(); d != nil && d.sec == sec {
 		return d.val
 	}
 	d := &dateValue{sec: sec, val: now.UTC().Format("Mon, 02 Jan 2006 15:04:05 GMT")}
-	currentDate.Store(d)
+	m.date.Store(d)
 	return d.val
 }
 
