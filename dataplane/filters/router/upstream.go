@@ -370,9 +370,11 @@ func (q *rq) attempt() outcome {
 	hs.RqTotal.Inc()
 	hs.RqActive.Inc()
 	defer hs.RqActive.Dec()
-	start := time.Now()
+	// The attempt's times are offsets from the exchange's start: a monotonic
+	// clock read each, half of what time.Now costs.
+	start := time.Since(e.Info.Start)
 	if e.Info.UpstreamStart == 0 {
-		e.Info.UpstreamStart = max(start.Sub(e.Info.Start), 1)
+		e.Info.UpstreamStart = max(start, 1)
 	}
 
 	p := q.r.pools.Pool(q.cl, host)
@@ -405,8 +407,9 @@ func (q *rq) attempt() outcome {
 	return out
 }
 
-// exchange sends the request on us and forwards the response.
-func (q *rq) exchange(conn *pool.Conn, us http.ClientStream, start time.Time) outcome {
+// exchange sends the request on us and forwards the response. start is when
+// the attempt began, as an offset from the exchange's start.
+func (q *rq) exchange(conn *pool.Conn, us http.ClientStream, start time.Duration) outcome {
 	e, hs, vh := q.e, q.hs, q.rt.VirtualHost
 	req := e.Request
 	if vh != nil && vh.IncludeRequestAttemptCount {
@@ -440,8 +443,9 @@ func (q *rq) exchange(conn *pool.Conn, us http.ClientStream, start time.Time) ou
 	}
 	q.stopTry()
 	status, _ := strconv.Atoi(resp.Value(http.Status))
+	respAt := time.Since(e.Info.Start)
 	if e.Info.UpstreamResponseStart == 0 {
-		e.Info.UpstreamResponseStart = time.Since(e.Info.Start)
+		e.Info.UpstreamResponseStart = respAt
 	}
 	if q.retryOn != 0 && q.policy.RetriableResponse(q.retryOn, resp) {
 		q.settleSender()
@@ -466,7 +470,7 @@ func (q *rq) exchange(conn *pool.Conn, us http.ClientStream, start time.Time) ou
 	resp.CopyTo(r)
 	q.rt.MutateResponse(r, &e.Info)
 	if !q.r.suppressHeaders {
-		r.SetUint("x-envoy-upstream-service-time", uint64(time.Since(start)/time.Millisecond))
+		r.SetUint("x-envoy-upstream-service-time", uint64((respAt-start)/time.Millisecond))
 	}
 	if vh != nil && vh.IncludeAttemptCountInResponse {
 		r.SetUint("x-envoy-attempt-count", uint64(e.Info.UpstreamAttempts))
@@ -490,7 +494,7 @@ func (q *rq) exchange(conn *pool.Conn, us http.ClientStream, start time.Time) ou
 	}
 	q.stopTimers()
 	hs.RqCompleted.Inc()
-	hs.RqTime.Record(uint64(time.Since(start) / time.Millisecond))
+	hs.RqTime.Record(uint64((time.Since(e.Info.Start) - start) / time.Millisecond))
 	return done
 }
 
