@@ -122,9 +122,19 @@ type conn struct {
 	// Writer-owned.
 	bw     *bufio.Writer
 	henc   *hpack.Encoder
-	hbuf   bytes.Buffer
+	hbuf   hpackSink
 	wbuf   []byte
 	intern map[hfield]hfield
+	// The last header block, when encoding it left the encoder's dynamic
+	// table as it was: the same fields in the same order encode to the same
+	// bytes as long as no other block changes the table (see encodeBlock).
+	last      []hfield // its fields, interned
+	lastBlock []byte
+	lastOK    bool
+	fields    []hfield // the fields of the block being encoded
+	sameAt    int      // sameField's position in last
+	sameFn    func(name, value string) bool
+	encodeFn  func(name, value string) bool
 
 	writerDone chan struct{}
 
@@ -233,6 +243,7 @@ func newConn(nc net.Conn, client bool, cfg settings) *conn {
 	// block's compressed size (onHeaderFragment).
 	c.hdec.SetMaxStringLength(4*int(cfg.maxHeaderList) + 65536)
 	c.henc = hpack.NewEncoder(&c.hbuf)
+	c.sameFn, c.encodeFn = c.sameField, c.encodeField
 	return c
 }
 
@@ -1356,15 +1367,14 @@ func (c *conn) writeCtrl(f *ctrlFrame) error {
 		return c.fr.WriteGoAway(f.id, http2.ErrCode(f.val), debug)
 	case ctrlTableSize:
 		c.henc.SetMaxDynamicTableSizeLimit(f.id)
+		c.lastOK = false // the next block starts with a table size update
 	}
 	return nil
 }
 
 // writeHeaderBlock encodes h and writes it as HEADERS and CONTINUATION frames.
 func (c *conn) writeHeaderBlock(it *writeItem, h *http.Header) error {
-	c.hbuf.Reset()
-	c.encodeHeader(h, it.trailers)
-	block := c.hbuf.Bytes()
+	block := c.encodeBlock(h, it.trailers)
 	max := int(it.maxFrame)
 	first := true
 	for first || len(block) > 0 {
@@ -1390,10 +1400,52 @@ func (c *conn) writeHeaderBlock(it *writeItem, h *http.Header) error {
 	return nil
 }
 
-// encodeHeader writes h's fields to the HPACK encoder: pseudo-header fields
-// first (requests: :authority from Host if need be), then the rest, leaving out
-// connection-specific fields, which HTTP/2 forbids.
-func (c *conn) encodeHeader(h *http.Header, trailers bool) {
+// encodeBlock returns the HPACK block for h. A block whose fields are those
+// of the last one, in order, is the last one's bytes again if encoding that
+// left the encoder's dynamic table unchanged and no block since has changed
+// it: every field went out as an index then, and the indices still hold. A
+// server's responses on a connection are mostly such repeats (the same
+// status and fields from the same backend; a new date once a second), and
+// the HPACK searches behind each field are the dearest part of a response
+// head otherwise.
+func (c *conn) encodeBlock(h *http.Header, trailers bool) []byte {
+	if !trailers && c.lastOK {
+		c.sameAt = 0
+		if c.walkFields(h, false, c.sameFn) && c.sameAt == len(c.last) {
+			return c.lastBlock
+		}
+	}
+	c.hbuf.Reset()
+	c.hbuf.changed = false
+	c.fields = c.fields[:0]
+	c.walkFields(h, trailers, c.encodeFn)
+	block := c.hbuf.Bytes()
+	switch {
+	case c.hbuf.changed:
+		c.lastOK = false
+	case !trailers:
+		c.last, c.fields = c.fields, c.last
+		c.lastBlock = append(c.lastBlock[:0], block...)
+		c.lastOK = true
+	}
+	return block
+}
+
+// sameField compares a field with the last block's at c.sameAt.
+func (c *conn) sameField(name, value string) bool {
+	if c.sameAt >= len(c.last) || c.last[c.sameAt] != (hfield{name, value}) {
+		return false
+	}
+	c.sameAt++
+	return true
+}
+
+// walkFields gives emit h's fields in the order they are encoded: pseudo-header
+// fields first (requests: :authority from Host if need be), then the rest,
+// leaving out connection-specific fields. It stops, reporting false, when
+// emit does.
+func (c *conn) walkFields(h *http.Header, trailers bool, emit func(name, value string) bool) bool {
+	ok := true
 	if !trailers {
 		hasAuthority := false
 		h.Range(func(name, value string) bool {
@@ -1404,13 +1456,16 @@ func (c *conn) encodeHeader(h *http.Header, trailers bool) {
 				if name == http.Authority {
 					hasAuthority = true
 				}
-				c.encodeField(name, value)
+				ok = emit(name, value)
 			}
-			return true
+			return ok
 		})
+		if !ok {
+			return false
+		}
 		if c.client && !hasAuthority {
-			if host, ok := h.Get("host"); ok {
-				c.encodeField(http.Authority, host)
+			if host, found := h.Get("host"); found && !emit(http.Authority, host) {
+				return false
 			}
 		}
 	}
@@ -1428,19 +1483,21 @@ func (c *conn) encodeHeader(h *http.Header, trailers bool) {
 				return true
 			}
 		}
-		c.encodeField(name, value)
-		return true
+		ok = emit(name, value)
+		return ok
 	})
+	return ok
 }
 
 // encodeField encodes one field. The HPACK encoder keeps the strings of the
 // fields it indexes, and a Header's strings live only as long as its buffer,
-// so fields it may index are given as interned copies, and large ones go as
-// never-indexed literals, which it does not keep.
-func (c *conn) encodeField(name, value string) {
+// so fields it may index are given as interned copies (which join c.fields),
+// and large ones go as never-indexed literals, which it does not keep.
+func (c *conn) encodeField(name, value string) bool {
 	if len(name)+len(value) > internMaxField {
 		_ = c.henc.WriteField(hpack.HeaderField{Name: name, Value: value, Sensitive: true})
-		return
+		c.hbuf.changed = true // its strings are not kept, so the block is not reused
+		return true
 	}
 	f, ok := c.intern[hfield{name, value}]
 	if !ok {
@@ -1452,4 +1509,23 @@ func (c *conn) encodeField(name, value string) {
 		c.intern[f] = f
 	}
 	_ = c.henc.WriteField(hpack.HeaderField{Name: f.name, Value: f.value})
+	c.fields = append(c.fields, f)
+	return true
+}
+
+// hpackSink collects the HPACK encoder's output for a header block and notes
+// whether the encoder's dynamic table may have changed: the encoder writes
+// each field in one Write, and a field it adds to the table starts with
+// 01xxxxxx (literal with incremental indexing), a table size update with
+// 001xxxxx.
+type hpackSink struct {
+	bytes.Buffer
+	changed bool
+}
+
+func (s *hpackSink) Write(p []byte) (int, error) {
+	if len(p) > 0 && (p[0]&0xc0 == 0x40 || p[0]&0xe0 == 0x20) {
+		s.changed = true
+	}
+	return s.Buffer.Write(p)
 }
