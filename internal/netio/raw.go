@@ -223,25 +223,11 @@ func (c *Conn) writeRead(fd uintptr) bool {
 	if c.wn == len(c.wbuf) {
 		return c.read(fd)
 	}
-	for c.wn < len(c.wbuf) {
-		n, e := rawWrite(fd, c.wbuf[c.wn:])
-		switch e {
-		case 0:
-			if n == 0 {
-				c.werr = syscall.EIO
-				return true
-			}
-			c.wn += n
-		case syscall.EINTR:
-		case syscall.EAGAIN:
-			c.wfull = true
-			return true
-		default:
-			c.werr = e
-			return true
-		}
+	if !c.write(fd) { // the socket buffer is full: WriteRead finishes the plain way
+		c.wfull = true
+		return true
 	}
-	return false
+	return c.werr != 0 // written: wait for the answer without reading
 }
 
 // opError gives an error of the raw connection the shape net.Conn's have:
