@@ -491,13 +491,8 @@ func (s *clientStream) ExchangeHeader(h *http.Header) (*http.Header, bool, error
 	if rerr != nil {
 		c.rd.err = rerr // for readHead, which makes it the stream's error
 	}
-	for !s.final && s.headErr == nil {
-		s.headErr = s.readHead()
-	}
-	if s.headErr != nil {
-		return nil, true, s.headErr
-	}
-	return &s.resp, true, nil
+	resp, err := s.finalHead()
+	return resp, true, err
 }
 
 func (s *clientStream) flush() error {
@@ -663,6 +658,12 @@ func (s *clientStream) ReadHeader() (*http.Header, error) {
 	}
 	c.rsem <- struct{}{}
 	defer func() { <-c.rsem }()
+	return s.finalHead()
+}
+
+// finalHead reads response heads until the final one (or 101) and returns
+// it. The caller holds c.rsem.
+func (s *clientStream) finalHead() (*http.Header, error) {
 	for !s.final && s.headErr == nil {
 		s.headErr = s.readHead()
 	}
