@@ -174,12 +174,7 @@ func TestWebSocketUpgrade(t *testing.T) {
 	t.Cleanup(func() { ln.Close(); <-done })
 	e := newEnv(t, hcmYAML("ws", "upgrade_configs: [{ upgrade_type: websocket }]\n"), cluster(t, "ws", false, ln.Addr().String()))
 
-	c, err := net.Dial("tcp", e.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := dialRaw(t, e.addr)
 	io.WriteString(c, "GET /chat HTTP/1.1\r\nhost: a\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-version: 13\r\n\r\n")
 	br := bufio.NewReader(c)
 	resp, err := nethttp.ReadResponse(br, nil)
@@ -393,10 +388,9 @@ http_filters:
 	}
 }
 
-// dialH2 opens an HTTP/2 connection to addr for a test that writes and reads
-// frames itself: the client preface and SETTINGS are sent. Its deadline is
-// 10 s away.
-func dialH2(t *testing.T, addr string) (net.Conn, *http2.Framer) {
+// dialRaw opens a TCP connection to addr, closed when the test ends, with
+// its deadline 10 s away, for a test that speaks HTTP on it itself.
+func dialRaw(t *testing.T, addr string) net.Conn {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -404,6 +398,15 @@ func dialH2(t *testing.T, addr string) (net.Conn, *http2.Framer) {
 	}
 	t.Cleanup(func() { c.Close() })
 	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c
+}
+
+// dialH2 opens an HTTP/2 connection to addr for a test that writes and reads
+// frames itself: the client preface and SETTINGS are sent. Its deadline is
+// 10 s away.
+func dialH2(t *testing.T, addr string) (net.Conn, *http2.Framer) {
+	t.Helper()
+	c := dialRaw(t, addr)
 	_, _ = io.WriteString(c, http2.ClientPreface)
 	fr := http2.NewFramer(c, c)
 	_ = fr.WriteSettings()
@@ -414,12 +417,7 @@ func dialH2(t *testing.T, addr string) (net.Conn, *http2.Framer) {
 // keep-alive exchange on it, which must not say close.
 func dialKeepAlive(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := dialRaw(t, addr)
 	br := bufio.NewReader(c)
 	io.WriteString(c, "GET / HTTP/1.1\r\nhost: a\r\n\r\n")
 	resp, err := nethttp.ReadResponse(br, nil)

@@ -198,12 +198,7 @@ func TestHTTP10AndPipelining(t *testing.T) {
 		t.Errorf("HTTP/1.0: %q", got)
 	}
 	// Three pipelined requests, answered in order on one connection.
-	c, err := net.Dial("tcp", e.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := dialRaw(t, e.addr)
 	io.WriteString(c, "GET /1 HTTP/1.1\r\nhost: a\r\n\r\nGET /2 HTTP/1.1\r\nhost: a\r\n\r\nGET /3 HTTP/1.1\r\nhost: a\r\n\r\n")
 	br := bufio.NewReader(c)
 	for i := 1; i <= 3; i++ {

@@ -104,12 +104,7 @@ func (t *trailerSetter) Close() error { return t.r.Close() }
 func TestExpectContinue(t *testing.T) {
 	up := echoUpstream(t)
 	e := newEnv(t, hcmYAML("backend", ""), cluster(t, "backend", false, up))
-	c, err := net.Dial("tcp", e.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := dialRaw(t, e.addr)
 	io.WriteString(c, "POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
 	br := bufio.NewReader(c)
 	line, err := br.ReadString('\n')
