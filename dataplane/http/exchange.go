@@ -112,7 +112,8 @@ func (e *Exchange) Random(salt uint64) uint64 {
 	return x
 }
 
-// NewExchange returns an Exchange for a stream.
+// NewExchange returns an Exchange for a stream. A nil ctx means s's own
+// (ServerStream.Context), asked for only when something needs it.
 func NewExchange(ctx context.Context, s ServerStream) *Exchange {
 	e := new(Exchange)
 	e.Reset(ctx, s)
@@ -121,7 +122,9 @@ func NewExchange(ctx context.Context, s ServerStream) *Exchange {
 
 // Reset readies e for a new stream, keeping the memory of its Response
 // headers: a connection manager reuses Exchanges, so that a request costs no
-// allocation.
+// allocation. A nil ctx means s's own context, asked for only when Context is
+// called: most exchanges never need it, and an HTTP/2 stream makes its
+// context (a cancelable child of its connection's) on the first request.
 func (e *Exchange) Reset(ctx context.Context, s ServerStream) {
 	resp, tr := e.Response, e.respTrailers
 	resp.Reset()
@@ -144,7 +147,12 @@ func (e *Exchange) ResponseTrailers() *Header { return &e.respTrailers }
 
 // Context is canceled when the exchange must end (the downstream went away,
 // the stream was reset, or skiff is closing the connection).
-func (e *Exchange) Context() context.Context { return e.ctx }
+func (e *Exchange) Context() context.Context {
+	if e.ctx != nil {
+		return e.ctx
+	}
+	return e.Downstream.Context() // Reset had a stream (a nil ctx needs one)
+}
 
 // IsGRPC reports whether the request is a gRPC call (see IsGRPC).
 func (e *Exchange) IsGRPC() bool { return e.Request != nil && IsGRPC(e.Request) }

@@ -297,7 +297,7 @@ func (c *conn) ServeStream(s http.ServerStream) {
 		}
 		c.idleSince.Store(0)
 		c.st.serve(c, s)
-		c.idleSince.Store(nanotime())
+		c.idleSince.Store(c.st.started + int64(c.st.ex.Info.Duration)) // its end, without a clock read
 		return
 	}
 	st := m.streams.Get().(*stream)

@@ -49,6 +49,7 @@ type stream struct {
 	idle      time.Duration
 	reqAt     time.Time
 	activity  atomic.Int64
+	started   int64 // the exchange's start on activity's clock
 	idleTimer *time.Timer
 	reqTimer  *time.Timer
 	// Whether the timers are running: they are set only when they are not,
@@ -101,7 +102,7 @@ func (st *stream) serve(c *conn, s http.ServerStream) {
 	st.decoratorOp = ""
 	st.resetFlag.Store(false)
 	e := &st.ex
-	e.Reset(s.Context(), st)
+	e.Reset(nil, st) // the stream's context, made only if asked for
 	in := &e.Info
 	in.ConnectionID = c.fc.ID
 	in.DownstreamLocal = c.fc.Local
@@ -115,7 +116,8 @@ func (st *stream) serve(c *conn, s http.ServerStream) {
 		m.stats.rqHTTP1Total.Inc()
 	}
 	m.stats.rqActive.Inc()
-	st.activity.Store(int64(e.Info.Start.Sub(epoch)))
+	st.started = int64(e.Info.Start.Sub(epoch))
+	st.activity.Store(st.started)
 	if s.EndedWithHeader() {
 		in.RequestComplete = 1
 	}
@@ -219,7 +221,12 @@ func (st *stream) finish() {
 	case !st.ended:
 		st.Reset(http.ResetInternalError)
 	}
-	e.Info.Duration = time.Since(e.Info.Start)
+	if st.ended && e.Info.ResponseComplete > 0 {
+		// Envoy's duration ends with the last byte out, when End noted it.
+		e.Info.Duration = e.Info.ResponseComplete
+	} else {
+		e.Info.Duration = time.Since(e.Info.Start)
+	}
 	if code := e.Info.ResponseCode; code >= 100 && code < 600 {
 		m.stats.rqClass[code/100-1].Inc()
 	}
@@ -472,7 +479,7 @@ func (st *stream) WriteHeader(h *http.Header, end bool) error {
 	e.Info.ResponseCode = status
 	e.Info.ResponseStart = max(time.Since(e.Info.Start), 1)
 	st.headerSent = true
-	st.activity.Store(nanotime())
+	st.activity.Store(st.started + int64(e.Info.ResponseStart)) // the same clock read
 	err := st.down.WriteHeader(r, end)
 	if end {
 		st.ended = true

@@ -494,7 +494,11 @@ func (q *rq) exchange(conn *pool.Conn, us http.ClientStream, start time.Duration
 	}
 	q.stopTimers()
 	hs.RqCompleted.Inc()
-	hs.RqTime.Record(uint64((time.Since(e.Info.Start) - start) / time.Millisecond))
+	last := e.Info.ResponseComplete // the connection manager noted the last byte out
+	if last == 0 {
+		last = time.Since(e.Info.Start)
+	}
+	hs.RqTime.Record(uint64((last - start) / time.Millisecond))
 	return done
 }
 
