@@ -22,6 +22,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
+	"github.com/skiffproxy/skiff/internal/netio"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
 
@@ -405,7 +406,7 @@ func (g *grpcSink) dial() (*grpc.ClientConn, error) {
 			if err != nil {
 				return nil, err
 			}
-			return &accountedConn{TCPConn: c, cl: cl, h: h}, nil
+			return &accountedConn{Conn: c, cl: cl, h: h}, nil
 		}))
 		authority := eg.GetAuthority()
 		if authority == "" {
@@ -419,14 +420,14 @@ func (g *grpcSink) dial() (*grpc.ClientConn, error) {
 
 // accountedConn tells the cluster when a connection it counted closes.
 type accountedConn struct {
-	*net.TCPConn
+	*netio.Conn
 	cl     *upstream.Cluster
 	h      *upstream.Host
 	closed bool
 }
 
 func (c *accountedConn) Close() error {
-	err := c.TCPConn.Close()
+	err := c.Conn.Close()
 	if !c.closed {
 		c.closed = true
 		c.cl.Disconnected(c.h)

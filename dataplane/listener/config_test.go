@@ -264,9 +264,9 @@ func TestSocketTableInheritsPortZeroByOwner(t *testing.T) {
 	}
 }
 
-type countingHandler struct{ n chan *net.TCPConn }
+type countingHandler struct{ n chan net.Conn }
 
-func (h countingHandler) handle(c *net.TCPConn) { h.n <- c }
+func (h countingHandler) handle(c net.Conn) { h.n <- c }
 
 // A socket bound but not yet given a handler queues connections (it does not
 // accept and close them); its last Release hands what the loop accepted to the
@@ -286,7 +286,7 @@ func TestSocketAcceptsOnlyWithAHandler(t *testing.T) {
 	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("read on a queued connection: %v, want a timeout (not closed)", err)
 	}
-	h := countingHandler{make(chan *net.TCPConn, 1)}
+	h := countingHandler{make(chan net.Conn, 1)}
 	s.setHandler(h)
 	select {
 	case ac := <-h.n:

@@ -66,7 +66,7 @@ type Listener struct {
 
 	// next hands a connection to an idle worker; done, closed with the last
 	// reference, lets the idle workers go.
-	next chan *net.TCPConn
+	next chan net.Conn
 	done chan struct{}
 }
 
@@ -76,7 +76,7 @@ func Start(cfg *Config, opts Options) (*Listener, error) {
 	sc := opts.Stats.Scope("listener." + cfg.StatPrefix + ".")
 	l := &Listener{name: cfg.Name, opts: opts, scope: sc, stats: newListenerStats(sc)}
 	l.refs.Store(1)
-	l.next, l.done = make(chan *net.TCPConn), make(chan struct{})
+	l.next, l.done = make(chan net.Conn), make(chan struct{})
 	l.log = opts.Logger.With("listener", cfg.Name)
 	l.cfg.Store(cfg)
 	for i, spec := range cfg.Sockets {
@@ -202,7 +202,7 @@ func (l *Listener) release() {
 }
 
 // handle is called by the accept loop of each of the listener's sockets.
-func (l *Listener) handle(c *net.TCPConn) {
+func (l *Listener) handle(c net.Conn) {
 	if !l.ref() {
 		c.Close() // accepted just as the listener stopped
 		return
@@ -223,7 +223,7 @@ const workerIdle = time.Second
 
 // worker serves c and then the connections handed to it, until none comes
 // for workerIdle or the listener is done.
-func (l *Listener) worker(c *net.TCPConn) {
+func (l *Listener) worker(c net.Conn) {
 	idle := time.NewTimer(workerIdle)
 	defer idle.Stop()
 	for {
@@ -239,7 +239,7 @@ func (l *Listener) worker(c *net.TCPConn) {
 	}
 }
 
-func (l *Listener) serve(tc *net.TCPConn) {
+func (l *Listener) serve(tc net.Conn) {
 	defer l.opts.Serving.Done()
 	defer l.unref()
 	cfg := l.cfg.Load()

@@ -15,6 +15,8 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"golang.org/x/sys/unix"
+
+	"github.com/skiffproxy/skiff/internal/netio"
 )
 
 // SocketSpec is everything about a listening socket that is fixed when it is
@@ -199,7 +201,7 @@ func boolInt(b bool) int {
 
 // acceptHandler receives the connections a Socket accepts.
 type acceptHandler interface {
-	handle(c *net.TCPConn)
+	handle(c net.Conn)
 }
 
 // Socket is a bound listening socket with its accept loop. The loop starts when
@@ -213,6 +215,7 @@ type Socket struct {
 	// the owner for a port 0 socket, which is nobody else's.
 	key string
 	ln  *net.TCPListener
+	acc *netio.Acceptor // accepts from ln
 	// Bound is the address the socket is bound to (the chosen port for port 0).
 	Bound netip.AddrPort
 
@@ -221,6 +224,16 @@ type Socket struct {
 	loop    sync.Once // starts the accept loop, or marks it as never started
 	done    chan struct{}
 	log     *slog.Logger
+}
+
+// newSocket returns the Socket of a bound listener, which it owns from now on.
+func newSocket(key string, ln *net.TCPListener, log *slog.Logger) (*Socket, error) {
+	acc, err := netio.NewAcceptor(ln)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listening socket %s: %w", ln.Addr(), err)
+	}
+	return &Socket{key: key, ln: ln, acc: acc, done: make(chan struct{}), log: log}, nil
 }
 
 // setHandler makes h receive the connections accepted from now on, starting
@@ -239,6 +252,7 @@ func (s *Socket) setHandler(h acceptHandler) {
 // connection accepted before the close is dropped.
 func (s *Socket) close() {
 	s.ln.Close()
+	s.acc.Close()
 	s.loop.Do(func() { close(s.done) }) // the loop never started
 	<-s.done
 	s.setHandler(nil)
@@ -248,7 +262,7 @@ func (s *Socket) acceptLoop() {
 	defer close(s.done)
 	var delay time.Duration
 	for {
-		c, err := s.ln.AcceptTCP()
+		c, err := s.acc.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -300,7 +314,10 @@ func (t *SocketTable) Inherit(key string, f *os.File) error {
 		l.Close()
 		return fmt.Errorf("inherited socket %s is not a TCP listener", key)
 	}
-	s := &Socket{key: key, ln: ln, done: make(chan struct{}), log: t.log}
+	s, err := newSocket(key, ln, t.log)
+	if err != nil {
+		return fmt.Errorf("inherited socket %s: %w", key, err)
+	}
 	s.Bound = ln.Addr().(*net.TCPAddr).AddrPort()
 	s.Bound = netip.AddrPortFrom(s.Bound.Addr().Unmap(), s.Bound.Port())
 	t.mu.Lock()
@@ -401,7 +418,11 @@ func (t *SocketTable) Acquire(spec SocketSpec, owner string) (*Socket, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Socket{Spec: spec, key: key, ln: ln, refs: 1, done: make(chan struct{}), log: t.log}
+	s, err := newSocket(key, ln, t.log)
+	if err != nil {
+		return nil, err
+	}
+	s.Spec, s.refs = spec, 1
 	s.Bound = ln.Addr().(*net.TCPAddr).AddrPort()
 	s.Bound = netip.AddrPortFrom(s.Bound.Addr().Unmap(), s.Bound.Port())
 	if spec.Addr.Port() != 0 {

@@ -15,6 +15,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/skiffproxy/skiff/internal/netio"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
 
@@ -23,7 +24,6 @@ import (
 // and the connections made to it are untouched by unrelated changes.
 type Host struct {
 	Addr netip.AddrPort
-	addr string // Addr.String(), formatted once for dialing
 
 	weight   atomic.Uint32
 	priority atomic.Uint32
@@ -246,7 +246,7 @@ func (c *Cluster) setEndpointsLocked(eps []Endpoint, policy clusterv3.Cluster_Lb
 		}
 		h, ok := c.hosts[ep.Addr]
 		if !ok {
-			h = &Host{Addr: ep.Addr, addr: ep.Addr.String()}
+			h = &Host{Addr: ep.Addr}
 		}
 		h.weight.Store(ep.Weight)
 		h.priority.Store(ep.Priority)
@@ -289,21 +289,18 @@ var ErrConnectTimeout = errors.New("connect timeout")
 // Connect opens a TCP connection to h within the cluster's connect_timeout and
 // accounts for it in the cluster's and host's counters. Call Disconnected once the
 // connection is closed.
-func (c *Cluster) Connect(ctx context.Context, h *Host) (*net.TCPConn, error) {
+func (c *Cluster) Connect(ctx context.Context, h *Host) (*netio.Conn, error) {
 	cfg := c.cfg.Load()
 	c.stats.cxTotal.Inc()
 	h.CxTotal.Add(1)
 	if err := c.checkTransport(h); err != nil {
 		return nil, err
 	}
-	d := net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: -1}
+	opts := netio.DialOptions{Timeout: cfg.ConnectTimeout}
 	if ka := cfg.Keepalive; ka != nil {
-		d.KeepAliveConfig = net.KeepAliveConfig{Enable: true, Idle: ka.Idle, Interval: ka.Interval, Count: ka.Probes}
-		d.KeepAlive = 0
+		opts.KeepAlive = net.KeepAliveConfig{Enable: true, Idle: ka.Idle, Interval: ka.Interval, Count: ka.Probes}
 	}
-	// Not Dialer.DialTCP: with a zero local address it binds to port 0 before
-	// connecting, an extra system call and the kernel's slow port search.
-	conn, err := d.DialContext(ctx, "tcp", h.addr)
+	conn, err := netio.Dial(ctx, h.Addr, &opts)
 	if err != nil {
 		c.stats.cxConnectFail.Inc()
 		h.CxConnectFail.Add(1)
@@ -316,10 +313,9 @@ func (c *Cluster) Connect(ctx context.Context, h *Host) (*net.TCPConn, error) {
 		}
 		return nil, err
 	}
-	tc := conn.(*net.TCPConn)
 	for _, f := range cfg.Filters {
-		if err := f.UpstreamConnected(tc, ""); err != nil {
-			tc.Close()
+		if err := f.UpstreamConnected(conn, ""); err != nil {
+			conn.Close()
 			c.stats.cxConnectFail.Inc()
 			h.CxConnectFail.Add(1)
 			return nil, fmt.Errorf("cluster %s: upstream filter: %w", c.name, err)
@@ -327,7 +323,7 @@ func (c *Cluster) Connect(ctx context.Context, h *Host) (*net.TCPConn, error) {
 	}
 	c.stats.cxActive.Inc()
 	h.CxActive.Add(1)
-	return tc, nil
+	return conn, nil
 }
 
 // Adopted accounts for a connection to addr a hot-restart parent made and

@@ -187,8 +187,11 @@ func ResumePair(down, up net.Conn, cfg *Config, pending [2][]byte) *Pair {
 // streamRawConn returns c's raw connection if c exposes one and it is a stream
 // socket, and nil otherwise.
 func streamRawConn(c net.Conn) syscall.RawConn {
-	if tc, ok := c.(*net.TCPConn); ok {
-		// A TCP conn is a stream socket; skip the getsockopt (it is per connection).
+	// A TCP conn is a stream socket; skip the getsockopt (it is per connection).
+	switch tc := c.(type) {
+	case *Conn:
+		return tc.rc
+	case *net.TCPConn:
 		rc, err := tc.SyscallConn()
 		if err != nil {
 			return nil

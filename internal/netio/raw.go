@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -64,15 +65,17 @@ func rawSplice(in, out uintptr, n int, flags uint) (int, syscall.Errno) {
 
 // Conn is a TCP connection whose Read and Write make their system calls
 // raw (see above) and wait in the runtime's poller like net.Conn's. Everything
-// else, deadlines and Close included, is the embedded *net.TCPConn's, and
+// else, deadlines and Close included, is the connection's under it: a
+// *net.TCPConn (NewConn), or a descriptor Accept or Dial made (see socket.go).
 // Read and Write return the errors net.Conn's would: io.EOF at the end of the
-// stream, and *net.OpError values (wrapping os.ErrDeadlineExceeded, net.ErrClosed
-// or the *os.SyscallError) otherwise. A Conn allocates nothing per call.
+// stream, and *net.OpError values (wrapping os.ErrDeadlineExceeded,
+// net.ErrClosed or the *os.SyscallError) otherwise. A Conn allocates nothing
+// per call.
 //
 // Like net.Conn, Read and Write may run concurrently with each other, but each
 // of them on one goroutine at a time.
 type Conn struct {
-	*net.TCPConn
+	tcpConn
 	rc syscall.RawConn
 
 	rfn   func(fd uintptr) bool
@@ -88,6 +91,21 @@ type Conn struct {
 	wfull bool                  // WriteRead's write met a full socket buffer
 }
 
+// tcpConn is what a Conn takes from the connection under it: net.TCPConn's
+// methods but Read and Write.
+type tcpConn interface {
+	Close() error
+	LocalAddr() net.Addr
+	RemoteAddr() net.Addr
+	SetDeadline(t time.Time) error
+	SetReadDeadline(t time.Time) error
+	SetWriteDeadline(t time.Time) error
+	SyscallConn() (syscall.RawConn, error)
+	CloseWrite() error
+	SetLinger(sec int) error
+	File() (*os.File, error)
+}
+
 // NewConn returns tc with raw Read and Write, or an error if tc has no
 // descriptor.
 func NewConn(tc *net.TCPConn) (*Conn, error) {
@@ -95,7 +113,7 @@ func NewConn(tc *net.TCPConn) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Conn{TCPConn: tc, rc: rc}
+	c := &Conn{tcpConn: tc, rc: rc}
 	c.rfn, c.wfn, c.wrfn = c.read, c.write, c.writeRead
 	return c, nil
 }

@@ -2,6 +2,7 @@ package netio
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -78,42 +79,104 @@ func TestConnRoundTrip(t *testing.T) {
 	}
 }
 
-// TestConnErrorsAsNet checks that a raw Conn fails as a *net.TCPConn does in
-// the same situation: the same message, the same wrapped errors.
+// connKinds are the ways a Conn is made, and the *net.TCPConn it stands in
+// for.
+var connKinds = []string{"net", "raw", "dialed", "accepted"}
+
+// kindPair returns a connection of the kind and its peer, a *net.TCPConn.
+// Cleanup closes both.
+func kindPair(t testing.TB, kind string) (net.Conn, *net.TCPConn) {
+	t.Helper()
+	switch kind {
+	case "net", "raw":
+		c, _, a := connPair(t, kind == "raw")
+		return c, a
+	case "dialed":
+		ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		c, err := Dial(context.Background(), ln.Addr().(*net.TCPAddr).AddrPort(), &DialOptions{Timeout: 10 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := ln.AcceptTCP()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close(); a.Close() })
+		return c, a
+	case "accepted":
+		ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		acc, err := NewAcceptor(ln)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer acc.Close()
+		d, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := acc.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close(); d.Close() })
+		return c, d
+	}
+	panic(kind)
+}
+
+// TestConnErrorsAsNet checks that a Conn, wrapping a *net.TCPConn or made by
+// Dial or an Acceptor, fails as a *net.TCPConn does in the same situation:
+// the same message, the same wrapped errors.
 func TestConnErrorsAsNet(t *testing.T) {
 	cases := []struct {
 		name string
 		is   []error // the error wraps one of these
-		do   func(c net.Conn, tc *net.TCPConn, peer *net.TCPConn) error
+		do   func(c net.Conn, peer *net.TCPConn) error
 	}{
-		{"read deadline", []error{os.ErrDeadlineExceeded}, func(c net.Conn, tc, _ *net.TCPConn) error {
-			tc.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		{"read deadline", []error{os.ErrDeadlineExceeded}, func(c net.Conn, _ *net.TCPConn) error {
+			c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
 			_, err := c.Read(make([]byte, 10))
 			return err
 		}},
-		{"write deadline passed", []error{os.ErrDeadlineExceeded}, func(c net.Conn, tc, _ *net.TCPConn) error {
-			tc.SetWriteDeadline(time.Now().Add(-time.Second))
+		{"write deadline passed", []error{os.ErrDeadlineExceeded}, func(c net.Conn, _ *net.TCPConn) error {
+			c.SetWriteDeadline(time.Now().Add(-time.Second))
 			_, err := c.Write([]byte("x"))
 			return err
 		}},
-		{"read after close", []error{net.ErrClosed}, func(c net.Conn, tc, _ *net.TCPConn) error {
-			tc.Close()
+		{"read after close", []error{net.ErrClosed}, func(c net.Conn, _ *net.TCPConn) error {
+			c.Close()
 			_, err := c.Read(make([]byte, 10))
 			return err
 		}},
-		{"close during read", []error{net.ErrClosed}, func(c net.Conn, tc, _ *net.TCPConn) error {
-			time.AfterFunc(20*time.Millisecond, func() { tc.Close() })
+		{"close during read", []error{net.ErrClosed}, func(c net.Conn, _ *net.TCPConn) error {
+			time.AfterFunc(20*time.Millisecond, func() { c.Close() })
 			_, err := c.Read(make([]byte, 10))
 			return err
 		}},
-		{"peer reset", []error{syscall.ECONNRESET}, func(c net.Conn, _, peer *net.TCPConn) error {
+		{"deadline after close", []error{net.ErrClosed}, func(c net.Conn, _ *net.TCPConn) error {
+			c.Close()
+			return c.SetReadDeadline(time.Now())
+		}},
+		{"close twice", []error{net.ErrClosed}, func(c net.Conn, _ *net.TCPConn) error {
+			c.Close()
+			return c.Close()
+		}},
+		{"peer reset", []error{syscall.ECONNRESET}, func(c net.Conn, peer *net.TCPConn) error {
 			peer.SetLinger(0)
 			peer.Close()
 			time.Sleep(20 * time.Millisecond)
 			_, err := c.Read(make([]byte, 10))
 			return err
 		}},
-		{"write after peer reset", []error{syscall.EPIPE, syscall.ECONNRESET}, func(c net.Conn, _, peer *net.TCPConn) error {
+		{"write after peer reset", []error{syscall.EPIPE, syscall.ECONNRESET}, func(c net.Conn, peer *net.TCPConn) error {
 			peer.SetLinger(0)
 			peer.Close()
 			time.Sleep(20 * time.Millisecond)
@@ -126,11 +189,11 @@ func TestConnErrorsAsNet(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			errOf := func(raw bool) error {
-				c, d, a := connPair(t, raw)
-				err := tc.do(c, d, a)
+			errOf := func(kind string) error {
+				c, peer := kindPair(t, kind)
+				err := tc.do(c, peer)
 				if err == nil {
-					t.Fatalf("raw=%v: no error", raw)
+					t.Fatalf("%s: no error", kind)
 				}
 				return err
 			}
@@ -142,25 +205,28 @@ func TestConnErrorsAsNet(t *testing.T) {
 				}
 				return false
 			}
-			want, got := errOf(false), errOf(true)
+			want := errOf("net")
 			if !isOne(want) {
 				t.Fatalf("net.TCPConn's error %v is none of %v: the case tests the wrong thing", want, tc.is)
 			}
-			if !isOne(got) {
-				t.Errorf("raw Conn's error %v is none of %v", got, tc.is)
-			}
-			var wo, go_ *net.OpError
-			if !errors.As(want, &wo) || !errors.As(got, &go_) {
-				t.Fatalf("errors %T and %T: want both *net.OpError", want, got)
-			}
-			if go_.Op != wo.Op || go_.Timeout() != wo.Timeout() {
-				t.Errorf("raw Conn's error: Op %q, Timeout %v; net's: Op %q, Timeout %v", go_.Op, go_.Timeout(), wo.Op, wo.Timeout())
-			}
-			if errors.Is(want, syscall.EPIPE) != errors.Is(got, syscall.EPIPE) {
-				return // the write met the reset in one run and not in the other: the messages differ rightly
-			}
-			if !sameShape(got.Error(), want.Error()) {
-				t.Errorf("raw Conn's error %q, net's %q", got, want)
+			for _, kind := range connKinds[1:] {
+				got := errOf(kind)
+				if !isOne(got) {
+					t.Errorf("%s Conn's error %v is none of %v", kind, got, tc.is)
+				}
+				var wo, go_ *net.OpError
+				if !errors.As(want, &wo) || !errors.As(got, &go_) {
+					t.Fatalf("errors %T and %T: want both *net.OpError", want, got)
+				}
+				if go_.Op != wo.Op || go_.Timeout() != wo.Timeout() {
+					t.Errorf("%s Conn's error: Op %q, Timeout %v; net's: Op %q, Timeout %v", kind, go_.Op, go_.Timeout(), wo.Op, wo.Timeout())
+				}
+				if errors.Is(want, syscall.EPIPE) != errors.Is(got, syscall.EPIPE) {
+					continue // the write met the reset in one run and not in the other: the messages differ rightly
+				}
+				if !sameShape(got.Error(), want.Error()) {
+					t.Errorf("%s Conn's error %q, net's %q", kind, got, want)
+				}
 			}
 		})
 	}

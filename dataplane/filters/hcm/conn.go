@@ -85,7 +85,9 @@ func (m *Manager) serveConn(ctx context.Context, fc *filter.Conn, moved *filter.
 	}()
 	ctx = filter.WithConn(ctx, fc)
 	cc := &countedConn{Conn: fc.Conn, rx: m.stats.rxBytes, tx: m.stats.txBytes}
-	if tc, ok := fc.Conn.(*net.TCPConn); ok {
+	switch tc := fc.Conn.(type) {
+	case *netio.Conn: // accepted by the listener: reads and writes raw already
+	case *net.TCPConn: // handed over by a hot-restart parent
 		if rc, err := netio.NewConn(tc); err == nil {
 			cc.Conn = rc
 		}
@@ -187,7 +189,11 @@ func (m *Manager) serveConn(ctx context.Context, fc *filter.Conn, moved *filter.
 // idle: plain HTTP/1.1 on a TCP socket, nothing a listener filter learned
 // that the successor could not learn again.
 func (c *conn) movable() bool {
-	_, tcp := c.fc.Conn.(*net.TCPConn)
+	tcp := false
+	switch c.fc.Conn.(type) {
+	case *netio.Conn, *net.TCPConn:
+		tcp = true
+	}
 	return c.h1c != nil && tcp && c.fc.TransportProtocol == "raw_buffer" && c.fc.Remote == c.fc.DirectRemote
 }
 

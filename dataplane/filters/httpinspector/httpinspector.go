@@ -11,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/http_inspector/v3"
 	"google.golang.org/protobuf/proto"
@@ -143,12 +142,12 @@ func isTchar(c byte) bool {
 
 // OnAccept implements filter.ListenerFilter. Like Envoy's, it leaves alone a
 // connection another listener filter found not to be plaintext (tls), and one
-// that is not a *net.TCPConn.
+// that is not a plain TCP socket.
 func (f *Filter) OnAccept(ctx context.Context, c *filter.Conn) error {
 	if c.TransportProtocol != "" && c.TransportProtocol != "raw_buffer" {
 		return nil
 	}
-	tc, ok := c.Conn.(*net.TCPConn)
+	tc, ok := peek.Socket(c.Conn)
 	if !ok {
 		return nil
 	}

@@ -293,7 +293,7 @@ func (m *mover) Move() (*filter.MovedConn, bool) {
 // connect tries up to max_connect_attempts hosts, the load balancer choosing each.
 // It returns the response flag of a failure: UH (no healthy host) or UF
 // (connection failure).
-func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluster) (*net.TCPConn, *upstream.Host, http.ResponseFlag) {
+func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluster) (*netio.Conn, *upstream.Host, http.ResponseFlag) {
 	for attempt := 1; attempt <= p.maxAttempts; attempt++ {
 		h := cl.Pick()
 		if h == nil {

@@ -11,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
@@ -99,9 +98,9 @@ type Filter struct {
 var ErrClientHelloTooLarge = errors.New("tls_inspector: ClientHello too large")
 
 // OnAccept implements filter.ListenerFilter. It only inspects a connection
-// that is a *net.TCPConn; others go on unchanged.
+// that is a plain TCP socket; others go on unchanged.
 func (f *Filter) OnAccept(ctx context.Context, c *filter.Conn) error {
-	tc, ok := c.Conn.(*net.TCPConn)
+	tc, ok := peek.Socket(c.Conn)
 	if !ok {
 		return nil
 	}

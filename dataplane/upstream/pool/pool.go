@@ -211,7 +211,7 @@ type Conn struct {
 	p         *Pool
 	h1        *h1.ClientConn
 	h2        *h2.ClientConn
-	tcp       *net.TCPConn
+	tcp       *netio.Conn
 	created   time.Time
 	idleSince time.Time
 	requests  uint32
@@ -415,10 +415,7 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 	}
 	cfg := p.cl.Config()
 	c := &Conn{p: p, tcp: tcp, created: time.Now(), requests: 1}
-	var nc net.Conn = tcp // the codec's: reads and writes as raw system calls when it can
-	if rc, err := netio.NewConn(tcp); err == nil {
-		nc = rc
-	}
+	nc := tcp // reads and writes as raw system calls
 	if p.http2 {
 		hs.CxHTTP2Total.Inc()
 		cc, err := h2.NewClientConn(nc, h2.ClientOptions{

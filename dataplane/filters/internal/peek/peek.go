@@ -1,7 +1,7 @@
 // Package peek looks at the first bytes a client sent on a TCP connection
 // without consuming them, as Envoy's listener filters do (recv with MSG_PEEK):
 // the bytes stay in the socket's receive queue for whatever reads the
-// connection next, so the connection can go on as the plain *net.TCPConn a
+// connection next, so the connection can go on as the plain TCP socket a
 // terminal filter (tcp_proxy's splice) wants.
 package peek
 
@@ -9,8 +9,11 @@ import (
 	"errors"
 	"io"
 	"net"
+	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/skiffproxy/skiff/internal/netio"
 )
 
 // Decision is what a Peek callback says about the bytes seen so far.
@@ -27,6 +30,18 @@ const (
 // wants more.
 var ErrFull = errors.New("peek: buffer limit reached")
 
+// Socket returns c as a conn Peek can look into if it is a plain TCP socket
+// (as accepted: no bytes read from it and kept aside).
+func Socket(c net.Conn) (syscall.Conn, bool) {
+	switch c := c.(type) {
+	case *netio.Conn:
+		return c, true
+	case *net.TCPConn:
+		return c, true
+	}
+	return nil, false
+}
+
 // Peek calls decide with the bytes at the head of c's receive queue (at most
 // max of them; initial sizes the first buffer), at once if there are some and
 // again each time more arrive, until it returns Done. It waits under c's read
@@ -34,7 +49,7 @@ var ErrFull = errors.New("peek: buffer limit reached")
 // passes), returns io.EOF if the peer ends the stream before decide is done
 // and ErrFull if max bytes do not satisfy it. Nothing is consumed. The slice
 // passed to decide is only valid during the call.
-func Peek(c *net.TCPConn, initial, max int, decide func(b []byte) Decision) error {
+func Peek(c syscall.Conn, initial, max int, decide func(b []byte) Decision) error {
 	if initial <= 0 || initial > max {
 		initial = max
 	}

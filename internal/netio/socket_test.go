@@ -1,0 +1,245 @@
+package netio
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func sockopt(t *testing.T, c syscall.Conn, level, opt int) int {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v int
+	var serr error
+	if err := rc.Control(func(fd uintptr) { v, serr = unix.GetsockoptInt(int(fd), level, opt) }); err != nil || serr != nil {
+		t.Fatalf("getsockopt: %v %v", err, serr)
+	}
+	return v
+}
+
+// An accepted and a dialed Conn: the addresses are each other's, TCP_NODELAY
+// is on, keep-alive off (Envoy's default) or as asked, bytes and half-closes
+// go through, and File hands out the same socket.
+func TestDialAccept(t *testing.T) {
+	for _, ip := range []string{"127.0.0.1", "::1"} {
+		t.Run(ip, func(t *testing.T) {
+			ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.ParseIP(ip)})
+			if err != nil {
+				t.Skipf("no %s: %v", ip, err)
+			}
+			defer ln.Close()
+			acc, err := NewAcceptor(ln)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer acc.Close()
+			ka := net.KeepAliveConfig{Enable: true, Idle: 90 * time.Second, Interval: 1500 * time.Millisecond, Count: 4}
+			d, err := Dial(context.Background(), ln.Addr().(*net.TCPAddr).AddrPort(), &DialOptions{Timeout: 5 * time.Second, KeepAlive: ka})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			a, err := acc.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+
+			if d.LocalAddr().String() != a.RemoteAddr().String() || d.RemoteAddr().String() != a.LocalAddr().String() {
+				t.Errorf("dialed %v -> %v, accepted %v <- %v: want each other's", d.LocalAddr(), d.RemoteAddr(), a.LocalAddr(), a.RemoteAddr())
+			}
+			if a.LocalAddr().String() != ln.Addr().String() {
+				t.Errorf("accepted local %v, want the listener's %v", a.LocalAddr(), ln.Addr())
+			}
+			for name, c := range map[string]*Conn{"dialed": d, "accepted": a} {
+				if sockopt(t, c, unix.IPPROTO_TCP, unix.TCP_NODELAY) == 0 {
+					t.Errorf("%s: TCP_NODELAY off", name)
+				}
+			}
+			if sockopt(t, a, unix.SOL_SOCKET, unix.SO_KEEPALIVE) != 0 {
+				t.Error("accepted: SO_KEEPALIVE on; Envoy leaves it off")
+			}
+			if sockopt(t, d, unix.SOL_SOCKET, unix.SO_KEEPALIVE) == 0 ||
+				sockopt(t, d, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE) != 90 ||
+				sockopt(t, d, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL) != 2 || // rounded up, as net does
+				sockopt(t, d, unix.IPPROTO_TCP, unix.TCP_KEEPCNT) != 4 {
+				t.Error("dialed: keep-alive not as configured")
+			}
+
+			if _, err := d.Write([]byte("ping")); err != nil {
+				t.Fatal(err)
+			}
+			d.CloseWrite()
+			got, err := io.ReadAll(a)
+			if string(got) != "ping" || err != nil {
+				t.Fatalf("accepted read %q, %v; want ping and EOF", got, err)
+			}
+
+			f, err := a.File()
+			if err != nil {
+				t.Fatal(err)
+			}
+			fc, err := net.FileConn(f) // as a hot-restart successor takes it
+			f.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer fc.Close()
+			if fc.LocalAddr().String() != a.LocalAddr().String() {
+				t.Errorf("File's socket is at %v, want %v", fc.LocalAddr(), a.LocalAddr())
+			}
+			if _, err := fc.Write([]byte("pong")); err != nil {
+				t.Fatal(err)
+			}
+			a.Close()
+			fc.Close()
+			got, err = io.ReadAll(d)
+			if string(got) != "pong" || err != nil {
+				t.Fatalf("dialed read %q, %v; want pong and EOF", got, err)
+			}
+		})
+	}
+}
+
+// A wildcard listener's connections learn their local address from the kernel.
+func TestAcceptWildcard(t *testing.T) {
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	acc, err := NewAcceptor(ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer acc.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	d, err := net.DialTCP("tcp", nil, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	a, err := acc.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if a.LocalAddr().String() != d.RemoteAddr().String() {
+		t.Errorf("accepted local %v, want %v", a.LocalAddr(), d.RemoteAddr())
+	}
+}
+
+// Closing the Acceptor ends a waiting Accept as closing a net.Listener does.
+func TestAcceptorClose(t *testing.T) {
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	acc, err := NewAcceptor(ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := acc.Accept()
+		errc <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	acc.Close()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("Accept after Close: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Accept did not return after Close")
+	}
+}
+
+// Dial fails as net.Dialer does: a refused connection, a timeout, a canceled
+// context.
+func TestDialErrors(t *testing.T) {
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().(*net.TCPAddr).AddrPort()
+	ln.Close()
+
+	t.Run("refused", func(t *testing.T) {
+		_, got := Dial(context.Background(), closed, &DialOptions{Timeout: 5 * time.Second})
+		_, want := (&net.Dialer{}).DialContext(context.Background(), "tcp", closed.String())
+		if !errors.Is(got, syscall.ECONNREFUSED) || !errors.Is(want, syscall.ECONNREFUSED) {
+			t.Fatalf("Dial: %v, net: %v; want both ECONNREFUSED", got, want)
+		}
+		if got.Error() != want.Error() {
+			t.Errorf("Dial: %q, net: %q", got, want)
+		}
+	})
+
+	// A listener that never accepts, with its queue full: a further connect
+	// stays unanswered (the kernel drops its SYN).
+	full := fullListener(t)
+	t.Run("timeout", func(t *testing.T) {
+		_, err := Dial(context.Background(), full, &DialOptions{Timeout: 100 * time.Millisecond})
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() || !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("Dial: %v, want a timeout", err)
+		}
+		var oe *net.OpError
+		if !errors.As(err, &oe) || oe.Op != "dial" {
+			t.Errorf("Dial: %#v, want a dial *net.OpError", err)
+		}
+	})
+	t.Run("canceled", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		time.AfterFunc(50*time.Millisecond, cancel)
+		_, err := Dial(ctx, full, &DialOptions{Timeout: 10 * time.Second})
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Dial: %v, want context.Canceled", err)
+		}
+	})
+}
+
+// fullListener returns the address of a listener whose accept queue is full.
+func fullListener(t *testing.T) netip.AddrPort {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := netip.AddrPortFrom(netip.AddrFrom4(sa.(*unix.SockaddrInet4).Addr), uint16(sa.(*unix.SockaddrInet4).Port))
+	// Fill the queue: connects that complete until one does not.
+	for i := 0; i < 8; i++ {
+		c, err := net.DialTimeout("tcp", addr.String(), 200*time.Millisecond)
+		if err != nil {
+			return addr // this one stayed unanswered: the queue is full
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	t.Skip("the listener's queue never filled")
+	return addr
+}
