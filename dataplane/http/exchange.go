@@ -112,27 +112,28 @@ func (e *Exchange) Random(salt uint64) uint64 {
 	return x
 }
 
-// NewExchange returns an Exchange for a stream. A nil ctx means s's own
-// (ServerStream.Context), asked for only when something needs it.
+// NewExchange returns an Exchange for a stream, or for no stream (s nil: a
+// connection's access log entry) under ctx. A nil ctx means s's own.
 func NewExchange(ctx context.Context, s ServerStream) *Exchange {
 	e := new(Exchange)
-	e.Reset(ctx, s)
+	e.Reset(s)
+	e.ctx = ctx
 	return e
 }
 
 // Reset readies e for a new stream, keeping the memory of its Response
 // headers: a connection manager reuses Exchanges, so that a request costs no
-// allocation. A nil ctx means s's own context, asked for only when Context is
+// allocation. The exchange's context is s's, asked for only when Context is
 // called: most exchanges never need it, and an HTTP/2 stream makes its
 // context (a cancelable child of its connection's) on the first request.
-func (e *Exchange) Reset(ctx context.Context, s ServerStream) {
+func (e *Exchange) Reset(s ServerStream) {
 	resp, tr := e.Response, e.respTrailers
 	resp.Reset()
 	tr.Reset()
 	e.imu.Lock()
 	e.interrupted, e.interrupter = nil, nil
 	e.imu.Unlock()
-	e.Downstream, e.Request, e.Response, e.Route, e.Info, e.ctx = s, nil, resp, nil, StreamInfo{}, ctx
+	e.Downstream, e.Request, e.Response, e.Route, e.Info, e.ctx = s, nil, resp, nil, StreamInfo{}, nil
 	e.respTrailers = tr
 	if s != nil {
 		e.Request = s.Header()
@@ -151,7 +152,7 @@ func (e *Exchange) Context() context.Context {
 	if e.ctx != nil {
 		return e.ctx
 	}
-	return e.Downstream.Context() // Reset had a stream (a nil ctx needs one)
+	return e.Downstream.Context() // NewExchange without a stream has a ctx
 }
 
 // IsGRPC reports whether the request is a gRPC call (see IsGRPC).

@@ -69,11 +69,14 @@ func TestExchangeReuseAndInterrupt(t *testing.T) {
 	if err := e.SetInterrupter(&interrupter{}); err != reason {
 		t.Errorf("registering after the interruption: %v", err)
 	}
-	e.Reset(context.Background(), s)
+	e.Reset(s)
 	if e.Interrupted() != nil || e.Response.Len() != 0 || e.Info.ResponseCode != 0 || e.Request != s.Header() || e.Info.Protocol != "HTTP/1.1" {
 		t.Errorf("Reset left state: %v %d %d", e.Interrupted(), e.Response.Len(), e.Info.ResponseCode)
 	}
-	if n := testing.AllocsPerRun(100, func() { e.Reset(context.Background(), s) }); n != 0 {
+	if e.Context() != s.Context() {
+		t.Error("after Reset, the exchange's context is not the stream's")
+	}
+	if n := testing.AllocsPerRun(100, func() { e.Reset(s) }); n != 0 {
 		t.Errorf("%v allocs per Reset", n)
 	}
 }

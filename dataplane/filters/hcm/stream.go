@@ -102,7 +102,7 @@ func (st *stream) serve(c *conn, s http.ServerStream) {
 	st.decoratorOp = ""
 	st.resetFlag.Store(false)
 	e := &st.ex
-	e.Reset(nil, st) // the stream's context, made only if asked for
+	e.Reset(st)
 	in := &e.Info
 	in.ConnectionID = c.fc.ID
 	in.DownstreamLocal = c.fc.Local

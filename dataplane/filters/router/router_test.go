@@ -342,7 +342,7 @@ virtual_hosts:
 	rt := f.table.Match(e.Request)
 	run := func() {
 		d.resp.Reset()
-		e.Reset(context.Background(), d)
+		e.Reset(d)
 		e.Route = rt
 		d.out.Reset()
 		f.r.Serve(e)
