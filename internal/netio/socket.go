@@ -43,7 +43,10 @@ type sock struct {
 	local, remote *net.TCPAddr
 }
 
-func newSock(fd int, local, remote *net.TCPAddr) (*sock, error) {
+// newSockConn returns the Conn of a connected non-blocking descriptor, which
+// it owns from now on (it is closed on failure). The Conn and its sock are one
+// allocation.
+func newSockConn(fd int, local, remote *net.TCPAddr) (*Conn, error) {
 	f := os.NewFile(uintptr(fd), "tcp") // non-blocking: registered with the poller
 	if f == nil {
 		unix.Close(fd)
@@ -54,9 +57,15 @@ func newSock(fd int, local, remote *net.TCPAddr) (*sock, error) {
 		f.Close()
 		return nil, err
 	}
-	s := &sock{f: f, frc: frc, local: local, remote: remote}
+	sc := &struct {
+		c Conn
+		s sock
+	}{s: sock{f: f, frc: frc, local: local, remote: remote}}
+	s, c := &sc.s, &sc.c
 	s.raw.s = s
-	return s, nil
+	c.tcpConn, c.rc = s, &s.raw
+	c.rfn, c.wfn, c.wrfn = c.read, c.write, c.writeRead
+	return c, nil
 }
 
 func (s *sock) Close() error {
@@ -165,13 +174,6 @@ func (r *sockRaw) err(op string, err error) error {
 	return r.s.opError(op, err)
 }
 
-// newSockConn returns the Conn of a sock.
-func newSockConn(s *sock) *Conn {
-	c := &Conn{tcpConn: s, rc: &s.raw}
-	c.rfn, c.wfn, c.wrfn = c.read, c.write, c.writeRead
-	return c
-}
-
 // Acceptor accepts connections from a TCP listener as Conns: TCP_NODELAY set,
 // as package net and Envoy do, and keep-alive left off, as Envoy does (net
 // turns it on). It waits in the poller on a duplicate of the listener's
@@ -253,11 +255,11 @@ func (a *Acceptor) Accept() (*Conn, error) {
 			return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("getsockname", e)}
 		}
 	}
-	s, err := newSock(fd, local, remote)
+	c, err := newSockConn(fd, local, remote)
 	if err != nil {
 		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: a.local, Err: err}
 	}
-	return newSockConn(s), nil
+	return c, nil
 }
 
 func (a *Acceptor) accept(fd uintptr) bool {
@@ -372,56 +374,57 @@ func Dial(ctx context.Context, addr netip.AddrPort, o *DialOptions) (*Conn, erro
 		unix.Close(fd)
 		return fail(os.NewSyscallError("connect", err))
 	}
-	s, err := newSock(fd, nil, raddr)
+	// On loopback the kernel has usually finished the handshake by now.
+	up, e := connectDone(fd)
+	if e != 0 {
+		unix.Close(fd)
+		return fail(os.NewSyscallError("connect", e))
+	}
+	c, err := newSockConn(fd, nil, raddr)
 	if err != nil {
 		return fail(err)
 	}
-	if err := s.connected(ctx, o.Timeout); err != nil {
-		s.Close()
-		return fail(err)
+	s := c.tcpConn.(*sock)
+	if !up {
+		if err := s.connected(ctx, o.Timeout); err != nil {
+			s.Close()
+			return fail(err)
+		}
 	}
-	var e syscall.Errno
-	if err := s.frc.Control(func(fd uintptr) { s.local, e = sockName(int(fd)) }); err != nil || e != 0 {
+	var le syscall.Errno
+	if err := s.frc.Control(func(fd uintptr) { s.local, le = sockName(int(fd)) }); err != nil || le != 0 {
 		s.Close()
 		if err == nil {
-			err = os.NewSyscallError("getsockname", e)
+			err = os.NewSyscallError("getsockname", le)
 		}
 		return fail(err)
 	}
-	return newSockConn(s), nil
+	return c, nil
 }
 
-// connected waits for the connect to finish and returns its error.
+// connectDone reports whether a connect under way on fd finished (up), or
+// failed (the socket's error).
+func connectDone(fd int) (up bool, _ syscall.Errno) {
+	// Connected if the kernel knows the peer; otherwise failed if the
+	// socket has an error, or still under way.
+	var sa unix.RawSockaddrAny
+	n := uint32(unsafe.Sizeof(sa))
+	_, _, e := syscall.RawSyscall(unix.SYS_GETPEERNAME, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&n)))
+	if e == 0 {
+		return true, 0
+	}
+	var soerr int32
+	l := uint32(4)
+	_, _, e = syscall.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_ERROR,
+		uintptr(unsafe.Pointer(&soerr)), uintptr(unsafe.Pointer(&l)), 0)
+	if e != 0 {
+		return false, e
+	}
+	return false, syscall.Errno(soerr)
+}
+
+// connected waits for a connect under way to finish and returns its error.
 func (s *sock) connected(ctx context.Context, timeout time.Duration) error {
-	var cerr error
-	done := func(fd uintptr) bool {
-		// Connected if the kernel knows the peer; otherwise failed if the
-		// socket has an error, or still under way.
-		var sa unix.RawSockaddrAny
-		n := uint32(unsafe.Sizeof(sa))
-		_, _, e := syscall.RawSyscall(unix.SYS_GETPEERNAME, fd, uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&n)))
-		if e == 0 {
-			return true
-		}
-		soerr, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
-		switch {
-		case err != nil:
-			cerr = os.NewSyscallError("getsockopt", err)
-		case soerr != 0:
-			cerr = os.NewSyscallError("connect", syscall.Errno(soerr))
-		default:
-			return false
-		}
-		return true
-	}
-	var ok bool
-	if err := s.frc.Control(func(fd uintptr) { ok = done(fd) }); err != nil {
-		return err
-	}
-	if ok {
-		return cerr
-	}
-	// Still connecting: wait for writability under the deadline.
 	deadline, hasDeadline := ctx.Deadline()
 	if timeout > 0 {
 		if d := time.Now().Add(timeout); !hasDeadline || d.Before(deadline) {
@@ -436,14 +439,22 @@ func (s *sock) connected(ctx context.Context, timeout time.Duration) error {
 		stop := context.AfterFunc(ctx, func() { s.f.SetWriteDeadline(time.Unix(1, 0)) })
 		defer stop()
 	}
-	err := s.frc.Write(done)
-	if ctxErr := ctx.Err(); ctxErr != nil && (err != nil || cerr != nil) {
+	var cerr syscall.Errno
+	err := s.frc.Write(func(fd uintptr) bool { // writable: the connect ended
+		up, e := connectDone(int(fd))
+		cerr = e
+		return up || e != 0
+	})
+	if ctxErr := ctx.Err(); ctxErr != nil && (err != nil || cerr != 0) {
 		return ctxErr
 	}
 	if err != nil {
 		return err
 	}
-	return cerr
+	if cerr != 0 {
+		return os.NewSyscallError("connect", cerr)
+	}
+	return nil
 }
 
 func sockaddr(addr netip.AddrPort) (unix.Sockaddr, int, error) {
