@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
-	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -391,9 +389,7 @@ func (q *rq) attempt() outcome {
 	if err != nil {
 		return q.acquireFailed(err)
 	}
-	if a, ok := conn.LocalAddr().(*net.TCPAddr); ok {
-		e.Info.UpstreamLocal = netip.AddrPortFrom(a.AddrPort().Addr().Unmap(), a.AddrPort().Port())
-	}
+	e.Info.UpstreamLocal = conn.LocalAddrPort()
 	if !q.setStream(us) {
 		us.Close()
 		p.Release(conn)

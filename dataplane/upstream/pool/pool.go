@@ -43,8 +43,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
+	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -109,20 +112,18 @@ type Options struct {
 // Manager holds the pools of every upstream host. It is safe for concurrent
 // use; one Manager serves the whole process.
 type Manager struct {
-	opts  Options
-	pools sync.Map // key -> *Pool
+	opts Options
+	// The pools by protocol (HTTP/1.1, HTTP/2) and host: maps replaced whole
+	// under mu when a pool comes or goes (rarely), read without a lock once
+	// per request.
+	pools [2]atomic.Pointer[map[*upstream.Host]*Pool]
 
-	mu      sync.Mutex
+	mu      sync.Mutex // and the pools' writers
 	closed  bool
 	started bool
 	quit    chan struct{}
 	done    chan struct{}
 	bg      sync.WaitGroup // HTTP/2 connections' watchers and closes
-}
-
-type key struct {
-	host  *upstream.Host
-	http2 bool
 }
 
 // NewManager returns a Manager without pools. It starts no goroutine until
@@ -140,13 +141,53 @@ func NewManager(opts Options) *Manager {
 // Pool returns the pool of connections to host h of cluster cl, in the
 // protocol cl's configuration asks for.
 func (m *Manager) Pool(cl *upstream.Cluster, h *upstream.Host) *Pool {
-	k := key{h, cl.Config().HTTP2}
-	if p, ok := m.pools.Load(k); ok {
-		return p.(*Pool)
+	http2 := cl.Config().HTTP2
+	proto := protoIndex(http2)
+	if pools := m.pools[proto].Load(); pools != nil {
+		if p := (*pools)[h]; p != nil {
+			return p
+		}
 	}
-	p := &Pool{m: m, cl: cl, host: h, http2: k.http2, lastUsed: time.Now()}
-	actual, _ := m.pools.LoadOrStore(k, p)
-	return actual.(*Pool)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if pools := m.pools[proto].Load(); pools != nil {
+		if p := (*pools)[h]; p != nil {
+			return p
+		}
+	}
+	p := &Pool{m: m, cl: cl, host: h, http2: http2, lastUsed: time.Now()}
+	m.replaceLocked(proto, func(pools map[*upstream.Host]*Pool) { pools[h] = p })
+	return p
+}
+
+func protoIndex(http2 bool) int {
+	if http2 {
+		return 1
+	}
+	return 0
+}
+
+// replaceLocked replaces the pools of a protocol by a copy that edit changed.
+func (m *Manager) replaceLocked(proto int, edit func(map[*upstream.Host]*Pool)) {
+	var next map[*upstream.Host]*Pool
+	if pools := m.pools[proto].Load(); pools != nil {
+		next = maps.Clone(*pools)
+	} else {
+		next = map[*upstream.Host]*Pool{}
+	}
+	edit(next)
+	m.pools[proto].Store(&next)
+}
+
+// eachPool calls f with every pool.
+func (m *Manager) eachPool(f func(proto int, p *Pool)) {
+	for proto := range m.pools {
+		if pools := m.pools[proto].Load(); pools != nil {
+			for _, p := range *pools {
+				f(proto, p)
+			}
+		}
+	}
 }
 
 // startSweeper starts the goroutine that closes expired idle connections.
@@ -172,12 +213,16 @@ func (m *Manager) sweep() {
 		case <-m.quit:
 			return
 		case now := <-t.C:
-			m.pools.Range(func(k, v any) bool {
-				p := v.(*Pool)
+			m.eachPool(func(proto int, p *Pool) {
 				if p.sweep(now) {
-					m.pools.CompareAndDelete(k, p)
+					m.mu.Lock()
+					m.replaceLocked(proto, func(pools map[*upstream.Host]*Pool) {
+						if pools[p.host] == p {
+							delete(pools, p.host)
+						}
+					})
+					m.mu.Unlock()
 				}
-				return true
 			})
 		}
 	}
@@ -198,11 +243,15 @@ func (m *Manager) Close() {
 	if started {
 		<-m.done
 	}
-	m.pools.Range(func(k, v any) bool {
-		v.(*Pool).closeAll()
-		m.pools.Delete(k)
-		return true
-	})
+	m.mu.Lock()
+	var all []*Pool
+	m.eachPool(func(_ int, p *Pool) { all = append(all, p) })
+	m.pools[0].Store(nil)
+	m.pools[1].Store(nil)
+	m.mu.Unlock()
+	for _, p := range all {
+		p.closeAll()
+	}
 	m.bg.Wait()
 }
 
@@ -212,6 +261,7 @@ type Conn struct {
 	h1        *h1.ClientConn
 	h2        *h2.ClientConn
 	tcp       *netio.Conn
+	local     netip.AddrPort
 	created   time.Time
 	idleSince time.Time
 	requests  uint32
@@ -231,8 +281,8 @@ type Conn struct {
 // got no response, which is safe to retry on a new connection.
 func (c *Conn) Reused() bool { return c.requests > 1 }
 
-// LocalAddr is the connection's local address.
-func (c *Conn) LocalAddr() net.Addr { return c.tcp.LocalAddr() }
+// LocalAddrPort is the connection's local address (IPv4 unmapped).
+func (c *Conn) LocalAddrPort() netip.AddrPort { return c.local }
 
 // Pool is the connections to one upstream host in one protocol.
 type Pool struct {
@@ -415,6 +465,9 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 	}
 	cfg := p.cl.Config()
 	c := &Conn{p: p, tcp: tcp, created: time.Now(), requests: 1}
+	if a, ok := tcp.LocalAddr().(*net.TCPAddr); ok {
+		c.local = netip.AddrPortFrom(a.AddrPort().Addr().Unmap(), a.AddrPort().Port())
+	}
 	nc := tcp // reads and writes as raw system calls
 	if p.http2 {
 		hs.CxHTTP2Total.Inc()
