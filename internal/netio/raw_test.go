@@ -92,42 +92,21 @@ func kindPair(t testing.TB, kind string) (net.Conn, *net.TCPConn) {
 		c, _, a := connPair(t, kind == "raw")
 		return c, a
 	case "dialed":
-		ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
+		ln := listenLoopback(t, "127.0.0.1")
 		c, err := Dial(context.Background(), ln.Addr().(*net.TCPAddr).AddrPort(), &DialOptions{Timeout: 10 * time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
-		a, err := ln.AcceptTCP()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close(); a.Close() })
-		return c, a
+		t.Cleanup(func() { c.Close() })
+		return c, acceptTCP(t, ln)
 	case "accepted":
-		ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		acc, err := NewAcceptor(ln)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer acc.Close()
+		ln := listenLoopback(t, "127.0.0.1")
 		d, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
 		if err != nil {
 			t.Fatal(err)
 		}
-		c, err := acc.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close(); d.Close() })
-		return c, d
+		t.Cleanup(func() { d.Close() })
+		return accept(t, acceptorOf(t, ln)), d
 	}
 	panic(kind)
 }

@@ -5,14 +5,59 @@ import (
 	"errors"
 	"io"
 	"net"
-	"net/netip"
 	"os"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/skiffproxy/skiff/internal/nettest"
 )
+
+// listenLoopback listens on ip, port 0; cleanup closes the listener.
+func listenLoopback(t testing.TB, ip string) *net.TCPListener {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.ParseIP(ip)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// acceptorOf returns an Acceptor of ln; cleanup closes it.
+func acceptorOf(t testing.TB, ln *net.TCPListener) *Acceptor {
+	t.Helper()
+	acc, err := NewAcceptor(ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { acc.Close() })
+	return acc
+}
+
+// accept accepts a Conn; cleanup closes it.
+func accept(t testing.TB, acc *Acceptor) *Conn {
+	t.Helper()
+	c, err := acc.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// acceptTCP accepts a *net.TCPConn; cleanup closes it.
+func acceptTCP(t testing.TB, ln *net.TCPListener) *net.TCPConn {
+	t.Helper()
+	c, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
 
 func sockopt(t *testing.T, c syscall.Conn, level, opt int) int {
 	t.Helper()
@@ -34,27 +79,20 @@ func sockopt(t *testing.T, c syscall.Conn, level, opt int) int {
 func TestDialAccept(t *testing.T) {
 	for _, ip := range []string{"127.0.0.1", "::1"} {
 		t.Run(ip, func(t *testing.T) {
-			ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.ParseIP(ip)})
-			if err != nil {
+			if l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.ParseIP(ip)}); err != nil {
 				t.Skipf("no %s: %v", ip, err)
+			} else {
+				l.Close()
 			}
-			defer ln.Close()
-			acc, err := NewAcceptor(ln)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer acc.Close()
+			ln := listenLoopback(t, ip)
+			acc := acceptorOf(t, ln)
 			ka := net.KeepAliveConfig{Enable: true, Idle: 90 * time.Second, Interval: 1500 * time.Millisecond, Count: 4}
 			d, err := Dial(context.Background(), ln.Addr().(*net.TCPAddr).AddrPort(), &DialOptions{Timeout: 5 * time.Second, KeepAlive: ka})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer d.Close()
-			a, err := acc.Accept()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer a.Close()
+			a := accept(t, acc)
 
 			if d.LocalAddr().String() != a.RemoteAddr().String() || d.RemoteAddr().String() != a.LocalAddr().String() {
 				t.Errorf("dialed %v -> %v, accepted %v <- %v: want each other's", d.LocalAddr(), d.RemoteAddr(), a.LocalAddr(), a.RemoteAddr())
@@ -114,27 +152,15 @@ func TestDialAccept(t *testing.T) {
 
 // A wildcard listener's connections learn their local address from the kernel.
 func TestAcceptWildcard(t *testing.T) {
-	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	acc, err := NewAcceptor(ln)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer acc.Close()
+	ln := listenLoopback(t, "0.0.0.0")
+	acc := acceptorOf(t, ln)
 	port := ln.Addr().(*net.TCPAddr).Port
 	d, err := net.DialTCP("tcp", nil, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	a, err := acc.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a := accept(t, acc)
 	if a.LocalAddr().String() != d.RemoteAddr().String() {
 		t.Errorf("accepted local %v, want %v", a.LocalAddr(), d.RemoteAddr())
 	}
@@ -142,15 +168,7 @@ func TestAcceptWildcard(t *testing.T) {
 
 // Closing the Acceptor ends a waiting Accept as closing a net.Listener does.
 func TestAcceptorClose(t *testing.T) {
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	acc, err := NewAcceptor(ln)
-	if err != nil {
-		t.Fatal(err)
-	}
+	acc := acceptorOf(t, listenLoopback(t, "127.0.0.1"))
 	errc := make(chan error, 1)
 	go func() {
 		_, err := acc.Accept()
@@ -189,9 +207,7 @@ func TestDialErrors(t *testing.T) {
 		}
 	})
 
-	// A listener that never accepts, with its queue full: a further connect
-	// stays unanswered (the kernel drops its SYN).
-	full := fullListener(t)
+	full := nettest.UnansweredAddr(t)
 	t.Run("timeout", func(t *testing.T) {
 		_, err := Dial(context.Background(), full, &DialOptions{Timeout: 100 * time.Millisecond})
 		var ne net.Error
@@ -211,35 +227,4 @@ func TestDialErrors(t *testing.T) {
 			t.Fatalf("Dial: %v, want context.Canceled", err)
 		}
 	})
-}
-
-// fullListener returns the address of a listener whose accept queue is full.
-func fullListener(t *testing.T) netip.AddrPort {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := netip.AddrPortFrom(netip.AddrFrom4(sa.(*unix.SockaddrInet4).Addr), uint16(sa.(*unix.SockaddrInet4).Port))
-	// Fill the queue: connects that complete until one does not.
-	for i := 0; i < 8; i++ {
-		c, err := net.DialTimeout("tcp", addr.String(), 200*time.Millisecond)
-		if err != nil {
-			return addr // this one stayed unanswered: the queue is full
-		}
-		t.Cleanup(func() { c.Close() })
-	}
-	t.Skip("the listener's queue never filled")
-	return addr
 }
