@@ -16,22 +16,24 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Accept and Dial make TCP connections with direct system calls instead of
-// package net's, which does more than a proxy needs for every connection:
+// An Acceptor and Dial make TCP connections with direct system calls instead
+// of package net's, which does more than a proxy needs for every connection:
 //
 //   - net turns TCP keep-alive on for every accepted connection (four
 //     setsockopt calls; Envoy leaves it off unless configured) and asks the
-//     kernel for the local address (getsockname) even when the listener's
-//     address is it;
+//     kernel for the local address (getsockname) even when it is the
+//     listener's;
 //   - net.Dialer parses the address, derives a context for the timeout,
 //     registers the socket with the poller before connect and then always
 //     parks the goroutine once for the connect to finish, and asks for both
-//     addresses afterwards.
+//     addresses afterwards; on loopback the kernel has finished the
+//     handshake before connect returns.
 //
-// With a new connection per request through tcp_proxy that was about 30
-// allocations and 8 system calls per connection. The descriptor is held by an
-// *os.File, which registers it with the runtime's poller and gives deadlines;
-// the Conn reads and writes it with raw calls like any other.
+// A connection proxied by tcp_proxy cost 6 setsockopt, 2 getsockname and a
+// getsockopt that way; now 2, 1 and none, and an fcntl per descriptor
+// (os.NewFile's). The descriptor is held by an *os.File, which registers it
+// with the runtime's poller and gives deadlines; the Conn reads and writes it
+// with raw calls like any other.
 
 // sock is the descriptor and addresses under a Conn made by Accept or Dial:
 // the rest of net.TCPConn's methods the data path uses.
