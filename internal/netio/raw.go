@@ -78,7 +78,7 @@ type Conn struct {
 	tcpConn
 	rc syscall.RawConn
 
-	rfn   func(fd uintptr) bool
+	rfn   func(fd uintptr) bool // c.read, for Read (each made on first use)
 	rbuf  []byte
 	rn    int
 	rerr  syscall.Errno
@@ -113,9 +113,7 @@ func NewConn(tc *net.TCPConn) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Conn{tcpConn: tc, rc: rc}
-	c.rfn, c.wfn, c.wrfn = c.read, c.write, c.writeRead
-	return c, nil
+	return &Conn{tcpConn: tc, rc: rc}, nil
 }
 
 // Read implements net.Conn.
@@ -124,6 +122,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 		return 0, nil
 	}
 	c.rbuf, c.rn, c.rerr, c.isEOF = p, 0, 0, false
+	if c.rfn == nil { // made on first use: a Conn that a Pair moves never needs it
+		c.rfn = c.read
+	}
 	err := c.rc.Read(c.rfn)
 	c.rbuf = nil
 	switch {
@@ -161,6 +162,9 @@ func (c *Conn) Write(p []byte) (int, error) {
 		return 0, nil
 	}
 	c.wbuf, c.wn, c.werr = p, 0, 0
+	if c.wfn == nil {
+		c.wfn = c.write
+	}
 	err := c.rc.Write(c.wfn)
 	n := c.wn
 	c.wbuf = nil
@@ -209,6 +213,9 @@ func (c *Conn) WriteRead(w, r []byte) (wn, rn int, err error) {
 	}
 	c.wbuf, c.wn, c.werr, c.wfull = w, 0, 0, false
 	c.rbuf, c.rn, c.rerr, c.isEOF = r, 0, 0, false
+	if c.wrfn == nil {
+		c.wrfn = c.writeRead
+	}
 	rerr := c.rc.Read(c.wrfn)
 	wn = c.wn
 	c.wbuf, c.rbuf = nil, nil

@@ -66,7 +66,6 @@ func newSockConn(fd int, local, remote *net.TCPAddr) (*Conn, error) {
 	s, c := &sc.s, &sc.c
 	s.raw.s = s
 	c.tcpConn, c.rc = s, &s.raw
-	c.rfn, c.wfn, c.wrfn = c.read, c.write, c.writeRead
 	return c, nil
 }
 
