@@ -662,16 +662,26 @@ func (s *Server) Listeners() []ListenerInfo {
 // call more than once.
 func (s *Server) Shutdown(ctx context.Context) error {
 	chains := s.beginShutdown()
+	// Wait for every connection goroutine, not for the chains' connection
+	// sets to be empty: a connection the listeners accepted just before they
+	// stopped may not be in its chain's set yet, and closing the sets then
+	// would refuse it with its request unread (the client sees a reset; a
+	// hot-restart parent hit this with a new connection per request).
 	var err error
-	for _, ch := range chains {
-		if err = ch.Conns().Wait(ctx); err != nil {
-			break
-		}
+	served := make(chan struct{})
+	go func() {
+		s.serving.Wait()
+		close(served)
+	}()
+	select {
+	case <-served:
+	case <-ctx.Done():
+		err = ctx.Err()
 	}
 	for _, ch := range chains {
 		ch.Conns().Close()
 	}
-	s.serving.Wait()
+	<-served
 	s.draining.Wait()
 	s.httpPools.Close()
 	s.accessLogs.Close()
