@@ -17,6 +17,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -324,6 +325,57 @@ func TestClusterUpdateInPlace(t *testing.T) {
 	echoOnce(t, c1, r1, "old host connection untouched")
 	if v, _ := st.Value("cluster.c.upstream_cx_total"); v != 2 {
 		t.Fatalf("cluster.c.upstream_cx_total = %d, want 2 (counters survive in-place updates)", v)
+	}
+}
+
+// A connection the listener accepted before Shutdown but that joins its
+// filter chain only after (here: a listener filter waits for its first bytes)
+// is served, not refused with its request unread.
+func TestShutdownServesConnectionStillJoining(t *testing.T) {
+	a := namedEcho(t, "a")
+	s, st := newTestServer(t, time.Second)
+	l := tcpListener("l", loopback0, "a")
+	l.StatPrefix = "l"
+	inspector, _ := anypb.New(&tlsinspectorv3.TlsInspector{})
+	l.ListenerFilters = []*listenerv3.ListenerFilter{{Name: "envoy.filters.listener.tls_inspector",
+		ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: inspector}}}
+	if err := s.Apply(&Snapshot{Listeners: []*listenerv3.Listener{l}, Clusters: []*clusterv3.Cluster{staticCluster("a", a)}}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.DialTimeout("tcp", boundAddr(t, s, "l").String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		if v, _ := st.Value("listener.l.downstream_cx_total"); v == 1 {
+			break // accepted: its listener filter waits for the first bytes
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the connection was not accepted")
+		}
+	}
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		shut <- s.Shutdown(ctx)
+	}()
+	time.Sleep(100 * time.Millisecond) // Shutdown has stopped the listener and drained the (empty) chain
+	r := bufio.NewReader(c)
+	if _, err := io.WriteString(c, "hello\n"); err != nil {
+		t.Fatal(err)
+	}
+	if greeting, err := r.ReadString('\n'); err != nil || greeting != "a\n" {
+		t.Fatalf("greeting %q, %v; want the upstream's: the connection was refused", greeting, err)
+	}
+	if echo, err := r.ReadString('\n'); err != nil || echo != "hello\n" {
+		t.Fatalf("echo %q, %v", echo, err)
+	}
+	c.Close()
+	if err := <-shut; err != nil {
+		t.Errorf("Shutdown: %v", err)
 	}
 }
 
