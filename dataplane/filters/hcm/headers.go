@@ -245,7 +245,6 @@ func appendUUID(dst []byte) []byte {
 	return dst
 }
 
-// The date field's value, formatted once a second.
 // dateValue is an HTTP date and the second it was formatted for.
 type dateValue struct {
 	sec int64
