@@ -259,9 +259,15 @@ func (c *Conn) writeRead(fd uintptr) bool {
 // RawConn's own errors (deadline, closed) come as *net.OpError with Op
 // "raw-read" or "raw-write", re-labelled here as the plain operation.
 func (c *Conn) opError(op string, err error) error {
+	return tcpOpError(op, c.LocalAddr(), c.RemoteAddr(), err)
+}
+
+// tcpOpError is err as net.Conn's failure of op on a TCP connection from local
+// to remote: a *net.OpError, not one wrapped in another.
+func tcpOpError(op string, local, remote net.Addr, err error) error {
 	var oe *net.OpError
 	if errors.As(err, &oe) {
 		err = oe.Err
 	}
-	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	return &net.OpError{Op: op, Net: "tcp", Source: local, Addr: remote, Err: err}
 }

@@ -2,7 +2,6 @@ package netio
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -143,13 +142,7 @@ func (s *sock) control(op, call string, f func(fd uintptr) error) error {
 	return nil
 }
 
-func (s *sock) opError(op string, err error) error {
-	var oe *net.OpError
-	if errors.As(err, &oe) {
-		err = oe.Err
-	}
-	return &net.OpError{Op: op, Net: "tcp", Source: s.local, Addr: s.remote, Err: err}
-}
+func (s *sock) opError(op string, err error) error { return tcpOpError(op, s.local, s.remote, err) }
 
 // sockRaw is the sock's syscall.RawConn: the *os.File's, whose errors for a
 // closed descriptor say "use of closed file", with net's instead (net.ErrClosed
