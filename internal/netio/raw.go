@@ -106,6 +106,18 @@ type tcpConn interface {
 	File() (*os.File, error)
 }
 
+// IsSocket reports whether c is a TCP socket as accepted or dialed: a Conn
+// or a *net.TCPConn, not a wrapper that may hold bytes aside (a peeked
+// prefix, TLS). Bytes can be peeked from its socket, spliced to and from it,
+// and its descriptor handed to another process.
+func IsSocket(c net.Conn) bool {
+	switch c.(type) {
+	case *Conn, *net.TCPConn:
+		return true
+	}
+	return false
+}
+
 // NewConn returns tc with raw Read and Write, or an error if tc has no
 // descriptor.
 func NewConn(tc *net.TCPConn) (*Conn, error) {

@@ -189,12 +189,7 @@ func (m *Manager) serveConn(ctx context.Context, fc *filter.Conn, moved *filter.
 // idle: plain HTTP/1.1 on a TCP socket, nothing a listener filter learned
 // that the successor could not learn again.
 func (c *conn) movable() bool {
-	tcp := false
-	switch c.fc.Conn.(type) {
-	case *netio.Conn, *net.TCPConn:
-		tcp = true
-	}
-	return c.h1c != nil && tcp && c.fc.TransportProtocol == "raw_buffer" && c.fc.Remote == c.fc.DirectRemote
+	return c.h1c != nil && netio.IsSocket(c.fc.Conn) && c.fc.TransportProtocol == "raw_buffer" && c.fc.Remote == c.fc.DirectRemote
 }
 
 // moveWait is how long a hot restart waits for a busy HTTP/1.1 connection to

@@ -33,13 +33,10 @@ var ErrFull = errors.New("peek: buffer limit reached")
 // Socket returns c as a conn Peek can look into if it is a plain TCP socket
 // (as accepted: no bytes read from it and kept aside).
 func Socket(c net.Conn) (syscall.Conn, bool) {
-	switch c := c.(type) {
-	case *netio.Conn:
-		return c, true
-	case *net.TCPConn:
-		return c, true
+	if !netio.IsSocket(c) {
+		return nil, false
 	}
-	return nil, false
+	return c.(syscall.Conn), true
 }
 
 // Peek calls decide with the bytes at the head of c's receive queue (at most
