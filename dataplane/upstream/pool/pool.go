@@ -143,21 +143,25 @@ func NewManager(opts Options) *Manager {
 func (m *Manager) Pool(cl *upstream.Cluster, h *upstream.Host) *Pool {
 	http2 := cl.Config().HTTP2
 	proto := protoIndex(http2)
-	if pools := m.pools[proto].Load(); pools != nil {
-		if p := (*pools)[h]; p != nil {
-			return p
-		}
+	if p := m.lookup(proto, h); p != nil {
+		return p
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if pools := m.pools[proto].Load(); pools != nil {
-		if p := (*pools)[h]; p != nil {
-			return p
-		}
+	if p := m.lookup(proto, h); p != nil { // made meanwhile
+		return p
 	}
 	p := &Pool{m: m, cl: cl, host: h, http2: http2, lastUsed: time.Now()}
 	m.replaceLocked(proto, func(pools map[*upstream.Host]*Pool) { pools[h] = p })
 	return p
+}
+
+// lookup returns the pool of h in a protocol, or nil.
+func (m *Manager) lookup(proto int, h *upstream.Host) *Pool {
+	if pools := m.pools[proto].Load(); pools != nil {
+		return (*pools)[h]
+	}
+	return nil
 }
 
 func protoIndex(http2 bool) int {
@@ -213,17 +217,25 @@ func (m *Manager) sweep() {
 		case <-m.quit:
 			return
 		case now := <-t.C:
+			var gone [len(m.pools)][]*Pool
 			m.eachPool(func(proto int, p *Pool) {
 				if p.sweep(now) {
-					m.mu.Lock()
-					m.replaceLocked(proto, func(pools map[*upstream.Host]*Pool) {
-						if pools[p.host] == p {
-							delete(pools, p.host)
-						}
-					})
-					m.mu.Unlock()
+					gone[proto] = append(gone[proto], p)
 				}
 			})
+			m.mu.Lock()
+			for proto, ps := range gone {
+				if len(ps) > 0 { // one copy of the map for all of them
+					m.replaceLocked(proto, func(pools map[*upstream.Host]*Pool) {
+						for _, p := range ps {
+							if pools[p.host] == p {
+								delete(pools, p.host)
+							}
+						}
+					})
+				}
+			}
+			m.mu.Unlock()
 		}
 	}
 }
