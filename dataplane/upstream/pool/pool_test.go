@@ -303,3 +303,33 @@ func TestNoAllocsOnReuse(t *testing.T) {
 		t.Errorf("%v allocs per pool lookup", n)
 	}
 }
+
+// The sweeper closes the idle connections of a host that left its cluster
+// and removes its pool; the host's next pool is a new one.
+func TestSweepRemovesGonePool(t *testing.T) {
+	srv := startServer(t, func(w nethttp.ResponseWriter, r *nethttp.Request) { io.WriteString(w, "ok") })
+	ap := netip.MustParseAddrPort(srv.addr)
+	um := upstream.NewManager(stats.NewStore())
+	um.Set([]upstream.Assignment{upstream.Static(&upstream.Config{Name: "c", StatName: "c", ConnectTimeout: time.Second,
+		Endpoints: []upstream.Endpoint{{Addr: ap, Weight: 1}}})})
+	cl := um.Get("c")
+	h := cl.Hosts()[0]
+	m := NewManager(Options{})
+	defer m.Close()
+	p := m.Pool(cl, h)
+	if body, err := get(t, p, "/"); err != nil || body != "ok" {
+		t.Fatalf("get: %q, %v", body, err)
+	}
+	um.Set([]upstream.Assignment{upstream.Static(&upstream.Config{Name: "c", StatName: "c", ConnectTimeout: time.Second})})
+	if !h.Gone() {
+		t.Fatal("the host is not gone after leaving the cluster")
+	}
+	for deadline := time.Now().Add(10 * sweepEvery); m.lookup(0, h) != nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the gone host's pool was not removed")
+		}
+	}
+	if m.Pool(cl, h) == p {
+		t.Error("the host's pool after the sweep is the removed one")
+	}
+}
