@@ -473,20 +473,15 @@ func sockaddr(addr netip.AddrPort) (unix.Sockaddr, int, error) {
 }
 
 func setKeepAlive(fd int, ka *net.KeepAliveConfig) error {
-	opts := []struct {
-		level, opt int
-		val        int
-	}{{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1}}
-	if ka.Idle > 0 {
-		opts = append(opts, struct{ level, opt, val int }{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, seconds(ka.Idle)})
-	}
-	if ka.Interval > 0 {
-		opts = append(opts, struct{ level, opt, val int }{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, seconds(ka.Interval)})
-	}
-	if ka.Count > 0 {
-		opts = append(opts, struct{ level, opt, val int }{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, ka.Count})
-	}
-	for _, o := range opts {
+	for _, o := range [...]struct{ level, opt, val int }{
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, seconds(ka.Idle)},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, seconds(ka.Interval)},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, ka.Count},
+	} {
+		if o.val <= 0 {
+			continue // the system's
+		}
 		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.val); err != nil {
 			return os.NewSyscallError("setsockopt", err)
 		}
