@@ -42,11 +42,12 @@ func TestTCPProxyAccessLog(t *testing.T) {
               "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
               path: %q
               log_format:
-                json_format: { listener: %s, flags: "%%RESPONSE_FLAGS%%", rx: "%%BYTES_RECEIVED%%", tx: "%%BYTES_SENT%%", upstream: "%%UPSTREAM_HOST%%", cluster: "%%UPSTREAM_CLUSTER%%" }
+                json_format: { listener: %s, flags: "%%RESPONSE_FLAGS%%", rx: "%%BYTES_RECEIVED%%", tx: "%%BYTES_SENT%%", upstream: "%%UPSTREAM_HOST%%", cluster: "%%UPSTREAM_CLUSTER%%", local: "%%UPSTREAM_LOCAL_ADDRESS%%", attempts: "%%UPSTREAM_REQUEST_ATTEMPT_COUNT%%", failure: "%%UPSTREAM_TRANSPORT_FAILURE_REASON%%" }
 `, name, name, cluster, text, js, name)
 	}
+	refused := refusingAddr(t)
 	cfg := "static_resources:\n  listeners:\n" + listener("ok", "echo") + listener("refused", "refused") + `  clusters:
-` + staticCluster("echo", false, up.Addr) + staticCluster("refused", false, refusingAddr(t))
+` + staticCluster("echo", false, up.Addr) + staticCluster("refused", false, refused)
 	p := startSkiff(t, cfg)
 
 	c := dial(t, p.Addr(t, "ok"))
@@ -58,11 +59,11 @@ func TestTCPProxyAccessLog(t *testing.T) {
 	r.SetReadDeadline(time.Now().Add(10 * time.Second))
 	io.Copy(io.Discard, r) // skiff closes it
 
-	// (Byte counts are JSON numbers and a missing host null, as in Envoy.)
+	// (Byte counts are JSON numbers and a missing value null, as in Envoy.)
 	type entry struct {
 		Listener, Flags, Cluster string
-		Rx, Tx                   json.Number
-		Upstream                 *string
+		Rx, Tx, Attempts         json.Number
+		Upstream, Local, Failure *string
 	}
 	var got map[string]entry
 	deadline := time.Now().Add(10 * time.Second)
@@ -84,11 +85,21 @@ func TestTCPProxyAccessLog(t *testing.T) {
 		b, _ := os.ReadFile(js)
 		t.Logf("%s:\n%s", js, b)
 	}
-	if e := got["ok"]; e.Flags != "-" || e.Rx != "17" || e.Tx != "17" || e.Upstream == nil || *e.Upstream != up.Addr || e.Cluster != "echo" {
-		t.Errorf("the proxied connection's entry: %+v", e)
+	// As Envoy's tcp_proxy: the upstream connection's local address once
+	// connected; for a failed connection the host last tried and why.
+	str := func(p *string) string {
+		if p == nil {
+			return "<null>"
+		}
+		return *p
 	}
-	if e := got["refused"]; e.Flags != "UF" || e.Rx != "0" || e.Upstream != nil || e.Cluster != "refused" {
-		t.Errorf("the refused connection's entry: %+v", e)
+	if e := got["ok"]; e.Flags != "-" || e.Rx != "17" || e.Tx != "17" || str(e.Upstream) != up.Addr || e.Cluster != "echo" ||
+		!strings.HasPrefix(str(e.Local), "127.0.0.1:") || e.Attempts != "1" || e.Failure != nil {
+		t.Errorf("the proxied connection's entry: %+v (local %s, failure %s)", e, str(e.Local), str(e.Failure))
+	}
+	if e := got["refused"]; e.Flags != "UF" || e.Rx != "0" || str(e.Upstream) != refused || e.Cluster != "refused" ||
+		e.Local != nil || e.Attempts != "1" || str(e.Failure) != "delayed connect error: 111" {
+		t.Errorf("the refused connection's entry: %+v (upstream %s, failure %s)", e, str(e.Upstream), str(e.Failure))
 	}
 	b, _ := os.ReadFile(text)
 	line := regexp.MustCompile(`^\[\d{4}-\d\d-\d\dT[0-9:.]+Z\] "- - -" 0 - 17 17 \d+ - "-" "-" "-" "-" "` + regexp.QuoteMeta(up.Addr) + `"$`)

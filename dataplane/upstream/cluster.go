@@ -286,6 +286,20 @@ func (c *Cluster) Pick() *Host {
 // ErrConnectTimeout is returned (wrapped) by Connect when connect_timeout expired.
 var ErrConnectTimeout = errors.New("connect timeout")
 
+// FailureReason renders an error of Connect as Envoy's
+// %UPSTREAM_TRANSPORT_FAILURE_REASON% does: "delayed connect error: 111" for a
+// refused connection, "connect timeout" when connect_timeout expired.
+func FailureReason(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return fmt.Sprintf("delayed connect error: %d", int(errno))
+	}
+	if errors.Is(err, ErrConnectTimeout) {
+		return "connect timeout"
+	}
+	return err.Error()
+}
+
 // Connect opens a TCP connection to h within the cluster's connect_timeout and
 // accounts for it in the cluster's and host's counters. Call Disconnected once the
 // connection is closed.

@@ -149,24 +149,37 @@ func (p *Proxy) ServeConn(ctx context.Context, c *filter.Conn) {
 		p.stats.noRoute.Inc()
 		p.log.Warn("tcp_proxy: no such cluster; closing downstream", "conn", c.ID, "cluster", name)
 		c.Close()
-		p.accessLog(ctx, c, start, name, netip.AddrPort{}, netio.Result{}, http.FlagNoClusterFound)
+		p.accessLog(ctx, c, start, &upstreamInfo{cluster: name}, netio.Result{}, http.FlagNoClusterFound)
 		return
 	}
 	defer cl.Release()
-	up, host, flag := p.connect(ctx, c, cl)
+	ui := &upstreamInfo{cluster: name}
+	up, host, flag := p.connect(ctx, c, cl, ui)
 	if up == nil {
 		c.Close()
-		p.accessLog(ctx, c, start, name, netip.AddrPort{}, netio.Result{}, flag)
+		p.accessLog(ctx, c, start, ui, netio.Result{}, flag)
 		return
 	}
 	defer cl.Disconnected(host)
-	p.proxy(ctx, c, cl, host, up, [2][]byte{}, start)
+	p.proxy(ctx, c, cl, host, up, [2][]byte{}, start, ui)
+}
+
+// upstreamInfo is what a connection's access log entry says of its upstream,
+// as Envoy's tcp_proxy records it: the cluster, the host last tried (also when
+// connecting to it failed), the upstream connection's local address, the
+// number of connect attempts and why the last one failed.
+type upstreamInfo struct {
+	cluster  string
+	host     netip.AddrPort
+	local    netip.AddrPort
+	attempts int
+	failure  string
 }
 
 // accessLog writes the connection's access log entries, Envoy's TCP ones:
-// no request, the bytes each way, the cluster and host, and the response
-// flags (NC, UH, UF) of a connection that found no upstream.
-func (p *Proxy) accessLog(ctx context.Context, c *filter.Conn, start time.Time, cluster string, host netip.AddrPort, res netio.Result, flags http.ResponseFlag) {
+// no request, the bytes each way, the upstream, and the response flags (NC,
+// UH, UF) of a connection that found no upstream.
+func (p *Proxy) accessLog(ctx context.Context, c *filter.Conn, start time.Time, ui *upstreamInfo, res netio.Result, flags http.ResponseFlag) {
 	if len(p.logs) == 0 {
 		return
 	}
@@ -177,8 +190,10 @@ func (p *Proxy) accessLog(ctx context.Context, c *filter.Conn, start time.Time, 
 	in.ConnectionID = c.ID
 	in.DownstreamLocal, in.DownstreamRemote, in.DownstreamDirectRemote = c.Local, c.Remote, c.DirectRemote
 	in.RequestedServerName = c.ServerName
-	in.UpstreamCluster = cluster
-	in.UpstreamHost = host
+	in.UpstreamCluster = ui.cluster
+	in.UpstreamHost, in.UpstreamLocal = ui.host, ui.local
+	in.UpstreamAttempts = ui.attempts
+	in.UpstreamTransportFailureReason = ui.failure
 	in.BytesReceived, in.BytesSent = res.Sent, res.Received
 	in.ResponseFlags = flags
 	for _, l := range p.logs {
@@ -205,12 +220,22 @@ func (p *Proxy) Adopt(ctx context.Context, c *filter.Conn, m *filter.MovedConn) 
 			defer cl.Disconnected(host)
 		}
 	}
-	p.proxy(ctx, c, cl, host, m.Up, m.Pending, time.Now())
+	ui := &upstreamInfo{cluster: m.Cluster, host: m.Host, local: localAddrPort(m.Up)}
+	p.proxy(ctx, c, cl, host, m.Up, m.Pending, time.Now(), ui)
+}
+
+// localAddrPort is c's local address, IPv4 unmapped.
+func localAddrPort(c net.Conn) netip.AddrPort {
+	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
+		ap := a.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
 }
 
 // proxy copies between c and up until the pair ends, or until a hot restart
 // moves it (then the conns are left to the successor).
-func (p *Proxy) proxy(ctx context.Context, c *filter.Conn, cl *upstream.Cluster, host *upstream.Host, up net.Conn, pending [2][]byte, start time.Time) {
+func (p *Proxy) proxy(ctx context.Context, c *filter.Conn, cl *upstream.Cluster, host *upstream.Host, up net.Conn, pending [2][]byte, start time.Time, ui *upstreamInfo) {
 	mv := &mover{p: p, down: c.Conn, up: up, result: make(chan netio.Result, 1), released: make(chan struct{})}
 	cfg := p.copyCfg
 	mv.sent[0], mv.received[0] = p.stats.rxBytes, p.stats.txBytes
@@ -251,7 +276,7 @@ func (p *Proxy) proxy(ctx context.Context, c *filter.Conn, cl *upstream.Cluster,
 		p.log.Debug("tcp_proxy: connection done", "conn", c.ID, "cluster", mv.cluster, "upstream", mv.host,
 			"sent", res.Sent, "received", res.Received, "end", res.End.String(), "error", res.Err)
 	}
-	p.accessLog(ctx, c, start, mv.cluster, mv.host, res, 0)
+	p.accessLog(ctx, c, start, ui, res, 0)
 }
 
 // mover hands a running pair over at a hot restart.
@@ -290,20 +315,24 @@ func (m *mover) Move() (*filter.MovedConn, bool) {
 	}, true
 }
 
-// connect tries up to max_connect_attempts hosts, the load balancer choosing each.
-// It returns the response flag of a failure: UH (no healthy host) or UF
-// (connection failure).
-func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluster) (*netio.Conn, *upstream.Host, http.ResponseFlag) {
+// connect tries up to max_connect_attempts hosts, the load balancer choosing each,
+// and notes in ui the host last tried, the attempts and the upstream's local
+// address or why the last attempt failed. It returns the response flag of a
+// failure: UH (no healthy host) or UF (connection failure).
+func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluster, ui *upstreamInfo) (*netio.Conn, *upstream.Host, http.ResponseFlag) {
 	for attempt := 1; attempt <= p.maxAttempts; attempt++ {
 		h := cl.Pick()
 		if h == nil {
 			p.log.Warn("tcp_proxy: no healthy upstream; closing downstream", "conn", c.ID, "cluster", cl.Name())
 			return nil, nil, http.FlagNoHealthyUpstream
 		}
+		ui.host, ui.attempts = h.Addr, attempt
 		up, err := cl.Connect(ctx, h)
 		if err == nil {
+			ui.local = localAddrPort(up)
 			return up, h, 0
 		}
+		ui.failure = upstream.FailureReason(err)
 		p.log.Warn("tcp_proxy: upstream connect failed", "conn", c.ID, "cluster", cl.Name(), "host", h.Addr,
 			"attempt", attempt, "max_connect_attempts", p.maxAttempts, "error", err)
 		if ctx.Err() != nil {

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/internal/bufpool"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
@@ -174,15 +175,40 @@ func refusingAddr(t *testing.T) netip.AddrPort {
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
+// infoLog records the stream info of each access log entry.
+type infoLog struct {
+	mu      sync.Mutex
+	entries []http.StreamInfo
+}
+
+func (l *infoLog) Log(e *http.Exchange) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.entries = append(l.entries, e.Info)
+}
+
+func (l *infoLog) last(t *testing.T) http.StreamInfo {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.entries) == 0 {
+		t.Fatal("no access log entry")
+	}
+	return l.entries[len(l.entries)-1]
+}
+
 func TestRetriesAnotherEndpointOnConnectFailure(t *testing.T) {
 	e := newEnv(t)
+	refused, echo := refusingAddr(t), echoServer(t)
 	e.setClusters(&upstream.Config{Name: "c", StatName: "c", ConnectTimeout: time.Second, Endpoints: []upstream.Endpoint{
-		{Addr: refusingAddr(t), Weight: 1}, {Addr: echoServer(t), Weight: 1},
+		{Addr: refused, Weight: 1}, {Addr: echo, Weight: 1},
 	}})
 	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}, MaxConnectAttempts: wrapperspb.UInt32(2)})
 	if err != nil {
 		t.Fatal(err)
 	}
+	log := &infoLog{}
+	p.logs = append(p.logs, log)
 	for i := range 4 { // round robin starts on each endpoint in turn
 		client, wait := serve(t, p)
 		msg := []byte("hello through the proxy")
@@ -194,6 +220,14 @@ func TestRetriesAnotherEndpointOnConnectFailure(t *testing.T) {
 			t.Fatalf("connection %d: got %q, %v", i, got, err)
 		}
 		wait()
+		// As Envoy's: the host connected to, its attempts, and why the
+		// attempt before failed.
+		in := log.last(t)
+		if in.UpstreamHost != echo || in.UpstreamAttempts != 2 || in.UpstreamTransportFailureReason != "delayed connect error: 111" ||
+			in.UpstreamLocal.Addr() != netip.MustParseAddr("127.0.0.1") || in.ResponseFlags != 0 {
+			t.Fatalf("connection %d: upstream host %v, attempts %d, failure %q, local %v, flags %v", i,
+				in.UpstreamHost, in.UpstreamAttempts, in.UpstreamTransportFailureReason, in.UpstreamLocal, in.ResponseFlags)
+		}
 	}
 	// Round robin alternates, so every connection's first attempt lands on the
 	// refusing host and its retry on the good one.
@@ -210,19 +244,27 @@ func TestRetriesAnotherEndpointOnConnectFailure(t *testing.T) {
 
 func TestAllAttemptsFailClosesDownstream(t *testing.T) {
 	e := newEnv(t)
+	refused := refusingAddr(t)
 	e.setClusters(&upstream.Config{Name: "c", StatName: "c", ConnectTimeout: time.Second, Endpoints: []upstream.Endpoint{
-		{Addr: refusingAddr(t), Weight: 1},
+		{Addr: refused, Weight: 1},
 	}})
 	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}, MaxConnectAttempts: wrapperspb.UInt32(3)})
 	if err != nil {
 		t.Fatal(err)
 	}
+	log := &infoLog{}
+	p.logs = append(p.logs, log)
 	client, wait := serve(t, p)
 	client.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if n, err := client.Read(make([]byte, 1)); err == nil {
 		t.Fatalf("read %d bytes from a connection with no upstream", n)
 	}
 	wait()
+	if in := log.last(t); in.UpstreamHost != refused || in.UpstreamAttempts != 3 || in.UpstreamTransportFailureReason != "delayed connect error: 111" ||
+		in.UpstreamLocal.IsValid() || in.ResponseFlags != http.FlagUpstreamConnectionFailure {
+		t.Fatalf("upstream host %v, attempts %d, failure %q, local %v, flags %v",
+			in.UpstreamHost, in.UpstreamAttempts, in.UpstreamTransportFailureReason, in.UpstreamLocal, in.ResponseFlags)
+	}
 	if v, _ := e.st.Value("cluster.c.upstream_cx_connect_fail"); v != 3 {
 		t.Fatalf("upstream_cx_connect_fail = %d, want 3", v)
 	}

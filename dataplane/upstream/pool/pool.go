@@ -77,17 +77,8 @@ func (e *ConnectError) Error() string {
 func (e *ConnectError) Unwrap() error { return e.Err }
 
 // Reason renders the failure as Envoy's %UPSTREAM_TRANSPORT_FAILURE_REASON%
-// does, e.g. "delayed connect error: 111".
-func (e *ConnectError) Reason() string {
-	var errno syscall.Errno
-	if errors.As(e.Err, &errno) {
-		return fmt.Sprintf("delayed connect error: %d", int(errno))
-	}
-	if errors.Is(e.Err, upstream.ErrConnectTimeout) {
-		return "connect timeout"
-	}
-	return e.Err.Error()
-}
+// does, e.g. "delayed connect error: 111" (upstream.FailureReason).
+func (e *ConnectError) Reason() string { return upstream.FailureReason(e.Err) }
 
 // Defaults of the pools.
 const (
