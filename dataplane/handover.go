@@ -148,6 +148,7 @@ func movedFiles(listenerName string, mc *filter.MovedConn) (restart.Moved, error
 			PendingToUpstream:   mc.Pending[0],
 			PendingToDownstream: mc.Pending[1],
 			IdleTimeoutMs:       mc.IdleTimeout.Milliseconds(),
+			StartTimeUnixMicros: unixMicros(mc.Started),
 		},
 		Down: df, Up: uf,
 	}, nil
@@ -198,8 +199,19 @@ func (s *Server) AdoptConnection(m restart.Moved) {
 		Cluster:     m.Info.GetCluster(),
 		IdleTimeout: time.Duration(m.Info.GetIdleTimeoutMs()) * time.Millisecond,
 	}
+	if us := m.Info.GetStartTimeUnixMicros(); us != 0 {
+		mc.Started = time.UnixMicro(us)
+	}
 	mc.Host, _ = netip.ParseAddrPort(m.Info.GetUpstreamHost()) // zero if unknown: no host counts it
 	l.Adopt(down, mc)
+}
+
+// unixMicros is t in microseconds since the Unix epoch, 0 for the zero time.
+func unixMicros(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMicro()
 }
 
 // fileOf duplicates a connection's descriptor.

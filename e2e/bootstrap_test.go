@@ -33,6 +33,9 @@ type listenerCfg struct {
 	IdleTimeout string
 	// MaxConnectAttempts is the tcp_proxy max_connect_attempts; 0 leaves it unset.
 	MaxConnectAttempts int
+	// MaxDuration is the tcp_proxy max_downstream_connection_duration as a
+	// proto Duration; "" leaves it unset.
+	MaxDuration string
 }
 
 type weightedCluster struct {
@@ -102,6 +105,9 @@ var bootstrapTmpl = template.Must(template.New("bootstrap").Funcs(template.FuncM
 {{- end}}
 {{- with .MaxConnectAttempts}}
           max_connect_attempts: {{.}}
+{{- end}}
+{{- with .MaxDuration}}
+          max_downstream_connection_duration: {{.}}
 {{- end}}
 {{- end}}
 {{- end}}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -829,6 +830,44 @@ func TestHotRestartMovedConnectionCountedOnce(t *testing.T) {
 		t.Errorf("after moving 3 open connections: %s = %d, tcp.l.downstream_cx_total = %d, %s = %d, %s = %d; want 5, 5, 2 and 3 (no connection was opened or closed)",
 			total, v, tp, destroy, d, active, a)
 	}
+}
+
+// TestHotRestartMovedConnectionKeepsItsStart: a TCP proxy pair moved to the
+// successor keeps the time it began, so its max_downstream_connection_duration
+// runs out when it would have in the parent, not that long after the move.
+func TestHotRestartMovedConnectionKeepsItsStart(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, "127.0.0.1", echoHandler)
+	const limit = 4 * time.Second
+	b := fixedPort(t, up.Addr)
+	b.Listeners[0].MaxDuration = limit.String()
+	f := startFleet(t, b.yaml(t))
+	start := time.Now()
+	c := dial(t, f.addr("l"))
+	if err := echoRoundTrip(c, []byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(limit / 2)
+	if h := f.restart("sighup", f.current()); h.moved != 1 {
+		t.Fatalf("moved %d connections, want 1", h.moved)
+	}
+	if err := echoRoundTrip(c, []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(3 * limit))
+	_, err := c.Read(make([]byte, 1))
+	closed := time.Since(start)
+	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read %v, want the connection closed at max_downstream_connection_duration", err)
+	}
+	// Counted from the move it would end at limit/2 + the restart + limit.
+	if closed < limit || closed > limit+limit/3 {
+		t.Errorf("closed %v after it began, want about max_downstream_connection_duration (%v)", closed, limit)
+	}
+	waitFor(t, "the successor counts the duration's end", func() bool {
+		v, _ := f.statsFile().value("tcp.l.max_downstream_connection_duration")
+		return v == 1
+	})
 }
 
 // TestHotRestartMovedHTTPConnectionCountedOnce: idle HTTP/1.1 connections an

@@ -87,6 +87,9 @@ type MovedConn struct {
 	Host        netip.AddrPort
 	StatPrefix  string
 	IdleTimeout time.Duration
+	// Started is when the terminal filter began serving the connection; zero
+	// if unknown.
+	Started time.Time
 	// Release must be called once the conns have been duplicated into the
 	// successor: it closes this process's copies (the successor's keep the
 	// connections open) and lets the filter's goroutine end.

@@ -5,6 +5,7 @@ package tcpproxy
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -42,7 +43,8 @@ func (Factory) ConfigType() proto.Message { return &tcpv3.TcpProxy{} }
 // Create implements filter.NetworkFactory.
 func (Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilter, error) {
 	cfg := m.(*tcpv3.TcpProxy)
-	if err := cfgerr.OnlyFields(cfg, "stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts", "access_log"); err != nil {
+	if err := cfgerr.OnlyFields(cfg, "stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts",
+		"max_downstream_connection_duration", "access_log"); err != nil {
 		return nil, err
 	}
 	logs, err := accesslog.Build(cfg.GetAccessLog(), accesslog.Options{
@@ -84,6 +86,11 @@ func (Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilter
 	if n := cfg.GetMaxConnectAttempts(); n != nil {
 		p.maxAttempts = int(n.GetValue()) // the proto requires >= 1
 	}
+	if d := cfg.GetMaxDownstreamConnectionDuration(); d != nil {
+		if p.maxDuration = d.AsDuration(); p.maxDuration < time.Millisecond {
+			return nil, cfgerr.Errorf("max_downstream_connection_duration", "must be at least 1ms, got %v", p.maxDuration)
+		}
+	}
 	p.copyCfg.IdleTimeout = p.idleTimeout
 	prefix := "tcp." + cfg.GetStatPrefix() + "."
 	p.stats = proxyStats{
@@ -93,14 +100,15 @@ func (Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilter
 		txBytes:         fc.Stats.Counter(prefix + "downstream_cx_tx_bytes_total"),
 		idleTimeout:     fc.Stats.Counter(prefix + "idle_timeout"),
 		connectAttempts: fc.Stats.Counter(prefix + "upstream_connect_attempts_exceeded"),
+		maxDuration:     fc.Stats.Counter(prefix + "max_downstream_connection_duration"),
 		flushActive:     fc.Stats.Gauge(prefix + "upstream_flush_active"),
 	}
 	return p, nil
 }
 
 type proxyStats struct {
-	cxTotal, noRoute, rxBytes, txBytes, idleTimeout, connectAttempts stats.Counter
-	flushActive                                                      stats.Gauge
+	cxTotal, noRoute, rxBytes, txBytes, idleTimeout, connectAttempts, maxDuration stats.Counter
+	flushActive                                                                   stats.Gauge
 }
 
 // Proxy is a built tcp_proxy filter. It keeps no per-connection state.
@@ -110,6 +118,7 @@ type Proxy struct {
 	weights      []uint32
 	total        uint64
 	idleTimeout  time.Duration
+	maxDuration  time.Duration // max_downstream_connection_duration; 0: none
 	maxAttempts  int
 	stats        proxyStats
 	copyCfg      netio.Config
@@ -153,15 +162,36 @@ func (p *Proxy) ServeConn(ctx context.Context, c *filter.Conn) {
 		return
 	}
 	defer cl.Release()
+	ctx, stop := p.limitDuration(ctx, start)
+	defer stop()
 	ui := &upstreamInfo{cluster: name}
 	up, host, flag := p.connect(ctx, c, cl, ui)
 	if up == nil {
+		if context.Cause(ctx) == errMaxDuration {
+			p.stats.maxDuration.Inc()
+			flag = http.FlagDurationTimeout
+		}
 		c.Close()
 		p.accessLog(ctx, c, start, ui, netio.Result{}, flag)
 		return
 	}
 	defer cl.Disconnected(host)
 	p.proxy(ctx, c, cl, host, up, [2][]byte{}, start, ui)
+}
+
+// errMaxDuration is the cause of a connection's context ending at
+// max_downstream_connection_duration.
+var errMaxDuration = errors.New("tcp_proxy: max_downstream_connection_duration reached")
+
+// limitDuration bounds a connection that began at start by
+// max_downstream_connection_duration, as Envoy does from the moment the
+// filter gets the connection: its context ends then, with errMaxDuration as
+// the cause, which closes both sides.
+func (p *Proxy) limitDuration(ctx context.Context, start time.Time) (context.Context, context.CancelFunc) {
+	if p.maxDuration <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithDeadlineCause(ctx, start.Add(p.maxDuration), errMaxDuration)
 }
 
 // upstreamInfo is what a connection's access log entry says of its upstream,
@@ -220,8 +250,15 @@ func (p *Proxy) Adopt(ctx context.Context, c *filter.Conn, m *filter.MovedConn) 
 			defer cl.Disconnected(host)
 		}
 	}
+	// The connection's time runs on from when the parent began serving it.
+	start := m.Started
+	if start.IsZero() {
+		start = time.Now()
+	}
+	ctx, stop := p.limitDuration(ctx, start)
+	defer stop()
 	ui := &upstreamInfo{cluster: m.Cluster, host: m.Host, local: localAddrPort(m.Up)}
-	p.proxy(ctx, c, cl, host, m.Up, m.Pending, time.Now(), ui)
+	p.proxy(ctx, c, cl, host, m.Up, m.Pending, start, ui)
 }
 
 // localAddrPort is c's local address, IPv4 unmapped.
@@ -236,7 +273,7 @@ func localAddrPort(c net.Conn) netip.AddrPort {
 // proxy copies between c and up until the pair ends, or until a hot restart
 // moves it (then the conns are left to the successor).
 func (p *Proxy) proxy(ctx context.Context, c *filter.Conn, cl *upstream.Cluster, host *upstream.Host, up net.Conn, pending [2][]byte, start time.Time, ui *upstreamInfo) {
-	mv := &mover{p: p, down: c.Conn, up: up, result: make(chan netio.Result, 1), released: make(chan struct{})}
+	mv := &mover{p: p, down: c.Conn, up: up, start: start, result: make(chan netio.Result, 1), released: make(chan struct{})}
 	cfg := p.copyCfg
 	mv.sent[0], mv.received[0] = p.stats.rxBytes, p.stats.txBytes
 	cfg.SentCounters, cfg.ReceivedCounters = mv.sent[:1], mv.received[:1]
@@ -269,14 +306,19 @@ func (p *Proxy) proxy(ctx context.Context, c *filter.Conn, cl *upstream.Cluster,
 		p.log.Debug("tcp_proxy: connection moved to the successor", "conn", c.ID, "cluster", mv.cluster)
 		return
 	}
-	if res.End == netio.IdleTimeout {
+	var flags http.ResponseFlag
+	switch {
+	case res.End == netio.IdleTimeout:
 		p.stats.idleTimeout.Inc()
+	case res.End == netio.Canceled && errors.Is(res.Err, errMaxDuration):
+		p.stats.maxDuration.Inc()
+		flags = http.FlagDurationTimeout
 	}
 	if p.log.Enabled(ctx, slog.LevelDebug) { // the arguments would cost allocations per connection
 		p.log.Debug("tcp_proxy: connection done", "conn", c.ID, "cluster", mv.cluster, "upstream", mv.host,
 			"sent", res.Sent, "received", res.Received, "end", res.End.String(), "error", res.Err)
 	}
-	p.accessLog(ctx, c, start, ui, res, 0)
+	p.accessLog(ctx, c, start, ui, res, flags)
 }
 
 // mover hands a running pair over at a hot restart.
@@ -286,6 +328,7 @@ type mover struct {
 	down, up net.Conn
 	cluster  string
 	host     netip.AddrPort
+	start    time.Time
 	result   chan netio.Result
 	released chan struct{}
 	once     sync.Once
@@ -304,7 +347,7 @@ func (m *mover) Move() (*filter.MovedConn, bool) {
 	}
 	return &filter.MovedConn{
 		Down: m.down, Up: m.up, Pending: res.Pending,
-		Cluster: m.cluster, Host: m.host, IdleTimeout: m.p.idleTimeout,
+		Cluster: m.cluster, Host: m.host, IdleTimeout: m.p.idleTimeout, Started: m.start,
 		Release: func() {
 			m.once.Do(func() {
 				m.down.Close()

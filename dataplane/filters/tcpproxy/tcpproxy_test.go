@@ -2,10 +2,12 @@ package tcpproxy
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -23,6 +25,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/internal/bufpool"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
+	"github.com/skiffproxy/skiff/internal/nettest"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
 
@@ -82,6 +85,8 @@ func TestConfigErrors(t *testing.T) {
 			Clusters: []*tcpv3.TcpProxy_WeightedCluster_ClusterWeight{{Name: "a", Weight: 1}, {Name: "b", Weight: 0}}}}}, "typed_config.weighted_clusters.clusters[1].weight"},
 		{"zero connect attempts", &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
 			MaxConnectAttempts: wrapperspb.UInt32(0)}, "typed_config.max_connect_attempts"},
+		{"max duration under 1ms", &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
+			MaxDownstreamConnectionDuration: durationpb.New(time.Microsecond)}, "typed_config.max_downstream_connection_duration"},
 		{"unknown access logger", &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
 			AccessLog: []*accesslogv3.AccessLog{{Name: "x", ConfigType: &accesslogv3.AccessLog_TypedConfig{
 				TypedConfig: &anypb.Any{TypeUrl: "type.googleapis.com/envoy.extensions.access_loggers.wasm.v3.WasmAccessLog"}}}}},
@@ -305,6 +310,74 @@ func TestIdleTimeoutIsCounted(t *testing.T) {
 	wait()
 	if v, _ := e.st.Value("tcp.x.idle_timeout"); v != 1 {
 		t.Fatalf("idle_timeout = %d", v)
+	}
+}
+
+// TestMaxDownstreamConnectionDuration: a connection that moves bytes all along
+// is still closed once max_downstream_connection_duration has passed since the
+// filter got it, counted, and logged with DT, as in Envoy.
+func TestMaxDownstreamConnectionDuration(t *testing.T) {
+	e := newEnv(t)
+	e.setClusters(&upstream.Config{Name: "c", StatName: "c", ConnectTimeout: time.Second, Endpoints: []upstream.Endpoint{{Addr: echoServer(t), Weight: 1}}})
+	const limit = 300 * time.Millisecond
+	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
+		MaxDownstreamConnectionDuration: durationpb.New(limit)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := &infoLog{}
+	p.logs = append(p.logs, log)
+	start := time.Now()
+	client, wait := serve(t, p)
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 4)
+	var err2 error
+	for i := 0; i < 500 && err2 == nil; i++ { // an echo every 20 ms: never idle
+		if _, err2 = client.Write([]byte("ping")); err2 == nil {
+			_, err2 = io.ReadFull(client, buf)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err2 == nil {
+		t.Fatal("the connection outlived max_downstream_connection_duration by 10 s")
+	}
+	if d := time.Since(start); d < limit {
+		t.Fatalf("closed after %v, before max_downstream_connection_duration (%v): %v", d, limit, err2)
+	}
+	wait()
+	if v, _ := e.st.Value("tcp.x.max_downstream_connection_duration"); v != 1 {
+		t.Fatalf("max_downstream_connection_duration = %d", v)
+	}
+	if in := log.last(t); in.ResponseFlags != http.FlagDurationTimeout || in.BytesReceived == 0 {
+		t.Fatalf("access log: flags %v, bytes received %d", in.ResponseFlags, in.BytesReceived)
+	}
+}
+
+// TestMaxDownstreamConnectionDurationWhileConnecting: the duration counts
+// from the filter getting the connection, so it also ends a connect still
+// under way (DT, not UF).
+func TestMaxDownstreamConnectionDurationWhileConnecting(t *testing.T) {
+	e := newEnv(t)
+	e.setClusters(&upstream.Config{Name: "c", StatName: "c", ConnectTimeout: time.Minute,
+		Endpoints: []upstream.Endpoint{{Addr: nettest.UnansweredAddr(t), Weight: 1}}})
+	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
+		MaxDownstreamConnectionDuration: durationpb.New(100 * time.Millisecond)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := &infoLog{}
+	p.logs = append(p.logs, log)
+	client, wait := serve(t, p)
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := client.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read %v, want the connection closed", err)
+	}
+	wait()
+	if v, _ := e.st.Value("tcp.x.max_downstream_connection_duration"); v != 1 {
+		t.Fatalf("max_downstream_connection_duration = %d", v)
+	}
+	if in := log.last(t); in.ResponseFlags != http.FlagDurationTimeout {
+		t.Fatalf("access log flags %v, want DT", in.ResponseFlags)
 	}
 }
 

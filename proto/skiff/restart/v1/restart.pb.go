@@ -804,8 +804,12 @@ type MovedConnection struct {
 	StatPrefix    string         `protobuf:"bytes,6,opt,name=stat_prefix,json=statPrefix,proto3" json:"stat_prefix,omitempty"`
 	IdleTimeoutMs int64          `protobuf:"varint,7,opt,name=idle_timeout_ms,json=idleTimeoutMs,proto3" json:"idle_timeout_ms,omitempty"`
 	Kind          ConnectionKind `protobuf:"varint,8,opt,name=kind,proto3,enum=skiff.restart.v1.ConnectionKind" json:"kind,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// When the tcp_proxy began serving the connection, in microseconds since
+	// the Unix epoch (its access log's START_TIME, and what
+	// max_downstream_connection_duration counts from); 0 if unknown.
+	StartTimeUnixMicros int64 `protobuf:"varint,9,opt,name=start_time_unix_micros,json=startTimeUnixMicros,proto3" json:"start_time_unix_micros,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *MovedConnection) Reset() {
@@ -892,6 +896,13 @@ func (x *MovedConnection) GetKind() ConnectionKind {
 		return x.Kind
 	}
 	return ConnectionKind_CONNECTION_KIND_UNSPECIFIED
+}
+
+func (x *MovedConnection) GetStartTimeUnixMicros() int64 {
+	if x != nil {
+		return x.StartTimeUnixMicros
+	}
+	return 0
 }
 
 // Done says the parent handed over everything it will.
@@ -1022,7 +1033,7 @@ const file_skiff_restart_v1_restart_proto_rawDesc = "" +
 	"\bresource\x18\x03 \x01(\v2\x14.google.protobuf.AnyR\bresource\"\a\n" +
 	"\x05Ready\"R\n" +
 	"\vConnections\x12C\n" +
-	"\vconnections\x18\x01 \x03(\v2!.skiff.restart.v1.MovedConnectionR\vconnections\"\xcf\x02\n" +
+	"\vconnections\x18\x01 \x03(\v2!.skiff.restart.v1.MovedConnectionR\vconnections\"\x84\x03\n" +
 	"\x0fMovedConnection\x12\x1a\n" +
 	"\blistener\x18\x01 \x01(\tR\blistener\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12#\n" +
@@ -1032,7 +1043,8 @@ const file_skiff_restart_v1_restart_proto_rawDesc = "" +
 	"\vstat_prefix\x18\x06 \x01(\tR\n" +
 	"statPrefix\x12&\n" +
 	"\x0fidle_timeout_ms\x18\a \x01(\x03R\ridleTimeoutMs\x124\n" +
-	"\x04kind\x18\b \x01(\x0e2 .skiff.restart.v1.ConnectionKindR\x04kind\"\x06\n" +
+	"\x04kind\x18\b \x01(\x0e2 .skiff.restart.v1.ConnectionKindR\x04kind\x123\n" +
+	"\x16start_time_unix_micros\x18\t \x01(\x03R\x13startTimeUnixMicros\"\x06\n" +
 	"\x04Done\"!\n" +
 	"\aRefused\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason*p\n" +
