@@ -52,8 +52,8 @@ route_config: { virtual_hosts: [{ name: a, domains: ["*"], routes: [{ match: { p
 http_filters: [` + routerFilter + `]`, "route_config.virtual_hosts[0].routes[0].route.cluster", ""},
 		{`stat_prefix: x
 ` + routes + `
-common_http_protocol_options: { max_stream_duration: 1s }
-http_filters: [` + routerFilter + `]`, "common_http_protocol_options.max_stream_duration", ""},
+common_http_protocol_options: { max_response_headers_kb: 80 }
+http_filters: [` + routerFilter + `]`, "common_http_protocol_options.max_response_headers_kb", ""},
 		{`stat_prefix: x
 ` + routes + `
 upgrade_configs: [{ upgrade_type: CONNECT }]

@@ -122,6 +122,7 @@ type Manager struct {
 	idleTimeout     time.Duration // a connection without requests (HTTP/1.1; HTTP/2's is the codec's)
 	streamIdle      time.Duration
 	requestTimeout  time.Duration
+	maxStreamDur    time.Duration   // common_http_protocol_options.max_stream_duration; 0: none
 	upgrades        map[string]bool // upgrade types allowed (lower case)
 	normalizePath   bool
 	mergeSlashes    bool
@@ -265,7 +266,7 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 
 	if co := cfg.GetCommonHttpProtocolOptions(); co != nil {
 		if err := cfgerr.OnlyFields(co, "idle_timeout", "max_connection_duration", "max_headers_count",
-			"headers_with_underscores_action", "max_requests_per_connection"); err != nil {
+			"max_stream_duration", "headers_with_underscores_action", "max_requests_per_connection"); err != nil {
 			return nil, cfgerr.Field("common_http_protocol_options", err)
 		}
 		if d := co.GetIdleTimeout(); d != nil {
@@ -273,6 +274,7 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 			h2opts.IdleTimeout = d.AsDuration()
 		}
 		mg.maxConnDuration = co.GetMaxConnectionDuration().AsDuration()
+		mg.maxStreamDur = co.GetMaxStreamDuration().AsDuration()
 		if v := co.GetMaxHeadersCount(); v != nil {
 			mg.maxHeaders = int(v.GetValue())
 			mg.h1.MaxHeaders = mg.maxHeaders
@@ -428,6 +430,7 @@ type hcmStats struct {
 	rqActive                                               stats.Gauge
 	rqClass                                                [5]stats.Counter
 	rqTimeout, rqIdleTimeout, rqHeaderTimeout, rqRxReset   stats.Counter
+	rqMaxDuration                                          stats.Counter
 	rqTxReset, rqWsOnNonWs, rqTooLarge, rqFailedNormalize  stats.Counter
 	rxBytes, txBytes                                       stats.Counter
 	rqTime                                                 stats.Histogram
@@ -454,6 +457,7 @@ func newStats(st *stats.Store, p string) hcmStats {
 		rqActive:          st.Gauge(p + "downstream_rq_active"),
 		rqTimeout:         st.Counter(p + "downstream_rq_timeout"),
 		rqIdleTimeout:     st.Counter(p + "downstream_rq_idle_timeout"),
+		rqMaxDuration:     st.Counter(p + "downstream_rq_max_duration_reached"),
 		rqHeaderTimeout:   st.Counter(p + "downstream_rq_header_timeout"),
 		rqRxReset:         st.Counter(p + "downstream_rq_rx_reset"),
 		rqTxReset:         st.Counter(p + "downstream_rq_tx_reset"),

@@ -258,6 +258,117 @@ http_filters:
 	once.Do(func() { close(release) })
 }
 
+// TestRouteIdleTimeoutShorter: a route's idle_timeout below the manager's
+// stream_idle_timeout takes effect (the stream timer was running for the
+// manager's, longer, one).
+func TestRouteIdleTimeoutShorter(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	slow := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	cfg := `
+stat_prefix: ingress
+route_config:
+  virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+    - match: { prefix: "/" }
+      route: { cluster: slow, timeout: 0s, idle_timeout: 0.2s }
+http_filters:
+- name: envoy.filters.http.router
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+`
+	e := newEnv(t, cfg, cluster(t, "slow", false, slow))
+	c := h1Client(t)
+	c.Timeout = 20 * time.Second
+	for range 2 { // the second on a reused stream whose timer is running
+		resp, body := get(t, c, "http://"+e.addr+"/idle")
+		if resp.StatusCode != 408 || body != "stream timeout" {
+			t.Errorf("route idle timeout: %d %q", resp.StatusCode, body)
+		}
+	}
+	e.waitStat("http.ingress.downstream_rq_idle_timeout", 2)
+}
+
+// TestMaxStreamDuration: the connection manager's max_stream_duration and a
+// route's, as Envoy applies them: a stream still going when its time is up
+// gets 504 (408 before the request is in), or DEADLINE_EXCEEDED over gRPC,
+// and is counted; a route's explicit 0 lifts the manager's limit; with
+// grpc_timeout_header_max a gRPC request's own grpc-timeout is its limit,
+// capped, and is what the upstream is told.
+func TestMaxStreamDuration(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	var gotTimeout sync.Map
+	slow := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		gotTimeout.Store(r.URL.Path, r.Header.Get("grpc-timeout"))
+		if r.URL.Path == "/unlimited" {
+			time.Sleep(400 * time.Millisecond) // past the manager's limit
+			w.WriteHeader(200)
+			return
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	cfg := `
+stat_prefix: ingress
+common_http_protocol_options: { max_stream_duration: 0.2s }
+route_config:
+  virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+    - match: { prefix: "/manager" }
+      route: { cluster: slow, timeout: 0s }
+    - match: { prefix: "/route" }
+      route: { cluster: slow, timeout: 0s, max_stream_duration: { max_stream_duration: 0.1s } }
+    - match: { prefix: "/unlimited" }
+      route: { cluster: slow, timeout: 0s, max_stream_duration: { max_stream_duration: 0s } }
+    - match: { prefix: "/grpc" }
+      route: { cluster: slow, timeout: 0s, max_stream_duration: { grpc_timeout_header_max: 0.3s, grpc_timeout_header_offset: 0.05s } }
+http_filters:
+- name: envoy.filters.http.router
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+`
+	e := newEnv(t, cfg, cluster(t, "slow", false, slow))
+	c := h1Client(t)
+	c.Timeout = 20 * time.Second
+	for _, path := range []string{"/manager", "/route"} {
+		resp, body := get(t, c, "http://"+e.addr+path)
+		if resp.StatusCode != 504 || body != "downstream duration timeout" {
+			t.Errorf("%s: %d %q", path, resp.StatusCode, body)
+		}
+	}
+	// Over the manager's 0.2 s, but the route lifts the limit.
+	resp, _ := get(t, c, "http://"+e.addr+"/unlimited")
+	if resp.StatusCode != 200 {
+		t.Errorf("/unlimited: %d", resp.StatusCode)
+	}
+	// gRPC: the header's 10 s capped at 0.3 s, less 0.05 s.
+	start := time.Now()
+	resp, _ = get(t, c, "http://"+e.addr+"/grpc", "content-type", "application/grpc", "grpc-timeout", "10S")
+	if resp.StatusCode != 200 || resp.Header.Get("grpc-status") != "4" || resp.Header.Get("grpc-message") != "downstream duration timeout" {
+		t.Errorf("/grpc: %d, grpc-status %q, grpc-message %q", resp.StatusCode, resp.Header.Get("grpc-status"), resp.Header.Get("grpc-message"))
+	}
+	if d := time.Since(start); d < 250*time.Millisecond {
+		t.Errorf("/grpc ended after %v, before its 0.25 s", d)
+	}
+	if v, _ := gotTimeout.Load("/grpc"); v != "250m" {
+		t.Errorf("the upstream got grpc-timeout %q, want 250m", v)
+	}
+	if v, _ := gotTimeout.Load("/manager"); v != "" {
+		t.Errorf("a request that is not gRPC got grpc-timeout %q", v)
+	}
+	e.waitStat("http.ingress.downstream_rq_max_duration_reached", 3)
+}
+
 func TestHeaderMutations(t *testing.T) {
 	up := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
 		w.Header().Set("x-remove-me", "1")

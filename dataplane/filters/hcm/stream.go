@@ -19,6 +19,7 @@ import (
 var (
 	errStreamIdle     = errors.New("hcm: stream idle timeout")
 	errRequestTimeout = errors.New("hcm: request timeout")
+	errMaxDuration    = errors.New("hcm: max stream duration reached")
 	errDownstreamGone = errors.New("hcm: the downstream went away")
 )
 
@@ -48,14 +49,17 @@ type stream struct {
 	active    bool
 	idle      time.Duration
 	reqAt     time.Time
+	durAt     time.Time // when max_stream_duration runs out; zero: never
+	durFire   time.Time // when the running duration timer fires
 	activity  atomic.Int64
 	started   int64 // the exchange's start on activity's clock
 	idleTimer *time.Timer
 	reqTimer  *time.Timer
+	durTimer  *time.Timer
 	// Whether the timers are running: they are set only when they are not,
 	// and on firing look at the deadlines and go again or stop, so that an
 	// exchange costs no timer operation in steady state.
-	idleRunning, reqRunning bool
+	idleRunning, reqRunning, durRunning bool
 
 	downstreamGoneFn func() // st.downstreamGone, made once
 }
@@ -91,6 +95,9 @@ func (st *stream) close() {
 	}
 	if st.reqTimer != nil {
 		st.reqTimer.Stop()
+	}
+	if st.durTimer != nil {
+		st.durTimer.Stop()
 	}
 }
 
@@ -139,6 +146,7 @@ func (st *stream) run() {
 			e.Route = rt
 			st.matched = true
 			st.routeIdle(rt)
+			st.routeDuration(rt)
 		}
 	}
 	if m.tracing != nil {
@@ -153,20 +161,86 @@ func (st *stream) run() {
 		// A filter cleared the route (it changed what routing depends on).
 		if r := t.Match(e.Request); r != nil {
 			e.Route = r
+			st.routeDuration(r)
 		}
 	}
 	m.router.Serve(e)
 }
 
 // routeIdle applies the route's idle_timeout, which overrides the manager's
-// stream_idle_timeout.
+// stream_idle_timeout. A timer running for a longer timeout is made to fire
+// in time for this one.
 func (st *stream) routeIdle(r *route.Route) {
 	if r.IdleTimeout == nil {
 		return
 	}
 	st.mu.Lock()
-	st.idle = *r.IdleTimeout
-	st.mu.Unlock()
+	defer st.mu.Unlock()
+	idle := *r.IdleTimeout
+	shorter := idle < st.idle
+	st.idle = idle
+	if idle <= 0 {
+		return // a running timer stops when it fires
+	}
+	switch {
+	case !st.idleRunning:
+		st.idleRunning = true
+	case shorter && st.idleTimer.Stop():
+		// It would fire too late: again, sooner. (If Stop fails, it is
+		// firing and will find the new timeout.)
+	default:
+		return // it fires in time and goes again for the rest
+	}
+	if st.idleTimer == nil {
+		st.idleTimer = time.AfterFunc(idle, st.onIdle)
+	} else {
+		st.idleTimer.Reset(idle)
+	}
+}
+
+// routeDuration applies route r's stream duration limit (its
+// max_stream_duration, or the manager's), counted from the exchange's start,
+// as Envoy does when it picks a route. On a route with max_stream_duration a
+// gRPC request's grpc-timeout header says the limit to the upstream.
+func (st *stream) routeDuration(r *route.Route) {
+	e := &st.ex
+	limit, ok := r.StreamLimit(e.Request, st.m.maxStreamDur)
+	if ok && r.MaxStreamDuration != nil && http.IsGRPC(e.Request) {
+		e.Request.Set("grpc-timeout", http.FormatGRPCTimeout(limit))
+	}
+	var at time.Time
+	if ok {
+		at = e.Info.Start.Add(limit)
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.setDurationLocked(at)
+}
+
+// setDurationLocked makes at when the stream's duration runs out (zero:
+// never). A timer that is not running starts; one that would fire after at
+// (set for an earlier exchange on a reused stream) is brought forward.
+func (st *stream) setDurationLocked(at time.Time) {
+	st.durAt = at
+	if at.IsZero() {
+		return // a running timer stops when it fires
+	}
+	switch {
+	case !st.durRunning:
+		st.durRunning = true
+	case at.Before(st.durFire) && st.durTimer.Stop():
+		// It would fire too late: again, sooner. (If Stop fails, it is
+		// firing and will find the new time.)
+	default:
+		return // it fires by then and goes again for the rest
+	}
+	st.durFire = at
+	d := time.Until(at)
+	if st.durTimer == nil {
+		st.durTimer = time.AfterFunc(d, st.onMaxDuration)
+	} else {
+		st.durTimer.Reset(d)
+	}
 }
 
 // finish ends what the exchange left undone, then counts and logs it.
@@ -185,16 +259,28 @@ func (st *stream) finish() {
 		m.stats.rqRxReset.Inc()
 		st.Reset(http.ResetCancel)
 	} else if reason != nil {
-		if reason == errStreamIdle {
+		switch reason {
+		case errStreamIdle:
 			m.stats.rqIdleTimeout.Inc()
-		} else {
+		case errMaxDuration:
+			m.stats.rqMaxDuration.Inc()
+		default:
 			m.stats.rqTimeout.Inc()
 		}
 		switch {
 		case !st.headerSent && !st.resetFlag.Load():
-			if reason == errStreamIdle {
+			switch reason {
+			case errStreamIdle:
 				_ = e.LocalReply(408, "stream timeout", "stream_idle_timeout", http.FlagStreamIdleTimeout)
-			} else {
+			case errMaxDuration:
+				// As Envoy's: 504 once the whole request is in (the upstream
+				// is late), else 408; DEADLINE_EXCEEDED to gRPC.
+				code := 408
+				if e.Info.RequestComplete != 0 {
+					code = 504
+				}
+				_ = e.LocalReplyGRPC(code, 4, "downstream duration timeout", "max_duration_timeout", 0)
+			default:
 				_ = e.LocalReply(408, "request timeout", "request_overall_timeout", 0)
 			}
 		case !st.ended:
@@ -352,6 +438,9 @@ func (st *stream) armTimers() {
 			st.idleTimer.Reset(st.idle)
 		}
 	}
+	if m.maxStreamDur > 0 {
+		st.setDurationLocked(st.ex.Info.Start.Add(m.maxStreamDur))
+	}
 	if m.requestTimeout > 0 && st.ex.Info.RequestComplete == 0 {
 		st.reqAt = st.ex.Info.Start.Add(m.requestTimeout)
 		if !st.reqRunning {
@@ -370,7 +459,7 @@ func (st *stream) armTimers() {
 func (st *stream) stopTimers() {
 	st.mu.Lock()
 	st.active = false
-	st.reqAt = time.Time{}
+	st.reqAt, st.durAt = time.Time{}, time.Time{}
 	st.mu.Unlock()
 }
 
@@ -411,6 +500,26 @@ func (st *stream) onRequestTimeout() {
 	st.reqRunning = false
 	st.mu.Unlock()
 	st.ex.Interrupt(errRequestTimeout)
+}
+
+// onMaxDuration runs when the duration timer fires: it interrupts the
+// exchange once its time is up, and waits the rest otherwise.
+func (st *stream) onMaxDuration() {
+	st.mu.Lock()
+	if !st.active || st.durAt.IsZero() {
+		st.durRunning = false
+		st.mu.Unlock()
+		return
+	}
+	if left := time.Until(st.durAt); left > 0 {
+		st.durFire = st.durAt
+		st.durTimer.Reset(left)
+		st.mu.Unlock()
+		return
+	}
+	st.durRunning = false
+	st.mu.Unlock()
+	st.ex.Interrupt(errMaxDuration)
 }
 
 // requestDone stops the request timeout once the request is all in.

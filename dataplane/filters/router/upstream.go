@@ -225,7 +225,7 @@ func (q *rq) setupTimeouts() {
 	if rt.MaxGRPCTimeout != nil && e.IsGRPC() {
 		q.timeout = 0 // infinity, unless grpc-timeout or max_grpc_timeout say otherwise
 		if v, ok := req.Get("grpc-timeout"); ok {
-			if d, ok := parseGRPCTimeout(v); ok {
+			if d, ok := http.ParseGRPCTimeout(v); ok {
 				q.timeout = d
 			}
 		}
@@ -270,36 +270,6 @@ func (q *rq) setupTimeouts() {
 			req.SetUint("x-envoy-expected-rq-timeout-ms", uint64(expected/time.Millisecond))
 		}
 	}
-}
-
-// parseGRPCTimeout parses a grpc-timeout value: up to 8 digits and a unit
-// (H, M, S, m, u, n).
-func parseGRPCTimeout(v string) (time.Duration, bool) {
-	if len(v) < 2 || len(v) > 9 {
-		return 0, false
-	}
-	n, err := strconv.ParseUint(v[:len(v)-1], 10, 64)
-	if err != nil {
-		return 0, false
-	}
-	var unit time.Duration
-	switch v[len(v)-1] {
-	case 'H':
-		unit = time.Hour
-	case 'M':
-		unit = time.Minute
-	case 'S':
-		unit = time.Second
-	case 'm':
-		unit = time.Millisecond
-	case 'u':
-		unit = time.Microsecond
-	case 'n':
-		unit = time.Nanosecond
-	default:
-		return 0, false
-	}
-	return time.Duration(n) * unit, true
 }
 
 // setupRetries takes the route's retry policy, widened by the request's

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/internal/backoff"
 )
 
@@ -456,5 +457,41 @@ virtual_hosts:
 	m, err := NewHeaderMatcher(parseHeaderMatcher(t, `{name: X-Upper}`))
 	if err != nil || m.Name() != "x-upper" {
 		t.Errorf("HeaderMatcher.Name() = %q, %v", m.Name(), err)
+	}
+}
+
+// TestStreamLimit: the stream duration limit as Envoy's connection manager
+// works it out from a route's max_stream_duration, the manager's and a
+// grpc-timeout header.
+func TestStreamLimit(t *testing.T) {
+	d := func(v time.Duration) *time.Duration { return &v }
+	const mgr = 10 * time.Second
+	for _, tc := range []struct {
+		name  string
+		sd    *StreamDuration
+		req   *http.Header
+		mgr   time.Duration
+		limit time.Duration
+		ok    bool
+	}{
+		{"none anywhere", nil, hdr(), 0, 0, false},
+		{"the manager's", nil, hdr(), mgr, mgr, true},
+		{"the route's over the manager's", &StreamDuration{Max: d(time.Second)}, hdr(), mgr, time.Second, true},
+		{"the route's 0 lifts the manager's", &StreamDuration{Max: d(0)}, hdr(), mgr, 0, false},
+		{"grpc-timeout ignored without grpc_timeout_header_max", &StreamDuration{Max: d(time.Second)}, hdr("grpc-timeout", "5S"), mgr, time.Second, true},
+		{"grpc-timeout, no cap", &StreamDuration{GRPCTimeoutHeaderMax: d(0)}, hdr("grpc-timeout", "5S"), mgr, 5 * time.Second, true},
+		{"grpc-timeout capped", &StreamDuration{GRPCTimeoutHeaderMax: d(2 * time.Second)}, hdr("grpc-timeout", "5S"), mgr, 2 * time.Second, true},
+		{"grpc-timeout less the offset", &StreamDuration{GRPCTimeoutHeaderMax: d(0), GRPCTimeoutHeaderOffset: d(time.Second)}, hdr("grpc-timeout", "5S"), 0, 4 * time.Second, true},
+		{"an offset taking it all", &StreamDuration{GRPCTimeoutHeaderMax: d(0), GRPCTimeoutHeaderOffset: d(time.Minute)}, hdr("grpc-timeout", "5S"), 0, 0, true},
+		{"no grpc-timeout: max_stream_duration", &StreamDuration{Max: d(3 * time.Second), GRPCTimeoutHeaderMax: d(0)}, hdr(), mgr, 3 * time.Second, true},
+		{"no grpc-timeout, no max: the manager's", &StreamDuration{GRPCTimeoutHeaderMax: d(0)}, hdr(), mgr, mgr, true},
+		{"a malformed grpc-timeout is none", &StreamDuration{GRPCTimeoutHeaderMax: d(0)}, hdr("grpc-timeout", "soon"), 0, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &Route{MaxStreamDuration: tc.sd}
+			if limit, ok := r.StreamLimit(tc.req, tc.mgr); limit != tc.limit || ok != tc.ok {
+				t.Fatalf("StreamLimit = %v, %v; want %v, %v", limit, ok, tc.limit, tc.ok)
+			}
+		})
 	}
 }

@@ -345,7 +345,7 @@ func (c *compiler) routeAction(r *Route, pb *routev3.RouteAction, vhRetry *Retry
 	if err := cfgerr.OnlyFields(pb, "cluster", "cluster_header", "weighted_clusters", "cluster_not_found_response_code",
 		"prefix_rewrite", "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "host_rewrite_header",
 		"host_rewrite_path_regex", "append_x_forwarded_host", "timeout", "idle_timeout", "retry_policy",
-		"max_grpc_timeout", "grpc_timeout_offset"); err != nil {
+		"max_grpc_timeout", "grpc_timeout_offset", "max_stream_duration"); err != nil {
 		return err
 	}
 	switch cs := pb.GetClusterSpecifier().(type) {
@@ -419,6 +419,11 @@ func (c *compiler) routeAction(r *Route, pb *routev3.RouteAction, vhRetry *Retry
 	if r.GRPCTimeoutOffset, err = optDuration("grpc_timeout_offset", pb.GetGrpcTimeoutOffset()); err != nil {
 		return err
 	}
+	if msd := pb.GetMaxStreamDuration(); msd != nil {
+		if r.MaxStreamDuration, err = compileStreamDuration(msd); err != nil {
+			return cfgerr.Field("max_stream_duration", err)
+		}
+	}
 	r.Retry = vhRetry
 	if rp := pb.GetRetryPolicy(); rp != nil {
 		p, err := compileRetryPolicy(rp)
@@ -441,6 +446,25 @@ func duration(field string, d *durationpb.Duration) (time.Duration, error) {
 		return 0, cfgerr.Errorf(field, "must not be negative")
 	}
 	return v, nil
+}
+
+// compileStreamDuration compiles a RouteAction's max_stream_duration.
+func compileStreamDuration(pb *routev3.RouteAction_MaxStreamDuration) (*StreamDuration, error) {
+	if err := cfgerr.OnlyFields(pb, "max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset"); err != nil {
+		return nil, err
+	}
+	sd := &StreamDuration{}
+	var err error
+	if sd.Max, err = optDuration("max_stream_duration", pb.GetMaxStreamDuration()); err != nil {
+		return nil, err
+	}
+	if sd.GRPCTimeoutHeaderMax, err = optDuration("grpc_timeout_header_max", pb.GetGrpcTimeoutHeaderMax()); err != nil {
+		return nil, err
+	}
+	if sd.GRPCTimeoutHeaderOffset, err = optDuration("grpc_timeout_header_offset", pb.GetGrpcTimeoutHeaderOffset()); err != nil {
+		return nil, err
+	}
+	return sd, nil
 }
 
 // optDuration is duration for a field whose absence means something: nil.

@@ -127,8 +127,8 @@
 // include_vh_rate_limits, hash_policy, cors (deprecated: use
 // typed_per_filter_config), upgrade_configs,
 // internal_redirect_policy, internal_redirect_action (other than
-// PASS_THROUGH_INTERNAL_REDIRECT), max_internal_redirects, hedge_policy,
-// max_stream_duration. WeightedCluster: runtime_key_prefix, use_hash_policy
+// PASS_THROUGH_INTERNAL_REDIRECT), max_internal_redirects, hedge_policy.
+// WeightedCluster: runtime_key_prefix, use_hash_policy
 // (true); ClusterWeight: metadata_match, request/response_headers_to_add/remove,
 // host_rewrite_literal.
 // RetryPolicy: retry_priority, retry_options_predicates,

@@ -17,6 +17,46 @@ import (
 // DefaultTimeout is Envoy's default for RouteAction.timeout.
 const DefaultTimeout = 15 * time.Second
 
+// StreamDuration is a route's max_stream_duration.
+type StreamDuration struct {
+	// Max is max_stream_duration: it replaces the connection manager's
+	// (0: no limit); nil leaves the manager's in force.
+	Max *time.Duration
+	// GRPCTimeoutHeaderMax is grpc_timeout_header_max: when set, a request's
+	// grpc-timeout header is its stream's limit, capped at this (0: no cap).
+	GRPCTimeoutHeaderMax *time.Duration
+	// GRPCTimeoutHeaderOffset is grpc_timeout_header_offset, taken off the
+	// grpc-timeout header's value.
+	GRPCTimeoutHeaderOffset *time.Duration
+}
+
+// StreamLimit is how long a stream on route r may last in all, as Envoy's
+// connection manager computes it (refreshDurationTimeout): for a request with
+// a grpc-timeout header on a route that sets grpc_timeout_header_max, the
+// header's value, capped and less the offset (0 if the offset takes it all);
+// otherwise the route's max_stream_duration, or the manager's (managerMax, 0
+// for none) if the route sets none. ok is false when the stream has no limit.
+func (r *Route) StreamLimit(req *http.Header, managerMax time.Duration) (limit time.Duration, ok bool) {
+	sd := r.MaxStreamDuration
+	if sd != nil && sd.GRPCTimeoutHeaderMax != nil {
+		if v, has := req.Get("grpc-timeout"); has {
+			if limit, has = http.ParseGRPCTimeout(v); has {
+				if m := *sd.GRPCTimeoutHeaderMax; m > 0 && limit > m {
+					limit = m
+				}
+				if off := sd.GRPCTimeoutHeaderOffset; off != nil && limit > 0 {
+					limit = max(limit-*off, 0)
+				}
+				return limit, true
+			}
+		}
+	}
+	if sd != nil && sd.Max != nil {
+		return *sd.Max, *sd.Max > 0
+	}
+	return managerMax, managerMax > 0
+}
+
 // Action is what a route does with the requests it matches.
 type Action uint8
 
@@ -66,6 +106,9 @@ type Route struct {
 	// GRPCTimeoutOffset is grpc_timeout_offset, subtracted from the
 	// grpc-timeout header when that leaves it positive.
 	GRPCTimeoutOffset *time.Duration
+	// MaxStreamDuration is max_stream_duration, which the connection manager
+	// applies (StreamDuration.Limit); nil if the route has none.
+	MaxStreamDuration *StreamDuration
 	// Retry is the retry policy (the route's, else the virtual host's), or
 	// nil for no retries.
 	Retry *RetryPolicy
