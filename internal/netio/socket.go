@@ -2,6 +2,7 @@ package netio
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -418,11 +419,14 @@ func connectDone(fd int) (up bool, _ syscall.Errno) {
 }
 
 // connected waits for a connect under way to finish and returns its error.
+// When ctx's deadline is what ended the wait, ctx is done by the time it
+// returns (its error), so that callers see the same cause as ctx.Err.
 func (s *sock) connected(ctx context.Context, timeout time.Duration) error {
 	deadline, hasDeadline := ctx.Deadline()
+	ctxBound := hasDeadline // ctx's deadline comes first
 	if timeout > 0 {
 		if d := time.Now().Add(timeout); !hasDeadline || d.Before(deadline) {
-			deadline, hasDeadline = d, true
+			deadline, hasDeadline, ctxBound = d, true, false
 		}
 	}
 	if hasDeadline {
@@ -439,6 +443,11 @@ func (s *sock) connected(ctx context.Context, timeout time.Duration) error {
 		cerr = e
 		return up || e != 0
 	})
+	if ctxBound && errors.Is(err, os.ErrDeadlineExceeded) {
+		// The poller's timer for ctx's deadline may fire a moment before
+		// ctx's own.
+		<-ctx.Done()
+	}
 	if ctxErr := ctx.Err(); ctxErr != nil && (err != nil || cerr != 0) {
 		return ctxErr
 	}

@@ -227,4 +227,18 @@ func TestDialErrors(t *testing.T) {
 			t.Fatalf("Dial: %v, want context.Canceled", err)
 		}
 	})
+	// The context's deadline before the timeout: its error, never taken
+	// for the connect timeout, and the context is done by then (the
+	// poller's timer for the same instant may fire first).
+	t.Run("context deadline", func(t *testing.T) {
+		for range 10 {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+			_, err := Dial(ctx, full, &DialOptions{Timeout: 10 * time.Second})
+			ctxErr := ctx.Err()
+			cancel()
+			if !errors.Is(err, context.DeadlineExceeded) || ctxErr == nil {
+				t.Fatalf("Dial: %v (context: %v), want context.DeadlineExceeded with the context done", err, ctxErr)
+			}
+		}
+	})
 }

@@ -373,11 +373,10 @@ func TestMaxDownstreamConnectionDurationWhileConnecting(t *testing.T) {
 		t.Fatalf("read %v, want the connection closed", err)
 	}
 	wait()
-	if v, _ := e.st.Value("tcp.x.max_downstream_connection_duration"); v != 1 {
-		t.Fatalf("max_downstream_connection_duration = %d", v)
-	}
-	if in := log.last(t); in.ResponseFlags != http.FlagDurationTimeout {
-		t.Fatalf("access log flags %v, want DT", in.ResponseFlags)
+	in := log.last(t)
+	if v, _ := e.st.Value("tcp.x.max_downstream_connection_duration"); v != 1 || in.ResponseFlags != http.FlagDurationTimeout {
+		t.Fatalf("max_downstream_connection_duration = %d; access log flags %v (want DT), failure %q, duration %v",
+			v, in.ResponseFlags, in.UpstreamTransportFailureReason, in.Duration)
 	}
 }
 
