@@ -684,6 +684,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	<-served
 	s.draining.Wait()
 	s.httpPools.Close()
+	s.clusters.Close()
 	s.accessLogs.Close()
 	if err != nil {
 		return fmt.Errorf("dataplane: drain time over, closed the connections left: %w", err)

@@ -125,3 +125,33 @@ func GRPCStatusFromHTTP(status int) uint32 {
 	}
 	return 2 // UNKNOWN
 }
+
+// HTTPStatusFromGRPC maps a grpc-status to the HTTP status it stands for
+// (Envoy's Grpc::Utility::grpcToHttpStatus), e.g. for outlier detection.
+func HTTPStatusFromGRPC(status uint32) int {
+	switch status {
+	case 0: // OK
+		return 200
+	case 1: // CANCELLED
+		return 499
+	case 3, 9, 11: // INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE
+		return 400
+	case 4: // DEADLINE_EXCEEDED
+		return 504
+	case 5: // NOT_FOUND
+		return 404
+	case 6, 10: // ALREADY_EXISTS, ABORTED
+		return 409
+	case 7: // PERMISSION_DENIED
+		return 403
+	case 8: // RESOURCE_EXHAUSTED
+		return 429
+	case 12: // UNIMPLEMENTED
+		return 501
+	case 14: // UNAVAILABLE
+		return 503
+	case 16: // UNAUTHENTICATED
+		return 401
+	}
+	return 500 // UNKNOWN, INTERNAL, DATA_LOSS and the rest
+}

@@ -43,6 +43,8 @@ type Host struct {
 	// the endpoint's metadata (tm, ltm).
 	transport atomic.Pointer[Transport]
 	tm, ltm   *structpb.Struct
+
+	outlier hostOutlier
 }
 
 // Weight is the host's load-balancing weight.
@@ -67,9 +69,16 @@ func (h *Host) Priority() uint32 { return h.priority.Load() }
 // Health is the host's health as the control plane reported it.
 func (h *Host) Health() corev3.HealthStatus { return corev3.HealthStatus(h.health.Load()) }
 
-// Healthy reports whether the load balancer may pick the host. Hosts whose
-// health is UNKNOWN are healthy, as in Envoy without active health checking.
+// Ejected reports whether outlier detection has ejected the host.
+func (h *Host) Ejected() bool { return h.outlier.ejected.Load() }
+
+// Healthy reports whether the load balancer may pick the host: the control
+// plane does not say it is unhealthy (UNKNOWN is healthy, as in Envoy
+// without active health checking) and outlier detection has not ejected it.
 func (h *Host) Healthy() bool {
+	if h.Ejected() {
+		return false
+	}
 	switch h.Health() {
 	case corev3.HealthStatus_UNKNOWN, corev3.HealthStatus_HEALTHY:
 		return true
@@ -80,6 +89,7 @@ func (h *Host) Healthy() bool {
 // clusterStats are a cluster's stat handles, named as in Envoy.
 type clusterStats struct {
 	cxTotal, cxConnectFail, cxConnectTimeout, cxNoneHealthy stats.Counter
+	lbHealthyPanic                                          stats.Counter
 	cxActive, membershipTotal, membershipHealthy            stats.Gauge
 	rxBytes, txBytes                                        stats.Counter
 	// cxTransportUnsupported (skiff's own) counts connections not made
@@ -93,6 +103,7 @@ func newClusterStats(sc *stats.Scope) clusterStats {
 		cxConnectFail:     sc.Counter("upstream_cx_connect_fail"),
 		cxConnectTimeout:  sc.Counter("upstream_cx_connect_timeout"),
 		cxNoneHealthy:     sc.Counter("upstream_cx_none_healthy"),
+		lbHealthyPanic:    sc.Counter("lb_healthy_panic"),
 		cxActive:          sc.Gauge("upstream_cx_active"),
 		membershipTotal:   sc.GaugeMode("membership_total", stats.NeverImport),
 		membershipHealthy: sc.GaugeMode("membership_healthy", stats.NeverImport),
@@ -118,6 +129,9 @@ type Cluster struct {
 
 	httpStats lazyStats[HTTPStats]
 	grpcStats lazyStats[GRPCStats]
+
+	outlier      atomic.Pointer[detector] // nil: no outlier_detection
+	outlierStats *outlierStats            // made with the first detector; under mu
 
 	mu         sync.Mutex               // serialises updates
 	transports []*Transport             // the Config's transport_socket_matches with this cluster's counters
@@ -219,12 +233,26 @@ func (c *Cluster) update(a Assignment) {
 		c.transports = bindTransportStats(a.Config, c.scope)
 	}
 	if old == nil || old.LBPolicy != a.Config.LBPolicy || old.ChoiceCount != a.Config.ChoiceCount || c.epsFrom == nil || c.epsFrom != a.From {
-		c.setEndpointsLocked(a.Endpoints, a.Config.LBPolicy)
+		c.setEndpointsLocked(a.Endpoints)
 		c.epsFrom = a.From
 	} else if old != a.Config {
 		for _, h := range c.hosts {
 			h.transport.Store(resolveTransport(c.transports, a.Config.transport, h.tm, h.ltm))
 		}
+		if old.PanicThreshold != a.Config.PanicThreshold {
+			c.rebuildLocked()
+		}
+	}
+	c.setOutlierLocked(a.Config.Outlier)
+}
+
+// stop ends what runs for the cluster on its own (outlier detection's
+// interval timer): the cluster was removed.
+func (c *Cluster) stop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if d := c.outlier.Load(); d != nil {
+		d.stopLocked()
 	}
 }
 
@@ -233,11 +261,11 @@ func (c *Cluster) update(a Assignment) {
 func (c *Cluster) SetEndpoints(eps []Endpoint) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.setEndpointsLocked(eps, c.cfg.Load().LBPolicy)
+	c.setEndpointsLocked(eps)
 	c.epsFrom = nil
 }
 
-func (c *Cluster) setEndpointsLocked(eps []Endpoint, policy clusterv3.Cluster_LbPolicy) {
+func (c *Cluster) setEndpointsLocked(eps []Endpoint) {
 	next := make(map[netip.AddrPort]*Host, len(eps))
 	all := make([]*Host, 0, len(eps))
 	for _, ep := range eps {
@@ -266,8 +294,20 @@ func (c *Cluster) setEndpointsLocked(eps []Endpoint, policy clusterv3.Cluster_Lb
 		}
 	}
 	c.hosts = next
-	b := newBalancer(policy, all)
-	b.choices = c.cfg.Load().ChoiceCount
+	c.setBalancerLocked(all)
+	if c.outlierStats != nil {
+		c.outlierStats.active.Set(int64(c.ejectedLocked()))
+	}
+}
+
+// rebuildLocked makes a new balancer over the same hosts: their health
+// changed (an ejection), or the panic threshold.
+func (c *Cluster) rebuildLocked() { c.setBalancerLocked(c.lb.Load().all) }
+
+func (c *Cluster) setBalancerLocked(all []*Host) {
+	cfg := c.cfg.Load()
+	b := newBalancer(cfg.LBPolicy, all, cfg.PanicThreshold)
+	b.choices = cfg.ChoiceCount
 	c.lb.Store(b)
 	c.stats.membershipTotal.Set(int64(len(all)))
 	c.stats.membershipHealthy.Set(int64(b.healthy))
@@ -276,9 +316,12 @@ func (c *Cluster) setEndpointsLocked(eps []Endpoint, policy clusterv3.Cluster_Lb
 // Pick chooses a host for a new connection, or returns nil (and counts
 // upstream_cx_none_healthy) when no host is healthy.
 func (c *Cluster) Pick() *Host {
-	h := c.lb.Load().pick()
+	b := c.lb.Load()
+	h := b.pick()
 	if h == nil {
 		c.stats.cxNoneHealthy.Inc()
+	} else if b.panic {
+		c.stats.lbHealthyPanic.Inc()
 	}
 	return h
 }
@@ -373,8 +416,10 @@ type balancer struct {
 	healthy int
 	policy  clusterv3.Cluster_LbPolicy
 
-	// pickable are the healthy hosts of the best priority level that has any.
+	// pickable are the healthy hosts of the best priority level that has any,
+	// or in panic every host of that level.
 	pickable []*Host
+	panic    bool // fewer hosts healthy than the panic threshold
 	weighted bool // weights differ: use smooth weighted round robin
 	choices  int  // LEAST_REQUEST's choice_count
 
@@ -385,7 +430,13 @@ type balancer struct {
 	total   int64
 }
 
-func newBalancer(policy clusterv3.Cluster_LbPolicy, all []*Host) *balancer {
+// newBalancer balances over the healthy hosts of all. Simplest correct
+// priority handling: it uses the highest priority (lowest number) that has a
+// healthy host; lower ones take over only when it has none. When fewer than
+// panicPct percent of that level's hosts (of the highest level, if none is
+// healthy) are healthy, it is in panic, as Envoy's load balancer: it uses
+// every host of the level, healthy or not.
+func newBalancer(policy clusterv3.Cluster_LbPolicy, all []*Host, panicPct float64) *balancer {
 	b := &balancer{all: all, policy: policy}
 	best := uint32(0)
 	found := false
@@ -394,14 +445,34 @@ func newBalancer(policy clusterv3.Cluster_LbPolicy, all []*Host) *balancer {
 			continue
 		}
 		b.healthy++
-		// Simplest correct priority handling: use the highest priority (lowest
-		// number) that has a healthy host; lower ones take over only when it has none.
 		switch p := h.Priority(); {
 		case !found || p < best:
 			best, found = p, true
 			b.pickable = append(b.pickable[:0], h)
 		case p == best:
 			b.pickable = append(b.pickable, h)
+		}
+	}
+	if !found { // the highest level present
+		for i, h := range all {
+			if p := h.Priority(); i == 0 || p < best {
+				best = p
+			}
+		}
+	}
+	level := 0
+	for _, h := range all {
+		if h.Priority() == best {
+			level++
+		}
+	}
+	if level > 0 && float64(len(b.pickable))*100 < panicPct*float64(level) {
+		b.panic = true
+		b.pickable = b.pickable[:0]
+		for _, h := range all {
+			if h.Priority() == best {
+				b.pickable = append(b.pickable, h)
+			}
 		}
 	}
 	for _, h := range b.pickable {
@@ -552,12 +623,23 @@ func (m *Manager) Set(as []Assignment) (removed []*Cluster) {
 	}
 	m.clusters.Store(&next)
 	for _, c := range removed {
+		c.stop()
 		for _, h := range c.Hosts() {
 			h.gone.Store(true)
 		}
 		c.Release() // the Manager's reference; users still connected keep theirs
 	}
 	return removed
+}
+
+// Close stops what runs for the clusters on their own (outlier detection's
+// timers); they can still be used, without it. For a server's shutdown.
+func (m *Manager) Close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, c := range *m.clusters.Load() {
+		c.stop()
+	}
 }
 
 // Static is the Assignment of a cluster whose endpoints are in its Config.

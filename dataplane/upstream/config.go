@@ -48,6 +48,12 @@ type Config struct {
 	Filters []ConnFilter
 	// ChoiceCount is least_request_lb_config.choice_count (LEAST_REQUEST).
 	ChoiceCount int
+	// PanicThreshold is common_lb_config.healthy_panic_threshold, in percent
+	// (Envoy's default 50): with fewer hosts than that healthy, the load
+	// balancer uses them all.
+	PanicThreshold float64
+	// Outlier is outlier_detection, nil if the cluster has none.
+	Outlier *OutlierConfig
 
 	transport *Transport   // transport_socket (raw_buffer by default)
 	matches   []*Transport // transport_socket_matches
@@ -107,7 +113,7 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 		"per_connection_buffer_limit_bytes", "upstream_connection_options", "metadata",
 		"common_lb_config", "round_robin_lb_config", "least_request_lb_config", "dns_lookup_family",
 		"eds_cluster_config", "http2_protocol_options", "typed_extension_protocol_options", "circuit_breakers",
-		"transport_socket", "transport_socket_matches", "filters",
+		"transport_socket", "transport_socket_matches", "filters", "outlier_detection",
 	); err != nil {
 		return nil, err
 	}
@@ -122,6 +128,7 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 		StatName:       pb.GetName(),
 		ConnectTimeout: DefaultConnectTimeout,
 		LBPolicy:       pb.GetLbPolicy(),
+		PanicThreshold: 50,
 		proto:          pb,
 	}
 	if pb.GetAltStatName() != "" {
@@ -169,8 +176,20 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 		}
 		c.Filters = append(c.Filters, cf)
 	}
-	if err := checkCommonLB(pb.GetCommonLbConfig()); err != nil {
-		return nil, cfgerr.Field("common_lb_config", err)
+	if cl := pb.GetCommonLbConfig(); cl != nil {
+		if err := cfgerr.OnlyFields(cl, "healthy_panic_threshold"); err != nil {
+			return nil, cfgerr.Field("common_lb_config", err)
+		}
+		if t := cl.GetHealthyPanicThreshold(); t != nil {
+			c.PanicThreshold = t.GetValue()
+		}
+	}
+	if od := pb.GetOutlierDetection(); od != nil {
+		oc, err := newOutlierConfig(od)
+		if err != nil {
+			return nil, cfgerr.Field("outlier_detection", err)
+		}
+		c.Outlier = oc
 	}
 	if err := cfgerr.OnlyFields(pb.GetRoundRobinLbConfig()); err != nil {
 		return nil, cfgerr.Field("round_robin_lb_config", err)
@@ -420,15 +439,6 @@ func (c *Config) circuitBreakers(cb *clusterv3.CircuitBreakers) error {
 		}
 	}
 	return nil
-}
-
-func checkCommonLB(cl *clusterv3.Cluster_CommonLbConfig) error {
-	if cl == nil {
-		return nil
-	}
-	// The healthy panic threshold only matters with health checking, which skiff
-	// does not do yet; every host that is not marked unhealthy is used.
-	return cfgerr.OnlyFields(cl, "healthy_panic_threshold")
 }
 
 // Endpoints flattens a ClusterLoadAssignment into Endpoints, checking every

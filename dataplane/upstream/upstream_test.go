@@ -240,7 +240,13 @@ func TestNewConfigErrors(t *testing.T) {
 			c.LbConfig = &clusterv3.Cluster_LeastRequestLbConfig_{LeastRequestLbConfig: &clusterv3.Cluster_LeastRequestLbConfig{}}
 		}, "least_request_lb_config"},
 		{"ring hash", func(c *clusterv3.Cluster) { c.LbPolicy = clusterv3.Cluster_RING_HASH }, "lb_policy"},
-		{"outlier detection", func(c *clusterv3.Cluster) { c.OutlierDetection = &clusterv3.OutlierDetection{} }, "outlier_detection"},
+		{"health checks", func(c *clusterv3.Cluster) { c.HealthChecks = []*corev3.HealthCheck{{}} }, "health_checks"},
+		{"outlier detection monitors", func(c *clusterv3.Cluster) {
+			c.OutlierDetection = &clusterv3.OutlierDetection{Monitors: []*corev3.TypedExtensionConfig{{Name: "x", TypedConfig: &anypb.Any{TypeUrl: "type.googleapis.com/x.Y"}}}}
+		}, "outlier_detection.monitors"},
+		{"max ejection time below base", func(c *clusterv3.Cluster) {
+			c.OutlierDetection = &clusterv3.OutlierDetection{BaseEjectionTime: durationpb.New(time.Minute), MaxEjectionTime: durationpb.New(time.Second)}
+		}, "outlier_detection.max_ejection_time"},
 		{"zero connect timeout", func(c *clusterv3.Cluster) { c.ConnectTimeout = durationpb.New(0) }, "connect_timeout"},
 		{"zero weight", func(c *clusterv3.Cluster) {
 			c.LoadAssignment.Endpoints[0].LbEndpoints[0].LoadBalancingWeight = wrapperspb.UInt32(0)

@@ -13,6 +13,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // echoUpstream echoes the request body, with a digest of it and the
@@ -411,4 +415,42 @@ http_filters:
 	if resp.StatusCode != 404 {
 		t.Errorf("unknown host: %d", resp.StatusCode)
 	}
+}
+
+// TestOutlierDetectionEjectsFailingHost: the router reports each response to
+// the cluster's outlier detection, so a host that keeps answering 503 is
+// ejected after consecutive_5xx of them and the rest of the requests go to
+// the host that works, as with Envoy.
+func TestOutlierDetectionEjectsFailingHost(t *testing.T) {
+	bad := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) { w.WriteHeader(503) }))
+	good := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) { w.WriteHeader(200) }))
+	cl := cluster(t, "pair", false, bad, good)
+	cl.OutlierDetection = &clusterv3.OutlierDetection{
+		Consecutive_5Xx: wrapperspb.UInt32(3), MaxEjectionPercent: wrapperspb.UInt32(100),
+		BaseEjectionTime: durationpb.New(time.Minute),
+	}
+	cfg := `
+stat_prefix: ingress
+route_config:
+  virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes: [{ match: { prefix: "/" }, route: { cluster: pair } }]
+http_filters:
+- name: envoy.filters.http.router
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+`
+	e := newEnv(t, cfg, cl)
+	c := h1Client(t)
+	failed := 0
+	for range 20 {
+		if resp, _ := get(t, c, "http://"+e.addr+"/"); resp.StatusCode != 200 {
+			failed++
+		}
+	}
+	if failed != 3 {
+		t.Errorf("%d of 20 requests failed, want 3 (the failing host's three 503s, then it is ejected)", failed)
+	}
+	e.waitStat("cluster.pair.outlier_detection.ejections_enforced_consecutive_5xx", 1)
+	e.waitStat("cluster.pair.outlier_detection.ejections_active", 1)
 }

@@ -72,6 +72,7 @@ type rq struct {
 	retries         int // retries done
 	transparent     int
 	tried           [4]*upstream.Host
+	host            *upstream.Host // the current attempt's, for outlier detection
 
 	// The current attempt, guarded by mu (the timers and Interrupt reach it
 	// from other goroutines).
@@ -128,7 +129,7 @@ func (q *rq) begin(r *Router, e *http.Exchange, rt *route.Route) {
 	q.cl, q.hs = nil, nil
 	q.timeout, q.perTry, q.perTryIdle = 0, 0, 0
 	q.policy, q.retryOn, q.retriesLeft, q.retries, q.transparent = nil, 0, 0, 0, 0
-	q.tried = [4]*upstream.Host{}
+	q.tried, q.host = [4]*upstream.Host{}, nil
 	q.us, q.reason, q.tryReason = nil, nil, nil
 	q.globalAt, q.tryAt, q.idleAt = time.Time{}, time.Time{}, time.Time{}
 	if q.aborted {
@@ -317,6 +318,7 @@ func (q *rq) attempt() outcome {
 	}
 	e.Info.UpstreamHost = host.Addr
 	e.Info.UpstreamAttempts++
+	q.host = host
 	host.RqActive.Add(1) // what LEAST_REQUEST balances on
 	defer host.RqActive.Add(-1)
 	if q.rt.AutoHostRewrite {
@@ -357,8 +359,12 @@ func (q *rq) attempt() outcome {
 	// per request.
 	conn, us, err := p.Acquire(context.Background(), q.stopChan())
 	if err != nil {
+		if _, ok := errors.AsType[*pool.ConnectError](err); ok {
+			q.cl.ReportOutcome(host, upstream.ConnectFailed)
+		}
 		return q.acquireFailed(err)
 	}
+	q.cl.ReportOutcome(host, upstream.Connected)
 	e.Info.UpstreamLocal = conn.LocalAddrPort()
 	if !q.setStream(us) {
 		us.Close()
@@ -409,6 +415,7 @@ func (q *rq) exchange(conn *pool.Conn, us http.ClientStream, start time.Duration
 	}
 	q.stopTry()
 	status, _ := strconv.Atoi(resp.Value(http.Status))
+	q.reportResponse(resp, status)
 	respAt := time.Since(e.Info.Start)
 	if e.Info.UpstreamResponseStart == 0 {
 		e.Info.UpstreamResponseStart = respAt
@@ -833,6 +840,9 @@ func (q *rq) upstreamFailed(conn *pool.Conn, err error, sent bool) outcome {
 	e := q.e
 	tryTimeout := q.takeTryReason()
 	if reason := q.why(); reason != nil {
+		if reason == errGlobalTimeout {
+			q.cl.ReportOutcome(q.host, upstream.TimedOut)
+		}
 		return q.interrupted()
 	}
 	if e.Context().Err() != nil {
@@ -850,6 +860,7 @@ func (q *rq) upstreamFailed(conn *pool.Conn, err error, sent bool) outcome {
 	if tryTimeout {
 		// A per-try timeout stands for a 504 from the upstream: retried when
 		// the policy retries those.
+		q.cl.ReportOutcome(q.host, upstream.TimedOut)
 		q.hs.RqPerTryTimeout.Inc()
 		if q.retryOn&(route.Retry5xx|route.RetryGatewayError|route.RetryReset) != 0 && q.canRetry(true) {
 			return retry
@@ -857,6 +868,7 @@ func (q *rq) upstreamFailed(conn *pool.Conn, err error, sent bool) outcome {
 		q.hs.RqTimeout.Inc()
 		return q.fail(504, "upstream request timeout", "upstream_per_try_timeout", http.FlagUpstreamRequestTimeout)
 	}
+	q.cl.ReportOutcome(q.host, upstream.ConnectFailed) // a reset, as Envoy counts it
 	// A request the upstream did not process goes again on a new
 	// connection, if it can be sent again.
 	if q.transparent < maxTransparentRetries && q.replayable() && notProcessed(conn, err, e.Request) {
@@ -880,6 +892,23 @@ func (q *rq) upstreamFailed(conn *pool.Conn, err error, sent bool) outcome {
 		body = "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: " + what
 	}
 	return q.fail(503, body, "upstream_reset_before_response_started{"+details+"}", flag)
+}
+
+// reportResponse gives the response's status to the cluster's outlier
+// detection: for a gRPC response that ends in its headers, the HTTP status
+// its grpc-status stands for, as Envoy does.
+func (q *rq) reportResponse(resp *http.Header, status int) {
+	if status < 200 {
+		return // 1xx: the response is still to come
+	}
+	if q.e.IsGRPC() {
+		if v, ok := resp.Get("grpc-status"); ok {
+			if gs, err := strconv.ParseUint(v, 10, 32); err == nil {
+				status = http.HTTPStatusFromGRPC(uint32(gs))
+			}
+		}
+	}
+	q.cl.ReportStatus(q.host, status)
 }
 
 // notProcessed reports whether err says the upstream did not process the

@@ -372,8 +372,12 @@ func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluste
 		ui.host, ui.attempts = h.Addr, attempt
 		up, err := cl.Connect(ctx, h)
 		if err == nil {
+			cl.ReportOutcome(h, upstream.ConnectedFinal)
 			ui.local = localAddrPort(up)
 			return up, h, 0
+		}
+		if ctx.Err() == nil {
+			cl.ReportOutcome(h, upstream.ConnectFailed)
 		}
 		ui.failure = upstream.FailureReason(err)
 		p.log.Warn("tcp_proxy: upstream connect failed", "conn", c.ID, "cluster", cl.Name(), "host", h.Addr,

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"go.uber.org/goleak"
@@ -395,5 +396,43 @@ func TestClusterWithoutEndpointsClosesDownstream(t *testing.T) {
 	wait()
 	if v, _ := e.st.Value("cluster.empty.upstream_cx_none_healthy"); v != 1 {
 		t.Fatalf("upstream_cx_none_healthy = %d", v)
+	}
+}
+
+// TestOutlierDetectionEjectsRefusingHost: tcp_proxy reports connects to the
+// cluster's outlier detection (a failed connect counts as a 503, a connect as
+// a 200, as in Envoy), so a host that refuses is ejected after
+// consecutive_5xx failures and later connections all reach the other host.
+func TestOutlierDetectionEjectsRefusingHost(t *testing.T) {
+	e := newEnv(t)
+	oc, err := upstream.NewConfig(&clusterv3.Cluster{Name: "c", ConnectTimeout: durationpb.New(time.Second),
+		OutlierDetection: &clusterv3.OutlierDetection{Consecutive_5Xx: wrapperspb.UInt32(2), MaxEjectionPercent: wrapperspb.UInt32(100),
+			BaseEjectionTime: durationpb.New(time.Minute)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	oc.Endpoints = []upstream.Endpoint{{Addr: refusingAddr(t), Weight: 1}, {Addr: echoServer(t), Weight: 1}}
+	e.setClusters(oc)
+	t.Cleanup(func() { e.fc.Clusters.Set(nil) })
+	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := 0
+	for range 10 {
+		client, wait := serve(t, p)
+		client.Write([]byte("ping"))
+		client.(*net.TCPConn).CloseWrite()
+		client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if got, err := io.ReadAll(client); err != nil || string(got) != "ping" {
+			failed++
+		}
+		wait()
+	}
+	if failed != 2 {
+		t.Errorf("%d of 10 connections failed, want 2 (the refusing host's two, then it is ejected)", failed)
+	}
+	if v, _ := e.st.Value("cluster.c.outlier_detection.ejections_enforced_consecutive_5xx"); v != 1 {
+		t.Errorf("ejections_enforced_consecutive_5xx = %d", v)
 	}
 }
