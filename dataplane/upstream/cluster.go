@@ -239,7 +239,7 @@ func (c *Cluster) update(a Assignment) {
 		for _, h := range c.hosts {
 			h.transport.Store(resolveTransport(c.transports, a.Config.transport, h.tm, h.ltm))
 		}
-		if old.PanicThreshold != a.Config.PanicThreshold {
+		if old.PanicThreshold != a.Config.PanicThreshold || old.Hashing != a.Config.Hashing {
 			c.rebuildLocked()
 		}
 	}
@@ -308,6 +308,12 @@ func (c *Cluster) setBalancerLocked(all []*Host) {
 	cfg := c.cfg.Load()
 	b := newBalancer(cfg.LBPolicy, all, cfg.PanicThreshold)
 	b.choices = cfg.ChoiceCount
+	switch cfg.LBPolicy {
+	case clusterv3.Cluster_RING_HASH:
+		b.hashed = newRing(b.pickable, &cfg.Hashing)
+	case clusterv3.Cluster_MAGLEV:
+		b.hashed = newMaglev(b.pickable, &cfg.Hashing)
+	}
 	c.lb.Store(b)
 	c.stats.membershipTotal.Set(int64(len(all)))
 	c.stats.membershipHealthy.Set(int64(b.healthy))
@@ -318,6 +324,28 @@ func (c *Cluster) setBalancerLocked(all []*Host) {
 func (c *Cluster) Pick() *Host {
 	b := c.lb.Load()
 	h := b.pick()
+	if h == nil {
+		c.stats.cxNoneHealthy.Inc()
+	} else if b.panic {
+		c.stats.lbHealthyPanic.Inc()
+	}
+	return h
+}
+
+// HashBased reports whether the cluster balances by a request's hash
+// (RING_HASH, MAGLEV), so that a route's hash_policy applies.
+func (c *Cluster) HashBased() bool { return c.lb.Load().hashed != nil }
+
+// PickHash chooses a host for a request whose route's hash_policy gave hash:
+// the same hash, the same host while the cluster's hosts stay the same
+// (RING_HASH, MAGLEV; other policies ignore it). attempt > 0 asks for another
+// host, for a retry that avoids the hosts tried (previous_hosts).
+func (c *Cluster) PickHash(hash uint64, attempt uint32) *Host {
+	b := c.lb.Load()
+	if b.hashed == nil {
+		return c.Pick()
+	}
+	h := b.hashed.pick(hash, attempt)
 	if h == nil {
 		c.stats.cxNoneHealthy.Inc()
 	} else if b.panic {
@@ -419,9 +447,10 @@ type balancer struct {
 	// pickable are the healthy hosts of the best priority level that has any,
 	// or in panic every host of that level.
 	pickable []*Host
-	panic    bool // fewer hosts healthy than the panic threshold
-	weighted bool // weights differ: use smooth weighted round robin
-	choices  int  // LEAST_REQUEST's choice_count
+	panic    bool       // fewer hosts healthy than the panic threshold
+	hashed   hashPicker // RING_HASH's ring or MAGLEV's table over pickable
+	weighted bool       // weights differ: use smooth weighted round robin
+	choices  int        // LEAST_REQUEST's choice_count
 
 	next atomic.Uint64 // round-robin cursor (equal weights)
 
@@ -496,6 +525,8 @@ func (b *balancer) pick() *Host {
 		return b.pickRandom()
 	case b.policy == clusterv3.Cluster_LEAST_REQUEST:
 		return b.pickLeastRequest()
+	case b.hashed != nil: // a request without a hash goes to a random place
+		return b.hashed.pick(rand.Uint64(), 0)
 	case !b.weighted:
 		return b.pickable[(b.next.Add(1)-1)%uint64(n)]
 	}

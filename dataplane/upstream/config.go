@@ -48,6 +48,8 @@ type Config struct {
 	Filters []ConnFilter
 	// ChoiceCount is least_request_lb_config.choice_count (LEAST_REQUEST).
 	ChoiceCount int
+	// Hashing is the consistent hashing of RING_HASH and MAGLEV.
+	Hashing Hashing
 	// PanicThreshold is common_lb_config.healthy_panic_threshold, in percent
 	// (Envoy's default 50): with fewer hosts than that healthy, the load
 	// balancer uses them all.
@@ -111,7 +113,8 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 	if err := cfgerr.OnlyFields(pb,
 		"name", "alt_stat_name", "type", "connect_timeout", "lb_policy", "load_assignment",
 		"per_connection_buffer_limit_bytes", "upstream_connection_options", "metadata",
-		"common_lb_config", "round_robin_lb_config", "least_request_lb_config", "dns_lookup_family",
+		"common_lb_config", "round_robin_lb_config", "least_request_lb_config", "ring_hash_lb_config",
+		"maglev_lb_config", "dns_lookup_family",
 		"eds_cluster_config", "http2_protocol_options", "typed_extension_protocol_options", "circuit_breakers",
 		"transport_socket", "transport_socket_matches", "filters", "outlier_detection",
 	); err != nil {
@@ -144,8 +147,12 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 	case clusterv3.Cluster_ROUND_ROBIN, clusterv3.Cluster_RANDOM:
 	case clusterv3.Cluster_LEAST_REQUEST:
 		c.ChoiceCount = 2 // Envoy's default
+	case clusterv3.Cluster_RING_HASH, clusterv3.Cluster_MAGLEV:
 	default:
-		return nil, cfgerr.Errorf("lb_policy", "%s is not supported by skiff yet (ROUND_ROBIN, RANDOM, LEAST_REQUEST are)", c.LBPolicy)
+		return nil, cfgerr.Errorf("lb_policy", "%s is not supported by skiff yet (ROUND_ROBIN, RANDOM, LEAST_REQUEST, RING_HASH, MAGLEV are)", c.LBPolicy)
+	}
+	if err := c.Hashing.compile(pb); err != nil {
+		return nil, err
 	}
 	if lr := pb.GetLeastRequestLbConfig(); lr != nil {
 		// active_request_bias and slow start shape weighted hosts, which
@@ -177,7 +184,7 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 		c.Filters = append(c.Filters, cf)
 	}
 	if cl := pb.GetCommonLbConfig(); cl != nil {
-		if err := cfgerr.OnlyFields(cl, "healthy_panic_threshold"); err != nil {
+		if err := cfgerr.OnlyFields(cl, "healthy_panic_threshold", "consistent_hashing_lb_config"); err != nil {
 			return nil, cfgerr.Field("common_lb_config", err)
 		}
 		if t := cl.GetHealthyPanicThreshold(); t != nil {

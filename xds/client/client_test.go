@@ -485,7 +485,7 @@ func TestHeldBackNACKDoesNotRideOnTheNextACK(t *testing.T) {
 
 	ts := f.client.types[resource.ClusterType]
 	bad := edsCluster("bad")
-	bad.LbPolicy = clusterv3.Cluster_MAGLEV // not supported: rejected
+	bad.LbPolicy = clusterv3.Cluster_CLUSTER_PROVIDED // not supported: rejected
 	a, _ := anypb.New(bad)
 	for i := range 2 { // the second is held back
 		f.client.handleSotW(ts.stream, &discoveryv3.DiscoveryResponse{

@@ -194,7 +194,7 @@ func TestRepeatedNACKsArePaced(t *testing.T) {
 		defer gs.Stop()
 
 		bad := edsCluster("bad")
-		bad.LbPolicy = clusterv3.Cluster_MAGLEV // not supported: rejected
+		bad.LbPolicy = clusterv3.Cluster_CLUSTER_PROVIDED // not supported: rejected
 		set := func(version string, cl *clusterv3.Cluster) {
 			snap, err := cachev3.NewSnapshot(version, map[resourcev3.Type][]types.Resource{resourcev3.ClusterType: {cl}, resourcev3.ListenerType: {}})
 			if err != nil {

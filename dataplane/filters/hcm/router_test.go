@@ -454,3 +454,66 @@ http_filters:
 	e.waitStat("cluster.pair.outlier_detection.ejections_enforced_consecutive_5xx", 1)
 	e.waitStat("cluster.pair.outlier_detection.ejections_active", 1)
 }
+
+// TestConsistentHashRouting: on a RING_HASH (or MAGLEV) cluster, a route's
+// hash_policy sends requests with the same header to the same host; a
+// cookie policy with a ttl gives a client without the cookie one, which
+// then keeps it on one host, as Envoy's router does.
+func TestConsistentHashRouting(t *testing.T) {
+	var addrs []string
+	for i := range 3 {
+		addrs = append(addrs, upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+			fmt.Fprintf(w, "host%d", i)
+		})))
+	}
+	for _, policy := range []clusterv3.Cluster_LbPolicy{clusterv3.Cluster_RING_HASH, clusterv3.Cluster_MAGLEV} {
+		t.Run(policy.String(), func(t *testing.T) {
+			cl := cluster(t, "hashed", false, addrs...)
+			cl.LbPolicy = policy
+			cfg := `
+stat_prefix: ingress
+route_config:
+  virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+    - match: { prefix: "/user" }
+      route: { cluster: hashed, hash_policy: [{ header: { header_name: x-user } }] }
+    - match: { prefix: "/sticky" }
+      route: { cluster: hashed, hash_policy: [{ cookie: { name: sticky, ttl: 60s, path: /sticky } }] }
+http_filters:
+- name: envoy.filters.http.router
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+`
+			e := newEnv(t, cfg, cl)
+			c := h1Client(t)
+			seen := map[string]bool{}
+			for u := range 30 {
+				user := fmt.Sprintf("user-%d", u)
+				_, first := get(t, c, "http://"+e.addr+"/user", "x-user", user)
+				for range 3 {
+					if _, body := get(t, c, "http://"+e.addr+"/user", "x-user", user); body != first {
+						t.Fatalf("%s went to %s, then to %s", user, first, body)
+					}
+				}
+				seen[first] = true
+			}
+			if len(seen) != 3 {
+				t.Errorf("30 users went to %d hosts, want all 3", len(seen))
+			}
+			resp, first := get(t, c, "http://"+e.addr+"/sticky")
+			set := resp.Header.Get("set-cookie")
+			value, ok := strings.CutPrefix(set, `sticky="`)
+			if !ok || !strings.HasSuffix(set, "; Max-Age=60; Path=/sticky; HttpOnly") {
+				t.Fatalf("set-cookie %q", set)
+			}
+			value = value[:strings.IndexByte(value, '"')]
+			for range 5 {
+				resp, body := get(t, c, "http://"+e.addr+"/sticky", "cookie", "sticky="+value)
+				if body != first || resp.Header.Get("set-cookie") != "" {
+					t.Fatalf("with its cookie: %s (first %s), set-cookie %q", body, first, resp.Header.Get("set-cookie"))
+				}
+			}
+		})
+	}
+}

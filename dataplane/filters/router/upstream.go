@@ -73,6 +73,11 @@ type rq struct {
 	transparent     int
 	tried           [4]*upstream.Host
 	host            *upstream.Host // the current attempt's, for outlier detection
+	// The request's hash from the route's hash_policy, on a consistent hash
+	// cluster, and the cookie a policy made for the response.
+	hash      uint64
+	hasHash   bool
+	setCookie string
 
 	// The current attempt, guarded by mu (the timers and Interrupt reach it
 	// from other goroutines).
@@ -130,6 +135,7 @@ func (q *rq) begin(r *Router, e *http.Exchange, rt *route.Route) {
 	q.timeout, q.perTry, q.perTryIdle = 0, 0, 0
 	q.policy, q.retryOn, q.retriesLeft, q.retries, q.transparent = nil, 0, 0, 0, 0
 	q.tried, q.host = [4]*upstream.Host{}, nil
+	q.hash, q.hasHash, q.setCookie = 0, false, ""
 	q.us, q.reason, q.tryReason = nil, nil, nil
 	q.globalAt, q.tryAt, q.idleAt = time.Time{}, time.Time{}, time.Time{}
 	if q.aborted {
@@ -185,6 +191,10 @@ func (q *rq) run() {
 
 	rt.MutateRequest(e.Request, &e.Info)
 	rt.RewriteRequest(e.Request, !q.r.suppressHeaders)
+	if len(rt.HashPolicies) > 0 && cl.HashBased() {
+		q.hash, q.hasHash, q.setCookie = rt.Hash(e.Request, route.HashInput{
+			Remote: e.Info.DownstreamRemote, DirectRemote: e.Info.DownstreamDirectRemote, Local: e.Info.DownstreamLocal})
+	}
 	q.setupTimeouts()
 	q.setupRetries()
 	if e.Request.Has("expect") {
@@ -447,6 +457,9 @@ func (q *rq) exchange(conn *pool.Conn, us http.ClientStream, start time.Duration
 	}
 	if vh != nil && vh.IncludeAttemptCountInResponse {
 		r.SetUint("x-envoy-attempt-count", uint64(e.Info.UpstreamAttempts))
+	}
+	if q.setCookie != "" {
+		r.Add("set-cookie", q.setCookie)
 	}
 	e.Info.ResponseCodeDetails = "via_upstream"
 	respEnd := us.EndedWithHeader()
@@ -779,20 +792,29 @@ func (q *rq) stopSender(us http.ClientStream) {
 // pickHost picks the attempt's host, avoiding those tried before when the
 // policy's previous_hosts predicate asks.
 func (q *rq) pickHost() *upstream.Host {
-	h := q.cl.Pick()
+	h := q.pick(0)
 	if h == nil || q.policy == nil || !q.policy.AvoidPreviousHosts || q.retries == 0 {
 		return h
 	}
-	for range q.policy.HostSelectionMaxAttempts {
+	for i := range q.policy.HostSelectionMaxAttempts {
 		if !q.triedHost(h) {
 			return h
 		}
-		h = q.cl.Pick()
+		h = q.pick(uint32(i) + 1)
 		if h == nil {
 			return nil
 		}
 	}
 	return h
+}
+
+// pick asks the cluster for a host: by the request's hash when it has one
+// (attempt > 0: another place for it), else as its balancer picks.
+func (q *rq) pick(attempt uint32) *upstream.Host {
+	if q.hasHash {
+		return q.cl.PickHash(q.hash, attempt)
+	}
+	return q.cl.Pick()
 }
 
 func (q *rq) triedHost(h *upstream.Host) bool {

@@ -345,7 +345,7 @@ func (c *compiler) routeAction(r *Route, pb *routev3.RouteAction, vhRetry *Retry
 	if err := cfgerr.OnlyFields(pb, "cluster", "cluster_header", "weighted_clusters", "cluster_not_found_response_code",
 		"prefix_rewrite", "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "host_rewrite_header",
 		"host_rewrite_path_regex", "append_x_forwarded_host", "timeout", "idle_timeout", "retry_policy",
-		"max_grpc_timeout", "grpc_timeout_offset", "max_stream_duration"); err != nil {
+		"max_grpc_timeout", "grpc_timeout_offset", "max_stream_duration", "hash_policy"); err != nil {
 		return err
 	}
 	switch cs := pb.GetClusterSpecifier().(type) {
@@ -417,6 +417,9 @@ func (c *compiler) routeAction(r *Route, pb *routev3.RouteAction, vhRetry *Retry
 	}
 	//lint:ignore SA1019 see above
 	if r.GRPCTimeoutOffset, err = optDuration("grpc_timeout_offset", pb.GetGrpcTimeoutOffset()); err != nil {
+		return err
+	}
+	if r.HashPolicies, err = compileHashPolicies(pb.GetHashPolicy()); err != nil {
 		return err
 	}
 	if msd := pb.GetMaxStreamDuration(); msd != nil {

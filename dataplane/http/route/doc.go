@@ -124,7 +124,7 @@
 // metadata_match, path_rewrite_policy, path_rewrite, host_rewrite,
 // flush_timeout, early_data_policy, retry_policy_typed_config,
 // request_mirror_policies, priority (other than DEFAULT), rate_limits,
-// include_vh_rate_limits, hash_policy, cors (deprecated: use
+// include_vh_rate_limits, hash_policy's filter_state, cors (deprecated: use
 // typed_per_filter_config), upgrade_configs,
 // internal_redirect_policy, internal_redirect_action (other than
 // PASS_THROUGH_INTERNAL_REDIRECT), max_internal_redirects, hedge_policy.

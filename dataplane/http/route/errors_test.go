@@ -105,8 +105,10 @@ func TestErrors(t *testing.T) {
 			"virtual_hosts[0].routes[0].match.query_parameters[0].string_match.safe_regex.regex: error parsing regexp: missing closing ): `(`"},
 
 		// Route actions.
-		{"unsupported action field", rt(`{prefix: /}`, "route: {cluster: c, hash_policy: [{header: {header_name: x}}]}"),
-			"virtual_hosts[0].routes[0].route.hash_policy: not supported by skiff (field 15 of envoy.config.route.v3.RouteAction)"},
+		{"unsupported action field", rt(`{prefix: /}`, "route: {cluster: c, request_mirror_policies: [{cluster: m}]}"),
+			"virtual_hosts[0].routes[0].route.request_mirror_policies: not supported by skiff (field 30 of envoy.config.route.v3.RouteAction)"},
+		{"hash policy on filter state", rt(`{prefix: /}`, "route: {cluster: c, hash_policy: [{filter_state: {key: k}}]}"),
+			"virtual_hosts[0].routes[0].route.hash_policy[0].filter_state: not supported by skiff (field 6 of envoy.config.route.v3.RouteAction.HashPolicy)"},
 		{"upgrade_configs", rt(`{prefix: /}`, "route: {cluster: c, upgrade_configs: [{upgrade_type: websocket}]}"),
 			"virtual_hosts[0].routes[0].route.upgrade_configs: not supported by skiff (field 25 of envoy.config.route.v3.RouteAction)"},
 		{"pgv: cluster name", rt(`{prefix: /}`, "route: {cluster: ''}"),

@@ -107,8 +107,11 @@ type Route struct {
 	// grpc-timeout header when that leaves it positive.
 	GRPCTimeoutOffset *time.Duration
 	// MaxStreamDuration is max_stream_duration, which the connection manager
-	// applies (StreamDuration.Limit); nil if the route has none.
+	// applies (StreamLimit); nil if the route has none.
 	MaxStreamDuration *StreamDuration
+	// HashPolicies are hash_policy: what a consistent hash load balancer
+	// places a request by (Hash).
+	HashPolicies []HashPolicy
 	// Retry is the retry policy (the route's, else the virtual host's), or
 	// nil for no retries.
 	Retry *RetryPolicy
