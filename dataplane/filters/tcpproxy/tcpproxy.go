@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"google.golang.org/protobuf/proto"
 
@@ -44,7 +45,7 @@ func (Factory) ConfigType() proto.Message { return &tcpv3.TcpProxy{} }
 func (Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilter, error) {
 	cfg := m.(*tcpv3.TcpProxy)
 	if err := cfgerr.OnlyFields(cfg, "stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts",
-		"max_downstream_connection_duration", "access_log"); err != nil {
+		"max_downstream_connection_duration", "hash_policy", "access_log"); err != nil {
 		return nil, err
 	}
 	logs, err := accesslog.Build(cfg.GetAccessLog(), accesslog.Options{
@@ -86,6 +87,18 @@ func (Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilter
 	if n := cfg.GetMaxConnectAttempts(); n != nil {
 		p.maxAttempts = int(n.GetValue()) // the proto requires >= 1
 	}
+	switch hp := cfg.GetHashPolicy(); {
+	case len(hp) > 1:
+		return nil, cfgerr.Errorf("hash_policy", "at most one, as in Envoy")
+	case len(hp) == 1:
+		if err := cfgerr.OnlyFields(hp[0], "source_ip"); err != nil {
+			return nil, cfgerr.Index("hash_policy", 0, err)
+		}
+		if hp[0].GetSourceIp() == nil {
+			return nil, cfgerr.Errorf("hash_policy[0]", "source_ip is required")
+		}
+		p.hashSourceIP = true
+	}
 	if d := cfg.GetMaxDownstreamConnectionDuration(); d != nil {
 		if p.maxDuration = d.AsDuration(); p.maxDuration < time.Millisecond {
 			return nil, cfgerr.Errorf("max_downstream_connection_duration", "must be at least 1ms, got %v", p.maxDuration)
@@ -119,6 +132,7 @@ type Proxy struct {
 	total        uint64
 	idleTimeout  time.Duration
 	maxDuration  time.Duration // max_downstream_connection_duration; 0: none
+	hashSourceIP bool          // hash_policy source_ip: where RING_HASH or MAGLEV place a connection
 	maxAttempts  int
 	stats        proxyStats
 	copyCfg      netio.Config
@@ -364,7 +378,14 @@ func (m *mover) Move() (*filter.MovedConn, bool) {
 // failure: UH (no healthy host) or UF (connection failure).
 func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluster, ui *upstreamInfo) (*netio.Conn, *upstream.Host, http.ResponseFlag) {
 	for attempt := 1; attempt <= p.maxAttempts; attempt++ {
-		h := cl.Pick()
+		var h *upstream.Host
+		if p.hashSourceIP && cl.HashBased() && c.Remote.IsValid() {
+			// The client's address places it; another attempt looks
+			// further along the ring or table.
+			h = cl.PickHash(xxhash.Sum64String(c.Remote.Addr().String()), uint32(attempt-1))
+		} else {
+			h = cl.Pick()
+		}
 		if h == nil {
 			p.log.Warn("tcp_proxy: no healthy upstream; closing downstream", "conn", c.ID, "cluster", cl.Name())
 			return nil, nil, http.FlagNoHealthyUpstream

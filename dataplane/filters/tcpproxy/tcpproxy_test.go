@@ -80,8 +80,11 @@ func TestConfigErrors(t *testing.T) {
 	}{
 		{"no cluster", &tcpv3.TcpProxy{StatPrefix: "x"}, "typed_config"},
 		{"empty stat prefix", &tcpv3.TcpProxy{ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}}, "typed_config.stat_prefix"},
-		{"hash policy", &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
-			HashPolicy: []*typev3.HashPolicy{{PolicySpecifier: &typev3.HashPolicy_SourceIp_{SourceIp: &typev3.HashPolicy_SourceIp{}}}}}, "typed_config.hash_policy"},
+		{"hash policy on filter state", &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
+			HashPolicy: []*typev3.HashPolicy{{PolicySpecifier: &typev3.HashPolicy_FilterState_{FilterState: &typev3.HashPolicy_FilterState{Key: "k"}}}}},
+			"typed_config.hash_policy[0].filter_state"},
+		{"two hash policies", &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
+			HashPolicy: []*typev3.HashPolicy{sourceIPHash, sourceIPHash}}, "typed_config.hash_policy"},
 		{"zero weight", &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_WeightedClusters{WeightedClusters: &tcpv3.TcpProxy_WeightedCluster{
 			Clusters: []*tcpv3.TcpProxy_WeightedCluster_ClusterWeight{{Name: "a", Weight: 1}, {Name: "b", Weight: 0}}}}}, "typed_config.weighted_clusters.clusters[1].weight"},
 		{"zero connect attempts", &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
@@ -434,5 +437,63 @@ func TestOutlierDetectionEjectsRefusingHost(t *testing.T) {
 	}
 	if v, _ := e.st.Value("cluster.c.outlier_detection.ejections_enforced_consecutive_5xx"); v != 1 {
 		t.Errorf("ejections_enforced_consecutive_5xx = %d", v)
+	}
+}
+
+var sourceIPHash = &typev3.HashPolicy{PolicySpecifier: &typev3.HashPolicy_SourceIp_{SourceIp: &typev3.HashPolicy_SourceIp{}}}
+
+// idServer answers every connection with id and closes it.
+func idServer(t *testing.T, id string) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte(id))
+			c.Close()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// TestSourceIPHash: with hash_policy source_ip on a RING_HASH cluster, a
+// client's connections all go to one host, as Envoy's tcp_proxy places
+// them; without it they spread.
+func TestSourceIPHash(t *testing.T) {
+	for _, hashed := range []bool{true, false} {
+		e := newEnv(t)
+		e.setClusters(&upstream.Config{Name: "c", StatName: "c", ConnectTimeout: time.Second, LBPolicy: clusterv3.Cluster_RING_HASH,
+			Hashing:   upstream.Hashing{MinRingSize: 1024, MaxRingSize: 1 << 23},
+			Endpoints: []upstream.Endpoint{{Addr: idServer(t, "a"), Weight: 1}, {Addr: idServer(t, "b"), Weight: 1}, {Addr: idServer(t, "c"), Weight: 1}}})
+		cfg := &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}}
+		if hashed {
+			cfg.HashPolicy = []*typev3.HashPolicy{sourceIPHash}
+		}
+		p, err := e.build(t, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]bool{}
+		for range 12 {
+			client, wait := serve(t, p)
+			client.SetReadDeadline(time.Now().Add(5 * time.Second))
+			got, _ := io.ReadAll(client)
+			seen[string(got)] = true
+			client.Close() // the proxy waits for the client's end too
+			wait()
+		}
+		if hashed && len(seen) != 1 || !hashed && len(seen) < 2 {
+			t.Errorf("hash_policy %v: 12 connections from one address reached %v", hashed, seen)
+		}
 	}
 }
