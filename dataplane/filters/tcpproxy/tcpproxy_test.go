@@ -152,6 +152,12 @@ func serve(t *testing.T, p *Proxy) (net.Conn, func()) {
 }
 
 func echoServer(t *testing.T) netip.AddrPort {
+	return server(t, func(c net.Conn) { io.Copy(c, c) })
+}
+
+// server serves each connection with handle, on a goroutine of its own, and
+// closes it after.
+func server(t *testing.T, handle func(net.Conn)) netip.AddrPort {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -168,7 +174,7 @@ func echoServer(t *testing.T) netip.AddrPort {
 				return
 			}
 			wg.Add(1)
-			go func() { defer wg.Done(); defer c.Close(); io.Copy(c, c) }()
+			go func() { defer wg.Done(); defer c.Close(); handle(c) }()
 		}
 	}()
 	return ln.Addr().(*net.TCPAddr).AddrPort()
@@ -444,26 +450,7 @@ var sourceIPHash = &typev3.HashPolicy{PolicySpecifier: &typev3.HashPolicy_Source
 
 // idServer answers every connection with id and closes it.
 func idServer(t *testing.T, id string) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte(id))
-			c.Close()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+	return server(t, func(c net.Conn) { c.Write([]byte(id)) })
 }
 
 // TestSourceIPHash: with hash_policy source_ip on a RING_HASH cluster, a
