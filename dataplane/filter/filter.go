@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/internal/netio"
 )
 
 // Conn is a downstream connection as listener and network filters see it.
@@ -139,20 +140,12 @@ type Adopter interface {
 // NewConn wraps an accepted connection.
 func NewConn(c net.Conn, id uint64, listener string, log *slog.Logger) *Conn {
 	conn := &Conn{Conn: c, ID: id, Listener: listener, TransportProtocol: "raw_buffer", Logger: log}
-	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
-		conn.Local = unmap(a.AddrPort())
-	}
-	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		conn.Remote = unmap(a.AddrPort())
-		conn.DirectRemote = conn.Remote
-	}
+	// Unmapped (::ffff:a.b.c.d as a.b.c.d), so that IPv4 prefixes match
+	// clients of dual-stack listeners, as they do in Envoy.
+	conn.Local = netio.AddrPort(c.LocalAddr())
+	conn.Remote = netio.AddrPort(c.RemoteAddr())
+	conn.DirectRemote = conn.Remote
 	return conn
-}
-
-// unmap turns ::ffff:a.b.c.d into a.b.c.d so that IPv4 prefixes match clients of
-// dual-stack listeners, as they do in Envoy.
-func unmap(ap netip.AddrPort) netip.AddrPort {
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 // DrainDecision is a filter chain's drain state, which its connections share

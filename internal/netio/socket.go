@@ -500,3 +500,14 @@ func setKeepAlive(fd int, ka *net.KeepAliveConfig) error {
 
 // seconds rounds d up to whole seconds, as net does for keep-alive times.
 func seconds(d time.Duration) int { return int((d + time.Second - 1) / time.Second) }
+
+// AddrPort is a's address and port when a is a TCP address (IPv4-mapped IPv6
+// addresses unmapped, as Envoy writes them), else the zero AddrPort.
+func AddrPort(a net.Addr) netip.AddrPort {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return netip.AddrPort{}
+	}
+	ap := ta.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}

@@ -271,17 +271,8 @@ func (p *Proxy) Adopt(ctx context.Context, c *filter.Conn, m *filter.MovedConn) 
 	}
 	ctx, stop := p.limitDuration(ctx, start)
 	defer stop()
-	ui := &upstreamInfo{cluster: m.Cluster, host: m.Host, local: localAddrPort(m.Up)}
+	ui := &upstreamInfo{cluster: m.Cluster, host: m.Host, local: netio.AddrPort(m.Up.LocalAddr())}
 	p.proxy(ctx, c, cl, host, m.Up, m.Pending, start, ui)
-}
-
-// localAddrPort is c's local address, IPv4 unmapped.
-func localAddrPort(c net.Conn) netip.AddrPort {
-	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
-		ap := a.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	return netip.AddrPort{}
 }
 
 // proxy copies between c and up until the pair ends, or until a hot restart
@@ -394,7 +385,7 @@ func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluste
 		up, err := cl.Connect(ctx, h)
 		if err == nil {
 			cl.ReportOutcome(h, upstream.ConnectedFinal)
-			ui.local = localAddrPort(up)
+			ui.local = netio.AddrPort(up.LocalAddr())
 			return up, h, 0
 		}
 		if ctx.Err() == nil {

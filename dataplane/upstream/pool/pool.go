@@ -44,7 +44,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -468,9 +467,7 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 	}
 	cfg := p.cl.Config()
 	c := &Conn{p: p, tcp: tcp, created: time.Now(), requests: 1}
-	if a, ok := tcp.LocalAddr().(*net.TCPAddr); ok {
-		c.local = netip.AddrPortFrom(a.AddrPort().Addr().Unmap(), a.AddrPort().Port())
-	}
+	c.local = netio.AddrPort(tcp.LocalAddr())
 	nc := tcp // reads and writes as raw system calls
 	if p.http2 {
 		hs.CxHTTP2Total.Inc()
