@@ -453,24 +453,117 @@ func groupProcs(pgid int) []procInfo {
 	return out
 }
 
-// fds counts pid's open file descriptors.
-func fds(t testing.TB, pid int) int {
+// fds counts pid's open file descriptors, leaving out the splice pipes
+// tcp_proxy keeps for reuse, which it returns apart in pipes (descriptors,
+// two per pipe). Those sit in a sync.Pool and are closed when the garbage
+// collector empties it, so how many are open at a moment depends on when the
+// process last collected, not on whether something leaks. A splice pipe is
+// a pipe whose read and write ends are both open in the process.
+func fds(t testing.TB, pid int) (n, pipes int) {
 	t.Helper()
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatalf("open files of pid %d: %v", pid, err)
 	}
-	return len(ents)
+	type ends struct{ fds, r, w int }
+	pipe := map[string]*ends{}
+	for _, e := range ents {
+		target, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err != nil || !strings.HasPrefix(target, "pipe:") {
+			n++ // a descriptor closed since ReadDir counts as open: a leak would stay
+			continue
+		}
+		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, e.Name()))
+		if err != nil {
+			n++
+			continue
+		}
+		var flags int
+		for line := range strings.Lines(string(info)) {
+			if v, ok := strings.CutPrefix(line, "flags:"); ok {
+				f, _ := strconv.ParseInt(strings.TrimSpace(v), 8, 64)
+				flags = int(f)
+			}
+		}
+		p := pipe[target]
+		if p == nil {
+			p = &ends{}
+			pipe[target] = p
+		}
+		p.fds++
+		switch flags & syscall.O_ACCMODE {
+		case syscall.O_RDONLY:
+			p.r++
+		case syscall.O_WRONLY:
+			p.w++
+		}
+	}
+	for _, p := range pipe {
+		if p.r > 0 && p.w > 0 {
+			pipes += p.fds
+		} else {
+			n += p.fds
+		}
+	}
+	return n, pipes
 }
 
-// settledFDs counts pid's open files once the count has stayed the same for
-// five readings 100 ms apart (connections being set up or torn down come and
-// go), within 10 s.
+// openFiles describes pid's open file descriptors, one line each: the
+// descriptor, what it points at, and for a TCP socket its local and remote
+// addresses and state, as /proc shows them. A test that finds a descriptor
+// too many logs it to say which.
+func openFiles(pid int) []string {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	socks := tcpSockets(pid)
+	var out []string
+	for _, e := range ents {
+		target, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err != nil {
+			target = err.Error()
+		}
+		if inode, ok := strings.CutPrefix(target, "socket:["); ok {
+			if s, ok := socks[strings.TrimSuffix(inode, "]")]; ok {
+				target += " " + s
+			}
+		}
+		out = append(out, e.Name()+" -> "+target)
+	}
+	return out
+}
+
+// tcpSockets maps the inodes of the TCP sockets in pid's network namespace
+// to "local remote state" in /proc/net/tcp's hexadecimal notation.
+func tcpSockets(pid int) map[string]string {
+	m := map[string]string{}
+	for _, f := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, f))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			fs := strings.Fields(line)
+			if len(fs) < 10 {
+				continue
+			}
+			m[fs[9]] = f + " " + fs[1] + " " + fs[2] + " st=" + fs[3]
+		}
+	}
+	return m
+}
+
+// settledFDs counts pid's open files as fds does once the count has stayed
+// the same for five readings 100 ms apart (connections being set up or torn
+// down come and go), within 10 s.
 func settledFDs(t testing.TB, pid int) int {
 	t.Helper()
 	last, same := -1, 0
 	for range 100 {
-		n := fds(t, pid)
+		n, _ := fds(t, pid)
 		if n == last {
 			if same++; same == 4 {
 				return n
