@@ -44,7 +44,8 @@ type Host struct {
 	transport atomic.Pointer[Transport]
 	tm, ltm   *structpb.Struct
 
-	outlier hostOutlier
+	outlier  hostOutlier
+	hcFailed atomic.Bool // active health checking failed it (FAILED_ACTIVE_HC), or has yet to pass it
 }
 
 // Weight is the host's load-balancing weight.
@@ -72,11 +73,16 @@ func (h *Host) Health() corev3.HealthStatus { return corev3.HealthStatus(h.healt
 // Ejected reports whether outlier detection has ejected the host.
 func (h *Host) Ejected() bool { return h.outlier.ejected.Load() }
 
+// ActiveHealthCheckFailed reports whether the cluster's active health
+// checking found the host unhealthy, or has yet to check it.
+func (h *Host) ActiveHealthCheckFailed() bool { return h.hcFailed.Load() }
+
 // Healthy reports whether the load balancer may pick the host: the control
 // plane does not say it is unhealthy (UNKNOWN is healthy, as in Envoy
-// without active health checking) and outlier detection has not ejected it.
+// without active health checking), active health checking has not failed
+// it, and outlier detection has not ejected it.
 func (h *Host) Healthy() bool {
-	if h.Ejected() {
+	if h.Ejected() || h.hcFailed.Load() {
 		return false
 	}
 	switch h.Health() {
@@ -132,6 +138,8 @@ type Cluster struct {
 
 	outlier      atomic.Pointer[detector] // nil: no outlier_detection
 	outlierStats *outlierStats            // made with the first detector; under mu
+	checker      *checker                 // nil: no health_checks; under mu
+	healthStats  *healthStats             // made with the first checker; under mu
 
 	mu         sync.Mutex               // serialises updates
 	transports []*Transport             // the Config's transport_socket_matches with this cluster's counters
@@ -244,15 +252,25 @@ func (c *Cluster) update(a Assignment) {
 		}
 	}
 	c.setOutlierLocked(a.Config.Outlier)
+	c.setHealthCheckLocked(a.Config.HealthCheck)
 }
 
 // stop ends what runs for the cluster on its own (outlier detection's
-// interval timer): the cluster was removed.
+// interval timer, the health checks): the cluster was removed, or the
+// server is shutting down.
 func (c *Cluster) stop() {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if d := c.outlier.Load(); d != nil {
 		d.stopLocked()
+	}
+	k := c.checker
+	if k != nil {
+		k.stop()
+		c.checker = nil
+	}
+	c.mu.Unlock()
+	if k != nil {
+		k.wait()
 	}
 }
 
@@ -275,6 +293,8 @@ func (c *Cluster) setEndpointsLocked(eps []Endpoint) {
 		h, ok := c.hosts[ep.Addr]
 		if !ok {
 			h = &Host{Addr: ep.Addr}
+			// A new host waits for its first health check to pass.
+			h.hcFailed.Store(c.checker != nil)
 		}
 		h.weight.Store(ep.Weight)
 		h.priority.Store(ep.Priority)
@@ -295,6 +315,9 @@ func (c *Cluster) setEndpointsLocked(eps []Endpoint) {
 	}
 	c.hosts = next
 	c.setBalancerLocked(all)
+	if c.checker != nil {
+		c.checker.syncLocked(next)
+	}
 	if c.outlierStats != nil {
 		c.outlierStats.active.Set(int64(c.ejectedLocked()))
 	}

@@ -56,6 +56,9 @@ type Config struct {
 	PanicThreshold float64
 	// Outlier is outlier_detection, nil if the cluster has none.
 	Outlier *OutlierConfig
+	// HealthCheck is health_checks (active health checking), nil if the
+	// cluster has none.
+	HealthCheck *HealthCheckConfig
 
 	transport *Transport   // transport_socket (raw_buffer by default)
 	matches   []*Transport // transport_socket_matches
@@ -117,6 +120,7 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 		"maglev_lb_config", "dns_lookup_family",
 		"eds_cluster_config", "http2_protocol_options", "typed_extension_protocol_options", "circuit_breakers",
 		"transport_socket", "transport_socket_matches", "filters", "outlier_detection",
+		"health_checks",
 	); err != nil {
 		return nil, err
 	}
@@ -197,6 +201,13 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 			return nil, cfgerr.Field("outlier_detection", err)
 		}
 		c.Outlier = oc
+	}
+	if hcs := pb.GetHealthChecks(); len(hcs) > 0 {
+		hc, err := newHealthCheckConfig(hcs)
+		if err != nil {
+			return nil, err
+		}
+		c.HealthCheck = hc
 	}
 	if err := cfgerr.OnlyFields(pb.GetRoundRobinLbConfig()); err != nil {
 		return nil, cfgerr.Field("round_robin_lb_config", err)

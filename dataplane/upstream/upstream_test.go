@@ -240,7 +240,7 @@ func TestNewConfigErrors(t *testing.T) {
 			c.LbConfig = &clusterv3.Cluster_LeastRequestLbConfig_{LeastRequestLbConfig: &clusterv3.Cluster_LeastRequestLbConfig{}}
 		}, "least_request_lb_config"},
 		{"cluster provided", func(c *clusterv3.Cluster) { c.LbPolicy = clusterv3.Cluster_CLUSTER_PROVIDED }, "lb_policy"},
-		{"health checks", func(c *clusterv3.Cluster) { c.HealthChecks = []*corev3.HealthCheck{{}} }, "health_checks"},
+		{"health check without timeout", func(c *clusterv3.Cluster) { c.HealthChecks = []*corev3.HealthCheck{{}} }, "health_checks[0].timeout"},
 		{"outlier detection monitors", func(c *clusterv3.Cluster) {
 			c.OutlierDetection = &clusterv3.OutlierDetection{Monitors: []*corev3.TypedExtensionConfig{{Name: "x", TypedConfig: &anypb.Any{TypeUrl: "type.googleapis.com/x.Y"}}}}
 		}, "outlier_detection.monitors"},

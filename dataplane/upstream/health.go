@@ -1,0 +1,636 @@
+package upstream
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/hex"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/skiffproxy/skiff/internal/cfgerr"
+	"github.com/skiffproxy/skiff/internal/netio"
+	"github.com/skiffproxy/skiff/internal/stats"
+)
+
+// HealthCheckConfig is a cluster's health_checks entry (active health
+// checking), with Envoy's defaults filled in: every host of the cluster is
+// probed on its own schedule, and a host that fails is not picked (see
+// Host.Healthy) until it passes again.
+type HealthCheckConfig struct {
+	Timeout  time.Duration
+	Interval time.Duration
+	// The intervals used instead of Interval: while the host is unhealthy,
+	// right after a check that moves a host toward a change of state that
+	// the thresholds still hold back, and while the cluster has never made a
+	// connection (no_traffic_interval, for a healthy host
+	// no_traffic_healthy_interval).
+	UnhealthyInterval, UnhealthyEdgeInterval, HealthyEdgeInterval time.Duration
+	NoTrafficInterval, NoTrafficHealthyInterval                   time.Duration
+	// Jitter added to each interval: up to IntervalJitter, and up to
+	// IntervalJitterPercent of the interval; InitialJitter delays the first
+	// check.
+	IntervalJitter, InitialJitter time.Duration
+	IntervalJitterPercent         uint32
+	// A healthy host becomes unhealthy after UnhealthyThreshold failures in a
+	// row (one, for an HTTP status neither expected nor retriable); an
+	// unhealthy one healthy after HealthyThreshold successes in a row, or
+	// after its first check's success.
+	UnhealthyThreshold, HealthyThreshold uint32
+	// ReuseConnection keeps the connection open from one check to the next.
+	ReuseConnection bool
+
+	// Exactly one of TCP and HTTP is set.
+	TCP  *TCPHealthCheck
+	HTTP *HTTPHealthCheck
+
+	src *corev3.HealthCheck // what it was built from: an equal one changes nothing
+}
+
+// TCPHealthCheck is tcp_health_check: after connecting, Send is written and
+// each of Receive must then arrive, in order, within what the host sends
+// (Envoy's fuzzy match). With neither, a check passes on connecting.
+type TCPHealthCheck struct {
+	Send    []byte
+	Receive [][]byte
+}
+
+// HTTPHealthCheck is http_health_check: an HTTP/1.1 request whose response
+// status must be in Expected (default 200 alone). A status in Retriable
+// counts as a failure toward the unhealthy threshold; any other makes the
+// host unhealthy at once.
+type HTTPHealthCheck struct {
+	Method, Host        string
+	Path                *url.URL // path and query
+	Add                 []HeaderValue
+	Remove              []string
+	Expected, Retriable []StatusRange
+}
+
+// HeaderValue is one header added to a health check request; Append false
+// replaces a header of the same name.
+type HeaderValue struct {
+	Name, Value string
+	Append      bool
+}
+
+// StatusRange is a half-open range of HTTP statuses, [Start, End).
+type StatusRange struct{ Start, End int }
+
+func inRanges(rs []StatusRange, status int) bool {
+	for _, r := range rs {
+		if status >= r.Start && status < r.End {
+			return true
+		}
+	}
+	return false
+}
+
+// newHealthCheckConfig compiles a cluster's health_checks. Envoy runs every
+// entry; skiff runs one, and says so for more.
+func newHealthCheckConfig(hcs []*corev3.HealthCheck) (*HealthCheckConfig, error) {
+	if len(hcs) > 1 {
+		return nil, cfgerr.Errorf("health_checks", "%d health checks: skiff runs one per cluster", len(hcs))
+	}
+	hc, err := compileHealthCheck(hcs[0])
+	if err != nil {
+		return nil, cfgerr.Index("health_checks", 0, err)
+	}
+	return hc, nil
+}
+
+func compileHealthCheck(pb *corev3.HealthCheck) (*HealthCheckConfig, error) {
+	if err := cfgerr.OnlyFields(pb, "timeout", "interval", "initial_jitter", "interval_jitter",
+		"interval_jitter_percent", "unhealthy_threshold", "healthy_threshold", "reuse_connection",
+		"no_traffic_interval", "no_traffic_healthy_interval", "unhealthy_interval",
+		"unhealthy_edge_interval", "healthy_edge_interval", "always_log_health_check_failures",
+		"always_log_health_check_success", "tcp_health_check", "http_health_check"); err != nil {
+		return nil, err
+	}
+	pos := func(field string, d *durationpb.Duration) (time.Duration, error) {
+		if d == nil {
+			return 0, cfgerr.Errorf(field, "is required")
+		}
+		if v := d.AsDuration(); v > 0 {
+			return v, nil
+		}
+		return 0, cfgerr.Errorf(field, "must be greater than 0")
+	}
+	opt := func(d *durationpb.Duration, def time.Duration) time.Duration {
+		if v := d.AsDuration(); d != nil && v > 0 {
+			return v
+		}
+		return def
+	}
+	c := &HealthCheckConfig{src: pb, ReuseConnection: true}
+	var err error
+	if c.Timeout, err = pos("timeout", pb.GetTimeout()); err != nil {
+		return nil, err
+	}
+	if c.Interval, err = pos("interval", pb.GetInterval()); err != nil {
+		return nil, err
+	}
+	if pb.GetUnhealthyThreshold() == nil {
+		return nil, cfgerr.Errorf("unhealthy_threshold", "is required")
+	}
+	if pb.GetHealthyThreshold() == nil {
+		return nil, cfgerr.Errorf("healthy_threshold", "is required")
+	}
+	c.UnhealthyThreshold = max(pb.GetUnhealthyThreshold().GetValue(), 1)
+	c.HealthyThreshold = max(pb.GetHealthyThreshold().GetValue(), 1)
+	if r := pb.GetReuseConnection(); r != nil {
+		c.ReuseConnection = r.GetValue()
+	}
+	c.UnhealthyInterval = opt(pb.GetUnhealthyInterval(), c.Interval)
+	c.UnhealthyEdgeInterval = opt(pb.GetUnhealthyEdgeInterval(), c.UnhealthyInterval)
+	c.HealthyEdgeInterval = opt(pb.GetHealthyEdgeInterval(), c.Interval)
+	c.NoTrafficInterval = opt(pb.GetNoTrafficInterval(), 60*time.Second)
+	c.NoTrafficHealthyInterval = opt(pb.GetNoTrafficHealthyInterval(), c.NoTrafficInterval)
+	c.IntervalJitter = pb.GetIntervalJitter().AsDuration()
+	c.InitialJitter = pb.GetInitialJitter().AsDuration()
+	c.IntervalJitterPercent = pb.GetIntervalJitterPercent()
+
+	switch k := pb.GetHealthChecker().(type) {
+	case *corev3.HealthCheck_TcpHealthCheck_:
+		tc, err := compileTCPCheck(k.TcpHealthCheck)
+		if err != nil {
+			return nil, cfgerr.Field("tcp_health_check", err)
+		}
+		c.TCP = tc
+	case *corev3.HealthCheck_HttpHealthCheck_:
+		hc, err := compileHTTPCheck(k.HttpHealthCheck)
+		if err != nil {
+			return nil, cfgerr.Field("http_health_check", err)
+		}
+		c.HTTP = hc
+	default:
+		return nil, cfgerr.Errorf("health_checker", "one of tcp_health_check and http_health_check is required (grpc_health_check and custom_health_check are not supported)")
+	}
+	return c, nil
+}
+
+func compilePayload(field string, p *corev3.HealthCheck_Payload) ([]byte, error) {
+	switch v := p.GetPayload().(type) {
+	case *corev3.HealthCheck_Payload_Text:
+		b, err := hex.DecodeString(v.Text)
+		if err != nil {
+			return nil, cfgerr.Errorf(field+".text", "is not hex: %v", err)
+		}
+		return b, nil
+	case *corev3.HealthCheck_Payload_Binary:
+		return v.Binary, nil
+	}
+	return nil, cfgerr.Errorf(field, "has no text or binary")
+}
+
+func compileTCPCheck(pb *corev3.HealthCheck_TcpHealthCheck) (*TCPHealthCheck, error) {
+	if err := cfgerr.OnlyFields(pb, "send", "receive"); err != nil {
+		return nil, err
+	}
+	tc := &TCPHealthCheck{}
+	if pb.GetSend() != nil {
+		b, err := compilePayload("send", pb.GetSend())
+		if err != nil {
+			return nil, err
+		}
+		tc.Send = b
+	}
+	for i, r := range pb.GetReceive() {
+		b, err := compilePayload("receive["+strconv.Itoa(i)+"]", r)
+		if err != nil {
+			return nil, err
+		}
+		tc.Receive = append(tc.Receive, b)
+	}
+	return tc, nil
+}
+
+func compileHTTPCheck(pb *corev3.HealthCheck_HttpHealthCheck) (*HTTPHealthCheck, error) {
+	if err := cfgerr.OnlyFields(pb, "host", "path", "request_headers_to_add", "request_headers_to_remove",
+		"expected_statuses", "retriable_statuses", "codec_client_type", "method"); err != nil {
+		return nil, err
+	}
+	if pb.GetCodecClientType() != 0 { // HTTP1
+		return nil, cfgerr.Errorf("codec_client_type", "%v is not supported: skiff checks over HTTP/1.1", pb.GetCodecClientType())
+	}
+	path, err := url.ParseRequestURI(pb.GetPath())
+	if err != nil || !strings.HasPrefix(pb.GetPath(), "/") {
+		return nil, cfgerr.Errorf("path", "%q is not an absolute path", pb.GetPath())
+	}
+	hc := &HTTPHealthCheck{Method: "GET", Host: pb.GetHost(), Path: path}
+	switch m := pb.GetMethod(); m {
+	case corev3.RequestMethod_METHOD_UNSPECIFIED, corev3.RequestMethod_GET:
+	case corev3.RequestMethod_CONNECT:
+		return nil, cfgerr.Errorf("method", "CONNECT is not allowed")
+	default:
+		hc.Method = m.String()
+	}
+	for i, h := range pb.GetRequestHeadersToAdd() {
+		hv := h.GetHeader()
+		if hv.GetKey() == "" || strings.HasPrefix(hv.GetKey(), ":") {
+			return nil, cfgerr.Errorf("request_headers_to_add["+strconv.Itoa(i)+"].header.key", "%q is not a header name skiff can add", hv.GetKey())
+		}
+		v := hv.GetValue()
+		if v == "" && len(hv.GetRawValue()) > 0 {
+			v = string(hv.GetRawValue())
+		}
+		add := h.GetAppendAction() == corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD
+		//lint:ignore SA1019 append is deprecated but still Envoy's API, with this meaning
+		if a := h.GetAppend(); a != nil {
+			add = a.GetValue()
+		}
+		hc.Add = append(hc.Add, HeaderValue{Name: http.CanonicalHeaderKey(hv.GetKey()), Value: v, Append: add})
+	}
+	for _, n := range pb.GetRequestHeadersToRemove() {
+		hc.Remove = append(hc.Remove, http.CanonicalHeaderKey(n))
+	}
+	ranges := func(field string, rs []*typev3.Int64Range) ([]StatusRange, error) {
+		var out []StatusRange
+		for i, r := range rs {
+			if r.GetStart() < 100 || r.GetEnd() > 600 || r.GetStart() >= r.GetEnd() {
+				return nil, cfgerr.Errorf(field+"["+strconv.Itoa(i)+"]", "[%d, %d) is not a range of HTTP statuses", r.GetStart(), r.GetEnd())
+			}
+			out = append(out, StatusRange{int(r.GetStart()), int(r.GetEnd())})
+		}
+		return out, nil
+	}
+	if hc.Expected, err = ranges("expected_statuses", pb.GetExpectedStatuses()); err != nil {
+		return nil, err
+	}
+	if len(hc.Expected) == 0 {
+		hc.Expected = []StatusRange{{200, 201}}
+	}
+	if hc.Retriable, err = ranges("retriable_statuses", pb.GetRetriableStatuses()); err != nil {
+		return nil, err
+	}
+	return hc, nil
+}
+
+// healthStats are a cluster's health_check.* counters, named as in Envoy.
+type healthStats struct {
+	attempt, success, failure, networkFailure stats.Counter
+	healthy                                   stats.Gauge
+}
+
+func newHealthStats(sc *stats.Scope) *healthStats {
+	return &healthStats{
+		attempt:        sc.Counter("health_check.attempt"),
+		success:        sc.Counter("health_check.success"),
+		failure:        sc.Counter("health_check.failure"),
+		networkFailure: sc.Counter("health_check.network_failure"),
+		healthy:        sc.GaugeMode("health_check.healthy", stats.NeverImport),
+	}
+}
+
+// checker runs a cluster's active health checks: one goroutine per host.
+type checker struct {
+	c     *Cluster
+	cfg   *HealthCheckConfig
+	stats *healthStats
+
+	mu       sync.Mutex
+	sessions map[*Host]context.CancelFunc // under mu
+	wg       sync.WaitGroup
+	stopped  bool
+}
+
+// setHealthCheckLocked starts, replaces or stops the cluster's health
+// checker (c.mu held). A configuration equal to the running one keeps it,
+// and the hosts' state, as they are.
+func (c *Cluster) setHealthCheckLocked(cfg *HealthCheckConfig) {
+	old := c.checker
+	if old != nil && cfg != nil && proto.Equal(old.cfg.src, cfg.src) {
+		return // the same checks: they go on, and the hosts keep their state
+	}
+	if old != nil {
+		old.stop()
+		c.checker = nil
+	}
+	if cfg == nil {
+		changed := false
+		for _, h := range c.hosts {
+			changed = h.hcFailed.Swap(false) || changed
+		}
+		if changed {
+			c.rebuildLocked()
+		}
+		return
+	}
+	if c.healthStats == nil {
+		c.healthStats = newHealthStats(c.scope)
+	}
+	k := &checker{c: c, cfg: cfg, stats: c.healthStats, sessions: map[*Host]context.CancelFunc{}}
+	c.checker = k
+	// Hosts are checked before they are trusted: each waits for its first
+	// check's success, as a host does in Envoy when health checking begins.
+	for _, h := range c.hosts {
+		h.hcFailed.Store(true)
+	}
+	c.rebuildLocked()
+	k.syncLocked(c.hosts)
+}
+
+// syncLocked starts a session for each host that has none and ends those of
+// hosts that left (c.mu held). A new host starts failed until its first
+// check passes.
+func (k *checker) syncLocked(hosts map[netip.AddrPort]*Host) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.stopped {
+		return
+	}
+	for h, cancel := range k.sessions {
+		if hosts[h.Addr] != h {
+			cancel()
+			delete(k.sessions, h)
+		}
+	}
+	for _, h := range hosts {
+		if _, ok := k.sessions[h]; ok {
+			continue
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		k.sessions[h] = cancel
+		h.hcFailed.Store(true)
+		k.wg.Go(func() { k.run(ctx, h) })
+	}
+	k.stats.healthy.Set(int64(k.healthyLocked()))
+}
+
+func (k *checker) healthyLocked() int {
+	n := 0
+	for h := range k.sessions {
+		if !h.hcFailed.Load() {
+			n++
+		}
+	}
+	return n
+}
+
+// stop ends every session. It does not wait for their goroutines, which may
+// be waiting for the cluster's lock that the caller holds: wait does.
+func (k *checker) stop() {
+	k.mu.Lock()
+	k.stopped = true
+	for h, cancel := range k.sessions {
+		cancel()
+		delete(k.sessions, h)
+	}
+	k.mu.Unlock()
+}
+
+// wait waits for the goroutines of a stopped checker to end.
+func (k *checker) wait() { k.wg.Wait() }
+
+// outcome is what one check found.
+type outcome uint8
+
+const (
+	checkPassed  outcome = iota
+	checkNetwork         // a connect failure, timeout or reset, or a retriable status: counts toward the threshold
+	checkActive          // a status neither expected nor retriable: unhealthy at once
+)
+
+// session is one host's checking state, kept by its goroutine.
+type session struct {
+	conn         net.Conn
+	br           *bufio.Reader
+	healthy, bad uint32 // successes and failures in a row
+	first        bool   // the first check is still to come
+}
+
+func (k *checker) run(ctx context.Context, h *Host) {
+	s := &session{first: true}
+	defer func() {
+		if s.conn != nil {
+			s.conn.Close()
+		}
+	}()
+	wait := time.Duration(0)
+	if j := k.cfg.InitialJitter; j > 0 {
+		wait = rand.N(j)
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		res := k.check(ctx, h, s)
+		if ctx.Err() != nil {
+			return
+		}
+		pending := k.record(h, s, res)
+		t.Reset(k.interval(res == checkPassed, pending))
+	}
+}
+
+// check runs one check within the timeout.
+func (k *checker) check(ctx context.Context, h *Host, s *session) outcome {
+	k.stats.attempt.Inc()
+	ctx, cancel := context.WithTimeout(ctx, k.cfg.Timeout)
+	defer cancel()
+	if s.conn == nil {
+		cfg := k.c.cfg.Load()
+		conn, err := netio.Dial(ctx, h.Addr, &netio.DialOptions{Timeout: min(cfg.ConnectTimeout, k.cfg.Timeout)})
+		if err != nil {
+			return checkNetwork
+		}
+		s.conn, s.br = conn, bufio.NewReader(conn)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		s.conn.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { s.conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var res outcome
+	keep := k.cfg.ReuseConnection
+	if k.cfg.TCP != nil {
+		res = k.checkTCP(s)
+	} else {
+		var close bool
+		res, close = k.checkHTTP(h, s)
+		keep = keep && !close
+	}
+	if res != checkPassed || !keep {
+		s.conn.Close()
+		s.conn, s.br = nil, nil
+	} else {
+		s.conn.SetDeadline(time.Time{})
+	}
+	return res
+}
+
+func (k *checker) checkTCP(s *session) outcome {
+	tc := k.cfg.TCP
+	s.br.Discard(s.br.Buffered()) // an answer to an earlier check
+	if len(tc.Send) > 0 {
+		if _, err := s.conn.Write(tc.Send); err != nil {
+			return checkNetwork
+		}
+	}
+	if len(tc.Receive) == 0 {
+		return checkPassed
+	}
+	var got []byte
+	buf := make([]byte, 4096)
+	for {
+		n, err := s.br.Read(buf)
+		got = append(got, buf[:n]...)
+		if fuzzyMatch(got, tc.Receive) {
+			return checkPassed
+		}
+		if err != nil || len(got) > 1<<20 {
+			return checkNetwork
+		}
+	}
+}
+
+// fuzzyMatch reports whether each of want is in got, in order, as Envoy's
+// TCP health check matches what a host sends.
+func fuzzyMatch(got []byte, want [][]byte) bool {
+	for _, w := range want {
+		i := bytes.Index(got, w)
+		if i < 0 {
+			return false
+		}
+		got = got[i+len(w):]
+	}
+	return true
+}
+
+// checkHTTP sends the request and judges the status. close reports that the
+// connection cannot carry another check.
+func (k *checker) checkHTTP(h *Host, s *session) (res outcome, close bool) {
+	hc := k.cfg.HTTP
+	host := hc.Host
+	if host == "" {
+		host = k.c.name // Envoy's default: the cluster's name
+	}
+	req := &http.Request{
+		Method: hc.Method, URL: hc.Path, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Host: host, Header: http.Header{"User-Agent": {"Envoy/HC"}},
+	}
+	for _, a := range hc.Add {
+		if a.Append {
+			req.Header.Add(a.Name, a.Value)
+		} else {
+			req.Header.Set(a.Name, a.Value)
+		}
+	}
+	for _, n := range hc.Remove {
+		req.Header.Del(n)
+	}
+	if err := req.Write(s.conn); err != nil {
+		return checkNetwork, true
+	}
+	resp, err := http.ReadResponse(s.br, req)
+	if err != nil {
+		return checkNetwork, true
+	}
+	_, err = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+	resp.Body.Close()
+	close = err != nil || resp.Close
+	switch {
+	case inRanges(hc.Expected, resp.StatusCode):
+		return checkPassed, close
+	case inRanges(hc.Retriable, resp.StatusCode):
+		return checkNetwork, close
+	}
+	return checkActive, close
+}
+
+// record applies a check's outcome to the host, as Envoy's
+// handleSuccess and handleFailure do. It reports whether the host is on its
+// way to a change of state that a threshold still holds back.
+func (k *checker) record(h *Host, s *session, res outcome) (pending bool) {
+	first := s.first
+	s.first = false
+	failed := h.hcFailed.Load()
+	change := false
+	if res == checkPassed {
+		k.stats.success.Inc()
+		s.bad = 0
+		if failed {
+			s.healthy++
+			change = first || s.healthy >= k.cfg.HealthyThreshold
+		}
+	} else {
+		k.stats.failure.Inc()
+		if res == checkNetwork {
+			k.stats.networkFailure.Inc()
+		}
+		s.healthy = 0
+		if !failed {
+			s.bad++
+			change = res == checkActive || s.bad >= k.cfg.UnhealthyThreshold
+		}
+	}
+	if !change {
+		// A success for a failed host, or a failure for a healthy one, is
+		// a step toward a change of state.
+		return (res == checkPassed) == failed
+	}
+	s.bad, s.healthy = 0, 0
+	c := k.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.checker != k || h.Gone() {
+		return false // this checker was replaced or stopped, or the host left
+	}
+	h.hcFailed.Store(!failed)
+	c.rebuildLocked()
+	k.mu.Lock()
+	k.stats.healthy.Set(int64(k.healthyLocked()))
+	k.mu.Unlock()
+	return false
+}
+
+// interval is the wait before a host's next check, as Envoy's
+// HealthCheckerImplBase::interval: the no-traffic intervals while the
+// cluster has never made a connection, the edge intervals while a threshold
+// holds back a change (passed says which way), the unhealthy interval after
+// a failure, and the interval after a success; plus jitter.
+func (k *checker) interval(passed, pending bool) time.Duration {
+	cfg := k.cfg
+	var base time.Duration
+	switch {
+	case k.c.stats.cxTotal.Value() == 0:
+		base = cfg.NoTrafficInterval
+		if passed && !pending {
+			base = cfg.NoTrafficHealthyInterval
+		}
+	case passed && pending:
+		base = cfg.HealthyEdgeInterval
+	case passed:
+		base = cfg.Interval
+	case pending:
+		base = cfg.UnhealthyEdgeInterval
+	default:
+		base = cfg.UnhealthyInterval
+	}
+	if p := cfg.IntervalJitterPercent; p > 0 {
+		if j := base * time.Duration(p) / 100; j > 0 {
+			base += rand.N(j)
+		}
+	}
+	if j := cfg.IntervalJitter; j > 0 {
+		base += rand.N(j)
+	}
+	return max(base, time.Millisecond)
+}

@@ -1,0 +1,362 @@
+package upstream
+
+import (
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/skiffproxy/skiff/internal/stats"
+)
+
+// fastCheck is a health check every 20 ms from the start (no_traffic_interval
+// too, as the test clusters make no connection), thresholds 2.
+func fastCheck() *corev3.HealthCheck {
+	return &corev3.HealthCheck{
+		Timeout:            durationpb.New(time.Second),
+		Interval:           durationpb.New(20 * time.Millisecond),
+		NoTrafficInterval:  durationpb.New(20 * time.Millisecond),
+		UnhealthyThreshold: wrapperspb.UInt32(2),
+		HealthyThreshold:   wrapperspb.UInt32(2),
+	}
+}
+
+// checkedCluster is a cluster named "c" of the hosts at addrs, health
+// checked by hc, and its stats store. Its panic threshold is 0, so that the
+// balancer follows the checks' verdict however few hosts pass. It is
+// removed (its checks stopped) when the test ends.
+func checkedCluster(t *testing.T, hc *corev3.HealthCheck, addrs ...string) (*Cluster, *stats.Store) {
+	t.Helper()
+	pb := &clusterv3.Cluster{Name: "c", ConnectTimeout: durationpb.New(time.Second), HealthChecks: []*corev3.HealthCheck{hc},
+		CommonLbConfig: &clusterv3.Cluster_CommonLbConfig{HealthyPanicThreshold: &typev3.Percent{Value: 0}}}
+	cfg, err := NewConfig(pb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		cfg.Endpoints = append(cfg.Endpoints, ep(a, 1, 0, 0))
+	}
+	st := stats.NewStore()
+	m := NewManager(st)
+	m.Set([]Assignment{Static(cfg)})
+	t.Cleanup(func() { m.Set(nil) })
+	return m.Get("c"), st
+}
+
+func hostAt(c *Cluster, addr string) *Host {
+	ap := netip.MustParseAddrPort(addr)
+	for _, h := range c.Hosts() {
+		if h.Addr == ap {
+			return h
+		}
+	}
+	return nil
+}
+
+// statusServer answers the health check path with *status, and records the
+// requests it gets.
+type statusServer struct {
+	*httptest.Server
+	status atomic.Int32
+	mu     sync.Mutex
+	last   *http.Request
+	count  atomic.Int64
+}
+
+func newStatusServer(t *testing.T, status int) *statusServer {
+	s := &statusServer{}
+	s.status.Store(int32(status))
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		s.last = r
+		s.mu.Unlock()
+		s.count.Add(1)
+		w.WriteHeader(int(s.status.Load()))
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func (s *statusServer) addr() string { return s.Listener.Addr().String() }
+
+// TestHTTPHealthCheck: hosts start unhealthy and become healthy on their
+// first passing check; a host whose status is retriable fails only after
+// unhealthy_threshold checks, one with an unexpected status at once; it
+// comes back after healthy_threshold passes; the balancer follows; the
+// request is Envoy's (GET path, Host the cluster name, User-Agent Envoy/HC,
+// added headers); stats count it.
+func TestHTTPHealthCheck(t *testing.T) {
+	good := newStatusServer(t, 200)
+	flaky := newStatusServer(t, 200)
+	hc := fastCheck()
+	hc.HealthChecker = &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{
+		Path:              "/healthz?deep=1",
+		RetriableStatuses: []*typev3.Int64Range{{Start: 429, End: 430}},
+		RequestHeadersToAdd: []*corev3.HeaderValueOption{{
+			Header: &corev3.HeaderValue{Key: "x-check", Value: "skiff"},
+		}},
+	}}
+	c, st := checkedCluster(t, hc, good.addr(), flaky.addr())
+	g, f := hostAt(c, good.addr()), hostAt(c, flaky.addr())
+	waitUntil(t, "both hosts healthy", func() bool { return g.Healthy() && f.Healthy() })
+
+	good.mu.Lock()
+	r := good.last
+	good.mu.Unlock()
+	if r.Method != "GET" || r.URL.RequestURI() != "/healthz?deep=1" || r.Host != "c" ||
+		r.Header.Get("User-Agent") != "Envoy/HC" || r.Header.Get("X-Check") != "skiff" {
+		t.Errorf("health check request: %s %s Host %q, headers %v", r.Method, r.URL, r.Host, r.Header)
+	}
+
+	// A retriable status: still healthy after one failure, not after two.
+	flaky.status.Store(429)
+	n := flaky.count.Load()
+	waitUntil(t, "one retriable failure", func() bool { return flaky.count.Load() >= n+1 })
+	if !f.Healthy() && flaky.count.Load() < n+2 {
+		t.Fatal("unhealthy after one retriable failure, unhealthy_threshold is 2")
+	}
+	waitUntil(t, "unhealthy after two retriable failures", func() bool { return !f.Healthy() })
+	for range 20 {
+		if h := c.Pick(); h != g {
+			t.Fatalf("picked %v with %v failing its health checks", h.Addr, f.Addr)
+		}
+	}
+
+	// Two passes in a row bring it back.
+	flaky.status.Store(200)
+	waitUntil(t, "healthy again", func() bool { return f.Healthy() })
+	picked := map[*Host]bool{}
+	for range 10 {
+		picked[c.Pick()] = true
+	}
+	if !picked[f] || !picked[g] {
+		t.Errorf("the balancer picks %v after the host recovered, want both", picked)
+	}
+
+	// A status neither expected nor retriable fails it at once.
+	flaky.status.Store(503)
+	waitUntil(t, "unhealthy", func() bool { return !f.Healthy() })
+
+	for _, name := range []string{"attempt", "success", "failure", "network_failure"} {
+		if v, _ := st.Value("cluster.c.health_check." + name); v == 0 {
+			t.Errorf("cluster.c.health_check.%s = 0", name)
+		}
+	}
+	if v, _ := st.Value("cluster.c.health_check.healthy"); v != 1 {
+		t.Errorf("cluster.c.health_check.healthy = %d, want 1", v)
+	}
+}
+
+// TestHTTPHealthCheckUnexpectedStatusAtOnce: with a high unhealthy
+// threshold, one 503 still fails a healthy host (Envoy ignores the
+// threshold for a status that is neither expected nor retriable), while
+// connection failures count toward it.
+func TestHTTPHealthCheckUnexpectedStatusAtOnce(t *testing.T) {
+	srv := newStatusServer(t, 200)
+	hc := fastCheck()
+	hc.UnhealthyThreshold = wrapperspb.UInt32(1000)
+	hc.HealthChecker = &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{Path: "/"}}
+	c, _ := checkedCluster(t, hc, srv.addr())
+	h := hostAt(c, srv.addr())
+	waitUntil(t, "healthy", h.Healthy)
+	srv.status.Store(503)
+	waitUntil(t, "unhealthy after a 503", func() bool { return !h.Healthy() })
+}
+
+// TestTCPHealthCheck: send and receive payloads (hex text and binary); a
+// host that answers something else, or closes, is unhealthy; a host that
+// refuses connections stays unhealthy from the start.
+func TestTCPHealthCheck(t *testing.T) {
+	serve := func(reply string) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					buf := make([]byte, 64)
+					for {
+						n, err := c.Read(buf)
+						if err != nil {
+							return
+						}
+						if string(buf[:n]) == "ping" {
+							c.Write([]byte(reply))
+						}
+					}
+				}()
+			}
+		}()
+		return ln.Addr().String()
+	}
+	pong := serve("..po" + "ng and more")
+	wrong := serve("nope")
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	refused := ln.Addr().String()
+	ln.Close()
+
+	hc := fastCheck()
+	hc.HealthChecker = &corev3.HealthCheck_TcpHealthCheck_{TcpHealthCheck: &corev3.HealthCheck_TcpHealthCheck{
+		Send: &corev3.HealthCheck_Payload{Payload: &corev3.HealthCheck_Payload_Text{Text: "70696e67"}}, // "ping"
+		Receive: []*corev3.HealthCheck_Payload{
+			{Payload: &corev3.HealthCheck_Payload_Binary{Binary: []byte("po")}},
+			{Payload: &corev3.HealthCheck_Payload_Text{Text: "6e67"}}, // "ng"
+		},
+	}}
+	hc.Timeout = durationpb.New(200 * time.Millisecond)
+	c, st := checkedCluster(t, hc, pong, wrong, refused)
+	waitUntil(t, "the host that answers pong healthy", hostAt(c, pong).Healthy)
+	waitUntil(t, "three checks of each host", func() bool {
+		v, _ := st.Value("cluster.c.health_check.attempt")
+		return v >= 9
+	})
+	if hostAt(c, wrong).Healthy() || hostAt(c, refused).Healthy() {
+		t.Errorf("healthy: wrong answer %v, refused %v; want neither", hostAt(c, wrong).Healthy(), hostAt(c, refused).Healthy())
+	}
+	for range 10 {
+		if h := c.Pick(); h != hostAt(c, pong) {
+			t.Fatalf("picked %v, want only the healthy host", h.Addr)
+		}
+	}
+}
+
+// TestHealthCheckKeepsStateAcrossUpdates: a cluster update with the same
+// health check keeps the hosts' state (no host goes back to unchecked);
+// removing health_checks makes every host healthy; a new host added to a
+// checked cluster waits for its first check.
+func TestHealthCheckKeepsStateAcrossUpdates(t *testing.T) {
+	a := newStatusServer(t, 200)
+	b := newStatusServer(t, 503)
+	hc := fastCheck()
+	hc.HealthChecker = &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{Path: "/"}}
+	pb := &clusterv3.Cluster{Name: "c", ConnectTimeout: durationpb.New(time.Second), HealthChecks: []*corev3.HealthCheck{hc}}
+	st := stats.NewStore()
+	m := NewManager(st)
+	t.Cleanup(func() { m.Set(nil) })
+	set := func(pb *clusterv3.Cluster, addrs ...string) *Cluster {
+		cfg, err := NewConfig(pb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ad := range addrs {
+			cfg.Endpoints = append(cfg.Endpoints, ep(ad, 1, 0, 0))
+		}
+		m.Set([]Assignment{Static(cfg)})
+		return m.Get("c")
+	}
+	c := set(pb, a.addr())
+	ha := hostAt(c, a.addr())
+	waitUntil(t, "healthy", ha.Healthy)
+	c = set(pb, a.addr(), b.addr())
+	if !ha.Healthy() {
+		t.Error("an update with the same health check made a checked host unhealthy")
+	}
+	hb := hostAt(c, b.addr())
+	if hb.Healthy() {
+		t.Error("a new host is healthy before its first check")
+	}
+	time.Sleep(100 * time.Millisecond)
+	if hb.Healthy() {
+		t.Error("a host answering 503 became healthy")
+	}
+	noHC := &clusterv3.Cluster{Name: "c", ConnectTimeout: durationpb.New(time.Second)}
+	set(noHC, a.addr(), b.addr())
+	if !hb.Healthy() || !ha.Healthy() {
+		t.Error("hosts stay unhealthy after health_checks was removed")
+	}
+}
+
+func TestHealthCheckConfigErrors(t *testing.T) {
+	base := func(mod func(*corev3.HealthCheck)) *corev3.HealthCheck {
+		hc := fastCheck()
+		hc.HealthChecker = &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{Path: "/"}}
+		mod(hc)
+		return hc
+	}
+	for _, tc := range []struct {
+		name string
+		hcs  []*corev3.HealthCheck
+		want string
+	}{
+		{"no timeout", []*corev3.HealthCheck{base(func(h *corev3.HealthCheck) { h.Timeout = nil })}, "health_checks[0].timeout: value is required"},
+		{"zero interval", []*corev3.HealthCheck{base(func(h *corev3.HealthCheck) { h.Interval = durationpb.New(0) })}, "health_checks[0].interval: value must be greater than 0s"},
+		{"no healthy threshold", []*corev3.HealthCheck{base(func(h *corev3.HealthCheck) { h.HealthyThreshold = nil })}, "health_checks[0].healthy_threshold: value is required"},
+		{"two", []*corev3.HealthCheck{base(func(*corev3.HealthCheck) {}), base(func(*corev3.HealthCheck) {})}, "health_checks: 2 health checks"},
+		{"grpc", []*corev3.HealthCheck{base(func(h *corev3.HealthCheck) {
+			h.HealthChecker = &corev3.HealthCheck_GrpcHealthCheck_{GrpcHealthCheck: &corev3.HealthCheck_GrpcHealthCheck{}}
+		})}, "grpc_health_check"},
+		{"http2", []*corev3.HealthCheck{base(func(h *corev3.HealthCheck) {
+			h.GetHttpHealthCheck().CodecClientType = typev3.CodecClientType_HTTP2
+		})}, "health_checks[0].http_health_check.codec_client_type: HTTP2 is not supported"},
+		{"relative path", []*corev3.HealthCheck{base(func(h *corev3.HealthCheck) { h.GetHttpHealthCheck().Path = "healthz" })}, "http_health_check.path"},
+		{"status range", []*corev3.HealthCheck{base(func(h *corev3.HealthCheck) {
+			h.GetHttpHealthCheck().ExpectedStatuses = []*typev3.Int64Range{{Start: 200, End: 200}}
+		})}, "http_health_check.expected_statuses[0]"},
+		{"bad hex", []*corev3.HealthCheck{base(func(h *corev3.HealthCheck) {
+			h.HealthChecker = &corev3.HealthCheck_TcpHealthCheck_{TcpHealthCheck: &corev3.HealthCheck_TcpHealthCheck{
+				Send: &corev3.HealthCheck_Payload{Payload: &corev3.HealthCheck_Payload_Text{Text: "zz"}}}}
+		})}, "health_checks[0].tcp_health_check.send.text: is not hex"},
+		{"alt port", []*corev3.HealthCheck{base(func(h *corev3.HealthCheck) { h.AltPort = wrapperspb.UInt32(8081) })}, "alt_port"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := NewConfig(&clusterv3.Cluster{Name: "c", ConnectTimeout: durationpb.New(time.Second), HealthChecks: tc.hcs})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestHealthCheckIntervals: the schedule follows Envoy's choice of interval.
+func TestHealthCheckIntervals(t *testing.T) {
+	cfg, err := compileHealthCheck(&corev3.HealthCheck{
+		Timeout: durationpb.New(time.Second), Interval: durationpb.New(10 * time.Second),
+		UnhealthyInterval: durationpb.New(20 * time.Second), UnhealthyEdgeInterval: durationpb.New(30 * time.Second),
+		HealthyEdgeInterval: durationpb.New(40 * time.Second), NoTrafficHealthyInterval: durationpb.New(50 * time.Second),
+		UnhealthyThreshold: wrapperspb.UInt32(3), HealthyThreshold: wrapperspb.UInt32(3),
+		HealthChecker: &corev3.HealthCheck_TcpHealthCheck_{TcpHealthCheck: &corev3.HealthCheck_TcpHealthCheck{}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := stats.NewStore()
+	c := newCluster(Assignment{Config: &Config{Name: "c", StatName: "c"}}, st)
+	k := &checker{c: c, cfg: cfg}
+	for _, tc := range []struct {
+		traffic, passed, pending bool
+		want                     time.Duration
+	}{
+		{false, true, false, 50 * time.Second}, // no traffic yet, healthy
+		{false, false, false, 60 * time.Second},
+		{false, true, true, 60 * time.Second},
+		{true, true, false, 10 * time.Second},
+		{true, true, true, 40 * time.Second},  // a success toward healthy
+		{true, false, true, 30 * time.Second}, // a failure toward unhealthy
+		{true, false, false, 20 * time.Second},
+	} {
+		if tc.traffic && c.stats.cxTotal.Value() == 0 {
+			c.stats.cxTotal.Inc()
+		}
+		if got := k.interval(tc.passed, tc.pending); got != tc.want {
+			t.Errorf("traffic %v passed %v pending %v: %v, want %v", tc.traffic, tc.passed, tc.pending, got, tc.want)
+		}
+	}
+}
