@@ -18,6 +18,12 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -53,9 +59,10 @@ type HealthCheckConfig struct {
 	// ReuseConnection keeps the connection open from one check to the next.
 	ReuseConnection bool
 
-	// Exactly one of TCP and HTTP is set.
+	// Exactly one of TCP, HTTP and GRPC is set.
 	TCP  *TCPHealthCheck
 	HTTP *HTTPHealthCheck
+	GRPC *GRPCHealthCheck
 
 	src *corev3.HealthCheck // what it was built from: an equal one changes nothing
 }
@@ -78,6 +85,16 @@ type HTTPHealthCheck struct {
 	Add                 []HeaderValue
 	Remove              []string
 	Expected, Retriable []StatusRange
+}
+
+// GRPCHealthCheck is grpc_health_check: the grpc.health.v1.Health/Check
+// RPC over HTTP/2 for ServiceName, with :authority Authority (default: the
+// cluster's name) and Metadata. It passes when the host answers SERVING; a
+// connection failure or timeout counts toward the unhealthy threshold, any
+// other answer fails the host at once.
+type GRPCHealthCheck struct {
+	ServiceName, Authority string
+	Metadata               []HeaderValue
 }
 
 // HeaderValue is one header added to a health check request; Append false
@@ -117,7 +134,7 @@ func compileHealthCheck(pb *corev3.HealthCheck) (*HealthCheckConfig, error) {
 		"interval_jitter_percent", "unhealthy_threshold", "healthy_threshold", "reuse_connection",
 		"no_traffic_interval", "no_traffic_healthy_interval", "unhealthy_interval",
 		"unhealthy_edge_interval", "healthy_edge_interval", "always_log_health_check_failures",
-		"always_log_health_check_success", "tcp_health_check", "http_health_check"); err != nil {
+		"always_log_health_check_success", "tcp_health_check", "http_health_check", "grpc_health_check"); err != nil {
 		return nil, err
 	}
 	pos := func(field string, d *durationpb.Duration) (time.Duration, error) {
@@ -176,8 +193,14 @@ func compileHealthCheck(pb *corev3.HealthCheck) (*HealthCheckConfig, error) {
 			return nil, cfgerr.Field("http_health_check", err)
 		}
 		c.HTTP = hc
+	case *corev3.HealthCheck_GrpcHealthCheck_:
+		gc, err := compileGRPCCheck(k.GrpcHealthCheck)
+		if err != nil {
+			return nil, cfgerr.Field("grpc_health_check", err)
+		}
+		c.GRPC = gc
 	default:
-		return nil, cfgerr.Errorf("health_checker", "one of tcp_health_check and http_health_check is required (grpc_health_check and custom_health_check are not supported)")
+		return nil, cfgerr.Errorf("health_checker", "one of tcp_health_check, http_health_check and grpc_health_check is required (custom_health_check is not supported)")
 	}
 	return c, nil
 }
@@ -216,6 +239,26 @@ func compileTCPCheck(pb *corev3.HealthCheck_TcpHealthCheck) (*TCPHealthCheck, er
 		tc.Receive = append(tc.Receive, b)
 	}
 	return tc, nil
+}
+
+func compileGRPCCheck(pb *corev3.HealthCheck_GrpcHealthCheck) (*GRPCHealthCheck, error) {
+	if err := cfgerr.OnlyFields(pb, "service_name", "authority", "initial_metadata"); err != nil {
+		return nil, err
+	}
+	gc := &GRPCHealthCheck{ServiceName: pb.GetServiceName(), Authority: pb.GetAuthority()}
+	for i, h := range pb.GetInitialMetadata() {
+		hv := h.GetHeader()
+		name := strings.ToLower(hv.GetKey())
+		if name == "" || strings.HasPrefix(name, ":") || strings.HasPrefix(name, "grpc-") {
+			return nil, cfgerr.Errorf("initial_metadata["+strconv.Itoa(i)+"].header.key", "%q is not metadata skiff can send", hv.GetKey())
+		}
+		v := hv.GetValue()
+		if v == "" && len(hv.GetRawValue()) > 0 {
+			v = string(hv.GetRawValue())
+		}
+		gc.Metadata = append(gc.Metadata, HeaderValue{Name: name, Value: v, Append: true})
+	}
+	return gc, nil
 }
 
 func compileHTTPCheck(pb *corev3.HealthCheck_HttpHealthCheck) (*HTTPHealthCheck, error) {
@@ -406,6 +449,7 @@ const (
 
 // session is one host's checking state, kept by its goroutine.
 type session struct {
+	grpc         *grpc.ClientConn // for grpc_health_check, instead of conn
 	conn         net.Conn
 	br           *bufio.Reader
 	healthy, bad uint32 // successes and failures in a row
@@ -417,6 +461,9 @@ func (k *checker) run(ctx context.Context, h *Host) {
 	defer func() {
 		if s.conn != nil {
 			s.conn.Close()
+		}
+		if s.grpc != nil {
+			s.grpc.Close()
 		}
 	}()
 	wait := time.Duration(0)
@@ -445,6 +492,9 @@ func (k *checker) check(ctx context.Context, h *Host, s *session) outcome {
 	k.stats.attempt.Inc()
 	ctx, cancel := context.WithTimeout(ctx, k.cfg.Timeout)
 	defer cancel()
+	if k.cfg.GRPC != nil {
+		return k.checkGRPC(ctx, h, s)
+	}
 	if s.conn == nil {
 		cfg := k.c.cfg.Load()
 		conn, err := netio.Dial(ctx, h.Addr, &netio.DialOptions{Timeout: min(cfg.ConnectTimeout, k.cfg.Timeout)})
@@ -512,6 +562,51 @@ func fuzzyMatch(got []byte, want [][]byte) bool {
 		got = got[i+len(w):]
 	}
 	return true
+}
+
+// checkGRPC makes the Check RPC on the session's gRPC connection, making
+// one if needed; the connection is closed after a failure, or after every
+// check without reuse_connection.
+func (k *checker) checkGRPC(ctx context.Context, h *Host, s *session) outcome {
+	gc := k.cfg.GRPC
+	if s.grpc == nil {
+		authority := gc.Authority
+		if authority == "" {
+			authority = k.c.name
+		}
+		timeout := min(k.c.cfg.Load().ConnectTimeout, k.cfg.Timeout)
+		cc, err := grpc.NewClient("passthrough:///"+h.Addr.String(),
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithAuthority(authority),
+			grpc.WithUserAgent("Envoy/HC"),
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+				return netio.Dial(ctx, h.Addr, &netio.DialOptions{Timeout: timeout})
+			}))
+		if err != nil {
+			return checkNetwork
+		}
+		s.grpc = cc
+	}
+	for _, m := range gc.Metadata {
+		ctx = metadata.AppendToOutgoingContext(ctx, m.Name, m.Value)
+	}
+	resp, err := healthpb.NewHealthClient(s.grpc).Check(ctx, &healthpb.HealthCheckRequest{Service: gc.ServiceName})
+	res := checkPassed
+	switch {
+	case err != nil:
+		res = checkActive
+		switch status.Code(err) {
+		case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
+			res = checkNetwork
+		}
+	case resp.GetStatus() != healthpb.HealthCheckResponse_SERVING:
+		res = checkActive
+	}
+	if res != checkPassed || !k.cfg.ReuseConnection {
+		s.grpc.Close()
+		s.grpc = nil
+	}
+	return res
 }
 
 // checkHTTP sends the request and judges the status. close reports that the

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"context"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +15,10 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -284,6 +289,56 @@ func TestHealthCheckKeepsStateAcrossUpdates(t *testing.T) {
 	}
 }
 
+// TestGRPCHealthCheck: grpc.health.v1 Check for the service name, with the
+// authority and metadata configured; NOT_SERVING fails the host at once,
+// SERVING brings it back; a host that refuses connections is unhealthy.
+func TestGRPCHealthCheck(t *testing.T) {
+	hs := health.NewServer()
+	hs.SetServingStatus("svc", healthpb.HealthCheckResponse_SERVING)
+	var seen atomic.Pointer[metadata.MD]
+	srv := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		md, _ := metadata.FromIncomingContext(ctx)
+		seen.Store(&md)
+		return h(ctx, req)
+	}))
+	healthpb.RegisterHealthServer(srv, hs)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	ln2, _ := net.Listen("tcp", "127.0.0.1:0")
+	refused := ln2.Addr().String()
+	ln2.Close()
+
+	hc := fastCheck()
+	hc.HealthChecker = &corev3.HealthCheck_GrpcHealthCheck_{GrpcHealthCheck: &corev3.HealthCheck_GrpcHealthCheck{
+		ServiceName: "svc", Authority: "checks.example",
+		InitialMetadata: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-check", Value: "skiff"}}},
+	}}
+	c, _ := checkedCluster(t, hc, ln.Addr().String(), refused)
+	h := hostAt(c, ln.Addr().String())
+	waitUntil(t, "healthy", h.Healthy)
+	md := *seen.Load()
+	if got := md.Get(":authority"); len(got) != 1 || got[0] != "checks.example" {
+		t.Errorf(":authority %v, want checks.example", got)
+	}
+	if got := md.Get("x-check"); len(got) != 1 || got[0] != "skiff" {
+		t.Errorf("x-check %v, want skiff", got)
+	}
+	if ua := md.Get("user-agent"); len(ua) != 1 || !strings.HasPrefix(ua[0], "Envoy/HC") {
+		t.Errorf("user-agent %v, want Envoy/HC", ua)
+	}
+	hs.SetServingStatus("svc", healthpb.HealthCheckResponse_NOT_SERVING)
+	waitUntil(t, "unhealthy when NOT_SERVING", func() bool { return !h.Healthy() })
+	hs.SetServingStatus("svc", healthpb.HealthCheckResponse_SERVING)
+	waitUntil(t, "healthy again", h.Healthy)
+	if hostAt(c, refused).Healthy() {
+		t.Error("a host refusing connections is healthy")
+	}
+}
+
 func TestHealthCheckConfigErrors(t *testing.T) {
 	base := func(mod func(*corev3.HealthCheck)) *corev3.HealthCheck {
 		hc := fastCheck()
@@ -300,9 +355,13 @@ func TestHealthCheckConfigErrors(t *testing.T) {
 		{"zero interval", []*corev3.HealthCheck{base(func(h *corev3.HealthCheck) { h.Interval = durationpb.New(0) })}, "health_checks[0].interval: value must be greater than 0s"},
 		{"no healthy threshold", []*corev3.HealthCheck{base(func(h *corev3.HealthCheck) { h.HealthyThreshold = nil })}, "health_checks[0].healthy_threshold: value is required"},
 		{"two", []*corev3.HealthCheck{base(func(*corev3.HealthCheck) {}), base(func(*corev3.HealthCheck) {})}, "health_checks: 2 health checks"},
-		{"grpc", []*corev3.HealthCheck{base(func(h *corev3.HealthCheck) {
-			h.HealthChecker = &corev3.HealthCheck_GrpcHealthCheck_{GrpcHealthCheck: &corev3.HealthCheck_GrpcHealthCheck{}}
-		})}, "grpc_health_check"},
+		{"custom", []*corev3.HealthCheck{base(func(h *corev3.HealthCheck) {
+			h.HealthChecker = &corev3.HealthCheck_CustomHealthCheck_{CustomHealthCheck: &corev3.HealthCheck_CustomHealthCheck{Name: "x"}}
+		})}, "custom_health_check"},
+		{"grpc metadata", []*corev3.HealthCheck{base(func(h *corev3.HealthCheck) {
+			h.HealthChecker = &corev3.HealthCheck_GrpcHealthCheck_{GrpcHealthCheck: &corev3.HealthCheck_GrpcHealthCheck{
+				InitialMetadata: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "grpc-timeout", Value: "1S"}}}}}
+		})}, "health_checks[0].grpc_health_check.initial_metadata[0].header.key"},
 		{"http2", []*corev3.HealthCheck{base(func(h *corev3.HealthCheck) {
 			h.GetHttpHealthCheck().CodecClientType = typev3.CodecClientType_HTTP2
 		})}, "health_checks[0].http_health_check.codec_client_type: HTTP2 is not supported"},
