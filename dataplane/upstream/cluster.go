@@ -655,20 +655,36 @@ type Assignment struct {
 // Set makes as the complete set of clusters: new names are added, existing
 // clusters are updated in place (connections to hosts that remain are untouched)
 // and clusters not in as are removed. It returns the removed clusters.
+//
+// A cluster whose active health checking starts with this Set (a new
+// cluster with health_checks, or a changed health check) is in place when
+// Set returns, but Set returns only once each of its hosts has had its
+// first check, or as long as one can take: as Envoy's cluster warming
+// waits for the first round of checks, so that traffic does not meet the
+// hosts before their health is known.
 func (m *Manager) Set(as []Assignment) (removed []*Cluster) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	cur := *m.clusters.Load()
 	next := make(map[string]*Cluster, len(as))
+	var checking []*checker // health checkers this Set started
 	for _, a := range as {
-		if c, ok := cur[a.Config.Name]; ok {
-			if c.Config() != a.Config || c.epsFrom != a.From {
-				c.update(a)
-			}
+		c, ok := cur[a.Config.Name]
+		var before *checker
+		switch {
+		case !ok:
+			c = newCluster(a, m.stats)
+		case c.Config() != a.Config || c.epsFrom != a.From:
+			before = c.healthChecker()
+			c.update(a)
+		default:
 			next[a.Config.Name] = c
 			continue
 		}
-		next[a.Config.Name] = newCluster(a, m.stats)
+		if k := c.healthChecker(); k != nil && k != before {
+			checking = append(checking, k)
+		}
+		next[a.Config.Name] = c
 	}
 	for name, c := range cur {
 		if _, ok := next[name]; !ok {
@@ -682,6 +698,9 @@ func (m *Manager) Set(as []Assignment) (removed []*Cluster) {
 			h.gone.Store(true)
 		}
 		c.Release() // the Manager's reference; users still connected keep theirs
+	}
+	for _, k := range checking {
+		k.firstRound() // they run together: this waits for the slowest
 	}
 	return removed
 }

@@ -348,6 +348,15 @@ type checker struct {
 	sessions map[*Host]context.CancelFunc // under mu
 	wg       sync.WaitGroup
 	stopped  bool
+	synced   bool           // the hosts it started with have their sessions; under mu
+	initial  sync.WaitGroup // those sessions until their first check is recorded
+}
+
+// healthChecker returns the cluster's running health checker, or nil.
+func (c *Cluster) healthChecker() *checker {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.checker
 }
 
 // setHealthCheckLocked starts, replaces or stops the cluster's health
@@ -401,6 +410,8 @@ func (k *checker) syncLocked(hosts map[netip.AddrPort]*Host) {
 			delete(k.sessions, h)
 		}
 	}
+	initial := !k.synced
+	k.synced = true
 	for _, h := range hosts {
 		if _, ok := k.sessions[h]; ok {
 			continue
@@ -408,7 +419,10 @@ func (k *checker) syncLocked(hosts map[netip.AddrPort]*Host) {
 		ctx, cancel := context.WithCancel(context.Background())
 		k.sessions[h] = cancel
 		h.hcFailed.Store(true)
-		k.wg.Go(func() { k.run(ctx, h) })
+		if initial {
+			k.initial.Add(1)
+		}
+		k.wg.Go(func() { k.run(ctx, h, initial) })
 	}
 	k.stats.healthy.Set(int64(k.healthyLocked()))
 }
@@ -438,6 +452,23 @@ func (k *checker) stop() {
 // wait waits for the goroutines of a stopped checker to end.
 func (k *checker) wait() { k.wg.Wait() }
 
+// firstRound waits until every host the checker started with has had its
+// first check, or for as long as a first check can take (initial_jitter
+// plus timeout, and a second to spare).
+func (k *checker) firstRound() {
+	done := make(chan struct{})
+	go func() {
+		k.initial.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(k.cfg.InitialJitter + k.cfg.Timeout + time.Second)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
+}
+
 // outcome is what one check found.
 type outcome uint8
 
@@ -456,8 +487,17 @@ type session struct {
 	first        bool   // the first check is still to come
 }
 
-func (k *checker) run(ctx context.Context, h *Host) {
+// run checks h until ctx is done. initial says the host is one the checker
+// started with, whose first check firstRound waits for.
+func (k *checker) run(ctx context.Context, h *Host, initial bool) {
 	s := &session{first: true}
+	firstDone := func() {
+		if initial {
+			initial = false
+			k.initial.Done()
+		}
+	}
+	defer firstDone()
 	defer func() {
 		if s.conn != nil {
 			s.conn.Close()
@@ -483,6 +523,7 @@ func (k *checker) run(ctx context.Context, h *Host) {
 			return
 		}
 		pending := k.record(h, s, res)
+		firstDone()
 		t.Reset(k.interval(res == checkPassed, pending))
 	}
 }
@@ -506,7 +547,8 @@ func (k *checker) check(ctx context.Context, h *Host, s *session) outcome {
 	if dl, ok := ctx.Deadline(); ok {
 		s.conn.SetDeadline(dl)
 	}
-	stop := context.AfterFunc(ctx, func() { s.conn.SetDeadline(time.Unix(1, 0)) })
+	conn := s.conn // the func may run after s.conn is cleared below
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	var res outcome
 	keep := k.cfg.ReuseConnection

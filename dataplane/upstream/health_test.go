@@ -243,6 +243,25 @@ func TestTCPHealthCheck(t *testing.T) {
 	}
 }
 
+// TestSetWaitsForFirstRound: Manager.Set returns a newly checked cluster
+// once its hosts have had their first check, so the first request already
+// avoids a host that fails it (Envoy's warming waits for the same).
+func TestSetWaitsForFirstRound(t *testing.T) {
+	good := newStatusServer(t, 200)
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	refused := ln.Addr().String()
+	ln.Close()
+	hc := fastCheck()
+	hc.Interval = durationpb.New(time.Hour) // the first check is the only one
+	hc.NoTrafficInterval = durationpb.New(time.Hour)
+	hc.HealthChecker = &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{Path: "/"}}
+	c, _ := checkedCluster(t, hc, good.addr(), refused)
+	if !hostAt(c, good.addr()).Healthy() || hostAt(c, refused).Healthy() {
+		t.Fatalf("right after Set: healthy %v (passes its check), %v (refuses); want true, false",
+			hostAt(c, good.addr()).Healthy(), hostAt(c, refused).Healthy())
+	}
+}
+
 // TestHealthCheckKeepsStateAcrossUpdates: a cluster update with the same
 // health check keeps the hosts' state (no host goes back to unchecked);
 // removing health_checks makes every host healthy; a new host added to a
