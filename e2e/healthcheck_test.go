@@ -6,9 +6,12 @@ import (
 	"io"
 	"net"
 	nethttp "net/http"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	adminv1 "github.com/skiffproxy/skiff/proto/skiff/admin/v1"
 )
 
 // TestActiveHealthCheck: a cluster's http_health_check, from an Envoy
@@ -98,6 +101,21 @@ static_resources:
 		if got := ask(); got != "a" {
 			t.Fatalf("request %d went to %q while b fails its health checks", i, got)
 		}
+	}
+	// The admin API says why b is not picked, as Envoy's /clusters does.
+	admin := adminv1.NewAdminServiceClient(grpcConn(t, "unix://"+filepath.Join(p.RuntimeDir, "admin.sock")))
+	cl, err := admin.ListClusters(rpcCtx(t), &adminv1.ListClustersRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	flags := map[string]string{}
+	for _, c := range cl.GetClusters() {
+		for _, h := range c.GetHosts() {
+			flags[h.GetAddress()] = fmt.Sprint(h.GetHealthy(), h.GetHealthFlags())
+		}
+	}
+	if flags[a] != "true []" || flags[b] != "false [failed_active_hc]" {
+		t.Errorf("admin ListClusters: host a %q, host b %q; want \"true []\", \"false [failed_active_hc]\"", flags[a], flags[b])
 	}
 	sick.Store(false)
 	waitFor(t, "requests to b again once it passes its checks", func() bool {

@@ -319,7 +319,11 @@ func adminClusters(c *adminClient, args []string) error {
 		for _, h := range cl.GetHosts() {
 			health := h.GetHealthStatus()
 			if !h.GetHealthy() {
-				health += " (not picked)"
+				health += " (not picked"
+				if f := h.GetHealthFlags(); len(f) > 0 {
+					health += ": " + strings.Join(f, ", ")
+				}
+				health += ")"
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", cl.GetName(), h.GetAddress(), health,
 				h.GetWeight(), h.GetPriority(), h.GetCxTotal(), h.GetCxActive(), h.GetCxConnectFail())

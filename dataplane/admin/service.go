@@ -191,6 +191,7 @@ func (v *service) ListClusters(context.Context, *adminv1.ListClustersRequest) (*
 				CxTotal:       h.CxTotal.Load(),
 				CxActive:      h.CxActive.Load(),
 				CxConnectFail: h.CxConnectFail.Load(),
+				HealthFlags:   h.HealthFlags(),
 			})
 		}
 		resp.Clusters = append(resp.Clusters, cs)

@@ -77,6 +77,26 @@ func (h *Host) Ejected() bool { return h.outlier.ejected.Load() }
 // checking found the host unhealthy, or has yet to check it.
 func (h *Host) ActiveHealthCheckFailed() bool { return h.hcFailed.Load() }
 
+// HealthFlags says why the load balancer would not pick the host, as the
+// health_flags of Envoy's /clusters: "failed_active_hc",
+// "failed_outlier_check", "failed_eds_health". It is empty for a healthy
+// host.
+func (h *Host) HealthFlags() []string {
+	var flags []string
+	if h.hcFailed.Load() {
+		flags = append(flags, "failed_active_hc")
+	}
+	if h.Ejected() {
+		flags = append(flags, "failed_outlier_check")
+	}
+	switch h.Health() {
+	case corev3.HealthStatus_UNKNOWN, corev3.HealthStatus_HEALTHY:
+	default:
+		flags = append(flags, "failed_eds_health")
+	}
+	return flags
+}
+
 // Healthy reports whether the load balancer may pick the host: the control
 // plane does not say it is unhealthy (UNKNOWN is healthy, as in Envoy
 // without active health checking), active health checking has not failed

@@ -1227,6 +1227,12 @@ type HostStatus struct {
 	CxActive int64 `protobuf:"varint,7,opt,name=cx_active,json=cxActive,proto3" json:"cx_active,omitempty"`
 	// Connections to the host that failed.
 	CxConnectFail uint64 `protobuf:"varint,8,opt,name=cx_connect_fail,json=cxConnectFail,proto3" json:"cx_connect_fail,omitempty"`
+	// Why the load balancer would not pick the host, as the health_flags of
+	// Envoy's /clusters: "failed_active_hc" (active health checking failed
+	// it, or has yet to check it), "failed_outlier_check" (outlier detection
+	// ejected it), "failed_eds_health" (its health_status says it is not
+	// healthy). Empty for a healthy host.
+	HealthFlags   []string `protobuf:"bytes,9,rep,name=health_flags,json=healthFlags,proto3" json:"health_flags,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1315,6 +1321,13 @@ func (x *HostStatus) GetCxConnectFail() uint64 {
 		return x.CxConnectFail
 	}
 	return 0
+}
+
+func (x *HostStatus) GetHealthFlags() []string {
+	if x != nil {
+		return x.HealthFlags
+	}
+	return nil
 }
 
 type DrainListenersRequest struct {
@@ -1836,7 +1849,7 @@ const file_skiff_admin_v1_admin_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\"\n" +
 	"\radded_via_api\x18\x02 \x01(\bR\vaddedViaApi\x12\x1b\n" +
 	"\tlb_policy\x18\x03 \x01(\tR\blbPolicy\x120\n" +
-	"\x05hosts\x18\x04 \x03(\v2\x1a.skiff.admin.v1.HostStatusR\x05hosts\"\xf9\x01\n" +
+	"\x05hosts\x18\x04 \x03(\v2\x1a.skiff.admin.v1.HostStatusR\x05hosts\"\x9c\x02\n" +
 	"\n" +
 	"HostStatus\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x16\n" +
@@ -1846,7 +1859,8 @@ const file_skiff_admin_v1_admin_proto_rawDesc = "" +
 	"\ahealthy\x18\x05 \x01(\bR\ahealthy\x12\x19\n" +
 	"\bcx_total\x18\x06 \x01(\x04R\acxTotal\x12\x1b\n" +
 	"\tcx_active\x18\a \x01(\x03R\bcxActive\x12&\n" +
-	"\x0fcx_connect_fail\x18\b \x01(\x04R\rcxConnectFail\"3\n" +
+	"\x0fcx_connect_fail\x18\b \x01(\x04R\rcxConnectFail\x12!\n" +
+	"\fhealth_flags\x18\t \x03(\tR\vhealthFlags\"3\n" +
 	"\x15DrainListenersRequest\x12\x1a\n" +
 	"\bgraceful\x18\x01 \x01(\bR\bgraceful\"d\n" +
 	"\x16DrainListenersResponse\x12J\n" +
