@@ -517,3 +517,52 @@ http_filters:
 		})
 	}
 }
+
+// TestIdleTimeoutAfterLongerRouteIdle: a stream reused after an exchange
+// whose route had a longer idle_timeout (its timer set for that one) times
+// out at the manager's shorter stream_idle_timeout, not the earlier route's.
+func TestIdleTimeoutAfterLongerRouteIdle(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	slow := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		if r.URL.Path == "/long" {
+			time.Sleep(500 * time.Millisecond) // past the manager's idle: the timer goes again, for the route's 30 s
+			w.WriteHeader(200)
+			return
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	cfg := `
+stat_prefix: ingress
+stream_idle_timeout: 0.3s
+route_config:
+  virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+    - match: { prefix: "/long" }
+      route: { cluster: slow, timeout: 0s, idle_timeout: 30s }
+    - match: { prefix: "/" }
+      route: { cluster: slow, timeout: 0s }
+http_filters:
+- name: envoy.filters.http.router
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+`
+	e := newEnv(t, cfg, cluster(t, "slow", false, slow))
+	c := h1Client(t)
+	c.Timeout = 5 * time.Second
+	if resp, _ := get(t, c, "http://"+e.addr+"/long"); resp.StatusCode != 200 {
+		t.Fatalf("/long: %d", resp.StatusCode)
+	}
+	resp, err := c.Get("http://" + e.addr + "/stall")
+	if err != nil {
+		t.Fatalf("the stalled request on the reused stream got no answer within 5 s (its idle timeout is 0.3 s): %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 408 {
+		t.Errorf("stalled request: %d, want 408", resp.StatusCode)
+	}
+}

@@ -45,21 +45,15 @@ type stream struct {
 	matched           bool
 	decoratorOp       string // x-envoy-decorator-operation for the response (tracing, ingress)
 
-	mu        sync.Mutex // the timers' view
-	active    bool
-	idle      time.Duration
-	reqAt     time.Time
-	durAt     time.Time // when max_stream_duration runs out; zero: never
-	durFire   time.Time // when the running duration timer fires
-	activity  atomic.Int64
-	started   int64 // the exchange's start on activity's clock
-	idleTimer *time.Timer
-	reqTimer  *time.Timer
-	durTimer  *time.Timer
-	// Whether the timers are running: they are set only when they are not,
-	// and on firing look at the deadlines and go again or stop, so that an
-	// exchange costs no timer operation in steady state.
-	idleRunning, reqRunning, durRunning bool
+	mu       sync.Mutex // the timers' view
+	active   bool
+	idle     time.Duration
+	reqAt    time.Time
+	durAt    time.Time // when max_stream_duration runs out; zero: never
+	activity atomic.Int64
+	started  int64 // the exchange's start on activity's clock
+	// The timers of the stream idle, request and duration timeouts; under mu.
+	idleTimer, reqTimer, durTimer lazyTimer
 
 	downstreamGoneFn func() // st.downstreamGone, made once
 }
@@ -67,6 +61,7 @@ type stream struct {
 func newStream(m *Manager) *stream {
 	st := &stream{m: m}
 	st.downstreamGoneFn = st.downstreamGone
+	st.idleTimer.f, st.reqTimer.f, st.durTimer.f = st.onIdle, st.onRequestTimeout, st.onMaxDuration
 	return st
 }
 
@@ -89,16 +84,10 @@ func (st *stream) downstreamGone() {
 func (st *stream) close() {
 	st.mu.Lock()
 	st.active = false
+	st.idleTimer.stop()
+	st.reqTimer.stop()
+	st.durTimer.stop()
 	st.mu.Unlock()
-	if st.idleTimer != nil {
-		st.idleTimer.Stop()
-	}
-	if st.reqTimer != nil {
-		st.reqTimer.Stop()
-	}
-	if st.durTimer != nil {
-		st.durTimer.Stop()
-	}
 }
 
 // serve runs one exchange.
@@ -176,26 +165,11 @@ func (st *stream) routeIdle(r *route.Route) {
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	idle := *r.IdleTimeout
-	shorter := idle < st.idle
-	st.idle = idle
-	if idle <= 0 {
-		return // a running timer stops when it fires
-	}
-	switch {
-	case !st.idleRunning:
-		st.idleRunning = true
-	case shorter && st.idleTimer.Stop():
-		// It would fire too late: again, sooner. (If Stop fails, it is
-		// firing and will find the new timeout.)
-	default:
-		return // it fires in time and goes again for the rest
-	}
-	if st.idleTimer == nil {
-		st.idleTimer = time.AfterFunc(idle, st.onIdle)
-	} else {
-		st.idleTimer.Reset(idle)
-	}
+	st.idle = *r.IdleTimeout
+	if st.idle > 0 {
+		// No earlier than the deadline, which counts from the last activity.
+		st.idleTimer.by(st.ex.Info.Start.Add(st.idle))
+	} // else a running timer stops when it fires
 }
 
 // routeDuration applies route r's stream duration limit (its
@@ -218,29 +192,12 @@ func (st *stream) routeDuration(r *route.Route) {
 }
 
 // setDurationLocked makes at when the stream's duration runs out (zero:
-// never). A timer that is not running starts; one that would fire after at
-// (set for an earlier exchange on a reused stream) is brought forward.
+// never).
 func (st *stream) setDurationLocked(at time.Time) {
 	st.durAt = at
-	if at.IsZero() {
-		return // a running timer stops when it fires
-	}
-	switch {
-	case !st.durRunning:
-		st.durRunning = true
-	case at.Before(st.durFire) && st.durTimer.Stop():
-		// It would fire too late: again, sooner. (If Stop fails, it is
-		// firing and will find the new time.)
-	default:
-		return // it fires by then and goes again for the rest
-	}
-	st.durFire = at
-	d := time.Until(at)
-	if st.durTimer == nil {
-		st.durTimer = time.AfterFunc(d, st.onMaxDuration)
-	} else {
-		st.durTimer.Reset(d)
-	}
+	if !at.IsZero() {
+		st.durTimer.by(at)
+	} // else a running timer stops when it fires
 }
 
 // finish ends what the exchange left undone, then counts and logs it.
@@ -430,27 +387,16 @@ func (st *stream) armTimers() {
 	defer st.mu.Unlock()
 	st.active = true
 	st.idle = m.streamIdle
-	if st.idle > 0 && !st.idleRunning {
-		st.idleRunning = true
-		if st.idleTimer == nil {
-			st.idleTimer = time.AfterFunc(st.idle, st.onIdle)
-		} else {
-			st.idleTimer.Reset(st.idle)
-		}
+	start := st.ex.Info.Start
+	if st.idle > 0 {
+		st.idleTimer.by(start.Add(st.idle))
 	}
 	if m.maxStreamDur > 0 {
-		st.setDurationLocked(st.ex.Info.Start.Add(m.maxStreamDur))
+		st.setDurationLocked(start.Add(m.maxStreamDur))
 	}
 	if m.requestTimeout > 0 && st.ex.Info.RequestComplete == 0 {
-		st.reqAt = st.ex.Info.Start.Add(m.requestTimeout)
-		if !st.reqRunning {
-			st.reqRunning = true
-			if st.reqTimer == nil {
-				st.reqTimer = time.AfterFunc(m.requestTimeout, st.onRequestTimeout)
-			} else {
-				st.reqTimer.Reset(m.requestTimeout)
-			}
-		}
+		st.reqAt = start.Add(m.requestTimeout)
+		st.reqTimer.by(st.reqAt)
 	}
 }
 
@@ -469,17 +415,17 @@ func (st *stream) stopTimers() {
 func (st *stream) onIdle() {
 	st.mu.Lock()
 	if !st.active || st.idle <= 0 {
-		st.idleRunning = false
+		st.idleTimer.done()
 		st.mu.Unlock()
 		return
 	}
 	quiet := time.Duration(nanotime() - st.activity.Load())
 	if quiet < st.idle {
-		st.idleTimer.Reset(st.idle - quiet)
+		st.idleTimer.again(time.Now().Add(st.idle - quiet))
 		st.mu.Unlock()
 		return
 	}
-	st.idleRunning = false
+	st.idleTimer.done()
 	st.active = false
 	st.mu.Unlock()
 	st.ex.Interrupt(errStreamIdle)
@@ -488,16 +434,16 @@ func (st *stream) onIdle() {
 func (st *stream) onRequestTimeout() {
 	st.mu.Lock()
 	if !st.active || st.reqAt.IsZero() {
-		st.reqRunning = false
+		st.reqTimer.done()
 		st.mu.Unlock()
 		return
 	}
-	if now := time.Now(); now.Before(st.reqAt) {
-		st.reqTimer.Reset(st.reqAt.Sub(now))
+	if time.Now().Before(st.reqAt) {
+		st.reqTimer.again(st.reqAt)
 		st.mu.Unlock()
 		return
 	}
-	st.reqRunning = false
+	st.reqTimer.done()
 	st.mu.Unlock()
 	st.ex.Interrupt(errRequestTimeout)
 }
@@ -507,17 +453,16 @@ func (st *stream) onRequestTimeout() {
 func (st *stream) onMaxDuration() {
 	st.mu.Lock()
 	if !st.active || st.durAt.IsZero() {
-		st.durRunning = false
+		st.durTimer.done()
 		st.mu.Unlock()
 		return
 	}
-	if left := time.Until(st.durAt); left > 0 {
-		st.durFire = st.durAt
-		st.durTimer.Reset(left)
+	if time.Until(st.durAt) > 0 {
+		st.durTimer.again(st.durAt)
 		st.mu.Unlock()
 		return
 	}
-	st.durRunning = false
+	st.durTimer.done()
 	st.mu.Unlock()
 	st.ex.Interrupt(errMaxDuration)
 }
