@@ -50,6 +50,7 @@
 package router
 
 import (
+	"context"
 	"log/slog"
 	"sync"
 
@@ -124,13 +125,19 @@ func (Factory) Create(m proto.Message, fc *filter.Context) (http.Filter, error) 
 		rqRedirect:       st.Counter(prefix + "rq_redirect"),
 		rqDirectResponse: st.Counter(prefix + "rq_direct_response"),
 		resetAfterStart:  st.Counter(prefix + "rq_reset_after_downstream_response_started"),
+		rqShadow:         st.Counter(prefix + "rq_shadow"),
+		rqShadowFailed:   st.Counter(prefix + "rq_shadow_failed"),
 	}
+	r.shadowCtx, r.closeShadows = context.WithCancel(context.Background())
 	r.rqs.New = func() any { return &rq{} }
 	return r, nil
 }
 
 type routerStats struct {
 	rqTotal, noRoute, noCluster, rqRedirect, rqDirectResponse, resetAfterStart stats.Counter
+	// Copies sent by request_mirror_policies, and those that failed (no
+	// such cluster or healthy host, a connection or stream failure).
+	rqShadow, rqShadowFailed stats.Counter
 }
 
 // Router is a built router filter. It keeps no per-request state of its own;
@@ -145,6 +152,11 @@ type Router struct {
 	ownPools        bool
 	stats           routerStats
 	rqs             sync.Pool // of *rq
+	// The copies request_mirror_policies send run on their own, until their
+	// timeout or Close.
+	shadows      sync.WaitGroup
+	shadowCtx    context.Context
+	closeShadows context.CancelFunc
 }
 
 // OnRequest implements http.Filter; the router does its work in Serve.
@@ -205,6 +217,8 @@ func (r *Router) reply(e *http.Exchange, rt *route.Route) {
 // Close closes the router's own connection pools, if it made them (a
 // router built without filter.Context.HTTPPools, as in tests).
 func (r *Router) Close() {
+	r.closeShadows()
+	r.shadows.Wait()
 	if r.ownPools {
 		r.pools.Close()
 	}

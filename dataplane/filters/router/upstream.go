@@ -122,6 +122,8 @@ type rq struct {
 	respStarted bool // the response headers went downstream
 	replied     bool // a local reply (or a reset) answered
 	buf         *bufpool.Buffer
+
+	shadow *shadow // the copies request_mirror_policies send once the body is in
 }
 
 // begin readies q for a request.
@@ -147,6 +149,7 @@ func (q *rq) begin(r *Router, e *http.Exchange, rt *route.Route) {
 	q.trailers.Reset()
 	q.sending, q.sendWriteErr, q.readFailed = false, false, false
 	q.respStarted, q.replied, q.tunneling = false, false, false
+	q.shadow = nil
 	if q.senderDone == nil {
 		q.senderDone = make(chan struct{}, 1)
 		q.onGlobalFn, q.onTryFn, q.onIdleFn = q.onGlobal, q.onTry, q.onIdle
@@ -197,6 +200,9 @@ func (q *rq) run() {
 	}
 	q.setupTimeouts()
 	q.setupRetries()
+	if len(rt.Mirrors) > 0 {
+		q.prepareMirrors()
+	}
 	if e.Request.Has("expect") {
 		// As Envoy without proxy_100_continue: skiff answers the expectation
 		// itself (the downstream codec sends 100 Continue when the body is
@@ -665,6 +671,7 @@ func (q *rq) send(us http.ClientStream) {
 				tr.CopyTo(&q.trailers)
 			}
 			q.requestComplete()
+			q.mirrorBody()
 			if !writeFailed {
 				if tr.Len() > 0 {
 					_ = us.EndWithTrailers(tr)

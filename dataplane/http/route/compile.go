@@ -8,6 +8,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/skiffproxy/skiff/dataplane/http"
@@ -345,7 +346,8 @@ func (c *compiler) routeAction(r *Route, pb *routev3.RouteAction, vhRetry *Retry
 	if err := cfgerr.OnlyFields(pb, "cluster", "cluster_header", "weighted_clusters", "cluster_not_found_response_code",
 		"prefix_rewrite", "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "host_rewrite_header",
 		"host_rewrite_path_regex", "append_x_forwarded_host", "timeout", "idle_timeout", "retry_policy",
-		"max_grpc_timeout", "grpc_timeout_offset", "max_stream_duration", "hash_policy"); err != nil {
+		"max_grpc_timeout", "grpc_timeout_offset", "max_stream_duration", "hash_policy",
+		"request_mirror_policies"); err != nil {
 		return err
 	}
 	switch cs := pb.GetClusterSpecifier().(type) {
@@ -422,6 +424,13 @@ func (c *compiler) routeAction(r *Route, pb *routev3.RouteAction, vhRetry *Retry
 	if r.HashPolicies, err = compileHashPolicies(pb.GetHashPolicy()); err != nil {
 		return err
 	}
+	for i, mp := range pb.GetRequestMirrorPolicies() {
+		m, err := compileMirrorPolicy(mp)
+		if err != nil {
+			return cfgerr.Index("request_mirror_policies", i, err)
+		}
+		r.Mirrors = append(r.Mirrors, m)
+	}
 	if msd := pb.GetMaxStreamDuration(); msd != nil {
 		if r.MaxStreamDuration, err = compileStreamDuration(msd); err != nil {
 			return cfgerr.Field("max_stream_duration", err)
@@ -449,6 +458,34 @@ func duration(field string, d *durationpb.Duration) (time.Duration, error) {
 		return 0, cfgerr.Errorf(field, "must not be negative")
 	}
 	return v, nil
+}
+
+// compileMirrorPolicy compiles one of a RouteAction's
+// request_mirror_policies. trace_sampled has nothing to do without a tracer.
+func compileMirrorPolicy(pb *routev3.RouteAction_RequestMirrorPolicy) (MirrorPolicy, error) {
+	if err := cfgerr.OnlyFields(pb, "cluster", "runtime_fraction", "trace_sampled",
+		"disable_shadow_host_suffix_append"); err != nil {
+		return MirrorPolicy{}, err
+	}
+	if pb.GetCluster() == "" {
+		return MirrorPolicy{}, cfgerr.Errorf("cluster", "is required (cluster_header is not supported)")
+	}
+	m := MirrorPolicy{Cluster: pb.GetCluster(), PerMillion: 1000000, KeepHost: pb.GetDisableShadowHostSuffixAppend()}
+	if rf := pb.GetRuntimeFraction(); rf != nil {
+		if err := cfgerr.OnlyFields(rf, "default_value"); err != nil {
+			return MirrorPolicy{}, cfgerr.Field("runtime_fraction", err)
+		}
+		dv := rf.GetDefaultValue()
+		per := uint64(100)
+		switch dv.GetDenominator() {
+		case typev3.FractionalPercent_TEN_THOUSAND:
+			per = 10000
+		case typev3.FractionalPercent_MILLION:
+			per = 1000000
+		}
+		m.PerMillion = uint32(min(uint64(dv.GetNumerator()), per) * (1000000 / per))
+	}
+	return m, nil
 }
 
 // compileStreamDuration compiles a RouteAction's max_stream_duration.

@@ -123,7 +123,7 @@
 // RouteAction: cluster_specifier_plugin, inline_cluster_specifier_plugin,
 // metadata_match, path_rewrite_policy, path_rewrite, host_rewrite,
 // flush_timeout, early_data_policy, retry_policy_typed_config,
-// request_mirror_policies, priority (other than DEFAULT), rate_limits,
+// request_mirror_policies' cluster_header and runtime_key, priority (other than DEFAULT), rate_limits,
 // include_vh_rate_limits, hash_policy's filter_state, cors (deprecated: use
 // typed_per_filter_config), upgrade_configs,
 // internal_redirect_policy, internal_redirect_action (other than

@@ -105,8 +105,12 @@ func TestErrors(t *testing.T) {
 			"virtual_hosts[0].routes[0].match.query_parameters[0].string_match.safe_regex.regex: error parsing regexp: missing closing ): `(`"},
 
 		// Route actions.
-		{"unsupported action field", rt(`{prefix: /}`, "route: {cluster: c, request_mirror_policies: [{cluster: m}]}"),
-			"virtual_hosts[0].routes[0].route.request_mirror_policies: not supported by skiff (field 30 of envoy.config.route.v3.RouteAction)"},
+		{"unsupported action field", rt(`{prefix: /}`, "route: {cluster: c, path_rewrite: /x}"),
+			"virtual_hosts[0].routes[0].route.path_rewrite: not supported by skiff (field 45 of envoy.config.route.v3.RouteAction)"},
+		{"mirror by header", rt(`{prefix: /}`, "route: {cluster: c, request_mirror_policies: [{cluster_header: x-mirror}]}"),
+			"virtual_hosts[0].routes[0].route.request_mirror_policies[0].cluster_header: not supported by skiff (field 5 of envoy.config.route.v3.RouteAction.RequestMirrorPolicy)"},
+		{"mirror runtime key", rt(`{prefix: /}`, "route: {cluster: c, request_mirror_policies: [{cluster: m, runtime_fraction: {runtime_key: k, default_value: {numerator: 5}}}]}"),
+			"virtual_hosts[0].routes[0].route.request_mirror_policies[0].runtime_fraction.runtime_key: not supported by skiff (field 2 of envoy.config.core.v3.RuntimeFractionalPercent)"},
 		{"hash policy on filter state", rt(`{prefix: /}`, "route: {cluster: c, hash_policy: [{filter_state: {key: k}}]}"),
 			"virtual_hosts[0].routes[0].route.hash_policy[0].filter_state: not supported by skiff (field 6 of envoy.config.route.v3.RouteAction.HashPolicy)"},
 		{"upgrade_configs", rt(`{prefix: /}`, "route: {cluster: c, upgrade_configs: [{upgrade_type: websocket}]}"),

@@ -17,6 +17,35 @@ import (
 // DefaultTimeout is Envoy's default for RouteAction.timeout.
 const DefaultTimeout = 15 * time.Second
 
+// MirrorPolicy is one of a route's request_mirror_policies (Envoy's shadow
+// requests): a copy of the request goes to Cluster, fire and forget, its
+// answer ignored.
+type MirrorPolicy struct {
+	Cluster string
+	// PerMillion is the share of requests mirrored, in millionths
+	// (runtime_fraction's default_value; all of them without one).
+	PerMillion uint32
+	// KeepHost is disable_shadow_host_suffix_append: the copy's :authority
+	// is the request's instead of "<host>-shadow".
+	KeepHost bool
+}
+
+// Mirrored reports whether a request whose random value is rnd is mirrored.
+func (m *MirrorPolicy) Mirrored(rnd uint64) bool {
+	return m.PerMillion >= 1000000 || uint32(rnd%1000000) < m.PerMillion
+}
+
+// ShadowAuthority is the :authority of a mirrored copy of a request for
+// authority: "-shadow" appended to the host, before any port, as Envoy's
+// shadow requests have it.
+func ShadowAuthority(authority string) string {
+	host, port := authority, ""
+	if i := strings.LastIndexByte(authority, ':'); i >= 0 && !strings.HasSuffix(authority, "]") {
+		host, port = authority[:i], authority[i:]
+	}
+	return host + "-shadow" + port
+}
+
 // StreamDuration is a route's max_stream_duration.
 type StreamDuration struct {
 	// Max is max_stream_duration: it replaces the connection manager's
@@ -112,6 +141,9 @@ type Route struct {
 	// HashPolicies are hash_policy: what a consistent hash load balancer
 	// places a request by (Hash).
 	HashPolicies []HashPolicy
+	// Mirrors are request_mirror_policies: where the router sends copies
+	// of the route's requests (see MirrorPolicy).
+	Mirrors []MirrorPolicy
 	// Retry is the retry policy (the route's, else the virtual host's), or
 	// nil for no retries.
 	Retry *RetryPolicy

@@ -1,0 +1,59 @@
+package route
+
+import (
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+)
+
+func TestShadowAuthority(t *testing.T) {
+	for in, want := range map[string]string{
+		"shop.example":      "shop.example-shadow",
+		"shop.example:8080": "shop.example-shadow:8080",
+		"10.0.0.1:80":       "10.0.0.1-shadow:80",
+		"[::1]:80":          "[::1]-shadow:80",
+		"[::1]":             "[::1]-shadow",
+		"":                  "-shadow",
+	} {
+		if got := ShadowAuthority(in); got != want {
+			t.Errorf("ShadowAuthority(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestMirrorFraction(t *testing.T) {
+	for _, tc := range []struct {
+		rf   *corev3.RuntimeFractionalPercent
+		want uint32
+	}{
+		{nil, 1000000},
+		{&corev3.RuntimeFractionalPercent{DefaultValue: &typev3.FractionalPercent{Numerator: 5}}, 50000},
+		{&corev3.RuntimeFractionalPercent{DefaultValue: &typev3.FractionalPercent{Numerator: 25, Denominator: typev3.FractionalPercent_TEN_THOUSAND}}, 2500},
+		{&corev3.RuntimeFractionalPercent{DefaultValue: &typev3.FractionalPercent{Numerator: 7, Denominator: typev3.FractionalPercent_MILLION}}, 7},
+		{&corev3.RuntimeFractionalPercent{DefaultValue: &typev3.FractionalPercent{Numerator: 500}}, 1000000}, // capped at 100 %
+		{&corev3.RuntimeFractionalPercent{DefaultValue: &typev3.FractionalPercent{}}, 0},
+	} {
+		m, err := compileMirrorPolicy(&routev3.RouteAction_RequestMirrorPolicy{Cluster: "m", RuntimeFraction: tc.rf})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.PerMillion != tc.want {
+			t.Errorf("%v: %d per million, want %d", tc.rf, m.PerMillion, tc.want)
+		}
+	}
+	half := MirrorPolicy{PerMillion: 500000}
+	n := 0
+	for i := range uint64(10000) {
+		if half.Mirrored(i * 7919) {
+			n++
+		}
+	}
+	if n < 4000 || n > 6000 {
+		t.Errorf("50 %% mirrored %d of 10000", n)
+	}
+	if (&MirrorPolicy{PerMillion: 0}).Mirrored(0) {
+		t.Error("0 % mirrored a request")
+	}
+}
