@@ -63,6 +63,10 @@ type compiler struct {
 	rcFilters, vhFilters []levelConfig
 	vhMerged             []PerFilterConfig
 	rcWhere, vhWhere     string
+
+	// request_mirror_policies of the route configuration and the virtual
+	// host: a route without its own takes the most specific non-empty one.
+	rcMirrors, vhMirrors []MirrorPolicy
 }
 
 func compile(rc *routev3.RouteConfiguration, opts Options, inline bool) (*Table, error) {
@@ -72,7 +76,8 @@ func compile(rc *routev3.RouteConfiguration, opts Options, inline bool) (*Table,
 	if err := cfgerr.OnlyFields(rc, "name", "virtual_hosts", "response_headers_to_add", "response_headers_to_remove",
 		"request_headers_to_add", "request_headers_to_remove", "most_specific_header_mutations_wins",
 		"validate_clusters", "max_direct_response_body_size_bytes", "ignore_port_in_host_matching",
-		"ignore_path_parameters_in_path_matching", "metadata", "typed_per_filter_config"); err != nil {
+		"ignore_path_parameters_in_path_matching", "metadata", "typed_per_filter_config",
+		"request_mirror_policies"); err != nil {
 		return nil, err
 	}
 	if err := cfgerr.Validate(rc); err != nil {
@@ -95,6 +100,9 @@ func compile(rc *routev3.RouteConfiguration, opts Options, inline bool) (*Table,
 		return nil, err
 	}
 	if c.cfgResp, err = compileMutation("response_headers_to_add", rc.GetResponseHeadersToAdd(), "response_headers_to_remove", rc.GetResponseHeadersToRemove()); err != nil {
+		return nil, err
+	}
+	if c.rcMirrors, err = compileMirrorPolicies(rc.GetRequestMirrorPolicies()); err != nil {
 		return nil, err
 	}
 	c.rcWhere = describe("route configuration", rc.GetName(), "")
@@ -171,7 +179,7 @@ func (c *compiler) virtualHost(pb *routev3.VirtualHost) (*VirtualHost, error) {
 	if err := cfgerr.OnlyFields(pb, "name", "domains", "routes", "request_headers_to_add", "request_headers_to_remove",
 		"response_headers_to_add", "response_headers_to_remove", "include_request_attempt_count",
 		"include_attempt_count_in_response", "include_is_timeout_retry_header", "retry_policy", "metadata",
-		"typed_per_filter_config"); err != nil {
+		"typed_per_filter_config", "request_mirror_policies"); err != nil {
 		return nil, err
 	}
 	vh := &VirtualHost{
@@ -195,6 +203,9 @@ func (c *compiler) virtualHost(pb *routev3.VirtualHost) (*VirtualHost, error) {
 		if retry, err = compileRetryPolicy(rp); err != nil {
 			return nil, cfgerr.Field("retry_policy", err)
 		}
+	}
+	if c.vhMirrors, err = compileMirrorPolicies(pb.GetRequestMirrorPolicies()); err != nil {
+		return nil, err
 	}
 	c.vhWhere = describe("virtual host", pb.GetName(), c.rcWhere)
 	if c.vhFilters, err = c.filterConfigs(pb.GetTypedPerFilterConfig(), c.vhWhere); err != nil {
@@ -424,12 +435,14 @@ func (c *compiler) routeAction(r *Route, pb *routev3.RouteAction, vhRetry *Retry
 	if r.HashPolicies, err = compileHashPolicies(pb.GetHashPolicy()); err != nil {
 		return err
 	}
-	for i, mp := range pb.GetRequestMirrorPolicies() {
-		m, err := compileMirrorPolicy(mp)
-		if err != nil {
-			return cfgerr.Index("request_mirror_policies", i, err)
+	if r.Mirrors, err = compileMirrorPolicies(pb.GetRequestMirrorPolicies()); err != nil {
+		return err
+	}
+	// Policies are not merged: the most specific non-empty list is the route's.
+	for _, up := range [][]MirrorPolicy{c.vhMirrors, c.rcMirrors} {
+		if len(r.Mirrors) == 0 {
+			r.Mirrors = up
 		}
-		r.Mirrors = append(r.Mirrors, m)
 	}
 	if msd := pb.GetMaxStreamDuration(); msd != nil {
 		if r.MaxStreamDuration, err = compileStreamDuration(msd); err != nil {
@@ -458,6 +471,20 @@ func duration(field string, d *durationpb.Duration) (time.Duration, error) {
 		return 0, cfgerr.Errorf(field, "must not be negative")
 	}
 	return v, nil
+}
+
+// compileMirrorPolicies compiles a request_mirror_policies list (of a
+// route, a virtual host or the route configuration).
+func compileMirrorPolicies(pbs []*routev3.RouteAction_RequestMirrorPolicy) ([]MirrorPolicy, error) {
+	var out []MirrorPolicy
+	for i, mp := range pbs {
+		m, err := compileMirrorPolicy(mp)
+		if err != nil {
+			return nil, cfgerr.Index("request_mirror_policies", i, err)
+		}
+		out = append(out, m)
+	}
+	return out, nil
 }
 
 // compileMirrorPolicy compiles one of a RouteAction's

@@ -110,11 +110,11 @@
 // # Refused fields
 //
 // RouteConfiguration: vhds, internal_only_headers, cluster_specifier_plugins,
-// request_mirror_policies, vhost_header, route_specifiers.
+// vhost_header, route_specifiers.
 // VirtualHost: matcher, require_tls, virtual_clusters, rate_limits, cors
 // (deprecated: use typed_per_filter_config), retry_policy_typed_config,
 // hedge_policy, per_request_buffer_limit_bytes, request_body_buffer_limit,
-// request_mirror_policies, route_specifiers.
+// route_specifiers.
 // Route: filter_action, non_forwarding_action, tracing,
 // per_request_buffer_limit_bytes, stat_prefix, request_body_buffer_limit,
 // route_specifiers.
@@ -123,7 +123,7 @@
 // RouteAction: cluster_specifier_plugin, inline_cluster_specifier_plugin,
 // metadata_match, path_rewrite_policy, path_rewrite, host_rewrite,
 // flush_timeout, early_data_policy, retry_policy_typed_config,
-// request_mirror_policies' cluster_header and runtime_key, priority (other than DEFAULT), rate_limits,
+// request_mirror_policies' cluster_header and runtime_key (at every level), priority (other than DEFAULT), rate_limits,
 // include_vh_rate_limits, hash_policy's filter_state, cors (deprecated: use
 // typed_per_filter_config), upgrade_configs,
 // internal_redirect_policy, internal_redirect_action (other than

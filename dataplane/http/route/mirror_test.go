@@ -57,3 +57,38 @@ func TestMirrorFraction(t *testing.T) {
 		t.Error("0 % mirrored a request")
 	}
 }
+
+// TestMirrorPolicyLevels: a route without request_mirror_policies takes its
+// virtual host's, else the route configuration's; the most specific
+// non-empty list wins whole, as in Envoy.
+func TestMirrorPolicyLevels(t *testing.T) {
+	mirror := func(c string) []*routev3.RouteAction_RequestMirrorPolicy {
+		return []*routev3.RouteAction_RequestMirrorPolicy{{Cluster: c}}
+	}
+	r := func(name string, m []*routev3.RouteAction_RequestMirrorPolicy) *routev3.Route {
+		return &routev3.Route{Name: name, Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+			Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+				ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "c"}, RequestMirrorPolicies: m}}}
+	}
+	rc := &routev3.RouteConfiguration{
+		Name:                  "rc",
+		RequestMirrorPolicies: mirror("from-config"),
+		VirtualHosts: []*routev3.VirtualHost{
+			{Name: "a", Domains: []string{"a"}, RequestMirrorPolicies: mirror("from-vhost"),
+				Routes: []*routev3.Route{r("own", mirror("from-route")), r("inherits", nil)}},
+			{Name: "b", Domains: []string{"b"}, Routes: []*routev3.Route{r("from-config", nil)}},
+		},
+	}
+	tbl, err := Compile(rc, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"own": "from-route", "inherits": "from-vhost", "from-config": "from-config"}
+	for _, vh := range tbl.vhosts {
+		for _, rt := range vh.routes {
+			if len(rt.Mirrors) != 1 || rt.Mirrors[0].Cluster != want[rt.Name] {
+				t.Errorf("route %s mirrors %+v, want one to %s", rt.Name, rt.Mirrors, want[rt.Name])
+			}
+		}
+	}
+}
