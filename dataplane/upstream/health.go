@@ -82,6 +82,7 @@ type TCPHealthCheck struct {
 type HTTPHealthCheck struct {
 	Method, Host        string
 	Path                *url.URL // path and query
+	HTTP2               bool     // codec_client_type HTTP2: prior knowledge, cleartext
 	Add                 []HeaderValue
 	Remove              []string
 	Expected, Retriable []StatusRange
@@ -266,14 +267,19 @@ func compileHTTPCheck(pb *corev3.HealthCheck_HttpHealthCheck) (*HTTPHealthCheck,
 		"expected_statuses", "retriable_statuses", "codec_client_type", "method"); err != nil {
 		return nil, err
 	}
-	if pb.GetCodecClientType() != 0 { // HTTP1
-		return nil, cfgerr.Errorf("codec_client_type", "%v is not supported: skiff checks over HTTP/1.1", pb.GetCodecClientType())
+	var http2 bool
+	switch pb.GetCodecClientType() {
+	case typev3.CodecClientType_HTTP1:
+	case typev3.CodecClientType_HTTP2:
+		http2 = true
+	default:
+		return nil, cfgerr.Errorf("codec_client_type", "%v is not supported: skiff checks over HTTP/1.1 or HTTP/2", pb.GetCodecClientType())
 	}
 	path, err := url.ParseRequestURI(pb.GetPath())
 	if err != nil || !strings.HasPrefix(pb.GetPath(), "/") {
 		return nil, cfgerr.Errorf("path", "%q is not an absolute path", pb.GetPath())
 	}
-	hc := &HTTPHealthCheck{Method: "GET", Host: pb.GetHost(), Path: path}
+	hc := &HTTPHealthCheck{Method: "GET", Host: pb.GetHost(), Path: path, HTTP2: http2}
 	switch m := pb.GetMethod(); m {
 	case corev3.RequestMethod_METHOD_UNSPECIFIED, corev3.RequestMethod_GET:
 	case corev3.RequestMethod_CONNECT:
@@ -482,6 +488,7 @@ const (
 type session struct {
 	grpc         *grpc.ClientConn // for grpc_health_check, instead of conn
 	conn         net.Conn
+	h2           *http.ClientConn // for an HTTP/2 http_health_check, instead of conn
 	br           *bufio.Reader
 	healthy, bad uint32 // successes and failures in a row
 	first        bool   // the first check is still to come
@@ -504,6 +511,9 @@ func (k *checker) run(ctx context.Context, h *Host, initial bool) {
 		}
 		if s.grpc != nil {
 			s.grpc.Close()
+		}
+		if s.h2 != nil {
+			s.h2.Close()
 		}
 	}()
 	wait := time.Duration(0)
@@ -536,6 +546,9 @@ func (k *checker) check(ctx context.Context, h *Host, s *session) outcome {
 	if k.cfg.GRPC != nil {
 		return k.checkGRPC(ctx, h, s)
 	}
+	if k.cfg.HTTP != nil && k.cfg.HTTP.HTTP2 {
+		return k.checkHTTP2(ctx, h, s)
+	}
 	if s.conn == nil {
 		cfg := k.c.cfg.Load()
 		conn, err := netio.Dial(ctx, h.Addr, &netio.DialOptions{Timeout: min(cfg.ConnectTimeout, k.cfg.Timeout)})
@@ -556,7 +569,7 @@ func (k *checker) check(ctx context.Context, h *Host, s *session) outcome {
 		res = k.checkTCP(s)
 	} else {
 		var close bool
-		res, close = k.checkHTTP(h, s)
+		res, close = k.checkHTTP(s)
 		keep = keep && !close
 	}
 	if res != checkPassed || !keep {
@@ -651,16 +664,18 @@ func (k *checker) checkGRPC(ctx context.Context, h *Host, s *session) outcome {
 	return res
 }
 
-// checkHTTP sends the request and judges the status. close reports that the
-// connection cannot carry another check.
-func (k *checker) checkHTTP(h *Host, s *session) (res outcome, close bool) {
+// httpRequest is the check's request, as Envoy's HTTP health checker
+// makes it.
+func (k *checker) httpRequest() *http.Request {
 	hc := k.cfg.HTTP
 	host := hc.Host
 	if host == "" {
 		host = k.c.name // Envoy's default: the cluster's name
 	}
+	u := *hc.Path
+	u.Scheme, u.Host = "http", host
 	req := &http.Request{
-		Method: hc.Method, URL: hc.Path, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Method: hc.Method, URL: &u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Host: host, Header: http.Header{"User-Agent": {"Envoy/HC"}},
 	}
 	for _, a := range hc.Add {
@@ -673,14 +688,14 @@ func (k *checker) checkHTTP(h *Host, s *session) (res outcome, close bool) {
 	for _, n := range hc.Remove {
 		req.Header.Del(n)
 	}
-	if err := req.Write(s.conn); err != nil {
-		return checkNetwork, true
-	}
-	resp, err := http.ReadResponse(s.br, req)
-	if err != nil {
-		return checkNetwork, true
-	}
-	_, err = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+	return req
+}
+
+// judge reads a check's response to its end and applies the status rules.
+// close reports that the connection cannot carry another check.
+func (k *checker) judge(resp *http.Response) (res outcome, close bool) {
+	hc := k.cfg.HTTP
+	_, err := io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
 	resp.Body.Close()
 	close = err != nil || resp.Close
 	switch {
@@ -690,6 +705,50 @@ func (k *checker) checkHTTP(h *Host, s *session) (res outcome, close bool) {
 		return checkNetwork, close
 	}
 	return checkActive, close
+}
+
+// checkHTTP sends the request over HTTP/1.1 on the session's connection.
+func (k *checker) checkHTTP(s *session) (res outcome, close bool) {
+	req := k.httpRequest()
+	if err := req.Write(s.conn); err != nil {
+		return checkNetwork, true
+	}
+	resp, err := http.ReadResponse(s.br, req)
+	if err != nil {
+		return checkNetwork, true
+	}
+	return k.judge(resp)
+}
+
+// checkHTTP2 sends the request over cleartext HTTP/2 (prior knowledge) on
+// the session's HTTP/2 connection, making one if needed; it is closed after
+// a failure, without reuse_connection, or when it takes no more requests.
+func (k *checker) checkHTTP2(ctx context.Context, h *Host, s *session) outcome {
+	if s.h2 == nil {
+		timeout := min(k.c.cfg.Load().ConnectTimeout, k.cfg.Timeout)
+		tr := &http.Transport{
+			Protocols: new(http.Protocols),
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return netio.Dial(ctx, h.Addr, &netio.DialOptions{Timeout: timeout})
+			},
+		}
+		tr.Protocols.SetUnencryptedHTTP2(true)
+		cc, err := tr.NewClientConn(ctx, "http", h.Addr.String())
+		if err != nil {
+			return checkNetwork
+		}
+		s.h2 = cc
+	}
+	res := checkNetwork
+	close := true
+	if resp, err := s.h2.RoundTrip(k.httpRequest().WithContext(ctx)); err == nil {
+		res, close = k.judge(resp)
+	}
+	if res != checkPassed || close || !k.cfg.ReuseConnection || s.h2.Available() == 0 {
+		s.h2.Close()
+		s.h2 = nil
+	}
+	return res
 }
 
 // record applies a check's outcome to the host, as Envoy's

@@ -163,6 +163,58 @@ func TestHTTPHealthCheck(t *testing.T) {
 	}
 }
 
+// TestHTTP2HealthCheck: codec_client_type HTTP2 checks over cleartext
+// HTTP/2 (prior knowledge), one connection reused, with the same request
+// and status rules.
+func TestHTTP2HealthCheck(t *testing.T) {
+	var status atomic.Int32
+	status.Store(200)
+	var mu sync.Mutex
+	var protos, hosts, paths []string
+	var remotes = map[string]bool{}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		protos, hosts, paths = append(protos, r.Proto), append(hosts, r.Host), append(paths, r.URL.RequestURI())
+		remotes[r.RemoteAddr] = true
+		mu.Unlock()
+		w.WriteHeader(int(status.Load()))
+	})}
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetUnencryptedHTTP2(true)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	hc := fastCheck()
+	hc.HealthChecker = &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{
+		Path: "/ready?x=1", Host: "svc.local", CodecClientType: typev3.CodecClientType_HTTP2,
+	}}
+	c, st := checkedCluster(t, hc, ln.Addr().String())
+	h := hostAt(c, ln.Addr().String())
+	waitUntil(t, "healthy", h.Healthy)
+	waitUntil(t, "three checks", func() bool {
+		v, _ := st.Value("cluster.c.health_check.success")
+		return v >= 3
+	})
+	mu.Lock()
+	conns := len(remotes) // of the passing checks
+	mu.Unlock()
+	status.Store(503)
+	waitUntil(t, "unhealthy on 503", func() bool { return !h.Healthy() })
+	mu.Lock()
+	defer mu.Unlock()
+	for i := range protos {
+		if protos[i] != "HTTP/2.0" || hosts[i] != "svc.local" || paths[i] != "/ready?x=1" {
+			t.Fatalf("check %d: %s Host %s %s, want HTTP/2.0 svc.local /ready?x=1", i, protos[i], hosts[i], paths[i])
+		}
+	}
+	if conns != 1 {
+		t.Errorf("the passing checks came over %d connections, want one reused", conns)
+	}
+}
+
 // TestHTTPHealthCheckUnexpectedStatusAtOnce: with a high unhealthy
 // threshold, one 503 still fails a healthy host (Envoy ignores the
 // threshold for a status that is neither expected nor retriable), while
@@ -381,9 +433,9 @@ func TestHealthCheckConfigErrors(t *testing.T) {
 			h.HealthChecker = &corev3.HealthCheck_GrpcHealthCheck_{GrpcHealthCheck: &corev3.HealthCheck_GrpcHealthCheck{
 				InitialMetadata: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "grpc-timeout", Value: "1S"}}}}}
 		})}, "health_checks[0].grpc_health_check.initial_metadata[0].header.key"},
-		{"http2", []*corev3.HealthCheck{base(func(h *corev3.HealthCheck) {
-			h.GetHttpHealthCheck().CodecClientType = typev3.CodecClientType_HTTP2
-		})}, "health_checks[0].http_health_check.codec_client_type: HTTP2 is not supported"},
+		{"http3", []*corev3.HealthCheck{base(func(h *corev3.HealthCheck) {
+			h.GetHttpHealthCheck().CodecClientType = typev3.CodecClientType_HTTP3
+		})}, "health_checks[0].http_health_check.codec_client_type: HTTP3 is not supported"},
 		{"relative path", []*corev3.HealthCheck{base(func(h *corev3.HealthCheck) { h.GetHttpHealthCheck().Path = "healthz" })}, "http_health_check.path"},
 		{"status range", []*corev3.HealthCheck{base(func(h *corev3.HealthCheck) {
 			h.GetHttpHealthCheck().ExpectedStatuses = []*typev3.Int64Range{{Start: 200, End: 200}}
