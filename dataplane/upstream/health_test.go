@@ -69,6 +69,41 @@ func hostAt(c *Cluster, addr string) *Host {
 	return nil
 }
 
+// serveTCP accepts connections on a loopback port until the test ends,
+// each handled by handle on its own goroutine and then closed.
+func serveTCP(t *testing.T, handle func(net.Conn)) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return ln
+}
+
+// refusedAddr is a loopback address nothing listens on.
+func refusedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Close()
+	return ln.Addr().String()
+}
+
 // statusServer answers the health check path with *status, and records the
 // requests it gets.
 type statusServer struct {
@@ -236,39 +271,22 @@ func TestHTTPHealthCheckUnexpectedStatusAtOnce(t *testing.T) {
 // refuses connections stays unhealthy from the start.
 func TestTCPHealthCheck(t *testing.T) {
 	serve := func(reply string) string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
+		return serveTCP(t, func(c net.Conn) {
+			buf := make([]byte, 64)
 			for {
-				c, err := ln.Accept()
+				n, err := c.Read(buf)
 				if err != nil {
 					return
 				}
-				go func() {
-					defer c.Close()
-					buf := make([]byte, 64)
-					for {
-						n, err := c.Read(buf)
-						if err != nil {
-							return
-						}
-						if string(buf[:n]) == "ping" {
-							c.Write([]byte(reply))
-						}
-					}
-				}()
+				if string(buf[:n]) == "ping" {
+					c.Write([]byte(reply))
+				}
 			}
-		}()
-		return ln.Addr().String()
+		}).Addr().String()
 	}
 	pong := serve("..po" + "ng and more")
 	wrong := serve("nope")
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	refused := ln.Addr().String()
-	ln.Close()
+	refused := refusedAddr(t)
 
 	hc := fastCheck()
 	hc.HealthChecker = &corev3.HealthCheck_TcpHealthCheck_{TcpHealthCheck: &corev3.HealthCheck_TcpHealthCheck{
@@ -300,9 +318,7 @@ func TestTCPHealthCheck(t *testing.T) {
 // avoids a host that fails it (Envoy's warming waits for the same).
 func TestSetWaitsForFirstRound(t *testing.T) {
 	good := newStatusServer(t, 200)
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	refused := ln.Addr().String()
-	ln.Close()
+	refused := refusedAddr(t)
 	hc := fastCheck()
 	hc.Interval = durationpb.New(time.Hour) // the first check is the only one
 	hc.NoTrafficInterval = durationpb.New(time.Hour)
@@ -379,9 +395,7 @@ func TestGRPCHealthCheck(t *testing.T) {
 	}
 	go srv.Serve(ln)
 	t.Cleanup(srv.Stop)
-	ln2, _ := net.Listen("tcp", "127.0.0.1:0")
-	refused := ln2.Addr().String()
-	ln2.Close()
+	refused := refusedAddr(t)
 
 	hc := fastCheck()
 	hc.HealthChecker = &corev3.HealthCheck_GrpcHealthCheck_{GrpcHealthCheck: &corev3.HealthCheck_GrpcHealthCheck{

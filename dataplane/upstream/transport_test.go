@@ -37,20 +37,7 @@ func rawSocket(t testing.TB) *corev3.TransportSocket {
 
 func listen(t *testing.T) (net.Listener, *endpointv3.Endpoint) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	ln := serveTCP(t, func(net.Conn) {})
 	ap := ln.Addr().(*net.TCPAddr).AddrPort()
 	return ln, &endpointv3.Endpoint{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
 		Address: ap.Addr().String(), PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(ap.Port())}}}}}
