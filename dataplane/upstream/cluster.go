@@ -159,6 +159,7 @@ type Cluster struct {
 	outlier      atomic.Pointer[detector] // nil: no outlier_detection
 	outlierStats *outlierStats            // made with the first detector; under mu
 	checker      *checker                 // nil: no health_checks; under mu
+	live         bool                     // made and in the Manager's map (after newCluster); under mu
 	healthStats  *healthStats             // made with the first checker; under mu
 
 	mu         sync.Mutex               // serialises updates
@@ -172,6 +173,9 @@ func newCluster(a Assignment, st *stats.Store) *Cluster {
 	c := &Cluster{name: a.Config.Name, scope: sc, stats: newClusterStats(sc), hosts: map[netip.AddrPort]*Host{}}
 	c.refs.Store(1)
 	c.update(a)
+	c.mu.Lock()
+	c.live = true
+	c.mu.Unlock()
 	return c
 }
 
@@ -677,11 +681,12 @@ type Assignment struct {
 // and clusters not in as are removed. It returns the removed clusters.
 //
 // A cluster whose active health checking starts with this Set (a new
-// cluster with health_checks, or a changed health check) is in place when
-// Set returns, but Set returns only once each of its hosts has had its
-// first check, or as long as one can take: as Envoy's cluster warming
-// waits for the first round of checks, so that traffic does not meet the
-// hosts before their health is known.
+// cluster with health_checks, or a changed health check) has its hosts
+// checked once, or for as long as a check can take, before Set makes the
+// new set of clusters visible and returns: as Envoy's cluster warming waits
+// for the first round of checks, so that traffic does not meet a new
+// cluster's hosts before their health is known. An existing cluster whose
+// health check changes keeps its hosts' state meanwhile.
 func (m *Manager) Set(as []Assignment) (removed []*Cluster) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -711,6 +716,11 @@ func (m *Manager) Set(as []Assignment) (removed []*Cluster) {
 			removed = append(removed, c)
 		}
 	}
+	// New clusters become visible once their hosts have had their first
+	// checks (the checks run together: this waits for the slowest).
+	for _, k := range checking {
+		k.firstRound()
+	}
 	m.clusters.Store(&next)
 	for _, c := range removed {
 		c.stop()
@@ -718,9 +728,6 @@ func (m *Manager) Set(as []Assignment) (removed []*Cluster) {
 			h.gone.Store(true)
 		}
 		c.Release() // the Manager's reference; users still connected keep theirs
-	}
-	for _, k := range checking {
-		k.firstRound() // they run together: this waits for the slowest
 	}
 	return removed
 }

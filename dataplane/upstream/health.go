@@ -392,12 +392,17 @@ func (c *Cluster) setHealthCheckLocked(cfg *HealthCheckConfig) {
 	}
 	k := &checker{c: c, cfg: cfg, stats: c.healthStats, sessions: map[*Host]context.CancelFunc{}}
 	c.checker = k
-	// Hosts are checked before they are trusted: each waits for its first
-	// check's success, as a host does in Envoy when health checking begins.
-	for _, h := range c.hosts {
-		h.hcFailed.Store(true)
+	if !c.live {
+		// A new cluster's hosts are checked before they are trusted: each
+		// waits for its first check's success (and Manager.Set for the
+		// first round), as in Envoy's cluster warming. A cluster already
+		// serving keeps its hosts' state while the new checks begin, as
+		// Envoy's old cluster serves while the new one warms.
+		for _, h := range c.hosts {
+			h.hcFailed.Store(true)
+		}
+		c.rebuildLocked()
 	}
-	c.rebuildLocked()
 	k.syncLocked(c.hosts)
 }
 
@@ -424,7 +429,6 @@ func (k *checker) syncLocked(hosts map[netip.AddrPort]*Host) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		k.sessions[h] = cancel
-		h.hcFailed.Store(true)
 		if initial {
 			k.initial.Add(1)
 		}

@@ -374,6 +374,17 @@ func TestHealthCheckKeepsStateAcrossUpdates(t *testing.T) {
 	if !hb.Healthy() || !ha.Healthy() {
 		t.Error("hosts stay unhealthy after health_checks was removed")
 	}
+	// Health checking added to a cluster already serving takes no host out
+	// while its checks begin: the failing one goes after unhealthy_threshold.
+	hc2 := fastCheck()
+	hc2.Interval = durationpb.New(time.Hour)
+	hc2.NoTrafficInterval = durationpb.New(time.Hour) // one check each
+	hc2.HealthChecker = &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{
+		Path: "/", RetriableStatuses: []*typev3.Int64Range{{Start: 503, End: 504}}}} // b's 503 counts toward the threshold
+	set(&clusterv3.Cluster{Name: "c", ConnectTimeout: durationpb.New(time.Second), HealthChecks: []*corev3.HealthCheck{hc2}}, a.addr(), b.addr())
+	if !ha.Healthy() || !hb.Healthy() {
+		t.Errorf("after health checking was added to a serving cluster: healthy %v, %v; want both (one failure of two)", ha.Healthy(), hb.Healthy())
+	}
 }
 
 // TestGRPCHealthCheck: grpc.health.v1 Check for the service name, with the

@@ -117,8 +117,19 @@ func (r *Router) sendShadow(cluster string, h *http.Header, body []byte, trailer
 	}
 	defer p.Release(conn)
 	defer us.Close()
-	stop := context.AfterFunc(ctx, func() { us.Reset(http.ResetCancel) })
-	defer stop()
+	// The reset must not come after the stream is closed and its
+	// connection released (an HTTP/1.1 stream is reused in place for the
+	// connection's next request): a timeout that fired is waited for.
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		us.Reset(http.ResetCancel)
+		close(fired)
+	})
+	defer func() {
+		if !stop() {
+			<-fired
+		}
+	}()
 	hs := cl.HTTPStats()
 	hs.RqTotal.Inc()
 	hs.RqActive.Inc()

@@ -200,14 +200,14 @@ func (q *rq) run() {
 	}
 	q.setupTimeouts()
 	q.setupRetries()
-	if len(rt.Mirrors) > 0 {
-		q.prepareMirrors()
-	}
 	if e.Request.Has("expect") {
 		// As Envoy without proxy_100_continue: skiff answers the expectation
 		// itself (the downstream codec sends 100 Continue when the body is
 		// first read) and the upstream gets the body without asking.
 		e.Request.Del("expect")
+	}
+	if len(rt.Mirrors) > 0 {
+		q.prepareMirrors()
 	}
 	if err := e.SetInterrupter(q); err != nil {
 		return // the connection manager gave up on it already
