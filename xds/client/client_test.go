@@ -491,6 +491,13 @@ func TestHeldBackNACKDoesNotRideOnTheNextACK(t *testing.T) {
 		f.client.handleSotW(ts.stream, &discoveryv3.DiscoveryResponse{
 			VersionInfo: "bad", TypeUrl: resource.ClusterType, Nonce: fmt.Sprintf("n-bad-%d", i), Resources: []*anypb.Any{a},
 		})
+		if i == 0 {
+			// The first NACK goes out before the repeat comes in; otherwise
+			// the send still queued for it would carry the repeat at once.
+			if r := f.cp.Request(resource.ClusterType, 2); r.GetErrorDetail() == nil {
+				t.Fatalf("the request after a rejected update is not a NACK: %v", r)
+			}
+		}
 	}
 	f.client.mu.Lock()
 	held := ts.nack != nil && ts.nackTimer != nil
