@@ -8,10 +8,10 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/dataplane/runtime"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 )
 
@@ -497,20 +497,12 @@ func compileMirrorPolicy(pb *routev3.RouteAction_RequestMirrorPolicy) (MirrorPol
 	if pb.GetCluster() == "" {
 		return MirrorPolicy{}, cfgerr.Errorf("cluster", "is required (cluster_header is not supported)")
 	}
-	m := MirrorPolicy{Cluster: pb.GetCluster(), PerMillion: 1000000, KeepHost: pb.GetDisableShadowHostSuffixAppend()}
+	m := MirrorPolicy{Cluster: pb.GetCluster(), Fraction: runtime.Percent(100), KeepHost: pb.GetDisableShadowHostSuffixAppend()}
 	if rf := pb.GetRuntimeFraction(); rf != nil {
 		if err := cfgerr.OnlyFields(rf, "default_value"); err != nil {
 			return MirrorPolicy{}, cfgerr.Field("runtime_fraction", err)
 		}
-		dv := rf.GetDefaultValue()
-		per := uint64(100)
-		switch dv.GetDenominator() {
-		case typev3.FractionalPercent_TEN_THOUSAND:
-			per = 10000
-		case typev3.FractionalPercent_MILLION:
-			per = 1000000
-		}
-		m.PerMillion = uint32(min(uint64(dv.GetNumerator()), per) * (1000000 / per))
+		m.Fraction = runtime.FractionOf(rf.GetDefaultValue())
 	}
 	return m, nil
 }

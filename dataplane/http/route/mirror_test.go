@@ -6,6 +6,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+
+	"github.com/skiffproxy/skiff/dataplane/runtime"
 )
 
 func TestShadowAuthority(t *testing.T) {
@@ -21,6 +23,11 @@ func TestShadowAuthority(t *testing.T) {
 			t.Errorf("ShadowAuthority(%q) = %q, want %q", in, got, want)
 		}
 	}
+}
+
+// perMillion is the share f samples, in millionths.
+func perMillion(f runtime.Fraction) uint32 {
+	return uint32(min(f.Numerator, f.Denominator) * (1000000 / f.Denominator))
 }
 
 func TestMirrorFraction(t *testing.T) {
@@ -39,11 +46,11 @@ func TestMirrorFraction(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if m.PerMillion != tc.want {
-			t.Errorf("%v: %d per million, want %d", tc.rf, m.PerMillion, tc.want)
+		if got := perMillion(m.Fraction); got != tc.want {
+			t.Errorf("%v: %d per million, want %d", tc.rf, got, tc.want)
 		}
 	}
-	half := MirrorPolicy{PerMillion: 500000}
+	half := MirrorPolicy{Fraction: runtime.Fraction{Numerator: 500000, Denominator: 1000000}}
 	n := 0
 	for i := range uint64(10000) {
 		if half.Mirrored(i * 7919) {
@@ -53,7 +60,7 @@ func TestMirrorFraction(t *testing.T) {
 	if n < 4000 || n > 6000 {
 		t.Errorf("50 %% mirrored %d of 10000", n)
 	}
-	if (&MirrorPolicy{PerMillion: 0}).Mirrored(0) {
+	if (&MirrorPolicy{Fraction: runtime.Fraction{Numerator: 0, Denominator: 1000000}}).Mirrored(0) {
 		t.Error("0 % mirrored a request")
 	}
 }

@@ -11,6 +11,7 @@ import (
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 
 	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/dataplane/runtime"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 )
 
@@ -22,18 +23,16 @@ const DefaultTimeout = 15 * time.Second
 // answer ignored.
 type MirrorPolicy struct {
 	Cluster string
-	// PerMillion is the share of requests mirrored, in millionths
-	// (runtime_fraction's default_value; all of them without one).
-	PerMillion uint32
+	// Fraction is the share of requests mirrored (runtime_fraction's
+	// default_value; all of them without one).
+	Fraction runtime.Fraction
 	// KeepHost is disable_shadow_host_suffix_append: the copy's :authority
 	// is the request's instead of "<host>-shadow".
 	KeepHost bool
 }
 
 // Mirrored reports whether a request whose random value is rnd is mirrored.
-func (m *MirrorPolicy) Mirrored(rnd uint64) bool {
-	return m.PerMillion >= 1000000 || uint32(rnd%1000000) < m.PerMillion
-}
+func (m *MirrorPolicy) Mirrored(rnd uint64) bool { return m.Fraction.Sample(rnd) }
 
 // ShadowAuthority is the :authority of a mirrored copy of a request for
 // authority: "-shadow" appended to the host, before any port, as Envoy's
