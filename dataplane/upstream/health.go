@@ -242,6 +242,15 @@ func compileTCPCheck(pb *corev3.HealthCheck_TcpHealthCheck) (*TCPHealthCheck, er
 	return tc, nil
 }
 
+// headerValue is a HeaderValue's value, or its raw_value when value is
+// empty, as Envoy takes them.
+func headerValue(hv *corev3.HeaderValue) string {
+	if v := hv.GetValue(); v != "" || len(hv.GetRawValue()) == 0 {
+		return v
+	}
+	return string(hv.GetRawValue())
+}
+
 func compileGRPCCheck(pb *corev3.HealthCheck_GrpcHealthCheck) (*GRPCHealthCheck, error) {
 	if err := cfgerr.OnlyFields(pb, "service_name", "authority", "initial_metadata"); err != nil {
 		return nil, err
@@ -253,10 +262,7 @@ func compileGRPCCheck(pb *corev3.HealthCheck_GrpcHealthCheck) (*GRPCHealthCheck,
 		if name == "" || strings.HasPrefix(name, ":") || strings.HasPrefix(name, "grpc-") {
 			return nil, cfgerr.Errorf("initial_metadata["+strconv.Itoa(i)+"].header.key", "%q is not metadata skiff can send", hv.GetKey())
 		}
-		v := hv.GetValue()
-		if v == "" && len(hv.GetRawValue()) > 0 {
-			v = string(hv.GetRawValue())
-		}
+		v := headerValue(hv)
 		gc.Metadata = append(gc.Metadata, HeaderValue{Name: name, Value: v, Append: true})
 	}
 	return gc, nil
@@ -292,10 +298,7 @@ func compileHTTPCheck(pb *corev3.HealthCheck_HttpHealthCheck) (*HTTPHealthCheck,
 		if hv.GetKey() == "" || strings.HasPrefix(hv.GetKey(), ":") {
 			return nil, cfgerr.Errorf("request_headers_to_add["+strconv.Itoa(i)+"].header.key", "%q is not a header name skiff can add", hv.GetKey())
 		}
-		v := hv.GetValue()
-		if v == "" && len(hv.GetRawValue()) > 0 {
-			v = string(hv.GetRawValue())
-		}
+		v := headerValue(hv)
 		add := h.GetAppendAction() == corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD
 		//lint:ignore SA1019 append is deprecated but still Envoy's API, with this meaning
 		if a := h.GetAppend(); a != nil {
@@ -542,6 +545,12 @@ func (k *checker) run(ctx context.Context, h *Host, initial bool) {
 	}
 }
 
+// dial connects to h for a check, within the cluster's connect_timeout or
+// the check's timeout, whichever is shorter.
+func (k *checker) dial(ctx context.Context, h *Host) (net.Conn, error) {
+	return netio.Dial(ctx, h.Addr, &netio.DialOptions{Timeout: min(k.c.cfg.Load().ConnectTimeout, k.cfg.Timeout)})
+}
+
 // check runs one check within the timeout.
 func (k *checker) check(ctx context.Context, h *Host, s *session) outcome {
 	k.stats.attempt.Inc()
@@ -554,8 +563,7 @@ func (k *checker) check(ctx context.Context, h *Host, s *session) outcome {
 		return k.checkHTTP2(ctx, h, s)
 	}
 	if s.conn == nil {
-		cfg := k.c.cfg.Load()
-		conn, err := netio.Dial(ctx, h.Addr, &netio.DialOptions{Timeout: min(cfg.ConnectTimeout, k.cfg.Timeout)})
+		conn, err := k.dial(ctx, h)
 		if err != nil {
 			return checkNetwork
 		}
@@ -633,14 +641,11 @@ func (k *checker) checkGRPC(ctx context.Context, h *Host, s *session) outcome {
 		if authority == "" {
 			authority = k.c.name
 		}
-		timeout := min(k.c.cfg.Load().ConnectTimeout, k.cfg.Timeout)
 		cc, err := grpc.NewClient("passthrough:///"+h.Addr.String(),
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithAuthority(authority),
 			grpc.WithUserAgent("Envoy/HC"),
-			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-				return netio.Dial(ctx, h.Addr, &netio.DialOptions{Timeout: timeout})
-			}))
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return k.dial(ctx, h) }))
 		if err != nil {
 			return checkNetwork
 		}
@@ -729,12 +734,9 @@ func (k *checker) checkHTTP(s *session) (res outcome, close bool) {
 // a failure, without reuse_connection, or when it takes no more requests.
 func (k *checker) checkHTTP2(ctx context.Context, h *Host, s *session) outcome {
 	if s.h2 == nil {
-		timeout := min(k.c.cfg.Load().ConnectTimeout, k.cfg.Timeout)
 		tr := &http.Transport{
-			Protocols: new(http.Protocols),
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				return netio.Dial(ctx, h.Addr, &netio.DialOptions{Timeout: timeout})
-			},
+			Protocols:   new(http.Protocols),
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return k.dial(ctx, h) },
 		}
 		tr.Protocols.SetUnencryptedHTTP2(true)
 		cc, err := tr.NewClientConn(ctx, "http", h.Addr.String())
