@@ -44,7 +44,13 @@ import (
 // down by the test's cleanup.
 func httpBackend(t testing.TB, h nethttp.Handler) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return httpBackendAt(t, "127.0.0.1:0", h)
+}
+
+// httpBackendAt is httpBackend listening on addr.
+func httpBackendAt(t testing.TB, addr string, h nethttp.Handler) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -162,6 +162,10 @@ type Cluster struct {
 	live         bool                     // made and in the Manager's map (after newCluster); under mu
 	healthStats  *healthStats             // made with the first checker; under mu
 
+	dns          *dnsResolver // nil: not a DNS cluster; under mu
+	dnsEndpoints []Endpoint   // the endpoints dns last set; under mu
+	dnsStats     *dnsStats    // made with the first resolver; under mu
+
 	mu         sync.Mutex               // serialises updates
 	transports []*Transport             // the Config's transport_socket_matches with this cluster's counters
 	hosts      map[netip.AddrPort]*Host // every host of the current assignment, by address
@@ -264,17 +268,26 @@ func (c *Cluster) update(a Assignment) {
 	if old != a.Config {
 		c.transports = bindTransportStats(a.Config, c.scope)
 	}
-	if old == nil || old.LBPolicy != a.Config.LBPolicy || old.ChoiceCount != a.Config.ChoiceCount || c.epsFrom == nil || c.epsFrom != a.From {
+	lbChanged := old == nil || old.LBPolicy != a.Config.LBPolicy || old.ChoiceCount != a.Config.ChoiceCount
+	switch {
+	case a.Config.DNS != nil && old == nil:
+		c.setEndpointsLocked(nil) // until the first resolution
+	case a.Config.DNS == nil && (lbChanged || c.epsFrom == nil || c.epsFrom != a.From):
 		c.setEndpointsLocked(a.Endpoints)
 		c.epsFrom = a.From
-	} else if old != a.Config {
+	case old != a.Config:
+		// The same hosts (a DNS cluster's are its resolver's to change).
 		for _, h := range c.hosts {
 			h.transport.Store(resolveTransport(c.transports, a.Config.transport, h.tm, h.ltm))
 		}
-		if old.PanicThreshold != a.Config.PanicThreshold || old.Hashing != a.Config.Hashing {
+		if lbChanged || old.PanicThreshold != a.Config.PanicThreshold || old.Hashing != a.Config.Hashing {
 			c.rebuildLocked()
 		}
 	}
+	if a.Config.DNS != nil {
+		c.epsFrom = nil
+	}
+	c.setDNSLocked(old, a.Config)
 	c.setOutlierLocked(a.Config.Outlier)
 	c.setHealthCheckLocked(a.Config.HealthCheck)
 }
@@ -292,9 +305,14 @@ func (c *Cluster) stop() {
 		k.stop()
 		c.checker = nil
 	}
+	r := c.dns
+	c.dns = nil
 	c.mu.Unlock()
 	if k != nil {
 		k.wait()
+	}
+	if r != nil {
+		r.stop()
 	}
 }
 
@@ -692,15 +710,17 @@ func (m *Manager) Set(as []Assignment) (removed []*Cluster) {
 	defer m.mu.Unlock()
 	cur := *m.clusters.Load()
 	next := make(map[string]*Cluster, len(as))
-	var checking []*checker // health checkers this Set started
+	var checking []*checker      // health checkers this Set started
+	var resolving []*dnsResolver // DNS resolvers this Set started
 	for _, a := range as {
 		c, ok := cur[a.Config.Name]
 		var before *checker
+		var beforeDNS *dnsResolver
 		switch {
 		case !ok:
 			c = newCluster(a, m.stats)
 		case c.Config() != a.Config || c.epsFrom != a.From:
-			before = c.healthChecker()
+			before, beforeDNS = c.healthChecker(), c.dnsResolver()
 			c.update(a)
 		default:
 			next[a.Config.Name] = c
@@ -709,6 +729,9 @@ func (m *Manager) Set(as []Assignment) (removed []*Cluster) {
 		if k := c.healthChecker(); k != nil && k != before {
 			checking = append(checking, k)
 		}
+		if r := c.dnsResolver(); r != nil && r != beforeDNS && r.cfg.Warm {
+			resolving = append(resolving, r)
+		}
 		next[a.Config.Name] = c
 	}
 	for name, c := range cur {
@@ -716,8 +739,12 @@ func (m *Manager) Set(as []Assignment) (removed []*Cluster) {
 			removed = append(removed, c)
 		}
 	}
-	// New clusters become visible once their hosts have had their first
-	// checks (the checks run together: this waits for the slowest).
+	// New clusters become visible once their names have been resolved and
+	// their hosts have had their first checks (each runs concurrently:
+	// this waits for the slowest).
+	for _, r := range resolving {
+		r.firstRound()
+	}
 	for _, k := range checking {
 		k.firstRound()
 	}

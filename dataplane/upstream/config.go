@@ -11,6 +11,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	dnsclusterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/dns/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -35,6 +36,9 @@ type Config struct {
 	Endpoints []Endpoint
 	// EDS is set for clusters whose endpoints come from EDS.
 	EDS *EDSConfig
+	// DNS is set for STRICT_DNS and LOGICAL_DNS clusters, whose endpoints
+	// are the addresses their load_assignment's names resolve to.
+	DNS *DNSConfig
 	// HTTP2 says the cluster's hosts speak HTTP/2 (http2_protocol_options or
 	// an HttpProtocolOptions extension asking for it), as gRPC servers need.
 	HTTP2 bool
@@ -120,7 +124,9 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 		"maglev_lb_config", "dns_lookup_family",
 		"eds_cluster_config", "http2_protocol_options", "typed_extension_protocol_options", "circuit_breakers",
 		"transport_socket", "transport_socket_matches", "filters", "outlier_detection",
-		"health_checks",
+		"health_checks", "dns_refresh_rate", "dns_failure_refresh_rate", "dns_jitter", "respect_dns_ttl",
+		"dns_resolvers", "use_tcp_for_dns_lookups", "dns_resolution_config", "typed_dns_resolver_config",
+		"wait_for_warm_on_init", "cluster_type",
 	); err != nil {
 		return nil, err
 	}
@@ -230,6 +236,13 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 	if err := c.circuitBreakers(pb.GetCircuitBreakers()); err != nil {
 		return nil, cfgerr.Field("circuit_breakers", err)
 	}
+	if ct := pb.GetClusterType(); ct != nil {
+		// The oneof with type: the extension's type decides.
+		if err := c.clusterType(pb, ct); err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
 	switch pb.GetType() {
 	case clusterv3.Cluster_STATIC:
 		// Without a load_assignment the cluster has no hosts, as in Envoy
@@ -254,13 +267,42 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 		if c.EDS.ServiceName == "" {
 			c.EDS.ServiceName = c.Name
 		}
-	default:
-		if pb.GetClusterType() != nil {
-			return nil, cfgerr.Errorf("cluster_type", "custom cluster types are not supported by skiff")
+	case clusterv3.Cluster_STRICT_DNS, clusterv3.Cluster_LOGICAL_DNS:
+		if pb.GetEdsClusterConfig() != nil {
+			return nil, cfgerr.Errorf("eds_cluster_config", "only EDS clusters take an eds_cluster_config")
 		}
-		return nil, cfgerr.Errorf("type", "%s clusters are not supported by skiff yet (STATIC and EDS are)", pb.GetType())
+		var err error
+		if c.DNS, err = dnsConfig(pb, legacyDNSCluster(pb), ""); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, cfgerr.Errorf("type", "%s clusters are not supported by skiff yet (STATIC, STRICT_DNS, LOGICAL_DNS and EDS are)", pb.GetType())
 	}
 	return c, nil
+}
+
+// clusterType reads a cluster_type extension: envoy.cluster.dns (DnsCluster)
+// is skiff's one.
+func (c *Config) clusterType(pb *clusterv3.Cluster, ct *clusterv3.Cluster_CustomClusterType) error {
+	if err := cfgerr.OnlyFields(ct, "name", "typed_config"); err != nil {
+		return cfgerr.Field("cluster_type", err)
+	}
+	m, err := ct.GetTypedConfig().UnmarshalNew()
+	if err != nil {
+		return cfgerr.Errorf("cluster_type.typed_config", "%v", err)
+	}
+	dc, ok := m.(*dnsclusterv3.DnsCluster)
+	if !ok {
+		return cfgerr.Errorf("cluster_type", "cluster type %s (%s) is not supported by skiff (DnsCluster is)", ct.GetName(), ct.GetTypedConfig().GetTypeUrl())
+	}
+	if err := cfgerr.Validate(dc); err != nil {
+		return cfgerr.Field("cluster_type.typed_config", err)
+	}
+	if pb.GetEdsClusterConfig() != nil {
+		return cfgerr.Errorf("eds_cluster_config", "only EDS clusters take an eds_cluster_config")
+	}
+	c.DNS, err = dnsConfig(pb, dc, "cluster_type.typed_config")
+	return err
 }
 
 // httpProtocolOptionsName is the extension key of HttpProtocolOptions in
@@ -487,11 +529,10 @@ func Endpoints(cla *endpointv3.ClusterLoadAssignment) ([]Endpoint, error) {
 }
 
 func endpoint(lle *endpointv3.LocalityLbEndpoints, lbe *endpointv3.LbEndpoint) (Endpoint, error) {
-	e := lbe.GetEndpoint()
-	if e == nil {
+	if lbe.GetEndpoint() == nil {
 		return Endpoint{}, cfgerr.Errorf("endpoint", "must be set (named endpoints are not supported)")
 	}
-	sa := e.GetAddress().GetSocketAddress()
+	sa := lbe.GetEndpoint().GetAddress().GetSocketAddress()
 	if sa == nil {
 		return Endpoint{}, cfgerr.Errorf("endpoint.address", "only socket_address is supported")
 	}
@@ -499,25 +540,44 @@ func endpoint(lle *endpointv3.LocalityLbEndpoints, lbe *endpointv3.LbEndpoint) (
 	if err != nil {
 		return Endpoint{}, cfgerr.Field("endpoint.address.socket_address", err)
 	}
+	ep := endpointTemplate(lle, lbe)
+	ep.Addr = ap
+	return ep, nil
+}
+
+// endpointTemplate is an lb_endpoint's Endpoint but for its address.
+func endpointTemplate(lle *endpointv3.LocalityLbEndpoints, lbe *endpointv3.LbEndpoint) Endpoint {
 	w := lbe.GetLoadBalancingWeight().GetValue()
 	if w == 0 {
 		w = 1
 	}
-	return Endpoint{Addr: ap, Weight: w, Priority: lle.GetPriority(), Health: lbe.GetHealthStatus(), Hostname: e.GetHostname(),
-		TransportMatch: transportMetadata(lbe.GetMetadata()), LocalityTransportMatch: transportMetadata(lle.GetMetadata())}, nil
+	return Endpoint{Weight: w, Priority: lle.GetPriority(), Health: lbe.GetHealthStatus(), Hostname: lbe.GetEndpoint().GetHostname(),
+		TransportMatch: transportMetadata(lbe.GetMetadata()), LocalityTransportMatch: transportMetadata(lle.GetMetadata())}
+}
+
+// checkSocketAddr refuses what skiff cannot connect to: named ports,
+// custom resolvers, UDP, ports out of range.
+func checkSocketAddr(sa *corev3.SocketAddress) error {
+	if sa.GetProtocol() != corev3.SocketAddress_TCP {
+		return cfgerr.Errorf("protocol", "only TCP is supported")
+	}
+	if sa.GetResolverName() != "" {
+		return cfgerr.Errorf("resolver_name", "custom resolvers are not supported")
+	}
+	if _, ok := sa.GetPortSpecifier().(*corev3.SocketAddress_NamedPort); ok {
+		return cfgerr.Errorf("named_port", "named ports are not supported")
+	}
+	if sa.GetPortValue() > 65535 {
+		return cfgerr.Errorf("port_value", "%d is not a port", sa.GetPortValue())
+	}
+	return nil
 }
 
 // SocketAddr converts an Envoy SocketAddress naming an IP and a port into an
 // AddrPort. Named ports, resolvers and UDP are refused.
 func SocketAddr(sa *corev3.SocketAddress) (netip.AddrPort, error) {
-	if sa.GetProtocol() != corev3.SocketAddress_TCP {
-		return netip.AddrPort{}, cfgerr.Errorf("protocol", "only TCP is supported")
-	}
-	if sa.GetResolverName() != "" {
-		return netip.AddrPort{}, cfgerr.Errorf("resolver_name", "custom resolvers are not supported")
-	}
-	if _, ok := sa.GetPortSpecifier().(*corev3.SocketAddress_NamedPort); ok {
-		return netip.AddrPort{}, cfgerr.Errorf("named_port", "named ports are not supported")
+	if err := checkSocketAddr(sa); err != nil {
+		return netip.AddrPort{}, err
 	}
 	ip, err := netip.ParseAddr(sa.GetAddress())
 	if err != nil {
@@ -525,9 +585,6 @@ func SocketAddr(sa *corev3.SocketAddress) (netip.AddrPort, error) {
 	}
 	if ip.Zone() != "" {
 		return netip.AddrPort{}, cfgerr.Errorf("address", "%q: zoned addresses are not supported", sa.GetAddress())
-	}
-	if sa.GetPortValue() > 65535 {
-		return netip.AddrPort{}, cfgerr.Errorf("port_value", "%d is not a port", sa.GetPortValue())
 	}
 	return netip.AddrPortFrom(ip, uint16(sa.GetPortValue())), nil
 }

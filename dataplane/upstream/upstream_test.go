@@ -212,8 +212,8 @@ func TestNewConfigErrors(t *testing.T) {
 		{"hostname endpoint", func(c *clusterv3.Cluster) {
 			c.LoadAssignment.Endpoints[0].LbEndpoints[0].GetEndpoint().Address.GetSocketAddress().Address = "example.com"
 		}, "load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address"},
-		{"DNS not yet", func(c *clusterv3.Cluster) {
-			c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS}
+		{"ORIGINAL_DST not yet", func(c *clusterv3.Cluster) {
+			c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST}
 		}, "type"},
 		{"EDS without a source", func(c *clusterv3.Cluster) {
 			c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS}
