@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -321,5 +322,25 @@ load_assignment: { cluster_name: c, endpoints: [{ lb_endpoints: [{ endpoint: { a
 	tc.TypeUrl, tc.Value = "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig", nil
 	if _, err := NewConfig(&pb); err == nil || !strings.Contains(err.Error(), "cluster_type") {
 		t.Errorf("aggregate cluster_type: %v, want an error at cluster_type", err)
+	}
+}
+
+// TestDNSClusterHealthChecked: a new DNS cluster with health checks is
+// published once its names are resolved and the hosts they gave have had
+// their first check, so the first request finds them healthy.
+func TestDNSClusterHealthChecked(t *testing.T) {
+	srv := dnstest.Start(t)
+	ln := serveTCP(t, func(net.Conn) {})
+	port := ln.Addr().(*net.TCPAddr).Port
+	srv.Set("a.skiff.test", 30, netip.MustParseAddr("127.0.0.1"))
+	c, _ := dnsCluster(t, srv, fmt.Sprintf(`
+type: STRICT_DNS
+dns_lookup_family: V4_ONLY
+health_checks: [{ timeout: 1s, interval: 10s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {} }]
+load_assignment: { cluster_name: c, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: a.skiff.test, port_value: %d } } } }] }] }
+`, port))
+	hosts := c.Hosts()
+	if len(hosts) != 1 || !hosts[0].Healthy() {
+		t.Fatalf("hosts after Set: %v (healthy: %v), want the resolved host, checked and healthy", hostAddrs(c), len(hosts) == 1 && hosts[0].Healthy())
 	}
 }

@@ -406,6 +406,11 @@ func (c *Cluster) setHealthCheckLocked(cfg *HealthCheckConfig) {
 		}
 		c.rebuildLocked()
 	}
+	if c.dns != nil && !c.dns.applied {
+		// A DNS cluster's hosts are not known yet: its first resolution
+		// makes them, and they are the first round Manager.Set waits for.
+		return
+	}
 	k.syncLocked(c.hosts)
 }
 
