@@ -212,3 +212,35 @@ func TestHTTP10AndPipelining(t *testing.T) {
 		}
 	}
 }
+
+// TestRequireTLS: through the connection manager, a virtual host's
+// require_tls answers a plaintext request with a 301 to https, and lets one
+// through whose x-forwarded-proto the (non-edge) manager trusts as https.
+func TestRequireTLS(t *testing.T) {
+	cfg := `
+stat_prefix: ingress
+route_config:
+  name: local
+  validate_clusters: false
+  virtual_hosts:
+  - name: secure
+    domains: ["*"]
+    require_tls: ALL
+    routes:
+    - match: { prefix: "/" }
+      direct_response: { status: 200, body: { inline_string: "over tls" } }
+http_filters:
+- name: envoy.filters.http.router
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+`
+	e := newEnv(t, cfg)
+	c := h1Client(t)
+	resp, _ := get(t, c, "http://"+e.addr+"/a?b=c", "host", "shop.example:8080")
+	if resp.StatusCode != 301 || resp.Header.Get("location") != "https://shop.example:8080/a?b=c" {
+		t.Errorf("plaintext request: %d, location %q; want 301 to https://shop.example:8080/a?b=c", resp.StatusCode, resp.Header.Get("location"))
+	}
+	resp, body := get(t, c, "http://"+e.addr+"/a", "x-forwarded-proto", "https")
+	if resp.StatusCode != 200 || body != "over tls" {
+		t.Errorf("request forwarded from TLS: %d %q, want 200", resp.StatusCode, body)
+	}
+}

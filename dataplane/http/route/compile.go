@@ -179,7 +179,7 @@ func (c *compiler) virtualHost(pb *routev3.VirtualHost) (*VirtualHost, error) {
 	if err := cfgerr.OnlyFields(pb, "name", "domains", "routes", "request_headers_to_add", "request_headers_to_remove",
 		"response_headers_to_add", "response_headers_to_remove", "include_request_attempt_count",
 		"include_attempt_count_in_response", "include_is_timeout_retry_header", "retry_policy", "metadata",
-		"typed_per_filter_config", "request_mirror_policies"); err != nil {
+		"typed_per_filter_config", "request_mirror_policies", "require_tls"); err != nil {
 		return nil, err
 	}
 	vh := &VirtualHost{
@@ -189,6 +189,11 @@ func (c *compiler) virtualHost(pb *routev3.VirtualHost) (*VirtualHost, error) {
 		IncludeAttemptCountInResponse: pb.GetIncludeAttemptCountInResponse(),
 		IncludeIsTimeoutRetryHeader:   pb.GetIncludeIsTimeoutRetryHeader(),
 		Metadata:                      pb.GetMetadata(),
+		RequireTLS:                    pb.GetRequireTls(),
+	}
+	if vh.RequireTLS != routev3.VirtualHost_NONE {
+		vh.tlsRedirect = &Route{VirtualHost: vh, Action: Redirect, Status: 301, statusText: "301",
+			Redirect: &RedirectAction{Code: 301, Scheme: "https", toHTTPS: true}}
 	}
 	req, err := compileMutation("request_headers_to_add", pb.GetRequestHeadersToAdd(), "request_headers_to_remove", pb.GetRequestHeadersToRemove())
 	if err != nil {

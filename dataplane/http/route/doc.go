@@ -39,7 +39,9 @@
 // VirtualHost: name, domains, routes, request/response_headers_to_add/remove,
 // retry_policy, include_request_attempt_count, include_attempt_count_in_response,
 // include_is_timeout_retry_header (flags for the router), metadata,
-// typed_per_filter_config.
+// typed_per_filter_config, request_mirror_policies, require_tls (a request whose
+// x-forwarded-proto is not https, and with EXTERNAL_ONLY not internal, matches
+// a 301 redirect to https before any route, as Envoy's SslRedirectRoute).
 //
 // Route: name, match, route, redirect, direct_response,
 // request/response_headers_to_add/remove, decorator (kept for tracing, which,
@@ -111,7 +113,7 @@
 //
 // RouteConfiguration: vhds, internal_only_headers, cluster_specifier_plugins,
 // vhost_header, route_specifiers.
-// VirtualHost: matcher, require_tls, virtual_clusters, rate_limits, cors
+// VirtualHost: matcher, virtual_clusters, rate_limits, cors
 // (deprecated: use typed_per_filter_config), retry_policy_typed_config,
 // hedge_policy, per_request_buffer_limit_bytes, request_body_buffer_limit,
 // route_specifiers.

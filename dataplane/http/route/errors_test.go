@@ -41,8 +41,8 @@ func TestErrors(t *testing.T) {
 			"response_headers_to_remove[0]: :-prefixed or host headers may not be removed"},
 
 		// Virtual hosts and domains.
-		{"unsupported vhost field", "virtual_hosts: [{name: v, domains: [a], require_tls: ALL}]",
-			"virtual_hosts[0].require_tls: not supported by skiff (field 4 of envoy.config.route.v3.VirtualHost)"},
+		{"unsupported vhost field", "virtual_hosts: [{name: v, domains: [a], virtual_clusters: [{name: vc}]}]",
+			"virtual_hosts[0].virtual_clusters: not supported by skiff (field 5 of envoy.config.route.v3.VirtualHost)"},
 		{"duplicate domain", "virtual_hosts: [{name: a, domains: [x.com, y.com]}, {name: b, domains: [z.com, X.COM]}]",
 			`virtual_hosts[1].domains[1]: duplicate domain "x.com" (virtual_hosts[0].domains[0] has it): domains must be unique across virtual hosts`},
 		{"duplicate in one vhost", "virtual_hosts: [{name: a, domains: ['*.x.com', '*.x.com']}]",

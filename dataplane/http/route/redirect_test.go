@@ -142,3 +142,58 @@ virtual_hosts: [{name: vh, domains: ["*"], routes: [{match: {prefix: /}, route: 
 		t.Errorf("Reply on a Forward route wrote %q", resp.String())
 	}
 }
+
+// TestRequireTLS: a virtual host's require_tls redirects, before any route
+// matches, each request that did not come over TLS to the same URL with
+// https, the host kept as it is (port included), as Envoy's
+// SslRedirectRoute does; EXTERNAL_ONLY lets internal requests through.
+func TestRequireTLS(t *testing.T) {
+	tbl := mustCompile(t, `
+response_headers_to_add: [{header: {key: x-config, value: c}}]
+virtual_hosts:
+- name: all
+  domains: ["all.example", "all.example:8080"]
+  require_tls: ALL
+  routes: [{ name: r, match: {path: /only}, route: {cluster: c} }]
+- name: external
+  domains: ["ext.example"]
+  require_tls: EXTERNAL_ONLY
+  routes: [{ name: r, match: {prefix: /}, route: {cluster: c} }]
+- name: none
+  domains: ["*"]
+  routes: [{ name: r, match: {prefix: /}, route: {cluster: c} }]
+`)
+	for _, tc := range []struct {
+		host, path string
+		kv         []string
+		location   string // "" when the request is routed
+	}{
+		{"all.example", "/any?q=1", nil, "https://all.example/any?q=1"},
+		{"all.example:8080", "/only", []string{"x-forwarded-proto", "http"}, "https://all.example:8080/only"},
+		{"all.example", "/only", []string{"x-forwarded-proto", "https"}, ""},
+		{"all.example", "/only", []string{"x-envoy-internal", "true"}, "https://all.example/only"},
+		{"ext.example", "/a", nil, "https://ext.example/a"},
+		{"ext.example", "/a", []string{"x-envoy-internal", "true"}, ""},
+		{"other.example", "/a", nil, ""},
+	} {
+		rq := req(tc.host, tc.path, tc.kv...)
+		r := tbl.Match(rq)
+		if r == nil {
+			t.Fatalf("%s%s %v: no route", tc.host, tc.path, tc.kv)
+		}
+		if tc.location == "" {
+			if r.Action == Redirect {
+				t.Errorf("%s%s %v: redirected, want routed", tc.host, tc.path, tc.kv)
+			}
+			continue
+		}
+		resp := hdr()
+		if body := r.Reply(rq, resp, nil); body != nil {
+			t.Errorf("body %q", body)
+		}
+		// No header mutation: Envoy's redirect route has none.
+		if want := ":status: 301\nlocation: " + tc.location + "\n"; resp.String() != want {
+			t.Errorf("%s%s %v: response\n%swant\n%s", tc.host, tc.path, tc.kv, resp.String(), want)
+		}
+	}
+}

@@ -212,6 +212,10 @@ type RedirectAction struct {
 	// StripQuery drops the query string (unless Path has its own).
 	StripQuery bool
 
+	// toHTTPS is a virtual host's require_tls redirect: the request's URL
+	// with https, its host kept as it is (Envoy's createSslRedirectPath).
+	toHTTPS bool
+
 	port         string // ":N"
 	pathHasQuery bool
 	rewrite      pathRewrite
@@ -588,6 +592,9 @@ func (r *Route) Location(req *http.Header) string {
 		return ""
 	}
 	path := req.Path()
+	if rd.toHTTPS {
+		return "https://" + req.Authority() + path
+	}
 	if rd.rewrite.set() {
 		if p, ok := r.rewritePath(path, &rd.rewrite); ok && p != "" {
 			path = p

@@ -55,8 +55,12 @@ type VirtualHost struct {
 	IncludeIsTimeoutRetryHeader bool
 	// Metadata is the virtual host's metadata.
 	Metadata *corev3.Metadata
+	// RequireTLS is require_tls: which requests that did not come over TLS
+	// (x-forwarded-proto is not https) are redirected to https.
+	RequireTLS routev3.VirtualHost_TlsRequirementType
 
-	routes []*Route
+	routes      []*Route
+	tlsRedirect *Route // answers the requests RequireTLS redirects
 }
 
 // Routes returns the virtual host's routes in matching order.
@@ -88,6 +92,9 @@ func (t *Table) Match(h *http.Header) *Route {
 	if vh == nil {
 		return nil
 	}
+	if vh.tlsRedirect != nil && vh.redirectsToTLS(h) {
+		return vh.tlsRedirect
+	}
 	path, ok := h.Get(http.Path)
 	if !ok {
 		return nil
@@ -99,6 +106,20 @@ func (t *Table) Match(h *http.Header) *Route {
 		}
 	}
 	return nil
+}
+
+// redirectsToTLS is Envoy's require_tls check, made before any route is
+// matched: a request whose x-forwarded-proto is not https is redirected,
+// with EXTERNAL_ONLY only if it is not internal (x-envoy-internal: true).
+func (v *VirtualHost) redirectsToTLS(h *http.Header) bool {
+	if proto, _ := h.Get("x-forwarded-proto"); proto == "https" {
+		return false
+	}
+	if v.RequireTLS == routev3.VirtualHost_EXTERNAL_ONLY {
+		internal, _ := h.Get("x-envoy-internal")
+		return internal != "true"
+	}
+	return true
 }
 
 // VirtualHostFor returns the virtual host for an :authority, as Envoy picks
