@@ -319,7 +319,7 @@ func (s *Server) buildRoutes(g *generation, snap *Snapshot, clusterExists func(s
 		t, ok := s.routeTables[rc]
 		if !ok {
 			var err error
-			if t, err = route.Compile(rc, route.Options{ClusterExists: clusterExists, FilterConfigs: s.routeFilterConfigs()}); err != nil {
+			if t, err = route.Compile(rc, route.Options{ClusterExists: clusterExists, FilterConfigs: s.routeFilterConfigs(), Runtime: s.opts.Runtime}); err != nil {
 				return &ResourceError{Kind: "route", Index: i, Name: name, Err: err}
 			}
 		}
@@ -336,6 +336,7 @@ func (s *Server) ValidateRoute(rc *routev3.RouteConfiguration) error {
 	_, err := route.Compile(rc, route.Options{
 		ClusterExists: func(name string) bool { return s.clusters.Get(name) != nil },
 		FilterConfigs: s.routeFilterConfigs(),
+		Runtime:       s.opts.Runtime,
 	})
 	return err
 }

@@ -333,7 +333,7 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 	// Routes.
 	switch rs := cfg.GetRouteSpecifier().(type) {
 	case *hcmv3.HttpConnectionManager_RouteConfig:
-		t, err := route.CompileInline(rs.RouteConfig, route.Options{ClusterExists: fc.ClusterExists, FilterConfigs: f.Registry.RouteConfigs(fc)})
+		t, err := route.CompileInline(rs.RouteConfig, route.Options{ClusterExists: fc.ClusterExists, FilterConfigs: f.Registry.RouteConfigs(fc), Runtime: fc.Runtime})
 		if err != nil {
 			return nil, cfgerr.Field("route_config", err)
 		}

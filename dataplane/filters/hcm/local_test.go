@@ -244,3 +244,35 @@ http_filters:
 		t.Errorf("request forwarded from TLS: %d %q, want 200", resp.StatusCode, body)
 	}
 }
+
+// TestRuntimeFractionRoute: through the connection manager, a route with
+// runtime_fraction takes a share of the requests and the next route the
+// rest: each stream samples with its own random value.
+func TestRuntimeFractionRoute(t *testing.T) {
+	cfg := `
+stat_prefix: ingress
+route_config:
+  name: local
+  virtual_hosts:
+  - name: shift
+    domains: ["*"]
+    routes:
+    - match: { prefix: "/", runtime_fraction: { default_value: { numerator: 50 }, runtime_key: routing.shift } }
+      direct_response: { status: 200, body: { inline_string: "canary" } }
+    - match: { prefix: "/" }
+      direct_response: { status: 200, body: { inline_string: "stable" } }
+http_filters:
+- name: envoy.filters.http.router
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+`
+	e := newEnv(t, cfg)
+	c := h1Client(t)
+	seen := map[string]int{}
+	for range 200 {
+		_, body := get(t, c, "http://"+e.addr+"/")
+		seen[body]++
+	}
+	if seen["canary"] < 50 || seen["stable"] < 50 {
+		t.Errorf("200 requests at 50%%: %v, want both routes taking a share", seen)
+	}
+}

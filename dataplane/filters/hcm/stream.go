@@ -131,7 +131,7 @@ func (st *stream) run() {
 	t := m.routes()
 	var rt *route.Route
 	if t != nil {
-		if rt = t.Match(e.Request); rt != nil {
+		if rt = t.Match(e.Request, route.ExchangeRandom(e)); rt != nil {
 			e.Route = rt
 			st.matched = true
 			st.routeIdle(rt)
@@ -148,7 +148,7 @@ func (st *stream) run() {
 	}
 	if e.Route == nil && st.matched && t != nil {
 		// A filter cleared the route (it changed what routing depends on).
-		if r := t.Match(e.Request); r != nil {
+		if r := t.Match(e.Request, route.ExchangeRandom(e)); r != nil {
 			e.Route = r
 			st.routeDuration(r)
 		}

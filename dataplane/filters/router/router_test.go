@@ -123,7 +123,7 @@ func newFixture(t *testing.T, routes string, clusters map[string][]string) *fixt
 
 func (f *fixture) serve(d *down) *http.Exchange {
 	e := http.NewExchange(context.Background(), d)
-	if r := f.table.Match(e.Request); r != nil {
+	if r := f.table.Match(e.Request, route.ExchangeRandom(e)); r != nil {
 		e.Route = r
 	}
 	f.r.Serve(e)
@@ -329,7 +329,7 @@ virtual_hosts:
 	t.Cleanup(f.r.Close)
 	d := newDown("GET", "/", nil)
 	e := http.NewExchange(context.Background(), d)
-	rt := f.table.Match(e.Request)
+	rt := f.table.Match(e.Request, route.ExchangeRandom(e))
 	run := func() {
 		d.resp.Reset()
 		e.Reset(d)

@@ -62,7 +62,7 @@ virtual_hosts:
 		{"/by-header", nil, 10, "a"},
 	}
 	for _, tt := range tests {
-		r := tbl.Match(req("h", tt.path, tt.kv...))
+		r := tbl.Match(req("h", tt.path, tt.kv...), 0)
 		if r == nil {
 			t.Fatalf("%s: no route", tt.path)
 		}
@@ -86,7 +86,7 @@ virtual_hosts:
         clusters: [{name: a, weight: 10}, {name: b, weight: 30}, {name: c, weight: 60}]
 `)
 	h := req("h", "/")
-	r := tbl.Match(h)
+	r := tbl.Match(h, 0)
 	counts := map[string]int{}
 	// A fixed-seed xorshift stands in for the stream's random value.
 	x := uint64(0x9e3779b97f4a7c15)
@@ -152,7 +152,7 @@ virtual_hosts:
     route: {cluster: c, `+tt.action+`}
 `)
 			h := req("h", tt.path)
-			r := tbl.Match(h)
+			r := tbl.Match(h, 0)
 			if r == nil {
 				t.Fatalf("no route for %q", tt.path)
 			}
@@ -207,7 +207,7 @@ virtual_hosts:
     route: {cluster: c, `+tt.action+`}
 `)
 			h := req("orig.example", "/envoyproxy.io/some/path", tt.kv...)
-			r := tbl.Match(h)
+			r := tbl.Match(h, 0)
 			r.RewriteRequest(h, true)
 			if got := h.Authority(); got != tt.host {
 				t.Errorf(":authority = %q, want %q", got, tt.host)
@@ -251,7 +251,7 @@ virtual_hosts:
 		{"/all", 1500 * time.Millisecond, d(0), d(3 * time.Second), d(10 * time.Millisecond)},
 	}
 	for _, tt := range tests {
-		r := tbl.Match(req("h", tt.path))
+		r := tbl.Match(req("h", tt.path), 0)
 		if r.Timeout != tt.timeout || !reflect.DeepEqual(r.IdleTimeout, tt.idle) ||
 			!reflect.DeepEqual(r.MaxGRPCTimeout, tt.maxGRPC) || !reflect.DeepEqual(r.GRPCTimeoutOffset, tt.offsetG) {
 			t.Errorf("%s: timeout %v idle %v maxGRPC %v offset %v", tt.path, r.Timeout, r.IdleTimeout, r.MaxGRPCTimeout, r.GRPCTimeoutOffset)
@@ -295,16 +295,16 @@ virtual_hosts:
   domains: ["none"]
   routes: [{name: none, match: {prefix: /}, route: {cluster: c}}]
 `)
-	if r := tbl.Match(req("none", "/")); r.Retry != nil {
+	if r := tbl.Match(req("none", "/"), 0); r.Retry != nil {
 		t.Errorf("no policy: got %+v", r.Retry)
 	}
-	inherit := tbl.Match(req("h", "/inherit")).Retry
+	inherit := tbl.Match(req("h", "/inherit"), 0).Retry
 	want := &RetryPolicy{On: Retry5xx, NumRetries: 7, HostSelectionMaxAttempts: 1,
 		Backoff: backoff.Policy{Base: 25 * time.Millisecond, Max: 250 * time.Millisecond}}
 	if !reflect.DeepEqual(inherit, want) {
 		t.Errorf("inherited: %+v\nwant %+v", inherit, want)
 	}
-	defaults := tbl.Match(req("h", "/defaults")).Retry
+	defaults := tbl.Match(req("h", "/defaults"), 0).Retry
 	want = &RetryPolicy{On: RetryGatewayError | RetryReset | RetryConnectFailure, NumRetries: 1, HostSelectionMaxAttempts: 1,
 		Backoff: backoff.Policy{Base: 25 * time.Millisecond, Max: 250 * time.Millisecond}}
 	if !reflect.DeepEqual(defaults, want) {
@@ -313,7 +313,7 @@ virtual_hosts:
 	if got := defaults.On.String(); got != "gateway-error,reset,connect-failure" {
 		t.Errorf("On.String() = %q", got)
 	}
-	full := tbl.Match(req("h", "/full")).Retry
+	full := tbl.Match(req("h", "/full"), 0).Retry
 	if full.NumRetries != 0 || full.PerTryTimeout != 250*time.Millisecond || full.PerTryIdleTimeout != time.Second ||
 		full.Backoff != (backoff.Policy{Base: 100 * time.Millisecond, Max: 2 * time.Second}) ||
 		!reflect.DeepEqual(full.RetriableStatusCodes, []uint32{409, 503}) || !full.AvoidPreviousHosts ||
@@ -324,7 +324,7 @@ virtual_hosts:
 		RetryResetBeforeRequest|RetryGRPCCancelled|RetryGRPCDeadlineExceeded|RetryGRPCInternal|RetryGRPCResourceExhausted|RetryGRPCUnavailable {
 		t.Errorf("full.On = %s", full.On)
 	}
-	if sub := tbl.Match(req("h", "/sub-ms")).Retry; sub.Backoff != (backoff.Policy{Base: time.Millisecond, Max: 10 * time.Millisecond}) {
+	if sub := tbl.Match(req("h", "/sub-ms"), 0).Retry; sub.Backoff != (backoff.Policy{Base: time.Millisecond, Max: 10 * time.Millisecond}) {
 		t.Errorf("sub-ms back-off: %+v", sub.Backoff)
 	}
 

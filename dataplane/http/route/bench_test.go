@@ -38,13 +38,13 @@ func benchMatch(b *testing.B, h, want string, kv ...string) {
 	tbl := mustCompile(b, benchConfig())
 	host, path, _ := strings.Cut(h, "|")
 	rq := req(host, path, kv...)
-	if got := routeName(tbl.Match(rq)); got != want {
+	if got := routeName(tbl.Match(rq, 0)); got != want {
 		b.Fatalf("matched %s, want %s", got, want)
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		if tbl.Match(rq) == nil {
+		if tbl.Match(rq, 0) == nil {
 			b.Fatal("no match")
 		}
 	}
@@ -86,7 +86,7 @@ virtual_hosts:
     request_headers_to_add: [{header: {key: x-route, value: r}, append_action: ADD_IF_ABSENT}]
 `)
 	base := req("h", "/", "x-internal", "secret", "accept", "*/*")
-	r := tbl.Match(base)
+	r := tbl.Match(base, 0)
 	var h = hdr()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -105,7 +105,7 @@ virtual_hosts:
     route: {weighted_clusters: {clusters: [{name: a, weight: 10}, {name: b, weight: 20}, {name: c, weight: 70}]}}
 `)
 	h := req("h", "/")
-	r := tbl.Match(h)
+	r := tbl.Match(h, 0)
 	b.ReportAllocs()
 	var rnd uint64
 	for b.Loop() {
@@ -131,7 +131,7 @@ func TestMatchDoesNotAllocate(t *testing.T) {
 		{"unknown.example.org", "/e/149", nil},
 	} {
 		rq := req(tt.host, tt.path, tt.kv...)
-		if n := testing.AllocsPerRun(100, func() { tbl.Match(rq) }); n != 0 {
+		if n := testing.AllocsPerRun(100, func() { tbl.Match(rq, 0) }); n != 0 {
 			t.Errorf("Match(%s%s) allocates %v times", tt.host, tt.path, n)
 		}
 	}

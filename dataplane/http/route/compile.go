@@ -28,6 +28,9 @@ type Options struct {
 	// names; not those read from headers) must exist. When ClusterExists is
 	// nil there is nothing to check against and the check is the caller's.
 	ClusterExists func(name string) bool
+	// Runtime is the layered runtime whose keys override the fractions of
+	// routes' runtime_fraction matches. Nil: the defaults apply.
+	Runtime *runtime.Loader
 	// FilterConfigs builds the HTTP filters' per-route configurations
 	// (typed_per_filter_config of the route configuration, its virtual hosts,
 	// routes and weighted clusters). The HTTP filter registry provides it
@@ -253,7 +256,7 @@ func (c *compiler) route(pb *routev3.Route, vh *VirtualHost, vhRetry *RetryPolic
 		return nil, err
 	}
 	r := &Route{Name: pb.GetName(), VirtualHost: vh, Metadata: pb.GetMetadata()}
-	m, err := compileRouteMatch(pb.GetMatch())
+	m, err := c.routeMatch(pb.GetMatch())
 	if err != nil {
 		return nil, cfgerr.Field("match", err)
 	}
@@ -305,14 +308,21 @@ func (c *compiler) route(pb *routev3.Route, vh *VirtualHost, vhRetry *RetryPolic
 	return r, nil
 }
 
-func compileRouteMatch(pb *routev3.RouteMatch) (routeMatch, error) {
+func (c *compiler) routeMatch(pb *routev3.RouteMatch) (routeMatch, error) {
 	var m routeMatch
 	if pb == nil {
 		return m, cfgerr.Errorf("", "is required")
 	}
 	if err := cfgerr.OnlyFields(pb, "prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive",
-		"headers", "query_parameters", "grpc"); err != nil {
+		"headers", "query_parameters", "grpc", "runtime_fraction"); err != nil {
 		return m, err
+	}
+	if rf := pb.GetRuntimeFraction(); rf != nil {
+		if err := cfgerr.OnlyFields(rf, "default_value", "runtime_key"); err != nil {
+			return m, cfgerr.Field("runtime_fraction", err)
+		}
+		f := runtime.RuntimeFractionOf(rf, runtime.Fraction{})
+		m.fraction, m.runtime = &f, c.opts.Runtime
 	}
 	m.caseSensitive = pb.CaseSensitive == nil || pb.GetCaseSensitive().GetValue()
 	switch p := pb.GetPathSpecifier().(type) {

@@ -16,7 +16,7 @@
 // The HTTP connection manager compiles the route configuration once per
 // update and, per request, the router does:
 //
-//	r := table.Match(req)                 // nil: 404, response flag NR
+//	r := table.Match(req, random)         // nil: 404, response flag NR
 //	switch r.Action {
 //	case route.Redirect, route.DirectResponse:
 //		body := r.Reply(req, &resp, info)  // :status, location, headers, content-type
@@ -49,7 +49,9 @@
 // typed_per_filter_config.
 //
 // RouteMatch: prefix, path, safe_regex, path_separated_prefix, case_sensitive,
-// headers, query_parameters, grpc.
+// headers, query_parameters, grpc, runtime_fraction (default_value, runtime_key:
+// the route matches the share of requests whose stream random value samples
+// in, as Envoy's, the same value that picks a weighted cluster).
 //
 // HeaderMatcher: every form (exact_match, safe_regex_match, range_match,
 // present_match, prefix_match, suffix_match, contains_match, string_match),
@@ -120,8 +122,8 @@
 // Route: filter_action, non_forwarding_action, tracing,
 // per_request_buffer_limit_bytes, stat_prefix, request_body_buffer_limit,
 // route_specifiers.
-// RouteMatch: connect_matcher, path_match_policy, runtime_fraction (no runtime
-// yet), cookies, tls_context, dynamic_metadata, filter_state.
+// RouteMatch: connect_matcher, path_match_policy, cookies, tls_context,
+// dynamic_metadata, filter_state.
 // RouteAction: cluster_specifier_plugin, inline_cluster_specifier_plugin,
 // metadata_match, path_rewrite_policy, path_rewrite, host_rewrite,
 // flush_timeout, early_data_policy, retry_policy_typed_config,

@@ -190,7 +190,7 @@ func FuzzMatch(f *testing.F) {
 			if vh == nil || vh.Name != wantVH {
 				t.Fatalf("ignorePort=%v VirtualHostFor(%q) = %v, reference %s", ignorePort, host, vh, wantVH)
 			}
-			r := tbl.Match(h)
+			r := tbl.Match(h, 0)
 			if wantVH != "ops" {
 				if got, want := routeName(r), refRoute(wantVH, path, value, hasHeader); got != want {
 					t.Fatalf("ignorePort=%v %q %q (x-fuzz %q %v): matched %s, reference %s", ignorePort, host, path, value, hasHeader, got, want)

@@ -63,7 +63,7 @@ virtual_hosts:
 		{"source ip", "/ip", nil, x("10.0.0.7"), true, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := tbl.Match(req("h", tc.path, tc.kv...))
+			r := tbl.Match(req("h", tc.path, tc.kv...), 0)
 			if r == nil {
 				t.Fatal("no route")
 			}

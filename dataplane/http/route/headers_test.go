@@ -42,7 +42,7 @@ virtual_hosts:
 func TestMutationLevels(t *testing.T) {
 	tbl := mustCompile(t, mutationConfig)
 	rq := req("h", "/", "x-level", "client", "x-remove-config", "1")
-	r := tbl.Match(rq)
+	r := tbl.Match(rq, 0)
 	r.MutateRequest(rq, nil)
 	// route adds x-level: route and x-winner: route; the virtual host removes
 	// x-level (the client's and the route's), adds its own, overwrites
@@ -66,7 +66,7 @@ func TestMutationLevels(t *testing.T) {
 		t.Fatal(err)
 	}
 	rq = req("h", "/", "x-level", "client", "x-remove-config", "1")
-	tbl.Match(rq).MutateRequest(rq, nil)
+	tbl.Match(rq, 0).MutateRequest(rq, nil)
 	// An overwrite removes the field and adds it at the end, as Envoy's
 	// setReferenceKey does.
 	want = ":method: GET\n:scheme: http\n:authority: h\n:path: /\nx-level: vhost\nx-winner: route\nx-level: route\n"

@@ -69,7 +69,7 @@ func TestIstioGateway(t *testing.T) {
 		{"", "/api"},
 	} {
 		h := req(tt.host, tt.path)
-		r := tbl.Match(h)
+		r := tbl.Match(h, 0)
 		if r == nil {
 			t.Fatalf("%s%s: no route", tt.host, tt.path)
 		}
@@ -100,7 +100,7 @@ func TestIstioGateway(t *testing.T) {
 		}
 	}
 	for _, path := range []string{"/", "/API", "/ap", "/healthz"} {
-		if r := tbl.Match(req("gw.example.com", path)); r != nil {
+		if r := tbl.Match(req("gw.example.com", path), 0); r != nil {
 			t.Errorf("%s matched (want 404 NR)", path)
 		}
 	}
@@ -114,7 +114,7 @@ func TestIstioSidecar(t *testing.T) {
 	tbl := loadIstio(t, "istio-sidecar-RouteConfiguration-80")
 	for _, host := range []string{"backend.example.com", "backend.example.com:80", "Backend.Example.COM:8080", "backend.example.com."} {
 		h := req(host, "/anything?x=1")
-		r := tbl.Match(h)
+		r := tbl.Match(h, 0)
 		if r == nil || r.Name != "default" || r.VirtualHost.Name != "backend.example.com:80" {
 			t.Fatalf("%s: route %v", host, r)
 		}
@@ -133,7 +133,7 @@ func TestIstioSidecar(t *testing.T) {
 	}
 	for _, host := range []string{"other.example.com", "10.1.2.3:80", "backend.example.co", ""} {
 		h := req(host, "/")
-		r := tbl.Match(h)
+		r := tbl.Match(h, 0)
 		if r == nil || r.Name != "allow_any" || r.VirtualHost.Name != "allow_any" {
 			t.Fatalf("%s: route %v", host, r)
 		}
@@ -142,7 +142,7 @@ func TestIstioSidecar(t *testing.T) {
 		}
 	}
 	// Without :authority there is no virtual host to pick.
-	if r := tbl.Match(hdr(":path", "/")); r != nil {
+	if r := tbl.Match(hdr(":path", "/"), 0); r != nil {
 		t.Errorf("request without :authority matched %s", r.Name)
 	}
 }

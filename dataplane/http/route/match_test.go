@@ -2,6 +2,11 @@ package route
 
 import (
 	"testing"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+
+	"github.com/skiffproxy/skiff/dataplane/runtime"
+	"github.com/skiffproxy/skiff/internal/protoyaml"
 )
 
 // TestPathMatch checks each path specifier with exact expectations; every
@@ -53,7 +58,7 @@ virtual_hosts:
     match: `+tt.match+`
     route: {cluster: c}
 `)
-			got := tbl.Match(req("h", tt.path)) != nil
+			got := tbl.Match(req("h", tt.path), 0) != nil
 			if got != tt.want {
 				t.Errorf("%s on %q: matched %v, want %v", tt.match, tt.path, got, tt.want)
 			}
@@ -76,10 +81,10 @@ func TestIgnorePathParameters(t *testing.T) {
 		{"/x;p/y", "sep", "<nil>"},
 		{"/a/b?x;y", "exact", "exact"},
 	} {
-		if got := routeName(with.Match(req("h", tt.path))); got != tt.with {
+		if got := routeName(with.Match(req("h", tt.path), 0)); got != tt.with {
 			t.Errorf("with: %q matched %s, want %s", tt.path, got, tt.with)
 		}
-		if got := routeName(without.Match(req("h", tt.path))); got != tt.without {
+		if got := routeName(without.Match(req("h", tt.path), 0)); got != tt.without {
 			t.Errorf("without: %q matched %s, want %s", tt.path, got, tt.without)
 		}
 	}
@@ -156,7 +161,7 @@ virtual_hosts:
 			for i := 0; i+1 < len(tt.headers); i += 2 {
 				h.Add(tt.headers[i], tt.headers[i+1])
 			}
-			if got := tbl.Match(h) != nil; got != tt.want {
+			if got := tbl.Match(h, 0) != nil; got != tt.want {
 				t.Errorf("%s with %q: %v, want %v", tt.matcher, tt.headers, got, tt.want)
 			}
 		})
@@ -201,7 +206,7 @@ virtual_hosts:
   - match: {prefix: /, query_parameters: [`+tt.matcher+`]}
     route: {cluster: c}
 `)
-			if got := tbl.Match(req("h", tt.path)) != nil; got != tt.want {
+			if got := tbl.Match(req("h", tt.path), 0) != nil; got != tt.want {
 				t.Errorf("%s on %q: %v, want %v", tt.matcher, tt.path, got, tt.want)
 			}
 		})
@@ -224,7 +229,7 @@ virtual_hosts:
 		"application/json":       "other",
 		"":                       "other",
 	} {
-		if got := routeName(tbl.Match(req("h", "/svc/M", "content-type", ct))); got != want {
+		if got := routeName(tbl.Match(req("h", "/svc/M", "content-type", ct), 0)); got != want {
 			t.Errorf("content-type %q: %s, want %s", ct, got, want)
 		}
 	}
@@ -264,7 +269,7 @@ virtual_hosts:
 		{"/other", nil, "<nil>"},
 	}
 	for _, tt := range tests {
-		if got := routeName(tbl.Match(req("h", tt.path, tt.kv...))); got != tt.want {
+		if got := routeName(tbl.Match(req("h", tt.path, tt.kv...), 0)); got != tt.want {
 			t.Errorf("%s %v: %s, want %s", tt.path, tt.kv, got, tt.want)
 		}
 	}
@@ -293,5 +298,51 @@ func TestSimpleAtoi(t *testing.T) {
 		if got, ok := SimpleAtoiUint64(s); ok {
 			t.Errorf("SimpleAtoiUint64(%q) = %d, want failure", s, got)
 		}
+	}
+}
+
+// TestRuntimeFraction: a route with runtime_fraction matches the share of
+// streams whose random value samples in (Envoy's traffic shifting), the
+// runtime key overriding the default share; the others fall through to
+// the next route.
+func TestRuntimeFraction(t *testing.T) {
+	y := `
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  routes:
+  - name: canary
+    match: { prefix: /, runtime_fraction: { default_value: { numerator: 30 }, runtime_key: routing.traffic_shift.svc } }
+    route: { cluster: canary }
+  - name: stable
+    match: { prefix: / }
+    route: { cluster: stable }
+`
+	share := func(tbl *Table) int {
+		n := 0
+		for r := range uint64(1000) {
+			if routeName(tbl.Match(req("h", "/x"), r)) == "canary" {
+				n++
+			}
+		}
+		return n
+	}
+	if got := share(mustCompile(t, y)); got != 300 {
+		t.Errorf("default 30%%: %d of 1000 random values matched, want 300", got)
+	}
+	var lr bootstrapv3.LayeredRuntime
+	if err := protoyaml.Unmarshal([]byte(`layers: [{name: static, static_layer: {routing.traffic_shift.svc: 75}}]`), &lr); err != nil {
+		t.Fatal(err)
+	}
+	rt, err := runtime.New(&lr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl, err := Compile(parseRC(t, y), Options{Runtime: rt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := share(tbl); got != 750 {
+		t.Errorf("runtime 75%%: %d of 1000 random values matched, want 750", got)
 	}
 }

@@ -101,9 +101,9 @@ func TestPerFilterPrecedence(t *testing.T) {
 		}
 		return strings.Join(s, ",")
 	}
-	own := tbl.Match(req("x", "/own"))
-	inherits := tbl.Match(req("x", "/inherits"))
-	bare := tbl.Match(req("other.example", "/"))
+	own := tbl.Match(req("x", "/own"), 0)
+	inherits := tbl.Match(req("x", "/inherits"), 0)
+	bare := tbl.Match(req("other.example", "/"), 0)
 	for _, tc := range []struct {
 		r          *Route
 		name, want string
@@ -157,7 +157,7 @@ virtual_hosts:
     match: {prefix: /off}
     route: {cluster: x}
 `)
-	on, off := tbl.Match(req("x", "/on")), tbl.Match(req("x", "/off"))
+	on, off := tbl.Match(req("x", "/on"), 0), tbl.Match(req("x", "/off"), 0)
 	for _, tc := range []struct {
 		r                 *Route
 		name              string
@@ -196,7 +196,7 @@ func TestPerFilterOptional(t *testing.T) {
       unsupported: `+fcw(`, is_optional: true, config: {"@type": type.googleapis.com/google.protobuf.BoolValue, value: true}`)+`
       known: `+fcw(`, is_optional: true, config: `+sv("v")+``)+`
 `))
-	r := tbl.Match(req("x", "/"))
+	r := tbl.Match(req("x", "/"), 0)
 	for name, want := range map[string]any{"unknown": nil, "unsupported": nil, "known": "known=v"} {
 		c := r.PerFilter(name, nil, 0)
 		if c == nil {
@@ -280,7 +280,7 @@ func TestPerFilterWeighted(t *testing.T) {
           typed_per_filter_config:
             g: `+sv("c")+`
 `))
-	r := tbl.Match(req("x", "/"))
+	r := tbl.Match(req("x", "/"), 0)
 	h := req("x", "/")
 	want := map[string][3]string{ // cluster: f, g, h
 		"a": {"f=a", "g=route", "disabled"},
@@ -326,7 +326,7 @@ func TestPerFilterExchange(t *testing.T) {
 	if PerFilter(e, "a") != nil {
 		t.Error("no route, but a config")
 	}
-	e.Route = tbl.Match(e.Request)
+	e.Route = tbl.Match(e.Request, 0)
 	if got := PerFilter(e, "c").Config(); got != "c=route" {
 		t.Errorf("c: %v", got)
 	}
@@ -362,7 +362,7 @@ virtual_hosts:
 	e := http.NewExchange(context.Background(), nil)
 	for _, path := range []string{"/own", "/w"} {
 		e.Request = req("x", path)
-		e.Route = tbl.Match(e.Request)
+		e.Route = tbl.Match(e.Request, 0)
 		if e.Route == nil {
 			t.Fatalf("%s: no route", path)
 		}
@@ -379,7 +379,7 @@ func BenchmarkPerFilter(b *testing.B) {
 	tbl := mustCompileFC(b, precedence)
 	e := http.NewExchange(context.Background(), nil)
 	e.Request = req("x", "/own")
-	e.Route = tbl.Match(e.Request)
+	e.Route = tbl.Match(e.Request, 0)
 	b.ReportAllocs()
 	for b.Loop() {
 		if PerFilter(e, "d").Config() == nil {

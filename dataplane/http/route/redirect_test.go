@@ -50,7 +50,7 @@ virtual_hosts:
     redirect: `+tt.redirect+`
 `)
 			rq := req(tt.host, tt.path, tt.kv...)
-			r := tbl.Match(rq)
+			r := tbl.Match(rq, 0)
 			if r == nil || r.Action != Redirect {
 				t.Fatalf("got %v", r)
 			}
@@ -120,7 +120,7 @@ virtual_hosts:
 	}
 	for _, tt := range tests {
 		rq := req(tt.host, tt.path, tt.kv...)
-		r := tbl.Match(rq)
+		r := tbl.Match(rq, 0)
 		if r == nil || r.Action != DirectResponse {
 			t.Fatalf("%s: got %v", tt.path, r)
 		}
@@ -136,7 +136,7 @@ virtual_hosts:
 	// Reply does nothing for a Forward route.
 	fwd := mustCompile(t, `
 virtual_hosts: [{name: vh, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: c}}]}]
-`).Match(req("h", "/"))
+`).Match(req("h", "/"), 0)
 	resp := hdr()
 	if body := fwd.Reply(req("h", "/"), resp, nil); body != nil || resp.Len() != 0 || fwd.Location(req("h", "/")) != "" {
 		t.Errorf("Reply on a Forward route wrote %q", resp.String())
@@ -177,7 +177,7 @@ virtual_hosts:
 		{"other.example", "/a", nil, ""},
 	} {
 		rq := req(tc.host, tc.path, tc.kv...)
-		r := tbl.Match(rq)
+		r := tbl.Match(rq, 0)
 		if r == nil {
 			t.Fatalf("%s%s %v: no route", tc.host, tc.path, tc.kv)
 		}

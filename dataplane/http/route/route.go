@@ -230,6 +230,10 @@ type routeMatch struct {
 	grpc          bool
 	headers       []*HeaderMatcher
 	query         []*queryMatcher
+	// fraction is runtime_fraction: the share of requests (by the stream's
+	// random value) the route matches, which runtime may override.
+	fraction *runtime.RuntimeFraction
+	runtime  *runtime.Loader
 }
 
 type pathKind uint8
@@ -244,7 +248,10 @@ const (
 // matches reports whether the request matches. path is :path without its
 // query and fragment (and path parameters, if so configured); query is what
 // follows the first '?'.
-func (m *routeMatch) matches(h *http.Header, path, query string, hasQuery bool) bool {
+func (m *routeMatch) matches(h *http.Header, path, query string, hasQuery bool, random uint64) bool {
+	if m.fraction != nil && !m.fraction.Enabled(m.runtime.Current(), random) {
+		return false
+	}
 	switch m.kind {
 	case pathPrefix:
 		if m.caseSensitive {

@@ -80,9 +80,10 @@ func (t *Table) Proto() *routev3.RouteConfiguration { return t.proto }
 // is chosen by :authority (see VirtualHostFor); a request without :authority
 // matches only a table whose sole domain is "*", and one without :path
 // matches no route. Routes are tried in order and the first that matches
-// wins. Match does not allocate, except to join repeated header fields a
-// header matcher looks at.
-func (t *Table) Match(h *http.Header) *Route {
+// wins; random is the stream's random value (ExchangeRandom), which samples
+// runtime_fraction matches as it picks weighted clusters. Match does not
+// allocate, except to join repeated header fields a header matcher looks at.
+func (t *Table) Match(h *http.Header, random uint64) *Route {
 	var vh *VirtualHost
 	if t.onlyDefault {
 		vh = t.def
@@ -101,7 +102,7 @@ func (t *Table) Match(h *http.Header) *Route {
 	}
 	p, q, hasQ := splitPath(path, t.ignorePathParams)
 	for _, r := range vh.routes {
-		if r.match.matches(h, p, q, hasQ) {
+		if r.match.matches(h, p, q, hasQ, random) {
 			return r
 		}
 	}

@@ -60,7 +60,7 @@ func TestVirtualHostPrecedence(t *testing.T) {
 			}
 			t.Errorf("VirtualHostFor(%q) = %s, want %s", tt.host, got, tt.want)
 		}
-		if r := tbl.Match(req(tt.host, "/")); r == nil || r.VirtualHost.Name != tt.want {
+		if r := tbl.Match(req(tt.host, "/"), 0); r == nil || r.VirtualHost.Name != tt.want {
 			t.Errorf("Match(%q) = %v, want a route of %s", tt.host, r, tt.want)
 		}
 	}
@@ -73,11 +73,11 @@ virtual_hosts:
   domains: ["a.com"]
   routes: [{match: {prefix: /}, route: {cluster: a}}]
 `)
-	if r := tbl.Match(req("b.com", "/")); r != nil {
+	if r := tbl.Match(req("b.com", "/"), 0); r != nil {
 		t.Errorf("b.com matched %v", r.VirtualHost.Name)
 	}
 	// Without :authority no virtual host can be chosen.
-	if r := tbl.Match(hdr(":path", "/")); r != nil {
+	if r := tbl.Match(hdr(":path", "/"), 0); r != nil {
 		t.Errorf("request without :authority matched")
 	}
 	// A long upper-case host takes the slow path to lower case.
@@ -98,11 +98,11 @@ virtual_hosts:
   routes: [{match: {prefix: /}, route: {cluster: c}}]
 `)
 	// As in Envoy, a table with only "*" needs no :authority.
-	if r := tbl.Match(hdr(":path", "/x")); r == nil || r.VirtualHost.Name != "any" {
+	if r := tbl.Match(hdr(":path", "/x"), 0); r == nil || r.VirtualHost.Name != "any" {
 		t.Errorf("got %v", r)
 	}
 	// Without :path no route matches.
-	if r := tbl.Match(hdr(":authority", "x")); r != nil {
+	if r := tbl.Match(hdr(":authority", "x"), 0); r != nil {
 		t.Errorf("request without :path matched")
 	}
 }

@@ -189,7 +189,7 @@ func CompileRoutes(tb testing.TB, reg *filter.Registry, fc *filter.Context, y st
 	if err := protoyaml.Unmarshal([]byte(y), &rc); err != nil {
 		tb.Fatalf("parsing %s: %v", y, err)
 	}
-	return route.CompileInline(&rc, route.Options{FilterConfigs: reg.RouteConfigs(fc)})
+	return route.CompileInline(&rc, route.Options{FilterConfigs: reg.RouteConfigs(fc), Runtime: fc.Runtime})
 }
 
 // Routed returns an Exchange like Exchange's (with :authority host), its
@@ -197,7 +197,7 @@ func CompileRoutes(tb testing.TB, reg *filter.Registry, fc *filter.Context, y st
 func Routed(t *route.Table, method, host, path string, kv ...string) (*http.Exchange, *Stream) {
 	e, s := Exchange(method, path, kv...)
 	e.Request.Set(http.Authority, host)
-	if r := t.Match(e.Request); r != nil {
+	if r := t.Match(e.Request, route.ExchangeRandom(e)); r != nil {
 		e.Route = r
 	}
 	return e, s
