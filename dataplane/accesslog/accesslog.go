@@ -13,10 +13,12 @@
 //     (envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs), batched
 //     by buffer_size_bytes and buffer_flush_interval.
 //
-// Filters: status_code_filter, duration_filter, not_health_check_filter
-// (skiff has no health check filter, so it passes everything),
-// response_flag_filter, grpc_status_filter, header_filter, and_filter,
-// or_filter. Anything else is refused by name.
+// Filters: status_code_filter, duration_filter (a comparison's runtime_key
+// reads Options.Runtime), not_health_check_filter (skiff has no health check
+// filter, so it passes everything), response_flag_filter,
+// grpc_status_filter, header_filter, and_filter, or_filter. Anything else is
+// refused by name. The connection manager's local_reply_config uses the same
+// filters (NewFilter) and formats (NewBodyFormat).
 //
 // # Never blocking a request
 //
@@ -44,6 +46,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/dataplane/runtime"
 	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 	"github.com/skiffproxy/skiff/internal/stats"
@@ -68,6 +71,9 @@ type Options struct {
 	Stats *stats.Store
 	// Logger logs sink failures. Nil: discard.
 	Logger *slog.Logger
+	// Runtime overrides the values of filters' comparisons (their
+	// runtime_key). Nil: the default values apply.
+	Runtime *runtime.Loader
 }
 
 // Names of the access loggers.
@@ -108,7 +114,7 @@ func build(c *accesslogv3.AccessLog, o *Options) (Logger, error) {
 	var flt filterFunc
 	if f := c.GetFilter(); f != nil {
 		var err error
-		if flt, err = buildFilter(f); err != nil {
+		if flt, err = buildFilter(f, o.Runtime); err != nil {
 			return nil, cfgerr.Field("filter", err)
 		}
 	}

@@ -14,11 +14,13 @@ import (
 	"time"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	alsv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 
 	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/dataplane/runtime"
 	"github.com/skiffproxy/skiff/internal/protoyaml"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
@@ -383,4 +385,41 @@ func FuzzParseFormat(f *testing.F) {
 		}
 		_ = fm.Append(nil, exchange())
 	})
+}
+
+// TestComparisonRuntimeKey: a comparison's runtime_key takes its value from
+// the runtime when the key is there, else the default, as Envoy's.
+func TestComparisonRuntimeKey(t *testing.T) {
+	var lr bootstrapv3.LayeredRuntime
+	if err := protoyaml.Unmarshal([]byte(`layers: [{name: static, static_layer: {access_log.min_status: 400}}]`), &lr); err != nil {
+		t.Fatal(err)
+	}
+	rt, err := runtime.New(&lr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		key  string
+		code int
+		want bool
+	}{
+		{"access_log.min_status", 404, true}, // the runtime says 400
+		{"access_log.other", 404, false},     // no such key: the default 500
+		{"access_log.other", 503, true},
+	} {
+		var f accesslogv3.AccessLogFilter
+		y := `status_code_filter: { comparison: { op: GE, value: { default_value: 500, runtime_key: ` + tc.key + ` } } }`
+		if err := protoyaml.Unmarshal([]byte(y), &f); err != nil {
+			t.Fatal(err)
+		}
+		keep, err := NewFilter(&f, rt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := exchange()
+		e.Info.ResponseCode = tc.code
+		if got := keep(e); got != tc.want {
+			t.Errorf("%s with %d: %v, want %v", tc.key, tc.code, got, tc.want)
+		}
+	}
 }

@@ -10,23 +10,25 @@ import (
 
 	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/dataplane/http/route"
+	"github.com/skiffproxy/skiff/dataplane/runtime"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 )
 
 // filterFunc reports whether an exchange is logged.
 type filterFunc func(e *http.Exchange) bool
 
-// buildFilter compiles an AccessLogFilter.
-func buildFilter(f *accesslogv3.AccessLogFilter) (filterFunc, error) {
+// buildFilter compiles an AccessLogFilter; rt (nil: none) overrides its
+// comparisons' values.
+func buildFilter(f *accesslogv3.AccessLogFilter, rt *runtime.Loader) (filterFunc, error) {
 	switch x := f.GetFilterSpecifier().(type) {
 	case *accesslogv3.AccessLogFilter_StatusCodeFilter:
-		cmp, err := comparison(x.StatusCodeFilter.GetComparison())
+		cmp, err := comparison(x.StatusCodeFilter.GetComparison(), rt)
 		if err != nil {
 			return nil, cfgerr.Field("status_code_filter.comparison", err)
 		}
 		return func(e *http.Exchange) bool { return cmp(uint64(e.Info.ResponseCode)) }, nil
 	case *accesslogv3.AccessLogFilter_DurationFilter:
-		cmp, err := comparison(x.DurationFilter.GetComparison())
+		cmp, err := comparison(x.DurationFilter.GetComparison(), rt)
 		if err != nil {
 			return nil, cfgerr.Field("duration_filter.comparison", err)
 		}
@@ -46,7 +48,7 @@ func buildFilter(f *accesslogv3.AccessLogFilter) (filterFunc, error) {
 		}
 		var fns []filterFunc
 		for i, s := range subs {
-			fn, err := buildFilter(s)
+			fn, err := buildFilter(s, rt)
 			if err != nil {
 				return nil, cfgerr.Index(field+".filters", i, err)
 			}
@@ -116,21 +118,23 @@ func buildFilter(f *accesslogv3.AccessLogFilter) (filterFunc, error) {
 	return nil, cfgerr.Errorf(name, "access log filter %s is not supported by skiff (status_code_filter, duration_filter, not_health_check_filter, and_filter, or_filter, header_filter, response_flag_filter, grpc_status_filter are)", name)
 }
 
-// comparison compiles a ComparisonFilter (runtime keys are not supported).
-func comparison(c *accesslogv3.ComparisonFilter) (func(uint64) bool, error) {
-	if c.GetValue().GetRuntimeKey() != "" {
-		return nil, cfgerr.Errorf("value.runtime_key", "runtime keys are not supported here by skiff")
+// comparison compiles a ComparisonFilter: its value is the runtime's
+// integer at runtime_key when there is one, else default_value, as Envoy's.
+func comparison(c *accesslogv3.ComparisonFilter, rt *runtime.Loader) (func(uint64) bool, error) {
+	def, key := uint64(c.GetValue().GetDefaultValue()), c.GetValue().GetRuntimeKey()
+	value := func() uint64 { return def }
+	if key != "" && rt != nil {
+		value = func() uint64 { return rt.Current().Integer(key, def) }
 	}
-	v := uint64(c.GetValue().GetDefaultValue())
 	switch c.GetOp() {
 	case accesslogv3.ComparisonFilter_EQ:
-		return func(x uint64) bool { return x == v }, nil
+		return func(x uint64) bool { return x == value() }, nil
 	case accesslogv3.ComparisonFilter_GE:
-		return func(x uint64) bool { return x >= v }, nil
+		return func(x uint64) bool { return x >= value() }, nil
 	case accesslogv3.ComparisonFilter_LE:
-		return func(x uint64) bool { return x <= v }, nil
+		return func(x uint64) bool { return x <= value() }, nil
 	case accesslogv3.ComparisonFilter_NE:
-		return func(x uint64) bool { return x != v }, nil
+		return func(x uint64) bool { return x != value() }, nil
 	}
 	return nil, cfgerr.Errorf("op", "unknown comparison %v", c.GetOp())
 }

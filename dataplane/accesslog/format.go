@@ -69,6 +69,9 @@ func init() {
 	def("RESPONSE_CODE_DETAILS", kindString, func(d []byte, e *http.Exchange) ([]byte, bool) {
 		return appendIf(d, e.Info.ResponseCodeDetails)
 	})
+	def("LOCAL_REPLY_BODY", kindString, func(d []byte, e *http.Exchange) ([]byte, bool) {
+		return append(d, e.Info.LocalReplyBody...), true // Envoy's: empty, never "-"
+	})
 	def("RESPONSE_FLAGS", kindString, func(d []byte, e *http.Exchange) ([]byte, bool) {
 		return e.Info.ResponseFlags.Append(d, false), true
 	})

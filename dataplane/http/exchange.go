@@ -36,6 +36,9 @@ type Exchange struct {
 	Route any
 	// Info is what access logs and stats report.
 	Info StreamInfo
+	// LocalReplies, when set, rewrites the exchange's local replies (the
+	// connection manager's local_reply_config). Reset keeps it.
+	LocalReplies LocalReplyMapper
 
 	ctx          context.Context
 	respTrailers Header
@@ -318,6 +321,9 @@ type StreamInfo struct {
 	ResponseCode        int
 	ResponseFlags       ResponseFlag
 	ResponseCodeDetails string // e.g. "via_upstream", "route_not_found"
+	// LocalReplyBody is the body of a local reply, before any body format
+	// (Envoy's %LOCAL_REPLY_BODY%).
+	LocalReplyBody string
 
 	BytesReceived, BytesSent int64
 	RequestID                string

@@ -25,8 +25,11 @@ import (
 // wants its ResponseFilters to see local replies (as Envoy's encoder filters
 // do) sets e.Downstream to a ServerStream that runs them on WriteHeader.
 //
-// With literal arguments LocalReply does not allocate beyond what e.Response
-// needs to grow.
+// e.LocalReplies, when set, rewrites the reply first (status, body, content
+// type, headers), as Envoy's local_reply_config does, the gRPC form included.
+//
+// With literal arguments and no LocalReplies, LocalReply does not allocate
+// beyond what e.Response needs to grow.
 func (e *Exchange) LocalReply(status int, body, details string, flags ResponseFlag) error {
 	return e.localReply(status, -1, body, details, flags)
 }
@@ -39,10 +42,36 @@ func (e *Exchange) LocalReplyGRPC(status int, grpcStatus uint32, body, details s
 	return e.localReply(status, int64(grpcStatus), body, details, flags)
 }
 
+// LocalReplyMapper rewrites local replies: Envoy's local_reply_config.
+type LocalReplyMapper interface {
+	// MapLocalReply is given a local reply about to be sent: its status in
+	// e.Info.ResponseCode and e.Response's :status, and its body. It may
+	// change the status (in both places) and add response headers, and
+	// returns the body to send and its content type.
+	MapLocalReply(e *Exchange, body string) (newBody, contentType string)
+}
+
+// MapLocalReply runs e.LocalReplies, if any, on a reply of status and body
+// that is about to be sent, and returns the status, body and content type to
+// send (text/plain when there is no mapper). The router answers redirects
+// and direct responses through it, which Envoy's local_reply_config
+// rewrites too.
+func (e *Exchange) MapLocalReply(status int, body string) (int, string, string) {
+	e.Info.LocalReplyBody = body
+	if e.LocalReplies == nil {
+		return status, body, "text/plain"
+	}
+	e.Info.ResponseCode = status
+	e.Response.SetUint(Status, uint64(status))
+	body, ct := e.LocalReplies.MapLocalReply(e, body)
+	return e.Info.ResponseCode, body, ct
+}
+
 func (e *Exchange) localReply(status int, grpcStatus int64, body, details string, flags ResponseFlag) error {
 	e.Info.ResponseCodeDetails = details
 	e.Info.ResponseFlags |= flags
 	h := &e.Response
+	status, body, ct := e.MapLocalReply(status, body)
 	if e.Request != nil && IsGRPC(e.Request) {
 		if grpcStatus < 0 {
 			grpcStatus = int64(GRPCStatusFromHTTP(status))
@@ -63,7 +92,7 @@ func (e *Exchange) localReply(status int, grpcStatus int64, body, details string
 		return e.Downstream.WriteHeader(h, true)
 	}
 	h.SetUint("content-length", uint64(len(body)))
-	h.Set("content-type", "text/plain")
+	h.Set("content-type", ct)
 	if e.Request != nil && e.Request.Method() == "HEAD" {
 		return e.Downstream.WriteHeader(h, true)
 	}

@@ -85,10 +85,11 @@ const (
 // Manager is a built connection manager: one per filter chain, serving every
 // connection of it.
 type Manager struct {
-	log      *slog.Logger
-	listener string
-	buffers  *bufpool.Pool
-	date     atomic.Pointer[dateValue] // the Date header of responses without one
+	log          *slog.Logger
+	localReplies http.LocalReplyMapper // local_reply_config; nil: none
+	listener     string
+	buffers      *bufpool.Pool
+	date         atomic.Pointer[dateValue] // the Date header of responses without one
 
 	codec hcmv3.HttpConnectionManager_CodecType
 	h1    h1.Options
@@ -146,7 +147,7 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 		"always_set_request_id_in_response", "forward_client_cert_details", "set_current_client_cert_details",
 		"proxy_100_continue", "upgrade_configs", "normalize_path", "merge_slashes", "path_with_escaped_slashes_action",
 		"strip_matching_host_port", "strip_any_host_port", "stream_error_on_invalid_http_message",
-		"add_user_agent", "tracing", "request_id_extension"); err != nil {
+		"add_user_agent", "tracing", "request_id_extension", "local_reply_config"); err != nil {
 		return nil, err
 	}
 	log := fc.Logger
@@ -211,6 +212,13 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 	}
 	if cfg.GetServerName() != "" {
 		mg.serverName = cfg.GetServerName()
+	}
+	if lrc := cfg.GetLocalReplyConfig(); lrc != nil {
+		lr, err := newLocalReplies(lrc, fc.Runtime)
+		if err != nil {
+			return nil, cfgerr.Field("local_reply_config", err)
+		}
+		mg.localReplies = lr
 	}
 	switch cfg.GetServerHeaderTransformation() {
 	case hcmv3.HttpConnectionManager_APPEND_IF_ABSENT:
@@ -410,7 +418,7 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 
 	// Access logs.
 	logs, err := accesslog.Build(cfg.GetAccessLog(), accesslog.Options{
-		Sinks: fc.AccessLogs, Clusters: fc.Clusters, Node: fc.Node, Stats: st, Logger: log,
+		Sinks: fc.AccessLogs, Clusters: fc.Clusters, Node: fc.Node, Stats: st, Logger: log, Runtime: fc.Runtime,
 	})
 	if err != nil {
 		return nil, err

@@ -276,3 +276,80 @@ http_filters:
 		t.Errorf("200 requests at 50%%: %v, want both routes taking a share", seen)
 	}
 }
+
+// TestLocalReplyConfig: local_reply_config rewrites skiff's own replies as
+// Envoy's: the first mapper whose filter matches changes the status, the
+// body and the headers, a mapper's body_format_override or the config's
+// body_format renders the body (%LOCAL_REPLY_BODY% is the body before it),
+// a gRPC request gets the rewritten status as its grpc-status, and a
+// direct response is a local reply too.
+func TestLocalReplyConfig(t *testing.T) {
+	cfg := `
+stat_prefix: ingress
+route_config:
+  name: local
+  virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+    - match: { prefix: "/direct" }
+      direct_response: { status: 200, body: { inline_string: "hello" } }
+    - match: { prefix: "/grpc.Svc/" }
+      direct_response: { status: 503 }
+local_reply_config:
+  mappers:
+  - filter: { status_code_filter: { comparison: { op: EQ, value: { default_value: 404, runtime_key: lr.404 } } } }
+    status_code: 410
+    body: { inline_string: "gone away" }
+    headers_to_add: [{ header: { key: x-mapped, value: "404" } }]
+  - filter: { header_filter: { header: { name: x-json, present_match: true } } }
+    body_format_override:
+      json_format: { code: "%RESPONSE_CODE%", message: "%LOCAL_REPLY_BODY%", path: "%REQ(:PATH)%" }
+  body_format:
+    text_format: "[%RESPONSE_CODE%] %LOCAL_REPLY_BODY%"
+http_filters:
+- name: envoy.filters.http.router
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+`
+	e := newEnv(t, cfg)
+	c := h1Client(t)
+	for _, tc := range []struct {
+		path, hdr         string
+		status            int
+		body, ct, xMapped string
+	}{
+		// No route: 404, mapped to 410 with its body, rendered by body_format.
+		{"/nothing", "", 410, "[410] gone away", "text/plain", "404"},
+		// The JSON mapper: the status stays, the body is its override's.
+		{"/direct", "x-json", 200, `{"code":200,"message":"hello","path":"/direct"}` + "\n", "application/json", ""},
+		// No mapper: body_format alone.
+		{"/direct", "", 200, "[200] hello", "text/plain", ""},
+	} {
+		var kv []string
+		if tc.hdr != "" {
+			kv = []string{tc.hdr, "1"}
+		}
+		resp, body := get(t, c, "http://"+e.addr+tc.path, kv...)
+		if resp.StatusCode != tc.status || body != tc.body || resp.Header.Get("content-type") != tc.ct || resp.Header.Get("x-mapped") != tc.xMapped {
+			t.Errorf("%s %s: %d %q content-type %q x-mapped %q; want %d %q %q %q", tc.path, tc.hdr, resp.StatusCode, body,
+				resp.Header.Get("content-type"), resp.Header.Get("x-mapped"), tc.status, tc.body, tc.ct, tc.xMapped)
+		}
+	}
+	// A gRPC request's local reply is gRPC: grpc-status from the (mapped)
+	// status, grpc-message the rendered body.
+	req, _ := nethttp.NewRequest("POST", "http://"+e.addr+"/nothing.Svc/M", strings.NewReader(""))
+	req.Header.Set("content-type", "application/grpc")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	// 410 maps to gRPC UNKNOWN (2), as any status Envoy has no entry for.
+	if got := resp.Header.Get("grpc-status") + resp.Trailer.Get("grpc-status"); got != "2" {
+		t.Errorf("gRPC local reply: grpc-status %q, want 2 (UNKNOWN, from 410)", got)
+	}
+	if got := resp.Header.Get("grpc-message") + resp.Trailer.Get("grpc-message"); got != "[410] gone away" {
+		t.Errorf("gRPC local reply: grpc-message %q, want the rendered body", got)
+	}
+}

@@ -99,6 +99,7 @@ func (st *stream) serve(c *conn, s http.ServerStream) {
 	st.resetFlag.Store(false)
 	e := &st.ex
 	e.Reset(st)
+	e.LocalReplies = m.localReplies
 	in := &e.Info
 	in.ConnectionID = c.fc.ID
 	in.DownstreamLocal = c.fc.Local

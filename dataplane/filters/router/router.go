@@ -197,6 +197,16 @@ func (r *Router) reply(e *http.Exchange, rt *route.Route) {
 	e.Response.Reset()
 	body := rt.Reply(e.Request, &e.Response, &e.Info)
 	e.Info.ResponseCodeDetails = "direct_response"
+	if e.LocalReplies != nil {
+		// local_reply_config rewrites these too, as Envoy's router answers
+		// them with sendLocalReply. As there, a content-type the route set
+		// stays unless the body changed.
+		_, mapped, ct := e.MapLocalReply(rt.Status, string(body))
+		if mapped != string(body) || !e.Response.Has("content-type") {
+			e.Response.Set("content-type", ct)
+		}
+		body = []byte(mapped)
+	}
 	if e.Request.Method() == "HEAD" {
 		body = nil
 	}

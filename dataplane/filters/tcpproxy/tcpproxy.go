@@ -49,7 +49,7 @@ func (Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilter
 		return nil, err
 	}
 	logs, err := accesslog.Build(cfg.GetAccessLog(), accesslog.Options{
-		Sinks: fc.AccessLogs, Clusters: fc.Clusters, Node: fc.Node, Stats: fc.Stats, Logger: fc.Logger,
+		Sinks: fc.AccessLogs, Clusters: fc.Clusters, Node: fc.Node, Stats: fc.Stats, Logger: fc.Logger, Runtime: fc.Runtime,
 	})
 	if err != nil {
 		return nil, err
