@@ -126,12 +126,19 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 		"transport_socket", "transport_socket_matches", "filters", "outlier_detection",
 		"health_checks", "dns_refresh_rate", "dns_failure_refresh_rate", "dns_jitter", "respect_dns_ttl",
 		"dns_resolvers", "use_tcp_for_dns_lookups", "dns_resolution_config", "typed_dns_resolver_config",
-		"wait_for_warm_on_init", "cluster_type",
+		"wait_for_warm_on_init", "cluster_type", "load_balancing_policy",
 	); err != nil {
 		return nil, err
 	}
 	if err := cfgerr.Validate(pb); err != nil {
 		return nil, err
+	}
+	src := pb
+	if pb.GetLoadBalancingPolicy() != nil {
+		var err error
+		if pb, err = withLoadBalancingPolicy(pb); err != nil {
+			return nil, err
+		}
 	}
 	if pb.GetName() == "" {
 		return nil, cfgerr.Errorf("name", "must not be empty")
@@ -142,7 +149,7 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 		ConnectTimeout: DefaultConnectTimeout,
 		LBPolicy:       pb.GetLbPolicy(),
 		PanicThreshold: 50,
-		proto:          pb,
+		proto:          src,
 	}
 	if pb.GetAltStatName() != "" {
 		c.StatName = pb.GetAltStatName()
