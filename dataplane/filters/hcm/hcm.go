@@ -127,7 +127,8 @@ type Manager struct {
 	upgrades        map[string]bool // upgrade types allowed (lower case)
 	normalizePath   bool
 	mergeSlashes    bool
-	stripPort       int // -2: no, -1: any port, else strip_matching_host_port (the listener's port is known per connection)
+	escapedSlashes  hcmv3.HttpConnectionManager_PathWithEscapedSlashesAction // 0: KEEP_UNCHANGED
+	stripPort       int                                                      // -2: no, -1: any port, else strip_matching_host_port (the listener's port is known per connection)
 	stripMatching   bool
 
 	tracing *tracing // nil: no tracing configuration
@@ -207,8 +208,9 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 			return nil, cfgerr.Field("set_current_client_cert_details", err)
 		}
 	}
-	if a := cfg.GetPathWithEscapedSlashesAction(); a != hcmv3.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT && a != hcmv3.HttpConnectionManager_KEEP_UNCHANGED {
-		return nil, cfgerr.Errorf("path_with_escaped_slashes_action", "%v is not supported by skiff (KEEP_UNCHANGED is)", a)
+	// Envoy's default (IMPLEMENTATION_SPECIFIC_DEFAULT) is KEEP_UNCHANGED.
+	if a := cfg.GetPathWithEscapedSlashesAction(); a != hcmv3.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT {
+		mg.escapedSlashes = a
 	}
 	if cfg.GetServerName() != "" {
 		mg.serverName = cfg.GetServerName()
@@ -440,41 +442,43 @@ type hcmStats struct {
 	rqTimeout, rqIdleTimeout, rqHeaderTimeout, rqRxReset   stats.Counter
 	rqMaxDuration                                          stats.Counter
 	rqTxReset, rqWsOnNonWs, rqTooLarge, rqFailedNormalize  stats.Counter
+	rqNormalizedRedirect                                   stats.Counter
 	rxBytes, txBytes                                       stats.Counter
 	rqTime                                                 stats.Histogram
 }
 
 func newStats(st *stats.Store, p string) hcmStats {
 	s := hcmStats{
-		cxTotal:           st.Counter(p + "downstream_cx_total"),
-		cxHTTP1Total:      st.Counter(p + "downstream_cx_http1_total"),
-		cxHTTP2Total:      st.Counter(p + "downstream_cx_http2_total"),
-		cxDestroy:         st.Counter(p + "downstream_cx_destroy"),
-		cxActive:          st.Gauge(p + "downstream_cx_active"),
-		cxHTTP1Active:     st.Gauge(p + "downstream_cx_http1_active"),
-		cxHTTP2Active:     st.Gauge(p + "downstream_cx_http2_active"),
-		cxProtocolError:   st.Counter(p + "downstream_cx_protocol_error"),
-		cxIdleTimeout:     st.Counter(p + "downstream_cx_idle_timeout"),
-		cxMaxDuration:     st.Counter(p + "downstream_cx_max_duration_reached"),
-		cxDrain:           st.Counter(p + "downstream_cx_drain_close"),
-		cxMaxRequests:     st.Counter(p + "downstream_cx_max_requests_reached"),
-		rqTotal:           st.Counter(p + "downstream_rq_total"),
-		rqHTTP1Total:      st.Counter(p + "downstream_rq_http1_total"),
-		rqHTTP2Total:      st.Counter(p + "downstream_rq_http2_total"),
-		rqCompleted:       st.Counter(p + "downstream_rq_completed"),
-		rqActive:          st.Gauge(p + "downstream_rq_active"),
-		rqTimeout:         st.Counter(p + "downstream_rq_timeout"),
-		rqIdleTimeout:     st.Counter(p + "downstream_rq_idle_timeout"),
-		rqMaxDuration:     st.Counter(p + "downstream_rq_max_duration_reached"),
-		rqHeaderTimeout:   st.Counter(p + "downstream_rq_header_timeout"),
-		rqRxReset:         st.Counter(p + "downstream_rq_rx_reset"),
-		rqTxReset:         st.Counter(p + "downstream_rq_tx_reset"),
-		rqWsOnNonWs:       st.Counter(p + "downstream_rq_ws_on_non_ws_route"),
-		rqTooLarge:        st.Counter(p + "downstream_rq_too_large"),
-		rqFailedNormalize: st.Counter(p + "downstream_rq_failed_path_normalization"),
-		rxBytes:           st.Counter(p + "downstream_cx_rx_bytes_total"),
-		txBytes:           st.Counter(p + "downstream_cx_tx_bytes_total"),
-		rqTime:            st.Histogram(p + "downstream_rq_time"),
+		cxTotal:              st.Counter(p + "downstream_cx_total"),
+		cxHTTP1Total:         st.Counter(p + "downstream_cx_http1_total"),
+		cxHTTP2Total:         st.Counter(p + "downstream_cx_http2_total"),
+		cxDestroy:            st.Counter(p + "downstream_cx_destroy"),
+		cxActive:             st.Gauge(p + "downstream_cx_active"),
+		cxHTTP1Active:        st.Gauge(p + "downstream_cx_http1_active"),
+		cxHTTP2Active:        st.Gauge(p + "downstream_cx_http2_active"),
+		cxProtocolError:      st.Counter(p + "downstream_cx_protocol_error"),
+		cxIdleTimeout:        st.Counter(p + "downstream_cx_idle_timeout"),
+		cxMaxDuration:        st.Counter(p + "downstream_cx_max_duration_reached"),
+		cxDrain:              st.Counter(p + "downstream_cx_drain_close"),
+		cxMaxRequests:        st.Counter(p + "downstream_cx_max_requests_reached"),
+		rqTotal:              st.Counter(p + "downstream_rq_total"),
+		rqHTTP1Total:         st.Counter(p + "downstream_rq_http1_total"),
+		rqHTTP2Total:         st.Counter(p + "downstream_rq_http2_total"),
+		rqCompleted:          st.Counter(p + "downstream_rq_completed"),
+		rqActive:             st.Gauge(p + "downstream_rq_active"),
+		rqTimeout:            st.Counter(p + "downstream_rq_timeout"),
+		rqIdleTimeout:        st.Counter(p + "downstream_rq_idle_timeout"),
+		rqMaxDuration:        st.Counter(p + "downstream_rq_max_duration_reached"),
+		rqHeaderTimeout:      st.Counter(p + "downstream_rq_header_timeout"),
+		rqRxReset:            st.Counter(p + "downstream_rq_rx_reset"),
+		rqTxReset:            st.Counter(p + "downstream_rq_tx_reset"),
+		rqWsOnNonWs:          st.Counter(p + "downstream_rq_ws_on_non_ws_route"),
+		rqTooLarge:           st.Counter(p + "downstream_rq_too_large"),
+		rqFailedNormalize:    st.Counter(p + "downstream_rq_failed_path_normalization"),
+		rqNormalizedRedirect: st.Counter(p + "downstream_rq_redirected_with_normalized_path"),
+		rxBytes:              st.Counter(p + "downstream_cx_rx_bytes_total"),
+		txBytes:              st.Counter(p + "downstream_cx_tx_bytes_total"),
+		rqTime:               st.Histogram(p + "downstream_rq_time"),
 	}
 	for i := range s.rqClass {
 		s.rqClass[i] = st.Counter(fmt.Sprintf("%sdownstream_rq_%dxx", p, i+1))

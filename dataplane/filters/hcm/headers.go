@@ -7,6 +7,8 @@ import (
 	"time"
 	"unsafe"
 
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+
 	"github.com/skiffproxy/skiff/dataplane/http"
 )
 
@@ -294,9 +296,11 @@ func hasTokenFold(list, token string) bool {
 	return false
 }
 
-// normalize applies normalize_path (RFC 3986 dot-segment removal) and
-// merge_slashes to :path; false means the path could not be normalized and
-// the request was answered 400.
+// normalize applies path_with_escaped_slashes_action, normalize_path (RFC
+// 3986 dot-segment removal) and merge_slashes to :path, in Envoy's order;
+// false means the request was answered: 400 for a path that cannot be
+// normalized or has escaped slashes REJECT_REQUEST refuses, a 307 to the
+// unescaped path for UNESCAPE_AND_REDIRECT.
 func (st *stream) normalize() bool {
 	m, e := st.m, &st.ex
 	req := e.Request
@@ -308,7 +312,20 @@ func (st *stream) normalize() bool {
 	if i := strings.IndexByte(p, '?'); i >= 0 {
 		path, query = p[:i], p[i:]
 	}
-	np := path
+	np, redirect := path, false
+	if m.escapedSlashes > hcmv3.HttpConnectionManager_KEEP_UNCHANGED {
+		if u, found := unescapeSlashes(np); found {
+			switch m.escapedSlashes {
+			case hcmv3.HttpConnectionManager_REJECT_REQUEST:
+				m.stats.rqFailedNormalize.Inc()
+				_ = e.LocalReply(400, "", "path_normalization_failed", 0)
+				return false
+			case hcmv3.HttpConnectionManager_UNESCAPE_AND_REDIRECT:
+				redirect = true
+			}
+			np = u
+		}
+	}
 	if m.normalizePath {
 		np = removeDotSegments(np)
 	}
@@ -324,7 +341,44 @@ func (st *stream) normalize() bool {
 		return false
 	}
 	req.Set(http.Path, np+query)
+	if redirect {
+		// Envoy's answer: the client asks again for the path as it is now,
+		// given as is (not an absolute URL).
+		m.stats.rqNormalizedRedirect.Inc()
+		e.Response.Set("location", np+query)
+		_ = e.LocalReply(307, "", "path_normalization_failed", 0)
+		return false
+	}
 	return true
+}
+
+// unescapeSlashes replaces the escaped slashes and backslashes of a path
+// (%2F, %5C, either case) with the characters, and reports whether it found
+// any, as Envoy's PathUtil::unescapeSlashes.
+func unescapeSlashes(p string) (string, bool) {
+	if !strings.Contains(p, "%") {
+		return p, false
+	}
+	var b strings.Builder
+	found := false
+	for i := 0; i < len(p); i++ {
+		if p[i] == '%' && i+2 < len(p) {
+			switch p[i+1 : i+3] {
+			case "2F", "2f":
+				b.WriteByte('/')
+				i += 2
+				found = true
+				continue
+			case "5C", "5c":
+				b.WriteByte('\\')
+				i += 2
+				found = true
+				continue
+			}
+		}
+		b.WriteByte(p[i])
+	}
+	return b.String(), found
 }
 
 // removeDotSegments is RFC 3986 section 5.2.4's algorithm.

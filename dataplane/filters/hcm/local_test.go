@@ -353,3 +353,44 @@ http_filters:
 		t.Errorf("gRPC local reply: grpc-message %q, want the rendered body", got)
 	}
 }
+
+// TestPathNormalization: normalize_path, merge_slashes and
+// path_with_escaped_slashes_action change the :path the upstream sees, or
+// answer the request, as Envoy's: escaped slashes first (rejected with 400,
+// or unescaped and forwarded, or unescaped and answered with a 307 to the
+// new path), then dot segments, then repeated slashes; the query is kept.
+func TestPathNormalization(t *testing.T) {
+	up := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		io.WriteString(w, r.RequestURI)
+	}))
+	for _, tc := range []struct {
+		extra, path string
+		want        string // the upstream's path, or a response's start
+	}{
+		{"", "/a/../b//c%2Fd", "/a/../b//c%2Fd"},
+		{"normalize_path: true", "/a/./b/../c?x=/..", "/a/c?x=/.."},
+		{"merge_slashes: true", "//a///b", "/a/b"},
+		{"normalize_path: true\nmerge_slashes: true", "/a/..//b", "/b"},
+		{"path_with_escaped_slashes_action: KEEP_UNCHANGED", "/a%2Fb", "/a%2Fb"},
+		{"path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD", "/a%2fb%5Cc?q=%2F", "/a/b\\c?q=%2F"},
+		{"path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD\nnormalize_path: true", "/a/..%2Fb", "/b"},
+		{"path_with_escaped_slashes_action: REJECT_REQUEST", "/a%2Fb", "HTTP/1.1 400 "},
+		{"path_with_escaped_slashes_action: REJECT_REQUEST", "/a%20b", "/a%20b"},
+		{"path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT", "/a%2Fb?q", "HTTP/1.1 307 "},
+	} {
+		e := newEnv(t, hcmYAML("up", tc.extra), cluster(t, "up", false, up))
+		resp := rawExchange(t, e.addr, "GET "+tc.path+" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 10*time.Second)
+		if strings.HasPrefix(tc.want, "HTTP/") {
+			if !strings.HasPrefix(resp, tc.want) {
+				t.Errorf("%s, %s: %q, want %s", tc.extra, tc.path, resp, tc.want)
+			}
+			if strings.Contains(tc.want, "307") && !strings.Contains(strings.ToLower(resp), "\r\nlocation: /a/b?q\r\n") {
+				t.Errorf("%s, %s: %q, want location /a/b?q", tc.extra, tc.path, resp)
+			}
+			continue
+		}
+		if !strings.HasPrefix(resp, "HTTP/1.1 200 ") || !strings.HasSuffix(resp, "\r\n\r\n"+tc.want) {
+			t.Errorf("%s, %s: %q, want the upstream to see %q", tc.extra, tc.path, resp, tc.want)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 
 	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/dataplane/http/route"
@@ -312,7 +313,7 @@ func (st *stream) prepare() bool {
 	if !ok {
 		return false
 	}
-	if m.normalizePath || m.mergeSlashes {
+	if m.normalizePath || m.mergeSlashes || m.escapedSlashes > hcmv3.HttpConnectionManager_KEEP_UNCHANGED {
 		if !st.normalize() {
 			return false
 		}
