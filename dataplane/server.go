@@ -161,6 +161,8 @@ type Server struct {
 	// For the admin API: the number of Snapshots applied and a channel the
 	// first one closes; DrainListeners' state (guarded by mu).
 	gen        atomic.Uint64
+	isDraining atomic.Bool // shutting down, or the listeners were drained
+	hcFailed   atomic.Bool // SetHealthCheckFailed
 	applied    chan struct{}
 	initOnce   sync.Once
 	drained    bool        // DrainListeners ran: Apply starts no new listener
@@ -207,6 +209,7 @@ func (s *Server) factoryContext() filter.Context {
 		AccessLogs: s.accessLogs,
 		Node:       s.opts.Node,
 		Runtime:    s.opts.Runtime,
+		Server:     s,
 		ClusterExists: func(name string) bool {
 			return s.clusters.Get(name) != nil
 		},
@@ -714,6 +717,7 @@ func (s *Server) drainChain(ch *listener.FilterChain) {
 func (s *Server) BeginShutdown() { s.beginShutdown() }
 
 func (s *Server) beginShutdown() []*listener.FilterChain {
+	s.isDraining.Store(true)
 	s.mu.Lock()
 	s.shutdown = true
 	if s.drainTimer != nil {
@@ -734,6 +738,16 @@ func (s *Server) beginShutdown() []*listener.FilterChain {
 	}
 	return chains
 }
+
+// SetHealthCheckFailed makes the health_check filters answer 503 (failed
+// true) or not, as Envoy's admin /healthcheck/fail and /healthcheck/ok. A
+// draining server fails them whatever this says.
+func (s *Server) SetHealthCheckFailed(failed bool) { s.hcFailed.Store(failed) }
+
+// HealthCheckFailed implements filter.ServerHealth: the admin API failed the
+// health checks, or the server is draining (shutting down, or its listeners
+// drained), as its readiness is.
+func (s *Server) HealthCheckFailed() bool { return s.hcFailed.Load() || s.isDraining.Load() }
 
 // Generation is the number of Snapshots applied so far: 0 until the first.
 func (s *Server) Generation() uint64 { return s.gen.Load() }
@@ -762,6 +776,7 @@ func (s *Server) DrainListeners(graceful bool) time.Time {
 		return s.drainedAt
 	}
 	s.drained = true
+	s.isDraining.Store(true)
 	if !graceful {
 		if s.drainTimer != nil {
 			s.drainTimer.Stop()

@@ -53,9 +53,11 @@ Commands:
   drain [--graceful]        stop the listeners accepting connections (Envoy's /drain_listeners)
   restart                   start a hot restart
   reopen-logs               reopen the access log files, for log rotation (Envoy's /reopen_logs; SIGUSR1)
+  healthcheck fail|ok       make the health_check filters answer 503, or as usual
+                            (Envoy's /healthcheck/fail and /healthcheck/ok)
 
-drain, restart, reopen-logs and a log-level change are accepted only over the
-unix socket unless skiff runs with --admin-tcp-mutations.
+drain, restart, reopen-logs, healthcheck and a log-level change are accepted
+only over the unix socket unless skiff runs with --admin-tcp-mutations.
 
 Flags (also accepted after COMMAND):
 `
@@ -110,6 +112,7 @@ var adminCommands = map[string]func(c *adminClient, args []string) error{
 	"drain":       adminDrain,
 	"restart":     adminRestart,
 	"reopen-logs": adminReopenLogs,
+	"healthcheck": adminHealthCheck,
 }
 
 // adminClient is a connection to the admin API and where to print.
@@ -703,5 +706,34 @@ func adminReopenLogs(c *adminClient, args []string) error {
 		return c.printJSON(r)
 	}
 	_, err = fmt.Fprintln(c.stdout, "access logs reopened")
+	return err
+}
+
+func adminHealthCheck(c *adminClient, args []string) error {
+	if err := c.parse(args, 1); err != nil {
+		return err
+	}
+	var failed bool
+	switch c.fs.Arg(0) {
+	case "fail":
+		failed = true
+	case "ok":
+	default:
+		return fmt.Errorf("healthcheck: want fail or ok, not %q", c.fs.Arg(0))
+	}
+	ctx, cancel := c.call()
+	defer cancel()
+	r, err := c.admin.SetHealthCheckFailed(ctx, &adminv1.SetHealthCheckFailedRequest{Failed: failed})
+	if err != nil {
+		return err
+	}
+	if c.json() {
+		return c.printJSON(r)
+	}
+	state := "passing"
+	if r.GetFailing() {
+		state = "failing"
+	}
+	_, err = fmt.Fprintf(c.stdout, "health checks: %s\n", state)
 	return err
 }

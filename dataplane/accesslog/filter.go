@@ -34,8 +34,8 @@ func buildFilter(f *accesslogv3.AccessLogFilter, rt *runtime.Loader) (filterFunc
 		}
 		return func(e *http.Exchange) bool { return cmp(uint64(e.Info.Duration.Milliseconds())) }, nil
 	case *accesslogv3.AccessLogFilter_NotHealthCheckFilter:
-		// skiff has no health check filter: no request is a health check.
-		return func(*http.Exchange) bool { return true }, nil
+		// Requests the health_check filter answered or marked.
+		return func(e *http.Exchange) bool { return !e.Info.HealthCheck }, nil
 	case *accesslogv3.AccessLogFilter_AndFilter, *accesslogv3.AccessLogFilter_OrFilter:
 		var subs []*accesslogv3.AccessLogFilter
 		field := "and_filter"

@@ -12,7 +12,7 @@
 // The Server serves on any number of listeners (in skiff, the runtime
 // directory's admin.sock and the bootstrap's admin.address). Calls that change
 // the running process (DrainListeners, StartHotRestart, SetLogLevel,
-// ReopenLogs) are accepted only over unix sockets unless Options.TCPMutations
+// ReopenLogs, SetHealthCheckFailed) are accepted only over unix sockets unless Options.TCPMutations
 // is set: a unix socket in the 0700 runtime directory reaches only its owner,
 // a loopback port every local user.
 package admin
@@ -61,6 +61,11 @@ type Dataplane interface {
 	// ReopenAccessLogs makes the access log files be opened again by their
 	// paths (Envoy's /reopen_logs).
 	ReopenAccessLogs()
+	// SetHealthCheckFailed makes health checks fail, or not (Envoy's
+	// /healthcheck/fail and /healthcheck/ok); HealthCheckFailed reports
+	// whether they fail now (asked, or draining).
+	SetHealthCheckFailed(failed bool)
+	HealthCheckFailed() bool
 }
 
 // XDSStatus is what the xDS client reports for CSDS and the config dump. The
@@ -106,8 +111,9 @@ type Options struct {
 	RestartEpoch uint32
 	// RuntimeDir is reported by GetServerInfo.
 	RuntimeDir string
-	// TCPMutations accepts DrainListeners, StartHotRestart, SetLogLevel and
-	// ReopenLogs over TCP too; by default they are accepted only over unix sockets.
+	// TCPMutations accepts DrainListeners, StartHotRestart, SetLogLevel,
+	// ReopenLogs and SetHealthCheckFailed over TCP too; by default they are
+	// accepted only over unix sockets.
 	TCPMutations bool
 	// HotRestart starts a hot restart, running binary (empty: skiff's own
 	// executable), and returns the new process's pid and epoch once it is
@@ -145,7 +151,8 @@ func mutating(method string) bool {
 	case adminv1.AdminService_DrainListeners_FullMethodName,
 		adminv1.AdminService_StartHotRestart_FullMethodName,
 		adminv1.AdminService_SetLogLevel_FullMethodName,
-		adminv1.AdminService_ReopenLogs_FullMethodName:
+		adminv1.AdminService_ReopenLogs_FullMethodName,
+		adminv1.AdminService_SetHealthCheckFailed_FullMethodName:
 		return true
 	}
 	return false

@@ -50,9 +50,10 @@ type fakeDataplane struct {
 	applied  chan struct{}
 	clusters *upstream.Manager
 
-	mu     sync.Mutex
-	drains []bool
-	reopen atomic.Int32
+	mu       sync.Mutex
+	drains   []bool
+	reopen   atomic.Int32
+	hcFailed atomic.Bool
 }
 
 func newFakeDataplane(st *stats.Store) *fakeDataplane {
@@ -74,6 +75,9 @@ func (f *fakeDataplane) DrainListeners(graceful bool) time.Time {
 }
 
 func (f *fakeDataplane) ReopenAccessLogs() { f.reopen.Add(1) }
+
+func (f *fakeDataplane) SetHealthCheckFailed(failed bool) { f.hcFailed.Store(failed) }
+func (f *fakeDataplane) HealthCheckFailed() bool          { return f.hcFailed.Load() }
 
 func (f *fakeDataplane) drained() []bool {
 	f.mu.Lock()
@@ -273,7 +277,10 @@ func TestMutationsOnlyOverUnixSocket(t *testing.T) {
 	if _, err := ta.admin(false).ReopenLogs(ctx, &adminv1.ReopenLogsRequest{}); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("ReopenLogs over TCP: %v, want PermissionDenied", err)
 	}
-	if ta.levels.Level() != slog.LevelInfo || len(ta.dp.drained()) != 0 || ta.dp.reopen.Load() != 0 {
+	if _, err := ta.admin(false).SetHealthCheckFailed(ctx, &adminv1.SetHealthCheckFailedRequest{Failed: true}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("SetHealthCheckFailed over TCP: %v, want PermissionDenied", err)
+	}
+	if ta.levels.Level() != slog.LevelInfo || len(ta.dp.drained()) != 0 || ta.dp.reopen.Load() != 0 || ta.dp.hcFailed.Load() {
 		t.Fatalf("a refused call changed the server: level %v, drains %v, reopens %d", ta.levels.Level(), ta.dp.drained(), ta.dp.reopen.Load())
 	}
 	// Reading is fine over TCP.
@@ -293,6 +300,9 @@ func TestMutationsOnlyOverUnixSocket(t *testing.T) {
 	}
 	if _, err := ta.admin(true).ReopenLogs(ctx, &adminv1.ReopenLogsRequest{}); err != nil || ta.dp.reopen.Load() != 1 {
 		t.Errorf("ReopenLogs over the unix socket: %v, %d reopens; want 1", err, ta.dp.reopen.Load())
+	}
+	if r, err := ta.admin(true).SetHealthCheckFailed(ctx, &adminv1.SetHealthCheckFailedRequest{Failed: true}); err != nil || !r.GetFailing() || !ta.dp.hcFailed.Load() {
+		t.Errorf("SetHealthCheckFailed over the unix socket = %v, %v; want failing", r, err)
 	}
 	if _, err := ta.admin(true).DrainListeners(ctx, &adminv1.DrainListenersRequest{Graceful: true}); err != nil {
 		t.Fatalf("DrainListeners over the unix socket: %v", err)

@@ -232,6 +232,12 @@ func (v *service) ReopenLogs(context.Context, *adminv1.ReopenLogsRequest) (*admi
 	return &adminv1.ReopenLogsResponse{}, nil
 }
 
+func (v *service) SetHealthCheckFailed(_ context.Context, req *adminv1.SetHealthCheckFailedRequest) (*adminv1.SetHealthCheckFailedResponse, error) {
+	v.s.log.Info("admin: health checks", "failed", req.GetFailed())
+	v.s.opts.Dataplane.SetHealthCheckFailed(req.GetFailed())
+	return &adminv1.SetHealthCheckFailedResponse{Failing: v.s.opts.Dataplane.HealthCheckFailed()}, nil
+}
+
 func (v *service) SetLogLevel(_ context.Context, req *adminv1.SetLogLevelRequest) (*adminv1.SetLogLevelResponse, error) {
 	l, err := ParseLogLevel(req.GetLevel())
 	if err != nil {

@@ -73,6 +73,17 @@ type Context struct {
 	// streams), shared by every HTTP connection manager. Nil: access logs are
 	// built and checked but write nowhere (validation).
 	AccessLogs *accesslog.Sinks
+	// Server is the server's own health, which the health_check HTTP filter
+	// answers with. Nil: always healthy.
+	Server ServerHealth
+}
+
+// ServerHealth is the server's own health as health check requests see it.
+type ServerHealth interface {
+	// HealthCheckFailed reports whether health checks are to fail: the
+	// admin API asked so (Envoy's /healthcheck/fail), or the server is
+	// draining.
+	HealthCheckFailed() bool
 }
 
 // Registry maps typed_config type URLs to factories. It is built once at start-up

@@ -9,6 +9,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/filters/fault"
 	"github.com/skiffproxy/skiff/dataplane/filters/grpcstats"
 	"github.com/skiffproxy/skiff/dataplane/filters/hcm"
+	"github.com/skiffproxy/skiff/dataplane/filters/healthcheck"
 	"github.com/skiffproxy/skiff/dataplane/filters/httpinspector"
 	"github.com/skiffproxy/skiff/dataplane/filters/istioalpn"
 	"github.com/skiffproxy/skiff/dataplane/filters/localratelimit"
@@ -57,6 +58,7 @@ func Builtin() (*filter.Registry, error) {
 		cors.PolicyFactory{},
 		rbac.HTTPFactory{},
 		grpcstats.Factory{},
+		healthcheck.Factory{},
 		istioalpn.Factory{},    // Istio's; see its package
 		peermetadata.Factory{}, // Istio's istio.metadata_exchange; see its package
 		router.Factory{},

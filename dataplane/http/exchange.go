@@ -240,9 +240,10 @@ const (
 	FlagRBACDenied                                                // RBAC (Envoy: UnauthorizedExternalService is UAEX)
 	FlagUpstreamMaxStreamDurationReached                          // UMSDR
 	FlagOverloadManager                                           // OM
+	FlagFailedLocalHealthCheck                                    // LH
 )
 
-var flagNames = [...]string{"UH", "UF", "UO", "NR", "UT", "LR", "UR", "UC", "DC", "FI", "DI", "RL", "UAEX", "SI", "NC", "DPE", "URX", "DT", "UPE", "RBAC", "UMSDR", "OM"}
+var flagNames = [...]string{"UH", "UF", "UO", "NR", "UT", "LR", "UR", "UC", "DC", "FI", "DI", "RL", "UAEX", "SI", "NC", "DPE", "URX", "DT", "UPE", "RBAC", "UMSDR", "OM", "LH"}
 
 var flagLongNames = [...]string{
 	"NoHealthyUpstream", "UpstreamConnectionFailure", "UpstreamOverflow", "NoRouteFound",
@@ -250,7 +251,7 @@ var flagLongNames = [...]string{
 	"DownstreamConnectionTermination", "FaultInjected", "DelayInjected", "RateLimited",
 	"UnauthorizedExternalService", "StreamIdleTimeout", "NoClusterFound", "DownstreamProtocolError",
 	"UpstreamRetryLimitExceeded", "DurationTimeout", "UpstreamProtocolError", "RbacAccessDenied",
-	"UpstreamMaxStreamDurationReached", "OverloadManagerTerminated",
+	"UpstreamMaxStreamDurationReached", "OverloadManagerTerminated", "FailedLocalHealthCheck",
 }
 
 // String renders the flags as Envoy's %RESPONSE_FLAGS% does: short names joined
@@ -324,6 +325,9 @@ type StreamInfo struct {
 	// LocalReplyBody is the body of a local reply, before any body format
 	// (Envoy's %LOCAL_REPLY_BODY%).
 	LocalReplyBody string
+	// HealthCheck says the request is a health check (the health_check
+	// filter matched it), which access logs' not_health_check_filter skips.
+	HealthCheck bool
 
 	BytesReceived, BytesSent int64
 	RequestID                string

@@ -1775,6 +1775,96 @@ func (*ReopenLogsResponse) Descriptor() ([]byte, []int) {
 	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
+type SetHealthCheckFailedRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Fail health checks (true) or stop failing them (false).
+	Failed        bool `protobuf:"varint,1,opt,name=failed,proto3" json:"failed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetHealthCheckFailedRequest) Reset() {
+	*x = SetHealthCheckFailedRequest{}
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetHealthCheckFailedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetHealthCheckFailedRequest) ProtoMessage() {}
+
+func (x *SetHealthCheckFailedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetHealthCheckFailedRequest.ProtoReflect.Descriptor instead.
+func (*SetHealthCheckFailedRequest) Descriptor() ([]byte, []int) {
+	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *SetHealthCheckFailedRequest) GetFailed() bool {
+	if x != nil {
+		return x.Failed
+	}
+	return false
+}
+
+type SetHealthCheckFailedResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether health checks fail now: as asked, or because skiff is draining.
+	Failing       bool `protobuf:"varint,1,opt,name=failing,proto3" json:"failing,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetHealthCheckFailedResponse) Reset() {
+	*x = SetHealthCheckFailedResponse{}
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetHealthCheckFailedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetHealthCheckFailedResponse) ProtoMessage() {}
+
+func (x *SetHealthCheckFailedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetHealthCheckFailedResponse.ProtoReflect.Descriptor instead.
+func (*SetHealthCheckFailedResponse) Descriptor() ([]byte, []int) {
+	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *SetHealthCheckFailedResponse) GetFailing() bool {
+	if x != nil {
+		return x.Failing
+	}
+	return false
+}
+
 var File_skiff_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_skiff_admin_v1_admin_proto_rawDesc = "" +
@@ -1879,7 +1969,11 @@ const file_skiff_admin_v1_admin_proto_rawDesc = "" +
 	"\x05level\x18\x01 \x01(\tR\x05level\x12%\n" +
 	"\x0eprevious_level\x18\x02 \x01(\tR\rpreviousLevel\"\x13\n" +
 	"\x11ReopenLogsRequest\"\x14\n" +
-	"\x12ReopenLogsResponse*|\n" +
+	"\x12ReopenLogsResponse\"5\n" +
+	"\x1bSetHealthCheckFailedRequest\x12\x16\n" +
+	"\x06failed\x18\x01 \x01(\bR\x06failed\"8\n" +
+	"\x1cSetHealthCheckFailedResponse\x12\x18\n" +
+	"\afailing\x18\x01 \x01(\bR\afailing*|\n" +
 	"\vServerState\x12\x1c\n" +
 	"\x18SERVER_STATE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19SERVER_STATE_INITIALIZING\x10\x01\x12\x15\n" +
@@ -1889,7 +1983,7 @@ const file_skiff_admin_v1_admin_proto_rawDesc = "" +
 	"\x15STAT_TYPE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11STAT_TYPE_COUNTER\x10\x01\x12\x13\n" +
 	"\x0fSTAT_TYPE_GAUGE\x10\x02\x12\x17\n" +
-	"\x13STAT_TYPE_HISTOGRAM\x10\x032\xc2\b\n" +
+	"\x13STAT_TYPE_HISTOGRAM\x10\x032\xb5\t\n" +
 	"\fAdminService\x12\\\n" +
 	"\rGetServerInfo\x12$.skiff.admin.v1.GetServerInfoRequest\x1a%.skiff.admin.v1.GetServerInfoResponse\x12M\n" +
 	"\bGetReady\x12\x1f.skiff.admin.v1.GetReadyRequest\x1a .skiff.admin.v1.GetReadyResponse\x12\\\n" +
@@ -1904,7 +1998,8 @@ const file_skiff_admin_v1_admin_proto_rawDesc = "" +
 	"\vGetLogLevel\x12\".skiff.admin.v1.GetLogLevelRequest\x1a#.skiff.admin.v1.GetLogLevelResponse\x12V\n" +
 	"\vSetLogLevel\x12\".skiff.admin.v1.SetLogLevelRequest\x1a#.skiff.admin.v1.SetLogLevelResponse\x12S\n" +
 	"\n" +
-	"ReopenLogs\x12!.skiff.admin.v1.ReopenLogsRequest\x1a\".skiff.admin.v1.ReopenLogsResponseB:Z8github.com/skiffproxy/skiff/proto/skiff/admin/v1;adminv1b\x06proto3"
+	"ReopenLogs\x12!.skiff.admin.v1.ReopenLogsRequest\x1a\".skiff.admin.v1.ReopenLogsResponse\x12q\n" +
+	"\x14SetHealthCheckFailed\x12+.skiff.admin.v1.SetHealthCheckFailedRequest\x1a,.skiff.admin.v1.SetHealthCheckFailedResponseB:Z8github.com/skiffproxy/skiff/proto/skiff/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_skiff_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -1919,61 +2014,63 @@ func file_skiff_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_skiff_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_skiff_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_skiff_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_skiff_admin_v1_admin_proto_goTypes = []any{
-	(ServerState)(0),                // 0: skiff.admin.v1.ServerState
-	(StatType)(0),                   // 1: skiff.admin.v1.StatType
-	(*GetServerInfoRequest)(nil),    // 2: skiff.admin.v1.GetServerInfoRequest
-	(*GetServerInfoResponse)(nil),   // 3: skiff.admin.v1.GetServerInfoResponse
-	(*GetReadyRequest)(nil),         // 4: skiff.admin.v1.GetReadyRequest
-	(*GetReadyResponse)(nil),        // 5: skiff.admin.v1.GetReadyResponse
-	(*GetConfigDumpRequest)(nil),    // 6: skiff.admin.v1.GetConfigDumpRequest
-	(*GetConfigDumpResponse)(nil),   // 7: skiff.admin.v1.GetConfigDumpResponse
-	(*Stat)(nil),                    // 8: skiff.admin.v1.Stat
-	(*Histogram)(nil),               // 9: skiff.admin.v1.Histogram
-	(*HistogramBucket)(nil),         // 10: skiff.admin.v1.HistogramBucket
-	(*GetStatsRequest)(nil),         // 11: skiff.admin.v1.GetStatsRequest
-	(*GetStatsResponse)(nil),        // 12: skiff.admin.v1.GetStatsResponse
-	(*WatchStatsRequest)(nil),       // 13: skiff.admin.v1.WatchStatsRequest
-	(*WatchStatsResponse)(nil),      // 14: skiff.admin.v1.WatchStatsResponse
-	(*ListListenersRequest)(nil),    // 15: skiff.admin.v1.ListListenersRequest
-	(*ListListenersResponse)(nil),   // 16: skiff.admin.v1.ListListenersResponse
-	(*ListenerStatus)(nil),          // 17: skiff.admin.v1.ListenerStatus
-	(*ListClustersRequest)(nil),     // 18: skiff.admin.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),    // 19: skiff.admin.v1.ListClustersResponse
-	(*ClusterStatus)(nil),           // 20: skiff.admin.v1.ClusterStatus
-	(*HostStatus)(nil),              // 21: skiff.admin.v1.HostStatus
-	(*DrainListenersRequest)(nil),   // 22: skiff.admin.v1.DrainListenersRequest
-	(*DrainListenersResponse)(nil),  // 23: skiff.admin.v1.DrainListenersResponse
-	(*StartHotRestartRequest)(nil),  // 24: skiff.admin.v1.StartHotRestartRequest
-	(*StartHotRestartResponse)(nil), // 25: skiff.admin.v1.StartHotRestartResponse
-	(*GetLogLevelRequest)(nil),      // 26: skiff.admin.v1.GetLogLevelRequest
-	(*GetLogLevelResponse)(nil),     // 27: skiff.admin.v1.GetLogLevelResponse
-	(*SetLogLevelRequest)(nil),      // 28: skiff.admin.v1.SetLogLevelRequest
-	(*SetLogLevelResponse)(nil),     // 29: skiff.admin.v1.SetLogLevelResponse
-	(*ReopenLogsRequest)(nil),       // 30: skiff.admin.v1.ReopenLogsRequest
-	(*ReopenLogsResponse)(nil),      // 31: skiff.admin.v1.ReopenLogsResponse
-	(*durationpb.Duration)(nil),     // 32: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 33: google.protobuf.Timestamp
-	(*anypb.Any)(nil),               // 34: google.protobuf.Any
+	(ServerState)(0),                     // 0: skiff.admin.v1.ServerState
+	(StatType)(0),                        // 1: skiff.admin.v1.StatType
+	(*GetServerInfoRequest)(nil),         // 2: skiff.admin.v1.GetServerInfoRequest
+	(*GetServerInfoResponse)(nil),        // 3: skiff.admin.v1.GetServerInfoResponse
+	(*GetReadyRequest)(nil),              // 4: skiff.admin.v1.GetReadyRequest
+	(*GetReadyResponse)(nil),             // 5: skiff.admin.v1.GetReadyResponse
+	(*GetConfigDumpRequest)(nil),         // 6: skiff.admin.v1.GetConfigDumpRequest
+	(*GetConfigDumpResponse)(nil),        // 7: skiff.admin.v1.GetConfigDumpResponse
+	(*Stat)(nil),                         // 8: skiff.admin.v1.Stat
+	(*Histogram)(nil),                    // 9: skiff.admin.v1.Histogram
+	(*HistogramBucket)(nil),              // 10: skiff.admin.v1.HistogramBucket
+	(*GetStatsRequest)(nil),              // 11: skiff.admin.v1.GetStatsRequest
+	(*GetStatsResponse)(nil),             // 12: skiff.admin.v1.GetStatsResponse
+	(*WatchStatsRequest)(nil),            // 13: skiff.admin.v1.WatchStatsRequest
+	(*WatchStatsResponse)(nil),           // 14: skiff.admin.v1.WatchStatsResponse
+	(*ListListenersRequest)(nil),         // 15: skiff.admin.v1.ListListenersRequest
+	(*ListListenersResponse)(nil),        // 16: skiff.admin.v1.ListListenersResponse
+	(*ListenerStatus)(nil),               // 17: skiff.admin.v1.ListenerStatus
+	(*ListClustersRequest)(nil),          // 18: skiff.admin.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),         // 19: skiff.admin.v1.ListClustersResponse
+	(*ClusterStatus)(nil),                // 20: skiff.admin.v1.ClusterStatus
+	(*HostStatus)(nil),                   // 21: skiff.admin.v1.HostStatus
+	(*DrainListenersRequest)(nil),        // 22: skiff.admin.v1.DrainListenersRequest
+	(*DrainListenersResponse)(nil),       // 23: skiff.admin.v1.DrainListenersResponse
+	(*StartHotRestartRequest)(nil),       // 24: skiff.admin.v1.StartHotRestartRequest
+	(*StartHotRestartResponse)(nil),      // 25: skiff.admin.v1.StartHotRestartResponse
+	(*GetLogLevelRequest)(nil),           // 26: skiff.admin.v1.GetLogLevelRequest
+	(*GetLogLevelResponse)(nil),          // 27: skiff.admin.v1.GetLogLevelResponse
+	(*SetLogLevelRequest)(nil),           // 28: skiff.admin.v1.SetLogLevelRequest
+	(*SetLogLevelResponse)(nil),          // 29: skiff.admin.v1.SetLogLevelResponse
+	(*ReopenLogsRequest)(nil),            // 30: skiff.admin.v1.ReopenLogsRequest
+	(*ReopenLogsResponse)(nil),           // 31: skiff.admin.v1.ReopenLogsResponse
+	(*SetHealthCheckFailedRequest)(nil),  // 32: skiff.admin.v1.SetHealthCheckFailedRequest
+	(*SetHealthCheckFailedResponse)(nil), // 33: skiff.admin.v1.SetHealthCheckFailedResponse
+	(*durationpb.Duration)(nil),          // 34: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),        // 35: google.protobuf.Timestamp
+	(*anypb.Any)(nil),                    // 36: google.protobuf.Any
 }
 var file_skiff_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: skiff.admin.v1.GetServerInfoResponse.state:type_name -> skiff.admin.v1.ServerState
-	32, // 1: skiff.admin.v1.GetServerInfoResponse.uptime:type_name -> google.protobuf.Duration
-	33, // 2: skiff.admin.v1.GetServerInfoResponse.start_time:type_name -> google.protobuf.Timestamp
+	34, // 1: skiff.admin.v1.GetServerInfoResponse.uptime:type_name -> google.protobuf.Duration
+	35, // 2: skiff.admin.v1.GetServerInfoResponse.start_time:type_name -> google.protobuf.Timestamp
 	0,  // 3: skiff.admin.v1.GetReadyResponse.state:type_name -> skiff.admin.v1.ServerState
-	34, // 4: skiff.admin.v1.GetConfigDumpResponse.config_dump:type_name -> google.protobuf.Any
+	36, // 4: skiff.admin.v1.GetConfigDumpResponse.config_dump:type_name -> google.protobuf.Any
 	1,  // 5: skiff.admin.v1.Stat.type:type_name -> skiff.admin.v1.StatType
 	9,  // 6: skiff.admin.v1.Stat.histogram:type_name -> skiff.admin.v1.Histogram
 	10, // 7: skiff.admin.v1.Histogram.buckets:type_name -> skiff.admin.v1.HistogramBucket
 	8,  // 8: skiff.admin.v1.GetStatsResponse.stats:type_name -> skiff.admin.v1.Stat
-	32, // 9: skiff.admin.v1.WatchStatsRequest.interval:type_name -> google.protobuf.Duration
+	34, // 9: skiff.admin.v1.WatchStatsRequest.interval:type_name -> google.protobuf.Duration
 	8,  // 10: skiff.admin.v1.WatchStatsResponse.stats:type_name -> skiff.admin.v1.Stat
-	33, // 11: skiff.admin.v1.WatchStatsResponse.time:type_name -> google.protobuf.Timestamp
+	35, // 11: skiff.admin.v1.WatchStatsResponse.time:type_name -> google.protobuf.Timestamp
 	17, // 12: skiff.admin.v1.ListListenersResponse.listeners:type_name -> skiff.admin.v1.ListenerStatus
 	20, // 13: skiff.admin.v1.ListClustersResponse.clusters:type_name -> skiff.admin.v1.ClusterStatus
 	21, // 14: skiff.admin.v1.ClusterStatus.hosts:type_name -> skiff.admin.v1.HostStatus
-	33, // 15: skiff.admin.v1.DrainListenersResponse.stop_accepting_time:type_name -> google.protobuf.Timestamp
+	35, // 15: skiff.admin.v1.DrainListenersResponse.stop_accepting_time:type_name -> google.protobuf.Timestamp
 	2,  // 16: skiff.admin.v1.AdminService.GetServerInfo:input_type -> skiff.admin.v1.GetServerInfoRequest
 	4,  // 17: skiff.admin.v1.AdminService.GetReady:input_type -> skiff.admin.v1.GetReadyRequest
 	6,  // 18: skiff.admin.v1.AdminService.GetConfigDump:input_type -> skiff.admin.v1.GetConfigDumpRequest
@@ -1986,20 +2083,22 @@ var file_skiff_admin_v1_admin_proto_depIdxs = []int32{
 	26, // 25: skiff.admin.v1.AdminService.GetLogLevel:input_type -> skiff.admin.v1.GetLogLevelRequest
 	28, // 26: skiff.admin.v1.AdminService.SetLogLevel:input_type -> skiff.admin.v1.SetLogLevelRequest
 	30, // 27: skiff.admin.v1.AdminService.ReopenLogs:input_type -> skiff.admin.v1.ReopenLogsRequest
-	3,  // 28: skiff.admin.v1.AdminService.GetServerInfo:output_type -> skiff.admin.v1.GetServerInfoResponse
-	5,  // 29: skiff.admin.v1.AdminService.GetReady:output_type -> skiff.admin.v1.GetReadyResponse
-	7,  // 30: skiff.admin.v1.AdminService.GetConfigDump:output_type -> skiff.admin.v1.GetConfigDumpResponse
-	12, // 31: skiff.admin.v1.AdminService.GetStats:output_type -> skiff.admin.v1.GetStatsResponse
-	14, // 32: skiff.admin.v1.AdminService.WatchStats:output_type -> skiff.admin.v1.WatchStatsResponse
-	16, // 33: skiff.admin.v1.AdminService.ListListeners:output_type -> skiff.admin.v1.ListListenersResponse
-	19, // 34: skiff.admin.v1.AdminService.ListClusters:output_type -> skiff.admin.v1.ListClustersResponse
-	23, // 35: skiff.admin.v1.AdminService.DrainListeners:output_type -> skiff.admin.v1.DrainListenersResponse
-	25, // 36: skiff.admin.v1.AdminService.StartHotRestart:output_type -> skiff.admin.v1.StartHotRestartResponse
-	27, // 37: skiff.admin.v1.AdminService.GetLogLevel:output_type -> skiff.admin.v1.GetLogLevelResponse
-	29, // 38: skiff.admin.v1.AdminService.SetLogLevel:output_type -> skiff.admin.v1.SetLogLevelResponse
-	31, // 39: skiff.admin.v1.AdminService.ReopenLogs:output_type -> skiff.admin.v1.ReopenLogsResponse
-	28, // [28:40] is the sub-list for method output_type
-	16, // [16:28] is the sub-list for method input_type
+	32, // 28: skiff.admin.v1.AdminService.SetHealthCheckFailed:input_type -> skiff.admin.v1.SetHealthCheckFailedRequest
+	3,  // 29: skiff.admin.v1.AdminService.GetServerInfo:output_type -> skiff.admin.v1.GetServerInfoResponse
+	5,  // 30: skiff.admin.v1.AdminService.GetReady:output_type -> skiff.admin.v1.GetReadyResponse
+	7,  // 31: skiff.admin.v1.AdminService.GetConfigDump:output_type -> skiff.admin.v1.GetConfigDumpResponse
+	12, // 32: skiff.admin.v1.AdminService.GetStats:output_type -> skiff.admin.v1.GetStatsResponse
+	14, // 33: skiff.admin.v1.AdminService.WatchStats:output_type -> skiff.admin.v1.WatchStatsResponse
+	16, // 34: skiff.admin.v1.AdminService.ListListeners:output_type -> skiff.admin.v1.ListListenersResponse
+	19, // 35: skiff.admin.v1.AdminService.ListClusters:output_type -> skiff.admin.v1.ListClustersResponse
+	23, // 36: skiff.admin.v1.AdminService.DrainListeners:output_type -> skiff.admin.v1.DrainListenersResponse
+	25, // 37: skiff.admin.v1.AdminService.StartHotRestart:output_type -> skiff.admin.v1.StartHotRestartResponse
+	27, // 38: skiff.admin.v1.AdminService.GetLogLevel:output_type -> skiff.admin.v1.GetLogLevelResponse
+	29, // 39: skiff.admin.v1.AdminService.SetLogLevel:output_type -> skiff.admin.v1.SetLogLevelResponse
+	31, // 40: skiff.admin.v1.AdminService.ReopenLogs:output_type -> skiff.admin.v1.ReopenLogsResponse
+	33, // 41: skiff.admin.v1.AdminService.SetHealthCheckFailed:output_type -> skiff.admin.v1.SetHealthCheckFailedResponse
+	29, // [29:42] is the sub-list for method output_type
+	16, // [16:29] is the sub-list for method input_type
 	16, // [16:16] is the sub-list for extension type_name
 	16, // [16:16] is the sub-list for extension extendee
 	0,  // [0:16] is the sub-list for field type_name
@@ -2016,7 +2115,7 @@ func file_skiff_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_skiff_admin_v1_admin_proto_rawDesc), len(file_skiff_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   30,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,18 +26,19 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_GetServerInfo_FullMethodName   = "/skiff.admin.v1.AdminService/GetServerInfo"
-	AdminService_GetReady_FullMethodName        = "/skiff.admin.v1.AdminService/GetReady"
-	AdminService_GetConfigDump_FullMethodName   = "/skiff.admin.v1.AdminService/GetConfigDump"
-	AdminService_GetStats_FullMethodName        = "/skiff.admin.v1.AdminService/GetStats"
-	AdminService_WatchStats_FullMethodName      = "/skiff.admin.v1.AdminService/WatchStats"
-	AdminService_ListListeners_FullMethodName   = "/skiff.admin.v1.AdminService/ListListeners"
-	AdminService_ListClusters_FullMethodName    = "/skiff.admin.v1.AdminService/ListClusters"
-	AdminService_DrainListeners_FullMethodName  = "/skiff.admin.v1.AdminService/DrainListeners"
-	AdminService_StartHotRestart_FullMethodName = "/skiff.admin.v1.AdminService/StartHotRestart"
-	AdminService_GetLogLevel_FullMethodName     = "/skiff.admin.v1.AdminService/GetLogLevel"
-	AdminService_SetLogLevel_FullMethodName     = "/skiff.admin.v1.AdminService/SetLogLevel"
-	AdminService_ReopenLogs_FullMethodName      = "/skiff.admin.v1.AdminService/ReopenLogs"
+	AdminService_GetServerInfo_FullMethodName        = "/skiff.admin.v1.AdminService/GetServerInfo"
+	AdminService_GetReady_FullMethodName             = "/skiff.admin.v1.AdminService/GetReady"
+	AdminService_GetConfigDump_FullMethodName        = "/skiff.admin.v1.AdminService/GetConfigDump"
+	AdminService_GetStats_FullMethodName             = "/skiff.admin.v1.AdminService/GetStats"
+	AdminService_WatchStats_FullMethodName           = "/skiff.admin.v1.AdminService/WatchStats"
+	AdminService_ListListeners_FullMethodName        = "/skiff.admin.v1.AdminService/ListListeners"
+	AdminService_ListClusters_FullMethodName         = "/skiff.admin.v1.AdminService/ListClusters"
+	AdminService_DrainListeners_FullMethodName       = "/skiff.admin.v1.AdminService/DrainListeners"
+	AdminService_StartHotRestart_FullMethodName      = "/skiff.admin.v1.AdminService/StartHotRestart"
+	AdminService_GetLogLevel_FullMethodName          = "/skiff.admin.v1.AdminService/GetLogLevel"
+	AdminService_SetLogLevel_FullMethodName          = "/skiff.admin.v1.AdminService/SetLogLevel"
+	AdminService_ReopenLogs_FullMethodName           = "/skiff.admin.v1.AdminService/ReopenLogs"
+	AdminService_SetHealthCheckFailed_FullMethodName = "/skiff.admin.v1.AdminService/SetHealthCheckFailed"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -47,8 +48,9 @@ const (
 // AdminService queries and steers a running skiff.
 //
 // Calls that change the running process (DrainListeners, StartHotRestart,
-// SetLogLevel) are accepted only over the unix socket unless skiff runs with
-// --admin-tcp-mutations; over TCP they fail with PERMISSION_DENIED.
+// SetLogLevel, ReopenLogs, SetHealthCheckFailed) are accepted only over the
+// unix socket unless skiff runs with --admin-tcp-mutations; over TCP they fail
+// with PERMISSION_DENIED.
 type AdminServiceClient interface {
 	// GetServerInfo describes the process: version, state, uptime, generation
 	// (Envoy's /server_info).
@@ -85,6 +87,12 @@ type AdminServiceClient interface {
 	// next write, for log rotation (Envoy's /reopen_logs; SIGUSR1 does the
 	// same).
 	ReopenLogs(ctx context.Context, in *ReopenLogsRequest, opts ...grpc.CallOption) (*ReopenLogsResponse, error)
+	// SetHealthCheckFailed makes the envoy.filters.http.health_check filters
+	// answer health checks with 503 (failed true) or as usual (Envoy's
+	// /healthcheck/fail and /healthcheck/ok): to take skiff out of a load
+	// balancer's rotation before maintenance. A draining skiff fails them
+	// anyway.
+	SetHealthCheckFailed(ctx context.Context, in *SetHealthCheckFailedRequest, opts ...grpc.CallOption) (*SetHealthCheckFailedResponse, error)
 }
 
 type adminServiceClient struct {
@@ -224,6 +232,16 @@ func (c *adminServiceClient) ReopenLogs(ctx context.Context, in *ReopenLogsReque
 	return out, nil
 }
 
+func (c *adminServiceClient) SetHealthCheckFailed(ctx context.Context, in *SetHealthCheckFailedRequest, opts ...grpc.CallOption) (*SetHealthCheckFailedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetHealthCheckFailedResponse)
+	err := c.cc.Invoke(ctx, AdminService_SetHealthCheckFailed_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -231,8 +249,9 @@ func (c *adminServiceClient) ReopenLogs(ctx context.Context, in *ReopenLogsReque
 // AdminService queries and steers a running skiff.
 //
 // Calls that change the running process (DrainListeners, StartHotRestart,
-// SetLogLevel) are accepted only over the unix socket unless skiff runs with
-// --admin-tcp-mutations; over TCP they fail with PERMISSION_DENIED.
+// SetLogLevel, ReopenLogs, SetHealthCheckFailed) are accepted only over the
+// unix socket unless skiff runs with --admin-tcp-mutations; over TCP they fail
+// with PERMISSION_DENIED.
 type AdminServiceServer interface {
 	// GetServerInfo describes the process: version, state, uptime, generation
 	// (Envoy's /server_info).
@@ -269,6 +288,12 @@ type AdminServiceServer interface {
 	// next write, for log rotation (Envoy's /reopen_logs; SIGUSR1 does the
 	// same).
 	ReopenLogs(context.Context, *ReopenLogsRequest) (*ReopenLogsResponse, error)
+	// SetHealthCheckFailed makes the envoy.filters.http.health_check filters
+	// answer health checks with 503 (failed true) or as usual (Envoy's
+	// /healthcheck/fail and /healthcheck/ok): to take skiff out of a load
+	// balancer's rotation before maintenance. A draining skiff fails them
+	// anyway.
+	SetHealthCheckFailed(context.Context, *SetHealthCheckFailedRequest) (*SetHealthCheckFailedResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -314,6 +339,9 @@ func (UnimplementedAdminServiceServer) SetLogLevel(context.Context, *SetLogLevel
 }
 func (UnimplementedAdminServiceServer) ReopenLogs(context.Context, *ReopenLogsRequest) (*ReopenLogsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReopenLogs not implemented")
+}
+func (UnimplementedAdminServiceServer) SetHealthCheckFailed(context.Context, *SetHealthCheckFailedRequest) (*SetHealthCheckFailedResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetHealthCheckFailed not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -545,6 +573,24 @@ func _AdminService_ReopenLogs_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_SetHealthCheckFailed_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetHealthCheckFailedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).SetHealthCheckFailed(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_SetHealthCheckFailed_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).SetHealthCheckFailed(ctx, req.(*SetHealthCheckFailedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -595,6 +641,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReopenLogs",
 			Handler:    _AdminService_ReopenLogs_Handler,
+		},
+		{
+			MethodName: "SetHealthCheckFailed",
+			Handler:    _AdminService_SetHealthCheckFailed_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
