@@ -441,3 +441,49 @@ func grpcClient(t *testing.T, addr string) (*grpc.ClientConn, testpb.TestService
 	t.Cleanup(cancel)
 	return conn, testpb.NewTestServiceClient(conn), ctx
 }
+
+// TestRouteUpgradeConfigs: a route's upgrade_configs allow or refuse an
+// upgrade type whatever the connection manager's say, as Envoy decides it
+// once the route is known; a route without them follows the manager.
+func TestRouteUpgradeConfigs(t *testing.T) {
+	up := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		io.WriteString(w, "upgrade="+r.Header.Get("upgrade"))
+	}))
+	routes := func(hcmUpgrades string) string {
+		return `
+stat_prefix: ingress
+` + hcmUpgrades + `
+route_config:
+  name: local
+  virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+    - match: { prefix: "/on" }
+      route: { cluster: up, upgrade_configs: [{ upgrade_type: WebSocket }] }
+    - match: { prefix: "/off" }
+      route: { cluster: up, upgrade_configs: [{ upgrade_type: websocket, enabled: false }] }
+    - match: { prefix: "/" }
+      route: { cluster: up }
+http_filters:
+- name: envoy.filters.http.router
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+`
+	}
+	for _, tc := range []struct {
+		hcm, path, want string
+	}{
+		{"", "/on", "upgrade=websocket"},
+		{"", "/off", "HTTP/1.1 403 "},
+		{"", "/plain", "HTTP/1.1 403 "},
+		{"upgrade_configs: [{ upgrade_type: websocket }]", "/off", "HTTP/1.1 403 "},
+		{"upgrade_configs: [{ upgrade_type: websocket }]", "/plain", "upgrade=websocket"},
+		{"upgrade_configs: [{ upgrade_type: websocket, enabled: false }]", "/on", "upgrade=websocket"},
+	} {
+		e := newEnv(t, routes(tc.hcm), cluster(t, "up", false, up))
+		got := rawExchange(t, e.addr, "GET "+tc.path+" HTTP/1.1\r\nhost: a\r\nupgrade: websocket\r\nconnection: upgrade, close\r\n\r\n", 5*time.Second)
+		if !strings.Contains(got, tc.want) {
+			t.Errorf("manager %q, %s: %q, want %q", tc.hcm, tc.path, got, tc.want)
+		}
+	}
+}

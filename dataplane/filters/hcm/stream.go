@@ -44,6 +44,7 @@ type stream struct {
 	headerSent, ended bool        // the response side, on the handler's goroutine
 	resetFlag         atomic.Bool // Reset was called (from any goroutine)
 	matched           bool
+	upgradeType       string // the request's upgrade (lower case), "" if none; decided once routed
 	decoratorOp       string // x-envoy-decorator-operation for the response (tracing, ingress)
 
 	mu       sync.Mutex // the timers' view
@@ -139,6 +140,12 @@ func (st *stream) run() {
 			st.routeIdle(rt)
 			st.routeDuration(rt)
 		}
+	}
+	if st.upgradeType != "" && !route.UpgradeAllowed(rt, m.upgrades, st.upgradeType) {
+		// As Envoy decides it: once the route is known, before any filter.
+		m.stats.rqWsOnNonWs.Inc()
+		_ = e.LocalReply(403, "", "upgrade_failed", 0)
+		return
 	}
 	if m.tracing != nil {
 		st.decoratorOp = m.tracing.decorate(e.Request, rt)
@@ -309,10 +316,7 @@ func (st *stream) prepare() bool {
 	if m.underscores != corev3.HttpProtocolOptions_ALLOW && !st.underscores() {
 		return false
 	}
-	upgrade, ok := st.upgrade()
-	if !ok {
-		return false
-	}
+	st.upgradeType = st.upgrade()
 	if m.normalizePath || m.mergeSlashes || m.escapedSlashes > hcmv3.HttpConnectionManager_KEEP_UNCHANGED {
 		if !st.normalize() {
 			return false
@@ -323,7 +327,7 @@ func (st *stream) prepare() bool {
 	} else if m.stripMatching {
 		route.StripPort(req, int(st.c.fc.Local.Port()))
 	}
-	st.sanitize(upgrade)
+	st.sanitize(st.upgradeType != "")
 	return true
 }
 
@@ -356,29 +360,18 @@ func (st *stream) underscores() bool {
 	return true
 }
 
-// upgrade decides what happens to an upgrade request: h2c upgrades are
-// ignored (the request goes on as HTTP/1.1, as in Envoy), configured types
-// are tunneled, others refused with 403. It reports whether the upgrade is
-// kept, and false in ok if the request was answered.
-func (st *stream) upgrade() (keep, ok bool) {
-	e := &st.ex
-	req := e.Request
+// upgrade returns the type of upgrade an HTTP/1.1 request asks for (lower
+// case), or "" for none: h2c upgrades are ignored (the request goes on as
+// HTTP/1.1, as in Envoy). Its upgrade and connection headers are kept until
+// run decides, once the route is known, whether the upgrade is allowed
+// (tunneled) or refused with 403, as Envoy does.
+func (st *stream) upgrade() string {
+	req := st.ex.Request
 	up, has := req.Get("upgrade")
-	if !has || st.c.http2 {
-		return false, true
+	if !has || st.c.http2 || !connectionHasUpgrade(req) || http.EqualFoldLower(up, "h2c") {
+		return ""
 	}
-	if !connectionHasUpgrade(req) {
-		return false, true
-	}
-	if http.EqualFoldLower(up, "h2c") {
-		return false, true
-	}
-	if allowed, found := st.m.upgrades[http.LowerASCII(up)]; found && allowed {
-		return true, true
-	}
-	st.m.stats.rqWsOnNonWs.Inc()
-	_ = e.LocalReply(403, "", "upgrade_failed", 0)
-	return false, false
+	return http.LowerASCII(up)
 }
 
 // armTimers starts the stream idle and request timeouts. The exchange is

@@ -373,8 +373,21 @@ func (c *compiler) routeAction(r *Route, pb *routev3.RouteAction, vhRetry *Retry
 		"prefix_rewrite", "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "host_rewrite_header",
 		"host_rewrite_path_regex", "append_x_forwarded_host", "timeout", "idle_timeout", "retry_policy",
 		"max_grpc_timeout", "grpc_timeout_offset", "max_stream_duration", "hash_policy",
-		"request_mirror_policies"); err != nil {
+		"request_mirror_policies", "upgrade_configs"); err != nil {
 		return err
+	}
+	for i, u := range pb.GetUpgradeConfigs() {
+		if err := cfgerr.OnlyFields(u, "upgrade_type", "enabled"); err != nil {
+			return cfgerr.Index("upgrade_configs", i, err)
+		}
+		t := http.LowerASCII(u.GetUpgradeType())
+		if t == "connect" {
+			return cfgerr.Errorf(fmt.Sprintf("upgrade_configs[%d].upgrade_type", i), "CONNECT is not supported by skiff yet")
+		}
+		if r.Upgrades == nil {
+			r.Upgrades = map[string]bool{}
+		}
+		r.Upgrades[t] = u.Enabled == nil || u.GetEnabled().GetValue()
 	}
 	switch cs := pb.GetClusterSpecifier().(type) {
 	case *routev3.RouteAction_Cluster:

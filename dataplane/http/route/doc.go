@@ -64,7 +64,8 @@
 // total_weight checked against the sum), cluster_not_found_response_code, prefix_rewrite, regex_rewrite,
 // host_rewrite_literal, auto_host_rewrite, host_rewrite_header,
 // host_rewrite_path_regex, append_x_forwarded_host, timeout, idle_timeout,
-// retry_policy, max_grpc_timeout, grpc_timeout_offset.
+// retry_policy, max_grpc_timeout, grpc_timeout_offset, max_stream_duration,
+// hash_policy, request_mirror_policies, upgrade_configs (UpgradeAllowed).
 //
 // RetryPolicy: retry_on (5xx, gateway-error, reset, reset-before-request,
 // connect-failure, envoy-ratelimited, retriable-4xx, refused-stream,
@@ -129,7 +130,7 @@
 // flush_timeout, early_data_policy, retry_policy_typed_config,
 // request_mirror_policies' cluster_header and runtime_key (at every level), priority (other than DEFAULT), rate_limits,
 // include_vh_rate_limits, hash_policy's filter_state, cors (deprecated: use
-// typed_per_filter_config), upgrade_configs,
+// typed_per_filter_config), upgrade_configs' CONNECT and connect_config,
 // internal_redirect_policy, internal_redirect_action (other than
 // PASS_THROUGH_INTERNAL_REDIRECT), max_internal_redirects, hedge_policy.
 // WeightedCluster: runtime_key_prefix, use_hash_policy

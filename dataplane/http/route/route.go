@@ -143,6 +143,10 @@ type Route struct {
 	// Mirrors are request_mirror_policies: where the router sends copies
 	// of the route's requests (see MirrorPolicy).
 	Mirrors []MirrorPolicy
+	// Upgrades are upgrade_configs: upgrade types (lower case) the route
+	// allows (true) or refuses (false) whatever the connection manager's
+	// upgrade_configs say; nil if it has none (see UpgradeAllowed).
+	Upgrades map[string]bool
 	// Retry is the retry policy (the route's, else the virtual host's), or
 	// nil for no retries.
 	Retry *RetryPolicy
@@ -741,4 +745,17 @@ func (d *Decorator) GetOperation() string {
 		return ""
 	}
 	return d.Operation
+}
+
+// UpgradeAllowed is Envoy's createUpgradeFilterChain decision for an upgrade
+// of type up (lower case) on route r (nil: no route): a route's
+// upgrade_configs entry decides, else the connection manager's (hcm; a type
+// it lists with enabled false, or does not list, is refused).
+func UpgradeAllowed(r *Route, hcm map[string]bool, up string) bool {
+	if r != nil {
+		if allowed, found := r.Upgrades[up]; found {
+			return allowed
+		}
+	}
+	return hcm[up]
 }
