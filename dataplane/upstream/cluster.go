@@ -44,6 +44,13 @@ type Host struct {
 	transport atomic.Pointer[Transport]
 	tm, ltm   *structpb.Struct
 
+	// locality is the host's locality ("region/zone/sub_zone") and
+	// localityWeight its load_balancing_weight, which locality weighted
+	// load balancing shares the traffic by. Written under the cluster's mu,
+	// read when a balancer is built there.
+	locality       string
+	localityWeight uint32
+
 	outlier  hostOutlier
 	hcFailed atomic.Bool // active health checking failed it (FAILED_ACTIVE_HC), or has yet to pass it
 }
@@ -280,7 +287,7 @@ func (c *Cluster) update(a Assignment) {
 		for _, h := range c.hosts {
 			h.transport.Store(resolveTransport(c.transports, a.Config.transport, h.tm, h.ltm))
 		}
-		if lbChanged || old.PanicThreshold != a.Config.PanicThreshold || old.Hashing != a.Config.Hashing {
+		if lbChanged || old.PanicThreshold != a.Config.PanicThreshold || old.Hashing != a.Config.Hashing || old.LocalityWeighted != a.Config.LocalityWeighted {
 			c.rebuildLocked()
 		}
 	}
@@ -341,6 +348,7 @@ func (c *Cluster) setEndpointsLocked(eps []Endpoint) {
 		h.weight.Store(ep.Weight)
 		h.priority.Store(ep.Priority)
 		h.tm, h.ltm = ep.TransportMatch, ep.LocalityTransportMatch
+		h.locality, h.localityWeight = ep.Locality, ep.LocalityWeight
 		h.transport.Store(resolveTransport(c.transports, c.cfg.Load().transport, h.tm, h.ltm))
 		h.health.Store(int32(ep.Health))
 		if ep.Hostname != h.Hostname() {
@@ -373,6 +381,9 @@ func (c *Cluster) setBalancerLocked(all []*Host) {
 	cfg := c.cfg.Load()
 	b := newBalancer(cfg.LBPolicy, all, cfg.PanicThreshold)
 	b.choices = cfg.ChoiceCount
+	if cfg.LocalityWeighted && !b.panic && cfg.LBPolicy != clusterv3.Cluster_RING_HASH && cfg.LBPolicy != clusterv3.Cluster_MAGLEV {
+		b.byLocality(all)
+	}
 	switch cfg.LBPolicy {
 	case clusterv3.Cluster_RING_HASH:
 		b.hashed = newRing(b.pickable, &cfg.Hashing)
@@ -517,6 +528,14 @@ type balancer struct {
 	weighted bool       // weights differ: use smooth weighted round robin
 	choices  int        // LEAST_REQUEST's choice_count
 
+	// With locality weighted load balancing, a balancer per locality of
+	// pickable, picked by smooth weighted round robin on their effective
+	// weights (see byLocality); nil otherwise.
+	localities []*balancer
+	lweights   []int64
+	lcurrent   []int64 // under mu
+	ltotal     int64
+
 	next atomic.Uint64 // round-robin cursor (equal weights)
 
 	mu      sync.Mutex // smooth weighted round robin state
@@ -569,6 +588,12 @@ func newBalancer(policy clusterv3.Cluster_LbPolicy, all []*Host, panicPct float6
 			}
 		}
 	}
+	b.weigh()
+	return b
+}
+
+// weigh prepares the round robin over b.pickable.
+func (b *balancer) weigh() {
 	for _, h := range b.pickable {
 		if h.Weight() != b.pickable[0].Weight() {
 			b.weighted = true
@@ -576,10 +601,12 @@ func newBalancer(policy clusterv3.Cluster_LbPolicy, all []*Host, panicPct float6
 		b.total += int64(h.Weight())
 	}
 	b.current = make([]int64, len(b.pickable))
-	return b
 }
 
 func (b *balancer) pick() *Host {
+	if b.localities != nil {
+		return b.pickLocality().pick()
+	}
 	n := len(b.pickable)
 	switch {
 	case n == 0:

@@ -58,6 +58,10 @@ type Config struct {
 	// (Envoy's default 50): with fewer hosts than that healthy, the load
 	// balancer uses them all.
 	PanicThreshold float64
+	// LocalityWeighted is common_lb_config.locality_weighted_lb_config:
+	// localities share the traffic by their weights (see byLocality; not
+	// for RING_HASH and MAGLEV, which place requests by host).
+	LocalityWeighted bool
 	// Outlier is outlier_detection, nil if the cluster has none.
 	Outlier *OutlierConfig
 	// HealthCheck is health_checks (active health checking), nil if the
@@ -96,6 +100,11 @@ type Endpoint struct {
 	Priority uint32
 	Health   corev3.HealthStatus
 	Hostname string
+	// Locality is the endpoint's locality ("region/zone/sub_zone") and
+	// LocalityWeight the locality's load_balancing_weight (0: none), for
+	// locality weighted load balancing.
+	Locality       string
+	LocalityWeight uint32
 	// TransportMatch and LocalityTransportMatch are the endpoint's and its
 	// locality's envoy.transport_socket_match metadata (nil if none), which
 	// the cluster's transport_socket_matches select a transport with.
@@ -201,9 +210,10 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 		c.Filters = append(c.Filters, cf)
 	}
 	if cl := pb.GetCommonLbConfig(); cl != nil {
-		if err := cfgerr.OnlyFields(cl, "healthy_panic_threshold", "consistent_hashing_lb_config"); err != nil {
+		if err := cfgerr.OnlyFields(cl, "healthy_panic_threshold", "consistent_hashing_lb_config", "locality_weighted_lb_config"); err != nil {
 			return nil, cfgerr.Field("common_lb_config", err)
 		}
+		c.LocalityWeighted = cl.GetLocalityWeightedLbConfig() != nil
 		if t := cl.GetHealthyPanicThreshold(); t != nil {
 			c.PanicThreshold = t.GetValue()
 		}
@@ -558,7 +568,9 @@ func endpointTemplate(lle *endpointv3.LocalityLbEndpoints, lbe *endpointv3.LbEnd
 	if w == 0 {
 		w = 1
 	}
+	l := lle.GetLocality()
 	return Endpoint{Weight: w, Priority: lle.GetPriority(), Health: lbe.GetHealthStatus(), Hostname: lbe.GetEndpoint().GetHostname(),
+		Locality: l.GetRegion() + "/" + l.GetZone() + "/" + l.GetSubZone(), LocalityWeight: lle.GetLoadBalancingWeight().GetValue(),
 		TransportMatch: transportMetadata(lbe.GetMetadata()), LocalityTransportMatch: transportMetadata(lle.GetMetadata())}
 }
 
