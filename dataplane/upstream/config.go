@@ -136,6 +136,7 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 		"health_checks", "dns_refresh_rate", "dns_failure_refresh_rate", "dns_jitter", "respect_dns_ttl",
 		"dns_resolvers", "use_tcp_for_dns_lookups", "dns_resolution_config", "typed_dns_resolver_config",
 		"wait_for_warm_on_init", "cluster_type", "load_balancing_policy",
+		"common_http_protocol_options", "http_protocol_options", "max_requests_per_connection",
 	); err != nil {
 		return nil, err
 	}
@@ -336,6 +337,9 @@ func (c *Config) protocolOptions(pb *clusterv3.Cluster) error {
 			return cfgerr.Field("http2_protocol_options", err)
 		}
 	}
+	if err := c.deprecatedHTTPOptions(pb); err != nil {
+		return err
+	}
 	for name, a := range pb.GetTypedExtensionProtocolOptions() {
 		path := fmt.Sprintf("typed_extension_protocol_options[%s]", name)
 		if name != httpProtocolOptionsName && a.GetTypeUrl() != "type.googleapis.com/"+httpProtocolOptionsName {
@@ -371,6 +375,42 @@ func (c *Config) protocolOptions(pb *clusterv3.Cluster) error {
 				return cfgerr.Field(path+".common_http_protocol_options", err)
 			}
 		}
+	}
+	return nil
+}
+
+// deprecatedHTTPOptions reads the cluster-level HTTP settings that
+// HttpProtocolOptions replaced (common_http_protocol_options,
+// http_protocol_options, max_requests_per_connection), which older Envoy
+// configurations still carry. As in Envoy, they do not mix with an
+// HttpProtocolOptions extension.
+func (c *Config) deprecatedHTTPOptions(pb *clusterv3.Cluster) error {
+	//lint:ignore SA1019 deprecated in Envoy for HttpProtocolOptions, still honoured there
+	common, h1, maxRequests := pb.GetCommonHttpProtocolOptions(), pb.GetHttpProtocolOptions(), pb.GetMaxRequestsPerConnection()
+	var field string
+	switch {
+	case common != nil:
+		field = "common_http_protocol_options"
+	case h1 != nil:
+		field = "http_protocol_options"
+	case maxRequests != nil:
+		field = "max_requests_per_connection"
+	default:
+		return nil
+	}
+	if _, ok := pb.GetTypedExtensionProtocolOptions()[httpProtocolOptionsName]; ok {
+		return cfgerr.Errorf(field, "is deprecated and cannot be combined with typed_extension_protocol_options[%s]; set it there", httpProtocolOptionsName)
+	}
+	if common != nil {
+		if err := c.HTTP.common(common); err != nil {
+			return cfgerr.Field("common_http_protocol_options", err)
+		}
+	}
+	if err := cfgerr.Field("http_protocol_options", cfgerr.OnlyFields(h1)); err != nil {
+		return err
+	}
+	if maxRequests != nil {
+		c.HTTP.MaxRequestsPerConnection = maxRequests.GetValue()
 	}
 	return nil
 }

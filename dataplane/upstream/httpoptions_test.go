@@ -98,3 +98,29 @@ func TestHostHostnameAndGone(t *testing.T) {
 		t.Errorf("response counters")
 	}
 }
+
+// TestDeprecatedHTTPOptions: the cluster-level settings HttpProtocolOptions
+// replaced still configure the pools, and cannot be mixed with it.
+func TestDeprecatedHTTPOptions(t *testing.T) {
+	cfg, err := NewConfig(clusterYAML(t, `
+common_http_protocol_options: { idle_timeout: 7s, max_headers_count: 40 }
+http_protocol_options: {}
+max_requests_per_connection: 9
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.HTTP.IdleTimeout != 7*time.Second || cfg.HTTP.MaxHeadersCount != 40 || cfg.HTTP.MaxRequestsPerConnection != 9 {
+		t.Errorf("HTTP options %+v: want idle 7s, 40 headers, 9 requests per connection", cfg.HTTP)
+	}
+	_, err = NewConfig(clusterYAML(t, `
+max_requests_per_connection: 9
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: { http_protocol_options: {} }
+`))
+	if cfgerr.PathOf(err) != "max_requests_per_connection" {
+		t.Errorf("mixed with HttpProtocolOptions: %v, want an error at max_requests_per_connection", err)
+	}
+}
