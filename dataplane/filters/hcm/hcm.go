@@ -130,6 +130,7 @@ type Manager struct {
 	escapedSlashes  hcmv3.HttpConnectionManager_PathWithEscapedSlashesAction // 0: KEEP_UNCHANGED
 	stripPort       int                                                      // -2: no, -1: any port, else strip_matching_host_port (the listener's port is known per connection)
 	stripMatching   bool
+	stripHostDot    bool // strip_trailing_host_dot
 
 	tracing *tracing // nil: no tracing configuration
 
@@ -148,7 +149,7 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 		"always_set_request_id_in_response", "forward_client_cert_details", "set_current_client_cert_details",
 		"proxy_100_continue", "upgrade_configs", "normalize_path", "merge_slashes", "path_with_escaped_slashes_action",
 		"strip_matching_host_port", "strip_any_host_port", "stream_error_on_invalid_http_message",
-		"add_user_agent", "tracing", "request_id_extension", "local_reply_config"); err != nil {
+		"add_user_agent", "tracing", "request_id_extension", "local_reply_config", "strip_trailing_host_dot"); err != nil {
 		return nil, err
 	}
 	log := fc.Logger
@@ -228,6 +229,7 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 	case hcmv3.HttpConnectionManager_PASS_THROUGH:
 		mg.serverHeader = serverPassThrough
 	}
+	mg.stripHostDot = cfg.GetStripTrailingHostDot()
 	mg.normalizePath = cfg.GetNormalizePath().GetValue()
 	mg.mergeSlashes = cfg.GetMergeSlashes()
 	switch {

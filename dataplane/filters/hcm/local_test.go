@@ -394,3 +394,39 @@ func TestPathNormalization(t *testing.T) {
 		}
 	}
 }
+
+// TestStripTrailingHostDot: strip_trailing_host_dot takes the dot off the
+// host before routing, so "example.com." finds the virtual host of
+// "example.com".
+func TestStripTrailingHostDot(t *testing.T) {
+	cfg := func(strip bool) string {
+		return fmt.Sprintf(`
+stat_prefix: ingress
+strip_trailing_host_dot: %v
+route_config:
+  name: local
+  virtual_hosts:
+  - name: example
+    domains: ["example.com", "example.com:8080"]
+    routes: [{ match: { prefix: "/" }, direct_response: { status: 200, body: { inline_string: "example" } } }]
+http_filters:
+- name: envoy.filters.http.router
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+`, strip)
+	}
+	for _, tc := range []struct {
+		strip bool
+		host  string
+		want  int
+	}{
+		{true, "example.com.", 200},
+		{true, "example.com.:8080", 200},
+		{false, "example.com.", 404},
+	} {
+		e := newEnv(t, cfg(tc.strip))
+		resp, _ := get(t, h1Client(t), "http://"+e.addr+"/", "host", tc.host)
+		if resp.StatusCode != tc.want {
+			t.Errorf("strip %v, host %q: %d, want %d", tc.strip, tc.host, resp.StatusCode, tc.want)
+		}
+	}
+}

@@ -322,6 +322,9 @@ func (st *stream) prepare() bool {
 			return false
 		}
 	}
+	if m.stripHostDot {
+		route.StripTrailingHostDot(req)
+	}
 	if m.stripPort == -1 {
 		route.StripPort(req, -1)
 	} else if m.stripMatching {

@@ -186,6 +186,23 @@ func PortStart(host string) int {
 	return i
 }
 
+// StripTrailingHostDot removes a trailing dot from the :authority's host
+// ("example.com.:8080" becomes "example.com:8080"), the HTTP connection
+// manager's strip_trailing_host_dot, as Envoy's
+// HeaderUtility::stripTrailingHostDot. It reports whether it changed it.
+func StripTrailingHostDot(h *http.Header) bool {
+	host := h.Authority()
+	end := len(host)
+	if i := PortStart(host); i >= 0 {
+		end = i
+	}
+	if end == 0 || host[end-1] != '.' {
+		return false
+	}
+	h.Set(http.Authority, host[:end-1]+host[end:])
+	return true
+}
+
 // StripPort removes the port from :authority as the HTTP connection manager's
 // strip_matching_host_port (listenerPort >= 0: only that port) and
 // strip_any_host_port (listenerPort < 0: any port) do, before routing. CONNECT

@@ -182,3 +182,20 @@ func TestStripPort(t *testing.T) {
 		}
 	}
 }
+
+func TestStripTrailingHostDot(t *testing.T) {
+	for _, tt := range []struct{ host, want string }{
+		{"foo.com.", "foo.com"},
+		{"foo.com.:8080", "foo.com:8080"},
+		{"foo.com", "foo.com"},
+		{"foo.com:8080", "foo.com:8080"},
+		{"[::1]:80", "[::1]:80"},
+		{".", ""},
+	} {
+		h := hdr(":method", "GET", ":authority", tt.host)
+		changed := StripTrailingHostDot(h)
+		if got := h.Authority(); got != tt.want || changed != (tt.host != tt.want) {
+			t.Errorf("StripTrailingHostDot(%q): %q (changed %v), want %q", tt.host, got, changed, tt.want)
+		}
+	}
+}
