@@ -95,6 +95,9 @@ type Options struct {
 	// Runtime is the layered runtime filters read fractions and overrides
 	// from. Nil: every runtime key takes its default.
 	Runtime *runtime.Loader
+	// Resolver is the bootstrap's DNS resolver (upstream.BootstrapResolver),
+	// for DNS clusters without their own. Nil: the system's.
+	Resolver *upstream.Resolver
 }
 
 // managerStats are Envoy's listener_manager.* and cluster_manager.* stats.
@@ -405,7 +408,7 @@ func (s *Server) clusterOptions() upstream.Options {
 	fc := s.factoryContext()
 	return upstream.Options{Filters: func(f *clusterv3.Filter) (upstream.ConnFilter, error) {
 		return s.opts.Registry.UpstreamNetworkFilter(f.GetName(), f.GetTypedConfig(), &fc)
-	}}
+	}, Resolver: s.opts.Resolver}
 }
 
 func (s *Server) prepared(pb *clusterv3.Cluster) (*upstream.Config, bool) {

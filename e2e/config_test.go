@@ -95,6 +95,11 @@ func TestBadConfig(t *testing.T) {
 		bootstrap: "static_resources:\n  listeners:" + goodListener + `
   clusters:` + strings.Replace(goodCluster, "address: 127.0.0.1", "address: not-an-ip", 1) + "\n",
 		want: []string{"static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address", "not-an-ip"},
+	}, {
+		name: "bootstrap_dns_resolver_not_an_ip",
+		bootstrap: "dns_resolution_config: { resolvers: [{ socket_address: { address: dns.example, port_value: 53 } }] }\nstatic_resources:\n  listeners:" + goodListener + `
+  clusters:` + goodCluster + "\n",
+		want: []string{"dns_resolution_config.resolvers[0].socket_address.address", "dns.example"},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 )
 
 // TestDNSCluster: a STRICT_DNS cluster, resolved through a DNS server the
-// test runs, sends requests to the address its name has now: when the name
+// test runs (the bootstrap's typed_dns_resolver_config), sends requests to the address its name has now: when the name
 // moves to another address, the traffic follows within the refresh rate.
 // auto_host_rewrite gives the upstream the name, as Envoy's does for a DNS
 // cluster's hosts.
@@ -25,7 +25,15 @@ func TestDNSCluster(t *testing.T) {
 	dns := dnstest.Start(t)
 	dns.Set("svc.skiff.test", 30, netip.MustParseAddr("127.0.0.1"))
 
-	cfg := fmt.Sprintf(`static_resources:
+	// The resolver is the bootstrap's, which DNS clusters without one of
+	// their own use (the cluster-level one has unit tests).
+	cfg := fmt.Sprintf(`typed_dns_resolver_config:
+  name: envoy.network.dns_resolver.cares
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig
+    resolvers: [{ socket_address: { address: 127.0.0.1, port_value: %d } }]
+    dns_resolver_options: { no_default_search_domain: true }
+static_resources:
   listeners:
   - name: http
     address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
@@ -51,12 +59,6 @@ func TestDNSCluster(t *testing.T) {
     connect_timeout: 1s
     dns_lookup_family: V4_ONLY
     dns_refresh_rate: 0.1s
-    typed_dns_resolver_config:
-      name: envoy.network.dns_resolver.cares
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig
-        resolvers: [{ socket_address: { address: 127.0.0.1, port_value: %d } }]
-        dns_resolver_options: { no_default_search_domain: true }
     load_assignment:
       cluster_name: svc
       endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: svc.skiff.test, port_value: %s } } } }] }]

@@ -21,6 +21,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane"
 	"github.com/skiffproxy/skiff/dataplane/filters"
 	"github.com/skiffproxy/skiff/dataplane/restart"
+	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 	"github.com/skiffproxy/skiff/internal/runtimedir"
 	"github.com/skiffproxy/skiff/internal/sdnotify"
@@ -284,11 +285,15 @@ func newServer(b *bootstrapv3.Bootstrap, source string, log *slog.Logger, drain 
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", source, err)
 	}
+	resolver, err := upstream.BootstrapResolver(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", source, err)
+	}
 	reg, err := filters.Builtin()
 	if err != nil {
 		return nil, err
 	}
-	srv := dataplane.NewServer(dataplane.Options{Logger: log, Registry: reg, Stats: st, DrainTime: drain.time, GradualDrain: drain.gradual, Node: b.GetNode(), Runtime: rt,
+	srv := dataplane.NewServer(dataplane.Options{Logger: log, Registry: reg, Stats: st, DrainTime: drain.time, GradualDrain: drain.gradual, Node: b.GetNode(), Runtime: rt, Resolver: resolver,
 		// With xDS, the client says when the first round is in place.
 		InitializedExternally: b.GetDynamicResources() != nil})
 	snap := &dataplane.Snapshot{

@@ -116,6 +116,9 @@ type Options struct {
 	// Filters builds an entry of the cluster's filters. Nil: a cluster with
 	// filters is refused.
 	Filters FilterBuilder
+	// Resolver is the resolver of DNS clusters that set none of their own
+	// (the bootstrap's; see BootstrapResolver). Nil: the system's.
+	Resolver *Resolver
 }
 
 // NewConfig validates a Cluster resource and returns its Config. Errors name the
@@ -256,7 +259,7 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 	}
 	if ct := pb.GetClusterType(); ct != nil {
 		// The oneof with type: the extension's type decides.
-		if err := c.clusterType(pb, ct); err != nil {
+		if err := c.clusterType(pb, ct, opts.Resolver); err != nil {
 			return nil, err
 		}
 		return c, nil
@@ -290,7 +293,7 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 			return nil, cfgerr.Errorf("eds_cluster_config", "only EDS clusters take an eds_cluster_config")
 		}
 		var err error
-		if c.DNS, err = dnsConfig(pb, legacyDNSCluster(pb), ""); err != nil {
+		if c.DNS, err = dnsConfig(pb, legacyDNSCluster(pb), "", opts.Resolver); err != nil {
 			return nil, err
 		}
 	default:
@@ -301,7 +304,7 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 
 // clusterType reads a cluster_type extension: envoy.cluster.dns (DnsCluster)
 // is skiff's one.
-func (c *Config) clusterType(pb *clusterv3.Cluster, ct *clusterv3.Cluster_CustomClusterType) error {
+func (c *Config) clusterType(pb *clusterv3.Cluster, ct *clusterv3.Cluster_CustomClusterType, def *Resolver) error {
 	if err := cfgerr.OnlyFields(ct, "name", "typed_config"); err != nil {
 		return cfgerr.Field("cluster_type", err)
 	}
@@ -319,7 +322,7 @@ func (c *Config) clusterType(pb *clusterv3.Cluster, ct *clusterv3.Cluster_Custom
 	if pb.GetEdsClusterConfig() != nil {
 		return cfgerr.Errorf("eds_cluster_config", "only EDS clusters take an eds_cluster_config")
 	}
-	c.DNS, err = dnsConfig(pb, dc, "cluster_type.typed_config")
+	c.DNS, err = dnsConfig(pb, dc, "cluster_type.typed_config", def)
 	return err
 }
 

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -94,7 +95,7 @@ type Resolver struct {
 // The settings are a DnsCluster: the cluster_type extension's, or the one
 // Envoy makes of the deprecated Cluster fields for type STRICT_DNS and
 // LOGICAL_DNS.
-func dnsConfig(pb *clusterv3.Cluster, dc *dnsclusterv3.DnsCluster, field string) (*DNSConfig, error) {
+func dnsConfig(pb *clusterv3.Cluster, dc *dnsclusterv3.DnsCluster, field string, def *Resolver) (*DNSConfig, error) {
 	if err := cfgerr.OnlyFields(dc, "dns_refresh_rate", "dns_failure_refresh_rate", "respect_dns_ttl", "dns_jitter",
 		"typed_dns_resolver_config", "dns_lookup_family", "all_addresses_in_single_endpoint", "dns_min_refresh_rate"); err != nil {
 		return nil, cfgerr.Field(field, err)
@@ -126,12 +127,17 @@ func dnsConfig(pb *clusterv3.Cluster, dc *dnsclusterv3.DnsCluster, field string)
 			}
 		}
 	}
-	if tc := dc.GetTypedDnsResolverConfig(); tc != nil {
+	switch tc := dc.GetTypedDnsResolverConfig(); {
+	case tc != nil:
 		if err := d.Resolver.typed(tc); err != nil {
 			return nil, cfgerr.Field(cfgerr.Join(field, "typed_dns_resolver_config"), err)
 		}
-	} else if err := d.Resolver.legacy(pb); err != nil {
-		return nil, err
+	case !hasLegacyResolver(pb) && def != nil:
+		d.Resolver = *def // the bootstrap's
+	default:
+		if err := d.Resolver.legacy(pb); err != nil {
+			return nil, err
+		}
 	}
 	cla := pb.GetLoadAssignment()
 	if err := cfgerr.Field("load_assignment", cfgerr.OnlyFields(cla, "cluster_name", "endpoints", "policy")); err != nil {
@@ -191,6 +197,38 @@ func dnsTarget(lle *endpointv3.LocalityLbEndpoints, lbe *endpointv3.LbEndpoint) 
 		ep.Hostname = sa.GetAddress() // Envoy's: a resolved host is known by its name
 	}
 	return DNSTarget{Name: sa.GetAddress(), Port: uint16(sa.GetPortValue()), Endpoint: ep}, nil
+}
+
+// hasLegacyResolver reports whether a cluster sets any of the deprecated
+// resolver fields.
+func hasLegacyResolver(pb *clusterv3.Cluster) bool {
+	//lint:ignore SA1019 deprecated in Envoy, still honoured there
+	return len(pb.GetDnsResolvers()) > 0 || pb.GetUseTcpForDnsLookups() || pb.GetDnsResolutionConfig() != nil
+}
+
+// BootstrapResolver is the resolver a bootstrap's typed_dns_resolver_config
+// (or its deprecated dns_resolution_config and use_tcp_for_dns_lookups)
+// gives the DNS clusters that set no resolver of their own, as in Envoy; nil
+// if the bootstrap sets none. Errors name the bootstrap's field.
+func BootstrapResolver(b *bootstrapv3.Bootstrap) (*Resolver, error) {
+	r := &Resolver{Timeout: DefaultDNSQueryTimeout * DefaultDNSQueryTries}
+	if tc := b.GetTypedDnsResolverConfig(); tc != nil {
+		if err := r.typed(tc); err != nil {
+			return nil, cfgerr.Field("typed_dns_resolver_config", err)
+		}
+		return r, nil
+	}
+	//lint:ignore SA1019 deprecated in Envoy, still honoured there
+	rc, tcp := b.GetDnsResolutionConfig(), b.GetUseTcpForDnsLookups()
+	if rc == nil && !tcp {
+		return nil, nil
+	}
+	if err := cfgerr.OnlyFields(rc, "resolvers", "dns_resolver_options"); err != nil {
+		return nil, cfgerr.Field("dns_resolution_config", err)
+	}
+	r.TCP = tcp
+	r.options(rc.GetDnsResolverOptions())
+	return r, r.addServers("dns_resolution_config.resolvers", rc.GetResolvers())
 }
 
 // legacy reads the deprecated resolver fields typed_dns_resolver_config

@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	dnsclusterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/dns/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -342,5 +344,74 @@ load_assignment: { cluster_name: c, endpoints: [{ lb_endpoints: [{ endpoint: { a
 	hosts := c.Hosts()
 	if len(hosts) != 1 || !hosts[0].Healthy() {
 		t.Fatalf("hosts after Set: %v (healthy: %v), want the resolved host, checked and healthy", hostAddrs(c), len(hosts) == 1 && hosts[0].Healthy())
+	}
+}
+
+// TestBootstrapResolver: the bootstrap's resolver serves the DNS clusters
+// that set none of their own; a cluster's own still wins.
+func TestBootstrapResolver(t *testing.T) {
+	srv := dnstest.Start(t)
+	srv.Set("a.skiff.test", 30, netip.MustParseAddr("127.0.0.2"))
+	var b bootstrapv3.Bootstrap
+	if err := protoyaml.Unmarshal([]byte(fmt.Sprintf(`
+typed_dns_resolver_config:
+  name: envoy.network.dns_resolver.cares
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig
+    resolvers: [{ socket_address: { address: 127.0.0.1, port_value: %d } }]
+    use_resolvers_as_fallback: false
+    dns_resolver_options: { no_default_search_domain: true, use_tcp_for_dns_lookups: true }
+`, srv.Addr.Port())), &b); err != nil {
+		t.Fatal(err)
+	}
+	r, err := BootstrapResolver(&b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pb clusterv3.Cluster
+	if err := protoyaml.Unmarshal([]byte(`
+name: c
+type: STRICT_DNS
+dns_lookup_family: V4_ONLY
+load_assignment: { cluster_name: c, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: a.skiff.test, port_value: 80 } } } }] }] }
+`), &pb); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := NewConfigWith(&pb, Options{Resolver: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.DNS.Resolver.TCP || len(cfg.DNS.Resolver.Servers) != 1 {
+		t.Fatalf("cluster resolver %+v: want the bootstrap's", cfg.DNS.Resolver)
+	}
+	m := NewManager(stats.NewStore())
+	m.Set([]Assignment{Static(cfg)})
+	t.Cleanup(func() { m.Set(nil) })
+	waitHosts(t, m.Get("c"), "127.0.0.2:80")
+	if srv.TCPQueries() == 0 {
+		t.Error("the bootstrap resolver's TCP was not used")
+	}
+
+	// A cluster's own resolver fields win over the bootstrap's.
+	//lint:ignore SA1019 the deprecated field is the one under test
+	pb.UseTcpForDnsLookups = false
+	//lint:ignore SA1019 as above
+	pb.DnsResolvers = []*corev3.Address{{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{Address: "127.0.0.9", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 5353}}}}}
+	cfg, err = NewConfigWith(&pb, Options{Resolver: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.DNS.Resolver.TCP || cfg.DNS.Resolver.Servers[0].String() != "127.0.0.9:5353" {
+		t.Errorf("cluster resolver %+v: want the cluster's own", cfg.DNS.Resolver)
+	}
+
+	// No resolver in the bootstrap: nil. A bad one: an error at its field.
+	if r, err := BootstrapResolver(&bootstrapv3.Bootstrap{}); r != nil || err != nil {
+		t.Errorf("empty bootstrap: %v, %v", r, err)
+	}
+	b.TypedDnsResolverConfig.TypedConfig.TypeUrl = "type.googleapis.com/envoy.extensions.network.dns_resolver.apple.v3.AppleDnsResolverConfig"
+	b.TypedDnsResolverConfig.TypedConfig.Value = nil
+	if _, err := BootstrapResolver(&b); err == nil || !strings.HasPrefix(err.Error(), "typed_dns_resolver_config") {
+		t.Errorf("apple resolver: %v, want an error at typed_dns_resolver_config", err)
 	}
 }

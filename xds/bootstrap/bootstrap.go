@@ -195,7 +195,8 @@ func finish(b *bootstrapv3.Bootstrap) error {
 // documentation for the list and the reasons).
 func checkSupported(b *bootstrapv3.Bootstrap) error {
 	if err := cfgerr.OnlyFields(b, "node", "static_resources", "dynamic_resources",
-		"cluster_manager", "stats_flush_interval", "layered_runtime", "admin"); err != nil {
+		"cluster_manager", "stats_flush_interval", "layered_runtime", "admin",
+		"typed_dns_resolver_config", "dns_resolution_config", "use_tcp_for_dns_lookups"); err != nil {
 		return err
 	}
 	if b.Node != nil {
