@@ -14,7 +14,7 @@
 //     by buffer_size_bytes and buffer_flush_interval.
 //
 // Filters: status_code_filter, duration_filter (a comparison's runtime_key
-// reads Options.Runtime), not_health_check_filter (what the health_check HTTP
+// reads Options.Runtime), runtime_filter, not_health_check_filter (what the health_check HTTP
 // filter matched is a health check), response_flag_filter,
 // grpc_status_filter, header_filter, and_filter, or_filter. Anything else is
 // refused by name. The connection manager's local_reply_config uses the same

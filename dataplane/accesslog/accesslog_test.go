@@ -179,7 +179,7 @@ typed_config: { "@type": type.googleapis.com/envoy.extensions.access_loggers.str
 func TestConfigErrors(t *testing.T) {
 	for y, want := range map[string]string{
 		`{ name: x, typed_config: { "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, path: /tmp/x, log_format: { text_format: "%BOGUS%" } } }`: "log_format.text_format",
-		`{ name: x, filter: { runtime_filter: { runtime_key: k } }, typed_config: { "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog } }`:   "runtime_filter",
+		`{ name: x, filter: { traceable_filter: {} }, typed_config: { "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog } }`:                 "traceable_filter",
 		`{ name: x, typed_config: { "@type": type.googleapis.com/google.protobuf.Empty } }`:                                                                                       "not an access logger skiff supports",
 	} {
 		var c accesslogv3.AccessLog
@@ -420,6 +420,44 @@ func TestComparisonRuntimeKey(t *testing.T) {
 		e.Info.ResponseCode = tc.code
 		if got := keep(e); got != tc.want {
 			t.Errorf("%s with %d: %v, want %v", tc.key, tc.code, got, tc.want)
+		}
+	}
+}
+
+// TestRuntimeFilter: runtime_filter samples by the request ID's first 8 hex
+// digits (so proxies along a request agree), percent_sampled or the
+// runtime's value at runtime_key deciding the share.
+func TestRuntimeFilter(t *testing.T) {
+	var lr bootstrapv3.LayeredRuntime
+	if err := protoyaml.Unmarshal([]byte(`layers: [{name: static, static_layer: {log.sample: 50}}]`), &lr); err != nil {
+		t.Fatal(err)
+	}
+	rt, err := runtime.New(&lr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		filter, id string
+		want       bool
+	}{
+		{`{ runtime_key: none, percent_sampled: { numerator: 10 } }`, "00000009-aaaa", true},       // 9 % 100 < 10
+		{`{ runtime_key: none, percent_sampled: { numerator: 10 } }`, "0000000a-aaaa", false},      // 10
+		{`{ runtime_key: log.sample, percent_sampled: { numerator: 10 } }`, "00000031-aaaa", true}, // 49 < the runtime's 50
+		{`{ runtime_key: log.sample }`, "00000032-aaaa", false},                                    // 50
+		{`{ runtime_key: none }`, "00000000-aaaa", false},                                          // 0 % by default
+	} {
+		var f accesslogv3.AccessLogFilter
+		if err := protoyaml.Unmarshal([]byte(`runtime_filter: `+tc.filter), &f); err != nil {
+			t.Fatal(err)
+		}
+		keep, err := NewFilter(&f, rt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := exchange()
+		e.Info.RequestID = tc.id
+		if got := keep(e); got != tc.want {
+			t.Errorf("%s with request ID %s: %v, want %v", tc.filter, tc.id, got, tc.want)
 		}
 	}
 }

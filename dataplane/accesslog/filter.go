@@ -2,6 +2,7 @@ package accesslog
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
@@ -33,6 +34,8 @@ func buildFilter(f *accesslogv3.AccessLogFilter, rt *runtime.Loader) (filterFunc
 			return nil, cfgerr.Field("duration_filter.comparison", err)
 		}
 		return func(e *http.Exchange) bool { return cmp(uint64(e.Info.Duration.Milliseconds())) }, nil
+	case *accesslogv3.AccessLogFilter_RuntimeFilter:
+		return runtimeFilter(x.RuntimeFilter, rt)
 	case *accesslogv3.AccessLogFilter_NotHealthCheckFilter:
 		// Requests the health_check filter answered or marked.
 		return func(e *http.Exchange) bool { return !e.Info.HealthCheck }, nil
@@ -115,7 +118,40 @@ func buildFilter(f *accesslogv3.AccessLogFilter, rt *runtime.Loader) (filterFunc
 	if fd := f.ProtoReflect().WhichOneof(f.ProtoReflect().Descriptor().Oneofs().ByName("filter_specifier")); fd != nil {
 		name = string(fd.Name())
 	}
-	return nil, cfgerr.Errorf(name, "access log filter %s is not supported by skiff (status_code_filter, duration_filter, not_health_check_filter, and_filter, or_filter, header_filter, response_flag_filter, grpc_status_filter are)", name)
+	return nil, cfgerr.Errorf(name, "access log filter %s is not supported by skiff (status_code_filter, duration_filter, runtime_filter, not_health_check_filter, and_filter, or_filter, header_filter, response_flag_filter, grpc_status_filter are)", name)
+}
+
+// runtimeFilter is Envoy's RuntimeFilter: it samples percent_sampled (or
+// the runtime's value at runtime_key) of the exchanges by their
+// x-request-id, so that every proxy on a request's way logs it or none does
+// (the first 8 hex digits of the UUID, as Envoy's UUID request ID
+// extension's toInteger), or by a random number with
+// use_independent_randomness or without a usable request ID.
+func runtimeFilter(f *accesslogv3.RuntimeFilter, rt *runtime.Loader) (filterFunc, error) {
+	if err := cfgerr.OnlyFields(f, "runtime_key", "percent_sampled", "use_independent_randomness"); err != nil {
+		return nil, cfgerr.Field("runtime_filter", err)
+	}
+	key, def := runtime.NewKey(f.GetRuntimeKey()), runtime.FractionOf(f.GetPercentSampled())
+	independent := f.GetUseIndependentRandomness()
+	return func(e *http.Exchange) bool {
+		r, ok := uint64(0), false
+		if !independent {
+			r, ok = requestIDInteger(e.Info.RequestID)
+		}
+		if !ok {
+			r = rand.Uint64()
+		}
+		return rt.Current().FeatureEnabled(key, def, r)
+	}, nil
+}
+
+// requestIDInteger is the value of a request ID's first 8 hex digits.
+func requestIDInteger(id string) (uint64, bool) {
+	if len(id) < 8 {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(id[:8], 16, 64)
+	return v, err == nil
 }
 
 // comparison compiles a ComparisonFilter: its value is the runtime's
