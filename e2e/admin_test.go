@@ -600,6 +600,16 @@ func TestAdminCLI(t *testing.T) {
 		}
 	}
 
+	// profile writes pprof's gzipped protobuf.
+	for _, args := range [][]string{{"cpu", "--duration", "200ms"}, {"heap"}} {
+		out := filepath.Join(t.TempDir(), args[0]+".pprof")
+		r := adm(append([]string{"profile", "--out", out}, args...)...)
+		b, err := os.ReadFile(out)
+		if r.code != 0 || err != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b || !strings.Contains(r.stdout, "go tool pprof "+out) {
+			t.Errorf("skiff admin profile %v: exit %d, %v, %d bytes starting %x\n%s%s", args, r.code, err, len(b), b[:min(len(b), 2)], r.stdout, r.stderr)
+		}
+	}
+
 	// -o json is protojson of the response.
 	r := adm("-o", "json", "config-dump")
 	var dump struct {

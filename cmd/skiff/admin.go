@@ -55,9 +55,12 @@ Commands:
   reopen-logs               reopen the access log files, for log rotation (Envoy's /reopen_logs; SIGUSR1)
   healthcheck fail|ok       make the health_check filters answer 503, or as usual
                             (Envoy's /healthcheck/fail and /healthcheck/ok)
+  profile cpu|heap|allocs|goroutine [--duration D] [--out FILE]
+                            write a pprof profile (CPU: over D, default 30s) to FILE
+                            (default TYPE.pprof), for go tool pprof or a PGO build
 
-drain, restart, reopen-logs, healthcheck and a log-level change are accepted
-only over the unix socket unless skiff runs with --admin-tcp-mutations.
+drain, restart, reopen-logs, healthcheck, profile and a log-level change are
+accepted only over the unix socket unless skiff runs with --admin-tcp-mutations.
 
 Flags (also accepted after COMMAND):
 `
@@ -113,6 +116,7 @@ var adminCommands = map[string]func(c *adminClient, args []string) error{
 	"restart":     adminRestart,
 	"reopen-logs": adminReopenLogs,
 	"healthcheck": adminHealthCheck,
+	"profile":     adminProfile,
 }
 
 // adminClient is a connection to the admin API and where to print.
@@ -735,5 +739,57 @@ func adminHealthCheck(c *adminClient, args []string) error {
 		state = "failing"
 	}
 	_, err = fmt.Fprintf(c.stdout, "health checks: %s\n", state)
+	return err
+}
+
+func adminProfile(c *adminClient, args []string) error {
+	duration := c.fs.Duration("duration", admin.DefaultProfileDuration, "how long to sample the CPU")
+	out := c.fs.String("out", "", "the file to write (default TYPE.pprof); - for standard output")
+	if err := c.parse(args, 1<<10); err != nil {
+		return err
+	}
+	// The type may come before the flags, as the usage writes it.
+	name := c.fs.Arg(0)
+	if err := c.parse(c.fs.Args()[min(1, c.fs.NArg()):], 0); err != nil {
+		return err
+	}
+	typ, ok := adminv1.ProfileType_value["PROFILE_TYPE_"+strings.ToUpper(name)]
+	if !ok || typ == 0 {
+		return fmt.Errorf("profile: want cpu, heap, allocs or goroutine, not %q", name)
+	}
+	req := &adminv1.GetProfileRequest{Type: adminv1.ProfileType(typ)}
+	timeout := c.opts.timeout
+	if req.Type == adminv1.ProfileType_PROFILE_TYPE_CPU {
+		req.Duration = durationpb.New(*duration)
+		timeout += *duration
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	stream, err := c.admin.GetProfile(ctx, req)
+	if err != nil {
+		return err
+	}
+	var profile []byte
+	for {
+		r, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		profile = append(profile, r.GetData()...)
+	}
+	if *out == "-" {
+		_, err = c.stdout.Write(profile)
+		return err
+	}
+	if *out == "" {
+		*out = name + ".pprof"
+	}
+	if err := os.WriteFile(*out, profile, 0o644); err != nil {
+		return fmt.Errorf("profile: %w", err)
+	}
+	_, err = fmt.Fprintf(c.stdout, "%s profile (%d bytes) written to %s; read it with: go tool pprof %s\n", name, len(profile), *out, *out)
 	return err
 }

@@ -12,8 +12,8 @@
 // The Server serves on any number of listeners (in skiff, the runtime
 // directory's admin.sock and the bootstrap's admin.address). Calls that change
 // the running process (DrainListeners, StartHotRestart, SetLogLevel,
-// ReopenLogs, SetHealthCheckFailed) are accepted only over unix sockets unless Options.TCPMutations
-// is set: a unix socket in the 0700 runtime directory reaches only its owner,
+// ReopenLogs, SetHealthCheckFailed) or profile it (GetProfile) are accepted
+// only over unix sockets unless Options.TCPMutations is set: a unix socket in the 0700 runtime directory reaches only its owner,
 // a loopback port every local user.
 package admin
 
@@ -112,7 +112,7 @@ type Options struct {
 	// RuntimeDir is reported by GetServerInfo.
 	RuntimeDir string
 	// TCPMutations accepts DrainListeners, StartHotRestart, SetLogLevel,
-	// ReopenLogs and SetHealthCheckFailed over TCP too; by default they are
+	// ReopenLogs, SetHealthCheckFailed and GetProfile over TCP too; by default they are
 	// accepted only over unix sockets.
 	TCPMutations bool
 	// HotRestart starts a hot restart, running binary (empty: skiff's own
@@ -152,7 +152,10 @@ func mutating(method string) bool {
 		adminv1.AdminService_StartHotRestart_FullMethodName,
 		adminv1.AdminService_SetLogLevel_FullMethodName,
 		adminv1.AdminService_ReopenLogs_FullMethodName,
-		adminv1.AdminService_SetHealthCheckFailed_FullMethodName:
+		adminv1.AdminService_SetHealthCheckFailed_FullMethodName,
+		// Not a change, but a CPU profile costs the data path and only one
+		// runs at a time, and Envoy takes it as a POST too.
+		adminv1.AdminService_GetProfile_FullMethodName:
 		return true
 	}
 	return false

@@ -140,6 +140,65 @@ func (StatType) EnumDescriptor() ([]byte, []int) {
 	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{1}
 }
 
+type ProfileType int32
+
+const (
+	ProfileType_PROFILE_TYPE_UNSPECIFIED ProfileType = 0
+	// Where the CPU time goes, sampled 100 times a second over the duration.
+	ProfileType_PROFILE_TYPE_CPU ProfileType = 1
+	// The live heap as of the last garbage collection, by allocation site.
+	ProfileType_PROFILE_TYPE_HEAP ProfileType = 2
+	// Every allocation since the process started, by allocation site.
+	ProfileType_PROFILE_TYPE_ALLOCS ProfileType = 3
+	// The stacks of all goroutines.
+	ProfileType_PROFILE_TYPE_GOROUTINE ProfileType = 4
+)
+
+// Enum value maps for ProfileType.
+var (
+	ProfileType_name = map[int32]string{
+		0: "PROFILE_TYPE_UNSPECIFIED",
+		1: "PROFILE_TYPE_CPU",
+		2: "PROFILE_TYPE_HEAP",
+		3: "PROFILE_TYPE_ALLOCS",
+		4: "PROFILE_TYPE_GOROUTINE",
+	}
+	ProfileType_value = map[string]int32{
+		"PROFILE_TYPE_UNSPECIFIED": 0,
+		"PROFILE_TYPE_CPU":         1,
+		"PROFILE_TYPE_HEAP":        2,
+		"PROFILE_TYPE_ALLOCS":      3,
+		"PROFILE_TYPE_GOROUTINE":   4,
+	}
+)
+
+func (x ProfileType) Enum() *ProfileType {
+	p := new(ProfileType)
+	*p = x
+	return p
+}
+
+func (x ProfileType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ProfileType) Descriptor() protoreflect.EnumDescriptor {
+	return file_skiff_admin_v1_admin_proto_enumTypes[2].Descriptor()
+}
+
+func (ProfileType) Type() protoreflect.EnumType {
+	return &file_skiff_admin_v1_admin_proto_enumTypes[2]
+}
+
+func (x ProfileType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ProfileType.Descriptor instead.
+func (ProfileType) EnumDescriptor() ([]byte, []int) {
+	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
 type GetServerInfoRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1865,6 +1924,107 @@ func (x *SetHealthCheckFailedResponse) GetFailing() bool {
 	return false
 }
 
+type GetProfileRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  ProfileType            `protobuf:"varint,1,opt,name=type,proto3,enum=skiff.admin.v1.ProfileType" json:"type,omitempty"`
+	// How long to sample the CPU: default 30 s, at most 10 minutes. Only for
+	// PROFILE_TYPE_CPU. The profile ends early, with nothing sent, when the
+	// caller cancels the call.
+	Duration      *durationpb.Duration `protobuf:"bytes,2,opt,name=duration,proto3" json:"duration,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetProfileRequest) Reset() {
+	*x = GetProfileRequest{}
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetProfileRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetProfileRequest) ProtoMessage() {}
+
+func (x *GetProfileRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetProfileRequest.ProtoReflect.Descriptor instead.
+func (*GetProfileRequest) Descriptor() ([]byte, []int) {
+	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *GetProfileRequest) GetType() ProfileType {
+	if x != nil {
+		return x.Type
+	}
+	return ProfileType_PROFILE_TYPE_UNSPECIFIED
+}
+
+func (x *GetProfileRequest) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+type GetProfileResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The next part of the profile (gzipped protobuf, as runtime/pprof writes
+	// it).
+	Data          []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetProfileResponse) Reset() {
+	*x = GetProfileResponse{}
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetProfileResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetProfileResponse) ProtoMessage() {}
+
+func (x *GetProfileResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetProfileResponse.ProtoReflect.Descriptor instead.
+func (*GetProfileResponse) Descriptor() ([]byte, []int) {
+	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *GetProfileResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 var File_skiff_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_skiff_admin_v1_admin_proto_rawDesc = "" +
@@ -1973,7 +2133,12 @@ const file_skiff_admin_v1_admin_proto_rawDesc = "" +
 	"\x1bSetHealthCheckFailedRequest\x12\x16\n" +
 	"\x06failed\x18\x01 \x01(\bR\x06failed\"8\n" +
 	"\x1cSetHealthCheckFailedResponse\x12\x18\n" +
-	"\afailing\x18\x01 \x01(\bR\afailing*|\n" +
+	"\afailing\x18\x01 \x01(\bR\afailing\"{\n" +
+	"\x11GetProfileRequest\x12/\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x1b.skiff.admin.v1.ProfileTypeR\x04type\x125\n" +
+	"\bduration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\bduration\"(\n" +
+	"\x12GetProfileResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data*|\n" +
 	"\vServerState\x12\x1c\n" +
 	"\x18SERVER_STATE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19SERVER_STATE_INITIALIZING\x10\x01\x12\x15\n" +
@@ -1983,7 +2148,14 @@ const file_skiff_admin_v1_admin_proto_rawDesc = "" +
 	"\x15STAT_TYPE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11STAT_TYPE_COUNTER\x10\x01\x12\x13\n" +
 	"\x0fSTAT_TYPE_GAUGE\x10\x02\x12\x17\n" +
-	"\x13STAT_TYPE_HISTOGRAM\x10\x032\xb5\t\n" +
+	"\x13STAT_TYPE_HISTOGRAM\x10\x03*\x8d\x01\n" +
+	"\vProfileType\x12\x1c\n" +
+	"\x18PROFILE_TYPE_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10PROFILE_TYPE_CPU\x10\x01\x12\x15\n" +
+	"\x11PROFILE_TYPE_HEAP\x10\x02\x12\x17\n" +
+	"\x13PROFILE_TYPE_ALLOCS\x10\x03\x12\x1a\n" +
+	"\x16PROFILE_TYPE_GOROUTINE\x10\x042\x8c\n" +
+	"\n" +
 	"\fAdminService\x12\\\n" +
 	"\rGetServerInfo\x12$.skiff.admin.v1.GetServerInfoRequest\x1a%.skiff.admin.v1.GetServerInfoResponse\x12M\n" +
 	"\bGetReady\x12\x1f.skiff.admin.v1.GetReadyRequest\x1a .skiff.admin.v1.GetReadyResponse\x12\\\n" +
@@ -1999,7 +2171,9 @@ const file_skiff_admin_v1_admin_proto_rawDesc = "" +
 	"\vSetLogLevel\x12\".skiff.admin.v1.SetLogLevelRequest\x1a#.skiff.admin.v1.SetLogLevelResponse\x12S\n" +
 	"\n" +
 	"ReopenLogs\x12!.skiff.admin.v1.ReopenLogsRequest\x1a\".skiff.admin.v1.ReopenLogsResponse\x12q\n" +
-	"\x14SetHealthCheckFailed\x12+.skiff.admin.v1.SetHealthCheckFailedRequest\x1a,.skiff.admin.v1.SetHealthCheckFailedResponseB:Z8github.com/skiffproxy/skiff/proto/skiff/admin/v1;adminv1b\x06proto3"
+	"\x14SetHealthCheckFailed\x12+.skiff.admin.v1.SetHealthCheckFailedRequest\x1a,.skiff.admin.v1.SetHealthCheckFailedResponse\x12U\n" +
+	"\n" +
+	"GetProfile\x12!.skiff.admin.v1.GetProfileRequest\x1a\".skiff.admin.v1.GetProfileResponse0\x01B:Z8github.com/skiffproxy/skiff/proto/skiff/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_skiff_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -2013,95 +2187,102 @@ func file_skiff_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_skiff_admin_v1_admin_proto_rawDescData
 }
 
-var file_skiff_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_skiff_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_skiff_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_skiff_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_skiff_admin_v1_admin_proto_goTypes = []any{
 	(ServerState)(0),                     // 0: skiff.admin.v1.ServerState
 	(StatType)(0),                        // 1: skiff.admin.v1.StatType
-	(*GetServerInfoRequest)(nil),         // 2: skiff.admin.v1.GetServerInfoRequest
-	(*GetServerInfoResponse)(nil),        // 3: skiff.admin.v1.GetServerInfoResponse
-	(*GetReadyRequest)(nil),              // 4: skiff.admin.v1.GetReadyRequest
-	(*GetReadyResponse)(nil),             // 5: skiff.admin.v1.GetReadyResponse
-	(*GetConfigDumpRequest)(nil),         // 6: skiff.admin.v1.GetConfigDumpRequest
-	(*GetConfigDumpResponse)(nil),        // 7: skiff.admin.v1.GetConfigDumpResponse
-	(*Stat)(nil),                         // 8: skiff.admin.v1.Stat
-	(*Histogram)(nil),                    // 9: skiff.admin.v1.Histogram
-	(*HistogramBucket)(nil),              // 10: skiff.admin.v1.HistogramBucket
-	(*GetStatsRequest)(nil),              // 11: skiff.admin.v1.GetStatsRequest
-	(*GetStatsResponse)(nil),             // 12: skiff.admin.v1.GetStatsResponse
-	(*WatchStatsRequest)(nil),            // 13: skiff.admin.v1.WatchStatsRequest
-	(*WatchStatsResponse)(nil),           // 14: skiff.admin.v1.WatchStatsResponse
-	(*ListListenersRequest)(nil),         // 15: skiff.admin.v1.ListListenersRequest
-	(*ListListenersResponse)(nil),        // 16: skiff.admin.v1.ListListenersResponse
-	(*ListenerStatus)(nil),               // 17: skiff.admin.v1.ListenerStatus
-	(*ListClustersRequest)(nil),          // 18: skiff.admin.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),         // 19: skiff.admin.v1.ListClustersResponse
-	(*ClusterStatus)(nil),                // 20: skiff.admin.v1.ClusterStatus
-	(*HostStatus)(nil),                   // 21: skiff.admin.v1.HostStatus
-	(*DrainListenersRequest)(nil),        // 22: skiff.admin.v1.DrainListenersRequest
-	(*DrainListenersResponse)(nil),       // 23: skiff.admin.v1.DrainListenersResponse
-	(*StartHotRestartRequest)(nil),       // 24: skiff.admin.v1.StartHotRestartRequest
-	(*StartHotRestartResponse)(nil),      // 25: skiff.admin.v1.StartHotRestartResponse
-	(*GetLogLevelRequest)(nil),           // 26: skiff.admin.v1.GetLogLevelRequest
-	(*GetLogLevelResponse)(nil),          // 27: skiff.admin.v1.GetLogLevelResponse
-	(*SetLogLevelRequest)(nil),           // 28: skiff.admin.v1.SetLogLevelRequest
-	(*SetLogLevelResponse)(nil),          // 29: skiff.admin.v1.SetLogLevelResponse
-	(*ReopenLogsRequest)(nil),            // 30: skiff.admin.v1.ReopenLogsRequest
-	(*ReopenLogsResponse)(nil),           // 31: skiff.admin.v1.ReopenLogsResponse
-	(*SetHealthCheckFailedRequest)(nil),  // 32: skiff.admin.v1.SetHealthCheckFailedRequest
-	(*SetHealthCheckFailedResponse)(nil), // 33: skiff.admin.v1.SetHealthCheckFailedResponse
-	(*durationpb.Duration)(nil),          // 34: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),        // 35: google.protobuf.Timestamp
-	(*anypb.Any)(nil),                    // 36: google.protobuf.Any
+	(ProfileType)(0),                     // 2: skiff.admin.v1.ProfileType
+	(*GetServerInfoRequest)(nil),         // 3: skiff.admin.v1.GetServerInfoRequest
+	(*GetServerInfoResponse)(nil),        // 4: skiff.admin.v1.GetServerInfoResponse
+	(*GetReadyRequest)(nil),              // 5: skiff.admin.v1.GetReadyRequest
+	(*GetReadyResponse)(nil),             // 6: skiff.admin.v1.GetReadyResponse
+	(*GetConfigDumpRequest)(nil),         // 7: skiff.admin.v1.GetConfigDumpRequest
+	(*GetConfigDumpResponse)(nil),        // 8: skiff.admin.v1.GetConfigDumpResponse
+	(*Stat)(nil),                         // 9: skiff.admin.v1.Stat
+	(*Histogram)(nil),                    // 10: skiff.admin.v1.Histogram
+	(*HistogramBucket)(nil),              // 11: skiff.admin.v1.HistogramBucket
+	(*GetStatsRequest)(nil),              // 12: skiff.admin.v1.GetStatsRequest
+	(*GetStatsResponse)(nil),             // 13: skiff.admin.v1.GetStatsResponse
+	(*WatchStatsRequest)(nil),            // 14: skiff.admin.v1.WatchStatsRequest
+	(*WatchStatsResponse)(nil),           // 15: skiff.admin.v1.WatchStatsResponse
+	(*ListListenersRequest)(nil),         // 16: skiff.admin.v1.ListListenersRequest
+	(*ListListenersResponse)(nil),        // 17: skiff.admin.v1.ListListenersResponse
+	(*ListenerStatus)(nil),               // 18: skiff.admin.v1.ListenerStatus
+	(*ListClustersRequest)(nil),          // 19: skiff.admin.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),         // 20: skiff.admin.v1.ListClustersResponse
+	(*ClusterStatus)(nil),                // 21: skiff.admin.v1.ClusterStatus
+	(*HostStatus)(nil),                   // 22: skiff.admin.v1.HostStatus
+	(*DrainListenersRequest)(nil),        // 23: skiff.admin.v1.DrainListenersRequest
+	(*DrainListenersResponse)(nil),       // 24: skiff.admin.v1.DrainListenersResponse
+	(*StartHotRestartRequest)(nil),       // 25: skiff.admin.v1.StartHotRestartRequest
+	(*StartHotRestartResponse)(nil),      // 26: skiff.admin.v1.StartHotRestartResponse
+	(*GetLogLevelRequest)(nil),           // 27: skiff.admin.v1.GetLogLevelRequest
+	(*GetLogLevelResponse)(nil),          // 28: skiff.admin.v1.GetLogLevelResponse
+	(*SetLogLevelRequest)(nil),           // 29: skiff.admin.v1.SetLogLevelRequest
+	(*SetLogLevelResponse)(nil),          // 30: skiff.admin.v1.SetLogLevelResponse
+	(*ReopenLogsRequest)(nil),            // 31: skiff.admin.v1.ReopenLogsRequest
+	(*ReopenLogsResponse)(nil),           // 32: skiff.admin.v1.ReopenLogsResponse
+	(*SetHealthCheckFailedRequest)(nil),  // 33: skiff.admin.v1.SetHealthCheckFailedRequest
+	(*SetHealthCheckFailedResponse)(nil), // 34: skiff.admin.v1.SetHealthCheckFailedResponse
+	(*GetProfileRequest)(nil),            // 35: skiff.admin.v1.GetProfileRequest
+	(*GetProfileResponse)(nil),           // 36: skiff.admin.v1.GetProfileResponse
+	(*durationpb.Duration)(nil),          // 37: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),        // 38: google.protobuf.Timestamp
+	(*anypb.Any)(nil),                    // 39: google.protobuf.Any
 }
 var file_skiff_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: skiff.admin.v1.GetServerInfoResponse.state:type_name -> skiff.admin.v1.ServerState
-	34, // 1: skiff.admin.v1.GetServerInfoResponse.uptime:type_name -> google.protobuf.Duration
-	35, // 2: skiff.admin.v1.GetServerInfoResponse.start_time:type_name -> google.protobuf.Timestamp
+	37, // 1: skiff.admin.v1.GetServerInfoResponse.uptime:type_name -> google.protobuf.Duration
+	38, // 2: skiff.admin.v1.GetServerInfoResponse.start_time:type_name -> google.protobuf.Timestamp
 	0,  // 3: skiff.admin.v1.GetReadyResponse.state:type_name -> skiff.admin.v1.ServerState
-	36, // 4: skiff.admin.v1.GetConfigDumpResponse.config_dump:type_name -> google.protobuf.Any
+	39, // 4: skiff.admin.v1.GetConfigDumpResponse.config_dump:type_name -> google.protobuf.Any
 	1,  // 5: skiff.admin.v1.Stat.type:type_name -> skiff.admin.v1.StatType
-	9,  // 6: skiff.admin.v1.Stat.histogram:type_name -> skiff.admin.v1.Histogram
-	10, // 7: skiff.admin.v1.Histogram.buckets:type_name -> skiff.admin.v1.HistogramBucket
-	8,  // 8: skiff.admin.v1.GetStatsResponse.stats:type_name -> skiff.admin.v1.Stat
-	34, // 9: skiff.admin.v1.WatchStatsRequest.interval:type_name -> google.protobuf.Duration
-	8,  // 10: skiff.admin.v1.WatchStatsResponse.stats:type_name -> skiff.admin.v1.Stat
-	35, // 11: skiff.admin.v1.WatchStatsResponse.time:type_name -> google.protobuf.Timestamp
-	17, // 12: skiff.admin.v1.ListListenersResponse.listeners:type_name -> skiff.admin.v1.ListenerStatus
-	20, // 13: skiff.admin.v1.ListClustersResponse.clusters:type_name -> skiff.admin.v1.ClusterStatus
-	21, // 14: skiff.admin.v1.ClusterStatus.hosts:type_name -> skiff.admin.v1.HostStatus
-	35, // 15: skiff.admin.v1.DrainListenersResponse.stop_accepting_time:type_name -> google.protobuf.Timestamp
-	2,  // 16: skiff.admin.v1.AdminService.GetServerInfo:input_type -> skiff.admin.v1.GetServerInfoRequest
-	4,  // 17: skiff.admin.v1.AdminService.GetReady:input_type -> skiff.admin.v1.GetReadyRequest
-	6,  // 18: skiff.admin.v1.AdminService.GetConfigDump:input_type -> skiff.admin.v1.GetConfigDumpRequest
-	11, // 19: skiff.admin.v1.AdminService.GetStats:input_type -> skiff.admin.v1.GetStatsRequest
-	13, // 20: skiff.admin.v1.AdminService.WatchStats:input_type -> skiff.admin.v1.WatchStatsRequest
-	15, // 21: skiff.admin.v1.AdminService.ListListeners:input_type -> skiff.admin.v1.ListListenersRequest
-	18, // 22: skiff.admin.v1.AdminService.ListClusters:input_type -> skiff.admin.v1.ListClustersRequest
-	22, // 23: skiff.admin.v1.AdminService.DrainListeners:input_type -> skiff.admin.v1.DrainListenersRequest
-	24, // 24: skiff.admin.v1.AdminService.StartHotRestart:input_type -> skiff.admin.v1.StartHotRestartRequest
-	26, // 25: skiff.admin.v1.AdminService.GetLogLevel:input_type -> skiff.admin.v1.GetLogLevelRequest
-	28, // 26: skiff.admin.v1.AdminService.SetLogLevel:input_type -> skiff.admin.v1.SetLogLevelRequest
-	30, // 27: skiff.admin.v1.AdminService.ReopenLogs:input_type -> skiff.admin.v1.ReopenLogsRequest
-	32, // 28: skiff.admin.v1.AdminService.SetHealthCheckFailed:input_type -> skiff.admin.v1.SetHealthCheckFailedRequest
-	3,  // 29: skiff.admin.v1.AdminService.GetServerInfo:output_type -> skiff.admin.v1.GetServerInfoResponse
-	5,  // 30: skiff.admin.v1.AdminService.GetReady:output_type -> skiff.admin.v1.GetReadyResponse
-	7,  // 31: skiff.admin.v1.AdminService.GetConfigDump:output_type -> skiff.admin.v1.GetConfigDumpResponse
-	12, // 32: skiff.admin.v1.AdminService.GetStats:output_type -> skiff.admin.v1.GetStatsResponse
-	14, // 33: skiff.admin.v1.AdminService.WatchStats:output_type -> skiff.admin.v1.WatchStatsResponse
-	16, // 34: skiff.admin.v1.AdminService.ListListeners:output_type -> skiff.admin.v1.ListListenersResponse
-	19, // 35: skiff.admin.v1.AdminService.ListClusters:output_type -> skiff.admin.v1.ListClustersResponse
-	23, // 36: skiff.admin.v1.AdminService.DrainListeners:output_type -> skiff.admin.v1.DrainListenersResponse
-	25, // 37: skiff.admin.v1.AdminService.StartHotRestart:output_type -> skiff.admin.v1.StartHotRestartResponse
-	27, // 38: skiff.admin.v1.AdminService.GetLogLevel:output_type -> skiff.admin.v1.GetLogLevelResponse
-	29, // 39: skiff.admin.v1.AdminService.SetLogLevel:output_type -> skiff.admin.v1.SetLogLevelResponse
-	31, // 40: skiff.admin.v1.AdminService.ReopenLogs:output_type -> skiff.admin.v1.ReopenLogsResponse
-	33, // 41: skiff.admin.v1.AdminService.SetHealthCheckFailed:output_type -> skiff.admin.v1.SetHealthCheckFailedResponse
-	29, // [29:42] is the sub-list for method output_type
-	16, // [16:29] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	10, // 6: skiff.admin.v1.Stat.histogram:type_name -> skiff.admin.v1.Histogram
+	11, // 7: skiff.admin.v1.Histogram.buckets:type_name -> skiff.admin.v1.HistogramBucket
+	9,  // 8: skiff.admin.v1.GetStatsResponse.stats:type_name -> skiff.admin.v1.Stat
+	37, // 9: skiff.admin.v1.WatchStatsRequest.interval:type_name -> google.protobuf.Duration
+	9,  // 10: skiff.admin.v1.WatchStatsResponse.stats:type_name -> skiff.admin.v1.Stat
+	38, // 11: skiff.admin.v1.WatchStatsResponse.time:type_name -> google.protobuf.Timestamp
+	18, // 12: skiff.admin.v1.ListListenersResponse.listeners:type_name -> skiff.admin.v1.ListenerStatus
+	21, // 13: skiff.admin.v1.ListClustersResponse.clusters:type_name -> skiff.admin.v1.ClusterStatus
+	22, // 14: skiff.admin.v1.ClusterStatus.hosts:type_name -> skiff.admin.v1.HostStatus
+	38, // 15: skiff.admin.v1.DrainListenersResponse.stop_accepting_time:type_name -> google.protobuf.Timestamp
+	2,  // 16: skiff.admin.v1.GetProfileRequest.type:type_name -> skiff.admin.v1.ProfileType
+	37, // 17: skiff.admin.v1.GetProfileRequest.duration:type_name -> google.protobuf.Duration
+	3,  // 18: skiff.admin.v1.AdminService.GetServerInfo:input_type -> skiff.admin.v1.GetServerInfoRequest
+	5,  // 19: skiff.admin.v1.AdminService.GetReady:input_type -> skiff.admin.v1.GetReadyRequest
+	7,  // 20: skiff.admin.v1.AdminService.GetConfigDump:input_type -> skiff.admin.v1.GetConfigDumpRequest
+	12, // 21: skiff.admin.v1.AdminService.GetStats:input_type -> skiff.admin.v1.GetStatsRequest
+	14, // 22: skiff.admin.v1.AdminService.WatchStats:input_type -> skiff.admin.v1.WatchStatsRequest
+	16, // 23: skiff.admin.v1.AdminService.ListListeners:input_type -> skiff.admin.v1.ListListenersRequest
+	19, // 24: skiff.admin.v1.AdminService.ListClusters:input_type -> skiff.admin.v1.ListClustersRequest
+	23, // 25: skiff.admin.v1.AdminService.DrainListeners:input_type -> skiff.admin.v1.DrainListenersRequest
+	25, // 26: skiff.admin.v1.AdminService.StartHotRestart:input_type -> skiff.admin.v1.StartHotRestartRequest
+	27, // 27: skiff.admin.v1.AdminService.GetLogLevel:input_type -> skiff.admin.v1.GetLogLevelRequest
+	29, // 28: skiff.admin.v1.AdminService.SetLogLevel:input_type -> skiff.admin.v1.SetLogLevelRequest
+	31, // 29: skiff.admin.v1.AdminService.ReopenLogs:input_type -> skiff.admin.v1.ReopenLogsRequest
+	33, // 30: skiff.admin.v1.AdminService.SetHealthCheckFailed:input_type -> skiff.admin.v1.SetHealthCheckFailedRequest
+	35, // 31: skiff.admin.v1.AdminService.GetProfile:input_type -> skiff.admin.v1.GetProfileRequest
+	4,  // 32: skiff.admin.v1.AdminService.GetServerInfo:output_type -> skiff.admin.v1.GetServerInfoResponse
+	6,  // 33: skiff.admin.v1.AdminService.GetReady:output_type -> skiff.admin.v1.GetReadyResponse
+	8,  // 34: skiff.admin.v1.AdminService.GetConfigDump:output_type -> skiff.admin.v1.GetConfigDumpResponse
+	13, // 35: skiff.admin.v1.AdminService.GetStats:output_type -> skiff.admin.v1.GetStatsResponse
+	15, // 36: skiff.admin.v1.AdminService.WatchStats:output_type -> skiff.admin.v1.WatchStatsResponse
+	17, // 37: skiff.admin.v1.AdminService.ListListeners:output_type -> skiff.admin.v1.ListListenersResponse
+	20, // 38: skiff.admin.v1.AdminService.ListClusters:output_type -> skiff.admin.v1.ListClustersResponse
+	24, // 39: skiff.admin.v1.AdminService.DrainListeners:output_type -> skiff.admin.v1.DrainListenersResponse
+	26, // 40: skiff.admin.v1.AdminService.StartHotRestart:output_type -> skiff.admin.v1.StartHotRestartResponse
+	28, // 41: skiff.admin.v1.AdminService.GetLogLevel:output_type -> skiff.admin.v1.GetLogLevelResponse
+	30, // 42: skiff.admin.v1.AdminService.SetLogLevel:output_type -> skiff.admin.v1.SetLogLevelResponse
+	32, // 43: skiff.admin.v1.AdminService.ReopenLogs:output_type -> skiff.admin.v1.ReopenLogsResponse
+	34, // 44: skiff.admin.v1.AdminService.SetHealthCheckFailed:output_type -> skiff.admin.v1.SetHealthCheckFailedResponse
+	36, // 45: skiff.admin.v1.AdminService.GetProfile:output_type -> skiff.admin.v1.GetProfileResponse
+	32, // [32:46] is the sub-list for method output_type
+	18, // [18:32] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_skiff_admin_v1_admin_proto_init() }
@@ -2114,8 +2295,8 @@ func file_skiff_admin_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_skiff_admin_v1_admin_proto_rawDesc), len(file_skiff_admin_v1_admin_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   32,
+			NumEnums:      3,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

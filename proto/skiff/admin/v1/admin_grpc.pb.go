@@ -39,6 +39,7 @@ const (
 	AdminService_SetLogLevel_FullMethodName          = "/skiff.admin.v1.AdminService/SetLogLevel"
 	AdminService_ReopenLogs_FullMethodName           = "/skiff.admin.v1.AdminService/ReopenLogs"
 	AdminService_SetHealthCheckFailed_FullMethodName = "/skiff.admin.v1.AdminService/SetHealthCheckFailed"
+	AdminService_GetProfile_FullMethodName           = "/skiff.admin.v1.AdminService/GetProfile"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -93,6 +94,13 @@ type AdminServiceClient interface {
 	// balancer's rotation before maintenance. A draining skiff fails them
 	// anyway.
 	SetHealthCheckFailed(ctx context.Context, in *SetHealthCheckFailedRequest, opts ...grpc.CallOption) (*SetHealthCheckFailedResponse, error)
+	// GetProfile records a profile of the running process in pprof's format
+	// (Envoy's /cpuprofiler and /heapprofiler; what Go's net/http/pprof
+	// serves), for `go tool pprof` and for building skiff with profile-guided
+	// optimization: the CPU over a duration, or a snapshot of the heap, the
+	// allocations or the goroutines. The profile comes in chunks, to be joined
+	// in order. One CPU profile runs at a time.
+	GetProfile(ctx context.Context, in *GetProfileRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetProfileResponse], error)
 }
 
 type adminServiceClient struct {
@@ -242,6 +250,25 @@ func (c *adminServiceClient) SetHealthCheckFailed(ctx context.Context, in *SetHe
 	return out, nil
 }
 
+func (c *adminServiceClient) GetProfile(ctx context.Context, in *GetProfileRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetProfileResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[1], AdminService_GetProfile_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[GetProfileRequest, GetProfileResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_GetProfileClient = grpc.ServerStreamingClient[GetProfileResponse]
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -294,6 +321,13 @@ type AdminServiceServer interface {
 	// balancer's rotation before maintenance. A draining skiff fails them
 	// anyway.
 	SetHealthCheckFailed(context.Context, *SetHealthCheckFailedRequest) (*SetHealthCheckFailedResponse, error)
+	// GetProfile records a profile of the running process in pprof's format
+	// (Envoy's /cpuprofiler and /heapprofiler; what Go's net/http/pprof
+	// serves), for `go tool pprof` and for building skiff with profile-guided
+	// optimization: the CPU over a duration, or a snapshot of the heap, the
+	// allocations or the goroutines. The profile comes in chunks, to be joined
+	// in order. One CPU profile runs at a time.
+	GetProfile(*GetProfileRequest, grpc.ServerStreamingServer[GetProfileResponse]) error
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -342,6 +376,9 @@ func (UnimplementedAdminServiceServer) ReopenLogs(context.Context, *ReopenLogsRe
 }
 func (UnimplementedAdminServiceServer) SetHealthCheckFailed(context.Context, *SetHealthCheckFailedRequest) (*SetHealthCheckFailedResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetHealthCheckFailed not implemented")
+}
+func (UnimplementedAdminServiceServer) GetProfile(*GetProfileRequest, grpc.ServerStreamingServer[GetProfileResponse]) error {
+	return status.Error(codes.Unimplemented, "method GetProfile not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -591,6 +628,17 @@ func _AdminService_SetHealthCheckFailed_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_GetProfile_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(GetProfileRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServiceServer).GetProfile(m, &grpc.GenericServerStream[GetProfileRequest, GetProfileResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_GetProfileServer = grpc.ServerStreamingServer[GetProfileResponse]
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -651,6 +699,11 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchStats",
 			Handler:       _AdminService_WatchStats_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "GetProfile",
+			Handler:       _AdminService_GetProfile_Handler,
 			ServerStreams: true,
 		},
 	},
