@@ -2,6 +2,10 @@ package accesslog
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"io"
 	"net"
@@ -23,6 +27,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/runtime"
 	"github.com/skiffproxy/skiff/internal/protoyaml"
 	"github.com/skiffproxy/skiff/internal/stats"
+	"github.com/skiffproxy/skiff/internal/tlstest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -459,5 +464,31 @@ func TestRuntimeFilter(t *testing.T) {
 		if got := keep(e); got != tc.want {
 			t.Errorf("%s with request ID %s: %v, want %v", tc.filter, tc.id, got, tc.want)
 		}
+	}
+}
+
+func TestTLSCommands(t *testing.T) {
+	ca := tlstest.NewCA(t, "ca")
+	peer := ca.Issue(t, "client", "spiffe://td/a", "spiffe://td/b", "client.test")
+	local := ca.Issue(t, "edge", "edge.test")
+	h := sha256.Sum256(peer.Cert.Raw)
+	format := "%DOWNSTREAM_TLS_VERSION% %DOWNSTREAM_TLS_CIPHER% %DOWNSTREAM_PEER_URI_SAN% %DOWNSTREAM_PEER_DNS_SAN% " +
+		"%DOWNSTREAM_PEER_SUBJECT% %DOWNSTREAM_PEER_ISSUER% %DOWNSTREAM_LOCAL_DNS_SAN% %DOWNSTREAM_LOCAL_URI_SAN% " +
+		"%DOWNSTREAM_PEER_FINGERPRINT_256% %DOWNSTREAM_PEER_SERIAL%"
+	f, err := ParseFormat(format)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := exchange()
+	if got := string(f.Append(nil, e)); got != "- - - - - - - - - -" {
+		t.Errorf("plain connection: %q, want every command -", got)
+	}
+	e.Info.DownstreamTLS = &tls.ConnectionState{Version: tls.VersionTLS12, CipherSuite: tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+		PeerCertificates: []*x509.Certificate{peer.Cert}}
+	e.Info.DownstreamLocalCert = local.Cert
+	want := "TLSv1.2 ECDHE-ECDSA-AES128-GCM-SHA256 spiffe://td/a,spiffe://td/b client.test CN=client CN=ca edge.test - " +
+		hex.EncodeToString(h[:]) + " " + hex.EncodeToString(peer.Cert.SerialNumber.Bytes())
+	if got := string(f.Append(nil, e)); got != want {
+		t.Errorf("mutual TLS:\n%q\nwant\n%q", got, want)
 	}
 }

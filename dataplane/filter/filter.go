@@ -12,6 +12,8 @@ package filter
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -51,6 +53,12 @@ type Conn struct {
 	TransportProtocol string
 	// ApplicationProtocols are the ALPN values offered by the client, if known.
 	ApplicationProtocols []string
+	// TLS is the state of the TLS session the filter chain's transport
+	// socket terminated (then Conn is the *tls.Conn), nil on a plain
+	// connection.
+	TLS *tls.ConnectionState
+	// TLSLocal is the certificate skiff presented in that session.
+	TLSLocal *x509.Certificate
 	// Logger carries the connection's attributes.
 	Logger *slog.Logger
 

@@ -2,6 +2,8 @@ package http
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"net/netip"
 	"sync"
 	"time"
@@ -309,6 +311,10 @@ type StreamInfo struct {
 	// x-forwarded-for say DownstreamRemote is.
 	DownstreamDirectRemote netip.AddrPort
 	RequestedServerName    string
+	// DownstreamTLS is the downstream connection's TLS session, nil on a
+	// plain connection; DownstreamLocalCert the certificate skiff presented.
+	DownstreamTLS       *tls.ConnectionState
+	DownstreamLocalCert *x509.Certificate
 
 	RouteName       string
 	VirtualHostName string

@@ -5,12 +5,14 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/dataplane/tlscontext"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 )
 
@@ -23,6 +25,11 @@ type FilterChain struct {
 	terminal filter.TerminalFilter
 	conns    *ConnSet
 	proto    *listenerv3.FilterChain
+	// tls terminates TLS (transport_socket envoy.transport_sockets.tls) for
+	// at most handshakeTimeout (transport_socket_connect_timeout; 0: none,
+	// as in Envoy); nil for plain connections.
+	tls              *tlscontext.Server
+	handshakeTimeout time.Duration
 }
 
 // Conns is the registry of the chain's connections.
@@ -34,10 +41,8 @@ func buildChain(pb *listenerv3.FilterChain, reg *filter.Registry, fc *filter.Con
 			return p, nil
 		}
 	}
-	if err := cfgerr.OnlyFields(pb, "filter_chain_match", "filters", "name", "metadata", "transport_socket_connect_timeout"); err != nil {
-		if cfgerr.PathOf(err) == "transport_socket" {
-			return nil, cfgerr.Errorf("transport_socket", "TLS and other transport sockets are not supported by skiff yet")
-		}
+	if err := cfgerr.OnlyFields(pb, "filter_chain_match", "filters", "name", "metadata", "transport_socket",
+		"transport_socket_connect_timeout"); err != nil {
 		return nil, err
 	}
 	m, err := newChainMatch(pb.GetFilterChainMatch())
@@ -45,6 +50,17 @@ func buildChain(pb *listenerv3.FilterChain, reg *filter.Registry, fc *filter.Con
 		return nil, cfgerr.Field("filter_chain_match", err)
 	}
 	ch := &FilterChain{Name: pb.GetName(), match: m, conns: NewConnSet(), proto: pb}
+	if ts := pb.GetTransportSocket(); ts != nil {
+		if ch.tls, err = tlscontext.Downstream(ts); err != nil {
+			return nil, cfgerr.Field("transport_socket", err)
+		}
+	}
+	if d := pb.GetTransportSocketConnectTimeout(); d != nil {
+		if err := d.CheckValid(); err != nil {
+			return nil, cfgerr.Errorf("transport_socket_connect_timeout", "%v", err)
+		}
+		ch.handshakeTimeout = d.AsDuration()
+	}
 	if len(pb.GetFilters()) == 0 {
 		return nil, cfgerr.Errorf("filters", "a filter chain needs at least one network filter, the last one terminal (e.g. envoy.filters.network.tcp_proxy)")
 	}

@@ -74,9 +74,9 @@ func TestBuildErrors(t *testing.T) {
 		{"filter without typed_config", func(l *listenerv3.Listener) {
 			l.FilterChains[0].Filters = []*listenerv3.Filter{nonTerminal}
 		}, "filter_chains[0].filters[0].typed_config"},
-		{"tls transport socket", func(l *listenerv3.Listener) {
+		{"transport socket without typed_config", func(l *listenerv3.Listener) {
 			l.FilterChains[0].TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls"}
-		}, "filter_chains[0].transport_socket"},
+		}, "filter_chains[0].transport_socket.typed_config"},
 		{"duplicate match", func(l *listenerv3.Listener) {
 			l.FilterChains = append(l.FilterChains, &listenerv3.FilterChain{Filters: []*listenerv3.Filter{tcpFilter(t)}})
 		}, "filter_chains[1].filter_chain_match"},

@@ -2,17 +2,21 @@ package listener
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/dataplane/tlscontext"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
@@ -63,6 +67,9 @@ type Listener struct {
 
 	mu      sync.Mutex
 	stopped bool
+
+	sslOnce sync.Once
+	ssl     *sslStats
 
 	// next hands a connection to an idle worker; done, closed with the last
 	// reference, lets the idle workers go.
@@ -266,6 +273,10 @@ func (l *Listener) serve(tc net.Conn) {
 	}
 	defer ch.conns.remove(c)
 	c.SetDrain(ch.conns)
+	if ch.tls != nil && !l.handshake(ctx, ch, c) {
+		tc.Close()
+		return
+	}
 	for _, f := range ch.filters {
 		if err := f.OnConnection(ctx, c); err != nil {
 			l.log.Debug("network filter closed the connection", "conn", c.ID, "error", err)
@@ -274,6 +285,82 @@ func (l *Listener) serve(tc net.Conn) {
 		}
 	}
 	ch.terminal.ServeConn(ctx, c)
+}
+
+// sslStats are a listener's TLS stats (listener.<address>.ssl.*), named as
+// Envoy's; made when a filter chain with TLS first needs them.
+type sslStats struct {
+	handshake, connectionError, sessionReused, noCertificate, failVerifyNoCert,
+	failVerifyError, failVerifySAN, failVerifyCertHash stats.Counter
+	versions [4]stats.Counter // TLSv1 to TLSv1.3
+}
+
+func (l *Listener) sslStats() *sslStats {
+	l.sslOnce.Do(func() {
+		sc := l.scope
+		l.ssl = &sslStats{
+			handshake:          sc.Counter("ssl.handshake"),
+			connectionError:    sc.Counter("ssl.connection_error"),
+			sessionReused:      sc.Counter("ssl.session_reused"),
+			noCertificate:      sc.Counter("ssl.no_certificate"),
+			failVerifyNoCert:   sc.Counter("ssl.fail_verify_no_cert"),
+			failVerifyError:    sc.Counter("ssl.fail_verify_error"),
+			failVerifySAN:      sc.Counter("ssl.fail_verify_san"),
+			failVerifyCertHash: sc.Counter("ssl.fail_verify_cert_hash"),
+			versions: [4]stats.Counter{sc.Counter("ssl.versions.TLSv1"), sc.Counter("ssl.versions.TLSv1.1"),
+				sc.Counter("ssl.versions.TLSv1.2"), sc.Counter("ssl.versions.TLSv1.3")},
+		}
+	})
+	return l.ssl
+}
+
+// handshake terminates TLS on c for its chain: c.Conn becomes the *tls.Conn
+// and c.TLS its state. It reports false (counted and logged) if the
+// handshake failed, took longer than the chain's
+// transport_socket_connect_timeout, or the chain drained first.
+func (l *Listener) handshake(ctx context.Context, ch *FilterChain, c *filter.Conn) bool {
+	st := l.sslStats()
+	tc := tls.Server(c.Conn, ch.tls.Config)
+	if ch.handshakeTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, ch.handshakeTimeout)
+		defer cancel()
+	}
+	if err := tc.HandshakeContext(ctx); err != nil {
+		st.connectionError.Inc()
+		var ve *tlscontext.VerifyError
+		var ua x509.UnknownAuthorityError
+		var ci x509.CertificateInvalidError
+		switch {
+		case errors.As(err, &ve) && ve.Reason == "fail_verify_san":
+			st.failVerifySAN.Inc()
+		case errors.As(err, &ve) && ve.Reason == "fail_verify_cert_hash":
+			st.failVerifyCertHash.Inc()
+		case errors.As(err, &ua), errors.As(err, &ci), errors.As(err, &ve):
+			st.failVerifyError.Inc()
+		case strings.Contains(err.Error(), "didn't provide a certificate"):
+			st.failVerifyNoCert.Inc()
+		}
+		l.log.Debug("TLS handshake failed; closing", "conn", c.ID, "remote", c.Remote, "error", err)
+		return false
+	}
+	cs := tc.ConnectionState()
+	st.handshake.Inc()
+	if cs.DidResume {
+		st.sessionReused.Inc()
+	}
+	if len(cs.PeerCertificates) == 0 {
+		st.noCertificate.Inc()
+	}
+	if v := int(cs.Version) - tls.VersionTLS10; v >= 0 && v < len(st.versions) {
+		st.versions[v].Inc()
+	}
+	c.Conn, c.TLS, c.TLSLocal = tc, &cs, ch.tls.LocalCertificate(&cs)
+	if c.ServerName == "" {
+		c.ServerName = cs.ServerName
+	}
+	c.TransportProtocol = "tls"
+	return true
 }
 
 // connEnded accounts for the end of a connection served by the listener; one
@@ -314,7 +401,7 @@ func (l *Listener) Adopt(down net.Conn, m *filter.MovedConn) {
 		defer l.connEnded(c)
 		ch := match(cfg.Chains, cfg.DefaultChain, c)
 		var ad filter.Adopter
-		if ch != nil {
+		if ch != nil && ch.tls == nil { // a moved connection is plain: never one for a TLS chain
 			ad, _ = ch.terminal.(filter.Adopter)
 		}
 		if ad == nil || !ad.Adopts(m.Kind) {

@@ -30,10 +30,6 @@ tracing: { provider: { name: envoy.tracers.zipkin } }`, "tracing.provider", "no 
 		{`stat_prefix: x
 ` + routes + `
 http_filters: [` + routerFilter + `]
-forward_client_cert_details: ALWAYS_FORWARD_ONLY`, "forward_client_cert_details", "ALWAYS_FORWARD_ONLY"},
-		{`stat_prefix: x
-` + routes + `
-http_filters: [` + routerFilter + `]
 request_id_extension: { typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }`, "request_id_extension.typed_config", "not a request id extension"},
 		{`stat_prefix: x
 ` + routes + `

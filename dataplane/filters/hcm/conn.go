@@ -2,6 +2,7 @@ package hcm
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"os"
@@ -31,6 +32,9 @@ type conn struct {
 	http2    bool
 	requests atomic.Uint32
 	st       *stream // HTTP/1.1: the connection's one exchange, reused
+	// xfcc is the x-forwarded-client-cert element of the client's
+	// certificate, when the manager sets or appends one (xfcc.go).
+	xfcc string
 
 	// HTTP/1.1: the idle timeout (idleSince is the monotonic time the last
 	// exchange ended, 0 while one runs) and the watch on the codec's
@@ -93,11 +97,17 @@ func (m *Manager) serveConn(ctx context.Context, fc *filter.Conn, moved *filter.
 		}
 	}
 	c := &conn{m: m, fc: fc}
+	if m.setsXFCC() && mutualTLS(fc) {
+		c.xfcc = xfccElement(fc, m.xfccDetails)
+	}
 	switch {
 	case moved != nil:
 		cc.pending = moved.Pending[0]
 	case m.codec == hcmv3.HttpConnectionManager_HTTP2:
 		c.http2 = true
+	case m.codec == hcmv3.HttpConnectionManager_AUTO && fc.TLS != nil && fc.TLS.NegotiatedProtocol == "h2":
+		c.http2 = true // ALPN chose, as in Envoy
+	case m.codec == hcmv3.HttpConnectionManager_AUTO && fc.TLS != nil && fc.TLS.NegotiatedProtocol == "http/1.1":
 	case m.codec == hcmv3.HttpConnectionManager_AUTO:
 		isH2, err := m.sniff(ctx, cc)
 		if err != nil {
@@ -166,7 +176,11 @@ func (m *Manager) serveConn(ctx context.Context, fc *filter.Conn, moved *filter.
 		// go into the codec's own buffer, where Detach sees them too.
 		pending := cc.pending
 		cc.pending = nil
-		err = c.h1c.ServeBuffered(ctx, cc, pending, c)
+		var conn net.Conn = cc
+		if fc.TLS != nil {
+			conn = tlsCountedConn{cc, fc.TLS}
+		}
+		err = c.h1c.ServeBuffered(ctx, conn, pending, c)
 	} else {
 		err = c.codec.Serve(ctx, cc, c)
 	}
@@ -412,6 +426,15 @@ func (c *countedConn) Write(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// tlsCountedConn is a countedConn over TLS: it has *tls.Conn's
+// ConnectionState, by which the HTTP/1.1 codec tells :scheme.
+type tlsCountedConn struct {
+	*countedConn
+	state *tls.ConnectionState
+}
+
+func (c tlsCountedConn) ConnectionState() tls.ConnectionState { return *c.state }
 
 // CloseWrite half-closes the connection (HTTP/1.1 tunnels end this way).
 func (c *countedConn) CloseWrite() error {

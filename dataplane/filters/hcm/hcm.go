@@ -128,7 +128,9 @@ type Manager struct {
 	normalizePath   bool
 	mergeSlashes    bool
 	escapedSlashes  hcmv3.HttpConnectionManager_PathWithEscapedSlashesAction // 0: KEEP_UNCHANGED
-	stripPort       int                                                      // -2: no, -1: any port, else strip_matching_host_port (the listener's port is known per connection)
+	xfcc            hcmv3.HttpConnectionManager_ForwardClientCertDetails
+	xfccDetails     *hcmv3.HttpConnectionManager_SetCurrentClientCertDetails
+	stripPort       int // -2: no, -1: any port, else strip_matching_host_port (the listener's port is known per connection)
 	stripMatching   bool
 	stripHostDot    bool // strip_trailing_host_dot
 
@@ -196,18 +198,14 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 	// Envoy does without proxy_100_continue: the client is told to go on by
 	// skiff rather than by the upstream. The final response is the same.
 	_ = cfg.GetProxy_100Continue()
-	// forward_client_cert_details: on a connection without a client
-	// certificate, Envoy removes x-forwarded-client-cert in every mode but
-	// ALWAYS_FORWARD_ONLY; skiff has no TLS listeners, so every connection is
-	// one, and SANITIZE_SET, FORWARD_ONLY and APPEND_FORWARD all sanitize (and
-	// set_current_client_cert_details has no certificate to describe).
-	if cfg.GetForwardClientCertDetails() == hcmv3.HttpConnectionManager_ALWAYS_FORWARD_ONLY {
-		return nil, cfgerr.Errorf("forward_client_cert_details", "ALWAYS_FORWARD_ONLY is not supported by skiff (the others are: without TLS they all remove the header)")
-	}
+	// forward_client_cert_details and set_current_client_cert_details: see
+	// xfcc.go.
+	mg.xfcc = cfg.GetForwardClientCertDetails()
 	if d := cfg.GetSetCurrentClientCertDetails(); d != nil {
 		if err := cfgerr.OnlyFields(d, "subject", "cert", "chain", "dns", "uri"); err != nil {
 			return nil, cfgerr.Field("set_current_client_cert_details", err)
 		}
+		mg.xfccDetails = d
 	}
 	// Envoy's default (IMPLEMENTATION_SPECIFIC_DEFAULT) is KEEP_UNCHANGED.
 	if a := cfg.GetPathWithEscapedSlashesAction(); a != hcmv3.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT {

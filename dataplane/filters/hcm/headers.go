@@ -42,6 +42,7 @@ func (st *stream) sanitize(keepUpgrade bool) {
 	edge := !internal && m.useRemote
 
 	// One pass removes every field that goes.
+	dropXFCC := m.dropsXFCC(fc)
 	teTrailers := false
 	req.DeleteFunc(func(name, value string) bool {
 		if len(name) < 2 {
@@ -66,7 +67,7 @@ func (st *stream) sanitize(keepUpgrade bool) {
 			}
 		case 'x':
 			if name == "x-forwarded-client-cert" {
-				return true // forward_client_cert_details SANITIZE
+				return dropXFCC
 			}
 			if len(name) > 8 && name[:8] == "x-envoy-" {
 				switch name[8:] {
@@ -86,7 +87,18 @@ func (st *stream) sanitize(keepUpgrade bool) {
 	if teTrailers {
 		req.Add("te", "trailers")
 	}
+	if x := st.c.xfcc; x != "" {
+		if v, ok := req.Get("x-forwarded-client-cert"); ok && v != "" && m.xfcc == hcmv3.HttpConnectionManager_APPEND_FORWARD {
+			req.Set("x-forwarded-client-cert", v+","+x)
+		} else {
+			req.Set("x-forwarded-client-cert", x)
+		}
+	}
 	var buf [256]byte
+	scheme := "http"
+	if fc.TLS != nil {
+		scheme = "https"
+	}
 	if m.useRemote {
 		if !m.skipXFFAppend {
 			a := fc.Remote.Addr()
@@ -101,9 +113,9 @@ func (st *stream) sanitize(keepUpgrade bool) {
 			v = a.AppendTo(v)
 			req.Set("x-forwarded-for", bytesString(v))
 		}
-		req.Set("x-forwarded-proto", "http")
+		req.Set("x-forwarded-proto", scheme)
 	} else if !req.Has("x-forwarded-proto") {
-		req.Add("x-forwarded-proto", "http")
+		req.Add("x-forwarded-proto", scheme)
 	}
 	if internal {
 		req.Add("x-envoy-internal", "true")

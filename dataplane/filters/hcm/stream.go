@@ -108,6 +108,7 @@ func (st *stream) serve(c *conn, s http.ServerStream) {
 	in.DownstreamRemote = c.fc.Remote
 	in.DownstreamDirectRemote = c.fc.DirectRemote
 	in.RequestedServerName = c.fc.ServerName
+	in.DownstreamTLS, in.DownstreamLocalCert = c.fc.TLS, c.fc.TLSLocal
 	m.stats.rqTotal.Inc()
 	if c.http2 {
 		m.stats.rqHTTP2Total.Inc()

@@ -234,6 +234,7 @@ func (p *Proxy) accessLog(ctx context.Context, c *filter.Conn, start time.Time, 
 	in.ConnectionID = c.ID
 	in.DownstreamLocal, in.DownstreamRemote, in.DownstreamDirectRemote = c.Local, c.Remote, c.DirectRemote
 	in.RequestedServerName = c.ServerName
+	in.DownstreamTLS, in.DownstreamLocalCert = c.TLS, c.TLSLocal
 	in.UpstreamCluster = ui.cluster
 	in.UpstreamHost, in.UpstreamLocal = ui.host, ui.local
 	in.UpstreamAttempts = ui.attempts

@@ -1,0 +1,92 @@
+package accesslog
+
+import (
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+
+	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/dataplane/tlscontext"
+)
+
+// The downstream TLS session's commands, as Envoy's: "-" on a plain
+// connection, or when the certificate lacks what is asked.
+func init() {
+	tlsDef := func(name string, fn func(d []byte, cs *tls.ConnectionState, local *x509.Certificate) ([]byte, bool)) {
+		def(name, kindString, func(d []byte, e *http.Exchange) ([]byte, bool) {
+			if e.Info.DownstreamTLS == nil {
+				return d, false
+			}
+			return fn(d, e.Info.DownstreamTLS, e.Info.DownstreamLocalCert)
+		})
+	}
+	peerDef := func(name string, fn func(d []byte, c *x509.Certificate) ([]byte, bool)) {
+		tlsDef(name, func(d []byte, cs *tls.ConnectionState, _ *x509.Certificate) ([]byte, bool) {
+			if len(cs.PeerCertificates) == 0 {
+				return d, false
+			}
+			return fn(d, cs.PeerCertificates[0])
+		})
+	}
+	localDef := func(name string, fn func(d []byte, c *x509.Certificate) ([]byte, bool)) {
+		tlsDef(name, func(d []byte, _ *tls.ConnectionState, local *x509.Certificate) ([]byte, bool) {
+			if local == nil {
+				return d, false
+			}
+			return fn(d, local)
+		})
+	}
+	tlsDef("DOWNSTREAM_TLS_VERSION", func(d []byte, cs *tls.ConnectionState, _ *x509.Certificate) ([]byte, bool) {
+		switch cs.Version {
+		case tls.VersionTLS10:
+			return append(d, "TLSv1"...), true
+		case tls.VersionTLS11:
+			return append(d, "TLSv1.1"...), true
+		case tls.VersionTLS12:
+			return append(d, "TLSv1.2"...), true
+		case tls.VersionTLS13:
+			return append(d, "TLSv1.3"...), true
+		}
+		return d, false
+	})
+	tlsDef("DOWNSTREAM_TLS_CIPHER", func(d []byte, cs *tls.ConnectionState, _ *x509.Certificate) ([]byte, bool) {
+		return appendIf(d, tlscontext.CipherName(cs.CipherSuite))
+	})
+	for _, which := range []struct {
+		prefix string
+		def    func(string, func([]byte, *x509.Certificate) ([]byte, bool))
+	}{{"DOWNSTREAM_PEER_", peerDef}, {"DOWNSTREAM_LOCAL_", localDef}} {
+		which.def(which.prefix+"URI_SAN", func(d []byte, c *x509.Certificate) ([]byte, bool) {
+			for i, u := range c.URIs {
+				if i > 0 {
+					d = append(d, ',')
+				}
+				d = append(d, u.String()...)
+			}
+			return d, len(c.URIs) > 0
+		})
+		which.def(which.prefix+"DNS_SAN", func(d []byte, c *x509.Certificate) ([]byte, bool) {
+			for i, n := range c.DNSNames {
+				if i > 0 {
+					d = append(d, ',')
+				}
+				d = append(d, n...)
+			}
+			return d, len(c.DNSNames) > 0
+		})
+		which.def(which.prefix+"SUBJECT", func(d []byte, c *x509.Certificate) ([]byte, bool) {
+			return appendIf(d, c.Subject.String())
+		})
+	}
+	peerDef("DOWNSTREAM_PEER_ISSUER", func(d []byte, c *x509.Certificate) ([]byte, bool) {
+		return appendIf(d, c.Issuer.String())
+	})
+	peerDef("DOWNSTREAM_PEER_FINGERPRINT_256", func(d []byte, c *x509.Certificate) ([]byte, bool) {
+		h := sha256.Sum256(c.Raw)
+		return hex.AppendEncode(d, h[:]), true
+	})
+	peerDef("DOWNSTREAM_PEER_SERIAL", func(d []byte, c *x509.Certificate) ([]byte, bool) {
+		return hex.AppendEncode(d, c.SerialNumber.Bytes()), true
+	})
+}

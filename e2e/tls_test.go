@@ -1,0 +1,239 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"fmt"
+	nethttp "net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/skiffproxy/skiff/internal/tlstest"
+)
+
+// TestTLSListener: filter chains terminate TLS (transport_socket
+// envoy.transport_sockets.tls with a DownstreamTlsContext) with certificates
+// from files: HTTP/1.1 and HTTP/2 chosen by ALPN behind one listener, the
+// upstream told x-forwarded-proto https; and mutual TLS in front of a
+// tcp_proxy, with the client certificate checked against trusted_ca and its
+// URI SAN. Handshakes and refusals are counted under listener.<address>.ssl.
+func TestTLSListener(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca := tlstest.NewCA(t, "e2e CA")
+	certFile, keyFile := ca.Issue(t, "edge", "edge.example.com", "127.0.0.1", "spiffe://e2e/edge").Files(t, dir, "server-")
+	caFile := writeFile(t, "ca.pem", string(ca.PEM))
+	goodLeaf := ca.Issue(t, "client", "spiffe://e2e/client")
+	goodClient := goodLeaf.TLS(t)
+	otherClient := ca.Issue(t, "other", "spiffe://e2e/other").TLS(t)
+	strangerCA := tlstest.NewCA(t, "stranger CA")
+	stranger := strangerCA.Issue(t, "client", "spiffe://e2e/client").TLS(t)
+
+	backend := httpBackend(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		w.Header().Set("x-seen-proto", r.Header.Get("x-forwarded-proto"))
+		w.Header().Set("x-seen-xfcc", r.Header.Get("x-forwarded-client-cert"))
+		fmt.Fprint(w, "hello over ", r.Proto)
+	}))
+	echo := startUpstream(t, "127.0.0.1", echoHandler)
+	certs := fmt.Sprintf(`tls_certificates:
+              - certificate_chain: { filename: %q }
+                private_key: { filename: %q }`, certFile, keyFile)
+	cfg := fmt.Sprintf(`node: { id: e2e-tls }
+static_resources:
+  listeners:
+  - name: https
+    stat_prefix: https
+    address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            alpn_protocols: [h2, http/1.1]
+            %s
+            validation_context: { trusted_ca: { filename: %q } }
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: https
+          forward_client_cert_details: SANITIZE_SET
+          set_current_client_cert_details: { subject: true, uri: true, dns: true }
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{ match: { prefix: "/" }, route: { cluster: backend } }]
+  - name: mtls
+    stat_prefix: mtls
+    address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+    filter_chains:
+    - transport_socket_connect_timeout: 5s
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_params: { tls_minimum_protocol_version: TLSv1_3 }
+            %s
+            validation_context:
+              trusted_ca: { filename: %q }
+              match_typed_subject_alt_names:
+              - san_type: URI
+                matcher: { exact: "spiffe://e2e/client" }
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: mtls
+          cluster: echo
+  clusters:
+%s%s`, certs, caFile, certs, caFile, staticCluster("backend", false, backend), staticCluster("echo", false, echo.Addr))
+	p := startSkiff(t, cfg)
+
+	// HTTPS, HTTP/1.1 and HTTP/2 by ALPN; with a client certificate, the
+	// upstream learns of it in x-forwarded-client-cert (SANITIZE_SET), and a
+	// client without one cannot forge the header.
+	h := sha256.Sum256(goodLeaf.Cert.Raw)
+	wantXFCC := `By=spiffe://e2e/edge;Hash=` + hex.EncodeToString(h[:]) + `;Subject="CN=client";URI=spiffe://e2e/client;DNS=`
+	for _, tt := range []struct {
+		h2   bool
+		cert *tls.Certificate
+		xfcc string
+	}{{false, nil, ""}, {true, nil, ""}, {true, &goodClient, wantXFCC}} {
+		tc := &tls.Config{RootCAs: ca.Pool(), ServerName: "edge.example.com"}
+		if tt.cert != nil {
+			tc.Certificates = []tls.Certificate{*tt.cert}
+		}
+		tr := &nethttp.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: tt.h2}
+		if !tt.h2 {
+			tr.TLSNextProto = map[string]func(string, *tls.Conn) nethttp.RoundTripper{} // HTTP/1.1 only
+		}
+		c := &nethttp.Client{Transport: tr, Timeout: 10 * time.Second}
+		resp, body := doGet(t, c, "https://"+p.Addr(t, "https")+"/", "x-forwarded-client-cert", "By=spiffe://forged")
+		want := "hello over HTTP/1.1" // skiff goes upstream over HTTP/1.1 either way
+		if resp.StatusCode != 200 || body != want || resp.Header.Get("x-seen-proto") != "https" || (resp.ProtoMajor == 2) != tt.h2 {
+			t.Errorf("GET over TLS (h2 %v): %s %s %q, x-seen-proto %q; want 200 %q upstream, https, HTTP/2 %v",
+				tt.h2, resp.Proto, resp.Status, body, resp.Header.Get("x-seen-proto"), want, tt.h2)
+		}
+		if got := resp.Header.Get("x-seen-xfcc"); got != tt.xfcc {
+			t.Errorf("GET over TLS (client certificate %v): x-forwarded-client-cert upstream %q, want %q", tt.cert != nil, got, tt.xfcc)
+		}
+		tr.CloseIdleConnections()
+	}
+	// A client that does not trust skiff's certificate gets no answer.
+	if _, err := tls.Dial("tcp", p.Addr(t, "https"), &tls.Config{ServerName: "edge.example.com"}); err == nil {
+		t.Error("a client without the CA completed the handshake")
+	}
+
+	// Mutual TLS in front of tcp_proxy.
+	mtls := func(cert *tls.Certificate) error {
+		cfg := &tls.Config{RootCAs: ca.Pool(), ServerName: "edge.example.com"}
+		if cert != nil {
+			// Sent even when its issuer is not among the CAs skiff asks for
+			// (Go's client would otherwise send none).
+			cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+		}
+		c, err := tls.Dial("tcp", p.Addr(t, "mtls"), cfg)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		return echoRoundTrip(c, bytes.Repeat([]byte("tls bytes "), 100_000))
+	}
+	if err := mtls(&goodClient); err != nil {
+		t.Errorf("mTLS with the expected client certificate: %v", err)
+	}
+	for name, cert := range map[string]*tls.Certificate{"no certificate": nil, "another SAN": &otherClient, "an unknown CA": &stranger} {
+		if err := mtls(cert); err == nil {
+			t.Errorf("mTLS with %s: the bytes went through", name)
+		}
+	}
+
+	counters := func() map[string]int {
+		r := runSkiff(t, "admin", "--runtime-dir", p.RuntimeDir, "stats", "--filter", `^listener\.(https|mtls)\.ssl\.`)
+		m := map[string]int{}
+		for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+			name, v, ok := strings.Cut(l, ": ")
+			if n, err := strconv.Atoi(v); ok && err == nil {
+				m[strings.TrimPrefix(name, "listener.")] = n
+			}
+		}
+		return m
+	}
+	want := map[string]int{
+		"https.ssl.handshake":            3,
+		"https.ssl.versions.TLSv1.3":     3,
+		"https.ssl.no_certificate":       2,
+		"https.ssl.connection_error":     1,
+		"mtls.ssl.handshake":             1,
+		"mtls.ssl.connection_error":      3,
+		"mtls.ssl.fail_verify_no_cert":   1,
+		"mtls.ssl.fail_verify_san":       1,
+		"mtls.ssl.fail_verify_error":     1,
+		"mtls.ssl.fail_verify_cert_hash": 0,
+	}
+	var got map[string]int
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got = counters()
+		ok := true
+		for k, v := range want {
+			ok = ok && got[k] == v
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ssl stats:\n%v\nwant\n%v", got, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestTLSBadCertificate: a filter chain whose certificate cannot be read is a
+// bootstrap error naming the field; skiff exits before binding.
+func TestTLSBadCertificate(t *testing.T) {
+	t.Parallel()
+	missing := filepath.Join(t.TempDir(), "missing.pem")
+	cfg := writeFile(t, "bad-tls.yaml", fmt.Sprintf(`static_resources:
+  listeners:
+  - name: https
+    address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: { filename: %q }
+              private_key: { filename: %q }
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: t
+          cluster: c
+  clusters:
+%s`, missing, missing, staticCluster("c", false, "127.0.0.1:1")))
+	r := runSkiff(t, "run", "-c", cfg, "--runtime-dir", filepath.Join(t.TempDir(), "run"))
+	if r.code == 0 || !strings.Contains(r.stderr, "transport_socket.typed_config.common_tls_context.tls_certificates[0].certificate_chain.filename") ||
+		!strings.Contains(r.stderr, "missing.pem") {
+		t.Errorf("skiff run with a missing certificate: exit %d\n%s", r.code, r.stderr)
+	}
+	if strings.Contains(r.stderr, "listener bound") {
+		t.Errorf("skiff bound a listener before refusing the bootstrap:\n%s", r.stderr)
+	}
+}
