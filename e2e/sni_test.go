@@ -1,52 +1,24 @@
 package e2e
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/skiffproxy/skiff/internal/tlstest"
 )
 
-// selfSigned returns a certificate for name, signed by itself, and a pool
-// that trusts it.
-func selfSigned(t testing.TB, name string) (tls.Certificate, *x509.CertPool) {
+// serverCert returns a certificate for name, issued by a CA of its own, and
+// a pool that trusts that CA.
+func serverCert(t testing.TB, name string) (tls.Certificate, *x509.CertPool) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: name},
-		DNSNames:     []string{name},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IsCA:         true,
-
-		BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
+	ca := tlstest.NewCA(t, name+" CA")
+	return ca.Issue(t, name, name).TLS(t), ca.Pool()
 }
 
 // tlsNameHandler is a TLS server with cert that answers each connection with
@@ -69,8 +41,8 @@ func tlsNameHandler(name string, cert tls.Certificate) func(*net.TCPConn) {
 // an unknown SNI go to the default chain.
 func TestTLSPassthroughBySNI(t *testing.T) {
 	t.Parallel()
-	certA, poolA := selfSigned(t, "a.example")
-	certB, poolB := selfSigned(t, "b.example")
+	certA, poolA := serverCert(t, "a.example")
+	certB, poolB := serverCert(t, "b.example")
 	upA := startUpstream(t, "127.0.0.1", tlsNameHandler("a.example", certA))
 	upB := startUpstream(t, "127.0.0.1", tlsNameHandler("b.example", certB))
 	echo := startUpstream(t, "127.0.0.1", echoHandler)
