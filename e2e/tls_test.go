@@ -105,7 +105,7 @@ static_resources:
 	// upstream learns of it in x-forwarded-client-cert (SANITIZE_SET), and a
 	// client without one cannot forge the header.
 	h := sha256.Sum256(goodLeaf.Cert.Raw)
-	wantXFCC := `By=spiffe://e2e/edge;Hash=` + hex.EncodeToString(h[:]) + `;Subject="CN=client";URI=spiffe://e2e/client;DNS=`
+	wantXFCC := `By=spiffe://e2e/edge;Hash=` + hex.EncodeToString(h[:]) + `;Subject="CN=client";URI=spiffe://e2e/client`
 	for _, tt := range []struct {
 		h2   bool
 		cert *tls.Certificate

@@ -321,11 +321,21 @@ func (l *Listener) sslStats() *sslStats {
 func (l *Listener) handshake(ctx context.Context, ch *FilterChain, c *filter.Conn) bool {
 	st := l.sslStats()
 	tc := tls.Server(c.Conn, ch.tls.Config)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	if ch.handshakeTimeout > 0 {
-		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, ch.handshakeTimeout)
 		defer cancel()
 	}
+	// A handshake under way is not a connection to drain gracefully: when
+	// skiff shuts down it ends at once, as idle connections do.
+	go func() {
+		select {
+		case <-ch.conns.ClosingIdle():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	if err := tc.HandshakeContext(ctx); err != nil {
 		st.connectionError.Inc()
 		var ve *tlscontext.VerifyError

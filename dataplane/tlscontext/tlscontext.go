@@ -87,7 +87,9 @@ func NewServer(pb *tlsv3.DownstreamTlsContext) (*Server, error) {
 		return nil, cfgerr.Errorf("common_tls_context.tls_certificates", "a server needs at least one certificate")
 	}
 	switch {
-	case v != nil && s.RequireClientCert:
+	case v != nil && (s.RequireClientCert || v.pins()):
+		// As Envoy: subject alt name matchers and certificate pins make a
+		// client certificate required.
 		cfg.ClientAuth = tls.RequireAndVerifyClientCert
 	case v != nil:
 		cfg.ClientAuth = tls.VerifyClientCertIfGiven
@@ -448,11 +450,14 @@ func newSANMatcher(typ tlsv3.SubjectAltNameMatcher_SanType, pb *matcherv3.String
 		return sm, err
 	}
 	sm.m = m
-	if typ != tlsv3.SubjectAltNameMatcher_EMAIL && typ != tlsv3.SubjectAltNameMatcher_URI && typ != tlsv3.SubjectAltNameMatcher_IP_ADDRESS && !pb.GetIgnoreCase() {
+	if typ == tlsv3.SubjectAltNameMatcher_DNS || typ == tlsv3.SubjectAltNameMatcher_SAN_TYPE_UNSPECIFIED {
 		sm.exact = pb.GetExact()
 	}
 	return sm, nil
 }
+
+// pins reports whether the validation context checks more than the chain.
+func (v *validator) pins() bool { return len(v.sans)+len(v.hashes)+len(v.spki) > 0 }
 
 // verify is tls.Config.VerifyPeerCertificate: the chain is verified already
 // (verified holds it) when a certificate was given.
@@ -479,7 +484,9 @@ func (m sanMatcher) matches(c *x509.Certificate) bool {
 	all := m.typ == tlsv3.SubjectAltNameMatcher_SAN_TYPE_UNSPECIFIED
 	if all || m.typ == tlsv3.SubjectAltNameMatcher_DNS {
 		for _, n := range c.DNSNames {
-			if m.m.Match(n) || m.exact != "" && wildcardMatch(n, m.exact) {
+			// An exact DNS matcher compares as Envoy's dnsNameMatch: case
+			// insensitive, a wildcard certificate name covering one label.
+			if m.m.Match(n) || m.exact != "" && (strings.EqualFold(n, m.exact) || wildcardMatch(n, m.exact)) {
 				return true
 			}
 		}

@@ -149,6 +149,19 @@ func TestServerHandshakes(t *testing.T) {
 		{name: "DNS SAN of the other type", server: f.validation(func(vc *tlsv3.CertificateValidationContext) {
 			vc.MatchTypedSubjectAltNames = []*tlsv3.SubjectAltNameMatcher{dns("spiffe://test/client")}
 		}), client: f.withCert(f.client, t), reason: "fail_verify_san"},
+		{name: "SAN matcher without require_client_certificate, no certificate", server: func(pb *tlsv3.DownstreamTlsContext) {
+			f.validation(func(vc *tlsv3.CertificateValidationContext) {
+				vc.MatchTypedSubjectAltNames = []*tlsv3.SubjectAltNameMatcher{uri("spiffe://test/client")}
+			})(pb)
+			pb.RequireClientCertificate = nil
+		}, reason: "error"},
+		{name: "no pins, no require_client_certificate, no certificate", server: func(pb *tlsv3.DownstreamTlsContext) {
+			f.validation(nil)(pb)
+			pb.RequireClientCertificate = nil
+		}, version: tls.VersionTLS13},
+		{name: "DNS SAN exact, other case", server: f.validation(func(vc *tlsv3.CertificateValidationContext) {
+			vc.MatchTypedSubjectAltNames = []*tlsv3.SubjectAltNameMatcher{dns("CLIENT.test")}
+		}), client: f.withCert(f.client, t), version: tls.VersionTLS13},
 		{name: "wildcard certificate name", server: f.validation(func(vc *tlsv3.CertificateValidationContext) {
 			vc.MatchTypedSubjectAltNames = []*tlsv3.SubjectAltNameMatcher{dns("a.client.test")}
 		}), client: f.withCert(wildcard, t), version: tls.VersionTLS13},

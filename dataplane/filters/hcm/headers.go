@@ -88,11 +88,18 @@ func (st *stream) sanitize(keepUpgrade bool) {
 		req.Add("te", "trailers")
 	}
 	if x := st.c.xfcc; x != "" {
-		if v, ok := req.Get("x-forwarded-client-cert"); ok && v != "" && m.xfcc == hcmv3.HttpConnectionManager_APPEND_FORWARD {
-			req.Set("x-forwarded-client-cert", v+","+x)
-		} else {
-			req.Set("x-forwarded-client-cert", x)
+		if m.xfcc == hcmv3.HttpConnectionManager_APPEND_FORWARD {
+			// Every field the request has, joined (an inline header in
+			// Envoy), then this connection's element.
+			var vs []string
+			for _, v := range req.Values(nil, "x-forwarded-client-cert") {
+				if v != "" {
+					vs = append(vs, v)
+				}
+			}
+			x = strings.Join(append(vs, x), ",")
 		}
+		req.Set("x-forwarded-client-cert", x)
 	}
 	var buf [256]byte
 	scheme := "http"

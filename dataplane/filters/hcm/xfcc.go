@@ -47,7 +47,8 @@ func (m *Manager) setsXFCC() bool {
 // connection, in Envoy's order: By (skiff's certificate's URI SANs), Hash
 // (SHA-256 of the client's certificate), then what
 // set_current_client_cert_details asks for: Cert and Chain (URL-encoded
-// PEM), Subject, URI and DNS (each SAN; empty when there is none).
+// PEM), Subject, URI (each SAN; empty when there is none) and DNS (each
+// SAN).
 func xfccElement(fc *filter.Conn, d *hcmv3.HttpConnectionManager_SetCurrentClientCertDetails) string {
 	peer := fc.TLS.PeerCertificates[0]
 	var parts []string
@@ -59,14 +60,14 @@ func xfccElement(fc *filter.Conn, d *hcmv3.HttpConnectionManager_SetCurrentClien
 	h := sha256.Sum256(peer.Raw)
 	parts = append(parts, "Hash="+hex.EncodeToString(h[:]))
 	if d.GetCert() {
-		parts = append(parts, `Cert="`+url.QueryEscape(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: peer.Raw})))+`"`)
+		parts = append(parts, `Cert="`+urlEncode(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: peer.Raw})))+`"`)
 	}
 	if d.GetChain() {
 		var chain strings.Builder
 		for _, c := range fc.TLS.PeerCertificates {
 			chain.Write(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
 		}
-		parts = append(parts, `Chain="`+url.QueryEscape(chain.String())+`"`)
+		parts = append(parts, `Chain="`+urlEncode(chain.String())+`"`)
 	}
 	if d.GetSubject().GetValue() {
 		parts = append(parts, `Subject="`+peer.Subject.String()+`"`)
@@ -79,13 +80,14 @@ func xfccElement(fc *filter.Conn, d *hcmv3.HttpConnectionManager_SetCurrentClien
 			parts = append(parts, "URI="+u.String())
 		}
 	}
-	if d.GetDns() {
-		if len(peer.DNSNames) == 0 {
-			parts = append(parts, "DNS=")
-		}
+	if d.GetDns() { // nothing when there is none, unlike URI
 		for _, n := range peer.DNSNames {
 			parts = append(parts, "DNS="+n)
 		}
 	}
 	return strings.Join(parts, ";")
 }
+
+// urlEncode percent-encodes s as Envoy's XFCC Cert and Chain are: a space is
+// %20, not '+'.
+func urlEncode(s string) string { return strings.ReplaceAll(url.QueryEscape(s), "+", "%20") }

@@ -56,6 +56,9 @@ func TestXFCCModes(t *testing.T) {
 		parts[5] != "URI=spiffe://td/client" || parts[6] != "DNS=client.test" {
 		t.Fatalf("xfccElement with all details = %q", got)
 	}
+	if strings.Contains(parts[2], "+") || !strings.Contains(parts[2], "BEGIN%20CERTIFICATE") {
+		t.Errorf("Cert %q: want spaces as %%20, as Envoy", parts[2][:40])
+	}
 	cert, _ := url.QueryUnescape(strings.TrimSuffix(strings.TrimPrefix(parts[2], `Cert="`), `"`))
 	chain, _ := url.QueryUnescape(strings.TrimSuffix(strings.TrimPrefix(parts[3], `Chain="`), `"`))
 	if cert != string(client.CertPEM) || chain != string(client.CertPEM)+string(ca.PEM) {

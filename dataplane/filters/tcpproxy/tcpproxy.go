@@ -295,7 +295,9 @@ func (p *Proxy) proxy(ctx context.Context, c *filter.Conn, cl *upstream.Cluster,
 	if host != nil {
 		mv.host = host.Addr
 	}
-	c.SetMover(mv)
+	if netio.IsSocket(c.Conn) { // a TLS session cannot move: it drains here
+		c.SetMover(mv)
+	}
 	res := pair.Run(ctx)
 	c.SetMover(nil)
 	mv.result <- res
