@@ -38,17 +38,7 @@ func init() {
 		})
 	}
 	tlsDef("DOWNSTREAM_TLS_VERSION", func(d []byte, cs *tls.ConnectionState, _ *x509.Certificate) ([]byte, bool) {
-		switch cs.Version {
-		case tls.VersionTLS10:
-			return append(d, "TLSv1"...), true
-		case tls.VersionTLS11:
-			return append(d, "TLSv1.1"...), true
-		case tls.VersionTLS12:
-			return append(d, "TLSv1.2"...), true
-		case tls.VersionTLS13:
-			return append(d, "TLSv1.3"...), true
-		}
-		return d, false
+		return appendIf(d, tlscontext.VersionName(cs.Version))
 	})
 	tlsDef("DOWNSTREAM_TLS_CIPHER", func(d []byte, cs *tls.ConnectionState, _ *x509.Certificate) ([]byte, bool) {
 		return appendIf(d, tlscontext.CipherName(cs.CipherSuite))

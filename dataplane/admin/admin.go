@@ -13,8 +13,9 @@
 // directory's admin.sock and the bootstrap's admin.address). Calls that change
 // the running process (DrainListeners, StartHotRestart, SetLogLevel,
 // ReopenLogs, SetHealthCheckFailed) or profile it (GetProfile) are accepted
-// only over unix sockets unless Options.TCPMutations is set: a unix socket in the 0700 runtime directory reaches only its owner,
-// a loopback port every local user.
+// only over unix sockets unless Options.TCPMutations is set: a unix socket in
+// the 0700 runtime directory reaches only its owner, a loopback port every
+// local user.
 package admin
 
 import (
@@ -112,8 +113,8 @@ type Options struct {
 	// RuntimeDir is reported by GetServerInfo.
 	RuntimeDir string
 	// TCPMutations accepts DrainListeners, StartHotRestart, SetLogLevel,
-	// ReopenLogs, SetHealthCheckFailed and GetProfile over TCP too; by default they are
-	// accepted only over unix sockets.
+	// ReopenLogs, SetHealthCheckFailed and GetProfile over TCP too; by
+	// default they are accepted only over unix sockets.
 	TCPMutations bool
 	// HotRestart starts a hot restart, running binary (empty: skiff's own
 	// executable), and returns the new process's pid and epoch once it is

@@ -292,7 +292,7 @@ func (l *Listener) serve(tc net.Conn) {
 type sslStats struct {
 	handshake, connectionError, sessionReused, noCertificate, failVerifyNoCert,
 	failVerifyError, failVerifySAN, failVerifyCertHash stats.Counter
-	versions [4]stats.Counter // TLSv1 to TLSv1.3
+	versions [4]stats.Counter // TLSv1 to TLSv1.3, by version - tls.VersionTLS10
 }
 
 func (l *Listener) sslStats() *sslStats {
@@ -307,8 +307,9 @@ func (l *Listener) sslStats() *sslStats {
 			failVerifyError:    sc.Counter("ssl.fail_verify_error"),
 			failVerifySAN:      sc.Counter("ssl.fail_verify_san"),
 			failVerifyCertHash: sc.Counter("ssl.fail_verify_cert_hash"),
-			versions: [4]stats.Counter{sc.Counter("ssl.versions.TLSv1"), sc.Counter("ssl.versions.TLSv1.1"),
-				sc.Counter("ssl.versions.TLSv1.2"), sc.Counter("ssl.versions.TLSv1.3")},
+		}
+		for i := range l.ssl.versions {
+			l.ssl.versions[i] = sc.Counter("ssl.versions." + tlscontext.VersionName(uint16(tls.VersionTLS10+i)))
 		}
 	})
 	return l.ssl
@@ -342,11 +343,16 @@ func (l *Listener) handshake(ctx context.Context, ch *FilterChain, c *filter.Con
 		var ua x509.UnknownAuthorityError
 		var ci x509.CertificateInvalidError
 		switch {
-		case errors.As(err, &ve) && ve.Reason == "fail_verify_san":
-			st.failVerifySAN.Inc()
-		case errors.As(err, &ve) && ve.Reason == "fail_verify_cert_hash":
-			st.failVerifyCertHash.Inc()
-		case errors.As(err, &ua), errors.As(err, &ci), errors.As(err, &ve):
+		case errors.As(err, &ve):
+			switch ve.Reason {
+			case "fail_verify_san":
+				st.failVerifySAN.Inc()
+			case "fail_verify_cert_hash":
+				st.failVerifyCertHash.Inc()
+			default:
+				st.failVerifyError.Inc()
+			}
+		case errors.As(err, &ua), errors.As(err, &ci):
 			st.failVerifyError.Inc()
 		case strings.Contains(err.Error(), "didn't provide a certificate"):
 			st.failVerifyNoCert.Inc()

@@ -254,6 +254,22 @@ func params(pb *tlsv3.TlsParameters, cfg *tls.Config) error {
 	return nil
 }
 
+// VersionName is Envoy's name of a TLS version (TLSv1 to TLSv1.3), as its
+// ssl.versions stats and %DOWNSTREAM_TLS_VERSION% give it; "" if unknown.
+func VersionName(v uint16) string {
+	switch v {
+	case tls.VersionTLS10:
+		return "TLSv1"
+	case tls.VersionTLS11:
+		return "TLSv1.1"
+	case tls.VersionTLS12:
+		return "TLSv1.2"
+	case tls.VersionTLS13:
+		return "TLSv1.3"
+	}
+	return ""
+}
+
 // curve is the curve of an ecdh_curves name Envoy (BoringSSL) accepts.
 func curve(name string) (tls.CurveID, bool) {
 	switch name {
@@ -527,35 +543,45 @@ func wildcardMatch(pattern, name string) bool {
 // Downstream builds a filter chain's transport_socket: a DownstreamTlsContext
 // (nil Server for raw_buffer, the plain default).
 func Downstream(ts *corev3.TransportSocket) (*Server, error) {
-	if err := cfgerr.OnlyFields(ts, "name", "typed_config"); err != nil {
+	d := &tlsv3.DownstreamTlsContext{}
+	isTLS, err := DecodeTransportSocket(ts, d)
+	if err != nil || !isTLS {
 		return nil, err
-	}
-	a := ts.GetTypedConfig()
-	if a == nil {
-		return nil, cfgerr.Errorf("typed_config", "a transport socket needs a typed_config")
-	}
-	var m proto.Message
-	switch a.GetTypeUrl() {
-	case "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer":
-		m = &rawbufferv3.RawBuffer{}
-	case "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext":
-		m = &tlsv3.DownstreamTlsContext{}
-	default:
-		return nil, cfgerr.Errorf("typed_config", "transport socket %q: type %s is not supported by skiff (DownstreamTlsContext and RawBuffer are)", ts.GetName(), a.GetTypeUrl())
-	}
-	if err := a.UnmarshalTo(m); err != nil {
-		return nil, cfgerr.Errorf("typed_config", "decoding %s: %w", a.GetTypeUrl(), err)
-	}
-	if err := cfgerr.Validate(m); err != nil {
-		return nil, cfgerr.Field("typed_config", err)
-	}
-	d, ok := m.(*tlsv3.DownstreamTlsContext)
-	if !ok {
-		return nil, nil
 	}
 	s, err := NewServer(d)
 	if err != nil {
 		return nil, cfgerr.Field("typed_config", err)
 	}
 	return s, nil
+}
+
+// DecodeTransportSocket reads a transport_socket (a listener's or a
+// cluster's): its typed_config is a RawBuffer, the plain default (false), or
+// a message of tlsConfig's type, which it fills (true). Both are validated;
+// errors name the field.
+func DecodeTransportSocket(ts *corev3.TransportSocket, tlsConfig proto.Message) (bool, error) {
+	if err := cfgerr.OnlyFields(ts, "name", "typed_config"); err != nil {
+		return false, err
+	}
+	a := ts.GetTypedConfig()
+	if a == nil {
+		return false, cfgerr.Errorf("typed_config", "a transport socket needs a typed_config")
+	}
+	var m proto.Message
+	tlsName := tlsConfig.ProtoReflect().Descriptor().FullName()
+	switch a.MessageName() {
+	case "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer":
+		m = &rawbufferv3.RawBuffer{}
+	case tlsName:
+		m = tlsConfig
+	default:
+		return false, cfgerr.Errorf("typed_config", "transport socket %q: type %s is not supported by skiff (%s and RawBuffer are)", ts.GetName(), a.GetTypeUrl(), tlsName.Name())
+	}
+	if err := a.UnmarshalTo(m); err != nil {
+		return false, cfgerr.Errorf("typed_config", "decoding %s: %w", a.GetTypeUrl(), err)
+	}
+	if err := cfgerr.Validate(m); err != nil {
+		return false, cfgerr.Field("typed_config", err)
+	}
+	return m == tlsConfig, nil
 }

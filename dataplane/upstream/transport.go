@@ -7,11 +7,11 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	rawbufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/skiffproxy/skiff/dataplane/tlscontext"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
@@ -86,31 +86,13 @@ func (c *Config) transportSockets(pb *clusterv3.Cluster) error {
 }
 
 func newTransport(ts *corev3.TransportSocket) (*Transport, error) {
-	if err := cfgerr.OnlyFields(ts, "name", "typed_config"); err != nil {
+	tc := &tlsv3.UpstreamTlsContext{}
+	isTLS, err := tlscontext.DecodeTransportSocket(ts, tc)
+	if err != nil {
 		return nil, err
 	}
-	a := ts.GetTypedConfig()
-	if a == nil {
-		return nil, cfgerr.Errorf("typed_config", "a transport socket needs a typed_config")
-	}
-	t := &Transport{Socket: ts.GetName()}
-	var m proto.Message
-	switch a.GetTypeUrl() {
-	case "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer":
-		m = &rawbufferv3.RawBuffer{}
-	case "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext":
-		m = &tlsv3.UpstreamTlsContext{}
-		t.TLS = true
-	default:
-		return nil, cfgerr.Errorf("typed_config", "transport socket %q: type %s is not supported by skiff (RawBuffer is; UpstreamTlsContext only in transport_socket_matches, and its hosts fail to connect)", ts.GetName(), a.GetTypeUrl())
-	}
-	if err := a.UnmarshalTo(m); err != nil {
-		return nil, cfgerr.Errorf("typed_config", "decoding %s: %w", a.GetTypeUrl(), err)
-	}
-	if err := cfgerr.Validate(m); err != nil {
-		return nil, cfgerr.Field("typed_config", err)
-	}
-	if tc, ok := m.(*tlsv3.UpstreamTlsContext); ok {
+	t := &Transport{Socket: ts.GetName(), TLS: isTLS}
+	if isTLS {
 		t.ALPN = tc.GetCommonTlsContext().GetAlpnProtocols()
 	}
 	return t, nil
