@@ -18,6 +18,14 @@
 # nginx add no such headers and the backend and the client pay for parsing
 # them (measured: 1-4 µs of the Go backend's CPU per request); dynamic_stats
 # is off as that page says (skiff has no per-virtual-cluster stats to skip).
+# For the same reason the two headers Envoy adds by default and the peers do
+# not are left out: `server: envoy` on responses (server_header_transformation
+# PASS_THROUGH: the backend's own server header, of which it sends none) and
+# `x-forwarded-proto: http` on requests (removed by the route configuration's
+# request_headers_to_remove); together 40 bytes a request, and the Go
+# backend allocates for x-forwarded-proto, a header outside its table of
+# common names (measured in alternating runs: about 3 µs less backend CPU
+# and 4 µs less skiff CPU per h1ka request without them).
 set -euo pipefail
 
 skiff=${SKIFF:-}
@@ -54,8 +62,10 @@ http_listener() {  # name listen-addr codec cluster
           stat_prefix: $1
           codec_type: $3
           generate_request_id: false
+          server_header_transformation: PASS_THROUGH
           route_config:
             name: $1
+            request_headers_to_remove: [x-forwarded-proto]
             virtual_hosts:
             - name: all
               domains: ["*"]
