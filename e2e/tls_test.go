@@ -6,6 +6,8 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"fmt"
+	"io"
+	"net"
 	nethttp "net/http"
 	"path/filepath"
 	"strconv"
@@ -236,4 +238,176 @@ func TestTLSBadCertificate(t *testing.T) {
 	if strings.Contains(r.stderr, "listener bound") {
 		t.Errorf("skiff bound a listener before refusing the bootstrap:\n%s", r.stderr)
 	}
+}
+
+// tlsUpstream is the YAML of a cluster's transport_socket originating TLS:
+// SNI sni, trusting caFile, presenting the client certificate in certFile
+// and keyFile (if given), with extra lines in common_tls_context.
+func tlsUpstream(sni, caFile, certFile, keyFile, extra string) string {
+	s := fmt.Sprintf(`    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: %s
+        common_tls_context:
+          validation_context: { trusted_ca: { filename: %q } }
+`, sni, caFile)
+	if certFile != "" {
+		s += fmt.Sprintf(`          tls_certificates: [{ certificate_chain: { filename: %q }, private_key: { filename: %q } }]
+`, certFile, keyFile)
+	}
+	if extra != "" {
+		s += "          " + extra + "\n"
+	}
+	return s
+}
+
+// TestUpstreamTLS: clusters originate TLS (transport_socket with an
+// UpstreamTlsContext): HTTP/1.1 and HTTP/2 (offered by ALPN) to an HTTPS
+// upstream that requires skiff's client certificate, with the configured SNI
+// and protocol versions; tcp_proxy moving 1 MB byte for byte over TLS; and a
+// server whose certificate the cluster does not trust, refused with 503 UF.
+// Handshakes and refusals are counted under cluster.<name>.ssl.
+func TestUpstreamTLS(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca := tlstest.NewCA(t, "upstream CA")
+	serverCert := ca.Issue(t, "backend", "backend.test").TLS(t)
+	clientCert, clientKey := ca.Issue(t, "skiff", "spiffe://e2e/skiff").Files(t, dir, "client-")
+	caFile := writeFile(t, "upstream-ca.pem", string(ca.PEM))
+	otherCAFile := writeFile(t, "other-ca.pem", string(tlstest.NewCA(t, "other CA").PEM))
+	serverTLS := &tls.Config{Certificates: []tls.Certificate{serverCert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool()}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &nethttp.Server{ReadHeaderTimeout: 10 * time.Second, TLSConfig: serverTLS, Handler: nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		peer := ""
+		if len(r.TLS.PeerCertificates) > 0 && len(r.TLS.PeerCertificates[0].URIs) > 0 {
+			peer = r.TLS.PeerCertificates[0].URIs[0].String()
+		}
+		fmt.Fprintf(w, "%s %s %s %s", r.Proto, r.TLS.ServerName, tlsVersionName(r.TLS.Version), peer)
+	})}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.ServeTLS(ln, "", "") }()
+	t.Cleanup(func() { srv.Close(); <-done })
+	https := ln.Addr().String()
+
+	eln, err := tls.Listen("tcp", "127.0.0.1:0", serverTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { eln.Close() })
+	go func() {
+		for {
+			c, err := eln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(20 * time.Second))
+				io.Copy(c, c)
+			}()
+		}
+	}()
+
+	cfg := fmt.Sprintf(`node: { id: e2e-upstream-tls }
+static_resources:
+  listeners:
+  - name: http
+    address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: http
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - { match: { prefix: "/h1" }, route: { cluster: tls_h1 } }
+              - { match: { prefix: "/h2" }, route: { cluster: tls_h2 } }
+              - { match: { prefix: "/untrusted" }, route: { cluster: untrusted } }
+  - name: tcp
+    address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: tls_echo
+  clusters:
+%s%s%s%s%s%s%s%s`,
+		staticCluster("tls_h1", false, https), tlsUpstream("backend.test", caFile, clientCert, clientKey, "tls_params: { tls_maximum_protocol_version: TLSv1_3 }"),
+		staticCluster("tls_h2", true, https), tlsUpstream("backend.test", caFile, clientCert, clientKey, ""),
+		staticCluster("untrusted", false, https), tlsUpstream("backend.test", otherCAFile, clientCert, clientKey, ""),
+		staticCluster("tls_echo", false, eln.Addr().String()), tlsUpstream("echo.test", caFile, clientCert, clientKey, ""))
+	p := startSkiff(t, cfg)
+
+	c := &nethttp.Client{Timeout: 10 * time.Second}
+	for path, want := range map[string]string{
+		"/h1": "HTTP/1.1 backend.test TLSv1.3 spiffe://e2e/skiff",
+		"/h2": "HTTP/2.0 backend.test TLSv1.2 spiffe://e2e/skiff",
+	} {
+		for range 3 { // the second and third reuse the pooled connection
+			resp, body := doGet(t, c, "http://"+p.Addr(t, "http")+path)
+			if resp.StatusCode != 200 || body != want {
+				t.Errorf("GET %s: %s %q, want 200 %q", path, resp.Status, body, want)
+			}
+		}
+	}
+	resp, body := doGet(t, c, "http://"+p.Addr(t, "http")+"/untrusted")
+	if resp.StatusCode != 503 {
+		t.Errorf("GET /untrusted: %s %q, want 503", resp.Status, body)
+	}
+
+	conn, err := net.Dial("tcp", p.Addr(t, "tcp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	if err := echoRoundTrip(conn, bytes.Repeat([]byte("upstream tls "), 80_000)); err != nil {
+		t.Errorf("tcp_proxy over upstream TLS: %v", err)
+	}
+	conn.Close()
+
+	r := runSkiff(t, "admin", "--runtime-dir", p.RuntimeDir, "stats", "--filter", `^cluster\.[a-z_0-9]+\.(ssl\.|upstream_cx_connect_fail)`)
+	got := map[string]int{}
+	for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		name, v, ok := strings.Cut(l, ": ")
+		if n, err := strconv.Atoi(v); ok && err == nil {
+			got[strings.TrimPrefix(name, "cluster.")] = n
+		}
+	}
+	for name, want := range map[string]int{
+		"tls_h1.ssl.handshake":               1,
+		"tls_h1.ssl.versions.TLSv1.3":        1,
+		"tls_h2.ssl.handshake":               1,
+		"tls_h2.ssl.versions.TLSv1.2":        1,
+		"tls_echo.ssl.handshake":             1,
+		"untrusted.ssl.fail_verify_error":    1,
+		"untrusted.upstream_cx_connect_fail": 1,
+	} {
+		if got[name] != want {
+			t.Errorf("%s = %d, want %d (stats %v)", name, got[name], want, got)
+		}
+	}
+}
+
+func tlsVersionName(v uint16) string {
+	switch v {
+	case tls.VersionTLS12:
+		return "TLSv1.2"
+	case tls.VersionTLS13:
+		return "TLSv1.3"
+	}
+	return fmt.Sprintf("0x%x", v)
 }

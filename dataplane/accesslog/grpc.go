@@ -22,7 +22,6 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
-	"github.com/skiffproxy/skiff/internal/netio"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
 
@@ -420,7 +419,7 @@ func (g *grpcSink) dial() (*grpc.ClientConn, error) {
 
 // accountedConn tells the cluster when a connection it counted closes.
 type accountedConn struct {
-	*netio.Conn
+	net.Conn
 	cl     *upstream.Cluster
 	h      *upstream.Host
 	closed bool

@@ -3,14 +3,12 @@ package listener
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,7 +67,7 @@ type Listener struct {
 	stopped bool
 
 	sslOnce sync.Once
-	ssl     *sslStats
+	ssl     *tlscontext.Stats
 
 	// next hands a connection to an idle worker; done, closed with the last
 	// reference, lets the idle workers go.
@@ -287,31 +285,10 @@ func (l *Listener) serve(tc net.Conn) {
 	ch.terminal.ServeConn(ctx, c)
 }
 
-// sslStats are a listener's TLS stats (listener.<address>.ssl.*), named as
-// Envoy's; made when a filter chain with TLS first needs them.
-type sslStats struct {
-	handshake, connectionError, sessionReused, noCertificate, failVerifyNoCert,
-	failVerifyError, failVerifySAN, failVerifyCertHash stats.Counter
-	versions [4]stats.Counter // TLSv1 to TLSv1.3, by version - tls.VersionTLS10
-}
-
-func (l *Listener) sslStats() *sslStats {
-	l.sslOnce.Do(func() {
-		sc := l.scope
-		l.ssl = &sslStats{
-			handshake:          sc.Counter("ssl.handshake"),
-			connectionError:    sc.Counter("ssl.connection_error"),
-			sessionReused:      sc.Counter("ssl.session_reused"),
-			noCertificate:      sc.Counter("ssl.no_certificate"),
-			failVerifyNoCert:   sc.Counter("ssl.fail_verify_no_cert"),
-			failVerifyError:    sc.Counter("ssl.fail_verify_error"),
-			failVerifySAN:      sc.Counter("ssl.fail_verify_san"),
-			failVerifyCertHash: sc.Counter("ssl.fail_verify_cert_hash"),
-		}
-		for i := range l.ssl.versions {
-			l.ssl.versions[i] = sc.Counter("ssl.versions." + tlscontext.VersionName(uint16(tls.VersionTLS10+i)))
-		}
-	})
+// sslStats are the listener's TLS stats, made when a filter chain with TLS
+// first needs them.
+func (l *Listener) sslStats() *tlscontext.Stats {
+	l.sslOnce.Do(func() { l.ssl = tlscontext.NewStats(l.scope) })
 	return l.ssl
 }
 
@@ -338,39 +315,12 @@ func (l *Listener) handshake(ctx context.Context, ch *FilterChain, c *filter.Con
 		}
 	}()
 	if err := tc.HandshakeContext(ctx); err != nil {
-		st.connectionError.Inc()
-		var ve *tlscontext.VerifyError
-		var ua x509.UnknownAuthorityError
-		var ci x509.CertificateInvalidError
-		switch {
-		case errors.As(err, &ve):
-			switch ve.Reason {
-			case "fail_verify_san":
-				st.failVerifySAN.Inc()
-			case "fail_verify_cert_hash":
-				st.failVerifyCertHash.Inc()
-			default:
-				st.failVerifyError.Inc()
-			}
-		case errors.As(err, &ua), errors.As(err, &ci):
-			st.failVerifyError.Inc()
-		case strings.Contains(err.Error(), "didn't provide a certificate"):
-			st.failVerifyNoCert.Inc()
-		}
+		st.Failed(err)
 		l.log.Debug("TLS handshake failed; closing", "conn", c.ID, "remote", c.Remote, "error", err)
 		return false
 	}
 	cs := tc.ConnectionState()
-	st.handshake.Inc()
-	if cs.DidResume {
-		st.sessionReused.Inc()
-	}
-	if len(cs.PeerCertificates) == 0 {
-		st.noCertificate.Inc()
-	}
-	if v := int(cs.Version) - tls.VersionTLS10; v >= 0 && v < len(st.versions) {
-		st.versions[v].Inc()
-	}
+	st.Handshake(&cs)
 	c.Conn, c.TLS, c.TLSLocal = tc, &cs, ch.tls.LocalCertificate(&cs)
 	if c.ServerName == "" {
 		c.ServerName = cs.ServerName

@@ -1,6 +1,7 @@
 // Package tlscontext builds crypto/tls configurations from Envoy's TLS
 // transport socket (envoy.transport_sockets.tls): a DownstreamTlsContext
-// becomes the tls.Config that terminates TLS on a filter chain, checked as
+// becomes the tls.Config that terminates TLS on a filter chain, an
+// UpstreamTlsContext the Client that originates TLS to a cluster's hosts, checked as
 // Envoy checks it (certificates, protocol versions, cipher suites, curves,
 // ALPN, client certificate validation with trusted CAs, subject alt names,
 // certificate hashes and SPKI pins).
@@ -157,7 +158,11 @@ func common(pb *tlsv3.CommonTlsContext, server bool) (*tls.Config, *validator, e
 		}
 		return nil, nil, err
 	}
+	// Envoy's defaults: TLS 1.2 to 1.3 for servers, 1.2 only for clients.
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, MaxVersion: tls.VersionTLS13}
+	if !server {
+		cfg.MaxVersion = tls.VersionTLS12
+	}
 	if p := pb.GetTlsParams(); p != nil {
 		if err := params(p, cfg); err != nil {
 			return nil, nil, cfgerr.Field("tls_params", err)
@@ -231,7 +236,8 @@ func params(pb *tlsv3.TlsParameters, cfg *tls.Config) error {
 		}
 	}
 	if cfg.MinVersion > cfg.MaxVersion {
-		return cfgerr.Errorf("tls_minimum_protocol_version", "is above tls_maximum_protocol_version")
+		return cfgerr.Errorf("tls_minimum_protocol_version", "is above tls_maximum_protocol_version (%s above %s; unless set, the maximum is TLSv1.2 for clients and TLSv1.3 for servers, as in Envoy)",
+			VersionName(cfg.MinVersion), VersionName(cfg.MaxVersion))
 	}
 	for i, s := range pb.GetCipherSuites() {
 		// BoringSSL's equal-preference groups, [A|B], as Envoy's defaults
@@ -482,16 +488,24 @@ func (v *validator) verify(raw [][]byte, verified [][]*x509.Certificate) error {
 		return nil // no certificate: ClientAuth decides
 	}
 	leaf := verified[0][0]
-	if len(v.hashes) > 0 || len(v.spki) > 0 {
-		h := sha256.Sum256(leaf.Raw)
-		s := sha256.Sum256(leaf.RawSubjectPublicKeyInfo)
-		if !slices.ContainsFunc(v.hashes, func(b []byte) bool { return string(b) == string(h[:]) }) &&
-			!slices.ContainsFunc(v.spki, func(b []byte) bool { return string(b) == string(s[:]) }) {
-			return &VerifyError{Reason: "fail_verify_cert_hash", Err: errors.New("the certificate matches no verify_certificate_hash or verify_certificate_spki")}
-		}
-	}
+	// Envoy's order: the names, then the pins.
 	if len(v.sans) > 0 && !slices.ContainsFunc(v.sans, func(m sanMatcher) bool { return m.matches(leaf) }) {
 		return &VerifyError{Reason: "fail_verify_san", Err: errors.New("no subject alt name of the certificate matches match_typed_subject_alt_names")}
+	}
+	return v.verifyPins(leaf)
+}
+
+// verifyPins checks leaf against verify_certificate_hash and
+// verify_certificate_spki: it must match one of them, if there are any.
+func (v *validator) verifyPins(leaf *x509.Certificate) error {
+	if len(v.hashes) == 0 && len(v.spki) == 0 {
+		return nil
+	}
+	h := sha256.Sum256(leaf.Raw)
+	s := sha256.Sum256(leaf.RawSubjectPublicKeyInfo)
+	if !slices.ContainsFunc(v.hashes, func(b []byte) bool { return string(b) == string(h[:]) }) &&
+		!slices.ContainsFunc(v.spki, func(b []byte) bool { return string(b) == string(s[:]) }) {
+		return &VerifyError{Reason: "fail_verify_cert_hash", Err: errors.New("the certificate matches no verify_certificate_hash or verify_certificate_spki")}
 	}
 	return nil
 }

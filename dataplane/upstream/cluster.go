@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -10,11 +11,13 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/skiffproxy/skiff/dataplane/tlscontext"
 	"github.com/skiffproxy/skiff/internal/netio"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
@@ -126,7 +129,8 @@ type clusterStats struct {
 	cxActive, membershipTotal, membershipHealthy            stats.Gauge
 	rxBytes, txBytes                                        stats.Counter
 	// cxTransportUnsupported (skiff's own) counts connections not made
-	// because their host's transport socket is TLS (see Transport).
+	// because their host's transport socket could not be built (see
+	// Transport).
 	cxTransportUnsupported stats.Counter
 }
 
@@ -162,6 +166,7 @@ type Cluster struct {
 
 	httpStats lazyStats[HTTPStats]
 	grpcStats lazyStats[GRPCStats]
+	sslStats  lazyStats[tlscontext.Stats] // cluster.<name>.ssl.*, made with the first TLS connection
 
 	outlier      atomic.Pointer[detector] // nil: no outlier_detection
 	outlierStats *outlierStats            // made with the first detector; under mu
@@ -447,35 +452,30 @@ func FailureReason(err error) string {
 	return err.Error()
 }
 
-// Connect opens a TCP connection to h within the cluster's connect_timeout and
-// accounts for it in the cluster's and host's counters. Call Disconnected once the
-// connection is closed.
-func (c *Cluster) Connect(ctx context.Context, h *Host) (*netio.Conn, error) {
+// Connect opens a connection to h with the host's transport socket and
+// accounts for it in the cluster's and host's counters: TCP, then for a TLS
+// transport the handshake, both within the cluster's connect_timeout (as in
+// Envoy, where a connection is connected once its transport is). Call
+// Disconnected once the connection is closed.
+func (c *Cluster) Connect(ctx context.Context, h *Host) (net.Conn, error) {
+	return c.ConnectALPN(ctx, h, nil)
+}
+
+// ConnectALPN is Connect offering alpn over TLS when the host's
+// UpstreamTlsContext has no alpn_protocols: Envoy's ALPN fallback, h2 for an
+// HTTP/2 connection pool and http/1.1 for an HTTP/1.1 one.
+func (c *Cluster) ConnectALPN(ctx context.Context, h *Host, alpn []string) (net.Conn, error) {
 	cfg := c.cfg.Load()
 	c.stats.cxTotal.Inc()
 	h.CxTotal.Add(1)
-	if err := c.checkTransport(h); err != nil {
-		return nil, err
-	}
-	opts := netio.DialOptions{Timeout: cfg.ConnectTimeout}
-	if ka := cfg.Keepalive; ka != nil {
-		opts.KeepAlive = net.KeepAliveConfig{Enable: true, Idle: ka.Idle, Interval: ka.Interval, Count: ka.Probes}
-	}
-	conn, err := netio.Dial(ctx, h.Addr, &opts)
+	conn, err := c.dial(ctx, h, cfg.ConnectTimeout, alpn)
 	if err != nil {
 		c.stats.cxConnectFail.Inc()
 		h.CxConnectFail.Add(1)
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
-			c.stats.cxConnectTimeout.Inc()
-			err = fmt.Errorf("cluster %s: connecting to %s: %w after %v", c.name, h.Addr, ErrConnectTimeout, cfg.ConnectTimeout)
-		} else {
-			err = fmt.Errorf("cluster %s: %w", c.name, err)
-		}
 		return nil, err
 	}
 	for _, f := range cfg.Filters {
-		if err := f.UpstreamConnected(conn, ""); err != nil {
+		if err := f.UpstreamConnected(conn, negotiatedProtocol(conn)); err != nil {
 			conn.Close()
 			c.stats.cxConnectFail.Inc()
 			h.CxConnectFail.Add(1)
@@ -485,6 +485,65 @@ func (c *Cluster) Connect(ctx context.Context, h *Host) (*netio.Conn, error) {
 	c.stats.cxActive.Inc()
 	h.CxActive.Add(1)
 	return conn, nil
+}
+
+// dial connects to h within timeout and starts its transport socket (see
+// Connect); it counts timeouts and TLS outcomes, not the connection.
+func (c *Cluster) dial(ctx context.Context, h *Host, timeout time.Duration, alpn []string) (net.Conn, error) {
+	t := h.transport.Load()
+	if t == nil {
+		t = rawBuffer
+	}
+	if t.Unusable != nil {
+		c.stats.cxTransportUnsupported.Inc()
+		return nil, &TransportError{Cluster: c.name, Host: h.Addr.String(), Match: t.Name, Socket: t.Socket, Err: t.Unusable}
+	}
+	start := time.Now()
+	opts := netio.DialOptions{Timeout: timeout}
+	if ka := c.cfg.Load().Keepalive; ka != nil {
+		opts.KeepAlive = net.KeepAliveConfig{Enable: true, Idle: ka.Idle, Interval: ka.Interval, Count: ka.Probes}
+	}
+	conn, err := netio.Dial(ctx, h.Addr, &opts)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
+			c.stats.cxConnectTimeout.Inc()
+			return nil, fmt.Errorf("cluster %s: connecting to %s: %w after %v", c.name, h.Addr, ErrConnectTimeout, timeout)
+		}
+		return nil, fmt.Errorf("cluster %s: %w", c.name, err)
+	}
+	if t.TLS == nil {
+		return conn, nil
+	}
+	hctx := ctx
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		hctx, cancel = context.WithDeadline(ctx, start.Add(timeout))
+		defer cancel()
+	}
+	st := c.sslStats.get(func() *tlscontext.Stats { return tlscontext.NewStats(c.scope) })
+	tc, err := t.TLS.Handshake(hctx, conn, h.Hostname(), alpn)
+	if err != nil {
+		conn.Close()
+		st.Failed(err)
+		if ctx.Err() == nil && hctx.Err() != nil {
+			c.stats.cxConnectTimeout.Inc()
+			return nil, fmt.Errorf("cluster %s: TLS handshake with %s: %w after %v", c.name, h.Addr, ErrConnectTimeout, timeout)
+		}
+		return nil, fmt.Errorf("cluster %s: TLS handshake with %s: %w", c.name, h.Addr, err)
+	}
+	cs := tc.ConnectionState()
+	st.Handshake(&cs)
+	return tc, nil
+}
+
+// negotiatedProtocol is the ALPN protocol of a TLS connection ("" for plain
+// TCP or none).
+func negotiatedProtocol(c net.Conn) string {
+	if tc, ok := c.(*tls.Conn); ok {
+		return tc.ConnectionState().NegotiatedProtocol
+	}
+	return ""
 }
 
 // Adopted accounts for a connection to addr a hot-restart parent made and

@@ -28,7 +28,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/skiffproxy/skiff/internal/cfgerr"
-	"github.com/skiffproxy/skiff/internal/netio"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
 
@@ -551,9 +550,17 @@ func (k *checker) run(ctx context.Context, h *Host, initial bool) {
 }
 
 // dial connects to h for a check, within the cluster's connect_timeout or
-// the check's timeout, whichever is shorter.
+// the check's timeout, whichever is shorter, with the host's transport
+// socket (a TLS host is checked over TLS, as in Envoy).
 func (k *checker) dial(ctx context.Context, h *Host) (net.Conn, error) {
-	return netio.Dial(ctx, h.Addr, &netio.DialOptions{Timeout: min(k.c.cfg.Load().ConnectTimeout, k.cfg.Timeout)})
+	var alpn []string
+	switch {
+	case k.cfg.GRPC != nil, k.cfg.HTTP != nil && k.cfg.HTTP.HTTP2:
+		alpn = []string{"h2"}
+	case k.cfg.HTTP != nil:
+		alpn = []string{"http/1.1"}
+	}
+	return k.c.dial(ctx, h, min(k.c.cfg.Load().ConnectTimeout, k.cfg.Timeout), alpn)
 }
 
 // check runs one check within the timeout.

@@ -22,10 +22,12 @@ import (
 const TransportSocketMatchKey = "envoy.transport_socket_match"
 
 // Transport is what an upstream connection is wrapped in: Envoy's transport
-// socket. skiff speaks raw_buffer (plain TCP) only; a host whose transport is
-// TLS (an UpstreamTlsContext chosen by transport_socket_matches) is known,
-// and every connection to it fails with ErrTransportUnsupported instead of
-// sending plaintext to a host that expects TLS.
+// socket, raw_buffer (plain TCP) or TLS (an UpstreamTlsContext). A
+// transport_socket_matches entry whose TLS context skiff cannot build (it
+// asks for SDS, say) is kept, unusable: every connection to a host it
+// selects fails with ErrTransportUnsupported instead of sending plaintext to
+// a host that expects TLS, so that istiod's clusters still serve their
+// plaintext endpoints.
 type Transport struct {
 	// Name is the transport_socket_matches entry's name ("" for the
 	// cluster's transport_socket or the raw_buffer default).
@@ -33,11 +35,12 @@ type Transport struct {
 	// Socket is the transport socket's name (envoy.transport_sockets.tls,
 	// envoy.transport_sockets.raw_buffer).
 	Socket string
-	// TLS: the transport is an UpstreamTlsContext, which skiff cannot speak.
-	TLS bool
-	// ALPN is the UpstreamTlsContext's alpn_protocols (what istio.alpn
-	// would override; kept for the error message and upstream filters).
-	ALPN []string
+	// TLS is the transport's UpstreamTlsContext (nil: plain TCP, or
+	// unusable).
+	TLS *tlscontext.Client
+	// Unusable is why a TLS transport_socket_matches entry could not be
+	// built (nil if it was).
+	Unusable error
 
 	match      *structpb.Struct // nil: matches every endpoint
 	matchCount stats.Counter    // cluster.<name>.<match name>.total_match_count
@@ -47,23 +50,18 @@ type Transport struct {
 var rawBuffer = &Transport{Socket: "envoy.transport_sockets.raw_buffer"}
 
 // ErrTransportUnsupported is returned (wrapped) by Connect for a host whose
-// transport socket skiff does not implement (TLS).
+// transport socket skiff could not build (see Transport).
 var ErrTransportUnsupported = errors.New("transport socket not supported by skiff")
 
 // transportSockets reads transport_socket and transport_socket_matches.
 func (c *Config) transportSockets(pb *clusterv3.Cluster) error {
 	c.transport = rawBuffer
 	if ts := pb.GetTransportSocket(); ts != nil {
-		t, err := newTransport(ts)
+		cl, err := tlscontext.Upstream(ts)
 		if err != nil {
 			return cfgerr.Field("transport_socket", err)
 		}
-		if t.TLS {
-			// Every connection of the cluster would need TLS: refuse it now
-			// rather than fail each connection.
-			return cfgerr.Errorf("transport_socket", "TLS to upstream hosts (%s) is not supported by skiff yet", t.Socket)
-		}
-		c.transport = t
+		c.transport = &Transport{Socket: ts.GetName(), TLS: cl}
 	}
 	for i, m := range pb.GetTransportSocketMatches() {
 		if err := cfgerr.OnlyFields(m, "name", "match", "transport_socket"); err != nil {
@@ -72,30 +70,23 @@ func (c *Config) transportSockets(pb *clusterv3.Cluster) error {
 		if m.GetTransportSocket() == nil {
 			return cfgerr.Errorf(fmt.Sprintf("transport_socket_matches[%d].transport_socket", i), "is required")
 		}
-		t, err := newTransport(m.GetTransportSocket())
+		path := fmt.Sprintf("transport_socket_matches[%d].transport_socket", i)
+		t := &Transport{Name: m.GetName(), Socket: m.GetTransportSocket().GetName()}
+		isTLS, err := tlscontext.DecodeTransportSocket(m.GetTransportSocket(), &tlsv3.UpstreamTlsContext{})
 		if err != nil {
-			return cfgerr.Index("transport_socket_matches", i, cfgerr.Field("transport_socket", err))
+			return cfgerr.Field(path, err)
 		}
-		t.Name = m.GetName()
+		if isTLS {
+			if t.TLS, err = tlscontext.Upstream(m.GetTransportSocket()); err != nil {
+				t.Unusable = cfgerr.Field(path, err)
+			}
+		}
 		if len(m.GetMatch().GetFields()) > 0 {
 			t.match = m.GetMatch()
 		}
 		c.matches = append(c.matches, t)
 	}
 	return nil
-}
-
-func newTransport(ts *corev3.TransportSocket) (*Transport, error) {
-	tc := &tlsv3.UpstreamTlsContext{}
-	isTLS, err := tlscontext.DecodeTransportSocket(ts, tc)
-	if err != nil {
-		return nil, err
-	}
-	t := &Transport{Socket: ts.GetName(), TLS: isTLS}
-	if isTLS {
-		t.ALPN = tc.GetCommonTlsContext().GetAlpnProtocols()
-	}
-	return t, nil
 }
 
 // bindTransportStats creates the match counters of a cluster's scope.
@@ -142,27 +133,16 @@ func transportMetadata(md *corev3.Metadata) *structpb.Struct {
 	return md.GetFilterMetadata()[TransportSocketMatchKey]
 }
 
-// checkTransport refuses a connection the host's transport cannot carry.
-func (c *Cluster) checkTransport(h *Host) error {
-	t := h.transport.Load()
-	if t == nil || !t.TLS {
-		return nil
-	}
-	c.stats.cxConnectFail.Inc()
-	c.stats.cxTransportUnsupported.Inc()
-	h.CxConnectFail.Add(1)
-	return &TransportError{Cluster: c.name, Host: h.Addr.String(), Match: t.Name, Socket: t.Socket}
-}
-
-// TransportError is a connection refused because its host needs a transport
-// socket skiff does not implement.
+// TransportError is a connection refused because the transport socket its
+// host needs could not be built.
 type TransportError struct {
 	Cluster, Host, Match, Socket string
+	Err                          error // why the transport could not be built
 }
 
 func (e *TransportError) Error() string {
-	return fmt.Sprintf("cluster %s: host %s: transport_socket_matches %q selects %s (TLS), which skiff does not support; not connecting in plaintext",
-		e.Cluster, e.Host, e.Match, e.Socket)
+	return fmt.Sprintf("cluster %s: host %s: transport_socket_matches %q selects %s (TLS), which skiff cannot build (%v); not connecting in plaintext",
+		e.Cluster, e.Host, e.Match, e.Socket, e.Err)
 }
 
 func (e *TransportError) Unwrap() error { return ErrTransportUnsupported }

@@ -2,9 +2,12 @@ package upstream
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,18 +17,12 @@ import (
 	rawbufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/skiffproxy/skiff/internal/stats"
+	"github.com/skiffproxy/skiff/internal/tlstest"
 )
-
-func tlsSocket(t testing.TB) *corev3.TransportSocket {
-	a, err := anypb.New(&tlsv3.UpstreamTlsContext{Sni: "x", CommonTlsContext: &tlsv3.CommonTlsContext{AlpnProtocols: []string{"istio"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: a}}
-}
 
 func rawSocket(t testing.TB) *corev3.TransportSocket {
 	a, err := anypb.New(&rawbufferv3.RawBuffer{})
@@ -43,25 +40,71 @@ func listen(t *testing.T) (net.Listener, *endpointv3.Endpoint) {
 		Address: ap.Addr().String(), PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(ap.Port())}}}}}
 }
 
+func upstreamTLS(t testing.TB, configure func(*tlsv3.UpstreamTlsContext)) *corev3.TransportSocket {
+	pb := &tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{}}
+	if configure != nil {
+		configure(pb)
+	}
+	a, err := anypb.New(pb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: a}}
+}
+
+func inlinePEM(b []byte) *corev3.DataSource {
+	return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
+}
+
+// trusting is an UpstreamTlsContext verifying the server against ca, with
+// the SNI sni.
+func trusting(ca *tlstest.CA, sni string) func(*tlsv3.UpstreamTlsContext) {
+	return func(pb *tlsv3.UpstreamTlsContext) {
+		pb.Sni = sni
+		pb.CommonTlsContext.ValidationContextType = &tlsv3.CommonTlsContext_ValidationContext{
+			ValidationContext: &tlsv3.CertificateValidationContext{TrustedCa: inlinePEM(ca.PEM)}}
+	}
+}
+
+// tlsEchoServer accepts TLS with cert and echoes what it reads.
+func tlsEchoServer(t *testing.T, cert *tlstest.Leaf) *endpointv3.Endpoint {
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert.TLS(t)}}
+	ln := serveTCP(t, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		sc := tls.Server(c, cfg)
+		io.Copy(sc, sc)
+	})
+	ap := ln.Addr().(*net.TCPAddr).AddrPort()
+	return &endpointv3.Endpoint{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address: ap.Addr().String(), PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(ap.Port())}}}}}
+}
+
 // TestTransportSocketMatches: istiod's clusters choose TLS for endpoints
-// labelled tlsMode=istio and raw_buffer for the others. skiff connects to the
-// latter and refuses the former with a TransportError and a stat, never
-// sending plaintext to a host that expects TLS.
+// labelled tlsMode=istio and raw_buffer for the others. skiff connects to
+// the latter in plaintext and to the former over TLS; a match whose TLS
+// context skiff cannot build (SDS) is kept, and connections to its hosts
+// fail with a TransportError and a stat, never in plaintext.
 func TestTransportSocketMatches(t *testing.T) {
+	ca := tlstest.NewCA(t, "mesh CA")
 	_, plain := listen(t)
-	_, mtls := listen(t)
+	mtls := tlsEchoServer(t, ca.Issue(t, "server", "server.test"))
+	_, sds := listen(t)
 	tlsMD, _ := structpb.NewStruct(map[string]any{"tlsMode": "istio"})
+	sdsMD, _ := structpb.NewStruct(map[string]any{"tlsMode": "sds"})
 	pb := &clusterv3.Cluster{
 		Name:                 "c",
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
-		ConnectTimeout:       nil,
 		TransportSocketMatches: []*clusterv3.Cluster_TransportSocketMatch{
-			{Name: "tlsMode-istio", Match: tlsMD, TransportSocket: tlsSocket(t)},
+			{Name: "tlsMode-istio", Match: tlsMD, TransportSocket: upstreamTLS(t, trusting(ca, "server.test"))},
+			{Name: "tlsMode-sds", Match: sdsMD, TransportSocket: upstreamTLS(t, func(pb *tlsv3.UpstreamTlsContext) {
+				pb.CommonTlsContext.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{{Name: "default"}}
+			})},
 			{Name: "tlsMode-disabled", Match: &structpb.Struct{}, TransportSocket: rawSocket(t)},
 		},
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: "c", Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{
 			{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: plain}},
 			{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: mtls}, Metadata: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{TransportSocketMatchKey: tlsMD}}},
+			{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: sds}, Metadata: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{TransportSocketMatchKey: sdsMD}}},
 		}}}},
 	}
 	cfg, err := NewConfig(pb)
@@ -73,7 +116,7 @@ func TestTransportSocketMatches(t *testing.T) {
 	m.Set([]Assignment{Static(cfg)})
 	cl := m.Get("c")
 	hosts := cl.Hosts()
-	if len(hosts) != 2 {
+	if len(hosts) != 3 {
 		t.Fatalf("%d hosts", len(hosts))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -82,23 +125,106 @@ func TestTransportSocketMatches(t *testing.T) {
 	if err != nil {
 		t.Fatalf("raw_buffer host: %v", err)
 	}
+	if _, ok := c.(*tls.Conn); ok {
+		t.Error("raw_buffer host: got a TLS connection")
+	}
 	c.Close()
 	cl.Disconnected(hosts[0])
-	_, err = cl.Connect(ctx, hosts[1])
+
+	c, err = cl.Connect(ctx, hosts[1])
+	if err != nil {
+		t.Fatalf("TLS host: %v", err)
+	}
+	tc, ok := c.(*tls.Conn)
+	if !ok || tc.ConnectionState().ServerName != "server.test" {
+		t.Fatalf("TLS host: got %T, want a *tls.Conn with SNI server.test", c)
+	}
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("TLS echo: %q, %v", buf, err)
+	}
+	c.Close()
+	cl.Disconnected(hosts[1])
+
+	_, err = cl.Connect(ctx, hosts[2])
 	var te *TransportError
-	if !errors.As(err, &te) || !errors.Is(err, ErrTransportUnsupported) || te.Match != "tlsMode-istio" {
-		t.Fatalf("TLS host: err %v, want a TransportError for tlsMode-istio", err)
+	if !errors.As(err, &te) || !errors.Is(err, ErrTransportUnsupported) || te.Match != "tlsMode-sds" ||
+		!strings.Contains(err.Error(), "transport_socket_matches[1].transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs") {
+		t.Fatalf("SDS host: err %v, want a TransportError for tlsMode-sds naming the field", err)
 	}
 	want := map[string]uint64{
+		"cluster.c.upstream_cx_total":                  3,
 		"cluster.c.upstream_cx_transport_unsupported":  1,
 		"cluster.c.upstream_cx_connect_fail":           1,
+		"cluster.c.ssl.handshake":                      1,
+		"cluster.c.ssl.versions.TLSv1.2":               1,
 		"cluster.c.tlsMode-istio.total_match_count":    1,
+		"cluster.c.tlsMode-sds.total_match_count":      1,
 		"cluster.c.tlsMode-disabled.total_match_count": 1,
 	}
 	for name, v := range want {
 		if got := st.Counter(name).Value(); got != v {
 			t.Errorf("%s = %d, want %d", name, got, v)
 		}
+	}
+}
+
+// TestUpstreamTLSFailures: a server whose certificate the cluster's
+// transport_socket does not trust, and one that never answers the
+// ClientHello (connect_timeout covers the handshake), are connect failures
+// counted as Envoy counts them.
+func TestUpstreamTLSFailures(t *testing.T) {
+	ca := tlstest.NewCA(t, "trusted")
+	untrusted := tlsEchoServer(t, tlstest.NewCA(t, "stranger").Issue(t, "server", "server.test"))
+	stall := make(chan struct{})
+	t.Cleanup(func() { close(stall) })
+	ln := serveTCP(t, func(net.Conn) { <-stall })
+	ap := ln.Addr().(*net.TCPAddr).AddrPort()
+	mute := &endpointv3.Endpoint{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address: ap.Addr().String(), PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(ap.Port())}}}}}
+	pb := &clusterv3.Cluster{
+		Name:                 "c",
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(200 * time.Millisecond),
+		TransportSocket:      upstreamTLS(t, trusting(ca, "server.test")),
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: "c", Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{
+			{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: untrusted}},
+			{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: mute}},
+		}}}},
+	}
+	cfg, err := NewConfig(pb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := stats.NewStore()
+	m := NewManager(st)
+	m.Set([]Assignment{Static(cfg)})
+	cl := m.Get("c")
+	hosts := cl.Hosts()
+	ctx := context.Background()
+	if _, err := cl.Connect(ctx, hosts[0]); err == nil || !strings.Contains(err.Error(), "TLS handshake") {
+		t.Errorf("untrusted server: %v, want a TLS handshake error", err)
+	}
+	if _, err := cl.Connect(ctx, hosts[1]); !errors.Is(err, ErrConnectTimeout) {
+		t.Errorf("mute server: %v, want ErrConnectTimeout", err)
+	}
+	want := map[string]uint64{
+		"cluster.c.upstream_cx_connect_fail":    2,
+		"cluster.c.upstream_cx_connect_timeout": 1,
+		"cluster.c.ssl.connection_error":        2,
+		"cluster.c.ssl.fail_verify_error":       1,
+		"cluster.c.ssl.handshake":               0,
+	}
+	for name, v := range want {
+		if got := st.Counter(name).Value(); got != v {
+			t.Errorf("%s = %d, want %d", name, got, v)
+		}
+	}
+	if hosts[0].CxConnectFail.Load() != 1 || hosts[1].CxConnectFail.Load() != 1 {
+		t.Errorf("host connect failures %d, %d; want 1 each", hosts[0].CxConnectFail.Load(), hosts[1].CxConnectFail.Load())
 	}
 }
 

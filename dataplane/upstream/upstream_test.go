@@ -13,6 +13,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -229,9 +230,11 @@ func TestNewConfigErrors(t *testing.T) {
 		{"upstream filters without a registry", func(c *clusterv3.Cluster) {
 			c.Filters = []*clusterv3.Filter{{Name: "x"}}
 		}, "filters[0]"},
-		{"TLS transport socket", func(c *clusterv3.Cluster) {
-			c.TransportSocket = tlsSocket(t)
-		}, "transport_socket"},
+		{"TLS transport socket by SDS", func(c *clusterv3.Cluster) {
+			c.TransportSocket = upstreamTLS(t, func(pb *tlsv3.UpstreamTlsContext) {
+				pb.CommonTlsContext.ValidationContextType = &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: "ROOTCA"}}
+			})
+		}, "transport_socket.typed_config.common_tls_context.validation_context_sds_secret_config"},
 		{"unknown transport socket", func(c *clusterv3.Cluster) {
 			c.TransportSocketMatches = []*clusterv3.Cluster_TransportSocketMatch{{Name: "m", TransportSocket: &corev3.TransportSocket{
 				Name: "x", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: &anypb.Any{TypeUrl: "type.googleapis.com/x.Y"}}}}}

@@ -295,7 +295,7 @@ func (p *Proxy) proxy(ctx context.Context, c *filter.Conn, cl *upstream.Cluster,
 	if host != nil {
 		mv.host = host.Addr
 	}
-	if netio.IsSocket(c.Conn) { // a TLS session cannot move: it drains here
+	if netio.IsSocket(c.Conn) && netio.IsSocket(up) { // a TLS session cannot move: it drains here
 		c.SetMover(mv)
 	}
 	res := pair.Run(ctx)
@@ -370,7 +370,7 @@ func (m *mover) Move() (*filter.MovedConn, bool) {
 // and notes in ui the host last tried, the attempts and the upstream's local
 // address or why the last attempt failed. It returns the response flag of a
 // failure: UH (no healthy host) or UF (connection failure).
-func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluster, ui *upstreamInfo) (*netio.Conn, *upstream.Host, http.ResponseFlag) {
+func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluster, ui *upstreamInfo) (net.Conn, *upstream.Host, http.ResponseFlag) {
 	for attempt := 1; attempt <= p.maxAttempts; attempt++ {
 		var h *upstream.Host
 		if p.hashSourceIP && cl.HashBased() && c.Remote.IsValid() {

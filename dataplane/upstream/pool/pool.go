@@ -40,10 +40,12 @@ package pool
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -262,7 +264,7 @@ type Conn struct {
 	p         *Pool
 	h1        *h1.ClientConn
 	h2        *h2.ClientConn
-	tcp       *netio.Conn
+	tls       *tls.Conn // the connection, if it is TLS (nil: plain TCP)
 	local     netip.AddrPort
 	created   time.Time
 	idleSince time.Time
@@ -459,16 +461,25 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 	if !p.m.startSweeper() || !p.cl.Acquire() {
 		return fail(&ConnectError{Host: p.host.Addr.String(), Err: errors.New("shutting down")})
 	}
-	tcp, err := p.cl.Connect(ctx, p.host)
+	// Offered over TLS when the cluster's UpstreamTlsContext names no
+	// protocol, as Envoy's pools do.
+	alpn := []string{"http/1.1"}
+	if p.http2 {
+		alpn = []string{"h2"}
+	}
+	nc, err := p.cl.ConnectALPN(ctx, p.host, alpn)
 	if err != nil {
 		p.cl.Release()
 		p.m.opts.Logger.Debug("upstream connect failed", "cluster", p.cl.Name(), "host", p.host.Addr, "error", err)
 		return fail(&ConnectError{Host: p.host.Addr.String(), Err: err})
 	}
 	cfg := p.cl.Config()
-	c := &Conn{p: p, tcp: tcp, created: time.Now(), requests: 1}
-	c.local = netio.AddrPort(tcp.LocalAddr())
-	nc := tcp // reads and writes as raw system calls
+	c := &Conn{p: p, created: time.Now(), requests: 1}
+	c.local = netio.AddrPort(nc.LocalAddr())
+	sock := nc // the TCP connection: reads and writes as raw system calls
+	if tc, ok := nc.(*tls.Conn); ok {
+		c.tls, sock = tc, tc.NetConn()
+	}
 	if p.http2 {
 		hs.CxHTTP2Total.Inc()
 		cc, err := h2.NewClientConn(nc, h2.ClientOptions{
@@ -479,7 +490,7 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 			Logger:                      p.m.opts.Logger,
 		})
 		if err != nil {
-			tcp.Close()
+			nc.Close()
 			p.cl.Disconnected(p.host)
 			p.cl.Release()
 			return fail(&ConnectError{Host: p.host.Addr.String(), Err: err})
@@ -501,9 +512,11 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 		return c, s, nil
 	}
 	hs.CxHTTP1Total.Inc()
-	if rc, err := tcp.SyscallConn(); err == nil {
-		c.raw = rc
-		c.peekFn = c.peek
+	if sc, ok := sock.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			c.raw = rc
+			c.peekFn = c.peek
+		}
 	}
 	c.h1 = h1.NewClientConn(nc, &h1.Options{Buffers: p.m.opts.Buffers, MaxHeaders: int(cfg.HTTP.MaxHeadersCount)})
 	s, err := c.h1.NewStream(ctx)
@@ -605,8 +618,27 @@ func (c *Conn) alive() bool {
 		return true
 	case c.peekErr != nil:
 		return false
+	case c.peekN > 0 && c.tls != nil:
+		return c.aliveTLS()
 	}
 	return false // EOF (0 bytes) or unexpected bytes
+}
+
+// aliveTLS reads what an idle TLS connection has received: a TLS 1.3
+// session ticket, which the server may send at any time and which leaves
+// the connection fit for reuse, or an alert (close_notify) or bytes nobody
+// asked for, which do not. The records are in the socket already, so the
+// read waits at most a millisecond, for nothing more to come.
+func (c *Conn) aliveTLS() bool {
+	if err := c.tls.SetReadDeadline(time.Now().Add(time.Millisecond)); err != nil {
+		return false
+	}
+	n, err := c.tls.Read(c.peekBuf[:])
+	if n > 0 || c.tls.SetReadDeadline(time.Time{}) != nil {
+		return false
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func (c *Conn) peek(fd uintptr) bool {

@@ -2,12 +2,15 @@ package pool
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	nethttp "net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,6 +23,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/internal/protoyaml"
 	"github.com/skiffproxy/skiff/internal/stats"
+	"github.com/skiffproxy/skiff/internal/tlstest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -331,5 +335,151 @@ func TestSweepRemovesGonePool(t *testing.T) {
 	}
 	if m.Pool(cl, h) == p {
 		t.Error("the host's pool after the sweep is the removed one")
+	}
+}
+
+// startTLSServer is an HTTPS upstream (HTTP/1.1, and HTTP/2 by ALPN if h2)
+// with a certificate for server.test from ca, counting its connections.
+func startTLSServer(t testing.TB, ca *tlstest.CA, h2 bool, h nethttp.HandlerFunc) *server {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &server{addr: ln.Addr().String()}
+	srv := &nethttp.Server{Handler: h, ConnState: func(_ net.Conn, st nethttp.ConnState) {
+		if st == nethttp.StateNew {
+			s.conns.Add(1)
+		}
+	}, TLSConfig: &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "server", "server.test").TLS(t)}}}
+	srv.Protocols = new(nethttp.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetHTTP2(h2)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.ServeTLS(ln, "", "") }()
+	t.Cleanup(func() { srv.Close(); <-done })
+	return s
+}
+
+// tlsCluster is the YAML of a transport_socket trusting ca, SNI server.test,
+// TLS 1.3 allowed.
+func tlsCluster(t testing.TB, ca *tlstest.CA) string {
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, ca.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf(`
+transport_socket:
+  name: envoy.transport_sockets.tls
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+    sni: server.test
+    common_tls_context:
+      tls_params: { tls_maximum_protocol_version: TLSv1_3 }
+      validation_context: { trusted_ca: { filename: %q } }
+`, caFile)
+}
+
+// TestTLSKeepAliveReuse: HTTP/1.1 over TLS 1.3 keeps its connection across
+// idle spells longer than PeekAfter (the liveness check sees the session
+// tickets the server sent, not a dead connection), and offers http/1.1 by
+// ALPN to a server that would prefer h2.
+func TestTLSKeepAliveReuse(t *testing.T) {
+	ca := tlstest.NewCA(t, "upstream CA")
+	srv := startTLSServer(t, ca, true, func(w nethttp.ResponseWriter, r *nethttp.Request) { io.WriteString(w, r.Proto+" "+r.URL.Path) })
+	st := stats.NewStore()
+	cl := newCluster(t, st, tlsCluster(t, ca), srv.addr)
+	m := NewManager(Options{})
+	defer m.Close()
+	p := m.Pool(cl, cl.Hosts()[0])
+	for i := range 4 {
+		want := fmt.Sprintf("HTTP/1.1 /%d", i)
+		if body, err := get(t, p, fmt.Sprintf("/%d", i)); err != nil || body != want {
+			t.Fatalf("%d: %q %v, want %q", i, body, err, want)
+		}
+		if i%2 == 1 {
+			time.Sleep(PeekAfter + 50*time.Millisecond)
+		}
+	}
+	if n := srv.conns.Load(); n != 1 {
+		t.Errorf("%d upstream connections, want 1 (keep-alive over TLS)", n)
+	}
+	for name, want := range map[string]int64{"cluster.c.ssl.handshake": 1, "cluster.c.ssl.versions.TLSv1.3": 1, "cluster.c.upstream_cx_http1_total": 1} {
+		if v, _ := st.Value(name); v != want {
+			t.Errorf("%s = %d, want %d", name, v, want)
+		}
+	}
+}
+
+// TestTLSStaleIdleConnection: an HTTPS upstream that closes its idle
+// connections (with a close_notify alert) is noticed before reuse.
+func TestTLSStaleIdleConnection(t *testing.T) {
+	ca := tlstest.NewCA(t, "upstream CA")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "server", "server.test").TLS(t)}}
+	var accepted atomic.Int32
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			raw, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			raw.SetDeadline(time.Now().Add(5 * time.Second))
+			c := tls.Server(raw, cfg)
+			c.Read(make([]byte, 4096))
+			io.WriteString(c, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+			time.Sleep(10 * time.Millisecond)
+			c.Close() // close_notify, then FIN
+		}
+	}()
+	defer func() { ln.Close(); <-done }()
+	st := stats.NewStore()
+	cl := newCluster(t, st, tlsCluster(t, ca), ln.Addr().String())
+	m := NewManager(Options{})
+	defer m.Close()
+	p := m.Pool(cl, cl.Hosts()[0])
+	for range 2 {
+		if body, err := get(t, p, "/"); err != nil || body != "ok" {
+			t.Fatalf("%q %v", body, err)
+		}
+		time.Sleep(PeekAfter + 50*time.Millisecond)
+	}
+	if n := accepted.Load(); n != 2 {
+		t.Errorf("%d connections accepted", n)
+	}
+}
+
+// TestTLSHTTP2: a cluster speaking HTTP/2 over TLS offers h2 by ALPN (the
+// UpstreamTlsContext names no protocol) and multiplexes on one connection.
+func TestTLSHTTP2(t *testing.T) {
+	ca := tlstest.NewCA(t, "upstream CA")
+	srv := startTLSServer(t, ca, true, func(w nethttp.ResponseWriter, r *nethttp.Request) { io.WriteString(w, r.Proto) })
+	st := stats.NewStore()
+	cl := newCluster(t, st, tlsCluster(t, ca)+`
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: { http2_protocol_options: {} }
+`, srv.addr)
+	m := NewManager(Options{})
+	defer m.Close()
+	p := m.Pool(cl, cl.Hosts()[0])
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Go(func() {
+			if body, err := get(t, p, "/"); err != nil || body != "HTTP/2.0" {
+				t.Errorf("%q %v, want HTTP/2.0", body, err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := srv.conns.Load(); n != 1 {
+		t.Errorf("%d connections, want 1", n)
 	}
 }

@@ -1,0 +1,156 @@
+package tlscontext
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+
+	"github.com/skiffproxy/skiff/internal/cfgerr"
+)
+
+// Client is a built UpstreamTlsContext: how skiff originates TLS to a
+// cluster's hosts. As in Envoy, the server's certificate is verified only
+// when the context has a validation context (trusted_ca), and then against
+// its subject alt name matchers and pins, not against the SNI (unless
+// auto_sni_san_validation asks for that).
+type Client struct {
+	// ALPN is alpn_protocols (nil: the caller's fallback is offered).
+	ALPN []string
+
+	config            *tls.Config // no ServerName; NextProtos is ALPN
+	sni               string
+	autoHostSNI       bool
+	autoSANValidation bool
+	v                 *validator // nil: the server's certificate is not verified
+}
+
+// NewClient builds an UpstreamTlsContext. Errors name the field.
+func NewClient(pb *tlsv3.UpstreamTlsContext) (*Client, error) {
+	if err := cfgerr.OnlyFields(pb, "common_tls_context", "sni", "auto_host_sni", "auto_sni_san_validation",
+		"allow_renegotiation", "max_session_keys", "enforce_rsa_key_usage"); err != nil {
+		return nil, err
+	}
+	ctc := pb.GetCommonTlsContext()
+	if ctc == nil {
+		ctc = &tlsv3.CommonTlsContext{}
+	}
+	cfg, v, err := common(ctc, false)
+	if err != nil {
+		return nil, cfgerr.Field("common_tls_context", err)
+	}
+	if len(cfg.Certificates) > 1 {
+		return nil, cfgerr.Errorf("common_tls_context.tls_certificates", "a client context takes one certificate, not %d (as in Envoy)", len(cfg.Certificates))
+	}
+	c := &Client{
+		ALPN:              cfg.NextProtos,
+		config:            cfg,
+		sni:               pb.GetSni(),
+		autoHostSNI:       pb.GetAutoHostSni(),
+		autoSANValidation: pb.GetAutoSniSanValidation(),
+		v:                 v,
+	}
+	if c.autoSANValidation && v == nil {
+		return nil, cfgerr.Errorf("auto_sni_san_validation", "needs common_tls_context.validation_context with trusted_ca: without it the server's certificate is not verified")
+	}
+	// The chain, the names and the pins are checked by verify, as Envoy's
+	// certificate validator does, not by Go's default (which would also
+	// match the certificate against the SNI).
+	cfg.InsecureSkipVerify = true
+	cfg.VerifyConnection = c.verify
+	if n := pb.GetMaxSessionKeys(); n == nil || n.GetValue() > 0 {
+		size := 1
+		if n != nil {
+			size = int(n.GetValue())
+		}
+		cfg.ClientSessionCache = tls.NewLRUClientSessionCache(size)
+	}
+	if pb.GetAllowRenegotiation() {
+		cfg.Renegotiation = tls.RenegotiateFreelyAsClient
+	}
+	return c, nil
+}
+
+// Upstream builds a cluster's transport_socket (or a transport_socket_matches
+// entry's): an UpstreamTlsContext (nil Client for raw_buffer, the plain
+// default).
+func Upstream(ts *corev3.TransportSocket) (*Client, error) {
+	u := &tlsv3.UpstreamTlsContext{}
+	isTLS, err := DecodeTransportSocket(ts, u)
+	if err != nil || !isTLS {
+		return nil, err
+	}
+	c, err := NewClient(u)
+	if err != nil {
+		return nil, cfgerr.Field("typed_config", err)
+	}
+	return c, nil
+}
+
+// ServerName is the SNI sent to a host whose name (the endpoint's hostname,
+// or the DNS name it was resolved from) is hostname: sni, or hostname itself
+// with auto_host_sni.
+func (c *Client) ServerName(hostname string) string {
+	if c.autoHostSNI && hostname != "" {
+		return hostname
+	}
+	return c.sni
+}
+
+// Handshake starts TLS on conn to a host named hostname ("" if it has no
+// name) and completes the handshake before ctx ends. alpn is offered when
+// the context has no alpn_protocols of its own (Envoy's ALPN fallback: h2
+// for an HTTP/2 connection pool, http/1.1 for an HTTP/1.1 one). On failure
+// the caller still owns conn.
+func (c *Client) Handshake(ctx context.Context, conn net.Conn, hostname string, alpn []string) (*tls.Conn, error) {
+	cfg := c.config.Clone()
+	cfg.ServerName = c.ServerName(hostname)
+	if len(cfg.NextProtos) == 0 {
+		cfg.NextProtos = alpn
+	}
+	tc := tls.Client(conn, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, err
+	}
+	return tc, nil
+}
+
+// verify is the connection's tls.Config.VerifyConnection: without a
+// validation context it accepts any certificate (Envoy's default for
+// upstreams); with one, the chain must lead to trusted_ca and the leaf pass
+// the subject alt name matchers (or, with auto_sni_san_validation, carry the
+// SNI as a DNS name) and the pins.
+func (c *Client) verify(cs tls.ConnectionState) error {
+	if c.v == nil {
+		return nil
+	}
+	certs := cs.PeerCertificates
+	if len(certs) == 0 {
+		return &VerifyError{Reason: "fail_verify_no_cert", Err: errors.New("the server sent no certificate")}
+	}
+	opts := x509.VerifyOptions{Roots: c.v.roots, Intermediates: x509.NewCertPool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	for _, ic := range certs[1:] {
+		opts.Intermediates.AddCert(ic)
+	}
+	chains, err := certs[0].Verify(opts)
+	if err != nil {
+		return &VerifyError{Reason: "fail_verify_error", Err: fmt.Errorf("verifying the server's certificate: %w", err)}
+	}
+	if !c.autoSANValidation {
+		return c.v.verify(nil, chains)
+	}
+	leaf := certs[0]
+	if cs.ServerName == "" || !slices.ContainsFunc(leaf.DNSNames, func(n string) bool {
+		return strings.EqualFold(n, cs.ServerName) || wildcardMatch(n, cs.ServerName)
+	}) {
+		return &VerifyError{Reason: "fail_verify_san", Err: fmt.Errorf("no DNS name of the server's certificate matches the SNI %q (auto_sni_san_validation)", cs.ServerName)}
+	}
+	return c.v.verifyPins(leaf)
+}
