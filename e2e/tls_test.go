@@ -5,10 +5,12 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	nethttp "net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -79,7 +81,7 @@ static_resources:
     stat_prefix: mtls
     address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
     filter_chains:
-    - transport_socket_connect_timeout: 5s
+    - transport_socket_connect_timeout: 2s
       transport_socket:
         name: envoy.transport_sockets.tls
         typed_config:
@@ -163,8 +165,23 @@ static_resources:
 		}
 	}
 
+	// A client that never sends its ClientHello is closed after the chain's
+	// transport_socket_connect_timeout, counted apart from TLS errors.
+	mute, err := net.Dial("tcp", p.Addr(t, "mtls"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mute.SetReadDeadline(time.Now().Add(20 * time.Second))
+	start := time.Now()
+	if n, err := mute.Read(make([]byte, 1)); n != 0 || err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("a client that sends nothing: read %d, %v; want the connection closed by skiff", n, err)
+	} else if waited := time.Since(start); waited < time.Second {
+		t.Errorf("a client that sends nothing was closed after %v, before the 2s transport_socket_connect_timeout", waited)
+	}
+	mute.Close()
+
 	counters := func() map[string]int {
-		r := runSkiff(t, "admin", "--runtime-dir", p.RuntimeDir, "stats", "--filter", `^listener\.(https|mtls)\.ssl\.`)
+		r := runSkiff(t, "admin", "--runtime-dir", p.RuntimeDir, "stats", "--filter", `^listener\.(https|mtls)\.(ssl\.|downstream_cx_transport_socket_connect_timeout)`)
 		m := map[string]int{}
 		for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
 			name, v, ok := strings.Cut(l, ": ")
@@ -175,16 +192,17 @@ static_resources:
 		return m
 	}
 	want := map[string]int{
-		"https.ssl.handshake":            3,
-		"https.ssl.versions.TLSv1.3":     3,
-		"https.ssl.no_certificate":       2,
-		"https.ssl.connection_error":     1,
-		"mtls.ssl.handshake":             1,
-		"mtls.ssl.connection_error":      3,
-		"mtls.ssl.fail_verify_no_cert":   1,
-		"mtls.ssl.fail_verify_san":       1,
-		"mtls.ssl.fail_verify_error":     1,
-		"mtls.ssl.fail_verify_cert_hash": 0,
+		"https.ssl.handshake":                                 3,
+		"https.ssl.versions.TLSv1.3":                          3,
+		"https.ssl.no_certificate":                            2,
+		"https.ssl.connection_error":                          1,
+		"mtls.ssl.handshake":                                  1,
+		"mtls.ssl.connection_error":                           3,
+		"mtls.ssl.fail_verify_no_cert":                        1,
+		"mtls.ssl.fail_verify_san":                            1,
+		"mtls.ssl.fail_verify_error":                          1,
+		"mtls.ssl.fail_verify_cert_hash":                      0,
+		"mtls.downstream_cx_transport_socket_connect_timeout": 1,
 	}
 	var got map[string]int
 	deadline := time.Now().Add(10 * time.Second)

@@ -22,17 +22,19 @@ import (
 // listenerStats are a listener's stat handles, named as in Envoy.
 type listenerStats struct {
 	cxTotal, cxDestroy, noChainMatch, filterError, preCxTimeout stats.Counter
+	transportTimeout                                            stats.Counter // downstream_cx_transport_socket_connect_timeout
 	cxActive                                                    stats.Gauge
 }
 
 func newListenerStats(sc *stats.Scope) listenerStats {
 	return listenerStats{
-		cxTotal:      sc.Counter("downstream_cx_total"),
-		cxDestroy:    sc.Counter("downstream_cx_destroy"),
-		noChainMatch: sc.Counter("no_filter_chain_match"),
-		filterError:  sc.Counter("downstream_listener_filter_error"),
-		preCxTimeout: sc.Counter("downstream_pre_cx_timeout"),
-		cxActive:     sc.Gauge("downstream_cx_active"),
+		cxTotal:          sc.Counter("downstream_cx_total"),
+		cxDestroy:        sc.Counter("downstream_cx_destroy"),
+		noChainMatch:     sc.Counter("no_filter_chain_match"),
+		filterError:      sc.Counter("downstream_listener_filter_error"),
+		preCxTimeout:     sc.Counter("downstream_pre_cx_timeout"),
+		transportTimeout: sc.Counter("downstream_cx_transport_socket_connect_timeout"),
+		cxActive:         sc.Gauge("downstream_cx_active"),
 	}
 }
 
@@ -315,7 +317,13 @@ func (l *Listener) handshake(ctx context.Context, ch *FilterChain, c *filter.Con
 		}
 	}()
 	if err := tc.HandshakeContext(ctx); err != nil {
-		st.Failed(err)
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			// transport_socket_connect_timeout: Envoy closes the connection
+			// without a TLS error.
+			l.stats.transportTimeout.Inc()
+		} else {
+			st.Failed(err)
+		}
 		l.log.Debug("TLS handshake failed; closing", "conn", c.ID, "remote", c.Remote, "error", err)
 		return false
 	}

@@ -115,6 +115,20 @@ func NewServer(pb *tlsv3.DownstreamTlsContext) (*Server, error) {
 			return pickCertificate(certs, hi)
 		}
 	}
+	if len(cfg.NextProtos) > 0 {
+		// As Envoy (BoringSSL's ALPN callback answering NOACK): a client whose
+		// protocols share none with alpn_protocols goes on without ALPN,
+		// where Go's server would end the handshake.
+		protos := cfg.NextProtos
+		noALPN := cfg.Clone()
+		noALPN.NextProtos = nil
+		cfg.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+			if len(hi.SupportedProtos) == 0 || slices.ContainsFunc(hi.SupportedProtos, func(p string) bool { return slices.Contains(protos, p) }) {
+				return nil, nil
+			}
+			return noALPN, nil
+		}
+	}
 	s.Config = cfg
 	return s, nil
 }

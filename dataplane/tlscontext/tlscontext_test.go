@@ -127,6 +127,8 @@ func TestServerHandshakes(t *testing.T) {
 		{name: "plain", version: tls.VersionTLS13},
 		{name: "alpn", server: func(pb *tlsv3.DownstreamTlsContext) { pb.CommonTlsContext.AlpnProtocols = []string{"h2", "http/1.1"} },
 			client: func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }, alpn: "http/1.1", version: tls.VersionTLS13},
+		{name: "alpn without a common protocol goes on without ALPN", server: func(pb *tlsv3.DownstreamTlsContext) { pb.CommonTlsContext.AlpnProtocols = []string{"h2"} },
+			client: func(c *tls.Config) { c.NextProtos = []string{"spdy/3"} }, version: tls.VersionTLS13},
 		{name: "max TLS 1.2 and a cipher", server: func(pb *tlsv3.DownstreamTlsContext) {
 			pb.CommonTlsContext.TlsParams = &tlsv3.TlsParameters{TlsMaximumProtocolVersion: tlsv3.TlsParameters_TLSv1_2,
 				CipherSuites: []string{"[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]"}}
