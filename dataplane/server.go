@@ -23,6 +23,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/skiffproxy/skiff/dataplane/accesslog"
@@ -30,6 +31,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/http/route"
 	"github.com/skiffproxy/skiff/dataplane/listener"
 	"github.com/skiffproxy/skiff/dataplane/runtime"
+	"github.com/skiffproxy/skiff/dataplane/tlscontext"
 	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/dataplane/upstream/pool"
 	"github.com/skiffproxy/skiff/internal/bufpool"
@@ -60,7 +62,7 @@ type Snapshot struct {
 // ResourceError is a configuration error in one resource of a Snapshot. Err
 // carries the field path inside the resource (see package cfgerr).
 type ResourceError struct {
-	Kind  string // "listener", "cluster", "endpoints" or "route"
+	Kind  string // "listener", "cluster", "endpoints", "route" or "secret"
 	Index int    // position in the Snapshot's list
 	Name  string
 	Err   error
@@ -98,6 +100,10 @@ type Options struct {
 	// Resolver is the bootstrap's DNS resolver (upstream.BootstrapResolver),
 	// for DNS clusters without their own. Nil: the system's.
 	Resolver *upstream.Resolver
+	// Secrets are the bootstrap's static_resources.secrets (see
+	// CheckSecrets), which TLS contexts name in SDS secret configs without
+	// an sds_config.
+	Secrets tlscontext.Secrets
 }
 
 // managerStats are Envoy's listener_manager.* and cluster_manager.* stats.
@@ -212,6 +218,7 @@ func (s *Server) factoryContext() filter.Context {
 		AccessLogs: s.accessLogs,
 		Node:       s.opts.Node,
 		Runtime:    s.opts.Runtime,
+		Secrets:    s.opts.Secrets,
 		Server:     s,
 		ClusterExists: func(name string) bool {
 			return s.clusters.Get(name) != nil
@@ -408,7 +415,24 @@ func (s *Server) clusterOptions() upstream.Options {
 	fc := s.factoryContext()
 	return upstream.Options{Filters: func(f *clusterv3.Filter) (upstream.ConnFilter, error) {
 		return s.opts.Registry.UpstreamNetworkFilter(f.GetName(), f.GetTypedConfig(), &fc)
-	}, Resolver: s.opts.Resolver}
+	}, Resolver: s.opts.Resolver, Secrets: s.opts.Secrets}
+}
+
+// CheckSecrets checks the bootstrap's static_resources.secrets and indexes
+// them by name for Options.Secrets. An error is a *ResourceError of kind
+// "secret".
+func CheckSecrets(list []*tlsv3.Secret) (tlscontext.Secrets, error) {
+	secrets := make(tlscontext.Secrets, len(list))
+	for i, sec := range list {
+		if err := tlscontext.CheckSecret(sec); err != nil {
+			return nil, &ResourceError{Kind: "secret", Index: i, Name: sec.GetName(), Err: err}
+		}
+		if _, dup := secrets[sec.GetName()]; dup {
+			return nil, &ResourceError{Kind: "secret", Index: i, Name: sec.GetName(), Err: cfgerr.Errorf("name", "duplicate secret name %q", sec.GetName())}
+		}
+		secrets[sec.GetName()] = sec
+	}
+	return secrets, nil
 }
 
 func (s *Server) prepared(pb *clusterv3.Cluster) (*upstream.Config, bool) {

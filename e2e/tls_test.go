@@ -429,3 +429,98 @@ func tlsVersionName(v uint16) string {
 	}
 	return fmt.Sprintf("0x%x", v)
 }
+
+// TestStaticSecrets: certificates and CAs defined once in
+// static_resources.secrets and named by TLS contexts (SDS secret configs
+// without an sds_config): a listener terminating TLS with one, a cluster
+// verifying its upstream with another and presenting a third. A secret that
+// cannot be loaded, or a name with no secret, fails the bootstrap naming the
+// field, before any socket is bound.
+func TestStaticSecrets(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca := tlstest.NewCA(t, "secrets CA")
+	edgeCert, edgeKey := ca.Issue(t, "edge", "edge.test").Files(t, dir, "edge-")
+	clientCert, clientKey := ca.Issue(t, "skiff", "spiffe://e2e/skiff").Files(t, dir, "client-")
+	caFile := writeFile(t, "secrets-ca.pem", string(ca.PEM))
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &nethttp.Server{ReadHeaderTimeout: 10 * time.Second, TLSConfig: &tls.Config{
+		Certificates: []tls.Certificate{ca.Issue(t, "backend", "backend.test").TLS(t)}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool()},
+		Handler: nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+			fmt.Fprint(w, "client ", r.TLS.PeerCertificates[0].URIs[0])
+		})}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.ServeTLS(ln, "", "") }()
+	t.Cleanup(func() { srv.Close(); <-done })
+
+	secrets := fmt.Sprintf(`  secrets:
+  - name: edge-cert
+    tls_certificate: { certificate_chain: { filename: %q }, private_key: { filename: %q } }
+  - name: skiff-client
+    tls_certificate: { certificate_chain: { filename: %q }, private_key: { filename: %q } }
+  - name: mesh-ca
+    validation_context: { trusted_ca: { filename: %q } }
+`, edgeCert, edgeKey, clientCert, clientKey, caFile)
+	listener := func(secret string) string {
+		return fmt.Sprintf(`  listeners:
+  - name: https
+    address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificate_sds_secret_configs: [{ name: %s }]
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: https
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{ match: { prefix: "/" }, route: { cluster: backend } }]
+`, secret)
+	}
+	cluster := staticCluster("backend", false, ln.Addr().String()) + `    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: backend.test
+        common_tls_context:
+          tls_certificate_sds_secret_configs: [{ name: skiff-client }]
+          combined_validation_context:
+            default_validation_context:
+              match_typed_subject_alt_names: [{ san_type: DNS, matcher: { exact: backend.test } }]
+            validation_context_sds_secret_config: { name: mesh-ca }
+`
+	p := startSkiff(t, "node: { id: e2e-secrets }\nstatic_resources:\n"+secrets+listener("edge-cert")+"  clusters:\n"+cluster)
+	c := &nethttp.Client{Timeout: 10 * time.Second, Transport: &nethttp.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool(), ServerName: "edge.test"}}}
+	resp, body := doGet(t, c, "https://"+p.Addr(t, "https")+"/")
+	if resp.StatusCode != 200 || body != "client spiffe://e2e/skiff" {
+		t.Errorf("GET through secrets: %s %q, want 200 %q", resp.Status, body, "client spiffe://e2e/skiff")
+	}
+
+	for _, tt := range []struct {
+		name, cfg, want string
+	}{
+		{"a secret whose file is missing", "static_resources:\n" + strings.Replace(secrets, caFile, filepath.Join(dir, "missing.pem"), 1) + listener("edge-cert") + "  clusters:\n" + cluster,
+			"static_resources.secrets[2].validation_context.trusted_ca.filename"},
+		{"a name with no secret", "static_resources:\n" + secrets + listener("nope") + "  clusters:\n" + cluster,
+			`static_resources.listeners[0].filter_chains[0].transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].name: no secret "nope"`},
+	} {
+		r := runSkiff(t, "run", "-c", writeFile(t, "bad-secrets.yaml", tt.cfg), "--runtime-dir", filepath.Join(t.TempDir(), "run"))
+		if r.code == 0 || !strings.Contains(r.stderr, tt.want) || strings.Contains(r.stderr, "listener bound") {
+			t.Errorf("skiff run with %s: exit %d, want an error naming %s before binding:\n%s", tt.name, r.code, tt.want, r.stderr)
+		}
+	}
+}

@@ -293,7 +293,11 @@ func newServer(b *bootstrapv3.Bootstrap, source string, log *slog.Logger, drain 
 	if err != nil {
 		return nil, err
 	}
-	srv := dataplane.NewServer(dataplane.Options{Logger: log, Registry: reg, Stats: st, DrainTime: drain.time, GradualDrain: drain.gradual, Node: b.GetNode(), Runtime: rt, Resolver: resolver,
+	secrets, err := dataplane.CheckSecrets(b.GetStaticResources().GetSecrets())
+	if err != nil {
+		return nil, locate(source, err)
+	}
+	srv := dataplane.NewServer(dataplane.Options{Logger: log, Registry: reg, Stats: st, DrainTime: drain.time, GradualDrain: drain.gradual, Node: b.GetNode(), Runtime: rt, Resolver: resolver, Secrets: secrets,
 		// With xDS, the client says when the first round is in place.
 		InitializedExternally: b.GetDynamicResources() != nil})
 	snap := &dataplane.Snapshot{
@@ -314,8 +318,11 @@ func locate(source string, err error) error {
 		return fmt.Errorf("%s: %w", source, err)
 	}
 	path := bootstrap.ListenerPath(re.Index)
-	if re.Kind == "cluster" {
+	switch re.Kind {
+	case "cluster":
 		path = bootstrap.ClusterPath(re.Index)
+	case "secret":
+		path = bootstrap.SecretPath(re.Index)
 	}
 	return fmt.Errorf("%s: %w (%s %q)", source, cfgerr.Field(path, re.Err), re.Kind, re.Name)
 }

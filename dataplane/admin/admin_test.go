@@ -21,6 +21,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	statusv3 "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"go.uber.org/goleak"
@@ -340,6 +341,8 @@ func staticBootstrap(t *testing.T) *bootstrapv3.Bootstrap {
 		StaticResources: &bootstrapv3.Bootstrap_StaticResources{
 			Listeners: []*listenerv3.Listener{tlsListener(t)},
 			Clusters:  []*clusterv3.Cluster{{Name: "backend"}},
+			Secrets: []*tlsv3.Secret{{Name: "server-cert", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+				CertificateChain: inline("PUBLIC-CERTIFICATE"), PrivateKey: inline("PRIVATE-KEY")}}}},
 		},
 	}
 }
@@ -370,9 +373,13 @@ func TestConfigDumpStatic(t *testing.T) {
 	if want := []string{"BootstrapConfigDump", "ClustersConfigDump", "ListenersConfigDump", "RoutesConfigDump", "SecretsConfigDump"}; !slices.Equal(types, want) {
 		t.Errorf("config dump holds %v, want %v", types, want)
 	}
-	ld, cld := &adminv3.ListenersConfigDump{}, &adminv3.ClustersConfigDump{}
+	ld, cld, sd := &adminv3.ListenersConfigDump{}, &adminv3.ClustersConfigDump{}, &adminv3.SecretsConfigDump{}
 	cd.GetConfigs()[2].UnmarshalTo(ld)
 	cd.GetConfigs()[1].UnmarshalTo(cld)
+	cd.GetConfigs()[4].UnmarshalTo(sd)
+	if ss := sd.GetStaticSecrets(); len(ss) != 1 || ss[0].GetName() != "server-cert" || ss[0].GetSecret() == nil {
+		t.Errorf("static secrets %v: want server-cert", ss)
+	}
 	if len(ld.GetStaticListeners()) != 1 || len(cld.GetStaticClusters()) != 1 || ld.GetStaticListeners()[0].GetLastUpdated() == nil {
 		t.Errorf("static listeners %v, static clusters %v: want one of each, with last_updated", ld.GetStaticListeners(), cld.GetStaticClusters())
 	}

@@ -163,6 +163,9 @@ func (s *Server) configDump(resource, nameRegex string, includeEDS bool) (*admin
 			d.Routes.StaticRouteConfigs = append(d.Routes.StaticRouteConfigs, &adminv3.RoutesConfigDump_StaticRouteConfig{RouteConfig: rc, LastUpdated: updated})
 		}
 	}
+	for _, sec := range b.GetStaticResources().GetSecrets() {
+		d.Secrets.StaticSecrets = append(d.Secrets.StaticSecrets, &adminv3.SecretsConfigDump_StaticSecret{Name: sec.GetName(), Secret: mustAny(sec), LastUpdated: updated})
+	}
 	for _, c := range b.GetStaticResources().GetClusters() {
 		d.Clusters.StaticClusters = append(d.Clusters.StaticClusters, &adminv3.ClustersConfigDump_StaticCluster{Cluster: mustAny(c), LastUpdated: updated})
 		if la := c.GetLoadAssignment(); la != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/dataplane/http/route"
 	"github.com/skiffproxy/skiff/dataplane/runtime"
+	"github.com/skiffproxy/skiff/dataplane/tlscontext"
 	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/dataplane/upstream/pool"
 	"github.com/skiffproxy/skiff/internal/bufpool"
@@ -48,6 +49,9 @@ type Context struct {
 	// HTTPFilterDisabled is set when an HTTP filter is built: its HttpFilter's
 	// disabled, which means the filter runs only for the routes that enable it.
 	HTTPFilterDisabled bool
+	// Secrets are the static secrets (static_resources.secrets, by name) that
+	// TLS transport sockets may name in their SDS secret configs.
+	Secrets tlscontext.Secrets
 	// Runtime is the layered runtime filters read fractions and overrides from
 	// at request time (Envoy's runtime keys); nil means no runtime, so every
 	// key takes its default.

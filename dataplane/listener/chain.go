@@ -51,7 +51,7 @@ func buildChain(pb *listenerv3.FilterChain, reg *filter.Registry, fc *filter.Con
 	}
 	ch := &FilterChain{Name: pb.GetName(), match: m, conns: NewConnSet(), proto: pb}
 	if ts := pb.GetTransportSocket(); ts != nil {
-		if ch.tls, err = tlscontext.Downstream(ts); err != nil {
+		if ch.tls, err = tlscontext.Downstream(ts, fc.Secrets); err != nil {
 			return nil, cfgerr.Field("transport_socket", err)
 		}
 	}

@@ -22,18 +22,16 @@ import (
 // its subject alt name matchers and pins, not against the SNI (unless
 // auto_sni_san_validation asks for that).
 type Client struct {
-	// ALPN is alpn_protocols (nil: the caller's fallback is offered).
-	ALPN []string
-
-	config            *tls.Config // no ServerName; NextProtos is ALPN
+	config            *tls.Config // no ServerName; NextProtos is alpn_protocols
 	sni               string
 	autoHostSNI       bool
 	autoSANValidation bool
 	v                 *validator // nil: the server's certificate is not verified
 }
 
-// NewClient builds an UpstreamTlsContext. Errors name the field.
-func NewClient(pb *tlsv3.UpstreamTlsContext) (*Client, error) {
+// NewClient builds an UpstreamTlsContext, taking the secrets it names by SDS
+// from secrets. Errors name the field.
+func NewClient(pb *tlsv3.UpstreamTlsContext, secrets Secrets) (*Client, error) {
 	if err := cfgerr.OnlyFields(pb, "common_tls_context", "sni", "auto_host_sni", "auto_sni_san_validation",
 		"allow_renegotiation", "max_session_keys", "enforce_rsa_key_usage"); err != nil {
 		return nil, err
@@ -42,7 +40,7 @@ func NewClient(pb *tlsv3.UpstreamTlsContext) (*Client, error) {
 	if ctc == nil {
 		ctc = &tlsv3.CommonTlsContext{}
 	}
-	cfg, v, err := common(ctc, false)
+	cfg, v, err := common(ctc, false, secrets)
 	if err != nil {
 		return nil, cfgerr.Field("common_tls_context", err)
 	}
@@ -50,7 +48,6 @@ func NewClient(pb *tlsv3.UpstreamTlsContext) (*Client, error) {
 		return nil, cfgerr.Errorf("common_tls_context.tls_certificates", "a client context takes one certificate, not %d (as in Envoy)", len(cfg.Certificates))
 	}
 	c := &Client{
-		ALPN:              cfg.NextProtos,
 		config:            cfg,
 		sni:               pb.GetSni(),
 		autoHostSNI:       pb.GetAutoHostSni(),
@@ -81,13 +78,13 @@ func NewClient(pb *tlsv3.UpstreamTlsContext) (*Client, error) {
 // Upstream builds a cluster's transport_socket (or a transport_socket_matches
 // entry's): an UpstreamTlsContext (nil Client for raw_buffer, the plain
 // default).
-func Upstream(ts *corev3.TransportSocket) (*Client, error) {
+func Upstream(ts *corev3.TransportSocket, secrets Secrets) (*Client, error) {
 	u := &tlsv3.UpstreamTlsContext{}
 	isTLS, err := DecodeTransportSocket(ts, u)
 	if err != nil || !isTLS {
 		return nil, err
 	}
-	c, err := NewClient(u)
+	c, err := NewClient(u, secrets)
 	if err != nil {
 		return nil, cfgerr.Field("typed_config", err)
 	}

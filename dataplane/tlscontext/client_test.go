@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -158,7 +159,7 @@ func TestClientHandshakes(t *testing.T) {
 			if tt.client != nil {
 				tt.client(pb)
 			}
-			c, err := NewClient(pb)
+			c, err := NewClient(pb, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -208,7 +209,7 @@ func TestClientSessionResumption(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := NewClient(&tlsv3.UpstreamTlsContext{Sni: "server.test", MaxSessionKeys: tt.keys, CommonTlsContext: &tlsv3.CommonTlsContext{
-				TlsParams: &tlsv3.TlsParameters{TlsMaximumProtocolVersion: tt.max}}})
+				TlsParams: &tlsv3.TlsParameters{TlsMaximumProtocolVersion: tt.max}}}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -240,17 +241,121 @@ func TestClientConfigErrors(t *testing.T) {
 			"common_tls_context.tls_certificates: a client context takes one certificate, not 2"},
 		{"auto_sni_san_validation without a CA", &tlsv3.UpstreamTlsContext{AutoSniSanValidation: true}, "auto_sni_san_validation: needs"},
 		{"SDS", &tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
-			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: "default"}}}}, "common_tls_context.tls_certificate_sds_secret_configs: secrets by SDS"},
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: "default", SdsConfig: &corev3.ConfigSource{}}}}},
+			"common_tls_context.tls_certificate_sds_secret_configs[0].sds_config: secrets from a config source (SDS) are not supported"},
+		{"no such static secret", &tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: "default"}}}},
+			`common_tls_context.tls_certificate_sds_secret_configs[0].name: no secret "default" in static_resources.secrets`},
 		{"min above the client's default max", &tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
 			TlsParams: &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_3}}}, "tls_params.tls_minimum_protocol_version: is above"},
 		{"bad trusted_ca", &tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{
 			ValidationContext: &tlsv3.CertificateValidationContext{TrustedCa: inline([]byte("x"))}}}}, "validation_context.trusted_ca: holds no PEM"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := NewClient(tt.pb)
+			_, err := NewClient(tt.pb, nil)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("NewClient: %v; want an error containing %q", err, tt.want)
 			}
 		})
 	}
+}
+
+// TestStaticSecrets: TLS contexts take certificates and validation contexts
+// from static_resources.secrets by name (an SdsSecretConfig without
+// sds_config); a combined validation context merges its default into the
+// secret's, as Envoy.
+func TestStaticSecrets(t *testing.T) {
+	f := newFixture(t)
+	secrets := Secrets{
+		"server": {Name: "server", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+			CertificateChain: inline(f.server.CertPEM), PrivateKey: inline(f.server.KeyPEM)}}},
+		"ca": {Name: "ca", Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{TrustedCa: inline(f.ca.PEM)}}},
+	}
+	s, err := NewServer(&tlsv3.DownstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: "server"}}}}, secrets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serve(t, s)
+	for _, tt := range []struct {
+		name string
+		vc   *tlsv3.CommonTlsContext
+		ok   bool
+	}{
+		{"validation_context_sds_secret_config", &tlsv3.CommonTlsContext{ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
+			ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: "ca"}}}, true},
+		{"combined, the default's SAN matcher matches", combined("ca", "server.test"), true},
+		{"combined, the default's SAN matcher refuses", combined("ca", "other.test"), false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := NewClient(&tlsv3.UpstreamTlsContext{Sni: "server.test", CommonTlsContext: tt.vc}, secrets)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc, err := dialClient(t, c, addr, "", nil)
+			if (err == nil) != tt.ok {
+				t.Fatalf("handshake: %v, want success %v", err, tt.ok)
+			}
+			if tc != nil {
+				tc.Close()
+			}
+		})
+	}
+	for _, tt := range []struct {
+		name string
+		ctc  *tlsv3.CommonTlsContext
+		want string
+	}{
+		{"a validation context as a certificate", &tlsv3.CommonTlsContext{TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: "ca"}}},
+			`tls_certificate_sds_secret_configs[0].name: secret "ca" is not a tls_certificate`},
+		{"a certificate as a validation context", &tlsv3.CommonTlsContext{ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
+			ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: "server"}}}, `validation_context_sds_secret_config.name: secret "server" is not a validation_context`},
+		{"a missing validation context", combined("nope", "x"), `combined_validation_context.validation_context_sds_secret_config.name: no secret "nope"`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := NewClient(&tlsv3.UpstreamTlsContext{CommonTlsContext: tt.ctc}, secrets)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("NewClient: %v; want an error containing %q", err, tt.want)
+			}
+		})
+	}
+	for _, tt := range []struct {
+		name string
+		sec  *tlsv3.Secret
+		want string
+	}{
+		{"no name", &tlsv3.Secret{Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{TrustedCa: inline(f.ca.PEM)}}}, "name: a secret needs a name"},
+		{"bad key", &tlsv3.Secret{Name: "x", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+			CertificateChain: inline(f.server.CertPEM), PrivateKey: inline(f.client.KeyPEM)}}}, "tls_certificate.certificate_chain: with private_key"},
+		{"generic", &tlsv3.Secret{Name: "x", Type: &tlsv3.Secret_GenericSecret{GenericSecret: &tlsv3.GenericSecret{}}}, "generic_secret"},
+		{"empty", &tlsv3.Secret{Name: "x"}, "a secret needs a tls_certificate or a validation_context"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := CheckSecret(tt.sec); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("CheckSecret: %v; want an error containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// combined is a combined validation context: the secret named secret, and a
+// default context with an exact DNS SAN matcher.
+func combined(secret, san string) *tlsv3.CommonTlsContext {
+	return &tlsv3.CommonTlsContext{ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{
+		CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+			DefaultValidationContext: &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
+				SanType: tlsv3.SubjectAltNameMatcher_DNS, Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: san}}}}},
+			ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: secret},
+		}}}
+}
+
+// serve terminates TLS with s for every connection to the returned address
+// and echoes a byte each way, as upstreamServer does.
+func serve(t *testing.T, s *Server) string {
+	addr, results := upstreamServer(t, s.Config)
+	go func() {
+		for range results {
+		}
+	}()
+	return addr
 }

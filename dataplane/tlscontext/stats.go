@@ -64,6 +64,8 @@ func (s *Stats) Failed(err error) {
 			s.failVerifySAN.Inc()
 		case "fail_verify_cert_hash":
 			s.failVerifyCertHash.Inc()
+		case "fail_verify_no_cert":
+			s.failVerifyNoCert.Inc()
 		default:
 			s.failVerifyError.Inc()
 		}

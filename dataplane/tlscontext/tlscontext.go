@@ -62,8 +62,9 @@ type VerifyError struct {
 func (e *VerifyError) Error() string { return e.Err.Error() }
 func (e *VerifyError) Unwrap() error { return e.Err }
 
-// NewServer builds a DownstreamTlsContext. Errors name the field.
-func NewServer(pb *tlsv3.DownstreamTlsContext) (*Server, error) {
+// NewServer builds a DownstreamTlsContext, taking the secrets it names by
+// SDS from secrets. Errors name the field.
+func NewServer(pb *tlsv3.DownstreamTlsContext, secrets Secrets) (*Server, error) {
 	if err := cfgerr.OnlyFields(pb, "common_tls_context", "require_client_certificate", "require_sni",
 		"disable_stateless_session_resumption", "disable_stateful_session_resumption", "ocsp_staple_policy",
 		"prefer_client_ciphers", "full_scan_certs_on_sni_mismatch"); err != nil {
@@ -80,7 +81,7 @@ func NewServer(pb *tlsv3.DownstreamTlsContext) (*Server, error) {
 	if ctc == nil {
 		return nil, cfgerr.Errorf("common_tls_context", "is required: it holds the certificate")
 	}
-	cfg, v, err := common(ctc, true)
+	cfg, v, err := common(ctc, true, secrets)
 	if err != nil {
 		return nil, cfgerr.Field("common_tls_context", err)
 	}
@@ -163,13 +164,9 @@ func pickCertificate(certs []tls.Certificate, hi *tls.ClientHelloInfo) (*tls.Cer
 
 // common builds a CommonTlsContext; the validator is nil without a
 // validation context.
-func common(pb *tlsv3.CommonTlsContext, server bool) (*tls.Config, *validator, error) {
-	if err := cfgerr.OnlyFields(pb, "tls_params", "tls_certificates", "alpn_protocols", "validation_context",
-		"combined_validation_context"); err != nil {
-		switch cfgerr.PathOf(err) {
-		case "tls_certificate_sds_secret_configs", "validation_context_sds_secret_config":
-			return nil, nil, cfgerr.Errorf(cfgerr.PathOf(err), "secrets by SDS are not supported by skiff yet: give the certificates inline or as files")
-		}
+func common(pb *tlsv3.CommonTlsContext, server bool, secrets Secrets) (*tls.Config, *validator, error) {
+	if err := cfgerr.OnlyFields(pb, "tls_params", "tls_certificates", "tls_certificate_sds_secret_configs", "alpn_protocols",
+		"validation_context", "validation_context_sds_secret_config", "combined_validation_context"); err != nil {
 		return nil, nil, err
 	}
 	// Envoy's defaults: TLS 1.2 to 1.3 for servers, 1.2 only for clients.
@@ -189,6 +186,21 @@ func common(pb *tlsv3.CommonTlsContext, server bool) (*tls.Config, *validator, e
 		}
 		cfg.Certificates = append(cfg.Certificates, cert)
 	}
+	for i, sc := range pb.GetTlsCertificateSdsSecretConfigs() {
+		sec, err := secrets.lookup(sc)
+		if err == nil && sec.GetTlsCertificate() == nil {
+			err = cfgerr.Errorf("name", "secret %q is not a tls_certificate", sc.GetName())
+		}
+		if err != nil {
+			return nil, nil, cfgerr.Index("tls_certificate_sds_secret_configs", i, err)
+		}
+		cert, err := certificate(sec.GetTlsCertificate())
+		if err != nil {
+			// The secret's own errors were reported where it is defined.
+			return nil, nil, cfgerr.Errorf(fmt.Sprintf("tls_certificate_sds_secret_configs[%d].name", i), "secret %q: %v", sc.GetName(), err)
+		}
+		cfg.Certificates = append(cfg.Certificates, cert)
+	}
 	for i, p := range pb.GetAlpnProtocols() {
 		if p == "" || len(p) > 255 {
 			return nil, nil, cfgerr.Errorf(fmt.Sprintf("alpn_protocols[%d]", i), "%q is not a protocol name of 1 to 255 bytes", p)
@@ -200,13 +212,32 @@ func common(pb *tlsv3.CommonTlsContext, server bool) (*tls.Config, *validator, e
 	switch t := pb.GetValidationContextType().(type) {
 	case *tlsv3.CommonTlsContext_ValidationContext:
 		vc = t.ValidationContext
-	case *tlsv3.CommonTlsContext_CombinedValidationContext:
-		path = "combined_validation_context"
-		if err := cfgerr.OnlyFields(t.CombinedValidationContext, "default_validation_context"); err != nil {
+	case *tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig:
+		path = "validation_context_sds_secret_config"
+		var err error
+		if vc, err = secrets.validationContext(t.ValidationContextSdsSecretConfig); err != nil {
 			return nil, nil, cfgerr.Field(path, err)
 		}
-		path += ".default_validation_context"
-		vc = t.CombinedValidationContext.GetDefaultValidationContext()
+	case *tlsv3.CommonTlsContext_CombinedValidationContext:
+		path = "combined_validation_context"
+		cvc := t.CombinedValidationContext
+		if err := cfgerr.OnlyFields(cvc, "default_validation_context", "validation_context_sds_secret_config"); err != nil {
+			return nil, nil, cfgerr.Field(path, err)
+		}
+		vc = cvc.GetDefaultValidationContext()
+		if sc := cvc.GetValidationContextSdsSecretConfig(); sc != nil {
+			dyn, err := secrets.validationContext(sc)
+			if err != nil {
+				return nil, nil, cfgerr.Field(path+".validation_context_sds_secret_config", err)
+			}
+			// As Envoy: the default context's fields merged into the
+			// secret's.
+			merged := proto.Clone(dyn).(*tlsv3.CertificateValidationContext)
+			proto.Merge(merged, vc)
+			vc = merged
+		} else {
+			path += ".default_validation_context"
+		}
 	}
 	if vc == nil {
 		return cfg, nil, nil
@@ -570,13 +601,13 @@ func wildcardMatch(pattern, name string) bool {
 
 // Downstream builds a filter chain's transport_socket: a DownstreamTlsContext
 // (nil Server for raw_buffer, the plain default).
-func Downstream(ts *corev3.TransportSocket) (*Server, error) {
+func Downstream(ts *corev3.TransportSocket, secrets Secrets) (*Server, error) {
 	d := &tlsv3.DownstreamTlsContext{}
 	isTLS, err := DecodeTransportSocket(ts, d)
 	if err != nil || !isTLS {
 		return nil, err
 	}
-	s, err := NewServer(d)
+	s, err := NewServer(d, secrets)
 	if err != nil {
 		return nil, cfgerr.Field("typed_config", err)
 	}

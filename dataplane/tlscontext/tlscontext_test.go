@@ -183,7 +183,7 @@ func TestServerHandshakes(t *testing.T) {
 		}), client: f.withCert(f.client, t), version: tls.VersionTLS13},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			s, err := NewServer(f.context(tt.server))
+			s, err := NewServer(f.context(tt.server), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -205,7 +205,7 @@ func TestServerHandshakes(t *testing.T) {
 
 func TestConfigErrors(t *testing.T) {
 	f := newFixture(t)
-	sds := &tlsv3.SdsSecretConfig{Name: "cert"}
+	sds := &tlsv3.SdsSecretConfig{Name: "cert", SdsConfig: &corev3.ConfigSource{}}
 	for _, tt := range []struct {
 		name      string
 		configure func(*tlsv3.DownstreamTlsContext)
@@ -215,7 +215,7 @@ func TestConfigErrors(t *testing.T) {
 		{"no certificate", func(pb *tlsv3.DownstreamTlsContext) { pb.CommonTlsContext.TlsCertificates = nil }, "common_tls_context.tls_certificates: a server needs"},
 		{"SDS", func(pb *tlsv3.DownstreamTlsContext) {
 			pb.CommonTlsContext.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{sds}
-		}, "common_tls_context.tls_certificate_sds_secret_configs: secrets by SDS"},
+		}, "common_tls_context.tls_certificate_sds_secret_configs[0].sds_config: secrets from a config source (SDS) are not supported"},
 		{"bad PEM", func(pb *tlsv3.DownstreamTlsContext) {
 			pb.CommonTlsContext.TlsCertificates[0].CertificateChain = inline([]byte("not a certificate"))
 		}, "common_tls_context.tls_certificates[0].certificate_chain: with private_key"},
@@ -251,7 +251,7 @@ func TestConfigErrors(t *testing.T) {
 		{"stapling", func(pb *tlsv3.DownstreamTlsContext) { pb.OcspStaplePolicy = tlsv3.DownstreamTlsContext_MUST_STAPLE }, "ocsp_staple_policy"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := NewServer(f.context(tt.configure))
+			_, err := NewServer(f.context(tt.configure), nil)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("NewServer: %v; want an error containing %q", err, tt.want)
 			}
@@ -265,16 +265,16 @@ func TestDownstream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := Downstream(&corev3.TransportSocket{Name: SocketName, ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: a}})
+	s, err := Downstream(&corev3.TransportSocket{Name: SocketName, ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: a}}, nil)
 	if err != nil || s == nil || len(s.Config.Certificates) != 1 {
 		t.Fatalf("Downstream(DownstreamTlsContext) = %v, %v", s, err)
 	}
 	raw, _ := anypb.New(&corev3.Address{})
-	if _, err := Downstream(&corev3.TransportSocket{Name: "x", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: raw}}); err == nil ||
+	if _, err := Downstream(&corev3.TransportSocket{Name: "x", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: raw}}, nil); err == nil ||
 		!strings.Contains(err.Error(), "typed_config") {
 		t.Errorf("Downstream(an Address): %v; want an error naming typed_config", err)
 	}
-	if _, err := Downstream(&corev3.TransportSocket{Name: SocketName}); err == nil {
+	if _, err := Downstream(&corev3.TransportSocket{Name: SocketName}, nil); err == nil {
 		t.Error("Downstream without typed_config: no error")
 	}
 }

@@ -58,6 +58,17 @@ type Host struct {
 	hcFailed atomic.Bool // active health checking failed it (FAILED_ACTIVE_HC), or has yet to pass it
 }
 
+// Transport is the transport socket the host's connections use (the
+// cluster's transport_socket, or what transport_socket_matches chose for
+// it). A cluster update that changes the transport gives the host a new
+// one: connections made with the old one should not be reused.
+func (h *Host) Transport() *Transport {
+	if t := h.transport.Load(); t != nil {
+		return t
+	}
+	return rawBuffer
+}
+
 // Weight is the host's load-balancing weight.
 func (h *Host) Weight() uint32 { return h.weight.Load() }
 
@@ -490,10 +501,7 @@ func (c *Cluster) ConnectALPN(ctx context.Context, h *Host, alpn []string) (net.
 // dial connects to h within timeout and starts its transport socket (see
 // Connect); it counts timeouts and TLS outcomes, not the connection.
 func (c *Cluster) dial(ctx context.Context, h *Host, timeout time.Duration, alpn []string) (net.Conn, error) {
-	t := h.transport.Load()
-	if t == nil {
-		t = rawBuffer
-	}
+	t := h.Transport()
 	if t.Unusable != nil {
 		c.stats.cxTransportUnsupported.Inc()
 		return nil, &TransportError{Cluster: c.name, Host: h.Addr.String(), Match: t.Name, Socket: t.Socket, Err: t.Unusable}

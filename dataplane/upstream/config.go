@@ -15,6 +15,7 @@ import (
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/skiffproxy/skiff/dataplane/tlscontext"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 )
 
@@ -119,6 +120,8 @@ type Options struct {
 	// Resolver is the resolver of DNS clusters that set none of their own
 	// (the bootstrap's; see BootstrapResolver). Nil: the system's.
 	Resolver *Resolver
+	// Secrets are the static secrets TLS transport sockets may name.
+	Secrets tlscontext.Secrets
 }
 
 // NewConfig validates a Cluster resource and returns its Config. Errors name the
@@ -197,7 +200,7 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 			c.ChoiceCount = int(v.GetValue())
 		}
 	}
-	if err := c.transportSockets(pb); err != nil {
+	if err := c.transportSockets(pb, opts.Secrets); err != nil {
 		return nil, err
 	}
 	for i, f := range pb.GetFilters() {

@@ -7,7 +7,6 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -23,8 +22,8 @@ const TransportSocketMatchKey = "envoy.transport_socket_match"
 
 // Transport is what an upstream connection is wrapped in: Envoy's transport
 // socket, raw_buffer (plain TCP) or TLS (an UpstreamTlsContext). A
-// transport_socket_matches entry whose TLS context skiff cannot build (it
-// asks for SDS, say) is kept, unusable: every connection to a host it
+// transport_socket_matches entry whose TLS context takes its secrets by SDS,
+// which skiff does not have, is kept, unusable: every connection to a host it
 // selects fails with ErrTransportUnsupported instead of sending plaintext to
 // a host that expects TLS, so that istiod's clusters still serve their
 // plaintext endpoints.
@@ -54,10 +53,10 @@ var rawBuffer = &Transport{Socket: "envoy.transport_sockets.raw_buffer"}
 var ErrTransportUnsupported = errors.New("transport socket not supported by skiff")
 
 // transportSockets reads transport_socket and transport_socket_matches.
-func (c *Config) transportSockets(pb *clusterv3.Cluster) error {
+func (c *Config) transportSockets(pb *clusterv3.Cluster, secrets tlscontext.Secrets) error {
 	c.transport = rawBuffer
 	if ts := pb.GetTransportSocket(); ts != nil {
-		cl, err := tlscontext.Upstream(ts)
+		cl, err := tlscontext.Upstream(ts, secrets)
 		if err != nil {
 			return cfgerr.Field("transport_socket", err)
 		}
@@ -72,14 +71,13 @@ func (c *Config) transportSockets(pb *clusterv3.Cluster) error {
 		}
 		path := fmt.Sprintf("transport_socket_matches[%d].transport_socket", i)
 		t := &Transport{Name: m.GetName(), Socket: m.GetTransportSocket().GetName()}
-		isTLS, err := tlscontext.DecodeTransportSocket(m.GetTransportSocket(), &tlsv3.UpstreamTlsContext{})
-		if err != nil {
+		var err error
+		switch t.TLS, err = tlscontext.Upstream(m.GetTransportSocket(), secrets); {
+		case errors.Is(err, tlscontext.ErrSDSUnsupported):
+			// istiod's tlsMode-istio: kept, its hosts unreachable.
+			t.Unusable = cfgerr.Field(path, err)
+		case err != nil:
 			return cfgerr.Field(path, err)
-		}
-		if isTLS {
-			if t.TLS, err = tlscontext.Upstream(m.GetTransportSocket()); err != nil {
-				t.Unusable = cfgerr.Field(path, err)
-			}
 		}
 		if len(m.GetMatch().GetFields()) > 0 {
 			t.match = m.GetMatch()
@@ -145,7 +143,7 @@ func (e *TransportError) Error() string {
 		e.Cluster, e.Host, e.Match, e.Socket, e.Err)
 }
 
-func (e *TransportError) Unwrap() error { return ErrTransportUnsupported }
+func (e *TransportError) Unwrap() []error { return []error{ErrTransportUnsupported, e.Err} }
 
 // ConnFilter is an upstream network filter (a cluster's filters): it sees
 // each new connection to the cluster's hosts once it is made, before any

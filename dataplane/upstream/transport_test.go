@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/skiffproxy/skiff/dataplane/tlscontext"
 	"github.com/skiffproxy/skiff/internal/stats"
 	"github.com/skiffproxy/skiff/internal/tlstest"
 )
@@ -97,7 +98,8 @@ func TestTransportSocketMatches(t *testing.T) {
 		TransportSocketMatches: []*clusterv3.Cluster_TransportSocketMatch{
 			{Name: "tlsMode-istio", Match: tlsMD, TransportSocket: upstreamTLS(t, trusting(ca, "server.test"))},
 			{Name: "tlsMode-sds", Match: sdsMD, TransportSocket: upstreamTLS(t, func(pb *tlsv3.UpstreamTlsContext) {
-				pb.CommonTlsContext.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{{Name: "default"}}
+				pb.CommonTlsContext.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{{Name: "default", SdsConfig: &corev3.ConfigSource{
+					ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}}}
 			})},
 			{Name: "tlsMode-disabled", Match: &structpb.Struct{}, TransportSocket: rawSocket(t)},
 		},
@@ -152,7 +154,8 @@ func TestTransportSocketMatches(t *testing.T) {
 	_, err = cl.Connect(ctx, hosts[2])
 	var te *TransportError
 	if !errors.As(err, &te) || !errors.Is(err, ErrTransportUnsupported) || te.Match != "tlsMode-sds" ||
-		!strings.Contains(err.Error(), "transport_socket_matches[1].transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs") {
+		!errors.Is(err, tlscontext.ErrSDSUnsupported) ||
+		!strings.Contains(err.Error(), "transport_socket_matches[1].transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].sds_config") {
 		t.Fatalf("SDS host: err %v, want a TransportError for tlsMode-sds naming the field", err)
 	}
 	want := map[string]uint64{
@@ -169,6 +172,22 @@ func TestTransportSocketMatches(t *testing.T) {
 		if got := st.Counter(name).Value(); got != v {
 			t.Errorf("%s = %d, want %d", name, got, v)
 		}
+	}
+}
+
+// TestBrokenMatchRefused: a transport_socket_matches entry whose TLS context
+// is wrong (not merely SDS) makes the cluster a config error, as in Envoy.
+func TestBrokenMatchRefused(t *testing.T) {
+	_, err := NewConfig(&clusterv3.Cluster{
+		Name:                 "c",
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		TransportSocketMatches: []*clusterv3.Cluster_TransportSocketMatch{{Name: "m", TransportSocket: upstreamTLS(t, func(pb *tlsv3.UpstreamTlsContext) {
+			pb.CommonTlsContext.ValidationContextType = &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+				TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: "/nonexistent/ca.pem"}}}}
+		})}},
+	})
+	if want := "transport_socket_matches[0].transport_socket.typed_config.common_tls_context.validation_context.trusted_ca.filename"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("NewConfig: %v, want an error at %s", err, want)
 	}
 }
 

@@ -232,9 +232,10 @@ func TestNewConfigErrors(t *testing.T) {
 		}, "filters[0]"},
 		{"TLS transport socket by SDS", func(c *clusterv3.Cluster) {
 			c.TransportSocket = upstreamTLS(t, func(pb *tlsv3.UpstreamTlsContext) {
-				pb.CommonTlsContext.ValidationContextType = &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: "ROOTCA"}}
+				pb.CommonTlsContext.ValidationContextType = &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{
+					Name: "ROOTCA", SdsConfig: &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}}}
 			})
-		}, "transport_socket.typed_config.common_tls_context.validation_context_sds_secret_config"},
+		}, "transport_socket.typed_config.common_tls_context.validation_context_sds_secret_config.sds_config"},
 		{"unknown transport socket", func(c *clusterv3.Cluster) {
 			c.TransportSocketMatches = []*clusterv3.Cluster_TransportSocketMatch{{Name: "m", TransportSocket: &corev3.TransportSocket{
 				Name: "x", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: &anypb.Any{TypeUrl: "type.googleapis.com/x.Y"}}}}}

@@ -95,6 +95,9 @@ type Conn struct {
 	isEOF bool
 	wrfn  func(fd uintptr) bool // WriteRead's
 	wfull bool                  // WriteRead's write met a full socket buffer
+
+	nonblock   bool // SetNonblockingReads
+	wouldBlock bool // the last Read found the socket empty while nonblock
 }
 
 // tcpConn is what a Conn takes from the connection under it: net.TCPConn's
@@ -139,7 +142,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	c.rbuf, c.rn, c.rerr, c.isEOF = p, 0, 0, false
+	c.rbuf, c.rn, c.rerr, c.isEOF, c.wouldBlock = p, 0, 0, false, false
 	if c.rfn == nil { // made on first use: a Conn that a Pair moves never needs it
 		c.rfn = c.read
 	}
@@ -152,9 +155,28 @@ func (c *Conn) Read(p []byte) (int, error) {
 		return 0, c.opError("read", os.NewSyscallError("read", c.rerr))
 	case c.isEOF:
 		return 0, io.EOF
+	case c.wouldBlock:
+		return 0, ErrWouldBlock
 	}
 	return c.rn, nil
 }
+
+// SetNonblockingReads makes Read return at once with ErrWouldBlock when the
+// socket has nothing to read, rather than wait (false, the default, waits).
+// It lets a reader above the Conn, such as a crypto/tls connection, take in
+// what has arrived and no more. It must not be called during a Read.
+func (c *Conn) SetNonblockingReads(on bool) { c.nonblock = on }
+
+// ErrWouldBlock is what Read returns when SetNonblockingReads is on and the
+// socket is empty. It is a net.Error whose Timeout and Temporary are true,
+// so a crypto/tls connection over the Conn stays usable after it.
+var ErrWouldBlock error = wouldBlockError{}
+
+type wouldBlockError struct{}
+
+func (wouldBlockError) Error() string   { return "netio: read would block" }
+func (wouldBlockError) Timeout() bool   { return true }
+func (wouldBlockError) Temporary() bool { return true }
 
 func (c *Conn) read(fd uintptr) bool {
 	for {
@@ -165,6 +187,10 @@ func (c *Conn) read(fd uintptr) bool {
 			return true
 		case syscall.EINTR:
 		case syscall.EAGAIN:
+			if c.nonblock {
+				c.wouldBlock = true
+				return true
+			}
 			return false
 		default:
 			c.rerr = e

@@ -293,3 +293,34 @@ func BenchmarkConnPingPong(b *testing.B) {
 		})
 	}
 }
+
+// TestNonblockingReads: with SetNonblockingReads on, a Read of an empty
+// socket returns ErrWouldBlock at once (a temporary timeout, as crypto/tls
+// needs), and reads what is there otherwise; off again, Read waits.
+func TestNonblockingReads(t *testing.T) {
+	c, peer := rawPair(t)
+	c.SetNonblockingReads(true)
+	buf := make([]byte, 8)
+	n, err := c.Read(buf)
+	var ne net.Error
+	//lint:ignore SA1019 Temporary is what crypto/tls asks of a read error it may retry
+	if n != 0 || err != ErrWouldBlock || !errors.As(err, &ne) || !ne.Timeout() || !ne.Temporary() {
+		t.Fatalf("empty socket: %d, %v; want ErrWouldBlock, a temporary timeout", n, err)
+	}
+	peer.Write([]byte("hi"))
+	deadline := time.Now().Add(5 * time.Second)
+	for n == 0 && time.Now().Before(deadline) {
+		n, err = c.Read(buf)
+	}
+	if string(buf[:n]) != "hi" || err != nil {
+		t.Fatalf("after a write: %q, %v", buf[:n], err)
+	}
+	c.SetNonblockingReads(false)
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		peer.Write([]byte("later"))
+	}()
+	if n, err := c.Read(buf); string(buf[:n]) != "later" || err != nil {
+		t.Fatalf("blocking again: %q, %v", buf[:n], err)
+	}
+}

@@ -22,7 +22,8 @@
 //   - node: id, cluster, metadata, locality, user_agent_name, user_agent_version,
 //     user_agent_build_version, client_features (all informational, sent to the
 //     control plane as they are).
-//   - static_resources: listeners, clusters. (secrets is not supported yet.)
+//   - static_resources: listeners, clusters, secrets (TLS certificates and
+//     validation contexts that TLS contexts name; checked by the dataplane).
 //   - dynamic_resources, layered_runtime: accepted as a whole (beyond PGV); their
 //     content is for the components that use them to check.
 //   - admin: address; access_log, access_log_path and profile_path are accepted.
@@ -131,6 +132,9 @@ func ListenerPath(i int) string { return fmt.Sprintf("static_resources.listeners
 // ClusterPath is the field path of the i-th static cluster.
 func ClusterPath(i int) string { return fmt.Sprintf("static_resources.clusters[%d]", i) }
 
+// SecretPath is the field path of the i-th static secret.
+func SecretPath(i int) string { return fmt.Sprintf("static_resources.secrets[%d]", i) }
+
 // ApplyNodeFlags applies Envoy's --service-node and --service-cluster flags, which
 // override node.id and node.cluster when they are non-empty.
 func ApplyNodeFlags(b *bootstrapv3.Bootstrap, serviceNode, serviceCluster string) {
@@ -207,7 +211,7 @@ func checkSupported(b *bootstrapv3.Bootstrap) error {
 		}
 	}
 	if b.StaticResources != nil {
-		if err := cfgerr.OnlyFields(b.StaticResources, "listeners", "clusters"); err != nil {
+		if err := cfgerr.OnlyFields(b.StaticResources, "listeners", "clusters", "secrets"); err != nil {
 			return cfgerr.Field("static_resources", err)
 		}
 	}

@@ -174,12 +174,6 @@ static_resources:
 			want: "bad.yaml: stats_config: not supported by skiff (field 13 of envoy.config.bootstrap.v3.Bootstrap)",
 		},
 		{
-			name: "secrets not yet",
-			file: "bad.yaml",
-			data: "static_resources: {secrets: [{name: s}]}\n",
-			want: "bad.yaml: static_resources.secrets: not supported by skiff (field 3 of envoy.config.bootstrap.v3.Bootstrap.StaticResources)",
-		},
-		{
 			name: "unsupported node field",
 			file: "bad.yaml",
 			data: "node: {id: n1, dynamic_parameters: {a: {}}}\n",

@@ -45,7 +45,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -261,10 +260,13 @@ func (m *Manager) Close() {
 
 // Conn is a pooled connection, lent by Acquire until Release.
 type Conn struct {
-	p         *Pool
-	h1        *h1.ClientConn
-	h2        *h2.ClientConn
-	tls       *tls.Conn // the connection, if it is TLS (nil: plain TCP)
+	p   *Pool
+	h1  *h1.ClientConn
+	h2  *h2.ClientConn
+	tls *tls.Conn // the connection, if it is TLS (nil: plain TCP)
+	// transport is the host's transport socket when the connection was
+	// made: once a cluster update changes it, the connection is not reused.
+	transport *upstream.Transport
 	local     netip.AddrPort
 	created   time.Time
 	idleSince time.Time
@@ -435,6 +437,9 @@ func (p *Pool) h2StreamLocked(ctx context.Context) (*Conn, http.ClientStream) {
 		if limit := p.cl.Config().HTTP.MaxRequestsPerConnection; limit > 0 && c.requests >= limit {
 			continue
 		}
+		if c.transport != p.host.Transport() {
+			continue // made with transport settings an update replaced
+		}
 		s, err := c.h2.NewStream(ctx)
 		if err != nil {
 			continue
@@ -467,6 +472,7 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 	if p.http2 {
 		alpn = []string{"h2"}
 	}
+	transport := p.host.Transport()
 	nc, err := p.cl.ConnectALPN(ctx, p.host, alpn)
 	if err != nil {
 		p.cl.Release()
@@ -474,12 +480,9 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 		return fail(&ConnectError{Host: p.host.Addr.String(), Err: err})
 	}
 	cfg := p.cl.Config()
-	c := &Conn{p: p, created: time.Now(), requests: 1}
+	c := &Conn{p: p, created: time.Now(), requests: 1, transport: transport}
 	c.local = netio.AddrPort(nc.LocalAddr())
-	sock := nc // the TCP connection: reads and writes as raw system calls
-	if tc, ok := nc.(*tls.Conn); ok {
-		c.tls, sock = tc, tc.NetConn()
-	}
+	c.tls, _ = nc.(*tls.Conn)
 	if p.http2 {
 		hs.CxHTTP2Total.Inc()
 		cc, err := h2.NewClientConn(nc, h2.ClientOptions{
@@ -512,7 +515,7 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 		return c, s, nil
 	}
 	hs.CxHTTP1Total.Inc()
-	if sc, ok := sock.(syscall.Conn); ok {
+	if sc, ok := nc.(syscall.Conn); ok { // plain TCP; TLS has aliveTLS
 		if rc, err := sc.SyscallConn(); err == nil {
 			c.raw = rc
 			c.peekFn = c.peek
@@ -585,6 +588,10 @@ func (p *Pool) reusable(c *Conn, now time.Time) bool {
 	switch {
 	case p.host.Gone():
 		return false
+	case c.transport != p.host.Transport():
+		// The cluster's TLS settings changed: as Envoy drains the pools
+		// of an updated cluster, new requests get new connections.
+		return false
 	case hc.MaxRequestsPerConnection > 0 && c.requests >= hc.MaxRequestsPerConnection:
 		hs.CxMaxRequests.Inc()
 		return false
@@ -606,6 +613,9 @@ func (p *Pool) reusable(c *Conn, now time.Time) bool {
 // that closed it (or sent something unasked, such as a 408) makes it unfit
 // for reuse.
 func (c *Conn) alive() bool {
+	if c.tls != nil {
+		return c.aliveTLS()
+	}
 	if c.raw == nil {
 		return true
 	}
@@ -618,27 +628,24 @@ func (c *Conn) alive() bool {
 		return true
 	case c.peekErr != nil:
 		return false
-	case c.peekN > 0 && c.tls != nil:
-		return c.aliveTLS()
 	}
 	return false // EOF (0 bytes) or unexpected bytes
 }
 
-// aliveTLS reads what an idle TLS connection has received: a TLS 1.3
-// session ticket, which the server may send at any time and which leaves
-// the connection fit for reuse, or an alert (close_notify) or bytes nobody
-// asked for, which do not. The records are in the socket already, so the
-// read waits at most a millisecond, for nothing more to come.
+// aliveTLS reads, without waiting, what an idle TLS connection has received
+// through TLS: nothing, or a TLS 1.3 session ticket or key update (which the
+// server may send at any time), leave it fit for reuse; an alert
+// (close_notify), the end of the stream, stray bytes or a renegotiation
+// (which cannot complete without waiting) do not.
 func (c *Conn) aliveTLS() bool {
-	if err := c.tls.SetReadDeadline(time.Now().Add(time.Millisecond)); err != nil {
-		return false
+	nc, ok := c.tls.NetConn().(*netio.Conn)
+	if !ok {
+		return true
 	}
+	nc.SetNonblockingReads(true)
 	n, err := c.tls.Read(c.peekBuf[:])
-	if n > 0 || c.tls.SetReadDeadline(time.Time{}) != nil {
-		return false
-	}
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
+	nc.SetNonblockingReads(false)
+	return n == 0 && errors.Is(err, netio.ErrWouldBlock) && c.tls.ConnectionState().HandshakeComplete
 }
 
 func (c *Conn) peek(fd uintptr) bool {
@@ -722,7 +729,7 @@ func (p *Pool) reusableIdle(c *Conn, now time.Time) bool {
 		}
 	}
 	hc := &p.cl.Config().HTTP
-	if p.host.Gone() {
+	if p.host.Gone() || c.transport != p.host.Transport() {
 		return false
 	}
 	if idle := hc.Idle(); idle > 0 && !c.idleSince.IsZero() && now.Sub(c.idleSince) >= idle {

@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -10,7 +11,9 @@ import (
 	nethttp "net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -21,6 +24,7 @@ import (
 
 	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/dataplane/upstream"
+	"github.com/skiffproxy/skiff/internal/netio"
 	"github.com/skiffproxy/skiff/internal/protoyaml"
 	"github.com/skiffproxy/skiff/internal/stats"
 	"github.com/skiffproxy/skiff/internal/tlstest"
@@ -481,5 +485,178 @@ typed_extension_protocol_options:
 	wg.Wait()
 	if n := srv.conns.Load(); n != 1 {
 		t.Errorf("%d connections, want 1", n)
+	}
+}
+
+// TestAliveTLS: the liveness check of an idle TLS connection reads what came
+// through TLS without waiting: TLS 1.3 session tickets the client has not
+// read yet keep the connection (which then carries a request), a
+// close_notify retires it.
+func TestAliveTLS(t *testing.T) {
+	ca := tlstest.NewCA(t, "upstream CA")
+	srv := startTLSServer(t, ca, false, func(w nethttp.ResponseWriter, r *nethttp.Request) { io.WriteString(w, "ok") })
+	st := stats.NewStore()
+	cl := newCluster(t, st, tlsCluster(t, ca), srv.addr)
+	conn := func() *Conn {
+		nc, err := cl.ConnectALPN(context.Background(), cl.Hosts()[0], nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nc.Close() })
+		tc := nc.(*tls.Conn)
+		if tc.ConnectionState().Version != tls.VersionTLS13 {
+			t.Fatalf("version %x, want TLS 1.3", tc.ConnectionState().Version)
+		}
+		return &Conn{tls: tc}
+	}
+	c := conn()
+	time.Sleep(50 * time.Millisecond) // the server's tickets arrive, unread
+	if !c.alive() {
+		t.Fatal("an idle TLS 1.3 connection with session tickets to read was judged dead")
+	}
+	c.tls.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c.tls, "GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+	resp, err := nethttp.ReadResponse(bufio.NewReader(c.tls), nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("a request after the liveness check: %v %v", resp, err)
+	}
+	resp.Body.Close()
+
+	d := conn()
+	d.tls.NetConn().(*netio.Conn).CloseWrite()
+	time.Sleep(50 * time.Millisecond) // the server sees EOF and closes
+	if d.alive() {
+		t.Error("a TLS connection the server closed was judged alive")
+	}
+}
+
+// TestTransportUpdateRetiresConns: a cluster update that changes the TLS
+// settings (here: another CA to trust) retires the pooled connections made
+// with the old ones, as Envoy drains an updated cluster's pools; the next
+// request makes a new connection with the new settings (and fails, the
+// server's CA being no longer trusted).
+func TestTransportUpdateRetiresConns(t *testing.T) {
+	ca, other := tlstest.NewCA(t, "upstream CA"), tlstest.NewCA(t, "other CA")
+	srv := startTLSServer(t, ca, false, func(w nethttp.ResponseWriter, r *nethttp.Request) { io.WriteString(w, "ok") })
+	st := stats.NewStore()
+	um := upstream.NewManager(st)
+	cfg := func(ca *tlstest.CA) *upstream.Config {
+		ap := netip.MustParseAddrPort(srv.addr)
+		var pb clusterv3.Cluster
+		if err := protoyaml.Unmarshal([]byte(fmt.Sprintf(`
+name: c
+type: STATIC
+connect_timeout: 1s
+load_assignment: { cluster_name: c, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: %q, port_value: %d } } } }] }] }
+%s`, ap.Addr(), ap.Port(), tlsCluster(t, ca))), &pb); err != nil {
+			t.Fatal(err)
+		}
+		c, err := upstream.NewConfig(&pb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	um.Set([]upstream.Assignment{upstream.Static(cfg(ca))})
+	cl := um.Get("c")
+	m := NewManager(Options{})
+	defer m.Close()
+	if body, err := get(t, m.Pool(cl, cl.Hosts()[0]), "/"); err != nil || body != "ok" {
+		t.Fatalf("%q %v", body, err)
+	}
+	um.Set([]upstream.Assignment{upstream.Static(cfg(other))})
+	cl = um.Get("c")
+	if body, err := get(t, m.Pool(cl, cl.Hosts()[0]), "/"); err == nil {
+		t.Errorf("after the update: %q over the connection of the old TLS settings", body)
+	}
+}
+
+// TestAliveTLSRenegotiation: a TLS 1.2 server (openssl s_server) that asks
+// an idle connection to renegotiate (allow_renegotiation: true): the
+// renegotiation cannot finish without waiting, so the liveness check
+// retires the connection and the next request gets a new one, instead of
+// failing on a half-renegotiated connection (as it did when the check only
+// looked for a read timeout).
+func TestAliveTLSRenegotiation(t *testing.T) {
+	if _, err := exec.LookPath("openssl"); err != nil {
+		t.Skip("needs openssl s_server")
+	}
+	ca := tlstest.NewCA(t, "upstream CA")
+	certFile, keyFile := ca.Issue(t, "server", "server.test").Files(t, t.TempDir(), "s-")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cmd := exec.Command("openssl", "s_server", "-accept", addr, "-cert", certFile, "-key", keyFile, "-tls1_2", "-crlf", "-naccept", "2")
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	lines := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	waitFor := func(prefix string) {
+		t.Helper()
+		for {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatal("s_server ended")
+				}
+				t.Log("s_server:", l)
+				if strings.HasPrefix(l, prefix) {
+					return
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("no %q from s_server", prefix)
+			}
+		}
+	}
+	waitFor("ACCEPT")
+	st := stats.NewStore()
+	cl := newCluster(t, st, tlsCluster(t, ca)+"    allow_renegotiation: true\n", addr)
+	m := NewManager(Options{})
+	defer m.Close()
+	p := m.Pool(cl, cl.Hosts()[0])
+	for i := range 2 {
+		res := make(chan error, 1)
+		go func() {
+			body, err := get(t, p, "/")
+			if err == nil && body != "ok" {
+				err = fmt.Errorf("body %q", body)
+			}
+			res <- err
+		}()
+		waitFor("GET /")
+		io.WriteString(stdin, "HTTP/1.1 200 OK\ncontent-length: 2\n\nok")
+		select {
+		case err := <-res:
+			if err != nil {
+				t.Fatalf("request %d: %v", i+1, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("request %d: no response", i+1)
+		}
+		if i == 0 {
+			// s_server reads its commands from a read of their own.
+			time.Sleep(100 * time.Millisecond)
+			io.WriteString(stdin, "r\n") // HelloRequest on the idle connection
+			time.Sleep(PeekAfter + 200*time.Millisecond)
+		}
+	}
+	// The second request went over a new connection (the usual case), or
+	// over the old one if its renegotiation happened to complete within the
+	// check (the server answers fast).
+	if v, _ := st.Value("cluster.c.ssl.handshake"); v != 1 && v != 2 {
+		t.Errorf("ssl.handshake = %d, want 1 or 2", v)
 	}
 }
