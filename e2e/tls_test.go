@@ -311,6 +311,7 @@ func TestUpstreamTLS(t *testing.T) {
 	go func() { defer close(done); _ = srv.ServeTLS(ln, "", "") }()
 	t.Cleanup(func() { srv.Close(); <-done })
 	https := ln.Addr().String()
+	logPath := filepath.Join(dir, "access.log")
 
 	eln, err := tls.Listen("tcp", "127.0.0.1:0", serverTLS)
 	if err != nil {
@@ -342,6 +343,12 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: http
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: %[9]q
+              log_format: { text_format_source: { inline_string: "%%REQ(:PATH)%% %%UPSTREAM_TLS_VERSION%% %%UPSTREAM_PEER_DNS_SAN%% %%UPSTREAM_LOCAL_URI_SAN%%\n" } }
           http_filters:
           - name: envoy.filters.http.router
             typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
@@ -362,12 +369,18 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
           stat_prefix: tcp
           cluster: tls_echo
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: %[9]q
+              log_format: { text_format_source: { inline_string: "tcp %%UPSTREAM_TLS_VERSION%% %%UPSTREAM_PEER_DNS_SAN%% %%UPSTREAM_LOCAL_URI_SAN%%\n" } }
   clusters:
-%s%s%s%s%s%s%s%s`,
+%[1]s%[2]s%[3]s%[4]s%[5]s%[6]s%[7]s%[8]s`,
 		staticCluster("tls_h1", false, https), tlsUpstream("backend.test", caFile, clientCert, clientKey, "tls_params: { tls_maximum_protocol_version: TLSv1_3 }"),
 		staticCluster("tls_h2", true, https), tlsUpstream("backend.test", caFile, clientCert, clientKey, ""),
 		staticCluster("untrusted", false, https), tlsUpstream("backend.test", otherCAFile, clientCert, clientKey, ""),
-		staticCluster("tls_echo", false, eln.Addr().String()), tlsUpstream("echo.test", caFile, clientCert, clientKey, ""))
+		staticCluster("tls_echo", false, eln.Addr().String()), tlsUpstream("echo.test", caFile, clientCert, clientKey, ""), logPath)
 	p := startSkiff(t, cfg)
 
 	c := &nethttp.Client{Timeout: 10 * time.Second}
@@ -416,6 +429,28 @@ static_resources:
 	} {
 		if got[name] != want {
 			t.Errorf("%s = %d, want %d (stats %v)", name, got[name], want, got)
+		}
+	}
+
+	// The access logs tell the upstream TLS session: the server's DNS SAN
+	// and skiff's client certificate.
+	for _, want := range []string{
+		"/h1 TLSv1.3 backend.test spiffe://e2e/skiff",
+		"/h2 TLSv1.2 backend.test spiffe://e2e/skiff",
+		"/untrusted - - -",
+		"tcp TLSv1.2 backend.test spiffe://e2e/skiff",
+	} {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			b, _ := os.ReadFile(logPath)
+			if strings.Contains(string(b), want+"\n") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("access log has no line %q:\n%s", want, b)
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	}
 }

@@ -491,4 +491,24 @@ func TestTLSCommands(t *testing.T) {
 	if got := string(f.Append(nil, e)); got != want {
 		t.Errorf("mutual TLS:\n%q\nwant\n%q", got, want)
 	}
+
+	// The upstream side: the server's certificate and skiff's own.
+	up, err := ParseFormat("%UPSTREAM_TLS_VERSION% %UPSTREAM_TLS_CIPHER% %UPSTREAM_PEER_URI_SAN% %UPSTREAM_PEER_DNS_SAN% " +
+		"%UPSTREAM_PEER_SUBJECT% %UPSTREAM_PEER_ISSUER% %UPSTREAM_LOCAL_URI_SAN% %UPSTREAM_LOCAL_SUBJECT%")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(up.Append(nil, e)); got != "- - - - - - - -" {
+		t.Errorf("plain upstream: %q, want every command -", got)
+	}
+	e.Info.UpstreamTLS = &tls.ConnectionState{Version: tls.VersionTLS13, CipherSuite: tls.TLS_AES_128_GCM_SHA256,
+		PeerCertificates: []*x509.Certificate{local.Cert}}
+	e.Info.UpstreamLocalCert = peer.Cert
+	want = "TLSv1.3 TLS_AES_128_GCM_SHA256 - edge.test CN=edge CN=ca spiffe://td/a,spiffe://td/b CN=client"
+	if got := string(up.Append(nil, e)); got != want {
+		t.Errorf("upstream TLS:\n%q\nwant\n%q", got, want)
+	}
+	if _, err := ParseFormat("%UPSTREAM_PEER_FINGERPRINT_256%"); err == nil {
+		t.Error("UPSTREAM_PEER_FINGERPRINT_256, which Envoy does not have, parsed")
+	}
 }

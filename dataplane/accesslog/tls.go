@@ -10,15 +10,32 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/tlscontext"
 )
 
-// The downstream TLS session's commands, as Envoy's: "-" on a plain
-// connection, or when the certificate lacks what is asked.
+// The downstream and upstream TLS sessions' commands, as Envoy's: "-" on a
+// plain connection, or when the certificate lacks what is asked.
 func init() {
+	for _, side := range []struct {
+		prefix  string
+		session func(*http.StreamInfo) (*tls.ConnectionState, *x509.Certificate)
+	}{
+		{"DOWNSTREAM_", func(i *http.StreamInfo) (*tls.ConnectionState, *x509.Certificate) {
+			return i.DownstreamTLS, i.DownstreamLocalCert
+		}},
+		{"UPSTREAM_", func(i *http.StreamInfo) (*tls.ConnectionState, *x509.Certificate) {
+			return i.UpstreamTLS, i.UpstreamLocalCert
+		}},
+	} {
+		tlsDefs(side.prefix, side.session)
+	}
+}
+
+func tlsDefs(prefix string, session func(*http.StreamInfo) (*tls.ConnectionState, *x509.Certificate)) {
 	tlsDef := func(name string, fn func(d []byte, cs *tls.ConnectionState, local *x509.Certificate) ([]byte, bool)) {
-		def(name, kindString, func(d []byte, e *http.Exchange) ([]byte, bool) {
-			if e.Info.DownstreamTLS == nil {
+		def(prefix+name, kindString, func(d []byte, e *http.Exchange) ([]byte, bool) {
+			cs, local := session(&e.Info)
+			if cs == nil {
 				return d, false
 			}
-			return fn(d, e.Info.DownstreamTLS, e.Info.DownstreamLocalCert)
+			return fn(d, cs, local)
 		})
 	}
 	peerDef := func(name string, fn func(d []byte, c *x509.Certificate) ([]byte, bool)) {
@@ -37,16 +54,16 @@ func init() {
 			return fn(d, local)
 		})
 	}
-	tlsDef("DOWNSTREAM_TLS_VERSION", func(d []byte, cs *tls.ConnectionState, _ *x509.Certificate) ([]byte, bool) {
+	tlsDef("TLS_VERSION", func(d []byte, cs *tls.ConnectionState, _ *x509.Certificate) ([]byte, bool) {
 		return appendIf(d, tlscontext.VersionName(cs.Version))
 	})
-	tlsDef("DOWNSTREAM_TLS_CIPHER", func(d []byte, cs *tls.ConnectionState, _ *x509.Certificate) ([]byte, bool) {
+	tlsDef("TLS_CIPHER", func(d []byte, cs *tls.ConnectionState, _ *x509.Certificate) ([]byte, bool) {
 		return appendIf(d, tlscontext.CipherName(cs.CipherSuite))
 	})
 	for _, which := range []struct {
 		prefix string
 		def    func(string, func([]byte, *x509.Certificate) ([]byte, bool))
-	}{{"DOWNSTREAM_PEER_", peerDef}, {"DOWNSTREAM_LOCAL_", localDef}} {
+	}{{"PEER_", peerDef}, {"LOCAL_", localDef}} {
 		which.def(which.prefix+"URI_SAN", func(d []byte, c *x509.Certificate) ([]byte, bool) {
 			for i, u := range c.URIs {
 				if i > 0 {
@@ -69,14 +86,17 @@ func init() {
 			return appendIf(d, c.Subject.String())
 		})
 	}
-	peerDef("DOWNSTREAM_PEER_ISSUER", func(d []byte, c *x509.Certificate) ([]byte, bool) {
+	peerDef("PEER_ISSUER", func(d []byte, c *x509.Certificate) ([]byte, bool) {
 		return appendIf(d, c.Issuer.String())
 	})
-	peerDef("DOWNSTREAM_PEER_FINGERPRINT_256", func(d []byte, c *x509.Certificate) ([]byte, bool) {
+	if prefix != "DOWNSTREAM_" {
+		return // Envoy has these for the downstream peer only
+	}
+	peerDef("PEER_FINGERPRINT_256", func(d []byte, c *x509.Certificate) ([]byte, bool) {
 		h := sha256.Sum256(c.Raw)
 		return hex.AppendEncode(d, h[:]), true
 	})
-	peerDef("DOWNSTREAM_PEER_SERIAL", func(d []byte, c *x509.Certificate) ([]byte, bool) {
+	peerDef("PEER_SERIAL", func(d []byte, c *x509.Certificate) ([]byte, bool) {
 		return hex.AppendEncode(d, c.SerialNumber.Bytes()), true
 	})
 }

@@ -321,6 +321,10 @@ type StreamInfo struct {
 	UpstreamCluster string
 	UpstreamHost    netip.AddrPort
 	UpstreamLocal   netip.AddrPort
+	// UpstreamTLS is the upstream connection's TLS session, nil on a plain
+	// one; UpstreamLocalCert the client certificate skiff has for it.
+	UpstreamTLS       *tls.ConnectionState
+	UpstreamLocalCert *x509.Certificate
 	// UpstreamTransportFailureReason says why the last connection attempt
 	// failed, e.g. "delayed connect error: 111".
 	UpstreamTransportFailureReason string

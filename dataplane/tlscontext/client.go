@@ -91,6 +91,15 @@ func Upstream(ts *corev3.TransportSocket, secrets Secrets) (*Client, error) {
 	return c, nil
 }
 
+// LocalCertificate is the client certificate (tls_certificates), nil if
+// there is none.
+func (c *Client) LocalCertificate() *x509.Certificate {
+	if len(c.config.Certificates) == 0 {
+		return nil
+	}
+	return c.config.Certificates[0].Leaf
+}
+
 // ServerName is the SNI sent to a host whose name (the endpoint's hostname,
 // or the DNS name it was resolved from) is hostname: sni, or hostname itself
 // with auto_host_sni.

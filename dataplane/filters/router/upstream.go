@@ -382,6 +382,7 @@ func (q *rq) attempt() outcome {
 	}
 	q.cl.ReportOutcome(host, upstream.Connected)
 	e.Info.UpstreamLocal = conn.LocalAddrPort()
+	e.Info.UpstreamTLS, e.Info.UpstreamLocalCert = conn.TLS()
 	if !q.setStream(us) {
 		us.Close()
 		p.Release(conn)

@@ -5,6 +5,8 @@ package tcpproxy
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"log/slog"
 	"math/rand/v2"
@@ -218,6 +220,8 @@ type upstreamInfo struct {
 	local    netip.AddrPort
 	attempts int
 	failure  string
+	tls      *tls.ConnectionState // nil: plain TCP
+	tlsLocal *x509.Certificate
 }
 
 // accessLog writes the connection's access log entries, Envoy's TCP ones:
@@ -237,6 +241,7 @@ func (p *Proxy) accessLog(ctx context.Context, c *filter.Conn, start time.Time, 
 	in.DownstreamTLS, in.DownstreamLocalCert = c.TLS, c.TLSLocal
 	in.UpstreamCluster = ui.cluster
 	in.UpstreamHost, in.UpstreamLocal = ui.host, ui.local
+	in.UpstreamTLS, in.UpstreamLocalCert = ui.tls, ui.tlsLocal
 	in.UpstreamAttempts = ui.attempts
 	in.UpstreamTransportFailureReason = ui.failure
 	in.BytesReceived, in.BytesSent = res.Sent, res.Received
@@ -389,6 +394,13 @@ func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluste
 		if err == nil {
 			cl.ReportOutcome(h, upstream.ConnectedFinal)
 			ui.local = netio.AddrPort(up.LocalAddr())
+			if tc, ok := up.(*tls.Conn); ok {
+				cs := tc.ConnectionState()
+				ui.tls = &cs
+				if c := h.Transport().TLS; c != nil {
+					ui.tlsLocal = c.LocalCertificate()
+				}
+			}
 			return up, h, 0
 		}
 		if ctx.Err() == nil {

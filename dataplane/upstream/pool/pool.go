@@ -41,6 +41,7 @@ package pool
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -260,10 +261,14 @@ func (m *Manager) Close() {
 
 // Conn is a pooled connection, lent by Acquire until Release.
 type Conn struct {
-	p   *Pool
-	h1  *h1.ClientConn
-	h2  *h2.ClientConn
-	tls *tls.Conn // the connection, if it is TLS (nil: plain TCP)
+	p  *Pool
+	h1 *h1.ClientConn
+	h2 *h2.ClientConn
+	// tls is the connection if it is TLS (nil: plain TCP), tlsState its
+	// session and tlsLocal the client certificate skiff has for it.
+	tls      *tls.Conn
+	tlsState *tls.ConnectionState
+	tlsLocal *x509.Certificate
 	// transport is the host's transport socket when the connection was
 	// made: once a cluster update changes it, the connection is not reused.
 	transport *upstream.Transport
@@ -289,6 +294,10 @@ func (c *Conn) Reused() bool { return c.requests > 1 }
 
 // LocalAddrPort is the connection's local address (IPv4 unmapped).
 func (c *Conn) LocalAddrPort() netip.AddrPort { return c.local }
+
+// TLS is the connection's TLS session and the client certificate skiff has
+// for it (nil, nil on plain TCP).
+func (c *Conn) TLS() (*tls.ConnectionState, *x509.Certificate) { return c.tlsState, c.tlsLocal }
 
 // Pool is the connections to one upstream host in one protocol.
 type Pool struct {
@@ -482,7 +491,13 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 	cfg := p.cl.Config()
 	c := &Conn{p: p, created: time.Now(), requests: 1, transport: transport}
 	c.local = netio.AddrPort(nc.LocalAddr())
-	c.tls, _ = nc.(*tls.Conn)
+	if c.tls, _ = nc.(*tls.Conn); c.tls != nil {
+		cs := c.tls.ConnectionState()
+		c.tlsState = &cs
+		if transport.TLS != nil {
+			c.tlsLocal = transport.TLS.LocalCertificate()
+		}
+	}
 	if p.http2 {
 		hs.CxHTTP2Total.Inc()
 		cc, err := h2.NewClientConn(nc, h2.ClientOptions{
