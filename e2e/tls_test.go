@@ -559,3 +559,85 @@ func TestStaticSecrets(t *testing.T) {
 		}
 	}
 }
+
+// TestUpstreamAutoSNI: a cluster with upstream_http_protocol_options
+// auto_sni and auto_san_validation sends each request's host as SNI, on
+// connections pooled apart per name, and checks the server's certificate
+// for it: a host the certificate does not name gets 503.
+func TestUpstreamAutoSNI(t *testing.T) {
+	t.Parallel()
+	ca := tlstest.NewCA(t, "sni CA")
+	caFile := writeFile(t, "sni-ca.pem", string(ca.PEM))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &nethttp.Server{ReadHeaderTimeout: 10 * time.Second,
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "backend", "a.test", "b.test").TLS(t)}},
+		Handler: nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+			fmt.Fprint(w, "sni ", r.TLS.ServerName)
+		})}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.ServeTLS(ln, "", "") }()
+	t.Cleanup(func() { srv.Close(); <-done })
+
+	cluster := staticCluster("backend", false, ln.Addr().String()) + tlsUpstream("default.test", caFile, "", "", "") + `    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http_protocol_options: {} }
+        upstream_http_protocol_options: { auto_sni: true, auto_san_validation: true }
+`
+	p := startSkiff(t, `node: { id: e2e-auto-sni }
+static_resources:
+  listeners:
+  - name: http
+    address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: http
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{ match: { prefix: "/" }, route: { cluster: backend } }]
+  clusters:
+`+cluster)
+	c := &nethttp.Client{Timeout: 10 * time.Second}
+	get := func(host string) (int, string) {
+		req, err := nethttp.NewRequest("GET", "http://"+p.Addr(t, "http")+"/", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = host
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for range 2 { // the second round reuses each name's connection
+		for _, host := range []string{"a.test", "b.test:8443"} {
+			want := "sni " + strings.TrimSuffix(host, ":8443")
+			if code, body := get(host); code != 200 || body != want {
+				t.Errorf("Host %s: %d %q, want 200 %q", host, code, body, want)
+			}
+		}
+	}
+	if code, body := get("c.test"); code != 503 {
+		t.Errorf("Host c.test, which the certificate does not name: %d %q, want 503", code, body)
+	}
+	r := runSkiff(t, "admin", "--runtime-dir", p.RuntimeDir, "stats", "--filter", `^cluster\.backend\.ssl\.(handshake|fail_verify_san)$`)
+	for _, want := range []string{"cluster.backend.ssl.handshake: 2", "cluster.backend.ssl.fail_verify_san: 1"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("stats: %q, want %s", r.stdout, want)
+		}
+	}
+}

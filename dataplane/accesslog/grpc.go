@@ -401,7 +401,7 @@ func (g *grpcSink) dial() (*grpc.ClientConn, error) {
 			if h == nil {
 				return nil, fmt.Errorf("cluster %q has no healthy host", name)
 			}
-			c, err := cl.ConnectALPN(ctx, h, []string{"h2"}) // over TLS, gRPC servers want h2
+			c, err := cl.ConnectWith(ctx, h, upstream.ConnectOptions{ALPN: []string{"h2"}}) // over TLS, gRPC servers want h2
 			if err != nil {
 				return nil, err
 			}

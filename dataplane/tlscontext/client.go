@@ -100,9 +100,25 @@ func (c *Client) LocalCertificate() *x509.Certificate {
 	return c.config.Certificates[0].Leaf
 }
 
-// ServerName is the SNI sent to a host whose name (the endpoint's hostname,
-// or the DNS name it was resolved from) is hostname: sni, or hostname itself
-// with auto_host_sni.
+// HandshakeOptions are what a connection's user tells the TLS client, as
+// Envoy's transport socket options do.
+type HandshakeOptions struct {
+	// Hostname is the host's name (the endpoint's hostname, or the DNS name
+	// it was resolved from), the SNI with auto_host_sni; "" if none.
+	Hostname string
+	// SNI, if set, is the SNI whatever the context says (auto_sni).
+	SNI string
+	// VerifySNI checks the server's certificate for the SNI as a DNS name
+	// instead of the subject alt name matchers (auto_san_validation).
+	VerifySNI bool
+	// ALPN is offered when the context has no alpn_protocols of its own
+	// (Envoy's ALPN fallback: h2 for an HTTP/2 connection pool, http/1.1
+	// for an HTTP/1.1 one).
+	ALPN []string
+}
+
+// ServerName is the SNI sent to a host named hostname: sni, or hostname
+// itself with auto_host_sni.
 func (c *Client) ServerName(hostname string) string {
 	if c.autoHostSNI && hostname != "" {
 		return hostname
@@ -110,16 +126,19 @@ func (c *Client) ServerName(hostname string) string {
 	return c.sni
 }
 
-// Handshake starts TLS on conn to a host named hostname ("" if it has no
-// name) and completes the handshake before ctx ends. alpn is offered when
-// the context has no alpn_protocols of its own (Envoy's ALPN fallback: h2
-// for an HTTP/2 connection pool, http/1.1 for an HTTP/1.1 one). On failure
-// the caller still owns conn.
-func (c *Client) Handshake(ctx context.Context, conn net.Conn, hostname string, alpn []string) (*tls.Conn, error) {
+// Handshake starts TLS on conn and completes the handshake before ctx ends.
+// On failure the caller still owns conn.
+func (c *Client) Handshake(ctx context.Context, conn net.Conn, o HandshakeOptions) (*tls.Conn, error) {
 	cfg := c.config.Clone()
-	cfg.ServerName = c.ServerName(hostname)
+	cfg.ServerName = c.ServerName(o.Hostname)
+	if o.SNI != "" {
+		cfg.ServerName = o.SNI
+	}
 	if len(cfg.NextProtos) == 0 {
-		cfg.NextProtos = alpn
+		cfg.NextProtos = o.ALPN
+	}
+	if o.VerifySNI && !c.autoSANValidation {
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error { return c.check(cs, true) }
 	}
 	tc := tls.Client(conn, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
@@ -133,30 +152,40 @@ func (c *Client) Handshake(ctx context.Context, conn net.Conn, hostname string, 
 // upstreams); with one, the chain must lead to trusted_ca and the leaf pass
 // the subject alt name matchers (or, with auto_sni_san_validation, carry the
 // SNI as a DNS name) and the pins.
-func (c *Client) verify(cs tls.ConnectionState) error {
-	if c.v == nil {
+func (c *Client) verify(cs tls.ConnectionState) error { return c.check(cs, c.autoSANValidation) }
+
+// check is verify, the SNI replacing the subject alt name matchers if
+// sniSAN (which applies even without a validation context).
+func (c *Client) check(cs tls.ConnectionState, sniSAN bool) error {
+	if c.v == nil && !sniSAN {
 		return nil
 	}
 	certs := cs.PeerCertificates
 	if len(certs) == 0 {
 		return &VerifyError{Reason: "fail_verify_no_cert", Err: errors.New("the server sent no certificate")}
 	}
-	opts := x509.VerifyOptions{Roots: c.v.roots, Intermediates: x509.NewCertPool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	for _, ic := range certs[1:] {
-		opts.Intermediates.AddCert(ic)
+	var chains [][]*x509.Certificate
+	if c.v != nil {
+		opts := x509.VerifyOptions{Roots: c.v.roots, Intermediates: x509.NewCertPool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+		for _, ic := range certs[1:] {
+			opts.Intermediates.AddCert(ic)
+		}
+		var err error
+		if chains, err = certs[0].Verify(opts); err != nil {
+			return &VerifyError{Reason: "fail_verify_error", Err: fmt.Errorf("verifying the server's certificate: %w", err)}
+		}
 	}
-	chains, err := certs[0].Verify(opts)
-	if err != nil {
-		return &VerifyError{Reason: "fail_verify_error", Err: fmt.Errorf("verifying the server's certificate: %w", err)}
-	}
-	if !c.autoSANValidation {
+	if !sniSAN {
 		return c.v.verify(nil, chains)
 	}
 	leaf := certs[0]
 	if cs.ServerName == "" || !slices.ContainsFunc(leaf.DNSNames, func(n string) bool {
 		return strings.EqualFold(n, cs.ServerName) || wildcardMatch(n, cs.ServerName)
 	}) {
-		return &VerifyError{Reason: "fail_verify_san", Err: fmt.Errorf("no DNS name of the server's certificate matches the SNI %q (auto_sni_san_validation)", cs.ServerName)}
+		return &VerifyError{Reason: "fail_verify_san", Err: fmt.Errorf("no DNS name of the server's certificate matches the SNI %q", cs.ServerName)}
+	}
+	if c.v == nil {
+		return nil
 	}
 	return c.v.verifyPins(leaf)
 }

@@ -67,7 +67,7 @@ func dialClient(t *testing.T, c *Client, addr, hostname string, alpn []string) (
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	tc, err := c.Handshake(ctx, raw, hostname, alpn)
+	tc, err := c.Handshake(ctx, raw, HandshakeOptions{Hostname: hostname, ALPN: alpn})
 	if err != nil {
 		raw.Close()
 		return nil, err
@@ -358,4 +358,56 @@ func serve(t *testing.T, s *Server) string {
 		}
 	}()
 	return addr
+}
+
+// TestHandshakeOptions: a per-connection SNI (auto_sni) replaces the
+// context's, and VerifySNI (auto_san_validation) checks the server's
+// certificate for it, with a validation context or without one.
+func TestHandshakeOptions(t *testing.T) {
+	f := newFixture(t)
+	addr, results := upstreamServer(t, &tls.Config{Certificates: []tls.Certificate{f.server.TLS(t)}})
+	go func() {
+		for range results {
+		}
+	}()
+	withCA := &tlsv3.UpstreamTlsContext{Sni: "default.test", CommonTlsContext: &tlsv3.CommonTlsContext{ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{
+		ValidationContext: &tlsv3.CertificateValidationContext{TrustedCa: inline(f.ca.PEM)}}}}
+	bare := &tlsv3.UpstreamTlsContext{Sni: "default.test"}
+	for _, tt := range []struct {
+		name string
+		pb   *tlsv3.UpstreamTlsContext
+		o    HandshakeOptions
+		sni  string // sent; "" for a refused handshake
+	}{
+		{"the context's SNI", withCA, HandshakeOptions{}, "default.test"},
+		{"SNI replaced", withCA, HandshakeOptions{SNI: "server.test"}, "server.test"},
+		{"SNI checked", withCA, HandshakeOptions{SNI: "server.test", VerifySNI: true}, "server.test"},
+		{"SNI refused", withCA, HandshakeOptions{SNI: "other.test", VerifySNI: true}, ""},
+		{"SNI checked without a validation context", bare, HandshakeOptions{SNI: "server.test", VerifySNI: true}, "server.test"},
+		{"SNI refused without a validation context", bare, HandshakeOptions{SNI: "other.test", VerifySNI: true}, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := NewClient(tt.pb, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer raw.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			tc, err := c.Handshake(ctx, raw, tt.o)
+			var ve *VerifyError
+			switch {
+			case tt.sni == "" && (!errors.As(err, &ve) || ve.Reason != "fail_verify_san"):
+				t.Fatalf("handshake: %v, want fail_verify_san", err)
+			case tt.sni != "" && err != nil:
+				t.Fatalf("handshake: %v", err)
+			case tt.sni != "" && tc.ConnectionState().ServerName != tt.sni:
+				t.Errorf("SNI %q, want %q", tc.ConnectionState().ServerName, tt.sni)
+			}
+		})
+	}
 }

@@ -469,17 +469,31 @@ func FailureReason(err error) string {
 // Envoy, where a connection is connected once its transport is). Call
 // Disconnected once the connection is closed.
 func (c *Cluster) Connect(ctx context.Context, h *Host) (net.Conn, error) {
-	return c.ConnectALPN(ctx, h, nil)
+	return c.ConnectWith(ctx, h, ConnectOptions{})
 }
 
-// ConnectALPN is Connect offering alpn over TLS when the host's
-// UpstreamTlsContext has no alpn_protocols: Envoy's ALPN fallback, h2 for an
-// HTTP/2 connection pool and http/1.1 for an HTTP/1.1 one.
-func (c *Cluster) ConnectALPN(ctx context.Context, h *Host, alpn []string) (net.Conn, error) {
+// ConnectOptions are what a connection's user tells its TLS transport, as
+// Envoy's transport socket options do.
+type ConnectOptions struct {
+	// ALPN is offered when the UpstreamTlsContext has no alpn_protocols:
+	// Envoy's fallback, h2 for an HTTP/2 connection pool and http/1.1 for
+	// an HTTP/1.1 one.
+	ALPN []string
+	// SNI, if set, replaces the context's sni (auto_sni).
+	SNI string
+	// VerifySNI checks the server's certificate for SNI as a DNS name
+	// instead of the context's subject alt name matchers
+	// (auto_san_validation).
+	VerifySNI bool
+}
+
+// ConnectWith is Connect with options for the TLS transport (ignored for
+// plain TCP).
+func (c *Cluster) ConnectWith(ctx context.Context, h *Host, o ConnectOptions) (net.Conn, error) {
 	cfg := c.cfg.Load()
 	c.stats.cxTotal.Inc()
 	h.CxTotal.Add(1)
-	conn, err := c.dial(ctx, h, cfg.ConnectTimeout, alpn)
+	conn, err := c.dial(ctx, h, cfg.ConnectTimeout, o)
 	if err != nil {
 		c.stats.cxConnectFail.Inc()
 		h.CxConnectFail.Add(1)
@@ -500,7 +514,7 @@ func (c *Cluster) ConnectALPN(ctx context.Context, h *Host, alpn []string) (net.
 
 // dial connects to h within timeout and starts its transport socket (see
 // Connect); it counts timeouts and TLS outcomes, not the connection.
-func (c *Cluster) dial(ctx context.Context, h *Host, timeout time.Duration, alpn []string) (net.Conn, error) {
+func (c *Cluster) dial(ctx context.Context, h *Host, timeout time.Duration, o ConnectOptions) (net.Conn, error) {
 	t := h.Transport()
 	if t.Unusable != nil {
 		c.stats.cxTransportUnsupported.Inc()
@@ -530,7 +544,7 @@ func (c *Cluster) dial(ctx context.Context, h *Host, timeout time.Duration, alpn
 		defer cancel()
 	}
 	st := c.sslStats.get(func() *tlscontext.Stats { return tlscontext.NewStats(c.scope) })
-	tc, err := t.TLS.Handshake(hctx, conn, h.Hostname(), alpn)
+	tc, err := t.TLS.Handshake(hctx, conn, tlscontext.HandshakeOptions{Hostname: h.Hostname(), SNI: o.SNI, VerifySNI: o.VerifySNI, ALPN: o.ALPN})
 	if err != nil {
 		conn.Close()
 		st.Failed(err)

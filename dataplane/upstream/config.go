@@ -6,6 +6,7 @@ package upstream
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -358,8 +359,15 @@ func (c *Config) protocolOptions(pb *clusterv3.Cluster) error {
 		if err := cfgerr.Validate(&hpo); err != nil {
 			return cfgerr.Field(path, err)
 		}
-		if err := cfgerr.OnlyFields(&hpo, "explicit_http_config", "common_http_protocol_options"); err != nil {
+		if err := cfgerr.OnlyFields(&hpo, "explicit_http_config", "common_http_protocol_options", "upstream_http_protocol_options"); err != nil {
 			return cfgerr.Field(path, err)
+		}
+		if u := hpo.GetUpstreamHttpProtocolOptions(); u != nil {
+			if err := cfgerr.OnlyFields(u, "auto_sni", "auto_san_validation", "override_auto_sni_header"); err != nil {
+				return cfgerr.Field(path+".upstream_http_protocol_options", err)
+			}
+			c.HTTP.AutoSNI, c.HTTP.AutoSANValidation = u.GetAutoSni(), u.GetAutoSanValidation()
+			c.HTTP.AutoSNIHeader = strings.ToLower(u.GetOverrideAutoSniHeader())
 		}
 		if e := hpo.GetExplicitHttpConfig(); e != nil {
 			switch {
@@ -447,6 +455,12 @@ type HTTPOptions struct {
 	MaxConcurrentStreams        uint32
 	InitialStreamWindowSize     uint32
 	InitialConnectionWindowSize uint32
+	// AutoSNI (upstream_http_protocol_options.auto_sni): a request's TLS
+	// connection sends the request's host (its :authority, or the
+	// AutoSNIHeader header, without the port) as SNI; AutoSANValidation
+	// (auto_san_validation) checks the server's certificate for that name.
+	AutoSNI, AutoSANValidation bool
+	AutoSNIHeader              string // override_auto_sni_header, lower case ("" for :authority)
 }
 
 // Idle returns the idle timeout to apply (0: none).

@@ -560,7 +560,7 @@ func (k *checker) dial(ctx context.Context, h *Host) (net.Conn, error) {
 	case k.cfg.HTTP != nil:
 		alpn = []string{"http/1.1"}
 	}
-	return k.c.dial(ctx, h, min(k.c.cfg.Load().ConnectTimeout, k.cfg.Timeout), alpn)
+	return k.c.dial(ctx, h, min(k.c.cfg.Load().ConnectTimeout, k.cfg.Timeout), ConnectOptions{ALPN: alpn})
 }
 
 // check runs one check within the timeout.

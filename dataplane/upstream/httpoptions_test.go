@@ -38,13 +38,14 @@ typed_extension_protocol_options:
     "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
     common_http_protocol_options: { idle_timeout: 30s, max_requests_per_connection: 100, max_headers_count: 50 }
     explicit_http_config: { http2_protocol_options: { max_concurrent_streams: 10, initial_stream_window_size: 70000 } }
+    upstream_http_protocol_options: { auto_sni: true, auto_san_validation: true, override_auto_sni_header: X-SNI }
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := cfg.HTTP
 	if !cfg.HTTP2 || h.Idle() != 30*time.Second || h.MaxRequestsPerConnection != 100 || h.MaxHeadersCount != 50 ||
-		h.MaxConcurrentStreams != 10 || h.InitialStreamWindowSize != 70000 {
+		h.MaxConcurrentStreams != 10 || h.InitialStreamWindowSize != 70000 || !h.AutoSNI || !h.AutoSANValidation || h.AutoSNIHeader != "x-sni" {
 		t.Errorf("%+v http2=%v", h, cfg.HTTP2)
 	}
 	l := cfg.Limits

@@ -109,7 +109,7 @@ func (r *Router) sendShadow(cluster string, h *http.Header, body []byte, trailer
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	p := r.pools.Pool(cl, host)
+	p := r.pools.Pool(cl, host, autoSNI(cl, h))
 	conn, us, err := p.Acquire(ctx, ctx.Done())
 	if err != nil {
 		fail()

@@ -52,6 +52,8 @@ package router
 import (
 	"context"
 	"log/slog"
+	"net/netip"
+	"strings"
 	"sync"
 
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
@@ -232,4 +234,31 @@ func (r *Router) Close() {
 	if r.ownPools {
 		r.pools.Close()
 	}
+}
+
+// autoSNI is the SNI a request's upstream TLS connection sends when its
+// cluster asks for auto_sni: the request's host (:authority, or the
+// override_auto_sni_header), without the port; "" (the cluster's own SNI)
+// otherwise, and for an IP address, which SNI cannot carry (as Envoy).
+func autoSNI(cl *upstream.Cluster, h *http.Header) string {
+	hc := &cl.Config().HTTP
+	if !hc.AutoSNI {
+		return ""
+	}
+	var host string
+	if hc.AutoSNIHeader != "" {
+		host, _ = h.Get(hc.AutoSNIHeader)
+	} else {
+		host = h.Authority()
+	}
+	if strings.HasPrefix(host, "[") { // an IPv6 address
+		return ""
+	}
+	if i := strings.LastIndexByte(host, ':'); i >= 0 {
+		host = host[:i]
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return ""
+	}
+	return host
 }

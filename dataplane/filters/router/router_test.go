@@ -356,3 +356,50 @@ virtual_hosts:
 		t.Errorf("%v allocs per request", n)
 	}
 }
+
+// TestAutoSNI: with auto_sni, the upstream SNI is the request's host
+// without its port (or the override header's), none for an IP address, and
+// the cluster's own without auto_sni.
+func TestAutoSNI(t *testing.T) {
+	cluster := func(extra string) *upstream.Cluster {
+		var pb clusterv3.Cluster
+		if err := protoyaml.Unmarshal([]byte(`
+name: c
+type: STATIC
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: { http_protocol_options: {} }
+`+extra), &pb); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := upstream.NewConfig(&pb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := upstream.NewManager(stats.NewStore())
+		m.Set([]upstream.Assignment{upstream.Static(cfg)})
+		return m.Get("c")
+	}
+	auto := cluster("    upstream_http_protocol_options: { auto_sni: true }\n")
+	header := cluster("    upstream_http_protocol_options: { auto_sni: true, override_auto_sni_header: X-Target }\n")
+	plain := cluster("")
+	for _, tt := range []struct {
+		cl              *upstream.Cluster
+		authority, want string
+	}{
+		{auto, "api.example.com", "api.example.com"},
+		{auto, "api.example.com:8443", "api.example.com"},
+		{auto, "10.0.0.1:80", ""},
+		{auto, "[::1]:80", ""},
+		{header, "api.example.com", "target.example.com"},
+		{plain, "api.example.com", ""},
+	} {
+		var h http.Header
+		h.Add(http.Authority, tt.authority)
+		h.Add("x-target", "target.example.com:1234")
+		if got := autoSNI(tt.cl, &h); got != tt.want {
+			t.Errorf("autoSNI(%q) = %q, want %q", tt.authority, got, tt.want)
+		}
+	}
+}

@@ -363,7 +363,7 @@ func (q *rq) attempt() outcome {
 		e.Info.UpstreamStart = max(start, 1)
 	}
 
-	p := q.r.pools.Pool(q.cl, host)
+	p := q.r.pools.Pool(q.cl, host, autoSNI(q.cl, e.Request))
 	if p.HTTP2() && e.Request.Has("upgrade") {
 		// An HTTP/1.1 upgrade would need extended CONNECT (RFC 8441) to an
 		// HTTP/2 upstream, which skiff does not speak yet.

@@ -105,10 +105,10 @@ type Options struct {
 // use; one Manager serves the whole process.
 type Manager struct {
 	opts Options
-	// The pools by protocol (HTTP/1.1, HTTP/2) and host: maps replaced whole
-	// under mu when a pool comes or goes (rarely), read without a lock once
-	// per request.
-	pools [2]atomic.Pointer[map[*upstream.Host]*Pool]
+	// The pools by protocol (HTTP/1.1, HTTP/2), host and SNI: maps replaced
+	// whole under mu when a pool comes or goes (rarely), read without a lock
+	// once per request.
+	pools [2]atomic.Pointer[map[poolKey]*Pool]
 
 	mu      sync.Mutex // and the pools' writers
 	closed  bool
@@ -130,28 +130,39 @@ func NewManager(opts Options) *Manager {
 	return &Manager{opts: opts, quit: make(chan struct{}), done: make(chan struct{})}
 }
 
+// poolKey is what sets a pool apart: its host, and the SNI its TLS
+// connections send when it is not the cluster's own (auto_sni), as Envoy
+// keys pools by transport socket options.
+type poolKey struct {
+	h   *upstream.Host
+	sni string
+}
+
 // Pool returns the pool of connections to host h of cluster cl, in the
-// protocol cl's configuration asks for.
-func (m *Manager) Pool(cl *upstream.Cluster, h *upstream.Host) *Pool {
+// protocol cl's configuration asks for. sni is the SNI its TLS connections
+// send instead of the cluster's ("" for the cluster's; see
+// upstream.HTTPOptions.AutoSNI).
+func (m *Manager) Pool(cl *upstream.Cluster, h *upstream.Host, sni string) *Pool {
 	http2 := cl.Config().HTTP2
 	proto := protoIndex(http2)
-	if p := m.lookup(proto, h); p != nil {
+	k := poolKey{h, sni}
+	if p := m.lookup(proto, k); p != nil {
 		return p
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if p := m.lookup(proto, h); p != nil { // made meanwhile
+	if p := m.lookup(proto, k); p != nil { // made meanwhile
 		return p
 	}
-	p := &Pool{m: m, cl: cl, host: h, http2: http2, lastUsed: time.Now()}
-	m.replaceLocked(proto, func(pools map[*upstream.Host]*Pool) { pools[h] = p })
+	p := &Pool{m: m, cl: cl, host: h, sni: sni, http2: http2, lastUsed: time.Now()}
+	m.replaceLocked(proto, func(pools map[poolKey]*Pool) { pools[k] = p })
 	return p
 }
 
 // lookup returns the pool of h in a protocol, or nil.
-func (m *Manager) lookup(proto int, h *upstream.Host) *Pool {
+func (m *Manager) lookup(proto int, k poolKey) *Pool {
 	if pools := m.pools[proto].Load(); pools != nil {
-		return (*pools)[h]
+		return (*pools)[k]
 	}
 	return nil
 }
@@ -164,12 +175,12 @@ func protoIndex(http2 bool) int {
 }
 
 // replaceLocked replaces the pools of a protocol by a copy that edit changed.
-func (m *Manager) replaceLocked(proto int, edit func(map[*upstream.Host]*Pool)) {
-	var next map[*upstream.Host]*Pool
+func (m *Manager) replaceLocked(proto int, edit func(map[poolKey]*Pool)) {
+	var next map[poolKey]*Pool
 	if pools := m.pools[proto].Load(); pools != nil {
 		next = maps.Clone(*pools)
 	} else {
-		next = map[*upstream.Host]*Pool{}
+		next = map[poolKey]*Pool{}
 	}
 	edit(next)
 	m.pools[proto].Store(&next)
@@ -218,10 +229,10 @@ func (m *Manager) sweep() {
 			m.mu.Lock()
 			for proto, ps := range gone {
 				if len(ps) > 0 { // one copy of the map for all of them
-					m.replaceLocked(proto, func(pools map[*upstream.Host]*Pool) {
+					m.replaceLocked(proto, func(pools map[poolKey]*Pool) {
 						for _, p := range ps {
-							if pools[p.host] == p {
-								delete(pools, p.host)
+							if k := (poolKey{p.host, p.sni}); pools[k] == p {
+								delete(pools, k)
 							}
 						}
 					})
@@ -304,6 +315,7 @@ type Pool struct {
 	m     *Manager
 	cl    *upstream.Cluster
 	host  *upstream.Host
+	sni   string // the SNI of its TLS connections, if not the cluster's
 	http2 bool
 
 	mu       sync.Mutex
@@ -482,7 +494,8 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 		alpn = []string{"h2"}
 	}
 	transport := p.host.Transport()
-	nc, err := p.cl.ConnectALPN(ctx, p.host, alpn)
+	nc, err := p.cl.ConnectWith(ctx, p.host, upstream.ConnectOptions{ALPN: alpn, SNI: p.sni,
+		VerifySNI: p.sni != "" && p.cl.Config().HTTP.AutoSANValidation})
 	if err != nil {
 		p.cl.Release()
 		p.m.opts.Logger.Debug("upstream connect failed", "cluster", p.cl.Name(), "host", p.host.Addr, "error", err)
