@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -108,9 +109,10 @@ type HandshakeOptions struct {
 	Hostname string
 	// SNI, if set, is the SNI whatever the context says (auto_sni).
 	SNI string
-	// VerifySNI checks the server's certificate for the SNI as a DNS name
-	// instead of the subject alt name matchers (auto_san_validation).
-	VerifySNI bool
+	// VerifyName, if set, is the name the server's certificate must carry
+	// (a DNS name, or an IP address as an IP SAN) instead of passing the
+	// subject alt name matchers (auto_san_validation).
+	VerifyName string
 	// ALPN is offered when the context has no alpn_protocols of its own
 	// (Envoy's ALPN fallback: h2 for an HTTP/2 connection pool, http/1.1
 	// for an HTTP/1.1 one).
@@ -137,8 +139,8 @@ func (c *Client) Handshake(ctx context.Context, conn net.Conn, o HandshakeOption
 	if len(cfg.NextProtos) == 0 {
 		cfg.NextProtos = o.ALPN
 	}
-	if o.VerifySNI && !c.autoSANValidation {
-		cfg.VerifyConnection = func(cs tls.ConnectionState) error { return c.check(cs, true) }
+	if o.VerifyName != "" {
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error { return c.check(cs, o.VerifyName) }
 	}
 	tc := tls.Client(conn, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
@@ -152,12 +154,22 @@ func (c *Client) Handshake(ctx context.Context, conn net.Conn, o HandshakeOption
 // upstreams); with one, the chain must lead to trusted_ca and the leaf pass
 // the subject alt name matchers (or, with auto_sni_san_validation, carry the
 // SNI as a DNS name) and the pins.
-func (c *Client) verify(cs tls.ConnectionState) error { return c.check(cs, c.autoSANValidation) }
+func (c *Client) verify(cs tls.ConnectionState) error {
+	if !c.autoSANValidation {
+		return c.check(cs, "")
+	}
+	if cs.ServerName == "" {
+		return &VerifyError{Reason: "fail_verify_san", Err: errors.New("no SNI was sent for auto_sni_san_validation to check")}
+	}
+	return c.check(cs, cs.ServerName)
+}
 
-// check is verify, the SNI replacing the subject alt name matchers if
-// sniSAN (which applies even without a validation context).
-func (c *Client) check(cs tls.ConnectionState, sniSAN bool) error {
-	if c.v == nil && !sniSAN {
+// check is verify with name, if set, in place of the subject alt name
+// matchers: the leaf must carry it as a DNS name or, for an IP address, as
+// an IP SAN. The name is checked even without a validation context (as
+// Envoy's validator does), on a chain then unverified.
+func (c *Client) check(cs tls.ConnectionState, name string) error {
+	if c.v == nil && name == "" {
 		return nil
 	}
 	certs := cs.PeerCertificates
@@ -175,17 +187,30 @@ func (c *Client) check(cs tls.ConnectionState, sniSAN bool) error {
 			return &VerifyError{Reason: "fail_verify_error", Err: fmt.Errorf("verifying the server's certificate: %w", err)}
 		}
 	}
-	if !sniSAN {
+	if name == "" {
 		return c.v.verify(nil, chains)
 	}
 	leaf := certs[0]
-	if cs.ServerName == "" || !slices.ContainsFunc(leaf.DNSNames, func(n string) bool {
-		return strings.EqualFold(n, cs.ServerName) || wildcardMatch(n, cs.ServerName)
-	}) {
-		return &VerifyError{Reason: "fail_verify_san", Err: fmt.Errorf("no DNS name of the server's certificate matches the SNI %q", cs.ServerName)}
+	if !certificateNames(leaf, name) {
+		return &VerifyError{Reason: "fail_verify_san", Err: fmt.Errorf("the server's certificate is not for %q", name)}
 	}
 	if c.v == nil {
 		return nil
 	}
 	return c.v.verifyPins(leaf)
+}
+
+// certificateNames reports whether c is for name: an IP SAN equal to it if
+// it is an IP address, else a DNS SAN equal to it (case-insensitively) or a
+// wildcard covering it.
+func certificateNames(c *x509.Certificate, name string) bool {
+	if ip, err := netip.ParseAddr(name); err == nil {
+		return slices.ContainsFunc(c.IPAddresses, func(a net.IP) bool {
+			b, ok := netip.AddrFromSlice(a)
+			return ok && b.Unmap() == ip.Unmap()
+		})
+	}
+	return slices.ContainsFunc(c.DNSNames, func(n string) bool {
+		return strings.EqualFold(n, name) || wildcardMatch(n, name)
+	})
 }

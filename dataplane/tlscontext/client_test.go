@@ -262,8 +262,8 @@ func TestClientConfigErrors(t *testing.T) {
 
 // TestStaticSecrets: TLS contexts take certificates and validation contexts
 // from static_resources.secrets by name (an SdsSecretConfig without
-// sds_config); a combined validation context merges its default into the
-// secret's, as Envoy.
+// sds_config); a combined validation context merges the secret over its
+// default, as Envoy.
 func TestStaticSecrets(t *testing.T) {
 	f := newFixture(t)
 	secrets := Secrets{
@@ -286,6 +286,11 @@ func TestStaticSecrets(t *testing.T) {
 			ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: "ca"}}}, true},
 		{"combined, the default's SAN matcher matches", combined("ca", "server.test"), true},
 		{"combined, the default's SAN matcher refuses", combined("ca", "other.test"), false},
+		{"combined, the secret's trusted_ca wins over the default's", func() *tlsv3.CommonTlsContext {
+			c := combined("ca", "server.test")
+			c.GetCombinedValidationContext().DefaultValidationContext.TrustedCa = inline(tlstest.NewCA(t, "other").PEM)
+			return c
+		}(), true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := NewClient(&tlsv3.UpstreamTlsContext{Sni: "server.test", CommonTlsContext: tt.vc}, secrets)
@@ -361,37 +366,46 @@ func serve(t *testing.T, s *Server) string {
 }
 
 // TestHandshakeOptions: a per-connection SNI (auto_sni) replaces the
-// context's, and VerifySNI (auto_san_validation) checks the server's
-// certificate for it, with a validation context or without one.
+// context's, and VerifyName (auto_san_validation) checks the server's
+// certificate for a name (a DNS SAN, or an IP SAN for an address), with a
+// validation context or without one.
 func TestHandshakeOptions(t *testing.T) {
 	f := newFixture(t)
-	addr, results := upstreamServer(t, &tls.Config{Certificates: []tls.Certificate{f.server.TLS(t)}})
-	go func() {
-		for range results {
-		}
-	}()
+	ipLeaf := f.ca.Issue(t, "by address", "127.0.0.1")
+	serve := func(l *tlstest.Leaf) string {
+		addr, results := upstreamServer(t, &tls.Config{Certificates: []tls.Certificate{l.TLS(t)}})
+		go func() {
+			for range results {
+			}
+		}()
+		return addr
+	}
+	byName, byIP := serve(f.server), serve(ipLeaf)
 	withCA := &tlsv3.UpstreamTlsContext{Sni: "default.test", CommonTlsContext: &tlsv3.CommonTlsContext{ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{
 		ValidationContext: &tlsv3.CertificateValidationContext{TrustedCa: inline(f.ca.PEM)}}}}
 	bare := &tlsv3.UpstreamTlsContext{Sni: "default.test"}
 	for _, tt := range []struct {
 		name string
 		pb   *tlsv3.UpstreamTlsContext
+		addr string
 		o    HandshakeOptions
 		sni  string // sent; "" for a refused handshake
 	}{
-		{"the context's SNI", withCA, HandshakeOptions{}, "default.test"},
-		{"SNI replaced", withCA, HandshakeOptions{SNI: "server.test"}, "server.test"},
-		{"SNI checked", withCA, HandshakeOptions{SNI: "server.test", VerifySNI: true}, "server.test"},
-		{"SNI refused", withCA, HandshakeOptions{SNI: "other.test", VerifySNI: true}, ""},
-		{"SNI checked without a validation context", bare, HandshakeOptions{SNI: "server.test", VerifySNI: true}, "server.test"},
-		{"SNI refused without a validation context", bare, HandshakeOptions{SNI: "other.test", VerifySNI: true}, ""},
+		{"the context's SNI", withCA, byName, HandshakeOptions{}, "default.test"},
+		{"SNI replaced", withCA, byName, HandshakeOptions{SNI: "server.test"}, "server.test"},
+		{"name checked", withCA, byName, HandshakeOptions{SNI: "server.test", VerifyName: "server.test"}, "server.test"},
+		{"name refused", withCA, byName, HandshakeOptions{SNI: "other.test", VerifyName: "other.test"}, ""},
+		{"name checked without a validation context", bare, byName, HandshakeOptions{SNI: "server.test", VerifyName: "server.test"}, "server.test"},
+		{"name refused without a validation context", bare, byName, HandshakeOptions{VerifyName: "other.test"}, ""},
+		{"IP address checked", withCA, byIP, HandshakeOptions{VerifyName: "127.0.0.1"}, "default.test"},
+		{"IP address refused", withCA, byName, HandshakeOptions{VerifyName: "127.0.0.1"}, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := NewClient(tt.pb, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			raw, err := net.Dial("tcp", addr)
+			raw, err := net.Dial("tcp", tt.addr)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -197,7 +197,7 @@ func common(pb *tlsv3.CommonTlsContext, server bool, secrets Secrets) (*tls.Conf
 		cert, err := certificate(sec.GetTlsCertificate())
 		if err != nil {
 			// The secret's own errors were reported where it is defined.
-			return nil, nil, cfgerr.Errorf(fmt.Sprintf("tls_certificate_sds_secret_configs[%d].name", i), "secret %q: %v", sc.GetName(), err)
+			return nil, nil, cfgerr.Errorf(fmt.Sprintf("tls_certificate_sds_secret_configs[%d].name", i), "secret %q: %w", sc.GetName(), err)
 		}
 		cfg.Certificates = append(cfg.Certificates, cert)
 	}
@@ -230,10 +230,13 @@ func common(pb *tlsv3.CommonTlsContext, server bool, secrets Secrets) (*tls.Conf
 			if err != nil {
 				return nil, nil, cfgerr.Field(path+".validation_context_sds_secret_config", err)
 			}
-			// As Envoy: the default context's fields merged into the
-			// secret's.
-			merged := proto.Clone(dyn).(*tlsv3.CertificateValidationContext)
-			proto.Merge(merged, vc)
+			// As Envoy: the secret's fields merged over the default
+			// context's (its singular fields win, its lists are appended).
+			merged := &tlsv3.CertificateValidationContext{}
+			if vc != nil {
+				merged = proto.Clone(vc).(*tlsv3.CertificateValidationContext)
+			}
+			proto.Merge(merged, dyn)
 			vc = merged
 		} else {
 			path += ".default_validation_context"

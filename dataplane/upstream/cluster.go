@@ -60,8 +60,9 @@ type Host struct {
 
 // Transport is the transport socket the host's connections use (the
 // cluster's transport_socket, or what transport_socket_matches chose for
-// it). A cluster update that changes the transport gives the host a new
-// one: connections made with the old one should not be reused.
+// it). An update of a cluster with a transport socket of its own or
+// transport_socket_matches gives the host a new one (plain clusters keep
+// theirs): connections made with the old one should not be reused.
 func (h *Host) Transport() *Transport {
 	if t := h.transport.Load(); t != nil {
 		return t
@@ -481,10 +482,10 @@ type ConnectOptions struct {
 	ALPN []string
 	// SNI, if set, replaces the context's sni (auto_sni).
 	SNI string
-	// VerifySNI checks the server's certificate for SNI as a DNS name
-	// instead of the context's subject alt name matchers
+	// VerifyName, if set, is the name the server's certificate must carry
+	// instead of passing the context's subject alt name matchers
 	// (auto_san_validation).
-	VerifySNI bool
+	VerifyName string
 }
 
 // ConnectWith is Connect with options for the TLS transport (ignored for
@@ -544,7 +545,7 @@ func (c *Cluster) dial(ctx context.Context, h *Host, timeout time.Duration, o Co
 		defer cancel()
 	}
 	st := c.sslStats.get(func() *tlscontext.Stats { return tlscontext.NewStats(c.scope) })
-	tc, err := t.TLS.Handshake(hctx, conn, tlscontext.HandshakeOptions{Hostname: h.Hostname(), SNI: o.SNI, VerifySNI: o.VerifySNI, ALPN: o.ALPN})
+	tc, err := t.TLS.Handshake(hctx, conn, tlscontext.HandshakeOptions{Hostname: h.Hostname(), SNI: o.SNI, VerifyName: o.VerifyName, ALPN: o.ALPN})
 	if err != nil {
 		conn.Close()
 		st.Failed(err)

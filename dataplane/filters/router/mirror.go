@@ -109,7 +109,8 @@ func (r *Router) sendShadow(cluster string, h *http.Header, body []byte, trailer
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	p := r.pools.Pool(cl, host, autoSNI(cl, h))
+	sni, san := upstreamNames(cl, h)
+	p := r.pools.Pool(cl, host, sni, san)
 	conn, us, err := p.Acquire(ctx, ctx.Done())
 	if err != nil {
 		fail()

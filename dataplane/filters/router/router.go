@@ -236,29 +236,48 @@ func (r *Router) Close() {
 	}
 }
 
-// autoSNI is the SNI a request's upstream TLS connection sends when its
-// cluster asks for auto_sni: the request's host (:authority, or the
-// override_auto_sni_header), without the port; "" (the cluster's own SNI)
-// otherwise, and for an IP address, which SNI cannot carry (as Envoy).
-func autoSNI(cl *upstream.Cluster, h *http.Header) string {
+// upstreamNames are the SNI (auto_sni) a request's upstream TLS connection
+// sends and the name (auto_san_validation) the server's certificate must
+// carry, from the request's host: the override_auto_sni_header if the
+// request has it, else :authority, without the port and in lower case. Each
+// is "" when the cluster does not ask for it, and there is no SNI for an IP
+// address (which the certificate is then checked for as an IP SAN), as in
+// Envoy.
+func upstreamNames(cl *upstream.Cluster, h *http.Header) (sni, san string) {
 	hc := &cl.Config().HTTP
-	if !hc.AutoSNI {
-		return ""
+	if !hc.AutoSNI && !hc.AutoSANValidation {
+		return "", ""
 	}
 	var host string
 	if hc.AutoSNIHeader != "" {
 		host, _ = h.Get(hc.AutoSNIHeader)
-	} else {
+	}
+	if host == "" {
 		host = h.Authority()
 	}
-	if strings.HasPrefix(host, "[") { // an IPv6 address
-		return ""
+	host = strings.ToLower(hostWithoutPort(host))
+	if host == "" {
+		return "", ""
 	}
-	if i := strings.LastIndexByte(host, ':'); i >= 0 {
-		host = host[:i]
+	if hc.AutoSANValidation {
+		san = host
 	}
-	if _, err := netip.ParseAddr(host); err == nil {
-		return ""
+	if _, err := netip.ParseAddr(host); err != nil && hc.AutoSNI {
+		sni = host
 	}
-	return host
+	return sni, san
+}
+
+// hostWithoutPort is the host of an authority: a name, an IPv4 address, or
+// an IPv6 address without its brackets.
+func hostWithoutPort(authority string) string {
+	if rest, ok := strings.CutPrefix(authority, "["); ok {
+		host, _, _ := strings.Cut(rest, "]")
+		return host
+	}
+	if strings.Count(authority, ":") == 1 {
+		host, _, _ := strings.Cut(authority, ":")
+		return host
+	}
+	return authority
 }

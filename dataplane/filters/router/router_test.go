@@ -357,10 +357,11 @@ virtual_hosts:
 	}
 }
 
-// TestAutoSNI: with auto_sni, the upstream SNI is the request's host
-// without its port (or the override header's), none for an IP address, and
-// the cluster's own without auto_sni.
-func TestAutoSNI(t *testing.T) {
+// TestUpstreamNames: with auto_sni, the upstream SNI is the request's host
+// without its port, in lower case (or the override header's, when the
+// request has it), none for an IP address; with auto_san_validation, the
+// same host (IP addresses too) is the certificate's name to check.
+func TestUpstreamNames(t *testing.T) {
 	cluster := func(extra string) *upstream.Cluster {
 		var pb clusterv3.Cluster
 		if err := protoyaml.Unmarshal([]byte(`
@@ -381,25 +382,34 @@ typed_extension_protocol_options:
 		m.Set([]upstream.Assignment{upstream.Static(cfg)})
 		return m.Get("c")
 	}
-	auto := cluster("    upstream_http_protocol_options: { auto_sni: true }\n")
+	both := cluster("    upstream_http_protocol_options: { auto_sni: true, auto_san_validation: true }\n")
+	sniOnly := cluster("    upstream_http_protocol_options: { auto_sni: true }\n")
+	sanOnly := cluster("    upstream_http_protocol_options: { auto_san_validation: true }\n")
 	header := cluster("    upstream_http_protocol_options: { auto_sni: true, override_auto_sni_header: X-Target }\n")
 	plain := cluster("")
 	for _, tt := range []struct {
-		cl              *upstream.Cluster
-		authority, want string
+		name              string
+		cl                *upstream.Cluster
+		authority, target string
+		wantSNI, wantSAN  string
 	}{
-		{auto, "api.example.com", "api.example.com"},
-		{auto, "api.example.com:8443", "api.example.com"},
-		{auto, "10.0.0.1:80", ""},
-		{auto, "[::1]:80", ""},
-		{header, "api.example.com", "target.example.com"},
-		{plain, "api.example.com", ""},
+		{"name", both, "API.example.com", "", "api.example.com", "api.example.com"},
+		{"name and port", both, "api.example.com:8443", "", "api.example.com", "api.example.com"},
+		{"IPv4", both, "10.0.0.1:80", "", "", "10.0.0.1"},
+		{"IPv6", both, "[::1]:80", "", "", "::1"},
+		{"auto_sni alone", sniOnly, "api.example.com", "", "api.example.com", ""},
+		{"auto_san_validation alone", sanOnly, "api.example.com", "", "", "api.example.com"},
+		{"override header", header, "api.example.com", "target.example.com:1234", "target.example.com", ""},
+		{"override header missing", header, "api.example.com", "", "api.example.com", ""},
+		{"neither", plain, "api.example.com", "", "", ""},
 	} {
 		var h http.Header
 		h.Add(http.Authority, tt.authority)
-		h.Add("x-target", "target.example.com:1234")
-		if got := autoSNI(tt.cl, &h); got != tt.want {
-			t.Errorf("autoSNI(%q) = %q, want %q", tt.authority, got, tt.want)
+		if tt.target != "" {
+			h.Add("x-target", tt.target)
+		}
+		if sni, san := upstreamNames(tt.cl, &h); sni != tt.wantSNI || san != tt.wantSAN {
+			t.Errorf("%s: upstreamNames(%q) = %q, %q; want %q, %q", tt.name, tt.authority, sni, san, tt.wantSNI, tt.wantSAN)
 		}
 	}
 }

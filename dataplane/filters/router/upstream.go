@@ -78,6 +78,11 @@ type rq struct {
 	hash      uint64
 	hasHash   bool
 	setCookie string
+	// The SNI and certificate name of the upstream TLS connection, from the
+	// request's host (auto_sni, auto_san_validation), set by the first
+	// attempt.
+	sni, san string
+	namesSet bool
 
 	// The current attempt, guarded by mu (the timers and Interrupt reach it
 	// from other goroutines).
@@ -138,6 +143,7 @@ func (q *rq) begin(r *Router, e *http.Exchange, rt *route.Route) {
 	q.policy, q.retryOn, q.retriesLeft, q.retries, q.transparent = nil, 0, 0, 0, 0
 	q.tried, q.host = [4]*upstream.Host{}, nil
 	q.hash, q.hasHash, q.setCookie = 0, false, ""
+	q.sni, q.san, q.namesSet = "", "", false
 	q.us, q.reason, q.tryReason = nil, nil, nil
 	q.globalAt, q.tryAt, q.idleAt = time.Time{}, time.Time{}, time.Time{}
 	if q.aborted {
@@ -337,6 +343,11 @@ func (q *rq) attempt() outcome {
 	q.host = host
 	host.RqActive.Add(1) // what LEAST_REQUEST balances on
 	defer host.RqActive.Add(-1)
+	if !q.namesSet {
+		// From the request's own host, before auto_host_rewrite changes it.
+		q.sni, q.san = upstreamNames(q.cl, e.Request)
+		q.namesSet = true
+	}
 	if q.rt.AutoHostRewrite {
 		if name := host.Hostname(); name != "" {
 			route.UpdateAuthority(e.Request, name, q.rt.AppendXForwardedHost, !q.r.suppressHeaders)
@@ -363,7 +374,7 @@ func (q *rq) attempt() outcome {
 		e.Info.UpstreamStart = max(start, 1)
 	}
 
-	p := q.r.pools.Pool(q.cl, host, autoSNI(q.cl, e.Request))
+	p := q.r.pools.Pool(q.cl, host, q.sni, q.san)
 	if p.HTTP2() && e.Request.Has("upgrade") {
 		// An HTTP/1.1 upgrade would need extended CONNECT (RFC 8441) to an
 		// HTTP/2 upstream, which skiff does not speak yet.

@@ -130,22 +130,30 @@ func NewManager(opts Options) *Manager {
 	return &Manager{opts: opts, quit: make(chan struct{}), done: make(chan struct{})}
 }
 
-// poolKey is what sets a pool apart: its host, and the SNI its TLS
-// connections send when it is not the cluster's own (auto_sni), as Envoy
-// keys pools by transport socket options.
+// poolKey is what sets a pool apart: its host, and for TLS the SNI its
+// connections send and the name the server's certificate must carry when
+// the request sets them (auto_sni, auto_san_validation), as Envoy keys pools
+// by transport socket options.
 type poolKey struct {
-	h   *upstream.Host
-	sni string
+	h        *upstream.Host
+	sni, san string
 }
 
 // Pool returns the pool of connections to host h of cluster cl, in the
 // protocol cl's configuration asks for. sni is the SNI its TLS connections
-// send instead of the cluster's ("" for the cluster's; see
-// upstream.HTTPOptions.AutoSNI).
-func (m *Manager) Pool(cl *upstream.Cluster, h *upstream.Host, sni string) *Pool {
+// send instead of the cluster's and san the name the server's certificate
+// must carry instead of passing the cluster's matchers ("" each for the
+// cluster's own; see upstream.HTTPOptions.AutoSNI); both are ignored when
+// the host's connections are plain TCP.
+func (m *Manager) Pool(cl *upstream.Cluster, h *upstream.Host, sni, san string) *Pool {
 	http2 := cl.Config().HTTP2
 	proto := protoIndex(http2)
-	k := poolKey{h, sni}
+	if sni != "" || san != "" {
+		if h.Transport().TLS == nil {
+			sni, san = "", ""
+		}
+	}
+	k := poolKey{h, sni, san}
 	if p := m.lookup(proto, k); p != nil {
 		return p
 	}
@@ -154,7 +162,7 @@ func (m *Manager) Pool(cl *upstream.Cluster, h *upstream.Host, sni string) *Pool
 	if p := m.lookup(proto, k); p != nil { // made meanwhile
 		return p
 	}
-	p := &Pool{m: m, cl: cl, host: h, sni: sni, http2: http2, lastUsed: time.Now()}
+	p := &Pool{m: m, cl: cl, host: h, sni: sni, san: san, http2: http2, lastUsed: time.Now()}
 	m.replaceLocked(proto, func(pools map[poolKey]*Pool) { pools[k] = p })
 	return p
 }
@@ -231,7 +239,7 @@ func (m *Manager) sweep() {
 				if len(ps) > 0 { // one copy of the map for all of them
 					m.replaceLocked(proto, func(pools map[poolKey]*Pool) {
 						for _, p := range ps {
-							if k := (poolKey{p.host, p.sni}); pools[k] == p {
+							if k := (poolKey{p.host, p.sni, p.san}); pools[k] == p {
 								delete(pools, k)
 							}
 						}
@@ -316,6 +324,7 @@ type Pool struct {
 	cl    *upstream.Cluster
 	host  *upstream.Host
 	sni   string // the SNI of its TLS connections, if not the cluster's
+	san   string // the name their server's certificate must carry, if set
 	http2 bool
 
 	mu       sync.Mutex
@@ -494,8 +503,7 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 		alpn = []string{"h2"}
 	}
 	transport := p.host.Transport()
-	nc, err := p.cl.ConnectWith(ctx, p.host, upstream.ConnectOptions{ALPN: alpn, SNI: p.sni,
-		VerifySNI: p.sni != "" && p.cl.Config().HTTP.AutoSANValidation})
+	nc, err := p.cl.ConnectWith(ctx, p.host, upstream.ConnectOptions{ALPN: alpn, SNI: p.sni, VerifyName: p.san})
 	if err != nil {
 		p.cl.Release()
 		p.m.opts.Logger.Debug("upstream connect failed", "cluster", p.cl.Name(), "host", p.host.Addr, "error", err)
@@ -617,8 +625,9 @@ func (p *Pool) reusable(c *Conn, now time.Time) bool {
 	case p.host.Gone():
 		return false
 	case c.transport != p.host.Transport():
-		// The cluster's TLS settings changed: as Envoy drains the pools
-		// of an updated cluster, new requests get new connections.
+		// The cluster (with a transport socket of its own) was updated:
+		// as Envoy drains an updated cluster's pools, new requests get
+		// new connections.
 		return false
 	case hc.MaxRequestsPerConnection > 0 && c.requests >= hc.MaxRequestsPerConnection:
 		hs.CxMaxRequests.Inc()

@@ -114,7 +114,7 @@ func TestKeepAliveReuse(t *testing.T) {
 	cl := newCluster(t, st, "", srv.addr)
 	m := NewManager(Options{})
 	defer m.Close()
-	p := m.Pool(cl, cl.Hosts()[0], "")
+	p := m.Pool(cl, cl.Hosts()[0], "", "")
 	for i := range 10 {
 		if body, err := get(t, p, fmt.Sprintf("/%d", i)); err != nil || body != fmt.Sprintf("/%d", i) {
 			t.Fatalf("%d: %q %v", i, body, err)
@@ -140,7 +140,7 @@ typed_extension_protocol_options:
 `, srv.addr)
 	m := NewManager(Options{})
 	defer m.Close()
-	p := m.Pool(cl, cl.Hosts()[0], "")
+	p := m.Pool(cl, cl.Hosts()[0], "", "")
 	for range 9 {
 		if _, err := get(t, p, "/"); err != nil {
 			t.Fatal(err)
@@ -169,7 +169,7 @@ typed_extension_protocol_options:
 `, srv.addr)
 	m := NewManager(Options{})
 	defer m.Close()
-	p := m.Pool(cl, cl.Hosts()[0], "")
+	p := m.Pool(cl, cl.Hosts()[0], "", "")
 	var wg sync.WaitGroup
 	errs := make(chan error, 20)
 	for range 20 {
@@ -211,7 +211,7 @@ circuit_breakers: { thresholds: [{ max_connections: 1, max_pending_requests: 1 }
 `, srv.addr)
 	m := NewManager(Options{})
 	defer m.Close()
-	p := m.Pool(cl, cl.Hosts()[0], "")
+	p := m.Pool(cl, cl.Hosts()[0], "", "")
 	first := make(chan error, 1)
 	go func() { _, err := get(t, p, "/"); first <- err }() // holds the one connection
 	time.Sleep(50 * time.Millisecond)
@@ -243,7 +243,7 @@ func TestConnectError(t *testing.T) {
 	cl := newCluster(t, st, "", addr)
 	m := NewManager(Options{})
 	defer m.Close()
-	_, _, err := m.Pool(cl, cl.Hosts()[0], "").Acquire(context.Background(), nil)
+	_, _, err := m.Pool(cl, cl.Hosts()[0], "", "").Acquire(context.Background(), nil)
 	var ce *ConnectError
 	if !errors.As(err, &ce) || ce.Reason() != "delayed connect error: 111" {
 		t.Errorf("%v", err)
@@ -279,7 +279,7 @@ func TestStaleIdleConnection(t *testing.T) {
 	cl := newCluster(t, st, "", ln.Addr().String())
 	m := NewManager(Options{})
 	defer m.Close()
-	p := m.Pool(cl, cl.Hosts()[0], "")
+	p := m.Pool(cl, cl.Hosts()[0], "", "")
 	for range 2 {
 		if body, err := get(t, p, "/"); err != nil || body != "ok" {
 			t.Fatalf("%q %v", body, err)
@@ -296,7 +296,7 @@ func TestNoAllocsOnReuse(t *testing.T) {
 	cl := newCluster(t, stats.NewStore(), "", srv.addr)
 	m := NewManager(Options{})
 	defer m.Close()
-	p := m.Pool(cl, cl.Hosts()[0], "")
+	p := m.Pool(cl, cl.Hosts()[0], "", "")
 	c, s, err := p.Acquire(context.Background(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -307,7 +307,7 @@ func TestNoAllocsOnReuse(t *testing.T) {
 	// Acquire and release an idle connection's stream without using it: the
 	// h1 codec closes a stream that was never written, so measure the pool
 	// lookup only.
-	if n := testing.AllocsPerRun(100, func() { _ = m.Pool(cl, cl.Hosts()[0], "") }); n != 0 {
+	if n := testing.AllocsPerRun(100, func() { _ = m.Pool(cl, cl.Hosts()[0], "", "") }); n != 0 {
 		t.Errorf("%v allocs per pool lookup", n)
 	}
 }
@@ -324,7 +324,7 @@ func TestSweepRemovesGonePool(t *testing.T) {
 	h := cl.Hosts()[0]
 	m := NewManager(Options{})
 	defer m.Close()
-	p := m.Pool(cl, h, "")
+	p := m.Pool(cl, h, "", "")
 	if body, err := get(t, p, "/"); err != nil || body != "ok" {
 		t.Fatalf("get: %q, %v", body, err)
 	}
@@ -332,12 +332,12 @@ func TestSweepRemovesGonePool(t *testing.T) {
 	if !h.Gone() {
 		t.Fatal("the host is not gone after leaving the cluster")
 	}
-	for deadline := time.Now().Add(10 * sweepEvery); m.lookup(0, poolKey{h, ""}) != nil; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(10 * sweepEvery); m.lookup(0, poolKey{h, "", ""}) != nil; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the gone host's pool was not removed")
 		}
 	}
-	if m.Pool(cl, h, "") == p {
+	if m.Pool(cl, h, "", "") == p {
 		t.Error("the host's pool after the sweep is the removed one")
 	}
 }
@@ -395,7 +395,7 @@ func TestTLSKeepAliveReuse(t *testing.T) {
 	cl := newCluster(t, st, tlsCluster(t, ca), srv.addr)
 	m := NewManager(Options{})
 	defer m.Close()
-	p := m.Pool(cl, cl.Hosts()[0], "")
+	p := m.Pool(cl, cl.Hosts()[0], "", "")
 	for i := range 4 {
 		want := fmt.Sprintf("HTTP/1.1 /%d", i)
 		if body, err := get(t, p, fmt.Sprintf("/%d", i)); err != nil || body != want {
@@ -447,7 +447,7 @@ func TestTLSStaleIdleConnection(t *testing.T) {
 	cl := newCluster(t, st, tlsCluster(t, ca), ln.Addr().String())
 	m := NewManager(Options{})
 	defer m.Close()
-	p := m.Pool(cl, cl.Hosts()[0], "")
+	p := m.Pool(cl, cl.Hosts()[0], "", "")
 	for range 2 {
 		if body, err := get(t, p, "/"); err != nil || body != "ok" {
 			t.Fatalf("%q %v", body, err)
@@ -473,7 +473,7 @@ typed_extension_protocol_options:
 `, srv.addr)
 	m := NewManager(Options{})
 	defer m.Close()
-	p := m.Pool(cl, cl.Hosts()[0], "")
+	p := m.Pool(cl, cl.Hosts()[0], "", "")
 	var wg sync.WaitGroup
 	for range 5 {
 		wg.Go(func() {
@@ -528,6 +528,39 @@ func TestAliveTLS(t *testing.T) {
 	if d.alive() {
 		t.Error("a TLS connection the server closed was judged alive")
 	}
+
+	// A server that sends bytes nobody asked for on an idle connection.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	stray := make(chan struct{})
+	go func() {
+		defer close(stray)
+		raw, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer raw.Close()
+		sc := tls.Server(raw, &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "server", "server.test").TLS(t)}})
+		if sc.Handshake() == nil {
+			io.WriteString(sc, "HTTP/1.1 408 Request Timeout\r\n\r\n")
+			sc.Read(make([]byte, 1)) // until the client closes
+		}
+	}()
+	other := newCluster(t, stats.NewStore(), tlsCluster(t, ca), ln.Addr().String())
+	nc, err := other.Connect(context.Background(), other.Hosts()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	time.Sleep(50 * time.Millisecond)
+	if (&Conn{tls: nc.(*tls.Conn)}).alive() {
+		t.Error("an idle TLS connection with stray bytes was judged alive")
+	}
+	nc.Close()
+	<-stray
 }
 
 // TestTransportUpdateRetiresConns: a cluster update that changes the TLS
@@ -557,16 +590,25 @@ load_assignment: { cluster_name: c, endpoints: [{ lb_endpoints: [{ endpoint: { a
 		}
 		return c
 	}
-	um.Set([]upstream.Assignment{upstream.Static(cfg(ca))})
+	first := cfg(ca)
+	um.Set([]upstream.Assignment{upstream.Static(first)})
 	cl := um.Get("c")
 	m := NewManager(Options{})
 	defer m.Close()
-	if body, err := get(t, m.Pool(cl, cl.Hosts()[0], ""), "/"); err != nil || body != "ok" {
-		t.Fatalf("%q %v", body, err)
+	for range 2 {
+		if body, err := get(t, m.Pool(cl, cl.Hosts()[0], "", ""), "/"); err != nil || body != "ok" {
+			t.Fatalf("%q %v", body, err)
+		}
+		// The same configuration again (as an update of endpoints only
+		// leaves it) keeps the connection.
+		um.Set([]upstream.Assignment{upstream.Static(first)})
+	}
+	if n := srv.conns.Load(); n != 1 {
+		t.Errorf("%d connections before the TLS change, want 1", n)
 	}
 	um.Set([]upstream.Assignment{upstream.Static(cfg(other))})
 	cl = um.Get("c")
-	if body, err := get(t, m.Pool(cl, cl.Hosts()[0], ""), "/"); err == nil {
+	if body, err := get(t, m.Pool(cl, cl.Hosts()[0], "", ""), "/"); err == nil {
 		t.Errorf("after the update: %q over the connection of the old TLS settings", body)
 	}
 }
@@ -626,7 +668,7 @@ func TestAliveTLSRenegotiation(t *testing.T) {
 	cl := newCluster(t, st, tlsCluster(t, ca)+"    allow_renegotiation: true\n", addr)
 	m := NewManager(Options{})
 	defer m.Close()
-	p := m.Pool(cl, cl.Hosts()[0], "")
+	p := m.Pool(cl, cl.Hosts()[0], "", "")
 	for i := range 2 {
 		res := make(chan error, 1)
 		go func() {
