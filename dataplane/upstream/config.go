@@ -511,6 +511,7 @@ func (o *HTTPOptions) http2Options(h2 *corev3.Http2ProtocolOptions) error {
 // thresholds). Zero values take Envoy's defaults; see the methods.
 type Limits struct {
 	MaxConnections, MaxPendingRequests, MaxRequests, MaxRetries uint32
+	MaxConnectionPools                                          uint32
 	// set records which fields were configured (a configured 0 is 0).
 	set uint8
 }
@@ -520,7 +521,14 @@ const (
 	setPending
 	setRequests
 	setRetries
+	setPools
 )
+
+// ConnectionPools is max_connection_pools, and false when it is not set
+// (no limit, as in Envoy).
+func (l Limits) ConnectionPools() (uint32, bool) {
+	return l.MaxConnectionPools, l.set&setPools != 0
+}
 
 func (l Limits) get(v uint32, bit uint8, def uint32) uint32 {
 	if l.set&bit != 0 {
@@ -555,7 +563,8 @@ func (c *Config) circuitBreakers(cb *clusterv3.CircuitBreakers) error {
 		return err
 	}
 	for i, t := range cb.GetThresholds() {
-		if err := cfgerr.OnlyFields(t, "priority", "max_connections", "max_pending_requests", "max_requests", "max_retries", "track_remaining"); err != nil {
+		if err := cfgerr.OnlyFields(t, "priority", "max_connections", "max_pending_requests", "max_requests", "max_retries",
+			"max_connection_pools", "track_remaining"); err != nil {
 			return cfgerr.Index("thresholds", i, err)
 		}
 		if t.GetPriority() != corev3.RoutingPriority_DEFAULT {
@@ -573,6 +582,9 @@ func (c *Config) circuitBreakers(cb *clusterv3.CircuitBreakers) error {
 		}
 		if v := t.GetMaxRetries(); v != nil {
 			l.MaxRetries, l.set = v.GetValue(), l.set|setRetries
+		}
+		if v := t.GetMaxConnectionPools(); v != nil {
+			l.MaxConnectionPools, l.set = v.GetValue(), l.set|setPools
 		}
 	}
 	return nil

@@ -21,12 +21,13 @@ type HTTPStats struct {
 	CxDestroy, CxDestroyLocal, CxDestroyRemote       stats.Counter
 	CxIdleTimeout, CxMaxRequests, CxMaxDurationReach stats.Counter
 	CxOverflow, CxProtocolError                      stats.Counter
+	CxPoolOverflow                                   stats.Counter
 	RqTime                                           stats.Histogram
 
 	// What the circuit breakers (Config.Limits) count: the cluster's HTTP
 	// connections (open or being made), requests waiting for a connection,
-	// requests in flight and retries in flight.
-	Conns, Pending, Requests, Retries atomic.Int64
+	// requests in flight, retries in flight and connection pools.
+	Conns, Pending, Requests, Retries, Pools atomic.Int64
 
 	classes [5]stats.Counter // upstream_rq_1xx .. upstream_rq_5xx
 	codes   [500]atomic.Pointer[stats.Counter]
@@ -41,6 +42,7 @@ func newHTTPStats(sc *stats.Scope) *HTTPStats {
 		RqPendingActive:      sc.Gauge("upstream_rq_pending_active"),
 		RqPendingTotal:       sc.Counter("upstream_rq_pending_total"),
 		RqPendingOverflow:    sc.Counter("upstream_rq_pending_overflow"),
+		CxPoolOverflow:       sc.Counter("upstream_cx_pool_overflow"),
 		RqTimeout:            sc.Counter("upstream_rq_timeout"),
 		RqPerTryTimeout:      sc.Counter("upstream_rq_per_try_timeout"),
 		RqRetry:              sc.Counter("upstream_rq_retry"),

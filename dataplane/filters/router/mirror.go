@@ -111,6 +111,10 @@ func (r *Router) sendShadow(cluster string, h *http.Header, body []byte, trailer
 	}
 	sni, san := upstreamNames(cl, h)
 	p := r.pools.Pool(cl, host, sni, san)
+	if p == nil {
+		fail()
+		return
+	}
 	conn, us, err := p.Acquire(ctx, ctx.Done())
 	if err != nil {
 		fail()

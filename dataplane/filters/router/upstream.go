@@ -375,6 +375,10 @@ func (q *rq) attempt() outcome {
 	}
 
 	p := q.r.pools.Pool(q.cl, host, q.sni, q.san)
+	if p == nil { // max_connection_pools
+		return q.fail(503, "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+			"upstream_reset_before_response_started{overflow}", http.FlagUpstreamOverflow)
+	}
 	if p.HTTP2() && e.Request.Has("upgrade") {
 		// An HTTP/1.1 upgrade would need extended CONNECT (RFC 8441) to an
 		// HTTP/2 upstream, which skiff does not speak yet.

@@ -144,7 +144,9 @@ type poolKey struct {
 // send instead of the cluster's and san the name the server's certificate
 // must carry instead of passing the cluster's matchers ("" each for the
 // cluster's own; see upstream.HTTPOptions.AutoSNI); both are ignored when
-// the host's connections are plain TCP.
+// the host's connections are plain TCP. It returns nil, counted in
+// upstream_cx_pool_overflow, when a new pool would exceed the cluster's
+// max_connection_pools.
 func (m *Manager) Pool(cl *upstream.Cluster, h *upstream.Host, sni, san string) *Pool {
 	http2 := cl.Config().HTTP2
 	proto := protoIndex(http2)
@@ -162,6 +164,12 @@ func (m *Manager) Pool(cl *upstream.Cluster, h *upstream.Host, sni, san string) 
 	if p := m.lookup(proto, k); p != nil { // made meanwhile
 		return p
 	}
+	hs := cl.HTTPStats()
+	if limit, ok := cl.Config().Limits.ConnectionPools(); ok && hs.Pools.Load() >= int64(limit) {
+		hs.CxPoolOverflow.Inc()
+		return nil
+	}
+	hs.Pools.Add(1)
 	p := &Pool{m: m, cl: cl, host: h, sni: sni, san: san, http2: http2, lastUsed: time.Now()}
 	m.replaceLocked(proto, func(pools map[poolKey]*Pool) { pools[k] = p })
 	return p
@@ -241,6 +249,7 @@ func (m *Manager) sweep() {
 						for _, p := range ps {
 							if k := (poolKey{p.host, p.sni, p.san}); pools[k] == p {
 								delete(pools, k)
+								p.cl.HTTPStats().Pools.Add(-1)
 							}
 						}
 					})
@@ -273,6 +282,7 @@ func (m *Manager) Close() {
 	m.pools[1].Store(nil)
 	m.mu.Unlock()
 	for _, p := range all {
+		p.cl.HTTPStats().Pools.Add(-1)
 		p.closeAll()
 	}
 	m.bg.Wait()

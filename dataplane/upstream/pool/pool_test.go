@@ -702,3 +702,35 @@ func TestAliveTLSRenegotiation(t *testing.T) {
 		t.Errorf("ssl.handshake = %d, want 1 or 2", v)
 	}
 }
+
+// TestMaxConnectionPools: a cluster's max_connection_pools bounds the pools
+// auto_sni makes (one per name): past it Pool gives none and counts
+// upstream_cx_pool_overflow; an existing pool is still found.
+func TestMaxConnectionPools(t *testing.T) {
+	ca := tlstest.NewCA(t, "upstream CA")
+	st := stats.NewStore()
+	cl := newCluster(t, st, tlsCluster(t, ca)+`
+circuit_breakers: { thresholds: [{ max_connection_pools: 2 }] }
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: { http_protocol_options: {} }
+    upstream_http_protocol_options: { auto_sni: true }
+`, "127.0.0.1:1")
+	m := NewManager(Options{})
+	defer m.Close()
+	h := cl.Hosts()[0]
+	a, b := m.Pool(cl, h, "a.test", ""), m.Pool(cl, h, "b.test", "")
+	if a == nil || b == nil || a == b {
+		t.Fatalf("two names: pools %p, %p", a, b)
+	}
+	if c := m.Pool(cl, h, "c.test", ""); c != nil {
+		t.Error("a third name got a pool past max_connection_pools: 2")
+	}
+	if m.Pool(cl, h, "a.test", "") != a {
+		t.Error("the first name's pool was not found again")
+	}
+	if v, _ := st.Value("cluster.c.upstream_cx_pool_overflow"); v != 1 {
+		t.Errorf("upstream_cx_pool_overflow = %d, want 1", v)
+	}
+}
