@@ -179,6 +179,18 @@ func common(pb *tlsv3.CommonTlsContext, server bool, secrets Secrets) (*tls.Conf
 			return nil, nil, cfgerr.Field("tls_params", err)
 		}
 	}
+	if len(cfg.CipherSuites) == 0 {
+		// Envoy's default cipher list, servers' and clients' alike (TLS 1.0
+		// to 1.2; Go's own would add the ECDHE CBC suites).
+		cfg.CipherSuites = []uint16{
+			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+			tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+		}
+	}
+	if len(cfg.CurvePreferences) == 0 {
+		cfg.CurvePreferences = []tls.CurveID{tls.X25519, tls.CurveP256} // Envoy's default ecdh_curves
+	}
 	for i, c := range pb.GetTlsCertificates() {
 		cert, err := certificate(c)
 		if err != nil {

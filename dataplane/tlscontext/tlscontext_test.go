@@ -129,6 +129,13 @@ func TestServerHandshakes(t *testing.T) {
 			client: func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }, alpn: "http/1.1", version: tls.VersionTLS13},
 		{name: "alpn without a common protocol goes on without ALPN", server: func(pb *tlsv3.DownstreamTlsContext) { pb.CommonTlsContext.AlpnProtocols = []string{"h2"} },
 			client: func(c *tls.Config) { c.NextProtos = []string{"spdy/3"} }, version: tls.VersionTLS13},
+		{name: "Envoy's default cipher list refuses CBC", client: func(c *tls.Config) {
+			c.MaxVersion, c.CipherSuites = tls.VersionTLS12, []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA}
+		}, reason: "error"},
+		{name: "Envoy's default curves refuse P-384 alone", client: func(c *tls.Config) { c.CurvePreferences = []tls.CurveID{tls.CurveP384} }, reason: "error"},
+		{name: "an ECDHE GCM cipher of the default list", client: func(c *tls.Config) {
+			c.MaxVersion, c.CipherSuites = tls.VersionTLS12, []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384}
+		}, version: tls.VersionTLS12},
 		{name: "max TLS 1.2 and a cipher", server: func(pb *tlsv3.DownstreamTlsContext) {
 			pb.CommonTlsContext.TlsParams = &tlsv3.TlsParameters{TlsMaximumProtocolVersion: tlsv3.TlsParameters_TLSv1_2,
 				CipherSuites: []string{"[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]"}}
