@@ -508,6 +508,15 @@ func TestTLSCommands(t *testing.T) {
 	if got := string(up.Append(nil, e)); got != want {
 		t.Errorf("upstream TLS:\n%q\nwant\n%q", got, want)
 	}
+	ipPeer := ca.Issue(t, "by address", "10.0.0.1", "::1")
+	ips, err := ParseFormat("%DOWNSTREAM_PEER_IP_SAN% %UPSTREAM_PEER_IP_SAN% %UPSTREAM_LOCAL_IP_SAN%")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Info.DownstreamTLS.PeerCertificates = []*x509.Certificate{ipPeer.Cert}
+	if got, want := string(ips.Append(nil, e)), "10.0.0.1,::1 - -"; got != want {
+		t.Errorf("IP SANs: %q, want %q", got, want)
+	}
 	if _, err := ParseFormat("%UPSTREAM_PEER_FINGERPRINT_256%"); err == nil {
 		t.Error("UPSTREAM_PEER_FINGERPRINT_256, which Envoy does not have, parsed")
 	}

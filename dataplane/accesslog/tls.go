@@ -82,6 +82,15 @@ func tlsDefs(prefix string, session func(*http.StreamInfo) (*tls.ConnectionState
 			}
 			return d, len(c.DNSNames) > 0
 		})
+		which.def(which.prefix+"IP_SAN", func(d []byte, c *x509.Certificate) ([]byte, bool) {
+			for i, ip := range c.IPAddresses {
+				if i > 0 {
+					d = append(d, ',')
+				}
+				d = append(d, ip.String()...)
+			}
+			return d, len(c.IPAddresses) > 0
+		})
 		which.def(which.prefix+"SUBJECT", func(d []byte, c *x509.Certificate) ([]byte, bool) {
 			return appendIf(d, c.Subject.String())
 		})
