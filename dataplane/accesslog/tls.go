@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"net"
+	"net/url"
 
 	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/dataplane/tlscontext"
@@ -65,31 +67,13 @@ func tlsDefs(prefix string, session func(*http.StreamInfo) (*tls.ConnectionState
 		def    func(string, func([]byte, *x509.Certificate) ([]byte, bool))
 	}{{"PEER_", peerDef}, {"LOCAL_", localDef}} {
 		which.def(which.prefix+"URI_SAN", func(d []byte, c *x509.Certificate) ([]byte, bool) {
-			for i, u := range c.URIs {
-				if i > 0 {
-					d = append(d, ',')
-				}
-				d = append(d, u.String()...)
-			}
-			return d, len(c.URIs) > 0
+			return appendJoined(d, c.URIs, (*url.URL).String)
 		})
 		which.def(which.prefix+"DNS_SAN", func(d []byte, c *x509.Certificate) ([]byte, bool) {
-			for i, n := range c.DNSNames {
-				if i > 0 {
-					d = append(d, ',')
-				}
-				d = append(d, n...)
-			}
-			return d, len(c.DNSNames) > 0
+			return appendJoined(d, c.DNSNames, func(n string) string { return n })
 		})
 		which.def(which.prefix+"IP_SAN", func(d []byte, c *x509.Certificate) ([]byte, bool) {
-			for i, ip := range c.IPAddresses {
-				if i > 0 {
-					d = append(d, ',')
-				}
-				d = append(d, ip.String()...)
-			}
-			return d, len(c.IPAddresses) > 0
+			return appendJoined(d, c.IPAddresses, net.IP.String)
 		})
 		which.def(which.prefix+"SUBJECT", func(d []byte, c *x509.Certificate) ([]byte, bool) {
 			return appendIf(d, c.Subject.String())
@@ -108,4 +92,16 @@ func tlsDefs(prefix string, session func(*http.StreamInfo) (*tls.ConnectionState
 	peerDef("PEER_SERIAL", func(d []byte, c *x509.Certificate) ([]byte, bool) {
 		return hex.AppendEncode(d, c.SerialNumber.Bytes()), true
 	})
+}
+
+// appendJoined appends the names of xs, comma-separated, as Envoy lists a
+// certificate's SANs; false if there are none.
+func appendJoined[T any](d []byte, xs []T, name func(T) string) ([]byte, bool) {
+	for i, x := range xs {
+		if i > 0 {
+			d = append(d, ',')
+		}
+		d = append(d, name(x)...)
+	}
+	return d, len(xs) > 0
 }

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -210,7 +209,5 @@ func certificateNames(c *x509.Certificate, name string) bool {
 			return ok && b.Unmap() == ip.Unmap()
 		})
 	}
-	return slices.ContainsFunc(c.DNSNames, func(n string) bool {
-		return strings.EqualFold(n, name) || wildcardMatch(n, name)
-	})
+	return slices.ContainsFunc(c.DNSNames, func(n string) bool { return dnsNameMatch(n, name) })
 }

@@ -576,7 +576,7 @@ func (m sanMatcher) matches(c *x509.Certificate) bool {
 		for _, n := range c.DNSNames {
 			// An exact DNS matcher compares as Envoy's dnsNameMatch: case
 			// insensitive, a wildcard certificate name covering one label.
-			if m.m.Match(n) || m.exact != "" && (strings.EqualFold(n, m.exact) || wildcardMatch(n, m.exact)) {
+			if m.m.Match(n) || m.exact != "" && dnsNameMatch(n, m.exact) {
 				return true
 			}
 		}
@@ -601,6 +601,13 @@ func (m sanMatcher) matches(c *x509.Certificate) bool {
 		}
 	}
 	return false
+}
+
+// dnsNameMatch reports whether the certificate's DNS name certName is for
+// name, as Envoy's dnsNameMatch: equal but for case, or a wildcard covering
+// it.
+func dnsNameMatch(certName, name string) bool {
+	return strings.EqualFold(certName, name) || wildcardMatch(certName, name)
 }
 
 // wildcardMatch reports whether the certificate name pattern, such as

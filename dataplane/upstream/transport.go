@@ -1,6 +1,8 @@
 package upstream
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -66,10 +68,10 @@ func (c *Config) transportSockets(pb *clusterv3.Cluster, secrets tlscontext.Secr
 		if err := cfgerr.OnlyFields(m, "name", "match", "transport_socket"); err != nil {
 			return cfgerr.Index("transport_socket_matches", i, err)
 		}
-		if m.GetTransportSocket() == nil {
-			return cfgerr.Errorf(fmt.Sprintf("transport_socket_matches[%d].transport_socket", i), "is required")
-		}
 		path := fmt.Sprintf("transport_socket_matches[%d].transport_socket", i)
+		if m.GetTransportSocket() == nil {
+			return cfgerr.Errorf(path, "is required")
+		}
 		t := &Transport{Name: m.GetName(), Socket: m.GetTransportSocket().GetName()}
 		var err error
 		switch t.TLS, err = tlscontext.Upstream(m.GetTransportSocket(), secrets); {
@@ -144,6 +146,21 @@ func (e *TransportError) Error() string {
 }
 
 func (e *TransportError) Unwrap() []error { return []error{ErrTransportUnsupported, e.Err} }
+
+// TLSSession is the TLS session of a connection Connect made with transport
+// t, and the client certificate t presents (nil, nil for plain TCP), for
+// access logs.
+func TLSSession(c net.Conn, t *Transport) (*tls.ConnectionState, *x509.Certificate) {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return nil, nil
+	}
+	cs := tc.ConnectionState()
+	if t.TLS == nil {
+		return &cs, nil
+	}
+	return &cs, t.TLS.LocalCertificate()
+}
 
 // ConnFilter is an upstream network filter (a cluster's filters): it sees
 // each new connection to the cluster's hosts once it is made, before any

@@ -271,13 +271,11 @@ func upstreamNames(cl *upstream.Cluster, h *http.Header) (sni, san string) {
 // hostWithoutPort is the host of an authority: a name, an IPv4 address, or
 // an IPv6 address without its brackets.
 func hostWithoutPort(authority string) string {
-	if rest, ok := strings.CutPrefix(authority, "["); ok {
-		host, _, _ := strings.Cut(rest, "]")
-		return host
+	if _, err := netip.ParseAddr(authority); err == nil {
+		return authority // an IPv6 address without brackets or port
 	}
-	if strings.Count(authority, ":") == 1 {
-		host, _, _ := strings.Cut(authority, ":")
-		return host
+	if i := route.PortStart(authority); i >= 0 {
+		authority = authority[:i]
 	}
-	return authority
+	return strings.TrimSuffix(strings.TrimPrefix(authority, "["), "]")
 }

@@ -394,13 +394,7 @@ func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluste
 		if err == nil {
 			cl.ReportOutcome(h, upstream.ConnectedFinal)
 			ui.local = netio.AddrPort(up.LocalAddr())
-			if tc, ok := up.(*tls.Conn); ok {
-				cs := tc.ConnectionState()
-				ui.tls = &cs
-				if c := h.Transport().TLS; c != nil {
-					ui.tlsLocal = c.LocalCertificate()
-				}
-			}
+			ui.tls, ui.tlsLocal = upstream.TLSSession(up, h.Transport())
 			return up, h, 0
 		}
 		if ctx.Err() == nil {

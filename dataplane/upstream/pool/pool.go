@@ -522,13 +522,8 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 	cfg := p.cl.Config()
 	c := &Conn{p: p, created: time.Now(), requests: 1, transport: transport}
 	c.local = netio.AddrPort(nc.LocalAddr())
-	if c.tls, _ = nc.(*tls.Conn); c.tls != nil {
-		cs := c.tls.ConnectionState()
-		c.tlsState = &cs
-		if transport.TLS != nil {
-			c.tlsLocal = transport.TLS.LocalCertificate()
-		}
-	}
+	c.tls, _ = nc.(*tls.Conn)
+	c.tlsState, c.tlsLocal = upstream.TLSSession(nc, transport)
 	if p.http2 {
 		hs.CxHTTP2Total.Inc()
 		cc, err := h2.NewClientConn(nc, h2.ClientOptions{
