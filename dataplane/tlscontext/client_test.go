@@ -276,7 +276,7 @@ func TestStaticSecrets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := serve(t, s)
+	addr := serve(t, s.Config)
 	for _, tt := range []struct {
 		name string
 		vc   *tlsv3.CommonTlsContext
@@ -354,10 +354,10 @@ func combined(secret, san string) *tlsv3.CommonTlsContext {
 		}}}
 }
 
-// serve terminates TLS with s for every connection to the returned address
-// and echoes a byte each way, as upstreamServer does.
-func serve(t *testing.T, s *Server) string {
-	addr, results := upstreamServer(t, s.Config)
+// serve is upstreamServer for tests that do not look at the server's side
+// of the handshakes.
+func serve(t *testing.T, cfg *tls.Config) string {
+	addr, results := upstreamServer(t, cfg)
 	go func() {
 		for range results {
 		}
@@ -372,15 +372,8 @@ func serve(t *testing.T, s *Server) string {
 func TestHandshakeOptions(t *testing.T) {
 	f := newFixture(t)
 	ipLeaf := f.ca.Issue(t, "by address", "127.0.0.1")
-	serve := func(l *tlstest.Leaf) string {
-		addr, results := upstreamServer(t, &tls.Config{Certificates: []tls.Certificate{l.TLS(t)}})
-		go func() {
-			for range results {
-			}
-		}()
-		return addr
-	}
-	byName, byIP := serve(f.server), serve(ipLeaf)
+	byName := serve(t, &tls.Config{Certificates: []tls.Certificate{f.server.TLS(t)}})
+	byIP := serve(t, &tls.Config{Certificates: []tls.Certificate{ipLeaf.TLS(t)}})
 	withCA := &tlsv3.UpstreamTlsContext{Sni: "default.test", CommonTlsContext: &tlsv3.CommonTlsContext{ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{
 		ValidationContext: &tlsv3.CertificateValidationContext{TrustedCa: inline(f.ca.PEM)}}}}
 	bare := &tlsv3.UpstreamTlsContext{Sni: "default.test"}

@@ -36,8 +36,13 @@ func rawSocket(t testing.TB) *corev3.TransportSocket {
 func listen(t *testing.T) (net.Listener, *endpointv3.Endpoint) {
 	t.Helper()
 	ln := serveTCP(t, func(net.Conn) {})
+	return ln, endpointOf(ln)
+}
+
+// endpointOf is the endpoint of a test server's listener.
+func endpointOf(ln net.Listener) *endpointv3.Endpoint {
 	ap := ln.Addr().(*net.TCPAddr).AddrPort()
-	return ln, &endpointv3.Endpoint{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+	return &endpointv3.Endpoint{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
 		Address: ap.Addr().String(), PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(ap.Port())}}}}}
 }
 
@@ -75,9 +80,7 @@ func tlsEchoServer(t *testing.T, cert *tlstest.Leaf) *endpointv3.Endpoint {
 		sc := tls.Server(c, cfg)
 		io.Copy(sc, sc)
 	})
-	ap := ln.Addr().(*net.TCPAddr).AddrPort()
-	return &endpointv3.Endpoint{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
-		Address: ap.Addr().String(), PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(ap.Port())}}}}}
+	return endpointOf(ln)
 }
 
 // TestTransportSocketMatches: istiod's clusters choose TLS for endpoints
@@ -200,10 +203,7 @@ func TestUpstreamTLSFailures(t *testing.T) {
 	untrusted := tlsEchoServer(t, tlstest.NewCA(t, "stranger").Issue(t, "server", "server.test"))
 	stall := make(chan struct{})
 	t.Cleanup(func() { close(stall) })
-	ln := serveTCP(t, func(net.Conn) { <-stall })
-	ap := ln.Addr().(*net.TCPAddr).AddrPort()
-	mute := &endpointv3.Endpoint{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
-		Address: ap.Addr().String(), PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(ap.Port())}}}}}
+	mute := endpointOf(serveTCP(t, func(net.Conn) { <-stall }))
 	pb := &clusterv3.Cluster{
 		Name:                 "c",
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},

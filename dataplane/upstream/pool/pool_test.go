@@ -61,6 +61,15 @@ func startServer(t testing.TB, h nethttp.HandlerFunc) *server {
 
 func newCluster(t testing.TB, st *stats.Store, extra string, addrs ...string) *upstream.Cluster {
 	t.Helper()
+	m := upstream.NewManager(st)
+	m.Set([]upstream.Assignment{upstream.Static(clusterConfig(t, extra, addrs...))})
+	return m.Get("c")
+}
+
+// clusterConfig is the Config of a STATIC cluster "c" of addrs with extra
+// YAML.
+func clusterConfig(t testing.TB, extra string, addrs ...string) *upstream.Config {
+	t.Helper()
 	eps := ""
 	for _, a := range addrs {
 		ap := netip.MustParseAddrPort(a)
@@ -80,9 +89,7 @@ load_assignment: { cluster_name: c, endpoints: [{ lb_endpoints: [%s] }] }
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := upstream.NewManager(st)
-	m.Set([]upstream.Assignment{upstream.Static(cfg)})
-	return m.Get("c")
+	return cfg
 }
 
 func get(t testing.TB, p *Pool, path string) (string, error) {
@@ -251,8 +258,14 @@ func TestConnectError(t *testing.T) {
 }
 
 func TestStaleIdleConnection(t *testing.T) {
-	// An upstream that closes every connection after its first response,
-	// without saying so: the pool notices before reusing it.
+	checkStaleIdle(t, "", func(c net.Conn) net.Conn { return c })
+}
+
+// checkStaleIdle: an upstream that closes every connection after its first
+// response, without saying so, is noticed before the pool reuses the
+// connection. wrap makes the server's side of each connection (TLS, or the
+// socket itself); extra is the cluster's configuration beyond its endpoint.
+func checkStaleIdle(t *testing.T, extra string, wrap func(net.Conn) net.Conn) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -262,21 +275,21 @@ func TestStaleIdleConnection(t *testing.T) {
 	go func() {
 		defer close(done)
 		for {
-			c, err := ln.Accept()
+			raw, err := ln.Accept()
 			if err != nil {
 				return
 			}
 			accepted.Add(1)
-			buf := make([]byte, 4096)
-			c.Read(buf)
+			raw.SetDeadline(time.Now().Add(5 * time.Second))
+			c := wrap(raw)
+			c.Read(make([]byte, 4096))
 			io.WriteString(c, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
 			time.Sleep(10 * time.Millisecond)
-			c.Close()
+			c.Close() // TLS: close_notify, then FIN
 		}
 	}()
 	defer func() { ln.Close(); <-done }()
-	st := stats.NewStore()
-	cl := newCluster(t, st, "", ln.Addr().String())
+	cl := newCluster(t, stats.NewStore(), extra, ln.Addr().String())
 	m := NewManager(Options{})
 	defer m.Close()
 	p := m.Pool(cl, cl.Hosts()[0], "", "")
@@ -419,44 +432,8 @@ func TestTLSKeepAliveReuse(t *testing.T) {
 // connections (with a close_notify alert) is noticed before reuse.
 func TestTLSStaleIdleConnection(t *testing.T) {
 	ca := tlstest.NewCA(t, "upstream CA")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "server", "server.test").TLS(t)}}
-	var accepted atomic.Int32
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			raw, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			raw.SetDeadline(time.Now().Add(5 * time.Second))
-			c := tls.Server(raw, cfg)
-			c.Read(make([]byte, 4096))
-			io.WriteString(c, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-			time.Sleep(10 * time.Millisecond)
-			c.Close() // close_notify, then FIN
-		}
-	}()
-	defer func() { ln.Close(); <-done }()
-	st := stats.NewStore()
-	cl := newCluster(t, st, tlsCluster(t, ca), ln.Addr().String())
-	m := NewManager(Options{})
-	defer m.Close()
-	p := m.Pool(cl, cl.Hosts()[0], "", "")
-	for range 2 {
-		if body, err := get(t, p, "/"); err != nil || body != "ok" {
-			t.Fatalf("%q %v", body, err)
-		}
-		time.Sleep(PeekAfter + 50*time.Millisecond)
-	}
-	if n := accepted.Load(); n != 2 {
-		t.Errorf("%d connections accepted", n)
-	}
+	checkStaleIdle(t, tlsCluster(t, ca), func(c net.Conn) net.Conn { return tls.Server(c, cfg) })
 }
 
 // TestTLSHTTP2: a cluster speaking HTTP/2 over TLS offers h2 by ALPN (the
@@ -573,23 +550,7 @@ func TestTransportUpdateRetiresConns(t *testing.T) {
 	srv := startTLSServer(t, ca, false, func(w nethttp.ResponseWriter, r *nethttp.Request) { io.WriteString(w, "ok") })
 	st := stats.NewStore()
 	um := upstream.NewManager(st)
-	cfg := func(ca *tlstest.CA) *upstream.Config {
-		ap := netip.MustParseAddrPort(srv.addr)
-		var pb clusterv3.Cluster
-		if err := protoyaml.Unmarshal([]byte(fmt.Sprintf(`
-name: c
-type: STATIC
-connect_timeout: 1s
-load_assignment: { cluster_name: c, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: %q, port_value: %d } } } }] }] }
-%s`, ap.Addr(), ap.Port(), tlsCluster(t, ca))), &pb); err != nil {
-			t.Fatal(err)
-		}
-		c, err := upstream.NewConfig(&pb)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
+	cfg := func(ca *tlstest.CA) *upstream.Config { return clusterConfig(t, tlsCluster(t, ca), srv.addr) }
 	first := cfg(ca)
 	um.Set([]upstream.Assignment{upstream.Static(first)})
 	cl := um.Get("c")
