@@ -296,21 +296,13 @@ func TestUpstreamTLS(t *testing.T) {
 	otherCAFile := writeFile(t, "other-ca.pem", string(tlstest.NewCA(t, "other CA").PEM))
 	serverTLS := &tls.Config{Certificates: []tls.Certificate{serverCert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool()}
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &nethttp.Server{ReadHeaderTimeout: 10 * time.Second, TLSConfig: serverTLS, Handler: nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+	https := httpsBackend(t, serverTLS, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
 		peer := ""
 		if len(r.TLS.PeerCertificates) > 0 && len(r.TLS.PeerCertificates[0].URIs) > 0 {
 			peer = r.TLS.PeerCertificates[0].URIs[0].String()
 		}
-		fmt.Fprintf(w, "%s %s %s %s", r.Proto, r.TLS.ServerName, tlsVersionName(r.TLS.Version), peer)
-	})}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.ServeTLS(ln, "", "") }()
-	t.Cleanup(func() { srv.Close(); <-done })
-	https := ln.Addr().String()
+		fmt.Fprintf(w, "%s %s %s %s", r.Proto, r.TLS.ServerName, tls.VersionName(r.TLS.Version), peer)
+	}))
 	logPath := filepath.Join(dir, "access.log")
 
 	eln, err := tls.Listen("tcp", "127.0.0.1:0", serverTLS)
@@ -385,8 +377,8 @@ static_resources:
 
 	c := &nethttp.Client{Timeout: 10 * time.Second}
 	for path, want := range map[string]string{
-		"/h1": "HTTP/1.1 backend.test TLSv1.3 spiffe://e2e/skiff",
-		"/h2": "HTTP/2.0 backend.test TLSv1.2 spiffe://e2e/skiff",
+		"/h1": "HTTP/1.1 backend.test TLS 1.3 spiffe://e2e/skiff",
+		"/h2": "HTTP/2.0 backend.test TLS 1.2 spiffe://e2e/skiff",
 	} {
 		for range 3 { // the second and third reuse the pooled connection
 			resp, body := doGet(t, c, "http://"+p.Addr(t, "http")+path)
@@ -455,14 +447,19 @@ static_resources:
 	}
 }
 
-func tlsVersionName(v uint16) string {
-	switch v {
-	case tls.VersionTLS12:
-		return "TLSv1.2"
-	case tls.VersionTLS13:
-		return "TLSv1.3"
+// httpsBackend is a net/http server over TLS with cfg (HTTP/1.1, and HTTP/2
+// by ALPN) on loopback, closed by the test's cleanup; its address.
+func httpsBackend(t testing.TB, cfg *tls.Config, h nethttp.Handler) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
-	return fmt.Sprintf("0x%x", v)
+	srv := &nethttp.Server{ReadHeaderTimeout: 10 * time.Second, TLSConfig: cfg, Handler: h}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.ServeTLS(ln, "", "") }()
+	t.Cleanup(func() { srv.Close(); <-done })
+	return ln.Addr().String()
 }
 
 // TestStaticSecrets: certificates and CAs defined once in
@@ -479,18 +476,11 @@ func TestStaticSecrets(t *testing.T) {
 	clientCert, clientKey := ca.Issue(t, "skiff", "spiffe://e2e/skiff").Files(t, dir, "client-")
 	caFile := writeFile(t, "secrets-ca.pem", string(ca.PEM))
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &nethttp.Server{ReadHeaderTimeout: 10 * time.Second, TLSConfig: &tls.Config{
+	backend := httpsBackend(t, &tls.Config{
 		Certificates: []tls.Certificate{ca.Issue(t, "backend", "backend.test").TLS(t)}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool()},
-		Handler: nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
 			fmt.Fprint(w, "client ", r.TLS.PeerCertificates[0].URIs[0])
-		})}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.ServeTLS(ln, "", "") }()
-	t.Cleanup(func() { srv.Close(); <-done })
+		}))
 
 	secrets := fmt.Sprintf(`  secrets:
   - name: edge-cert
@@ -526,7 +516,7 @@ func TestStaticSecrets(t *testing.T) {
               routes: [{ match: { prefix: "/" }, route: { cluster: backend } }]
 `, secret)
 	}
-	cluster := staticCluster("backend", false, ln.Addr().String()) + `    transport_socket:
+	cluster := staticCluster("backend", false, backend) + `    transport_socket:
       name: envoy.transport_sockets.tls
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
@@ -568,20 +558,12 @@ func TestUpstreamAutoSNI(t *testing.T) {
 	t.Parallel()
 	ca := tlstest.NewCA(t, "sni CA")
 	caFile := writeFile(t, "sni-ca.pem", string(ca.PEM))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &nethttp.Server{ReadHeaderTimeout: 10 * time.Second,
-		TLSConfig: &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "backend", "a.test", "b.test").TLS(t)}},
-		Handler: nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+	backend := httpsBackend(t, &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "backend", "a.test", "b.test").TLS(t)}},
+		nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
 			fmt.Fprint(w, "sni ", r.TLS.ServerName)
-		})}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.ServeTLS(ln, "", "") }()
-	t.Cleanup(func() { srv.Close(); <-done })
+		}))
 
-	cluster := staticCluster("backend", false, ln.Addr().String()) + tlsUpstream("default.test", caFile, "", "", "") + `    typed_extension_protocol_options:
+	cluster := staticCluster("backend", false, backend) + tlsUpstream("default.test", caFile, "", "", "") + `    typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
         explicit_http_config: { http_protocol_options: {} }
