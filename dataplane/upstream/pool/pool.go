@@ -150,10 +150,8 @@ type poolKey struct {
 func (m *Manager) Pool(cl *upstream.Cluster, h *upstream.Host, sni, san string) *Pool {
 	http2 := cl.Config().HTTP2
 	proto := protoIndex(http2)
-	if sni != "" || san != "" {
-		if h.Transport().TLS == nil {
-			sni, san = "", ""
-		}
+	if (sni != "" || san != "") && h.Transport().TLS == nil {
+		sni, san = "", ""
 	}
 	k := poolKey{h, sni, san}
 	if p := m.lookup(proto, k); p != nil {
