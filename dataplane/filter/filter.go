@@ -151,7 +151,7 @@ func NewConn(c net.Conn, id uint64, listener string, log *slog.Logger) *Conn {
 	// Unmapped (::ffff:a.b.c.d as a.b.c.d), so that IPv4 prefixes match
 	// clients of dual-stack listeners, as they do in Envoy.
 	conn.Local = netio.AddrPort(c.LocalAddr())
-	conn.Remote = netio.AddrPort(c.RemoteAddr())
+	conn.Remote = netio.RemoteAddrPort(c)
 	conn.DirectRemote = conn.Remote
 	return conn
 }

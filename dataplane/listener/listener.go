@@ -71,10 +71,8 @@ type Listener struct {
 	sslOnce sync.Once
 	ssl     *tlscontext.Stats
 
-	// next hands a connection to an idle worker; done, closed with the last
-	// reference, lets the idle workers go.
-	next chan net.Conn
-	done chan struct{}
+	// workers are the connection goroutines; closed with the last reference.
+	workers workers
 }
 
 // Start binds (or takes from the socket table) every socket of cfg; the
@@ -83,7 +81,6 @@ func Start(cfg *Config, opts Options) (*Listener, error) {
 	sc := opts.Stats.Scope("listener." + cfg.StatPrefix + ".")
 	l := &Listener{name: cfg.Name, opts: opts, scope: sc, stats: newListenerStats(sc)}
 	l.refs.Store(1)
-	l.next, l.done = make(chan net.Conn), make(chan struct{})
 	l.log = opts.Logger.With("listener", cfg.Name)
 	l.cfg.Store(cfg)
 	for i, spec := range cfg.Sockets {
@@ -198,7 +195,7 @@ func (l *Listener) ref() bool {
 func (l *Listener) unref() {
 	if l.refs.Add(-1) == 0 {
 		l.scope.Close()
-		close(l.done)
+		l.workers.close()
 	}
 }
 
@@ -215,34 +212,18 @@ func (l *Listener) handle(c net.Conn) {
 		return
 	}
 	l.opts.Serving.Add(1)
-	select {
-	case l.next <- c:
-	default:
+	if !l.workers.handOff(c) {
 		go l.worker(c)
 	}
 }
 
-// workerIdle is how long a worker waits for another connection before it
-// goes. Serving each connection on a goroutine of its own cost its start and
-// the growth of its stack down the filter chain: about 5 % of skiff's CPU
-// with a new connection per request (h1close of ../shared/bench).
-const workerIdle = time.Second
-
 // worker serves c and then the connections handed to it, until none comes
 // for workerIdle or the listener is done.
 func (l *Listener) worker(c net.Conn) {
-	idle := time.NewTimer(workerIdle)
-	defer idle.Stop()
-	for {
+	w := &worker{next: make(chan net.Conn, 1)}
+	for c != nil {
 		l.serve(c)
-		idle.Reset(workerIdle)
-		select {
-		case c = <-l.next:
-		case <-idle.C:
-			return
-		case <-l.done:
-			return
-		}
+		c = l.workers.wait(w)
 	}
 }
 

@@ -38,6 +38,17 @@ func goroutineID() uint64 {
 	return id
 }
 
+// holdFilter is a terminal filter that keeps each connection until the
+// client closes it.
+type holdFilter struct{}
+
+func (holdFilter) OnConnection(context.Context, *filter.Conn) error { return nil }
+
+func (holdFilter) ServeConn(_ context.Context, c *filter.Conn) {
+	io.Copy(io.Discard, c.Conn)
+	c.Close()
+}
+
 func startTestListener(t *testing.T, terminal filter.TerminalFilter) *Listener {
 	t.Helper()
 	log := slog.New(slog.DiscardHandler)
@@ -92,4 +103,54 @@ func TestWorkersServeConnectionsInTurn(t *testing.T) {
 	if n := runtime.NumGoroutine(); n > before {
 		t.Errorf("%d goroutines after the listener stopped, %d before it started: idle workers stayed", n, before)
 	}
+}
+
+// TestIdleWorkersGo: the workers a burst of connections started go about
+// workerIdle after their connections ended, while the listener accepts on.
+func TestIdleWorkersGo(t *testing.T) {
+	l := startTestListener(t, holdFilter{})
+	defer l.StopAccepting()
+	time.Sleep(10 * time.Millisecond) // the accept loop is waiting
+	base := runtime.NumGoroutine()
+	const burst = 8
+	var conns []net.Conn
+	for range burst {
+		c, err := net.Dial("tcp", l.Bound()[0].String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	for l.refs.Load() < burst+1 { // all being served
+		time.Sleep(100 * time.Microsecond)
+	}
+	if n := runtime.NumGoroutine(); n < base+burst {
+		t.Fatalf("%d goroutines serving %d connections, %d before", n, burst, base)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	for l.refs.Load() > 1 {
+		time.Sleep(100 * time.Microsecond)
+	}
+	ended := time.Now()
+	if n := runtime.NumGoroutine(); n < base+burst {
+		t.Errorf("%d goroutines right after the connections ended, want the %d workers idle on top of %d", n, burst, base)
+	}
+	for runtime.NumGoroutine() > base && time.Since(ended) < 3*workerIdle {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > base {
+		t.Errorf("%d goroutines %v after the connections ended, %d before: idle workers stayed", n, time.Since(ended), base)
+	}
+	if d := time.Since(ended); d < workerIdle/2 {
+		t.Errorf("idle workers went after %v, before workerIdle (%v)", d, workerIdle)
+	}
+
+	// A connection after that is served as before.
+	c, err := net.Dial("tcp", l.Bound()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
 }

@@ -30,25 +30,34 @@ import (
 //     handshake before connect returns.
 //
 // A connection proxied by tcp_proxy cost 6 setsockopt, 2 getsockname and a
-// getsockopt that way; now 2, 1 and none, and an fcntl per descriptor
-// (os.NewFile's). The descriptor is held by an *os.File, which registers it
+// getsockopt that way; now 2 setsockopt, a getpeername that tells that the
+// connect finished, and an fcntl per descriptor (os.NewFile's); getsockname
+// only for a wildcard listener's connections and for a dialed conn whose
+// LocalAddr is used (an access log's %UPSTREAM_LOCAL_ADDRESS%). The descriptor is held by an *os.File, which registers it
 // with the runtime's poller and gives deadlines; the Conn reads and writes it
 // with raw calls like any other.
 
 // sock is the descriptor and addresses under a Conn made by Accept or Dial:
 // the rest of net.TCPConn's methods the data path uses.
 type sock struct {
-	f             *os.File
-	frc           syscall.RawConn // f's
-	raw           sockRaw         // frc with net's errors
-	closed        atomic.Bool
-	local, remote *net.TCPAddr
+	f        *os.File
+	frc      syscall.RawConn // f's
+	raw      sockRaw         // frc with net's errors
+	closed   atomic.Bool
+	remoteAP netip.AddrPort
+	// remote is remoteAP as RemoteAddr returns it, made on its first call
+	// (tcp_proxy and the listener take remoteAP instead: two allocations
+	// saved per connection).
+	remote atomic.Pointer[net.TCPAddr]
+	// local is known at Accept; a dialed conn asks the kernel at its first
+	// use (see localAddr).
+	local atomic.Pointer[net.TCPAddr]
 }
 
 // newSockConn returns the Conn of a connected non-blocking descriptor, which
 // it owns from now on (it is closed on failure). The Conn and its sock are one
 // allocation.
-func newSockConn(fd int, local, remote *net.TCPAddr) (*Conn, error) {
+func newSockConn(fd int, local *net.TCPAddr, remote netip.AddrPort) (*Conn, error) {
 	f := os.NewFile(uintptr(fd), "tcp") // non-blocking: registered with the poller
 	if f == nil {
 		unix.Close(fd)
@@ -62,8 +71,11 @@ func newSockConn(fd int, local, remote *net.TCPAddr) (*Conn, error) {
 	sc := &struct {
 		c Conn
 		s sock
-	}{s: sock{f: f, frc: frc, local: local, remote: remote}}
+	}{s: sock{f: f, frc: frc, remoteAP: remote}}
 	s, c := &sc.s, &sc.c
+	if local != nil {
+		s.local.Store(local)
+	}
 	s.raw.s = s
 	c.tcpConn, c.rc = s, &s.raw
 	return c, nil
@@ -79,9 +91,40 @@ func (s *sock) Close() error {
 	return nil
 }
 
-func (s *sock) LocalAddr() net.Addr { return s.local }
+// LocalAddr is the connection's local address. A dialed conn asks the kernel
+// for it on the first call (most proxied connections never need it: a system
+// call and two allocations saved per connection); after Close, a conn that
+// was never asked returns nil, as an unconnected net.TCPConn does.
+func (s *sock) LocalAddr() net.Addr {
+	if a := s.localAddr(); a != nil {
+		return a
+	}
+	return nil
+}
 
-func (s *sock) RemoteAddr() net.Addr { return s.remote }
+// localAddr is LocalAddr as a *net.TCPAddr, nil if unknown.
+func (s *sock) localAddr() *net.TCPAddr {
+	if a := s.local.Load(); a != nil {
+		return a
+	}
+	var a *net.TCPAddr
+	if err := s.frc.Control(func(fd uintptr) { a, _ = sockName(int(fd)) }); err != nil || a == nil {
+		return nil
+	}
+	s.local.Store(a)
+	return a
+}
+
+func (s *sock) RemoteAddr() net.Addr { return s.remoteAddr() }
+
+func (s *sock) remoteAddr() *net.TCPAddr {
+	if a := s.remote.Load(); a != nil {
+		return a
+	}
+	a := net.TCPAddrFromAddrPort(s.remoteAP)
+	s.remote.Store(a)
+	return a
+}
 
 func (s *sock) SetDeadline(t time.Time) error      { return s.deadline(s.f.SetDeadline(t)) }
 func (s *sock) SetReadDeadline(t time.Time) error  { return s.deadline(s.f.SetReadDeadline(t)) }
@@ -94,7 +137,7 @@ func (s *sock) deadline(err error) error {
 	if s.closed.Load() {
 		err = net.ErrClosed
 	}
-	return &net.OpError{Op: "set", Net: "tcp", Addr: s.local, Err: err} // as net's
+	return &net.OpError{Op: "set", Net: "tcp", Addr: s.LocalAddr(), Err: err} // as net's
 }
 
 func (s *sock) SyscallConn() (syscall.RawConn, error) { return &s.raw, nil }
@@ -143,7 +186,9 @@ func (s *sock) control(op, call string, f func(fd uintptr) error) error {
 	return nil
 }
 
-func (s *sock) opError(op string, err error) error { return tcpOpError(op, s.local, s.remote, err) }
+func (s *sock) opError(op string, err error) error {
+	return tcpOpError(op, s.LocalAddr(), s.remoteAddr(), err)
+}
 
 // sockRaw is the sock's syscall.RawConn: the *os.File's, whose errors for a
 // closed descriptor say "use of closed file", with net's instead (net.ErrClosed
@@ -237,7 +282,7 @@ func (a *Acceptor) Accept() (*Conn, error) {
 		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: a.local, Err: os.NewSyscallError("accept4", a.errn)}
 	}
 	fd := a.nfd
-	remote := tcpAddr(&a.sa)
+	remote := addrPortOf(&a.sa)
 	if e := setNoDelay(fd); e != 0 {
 		unix.Close(fd)
 		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: a.local, Err: os.NewSyscallError("setsockopt", e)}
@@ -294,17 +339,32 @@ func setNoDelay(fd int) syscall.Errno {
 	return e
 }
 
+// addrPortOf converts an AF_INET or AF_INET6 socket address.
+func addrPortOf(sa *unix.RawSockaddrAny) netip.AddrPort {
+	switch sa.Addr.Family {
+	case unix.AF_INET:
+		p := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return netip.AddrPortFrom(netip.AddrFrom4(p.Addr), getPort(&p.Port))
+	case unix.AF_INET6:
+		p := (*unix.RawSockaddrInet6)(unsafe.Pointer(sa))
+		ip := netip.AddrFrom16(p.Addr)
+		if p.Scope_id != 0 {
+			ip = ip.WithZone(zoneName(p.Scope_id))
+		}
+		return netip.AddrPortFrom(ip, getPort(&p.Port))
+	}
+	return netip.AddrPort{}
+}
+
 // tcpAddr converts an AF_INET or AF_INET6 socket address.
 func tcpAddr(sa *unix.RawSockaddrAny) *net.TCPAddr {
 	switch sa.Addr.Family {
 	case unix.AF_INET:
 		p := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
-		port := int(p.Port>>8 | p.Port<<8)
-		return &net.TCPAddr{IP: net.IPv4(p.Addr[0], p.Addr[1], p.Addr[2], p.Addr[3]), Port: port}
+		return &net.TCPAddr{IP: net.IPv4(p.Addr[0], p.Addr[1], p.Addr[2], p.Addr[3]), Port: int(getPort(&p.Port))}
 	case unix.AF_INET6:
 		p := (*unix.RawSockaddrInet6)(unsafe.Pointer(sa))
-		port := int(p.Port>>8 | p.Port<<8)
-		a := &net.TCPAddr{IP: make(net.IP, net.IPv6len), Port: port}
+		a := &net.TCPAddr{IP: make(net.IP, net.IPv6len), Port: int(getPort(&p.Port))}
 		copy(a.IP, p.Addr[:])
 		if p.Scope_id != 0 {
 			a.Zone = zoneName(p.Scope_id)
@@ -338,14 +398,14 @@ type DialOptions struct {
 // or os.ErrDeadlineExceeded (a net.Error whose Timeout is true) when the
 // timeout passed, or ctx's error.
 func Dial(ctx context.Context, addr netip.AddrPort, o *DialOptions) (*Conn, error) {
-	raddr := net.TCPAddrFromAddrPort(addr)
 	fail := func(err error) (*Conn, error) {
-		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: raddr, Err: err}
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(addr), Err: err}
 	}
 	if err := ctx.Err(); err != nil {
 		return fail(err)
 	}
-	sa, family, err := sockaddr(addr)
+	var sa unix.RawSockaddrAny // on the stack: unix.Connect's Sockaddr would be an allocation
+	family, salen, err := rawSockaddr(addr, &sa)
 	if err != nil {
 		return fail(err)
 	}
@@ -363,11 +423,12 @@ func Dial(ctx context.Context, addr netip.AddrPort, o *DialOptions) (*Conn, erro
 			return fail(err)
 		}
 	}
-	switch err := unix.Connect(fd, sa); err {
-	case nil, unix.EINPROGRESS, unix.EINTR:
+	_, _, e := syscall.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(salen))
+	switch e {
+	case 0, unix.EINPROGRESS, unix.EINTR: // non-blocking: it never waits
 	default:
 		unix.Close(fd)
-		return fail(os.NewSyscallError("connect", err))
+		return fail(os.NewSyscallError("connect", e))
 	}
 	// On loopback the kernel has usually finished the handshake by now.
 	up, e := connectDone(fd)
@@ -375,7 +436,7 @@ func Dial(ctx context.Context, addr netip.AddrPort, o *DialOptions) (*Conn, erro
 		unix.Close(fd)
 		return fail(os.NewSyscallError("connect", e))
 	}
-	c, err := newSockConn(fd, nil, raddr)
+	c, err := newSockConn(fd, nil, addr)
 	if err != nil {
 		return fail(err)
 	}
@@ -385,14 +446,6 @@ func Dial(ctx context.Context, addr netip.AddrPort, o *DialOptions) (*Conn, erro
 			s.Close()
 			return fail(err)
 		}
-	}
-	var le syscall.Errno
-	if err := s.frc.Control(func(fd uintptr) { s.local, le = sockName(int(fd)) }); err != nil || le != 0 {
-		s.Close()
-		if err == nil {
-			err = os.NewSyscallError("getsockname", le)
-		}
-		return fail(err)
 	}
 	return c, nil
 }
@@ -460,25 +513,43 @@ func (s *sock) connected(ctx context.Context, timeout time.Duration) error {
 	return nil
 }
 
-func sockaddr(addr netip.AddrPort) (unix.Sockaddr, int, error) {
+// rawSockaddr writes addr into sa as connect(2) takes it and returns its
+// family and length.
+func rawSockaddr(addr netip.AddrPort, sa *unix.RawSockaddrAny) (family int, salen uint32, err error) {
 	ip := addr.Addr()
 	if ip.Is4() || ip.Is4In6() {
-		return &unix.SockaddrInet4{Port: int(addr.Port()), Addr: ip.Unmap().As4()}, unix.AF_INET, nil
+		p := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		p.Family, p.Addr = unix.AF_INET, ip.Unmap().As4()
+		putPort(&p.Port, addr.Port())
+		return unix.AF_INET, unix.SizeofSockaddrInet4, nil
 	}
 	if !ip.Is6() {
-		return nil, 0, fmt.Errorf("netio: %v is not an IP address", addr)
+		return 0, 0, fmt.Errorf("netio: %v is not an IP address", addr)
 	}
-	sa := &unix.SockaddrInet6{Port: int(addr.Port()), Addr: ip.As16()}
+	p := (*unix.RawSockaddrInet6)(unsafe.Pointer(sa))
+	p.Family, p.Addr = unix.AF_INET6, ip.As16()
+	putPort(&p.Port, addr.Port())
 	if z := ip.Zone(); z != "" {
 		if n, err := strconv.ParseUint(z, 10, 32); err == nil {
-			sa.ZoneId = uint32(n)
+			p.Scope_id = uint32(n)
 		} else if ifi, err := net.InterfaceByName(z); err == nil {
-			sa.ZoneId = uint32(ifi.Index)
+			p.Scope_id = uint32(ifi.Index)
 		} else {
-			return nil, 0, err
+			return 0, 0, err
 		}
 	}
-	return sa, unix.AF_INET6, nil
+	return unix.AF_INET6, unix.SizeofSockaddrInet6, nil
+}
+
+// putPort stores port in network byte order; getPort reads it back.
+func putPort(p *uint16, port uint16) {
+	b := (*[2]byte)(unsafe.Pointer(p))
+	b[0], b[1] = byte(port>>8), byte(port)
+}
+
+func getPort(p *uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(p))
+	return uint16(b[0])<<8 | uint16(b[1])
 }
 
 func setKeepAlive(fd int, ka *net.KeepAliveConfig) error {
@@ -500,6 +571,17 @@ func setKeepAlive(fd int, ka *net.KeepAliveConfig) error {
 
 // seconds rounds d up to whole seconds, as net does for keep-alive times.
 func seconds(d time.Duration) int { return int((d + time.Second - 1) / time.Second) }
+
+// RemoteAddrPort is AddrPort(c.RemoteAddr()) without making the
+// net.Addr of a Conn from Accept or Dial.
+func RemoteAddrPort(c net.Conn) netip.AddrPort {
+	if nc, ok := c.(*Conn); ok {
+		if s, ok := nc.tcpConn.(*sock); ok {
+			return netip.AddrPortFrom(s.remoteAP.Addr().Unmap(), s.remoteAP.Port())
+		}
+	}
+	return AddrPort(c.RemoteAddr())
+}
 
 // AddrPort is a's address and port when a is a TCP address (IPv4-mapped IPv6
 // addresses unmapped, as Envoy writes them), else the zero AddrPort.

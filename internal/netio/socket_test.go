@@ -97,6 +97,11 @@ func TestDialAccept(t *testing.T) {
 			if d.LocalAddr().String() != a.RemoteAddr().String() || d.RemoteAddr().String() != a.LocalAddr().String() {
 				t.Errorf("dialed %v -> %v, accepted %v <- %v: want each other's", d.LocalAddr(), d.RemoteAddr(), a.LocalAddr(), a.RemoteAddr())
 			}
+			for _, c := range []*Conn{d, a} {
+				if got, want := RemoteAddrPort(c), AddrPort(c.RemoteAddr()); got != want || !got.IsValid() {
+					t.Errorf("RemoteAddrPort %v, RemoteAddr %v", got, want)
+				}
+			}
 			if a.LocalAddr().String() != ln.Addr().String() {
 				t.Errorf("accepted local %v, want the listener's %v", a.LocalAddr(), ln.Addr())
 			}
@@ -145,6 +150,11 @@ func TestDialAccept(t *testing.T) {
 			got, err = io.ReadAll(d)
 			if string(got) != "pong" || err != nil {
 				t.Fatalf("dialed read %q, %v; want pong and EOF", got, err)
+			}
+			local := d.LocalAddr().String() // asked while open: kept after Close
+			d.Close()
+			if d.LocalAddr() == nil || d.LocalAddr().String() != local {
+				t.Errorf("dialed local after Close %v, want %s as before", d.LocalAddr(), local)
 			}
 		})
 	}

@@ -277,14 +277,18 @@ func (p *Proxy) Adopt(ctx context.Context, c *filter.Conn, m *filter.MovedConn) 
 	}
 	ctx, stop := p.limitDuration(ctx, start)
 	defer stop()
-	ui := &upstreamInfo{cluster: m.Cluster, host: m.Host, local: netio.AddrPort(m.Up.LocalAddr())}
+	ui := &upstreamInfo{cluster: m.Cluster, host: m.Host}
+	if len(p.logs) > 0 {
+		ui.local = netio.AddrPort(m.Up.LocalAddr())
+	}
 	p.proxy(ctx, c, cl, host, m.Up, m.Pending, start, ui)
 }
 
 // proxy copies between c and up until the pair ends, or until a hot restart
 // moves it (then the conns are left to the successor).
 func (p *Proxy) proxy(ctx context.Context, c *filter.Conn, cl *upstream.Cluster, host *upstream.Host, up net.Conn, pending [2][]byte, start time.Time, ui *upstreamInfo) {
-	mv := &mover{p: p, down: c.Conn, up: up, start: start, result: make(chan netio.Result, 1), released: make(chan struct{})}
+	mv := &mover{p: p, down: c.Conn, up: up, start: start}
+	mv.ran.Add(1)
 	cfg := p.copyCfg
 	mv.sent[0], mv.received[0] = p.stats.rxBytes, p.stats.txBytes
 	cfg.SentCounters, cfg.ReceivedCounters = mv.sent[:1], mv.received[:1]
@@ -305,12 +309,17 @@ func (p *Proxy) proxy(ctx context.Context, c *filter.Conn, cl *upstream.Cluster,
 	}
 	res := pair.Run(ctx)
 	c.SetMover(nil)
-	mv.result <- res
+	mv.result = res
+	mv.ran.Done()
 	if res.End == netio.Paused {
-		// A hot restart took the pair: wait until the successor has its copies
-		// of the conns, which Release closes here.
+		// A hot restart took the pair (Move made released before it paused
+		// it): wait until the successor has its copies of the conns, which
+		// Release closes here.
+		mv.mu.Lock()
+		released := mv.released
+		mv.mu.Unlock()
 		select {
-		case <-mv.released:
+		case <-released:
 			c.MarkMoved()
 		case <-ctx.Done():
 			c.Close()
@@ -342,8 +351,10 @@ type mover struct {
 	cluster  string
 	host     netip.AddrPort
 	start    time.Time
-	result   chan netio.Result
-	released chan struct{}
+	ran      sync.WaitGroup // done when result is set
+	result   netio.Result
+	mu       sync.Mutex
+	released chan struct{} // made by the first Move, closed by Release
 	once     sync.Once
 	// The byte counters of the pair's two directions: the filter's and, if
 	// the cluster still exists, the cluster's (here to save allocations).
@@ -352,9 +363,14 @@ type mover struct {
 
 // Move implements filter.Mover.
 func (m *mover) Move() (*filter.MovedConn, bool) {
+	m.mu.Lock()
+	if m.released == nil { // made here: most connections are never moved
+		m.released = make(chan struct{})
+	}
+	m.mu.Unlock()
 	m.pair.Pause()
-	res := <-m.result
-	m.result <- res // for a second Move, and for proxy's own read
+	m.ran.Wait()
+	res := m.result
 	if res.End != netio.Paused || res.Err != nil {
 		return nil, false
 	}
@@ -393,7 +409,9 @@ func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluste
 		up, err := cl.Connect(ctx, h)
 		if err == nil {
 			cl.ReportOutcome(h, upstream.ConnectedFinal)
-			ui.local = netio.AddrPort(up.LocalAddr())
+			if len(p.logs) > 0 { // a system call: only for %UPSTREAM_LOCAL_ADDRESS%
+				ui.local = netio.AddrPort(up.LocalAddr())
+			}
 			ui.tls, ui.tlsLocal = upstream.TLSSession(up, h.Transport())
 			return up, h, 0
 		}
