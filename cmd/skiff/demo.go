@@ -36,6 +36,7 @@ const (
 // configuration from it over ADS, and two small HTTP upstreams (blue and green)
 // to proxy to. Editing the resource files changes what the data plane does.
 func demoCmd(args []string, stdout, stderr io.Writer) error {
+	tuneGC()
 	fs := flag.NewFlagSet("skiff demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	listenPort := fs.Uint("listen-port", 10000, "port of the proxy's listener on 127.0.0.1")

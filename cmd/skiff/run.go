@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -140,6 +141,7 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	if o.concurrency > 0 {
 		runtime.GOMAXPROCS(o.concurrency)
 	}
+	tuneGC()
 
 	source := bootstrap.SourceName(o.configPath, o.configYAML)
 	b, err := bootstrap.Load(o.configPath, o.configYAML)
@@ -499,4 +501,21 @@ func serve(ctx context.Context, o serveOptions) error {
 	}
 	log.Info("skiff stopped")
 	return nil
+}
+
+// gcPercent is the collector's GOGC when the environment sets none. Go's 100
+// starts a cycle whenever the heap has doubled; skiff's live heap is small
+// (3-4 MB serving the bench's scenarios) and a proxy allocates a little per
+// connection, so at 100 a connection per request (h1close) ran a cycle about
+// every 0.4 s: 5 % of the CPU per connection against the collector off. At
+// 200 the cycles are half as frequent; measured in eight alternating
+// h1close runs: 4.6 % less CPU per connection, 5 % lower p99, peak RSS 45 ->
+// 51 MiB (h1ka, with no allocation per request, is unchanged).
+const gcPercent = 200
+
+// tuneGC sets GOGC to gcPercent unless the environment set it.
+func tuneGC() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(gcPercent)
+	}
 }
