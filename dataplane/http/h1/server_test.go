@@ -472,6 +472,50 @@ func TestServerClientGoneCancelsContext(t *testing.T) {
 	}
 }
 
+// TestServerBackgroundReadDelayed: exchanges that end within bgReadDelay
+// start no background read (the connection reads the next request itself);
+// a slow one does, and the client going away is noticed then, as in
+// TestServerClientGoneCancelsContext.
+func TestServerBackgroundReadDelayed(t *testing.T) {
+	slow := make(chan struct{})
+	s := startServer(t, testOptions(), handlerFunc(func(st http.ServerStream) {
+		if path, _ := st.Header().Get(":path"); path == "/slow" {
+			<-slow
+		}
+		respond(st, "200", "")
+	}))
+	started := func() bool {
+		s.c.bgMu.Lock()
+		defer s.c.bgMu.Unlock()
+		return s.c.bgStart != nil
+	}
+	for range 5 {
+		s.send("GET /fast HTTP/1.1\r\nHost: a\r\n\r\n")
+		if resp, _ := s.response("GET"); resp.StatusCode != 200 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+	if started() {
+		t.Error("fast exchanges started a background read")
+	}
+	s.send("GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+	deadline := time.Now().Add(10 * time.Second)
+	for !started() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if !started() {
+		t.Fatal("no background read while the handler was slow")
+	}
+	close(slow)
+	if resp, _ := s.response("GET"); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	s.send("GET /fast HTTP/1.1\r\nHost: a\r\n\r\n") // read by the background read
+	if resp, _ := s.response("GET"); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+}
+
 func TestServerBodyTruncated(t *testing.T) {
 	readErr := make(chan error, 1)
 	s := startServer(t, testOptions(), handlerFunc(func(st http.ServerStream) {
