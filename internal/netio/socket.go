@@ -33,9 +33,10 @@ import (
 // getsockopt that way; now 2 setsockopt, a getpeername that tells that the
 // connect finished, and an fcntl per descriptor (os.NewFile's); getsockname
 // only for a wildcard listener's connections and for a dialed conn whose
-// LocalAddr is used (an access log's %UPSTREAM_LOCAL_ADDRESS%). The descriptor is held by an *os.File, which registers it
-// with the runtime's poller and gives deadlines; the Conn reads and writes it
-// with raw calls like any other.
+// LocalAddr is used (an access log's %UPSTREAM_LOCAL_ADDRESS%). The
+// descriptor is held by an *os.File, which registers it with the runtime's
+// poller and gives deadlines; the Conn reads and writes it with raw calls
+// like any other.
 
 // sock is the descriptor and addresses under a Conn made by Accept or Dial:
 // the rest of net.TCPConn's methods the data path uses.
@@ -94,7 +95,7 @@ func (s *sock) Close() error {
 // LocalAddr is the connection's local address. A dialed conn asks the kernel
 // for it on the first call (most proxied connections never need it: a system
 // call and two allocations saved per connection); after Close, a conn that
-// was never asked returns nil, as an unconnected net.TCPConn does.
+// was never asked no longer can, and returns nil.
 func (s *sock) LocalAddr() net.Addr {
 	if a := s.localAddr(); a != nil {
 		return a
