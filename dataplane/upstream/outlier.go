@@ -227,6 +227,10 @@ func (d *detector) stopLocked() {
 	d.timer.Stop()
 }
 
+// DetectsOutliers reports whether the cluster has outlier detection, so that
+// a caller can skip working out a status nobody would be told.
+func (c *Cluster) DetectsOutliers() bool { return c.outlier.Load() != nil }
+
 // ReportStatus reports the HTTP status of a response from h (for a gRPC
 // request that ended in its headers, the HTTP equivalent of its
 // grpc-status) to the cluster's outlier detection, if it has one.

@@ -455,6 +455,52 @@ http_filters:
 	e.waitStat("cluster.pair.outlier_detection.ejections_active", 1)
 }
 
+// TestOutlierDetectionGRPCStatus: for a gRPC request, the router reports
+// the HTTP status a response's grpc-status stands for (14 UNAVAILABLE: 503),
+// so a host answering 200 with grpc-status 14 is ejected, as with Envoy.
+func TestOutlierDetectionGRPCStatus(t *testing.T) {
+	bad := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		w.Header().Set("content-type", "application/grpc")
+		w.Header().Set("grpc-status", "14")
+		w.WriteHeader(200)
+	}))
+	cl := cluster(t, "grpc", false, bad)
+	cl.OutlierDetection = &clusterv3.OutlierDetection{
+		Consecutive_5Xx: wrapperspb.UInt32(3), MaxEjectionPercent: wrapperspb.UInt32(100),
+		BaseEjectionTime: durationpb.New(time.Minute),
+	}
+	cfg := `
+stat_prefix: ingress
+route_config:
+  virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes: [{ match: { prefix: "/" }, route: { cluster: grpc } }]
+http_filters:
+- name: envoy.filters.http.router
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+`
+	e := newEnv(t, cfg, cl)
+	c := h1Client(t)
+	for range 3 {
+		req, err := nethttp.NewRequest("POST", "http://"+e.addr+"/pkg.Svc/Method", strings.NewReader(""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("content-type", "application/grpc")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.Header.Get("grpc-status") != "14" {
+			t.Fatalf("response %d grpc-status %q, want the host's 200 with 14", resp.StatusCode, resp.Header.Get("grpc-status"))
+		}
+	}
+	e.waitStat("cluster.grpc.outlier_detection.ejections_enforced_consecutive_5xx", 1)
+}
+
 // TestConsistentHashRouting: on a RING_HASH (or MAGLEV) cluster, a route's
 // hash_policy sends requests with the same header to the same host; a
 // cookie policy with a ttl gives a client without the cookie one, which

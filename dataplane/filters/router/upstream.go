@@ -943,10 +943,10 @@ func (q *rq) upstreamFailed(conn *pool.Conn, err error, sent bool) outcome {
 // detection: for a gRPC response that ends in its headers, the HTTP status
 // its grpc-status stands for, as Envoy does.
 func (q *rq) reportResponse(resp *http.Header, status int) {
-	if status < 200 {
-		return // 1xx: the response is still to come
+	if status < 200 || !q.cl.DetectsOutliers() {
+		return // 1xx: the response is still to come; or nobody to tell
 	}
-	if q.e.IsGRPC() {
+	if q.e.IsGRPC() { // (a scan of the request's fields)
 		if v, ok := resp.Get("grpc-status"); ok {
 			if gs, err := strconv.ParseUint(v, 10, 32); err == nil {
 				status = http.HTTPStatusFromGRPC(uint32(gs))
