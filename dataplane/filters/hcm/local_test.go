@@ -120,15 +120,7 @@ access_log:
 		t.Errorf("redirect: %d %v", resp.StatusCode, resp.Header)
 	}
 	// A gRPC request gets a trailers-only gRPC answer.
-	req, _ := nethttp.NewRequest("POST", "http://"+e.addr+"/grpc.Svc/Method", strings.NewReader(""))
-	req.Header.Set("content-type", "application/grpc")
-	gr, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, gr.Body)
-	gr.Body.Close()
-	if gr.StatusCode != 200 || gr.Header.Get("grpc-status") != "14" {
+	if gr := grpcCall(t, c, "http://"+e.addr+"/grpc.Svc/Method"); gr.StatusCode != 200 || gr.Header.Get("grpc-status") != "14" {
 		t.Errorf("grpc local reply: %d %v", gr.StatusCode, gr.Header)
 	}
 	e.waitStat("http.ingress.no_route", 1)
@@ -337,14 +329,7 @@ http_filters:
 	}
 	// A gRPC request's local reply is gRPC: grpc-status from the (mapped)
 	// status, grpc-message the rendered body.
-	req, _ := nethttp.NewRequest("POST", "http://"+e.addr+"/nothing.Svc/M", strings.NewReader(""))
-	req.Header.Set("content-type", "application/grpc")
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	resp := grpcCall(t, c, "http://"+e.addr+"/nothing.Svc/M")
 	// 410 maps to gRPC UNKNOWN (2), as any status Envoy has no entry for.
 	if got := resp.Header.Get("grpc-status") + resp.Trailer.Get("grpc-status"); got != "2" {
 		t.Errorf("gRPC local reply: grpc-status %q, want 2 (UNKNOWN, from 410)", got)

@@ -417,6 +417,40 @@ http_filters:
 	}
 }
 
+// routeAllTo is an HTTP connection manager configuration that routes every
+// request to cluster.
+func routeAllTo(cluster string) string {
+	return `
+stat_prefix: ingress
+route_config:
+  virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes: [{ match: { prefix: "/" }, route: { cluster: ` + cluster + ` } }]
+http_filters:
+- name: envoy.filters.http.router
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+`
+}
+
+// grpcCall posts an empty gRPC request (content-type application/grpc) to
+// url and returns the response, its body read and closed.
+func grpcCall(t testing.TB, c *nethttp.Client, url string) *nethttp.Response {
+	t.Helper()
+	req, err := nethttp.NewRequest("POST", url, strings.NewReader(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("content-type", "application/grpc")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
+}
+
 // TestOutlierDetectionEjectsFailingHost: the router reports each response to
 // the cluster's outlier detection, so a host that keeps answering 503 is
 // ejected after consecutive_5xx of them and the rest of the requests go to
@@ -429,18 +463,7 @@ func TestOutlierDetectionEjectsFailingHost(t *testing.T) {
 		Consecutive_5Xx: wrapperspb.UInt32(3), MaxEjectionPercent: wrapperspb.UInt32(100),
 		BaseEjectionTime: durationpb.New(time.Minute),
 	}
-	cfg := `
-stat_prefix: ingress
-route_config:
-  virtual_hosts:
-  - name: all
-    domains: ["*"]
-    routes: [{ match: { prefix: "/" }, route: { cluster: pair } }]
-http_filters:
-- name: envoy.filters.http.router
-  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
-`
-	e := newEnv(t, cfg, cl)
+	e := newEnv(t, routeAllTo("pair"), cl)
 	c := h1Client(t)
 	failed := 0
 	for range 20 {
@@ -469,32 +492,10 @@ func TestOutlierDetectionGRPCStatus(t *testing.T) {
 		Consecutive_5Xx: wrapperspb.UInt32(3), MaxEjectionPercent: wrapperspb.UInt32(100),
 		BaseEjectionTime: durationpb.New(time.Minute),
 	}
-	cfg := `
-stat_prefix: ingress
-route_config:
-  virtual_hosts:
-  - name: all
-    domains: ["*"]
-    routes: [{ match: { prefix: "/" }, route: { cluster: grpc } }]
-http_filters:
-- name: envoy.filters.http.router
-  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
-`
-	e := newEnv(t, cfg, cl)
+	e := newEnv(t, routeAllTo("grpc"), cl)
 	c := h1Client(t)
 	for range 3 {
-		req, err := nethttp.NewRequest("POST", "http://"+e.addr+"/pkg.Svc/Method", strings.NewReader(""))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("content-type", "application/grpc")
-		resp, err := c.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 || resp.Header.Get("grpc-status") != "14" {
+		if resp := grpcCall(t, c, "http://"+e.addr+"/pkg.Svc/Method"); resp.StatusCode != 200 || resp.Header.Get("grpc-status") != "14" {
 			t.Fatalf("response %d grpc-status %q, want the host's 200 with 14", resp.StatusCode, resp.Header.Get("grpc-status"))
 		}
 	}
