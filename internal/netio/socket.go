@@ -330,7 +330,11 @@ func sockName(fd int) (*net.TCPAddr, syscall.Errno) {
 	if e != 0 {
 		return nil, e
 	}
-	return tcpAddr(&sa), 0
+	ap := addrPortOf(&sa)
+	if !ap.IsValid() {
+		return nil, 0 // not an Internet socket
+	}
+	return net.TCPAddrFromAddrPort(ap), 0
 }
 
 func setNoDelay(fd int) syscall.Errno {
@@ -355,24 +359,6 @@ func addrPortOf(sa *unix.RawSockaddrAny) netip.AddrPort {
 		return netip.AddrPortFrom(ip, getPort(&p.Port))
 	}
 	return netip.AddrPort{}
-}
-
-// tcpAddr converts an AF_INET or AF_INET6 socket address.
-func tcpAddr(sa *unix.RawSockaddrAny) *net.TCPAddr {
-	switch sa.Addr.Family {
-	case unix.AF_INET:
-		p := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
-		return &net.TCPAddr{IP: net.IPv4(p.Addr[0], p.Addr[1], p.Addr[2], p.Addr[3]), Port: int(getPort(&p.Port))}
-	case unix.AF_INET6:
-		p := (*unix.RawSockaddrInet6)(unsafe.Pointer(sa))
-		a := &net.TCPAddr{IP: make(net.IP, net.IPv6len), Port: int(getPort(&p.Port))}
-		copy(a.IP, p.Addr[:])
-		if p.Scope_id != 0 {
-			a.Zone = zoneName(p.Scope_id)
-		}
-		return a
-	}
-	return nil
 }
 
 func zoneName(index uint32) string {

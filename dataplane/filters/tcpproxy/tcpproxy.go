@@ -251,6 +251,16 @@ func (p *Proxy) accessLog(ctx context.Context, c *filter.Conn, start time.Time, 
 	}
 }
 
+// upstreamLocal is up's local address for the access log
+// (%UPSTREAM_LOCAL_ADDRESS%), or the zero AddrPort when there is no access
+// log: a dialed conn asks the kernel for it, a system call.
+func (p *Proxy) upstreamLocal(up net.Conn) netip.AddrPort {
+	if len(p.logs) == 0 {
+		return netip.AddrPort{}
+	}
+	return netio.AddrPort(up.LocalAddr())
+}
+
 // Adopts implements filter.Adopter: a TCP proxy resumes TCP proxy pairs.
 func (p *Proxy) Adopts(kind filter.MovedKind) bool { return kind == filter.MovedTCPPair }
 
@@ -277,10 +287,7 @@ func (p *Proxy) Adopt(ctx context.Context, c *filter.Conn, m *filter.MovedConn) 
 	}
 	ctx, stop := p.limitDuration(ctx, start)
 	defer stop()
-	ui := &upstreamInfo{cluster: m.Cluster, host: m.Host}
-	if len(p.logs) > 0 {
-		ui.local = netio.AddrPort(m.Up.LocalAddr())
-	}
+	ui := &upstreamInfo{cluster: m.Cluster, host: m.Host, local: p.upstreamLocal(m.Up)}
 	p.proxy(ctx, c, cl, host, m.Up, m.Pending, start, ui)
 }
 
@@ -409,9 +416,7 @@ func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluste
 		up, err := cl.Connect(ctx, h)
 		if err == nil {
 			cl.ReportOutcome(h, upstream.ConnectedFinal)
-			if len(p.logs) > 0 { // a system call: only for %UPSTREAM_LOCAL_ADDRESS%
-				ui.local = netio.AddrPort(up.LocalAddr())
-			}
+			ui.local = p.upstreamLocal(up)
 			ui.tls, ui.tlsLocal = upstream.TLSSession(up, h.Transport())
 			return up, h, 0
 		}
