@@ -58,6 +58,7 @@ type fleet struct {
 	exits    map[int]procExit
 	exitCh   chan struct{} // closed and replaced on every exit
 	expected map[int]bool  // pids whose exit status the test checks itself
+	children map[int]bool  // pids the test started: only the reaper can reap them
 	reaped   chan struct{} // closed once no process of the group is left
 }
 
@@ -93,7 +94,7 @@ func startFleet(t testing.TB, bootstrap string, extra ...string) *fleet {
 	dir := filepath.Join(t.TempDir(), "run")
 	f := &fleet{
 		t: t, Dir: dir, Config: cfg, logs: newLogSink(), readDone: make(chan struct{}),
-		exits: map[int]procExit{}, exitCh: make(chan struct{}), expected: map[int]bool{}, reaped: make(chan struct{}),
+		exits: map[int]procExit{}, exitCh: make(chan struct{}), expected: map[int]bool{}, children: map[int]bool{}, reaped: make(chan struct{}),
 		args: append([]string{"run", "-c", cfg, "--log-encoding", "json", "--runtime-dir", dir}, extra...),
 	}
 	var err error
@@ -129,6 +130,9 @@ func (f *fleet) exec(args []string, attr *syscall.SysProcAttr) (int, error) {
 	}
 	pid := cmd.Process.Pid
 	cmd.Process.Release() // the reaper waits for it, by process group
+	f.mu.Lock()
+	f.children[pid] = true
+	f.mu.Unlock()
 	return pid, nil
 }
 
@@ -371,20 +375,32 @@ func (f *fleet) waitExit(pid int, timeout time.Duration) (e procExit, known bool
 		f.mu.Lock()
 		e, ok := f.exits[pid]
 		ch := f.exitCh
+		child := f.children[pid]
 		f.mu.Unlock()
 		if ok {
 			return e, true
 		}
 		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
-			// Gone. If the reaper took it, it records it at once.
+			// Gone, so reaped: the reaper records it as soon as it is
+			// scheduled again, which on a loaded machine can take a while.
+			// A process the test started has no other parent to reap it, so
+			// its record will come; a successor may have been reaped by its
+			// parent, so its record may never come.
+			grace := time.Second
+			if child {
+				grace = time.Until(deadline)
+			}
 			select {
 			case <-ch:
 				continue
-			case <-time.After(100 * time.Millisecond):
+			case <-time.After(grace):
 			}
 			f.mu.Lock()
 			e, ok = f.exits[pid]
 			f.mu.Unlock()
+			if !ok && child {
+				f.t.Fatalf("skiff pid %d, started by the test, is gone but the fleet's reaper has not recorded its exit", pid)
+			}
 			return e, ok
 		}
 		if time.Now().After(deadline) {
