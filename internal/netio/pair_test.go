@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func forEachMode(t *testing.T, f func(t *testing.T, m mode)) {
@@ -505,4 +507,75 @@ func TestResetErrorNamesConn(t *testing.T) {
 		t.Fatalf("Err = %v; want a read *net.OpError naming %v", res.Err, h.up.RemoteAddr())
 	}
 	t.Log(res.Err)
+}
+
+// segmentsIn is the number of TCP segments c has received.
+func segmentsIn(t *testing.T, c *net.TCPConn) uint32 {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info *unix.TCPInfo
+	var ierr error
+	if err := rc.Control(func(fd uintptr) { info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); err != nil {
+		t.Fatal(err)
+	}
+	if ierr != nil {
+		t.Fatalf("TCP_INFO: %v", ierr)
+	}
+	return info.Segs_in
+}
+
+// TestLastBytesCarryTheEnd: bytes the upstream sent just before it ended reach
+// the client with the end (FIN) in the same segment, not in one each, when the
+// pair writes to a raw socket; and a reset right after the last bytes still
+// ends the pair as a reset once they are forwarded (the read that finds the
+// reset after them must not lose it: the kernel reports it once).
+func TestLastBytesCarryTheEnd(t *testing.T) {
+	for _, m := range testModes() {
+		if m.wrapDown {
+			continue // written through Write: no MSG_MORE, nothing to check
+		}
+		t.Run(m.name+"/fin", func(t *testing.T) {
+			h := newHarness(t, m, 0)
+			answer := []byte("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok")
+			// Both are in the pair's upstream socket before it first reads.
+			if _, err := h.server.Write(answer); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.server.CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			before := segmentsIn(t, h.client)
+			run := h.start(t.Context(), NewPair(h.down, h.up, h.cfg))
+			got, err := io.ReadAll(h.client)
+			if err != nil {
+				t.Fatalf("client read: %v", err)
+			}
+			checkBytes(t, "answer", got, answer)
+			if n := segmentsIn(t, h.client) - before; n != 1 {
+				t.Errorf("the client received the answer and the end in %d segments, want 1", n)
+			}
+			h.client.Close()
+			if res := waitResult(t, run); res.End != Closed {
+				t.Fatalf("End = %v (%v), want closed", res.End, res.Err)
+			}
+		})
+		t.Run(m.name+"/reset", func(t *testing.T) {
+			h := newHarness(t, m, 0)
+			if _, err := h.server.Write([]byte("last words")); err != nil {
+				t.Fatal(err)
+			}
+			h.server.SetLinger(0)
+			h.server.Close()
+			waitFor(t, "the reset to reach the pair's upstream socket", func() bool {
+				return segmentsIn(t, h.up.(*net.TCPConn)) >= 3 // SYN-ACK, the bytes, RST
+			})
+			res := waitResult(t, h.start(t.Context(), NewPair(h.down, h.up, h.cfg)))
+			if res.End != UpstreamReset || !errors.Is(res.Err, syscall.ECONNRESET) {
+				t.Fatalf("Run = %v, %v; want upstream reset, ECONNRESET", res.End, res.Err)
+			}
+		})
+	}
 }

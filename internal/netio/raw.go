@@ -47,13 +47,16 @@ func rawRead(fd uintptr, p []byte) (int, syscall.Errno) {
 }
 
 // rawWrite is sendto(2) without an address on a non-blocking socket.
-func rawWrite(fd uintptr, p []byte) (int, syscall.Errno) {
+func rawWrite(fd uintptr, p []byte) (int, syscall.Errno) { return rawSend(fd, p, 0) }
+
+// rawSend is rawWrite with more flags (MSG_MORE).
+func rawSend(fd uintptr, p []byte, flags int) (int, syscall.Errno) {
 	var ptr unsafe.Pointer
 	if len(p) > 0 {
 		ptr = unsafe.Pointer(&p[0])
 	}
 	raceWrite(p)
-	n, _, e := syscall.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(ptr), uintptr(len(p)), unix.MSG_NOSIGNAL, 0, 0)
+	n, _, e := syscall.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(ptr), uintptr(len(p)), uintptr(unix.MSG_NOSIGNAL|flags), 0, 0)
 	if e != 0 {
 		return 0, e
 	}
