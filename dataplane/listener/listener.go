@@ -247,6 +247,14 @@ func (l *Listener) serve(tc net.Conn) {
 		tc.Close()
 		return
 	}
+	l.serveChain(ch, c, tc)
+}
+
+// serveChain serves c on its filter chain. (A function of its own, so that
+// serve's and its defers are open-coded: the compiler falls back to the
+// runtime's defer records, about 1.5 % of the CPU of a request, when a
+// function's defers times returns pass 15.)
+func (l *Listener) serveChain(ch *FilterChain, c *filter.Conn, tc net.Conn) {
 	ctx, ok := ch.conns.add(c)
 	if !ok {
 		tc.Close()

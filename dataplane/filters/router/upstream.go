@@ -367,6 +367,14 @@ func (q *rq) attempt() outcome {
 	hs.RqTotal.Inc()
 	hs.RqActive.Inc()
 	defer hs.RqActive.Dec()
+	return q.attemptOn(host)
+}
+
+// attemptOn is the rest of attempt, on host. (A function of its own, so that
+// attempt's defers are open-coded: with these returns too, the compiler would
+// fall back to the runtime's defer records, 1.5 % of skiff's CPU under h1ka.)
+func (q *rq) attemptOn(host *upstream.Host) outcome {
+	e := q.e
 	// The attempt's times are offsets from the exchange's start: a monotonic
 	// clock read each, half of what time.Now costs.
 	start := time.Since(e.Info.Start)

@@ -666,16 +666,24 @@ func (c *conn) onData(f *http2.DataFrame) error {
 		}
 		return nil
 	}
+	c.streamDataLocked(s, f, flen, data)
+	return nil
+}
+
+// streamDataLocked takes the DATA frame f for s. (A function of its own, so
+// that its defer and onData's are open-coded: the compiler falls back to the
+// runtime's defer records when a function's defers times returns pass 15.)
+func (c *conn) streamDataLocked(s *stream, f *http2.DataFrame, flen int64, data []byte) {
 	defer c.maybeRelease(s)
 	if s.remoteDone {
 		c.creditConn(flen)
 		c.resetLocked(s, ResetStreamClosed, false)
-		return nil
+		return
 	}
 	if flen > s.recvWindow {
 		c.creditConn(flen)
 		c.resetLocked(s, ResetFlowControlError, false)
-		return nil
+		return
 	}
 	s.recvWindow -= flen
 	// Padding is consumed here and now.
@@ -684,7 +692,7 @@ func (c *conn) onData(f *http2.DataFrame) error {
 	if s.contentLength >= 0 && (s.recvBytes > s.contentLength || f.StreamEnded() && s.recvBytes != s.contentLength) {
 		c.creditConn(int64(len(data)))
 		c.resetLocked(s, http.ResetProtocolError, false)
-		return nil
+		return
 	}
 	if s.discardBody() {
 		c.creditConn(int64(len(data)))
@@ -695,7 +703,6 @@ func (c *conn) onData(f *http2.DataFrame) error {
 	if f.StreamEnded() {
 		c.remoteEndLocked(s)
 	}
-	return nil
 }
 
 // onField is the HPACK decoder's emit function.

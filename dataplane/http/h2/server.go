@@ -150,21 +150,37 @@ func (c *conn) serverHeaders() error {
 		return nil
 	}
 	if s := c.streams[id]; s != nil {
-		defer c.maybeRelease(s)
-		switch {
-		case s.remoteDone:
-			c.resetLocked(s, ResetStreamClosed, false)
-		case !hb.endStream || hb.tooLarge || hb.selfDep || !validateTrailers(&c.hdr) ||
-			s.contentLength >= 0 && s.recvBytes != s.contentLength:
-			// Trailers end the stream; a second header block that does
-			// not is malformed (RFC 9113 section 8.1).
-			c.resetLocked(s, http.ResetProtocolError, false)
-		default:
-			s.trl, c.hdr = c.hdr, s.trl
-			c.remoteEndLocked(s)
-		}
+		c.serverTrailersLocked(s)
 		return nil
 	}
+	return c.serverRequestLocked(id)
+}
+
+// serverTrailersLocked takes a second header block on s. (serverHeaders,
+// serverTrailersLocked and serverRequestLocked are three functions so that
+// each one's defers are open-coded: the compiler falls back to the runtime's
+// defer records when a function's defers times returns pass 15.)
+func (c *conn) serverTrailersLocked(s *stream) {
+	hb := &c.hb
+	defer c.maybeRelease(s)
+	switch {
+	case s.remoteDone:
+		c.resetLocked(s, ResetStreamClosed, false)
+	case !hb.endStream || hb.tooLarge || hb.selfDep || !validateTrailers(&c.hdr) ||
+		s.contentLength >= 0 && s.recvBytes != s.contentLength:
+		// Trailers end the stream; a second header block that does
+		// not is malformed (RFC 9113 section 8.1).
+		c.resetLocked(s, http.ResetProtocolError, false)
+	default:
+		s.trl, c.hdr = c.hdr, s.trl
+		c.remoteEndLocked(s)
+	}
+}
+
+// serverRequestLocked opens stream id with the header block just read and
+// dispatches its handler, or refuses it.
+func (c *conn) serverRequestLocked(id uint32) error {
+	hb := &c.hb
 	if id <= c.maxPeerID {
 		if c.recentlyReset(id) || c.ignored(id) {
 			return nil
