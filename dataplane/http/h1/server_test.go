@@ -498,6 +498,19 @@ func TestServerBackgroundReadDelayed(t *testing.T) {
 	if started() {
 		t.Error("fast exchanges started a background read")
 	}
+	// The connection's timer ticks while exchanges go on, and stops once a
+	// whole period passed without one.
+	ticking := func() bool {
+		s.c.bgMu.Lock()
+		defer s.c.bgMu.Unlock()
+		return s.c.bgTicking
+	}
+	for deadline := time.Now().Add(10 * time.Second); ticking() && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	if ticking() {
+		t.Error("the background read's timer still ticks on a quiet connection")
+	}
 	s.send("GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
 	deadline := time.Now().Add(10 * time.Second)
 	for !started() && time.Now().Before(deadline) {
