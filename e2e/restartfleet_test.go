@@ -388,7 +388,7 @@ func (f *fleet) waitExit(pid int, timeout time.Duration) (e procExit, known bool
 			// parent, so its record may never come.
 			grace := time.Second
 			if child {
-				grace = time.Until(deadline)
+				grace = max(time.Until(deadline), grace)
 			}
 			select {
 			case <-ch:

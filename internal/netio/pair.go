@@ -432,6 +432,7 @@ type direction struct {
 	aheadErr syscall.Errno   // the error of the read ahead when ahead is aheadErr
 	goesOn   bool            // a read ahead found the stream going on: readRaw reads ahead no more
 	noPipe   bool            // set by spliceIn: no pipe could be had
+	corked   bool            // bytes were written with MSG_MORE
 
 	moved   int64  // bytes written to dst
 	pending []byte // unwritten bytes collected when paused
@@ -493,6 +494,13 @@ func (d *direction) run() {
 	defer d.release()
 	for {
 		if d.buffered() > 0 && !d.flush() {
+			if d.rerr != nil && d.rerr != io.EOF {
+				// The source failed after the bytes that could not be
+				// written (a reset found by a read ahead): a pause must not
+				// hide it, since the kernel reports it only once and the
+				// conn would be handed over as if whole.
+				d.p.failed(d.srcEnd, d.rerr)
+			}
 			return
 		}
 		if d.rerr != nil {
@@ -645,6 +653,11 @@ func (d *direction) release() {
 			d.pending, d.pendErr = d.pipe.drain()
 		case len(d.out) > 0:
 			d.pending = append([]byte(nil), d.out...)
+		}
+		if d.corked {
+			// Bytes written with MSG_MORE wait for the FIN that the pause
+			// kept from being sent: setting TCP_NODELAY sends them now.
+			d.dstRC.Control(func(fd uintptr) { setNoDelay(int(fd)) })
 		}
 	}
 	if d.pipe != nil {
@@ -805,6 +818,7 @@ func (d *direction) writeRaw(fd uintptr) bool {
 	for len(d.out) > 0 {
 		n, err := rawSend(fd, d.out, flags)
 		if n > 0 {
+			d.corked = d.corked || flags != 0
 			d.out = d.out[n:]
 			d.wrote(n)
 		}

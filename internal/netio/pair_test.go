@@ -579,3 +579,51 @@ func TestLastBytesCarryTheEnd(t *testing.T) {
 		})
 	}
 }
+
+// TestPauseKeepsResetFoundAhead: when the read ahead finds a reset after the
+// upstream's last bytes and the write of those bytes is stalled by a client
+// that does not read, a pause must not hand the conns over as whole (the
+// kernel reports a reset once; a successor would read a clean end): the
+// client gets a reset, whether the pair ends at once or after resuming.
+func TestPauseKeepsResetFoundAhead(t *testing.T) {
+	h := newHarness(t, mode{name: "buffer"}, 0)
+	// Fill the path to the client, which reads nothing yet.
+	chunk := make([]byte, 64<<10)
+	h.down.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+	for {
+		if _, err := h.down.Write(chunk); err != nil {
+			break
+		}
+	}
+	p := NewPair(h.down, h.up, h.cfg)
+	run := h.start(t.Context(), p)
+	if _, err := h.server.Write(randomBytes(3, 60000)); err != nil {
+		t.Fatal(err)
+	}
+	h.server.SetLinger(0)
+	h.server.Close()
+	rc, err := h.up.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the pair to read the server's bytes and the reset", func() bool {
+		var inq int
+		var info *unix.TCPInfo
+		rc.Control(func(fd uintptr) {
+			inq, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+			info, _ = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+		})
+		return inq == 0 && info != nil && info.State == unix.BPF_TCP_CLOSE
+	})
+	p.Pause()
+	res := waitResult(t, run)
+	if res.End == Paused {
+		res = waitResult(t, h.start(t.Context(), ResumePair(h.down, h.up, h.cfg, res.Pending)))
+	}
+	if err := readUntilError(h.client); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("client read error = %v, want ECONNRESET", err)
+	}
+	if res.End != UpstreamReset {
+		t.Fatalf("the pair ended %v (%v), want upstream reset", res.End, res.Err)
+	}
+}
