@@ -428,8 +428,8 @@ type direction struct {
 	rerr     error           // read error (io.EOF at end of stream), acted on after out is written
 	n        int             // set by the RawConn callbacks: bytes read
 	err      error           // set by the RawConn callbacks: errno of a failed system call
-	ahead    aheadOf         // set by readRaw: what follows the bytes read
-	aheadErr syscall.Errno   // the error of the read ahead when ahead is aheadErr
+	aheadEOF bool            // set by readRaw: the stream ends after the bytes read
+	aheadErr syscall.Errno   // set by readRaw: a read after the bytes read failed
 	goesOn   bool            // a read ahead found the stream going on: readRaw reads ahead no more
 	noPipe   bool            // set by spliceIn: no pipe could be had
 	corked   bool            // bytes were written with MSG_MORE
@@ -443,15 +443,6 @@ type direction struct {
 	rawFn func(fd uintptr) bool
 	op    rawOp
 }
-
-// aheadOf is what readRaw learned of the source past the bytes it read.
-type aheadOf uint8
-
-const (
-	aheadData aheadOf = iota // more bytes, or not known
-	aheadEOF                 // the stream ends after them
-	aheadErr                 // a read after them failed (aheadErr)
-)
 
 // rawOp is what a direction's RawConn callback does.
 type rawOp uint8
@@ -558,11 +549,11 @@ func (d *direction) fill() {
 			d.rerr = io.EOF
 		default:
 			d.out = d.buf.B[:d.n]
-			switch d.ahead {
-			case aheadEOF:
-				d.rerr = io.EOF // written with the data (see writeRaw)
-			case aheadErr:
+			switch {
+			case d.aheadErr != 0:
 				d.rerr = opError("read", d.src, "read", d.aheadErr)
+			case d.aheadEOF:
+				d.rerr = io.EOF // written with the data (see writeRaw)
 			}
 			if d.canSplice && d.n == len(d.buf.B) {
 				// Bulk data: splice from the next read on. This buffer is
@@ -759,7 +750,7 @@ func (d *direction) readRaw(fd uintptr) bool {
 	if d.buf == nil {
 		d.buf = d.p.buffers.Get(bufpool.Large)
 	}
-	d.ahead = aheadData
+	d.aheadEOF, d.aheadErr = false, 0
 	for {
 		n, err := rawRead(fd, d.buf.B)
 		switch err {
@@ -785,8 +776,9 @@ func (d *direction) readRaw(fd uintptr) bool {
 }
 
 // readAhead reads on after d.n bytes until the buffer is full or the source
-// has nothing more, and records why it stopped in d.ahead. An error is kept
-// for after the bytes are written: the kernel reports a socket error once.
+// has nothing more, and records the end (aheadEOF) or error (aheadErr) it
+// finds. An error is kept for after the bytes are written: the kernel reports
+// a socket error once.
 func (d *direction) readAhead(fd uintptr) {
 	for d.n < len(d.buf.B) {
 		n, err := rawRead(fd, d.buf.B[d.n:])
@@ -796,10 +788,10 @@ func (d *direction) readAhead(fd uintptr) {
 			d.goesOn = true
 			return
 		case err != 0:
-			d.ahead, d.aheadErr = aheadErr, err
+			d.aheadErr = err
 			return
 		case n == 0:
-			d.ahead = aheadEOF
+			d.aheadEOF = true
 			return
 		default:
 			d.n += n
