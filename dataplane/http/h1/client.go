@@ -479,6 +479,7 @@ func (s *clientStream) ExchangeHeader(h *http.Header) (*http.Header, bool, error
 	defer func() { <-c.rsem }()
 	// The read buffer is empty: finish lets a connection carry another
 	// stream only then.
+	yieldToReady()
 	_, werr, rerr := c.rd.writeFill(wr, c.wr.buffered(), c.opts.MaxHeaderBytes)
 	if werr != nil {
 		err = s.writeFailed(werr)

@@ -2,6 +2,7 @@ package h1
 
 import (
 	"net"
+	"runtime"
 	"strconv"
 
 	"github.com/skiffproxy/skiff/dataplane/http"
@@ -54,6 +55,7 @@ func (w *writer) flush() error {
 	if w.n == 0 {
 		return nil
 	}
+	yieldToReady()
 	_, err := w.conn.Write(w.pb.B[:w.n])
 	w.n = 0
 	if err != nil {
@@ -98,6 +100,7 @@ func (w *writer) through(p []byte) error {
 		return w.flush()
 	}
 	var err error
+	yieldToReady()
 	if w.n == 0 {
 		_, err = w.conn.Write(p)
 	} else {
@@ -236,3 +239,17 @@ func validFields(h *http.Header) bool {
 	})
 	return ok
 }
+
+// yieldToReady gives the processor to the other goroutines ready to run
+// before a write, such as those the poller woke together with this one: they
+// read and handle their input first, and the writes of all of them go out
+// together after that, as an event loop's do (HAProxy reads every ready
+// connection and then writes). A peer then wakes once for the bytes of many
+// connections instead of once per write. Measured with wrk keep-alive
+// through the HTTP/1.1 path on one processor, the backend and the client
+// switched context 1.7 and 0.6 times a request without it, 0.4 and 0.3 with
+// it (behind HAProxy: 0.35 and 0.2), and skiff itself used 6-16 % less CPU
+// per request. It costs a trip through the scheduler when nothing else is
+// ready. (tcp_proxy does not yield: there it cost 9 % of h1close's requests
+// per second.)
+func yieldToReady() { runtime.Gosched() }
