@@ -289,6 +289,10 @@ func (c *ServerConn) readRequest() error {
 			c.bgPending = false
 			err = c.bgErr
 		} else {
+			// The client is likely still receiving the last response: the
+			// others ready to run go first, and the read may then find the
+			// next request instead of nothing (see yieldToReady).
+			yieldToReady()
 			err = c.rd.fill(c.opts.MaxHeaderBytes)
 		}
 		if !c.wake() {

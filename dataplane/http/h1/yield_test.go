@@ -3,11 +3,13 @@ package h1
 import (
 	"bufio"
 	"context"
+	"io"
 	"net"
 	"runtime"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/internal/bufpool"
@@ -32,15 +34,30 @@ func (l *eventLog) events() []string {
 	return slices.Clone(l.ev)
 }
 
-// loggedConn records its writes; it accepts them all.
+// loggedConn records its reads and writes: it accepts every write, and every
+// read finds the end of the stream.
 type loggedConn struct {
-	net.Conn // nil: only Write is used
+	net.Conn // nil: the methods below are all the codec uses
 	log      *eventLog
 }
 
 func (c *loggedConn) Write(p []byte) (int, error) {
 	c.log.add("write")
 	return len(p), nil
+}
+
+func (c *loggedConn) Read([]byte) (int, error) {
+	c.log.add("read")
+	return 0, io.EOF
+}
+
+func (c *loggedConn) Close() error                     { return nil }
+func (c *loggedConn) SetDeadline(time.Time) error      { return nil }
+func (c *loggedConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *loggedConn) SetWriteDeadline(time.Time) error { return nil }
+func (c *loggedConn) LocalAddr() net.Addr              { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 80} }
+func (c *loggedConn) RemoteAddr() net.Addr {
+	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}
 }
 
 // loggedWriteReader is a netio.Conn that records its WriteRead calls.
@@ -63,11 +80,12 @@ func yieldedFirst(t *testing.T, events []string) {
 	}
 }
 
-// TestWritesYieldToReadyGoroutines checks that the codec's writes let a
-// goroutine that is ready to run go first (yieldToReady): on one processor, a
-// goroutine started just before a write runs before the write's system call.
-// Without the yield it runs only once the writer blocks, after the write.
-func TestWritesYieldToReadyGoroutines(t *testing.T) {
+// TestCodecYieldsToReadyGoroutines checks that the codec's writes, and the
+// server's read of a connection's next request, let a goroutine that is ready
+// to run go first (yieldToReady): on one processor, a goroutine started just
+// before runs before the system call. Without the yield it runs only once the
+// codec's goroutine blocks, after the call.
+func TestCodecYieldsToReadyGoroutines(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	t.Run("flush", func(t *testing.T) {
 		log := &eventLog{}
@@ -143,5 +161,24 @@ func TestWritesYieldToReadyGoroutines(t *testing.T) {
 			t.Fatalf(":status %s, want 204", got)
 		}
 		yieldedFirst(t, log.events())
+	})
+
+	t.Run("next request", func(t *testing.T) {
+		log := &eventLog{}
+		done := make(chan struct{})
+		h := handlerFunc(func(s http.ServerStream) {
+			if err := s.WriteHeader(header(":status", "204"), true); err != nil {
+				t.Error(err)
+			}
+			go func() { log.add("ready goroutine"); close(done) }()
+		})
+		req := []byte("GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+		if err := NewServerConn(testOptions()).ServeBuffered(context.Background(), &loggedConn{log: log}, req, h); err != nil {
+			t.Fatal(err)
+		}
+		<-done
+		if got, want := log.events(), []string{"write", "ready goroutine", "read"}; !slices.Equal(got, want) {
+			t.Fatalf("events %q, want %q", got, want)
+		}
 	})
 }
