@@ -87,37 +87,34 @@ func yieldedFirst(t *testing.T, events []string) {
 // codec's goroutine blocks, after the call.
 func TestCodecYieldsToReadyGoroutines(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	t.Run("flush", func(t *testing.T) {
-		log := &eventLog{}
-		var w writer
-		w.init(&loggedConn{log: log}, bufpool.New())
-		defer w.release()
-		w.get()
-		w.str("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-		done := make(chan struct{})
-		go func() { log.add("ready goroutine"); close(done) }()
-		if err := w.flush(); err != nil {
-			t.Fatal(err)
-		}
-		<-done
-		yieldedFirst(t, log.events())
-	})
-
-	t.Run("through", func(t *testing.T) {
-		log := &eventLog{}
-		var w writer
-		w.init(&loggedConn{log: log}, bufpool.New())
-		defer w.release()
-		w.get()
-		w.str("HTTP/1.1 200 OK\r\ncontent-length: 70000\r\n\r\n")
-		done := make(chan struct{})
-		go func() { log.add("ready goroutine"); close(done) }()
-		if err := w.through(make([]byte, 70000)); err != nil { // more than the buffer holds: writev
-			t.Fatal(err)
-		}
-		<-done
-		yieldedFirst(t, log.events())
-	})
+	for _, tc := range []struct {
+		name  string
+		write func(w *writer) error
+	}{
+		{"flush", func(w *writer) error {
+			w.str("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+			return w.flush()
+		}},
+		{"through", func(w *writer) error { // more than the buffer holds: writev
+			w.str("HTTP/1.1 200 OK\r\ncontent-length: 70000\r\n\r\n")
+			return w.through(make([]byte, 70000))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			log := &eventLog{}
+			var w writer
+			w.init(&loggedConn{log: log}, bufpool.New())
+			defer w.release()
+			w.get()
+			done := make(chan struct{})
+			go func() { log.add("ready goroutine"); close(done) }()
+			if err := tc.write(&w); err != nil {
+				t.Fatal(err)
+			}
+			<-done
+			yieldedFirst(t, log.events())
+		})
+	}
 
 	t.Run("ExchangeHeader", func(t *testing.T) {
 		log := &eventLog{}
