@@ -465,6 +465,7 @@ func (s *clientStream) ExchangeHeader(h *http.Header) (*http.Header, bool, error
 		resp, err := s.ReadHeader()
 		return resp, true, err
 	}
+	yieldToReady() // before the write below, and with no lock held
 	c.wmu.Lock()
 	held, err := s.writeHeader(h, true, true)
 	if err != nil || !held {
@@ -479,7 +480,6 @@ func (s *clientStream) ExchangeHeader(h *http.Header) (*http.Header, bool, error
 	defer func() { <-c.rsem }()
 	// The read buffer is empty: finish lets a connection carry another
 	// stream only then.
-	yieldToReady()
 	_, werr, rerr := c.rd.writeFill(wr, c.wr.buffered(), c.opts.MaxHeaderBytes)
 	if werr != nil {
 		err = s.writeFailed(werr)

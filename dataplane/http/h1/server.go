@@ -50,6 +50,9 @@ type ServerConn struct {
 	closeIdle atomic.Bool  // an idle connection ends at once (Drain)
 	state     atomic.Int32 // stBusy, stIdle, stWantDetach or stDetach
 	deadline  bool         // a read deadline is set
+	// again: readRequest has run before, so the client of the next request
+	// has (or is receiving) a response.
+	again bool
 
 	// Detach: detached is closed when Serve has stopped at the detach point
 	// (or ended otherwise); detachedBytes are the unparsed bytes then, and
@@ -262,6 +265,8 @@ var errDrained = errors.New("h1: drained")
 // c.stream. It returns nil when a stream is ready, errDrained when the
 // connection ended quietly, and an *Error otherwise.
 func (c *ServerConn) readRequest() error {
+	again := c.again
+	c.again = true
 	if c.state.Load() == stWantDetach && c.state.CompareAndSwap(stWantDetach, stDetach) {
 		return c.detachBusy() // a pipelined request goes with the bytes
 	}
@@ -289,10 +294,13 @@ func (c *ServerConn) readRequest() error {
 			c.bgPending = false
 			err = c.bgErr
 		} else {
-			// The client is likely still receiving the last response: the
-			// others ready to run go first, and the read may then find the
-			// next request instead of nothing (see yieldToReady).
-			yieldToReady()
+			if again {
+				// The client is likely still receiving the last response:
+				// the others ready to run go first, and the read may then
+				// find the next request instead of nothing (see
+				// yieldToReady).
+				yieldToReady()
+			}
 			err = c.rd.fill(c.opts.MaxHeaderBytes)
 		}
 		if !c.wake() {

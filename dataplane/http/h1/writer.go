@@ -55,7 +55,7 @@ func (w *writer) flush() error {
 	if w.n == 0 {
 		return nil
 	}
-	yieldToReady()
+	w.yield()
 	_, err := w.conn.Write(w.pb.B[:w.n])
 	w.n = 0
 	if err != nil {
@@ -100,7 +100,7 @@ func (w *writer) through(p []byte) error {
 		return w.flush()
 	}
 	var err error
-	yieldToReady()
+	w.yield()
 	if w.n == 0 {
 		_, err = w.conn.Write(p)
 	} else {
@@ -240,20 +240,32 @@ func validFields(h *http.Header) bool {
 	return ok
 }
 
+// yield is yieldToReady before a write, except for a tunnel's bytes, which
+// are copied as tcp_proxy copies them, without it.
+func (w *writer) yield() {
+	if w.mode != bodyRaw {
+		yieldToReady()
+	}
+}
+
 // yieldToReady gives the processor to the other goroutines ready to run,
 // such as those the poller woke together with this one. The codec does it
-// before each write: the others read and handle their input first, and the
-// writes of all of them go out together after that, as an event loop's do
-// (HAProxy reads every ready connection and then writes). A peer then wakes
-// once for the bytes of many connections instead of once per write. Measured
-// with wrk keep-alive through the HTTP/1.1 path on one processor, the
-// backend and the client switched context 1.7 and 0.6 times a request
-// without it, 0.4 and 0.3 with it (behind HAProxy: 0.35 and 0.2), and skiff
-// itself used 6-16 % less CPU per request. The server does it as well before
-// reading a keep-alive connection's next request, which the client sends only
-// once it has the last response: when the read comes after the others' turn,
-// it finds the request more often, instead of nothing and a wait in the
-// poller (2.53 reads per request instead of 2.80; +4-5 % requests/s). It
-// costs a trip through the scheduler when nothing else is ready. (tcp_proxy
-// does not yield: there it cost 5-9 % of h1close's requests per second.)
+// before each write of a message (not of a tunnel's bytes): the others read
+// and handle their input first, and the writes of all of them go out
+// together after that, as an event loop's do (HAProxy reads every ready
+// connection and then writes). A peer then wakes once for the bytes of many
+// connections instead of once per write. Measured with wrk keep-alive
+// through the HTTP/1.1 path on one processor, the backend and the client
+// switched context 1.7 and 0.6 times a request without it, 0.4 and 0.25-0.3
+// with it (behind HAProxy: 0.35 and 0.2), and skiff itself used 6-10 % less
+// CPU per request. The server does it as well before reading a keep-alive
+// connection's next request (not the first), which the client sends only
+// once it has the last response: when the read comes after the others'
+// turn, it finds the request more often, instead of nothing and a wait in
+// the poller (2.53 reads per request instead of 2.80; +4-5 % requests/s). A
+// server's writes, and so their yields, hold the connection's write lock:
+// what else takes it (a 100 Continue sent as the body is first read, a
+// reset) may wait a turn longer. It costs a trip through the scheduler when
+// nothing else is ready. (tcp_proxy does not yield: there it
+// cost 5-9 % of h1close's requests per second.)
 func yieldToReady() { runtime.Gosched() }

@@ -71,12 +71,42 @@ func (c *loggedWriteReader) WriteRead(w, r []byte) (int, int, error) {
 	return c.Conn.WriteRead(w, r)
 }
 
-// yieldedFirst fails t unless the ready goroutine ran before the writes (a
+// yieldedFirst reports whether the ready goroutine ran before the writes (a
 // writev can come as a write per buffer on a conn without one).
-func yieldedFirst(t *testing.T, events []string) {
+func yieldedFirst(events []string) bool {
+	return len(events) >= 2 && events[0] == "ready goroutine" && !slices.Contains(events[1:], "ready goroutine")
+}
+
+// eventually runs attempt until ok accepts its events, at most 20 times, and
+// fails t with the last events if it never does. One attempt is not enough:
+// the scheduler takes from its global queue first on one pick in 61, and
+// then the goroutine that just yielded (and went there) runs again before the
+// ready one. Without the yield the ready goroutine can never come first.
+func eventually(t *testing.T, attempt func(t *testing.T) []string, ok func([]string) bool) {
 	t.Helper()
-	if len(events) < 2 || events[0] != "ready goroutine" || slices.Contains(events[1:], "ready goroutine") {
-		t.Fatalf("events %q, want the ready goroutine's before the writes", events)
+	var events []string
+	for range 20 {
+		if events = attempt(t); ok(events) {
+			return
+		}
+	}
+	t.Fatalf("events %q in the last of 20 attempts: the ready goroutine never ran first", events)
+}
+
+// startReady starts the goroutine that the codec's yield must let run first.
+func startReady(log *eventLog) (done chan struct{}) {
+	done = make(chan struct{})
+	go func() { log.add("ready goroutine"); close(done) }()
+	return done
+}
+
+// waitReady waits for the goroutine startReady started.
+func waitReady(t *testing.T, done chan struct{}) {
+	t.Helper()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the ready goroutine did not run")
 	}
 }
 
@@ -101,80 +131,101 @@ func TestCodecYieldsToReadyGoroutines(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			log := &eventLog{}
-			var w writer
-			w.init(&loggedConn{log: log}, bufpool.New())
-			defer w.release()
-			w.get()
-			done := make(chan struct{})
-			go func() { log.add("ready goroutine"); close(done) }()
-			if err := tc.write(&w); err != nil {
-				t.Fatal(err)
-			}
-			<-done
-			yieldedFirst(t, log.events())
+			eventually(t, func(t *testing.T) []string {
+				log := &eventLog{}
+				var w writer
+				w.init(&loggedConn{log: log}, bufpool.New())
+				defer w.release()
+				w.get()
+				done := startReady(log)
+				if err := tc.write(&w); err != nil {
+					t.Fatal(err)
+				}
+				waitReady(t, done)
+				return log.events()
+			}, yieldedFirst)
 		})
 	}
 
 	t.Run("ExchangeHeader", func(t *testing.T) {
-		log := &eventLog{}
-		conn, up := tcpPair(t)
-		rc, err := netio.NewConn(conn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var wg sync.WaitGroup
-		wg.Go(func() {
-			br := bufio.NewReader(up)
-			for {
-				line, err := br.ReadString('\n')
-				if err != nil {
-					return
-				}
-				if line == "\r\n" {
-					break
-				}
+		eventually(t, func(t *testing.T) []string {
+			log := &eventLog{}
+			conn, up := tcpPair(t)
+			rc, err := netio.NewConn(conn)
+			if err != nil {
+				t.Fatal(err)
 			}
-			up.Write([]byte("HTTP/1.1 204 No Content\r\n\r\n"))
-		})
-		cc := NewClientConn(&loggedWriteReader{Conn: rc, log: log}, testOptions())
-		defer func() {
-			cc.Close()
-			up.Close()
-			wg.Wait()
-		}()
-		s, err := cc.NewStream(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		go func() { log.add("ready goroutine"); close(done) }()
-		resp, _, err := s.(http.HeaderExchanger).ExchangeHeader(get("/"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		<-done
-		if got := resp.Value(http.Status); got != "204" {
-			t.Fatalf(":status %s, want 204", got)
-		}
-		yieldedFirst(t, log.events())
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				br := bufio.NewReader(up)
+				for {
+					line, err := br.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if line == "\r\n" {
+						break
+					}
+				}
+				up.Write([]byte("HTTP/1.1 204 No Content\r\n\r\n"))
+			})
+			cc := NewClientConn(&loggedWriteReader{Conn: rc, log: log}, testOptions())
+			defer func() {
+				cc.Close()
+				up.Close()
+				wg.Wait()
+			}()
+			s, err := cc.NewStream(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := startReady(log)
+			resp, _, err := s.(http.HeaderExchanger).ExchangeHeader(get("/"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitReady(t, done)
+			if got := resp.Value(http.Status); got != "204" {
+				t.Fatalf(":status %s, want 204", got)
+			}
+			return log.events()
+		}, yieldedFirst)
 	})
 
 	t.Run("next request", func(t *testing.T) {
-		log := &eventLog{}
-		done := make(chan struct{})
-		h := handlerFunc(func(s http.ServerStream) {
-			if err := s.WriteHeader(header(":status", "204"), true); err != nil {
-				t.Error(err)
+		want := []string{"write", "ready goroutine", "read"}
+		eventually(t, func(t *testing.T) []string {
+			log := &eventLog{}
+			var done chan struct{}
+			h := handlerFunc(func(s http.ServerStream) {
+				if err := s.WriteHeader(header(":status", "204"), true); err != nil {
+					t.Error(err)
+				}
+				done = startReady(log)
+			})
+			req := []byte("GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+			if err := NewServerConn(testOptions()).ServeBuffered(context.Background(), &loggedConn{log: log}, req, h); err != nil {
+				t.Fatal(err)
 			}
-			go func() { log.add("ready goroutine"); close(done) }()
-		})
-		req := []byte("GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
-		if err := NewServerConn(testOptions()).ServeBuffered(context.Background(), &loggedConn{log: log}, req, h); err != nil {
+			if done == nil {
+				t.Fatal("the request was not served")
+			}
+			waitReady(t, done)
+			return log.events()
+		}, func(got []string) bool { return slices.Equal(got, want) })
+	})
+
+	t.Run("no yield before the first request", func(t *testing.T) {
+		// A connection's first read has no response before it to wait for:
+		// the ready goroutine runs only when the read blocks, after it.
+		log := &eventLog{}
+		done := startReady(log)
+		h := handlerFunc(func(http.ServerStream) { t.Error("a request was served from an empty connection") })
+		if err := NewServerConn(testOptions()).Serve(context.Background(), &loggedConn{log: log}, h); err != nil {
 			t.Fatal(err)
 		}
-		<-done
-		if got, want := log.events(), []string{"write", "ready goroutine", "read"}; !slices.Equal(got, want) {
+		waitReady(t, done)
+		if got, want := log.events(), []string{"read", "ready goroutine"}; !slices.Equal(got, want) {
 			t.Fatalf("events %q, want %q", got, want)
 		}
 	})
