@@ -266,6 +266,6 @@ func (w *writer) yield() {
 // server's writes, and so their yields, hold the connection's write lock:
 // what else takes it (a 100 Continue sent as the body is first read, a
 // reset) may wait a turn longer. It costs a trip through the scheduler when
-// nothing else is ready. (tcp_proxy does not yield: there it
-// cost 5-9 % of h1close's requests per second.)
+// nothing else is ready. (tcp_proxy does not yield: there it cost 5-9 % of
+// h1close's requests per second.)
 func yieldToReady() { runtime.Gosched() }
