@@ -3,8 +3,6 @@ package h1
 import (
 	"bufio"
 	"context"
-	"io"
-	"net"
 	"runtime"
 	"slices"
 	"sync"
@@ -34,30 +32,21 @@ func (l *eventLog) events() []string {
 	return slices.Clone(l.ev)
 }
 
-// loggedConn records its reads and writes: it accepts every write, and every
-// read finds the end of the stream.
+// loggedConn is an empty memConn (every read finds the end of the stream)
+// that records its reads and writes.
 type loggedConn struct {
-	net.Conn // nil: the methods below are all the codec uses
-	log      *eventLog
+	memConn
+	log *eventLog
 }
 
 func (c *loggedConn) Write(p []byte) (int, error) {
 	c.log.add("write")
-	return len(p), nil
+	return c.memConn.Write(p)
 }
 
-func (c *loggedConn) Read([]byte) (int, error) {
+func (c *loggedConn) Read(p []byte) (int, error) {
 	c.log.add("read")
-	return 0, io.EOF
-}
-
-func (c *loggedConn) Close() error                     { return nil }
-func (c *loggedConn) SetDeadline(time.Time) error      { return nil }
-func (c *loggedConn) SetReadDeadline(time.Time) error  { return nil }
-func (c *loggedConn) SetWriteDeadline(time.Time) error { return nil }
-func (c *loggedConn) LocalAddr() net.Addr              { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 80} }
-func (c *loggedConn) RemoteAddr() net.Addr {
-	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}
+	return c.memConn.Read(p)
 }
 
 // loggedWriteReader is a netio.Conn that records its WriteRead calls.
