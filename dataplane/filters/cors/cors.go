@@ -371,7 +371,11 @@ func (f *Filter) OnRequest(e *http.Exchange) http.Action {
 	// Envoy's own encodeHeaders then runs on this response too: an allowed
 	// origin gets expose-headers as well.
 	f.decorate(st, &ps, h)
-	if err := e.LocalReply(200, "", ResponseCodeDetailsCorsResponse, 0); err != nil {
+	// Sent as Envoy sends it (encodeHeaders, not sendLocalReply): headers
+	// only, untouched by local_reply_config.
+	e.Info.ResponseCode, e.Info.ResponseCodeDetails = 200, ResponseCodeDetailsCorsResponse
+	h.SetUint(http.Status, 200)
+	if err := e.Downstream.WriteHeader(h, true); err != nil {
 		f.log.Debug("cors: sending the preflight response failed", "error", err)
 	}
 	return http.Stop

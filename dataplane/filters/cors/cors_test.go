@@ -97,6 +97,32 @@ func TestPreflight(t *testing.T) {
 	}
 }
 
+// rewriteAll is a local_reply_config that rewrites every local reply's body.
+type rewriteAll struct{}
+
+func (rewriteAll) MapLocalReply(e *http.Exchange, body string) (string, string) {
+	return "mapped[" + body + "]", "text/plain"
+}
+
+// TestPreflightNotMapped: the preflight answer is not a local reply, so
+// local_reply_config leaves it alone, as Envoy's (encodeHeaders, not
+// sendLocalReply).
+func TestPreflightNotMapped(t *testing.T) {
+	f, _ := policy(t, example)
+	e, s := exchange("OPTIONS", "origin", "https://app.example.com", "access-control-request-method", "POST")
+	e.LocalReplies = rewriteAll{}
+	if f.OnRequest(e) != http.Stop {
+		t.Fatal("preflight not answered")
+	}
+	_, h, body, ended := s.Response()
+	if h.Value(":status") != "200" || body != "" || !ended || h.Has("content-type") || h.Value(HeaderAllowOrigin) != "https://app.example.com" {
+		t.Errorf("status %q body %q ended %v content-type %q allow-origin %q", h.Value(":status"), body, ended, h.Value("content-type"), h.Value(HeaderAllowOrigin))
+	}
+	if e.Info.ResponseCode != 200 || e.Info.ResponseCodeDetails != ResponseCodeDetailsCorsResponse {
+		t.Errorf("access log sees %d %q", e.Info.ResponseCode, e.Info.ResponseCodeDetails)
+	}
+}
+
 func TestPreflightWildcards(t *testing.T) {
 	f, _ := policy(t, `
 allow_origin_string_match: [{exact: "*"}]
