@@ -56,6 +56,11 @@ upgrade_configs: [{ upgrade_type: CONNECT }]
 http_filters: [` + routerFilter + `]`, "upgrade_configs[0].upgrade_type", "CONNECT"},
 		{`stat_prefix: x
 ` + routes + `
+strip_matching_host_port: true
+strip_any_host_port: true
+http_filters: [` + routerFilter + `]`, "strip_any_host_port", "only one of"},
+		{`stat_prefix: x
+` + routes + `
 access_log: [{ name: l, typed_config: { "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog, log_format: { text_format: "%NOPE%" } } }]
 http_filters: [` + routerFilter + `]`, "access_log[0].typed_config.log_format.text_format", "NOPE"},
 	} {

@@ -231,6 +231,8 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 	mg.normalizePath = cfg.GetNormalizePath().GetValue()
 	mg.mergeSlashes = cfg.GetMergeSlashes()
 	switch {
+	case cfg.GetStripAnyHostPort() && cfg.GetStripMatchingHostPort():
+		return nil, cfgerr.Errorf("strip_any_host_port", "only one of strip_matching_host_port and strip_any_host_port can be set (as in Envoy)")
 	case cfg.GetStripAnyHostPort():
 		mg.stripPort = -1
 	case cfg.GetStripMatchingHostPort():

@@ -243,8 +243,10 @@ http_filters:
 	if d := time.Since(start); d < 150*time.Millisecond || d > 3*time.Second {
 		t.Errorf("route timeout after %v", d)
 	}
+	// The whole request is in, so the stream idle timeout is the upstream's
+	// lateness: 504, as Envoy's (408 is for a request still arriving).
 	resp, body = get(t, c, "http://"+e.addr+"/idle")
-	if resp.StatusCode != 408 || body != "stream timeout" {
+	if resp.StatusCode != 504 || body != "stream timeout" {
 		t.Errorf("stream idle timeout: %d %q", resp.StatusCode, body)
 	}
 	// A response stalled in its body is reset.
@@ -292,7 +294,7 @@ http_filters:
 	c.Timeout = 20 * time.Second
 	for range 2 { // the second on a reused stream whose timer is running
 		resp, body := get(t, c, "http://"+e.addr+"/idle")
-		if resp.StatusCode != 408 || body != "stream timeout" {
+		if resp.StatusCode != 504 || body != "stream timeout" {
 			t.Errorf("route idle timeout: %d %q", resp.StatusCode, body)
 		}
 	}
@@ -609,7 +611,7 @@ http_filters:
 		t.Fatalf("the stalled request on the reused stream got no answer within 5 s (its idle timeout is 0.3 s): %v", err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != 408 {
-		t.Errorf("stalled request: %d, want 408", resp.StatusCode)
+	if resp.StatusCode != 504 {
+		t.Errorf("stalled request: %d, want 504 (the whole request is in)", resp.StatusCode)
 	}
 }

@@ -236,19 +236,20 @@ func (st *stream) finish() {
 		}
 		switch {
 		case !st.headerSent && !st.resetFlag.Load():
+			// As Envoy's (Utility::maybeRequestTimeoutCode): 504 once the
+			// whole request is in (the upstream is late), else 408.
+			code := 408
+			if e.Info.RequestComplete != 0 {
+				code = 504
+			}
 			switch reason {
 			case errStreamIdle:
-				_ = e.LocalReply(408, "stream timeout", "stream_idle_timeout", http.FlagStreamIdleTimeout)
+				_ = e.LocalReply(code, "stream timeout", "stream_idle_timeout", http.FlagStreamIdleTimeout)
 			case errMaxDuration:
-				// As Envoy's: 504 once the whole request is in (the upstream
-				// is late), else 408; DEADLINE_EXCEEDED to gRPC.
-				code := 408
-				if e.Info.RequestComplete != 0 {
-					code = 504
-				}
+				// DEADLINE_EXCEEDED to gRPC.
 				_ = e.LocalReplyGRPC(code, 4, "downstream duration timeout", "max_duration_timeout", 0)
 			default:
-				_ = e.LocalReply(408, "request timeout", "request_overall_timeout", 0)
+				_ = e.LocalReply(code, "request timeout", "request_overall_timeout", 0)
 			}
 		case !st.ended:
 			if reason == errStreamIdle {
