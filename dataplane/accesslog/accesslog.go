@@ -5,9 +5,11 @@
 //   - envoy.access_loggers.file (FileAccessLog) and envoy.access_loggers.stdout
 //     / .stderr (StdoutAccessLog, StderrAccessLog): lines in Envoy's default
 //     format, or a log_format (SubstitutionFormatString) with text_format,
-//     text_format_source (inline_string) or json_format, or FileAccessLog's
-//     format / json_format / typed_json_format, with the %COMMAND%s listed by
-//     Commands;
+//     text_format_source (a file, inline_bytes or inline_string, read when
+//     the configuration loads) or json_format (objects and lists, values
+//     typed as Envoy's), or FileAccessLog's format (empty: the default) /
+//     json_format / typed_json_format, with the %COMMAND%s listed by
+//     Commands and START_TIME's strftime conversions;
 //   - envoy.access_loggers.http_grpc (HttpGrpcAccessLogConfig): entries
 //     streamed to a gRPC access log service
 //     (envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs), batched
@@ -34,6 +36,7 @@ package accesslog
 import (
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
@@ -182,8 +185,13 @@ func buildFile(cfg *filev3.FileAccessLog, o *Options) (Logger, error) {
 	case nil:
 		fm, err = textOf(DefaultFormat)
 	case *filev3.FileAccessLog_Format:
+		// As Envoy's: an empty format is the default one.
 		//lint:ignore SA1019 deprecated in Envoy, but still accepted there
-		fm, err = textOf(f.Format)
+		s := f.Format
+		if s == "" {
+			s = DefaultFormat
+		}
+		fm, err = textOf(s)
 		err = cfgerr.Field("format", err)
 	case *filev3.FileAccessLog_JsonFormat:
 		//lint:ignore SA1019 deprecated in Envoy, but still accepted there
@@ -241,13 +249,9 @@ func substitutionFormat(sf *corev3.SubstitutionFormatString) (formatter, error) 
 		fm, err := textOf(f.TextFormat)
 		return omitted(fm, omit), cfgerr.Field("text_format", err)
 	case *corev3.SubstitutionFormatString_TextFormatSource:
-		src := f.TextFormatSource
-		if err := cfgerr.OnlyFields(src, "inline_string", "inline_bytes"); err != nil {
+		s, err := dataSource(f.TextFormatSource)
+		if err != nil {
 			return nil, cfgerr.Field("text_format_source", err)
-		}
-		s := src.GetInlineString()
-		if b := src.GetInlineBytes(); b != nil {
-			s = string(b)
 		}
 		fm, err := textOf(s)
 		return omitted(fm, omit), cfgerr.Field("text_format_source", err)
@@ -263,6 +267,27 @@ func substitutionFormat(sf *corev3.SubstitutionFormatString) (formatter, error) 
 	return nil, cfgerr.Errorf("", "one of text_format, text_format_source, json_format is required")
 }
 
+// dataSource reads a DataSource as Envoy's formats do, at configuration
+// time: a file (filename), inline_bytes or inline_string.
+func dataSource(src *corev3.DataSource) (string, error) {
+	if err := cfgerr.OnlyFields(src, "filename", "inline_string", "inline_bytes"); err != nil {
+		return "", err
+	}
+	switch s := src.GetSpecifier().(type) {
+	case *corev3.DataSource_Filename:
+		b, err := os.ReadFile(s.Filename)
+		if err != nil {
+			return "", cfgerr.Field("filename", err)
+		}
+		return string(b), nil
+	case *corev3.DataSource_InlineBytes:
+		return string(s.InlineBytes), nil
+	case *corev3.DataSource_InlineString:
+		return s.InlineString, nil
+	}
+	return "", nil
+}
+
 // omitted makes a text format render missing values as "" (omit_empty_values).
 func omitted(fm formatter, omit bool) formatter {
 	if !omit || fm == nil {
@@ -273,36 +298,31 @@ func omitted(fm formatter, omit bool) formatter {
 
 type omitText struct{ f *Format }
 
-func (t omitText) append(dst []byte, e *http.Exchange) []byte {
-	for i := range t.f.parts {
-		p := &t.f.parts[i]
-		if p.cmd == nil && p.hdr == 0 && !p.isStart {
-			dst = append(dst, p.literal...)
-			continue
-		}
-		start := len(dst)
-		var ok bool
-		if dst, ok = p.value(dst, e); !ok {
-			dst = dst[:start]
-		} else if p.maxLen > 0 {
-			dst = truncate(dst, start, p.maxLen)
-		}
-	}
-	return dst
-}
+func (t omitText) append(dst []byte, e *http.Exchange) []byte { return t.f.appendEmpty(dst, e, "") }
 
-// jsonFormatter renders a json_format: one JSON object per line, its keys in
-// configuration order (sorted), values from formats (numbers typed).
+// jsonFormatter renders a json_format: one JSON object per line, its keys
+// sorted, as Envoy's. A value that is a single command keeps its type (a
+// number for a numeric command, null when missing); one that mixes text and
+// commands is a string, a missing command in it rendering as "-" (as "" with
+// omit_empty_values). With omit_empty_values, as Envoy's: keys whose value
+// is null (missing or literal) are left out, as are nested objects left
+// empty; list elements that would be null are dropped, the list kept.
 type jsonFormatter struct {
 	fields []jsonField
 	omit   bool
 }
 
 type jsonField struct {
-	key    string // JSON-encoded, with the quotes
-	f      *Format
-	nested *jsonFormatter
-	lit    string // a JSON literal (number, bool, null)
+	key string // JSON-encoded, with the quotes
+	v   jsonValue
+}
+
+// jsonValue is one value of a json_format: exactly one of its fields is set.
+type jsonValue struct {
+	lit    string         // a constant, JSON-encoded (number, bool, null, string)
+	f      *Format        // a string with %COMMAND%s
+	nested *jsonFormatter // an object
+	list   *[]jsonValue   // a list
 }
 
 func jsonOf(st *structpb.Struct, omit bool) (formatter, error) {
@@ -321,69 +341,128 @@ func jsonStruct(st *structpb.Struct, omit bool, path string) (*jsonFormatter, er
 	}
 	sortStrings(keys)
 	for _, k := range keys {
-		v := st.GetFields()[k]
-		fld := jsonField{key: string(appendJSONString(nil, k))}
-		switch x := v.GetKind().(type) {
-		case *structpb.Value_StringValue:
-			f, err := ParseFormat(x.StringValue)
-			if err != nil {
-				return nil, fmt.Errorf("%s%s: %w", path, k, err)
-			}
-			fld.f = f
-		case *structpb.Value_StructValue:
-			n, err := jsonStruct(x.StructValue, omit, path+k+".")
-			if err != nil {
-				return nil, err
-			}
-			fld.nested = n
-		case *structpb.Value_NumberValue, *structpb.Value_BoolValue, *structpb.Value_NullValue:
-			b, _ := v.MarshalJSON()
-			fld.lit = string(b)
-		default:
-			return nil, fmt.Errorf("%s%s: only strings, numbers, booleans and nested objects are allowed", path, k)
+		v, err := jsonValueOf(st.GetFields()[k], omit, path+k)
+		if err != nil {
+			return nil, err
 		}
-		j.fields = append(j.fields, fld)
+		if omit && v.lit == "null" {
+			continue // Envoy drops literal nulls when omitting empty values
+		}
+		j.fields = append(j.fields, jsonField{key: string(appendJSONString(nil, k)), v: v})
 	}
 	return j, nil
 }
 
+// jsonValueOf compiles one value; path names it in errors.
+func jsonValueOf(v *structpb.Value, omit bool, path string) (jsonValue, error) {
+	switch x := v.GetKind().(type) {
+	case *structpb.Value_StringValue:
+		if !strings.Contains(x.StringValue, "%") {
+			return jsonValue{lit: string(appendJSONString(nil, x.StringValue))}, nil
+		}
+		f, err := ParseFormat(x.StringValue)
+		if err != nil {
+			return jsonValue{}, fmt.Errorf("%s: %w", path, err)
+		}
+		return jsonValue{f: f}, nil
+	case *structpb.Value_StructValue:
+		n, err := jsonStruct(x.StructValue, omit, path+".")
+		if err != nil {
+			return jsonValue{}, err
+		}
+		return jsonValue{nested: n}, nil
+	case *structpb.Value_ListValue:
+		list := make([]jsonValue, 0, len(x.ListValue.GetValues()))
+		for i, el := range x.ListValue.GetValues() {
+			ev, err := jsonValueOf(el, omit, fmt.Sprintf("%s[%d]", path, i))
+			if err != nil {
+				return jsonValue{}, err
+			}
+			if omit && ev.lit == "null" {
+				continue
+			}
+			list = append(list, ev)
+		}
+		return jsonValue{list: &list}, nil
+	case *structpb.Value_NumberValue, *structpb.Value_BoolValue:
+		b, err := v.MarshalJSON()
+		if err != nil {
+			return jsonValue{}, fmt.Errorf("%s: %w", path, err)
+		}
+		return jsonValue{lit: string(b)}, nil
+	}
+	return jsonValue{lit: "null"}, nil
+}
+
 func (j *jsonFormatter) append(dst []byte, e *http.Exchange) []byte {
-	dst = j.appendObject(dst, e)
+	start := len(dst)
+	var ok bool
+	if dst, ok = j.appendObject(dst, e); !ok {
+		dst = append(dst[:start], "{}"...) // the line's object is always there
+	}
 	return append(dst, '\n')
 }
 
-func (j *jsonFormatter) appendObject(dst []byte, e *http.Exchange) []byte {
+// appendObject appends the object; false (and nothing appended) when
+// omit_empty_values left it empty.
+func (j *jsonFormatter) appendObject(dst []byte, e *http.Exchange) ([]byte, bool) {
+	start := len(dst)
 	dst = append(dst, '{')
-	first := true
+	empty := true
 	for i := range j.fields {
 		fld := &j.fields[i]
 		mark := len(dst)
-		if !first {
+		if !empty {
 			dst = append(dst, ',')
 		}
 		dst = append(dst, fld.key...)
 		dst = append(dst, ':')
-		switch {
-		case fld.nested != nil:
-			dst = fld.nested.appendObject(dst, e)
-		case fld.lit != "":
-			dst = append(dst, fld.lit...)
-		default:
+		var ok bool
+		if dst, ok = fld.v.append(dst, e, j.omit); !ok && j.omit {
+			dst = dst[:mark]
+			continue
+		}
+		empty = false
+	}
+	if empty && j.omit {
+		return dst[:start], false
+	}
+	return append(dst, '}'), true
+}
+
+// append appends the value; false when it is empty: a missing single
+// command (appended as null) or an object omit_empty_values left empty
+// (nothing appended).
+func (v *jsonValue) append(dst []byte, e *http.Exchange, omit bool) ([]byte, bool) {
+	switch {
+	case v.f != nil:
+		return appendJSONValue(dst, v.f, e, omit)
+	case v.nested != nil:
+		return v.nested.appendObject(dst, e)
+	case v.list != nil:
+		dst = append(dst, '[')
+		empty := true
+		for i := range *v.list {
+			mark := len(dst)
+			if !empty {
+				dst = append(dst, ',')
+			}
 			var ok bool
-			dst, ok = appendJSONValue(dst, fld.f, e)
-			if !ok && j.omit {
+			if dst, ok = (*v.list)[i].append(dst, e, omit); !ok && omit {
 				dst = dst[:mark]
 				continue
 			}
+			empty = false
 		}
-		first = false
+		return append(dst, ']'), true
 	}
-	return append(dst, '}')
+	return append(dst, v.lit...), true
 }
 
-// appendJSONValue renders one value: a number for a single numeric command,
-// null for a single missing command, else a string.
-func appendJSONValue(dst []byte, f *Format, e *http.Exchange) ([]byte, bool) {
+// appendJSONValue renders a string with %COMMAND%s: a single command keeps
+// its type (a number for a numeric one, null and false when missing); else a
+// string, missing commands in it "-" or, with omit, "".
+func appendJSONValue(dst []byte, f *Format, e *http.Exchange, omit bool) ([]byte, bool) {
 	if f.single() {
 		p := &f.parts[0]
 		start := len(dst)
@@ -397,14 +476,24 @@ func appendJSONValue(dst []byte, f *Format, e *http.Exchange) ([]byte, bool) {
 		if f.typed() {
 			return v, true
 		}
-		// Quote what was appended in place: copy it out first.
-		var tmp [256]byte
-		raw := append(tmp[:0], v[start:]...)
-		return appendJSONString(v[:start], unsafeString(raw)), true
+		return quoteFrom(v, start), true
 	}
-	var tmp [512]byte
-	raw := f.Append(tmp[:0], e)
-	return appendJSONString(dst, unsafeString(raw)), true
+	empty := "-"
+	if omit {
+		empty = ""
+	}
+	start := len(dst)
+	return quoteFrom(f.appendEmpty(dst, e, empty), start), true
+}
+
+// quoteFrom turns dst[start:] into a JSON string, in dst's own memory (no
+// allocation once dst has grown to fit): it appends the quoted copy after the
+// raw text, then moves it down over it.
+func quoteFrom(dst []byte, start int) []byte {
+	mid := len(dst)
+	dst = appendJSONString(dst, unsafeString(dst[start:mid]))
+	n := copy(dst[start:], dst[mid:])
+	return dst[:start+n]
 }
 
 // appendJSONString appends s as a JSON string.

@@ -383,6 +383,7 @@ func FuzzParseFormat(f *testing.F) {
 	f.Add(DefaultFormat)
 	f.Add("%REQ(a?b):3% %START_TIME(%Y %3f)% %%")
 	f.Add("%")
+	f.Add("%START_TIME(%c %E*S %E3f %Ez %E4Y %*f)% %REQ(a?b?c)%")
 	f.Fuzz(func(t *testing.T, s string) {
 		fm, err := ParseFormat(s)
 		if err != nil {
@@ -519,5 +520,247 @@ func TestTLSCommands(t *testing.T) {
 	}
 	if _, err := ParseFormat("%UPSTREAM_PEER_FINGERPRINT_256%"); err == nil {
 		t.Error("UPSTREAM_PEER_FINGERPRINT_256, which Envoy does not have, parsed")
+	}
+}
+
+// render builds the access log y (no sinks) and renders exchange() with it.
+func render(t *testing.T, y string) string {
+	t.Helper()
+	return string(build1(t, y, nil).(*textLogger).fm.append(nil, exchange()))
+}
+
+// buildErr builds the access log y and returns Build's error.
+func buildErr(t *testing.T, y string) error {
+	t.Helper()
+	var c accesslogv3.AccessLog
+	if err := protoyaml.Unmarshal([]byte(y), &c); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Build([]*accesslogv3.AccessLog{&c}, Options{})
+	return err
+}
+
+// TestFileEmptyFormat: FileAccessLog's format set to "" is Envoy's default
+// format, not an empty line.
+func TestFileEmptyFormat(t *testing.T) {
+	got := render(t, `
+name: envoy.access_loggers.file
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+  path: /dev/null
+  format: ""
+`)
+	f, err := ParseFormat(DefaultFormat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := string(f.Append(nil, exchange())); got != want {
+		t.Errorf("got %q, want the default format's %q", got, want)
+	}
+}
+
+// TestHeaderAlternatives: REQ, RESP and TRAILER take one alternative header;
+// a second is a configuration error naming the field, as in Envoy.
+func TestHeaderAlternatives(t *testing.T) {
+	for _, cmd := range []string{"REQ", "RESP", "TRAILER"} {
+		err := buildErr(t, `
+name: x
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+  log_format: { text_format_source: { inline_string: "%`+cmd+`(a?b?c)%" } }
+`)
+		if err == nil || !strings.Contains(err.Error(), "log_format.text_format_source") ||
+			!strings.Contains(err.Error(), "more than 1 alternative header") {
+			t.Errorf("%s(a?b?c): %v", cmd, err)
+		}
+	}
+	f, err := ParseFormat("%REQ(x-missing?user-agent)%")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(f.Append(nil, exchange())); got != "curl/8" {
+		t.Errorf("one alternative: %q", got)
+	}
+}
+
+// TestTextFormatSource: text_format_source is any DataSource, read when the
+// configuration loads: a file, inline_bytes or inline_string.
+func TestTextFormatSource(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "format.txt")
+	if err := os.WriteFile(path, []byte("%RESPONSE_CODE% from file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const stdout = `
+name: x
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+  log_format: { text_format_source: `
+	for src, want := range map[string]string{
+		`{ filename: "` + path + `" }`:         "200 from file\n",
+		`{ inline_bytes: "JVBST1RPQ09MJQ==" }`: "HTTP/1.1", // base64 of %PROTOCOL%
+		`{ inline_string: "%ROUTE_NAME%" }`:    "r1",
+	} {
+		if got := render(t, stdout+src+" }\n"); got != want {
+			t.Errorf("%s: %q, want %q", src, got, want)
+		}
+	}
+	err := buildErr(t, stdout+`{ filename: "`+path+`.missing" } }`+"\n")
+	if err == nil || !strings.Contains(err.Error(), "log_format.text_format_source.filename") {
+		t.Errorf("missing file: %v, want an error naming text_format_source.filename", err)
+	}
+}
+
+// TestJSONOmitEmptyValues: with omit_empty_values, as in Envoy, a missing
+// command inside a string renders as "" (not "-"), keys with null values and
+// nested objects left empty are dropped, and lists keep their other elements;
+// text formats render a missing value as "".
+func TestJSONOmitEmptyValues(t *testing.T) {
+	const stdout = `
+name: x
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+  log_format:
+`
+	for _, tc := range []struct{ format, want string }{
+		{`{ omit_empty_values: true, json_format: { mix: "a%REQ(x-nope)%b", code: "%RESPONSE_CODE%" } }`,
+			`{"code":200,"mix":"ab"}` + "\n"},
+		{`{ json_format: { mix: "a%REQ(x-nope)%b", gone: "%REQ(x-nope)%" } }`,
+			`{"gone":null,"mix":"a-b"}` + "\n"},
+		{`{ omit_empty_values: true, json_format: { gone: "%REQ(x-nope)%", lit: null, n: { m: "%REQ(x-nope)%" }, l: ["%REQ(x-nope)%", null, 1] } }`,
+			`{"l":[1]}` + "\n"},
+		{`{ omit_empty_values: true, json_format: { gone: "%REQ(x-nope)%" } }`, "{}\n"},
+		{`{ omit_empty_values: true, text_format: "a%REQ(x-nope)%b %PROTOCOL%" }`, "ab HTTP/1.1"},
+		{`{ text_format: "a%REQ(x-nope)%b" }`, "a-b"},
+	} {
+		if got := render(t, stdout+"    "+tc.format+"\n"); got != tc.want {
+			t.Errorf("%s:\n%q, want\n%q", tc.format, got, tc.want)
+		}
+	}
+}
+
+// TestJSONLists: lists in a json_format hold templates (typed as other
+// values), constants, objects and lists, as Envoy's JSON formatter does.
+func TestJSONLists(t *testing.T) {
+	got := render(t, `
+name: x
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+  path: /dev/null
+  log_format:
+    json_format:
+      a: ["%RESPONSE_CODE%", "x", "%PROTOCOL% via %UPSTREAM_CLUSTER%", "%REQ(x-nope)%", 1.5, true, null]
+      b: [{ c: "%ROUTE_NAME%" }, ["%BYTES_SENT%"], []]
+`)
+	want := `{"a":[200,"x","HTTP/1.1 via backend",null,1.5,true,null],"b":[{"c":"r1"},[64],[]]}` + "\n"
+	if got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+	// The deprecated typed_json_format and json_format take them too.
+	for _, field := range []string{"typed_json_format", "json_format"} {
+		got := render(t, `
+name: x
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+  path: /dev/null
+  `+field+`: { a: ["%RESPONSE_CODE%", "x"] }
+`)
+		if want := `{"a":[200,"x"]}` + "\n"; got != want {
+			t.Errorf("%s: %q, want %q", field, got, want)
+		}
+	}
+	err := buildErr(t, `
+name: x
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+  log_format: { json_format: { a: ["x", "%BOGUS%"] } }
+`)
+	if err == nil || !strings.Contains(err.Error(), "log_format.json_format") || !strings.Contains(err.Error(), "a[1]") {
+		t.Errorf("bad command in a list: %v", err)
+	}
+}
+
+// TestJSONLogAllocs: a JSON line with lists and nested objects is rendered
+// without allocating in steady state.
+func TestJSONLogAllocs(t *testing.T) {
+	l := build1(t, `
+name: x
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+  log_format:
+    omit_empty_values: true
+    json_format: { a: ["%RESPONSE_CODE%", "x%REQ(x-nope)%"], n: { p: "%REQ(:PATH)%", t: "%START_TIME(%F %T)%" } }
+`, nil)
+	fm, e := l.(*textLogger).fm, exchange()
+	buf := make([]byte, 0, 1024)
+	if n := testing.AllocsPerRun(100, func() { buf = fm.append(buf[:0], e) }); n > 0 {
+		t.Errorf("%v allocs per line", n)
+	}
+}
+
+// TestStartTimeStrftime: START_TIME formats with strftime's conversions as
+// Envoy's (absl::FormatTime in UTC, the C locale), absl's %E extensions and
+// Envoy's fractional seconds; an unknown conversion is an error.
+func TestStartTimeStrftime(t *testing.T) {
+	at := func(s string, ns int) time.Time {
+		tm, err := time.Parse(time.DateTime, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tm.Add(time.Duration(ns))
+	}
+	fri := at("2026-11-27 12:34:56", 789_000_000) // exchange()'s
+	for _, tc := range []struct {
+		at           time.Time
+		format, want string
+	}{
+		// Expected values from glibc's strftime in the C locale (but %Z,
+		// which absl renders as UTC).
+		{fri, "%a|%A|%b|%B|%h|%c", "Fri|Friday|Nov|November|Nov|Fri Nov 27 12:34:56 2026"},
+		{fri, "%C|%d|%D|%e|%F|%g|%G|%H|%I|%j", "20|27|11/27/26|27|2026-11-27|26|2026|12|12|331"},
+		{fri, "%k|%l|%m|%M|%n|%p|%P|%r|%R|%s|%S|%t|%T", "12|12|11|34|\n|PM|pm|12:34:56 PM|12:34|1795782896|56|\t|12:34:56"},
+		{fri, "%u|%U|%V|%w|%W|%x|%X|%y|%Y|%z|%Z|%%", "5|47|48|5|47|11/27/26|12:34:56|26|2026|+0000|UTC|%"},
+		{at("2026-01-01 13:05:07", 0), "%c|%e|%I|%j|%l|%p|%r|%U|%V|%W|%u|%w", "Thu Jan  1 13:05:07 2026| 1|01|001| 1|PM|01:05:07 PM|00|01|00|4|4"},
+		{at("2025-12-30 00:00:00", 0), "%g %G %V %U %W %u %j %l %I %p", "26 2026 01 52 52 2 364 12 12 AM"},
+		{at("2024-01-01 00:00:00", 0), "%V %U %W %k %a", "01 00 01  0 Mon"},
+		// absl's extensions and Envoy's fractional seconds.
+		{fri, "%F %T %Ez|%E*z|%E4Y", "2026-11-27 12:34:56 +00:00|+00:00:00|2026"},
+		{fri, "%E3S|%E6S|%E*S|%E2f|%E*f", "56.789|56.789000|56.789|78|789"},
+		{fri, "%f|%3f|%1f|%*f", "789000000|789|7|789"},
+		{at("2026-11-27 12:34:56", 0), "%E*S|%E*f|%*f|%E1S", "56|0|0|56.0"},
+	} {
+		f, err := ParseFormat("%START_TIME(" + tc.format + ")%")
+		if err != nil {
+			t.Errorf("%s: %v", tc.format, err)
+			continue
+		}
+		e := exchange()
+		e.Info.Start = tc.at
+		if got := string(f.Append(nil, e)); got != tc.want {
+			t.Errorf("%s at %v:\n%q, want\n%q", tc.format, tc.at, got, tc.want)
+		}
+	}
+	for _, bad := range []string{"%Q", "%E", "%Ex", "%E0f", "%3Y", "%*", "%-d"} {
+		err := buildErr(t, `
+name: x
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+  log_format: { text_format: "%START_TIME(`+bad+`)%" }
+`)
+		if err == nil || !strings.Contains(err.Error(), "log_format.text_format") {
+			t.Errorf("%s: %v, want an error naming log_format.text_format", bad, err)
+		}
+	}
+}
+
+// TestStartTimeAllocs: rendering a START_TIME format allocates nothing.
+func TestStartTimeAllocs(t *testing.T) {
+	f, err := ParseFormat("%START_TIME(%c %D %r %G-W%V-%u %j %Ez %E*S %*f %Z)%")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := exchange()
+	buf := make([]byte, 0, 256)
+	if n := testing.AllocsPerRun(100, func() { buf = f.Append(buf[:0], e) }); n > 0 {
+		t.Errorf("%v allocs per entry", n)
 	}
 }

@@ -284,6 +284,9 @@ func parseCommand(s string) (part, error) {
 		}
 		p := part{hdr: map[string]byte{"REQ": 'q', "RESP": 'p', "TRAILER": 't'}[name], maxLen: maxLen}
 		main, alt, _ := strings.Cut(arg, "?")
+		if strings.Contains(alt, "?") { // Envoy's header rules allow one alternative
+			return part{}, fmt.Errorf("%%%s%%: more than 1 alternative header specified in %q", s, arg)
+		}
 		p.name, p.alt = strings.ToLower(main), strings.ToLower(alt)
 		return p, nil
 	case "START_TIME":
@@ -304,7 +307,11 @@ func parseCommand(s string) (part, error) {
 }
 
 // Append renders the format for e, appending to dst.
-func (f *Format) Append(dst []byte, e *http.Exchange) []byte {
+func (f *Format) Append(dst []byte, e *http.Exchange) []byte { return f.appendEmpty(dst, e, "-") }
+
+// appendEmpty is Append with empty in place of a missing value ("-" by
+// default, "" with omit_empty_values).
+func (f *Format) appendEmpty(dst []byte, e *http.Exchange, empty string) []byte {
 	for i := range f.parts {
 		p := &f.parts[i]
 		if p.cmd == nil && p.hdr == 0 && !p.isStart {
@@ -315,7 +322,7 @@ func (f *Format) Append(dst []byte, e *http.Exchange) []byte {
 		var ok bool
 		dst, ok = p.value(dst, e)
 		if !ok {
-			dst = append(dst[:start], '-')
+			dst = append(dst[:start], empty...)
 			continue
 		}
 		if p.maxLen > 0 {
@@ -378,138 +385,4 @@ func (f *Format) typed() bool {
 // a missing value as null).
 func (f *Format) single() bool {
 	return len(f.parts) == 1 && (f.parts[0].cmd != nil || f.parts[0].hdr != 0 || f.parts[0].isStart)
-}
-
-// timeFormat is a START_TIME format: Envoy's strftime with %f-style
-// fractional seconds (%3f, %6f, %9f, %f) and %s.
-type timeFormat struct {
-	layout []timePart
-	utcISO bool // the default
-}
-
-type timePart struct {
-	lit  string
-	verb byte
-	n    int // fractional digits for 'f'
-}
-
-func parseTimeFormat(s string) (*timeFormat, error) {
-	if s == "" {
-		return &timeFormat{utcISO: true}, nil
-	}
-	tf := &timeFormat{}
-	var lit strings.Builder
-	flush := func() {
-		if lit.Len() > 0 {
-			tf.layout = append(tf.layout, timePart{lit: lit.String()})
-			lit.Reset()
-		}
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] != '%' || i+1 == len(s) {
-			lit.WriteByte(s[i])
-			continue
-		}
-		i++
-		n := 0
-		for i < len(s) && s[i] >= '1' && s[i] <= '9' {
-			n = n*10 + int(s[i]-'0')
-			i++
-		}
-		if i < len(s) && s[i] == 'E' { // %E3S, %E6S: seconds with fractions
-			i++
-			for i < len(s) && s[i] >= '0' && s[i] <= '9' {
-				n = n*10 + int(s[i]-'0')
-				i++
-			}
-			if i < len(s) && s[i] == 'S' {
-				flush()
-				tf.layout = append(tf.layout, timePart{verb: 'S'}, timePart{lit: "."}, timePart{verb: 'f', n: max(n, 1)})
-				continue
-			}
-			return nil, fmt.Errorf("unsupported time format near %q", s[i-1:])
-		}
-		if i == len(s) {
-			return nil, fmt.Errorf("time format ends in %%")
-		}
-		switch v := s[i]; v {
-		case 'Y', 'm', 'd', 'H', 'M', 'S', 'y', 'j', 'a', 'A', 'b', 'B', 'e', 'T', 'F', 'z', 'Z', 's', 'p', 'I':
-			flush()
-			tf.layout = append(tf.layout, timePart{verb: v})
-		case 'f':
-			flush()
-			if n == 0 {
-				n = 9
-			}
-			tf.layout = append(tf.layout, timePart{verb: 'f', n: min(n, 9)})
-		case '%':
-			lit.WriteByte('%')
-		default:
-			return nil, fmt.Errorf("time format verb %%%c is not supported", v)
-		}
-	}
-	flush()
-	return tf, nil
-}
-
-func (tf *timeFormat) append(dst []byte, t time.Time) []byte {
-	if tf.utcISO {
-		return t.UTC().AppendFormat(dst, "2006-01-02T15:04:05.000Z")
-	}
-	t = t.UTC()
-	for _, p := range tf.layout {
-		switch p.verb {
-		case 0:
-			dst = append(dst, p.lit...)
-		case 'Y':
-			dst = t.AppendFormat(dst, "2006")
-		case 'm':
-			dst = t.AppendFormat(dst, "01")
-		case 'd':
-			dst = t.AppendFormat(dst, "02")
-		case 'e':
-			dst = t.AppendFormat(dst, "_2")
-		case 'H':
-			dst = t.AppendFormat(dst, "15")
-		case 'I':
-			dst = t.AppendFormat(dst, "03")
-		case 'p':
-			dst = t.AppendFormat(dst, "PM")
-		case 'M':
-			dst = t.AppendFormat(dst, "04")
-		case 'S':
-			dst = t.AppendFormat(dst, "05")
-		case 'y':
-			dst = t.AppendFormat(dst, "06")
-		case 'j':
-			dst = t.AppendFormat(dst, "002")
-		case 'a':
-			dst = t.AppendFormat(dst, "Mon")
-		case 'A':
-			dst = t.AppendFormat(dst, "Monday")
-		case 'b':
-			dst = t.AppendFormat(dst, "Jan")
-		case 'B':
-			dst = t.AppendFormat(dst, "January")
-		case 'T':
-			dst = t.AppendFormat(dst, "15:04:05")
-		case 'F':
-			dst = t.AppendFormat(dst, "2006-01-02")
-		case 'z':
-			dst = t.AppendFormat(dst, "-0700")
-		case 'Z':
-			dst = t.AppendFormat(dst, "MST")
-		case 's':
-			dst = strconv.AppendInt(dst, t.Unix(), 10)
-		case 'f':
-			ns := t.Nanosecond()
-			var digits [9]byte
-			for i := 8; i >= 0; i-- {
-				digits[i] = byte('0' + ns%10)
-				ns /= 10
-			}
-			dst = append(dst, digits[:p.n]...)
-		}
-	}
-	return dst
 }
