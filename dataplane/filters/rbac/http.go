@@ -177,15 +177,18 @@ func (f *HTTPFilter) deny(e *http.Exchange, details []string, policy int) http.A
 
 // fill sets in from an exchange: its headers, the addresses the connection
 // manager recorded (DownstreamLocal for the destination, DownstreamRemote as
-// remote_ip), and what the connection knows (source_ip, direct_remote_ip,
-// requested_server_name) when the manager put it in the exchange's context
-// (filter.WithConn). Without a connection, source_ip and direct_remote_ip
-// fall back to DownstreamRemote.
+// remote_ip), the downstream TLS session (DownstreamTLS, for authenticated),
+// and what the connection knows (source_ip, direct_remote_ip,
+// requested_server_name, and its TLS session if the manager recorded none)
+// when the manager put it in the exchange's context (filter.WithConn).
+// Without a connection, source_ip and direct_remote_ip fall back to
+// DownstreamRemote.
 func fill(in *engine.Input, e *http.Exchange) {
 	in.Headers = e.Request
 	in.Local = e.Info.DownstreamLocal
 	in.Remote = e.Info.DownstreamRemote
 	in.Source, in.DirectRemote = in.Remote, in.Remote
+	in.TLS = e.Info.DownstreamTLS
 	if c := filter.ConnFrom(e.Context()); c != nil {
 		in.Source, in.DirectRemote, in.ServerName = c.Remote, c.DirectRemote, c.ServerName
 		if !in.Local.IsValid() {
@@ -193,6 +196,9 @@ func fill(in *engine.Input, e *http.Exchange) {
 		}
 		if !in.Remote.IsValid() {
 			in.Remote = c.Remote
+		}
+		if in.TLS == nil {
+			in.TLS = c.TLS
 		}
 	}
 }

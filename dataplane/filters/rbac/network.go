@@ -57,10 +57,15 @@ func (NetworkFactory) Create(m proto.Message, fc *filter.Context) (filter.Networ
 }
 
 // NetworkFilter is a built envoy.filters.network.rbac filter. It decides when a
-// connection's filter chain starts, which is when Envoy decides with its
-// default enforcement_type (ONE_TIME_ON_FIRST_BYTE): listener filters have
-// already found the SNI by then. CONTINUOUS is accepted and decides the same,
-// since nothing the supported rules look at changes during a connection.
+// connection's filter chain starts: after the listener filters (the SNI is
+// known) and the chain's TLS handshake (the peer certificate is known, for
+// authenticated), before the terminal filter runs. Envoy decides later, on
+// the connection's first bytes (onData): the rules see the same attributes
+// then, but a connection that never sends anything is counted here and not in
+// Envoy, and a denied one never reaches the terminal filter, whereas Envoy's
+// tcp_proxy has already connected upstream by the time its RBAC filter closes
+// the connection. CONTINUOUS is accepted and decides the same, since nothing
+// the supported rules look at changes during a connection.
 type NetworkFilter struct {
 	enforced, shadow *ruleSet
 	delay            time.Duration
@@ -83,7 +88,7 @@ func (e *DeniedError) Error() string {
 // OnConnection implements filter.NetworkFilter: a denied connection is
 // closed (after delay_deny, if set, unless ctx ends first).
 func (f *NetworkFilter) OnConnection(ctx context.Context, c *filter.Conn) error {
-	in := engine.Input{Local: c.Local, Source: c.Remote, DirectRemote: c.DirectRemote, Remote: c.Remote, ServerName: c.ServerName}
+	in := engine.Input{Local: c.Local, Source: c.Remote, DirectRemote: c.DirectRemote, Remote: c.Remote, ServerName: c.ServerName, TLS: c.TLS}
 	if f.shadow != nil {
 		allowed, policy := f.shadow.engine.Evaluate(&in)
 		f.shadow.stats.count(allowed, policy)

@@ -2,6 +2,7 @@ package rbac
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"strings"
@@ -235,6 +236,26 @@ rules:
 	e.Info.DownstreamRemote = kittest.Addr("11.1.1.1:0")
 	if f.OnRequest(e) != http.Stop {
 		t.Fatal("allowed with remote_ip outside 10/8")
+	}
+}
+
+// TestHTTPTLSSources: the filter takes the TLS session from
+// StreamInfo.DownstreamTLS, or else from the connection in the context.
+func TestHTTPTLSSources(t *testing.T) {
+	f, _ := buildHTTP(t, `rules: {policies: {tls: {permissions: [{any: true}], principals: [{authenticated: {}}]}}}`)
+	cs := &tls.ConnectionState{}
+	e, _ := kittest.Exchange("GET", "/")
+	if f.OnRequest(e) != http.Stop {
+		t.Fatal("allowed without TLS")
+	}
+	e, _ = kittest.Exchange("GET", "/")
+	e.Info.DownstreamTLS = cs
+	if f.OnRequest(e) != http.Continue {
+		t.Fatal("denied with StreamInfo.DownstreamTLS")
+	}
+	e, _ = kittest.ExchangeCtx(filter.WithConn(context.Background(), &filter.Conn{TLS: cs}), "GET", "/")
+	if f.OnRequest(e) != http.Continue {
+		t.Fatal("denied with the connection's TLS")
 	}
 }
 

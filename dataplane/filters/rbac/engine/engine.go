@@ -5,14 +5,20 @@
 // whether the action allows it.
 //
 // Evaluation does not allocate: the tree is made of one concrete node type,
-// and header and string matching reuse the route table's matchers.
+// and header and string matching reuse the route table's matchers. (The one
+// exception is an authenticated principal_name that gets as far as the peer
+// certificate's subject: rendering it allocates, once per Input.)
 package engine
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/asn1"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
+	"unsafe"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
@@ -43,6 +49,15 @@ type Input struct {
 	Remote netip.AddrPort
 	// ServerName is the TLS SNI (requested_server_name).
 	ServerName string
+	// TLS is the downstream connection's TLS session (authenticated), nil
+	// on a plain connection.
+	TLS *tls.ConnectionState
+
+	// subject is the peer certificate's subject once rendered (subjectSet).
+	// Evaluate keeps it in the Input, so an Input serves one goroutine, and
+	// a new TLS needs a new Input.
+	subject    string
+	subjectSet bool
 }
 
 // Mode says which filter the engine is built for: the network filter refuses
@@ -171,6 +186,7 @@ const (
 	kSourceIP
 	kDirectRemoteIP
 	kRemoteIP
+	kAuthenticated
 )
 
 // node is one permission or principal rule.
@@ -178,7 +194,7 @@ type node struct {
 	kind     kind
 	children []node
 	header   *route.HeaderMatcher
-	str      *route.StringMatcher
+	str      *route.StringMatcher // nil for an authenticated without principal_name
 	prefix   netip.Prefix
 	lo, hi   int64 // a port, or a port range [lo, hi)
 }
@@ -238,8 +254,118 @@ func (n *node) match(in *Input) bool {
 		return matchIP(n.prefix, in.DirectRemote)
 	case kRemoteIP:
 		return matchIP(n.prefix, in.Remote)
+	case kAuthenticated:
+		return in.authenticated(n.str)
 	}
 	return false
+}
+
+// authenticated is Envoy's AuthenticatedMatcher: never on a plain
+// connection; on a TLS one, always without a principal_name (peer
+// certificate or not), otherwise when principal_name matches one of the
+// peer certificate's URI SANs, one of its DNS SANs, or its subject (""
+// without a certificate), tried in that order.
+func (in *Input) authenticated(m *route.StringMatcher) bool {
+	if in.TLS == nil {
+		return false
+	}
+	if m == nil {
+		return true
+	}
+	if len(in.TLS.PeerCertificates) == 0 {
+		return m.Match("")
+	}
+	peer := in.TLS.PeerCertificates[0]
+	if matchURISANs(peer, m) {
+		return true
+	}
+	for _, name := range peer.DNSNames {
+		if m.Match(name) {
+			return true
+		}
+	}
+	return m.Match(in.peerSubject(peer))
+}
+
+// peerSubject renders peer's subject as the access log's
+// %DOWNSTREAM_PEER_SUBJECT% does, once per Input.
+func (in *Input) peerSubject(peer *x509.Certificate) string {
+	if !in.subjectSet {
+		in.subject, in.subjectSet = peer.Subject.String(), true
+	}
+	return in.subject
+}
+
+// matchURISANs reports whether m matches one of c's URI SANs, each as the
+// certificate spells it (the IA5String's bytes, which Envoy's
+// uriSanPeerCertificate returns and url.URL.String need not reproduce). The
+// strings it matches point into the parsed extension, so that nothing is
+// copied; a matcher does not keep what it matches.
+func matchURISANs(c *x509.Certificate, m *route.StringMatcher) bool {
+	if len(c.URIs) == 0 {
+		return false
+	}
+	for i := range c.Extensions {
+		if !isSANExtension(c.Extensions[i].Id) {
+			continue
+		}
+		tag, names, _, ok := derElement(c.Extensions[i].Value)
+		if !ok || tag != derSequence {
+			return false
+		}
+		for len(names) > 0 {
+			var name []byte
+			if tag, name, names, ok = derElement(names); !ok {
+				return false
+			}
+			if tag != derURIName {
+				continue
+			}
+			if m.Match(unsafe.String(unsafe.SliceData(name), len(name))) {
+				return true
+			}
+		}
+		return false
+	}
+	return false
+}
+
+// DER tags of a subjectAltName extension: its SEQUENCE OF GeneralName, and
+// the uniformResourceIdentifier [6] IMPLICIT IA5String alternative.
+const (
+	derSequence = 0x30
+	derURIName  = 0x86
+)
+
+// isSANExtension reports whether id is id-ce-subjectAltName (2.5.29.17).
+func isSANExtension(id asn1.ObjectIdentifier) bool {
+	return len(id) == 4 && id[0] == 2 && id[1] == 5 && id[2] == 29 && id[3] == 17
+}
+
+// derElement splits the DER element at the start of b into its tag, its
+// contents and what follows it; ok is false if b does not start with a
+// well-formed element with a low tag number. (crypto/x509 has validated the
+// extension already; this only finds its parts again.)
+func derElement(b []byte) (tag byte, contents, rest []byte, ok bool) {
+	if len(b) < 2 || b[0]&0x1f == 0x1f {
+		return 0, nil, nil, false
+	}
+	tag, n, b := b[0], int(b[1]), b[2:]
+	if n&0x80 != 0 {
+		k := n & 0x7f
+		if k == 0 || k > 4 || len(b) < k {
+			return 0, nil, nil, false
+		}
+		n = 0
+		for _, x := range b[:k] {
+			n = n<<8 | int(x)
+		}
+		b = b[k:]
+	}
+	if n < 0 || n > len(b) {
+		return 0, nil, nil, false
+	}
+	return tag, b[:n], b[n:], true
 }
 
 // matchIP is Envoy's CidrRange::isInRange: same family, and in the prefix.
@@ -388,17 +514,18 @@ func (c *compiler) principal(pb *rbacv3.Principal, depth int) (node, error) {
 		}
 		return node{kind: kNot, children: []node{child}}, nil
 	case *rbacv3.Principal_Authenticated_:
-		// skiff terminates no TLS yet, so no connection is authenticated: Envoy
-		// never matches authenticated on a plaintext connection either.
 		if err := cfgerr.OnlyFields(id.Authenticated, "principal_name"); err != nil {
 			return node{}, cfgerr.Field("authenticated", err)
 		}
+		n := node{kind: kAuthenticated}
 		if pn := id.Authenticated.GetPrincipalName(); pn != nil {
-			if _, err := route.NewStringMatcher(pn); err != nil {
+			sm, err := route.NewStringMatcher(pn)
+			if err != nil {
 				return node{}, cfgerr.Field("authenticated.principal_name", err)
 			}
+			n.str = sm
 		}
-		return node{kind: kNone}, nil
+		return n, nil
 	case *rbacv3.Principal_SourceIp:
 		//lint:ignore SA1019 source_ip is deprecated but still Envoy's API (Istio sends it)
 		p, err := cidr(id.SourceIp)

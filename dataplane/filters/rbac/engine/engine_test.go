@@ -1,9 +1,18 @@
 package engine
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
 	"net/netip"
+	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	"go.uber.org/goleak"
@@ -145,7 +154,7 @@ policies: {p: {permissions: [{any: true}], ` + anyone + `}}`, request{}, true, "
 			request{kv: []string{"x-id", "svc-a"}}, true, "p"},
 		{"principal url_path", `policies: {p: {permissions: [{any: true}], principals: [{url_path: {path: {exact: /x}}}]}}`,
 			request{path: "/x"}, true, "p"},
-		{"authenticated never matches", `policies: {p: {permissions: [{any: true}], principals: [{authenticated: {}}]}}`,
+		{"authenticated: not on a plain connection", `policies: {p: {permissions: [{any: true}], principals: [{authenticated: {}}]}}`,
 			request{}, false, ""},
 		{"not authenticated", `policies: {p: {permissions: [{any: true}], principals: [{not_id: {authenticated: {principal_name: {exact: spiffe://a}}}}]}}`,
 			request{}, true, "p"},
@@ -226,5 +235,126 @@ func TestEvaluateDoesNotAllocate(t *testing.T) {
 	in.Headers = nil
 	if n := testing.AllocsPerRun(100, func() { e.Evaluate(in) }); n != 0 {
 		t.Errorf("Evaluate without headers allocates %v times", n)
+	}
+}
+
+// peerCert makes a self-signed certificate (the engine verifies nothing) with
+// subject subj and the SANs uris and dns.
+func peerCert(t testing.TB, subj pkix.Name, uris []*url.URL, dns ...string) *x509.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      subj,
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		URIs:         uris,
+		DNSNames:     dns,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func mustURL(t testing.TB, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// TestAuthenticated checks the authenticated principal against Envoy's
+// AuthenticatedMatcher: no TLS never matches; TLS without principal_name
+// always does, peer certificate or not; principal_name is tried against the
+// URI SANs, then the DNS SANs, then the subject ("" without a certificate).
+func TestAuthenticated(t *testing.T) {
+	client := peerCert(t, pkix.Name{CommonName: "client", Organization: []string{"Test Org"}},
+		[]*url.URL{mustURL(t, "spiffe://test/other"), mustURL(t, "spiffe://test/client")}, "client.test", "alt.test")
+	// The certificate spells its URI SAN's scheme in capitals; crypto/x509
+	// parses it lower-cased, Envoy matches what the certificate says.
+	upper := peerCert(t, pkix.Name{CommonName: "upper"}, []*url.URL{{Scheme: "SPIFFE", Host: "test", Path: "/client"}})
+	if upper.URIs[0].String() != "spiffe://test/client" {
+		t.Fatalf("crypto/x509 renders the URI SAN %q; the test expects it lower-cased", upper.URIs[0])
+	}
+	noSANs := peerCert(t, pkix.Name{CommonName: "bare"}, nil)
+	mtls := func(c *x509.Certificate) *tls.ConnectionState {
+		return &tls.ConnectionState{PeerCertificates: []*x509.Certificate{c}}
+	}
+	principal := func(id string) string {
+		return `policies: {p: {permissions: [{any: true}], principals: [` + id + `]}}`
+	}
+	named := func(m string) string { return principal(`{authenticated: {principal_name: {` + m + `}}}`) }
+	for _, tc := range []struct {
+		name  string
+		rules string
+		tls   *tls.ConnectionState
+		want  bool
+	}{
+		{"no TLS", principal(`{authenticated: {}}`), nil, false},
+		{"no TLS, principal_name", named(`safe_regex: {regex: ".*"}`), nil, false},
+		{"no TLS, not authenticated", principal(`{not_id: {authenticated: {}}}`), nil, true},
+		{"TLS without a certificate", principal(`{authenticated: {}}`), &tls.ConnectionState{}, true},
+		{"TLS with a certificate", principal(`{authenticated: {}}`), mtls(client), true},
+		{"TLS, not authenticated", principal(`{not_id: {authenticated: {}}}`), mtls(client), false},
+		{"no certificate: the subject is empty", named(`exact: ""`), &tls.ConnectionState{}, true},
+		{"no certificate, principal_name", named(`prefix: spiffe://`), &tls.ConnectionState{}, false},
+		{"URI SAN", named(`exact: spiffe://test/client`), mtls(client), true},
+		{"URI SAN prefix", named(`prefix: spiffe://test/`), mtls(client), true},
+		{"URI SAN as spelt", named(`exact: SPIFFE://test/client`), mtls(upper), true},
+		{"URI SAN not as parsed", named(`exact: spiffe://test/client`), mtls(upper), false},
+		{"DNS SAN", named(`exact: alt.test`), mtls(client), true},
+		{"DNS SAN, no URI SAN", named(`suffix: .test`), mtls(peerCert(t, pkix.Name{}, nil, "x.test")), true},
+		{"subject", named(`exact: "CN=client,O=Test Org"`), mtls(client), true},
+		{"subject without SANs", named(`exact: CN=bare`), mtls(noSANs), true},
+		{"no match", named(`exact: spiffe://test/nobody`), mtls(client), false},
+		{"the subject is not the CN", named(`exact: client`), mtls(client), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := compile(t, tc.rules, Network)
+			in := &Input{TLS: tc.tls}
+			if allowed, _ := e.Evaluate(in); allowed != tc.want {
+				t.Errorf("Evaluate = %v, want %v", allowed, tc.want)
+			}
+		})
+	}
+}
+
+// TestAuthenticatedDoesNotAllocate: matching a peer's SANs copies nothing;
+// rendering its subject allocates once per Input.
+func TestAuthenticatedDoesNotAllocate(t *testing.T) {
+	client := peerCert(t, pkix.Name{CommonName: "client"}, []*url.URL{mustURL(t, "spiffe://test/client")}, "client.test")
+	in := &Input{TLS: &tls.ConnectionState{PeerCertificates: []*x509.Certificate{client}}}
+	for _, m := range []string{`exact: spiffe://test/client`, `exact: client.test`, `safe_regex: {regex: "spiffe://[a-z]+/client"}`} {
+		e := compile(t, `policies: {p: {permissions: [{any: true}], principals: [{authenticated: {principal_name: {`+m+`}}}]}}`, HTTP)
+		if n := testing.AllocsPerRun(100, func() {
+			if ok, _ := e.Evaluate(in); !ok {
+				t.Fatalf("%s: denied", m)
+			}
+		}); n != 0 {
+			t.Errorf("%s: Evaluate allocates %v times", m, n)
+		}
+	}
+	e := compile(t, `policies: {p: {permissions: [{any: true}], principals: [{authenticated: {principal_name: {exact: x}}}, {authenticated: {principal_name: {exact: CN=client}}}]}}`, HTTP)
+	once := testing.AllocsPerRun(100, func() {
+		in := &Input{TLS: in.TLS}
+		e.Match(in)
+	})
+	if twice := testing.AllocsPerRun(100, func() {
+		in := &Input{TLS: in.TLS}
+		e.Match(in)
+		e.Match(in)
+	}); twice != once {
+		t.Errorf("two evaluations of the subject matcher allocate %v times, one %v: the subject is rendered again", twice, once)
 	}
 }
