@@ -98,7 +98,7 @@ func TestTCPProxyAccessLog(t *testing.T) {
 		t.Errorf("the proxied connection's entry: %+v (local %s, failure %s)", e, str(e.Local), str(e.Failure))
 	}
 	if e := got["refused"]; e.Flags != "UF" || e.Rx != "0" || str(e.Upstream) != refused || e.Cluster != "refused" ||
-		e.Local != nil || e.Attempts != "1" || str(e.Failure) != "delayed connect error: 111" {
+		e.Local != nil || e.Attempts != "1" || str(e.Failure) != "delayed connect error: Connection refused" {
 		t.Errorf("the refused connection's entry: %+v (upstream %s, failure %s)", e, str(e.Upstream), str(e.Failure))
 	}
 	b, _ := os.ReadFile(text)

@@ -326,7 +326,7 @@ type StreamInfo struct {
 	UpstreamTLS       *tls.ConnectionState
 	UpstreamLocalCert *x509.Certificate
 	// UpstreamTransportFailureReason says why the last connection attempt
-	// failed, e.g. "delayed connect error: 111".
+	// failed, e.g. "delayed connect error: Connection refused".
 	UpstreamTransportFailureReason string
 
 	ResponseCode        int

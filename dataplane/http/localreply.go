@@ -13,10 +13,11 @@ import (
 // It records status, details (Envoy's %RESPONSE_CODE_DETAILS%, e.g.
 // "rbac_access_denied_matched_policy[none]") and flags in e.Info, and sends
 // e.Response through e.Downstream with :status set to status and, when body
-// is not empty, content-type text/plain and content-length (a HEAD request gets
+// is not empty, content-length and content-type text/plain (a HEAD request gets
 // the headers only). Fields a caller put in e.Response before the call are sent
 // too: that is how a filter adds its own headers to its reply (Envoy's
-// modify_headers callback). A gRPC request (content-type application/grpc...)
+// modify_headers callback); a content-type among them stays, and with an empty
+// body content-type and content-length are removed, as in Envoy. A gRPC request (content-type application/grpc...)
 // gets a gRPC trailers-only reply instead: :status 200, grpc-status mapped from
 // status as Envoy maps it (403 PERMISSION_DENIED, 429 and 503 UNAVAILABLE, ...)
 // and grpc-message set to body.
@@ -71,6 +72,11 @@ func (e *Exchange) localReply(status int, grpcStatus int64, body, details string
 	e.Info.ResponseCodeDetails = details
 	e.Info.ResponseFlags |= flags
 	h := &e.Response
+	original := body
+	var ctBefore string
+	if e.LocalReplies != nil {
+		ctBefore = strings.Clone(h.Value("content-type"))
+	}
 	status, body, ct := e.MapLocalReply(status, body)
 	if e.Request != nil && IsGRPC(e.Request) {
 		if grpcStatus < 0 {
@@ -89,10 +95,19 @@ func (e *Exchange) localReply(status int, grpcStatus int64, body, details string
 	e.Info.ResponseCode = status
 	h.SetUint(Status, uint64(status))
 	if body == "" {
+		// As Envoy's prepareLocalReply: no body, no content headers, whoever
+		// added them.
+		h.Del("content-length")
+		h.Del("content-type")
 		return e.Downstream.WriteHeader(h, true)
 	}
 	h.SetUint("content-length", uint64(len(body)))
-	h.Set("content-type", ct)
+	// A content-type the caller (or a route's response_headers_to_add) set
+	// stays, unless local_reply_config changed the body without setting one
+	// itself (Envoy's prepareLocalReply).
+	if !h.Has("content-type") || (body != original && h.Value("content-type") == ctBefore) {
+		h.Set("content-type", ct)
+	}
 	if e.Request != nil && e.Request.Method() == "HEAD" {
 		return e.Downstream.WriteHeader(h, true)
 	}

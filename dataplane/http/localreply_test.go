@@ -92,6 +92,30 @@ func TestLocalReplyEmpty(t *testing.T) {
 	}
 }
 
+// TestLocalReplyContentHeaders: as Envoy's prepareLocalReply, a
+// content-type the caller added stays with a body, and content-type and
+// content-length go without one.
+func TestLocalReplyContentHeaders(t *testing.T) {
+	e, s := newExchange("GET", "/")
+	e.Response.Add("content-type", "application/json")
+	if err := e.LocalReply(503, `{"e":1}`, "d", 0); err != nil {
+		t.Fatal(err)
+	}
+	_, h, body, _ := s.Response()
+	if h.Value("content-type") != "application/json" || h.Value("content-length") != "7" || body != `{"e":1}` {
+		t.Errorf("reply with a body: %s%q", h, body)
+	}
+	e, s = newExchange("GET", "/")
+	e.Response.Add("content-type", "application/json")
+	e.Response.Add("content-length", "12")
+	if err := e.LocalReply(503, "", "d", 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, h, _, _ := s.Response(); h.Has("content-type") || h.Has("content-length") {
+		t.Errorf("reply without a body: %s", h)
+	}
+}
+
 func TestLocalReplyGRPC(t *testing.T) {
 	for _, tc := range []struct {
 		ct, status, grpcStatus, msg string

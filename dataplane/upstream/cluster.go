@@ -451,17 +451,29 @@ func (c *Cluster) PickHash(hash uint64, attempt uint32) *Host {
 var ErrConnectTimeout = errors.New("connect timeout")
 
 // FailureReason renders an error of Connect as Envoy's
-// %UPSTREAM_TRANSPORT_FAILURE_REASON% does: "delayed connect error: 111" for a
-// refused connection, "connect timeout" when connect_timeout expired.
+// %UPSTREAM_TRANSPORT_FAILURE_REASON% does: "delayed connect error:
+// Connection refused" (the C library's strerror text, as Envoy 1.3x's
+// connection does) for a refused connection, "connect timeout" when
+// connect_timeout expired.
 func FailureReason(err error) string {
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
-		return fmt.Sprintf("delayed connect error: %d", int(errno))
+		return "delayed connect error: " + strerror(errno)
 	}
 	if errors.Is(err, ErrConnectTimeout) {
 		return "connect timeout"
 	}
 	return err.Error()
+}
+
+// strerror is errno's text as the C library's strerror gives it: Go's text
+// with its first letter in upper case ("Connection refused").
+func strerror(errno syscall.Errno) string {
+	s := errno.Error()
+	if s != "" && s[0] >= 'a' && s[0] <= 'z' {
+		s = string(s[0]-'a'+'A') + s[1:]
+	}
+	return s
 }
 
 // Connect opens a connection to h with the host's transport socket and

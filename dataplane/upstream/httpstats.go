@@ -13,7 +13,7 @@ type HTTPStats struct {
 	RqTotal, RqCompleted                             stats.Counter
 	RqActive, RqPendingActive                        stats.Gauge
 	RqPendingTotal, RqPendingOverflow                stats.Counter
-	RqTimeout, RqPerTryTimeout                       stats.Counter
+	RqTimeout, RqPerTryTimeout, RqPerTryIdleTimeout  stats.Counter
 	RqRetry, RqRetrySuccess                          stats.Counter
 	RqRetryOverflow, RqRetryLimitExceeded            stats.Counter
 	RqRxReset, RqTxReset, RqCancelled                stats.Counter
@@ -45,6 +45,7 @@ func newHTTPStats(sc *stats.Scope) *HTTPStats {
 		CxPoolOverflow:       sc.Counter("upstream_cx_pool_overflow"),
 		RqTimeout:            sc.Counter("upstream_rq_timeout"),
 		RqPerTryTimeout:      sc.Counter("upstream_rq_per_try_timeout"),
+		RqPerTryIdleTimeout:  sc.Counter("upstream_rq_per_try_idle_timeout"),
 		RqRetry:              sc.Counter("upstream_rq_retry"),
 		RqRetrySuccess:       sc.Counter("upstream_rq_retry_success"),
 		RqRetryOverflow:      sc.Counter("upstream_rq_retry_overflow"),

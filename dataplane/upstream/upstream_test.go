@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -300,6 +301,20 @@ func TestRemovedClusterReleasesItsStatsAfterLastUser(t *testing.T) {
 	for _, s := range st.Snapshot() {
 		if strings.HasPrefix(s.Name, "cluster.churn-") {
 			t.Fatalf("stat %s of a removed cluster is still held", s.Name)
+		}
+	}
+}
+
+// TestFailureReason: a connect error's errno is in words, as the C
+// library's strerror (and so Envoy) gives it.
+func TestFailureReason(t *testing.T) {
+	for err, want := range map[error]string{
+		fmt.Errorf("dial: %w", syscall.ECONNREFUSED): "delayed connect error: Connection refused",
+		syscall.EHOSTUNREACH:                         "delayed connect error: No route to host",
+		fmt.Errorf("x: %w", ErrConnectTimeout):       "connect timeout",
+	} {
+		if got := FailureReason(err); got != want {
+			t.Errorf("FailureReason(%v) = %q, want %q", err, got, want)
 		}
 	}
 }

@@ -104,7 +104,7 @@ access_log:
 		{"/nothing", "", "", "route_not_found", 404},
 		{"/nocluster", "", "", "cluster_not_found", 503},
 		{"/nohost", "", "no healthy upstream", "no_healthy_upstream", 503},
-		{"/refused", "", "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: delayed connect error: 111", "", 503},
+		{"/refused", "", "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: Connection refused", "", 503},
 		{"/direct", "", "teapot", "", 418},
 	} {
 		resp, body := get(t, c, "http://"+e.addr+tc.path)

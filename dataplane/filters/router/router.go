@@ -14,13 +14,19 @@
 //	404 route_not_found                                      NR
 //	503 cluster_not_found (the route's cluster_not_found_response_code)  NC
 //	503 no_healthy_upstream "no healthy upstream"            UH
-//	503 upstream_reset_before_response_started{overflow}     UO (circuit breakers)
-//	503 upstream_reset_before_response_started{connection_failure}     UF
+//	503 upstream_reset_before_response_started{overflow}     UO (circuit breakers; x-envoy-overloaded: true)
+//	503 upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused} UF
+//	503 upstream_reset_before_response_started{connection_timeout}     UF
 //	503 upstream_reset_before_response_started{connection_termination} UC
 //	503 upstream_reset_before_response_started{remote_reset}           UR
-//	504 upstream_response_timeout "upstream request timeout"            UT
+//	502 upstream_reset_before_response_started{protocol_error}         UPE
+//	504 response_timeout "upstream request timeout"                     UT
+//	504 upstream_per_try_timeout, upstream_per_try_idle_timeout         UT
 //
-// A failure after the response began resets the downstream stream instead.
+// They carry the route's response header mutations, as Envoy's filter
+// manager applies them to every local reply once a route was chosen, and
+// x-envoy-attempt-count with include_attempt_count_in_response. A failure
+// after the response began resets the downstream stream instead.
 //
 // # Retries
 //
@@ -28,14 +34,18 @@
 // retriable-4xx, refused-stream, retriable-status-codes, retriable-headers,
 // envoy-ratelimited and the gRPC conditions, with num_retries,
 // per_try_timeout, the jittered exponential back-off and the previous_hosts
-// predicate; x-envoy-retry-on, x-envoy-retry-grpc-on and x-envoy-max-retries
-// on the request widen the route's policy, as in Envoy. The request body is
-// buffered for a retry up to 1 MiB (Envoy's default buffer limit); a larger
-// one, or one still arriving when the attempt fails, is not retried. Retries
-// count against the cluster's max_retries circuit breaker. A request an
-// upstream did not process (HTTP/2 REFUSED_STREAM or GOAWAY, or an HTTP/1.1
-// keep-alive connection the upstream closed as the request was sent) is
-// retried on a new connection without counting as a retry, when it is safe.
+// predicate; x-envoy-retry-on, x-envoy-retry-grpc-on (gRPC conditions only),
+// x-envoy-max-retries, x-envoy-retriable-status-codes and
+// x-envoy-retriable-header-names on the request widen the route's policy, as
+// in Envoy, and go no further upstream. The request body is buffered for a
+// retry up to 1 MiB (Envoy's default buffer limit); a larger one, or one
+// still arriving when the attempt fails, is not retried. Retries count
+// against the cluster's max_retries circuit breaker. An HTTP/2
+// REFUSED_STREAM is retried only as the policy says (refused-stream, reset,
+// 5xx, ...). A request an upstream did not otherwise process (HTTP/2 GOAWAY,
+// or an HTTP/1.1 keep-alive connection the upstream closed as the request
+// was sent) is retried on a new connection without counting as a retry,
+// when it is safe.
 //
 // # Timeouts
 //
@@ -43,10 +53,22 @@
 // the end of the response; per_try_timeout bounds each attempt from the end
 // of the request to the response headers; max_grpc_timeout makes a gRPC
 // request's grpc-timeout the timeout. x-envoy-upstream-rq-timeout-ms and
-// x-envoy-upstream-rq-per-try-timeout-ms override them, and
+// x-envoy-upstream-rq-per-try-timeout-ms override them (with
+// respect_expected_rq_timeout, x-envoy-expected-rq-timeout-ms first), and
 // x-envoy-expected-rq-timeout-ms tells the upstream (unless
-// suppress_envoy_headers). After a 101 (a WebSocket tunnel) no route timeout
-// applies. Stream idle timeouts are the connection manager's.
+// suppress_envoy_headers), less the time spent on a retry.
+// x-envoy-upstream-rq-timeout-alt-response makes a timeout an empty 204.
+// After a 101 (a WebSocket tunnel) no route timeout applies. Stream idle
+// timeouts are the connection manager's.
+//
+// # Header order
+//
+// As in Envoy, the router reads the request's x-envoy headers, places it by
+// its hash_policy and adds its own headers before the route's request
+// header mutations and rewrites, and adds its response headers
+// (x-envoy-upstream-service-time, from the end of the request, and
+// x-envoy-attempt-count) before the route's response header mutations, so
+// that these may change or remove them.
 package router
 
 import (
@@ -209,14 +231,20 @@ func (r *Router) reply(e *http.Exchange, rt *route.Route) {
 		}
 		body = []byte(mapped)
 	}
-	if e.Request.Method() == "HEAD" {
-		body = nil
-	}
+	// As Envoy's prepareLocalReply: without a body, no content headers
+	// (whoever added them); with one, its content-length, which a HEAD
+	// request gets without the body.
 	if len(body) == 0 {
+		e.Response.Del("content-length")
+		e.Response.Del("content-type")
 		_ = e.Downstream.WriteHeader(&e.Response, true)
 		return
 	}
 	e.Response.SetUint("content-length", uint64(len(body)))
+	if e.Request.Method() == "HEAD" {
+		_ = e.Downstream.WriteHeader(&e.Response, true)
+		return
+	}
 	if e.Downstream.WriteHeader(&e.Response, false) != nil {
 		return
 	}

@@ -83,17 +83,33 @@ type fixture struct {
 
 func newFixture(t *testing.T, routes string, clusters map[string][]string) *fixture {
 	t.Helper()
+	var ys []string
+	for name, addrs := range clusters {
+		ys = append(ys, clusterYAML(name, "", addrs...))
+	}
+	return newFixtureWith(t, routes, &routerv3.Router{}, ys...)
+}
+
+// clusterYAML is a STATIC cluster of addrs, with extra fields (e.g.
+// "lb_policy: RING_HASH, ").
+func clusterYAML(name, extra string, addrs ...string) string {
+	eps := ""
+	for _, a := range addrs {
+		ap := netip.MustParseAddrPort(a)
+		eps += fmt.Sprintf("{ endpoint: { address: { socket_address: { address: %q, port_value: %d } } } },", ap.Addr(), ap.Port())
+	}
+	return fmt.Sprintf("{ name: %s, type: STATIC, %sconnect_timeout: 1s, load_assignment: { cluster_name: %s, endpoints: [{ lb_endpoints: [%s] }] } }", name, extra, name, eps)
+}
+
+// newFixtureWith is newFixture with the router's config and the clusters
+// as YAML.
+func newFixtureWith(t *testing.T, routes string, cfg *routerv3.Router, clusters ...string) *fixture {
+	t.Helper()
 	f := &fixture{st: stats.NewStore()}
 	f.clusters = upstream.NewManager(f.st)
 	var as []upstream.Assignment
-	for name, addrs := range clusters {
-		eps := ""
-		for _, a := range addrs {
-			ap := netip.MustParseAddrPort(a)
-			eps += fmt.Sprintf("{ endpoint: { address: { socket_address: { address: %q, port_value: %d } } } },", ap.Addr(), ap.Port())
-		}
+	for _, y := range clusters {
 		var pb clusterv3.Cluster
-		y := fmt.Sprintf("{ name: %s, type: STATIC, connect_timeout: 1s, load_assignment: { cluster_name: %s, endpoints: [{ lb_endpoints: [%s] }] } }", name, name, eps)
 		if err := protoyaml.Unmarshal([]byte(y), &pb); err != nil {
 			t.Fatal(err)
 		}
@@ -112,7 +128,7 @@ func newFixture(t *testing.T, routes string, clusters map[string][]string) *fixt
 	if f.table, err = route.Compile(&rc, route.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	flt, err := Factory{}.Create(&routerv3.Router{}, &filter.Context{Clusters: f.clusters, Stats: f.st, HTTPStatPrefix: "http.t."})
+	flt, err := Factory{}.Create(cfg, &filter.Context{Clusters: f.clusters, Stats: f.st, HTTPStatPrefix: "http.t."})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,8 +20,9 @@ import (
 
 // Why an attempt was interrupted.
 var (
-	errGlobalTimeout = errors.New("router: upstream request timeout")
-	errPerTryTimeout = errors.New("router: upstream per-try timeout")
+	errGlobalTimeout     = errors.New("router: upstream request timeout")
+	errPerTryTimeout     = errors.New("router: upstream per-try timeout")
+	errPerTryIdleTimeout = errors.New("router: upstream per-try idle timeout")
 )
 
 // senderGrace is how long a finished response waits for the request side to
@@ -65,14 +66,19 @@ type rq struct {
 
 	// Timeouts and retries, fixed at the start.
 	timeout, perTry time.Duration
+	timeoutCode     int                // what a timeout answers: 504, or 204 (x-envoy-upstream-rq-timeout-alt-response)
 	perTryIdle      time.Duration      // the retry policy's per_try_idle_timeout
 	policy          *route.RetryPolicy // nil: no retries
 	retryOn         route.RetryOn
 	retriesLeft     uint32
 	retries         int // retries done
-	transparent     int
-	tried           [4]*upstream.Host
-	host            *upstream.Host // the current attempt's, for outlier detection
+	// The request's x-envoy-retriable-status-codes and
+	// x-envoy-retriable-header-names (lower case).
+	extraCodes   []uint32
+	extraHeaders []string
+	transparent  int
+	tried        [4]*upstream.Host
+	host         *upstream.Host // the current attempt's, for outlier detection
 	// The request's hash from the route's hash_policy, on a consistent hash
 	// cluster, and the cookie a policy made for the response.
 	hash      uint64
@@ -89,7 +95,7 @@ type rq struct {
 	mu        sync.Mutex
 	us        http.ClientStream
 	reason    error     // sticky: a global timeout or the exchange's interruption
-	tryReason error     // the current attempt's per-try timeout
+	tryReason error     // the current attempt's per-try (or per-try idle) timeout
 	globalAt  time.Time // the global timeout's deadline (zero: none)
 	tryAt     time.Time // the per-try timeout's
 	// When the timers are set to fire (zero: not running). A timer is reset
@@ -141,6 +147,7 @@ func (q *rq) begin(r *Router, e *http.Exchange, rt *route.Route) {
 	q.cl, q.hs = nil, nil
 	q.timeout, q.perTry, q.perTryIdle = 0, 0, 0
 	q.policy, q.retryOn, q.retriesLeft, q.retries, q.transparent = nil, 0, 0, 0, 0
+	q.extraCodes, q.extraHeaders = q.extraCodes[:0], q.extraHeaders[:0]
 	q.tried, q.host = [4]*upstream.Host{}, nil
 	q.hash, q.hasHash, q.setCookie = 0, false, ""
 	q.sni, q.san, q.namesSet = "", "", false
@@ -191,20 +198,29 @@ func (q *rq) run() {
 	}
 	if cl == nil || !cl.Acquire() {
 		q.r.stats.noCluster.Inc()
-		_ = e.LocalReply(rt.ClusterNotFoundCode, "", "cluster_not_found", http.FlagNoClusterFound)
+		q.localReply(rt.ClusterNotFoundCode, "", "cluster_not_found", http.FlagNoClusterFound)
 		return
 	}
 	defer cl.Release()
 	q.cl, q.hs = cl, cl.HTTPStats()
 	e.Info.UpstreamCluster = name
 
-	rt.MutateRequest(e.Request, &e.Info)
-	rt.RewriteRequest(e.Request, !q.r.suppressHeaders)
+	// As in Envoy's router, the host is placed by the request's hash from
+	// the client's own headers, the timeouts read the x-envoy headers the
+	// client sent, and the router's own request headers go on, all before
+	// the route's header mutations and rewrites (finalizeRequestHeaders),
+	// which may then change or remove them; the retry policy reads the
+	// request after them.
 	if len(rt.HashPolicies) > 0 && cl.HashBased() {
 		q.hash, q.hasHash, q.setCookie = rt.Hash(e.Request, route.HashInput{
 			Remote: e.Info.DownstreamRemote, DirectRemote: e.Info.DownstreamDirectRemote, Local: e.Info.DownstreamLocal})
 	}
 	q.setupTimeouts()
+	if vh := rt.VirtualHost; vh != nil && vh.IncludeRequestAttemptCount {
+		e.Request.SetUint("x-envoy-attempt-count", 1)
+	}
+	rt.MutateRequest(e.Request, &e.Info)
+	rt.RewriteRequest(e.Request, !q.r.suppressHeaders)
 	q.setupRetries()
 	if e.Request.Has("expect") {
 		// As Envoy without proxy_100_continue: skiff answers the expectation
@@ -263,17 +279,18 @@ func (q *rq) setupTimeouts() {
 		q.perTry = rt.Retry.PerTryTimeout
 		q.perTryIdle = rt.Retry.PerTryIdleTimeout
 	}
-	if v, ok := req.Get("x-envoy-upstream-rq-timeout-ms"); ok {
+	// With respect_expected_rq_timeout, an x-envoy-expected-rq-timeout-ms
+	// (from an Envoy before) comes first, and x-envoy-upstream-rq-timeout-ms
+	// then stays on the request, as in Envoy's finalTimeout.
+	if v, ok := req.Get("x-envoy-expected-rq-timeout-ms"); ok && q.r.respectExpected {
+		if ms, err := strconv.ParseUint(v, 10, 32); err == nil {
+			q.timeout = time.Duration(ms) * time.Millisecond
+		}
+	} else if v, ok := req.Get("x-envoy-upstream-rq-timeout-ms"); ok {
 		if ms, err := strconv.ParseUint(v, 10, 32); err == nil {
 			q.timeout = time.Duration(ms) * time.Millisecond
 		}
 		req.Del("x-envoy-upstream-rq-timeout-ms")
-	} else if q.r.respectExpected {
-		if v, ok := req.Get("x-envoy-expected-rq-timeout-ms"); ok {
-			if ms, err := strconv.ParseUint(v, 10, 32); err == nil {
-				q.timeout = time.Duration(ms) * time.Millisecond
-			}
-		}
 	}
 	if v, ok := req.Get("x-envoy-upstream-rq-per-try-timeout-ms"); ok {
 		if ms, err := strconv.ParseUint(v, 10, 32); err == nil {
@@ -284,20 +301,65 @@ func (q *rq) setupTimeouts() {
 	if q.perTry >= q.timeout && q.timeout > 0 {
 		q.perTry = 0 // the global timeout comes first anyway
 	}
-	if !q.r.suppressHeaders {
-		expected := q.timeout
-		if q.perTry > 0 {
-			expected = q.perTry
-		}
-		if expected > 0 {
-			req.SetUint("x-envoy-expected-rq-timeout-ms", uint64(expected/time.Millisecond))
+	q.setTimeoutHeaders(0)
+	// Any value asks for a 204 instead of the timeouts' 504.
+	q.timeoutCode = 504
+	if req.Del("x-envoy-upstream-rq-timeout-alt-response") > 0 {
+		q.timeoutCode = 204
+	}
+}
+
+// setTimeoutHeaders tells the upstream how long it has, in
+// x-envoy-expected-rq-timeout-ms (unless suppress_envoy_headers): the
+// per-try timeout, else the global one, less elapsed (the time since the
+// request ended, for a retry), as Envoy's FilterUtility::setTimeoutHeaders.
+func (q *rq) setTimeoutHeaders(elapsed time.Duration) {
+	if q.r.suppressHeaders {
+		return
+	}
+	expected := q.timeout
+	if q.perTry > 0 {
+		expected = q.perTry
+	}
+	if expected <= 0 {
+		return
+	}
+	if q.timeout > 0 {
+		if elapsed >= q.timeout {
+			expected = time.Millisecond // out of time, but 0 would mean none
+		} else {
+			expected = min(expected, q.timeout-elapsed)
 		}
 	}
+	q.e.Request.SetUint("x-envoy-expected-rq-timeout-ms", uint64(expected/time.Millisecond))
 }
 
 // setupRetries takes the route's retry policy, widened by the request's
 // x-envoy-retry-on, x-envoy-retry-grpc-on and x-envoy-max-retries.
 func (q *rq) setupRetries() {
+	q.readRetryHeaders()
+	// As Envoy's RetryStateImpl::create, the retry headers go no further.
+	q.e.Request.DeleteFunc(isRetryHeader)
+}
+
+// retryOnGRPC are the conditions of x-envoy-retry-grpc-on (Envoy's
+// parseRetryGrpcOn); x-envoy-retry-on takes the others (parseRetryOn).
+const retryOnGRPC = route.RetryGRPCCancelled | route.RetryGRPCDeadlineExceeded | route.RetryGRPCInternal |
+	route.RetryGRPCResourceExhausted | route.RetryGRPCUnavailable
+
+// isRetryHeader reports whether a request header is one of the retry
+// headers Envoy's router consumes.
+func isRetryHeader(name, _ string) bool {
+	switch name {
+	case "x-envoy-retry-on", "x-envoy-retry-grpc-on", "x-envoy-max-retries", "x-envoy-hedge-on-per-try-timeout",
+		"x-envoy-retriable-header-names", "x-envoy-retriable-status-codes", "x-envoy-upstream-rq-per-try-timeout-ms":
+		return true
+	}
+	return false
+}
+
+// readRetryHeaders sets the request's retry policy up (see setupRetries).
+func (q *rq) readRetryHeaders() {
 	req := q.e.Request
 	p := q.rt.Retry
 	var on route.RetryOn
@@ -306,11 +368,11 @@ func (q *rq) setupRetries() {
 	}
 	if v, ok := req.Get("x-envoy-retry-on"); ok {
 		extra, _ := route.ParseRetryOn(v)
-		on |= extra
+		on |= extra &^ retryOnGRPC
 	}
 	if v, ok := req.Get("x-envoy-retry-grpc-on"); ok {
 		extra, _ := route.ParseRetryOn(v)
-		on |= extra
+		on |= extra & retryOnGRPC
 	}
 	if on == 0 {
 		return
@@ -329,6 +391,50 @@ func (q *rq) setupRetries() {
 	}
 	q.policy, q.retryOn, q.retriesLeft = p, on, n
 	q.buffering = n > 0
+	// More status codes and header names to retry on, for
+	// retriable-status-codes and retriable-headers.
+	if v, ok := req.Get("x-envoy-retriable-status-codes"); ok {
+		for c := range strings.SplitSeq(v, ",") {
+			if code, err := strconv.ParseUint(strings.TrimSpace(c), 10, 32); err == nil {
+				q.extraCodes = append(q.extraCodes, uint32(code))
+			}
+		}
+	}
+	if v, ok := req.Get("x-envoy-retriable-header-names"); ok {
+		for name := range strings.SplitSeq(v, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				q.extraHeaders = append(q.extraHeaders, strings.Clone(strings.ToLower(name)))
+			}
+		}
+	}
+}
+
+// retriableResponse reports whether the request's retry policy retries the
+// response headers resp: the route's policy, with the status codes and
+// header names of the request's x-envoy-retriable-status-codes and
+// x-envoy-retriable-header-names (Envoy's wouldRetryFromHeaders).
+func (q *rq) retriableResponse(resp *http.Header, status int) bool {
+	if q.policy.RetriableResponse(q.retryOn, resp) {
+		return true
+	}
+	if resp.Has("x-envoy-ratelimited") {
+		return false // for envoy-ratelimited alone
+	}
+	if q.retryOn&route.RetryRetriableStatusCodes != 0 {
+		for _, c := range q.extraCodes {
+			if int(c) == status {
+				return true
+			}
+		}
+	}
+	if q.retryOn&route.RetryRetriableHeaders != 0 {
+		for _, name := range q.extraHeaders {
+			if resp.Has(name) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // attempt makes one try at the upstream.
@@ -424,8 +530,13 @@ func (q *rq) attemptOn(host *upstream.Host) outcome {
 func (q *rq) exchange(conn *pool.Conn, us http.ClientStream, start time.Duration) outcome {
 	e, hs, vh := q.e, q.hs, q.rt.VirtualHost
 	req := e.Request
-	if vh != nil && vh.IncludeRequestAttemptCount {
-		req.SetUint("x-envoy-attempt-count", uint64(e.Info.UpstreamAttempts))
+	if q.retries > 0 {
+		// As Envoy's doRetry: these go on again, over the route's mutations.
+		if vh != nil && vh.IncludeRequestAttemptCount {
+			req.SetUint("x-envoy-attempt-count", uint64(e.Info.UpstreamAttempts))
+		}
+		elapsed, _ := q.sinceRequestComplete(time.Since(e.Info.Start))
+		q.setTimeoutHeaders(elapsed)
 	}
 	upgrade := req.Has("upgrade")
 	end := q.requestEnded()
@@ -460,13 +571,15 @@ func (q *rq) exchange(conn *pool.Conn, us http.ClientStream, start time.Duration
 	if e.Info.UpstreamResponseStart == 0 {
 		e.Info.UpstreamResponseStart = respAt
 	}
-	if q.retryOn != 0 && q.policy.RetriableResponse(q.retryOn, resp) {
+	if q.retryOn != 0 && q.retriableResponse(resp, status) {
 		q.settleSender()
 		if q.canRetry(true) {
 			hs.Response(status)
 			us.Reset(http.ResetCancel)
 			return retry
 		}
+	} else {
+		q.retryDeclined()
 	}
 	if status == 101 && !upgrade {
 		us.Reset(http.ResetProtocolError)
@@ -474,23 +587,25 @@ func (q *rq) exchange(conn *pool.Conn, us http.ClientStream, start time.Duration
 			"upstream_reset_before_response_started{protocol_error}", http.FlagUpstreamProtocolError)
 	}
 	hs.Response(status)
-	if q.retries > 0 {
-		hs.RqRetrySuccess.Inc()
-	}
 
-	// The response goes downstream.
+	// The response goes downstream: with the router's headers first, then
+	// the route's mutations (which may change or remove them), as in
+	// Envoy's onUpstreamHeaders.
 	r := &e.Response
 	resp.CopyTo(r)
-	q.rt.MutateResponse(r, &e.Info)
-	if !q.r.suppressHeaders {
-		r.SetUint("x-envoy-upstream-service-time", uint64((respAt-start)/time.Millisecond))
-	}
 	if vh != nil && vh.IncludeAttemptCountInResponse {
 		r.SetUint("x-envoy-attempt-count", uint64(e.Info.UpstreamAttempts))
+	}
+	if !q.r.suppressHeaders {
+		// From the end of the request, and only once it ended.
+		if since, ok := q.sinceRequestComplete(respAt); ok {
+			r.SetUint("x-envoy-upstream-service-time", uint64(since/time.Millisecond))
+		}
 	}
 	if q.setCookie != "" {
 		r.Add("set-cookie", q.setCookie)
 	}
+	q.rt.MutateResponse(r, &e.Info)
 	e.Info.ResponseCodeDetails = "via_upstream"
 	respEnd := us.EndedWithHeader()
 	q.respStarted = true
@@ -561,9 +676,9 @@ func (q *rq) midResponseFailure(err error) {
 	case reason == errGlobalTimeout:
 		q.hs.RqTimeout.Inc()
 		e.Info.ResponseFlags |= http.FlagUpstreamRequestTimeout
-		e.Info.ResponseCodeDetails = "upstream_response_timeout"
-	case q.takeTryReason():
-		q.hs.RqPerTryTimeout.Inc()
+		e.Info.ResponseCodeDetails = "response_timeout"
+	case q.takeTryReason() != nil: // (only the idle timeout runs once the response began)
+		q.hs.RqPerTryIdleTimeout.Inc()
 		e.Info.ResponseFlags |= http.FlagUpstreamRequestTimeout
 		e.Info.ResponseCodeDetails = "upstream_per_try_idle_timeout"
 	case reason != nil:
@@ -872,20 +987,59 @@ func (q *rq) acquireFailed(err error) outcome {
 		return q.fail(503, "upstream connect error or disconnect/reset before headers. reset reason: overflow",
 			"upstream_reset_before_response_started{overflow}", http.FlagUpstreamOverflow)
 	}
-	var ce *pool.ConnectError
-	reason := err.Error()
-	if errors.As(err, &ce) {
-		reason = ce.Reason()
-	}
+	resetReason, reason := connectFailure(err)
 	e.Info.UpstreamTransportFailureReason = reason
-	if q.retryOn != 0 && q.policy.RetriableReset(q.retryOn, route.ResetConnectFailure, false) && q.canRetry(false) {
-		return retry
+	if q.retryOn != 0 && q.policy.RetriableReset(q.retryOn, route.ResetConnectFailure, false) {
+		if q.canRetry(false) {
+			return retry
+		}
+	} else {
+		q.retryDeclined()
 	}
-	body := "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: " + reason
-	if q.retries > 0 {
-		body = "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection failure, transport failure reason: " + reason
+	return q.fail(503, resetBody(q.retries > 0, resetReason, reason),
+		resetDetails(resetReason, reason), http.FlagUpstreamConnectionFailure)
+}
+
+// connectFailure names a failure to connect as Envoy's connection pool
+// does: its reset reason ("connection timeout" when connect_timeout
+// expired, else "remote connection failure") and the transport failure
+// reason (none for a timeout).
+func connectFailure(err error) (resetReason, transportReason string) {
+	if errors.Is(err, upstream.ErrConnectTimeout) {
+		return "connection timeout", ""
 	}
-	return q.fail(503, body, "upstream_reset_before_response_started{connection_failure}", http.FlagUpstreamConnectionFailure)
+	if ce, ok := errors.AsType[*pool.ConnectError](err); ok {
+		return "remote connection failure", ce.Reason()
+	}
+	return "remote connection failure", err.Error()
+}
+
+// resetBody is the body of the local reply to an upstream reset before the
+// response headers, as Envoy's onUpstreamReset writes it.
+func resetBody(retried bool, resetReason, transportReason string) string {
+	var b strings.Builder
+	b.WriteString("upstream connect error or disconnect/reset before headers. ")
+	if retried {
+		b.WriteString("retried and the latest ")
+	}
+	b.WriteString("reset reason: ")
+	b.WriteString(resetReason)
+	if transportReason != "" {
+		b.WriteString(", transport failure reason: ")
+		b.WriteString(transportReason)
+	}
+	return b.String()
+}
+
+// resetDetails is the %RESPONSE_CODE_DETAILS% of that reply:
+// upstream_reset_before_response_started{reason|transport reason}, spaces
+// replaced by underscores.
+func resetDetails(resetReason, transportReason string) string {
+	d := "upstream_reset_before_response_started{" + resetReason
+	if transportReason != "" {
+		d += "|" + transportReason
+	}
+	return strings.ReplaceAll(d+"}", " ", "_")
 }
 
 // upstreamFailed handles an attempt that ended without response headers.
@@ -910,41 +1064,57 @@ func (q *rq) upstreamFailed(conn *pool.Conn, err error, sent bool) outcome {
 		e.Info.ResponseFlags |= http.FlagDownstreamConnectionTermination
 		return done
 	}
-	if tryTimeout {
+	if tryTimeout != nil {
 		// A per-try timeout stands for a 504 from the upstream: retried when
-		// the policy retries those.
+		// the policy retries those. As in Envoy's onPerTryTimeoutCommon, it
+		// counts in its own stat only, not in upstream_rq_timeout.
 		q.cl.ReportOutcome(q.host, upstream.TimedOut)
-		q.hs.RqPerTryTimeout.Inc()
-		if q.retryOn&(route.Retry5xx|route.RetryGatewayError|route.RetryReset) != 0 && q.canRetry(true) {
-			return retry
+		details := "upstream_per_try_timeout"
+		if tryTimeout == errPerTryIdleTimeout {
+			details = "upstream_per_try_idle_timeout"
+			q.hs.RqPerTryIdleTimeout.Inc()
+		} else {
+			q.hs.RqPerTryTimeout.Inc()
 		}
-		q.hs.RqTimeout.Inc()
-		return q.fail(504, "upstream request timeout", "upstream_per_try_timeout", http.FlagUpstreamRequestTimeout)
+		if q.retryOn&(route.Retry5xx|route.RetryGatewayError|route.RetryReset) != 0 {
+			if q.canRetry(true) {
+				return retry
+			}
+		} else {
+			q.retryDeclined()
+		}
+		return q.timedOut(details)
 	}
 	q.cl.ReportOutcome(q.host, upstream.ConnectFailed) // a reset, as Envoy counts it
-	// A request the upstream did not process goes again on a new
+	// An HTTP/2 REFUSED_STREAM is retried only as the retry policy says
+	// (refused-stream, reset, 5xx, ...), as in Envoy, whose connection pool
+	// does not retry it by itself.
+	kind := route.ResetOther
+	if se, ok := errors.AsType[*h2.StreamError](err); ok && se.Remote && se.Code == http.ResetRefusedStream {
+		kind = route.ResetRefusedStream
+	}
+	// Another request the upstream did not process goes again on a new
 	// connection, if it can be sent again.
-	if q.transparent < maxTransparentRetries && q.replayable() && notProcessed(conn, err, e.Request) {
+	if kind != route.ResetRefusedStream && q.transparent < maxTransparentRetries && q.replayable() &&
+		notProcessed(conn, err, e.Request) {
 		return transparent
 	}
 	q.hs.RqRxReset.Inc()
-	kind := route.ResetOther
-	if errors.Is(err, http.ErrNotProcessed) {
-		var se *h2.StreamError
-		if errors.As(err, &se) && se.Code == http.ResetRefusedStream {
-			kind = route.ResetRefusedStream
+	if q.retryOn != 0 && q.policy.RetriableReset(q.retryOn, kind, sent) {
+		if q.canRetry(true) {
+			return retry
 		}
-	}
-	if q.retryOn != 0 && q.policy.RetriableReset(q.retryOn, kind, sent) && q.canRetry(true) {
-		return retry
+	} else {
+		q.retryDeclined()
 	}
 	flag, details := resetKind(err)
-	what := strings.ReplaceAll(details, "_", " ")
-	body := "upstream connect error or disconnect/reset before headers. reset reason: " + what
-	if q.retries > 0 {
-		body = "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: " + what
+	// A protocol error is a 502, as in Envoy's onUpstreamReset.
+	status := 503
+	if flag == http.FlagUpstreamProtocolError {
+		status = 502
 	}
-	return q.fail(503, body, "upstream_reset_before_response_started{"+details+"}", flag)
+	return q.fail(status, resetBody(q.retries > 0, strings.ReplaceAll(details, "_", " "), ""),
+		"upstream_reset_before_response_started{"+details+"}", flag)
 }
 
 // reportResponse gives the response's status to the cluster's outlier
@@ -1030,11 +1200,22 @@ func (q *rq) canRetry(counted bool) bool {
 	case !q.replayable():
 		return false
 	case hs.Retries.Load() >= int64(q.cl.Config().Limits.Retries()):
+		// RetryStatus::NoOverflow: the flag too, as Envoy's router sets it.
 		hs.RqRetryOverflow.Inc()
+		q.e.Info.ResponseFlags |= http.FlagUpstreamOverflow
 		return false
 	}
 	hs.RqRetry.Inc()
 	return true
+}
+
+// retryDeclined notes an attempt's end the retry policy (if any) does not
+// retry: after a retry, that retry succeeded (upstream_rq_retry_success), as
+// Envoy's RetryStateImpl::shouldRetry counts it.
+func (q *rq) retryDeclined() {
+	if q.retryOn != 0 && q.retries > 0 {
+		q.hs.RqRetrySuccess.Inc()
+	}
 }
 
 // backoff waits before a retry, as the policy's back-off says. It reports
@@ -1066,8 +1247,25 @@ func (q *rq) fail(status int, body, details string, flag http.ResponseFlag) outc
 		q.e.Downstream.Reset(http.ResetInternalError)
 		return done
 	}
-	_ = q.e.LocalReply(status, body, details, flag)
+	q.localReply(status, body, details, flag)
 	return done
+}
+
+// localReply sends a local reply of the router's with the headers Envoy
+// gives it: the route's response header mutations (the filter manager's
+// finalizeResponseHeaders), then x-envoy-overloaded on a circuit breaker's
+// 503 (unless suppress_envoy_headers) and, once a host was picked for an
+// attempt, x-envoy-attempt-count (include_attempt_count_in_response).
+func (q *rq) localReply(status int, body, details string, flag http.ResponseFlag) {
+	e := q.e
+	q.rt.MutateResponse(&e.Response, &e.Info)
+	if flag == http.FlagUpstreamOverflow && !q.r.suppressHeaders {
+		e.Response.Set("x-envoy-overloaded", "true")
+	}
+	if vh := q.rt.VirtualHost; vh != nil && vh.IncludeAttemptCountInResponse && e.Info.UpstreamAttempts > 0 {
+		e.Response.SetUint("x-envoy-attempt-count", uint64(e.Info.UpstreamAttempts))
+	}
+	_ = e.LocalReply(status, body, details, flag)
 }
 
 // interrupted ends an attempt a global timeout or the connection manager
@@ -1076,10 +1274,20 @@ func (q *rq) interrupted() outcome {
 	reason := q.why()
 	if reason == errGlobalTimeout {
 		q.hs.RqTimeout.Inc()
-		return q.fail(504, "upstream request timeout", "upstream_response_timeout", http.FlagUpstreamRequestTimeout)
+		return q.timedOut("response_timeout")
 	}
 	// The connection manager's reason: it answers.
 	return done
+}
+
+// timedOut answers a timeout: 504 "upstream request timeout", or an empty
+// 204 for x-envoy-upstream-rq-timeout-alt-response (Envoy's
+// onUpstreamTimeoutAbort).
+func (q *rq) timedOut(details string) outcome {
+	if q.timeoutCode == 204 {
+		return q.fail(204, "", details, http.FlagUpstreamRequestTimeout)
+	}
+	return q.fail(504, "upstream request timeout", details, http.FlagUpstreamRequestTimeout)
 }
 
 // Interrupt implements http.Interrupter: the connection manager's timeouts
@@ -1117,12 +1325,14 @@ func (q *rq) why() error {
 	return q.reason
 }
 
-func (q *rq) takeTryReason() bool {
+// takeTryReason returns (and clears) the attempt's per-try timeout that
+// fired, errPerTryTimeout or errPerTryIdleTimeout, or nil.
+func (q *rq) takeTryReason() error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	r := q.tryReason
 	q.tryReason = nil
-	return r != nil
+	return r
 }
 
 // stopChan is closed when the request is interrupted.
@@ -1169,7 +1379,7 @@ func (q *rq) touchIdle() {
 
 func (q *rq) onIdle() {
 	if q.fired(&q.idleTimer, &q.idleFire, &q.idleAt, q.onIdleFn) {
-		q.interrupt(errPerTryTimeout, true)
+		q.interrupt(errPerTryIdleTimeout, true)
 	}
 }
 
@@ -1192,6 +1402,18 @@ func (q *rq) requestComplete() {
 		q.tryAt = now.Add(q.perTry)
 		q.armLocked(&q.tryTimer, &q.tryFire, q.tryAt, now, q.onTryFn)
 	}
+}
+
+// sinceRequestComplete is how long before at (an offset from the
+// exchange's start) the downstream request ended, and whether it did.
+func (q *rq) sinceRequestComplete(at time.Duration) (time.Duration, bool) {
+	q.mu.Lock()
+	complete := q.complete
+	q.mu.Unlock()
+	if !complete { // (requestComplete sets RequestComplete before complete)
+		return 0, false
+	}
+	return max(at-q.e.Info.RequestComplete, 0), true
 }
 
 // armLocked makes *t fire by deadline, resetting it only if it is not

@@ -238,7 +238,7 @@ func TestRetriesAnotherEndpointOnConnectFailure(t *testing.T) {
 		// As Envoy's: the host connected to, its attempts, and why the
 		// attempt before failed.
 		in := log.last(t)
-		if in.UpstreamHost != echo || in.UpstreamAttempts != 2 || in.UpstreamTransportFailureReason != "delayed connect error: 111" ||
+		if in.UpstreamHost != echo || in.UpstreamAttempts != 2 || in.UpstreamTransportFailureReason != "delayed connect error: Connection refused" ||
 			in.UpstreamLocal.Addr() != netip.MustParseAddr("127.0.0.1") || in.ResponseFlags != 0 {
 			t.Fatalf("connection %d: upstream host %v, attempts %d, failure %q, local %v, flags %v", i,
 				in.UpstreamHost, in.UpstreamAttempts, in.UpstreamTransportFailureReason, in.UpstreamLocal, in.ResponseFlags)
@@ -275,7 +275,7 @@ func TestAllAttemptsFailClosesDownstream(t *testing.T) {
 		t.Fatalf("read %d bytes from a connection with no upstream", n)
 	}
 	wait()
-	if in := log.last(t); in.UpstreamHost != refused || in.UpstreamAttempts != 3 || in.UpstreamTransportFailureReason != "delayed connect error: 111" ||
+	if in := log.last(t); in.UpstreamHost != refused || in.UpstreamAttempts != 3 || in.UpstreamTransportFailureReason != "delayed connect error: Connection refused" ||
 		in.UpstreamLocal.IsValid() || in.ResponseFlags != http.FlagUpstreamConnectionFailure {
 		t.Fatalf("upstream host %v, attempts %d, failure %q, local %v, flags %v",
 			in.UpstreamHost, in.UpstreamAttempts, in.UpstreamTransportFailureReason, in.UpstreamLocal, in.ResponseFlags)

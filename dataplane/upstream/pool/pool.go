@@ -78,7 +78,7 @@ func (e *ConnectError) Error() string {
 func (e *ConnectError) Unwrap() error { return e.Err }
 
 // Reason renders the failure as Envoy's %UPSTREAM_TRANSPORT_FAILURE_REASON%
-// does, e.g. "delayed connect error: 111" (upstream.FailureReason).
+// does, e.g. "delayed connect error: Connection refused" (upstream.FailureReason).
 func (e *ConnectError) Reason() string { return upstream.FailureReason(e.Err) }
 
 // Defaults of the pools.

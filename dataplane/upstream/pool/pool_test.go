@@ -252,7 +252,7 @@ func TestConnectError(t *testing.T) {
 	defer m.Close()
 	_, _, err := m.Pool(cl, cl.Hosts()[0], "", "").Acquire(context.Background(), nil)
 	var ce *ConnectError
-	if !errors.As(err, &ce) || ce.Reason() != "delayed connect error: 111" {
+	if !errors.As(err, &ce) || ce.Reason() != "delayed connect error: Connection refused" {
 		t.Errorf("%v", err)
 	}
 }
