@@ -251,7 +251,9 @@ func (c *conn) connEnded(ctx context.Context, err error) {
 		default:
 			m.stats.cxProtocolError.Inc()
 		}
-		if he.Status != 0 {
+		if he.Status != 0 && (c.st == nil || c.st.bodyErr.Load() != he) {
+			// (A request whose body failed was answered and logged as an
+			// exchange.)
 			c.logRefused(ctx, he)
 		}
 	case errors.As(err, &ce):

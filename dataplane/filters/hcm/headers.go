@@ -23,7 +23,8 @@ func (st *stream) sanitize(keepUpgrade bool) {
 	m, e := st.m, &st.ex
 	req := e.Request
 	fc := st.c.fc
-	xff, hasXFF := req.Get("x-forwarded-for")
+	var xbuf [128]byte
+	xff, hasXFF := joinXFF(req, xbuf[:0])
 	var trusted netip.Addr
 	fromConn := false
 	single := false
@@ -75,9 +76,11 @@ func (st *stream) sanitize(keepUpgrade bool) {
 					return true
 				case "decorator-operation", "downstream-service-cluster", "downstream-service-node":
 					return edge
-				case "retry-on", "retry-grpc-on", "max-retries", "upstream-alt-stat-name", "upstream-rq-timeout-ms",
-					"upstream-rq-per-try-timeout-ms", "upstream-rq-timeout-alt-response", "expected-rq-timeout-ms",
-					"force-trace", "ip-tags":
+				case "retriable-status-codes", "retriable-header-names", "retry-on", "retry-grpc-on", "max-retries",
+					"upstream-alt-stat-name", "upstream-rq-timeout-ms", "upstream-rq-per-try-timeout-ms",
+					"upstream-rq-timeout-alt-response", "expected-rq-timeout-ms", "force-trace", "ip-tags",
+					"original-url", "hedge-on-per-try-timeout":
+					// Envoy's cleanInternalHeaders.
 					return !internal
 				}
 			}
@@ -112,15 +115,20 @@ func (st *stream) sanitize(keepUpgrade bool) {
 			if a.IsLoopback() && fc.Local.IsValid() {
 				a = fc.Local.Addr() // as Envoy: a loopback peer is this host
 			}
+			// Appended with "," and no space (Envoy's Utility::appendXff).
 			v := buf[:0]
-			if hasXFF && xff != "" {
+			if xff != "" {
 				v = append(v, xff...)
-				v = append(v, ", "...)
+				v = append(v, ',')
 			}
 			v = a.AppendTo(v)
 			req.Set("x-forwarded-for", bytesString(v))
 		}
-		req.Set("x-forwarded-proto", scheme)
+		// A trusted proxy's x-forwarded-proto stays; an untrusted peer's is
+		// overwritten.
+		if m.trustedHops == 0 || !req.Has("x-forwarded-proto") {
+			req.Set("x-forwarded-proto", scheme)
+		}
 	} else if !req.Has("x-forwarded-proto") {
 		req.Add("x-forwarded-proto", scheme)
 	}
@@ -198,6 +206,39 @@ func appendVia(h *http.Header, via string, buf []byte) {
 	}
 	buf = append(buf, via...)
 	h.Set("via", bytesString(buf))
+}
+
+// joinXFF returns the request's x-forwarded-for as Envoy sees it, an inline
+// header: its fields' values joined with "," (empty ones skipped) into dst
+// if there are several, and the request then carries the joined value in
+// one field. It reports whether the request has the header.
+func joinXFF(req *http.Header, dst []byte) (string, bool) {
+	first, has, several := "", false, false
+	req.Range(func(name, value string) bool {
+		if name != "x-forwarded-for" {
+			return true
+		}
+		if !has {
+			first, has = value, true
+			return true
+		}
+		if !several {
+			several = true
+			dst = append(dst, first...)
+		}
+		if value != "" {
+			if len(dst) > 0 {
+				dst = append(dst, ',')
+			}
+			dst = append(dst, value...)
+		}
+		return true
+	})
+	if !several {
+		return first, has
+	}
+	req.Set("x-forwarded-for", bytesString(dst))
+	return req.Value("x-forwarded-for"), true
 }
 
 // lastXFF returns the address skip entries from the right of an
@@ -283,6 +324,117 @@ func (m *Manager) httpDate() string {
 	d := &dateValue{sec: sec, val: now.UTC().Format("Mon, 02 Jan 2006 15:04:05 GMT")}
 	m.date.Store(d)
 	return d.val
+}
+
+// maxNominated is the number of tokens from which Envoy refuses a
+// connection header (Utility::sanitizeConnectionHeader).
+const maxNominated = 10
+
+// maxNominatedTE is the length from which a te field the connection header
+// nominates is refused.
+const maxNominatedTE = 256
+
+// connectionNominated removes the fields an HTTP/1.x request's connection
+// header nominates, as Envoy's HTTP/1 codec does (sanitizeConnectionHeader;
+// not for an upgrade or CONNECT): close, keep-alive, upgrade,
+// http2-settings and connection itself stay, and te stays if it holds
+// trailers (sanitize keeps that of it). A connection header with 10 tokens
+// or more, or nominating x-forwarded-for, x-forwarded-host,
+// x-forwarded-proto, a pseudo-header or a te of 256 bytes or more, is
+// refused with 400 and the connection closes; false means it was.
+func (st *stream) connectionNominated() bool {
+	req := st.ex.Request
+	tokens, hasConn := 0, false
+	req.Range(func(name, value string) bool {
+		if name == "connection" {
+			hasConn = true
+			tokens += countTokens(value)
+		}
+		return true
+	})
+	if !hasConn {
+		return true
+	}
+	ok := tokens < maxNominated
+	req.Range(func(name, value string) bool {
+		if name == "connection" && ok {
+			ok = st.removeNominated(value)
+		}
+		return ok
+	})
+	if !ok {
+		st.m.stats.cxProtocolError.Inc()
+		st.closeConn = true
+		_ = st.ex.LocalReply(400, "Bad Request", "http1.connection_header_rejected", http.FlagDownstreamProtocolError)
+	}
+	return ok
+}
+
+// countTokens counts the non-empty elements of a comma-separated list (a
+// blank one counts, as in Envoy's splitToken).
+func countTokens(list string) int {
+	n := 0
+	for list != "" {
+		i := strings.IndexByte(list, ',')
+		if i < 0 {
+			return n + 1
+		}
+		if i > 0 {
+			n++
+		}
+		list = list[i+1:]
+	}
+	return n
+}
+
+// removeNominated removes the fields a connection field's value nominates;
+// false means the value is refused.
+func (st *stream) removeNominated(list string) bool {
+	req := st.ex.Request
+	for list != "" {
+		var t string
+		if i := strings.IndexByte(list, ','); i >= 0 {
+			t, list = list[:i], list[i+1:]
+		} else {
+			t, list = list, ""
+		}
+		t = strings.TrimSpace(t)
+		switch {
+		case t == "":
+		case t[0] == ':':
+			return false
+		case http.EqualFoldLower(t, "close"), http.EqualFoldLower(t, "keep-alive"),
+			http.EqualFoldLower(t, "upgrade"), http.EqualFoldLower(t, "http2-settings"),
+			http.EqualFoldLower(t, "connection"):
+		case http.EqualFoldLower(t, "x-forwarded-for"), http.EqualFoldLower(t, "x-forwarded-host"),
+			http.EqualFoldLower(t, "x-forwarded-proto"):
+			// Removing them could hide where the request comes from.
+			return false
+		case http.EqualFoldLower(t, "te"):
+			if teLen(req) >= maxNominatedTE {
+				return false
+			}
+		default:
+			req.DeleteFunc(func(name, _ string) bool { return http.EqualFoldLower(t, name) })
+		}
+	}
+	return true
+}
+
+// teLen is the length of the request's te fields joined with "," (an inline
+// header in Envoy).
+func teLen(req *http.Header) int {
+	n := 0
+	req.Range(func(name, value string) bool {
+		if name == "te" && value != "" {
+			if n > 0 {
+				n++
+			}
+			n += len(value)
+		}
+		return true
+	})
+	return n
 }
 
 // connectionHasUpgrade reports whether a connection field lists "upgrade".

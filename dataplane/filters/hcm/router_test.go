@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	nethttp "net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -405,7 +406,7 @@ http_filters:
 	e := newEnv(t, cfg, cluster(t, "backend", false, up))
 	c := h1Client(t)
 	resp, body := get(t, c, "http://"+e.addr+"/old/x", "host", "example.com", "x-gone", "1", "x-forwarded-for", "1.2.3.4")
-	want := "path=/new/x host=rewritten.example added=127.0.0.1 removed=\"\" xff=1.2.3.4, 127.0.0.1 proto=http ext=127.0.0.1 internal=\"\""
+	want := "path=/new/x host=rewritten.example added=127.0.0.1 removed=\"\" xff=1.2.3.4,127.0.0.1 proto=http ext=127.0.0.1 internal=\"\""
 	if body != want {
 		t.Errorf("upstream saw\n%s\nwant\n%s", body, want)
 	}
@@ -614,4 +615,121 @@ http_filters:
 	if resp.StatusCode != 504 {
 		t.Errorf("stalled request: %d, want 504 (the whole request is in)", resp.StatusCode)
 	}
+}
+
+// TestIdleTimeoutRequestArriving: a stream that idles while its request body
+// is still coming gets 408 (504 is for a request wholly in), as Envoy's.
+func TestIdleTimeoutRequestArriving(t *testing.T) {
+	up := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+	}))
+	cfg := `
+stat_prefix: ingress
+stream_idle_timeout: 0.2s
+route_config:
+  virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+    - match: { prefix: "/" }
+      route: { cluster: up, timeout: 0s }
+http_filters:
+- name: envoy.filters.http.router
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+`
+	e := newEnv(t, cfg, cluster(t, "up", false, up))
+	nc, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	// Two of the ten bytes of the body, and then nothing.
+	if _, err := io.WriteString(nc, "POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\nab"); err != nil {
+		t.Fatal(err)
+	}
+	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := nethttp.ReadResponse(bufio.NewReader(nc), nil)
+	if err != nil {
+		t.Fatalf("no answer to the stalled request: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 408 || string(body) != "stream timeout" {
+		t.Errorf("stalled request body: %d %q, want 408 \"stream timeout\"", resp.StatusCode, body)
+	}
+}
+
+// TestRequestBodyFailure: a request whose body breaks the protocol half-way
+// gets the codec's answer and the connection closes, as Envoy's
+// sendProtocolError (400 for a bad chunk size, 431 for too many trailers,
+// the status's text as the body), and is logged once, as a protocol error
+// (DPE).
+func TestRequestBodyFailure(t *testing.T) {
+	up := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+	}))
+	logPath := t.TempDir() + "/access.log"
+	cfg := hcmYAML("up", `common_http_protocol_options: { max_headers_count: 3 }
+access_log:
+- name: envoy.access_loggers.file
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+    path: `+logPath+`
+    log_format: { text_format_source: { inline_string: "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n" } }
+`)
+	e := newEnv(t, cfg, cluster(t, "up", false, up))
+	want := ""
+	for i, tc := range []struct {
+		name, body string
+		status     int
+		text, log  string
+	}{
+		{"bad chunk size", "2\r\nab\r\nzz\r\n", 400, "Bad Request", "400 DPE http1.codec_error"},
+		{"too many trailers", "2\r\nab\r\n0\r\nt1: 1\r\nt2: 2\r\nt3: 3\r\nt4: 4\r\n\r\n", 431,
+			"Request Header Fields Too Large", "431 DPE http1.too_many_headers"},
+	} {
+		c := dialRaw(t, e.addr)
+		io.WriteString(c, "POST /upload HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n"+tc.body)
+		resp, err := nethttp.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Errorf("%s: no answer: %v", tc.name, err)
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != tc.status || !resp.Close || string(b) != tc.text {
+			t.Errorf("%s: %d close=%v %q, want %d %q with connection: close", tc.name, resp.StatusCode, resp.Close, b, tc.status, tc.text)
+		}
+		e.waitStat("http.ingress.downstream_rq_total", int64(i+1))
+		want += tc.log + "\n"
+	}
+	var log string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		b, _ := os.ReadFile(logPath)
+		if log = string(b); strings.Count(log, "\n") >= 2 {
+			break
+		}
+	}
+	if log != want {
+		t.Errorf("access log:\n%s\nwant:\n%s", log, want)
+	}
+}
+
+// TestRequestTimeoutRequestArriving: request_timeout running out while the
+// request body is still coming gets 408 "request timeout" and
+// "connection: close", as Envoy's.
+func TestRequestTimeoutRequestArriving(t *testing.T) {
+	up := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+	}))
+	e := newEnv(t, hcmYAML("up", "request_timeout: 0.2s\n"), cluster(t, "up", false, up))
+	c := dialRaw(t, e.addr)
+	io.WriteString(c, "POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\nab")
+	resp, err := nethttp.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer to the stalled request: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 408 || string(body) != "request timeout" || !resp.Close {
+		t.Errorf("stalled request body: %d %q close=%v, want 408 \"request timeout\" with connection: close", resp.StatusCode, body, resp.Close)
+	}
+	e.waitStat("http.ingress.downstream_rq_timeout", 1)
 }

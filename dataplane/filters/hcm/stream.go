@@ -13,6 +13,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 
 	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/dataplane/http/h1"
 	"github.com/skiffproxy/skiff/dataplane/http/route"
 )
 
@@ -46,6 +47,16 @@ type stream struct {
 	matched           bool
 	upgradeType       string // the request's upgrade (lower case), "" if none; decided once routed
 	decoratorOp       string // x-envoy-decorator-operation for the response (tracing, ingress)
+	// closeConn: the HTTP/1.x connection closes after this exchange's
+	// response, which says "connection: close" (Envoy's saw_connection_close_).
+	closeConn bool
+	// reqDone: the whole request is in (Read returned io.EOF, or it had no
+	// body); atomic, as the router's sender reads the body.
+	reqDone atomic.Bool
+	// bodyErr is the HTTP/1.x codec's error that ended the request body
+	// half-way with a status to answer (a protocol error, not the client
+	// going away); set by Read, on the router's sender.
+	bodyErr atomic.Pointer[h1.Error]
 
 	mu       sync.Mutex // the timers' view
 	active   bool
@@ -96,9 +107,11 @@ func (st *stream) close() {
 func (st *stream) serve(c *conn, s http.ServerStream) {
 	m := st.m
 	st.c, st.down = c, s
-	st.headerSent, st.ended, st.matched = false, false, false
+	st.headerSent, st.ended, st.matched, st.closeConn = false, false, false, false
 	st.decoratorOp = ""
 	st.resetFlag.Store(false)
+	st.reqDone.Store(false)
+	st.bodyErr.Store(nil)
 	e := &st.ex
 	e.Reset(st)
 	e.LocalReplies = m.localReplies
@@ -120,6 +133,7 @@ func (st *stream) serve(c *conn, s http.ServerStream) {
 	st.activity.Store(st.started)
 	if s.EndedWithHeader() {
 		in.RequestComplete = 1
+		st.reqDone.Store(true)
 	}
 
 	if st.prepare() {
@@ -144,6 +158,10 @@ func (st *stream) run() {
 	}
 	if st.upgradeType != "" && !route.UpgradeAllowed(rt, m.upgrades, st.upgradeType) {
 		// As Envoy decides it: once the route is known, before any filter.
+		// The connection closes after the 403, as in Envoy: bytes the client
+		// sent after the refused upgrade's head are never read as another
+		// request (a smuggled one).
+		st.closeConn = true
 		m.stats.rqWsOnNonWs.Inc()
 		_ = e.LocalReply(403, "", "upgrade_failed", 0)
 		return
@@ -236,21 +254,7 @@ func (st *stream) finish() {
 		}
 		switch {
 		case !st.headerSent && !st.resetFlag.Load():
-			// As Envoy's (Utility::maybeRequestTimeoutCode): 504 once the
-			// whole request is in (the upstream is late), else 408.
-			code := 408
-			if e.Info.RequestComplete != 0 {
-				code = 504
-			}
-			switch reason {
-			case errStreamIdle:
-				_ = e.LocalReply(code, "stream timeout", "stream_idle_timeout", http.FlagStreamIdleTimeout)
-			case errMaxDuration:
-				// DEADLINE_EXCEEDED to gRPC.
-				_ = e.LocalReplyGRPC(code, 4, "downstream duration timeout", "max_duration_timeout", 0)
-			default:
-				_ = e.LocalReply(code, "request timeout", "request_overall_timeout", 0)
-			}
+			st.timeoutReply(reason)
 		case !st.ended:
 			if reason == errStreamIdle {
 				e.Info.ResponseFlags |= http.FlagStreamIdleTimeout
@@ -260,6 +264,8 @@ func (st *stream) finish() {
 	}
 	switch {
 	case st.resetFlag.Load():
+	case !st.headerSent && st.bodyErr.Load() != nil:
+		st.bodyRefused(st.bodyErr.Load())
 	case !st.headerSent:
 		// A filter stopped the chain with a Response but no answer, or the
 		// client went away before there was one.
@@ -296,6 +302,63 @@ func (st *stream) finish() {
 	st.down, st.c = nil, nil
 }
 
+// timeoutReply answers for the manager's timeout that interrupted the
+// exchange, and reports whether reason is one: as Envoy's
+// (Utility::maybeRequestTimeoutCode), 504 once the whole request is in (the
+// upstream is late), else 408, and then an HTTP/1.x connection closes after
+// the answer (the rest of the request is not read).
+func (st *stream) timeoutReply(reason error) bool {
+	switch reason {
+	case errStreamIdle, errMaxDuration, errRequestTimeout:
+	default:
+		return false
+	}
+	e := &st.ex
+	code := 504
+	if !st.reqDone.Load() {
+		code = 408
+		st.closeConn = true
+	}
+	switch reason {
+	case errStreamIdle:
+		_ = e.LocalReply(code, "stream timeout", "stream_idle_timeout", http.FlagStreamIdleTimeout)
+	case errMaxDuration:
+		// DEADLINE_EXCEEDED to gRPC.
+		_ = e.LocalReplyGRPC(code, 4, "downstream duration timeout", "max_duration_timeout", 0)
+	default:
+		_ = e.LocalReply(code, "request timeout", "request_overall_timeout", 0)
+	}
+	return true
+}
+
+// bodyRefused answers a request whose body the HTTP/1.x codec refused
+// half-way (a bad chunk, too many trailers), as Envoy's sendProtocolError:
+// the codec's status with its reason phrase for a body, and the connection
+// closes after it.
+func (st *stream) bodyRefused(he *h1.Error) {
+	e := &st.ex
+	// The router took the failed read for the client going away.
+	e.Info.ResponseFlags &^= http.FlagDownstreamConnectionTermination
+	st.closeConn = true
+	_ = e.LocalReply(he.Status, protocolErrorBody(he.Status), he.Details, he.Flags())
+}
+
+// protocolErrorBody is the body of an answer to a protocol error: the
+// status's text as Envoy's CodeUtility::toString spells it.
+func protocolErrorBody(status int) string {
+	switch status {
+	case 400:
+		return "Bad Request"
+	case 413:
+		return "Payload Too Large"
+	case 431:
+		return "Request Header Fields Too Large"
+	case 501:
+		return "Not Implemented"
+	}
+	return ""
+}
+
 // prepare checks and sanitizes the request; false means it was answered.
 func (st *stream) prepare() bool {
 	m, e := st.m, &st.ex
@@ -319,6 +382,16 @@ func (st *stream) prepare() bool {
 		return false
 	}
 	st.upgradeType = st.upgrade()
+	if !st.c.http2 && st.upgradeType == "" && req.Method() != "CONNECT" && !st.connectionNominated() {
+		return false
+	}
+	if !req.Has(http.Authority) {
+		// HTTP/1.0 without a default host, or HTTP/2 with neither
+		// :authority nor host (HTTP/1.1's codec refuses it already), as
+		// Envoy's connection manager.
+		_ = e.LocalReply(400, "", "missing_host_header", 0)
+		return false
+	}
 	if m.normalizePath || m.mergeSlashes || m.escapedSlashes > hcmv3.HttpConnectionManager_KEEP_UNCHANGED {
 		if !st.normalize() {
 			return false
@@ -473,6 +546,7 @@ func (st *stream) requestDone() {
 	if e.Info.RequestComplete == 0 {
 		e.Info.RequestComplete = max(time.Since(e.Info.Start), 1)
 	}
+	st.reqDone.Store(true)
 	st.mu.Lock()
 	st.reqAt = time.Time{}
 	st.mu.Unlock()
@@ -504,6 +578,8 @@ func (st *stream) Read(p []byte) (int, error) {
 	}
 	if err == io.EOF {
 		st.requestDone()
+	} else if he, ok := err.(*h1.Error); ok && he.Status != 0 {
+		st.bodyErr.Store(he)
 	}
 	return n, err
 }
@@ -530,6 +606,9 @@ func (st *stream) WriteHeader(h *http.Header, end bool) error {
 		status = v
 	}
 	st.mutateResponse(status)
+	if st.closeConn && !st.c.http2 {
+		r.Set("connection", "close") // the codec closes the connection after it
+	}
 	e.Info.ResponseCode = status
 	e.Info.ResponseStart = max(time.Since(e.Info.Start), 1)
 	st.headerSent = true
@@ -569,8 +648,15 @@ func (st *stream) EndWithTrailers(t *http.Header) error {
 	return st.down.EndWithTrailers(t)
 }
 
-// Reset implements http.ServerStream.
+// Reset implements http.ServerStream. The router resets the stream to
+// stop reading a request body that is still arriving once the exchange is
+// over: if a timeout of the manager's ended it and nothing was answered
+// yet, the timeout's answer goes first, as in Envoy, and the reset then
+// ends a stream whose response is complete.
 func (st *stream) Reset(code http.ResetCode) {
+	if !st.headerSent && !st.resetFlag.Load() && st.timeoutReply(st.ex.Interrupted()) {
+		code = http.ResetNoError
+	}
 	if st.resetFlag.Swap(true) {
 		return
 	}
