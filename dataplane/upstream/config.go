@@ -377,7 +377,7 @@ func (c *Config) protocolOptions(pb *clusterv3.Cluster) error {
 					return cfgerr.Field(path+".explicit_http_config.http2_protocol_options", err)
 				}
 			case e.GetHttpProtocolOptions() != nil:
-				if err := cfgerr.OnlyFields(e.GetHttpProtocolOptions()); err != nil {
+				if err := c.HTTP.http1Options(e.GetHttpProtocolOptions()); err != nil {
 					return cfgerr.Field(path+".explicit_http_config.http_protocol_options", err)
 				}
 			default:
@@ -420,8 +420,10 @@ func (c *Config) deprecatedHTTPOptions(pb *clusterv3.Cluster) error {
 			return cfgerr.Field("common_http_protocol_options", err)
 		}
 	}
-	if err := cfgerr.Field("http_protocol_options", cfgerr.OnlyFields(h1)); err != nil {
-		return err
+	if h1 != nil {
+		if err := c.HTTP.http1Options(h1); err != nil {
+			return cfgerr.Field("http_protocol_options", err)
+		}
 	}
 	if maxRequests != nil {
 		c.HTTP.MaxRequestsPerConnection = maxRequests.GetValue()
@@ -451,6 +453,10 @@ type HTTPOptions struct {
 	MaxRequestsPerConnection uint32
 	// MaxHeadersCount limits the fields of a response head (0: 100).
 	MaxHeadersCount uint32
+	// EnableTrailers keeps the trailers of HTTP/1.1 chunked bodies
+	// (http_protocol_options.enable_trailers); without it they are dropped,
+	// as Envoy drops them.
+	EnableTrailers bool
 	// HTTP/2: SETTINGS and windows (0: the codec's defaults, Envoy's).
 	MaxConcurrentStreams        uint32
 	InitialStreamWindowSize     uint32
@@ -493,6 +499,14 @@ func (o *HTTPOptions) common(co *corev3.HttpProtocolOptions) error {
 	if v := co.GetMaxRequestsPerConnection(); v != nil {
 		o.MaxRequestsPerConnection = v.GetValue()
 	}
+	return nil
+}
+
+func (o *HTTPOptions) http1Options(h1 *corev3.Http1ProtocolOptions) error {
+	if err := cfgerr.OnlyFields(h1, "enable_trailers"); err != nil {
+		return err
+	}
+	o.EnableTrailers = h1.GetEnableTrailers()
 	return nil
 }
 

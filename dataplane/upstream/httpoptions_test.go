@@ -56,8 +56,18 @@ typed_extension_protocol_options:
 	if zero.HTTP.Idle() != DefaultUpstreamIdleTimeout || zero.Limits.Connections() != DefaultCircuitBreakerLimit || zero.Limits.Retries() != DefaultMaxRetries {
 		t.Errorf("defaults")
 	}
+	trailers, err := NewConfig(clusterYAML(t, `
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: { http_protocol_options: { enable_trailers: true } }
+`))
+	if err != nil || !trailers.HTTP.EnableTrailers || cfg.HTTP.EnableTrailers {
+		t.Errorf("enable_trailers: %v, set %v (and %v where not asked)", err, trailers != nil && trailers.HTTP.EnableTrailers, cfg.HTTP.EnableTrailers)
+	}
 	for extra, path := range map[string]string{
 		`circuit_breakers: { thresholds: [{ retry_budget: {} }] }`: "circuit_breakers.thresholds[0]",
+		`http_protocol_options: { accept_http_10: true }`:          "http_protocol_options",
 		`typed_extension_protocol_options:
   envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
     "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
@@ -105,14 +115,14 @@ func TestHostHostnameAndGone(t *testing.T) {
 func TestDeprecatedHTTPOptions(t *testing.T) {
 	cfg, err := NewConfig(clusterYAML(t, `
 common_http_protocol_options: { idle_timeout: 7s, max_headers_count: 40 }
-http_protocol_options: {}
+http_protocol_options: { enable_trailers: true }
 max_requests_per_connection: 9
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.HTTP.IdleTimeout != 7*time.Second || cfg.HTTP.MaxHeadersCount != 40 || cfg.HTTP.MaxRequestsPerConnection != 9 {
-		t.Errorf("HTTP options %+v: want idle 7s, 40 headers, 9 requests per connection", cfg.HTTP)
+	if cfg.HTTP.IdleTimeout != 7*time.Second || cfg.HTTP.MaxHeadersCount != 40 || cfg.HTTP.MaxRequestsPerConnection != 9 || !cfg.HTTP.EnableTrailers {
+		t.Errorf("HTTP options %+v: want idle 7s, 40 headers, 9 requests per connection, trailers", cfg.HTTP)
 	}
 	_, err = NewConfig(clusterYAML(t, `
 max_requests_per_connection: 9

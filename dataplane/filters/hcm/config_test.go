@@ -1,8 +1,13 @@
 package hcm_test
 
 import (
+	"bufio"
+	"io"
+	"net"
+	nethttp "net/http"
 	"strings"
 	"testing"
+	"time"
 
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 
@@ -77,5 +82,46 @@ http_filters: [` + routerFilter + `]`, "access_log[0].typed_config.log_format.te
 		if got := cfgerr.PathOf(err); got != tc.path || !strings.Contains(err.Error(), tc.msg) {
 			t.Errorf("error %q at %q, want %q containing %q", err, got, tc.path, tc.msg)
 		}
+	}
+}
+
+// TestCustomMethods: a method outside Envoy's list is refused with 400 and the
+// connection closes, unless http_protocol_options.allow_custom_methods (the
+// option reaches the HTTP/1.1 codec).
+func TestCustomMethods(t *testing.T) {
+	up := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		w.Header().Set("x-method", r.Method)
+	}))
+	for _, tc := range []struct {
+		extra  string
+		status int
+	}{
+		{"", 400},
+		{"http_protocol_options: { allow_custom_methods: true }", 200},
+	} {
+		e := newEnv(t, hcmYAML("backend", tc.extra), cluster(t, "backend", false, up))
+		nc, err := net.Dial("tcp", e.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(nc, "FOO / HTTP/1.1\r\nhost: a\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		br := bufio.NewReader(nc)
+		resp, err := nethttp.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%q: %v", tc.extra, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.status || tc.status == 200 && resp.Header.Get("x-method") != "FOO" {
+			t.Errorf("%q: %d (x-method %q), want %d", tc.extra, resp.StatusCode, resp.Header.Get("x-method"), tc.status)
+		}
+		if tc.status == 400 {
+			if _, err := br.ReadByte(); err != io.EOF {
+				t.Errorf("the connection stayed open after the 400: %v", err)
+			}
+		}
+		nc.Close()
 	}
 }

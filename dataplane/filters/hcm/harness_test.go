@@ -190,6 +190,21 @@ func (e *env) stat(name string) int64 {
 // cluster is a STATIC cluster of addrs; http2 makes it speak HTTP/2.
 func cluster(t testing.TB, name string, http2 bool, addrs ...string) *clusterv3.Cluster {
 	t.Helper()
+	extra := ""
+	if http2 {
+		extra = `
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: { http2_protocol_options: {} }
+`
+	}
+	return clusterWith(t, name, extra, addrs...)
+}
+
+// clusterWith is a STATIC cluster of addrs with extra YAML fields.
+func clusterWith(t testing.TB, name, extra string, addrs ...string) *clusterv3.Cluster {
+	t.Helper()
 	var eps []string
 	for _, a := range addrs {
 		ap := netip.MustParseAddrPort(a)
@@ -202,15 +217,7 @@ connect_timeout: 1s
 load_assignment:
   cluster_name: %s
   endpoints: [{ lb_endpoints: [%s] }]
-`, name, name, strings.Join(eps, ", "))
-	if http2 {
-		y += `
-typed_extension_protocol_options:
-  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-    explicit_http_config: { http2_protocol_options: {} }
-`
-	}
+`, name, name, strings.Join(eps, ", ")) + extra
 	var c clusterv3.Cluster
 	if err := protoyaml.Unmarshal([]byte(y), &c); err != nil {
 		t.Fatalf("cluster yaml: %v\n%s", err, y)

@@ -105,16 +105,20 @@ type Manager struct {
 	router      http.Terminal
 	logs        []accesslog.Logger
 
-	useRemote       bool
-	trustedHops     uint32
-	skipXFFAppend   bool
-	via             string
-	generateID      bool
-	preserveExtID   bool
-	alwaysSetID     bool
-	serverName      string
-	serverHeader    serverHeader
-	acceptHTTP10    bool
+	useRemote     bool
+	trustedHops   uint32
+	skipXFFAppend bool
+	via           string
+	generateID    bool
+	preserveExtID bool
+	alwaysSetID   bool
+	serverName    string
+	serverHeader  serverHeader
+	acceptHTTP10  bool
+	// h1StreamError: a 400 local reply on HTTP/1.x leaves the connection
+	// open (stream_error_on_invalid_http_message); by default it closes, as
+	// Envoy's onLocalReply closes it.
+	h1StreamError   bool
 	defaultHost10   string
 	maxHeaders      int
 	underscores     corev3.HttpProtocolOptions_HeadersWithUnderscoresAction
@@ -298,11 +302,13 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 		mg.maxHeaders = h1.DefaultMaxHeaders
 	}
 	mg.acceptHTTP10 = false
+	// stream_error_on_invalid_http_message, which each codec's
+	// override_stream_error_on_invalid_http_message overrides, as in Envoy.
+	streamError := cfg.GetStreamErrorOnInvalidHttpMessage().GetValue()
+	mg.h1StreamError = streamError
 	if po := cfg.GetHttpProtocolOptions(); po != nil {
-		// enable_trailers: skiff passes HTTP/1.1 trailers on whatever it says
-		// (Envoy drops them unless it is set).
 		if err := cfgerr.OnlyFields(po, "accept_http_10", "default_host_for_http_10", "enable_trailers",
-			"allow_absolute_url", "override_stream_error_on_invalid_http_message"); err != nil {
+			"allow_absolute_url", "allow_custom_methods", "override_stream_error_on_invalid_http_message"); err != nil {
 			return nil, cfgerr.Field("http_protocol_options", err)
 		}
 		if v := po.GetAllowAbsoluteUrl(); v != nil && !v.GetValue() {
@@ -310,6 +316,23 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 		}
 		mg.acceptHTTP10 = po.GetAcceptHttp_10()
 		mg.defaultHost10 = po.GetDefaultHostForHttp_10()
+		mg.h1.AcceptHTTP10 = mg.acceptHTTP10
+		mg.h1.AllowCustomMethods = po.GetAllowCustomMethods()
+		mg.h1.EnableTrailers = po.GetEnableTrailers()
+		if v := po.GetOverrideStreamErrorOnInvalidHttpMessage(); v != nil {
+			mg.h1StreamError = v.GetValue()
+		}
+	}
+	h2opts.MaxHeaders = mg.maxHeaders
+	h2opts.StreamErrorOnInvalidHTTPMessage = streamError
+	if po := cfg.GetHttp2ProtocolOptions(); po != nil {
+		//lint:ignore SA1019 deprecated in Envoy for override_stream_error_on_invalid_http_message, still honoured there
+		if po.GetStreamErrorOnInvalidHttpMessaging() {
+			h2opts.StreamErrorOnInvalidHTTPMessage = true
+		}
+		if v := po.GetOverrideStreamErrorOnInvalidHttpMessage(); v != nil {
+			h2opts.StreamErrorOnInvalidHTTPMessage = v.GetValue()
+		}
 	}
 	if po := cfg.GetHttp2ProtocolOptions(); po != nil {
 		if err := cfgerr.OnlyFields(po, "max_concurrent_streams", "initial_stream_window_size",

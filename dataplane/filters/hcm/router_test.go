@@ -40,7 +40,15 @@ func echoUpstream(t testing.TB) string {
 
 func TestBodies(t *testing.T) {
 	up := echoUpstream(t)
-	e := newEnv(t, hcmYAML("backend", ""), cluster(t, "backend", false, up))
+	// Trailers of HTTP/1.1 bodies pass only with enable_trailers, on both
+	// sides, as in Envoy.
+	e := newEnv(t, hcmYAML("backend", "http_protocol_options: { enable_trailers: true }"),
+		clusterWith(t, "backend", `
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: { http_protocol_options: { enable_trailers: true } }
+`, up))
 	for _, tc := range []struct {
 		name    string
 		size    int

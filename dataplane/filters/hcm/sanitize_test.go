@@ -210,7 +210,7 @@ func TestMissingHost(t *testing.T) {
 	var hits atomic.Int32
 	up := cluster(t, "up", false, headerEcho(t, &hits))
 	e := newEnv(t, hcmYAML("up", "http_protocol_options: { accept_http_10: true }\n"), up)
-	if got := rawExchange(t, e.addr, "GET / HTTP/1.0\r\n\r\n", 5*time.Second); !strings.HasPrefix(got, "HTTP/1.1 400 ") {
+	if got := rawExchange(t, e.addr, "GET / HTTP/1.0\r\n\r\n", 5*time.Second); !strings.HasPrefix(got, "HTTP/1.0 400 ") {
 		t.Errorf("HTTP/1.0 without host: %q", got)
 	}
 

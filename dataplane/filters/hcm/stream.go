@@ -373,11 +373,6 @@ func (st *stream) prepare() bool {
 			req.Add(http.Authority, m.defaultHost10)
 		}
 	}
-	if st.c.http2 && req.Len() > m.maxHeaders {
-		m.stats.rqTooLarge.Inc()
-		_ = e.LocalReply(431, "", "http2.too_many_headers", http.FlagDownstreamProtocolError)
-		return false
-	}
 	if m.underscores != corev3.HttpProtocolOptions_ALLOW && !st.underscores() {
 		return false
 	}
@@ -606,6 +601,12 @@ func (st *stream) WriteHeader(h *http.Header, end bool) error {
 		status = v
 	}
 	st.mutateResponse(status)
+	if status == 400 && !st.c.http2 && !m.h1StreamError && e.Info.ResponseCodeDetails != "via_upstream" {
+		// A local 400 is a messaging error: as Envoy's onLocalReply, the
+		// HTTP/1.x connection closes after it unless
+		// stream_error_on_invalid_http_message.
+		st.closeConn = true
+	}
 	if st.closeConn && !st.c.http2 {
 		r.Set("connection", "close") // the codec closes the connection after it
 	}

@@ -587,8 +587,9 @@ func (s *clientStream) Write(p []byte) (int, error) {
 func (s *clientStream) End() error { return s.EndWithTrailers(nil) }
 
 // EndWithTrailers ends the request with trailers, sent if the body is
-// chunked and dropped otherwise. On a tunnel (CONNECT, or after 101) it
-// half-closes the connection (CloseWrite, if the conn has it).
+// chunked and Options.EnableTrailers is set, and dropped otherwise. On a
+// tunnel (CONNECT, or after 101) it half-closes the connection (CloseWrite,
+// if the conn has it).
 func (s *clientStream) EndWithTrailers(t *http.Header) error {
 	s.c.wmu.Lock()
 	defer s.c.wmu.Unlock()
@@ -599,6 +600,9 @@ func (s *clientStream) EndWithTrailers(t *http.Header) error {
 		return ErrNoHeader
 	case t != nil && !validFields(t):
 		return ErrInvalidHeader
+	}
+	if !s.c.opts.EnableTrailers {
+		t = nil
 	}
 	if s.tunnel.Load() || s.isConnect {
 		c := s.c

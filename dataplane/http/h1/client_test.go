@@ -119,7 +119,7 @@ func TestClientNetHTTPServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cc := NewClientConn(conn, testOptions())
+	cc := NewClientConn(conn, trailerOptions())
 	defer cc.Close()
 
 	h, body, _ := roundTrip(t, cc, get("/?q=1", "Accept", "*/*"), "")

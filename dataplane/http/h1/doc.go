@@ -25,7 +25,7 @@
 // holds for strings obtained from its Headers (see package http).
 //
 // Requests the codec refuses never reach the handler: it answers them itself
-// (400, 408, 431, 501, 505, with "connection: close" and no body), closes the
+// (400, 408, 431, 501, with "connection: close" and no body), closes the
 // connection and returns an *Error. Error.Kind says what happened,
 // Error.Flags maps it to Envoy's response flags and Error.Details to Envoy's
 // response code details; see Kind for the statuses. After an error response,

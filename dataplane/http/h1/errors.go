@@ -16,14 +16,15 @@ const (
 	// trailer that breaks RFC 9112's grammar or carries a forbidden byte
 	// (a control character, a bare CR or LF, obs-fold, whitespace before a
 	// colon, a fragment or non-ASCII byte in the request target, an invalid
-	// Host). Server: 400.
+	// Host), or a method Envoy's parser does not know (see
+	// Options.AllowCustomMethods). Server: 400.
 	KindMalformed Kind = iota + 1
 	// KindFraming: a message whose length cannot be determined safely, the
-	// request-smuggling family: Content-Length with Transfer-Encoding,
-	// conflicting or invalid Content-Length values, a Transfer-Encoding whose
-	// final coding is not chunked or that applies chunked twice, any
-	// Transfer-Encoding in HTTP/1.0, a body on CONNECT. Server: 400; 501 for a
-	// transfer coding before chunked that skiff does not implement.
+	// request-smuggling family: Content-Length with Transfer-Encoding, more
+	// than one Content-Length field or a value that is not one decimal
+	// number, a body on CONNECT (400); a request Transfer-Encoding other than
+	// one field saying "chunked" (501, as Envoy answers); a response
+	// Transfer-Encoding other than chunked alone.
 	KindFraming
 	// KindHeadersTooLarge: the head (request or status line, header fields
 	// and the empty line) or a trailer section is longer than
@@ -35,8 +36,9 @@ const (
 	// KindMissingHost: an HTTP/1.1 request without Host (or with an empty one,
 	// or with two). Server: 400.
 	KindMissingHost
-	// KindVersion: a well-formed HTTP version other than 1.0 and 1.1
-	// (HTTP/2's connection preface included). Server: 505.
+	// KindVersion (client only): a status line with a well-formed HTTP
+	// version other than 1.0 and 1.1. The server takes any well-formed
+	// request version but HTTP/1.1 for HTTP/1.0, as Envoy does.
 	KindVersion
 	// KindHeadersTimeout: the request head was not complete within
 	// Options.RequestHeadersTimeout of its first byte. Server: 408.
@@ -86,6 +88,7 @@ const (
 	DetailsTooManyHeaders       = "http1.too_many_headers"
 	DetailsChunkedContentLen    = "http1.content_length_and_chunked_not_allowed"
 	DetailsInvalidTransferEnc   = "http1.invalid_transfer_encoding"
+	DetailsBodyDisallowed       = "http1.body_disallowed"
 	DetailsMissingHost          = "missing_host_header"
 	DetailsRequestHeaderTimeout = "request_header_timeout"
 	DetailsDownstreamClosed     = "downstream_remote_disconnect"

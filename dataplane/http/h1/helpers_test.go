@@ -22,6 +22,13 @@ func (f handlerFunc) ServeStream(s http.ServerStream) { f(s) }
 
 func testOptions() *Options { return &Options{Buffers: bufpool.New()} }
 
+// trailerOptions are testOptions with trailers kept (Envoy's enable_trailers).
+func trailerOptions() *Options {
+	o := testOptions()
+	o.EnableTrailers = true
+	return o
+}
+
 // tcpPair returns the two ends of a loopback TCP connection.
 func tcpPair(t testing.TB) (dialed, accepted *net.TCPConn) {
 	t.Helper()

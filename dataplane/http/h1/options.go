@@ -55,6 +55,22 @@ type Options struct {
 	// means close at once.
 	CloseDelay time.Duration
 
+	// AllowCustomMethods (server) accepts any token as a method (Envoy's
+	// http_protocol_options.allow_custom_methods). Off, as in Envoy, a
+	// method other than the ones Envoy's parser knows (RFC 9110's, PATCH,
+	// WebDAV's and a few more, upper case) is refused with 400.
+	AllowCustomMethods bool
+	// AcceptHTTP10 (server) answers HTTP/1.0 requests with an "HTTP/1.0"
+	// status line, as Envoy does under accept_http_10; otherwise responses
+	// say "HTTP/1.1" (the connection manager refuses HTTP/1.0 with 426).
+	AcceptHTTP10 bool
+	// EnableTrailers keeps HTTP/1.1 trailers (Envoy's
+	// http_protocol_options.enable_trailers). Off, as in Envoy, the trailers
+	// of a received chunked body are parsed and dropped (Trailers stays
+	// empty), and EndWithTrailers sends none: on the server, request and
+	// response trailers; on the client, response and request trailers.
+	EnableTrailers bool
+
 	// ExpectContinueTimeout (client) is how long a request body sent with
 	// "expect: 100-continue" waits for "100 Continue" before it is sent
 	// anyway. Zero means DefaultExpectContinueTimeout.
@@ -81,4 +97,4 @@ func (o *Options) withDefaults() Options {
 	return v
 }
 
-func (o *Options) limits() limits { return limits{o.MaxHeaderBytes, o.MaxHeaders} }
+func (o *Options) limits() limits { return limits{o.MaxHeaderBytes, o.MaxHeaders, o.EnableTrailers} }

@@ -239,9 +239,10 @@ func parseDecimalString(s string) int64 {
 	return n
 }
 
-// contentLength accumulates Content-Length fields: RFC 9110 section 8.6 lets
+// contentLength accumulates Content-Length fields. RFC 9110 section 8.6 lets
 // a recipient accept a list of identical values (a field repeated, or
-// "5, 5"); anything else is an error.
+// "5, 5"), but Envoy's parser (Balsa, with disallow_multiple_content_length)
+// refuses both, and so does skiff: one field, one decimal value.
 type contentLength struct {
 	n     int64 // -1: none seen
 	first []byte
@@ -251,35 +252,34 @@ func (cl *contentLength) reset() { cl.n, cl.first = -1, nil }
 
 // add records one field value and reports an error message, or "".
 func (cl *contentLength) add(value []byte) string {
-	elem, rest := nextElement(value)
-	if len(elem) == 0 {
+	if cl.first != nil {
+		return "more than one content-length field"
+	}
+	if len(value) == 0 {
 		return "empty content-length"
 	}
-	for ; len(elem) > 0; elem, rest = nextElement(rest) {
-		n := parseDecimal(elem)
-		if n < 0 {
-			return "invalid content-length"
-		}
-		if cl.n >= 0 && n != cl.n {
-			return "conflicting content-length values"
-		}
-		if cl.n < 0 {
-			cl.n, cl.first = n, elem
-		}
+	n := parseDecimal(value)
+	if n < 0 {
+		return "invalid content-length"
 	}
+	cl.n, cl.first = n, value
 	return ""
 }
 
 // transferEncoding accumulates Transfer-Encoding fields (RFC 9112 section 6.1).
 type transferEncoding struct {
 	seen        bool
+	fields      int  // field lines
 	codings     int  // codings listed, over all fields
 	chunked     int  // how many of them are chunked
 	lastChunked bool // the final coding is chunked
+	onlyChunked bool // one field, whose whole value is "chunked" (any case)
 }
 
 func (te *transferEncoding) add(value []byte) {
 	te.seen = true
+	te.fields++
+	te.onlyChunked = te.fields == 1 && equalFold(value, "chunked")
 	for elem, rest := nextElement(value); len(elem) > 0; elem, rest = nextElement(rest) {
 		te.codings++
 		te.lastChunked = equalFold(elem, "chunked")
@@ -289,24 +289,16 @@ func (te *transferEncoding) add(value []byte) {
 	}
 }
 
-// check returns the error for a Transfer-Encoding skiff cannot frame, or nil.
-// Only "chunked", once and last, is accepted: a final coding other than
-// chunked leaves the length to the connection's close, which a request
-// cannot use (400, RFC 9112 section 6.1's MUST); chunked applied twice is
-// forbidden (400); a coding before chunked (gzip, chunked) is one skiff does
-// not implement (501, as Envoy answers).
+// check returns the error for a request Transfer-Encoding skiff does not
+// frame, or nil. As in Envoy (codec_impl.cc), the only one accepted is a
+// single field whose value is "chunked" (in any case); any other (identity,
+// gzip, "chunked, gzip", chunked twice, on one line or two) is answered 501
+// (http1.invalid_transfer_encoding).
 func (te *transferEncoding) check() *Error {
-	switch {
-	case !te.lastChunked || te.codings == 0:
-		return errFraming(DetailsInvalidTransferEnc, "transfer-encoding does not end in chunked")
-	case te.chunked > 1:
-		return errFraming(DetailsInvalidTransferEnc, "chunked applied more than once")
-	case te.codings > 1:
-		e := errFraming(DetailsInvalidTransferEnc, "unsupported transfer coding")
-		e.Status = 501
-		return e
+	if te.onlyChunked {
+		return nil
 	}
-	return nil
+	return protoErr(KindFraming, 501, DetailsInvalidTransferEnc, "unsupported transfer-encoding")
 }
 
 // parseField splits a header field line (without its CRLF) into a lower-cased
@@ -340,15 +332,35 @@ func parseField(line []byte) (name, value []byte, err *Error) {
 
 // parseVersion parses "HTTP/1.0" or "HTTP/1.1" and returns the minor version.
 // Any other well-formed HTTP-version is a KindVersion error; anything else
-// KindMalformed.
+// KindMalformed. It is for status lines: request lines take any version (see
+// parseRequestVersion).
 func parseVersion(b []byte) (minor int, err *Error) {
-	if len(b) != 8 || string(b[:5]) != "HTTP/" || b[6] != '.' || !isDigit(b[5]) || !isDigit(b[7]) {
+	if !wellFormedVersion(b) {
 		return 0, errMalformed("invalid HTTP version")
 	}
 	if b[5] != '1' || b[7] > '1' {
 		return 0, protoErr(KindVersion, 505, DetailsCodecError, "unsupported HTTP version")
 	}
 	return int(b[7] - '0'), nil
+}
+
+// wellFormedVersion reports whether b is "HTTP/" DIGIT "." DIGIT.
+func wellFormedVersion(b []byte) bool {
+	return len(b) == 8 && string(b[:5]) == "HTTP/" && b[6] == '.' && isDigit(b[5]) && isDigit(b[7])
+}
+
+// parseRequestVersion parses a request line's HTTP-version as Envoy does: any
+// well-formed version is accepted, and every version but HTTP/1.1 is taken
+// for HTTP/1.0 (minor 0), which the connection manager then refuses with 426
+// unless accept_http_10 is set (Envoy's isHttp11 and its Http10 protocol).
+func parseRequestVersion(b []byte) (minor int, err *Error) {
+	if !wellFormedVersion(b) {
+		return 0, errMalformed("invalid HTTP version")
+	}
+	if string(b) == "HTTP/1.1" {
+		return 1, nil
+	}
+	return 0, nil
 }
 
 func isDigit(c byte) bool { return '0' <= c && c <= '9' }
@@ -360,8 +372,9 @@ type requestLine struct {
 }
 
 // parseRequestLine parses method SP request-target SP HTTP-version, with
-// exactly one SP between the parts (RFC 9112 section 3).
-func parseRequestLine(line []byte) (rl requestLine, err *Error) {
+// exactly one SP between the parts (RFC 9112 section 3). Unless
+// customMethods, the method must be one knownMethod accepts.
+func parseRequestLine(line []byte, customMethods bool) (rl requestLine, err *Error) {
 	sp1 := bytes.IndexByte(line, ' ')
 	if sp1 <= 0 {
 		return rl, errMalformed("malformed request line")
@@ -375,13 +388,31 @@ func parseRequestLine(line []byte) (rl requestLine, err *Error) {
 	if !isToken(rl.method) {
 		return rl, errInvalidChars("invalid method")
 	}
+	if !customMethods && !knownMethod(rl.method) {
+		return rl, errMalformed("unknown method")
+	}
 	for _, c := range rl.target {
 		if classes[c]&classTarget == 0 {
 			return rl, protoErr(KindMalformed, 400, DetailsInvalidURL, "invalid byte in the request target")
 		}
 	}
-	rl.minor, err = parseVersion(rest[sp2+1:])
+	rl.minor, err = parseRequestVersion(rest[sp2+1:])
 	return rl, err
+}
+
+// knownMethod reports whether m is one of the methods Envoy's HTTP/1 parser
+// accepts when allow_custom_methods is off (balsa_parser.cc isMethodValid):
+// RFC 9110's, PATCH, WebDAV's and a few more, matched case-sensitively.
+func knownMethod(m []byte) bool {
+	switch string(m) {
+	case "ACL", "BIND", "CHECKOUT", "CONNECT", "COPY", "DELETE", "GET",
+		"HEAD", "LINK", "LOCK", "MERGE", "MKACTIVITY", "MKCALENDAR", "MKCOL",
+		"MOVE", "MSEARCH", "NOTIFY", "OPTIONS", "PATCH", "POST", "PROPFIND",
+		"PROPPATCH", "PURGE", "PUT", "REBIND", "REPORT", "SEARCH", "SOURCE",
+		"SUBSCRIBE", "TRACE", "UNBIND", "UNLINK", "UNLOCK", "UNSUBSCRIBE":
+		return true
+	}
+	return false
 }
 
 // statusLine is a parsed status line.

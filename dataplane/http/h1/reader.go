@@ -293,11 +293,15 @@ func (bd *body) reset(mode bodyMode, n int64) {
 	}
 }
 
-// limits are the size limits of heads and trailer sections.
-type limits struct{ maxBytes, maxFields int }
+// limits are the size limits of heads and trailer sections, and whether a
+// trailer section is kept (or, parsed and checked, dropped).
+type limits struct {
+	maxBytes, maxFields int
+	keepTrailers        bool
+}
 
 // readBody reads the body bd describes into p. Trailers, if the body is
-// chunked and has any, go to tr.
+// chunked and has any, go to tr if lim says to keep them.
 func (rd *reader) readBody(bd *body, p []byte, tr *http.Header, lim limits) (int, error) {
 	if bd.err != nil {
 		return 0, bd.err
@@ -421,7 +425,9 @@ func (rd *reader) readChunked(bd *body, p []byte, tr *http.Header, lim limits) (
 				if perr != nil {
 					return 0, bd.fail(perr)
 				}
-				tr.AddBytes(name, value)
+				if lim.keepTrailers {
+					tr.AddBytes(name, value)
+				}
 			}
 			bd.eof, bd.done = true, true
 			return 0, io.EOF

@@ -40,8 +40,8 @@ var streamEcho = handlerFunc(func(s http.ServerStream) {
 func TestRoundTripLargeBodies(t *testing.T) {
 	conn, sconn := tcpPair(t)
 	done := make(chan error, 1)
-	go func() { done <- NewServerConn(testOptions()).Serve(context.Background(), sconn, streamEcho) }()
-	cc := NewClientConn(conn, testOptions())
+	go func() { done <- NewServerConn(trailerOptions()).Serve(context.Background(), sconn, streamEcho) }()
+	cc := NewClientConn(conn, trailerOptions())
 	defer func() { cc.Close(); <-done }()
 
 	body := make([]byte, 1<<20+7)

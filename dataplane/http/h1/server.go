@@ -39,12 +39,13 @@ type ServerConn struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
-	rd     reader
-	wr     writer
-	wmu    sync.Mutex // the write side: wr and the response fields of stream
-	stream serverStream
-	spans  []span // the fields of the head being parsed
-	path   []byte // scratch for a :path that needs a leading '/'
+	rd      reader
+	wr      writer
+	wmu     sync.Mutex // the write side: wr and the response fields of stream
+	stream  serverStream
+	spans   []span // the fields of the head being parsed
+	path    []byte // scratch for a :path that needs a leading '/'
+	scratch []byte // scratch for a rewritten connection field (h2c)
 
 	draining  atomic.Bool  // responses say "connection: close" (Drain, Discourage)
 	closeIdle atomic.Bool  // an idle connection ends at once (Drain)
@@ -435,7 +436,7 @@ func (c *ServerConn) parseRequest(head []byte) *Error {
 		head = head[2:]
 	}
 	line, rest := nextLine(head)
-	rl, perr := parseRequestLine(line)
+	rl, perr := parseRequestLine(line, c.opts.AllowCustomMethods)
 	if perr != nil {
 		return perr
 	}
@@ -447,7 +448,9 @@ func (c *ServerConn) parseRequest(head []byte) *Error {
 		cl               contentLength
 		te               transferEncoding
 		conn             connTokens
+		proxyConn        connTokens
 		upgrade, expects bool
+		h2c              bool
 	)
 	cl.reset()
 	c.spans = c.spans[:0]
@@ -468,8 +471,11 @@ func (c *ServerConn) parseRequest(head []byte) *Error {
 			te.add(value)
 		case "connection":
 			conn.add(value)
+		case "proxy-connection":
+			proxyConn.add(value)
 		case "upgrade":
 			upgrade = true
+			h2c = equalFold(value, "h2c")
 		case "expect":
 			expects = expects || equalFold(value, "100-continue")
 		}
@@ -481,26 +487,25 @@ func (c *ServerConn) parseRequest(head []byte) *Error {
 	s.isConnect = string(method) == "CONNECT"
 
 	// Framing (RFC 9112 section 6.3), with the smuggling defenses of section
-	// 6.1 and Envoy's: no Transfer-Encoding in HTTP/1.0, never both
-	// Transfer-Encoding and Content-Length, chunked once and last only.
+	// 6.1, in Envoy's order and with its answers: no body on CONNECT (400),
+	// never both Transfer-Encoding and Content-Length (400), and no
+	// Transfer-Encoding but a single "chunked" (501).
 	mode := bodyNone
 	switch {
+	case s.isConnect && cl.n > 0:
+		return errFraming(DetailsBodyDisallowed, "a body on CONNECT")
+	case te.seen && cl.n >= 0:
+		return errFraming(DetailsChunkedContentLen, "both content-length and transfer-encoding")
 	case te.seen:
-		if s.minor == 0 {
-			return errFraming(DetailsInvalidTransferEnc, "transfer-encoding in an HTTP/1.0 request")
-		}
-		if cl.n >= 0 {
-			return errFraming(DetailsChunkedContentLen, "both content-length and transfer-encoding")
-		}
 		if err := te.check(); err != nil {
 			return err
+		}
+		if s.isConnect {
+			return protoErr(KindFraming, 501, DetailsInvalidTransferEnc, "transfer-encoding on CONNECT")
 		}
 		mode = bodyChunked
 	case cl.n > 0:
 		mode = bodyLength
-	}
-	if s.isConnect && mode != bodyNone {
-		return errFraming(DetailsCodecError, "a body on CONNECT")
 	}
 
 	// The target (RFC 9112 section 3.2).
@@ -548,8 +553,16 @@ func (c *ServerConn) parseRequest(head []byte) *Error {
 		return protoErr(KindMissingHost, 400, DetailsMissingHost, "no host")
 	}
 
-	s.reqClose = conn.close || s.minor == 0 && !conn.keepAlive
-	s.upgrade = s.minor == 1 && upgrade && conn.upgrade && !s.isConnect
+	// Persistence, as Envoy's shouldCloseConnection: HTTP/1.0 without
+	// keep-alive, "connection: close", or "proxy-connection: close". A
+	// chunked HTTP/1.0 request (which Envoy accepts) closes the connection
+	// too, as RFC 9112 section 6.1 requires.
+	s.reqClose = conn.close || proxyConn.close || s.minor == 0 && (!conn.keepAlive || mode == bodyChunked)
+	// An h2c upgrade is not one: its upgrade field, HTTP2-Settings and their
+	// connection options are removed and the request goes on as HTTP/1.1
+	// (Envoy's codec does the same).
+	h2c = h2c && upgrade && conn.upgrade
+	s.upgrade = s.minor == 1 && upgrade && conn.upgrade && !s.isConnect && !h2c
 	s.expect = expects && s.minor == 1 && mode != bodyNone
 	s.expectPending = s.expect
 
@@ -569,11 +582,22 @@ func (c *ServerConn) parseRequest(head []byte) *Error {
 	if path != nil {
 		req.AddBytes([]byte(http.Path), path)
 	}
-	clDone := false
+	clDone := s.isConnect // Envoy drops "content-length: 0" from CONNECT
 	for _, f := range c.spans {
 		switch string(f.name) {
 		case "host", "transfer-encoding":
 			continue
+		case "upgrade", "http2-settings":
+			if h2c {
+				continue
+			}
+		case "connection":
+			if h2c {
+				if v := c.dropH2CTokens(f.value); len(v) > 0 {
+					req.AddBytes(f.name, v)
+				}
+				continue
+			}
 		case "content-length": // one field with the value, however it came
 			if !clDone {
 				req.AddBytes(f.name, cl.first)
@@ -592,6 +616,23 @@ func (c *ServerConn) parseRequest(head []byte) *Error {
 		s.proto = "HTTP/1.1"
 	}
 	return nil
+}
+
+// dropH2CTokens returns a connection field value without its "upgrade" and
+// "http2-settings" options, joined by ",", in a scratch buffer of c.
+func (c *ServerConn) dropH2CTokens(value []byte) []byte {
+	b := c.scratch[:0]
+	for elem, rest := nextElement(value); len(elem) > 0; elem, rest = nextElement(rest) {
+		if equalFold(elem, "upgrade") || equalFold(elem, "http2-settings") {
+			continue
+		}
+		if len(b) > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, elem...)
+	}
+	c.scratch = b
+	return b
 }
 
 // endStream finishes the stream after the handler returned and reports
@@ -908,7 +949,11 @@ func (s *serverStream) WriteHeader(h *http.Header, end bool) error {
 		mode, closeAfter = bodyUntilClose, true
 	}
 
-	w.str("HTTP/1.1 ")
+	if s.minor == 0 && c.opts.AcceptHTTP10 {
+		w.str("HTTP/1.0 ")
+	} else {
+		w.str("HTTP/1.1 ")
+	}
 	w.uint(uint64(status), 10)
 	w.str(" ")
 	w.str(reasonPhrase(status))
@@ -1021,8 +1066,9 @@ func (s *serverStream) Write(p []byte) (int, error) {
 func (s *serverStream) End() error { return s.EndWithTrailers(nil) }
 
 // EndWithTrailers ends the response with trailers, which are sent if the
-// body is chunked and dropped otherwise (HTTP/1.1 has nowhere else to put
-// them).
+// body is chunked and Options.EnableTrailers is set, and dropped otherwise
+// (HTTP/1.1 has nowhere else to put them; Envoy drops them unless
+// enable_trailers).
 func (s *serverStream) EndWithTrailers(t *http.Header) error {
 	c := s.c
 	c.wmu.Lock()
@@ -1034,6 +1080,9 @@ func (s *serverStream) EndWithTrailers(t *http.Header) error {
 		return ErrNoHeader
 	case t != nil && !validFields(t):
 		return ErrInvalidHeader
+	}
+	if !c.opts.EnableTrailers {
+		t = nil
 	}
 	return s.end(t)
 }

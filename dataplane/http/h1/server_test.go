@@ -85,7 +85,7 @@ func TestServerPipelining(t *testing.T) {
 }
 
 func TestServerChunkedRequestWithTrailers(t *testing.T) {
-	s := startServer(t, testOptions(), echo)
+	s := startServer(t, trailerOptions(), echo)
 	s.send("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n" +
 		"5;ext=1\r\nhello\r\n1 ; a ; b=\"c\"\r\n \r\n5\r\nworld\r\n0\r\nX-Sum: abc\r\nX-Other: d\r\n\r\n")
 	resp, body := s.response("POST")
@@ -114,7 +114,7 @@ func (s *server) raw(n int) string {
 }
 
 func TestServerChunkedResponseWithTrailers(t *testing.T) {
-	s := startServer(t, testOptions(), handlerFunc(func(st http.ServerStream) {
+	s := startServer(t, trailerOptions(), handlerFunc(func(st http.ServerStream) {
 		st.WriteHeader(header(":status", "200", "Trailer", "x-checksum"), false)
 		st.Write([]byte("hello "))
 		st.Write([]byte("world"))

@@ -37,6 +37,9 @@ func NewClientConn(nc net.Conn, opts ClientOptions) (*ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A malformed response resets its stream only (the upstream side's
+	// options are not wired).
+	cfg.streamErrors = true
 	c := newConn(nc, true, cfg)
 	cc := &ClientConn{c: c, done: make(chan struct{})}
 	c.pool = &cc.streams

@@ -666,24 +666,23 @@ func (c *conn) onData(f *http2.DataFrame) error {
 		}
 		return nil
 	}
-	c.streamDataLocked(s, f, flen, data)
-	return nil
+	return c.streamDataLocked(s, f, flen, data)
 }
 
 // streamDataLocked takes the DATA frame f for s. (A function of its own, so
 // that its defer and onData's are open-coded: the compiler falls back to the
 // runtime's defer records when a function's defers times returns pass 15.)
-func (c *conn) streamDataLocked(s *stream, f *http2.DataFrame, flen int64, data []byte) {
+func (c *conn) streamDataLocked(s *stream, f *http2.DataFrame, flen int64, data []byte) error {
 	defer c.maybeRelease(s)
 	if s.remoteDone {
 		c.creditConn(flen)
 		c.resetLocked(s, ResetStreamClosed, false)
-		return
+		return nil
 	}
 	if flen > s.recvWindow {
 		c.creditConn(flen)
 		c.resetLocked(s, ResetFlowControlError, false)
-		return
+		return nil
 	}
 	s.recvWindow -= flen
 	// Padding is consumed here and now.
@@ -691,8 +690,11 @@ func (c *conn) streamDataLocked(s *stream, f *http2.DataFrame, flen int64, data 
 	s.recvBytes += int64(len(data))
 	if s.contentLength >= 0 && (s.recvBytes > s.contentLength || f.StreamEnded() && s.recvBytes != s.contentLength) {
 		c.creditConn(int64(len(data)))
+		if !c.cfg.streamErrors {
+			return connErr(http.ResetProtocolError, "DATA contradicts content-length on stream %d", s.id)
+		}
 		c.resetLocked(s, http.ResetProtocolError, false)
-		return
+		return nil
 	}
 	if s.discardBody() {
 		c.creditConn(int64(len(data)))
@@ -703,6 +705,7 @@ func (c *conn) streamDataLocked(s *stream, f *http2.DataFrame, flen int64, data 
 	if f.StreamEnded() {
 		c.remoteEndLocked(s)
 	}
+	return nil
 }
 
 // onField is the HPACK decoder's emit function.

@@ -33,7 +33,9 @@
 // stream accepted; the connection closes when those streams are done. A
 // protocol violation is answered with GOAWAY and the error code (the reason
 // as debug data), after which the connection closes; stream-level violations
-// reset just the stream. The idle timeout closes a connection without
+// reset just the stream. A malformed request (RFC 9113 section 8.1.1) is a
+// connection error too, as in Envoy, unless
+// ServerOptions.StreamErrorOnInvalidHTTPMessage makes it a stream error. The idle timeout closes a connection without
 // streams the same way. RequestHeadersTimeout resets a stream whose request
 // header block is not complete in time and leaves the connection open.
 //

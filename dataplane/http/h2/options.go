@@ -17,6 +17,7 @@ const (
 	DefaultInitialConnectionWindowSize = 24 << 20 // initial_connection_window_size (24 MiB)
 	DefaultMaxHeaderListSize           = 60 << 10 // max_request_headers_kb (60 KiB)
 	DefaultDrainTimeout                = 5 * time.Second
+	DefaultMaxHeaders                  = 100 // max_headers_count
 )
 
 // Limits of the options, from RFC 9113 (and Envoy, which does not accept
@@ -41,9 +42,24 @@ type ServerOptions struct {
 	// Default 24 MiB.
 	InitialConnectionWindowSize uint32
 	// MaxHeaderListSize is SETTINGS_MAX_HEADER_LIST_SIZE, measured as RFC 9113
-	// does (name + value + 32 bytes per field). A request over it is answered
-	// 431 without reaching the handler. Default 60 KiB.
+	// does (name + value + 32 bytes per field). A request (or trailer) block
+	// over it has its stream reset with RST_STREAM(INTERNAL_ERROR) without
+	// reaching the handler, as Envoy does. Default 60 KiB.
 	MaxHeaderListSize uint32
+	// MaxHeaders limits the fields of a request header (pseudo-header fields
+	// included) or trailer block (Envoy's max_headers_count): more, and the
+	// stream is reset like one over MaxHeaderListSize. Default 100.
+	MaxHeaders int
+	// StreamErrorOnInvalidHTTPMessage makes a malformed request (RFC 9113
+	// section 8.1.1: a connection-specific field, "te" other than
+	// "trailers", an upper-case name, a pseudo-header field after a regular
+	// one or missing, a content-length the DATA frames contradict, a second
+	// header block that does not end the stream or carries pseudo-header
+	// fields) reset only its stream, with RST_STREAM(PROTOCOL_ERROR). Off,
+	// as in Envoy, such a request ends the connection: GOAWAY(PROTOCOL_ERROR),
+	// then close. It is Envoy's http2_protocol_options
+	// override_stream_error_on_invalid_http_message.
+	StreamErrorOnInvalidHTTPMessage bool
 	// IdleTimeout closes the connection (GOAWAY, then close) once it has had no
 	// open stream for this long. 0 disables it.
 	IdleTimeout time.Duration
@@ -98,6 +114,8 @@ type settings struct {
 	maxHeaderList uint32
 	idleTimeout   time.Duration
 	drainTimeout  time.Duration
+	maxHeaders    int           // server: MaxHeaders
+	streamErrors  bool          // malformed messages reset the stream only
 	hdrTimeout    time.Duration // server: RequestHeadersTimeout
 	onHdrTimeout  func()
 	bufs          *bufpool.Pool

@@ -28,6 +28,11 @@ func NewServer(opts ServerOptions) (*Server, error) {
 		return nil, err
 	}
 	cfg.idleTimeout = opts.IdleTimeout
+	cfg.maxHeaders = opts.MaxHeaders
+	if cfg.maxHeaders <= 0 {
+		cfg.maxHeaders = DefaultMaxHeaders
+	}
+	cfg.streamErrors = opts.StreamErrorOnInvalidHTTPMessage
 	cfg.drainTimeout = opts.DrainTimeout
 	cfg.hdrTimeout, cfg.onHdrTimeout = opts.RequestHeadersTimeout, opts.OnRequestHeadersTimeout
 	if cfg.hdrTimeout < 0 {
@@ -150,8 +155,7 @@ func (c *conn) serverHeaders() error {
 		return nil
 	}
 	if s := c.streams[id]; s != nil {
-		c.serverTrailersLocked(s)
-		return nil
+		return c.serverTrailersLocked(s)
 	}
 	return c.serverRequestLocked(id)
 }
@@ -160,21 +164,50 @@ func (c *conn) serverHeaders() error {
 // serverTrailersLocked and serverRequestLocked are three functions so that
 // each one's defers are open-coded: the compiler falls back to the runtime's
 // defer records when a function's defers times returns pass 15.)
-func (c *conn) serverTrailersLocked(s *stream) {
+func (c *conn) serverTrailersLocked(s *stream) error {
 	hb := &c.hb
 	defer c.maybeRelease(s)
 	switch {
 	case s.remoteDone:
 		c.resetLocked(s, ResetStreamClosed, false)
-	case !hb.endStream || hb.tooLarge || hb.selfDep || !validateTrailers(&c.hdr) ||
+	case c.headersOverflow():
+		c.resetLocked(s, http.ResetInternalError, false)
+	case hb.selfDep:
+		c.resetLocked(s, http.ResetProtocolError, false)
+	case !hb.endStream || !validateTrailers(&c.hdr) ||
 		s.contentLength >= 0 && s.recvBytes != s.contentLength:
 		// Trailers end the stream; a second header block that does
 		// not is malformed (RFC 9113 section 8.1).
-		c.resetLocked(s, http.ResetProtocolError, false)
+		return c.malformedLocked(s, "malformed trailers")
 	default:
 		s.trl, c.hdr = c.hdr, s.trl
 		c.remoteEndLocked(s)
 	}
+	return nil
+}
+
+// headersOverflow reports whether the header block just read is over
+// MaxHeaderListSize or MaxHeaders: Envoy's saveHeader then fails the block
+// with NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE, and nghttp2 resets the stream
+// with INTERNAL_ERROR.
+func (c *conn) headersOverflow() bool {
+	return c.hb.tooLarge || c.cfg.maxHeaders > 0 && c.hdr.Len() > c.cfg.maxHeaders
+}
+
+// malformedLocked deals with a malformed message on s (nil: a request
+// refused before its stream was opened): a connection error, unless the
+// options ask for a stream error (see
+// ServerOptions.StreamErrorOnInvalidHTTPMessage), which resets s.
+func (c *conn) malformedLocked(s *stream, reason string) error {
+	if !c.cfg.streamErrors {
+		return connErr(http.ResetProtocolError, "%s on stream %d", reason, c.hb.id)
+	}
+	if s != nil {
+		c.resetLocked(s, http.ResetProtocolError, false)
+		return nil
+	}
+	c.noteReset(c.hb.id)
+	return c.queueCtrl(ctrlFrame{kind: ctrlRST, id: c.hb.id, val: uint32(http.ResetProtocolError)})
 }
 
 // serverRequestLocked opens stream id with the header block just read and
@@ -201,31 +234,23 @@ func (c *conn) serverRequestLocked(id uint32) error {
 	if c.active >= int(c.cfg.maxStreams) {
 		return refuse(http.ResetRefusedStream)
 	}
-	s := c.getStream()
-	s.id = id
-	s.sendWindow = c.peerInitWindow
-	s.inMap, s.counted = true, true
-	c.streams[id] = s
-	c.active++
-	if hb.tooLarge {
-		// 431 Request Header Fields Too Large, without a handler.
-		s.shdr.Add(http.Status, "431")
-		s.hdrPending, s.hdrEnd, s.finalSubmitted, s.ended = true, true, true, true
-		if hb.endStream {
-			s.remoteDone = true
-		}
-		c.queueStream(s)
-		return nil
+	if c.headersOverflow() {
+		// Envoy resets the stream (INTERNAL_ERROR); HTTP/1.1 answers 431.
+		return refuse(http.ResetInternalError)
 	}
 	cl, ok := validateRequest(&c.hdr)
 	if ok && hb.endStream && cl > 0 {
 		ok = false
 	}
 	if !ok {
-		c.resetLocked(s, http.ResetProtocolError, false)
-		c.maybeRelease(s)
-		return nil
+		return c.malformedLocked(nil, "malformed request header")
 	}
+	s := c.getStream()
+	s.id = id
+	s.sendWindow = c.peerInitWindow
+	s.inMap, s.counted = true, true
+	c.streams[id] = s
+	c.active++
 	s.hdr, c.hdr = c.hdr, s.hdr
 	s.contentLength = cl
 	s.remoteDone = hb.endStream

@@ -240,15 +240,12 @@ func TestServerMaxConcurrentStreams(t *testing.T) {
 	p.readResponse(7)
 }
 
-func TestServerMalformedRequests(t *testing.T) {
-	called := make(chan string, 100)
-	ts := startServer(t, ServerOptions{}, handlerFunc(func(s http.ServerStream) {
-		called <- s.Header().Path()
-		respond(s, "")
-	}))
+// malformedRequests are request header blocks RFC 9113 section 8.1.1 calls
+// malformed.
+func malformedRequests() map[string][]string {
 	base := []string{":method", "GET", ":scheme", "http", ":authority", "a"}
 	with := func(kv ...string) []string { return append(append([]string(nil), base...), kv...) }
-	bad := map[string][]string{
+	return map[string][]string{
 		"no :path":                base,
 		"empty :path":             with(":path", ""),
 		"relative :path":          with(":path", "x"),
@@ -274,9 +271,36 @@ func TestServerMalformedRequests(t *testing.T) {
 		"CONNECT no authority":    {":method", "CONNECT"},
 		"content-length, no body": with(":path", "/", "content-length", "3"),
 	}
+}
+
+// By default (as in Envoy, without override_stream_error_on_invalid_http_message)
+// a malformed request ends the connection: GOAWAY(PROTOCOL_ERROR), close.
+func TestServerMalformedRequestEndsConnection(t *testing.T) {
+	ts := startServer(t, ServerOptions{}, handlerFunc(func(s http.ServerStream) {
+		t.Errorf("handler called for %s", s.Header().Path())
+		respond(s, "")
+	}))
+	for name, kv := range malformedRequests() {
+		t.Run(name, func(t *testing.T) {
+			p := dialPeer(t, ts.addr)
+			p.headers(1, true, kv...)
+			p.expectGoAway(http2.ErrCodeProtocol)
+			p.expectClosed()
+		})
+	}
+}
+
+func TestServerMalformedRequests(t *testing.T) {
+	called := make(chan string, 100)
+	ts := startServer(t, ServerOptions{StreamErrorOnInvalidHTTPMessage: true}, handlerFunc(func(s http.ServerStream) {
+		called <- s.Header().Path()
+		respond(s, "")
+	}))
+	base := []string{":method", "GET", ":scheme", "http", ":authority", "a"}
+	with := func(kv ...string) []string { return append(append([]string(nil), base...), kv...) }
 	p := dialPeer(t, ts.addr)
 	id := uint32(1)
-	for name, kv := range bad {
+	for name, kv := range malformedRequests() {
 		p.headers(id, true, kv...)
 		f := p.expect(name, func(f http2.Frame) bool { return f.Header().StreamID == id }, nil)
 		if rst, ok := f.(*http2.RSTStreamFrame); !ok || rst.ErrCode != http2.ErrCodeProtocol {
@@ -322,7 +346,7 @@ func TestServerHostBecomesAuthority(t *testing.T) {
 }
 
 func TestServerContentLengthMismatch(t *testing.T) {
-	ts := startServer(t, ServerOptions{}, handlerFunc(func(s http.ServerStream) {
+	ts := startServer(t, ServerOptions{StreamErrorOnInvalidHTTPMessage: true}, handlerFunc(func(s http.ServerStream) {
 		if _, err := io.Copy(io.Discard, s); err == nil {
 			t.Error("handler read a body that does not match content-length")
 		}
@@ -336,6 +360,18 @@ func TestServerContentLengthMismatch(t *testing.T) {
 	p.expectRST(3, http2.ErrCodeProtocol)
 }
 
+// By default, DATA that contradicts content-length ends the connection.
+func TestServerContentLengthMismatchEndsConnection(t *testing.T) {
+	ts := startServer(t, ServerOptions{}, handlerFunc(func(s http.ServerStream) {
+		io.Copy(io.Discard, s)
+	}))
+	p := dialPeer(t, ts.addr)
+	p.request(1, false, "/", "content-length", "3")
+	p.data(1, true, []byte("four"))
+	p.expectGoAway(http2.ErrCodeProtocol)
+	p.expectClosed()
+}
+
 func TestServerHeaderListTooLarge(t *testing.T) {
 	var called atomic.Bool
 	ts := startServer(t, ServerOptions{MaxHeaderListSize: 2000}, handlerFunc(func(s http.ServerStream) {
@@ -346,18 +382,28 @@ func TestServerHeaderListTooLarge(t *testing.T) {
 	}))
 	p := dialPeer(t, ts.addr)
 	p.request(1, false, "/", "x-big", strings.Repeat("b", 3000))
-	f := p.expect("431", func(f http2.Frame) bool { _, ok := f.(*http2.HeadersFrame); return ok }, nil)
-	if p.field(":status") != "431" || !f.(*http2.HeadersFrame).StreamEnded() {
-		t.Errorf("got %v %v", f.Header(), p.fields)
-	}
-	p.expectRST(1, http2.ErrCodeNo) // the rest of the request is not wanted
+	// Envoy resets the stream (INTERNAL_ERROR); it does not answer 431.
+	p.expectRST(1, http2.ErrCodeInternal)
 	// The connection (and its HPACK state) is fine.
 	p.request(3, true, "/")
 	if hdr, _, _ := p.readResponse(3); hdr[0].Value != "200" {
-		t.Errorf("after 431: %v", hdr)
+		t.Errorf("after the reset: %v", hdr)
 	}
 	if called.Load() {
 		t.Error("handler called for an oversized header")
+	}
+}
+
+// More fields than MaxHeaders (pseudo-header fields count) reset the
+// stream, as Envoy does for max_headers_count over HTTP/2.
+func TestServerTooManyHeaders(t *testing.T) {
+	ts := startServer(t, ServerOptions{MaxHeaders: 6}, handlerFunc(func(s http.ServerStream) { respond(s, "") }))
+	p := dialPeer(t, ts.addr)
+	p.request(1, true, "/", "a", "1", "b", "2", "c", "3")
+	p.expectRST(1, http2.ErrCodeInternal)
+	p.request(3, true, "/", "a", "1", "b", "2")
+	if hdr, _, _ := p.readResponse(3); hdr[0].Value != "200" {
+		t.Errorf("within the limit: %v", hdr)
 	}
 }
 

@@ -560,7 +560,7 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 			c.peekFn = c.peek
 		}
 	}
-	c.h1 = h1.NewClientConn(nc, &h1.Options{Buffers: p.m.opts.Buffers, MaxHeaders: int(cfg.HTTP.MaxHeadersCount)})
+	c.h1 = h1.NewClientConn(nc, &h1.Options{Buffers: p.m.opts.Buffers, MaxHeaders: int(cfg.HTTP.MaxHeadersCount), EnableTrailers: cfg.HTTP.EnableTrailers})
 	s, err := c.h1.NewStream(ctx)
 	p.mu.Lock()
 	p.dialing--
