@@ -73,10 +73,10 @@ func init() {
 		return append(d, e.Info.LocalReplyBody...), true // Envoy's: empty, never "-"
 	})
 	def("RESPONSE_FLAGS", kindString, func(d []byte, e *http.Exchange) ([]byte, bool) {
-		return e.Info.ResponseFlags.Append(d, false), true
+		return e.Info.AppendResponseFlags(d, false), true
 	})
 	def("RESPONSE_FLAGS_LONG", kindString, func(d []byte, e *http.Exchange) ([]byte, bool) {
-		return e.Info.ResponseFlags.Append(d, true), true
+		return e.Info.AppendResponseFlags(d, true), true
 	})
 	def("BYTES_RECEIVED", kindNumber, func(d []byte, e *http.Exchange) ([]byte, bool) {
 		return strconv.AppendInt(d, e.Info.BytesReceived, 10), true

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"math/bits"
 	"net/netip"
 	"sync"
 	"time"
@@ -266,26 +267,63 @@ func (f ResponseFlag) String() string {
 }
 
 // Append appends the flags as %RESPONSE_FLAGS% (long: %RESPONSE_FLAGS_LONG%)
-// renders them, "-" for none, without allocating beyond dst's growth.
+// renders them, in their fixed order, "-" for none, without allocating beyond
+// dst's growth. StreamInfo.AppendResponseFlags renders an exchange's flags in
+// the order they were set, as Envoy does.
 func (f ResponseFlag) Append(dst []byte, long bool) []byte {
 	if f == 0 {
 		return append(dst, '-')
 	}
-	names := flagNames[:]
-	if long {
-		names = flagLongNames[:]
-	}
-	first := true
-	for i, name := range names {
-		if f&(1<<i) != 0 {
-			if !first {
-				dst = append(dst, ',')
-			}
-			first = false
-			dst = append(dst, name...)
-		}
+	return f.appendNames(dst, long, false)
+}
+
+// appendNames appends the names of f's flags in their fixed order, each after
+// a comma unless it is the first and first is false.
+func (f ResponseFlag) appendNames(dst []byte, long, comma bool) []byte {
+	for ; f != 0; f &= f - 1 {
+		dst = appendFlagName(dst, bits.TrailingZeros32(uint32(f)), long, comma)
+		comma = true
 	}
 	return dst
+}
+
+func appendFlagName(dst []byte, i int, long, comma bool) []byte {
+	if comma {
+		dst = append(dst, ',')
+	}
+	if long {
+		return append(dst, flagLongNames[i]...)
+	}
+	return append(dst, flagNames[i]...)
+}
+
+// SetFlags adds f to ResponseFlags and records the order in which each flag
+// was first set, in which Envoy renders %RESPONSE_FLAGS% (a delay injected
+// and then an upstream connect failure: "DI,UF").
+func (si *StreamInfo) SetFlags(f ResponseFlag) {
+	for n := f &^ si.ResponseFlags; n != 0 && int(si.nFlags) < len(si.flagOrder); n &= n - 1 {
+		si.flagOrder[si.nFlags] = uint8(bits.TrailingZeros32(uint32(n)))
+		si.nFlags++
+	}
+	si.ResponseFlags |= f
+}
+
+// AppendResponseFlags appends %RESPONSE_FLAGS% (long: %RESPONSE_FLAGS_LONG%):
+// the flags in the order SetFlags set them, then any set in ResponseFlags
+// directly, in their fixed order; "-" for none.
+func (si *StreamInfo) AppendResponseFlags(dst []byte, long bool) []byte {
+	rest := si.ResponseFlags
+	if rest == 0 {
+		return append(dst, '-')
+	}
+	comma := false
+	for _, i := range si.flagOrder[:si.nFlags] {
+		if bit := ResponseFlag(1) << i; rest&bit != 0 { // (not cleared since)
+			dst = appendFlagName(dst, int(i), long, comma)
+			comma, rest = true, rest&^bit
+		}
+	}
+	return rest.appendNames(dst, long, comma)
 }
 
 // StreamInfo is what is known about an exchange, for access logs and stats
@@ -329,8 +367,12 @@ type StreamInfo struct {
 	// failed, e.g. "delayed connect error: Connection refused".
 	UpstreamTransportFailureReason string
 
-	ResponseCode        int
+	ResponseCode int
+	// ResponseFlags are the response flags set so far; set them with
+	// SetFlags, which also records their order for %RESPONSE_FLAGS%.
 	ResponseFlags       ResponseFlag
+	flagOrder           [len(flagNames)]uint8 // bit numbers, in the order SetFlags first set them
+	nFlags              uint8
 	ResponseCodeDetails string // e.g. "via_upstream", "route_not_found"
 	// LocalReplyBody is the body of a local reply, before any body format
 	// (Envoy's %LOCAL_REPLY_BODY%).

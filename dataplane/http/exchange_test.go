@@ -24,6 +24,32 @@ func TestResponseFlags(t *testing.T) {
 	}
 }
 
+// TestResponseFlagsInOrderSet: an exchange's %RESPONSE_FLAGS% come in the
+// order they were set, as Envoy (since 1.30) renders them; a flag cleared
+// since is left out, one set directly in ResponseFlags comes last.
+func TestResponseFlagsInOrderSet(t *testing.T) {
+	var si http.StreamInfo
+	if got := string(si.AppendResponseFlags(nil, false)); got != "-" {
+		t.Errorf("no flags: %q", got)
+	}
+	si.SetFlags(http.FlagDelayInjected)
+	si.SetFlags(http.FlagUpstreamRetryLimitExceeded)
+	si.SetFlags(http.FlagUpstreamConnectionFailure | http.FlagDelayInjected)
+	si.SetFlags(http.FlagDownstreamConnectionTermination)
+	if got := string(si.AppendResponseFlags(nil, false)); got != "DI,URX,UF,DC" {
+		t.Errorf("flags %q, want DI,URX,UF,DC", got)
+	}
+	si.ResponseFlags &^= http.FlagUpstreamRetryLimitExceeded
+	si.ResponseFlags |= http.FlagNoHealthyUpstream
+	if got := string(si.AppendResponseFlags(nil, true)); got != "DelayInjected,UpstreamConnectionFailure,DownstreamConnectionTermination,NoHealthyUpstream" {
+		t.Errorf("long flags %q", got)
+	}
+	buf := make([]byte, 0, 128)
+	if allocs := testing.AllocsPerRun(100, func() { buf = si.AppendResponseFlags(buf[:0], false) }); allocs != 0 {
+		t.Errorf("%v allocs", allocs)
+	}
+}
+
 func TestHeaderHelpers(t *testing.T) {
 	var h http.Header
 	h.Add("a", "1")

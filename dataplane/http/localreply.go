@@ -70,7 +70,7 @@ func (e *Exchange) MapLocalReply(status int, body string) (int, string, string) 
 
 func (e *Exchange) localReply(status int, grpcStatus int64, body, details string, flags ResponseFlag) error {
 	e.Info.ResponseCodeDetails = details
-	e.Info.ResponseFlags |= flags
+	e.Info.SetFlags(flags)
 	h := &e.Response
 	original := body
 	var ctBefore string

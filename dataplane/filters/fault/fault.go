@@ -272,7 +272,7 @@ func (f *Filter) OnRequest(e *http.Exchange) http.Action {
 	if d, ok := f.delayDuration(s, snap, h); ok {
 		if active = f.tryActivate(s, snap); active {
 			f.stats.delays.Inc()
-			e.Info.ResponseFlags |= http.FlagDelayInjected
+			e.Info.SetFlags(http.FlagDelayInjected)
 			if gone, interrupted := sleep(e, d); gone || interrupted {
 				f.stats.active.Dec()
 				if gone {

@@ -313,7 +313,7 @@ max_active_faults: 1`)
 		if f.OnRequest(e) != http.Stop || s.Status() != "504" || time.Since(start) != time.Second {
 			t.Fatalf("status %q after %v", s.Status(), time.Since(start))
 		}
-		if e.Info.ResponseFlags != http.FlagDelayInjected|http.FlagFaultInjected || e.Info.ResponseFlags.String() != "FI,DI" {
+		if e.Info.ResponseFlags != http.FlagDelayInjected|http.FlagFaultInjected || string(e.Info.AppendResponseFlags(nil, false)) != "DI,FI" {
 			t.Errorf("flags %v", e.Info.ResponseFlags)
 		}
 		// One active fault for both, so max_active_faults: 1 let the abort through.

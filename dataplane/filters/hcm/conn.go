@@ -284,7 +284,7 @@ func (c *conn) logRefused(ctx context.Context, he *h1.Error) {
 	e.Info.DownstreamRemote = c.fc.Remote
 	e.Info.DownstreamDirectRemote = c.fc.DirectRemote
 	e.Info.ResponseCode = he.Status
-	e.Info.ResponseFlags = he.Flags()
+	e.Info.SetFlags(he.Flags())
 	e.Info.ResponseCodeDetails = he.Details
 	e.Info.Duration = time.Since(e.Info.Start)
 	for _, l := range m.logs {

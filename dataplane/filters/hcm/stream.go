@@ -240,7 +240,7 @@ func (st *stream) finish() {
 		reason = nil
 	}
 	if reason == errDownstreamGone {
-		e.Info.ResponseFlags |= http.FlagDownstreamConnectionTermination
+		e.Info.SetFlags(http.FlagDownstreamConnectionTermination)
 		m.stats.rqRxReset.Inc()
 		st.Reset(http.ResetCancel)
 	} else if reason != nil {
@@ -257,7 +257,7 @@ func (st *stream) finish() {
 			st.timeoutReply(reason)
 		case !st.ended:
 			if reason == errStreamIdle {
-				e.Info.ResponseFlags |= http.FlagStreamIdleTimeout
+				e.Info.SetFlags(http.FlagStreamIdleTimeout)
 			}
 			st.Reset(http.ResetCancel)
 		}
@@ -273,7 +273,7 @@ func (st *stream) finish() {
 			_ = st.WriteHeader(&e.Response, true)
 		} else {
 			if e.Context().Err() != nil {
-				e.Info.ResponseFlags |= http.FlagDownstreamConnectionTermination
+				e.Info.SetFlags(http.FlagDownstreamConnectionTermination)
 				m.stats.rqRxReset.Inc()
 			}
 			st.Reset(http.ResetInternalError)

@@ -611,7 +611,7 @@ func (q *rq) exchange(conn *pool.Conn, us http.ClientStream, start time.Duration
 	q.respStarted = true
 	if err := e.Downstream.WriteHeader(r, respEnd); err != nil {
 		us.Reset(http.ResetCancel)
-		e.Info.ResponseFlags |= http.FlagDownstreamConnectionTermination
+		e.Info.SetFlags(http.FlagDownstreamConnectionTermination)
 		return done
 	}
 	if status == 101 {
@@ -647,7 +647,7 @@ func (q *rq) pumpResponse(us http.ClientStream) bool {
 			q.touchIdle()
 			if _, werr := e.Downstream.Write(buf[:n]); werr != nil {
 				us.Reset(http.ResetCancel)
-				e.Info.ResponseFlags |= http.FlagDownstreamConnectionTermination
+				e.Info.SetFlags(http.FlagDownstreamConnectionTermination)
 				return false
 			}
 		}
@@ -675,18 +675,18 @@ func (q *rq) midResponseFailure(err error) {
 	switch reason := q.why(); {
 	case reason == errGlobalTimeout:
 		q.hs.RqTimeout.Inc()
-		e.Info.ResponseFlags |= http.FlagUpstreamRequestTimeout
+		e.Info.SetFlags(http.FlagUpstreamRequestTimeout)
 		e.Info.ResponseCodeDetails = "response_timeout"
 	case q.takeTryReason() != nil: // (only the idle timeout runs once the response began)
 		q.hs.RqPerTryIdleTimeout.Inc()
-		e.Info.ResponseFlags |= http.FlagUpstreamRequestTimeout
+		e.Info.SetFlags(http.FlagUpstreamRequestTimeout)
 		e.Info.ResponseCodeDetails = "upstream_per_try_idle_timeout"
 	case reason != nil:
 	case e.Context().Err() != nil:
-		e.Info.ResponseFlags |= http.FlagDownstreamConnectionTermination
+		e.Info.SetFlags(http.FlagDownstreamConnectionTermination)
 	default:
 		flag, details := resetKind(err)
-		e.Info.ResponseFlags |= flag
+		e.Info.SetFlags(flag)
 		e.Info.ResponseCodeDetails = "upstream_reset_after_response_started{" + details + "}"
 		q.hs.RqRxReset.Inc()
 	}
@@ -980,7 +980,7 @@ func (q *rq) acquireFailed(err error) outcome {
 	}
 	if e.Context().Err() != nil {
 		q.hs.RqCancelled.Inc()
-		e.Info.ResponseFlags |= http.FlagDownstreamConnectionTermination
+		e.Info.SetFlags(http.FlagDownstreamConnectionTermination)
 		return done
 	}
 	if errors.Is(err, pool.ErrOverflow) {
@@ -1054,14 +1054,14 @@ func (q *rq) upstreamFailed(conn *pool.Conn, err error, sent bool) outcome {
 	}
 	if e.Context().Err() != nil {
 		q.hs.RqCancelled.Inc()
-		e.Info.ResponseFlags |= http.FlagDownstreamConnectionTermination
+		e.Info.SetFlags(http.FlagDownstreamConnectionTermination)
 		return done
 	}
 	q.mu.Lock()
 	readFailed := q.readFailed
 	q.mu.Unlock()
 	if readFailed {
-		e.Info.ResponseFlags |= http.FlagDownstreamConnectionTermination
+		e.Info.SetFlags(http.FlagDownstreamConnectionTermination)
 		return done
 	}
 	if tryTimeout != nil {
@@ -1194,7 +1194,7 @@ func (q *rq) canRetry(counted bool) bool {
 	case q.retriesLeft == 0:
 		if q.policy != nil {
 			hs.RqRetryLimitExceeded.Inc()
-			q.e.Info.ResponseFlags |= http.FlagUpstreamRetryLimitExceeded
+			q.e.Info.SetFlags(http.FlagUpstreamRetryLimitExceeded)
 		}
 		return false
 	case !q.replayable():
@@ -1202,7 +1202,7 @@ func (q *rq) canRetry(counted bool) bool {
 	case hs.Retries.Load() >= int64(q.cl.Config().Limits.Retries()):
 		// RetryStatus::NoOverflow: the flag too, as Envoy's router sets it.
 		hs.RqRetryOverflow.Inc()
-		q.e.Info.ResponseFlags |= http.FlagUpstreamOverflow
+		q.e.Info.SetFlags(http.FlagUpstreamOverflow)
 		return false
 	}
 	hs.RqRetry.Inc()
@@ -1243,7 +1243,7 @@ func (q *rq) backoff() bool {
 func (q *rq) fail(status int, body, details string, flag http.ResponseFlag) outcome {
 	q.replied = true
 	if q.respStarted {
-		q.e.Info.ResponseFlags |= flag
+		q.e.Info.SetFlags(flag)
 		q.e.Downstream.Reset(http.ResetInternalError)
 		return done
 	}

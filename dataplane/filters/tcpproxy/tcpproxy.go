@@ -245,7 +245,7 @@ func (p *Proxy) accessLog(ctx context.Context, c *filter.Conn, start time.Time, 
 	in.UpstreamAttempts = ui.attempts
 	in.UpstreamTransportFailureReason = ui.failure
 	in.BytesReceived, in.BytesSent = res.Sent, res.Received
-	in.ResponseFlags = flags
+	in.SetFlags(flags)
 	for _, l := range p.logs {
 		l.Log(e)
 	}
