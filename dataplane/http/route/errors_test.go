@@ -93,8 +93,6 @@ func TestErrors(t *testing.T) {
 			"virtual_hosts[0].routes[0].match.headers[0].name: value length must be at least 1 runes"},
 		{"header regex", rt(`{prefix: /, headers: [{name: a}, {name: b, safe_regex_match: {regex: '['}}]}`, "route: {cluster: c}"),
 			"virtual_hosts[0].routes[0].match.headers[1].safe_regex_match.regex: error parsing regexp: missing closing ]: `[`"},
-		{"header range", rt(`{prefix: /, headers: [{name: a, range_match: {start: 5, end: 5}}]}`, "route: {cluster: c}"),
-			"virtual_hosts[0].routes[0].match.headers[0].range_match: start 5 must be below end 5"},
 		{"string matcher custom", rt(`{prefix: /, headers: [{name: a, string_match: {custom: {name: x, typed_config: {"@type": type.googleapis.com/google.protobuf.StringValue, value: s}}}}]}`, "route: {cluster: c}"),
 			"virtual_hosts[0].routes[0].match.headers[0].string_match.custom: not supported by skiff (field 8 of envoy.type.matcher.v3.StringMatcher)"},
 		{"string matcher regex ignore_case", rt(`{prefix: /, headers: [{name: a, string_match: {safe_regex: {regex: x}, ignore_case: true}}]}`, "route: {cluster: c}"),

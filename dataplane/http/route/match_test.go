@@ -114,6 +114,8 @@ func TestHeaderMatch(t *testing.T) {
 		{"safe_regex_match is full", `{name: x-a, safe_regex_match: {regex: "[0-9]+"}}`, []string{"x-a", "123a"}, false},
 		{"range in", `{name: x-a, range_match: {start: -10, end: 10}}`, []string{"x-a", "-10"}, true},
 		{"range end excluded", `{name: x-a, range_match: {start: -10, end: 10}}`, []string{"x-a", "10"}, false},
+		{"range empty", `{name: x-a, range_match: {start: 5, end: 5}}`, []string{"x-a", "5"}, false},
+		{"range empty, inverted", `{name: x-a, range_match: {start: 5, end: 5}, invert_match: true}`, []string{"x-a", "5"}, true},
 		{"range spaces and sign", `{name: x-a, range_match: {start: 0, end: 10}}`, []string{"x-a", " +9 "}, true},
 		{"range not a number", `{name: x-a, range_match: {start: 0, end: 10}}`, []string{"x-a", "9a"}, false},
 		{"range overflow", `{name: x-a, range_match: {start: 0, end: 10}}`, []string{"x-a", "99999999999999999999"}, false},

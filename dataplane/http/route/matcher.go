@@ -189,10 +189,9 @@ func NewHeaderMatcher(pb *routev3.HeaderMatcher) (*HeaderMatcher, error) {
 		}
 		m.kind, m.re = hdrRegex, re
 	case *routev3.HeaderMatcher_RangeMatch:
+		// An empty range (start >= end) is accepted and never matches, as
+		// in Envoy (Int64Range has no validation rule).
 		m.kind, m.start, m.end = hdrRange, s.RangeMatch.GetStart(), s.RangeMatch.GetEnd()
-		if m.start >= m.end {
-			return nil, cfgerr.Errorf("range_match", "start %d must be below end %d", m.start, m.end)
-		}
 	case *routev3.HeaderMatcher_PresentMatch:
 		m.kind, m.present = hdrPresent, s.PresentMatch
 	case *routev3.HeaderMatcher_PrefixMatch:
