@@ -262,6 +262,9 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 	// timer per connection instead of a read deadline set and cleared for
 	// every request).
 	mg.h1 = h1.Options{Buffers: bufs, MaxHeaderBytes: int(maxKB) << 10}
+	// An edge proxy refuses an https URL over plaintext, as Envoy's codec
+	// does when it trusts no hop (validate_scheme).
+	mg.h1.ValidateScheme = mg.useRemote && mg.trustedHops == 0
 	mg.idleTimeout = DefaultIdleTimeout
 	var headersTimeout time.Duration
 	if d := cfg.GetRequestHeadersTimeout(); d != nil {

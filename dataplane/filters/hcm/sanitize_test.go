@@ -240,3 +240,25 @@ func TestMissingHost(t *testing.T) {
 		t.Errorf("the upstream got %d requests, want none", n)
 	}
 }
+
+// TestHTTPSURLOnPlaintextEdge: an edge proxy (use_remote_address, no trusted
+// hops) refuses an absolute https URL over plaintext with 403, as Envoy's
+// codec does (http1.https_url_on_plaintext_connection); behind a trusted hop
+// it is served.
+func TestHTTPSURLOnPlaintextEdge(t *testing.T) {
+	var hits atomic.Int32
+	up := cluster(t, "up", false, headerEcho(t, &hits))
+	for _, tc := range []struct {
+		extra  string
+		status string
+	}{
+		{"use_remote_address: true\n", "403"},
+		{"use_remote_address: true\nxff_num_trusted_hops: 1\n", "200"},
+	} {
+		e := newEnv(t, hcmYAML("up", tc.extra), up)
+		got := rawExchange(t, e.addr, "GET https://a/x HTTP/1.1\r\nhost: a\r\n\r\n", 5*time.Second)
+		if !strings.HasPrefix(got, "HTTP/1.1 "+tc.status+" ") {
+			t.Errorf("%q: %q, want %s", tc.extra, got, tc.status)
+		}
+	}
+}

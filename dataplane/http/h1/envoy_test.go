@@ -161,3 +161,34 @@ func TestClientTrailersDroppedByDefault(t *testing.T) {
 		t.Fatalf("response trailers kept: %s", s.Trailers())
 	}
 }
+
+// An absolute-form target's scheme is the request's :scheme, and an edge
+// proxy (ValidateScheme) refuses an https URL over plaintext with 403, as
+// Envoy's codec (handlePath) does.
+func TestServerAbsoluteFormScheme(t *testing.T) {
+	schemeEcho := handlerFunc(func(s http.ServerStream) {
+		readAll(s)
+		respond(s, "200", "ok", "x-scheme", s.Header().Value(http.Scheme), "content-length", "2")
+	})
+	for _, tc := range []struct {
+		target   string
+		validate bool
+		status   int
+		scheme   string
+	}{
+		{"http://a/x", false, 200, "http"},
+		{"https://a/x", false, 200, "https"},
+		{"HTTPS://a/x", false, 200, "https"},
+		{"http://a/x", true, 200, "http"},
+		{"https://a/x", true, 403, ""},
+	} {
+		opts := testOptions()
+		opts.ValidateScheme = tc.validate
+		s := startServer(t, opts, schemeEcho)
+		s.send("GET " + tc.target + " HTTP/1.1\r\nHost: a\r\n\r\n")
+		resp, _ := s.response("GET")
+		if resp.StatusCode != tc.status || resp.Header.Get("x-scheme") != tc.scheme {
+			t.Errorf("%s (validate %v): %d, scheme %q; want %d, %q", tc.target, tc.validate, resp.StatusCode, resp.Header.Get("x-scheme"), tc.status, tc.scheme)
+		}
+	}
+}

@@ -89,6 +89,7 @@ const (
 	DetailsChunkedContentLen    = "http1.content_length_and_chunked_not_allowed"
 	DetailsInvalidTransferEnc   = "http1.invalid_transfer_encoding"
 	DetailsBodyDisallowed       = "http1.body_disallowed"
+	DetailsHTTPSInPlaintext     = "http1.https_url_on_plaintext_connection"
 	DetailsMissingHost          = "missing_host_header"
 	DetailsRequestHeaderTimeout = "request_header_timeout"
 	DetailsDownstreamClosed     = "downstream_remote_disconnect"

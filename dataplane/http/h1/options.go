@@ -70,6 +70,11 @@ type Options struct {
 	// empty), and EndWithTrailers sends none: on the server, request and
 	// response trailers; on the client, response and request trailers.
 	EnableTrailers bool
+	// ValidateScheme (server) refuses, with 403, a request whose
+	// absolute-form target is an https URL on a connection without TLS, as
+	// Envoy's codec does for an edge proxy (use_remote_address with no
+	// trusted hops).
+	ValidateScheme bool
 
 	// ExpectContinueTimeout (client) is how long a request body sent with
 	// "expect: 100-continue" waits for "100 Continue" before it is sent

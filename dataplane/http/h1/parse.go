@@ -459,15 +459,18 @@ func parseStatus(s string) int {
 }
 
 // splitAbsolute splits an absolute-form target (RFC 9112 section 3.2.2) into
-// its authority and its path and query ("" when the path is empty). ok is
-// false if target is not an http or https URI with an authority.
-func splitAbsolute(target []byte) (authority, path []byte, ok bool) {
+// its scheme (https or not), its authority and its path and query ("" when
+// the path is empty). ok is false if target is not an http or https URI with
+// an authority.
+func splitAbsolute(target []byte) (https bool, authority, path []byte, ok bool) {
 	i := bytes.Index(target, []byte("://"))
 	if i < 0 {
-		return nil, nil, false
+		return false, nil, nil, false
 	}
-	if scheme := target[:i]; !equalFold(scheme, "http") && !equalFold(scheme, "https") {
-		return nil, nil, false
+	scheme := target[:i]
+	https = equalFold(scheme, "https")
+	if !https && !equalFold(scheme, "http") {
+		return false, nil, nil, false
 	}
 	rest := target[i+3:]
 	end := len(rest)
@@ -476,9 +479,9 @@ func splitAbsolute(target []byte) (authority, path []byte, ok bool) {
 	}
 	authority, path = rest[:end], rest[end:]
 	if !validAuthority(authority) {
-		return nil, nil, false
+		return false, nil, nil, false
 	}
-	return authority, path, true
+	return https, authority, path, true
 }
 
 // Reason phrases for the status codes skiff is likely to send.

@@ -511,6 +511,7 @@ func (c *ServerConn) parseRequest(head []byte) *Error {
 	// The target (RFC 9112 section 3.2).
 	target := rl.target
 	var authority, path []byte
+	https := c.tls // :scheme; an absolute-form target's own, as Envoy takes it
 	switch {
 	case s.isConnect:
 		if !validAuthority(target) {
@@ -526,9 +527,14 @@ func (c *ServerConn) parseRequest(head []byte) *Error {
 		path = target
 	default:
 		var ok bool
-		authority, path, ok = splitAbsolute(target)
+		https, authority, path, ok = splitAbsolute(target)
 		if !ok {
 			return protoErr(KindMalformed, 400, DetailsInvalidURL, "invalid request target")
+		}
+		if https && !c.tls && c.opts.ValidateScheme {
+			// An edge proxy does not take an https URL over plaintext
+			// (Envoy's http1.https_url_on_plaintext_connection).
+			return protoErr(KindMalformed, 403, DetailsHTTPSInPlaintext, "https URL on a plaintext connection")
 		}
 		if len(path) == 0 || path[0] == '?' {
 			c.path = append(append(c.path[:0], '/'), path...)
@@ -570,7 +576,7 @@ func (c *ServerConn) parseRequest(head []byte) *Error {
 	req.Reset()
 	req.AddBytes([]byte(http.Method), method)
 	if !s.isConnect {
-		if c.tls {
+		if https {
 			req.Add(http.Scheme, "https")
 		} else {
 			req.Add(http.Scheme, "http")

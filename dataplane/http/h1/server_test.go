@@ -337,11 +337,11 @@ func TestServerConnectTunnel(t *testing.T) {
 
 func TestServerAbsoluteForm(t *testing.T) {
 	s := startServer(t, testOptions(), echo)
-	for _, tc := range []struct{ target, host, authority, path string }{
-		{"http://example.com:8080/a?b", "other", "example.com:8080", "/a?b"},
-		{"HTTP://example.com", "", "example.com", "/"},
-		{"https://example.com?q=1", "x", "example.com", "/?q=1"},
-		{"*", "a", "a", "*"},
+	for _, tc := range []struct{ target, host, scheme, authority, path string }{
+		{"http://example.com:8080/a?b", "other", "http", "example.com:8080", "/a?b"},
+		{"HTTP://example.com", "", "http", "example.com", "/"},
+		{"https://example.com?q=1", "x", "https", "example.com", "/?q=1"}, // the URL's scheme, as Envoy takes it
+		{"*", "a", "http", "a", "*"},
 	} {
 		method := "GET"
 		if tc.target == "*" {
@@ -353,7 +353,7 @@ func TestServerAbsoluteForm(t *testing.T) {
 		}
 		s.send(req + "\r\n")
 		resp, _ := s.response(method)
-		want := ":method: " + method + "|:scheme: http|:authority: " + tc.authority + "|:path: " + tc.path
+		want := ":method: " + method + "|:scheme: " + tc.scheme + "|:authority: " + tc.authority + "|:path: " + tc.path
 		if got := resp.Header.Get("x-request"); got != want {
 			t.Errorf("%s: handler saw %q, want %q", tc.target, got, want)
 		}
