@@ -153,6 +153,14 @@ func staticCluster(name string, http2 bool, addrs ...string) string {
 	return s
 }
 
+// h1Trailers, after a staticCluster, lets the cluster's HTTP/1.1 responses
+// keep their trailers (http_protocol_options.enable_trailers).
+const h1Trailers = `    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http_protocol_options: { enable_trailers: true } }
+`
+
 // httpFixture is skiff with an HTTP listener in front of test upstreams.
 type httpFixture struct {
 	p       *Proxy
@@ -198,7 +206,7 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress
           max_request_headers_kb: 8
-          http_protocol_options: { accept_http_10: true }
+          http_protocol_options: { accept_http_10: true, enable_trailers: true }
           upgrade_configs: [{ upgrade_type: websocket }]
           access_log:
           - name: envoy.access_loggers.file
@@ -247,7 +255,7 @@ static_resources:
                 route: { cluster: echo_a }
   clusters:
 %s%s%s%s%s%s%s`, f.logPath,
-		staticCluster("echo_a", false, echoA),
+		staticCluster("echo_a", false, echoA)+h1Trailers, // trailers pass on HTTP/1.1 only when both sides enable them, as in Envoy
 		staticCluster("echo_b", false, echoB),
 		staticCluster("flaky", false, flaky),
 		staticCluster("half_refused", false, refusingAddr(t), echoA),
