@@ -269,24 +269,11 @@ virtual_hosts:
 // parse is a protocol error, answered 502 UPE as Envoy's onUpstreamReset
 // does.
 func TestMalformedResponseIsBadGateway(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Read(make([]byte, 4096))
-			c.Write([]byte("HTTP/1.1 abc\r\n\r\n"))
-			c.Close()
-		}
-	}()
-	defer func() { ln.Close(); <-done }()
+	up := rawBackend(t, func(c net.Conn) {
+		c.Read(make([]byte, 4096))
+		c.Write([]byte("HTTP/1.1 abc\r\n\r\n"))
+		c.Close()
+	})
 	f := newFixture(t, `
 virtual_hosts:
 - name: v
@@ -294,7 +281,7 @@ virtual_hosts:
   routes:
   - match: { prefix: "/" }
     route: { cluster: c }
-`, map[string][]string{"c": {ln.Addr().String()}})
+`, map[string][]string{"c": {up}})
 	d := newDown("GET", "/", nil)
 	e := f.serve(d)
 	if d.resp.Value(":status") != "502" || e.Info.ResponseFlags&http.FlagUpstreamProtocolError == 0 ||

@@ -19,12 +19,7 @@ import (
 // streams counts them.
 func refusingH2(t *testing.T) (addr string, streams *atomic.Int32) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	streams = new(atomic.Int32)
-	done := make(chan struct{})
 	serve := func(c net.Conn) {
 		defer c.Close()
 		if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err != nil {
@@ -53,18 +48,7 @@ func refusingH2(t *testing.T) (addr string, streams *atomic.Int32) {
 			}
 		}
 	}
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go serve(c)
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); <-done })
-	return ln.Addr().String(), streams
+	return rawBackend(t, serve), streams
 }
 
 const h2Options = `typed_extension_protocol_options: { envoy.extensions.upstreams.http.v3.HttpProtocolOptions: { "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: { http2_protocol_options: {} } } }, `

@@ -8,6 +8,7 @@ import (
 	"net"
 	nethttp "net/http"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -146,6 +147,28 @@ func (f *fixture) serve(d *down) *http.Exchange {
 	return e
 }
 
+// rawBackend is a TCP upstream that runs serve on each connection it
+// accepts (serve owns the conn), for answers net/http would not give.
+func rawBackend(t *testing.T, serve func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() { serve(c) })
+		}
+	})
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return ln.Addr().String()
+}
+
 func backend(t *testing.T, h nethttp.HandlerFunc) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -256,25 +279,11 @@ virtual_hosts:
 }
 
 func TestUpstreamResetBeforeResponse(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			buf := make([]byte, 1024)
-			c.Read(buf)
-			c.(*net.TCPConn).SetLinger(0)
-			c.Close()
-		}
-	}()
-	defer func() { ln.Close(); <-done }()
+	up := rawBackend(t, func(c net.Conn) {
+		c.Read(make([]byte, 1024))
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	})
 	f := newFixture(t, `
 virtual_hosts:
 - name: v
@@ -282,7 +291,7 @@ virtual_hosts:
   routes:
   - match: { prefix: "/" }
     route: { cluster: c }
-`, map[string][]string{"c": {ln.Addr().String()}})
+`, map[string][]string{"c": {up}})
 	d := newDown("POST", "/", []byte("x"))
 	e := f.serve(d)
 	if d.resp.Value(":status") != "503" || e.Info.ResponseFlags&http.FlagUpstreamConnectionTermination == 0 ||
