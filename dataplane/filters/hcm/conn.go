@@ -196,7 +196,7 @@ func (m *Manager) serveConn(ctx context.Context, fc *filter.Conn, moved *filter.
 		return
 	}
 	fc.SetMover(nil)
-	c.connEnded(ctx, err)
+	c.connEnded(err)
 }
 
 // movable reports whether a hot restart may move the connection while it is
@@ -233,9 +233,10 @@ func (c *conn) Move() (*filter.MovedConn, bool) {
 	}, true
 }
 
-// connEnded accounts for how the connection ended, logging a request the
-// HTTP/1.1 codec refused (400, 408, 431, ...) as an exchange.
-func (c *conn) connEnded(ctx context.Context, err error) {
+// connEnded accounts for how the connection ended. A request the HTTP/1.1
+// codec refused (400, 408, 431, ...) was answered and logged as an exchange
+// (ServeRefused).
+func (c *conn) connEnded(err error) {
 	m := c.m
 	var he *h1.Error
 	var ce *h2.ConnError
@@ -251,11 +252,6 @@ func (c *conn) connEnded(ctx context.Context, err error) {
 		default:
 			m.stats.cxProtocolError.Inc()
 		}
-		if he.Status != 0 && (c.st == nil || c.st.bodyErr.Load() != he) {
-			// (A request whose body failed was answered and logged as an
-			// exchange.)
-			c.logRefused(ctx, he)
-		}
 	case errors.As(err, &ce):
 		if !ce.Remote {
 			m.stats.cxProtocolError.Inc()
@@ -263,32 +259,14 @@ func (c *conn) connEnded(ctx context.Context, err error) {
 	}
 }
 
-// logRefused counts and logs a request the codec answered itself.
-func (c *conn) logRefused(ctx context.Context, he *h1.Error) {
-	m := c.m
-	m.stats.rqTotal.Inc()
-	m.stats.rqHTTP1Total.Inc()
-	if he.Status >= 100 && he.Status < 600 {
-		m.stats.rqClass[he.Status/100-1].Inc()
-	}
-	if he.Kind == h1.KindHeadersTooLarge || he.Kind == h1.KindTooManyHeaders {
-		m.stats.rqTooLarge.Inc()
-	}
-	if len(m.logs) == 0 {
-		return
-	}
-	e := http.NewExchange(ctx, nil)
-	e.Info.Protocol = "HTTP/1.1"
-	e.Info.ConnectionID = c.fc.ID
-	e.Info.DownstreamLocal = c.fc.Local
-	e.Info.DownstreamRemote = c.fc.Remote
-	e.Info.DownstreamDirectRemote = c.fc.DirectRemote
-	e.Info.ResponseCode = he.Status
-	e.Info.SetFlags(he.Flags())
-	e.Info.ResponseCodeDetails = he.Details
-	e.Info.Duration = time.Since(e.Info.Start)
-	for _, l := range m.logs {
-		l.Log(e)
+// ServeRefused implements h1.RefusalHandler: a request the HTTP/1.1 codec
+// refused is answered as Envoy's codec has its connection manager answer it
+// (sendProtocolError): a local reply, through the response filters,
+// local_reply_config and the manager's response headers, counted and logged
+// as an exchange; the connection closes after it.
+func (c *conn) ServeRefused(s http.ServerStream, he *h1.Error) {
+	if c.st != nil {
+		c.st.serveRefused(c, s, he)
 	}
 }
 

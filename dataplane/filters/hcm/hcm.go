@@ -13,8 +13,16 @@
 // and its headers, so that a keep-alive request allocates nothing; HTTP/2
 // serves each stream on a goroutine of its own, with pooled exchanges.
 //
-// Timeouts: request_headers_timeout (the codecs': 408 on HTTP/1.1, the stream
-// reset on HTTP/2), request_timeout (the
+// Requests the HTTP/1.1 codec refuses (a malformed head, 431, 501, ...; see
+// h1.RefusalHandler) are local replies, as Envoy's codec has its connection
+// manager answer them: the status's text as the body, local_reply_config,
+// the response headers below, "connection: close", and an exchange counted
+// and logged with the codec's details (DPE). A response that begins before
+// the whole request is in closes an HTTP/1.x connection ("connection: close",
+// but for a tunnel), counted in downstream_rq_response_before_rq_complete.
+//
+// Timeouts: request_headers_timeout (the codecs': 408 "request header
+// timeout" on HTTP/1.1, the stream reset on HTTP/2), request_timeout (the
 // whole request received: 408 "request timeout"), stream_idle_timeout (5 min
 // by default: no byte either way; 408 "stream timeout", or a reset once the
 // response began), the route's idle_timeout overriding it;
@@ -299,6 +307,10 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 			mg.h1.MaxHeaders = mg.maxHeaders
 		}
 		mg.underscores = co.GetHeadersWithUnderscoresAction()
+		// As in Envoy, HTTP/1.1's codec refuses the request as it parses
+		// the field (a protocol error: 400 "Bad Request", the connection
+		// closes).
+		mg.h1.RejectUnderscores = mg.underscores == corev3.HttpProtocolOptions_REJECT_REQUEST
 		mg.maxRequests = co.GetMaxRequestsPerConnection().GetValue()
 	}
 	if mg.maxHeaders == 0 {
@@ -470,6 +482,7 @@ type hcmStats struct {
 	rqTimeout, rqIdleTimeout, rqHeaderTimeout, rqRxReset   stats.Counter
 	rqMaxDuration                                          stats.Counter
 	rqTxReset, rqWsOnNonWs, rqTooLarge, rqFailedNormalize  stats.Counter
+	rqRespBeforeComplete                                   stats.Counter
 	rqNormalizedRedirect                                   stats.Counter
 	rxBytes, txBytes                                       stats.Counter
 	rqTime                                                 stats.Histogram
@@ -502,6 +515,7 @@ func newStats(st *stats.Store, p string) hcmStats {
 		rqTxReset:            st.Counter(p + "downstream_rq_tx_reset"),
 		rqWsOnNonWs:          st.Counter(p + "downstream_rq_ws_on_non_ws_route"),
 		rqTooLarge:           st.Counter(p + "downstream_rq_too_large"),
+		rqRespBeforeComplete: st.Counter(p + "downstream_rq_response_before_rq_complete"),
 		rqFailedNormalize:    st.Counter(p + "downstream_rq_failed_path_normalization"),
 		rqNormalizedRedirect: st.Counter(p + "downstream_rq_redirected_with_normalized_path"),
 		rxBytes:              st.Counter(p + "downstream_cx_rx_bytes_total"),

@@ -46,7 +46,10 @@ type stream struct {
 	resetFlag         atomic.Bool // Reset was called (from any goroutine)
 	matched           bool
 	upgradeType       string // the request's upgrade (lower case), "" if none; decided once routed
-	decoratorOp       string // x-envoy-decorator-operation for the response (tracing, ingress)
+	// tunnelReq: an HTTP/1.1 upgrade or CONNECT request, which Envoy's codec
+	// never sees complete (its body is the tunnel's).
+	tunnelReq   bool
+	decoratorOp string // x-envoy-decorator-operation for the response (tracing, ingress)
 	// closeConn: the HTTP/1.x connection closes after this exchange's
 	// response, which says "connection: close" (Envoy's saw_connection_close_).
 	closeConn bool
@@ -105,10 +108,42 @@ func (st *stream) close() {
 
 // serve runs one exchange.
 func (st *stream) serve(c *conn, s http.ServerStream) {
+	st.start(c, s)
+	if st.prepare() {
+		st.armTimers()
+		st.run()
+	}
+	st.finish()
+}
+
+// serveRefused runs the exchange of a request the HTTP/1.1 codec refused
+// with he: as Envoy's connection manager answers its codec's
+// sendProtocolError, a local reply of he's status whose body is the
+// status's text (408's is "request header timeout", as Envoy's
+// onRequestHeaderTimeout says it), with he's details and response flags;
+// "connection: close", as the request is not complete. It is counted and
+// logged as any exchange: once, with no request headers (the head was not
+// parsed; Envoy's are null).
+func (st *stream) serveRefused(c *conn, s http.ServerStream, he *h1.Error) {
+	st.start(c, s)
+	if he.Kind == h1.KindHeadersTooLarge || he.Kind == h1.KindTooManyHeaders {
+		st.m.stats.rqTooLarge.Inc()
+	}
+	body := protocolErrorBody(he.Status)
+	if he.Kind == h1.KindHeadersTimeout {
+		body = "request header timeout"
+	}
+	st.closeConn = true
+	_ = st.ex.LocalReply(he.Status, body, he.Details, he.Flags())
+	st.finish()
+}
+
+// start readies the stream for an exchange on s and counts it.
+func (st *stream) start(c *conn, s http.ServerStream) {
 	m := st.m
 	st.c, st.down = c, s
-	st.headerSent, st.ended, st.matched, st.closeConn = false, false, false, false
-	st.decoratorOp = ""
+	st.headerSent, st.ended, st.matched, st.closeConn, st.tunnelReq = false, false, false, false, false
+	st.decoratorOp, st.upgradeType = "", ""
 	st.resetFlag.Store(false)
 	st.reqDone.Store(false)
 	st.bodyErr.Store(nil)
@@ -135,12 +170,6 @@ func (st *stream) serve(c *conn, s http.ServerStream) {
 		in.RequestComplete = 1
 		st.reqDone.Store(true)
 	}
-
-	if st.prepare() {
-		st.armTimers()
-		st.run()
-	}
-	st.finish()
 }
 
 // run matches the route and runs the filters and the router.
@@ -349,12 +378,16 @@ func protocolErrorBody(status int) string {
 	switch status {
 	case 400:
 		return "Bad Request"
+	case 403:
+		return "Forbidden"
 	case 413:
 		return "Payload Too Large"
 	case 431:
 		return "Request Header Fields Too Large"
 	case 501:
 		return "Not Implemented"
+	case 505:
+		return "HTTP Version Not Supported"
 	}
 	return ""
 }
@@ -377,8 +410,11 @@ func (st *stream) prepare() bool {
 		return false
 	}
 	st.upgradeType = st.upgrade()
-	if !st.c.http2 && st.upgradeType == "" && req.Method() != "CONNECT" && !st.connectionNominated() {
-		return false
+	if !st.c.http2 {
+		st.tunnelReq = st.upgradeType != "" || req.Method() == "CONNECT"
+		if !st.tunnelReq && !st.connectionNominated() {
+			return false
+		}
 	}
 	if !req.Has(http.Authority) {
 		// HTTP/1.0 without a default host, or HTTP/2 with neither
@@ -405,7 +441,8 @@ func (st *stream) prepare() bool {
 }
 
 // underscores applies headers_with_underscores_action; false means the
-// request was refused.
+// request was refused. (HTTP/1.1's codec refuses a request under
+// REJECT_REQUEST already, as Envoy's does: see h1.Options.RejectUnderscores.)
 func (st *stream) underscores() bool {
 	e := &st.ex
 	reject := st.m.underscores == corev3.HttpProtocolOptions_REJECT_REQUEST
@@ -607,6 +644,15 @@ func (st *stream) WriteHeader(h *http.Header, end bool) error {
 		// stream_error_on_invalid_http_message.
 		st.closeConn = true
 	}
+	if !st.requestReceived() {
+		// As Envoy's encodeHeaders: a response before the whole request is
+		// in closes an HTTP/1.x connection (the rest of the request is not
+		// read), but for a tunnel's.
+		m.stats.rqRespBeforeComplete.Inc()
+		if status != 101 && (status/100 != 2 || e.Request.Method() != "CONNECT") {
+			st.closeConn = true
+		}
+	}
 	if st.closeConn && !st.c.http2 {
 		r.Set("connection", "close") // the codec closes the connection after it
 	}
@@ -620,6 +666,20 @@ func (st *stream) WriteHeader(h *http.Header, end bool) error {
 		e.Info.ResponseComplete = e.Info.ResponseStart
 	}
 	return err
+}
+
+// requestReceived reports whether the whole request was received when the
+// response begins (Envoy's remoteDecodeComplete): read to its end, or, on
+// HTTP/1.1, all in the codec (see h1's RequestReceived) and not a tunnel's.
+func (st *stream) requestReceived() bool {
+	switch {
+	case st.tunnelReq:
+		return false
+	case st.reqDone.Load():
+		return true
+	}
+	rr, ok := st.down.(interface{ RequestReceived() bool })
+	return ok && rr.RequestReceived()
 }
 
 // Write implements http.ServerStream.

@@ -24,8 +24,12 @@
 // the connection and must not be used after ServeStream returns; the same
 // holds for strings obtained from its Headers (see package http).
 //
-// Requests the codec refuses never reach the handler: it answers them itself
-// (400, 408, 431, 501, with "connection: close" and no body), closes the
+// Requests the codec refuses never reach ServeStream. A handler that is a
+// RefusalHandler answers them (ServeRefused, on a stream without request
+// headers, before anything is written), as Envoy's codec hands its protocol
+// errors to the connection manager's local reply; otherwise, or if it sends
+// nothing, the codec answers itself (400, 403, 408, 431, 501, with
+// "connection: close" and no body). Either way the codec then closes the
 // connection and returns an *Error. Error.Kind says what happened,
 // Error.Flags maps it to Envoy's response flags and Error.Details to Envoy's
 // response code details; see Kind for the statuses. After an error response,

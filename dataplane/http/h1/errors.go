@@ -16,8 +16,9 @@ const (
 	// trailer that breaks RFC 9112's grammar or carries a forbidden byte
 	// (a control character, a bare CR or LF, obs-fold, whitespace before a
 	// colon, a fragment or non-ASCII byte in the request target, an invalid
-	// Host), or a method Envoy's parser does not know (see
-	// Options.AllowCustomMethods). Server: 400.
+	// Host), a method Envoy's parser does not know (see
+	// Options.AllowCustomMethods), or an underscore in a header name under
+	// Options.RejectUnderscores. Server: 400.
 	KindMalformed Kind = iota + 1
 	// KindFraming: a message whose length cannot be determined safely, the
 	// request-smuggling family: Content-Length with Transfer-Encoding, more
@@ -90,6 +91,7 @@ const (
 	DetailsInvalidTransferEnc   = "http1.invalid_transfer_encoding"
 	DetailsBodyDisallowed       = "http1.body_disallowed"
 	DetailsHTTPSInPlaintext     = "http1.https_url_on_plaintext_connection"
+	DetailsUnexpectedUnderscore = "http1.unexpected_underscore"
 	DetailsMissingHost          = "missing_host_header"
 	DetailsRequestHeaderTimeout = "request_header_timeout"
 	DetailsDownstreamClosed     = "downstream_remote_disconnect"
@@ -98,10 +100,11 @@ const (
 // Error is an HTTP/1 protocol failure: a message the codec refused, or a
 // connection it ended. Every Error ends its connection.
 //
-// The server codec answers a refused request itself, with Status (and
-// "connection: close"), before it closes the connection; ServerConn.Serve
-// returns the Error, so the connection manager can count it (by Kind), log it
-// (Status, Flags, Details) and map it to Envoy's response flags. An Error found
+// The server codec has a refused request answered with Status (and
+// "connection: close") before it closes the connection: by the Handler, if it
+// is a RefusalHandler (the connection manager's local reply, as in Envoy),
+// else by itself, without a body. ServerConn.Serve returns the Error, so the
+// connection manager can count it (by Kind). An Error found
 // in a request body after the stream was handed over is returned by the
 // stream's Read, and again by Serve.
 //

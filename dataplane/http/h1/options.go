@@ -70,6 +70,12 @@ type Options struct {
 	// empty), and EndWithTrailers sends none: on the server, request and
 	// response trailers; on the client, response and request trailers.
 	EnableTrailers bool
+	// RejectUnderscores (server) refuses, with 400, a request with a header
+	// field whose name has an underscore, as Envoy's codec does under
+	// headers_with_underscores_action REJECT_REQUEST: as the field is parsed,
+	// so before the checks of the complete head (Host, framing, ...) and
+	// before the connection manager's (HTTP/1.0's 426, ...).
+	RejectUnderscores bool
 	// ValidateScheme (server) refuses, with 403, a request whose
 	// absolute-form target is an https URL on a connection without TLS, as
 	// Envoy's codec does for an edge proxy (use_remote_address with no

@@ -1,6 +1,7 @@
 package h1
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -150,7 +151,7 @@ func (c *ServerConn) ServeBuffered(ctx context.Context, conn net.Conn, buffered 
 	}()
 	for {
 		if err := c.readRequest(); err != nil {
-			return c.refuse(err)
+			return c.refuse(err, h)
 		}
 		if c.stream.bodyDone.Load() {
 			c.armBackgroundRead()
@@ -370,8 +371,28 @@ func (rd *reader) preload(b []byte) {
 	rd.r, rd.w = 0, copy(rd.b, b)
 }
 
-// refuse ends Serve for err, answering first if err calls for it.
-func (c *ServerConn) refuse(err error) error {
+// RefusalHandler is implemented by an http.Handler that answers the requests
+// the server codec refuses, as Envoy's codec hands its protocol errors to the
+// connection manager (sendProtocolError, then the manager's sendLocalReply):
+// the answer is the manager's local reply, with its headers, body,
+// local_reply_config and access log. Serve calls ServeRefused, on its own
+// goroutine, for an Error with a Status (400, 403, 408, 431, 501, ...)
+// before anything of the answer is written; a handler that does not
+// implement it, or that returns without sending a response head, leaves the
+// answer to the codec (a bodiless Status with "connection: close"). Either
+// way the connection then closes (after the delayed close) and Serve returns
+// err.
+type RefusalHandler interface {
+	// ServeRefused answers the request refused with err on s, a stream with
+	// no request headers (the head is not parsed: Header is empty), whose
+	// Read returns err and whose response closes the connection
+	// ("connection: close"). s must not be used after ServeRefused returns.
+	ServeRefused(s http.ServerStream, err *Error)
+}
+
+// refuse ends Serve for err, answering first if err calls for it: through h
+// if it is a RefusalHandler, else by the codec itself.
+func (c *ServerConn) refuse(err error, h http.Handler) error {
 	switch err {
 	case ErrDetached:
 		return err
@@ -386,12 +407,33 @@ func (c *ServerConn) refuse(err error) error {
 		return err
 	}
 	if e.Status != 0 {
-		c.wmu.Lock()
-		c.writeError(e.Status)
-		c.wmu.Unlock()
+		if rh, ok := h.(RefusalHandler); ok {
+			c.serveRefused(rh, e)
+		} else {
+			c.wmu.Lock()
+			c.writeError(e.Status)
+			c.wmu.Unlock()
+		}
 		c.lingerClose()
 	}
 	return e
+}
+
+// serveRefused has rh answer the request refused with e, on the connection's
+// stream made ready for it; if rh sends no response head (and did not reset
+// the stream), the codec answers as without a RefusalHandler.
+func (c *ServerConn) serveRefused(rh RefusalHandler, e *Error) {
+	s := &c.stream
+	s.begin()
+	s.req.Reset()
+	s.minor, s.proto, s.reqClose, s.refused = 1, "HTTP/1.1", true, e
+	rh.ServeRefused(s, e)
+	c.wmu.Lock()
+	if !s.final && !s.reset.Load() {
+		c.writeError(e.Status)
+	}
+	c.wr.release()
+	c.wmu.Unlock()
 }
 
 // writeError sends a bodiless error response that closes the connection.
@@ -458,6 +500,9 @@ func (c *ServerConn) parseRequest(head []byte) *Error {
 		name, value, err := parseField(line)
 		if err != nil {
 			return err
+		}
+		if c.opts.RejectUnderscores && bytes.IndexByte(name, '_') >= 0 {
+			return protoErr(KindMalformed, 400, DetailsUnexpectedUnderscore, "underscore in a header name")
 		}
 		switch string(name) {
 		case "host":
@@ -616,6 +661,7 @@ func (c *ServerConn) parseRequest(head []byte) *Error {
 	s.body.reset(mode, cl.n)
 	s.noBody = s.body.mode == bodyNone
 	s.bodyDone.Store(s.body.done)
+	s.noteBodyIn()
 	if s.minor == 0 {
 		s.proto = "HTTP/1.0"
 	} else {
@@ -801,7 +847,9 @@ type serverStream struct {
 	body                            body        // read side
 	raw                             body        // read side, once a tunnel
 	err                             *Error      // read side: a protocol error in the body
+	refused                         *Error      // the request was refused (see RefusalHandler)
 	bodyDone                        atomic.Bool // the body was read to its end
+	bodyIn                          atomic.Bool // the body is all received (see RequestReceived)
 	bodyFailed                      atomic.Bool // err is set
 	reset                           atomic.Bool
 	tunnel                          atomic.Bool
@@ -844,6 +892,9 @@ func (s *serverStream) EndedWithHeader() bool { return s.noBody }
 // returns the raw bytes the client sends, until it closes (io.EOF).
 func (s *serverStream) Read(p []byte) (int, error) {
 	c := s.c
+	if s.refused != nil {
+		return 0, s.refused
+	}
 	if s.tunnel.Load() {
 		return c.rd.readBody(&s.raw, p, nil, limits{})
 	}
@@ -852,6 +903,7 @@ func (s *serverStream) Read(p []byte) (int, error) {
 		c.sendContinue()
 	}
 	n, err := c.rd.readBody(&s.body, p, &s.trailers, c.opts.limits())
+	s.noteBodyIn()
 	if err != nil {
 		if err == io.EOF {
 			if !s.bodyDone.Load() {
@@ -864,6 +916,27 @@ func (s *serverStream) Read(p []byte) (int, error) {
 		}
 	}
 	return n, err
+}
+
+// RequestReceived reports whether the whole request has been received, Envoy's
+// "remote complete" for a downstream request: it had no body, its body's last
+// byte was read (Read may not have returned io.EOF yet), or the rest of its
+// Content-Length body is in the codec's buffer already (the codec reads a body
+// only as Read asks for it: bytes still in the socket count as not received).
+// It is false for a refused request (see RefusalHandler). It may be called
+// from any goroutine, concurrently with Read.
+func (s *serverStream) RequestReceived() bool { return s.bodyIn.Load() }
+
+// noteBodyIn records, on the goroutine that reads the body, whether it is all
+// received (see RequestReceived).
+func (s *serverStream) noteBodyIn() {
+	if s.bodyIn.Load() {
+		return
+	}
+	bd := &s.body
+	if bd.done || bd.mode == bodyLength && bd.err == nil && int64(s.c.rd.buffered()) >= bd.n {
+		s.bodyIn.Store(true)
+	}
 }
 
 // Trailers returns the request trailers once Read has returned io.EOF.
