@@ -278,6 +278,46 @@ virtual_hosts:
 	}
 }
 
+// TestGRPCTimeoutHeaderRewritten: under max_grpc_timeout the upstream's
+// grpc-timeout says the deadline skiff enforces (capped, or the per-try
+// timeout), as Envoy's setTimeoutHeaders writes it, suppress_envoy_headers
+// or not; a route with max_stream_duration leaves max_grpc_timeout aside.
+func TestGRPCTimeoutHeaderRewritten(t *testing.T) {
+	seen := make(chan string, 8)
+	up := backend(t, func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		seen <- r.Header.Get("grpc-timeout")
+		w.Header().Set("content-type", "application/grpc")
+		w.Header().Set("grpc-status", "0")
+	})
+	f := newFixtureWith(t, `
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  routes:
+  - match: { prefix: "/capped" }
+    route: { cluster: c, max_grpc_timeout: 0.5s }
+  - match: { prefix: "/try" }
+    route: { cluster: c, max_grpc_timeout: 10s, retry_policy: { retry_on: reset, per_try_timeout: 0.2s } }
+  - match: { prefix: "/new" }
+    route: { cluster: c, max_grpc_timeout: 0.5s, max_stream_duration: { max_stream_duration: 60s } }
+`, &routerv3.Router{SuppressEnvoyHeaders: true}, clusterYAML("c", "", up))
+	for _, tc := range []struct{ path, sent, want string }{
+		{"/capped/M", "5S", "500m"},
+		{"/capped/M", "", "500m"},
+		{"/try/M", "5S", "200m"},
+		{"/new/M", "5S", "5S"},
+	} {
+		kv := []string{"content-type", "application/grpc"}
+		if tc.sent != "" {
+			kv = append(kv, "grpc-timeout", tc.sent)
+		}
+		f.serve(newDown("POST", tc.path, nil, kv...))
+		if got := <-seen; got != tc.want {
+			t.Errorf("%s with grpc-timeout %q: upstream got %q, want %q", tc.path, tc.sent, got, tc.want)
+		}
+	}
+}
+
 func TestUpstreamResetBeforeResponse(t *testing.T) {
 	up := rawBackend(t, func(c net.Conn) {
 		c.Read(make([]byte, 1024))

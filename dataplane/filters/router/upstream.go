@@ -261,7 +261,7 @@ func (q *rq) setupTimeouts() {
 	e, rt := q.e, q.rt
 	req := e.Request
 	q.timeout = rt.Timeout
-	if rt.MaxGRPCTimeout != nil && e.IsGRPC() {
+	if q.grpcTimeouts() {
 		q.timeout = 0 // infinity, unless grpc-timeout or max_grpc_timeout say otherwise
 		if v, ok := req.Get("grpc-timeout"); ok {
 			if d, ok := http.ParseGRPCTimeout(v); ok {
@@ -310,13 +310,11 @@ func (q *rq) setupTimeouts() {
 }
 
 // setTimeoutHeaders tells the upstream how long it has, in
-// x-envoy-expected-rq-timeout-ms (unless suppress_envoy_headers): the
-// per-try timeout, else the global one, less elapsed (the time since the
-// request ended, for a retry), as Envoy's FilterUtility::setTimeoutHeaders.
+// x-envoy-expected-rq-timeout-ms (unless suppress_envoy_headers) and, under
+// max_grpc_timeout, in grpc-timeout: the per-try timeout, else the global
+// one, less elapsed (the time since the request ended, for a retry), as
+// Envoy's FilterUtility::setTimeoutHeaders.
 func (q *rq) setTimeoutHeaders(elapsed time.Duration) {
-	if q.r.suppressHeaders {
-		return
-	}
 	expected := q.timeout
 	if q.perTry > 0 {
 		expected = q.perTry
@@ -331,7 +329,22 @@ func (q *rq) setTimeoutHeaders(elapsed time.Duration) {
 			expected = min(expected, q.timeout-elapsed)
 		}
 	}
-	q.e.Request.SetUint("x-envoy-expected-rq-timeout-ms", uint64(expected/time.Millisecond))
+	if !q.r.suppressHeaders {
+		q.e.Request.SetUint("x-envoy-expected-rq-timeout-ms", uint64(expected/time.Millisecond))
+	}
+	if q.grpcTimeouts() {
+		// The upstream gRPC server learns the deadline it really has, the
+		// per-try timeout included, as from Envoy (whatever
+		// suppress_envoy_headers says).
+		q.e.Request.Set("grpc-timeout", http.FormatGRPCTimeout(expected))
+	}
+}
+
+// grpcTimeouts reports whether the route's max_grpc_timeout governs this
+// request's timeouts: a gRPC request, on a route with max_grpc_timeout and
+// without max_stream_duration (Envoy's usingNewTimeouts then takes over).
+func (q *rq) grpcTimeouts() bool {
+	return q.rt.MaxGRPCTimeout != nil && q.rt.MaxStreamDuration == nil && q.e.IsGRPC()
 }
 
 // setupRetries takes the route's retry policy, widened by the request's
