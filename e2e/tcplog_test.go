@@ -97,7 +97,7 @@ func TestTCPProxyAccessLog(t *testing.T) {
 		!strings.HasPrefix(str(e.Local), "127.0.0.1:") || e.Attempts != "1" || e.Failure != nil {
 		t.Errorf("the proxied connection's entry: %+v (local %s, failure %s)", e, str(e.Local), str(e.Failure))
 	}
-	if e := got["refused"]; e.Flags != "UF" || e.Rx != "0" || str(e.Upstream) != refused || e.Cluster != "refused" ||
+	if e := got["refused"]; e.Flags != "UF,URX" || e.Rx != "0" || str(e.Upstream) != refused || e.Cluster != "refused" ||
 		e.Local != nil || e.Attempts != "1" || str(e.Failure) != "delayed connect error: Connection refused" {
 		t.Errorf("the refused connection's entry: %+v (upstream %s, failure %s)", e, str(e.Upstream), str(e.Failure))
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -138,8 +139,16 @@ func (h *Host) Healthy() bool {
 type clusterStats struct {
 	cxTotal, cxConnectFail, cxConnectTimeout, cxNoneHealthy stats.Counter
 	lbHealthyPanic                                          stats.Counter
-	cxActive, membershipTotal, membershipHealthy            stats.Gauge
-	rxBytes, txBytes                                        stats.Counter
+	// cxOverflow counts connections max_connections refused (HTTPStats
+	// has it too), cxConnectAttemptsExceeded tcp_proxy connections whose
+	// max_connect_attempts all failed.
+	cxOverflow, cxConnectAttemptsExceeded stats.Counter
+	// The closes of connections, connected or not, as Envoy's connection
+	// pools count them: by the host (remote) or by skiff (local).
+	cxDestroy, cxDestroyLocal, cxDestroyRemote stats.Counter
+
+	cxActive, membershipTotal, membershipHealthy stats.Gauge
+	rxBytes, txBytes                             stats.Counter
 	// cxTransportUnsupported (skiff's own) counts connections not made
 	// because their host's transport socket could not be built (see
 	// Transport).
@@ -153,13 +162,18 @@ func newClusterStats(sc *stats.Scope) clusterStats {
 		cxConnectTimeout:  sc.Counter("upstream_cx_connect_timeout"),
 		cxNoneHealthy:     sc.Counter("upstream_cx_none_healthy"),
 		lbHealthyPanic:    sc.Counter("lb_healthy_panic"),
+		cxOverflow:        sc.Counter("upstream_cx_overflow"),
+		cxDestroy:         sc.Counter("upstream_cx_destroy"),
+		cxDestroyLocal:    sc.Counter("upstream_cx_destroy_local"),
+		cxDestroyRemote:   sc.Counter("upstream_cx_destroy_remote"),
 		cxActive:          sc.Gauge("upstream_cx_active"),
 		membershipTotal:   sc.GaugeMode("membership_total", stats.NeverImport),
 		membershipHealthy: sc.GaugeMode("membership_healthy", stats.NeverImport),
 		rxBytes:           sc.Counter("upstream_cx_rx_bytes_total"),
 		txBytes:           sc.Counter("upstream_cx_tx_bytes_total"),
 
-		cxTransportUnsupported: sc.Counter("upstream_cx_transport_unsupported"),
+		cxTransportUnsupported:    sc.Counter("upstream_cx_transport_unsupported"),
+		cxConnectAttemptsExceeded: sc.Counter("upstream_cx_connect_attempts_exceeded"),
 	}
 }
 
@@ -175,6 +189,11 @@ type Cluster struct {
 	// every user between Acquire and Release. The stats scope is closed, and its
 	// slots reclaimed, when the last one goes.
 	refs atomic.Int64
+	// res counts what the circuit breakers limit. res.conns is the
+	// cluster's connections open or being made, which max_connections
+	// limits: the HTTP pools' (HTTPStats.Conns) and tcp_proxy's
+	// (ReserveConnection).
+	res resources
 
 	httpStats lazyStats[HTTPStats]
 	grpcStats lazyStats[GRPCStats]
@@ -236,7 +255,7 @@ func (c *Cluster) Name() string { return c.name }
 // an HTTP request goes to the cluster (a cluster only TCP proxies use has
 // none). The caller holds a reference (Acquire).
 func (c *Cluster) HTTPStats() *HTTPStats {
-	return c.httpStats.get(func() *HTTPStats { return newHTTPStats(c.scope) })
+	return c.httpStats.get(func() *HTTPStats { return newHTTPStats(c.scope, &c.stats, &c.res) })
 }
 
 // GRPCStats are a cluster's cluster.<name>.grpc.* counters, which the
@@ -291,6 +310,7 @@ func (c *Cluster) update(a Assignment) {
 	old := c.cfg.Swap(a.Config)
 	if old != a.Config {
 		c.transports = bindTransportStats(a.Config, c.scope)
+		c.res.bindLocked(c, &a.Config.Limits)
 	}
 	lbChanged := old == nil || old.LBPolicy != a.Config.LBPolicy || old.ChoiceCount != a.Config.ChoiceCount
 	switch {
@@ -510,6 +530,7 @@ func (c *Cluster) ConnectWith(ctx context.Context, h *Host, o ConnectOptions) (n
 	if err != nil {
 		c.stats.cxConnectFail.Inc()
 		h.CxConnectFail.Add(1)
+		c.destroyed(closedByHost(err))
 		return nil, err
 	}
 	for _, f := range cfg.Filters {
@@ -517,6 +538,7 @@ func (c *Cluster) ConnectWith(ctx context.Context, h *Host, o ConnectOptions) (n
 			conn.Close()
 			c.stats.cxConnectFail.Inc()
 			h.CxConnectFail.Add(1)
+			c.destroyed(false)
 			return nil, fmt.Errorf("cluster %s: upstream filter: %w", c.name, err)
 		}
 	}
@@ -524,6 +546,78 @@ func (c *Cluster) ConnectWith(ctx context.Context, h *Host, o ConnectOptions) (n
 	h.CxActive.Add(1)
 	return conn, nil
 }
+
+// closedByHost reports whether a failed connect ended because of the host
+// or the network (refused, reset, unreachable, closed during the TLS
+// handshake): Envoy's RemoteClose of the connection. A timeout, a TLS
+// handshake skiff gave up on and a cancellation are skiff's own close
+// (LocalClose).
+func closedByHost(err error) bool {
+	var errno syscall.Errno
+	return errors.As(err, &errno) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// destroyed counts the close of one of the cluster's connections, made or
+// failed, in upstream_cx_destroy and, by who closed it, in
+// upstream_cx_destroy_remote or _local, as Envoy's connection pools count
+// every connection's close (reportUpstreamCxDestroy).
+func (c *Cluster) destroyed(remote bool) {
+	c.stats.cxDestroy.Inc()
+	if remote {
+		c.stats.cxDestroyRemote.Inc()
+	} else {
+		c.stats.cxDestroyLocal.Inc()
+	}
+}
+
+// ReserveConnection takes room for a new connection under the cluster's
+// max_connections, which the HTTP pools' connections count toward too (the
+// cluster's total, as in Envoy). It reports false, counted in
+// upstream_cx_overflow, when the cluster has that many connections open or
+// being made: Envoy's tcp_proxy then makes none (UO). Give the room back
+// with ReleaseConnection if the connection fails, or with Closed once it
+// ends.
+func (c *Cluster) ReserveConnection() bool {
+	if !c.res.conns.tryInc(int64(c.cfg.Load().Limits.Connections())) {
+		c.stats.cxOverflow.Inc()
+		return false
+	}
+	return true
+}
+
+// ReleaseConnection gives back room ReserveConnection took for a
+// connection that was not made.
+func (c *Cluster) ReleaseConnection() { c.res.conns.Add(-1) }
+
+// CloseKind says how a connection ended, for Closed.
+type CloseKind uint8
+
+const (
+	// LocalClose: skiff closed or reset it (Envoy's LocalClose).
+	LocalClose CloseKind = iota
+	// RemoteClose: the host ended it, by its end of stream or a reset
+	// (Envoy's RemoteClose).
+	RemoteClose
+	// HandedOver: a hot-restart successor took it over; it was not closed.
+	HandedOver
+)
+
+// Closed accounts for the end of a connection made under ReserveConnection
+// (or Adopted): Disconnected, its room under max_connections and, unless it
+// was handed over, upstream_cx_destroy with _remote or _local as Envoy's
+// connection pools count every connection's close. For tcp_proxy; the HTTP
+// pools count their connections themselves.
+func (c *Cluster) Closed(h *Host, how CloseKind) {
+	if how != HandedOver {
+		c.destroyed(how == RemoteClose)
+	}
+	c.res.conns.Add(-1)
+	c.Disconnected(h)
+}
+
+// ConnectAttemptsExceeded counts, in upstream_cx_connect_attempts_exceeded,
+// a tcp_proxy connection whose max_connect_attempts all failed.
+func (c *Cluster) ConnectAttemptsExceeded() { c.stats.cxConnectAttemptsExceeded.Inc() }
 
 // dial connects to h within timeout and starts its transport socket (see
 // Connect); it counts timeouts and TLS outcomes, not the connection.
@@ -582,11 +676,13 @@ func negotiatedProtocol(c net.Conn) string {
 }
 
 // Adopted accounts for a connection to addr a hot-restart parent made and
-// handed over, as if Connect had made it. It returns the host (for
-// Disconnected), or nil if the cluster no longer has that host.
+// handed over, as if ReserveConnection and Connect had made it (it counts
+// toward max_connections, without a check). It returns the host (for
+// Closed), or nil if the cluster no longer has that host.
 func (c *Cluster) Adopted(addr netip.AddrPort) *Host {
 	for _, h := range c.Hosts() {
 		if h.Addr == addr {
+			c.res.conns.Add(1)
 			c.stats.cxActive.Inc()
 			h.CxActive.Add(1)
 			return h

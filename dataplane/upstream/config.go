@@ -484,14 +484,22 @@ func (o *HTTPOptions) common(co *corev3.HttpProtocolOptions) error {
 	if err := cfgerr.OnlyFields(co, "idle_timeout", "max_connection_duration", "max_headers_count", "max_requests_per_connection"); err != nil {
 		return err
 	}
+	// Negative durations are errors, as Envoy's
+	// DurationUtil::durationToMilliseconds has them ("Expected positive
+	// duration").
 	if d := co.GetIdleTimeout(); d != nil {
 		o.IdleTimeout = d.AsDuration()
-		if o.IdleTimeout == 0 {
+		switch {
+		case o.IdleTimeout < 0:
+			return cfgerr.Errorf("idle_timeout", "must not be negative, got %v", o.IdleTimeout)
+		case o.IdleTimeout == 0:
 			o.IdleTimeout = -1 // 0s disables it, as in Envoy
 		}
 	}
 	if d := co.GetMaxConnectionDuration(); d != nil {
-		o.MaxConnectionDuration = d.AsDuration()
+		if o.MaxConnectionDuration = d.AsDuration(); o.MaxConnectionDuration < 0 {
+			return cfgerr.Errorf("max_connection_duration", "must not be negative, got %v", o.MaxConnectionDuration)
+		}
 	}
 	if v := co.GetMaxHeadersCount(); v != nil {
 		o.MaxHeadersCount = v.GetValue()
@@ -526,6 +534,9 @@ func (o *HTTPOptions) http2Options(h2 *corev3.Http2ProtocolOptions) error {
 type Limits struct {
 	MaxConnections, MaxPendingRequests, MaxRequests, MaxRetries uint32
 	MaxConnectionPools                                          uint32
+	// TrackRemaining (track_remaining) publishes the room each limit
+	// leaves: cluster.<name>.circuit_breakers.default.remaining_cx, ...
+	TrackRemaining bool
 	// set records which fields were configured (a configured 0 is 0).
 	set uint8
 }
@@ -600,6 +611,7 @@ func (c *Config) circuitBreakers(cb *clusterv3.CircuitBreakers) error {
 		if v := t.GetMaxConnectionPools(); v != nil {
 			l.MaxConnectionPools, l.set = v.GetValue(), l.set|setPools
 		}
+		l.TrackRemaining = t.GetTrackRemaining()
 	}
 	return nil
 }

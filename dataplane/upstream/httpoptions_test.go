@@ -74,6 +74,14 @@ typed_extension_protocol_options:
     common_http_protocol_options: { max_stream_duration: 1s }
     explicit_http_config: { http_protocol_options: {} }`: "typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].common_http_protocol_options",
 		`http2_protocol_options: { hpack_table_size: 100 }`: "http2_protocol_options",
+		// Negative durations, as Envoy's "Expected positive duration".
+		`common_http_protocol_options: { idle_timeout: -1s }`:            "common_http_protocol_options.idle_timeout",
+		`common_http_protocol_options: { max_connection_duration: -1s }`: "common_http_protocol_options.max_connection_duration",
+		`typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    common_http_protocol_options: { idle_timeout: -1s }
+    explicit_http_config: { http_protocol_options: {} }`: "typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].common_http_protocol_options.idle_timeout",
 	} {
 		_, err := NewConfig(clusterYAML(t, extra))
 		if err == nil || !strings.HasPrefix(cfgerr.PathOf(err), path) {

@@ -24,18 +24,26 @@ type HTTPStats struct {
 	CxPoolOverflow                                   stats.Counter
 	RqTime                                           stats.Histogram
 
-	// What the circuit breakers (Config.Limits) count: the cluster's HTTP
-	// connections (open or being made), requests waiting for a connection,
-	// requests in flight, retries in flight and connection pools.
-	Conns, Pending, Requests, Retries, Pools atomic.Int64
+	// What the circuit breakers (Config.Limits) count, the cluster's own
+	// (made with it, so that their gauges are there from the start):
+	// its connections (open or being made; shared with the cluster's
+	// other users, tcp_proxy's connections: see Cluster.ReserveConnection),
+	// requests waiting for a connection, requests in flight, retries in
+	// flight and connection pools.
+	Conns, Pending, Requests, Retries, Pools *Resource
 
 	classes [5]stats.Counter // upstream_rq_1xx .. upstream_rq_5xx
 	codes   [500]atomic.Pointer[stats.Counter]
 	scope   *stats.Scope
 }
 
-func newHTTPStats(sc *stats.Scope) *HTTPStats {
+func newHTTPStats(sc *stats.Scope, cs *clusterStats, res *resources) *HTTPStats {
 	hs := &HTTPStats{
+		Conns:                &res.conns,
+		Pending:              &res.pending,
+		Requests:             &res.requests,
+		Retries:              &res.retries,
+		Pools:                &res.pools,
 		RqTotal:              sc.Counter("upstream_rq_total"),
 		RqCompleted:          sc.Counter("upstream_rq_completed"),
 		RqActive:             sc.Gauge("upstream_rq_active"),
@@ -55,13 +63,13 @@ func newHTTPStats(sc *stats.Scope) *HTTPStats {
 		RqCancelled:          sc.Counter("upstream_rq_cancelled"),
 		CxHTTP1Total:         sc.Counter("upstream_cx_http1_total"),
 		CxHTTP2Total:         sc.Counter("upstream_cx_http2_total"),
-		CxDestroy:            sc.Counter("upstream_cx_destroy"),
-		CxDestroyLocal:       sc.Counter("upstream_cx_destroy_local"),
-		CxDestroyRemote:      sc.Counter("upstream_cx_destroy_remote"),
+		CxDestroy:            cs.cxDestroy,
+		CxDestroyLocal:       cs.cxDestroyLocal,
+		CxDestroyRemote:      cs.cxDestroyRemote,
 		CxIdleTimeout:        sc.Counter("upstream_cx_idle_timeout"),
 		CxMaxRequests:        sc.Counter("upstream_cx_max_requests"),
 		CxMaxDurationReach:   sc.Counter("upstream_cx_max_duration_reached"),
-		CxOverflow:           sc.Counter("upstream_cx_overflow"),
+		CxOverflow:           cs.cxOverflow,
 		CxProtocolError:      sc.Counter("upstream_cx_protocol_error"),
 		RqTime:               sc.Histogram("upstream_rq_time"),
 		scope:                sc,

@@ -236,6 +236,9 @@ func TestUpstreamTLSFailures(t *testing.T) {
 		"cluster.c.ssl.connection_error":        2,
 		"cluster.c.ssl.fail_verify_error":       1,
 		"cluster.c.ssl.handshake":               0,
+		// skiff ended both: a certificate it refused, a timeout.
+		"cluster.c.upstream_cx_destroy_local":  2,
+		"cluster.c.upstream_cx_destroy_remote": 0,
 	}
 	for name, v := range want {
 		if got := st.Counter(name).Value(); got != v {

@@ -157,6 +157,11 @@ func TestConnectCountsAndRefusal(t *testing.T) {
 		"cluster.c.upstream_cx_total":        2,
 		"cluster.c.upstream_cx_connect_fail": 1,
 		"cluster.c.upstream_cx_active":       1,
+		// As Envoy's pools count every close: the refused one is the
+		// host's.
+		"cluster.c.upstream_cx_destroy":        1,
+		"cluster.c.upstream_cx_destroy_remote": 1,
+		"cluster.c.upstream_cx_destroy_local":  0,
 	} {
 		if v, _ := st.Value(name); v != want {
 			t.Errorf("%s = %d, want %d", name, v, want)
@@ -188,6 +193,105 @@ func TestConnectTimeout(t *testing.T) {
 	}
 	if v, _ := st.Value("cluster.c.upstream_cx_connect_timeout"); v != 1 {
 		t.Fatalf("upstream_cx_connect_timeout = %d", v)
+	}
+	// skiff gave up on it: a local close.
+	if l, _ := st.Value("cluster.c.upstream_cx_destroy_local"); l != 1 {
+		t.Fatalf("upstream_cx_destroy_local = %d, want 1", l)
+	}
+}
+
+// TestMaxConnectionsIsTheClusterTotal: the HTTP pools' connections
+// (HTTPStats.Conns) and tcp_proxy's (ReserveConnection) count toward one
+// max_connections, as in Envoy, where it is the cluster's total; a refusal
+// is counted in upstream_cx_overflow.
+func TestMaxConnectionsIsTheClusterTotal(t *testing.T) {
+	cfg, err := NewConfig(clusterYAML(t, `circuit_breakers: { thresholds: [{ max_connections: 2 }] }`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := stats.NewStore()
+	m := NewManager(st)
+	m.Set([]Assignment{Static(cfg)})
+	c := m.Get("c")
+	hs := c.HTTPStats()
+	hs.Conns.Add(1) // an HTTP pool's connection
+	if !c.ReserveConnection() {
+		t.Fatal("no room for a second connection under max_connections 2")
+	}
+	if c.ReserveConnection() {
+		t.Fatal("a third connection under max_connections 2")
+	}
+	if hs.Conns.Load() != 2 {
+		t.Fatalf("the HTTP pools see %d connections, want 2", hs.Conns.Load())
+	}
+	if v, _ := st.Value("cluster.c.upstream_cx_overflow"); v != 1 || hs.CxOverflow.Value() != 1 {
+		t.Fatalf("upstream_cx_overflow = %d (HTTPStats: %d), want 1", v, hs.CxOverflow.Value())
+	}
+	hs.Conns.Add(-1)
+	if !c.ReserveConnection() {
+		t.Fatal("no room after the HTTP connection closed")
+	}
+	c.ReleaseConnection()
+	c.ReleaseConnection()
+	if hs.Conns.Load() != 0 {
+		t.Fatalf("%d connections left", hs.Conns.Load())
+	}
+}
+
+// TestCircuitBreakerGauges: as Envoy's, each circuit breaker publishes
+// circuit_breakers.default.<x>_open (1 while at its limit) and, with
+// track_remaining, remaining_<x>, kept up to date as the counts change and
+// when the cluster's limits do.
+func TestCircuitBreakerGauges(t *testing.T) {
+	st := stats.NewStore()
+	m := NewManager(st)
+	cfg, err := NewConfig(clusterYAML(t, `circuit_breakers: { thresholds: [{ max_connections: 2, max_requests: 1, track_remaining: true }] }`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Set([]Assignment{Static(cfg)})
+	c := m.Get("c")
+	check := func(when string, want map[string]int64) {
+		t.Helper()
+		for name, v := range want {
+			if got, ok := st.Value("cluster.c.circuit_breakers.default." + name); !ok || got != v {
+				t.Errorf("%s: %s = %d (exists: %v), want %d", when, name, got, ok, v)
+			}
+		}
+	}
+	check("at first", map[string]int64{
+		"cx_open": 0, "rq_open": 0, "rq_pending_open": 0, "rq_retry_open": 0, "cx_pool_open": 0,
+		"remaining_cx": 2, "remaining_rq": 1, "remaining_pending": DefaultCircuitBreakerLimit, "remaining_retries": DefaultMaxRetries,
+	})
+	c.ReserveConnection()
+	check("one connection", map[string]int64{"cx_open": 0, "remaining_cx": 1})
+	c.ReserveConnection()
+	c.HTTPStats().Requests.Add(1)
+	check("at the limits", map[string]int64{"cx_open": 1, "remaining_cx": 0, "rq_open": 1, "remaining_rq": 0})
+	c.ReleaseConnection()
+	c.HTTPStats().Requests.Add(-1)
+	check("below the limits", map[string]int64{"cx_open": 0, "remaining_cx": 1, "rq_open": 0, "remaining_rq": 1})
+
+	// A new limit applies to the connection still counted.
+	cfg, err = NewConfig(clusterYAML(t, `circuit_breakers: { thresholds: [{ max_connections: 1, track_remaining: true }] }`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Set([]Assignment{Static(cfg)})
+	check("max_connections 1", map[string]int64{"cx_open": 1, "remaining_cx": 0})
+	c.ReleaseConnection()
+
+	// Without track_remaining, only the _open gauges.
+	cfg, err = NewConfig(clusterYAML(t, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	NewManager(st).Set([]Assignment{Static(&Config{Name: "d", StatName: "d", Limits: cfg.Limits})})
+	if _, ok := st.Value("cluster.d.circuit_breakers.default.cx_open"); !ok {
+		t.Error("no cx_open without track_remaining")
+	}
+	if _, ok := st.Value("cluster.d.circuit_breakers.default.remaining_cx"); ok {
+		t.Error("remaining_cx without track_remaining")
 	}
 }
 

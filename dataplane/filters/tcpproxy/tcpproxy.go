@@ -84,7 +84,12 @@ func (Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilter
 		return nil, cfgerr.Errorf("cluster", "one of cluster or weighted_clusters is required")
 	}
 	if t := cfg.GetIdleTimeout(); t != nil {
-		p.idleTimeout = t.AsDuration() // 0 disables it, as in Envoy
+		// 0 disables it; a negative one is an error (Envoy's
+		// DurationUtil::durationToMilliseconds: "Expected positive
+		// duration").
+		if p.idleTimeout = t.AsDuration(); p.idleTimeout < 0 {
+			return nil, cfgerr.Errorf("idle_timeout", "must not be negative, got %v", p.idleTimeout)
+		}
 	}
 	if n := cfg.GetMaxConnectAttempts(); n != nil {
 		p.maxAttempts = int(n.GetValue()) // the proto requires >= 1
@@ -109,21 +114,20 @@ func (Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilter
 	p.copyCfg.IdleTimeout = p.idleTimeout
 	prefix := "tcp." + cfg.GetStatPrefix() + "."
 	p.stats = proxyStats{
-		cxTotal:         fc.Stats.Counter(prefix + "downstream_cx_total"),
-		noRoute:         fc.Stats.Counter(prefix + "downstream_cx_no_route"),
-		rxBytes:         fc.Stats.Counter(prefix + "downstream_cx_rx_bytes_total"),
-		txBytes:         fc.Stats.Counter(prefix + "downstream_cx_tx_bytes_total"),
-		idleTimeout:     fc.Stats.Counter(prefix + "idle_timeout"),
-		connectAttempts: fc.Stats.Counter(prefix + "upstream_connect_attempts_exceeded"),
-		maxDuration:     fc.Stats.Counter(prefix + "max_downstream_connection_duration"),
-		flushActive:     fc.Stats.Gauge(prefix + "upstream_flush_active"),
+		cxTotal:     fc.Stats.Counter(prefix + "downstream_cx_total"),
+		noRoute:     fc.Stats.Counter(prefix + "downstream_cx_no_route"),
+		rxBytes:     fc.Stats.Counter(prefix + "downstream_cx_rx_bytes_total"),
+		txBytes:     fc.Stats.Counter(prefix + "downstream_cx_tx_bytes_total"),
+		idleTimeout: fc.Stats.Counter(prefix + "idle_timeout"),
+		maxDuration: fc.Stats.Counter(prefix + "max_downstream_connection_duration"),
+		flushActive: fc.Stats.Gauge(prefix + "upstream_flush_active"),
 	}
 	return p, nil
 }
 
 type proxyStats struct {
-	cxTotal, noRoute, rxBytes, txBytes, idleTimeout, connectAttempts, maxDuration stats.Counter
-	flushActive                                                                   stats.Gauge
+	cxTotal, noRoute, rxBytes, txBytes, idleTimeout, maxDuration stats.Counter
+	flushActive                                                  stats.Gauge
 }
 
 // Proxy is a built tcp_proxy filter. It keeps no per-connection state.
@@ -191,8 +195,7 @@ func (p *Proxy) ServeConn(ctx context.Context, c *filter.Conn) {
 		p.accessLog(ctx, c, start, ui, netio.Result{}, flag)
 		return
 	}
-	defer cl.Disconnected(host)
-	p.proxy(ctx, c, cl, host, up, [2][]byte{}, start, ui)
+	cl.Closed(host, p.proxy(ctx, c, cl, host, up, [2][]byte{}, start, ui))
 }
 
 // errMaxDuration is the cause of a connection's context ending at
@@ -226,7 +229,7 @@ type upstreamInfo struct {
 
 // accessLog writes the connection's access log entries, Envoy's TCP ones:
 // no request, the bytes each way, the upstream, and the response flags (NC,
-// UH, UF) of a connection that found no upstream.
+// UO, UH, UF, URX) of a connection that found no upstream.
 func (p *Proxy) accessLog(ctx context.Context, c *filter.Conn, start time.Time, ui *upstreamInfo, res netio.Result, flags http.ResponseFlag) {
 	if len(p.logs) == 0 {
 		return
@@ -276,9 +279,6 @@ func (p *Proxy) Adopt(ctx context.Context, c *filter.Conn, m *filter.MovedConn) 
 	if cl != nil {
 		defer cl.Release()
 		host = cl.Adopted(m.Host)
-		if host != nil {
-			defer cl.Disconnected(host)
-		}
 	}
 	// The connection's time runs on from when the parent began serving it.
 	start := m.Started
@@ -288,12 +288,16 @@ func (p *Proxy) Adopt(ctx context.Context, c *filter.Conn, m *filter.MovedConn) 
 	ctx, stop := p.limitDuration(ctx, start)
 	defer stop()
 	ui := &upstreamInfo{cluster: m.Cluster, host: m.Host, local: p.upstreamLocal(m.Up)}
-	p.proxy(ctx, c, cl, host, m.Up, m.Pending, start, ui)
+	how := p.proxy(ctx, c, cl, host, m.Up, m.Pending, start, ui)
+	if host != nil {
+		cl.Closed(host, how)
+	}
 }
 
 // proxy copies between c and up until the pair ends, or until a hot restart
-// moves it (then the conns are left to the successor).
-func (p *Proxy) proxy(ctx context.Context, c *filter.Conn, cl *upstream.Cluster, host *upstream.Host, up net.Conn, pending [2][]byte, start time.Time, ui *upstreamInfo) {
+// moves it (then the conns are left to the successor). It says how the
+// upstream connection ended, for its cluster's upstream_cx_destroy_*.
+func (p *Proxy) proxy(ctx context.Context, c *filter.Conn, cl *upstream.Cluster, host *upstream.Host, up net.Conn, pending [2][]byte, start time.Time, ui *upstreamInfo) upstream.CloseKind {
 	mv := &mover{p: p, down: c.Conn, up: up, start: start}
 	mv.ran.Add(1)
 	cfg := p.copyCfg
@@ -331,9 +335,10 @@ func (p *Proxy) proxy(ctx context.Context, c *filter.Conn, cl *upstream.Cluster,
 		case <-ctx.Done():
 			c.Close()
 			up.Close()
+			return upstream.LocalClose
 		}
 		p.log.Debug("tcp_proxy: connection moved to the successor", "conn", c.ID, "cluster", mv.cluster)
-		return
+		return upstream.HandedOver
 	}
 	var flags http.ResponseFlag
 	switch {
@@ -348,6 +353,23 @@ func (p *Proxy) proxy(ctx context.Context, c *filter.Conn, cl *upstream.Cluster,
 			"sent", res.Sent, "received", res.Received, "end", res.End.String(), "error", res.Err)
 	}
 	p.accessLog(ctx, c, start, ui, res, flags)
+	return closeKind(res.End)
+}
+
+// closeKind is how a pair that ended with end closed its upstream
+// connection: the host's reset or end of stream (Envoy's RemoteClose), or
+// skiff's close (an idle timeout, the downstream's reset, the context).
+//
+// A pair whose two directions both reached end of stream counts as the
+// host's close. Envoy tells by which half-close came last (the host's end
+// of stream after skiff's: RemoteClose; skiff's after the host's:
+// LocalClose), which netio.Result does not say.
+func closeKind(end netio.EndReason) upstream.CloseKind {
+	switch end {
+	case netio.Closed, netio.UpstreamReset:
+		return upstream.RemoteClose
+	}
+	return upstream.LocalClose
 }
 
 // mover hands a running pair over at a hot restart.
@@ -396,10 +418,23 @@ func (m *mover) Move() (*filter.MovedConn, bool) {
 
 // connect tries up to max_connect_attempts hosts, the load balancer choosing each,
 // and notes in ui the host last tried, the attempts and the upstream's local
-// address or why the last attempt failed. It returns the response flag of a
-// failure: UH (no healthy host) or UF (connection failure).
+// address or why the last attempt failed. It returns the response flags of a
+// failure, as Envoy's tcp_proxy sets them: UO (the cluster's
+// max_connections are all in use, checked before each attempt), UH (no
+// healthy host), UF (connection failure) and, when every attempt failed,
+// UF then URX, counted in the cluster's
+// upstream_cx_connect_attempts_exceeded. A success holds room under
+// max_connections until the caller's Closed.
+//
+// Several flags are set in their bits' order, which is the order Envoy sets
+// them in here (UF before UO or URX).
 func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluster, ui *upstreamInfo) (net.Conn, *upstream.Host, http.ResponseFlag) {
+	var failed http.ResponseFlag // UF once an attempt failed
 	for attempt := 1; attempt <= p.maxAttempts; attempt++ {
+		if !cl.ReserveConnection() {
+			p.log.Warn("tcp_proxy: cluster's max_connections reached; closing downstream", "conn", c.ID, "cluster", cl.Name())
+			return nil, nil, failed | http.FlagUpstreamOverflow
+		}
 		var h *upstream.Host
 		if p.hashSourceIP && cl.HashBased() && c.Remote.IsValid() {
 			// The client's address places it; another attempt looks
@@ -409,8 +444,9 @@ func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluste
 			h = cl.Pick()
 		}
 		if h == nil {
+			cl.ReleaseConnection()
 			p.log.Warn("tcp_proxy: no healthy upstream; closing downstream", "conn", c.ID, "cluster", cl.Name())
-			return nil, nil, http.FlagNoHealthyUpstream
+			return nil, nil, failed | http.FlagNoHealthyUpstream
 		}
 		ui.host, ui.attempts = h.Addr, attempt
 		up, err := cl.Connect(ctx, h)
@@ -420,6 +456,8 @@ func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluste
 			ui.tls, ui.tlsLocal = upstream.TLSSession(up, h.Transport())
 			return up, h, 0
 		}
+		cl.ReleaseConnection()
+		failed = http.FlagUpstreamConnectionFailure
 		if ctx.Err() == nil {
 			cl.ReportOutcome(h, upstream.ConnectFailed)
 		}
@@ -427,9 +465,9 @@ func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluste
 		p.log.Warn("tcp_proxy: upstream connect failed", "conn", c.ID, "cluster", cl.Name(), "host", h.Addr,
 			"attempt", attempt, "max_connect_attempts", p.maxAttempts, "error", err)
 		if ctx.Err() != nil {
-			return nil, nil, http.FlagUpstreamConnectionFailure
+			return nil, nil, failed
 		}
 	}
-	p.stats.connectAttempts.Inc()
-	return nil, nil, http.FlagUpstreamConnectionFailure
+	cl.ConnectAttemptsExceeded()
+	return nil, nil, failed | http.FlagUpstreamRetryLimitExceeded
 }

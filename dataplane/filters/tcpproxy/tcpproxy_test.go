@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -89,6 +90,10 @@ func TestConfigErrors(t *testing.T) {
 			Clusters: []*tcpv3.TcpProxy_WeightedCluster_ClusterWeight{{Name: "a", Weight: 1}, {Name: "b", Weight: 0}}}}}, "typed_config.weighted_clusters.clusters[1].weight"},
 		{"zero connect attempts", &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
 			MaxConnectAttempts: wrapperspb.UInt32(0)}, "typed_config.max_connect_attempts"},
+		{"negative idle timeout", &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
+			IdleTimeout: durationpb.New(-time.Second)}, "typed_config.idle_timeout"},
+		{"negative max duration", &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
+			MaxDownstreamConnectionDuration: durationpb.New(-time.Second)}, "typed_config.max_downstream_connection_duration"},
 		{"max duration under 1ms", &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
 			MaxDownstreamConnectionDuration: durationpb.New(time.Microsecond)}, "typed_config.max_downstream_connection_duration"},
 		{"unknown access logger", &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
@@ -275,16 +280,54 @@ func TestAllAttemptsFailClosesDownstream(t *testing.T) {
 		t.Fatalf("read %d bytes from a connection with no upstream", n)
 	}
 	wait()
+	// As Envoy's onConnectMaxAttempts: UF (each failure), then URX.
 	if in := log.last(t); in.UpstreamHost != refused || in.UpstreamAttempts != 3 || in.UpstreamTransportFailureReason != "delayed connect error: Connection refused" ||
-		in.UpstreamLocal.IsValid() || in.ResponseFlags != http.FlagUpstreamConnectionFailure {
-		t.Fatalf("upstream host %v, attempts %d, failure %q, local %v, flags %v",
-			in.UpstreamHost, in.UpstreamAttempts, in.UpstreamTransportFailureReason, in.UpstreamLocal, in.ResponseFlags)
+		in.UpstreamLocal.IsValid() || string(in.AppendResponseFlags(nil, false)) != "UF,URX" {
+		t.Fatalf("upstream host %v, attempts %d, failure %q, local %v, flags %s",
+			in.UpstreamHost, in.UpstreamAttempts, in.UpstreamTransportFailureReason, in.UpstreamLocal, in.AppendResponseFlags(nil, false))
 	}
-	if v, _ := e.st.Value("cluster.c.upstream_cx_connect_fail"); v != 3 {
-		t.Fatalf("upstream_cx_connect_fail = %d, want 3", v)
+	for name, want := range map[string]int64{
+		"cluster.c.upstream_cx_connect_fail":              3,
+		"cluster.c.upstream_cx_connect_attempts_exceeded": 1,
+		// Each refused connect is a connection the host closed.
+		"cluster.c.upstream_cx_destroy":        3,
+		"cluster.c.upstream_cx_destroy_remote": 3,
+		"cluster.c.upstream_cx_destroy_local":  0,
+	} {
+		if v, _ := e.st.Value(name); v != want {
+			t.Errorf("%s = %d, want %d", name, v, want)
+		}
 	}
-	if v, _ := e.st.Value("tcp.x.upstream_connect_attempts_exceeded"); v != 1 {
-		t.Fatalf("upstream_connect_attempts_exceeded = %d", v)
+	if _, ok := e.st.Value("tcp.x.upstream_connect_attempts_exceeded"); ok {
+		t.Error("tcp.x.upstream_connect_attempts_exceeded exists; Envoy has no such stat")
+	}
+}
+
+// TestSingleAttemptFailureIsUFURX: with the default single attempt, too, a
+// failed connect is logged "UF,URX" and counted in the cluster's
+// upstream_cx_connect_attempts_exceeded, as Envoy's tests expect.
+func TestSingleAttemptFailureIsUFURX(t *testing.T) {
+	e := newEnv(t)
+	e.setClusters(&upstream.Config{Name: "c", StatName: "c", ConnectTimeout: time.Second, Endpoints: []upstream.Endpoint{
+		{Addr: refusingAddr(t), Weight: 1},
+	}})
+	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := &infoLog{}
+	p.logs = append(p.logs, log)
+	client, wait := serve(t, p)
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := client.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("read %d bytes from a connection with no upstream", n)
+	}
+	wait()
+	if in := log.last(t); string(in.AppendResponseFlags(nil, false)) != "UF,URX" {
+		t.Fatalf("flags %s, want UF,URX", in.AppendResponseFlags(nil, false))
+	}
+	if v, _ := e.st.Value("cluster.c.upstream_cx_connect_attempts_exceeded"); v != 1 {
+		t.Fatalf("upstream_cx_connect_attempts_exceeded = %d, want 1", v)
 	}
 }
 
@@ -320,6 +363,105 @@ func TestIdleTimeoutIsCounted(t *testing.T) {
 	wait()
 	if v, _ := e.st.Value("tcp.x.idle_timeout"); v != 1 {
 		t.Fatalf("idle_timeout = %d", v)
+	}
+	// skiff closed the upstream connection.
+	for name, want := range map[string]int64{
+		"cluster.c.upstream_cx_destroy":        1,
+		"cluster.c.upstream_cx_destroy_local":  1,
+		"cluster.c.upstream_cx_destroy_remote": 0,
+		"cluster.c.upstream_cx_active":         0,
+	} {
+		if v, _ := e.st.Value(name); v != want {
+			t.Errorf("%s = %d, want %d", name, v, want)
+		}
+	}
+}
+
+// limitedCluster is the Config of a STATIC cluster "c" of addr with
+// circuit_breakers max_connections.
+func limitedCluster(t *testing.T, addr netip.AddrPort, maxConnections uint32) *upstream.Config {
+	t.Helper()
+	cfg, err := upstream.NewConfig(&clusterv3.Cluster{
+		Name:                 "c",
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(time.Second),
+		CircuitBreakers: &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{
+			{MaxConnections: wrapperspb.UInt32(maxConnections)},
+		}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Endpoints = []upstream.Endpoint{{Addr: addr, Weight: 1}}
+	return cfg
+}
+
+// TestMaxConnectionsOverflow: with max_connections: 1 and the one connection
+// held open, a second downstream connection gets no upstream connection: it
+// is closed, logged UO and counted in upstream_cx_overflow, as Envoy's
+// tcp_proxy does (its test UpstreamConnectionLimit). Once the first ends,
+// the room is back.
+func TestMaxConnectionsOverflow(t *testing.T) {
+	e := newEnv(t)
+	var accepted atomic.Int32
+	addr := server(t, func(c net.Conn) { accepted.Add(1); io.Copy(c, c) })
+	e.setClusters(limitedCluster(t, addr, 1))
+	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := &infoLog{}
+	p.logs = append(p.logs, log)
+	echo := func(c net.Conn) error {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("x")); err != nil {
+			return err
+		}
+		_, err := io.ReadFull(c, make([]byte, 1))
+		return err
+	}
+	first, waitFirst := serve(t, p)
+	if err := echo(first); err != nil {
+		t.Fatalf("first connection: %v", err)
+	}
+	for i := range 2 {
+		c, wait := serve(t, p)
+		if err := echo(c); err == nil {
+			t.Fatalf("connection %d over max_connections reached the upstream", i+2)
+		}
+		wait()
+		if in := log.last(t); string(in.AppendResponseFlags(nil, false)) != "UO" || in.UpstreamHost.IsValid() || in.UpstreamAttempts != 0 {
+			t.Fatalf("connection %d: flags %s, upstream host %v, attempts %d", i+2, in.AppendResponseFlags(nil, false), in.UpstreamHost, in.UpstreamAttempts)
+		}
+	}
+	if v, _ := e.st.Value("cluster.c.upstream_cx_overflow"); v != 2 {
+		t.Fatalf("upstream_cx_overflow = %d, want 2", v)
+	}
+	first.(*net.TCPConn).CloseWrite()
+	if _, err := io.ReadAll(first); err != nil {
+		t.Fatal(err)
+	}
+	waitFirst()
+	third, waitThird := serve(t, p)
+	if err := echo(third); err != nil {
+		t.Fatalf("connection after the first ended: %v", err)
+	}
+	third.Close()
+	waitThird()
+	if n := accepted.Load(); n != 2 {
+		t.Fatalf("upstream accepted %d connections, want 2", n)
+	}
+	// Both upstream connections ended by the echo server's close after
+	// the client's: the host's close.
+	for name, want := range map[string]int64{
+		"cluster.c.upstream_cx_total":          2,
+		"cluster.c.upstream_cx_destroy":        2,
+		"cluster.c.upstream_cx_destroy_remote": 2,
+		"cluster.c.upstream_cx_active":         0,
+	} {
+		if v, _ := e.st.Value(name); v != want {
+			t.Errorf("%s = %d, want %d", name, v, want)
+		}
 	}
 }
 
