@@ -776,6 +776,14 @@ func (s *Server) SetHealthCheckFailed(failed bool) { s.hcFailed.Store(failed) }
 // drained), as its readiness is.
 func (s *Server) HealthCheckFailed() bool { return s.hcFailed.Load() || s.isDraining.Load() }
 
+// AdminHealthCheckFailed implements listener.AdminHealth: whether the admin
+// API failed the health checks (SetHealthCheckFailed), whatever the drain
+// state. The connections of listeners with drain_type DEFAULT end at their
+// next safe point while it is true, as in Envoy.
+func (s *Server) AdminHealthCheckFailed() bool { return s.hcFailed.Load() }
+
+var _ listener.AdminHealth = (*Server)(nil)
+
 // Generation is the number of Snapshots applied so far: 0 until the first.
 func (s *Server) Generation() uint64 { return s.gen.Load() }
 

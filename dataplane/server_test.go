@@ -349,7 +349,7 @@ func TestShutdownServesConnectionStillJoining(t *testing.T) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		if v, _ := st.Value("listener.l.downstream_cx_total"); v == 1 {
+		if v, _ := st.Value("listener.l.downstream_pre_cx_active"); v == 1 {
 			break // accepted: its listener filter waits for the first bytes
 		}
 		if time.Now().After(deadline) {

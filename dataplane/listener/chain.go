@@ -35,9 +35,12 @@ type FilterChain struct {
 // Conns is the registry of the chain's connections.
 func (ch *FilterChain) Conns() *ConnSet { return ch.conns }
 
-func buildChain(pb *listenerv3.FilterChain, reg *filter.Registry, fc *filter.Context, prev []*FilterChain) (*FilterChain, error) {
+// buildChain builds pb, or returns the chain of prev it equals (and whose
+// connections see the same health, that is, whose listener had the same
+// drain_type). health is what the chain's ConnSet consults (see newConnSet).
+func buildChain(pb *listenerv3.FilterChain, reg *filter.Registry, fc *filter.Context, prev []*FilterChain, health filter.ServerHealth) (*FilterChain, error) {
 	for _, p := range prev {
-		if p != nil && proto.Equal(p.proto, pb) {
+		if p != nil && proto.Equal(p.proto, pb) && p.conns.health == health {
 			return p, nil
 		}
 	}
@@ -49,7 +52,7 @@ func buildChain(pb *listenerv3.FilterChain, reg *filter.Registry, fc *filter.Con
 	if err != nil {
 		return nil, cfgerr.Field("filter_chain_match", err)
 	}
-	ch := &FilterChain{Name: pb.GetName(), match: m, conns: NewConnSet(), proto: pb}
+	ch := &FilterChain{Name: pb.GetName(), match: m, conns: newConnSet(health), proto: pb}
 	if ts := pb.GetTransportSocket(); ts != nil {
 		if ch.tls, err = tlscontext.Downstream(ts, fc.Secrets); err != nil {
 			return nil, cfgerr.Field("transport_socket", err)
@@ -175,17 +178,7 @@ var levels = [...]func(m *chainMatch, c *filter.Conn) int{
 		}
 		return -1
 	},
-	func(m *chainMatch, c *filter.Conn) int { // application protocols
-		if len(m.alpn) == 0 {
-			return 0
-		}
-		for _, p := range c.ApplicationProtocols {
-			if slices.Contains(m.alpn, p) {
-				return 1
-			}
-		}
-		return -1
-	},
+	func(m *chainMatch, c *filter.Conn) int { return alpnScore(m.alpn, c.ApplicationProtocols) },
 	func(m *chainMatch, c *filter.Conn) int { return prefixScore(m.directSource, c.DirectRemote.Addr()) },
 	func(m *chainMatch, c *filter.Conn) int { // source type
 		switch m.sourceType {
@@ -230,6 +223,23 @@ func prefixScore(ps []netip.Prefix, ip netip.Addr) int {
 		}
 	}
 	return best
+}
+
+// alpnScore ranks the chains by the client's order of preference, as Envoy's
+// findFilterChainForApplicationProtocols does: it walks the protocols the
+// client offers in order and takes the first one some chain lists. So a chain
+// listing an earlier client protocol scores higher (len(offered)-index), one
+// that lists none of them -1, and one without application_protocols 0.
+func alpnScore(alpn, offered []string) int {
+	if len(alpn) == 0 {
+		return 0
+	}
+	for i, p := range offered {
+		if slices.Contains(alpn, p) {
+			return len(offered) - i
+		}
+	}
+	return -1
 }
 
 // serverNameScore prefers an exact name to the longest matching "*." suffix.

@@ -122,6 +122,32 @@ func TestMatchALPN(t *testing.T) {
 	}
 }
 
+// TestMatchALPNFollowsClientOrder: among chains that each list one of the
+// client's protocols, the client's order decides, not the chains' order
+// (Envoy's findFilterChainForApplicationProtocols walks the client's list).
+func TestMatchALPNFollowsClientOrder(t *testing.T) {
+	chains := []*FilterChain{
+		mustChain(t, "h2", &listenerv3.FilterChainMatch{TransportProtocol: "tls", ApplicationProtocols: []string{"h2"}}),
+		mustChain(t, "http/1.1", &listenerv3.FilterChainMatch{TransportProtocol: "tls", ApplicationProtocols: []string{"http/1.1"}}),
+		mustChain(t, "both", &listenerv3.FilterChainMatch{TransportProtocol: "tls", ApplicationProtocols: []string{"spdy/3", "acme"}}),
+	}
+	for _, tc := range []struct {
+		offered []string
+		want    string
+	}{
+		{[]string{"http/1.1", "h2"}, "http/1.1"},
+		{[]string{"h2", "http/1.1"}, "h2"},
+		{[]string{"x", "acme", "h2"}, "both"},
+		{[]string{"x", "h2", "acme"}, "h2"},
+	} {
+		c := &filter.Conn{Local: netip.MustParseAddrPort("127.0.0.1:443"), Remote: netip.MustParseAddrPort("127.0.0.1:1"),
+			TransportProtocol: "tls", ApplicationProtocols: tc.offered}
+		if got := match(chains, nil, c); got == nil || got.Name != tc.want {
+			t.Errorf("client offers %v: matched %+v, want %s", tc.offered, got, tc.want)
+		}
+	}
+}
+
 func TestNewChainMatchRejectsBadInput(t *testing.T) {
 	for _, tc := range []struct {
 		m    *listenerv3.FilterChainMatch

@@ -130,8 +130,9 @@ func Build(pb *listenerv3.Listener, reg *filter.Registry, fc filter.Context, pre
 	if prev != nil {
 		prevChains = append(prev.Chains, prev.DefaultChain)
 	}
+	health := drainHealth(pb.GetDrainType(), fc.Server)
 	for i, fcpb := range pb.GetFilterChains() {
-		ch, err := buildChain(fcpb, reg, &fc, prevChains)
+		ch, err := buildChain(fcpb, reg, &fc, prevChains, health)
 		if err != nil {
 			return nil, cfgerr.Index("filter_chains", i, err)
 		}
@@ -143,17 +144,51 @@ func Build(pb *listenerv3.Listener, reg *filter.Registry, fc filter.Context, pre
 		}
 		c.Chains = append(c.Chains, ch)
 	}
+	if err := checkOverlaps(c.Chains); err != nil {
+		return nil, err
+	}
 	if d := pb.GetDefaultFilterChain(); d != nil {
 		if d.GetFilterChainMatch() != nil {
 			return nil, cfgerr.Errorf("default_filter_chain.filter_chain_match", "the default filter chain must not have a match")
 		}
-		ch, err := buildChain(d, reg, &fc, prevChains)
+		ch, err := buildChain(d, reg, &fc, prevChains, health)
 		if err != nil {
 			return nil, cfgerr.Field("default_filter_chain", err)
 		}
 		c.DefaultChain = ch
 	}
 	return c, nil
+}
+
+// AdminHealth is a filter.ServerHealth that tells the admin API's failure of
+// the health checks (Envoy's /healthcheck/fail, skiff admin healthcheck fail)
+// apart from its other reasons to fail them, such as a drain. Only the former
+// makes Envoy's DEFAULT listeners close their connections (its
+// Server::healthCheckFailed is the admin flag alone); a drain acts through
+// the drain of the listeners' chains.
+type AdminHealth interface {
+	AdminHealthCheckFailed() bool
+}
+
+// adminOnly is the ServerHealth of the connections of a listener with
+// drain_type DEFAULT when the server is an AdminHealth.
+type adminOnly struct{ h AdminHealth }
+
+func (a adminOnly) HealthCheckFailed() bool { return a.h.AdminHealthCheckFailed() }
+
+// drainHealth is the server health a listener's connections drain with: with
+// drain_type DEFAULT they end at their next safe point while the admin API
+// fails the health checks, with MODIFY_ONLY only when their listener or chain
+// is changed or removed, or the server drains or restarts. A server that is
+// not an AdminHealth is asked HealthCheckFailed.
+func drainHealth(t listenerv3.Listener_DrainType, server filter.ServerHealth) filter.ServerHealth {
+	if t == listenerv3.Listener_MODIFY_ONLY || server == nil {
+		return nil
+	}
+	if ah, ok := server.(AdminHealth); ok {
+		return adminOnly{ah}
+	}
+	return server
 }
 
 // SocketPath is the field path, relative to the listener, of the address of its

@@ -6,7 +6,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -103,6 +106,80 @@ func TestBuildErrors(t *testing.T) {
 			}
 			if got := cfgerr.PathOf(err); got != tc.path {
 				t.Fatalf("error %q at %q, want %q", err, got, tc.path)
+			}
+		})
+	}
+}
+
+// TestBuildRejectsOverlappingMatches: as in Envoy, two chains that a
+// connection could match equally well (they share a value, or are both
+// unconstrained, at every level of the match) make the listener invalid,
+// and so does a chain listing a value twice; chains that differ at some
+// level are fine.
+func TestBuildRejectsOverlappingMatches(t *testing.T) {
+	reg, fc := testRegistry(t)
+	type fcm = listenerv3.FilterChainMatch
+	build := func(ms ...*fcm) error {
+		l := &listenerv3.Listener{Name: "l", Address: addr("127.0.0.1", 0)}
+		for i, m := range ms {
+			l.FilterChains = append(l.FilterChains, &listenerv3.FilterChain{Name: "fc" + strconv.Itoa(i), FilterChainMatch: m, Filters: []*listenerv3.Filter{tcpFilter(t)}})
+		}
+		_, err := Build(l, reg, fc, nil)
+		return err
+	}
+	for _, tc := range []struct {
+		name string
+		ms   []*fcm
+		path string
+		msg  string // part of the error
+	}{
+		{"a name in common", []*fcm{{ServerNames: []string{"a.com"}}, {ServerNames: []string{"a.com", "b.com"}}},
+			"filter_chains[1].filter_chain_match", `overlaps filter_chains[0] ("fc0"): a connection with server name "a.com" would match both`},
+		{"same names in another order", []*fcm{{ServerNames: []string{"a.com", "b.com"}}, {ServerNames: []string{"b.com", "a.com"}}},
+			"filter_chains[1].filter_chain_match", `server name "a.com"`},
+		{"names differ in case only", []*fcm{{ServerNames: []string{"*.A.com"}}, {ServerNames: []string{"*.a.COM"}}},
+			"filter_chains[1].filter_chain_match", `server name "*.a.com"`},
+		{"unset and empty match", []*fcm{nil, {}},
+			"filter_chains[1].filter_chain_match", "any connection"},
+		{"same prefix written twice", []*fcm{
+			{PrefixRanges: []*corev3.CidrRange{cidr("10.0.0.0/8")}, TransportProtocol: "tls"},
+			{PrefixRanges: []*corev3.CidrRange{{AddressPrefix: "10.1.2.3", PrefixLen: wrapperspb.UInt32(8)}, cidr("192.168.0.0/16")}, TransportProtocol: "tls"}},
+			"filter_chains[1].filter_chain_match", `destination prefix "10.0.0.0/8", transport protocol "tls"`},
+		{"protocols and ports in common", []*fcm{
+			{ApplicationProtocols: []string{"h2", "http/1.1"}, SourcePorts: []uint32{1, 2}},
+			{ApplicationProtocols: []string{"http/1.1"}, SourcePorts: []uint32{2, 3}}},
+			"filter_chains[1].filter_chain_match", `application protocol "http/1.1", source port "2"`},
+		{"a name twice in one chain", []*fcm{{ServerNames: []string{"a.com", "A.com"}}},
+			"filter_chains[0].filter_chain_match.server_names", `server name "a.com" is listed twice`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := build(tc.ms...)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if got := cfgerr.PathOf(err); got != tc.path || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("error %q at %q, want %q at %q", err, got, tc.msg, tc.path)
+			}
+		})
+	}
+	for _, tc := range []struct {
+		name string
+		ms   []*fcm
+	}{
+		{"different names", []*fcm{{ServerNames: []string{"a.com"}}, {ServerNames: []string{"b.com"}}, {}}},
+		{"name and wildcard", []*fcm{{ServerNames: []string{"a.example.com"}}, {ServerNames: []string{"*.example.com"}}}},
+		{"one level tells them apart", []*fcm{
+			{ServerNames: []string{"a.com"}, DestinationPort: wrapperspb.UInt32(443)},
+			{ServerNames: []string{"a.com"}},
+			{ServerNames: []string{"a.com"}, SourceType: listenerv3.FilterChainMatch_EXTERNAL},
+			{ServerNames: []string{"a.com"}, SourcePrefixRanges: []*corev3.CidrRange{cidr("10.0.0.0/8")}},
+			{ServerNames: []string{"a.com"}, SourcePrefixRanges: []*corev3.CidrRange{cidr("10.0.0.0/16")}},
+		}},
+		{"transport protocols", []*fcm{{TransportProtocol: "tls", ApplicationProtocols: []string{"h2"}}, {TransportProtocol: "tls", ApplicationProtocols: []string{"http/1.1"}}, {TransportProtocol: "raw_buffer"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := build(tc.ms...); err != nil {
+				t.Fatal(err)
 			}
 		})
 	}
@@ -305,4 +382,91 @@ func TestSocketReleaseWithoutHandler(t *testing.T) {
 		t.Fatal(err)
 	}
 	tab.Release(s, nil)
+}
+
+// fakeHealth is a filter.ServerHealth the test fails and restores.
+type fakeHealth struct{ failed atomic.Bool }
+
+func (h *fakeHealth) HealthCheckFailed() bool { return h.failed.Load() }
+
+// adminHealth is a fakeHealth that is also an AdminHealth.
+type adminHealth struct {
+	fakeHealth
+	admin atomic.Bool
+}
+
+func (h *adminHealth) AdminHealthCheckFailed() bool { return h.admin.Load() }
+
+// TestBuildDrainType: the connections of a listener with drain_type DEFAULT
+// are to end at their next safe point while the server fails its health
+// checks (Envoy's DrainManagerImpl::drainClose); those of a MODIFY_ONLY
+// listener are not; and a change of drain_type does not reuse the chains.
+func TestBuildDrainType(t *testing.T) {
+	reg, fc := testRegistry(t)
+	health := new(fakeHealth)
+	fc.Server = health
+	mk := func(dt listenerv3.Listener_DrainType) *listenerv3.Listener {
+		return &listenerv3.Listener{Name: "l", Address: addr("127.0.0.1", 0), DrainType: dt,
+			FilterChains:       []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{tcpFilter(t)}}},
+			DefaultFilterChain: &listenerv3.FilterChain{Filters: []*listenerv3.Filter{tcpFilter(t)}}}
+	}
+	def, err := Build(mk(listenerv3.Listener_DEFAULT), reg, fc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	modify, err := Build(mk(listenerv3.Listener_MODIFY_ONLY), reg, fc, def)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ch := range AllChains(modify) {
+		if slices.Contains(AllChains(def), ch) {
+			t.Fatal("a chain was reused across a change of drain_type")
+		}
+	}
+	drainClose := func(cfg *Config) []bool {
+		var out []bool
+		for _, ch := range AllChains(cfg) {
+			out = append(out, ch.Conns().DrainClose())
+		}
+		return out
+	}
+	if got := append(drainClose(def), drainClose(modify)...); slices.Contains(got, true) {
+		t.Fatalf("DrainClose %v with the server healthy, want false", got)
+	}
+	health.failed.Store(true)
+	if got := drainClose(def); !slices.Equal(got, []bool{true, true}) {
+		t.Errorf("DEFAULT listener, health check failed: DrainClose %v, want true", got)
+	}
+	if got := drainClose(modify); !slices.Equal(got, []bool{false, false}) {
+		t.Errorf("MODIFY_ONLY listener, health check failed: DrainClose %v, want false", got)
+	}
+	health.failed.Store(false)
+	if got := drainClose(def); slices.Contains(got, true) {
+		t.Errorf("DEFAULT listener, health check ok again: DrainClose %v, want false", got)
+	}
+	// A server that tells the admin API's failure apart (the dataplane
+	// Server) closes connections for that one only, not while it drains.
+	draining := &adminHealth{}
+	draining.fakeHealth.failed.Store(true)
+	fc.Server = draining
+	adm, err := Build(mk(listenerv3.Listener_DEFAULT), reg, fc, def)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(AllChains(def), adm.Chains[0]) {
+		t.Fatal("a chain was reused although the server's health changed")
+	}
+	if got := drainClose(adm); slices.Contains(got, true) {
+		t.Errorf("server draining, admin health ok: DrainClose %v, want false", got)
+	}
+	draining.admin.Store(true)
+	if got := drainClose(adm); !slices.Equal(got, []bool{true, true}) {
+		t.Errorf("admin health check failed: DrainClose %v, want true", got)
+	}
+
+	// A drain of a MODIFY_ONLY listener's chain still says yes.
+	modify.Chains[0].Conns().Drain()
+	if !modify.Chains[0].Conns().DrainClose() {
+		t.Error("MODIFY_ONLY listener's drained chain: DrainClose false")
+	}
 }

@@ -30,12 +30,22 @@ type ConnSet struct {
 	// as long as the chain does, like http.Server's base context.
 	ctx    context.Context
 	cancel context.CancelFunc
+
+	// health, if not nil, makes DrainClose say yes while the server fails
+	// its health checks (the chain of a listener with drain_type DEFAULT).
+	health filter.ServerHealth
 }
 
 // NewConnSet returns an empty, open set.
-func NewConnSet() *ConnSet {
+func NewConnSet() *ConnSet { return newConnSet(nil) }
+
+// newConnSet returns an empty, open set whose connections also end at their
+// next safe point while health says the server fails its health checks (nil:
+// they do not).
+func newConnSet(health filter.ServerHealth) *ConnSet {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &ConnSet{conns: map[*filter.Conn]struct{}{}, draining: make(chan struct{}), closingIdle: make(chan struct{}), ctx: ctx, cancel: cancel}
+	return &ConnSet{conns: map[*filter.Conn]struct{}{}, draining: make(chan struct{}), closingIdle: make(chan struct{}), ctx: ctx, cancel: cancel,
+		health: health}
 }
 
 // add registers c and returns the context it must be served with. It returns
@@ -102,12 +112,17 @@ func (s *ConnSet) DrainGradually(window time.Duration) {
 }
 
 // DrainClose implements filter.DrainDecision: whether a connection should
-// end at its next safe point now (never before the set drains).
+// end at its next safe point now. Before the set drains, only while the
+// server fails its health checks, and only for a set made with a health (a
+// listener with drain_type DEFAULT), as Envoy's DrainManagerImpl::drainClose
+// answers (its HTTP connection managers then close HTTP/1.1 connections after
+// each response and send HTTP/2 GOAWAY); once it drains, as the drain
+// strategy says.
 func (s *ConnSet) DrainClose() bool {
 	select {
 	case <-s.draining:
 	default:
-		return false
+		return s.health != nil && s.health.HealthCheckFailed()
 	}
 	select {
 	case <-s.closingIdle: // a shutdown: everything ends now

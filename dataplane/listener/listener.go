@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -19,22 +20,32 @@ import (
 	"github.com/skiffproxy/skiff/internal/stats"
 )
 
-// listenerStats are a listener's stat handles, named as in Envoy.
+// listenerStats are a listener's stat handles, named as in Envoy. As there, a
+// connection is in downstream_pre_cx_active from its accept until its filter
+// chain is chosen, and only one a chain took is counted in downstream_cx_total,
+// _active and _destroy (Envoy's ActiveTcpSocket and ActiveTcpConnection); one
+// that matches no chain is only counted in no_filter_chain_match, one that a
+// listener filter ends in downstream_pre_cx_timeout,
+// downstream_listener_filter_remote_close (the client closed it) or
+// downstream_listener_filter_error.
 type listenerStats struct {
-	cxTotal, cxDestroy, noChainMatch, filterError, preCxTimeout stats.Counter
-	transportTimeout                                            stats.Counter // downstream_cx_transport_socket_connect_timeout
-	cxActive                                                    stats.Gauge
+	cxTotal, cxDestroy, noChainMatch, preCxTimeout stats.Counter
+	filterError, filterRemoteClose                 stats.Counter // downstream_listener_filter_error, _remote_close
+	transportTimeout                               stats.Counter // downstream_cx_transport_socket_connect_timeout
+	cxActive, preCxActive                          stats.Gauge
 }
 
 func newListenerStats(sc *stats.Scope) listenerStats {
 	return listenerStats{
-		cxTotal:          sc.Counter("downstream_cx_total"),
-		cxDestroy:        sc.Counter("downstream_cx_destroy"),
-		noChainMatch:     sc.Counter("no_filter_chain_match"),
-		filterError:      sc.Counter("downstream_listener_filter_error"),
-		preCxTimeout:     sc.Counter("downstream_pre_cx_timeout"),
-		transportTimeout: sc.Counter("downstream_cx_transport_socket_connect_timeout"),
-		cxActive:         sc.Gauge("downstream_cx_active"),
+		cxTotal:           sc.Counter("downstream_cx_total"),
+		cxDestroy:         sc.Counter("downstream_cx_destroy"),
+		noChainMatch:      sc.Counter("no_filter_chain_match"),
+		filterError:       sc.Counter("downstream_listener_filter_error"),
+		filterRemoteClose: sc.Counter("downstream_listener_filter_remote_close"),
+		preCxTimeout:      sc.Counter("downstream_pre_cx_timeout"),
+		transportTimeout:  sc.Counter("downstream_cx_transport_socket_connect_timeout"),
+		cxActive:          sc.Gauge("downstream_cx_active"),
+		preCxActive:       sc.Gauge("downstream_pre_cx_active"),
 	}
 }
 
@@ -231,23 +242,33 @@ func (l *Listener) serve(tc net.Conn) {
 	defer l.opts.Serving.Done()
 	defer l.unref()
 	cfg := l.cfg.Load()
-	l.stats.cxTotal.Inc()
-	l.stats.cxActive.Inc()
 	c := filter.NewConn(tc, l.opts.ConnIDs.Add(1), l.name, l.log)
-	defer l.connEnded(c)
-
-	if len(cfg.ListenerFilters) > 0 && !l.runListenerFilters(cfg, c) {
+	l.stats.preCxActive.Inc()
+	ch := l.chooseChain(cfg, c)
+	l.stats.preCxActive.Dec()
+	if ch == nil {
 		tc.Close()
 		return
+	}
+	l.stats.cxTotal.Inc()
+	l.stats.cxActive.Inc()
+	defer l.connEnded(c)
+	l.serveChain(ch, c, tc)
+}
+
+// chooseChain runs cfg's listener filters on c and returns the filter chain
+// it matches, or nil (counted and logged) if a listener filter ended it or no
+// chain matches.
+func (l *Listener) chooseChain(cfg *Config, c *filter.Conn) *FilterChain {
+	if len(cfg.ListenerFilters) > 0 && !l.runListenerFilters(cfg, c) {
+		return nil
 	}
 	ch := match(cfg.Chains, cfg.DefaultChain, c)
 	if ch == nil {
 		l.stats.noChainMatch.Inc()
 		l.log.Debug("no filter chain matched; closing", "conn", c.ID, "remote", c.Remote, "local", c.Local, "sni", c.ServerName)
-		tc.Close()
-		return
 	}
-	l.serveChain(ch, c, tc)
+	return ch
 }
 
 // serveChain serves c on its filter chain. (A function of its own, so that
@@ -399,12 +420,17 @@ func (l *Listener) runListenerFilters(cfg *Config, c *filter.Conn) bool {
 		if err == nil {
 			continue
 		}
-		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+		switch {
+		case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded):
+			// Counted whether or not the connection goes on
+			// (ActiveTcpSocket::onTimeout).
+			l.stats.preCxTimeout.Inc()
 			if cfg.ContinueOnListenerFiltersTimeout {
 				return true
 			}
-			l.stats.preCxTimeout.Inc()
-		} else {
+		case errors.Is(err, io.EOF):
+			l.stats.filterRemoteClose.Inc()
+		default:
 			l.stats.filterError.Inc()
 		}
 		l.log.Debug("listener filter closed the connection", "conn", c.ID, "error", err)

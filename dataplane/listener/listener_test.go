@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"runtime"
@@ -13,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 
 	"github.com/skiffproxy/skiff/dataplane/filter"
 	"github.com/skiffproxy/skiff/internal/stats"
@@ -153,4 +156,142 @@ func TestIdleWorkersGo(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
+}
+
+// readOneFilter is a listener filter that reads one byte of the connection:
+// it waits for the client's first byte, the listener filter timeout or the
+// client's close.
+type readOneFilter struct{}
+
+func (readOneFilter) OnAccept(_ context.Context, c *filter.Conn) error {
+	_, err := io.ReadFull(c.Conn, make([]byte, 1))
+	return err
+}
+
+// startStatsListener starts a listener named l (stats listener.l.*) with
+// cfg's chains and listener filters, and returns it with its stats.
+func startStatsListener(t *testing.T, cfg *Config) (*Listener, *stats.Store) {
+	t.Helper()
+	log := slog.New(slog.DiscardHandler)
+	st := stats.NewStore()
+	cfg.Name, cfg.StatPrefix = "l", "l"
+	cfg.Sockets = []SocketSpec{{Addr: netip.MustParseAddrPort("127.0.0.1:0")}}
+	l, err := Start(cfg, Options{Logger: log, Stats: st, Sockets: NewSocketTable(log), ConnIDs: new(atomic.Uint64), Serving: new(sync.WaitGroup)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Accept()
+	t.Cleanup(l.StopAccepting)
+	return l, st
+}
+
+// waitStats waits until the listener's stats have the values in want
+// (names relative to listener.l.).
+func waitStats(t *testing.T, st *stats.Store, want map[string]int64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := map[string]int64{}
+		for name := range want {
+			got[name], _ = st.Value("listener.l." + name)
+		}
+		if maps.Equal(got, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("listener stats %v, want %v", got, want)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func dialListener(t *testing.T, l *Listener) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", l.Bound()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestStatsCountConnectionsOnceAChainTakesThem: as in Envoy, a connection
+// is in downstream_pre_cx_active while its listener filters run and counts in
+// downstream_cx_total, _active and _destroy only once a filter chain took it;
+// one a listener filter ends (timeout, client close) or that no chain matches
+// is counted only in the stat that says why.
+func TestStatsCountConnectionsOnceAChainTakesThem(t *testing.T) {
+	counts := func(pre, total, active, destroy int64) map[string]int64 {
+		return map[string]int64{"downstream_pre_cx_active": pre, "downstream_cx_total": total,
+			"downstream_cx_active": active, "downstream_cx_destroy": destroy}
+	}
+	t.Run("listener filters then a chain", func(t *testing.T) {
+		l, st := startStatsListener(t, &Config{
+			ListenerFilters:        []filter.ListenerFilter{readOneFilter{}},
+			ListenerFiltersTimeout: time.Minute,
+			DefaultChain:           &FilterChain{Name: "default", terminal: holdFilter{}, conns: NewConnSet()},
+		})
+		c := dialListener(t, l)
+		waitStats(t, st, counts(1, 0, 0, 0))
+		io.WriteString(c, "x")
+		waitStats(t, st, counts(0, 1, 1, 0))
+		c.Close()
+		waitStats(t, st, counts(0, 1, 0, 1))
+	})
+	t.Run("client closes in a listener filter", func(t *testing.T) {
+		l, st := startStatsListener(t, &Config{
+			ListenerFilters:        []filter.ListenerFilter{readOneFilter{}},
+			ListenerFiltersTimeout: time.Minute,
+			DefaultChain:           &FilterChain{Name: "default", terminal: holdFilter{}, conns: NewConnSet()},
+		})
+		c := dialListener(t, l)
+		waitStats(t, st, counts(1, 0, 0, 0))
+		c.Close()
+		want := counts(0, 0, 0, 0)
+		want["downstream_listener_filter_remote_close"] = 1
+		want["downstream_listener_filter_error"] = 0
+		waitStats(t, st, want)
+	})
+	t.Run("listener filter timeout", func(t *testing.T) {
+		l, st := startStatsListener(t, &Config{
+			ListenerFilters:        []filter.ListenerFilter{readOneFilter{}},
+			ListenerFiltersTimeout: 20 * time.Millisecond,
+			DefaultChain:           &FilterChain{Name: "default", terminal: holdFilter{}, conns: NewConnSet()},
+		})
+		c := dialListener(t, l)
+		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("read after the listener filter timeout: %v, want EOF", err)
+		}
+		want := counts(0, 0, 0, 0)
+		want["downstream_pre_cx_timeout"] = 1
+		waitStats(t, st, want)
+	})
+	t.Run("listener filter timeout, continue", func(t *testing.T) {
+		l, st := startStatsListener(t, &Config{
+			ListenerFilters:                  []filter.ListenerFilter{readOneFilter{}},
+			ListenerFiltersTimeout:           20 * time.Millisecond,
+			ContinueOnListenerFiltersTimeout: true,
+			DefaultChain:                     &FilterChain{Name: "default", terminal: holdFilter{}, conns: NewConnSet()},
+		})
+		dialListener(t, l)
+		want := counts(0, 1, 1, 0)
+		want["downstream_pre_cx_timeout"] = 1 // counted although the connection goes on
+		waitStats(t, st, want)
+	})
+	t.Run("no chain matches", func(t *testing.T) {
+		never, err := newChainMatch(&listenerv3.FilterChainMatch{SourcePorts: []uint32{1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, st := startStatsListener(t, &Config{
+			Chains: []*FilterChain{{Name: "port1", match: never, terminal: holdFilter{}, conns: NewConnSet()}},
+		})
+		c := dialListener(t, l)
+		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("read on a connection no chain matches: %v, want EOF", err)
+		}
+		want := counts(0, 0, 0, 0)
+		want["no_filter_chain_match"] = 1
+		waitStats(t, st, want)
+	})
 }
