@@ -57,16 +57,15 @@ func startXDS(ctx context.Context, srv *dataplane.Server, snap *dataplane.Snapsh
 	node.ClientFeatures = append(node.ClientFeatures, "envoy.lb.does_not_support_overprovisioning", "xds.config.resource-ttl")
 	x := &xdsRun{ready: make(chan struct{}), done: make(chan struct{})}
 	c, err := client.New(client.Options{
-		Node:                      node,
-		Logger:                    log,
-		Dataplane:                 srv,
-		Static:                    *snap,
-		Runtime:                   srv.Runtime(),
-		Sources:                   srcs,
-		Stats:                     srv.Stats(),
-		Initial:                   initial,
-		Dial:                      client.NewDialer(b, fmt.Sprintf("skiff/%s", version)),
-		SetNodeOnFirstMessageOnly: srcs.ADS.GetSetNodeOnFirstMessageOnly(),
+		Node:      node,
+		Logger:    log,
+		Dataplane: srv,
+		Static:    *snap,
+		Runtime:   srv.Runtime(),
+		Sources:   srcs,
+		Stats:     srv.Stats(),
+		Initial:   initial,
+		Dial:      client.NewDialer(b, fmt.Sprintf("skiff/%s", version)),
 		OnInitialized: func() {
 			srv.MarkInitialized()
 			close(x.ready)

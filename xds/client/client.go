@@ -7,22 +7,31 @@
 //
 //   - LDS and CDS are wildcard subscriptions; EDS and RDS subscriptions follow
 //     the names the accepted clusters and listeners reference.
-//   - A response is checked whole (decoding, duplicate names, every typed_config
-//     through the data plane's builders, and applying it). If any of it is bad
-//     the whole response is NACKed with an error_detail naming the resource and
-//     field, and the last good configuration keeps serving.
+//   - A response is checked before it is used (decoding, duplicate names, every
+//     typed_config through the data plane's builders, and applying it). For LDS
+//     and CDS, as in Envoy, a bad listener or cluster is rejected alone: the
+//     others and the removals are applied, the bad one keeps its last good
+//     version, and the response is NACKed (with the last fully accepted
+//     version) naming each bad resource and field. For EDS, RDS and RTDS, or
+//     an error not tied to one resource, the whole response is NACKed and the
+//     last good configuration keeps serving. NACKs carry code INTERNAL.
 //   - Warming, make before break: a new or changed cluster is used once its
-//     ClusterLoadAssignment arrived (or its initial_fetch_timeout expired); a
-//     listener once its route configurations did. Until then the previous
-//     version, if any, keeps serving. Listeners are requested only after the
-//     first round of clusters is warm (CDS, EDS, then LDS, RDS).
+//     ClusterLoadAssignment arrived (or its initial_fetch_timeout expired, or
+//     an EDS update was rejected: it then has no endpoints); a listener once
+//     its route configurations did (likewise: without them it answers 404).
+//     Until then the previous version, if any, keeps serving. Listeners are
+//     requested only after the first round of clusters is warm (CDS, EDS, then
+//     LDS, RDS); a rejected first CDS or LDS response counts as that round.
+//     Each EDS and RDS subscription has the initial_fetch_timeout of the
+//     config source that references it.
 //   - A cluster removed by CDS stays while an active listener still uses it.
+//     Delta removals of route configurations and ClusterLoadAssignments are
+//     ignored (the last one received stays in use), as Envoy does.
 //   - Streams reconnect with exponential backoff and jitter, resending the
 //     accepted versions (delta: initial_resource_versions).
 package client
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -82,9 +91,6 @@ type Options struct {
 	Dial Dialer
 	// Backoff paces reconnects; the zero value means backoff.Default().
 	Backoff backoff.Policy
-	// SetNodeOnFirstMessageOnly sends the node only in the first request of each
-	// stream (Envoy's option of the same name); by default every request has it.
-	SetNodeOnFirstMessageOnly bool
 	// OnInitialized is called once, when the first round of configuration
 	// (clusters, their endpoints, listeners, their routes) is in place or timed out.
 	OnInitialized func()
@@ -195,9 +201,52 @@ type typeState struct {
 	stats       *subStats              // nil for types without Envoy subscription stats
 	fetchTimers map[string]*time.Timer // names waiting for their first update
 	timedOut    map[string]bool        // names whose initial fetch timed out
-	received    bool                   // a response arrived (initial round)
-	typeTimer   *time.Timer            // wildcard types: initial fetch timeout
-	timeout     time.Duration          // initial_fetch_timeout
+	// Names whose initial fetch ended without a resource other than by the
+	// timeout: a rejected update of the type, or (delta EDS) a removal. As
+	// in Envoy, what references them warms without them.
+	absent    map[string]bool
+	received  bool        // a response arrived, or was rejected (initial round)
+	typeTimer *time.Timer // wildcard types: initial fetch timeout
+	// initial_fetch_timeout: of the type's config source (wildcard types),
+	// and by name, of the config source that references the name (EDS, RDS,
+	// RTDS), as each Envoy subscription has its own.
+	timeout  time.Duration
+	timeouts map[string]time.Duration
+}
+
+// fetched reports whether the initial fetch of name is over: its resource
+// arrived, or it timed out, or it ended without it (see absent).
+func (ts *typeState) fetched(name string) bool {
+	_, have := ts.res[name]
+	return have || ts.timedOut[name] || ts.absent[name]
+}
+
+// timeoutFor is the initial_fetch_timeout of a by-name subscription.
+func (ts *typeState) timeoutFor(name string) time.Duration {
+	if d, ok := ts.timeouts[name]; ok {
+		return d
+	}
+	return ts.timeout
+}
+
+// fetchTimeout is a config source's initial_fetch_timeout: 0 waits forever.
+func fetchTimeout(src *corev3.ConfigSource) time.Duration {
+	if t := src.GetInitialFetchTimeout(); t != nil {
+		return t.AsDuration()
+	}
+	return DefaultInitialFetchTimeout
+}
+
+// shorterTimeout is the initial_fetch_timeout of a name several config
+// sources reference: the shortest, 0 (none) being the longest.
+func shorterTimeout(a, b time.Duration) time.Duration {
+	switch {
+	case a == 0:
+		return b
+	case b == 0:
+		return a
+	}
+	return min(a, b)
 }
 
 type rejection struct {
@@ -221,7 +270,8 @@ func New(opts Options) (*Client, error) {
 	}
 	for _, url := range resource.Types() {
 		c.types[url] = &typeState{url: url, wildcard: resource.Wildcard(url), names: map[string]bool{}, res: map[string]*Resource{},
-			rejected: map[string]rejection{}, fetchTimers: map[string]*time.Timer{}, timedOut: map[string]bool{}}
+			rejected: map[string]rejection{}, fetchTimers: map[string]*time.Timer{}, timedOut: map[string]bool{},
+			absent: map[string]bool{}, timeouts: map[string]time.Duration{}}
 	}
 	if st := opts.Stats; st != nil {
 		c.haveStats = true
@@ -244,7 +294,9 @@ func New(opts Options) (*Client, error) {
 		if err = c.attach(resource.RuntimeType, r.Source, nil); err != nil {
 			return nil, cfgerr.Field(fmt.Sprintf("layered_runtime.layers[%d].rtds_layer.rtds_config", i), err)
 		}
-		c.types[resource.RuntimeType].names[r.Name] = true
+		rtds := c.types[resource.RuntimeType]
+		rtds.names[r.Name] = true
+		rtds.timeouts[r.Name] = fetchTimeout(r.Source)
 	}
 	if c.types[resource.ClusterType].stream == nil {
 		c.phase = phaseListeners
@@ -333,10 +385,7 @@ func (c *Client) attach(url string, src, parent *corev3.ConfigSource) error {
 		return err
 	}
 	ts.stream, ts.source = st, src
-	ts.timeout = DefaultInitialFetchTimeout
-	if t := src.GetInitialFetchTimeout(); t != nil {
-		ts.timeout = t.AsDuration()
-	}
+	ts.timeout = fetchTimeout(src)
 	return nil
 }
 
@@ -419,11 +468,12 @@ func (c *Client) onTypeTimeout(url string) {
 }
 
 func (c *Client) armFetchTimerLocked(ts *typeState, name string) {
-	if _, ok := ts.res[name]; ok || ts.timeout <= 0 || ts.fetchTimers[name] != nil || ts.timedOut[name] {
+	timeout := ts.timeoutFor(name)
+	if ts.fetched(name) || timeout <= 0 || ts.fetchTimers[name] != nil {
 		return
 	}
 	url := ts.url
-	ts.fetchTimers[name] = time.AfterFunc(ts.timeout, func() { c.onFetchTimeout(url, name) })
+	ts.fetchTimers[name] = time.AfterFunc(timeout, func() { c.onFetchTimeout(url, name) })
 }
 
 func (c *Client) onFetchTimeout(url, name string) {
@@ -437,12 +487,59 @@ func (c *Client) onFetchTimeout(url, name string) {
 	if _, ok := ts.res[name]; ok || !ts.names[name] {
 		return
 	}
-	c.log.Warn("xDS initial fetch timed out; using the resource as empty", "type", resource.ShortName(url), "name", name, "timeout", ts.timeout)
+	c.log.Warn("xDS initial fetch timed out; using the resource as empty", "type", resource.ShortName(url), "name", name, "timeout", ts.timeoutFor(name))
 	ts.timedOut[name] = true
 	if err := c.applyLocked(); err != nil {
 		c.log.Error("applying configuration after a fetch timeout", "error", err)
 	}
 	c.maybeAdvanceLocked()
+}
+
+// initialFetchRejectedLocked ends the initial fetch of every subscription of
+// ts still waiting for one, after a rejected update of the type: like Envoy's
+// onConfigUpdateFailed (CDS, LDS, EDS clusters, RDS subscriptions), a NACK
+// lets initialization and warming go on ("even if we have a bad config"). A
+// cluster then warms without endpoints, a listener without its route
+// configuration (answering 404), and the first clusters and listeners are
+// done without what was rejected.
+func (c *Client) initialFetchRejectedLocked(ts *typeState) {
+	if ts.wildcard {
+		if ts.received {
+			return
+		}
+		ts.received = true
+		if ts.typeTimer != nil {
+			ts.typeTimer.Stop()
+		}
+		c.maybeAdvanceLocked()
+		return
+	}
+	var ended []string
+	for name := range ts.names {
+		if !ts.fetched(name) {
+			ended = append(ended, name)
+		}
+	}
+	if len(ended) == 0 {
+		return
+	}
+	for _, name := range ended {
+		c.endFetchLocked(ts, name)
+	}
+	c.log.Warn("xDS initial fetch ended by a rejected update; going on without the resources", "type", resource.ShortName(ts.url), "names", ended)
+	if err := c.applyLocked(); err != nil {
+		c.log.Error("applying configuration after a rejected update", "error", err)
+	}
+	c.maybeAdvanceLocked()
+}
+
+// endFetchLocked marks name's initial fetch over without its resource.
+func (c *Client) endFetchLocked(ts *typeState, name string) {
+	ts.absent[name] = true
+	if t := ts.fetchTimers[name]; t != nil {
+		t.Stop()
+		delete(ts.fetchTimers, name)
+	}
 }
 
 // maybeAdvanceLocked moves through the initialization phases.
@@ -499,16 +596,14 @@ func (c *Client) clusterWarmLocked(pb *clusterv3.Cluster) bool {
 	if !ok {
 		return true
 	}
-	eds := c.types[resource.EndpointType]
-	_, have := eds.res[ref.Name]
-	return have || eds.timedOut[ref.Name]
+	return c.types[resource.EndpointType].fetched(ref.Name)
 }
 
 func (c *Client) listenerWarmLocked(pb *listenerv3.Listener) bool {
 	rds := c.types[resource.RouteType]
 	routes, _ := resource.ListenerRefs(pb)
 	for _, r := range routes {
-		if _, have := rds.res[r.Name]; !have && !rds.timedOut[r.Name] {
+		if !rds.fetched(r.Name) {
 			return false
 		}
 	}
@@ -519,7 +614,7 @@ func (c *Client) listenerWarmLocked(pb *listenerv3.Listener) bool {
 // clusters and listeners (and the still active ones) reference. It returns an
 // error if a reference names a config source skiff cannot use.
 func (c *Client) followRefsLocked() error {
-	edsNames := map[string]bool{}
+	edsNames, edsTimeouts := map[string]bool{}, map[string]time.Duration{}
 	var edsErr error
 	addCluster := func(pb *clusterv3.Cluster) {
 		ref, ok := resource.EndpointsRef(pb)
@@ -527,9 +622,9 @@ func (c *Client) followRefsLocked() error {
 			return
 		}
 		if err := c.attach(resource.EndpointType, ref.Source, c.types[resource.ClusterType].source); err != nil && edsErr == nil {
-			edsErr = fmt.Errorf("%s %q: eds_cluster_config.eds_config: %w", resource.Kind(resource.ClusterType), pb.GetName(), err)
+			edsErr = &resourceError{url: resource.ClusterType, name: pb.GetName(), err: fmt.Errorf("eds_cluster_config.eds_config: %w", err)}
 		}
-		edsNames[ref.Name] = true
+		addRef(edsNames, edsTimeouts, ref.Name, ref.Source)
 	}
 	for _, r := range c.types[resource.ClusterType].res {
 		addCluster(r.Msg.(*clusterv3.Cluster))
@@ -537,15 +632,15 @@ func (c *Client) followRefsLocked() error {
 	for _, pb := range c.activeClusters {
 		addCluster(pb)
 	}
-	rdsNames := map[string]bool{}
+	rdsNames, rdsTimeouts := map[string]bool{}, map[string]time.Duration{}
 	var rdsErr error
 	addListener := func(pb *listenerv3.Listener) {
 		routes, _ := resource.ListenerRefs(pb)
 		for _, r := range routes {
 			if err := c.attach(resource.RouteType, r.Source, c.types[resource.ListenerType].source); err != nil && rdsErr == nil {
-				rdsErr = fmt.Errorf("%s %q: rds.config_source: %w", resource.Kind(resource.ListenerType), pb.GetName(), err)
+				rdsErr = &resourceError{url: resource.ListenerType, name: pb.GetName(), err: fmt.Errorf("rds.config_source: %w", err)}
 			}
-			rdsNames[r.Name] = true
+			addRef(rdsNames, rdsTimeouts, r.Name, r.Source)
 		}
 	}
 	for _, r := range c.types[resource.ListenerType].res {
@@ -554,21 +649,43 @@ func (c *Client) followRefsLocked() error {
 	for _, pb := range c.activeListeners {
 		addListener(pb)
 	}
-	c.setNamesLocked(c.types[resource.EndpointType], edsNames)
-	c.setNamesLocked(c.types[resource.RouteType], rdsNames)
-	return cmp.Or(edsErr, rdsErr)
+	c.setNamesLocked(c.types[resource.EndpointType], edsNames, edsTimeouts)
+	c.setNamesLocked(c.types[resource.RouteType], rdsNames, rdsTimeouts)
+	if edsErr != nil {
+		return edsErr
+	}
+	if rdsErr != nil {
+		return rdsErr
+	}
+	return nil
+}
+
+// addRef adds a reference to name through config source src: the name is
+// subscribed, with src's initial_fetch_timeout (the shortest, if several
+// sources reference it).
+func addRef(names map[string]bool, timeouts map[string]time.Duration, name string, src *corev3.ConfigSource) {
+	d := fetchTimeout(src)
+	if names[name] {
+		d = shorterTimeout(timeouts[name], d)
+	}
+	names[name], timeouts[name] = true, d
 }
 
 // setNamesLocked changes a by-name subscription, dropping the resources of names
-// no longer wanted and asking for new ones.
-func (c *Client) setNamesLocked(ts *typeState, names map[string]bool) {
-	if maps.Equal(ts.names, names) || ts.stream == nil {
+// no longer wanted and asking for new ones, each with its initial_fetch_timeout.
+func (c *Client) setNamesLocked(ts *typeState, names map[string]bool, timeouts map[string]time.Duration) {
+	if ts.stream == nil {
+		return
+	}
+	ts.timeouts = timeouts
+	if maps.Equal(ts.names, names) {
 		return
 	}
 	for name := range ts.names {
 		if !names[name] {
 			delete(ts.res, name)
 			delete(ts.timedOut, name)
+			delete(ts.absent, name)
 			delete(ts.rejected, name)
 			if t := ts.fetchTimers[name]; t != nil {
 				t.Stop()
@@ -592,14 +709,41 @@ type update struct {
 	set     map[string]*Resource
 	removed []string
 	replace bool // state of the world for a wildcard type: absent names are removed
+	// LDS and CDS: the resources of the response rejected one by one, which
+	// are neither applied nor removed (their previous version, if any,
+	// stays), and their names.
+	rejected []*resourceError
+	keep     []string
 }
 
-// accept applies a validated update: it becomes the type's state, the
-// subscriptions follow its references, and the data plane gets the new
-// configuration. If applying fails, the previous state is restored and the
-// error returned (the response is then NACKed).
-func (c *Client) acceptLocked(ts *typeState, u update, version string) error {
-	prev := ts.res
+// resourceError is an error about one resource.
+type resourceError struct {
+	url, name string
+	err       error
+}
+
+func (e *resourceError) Error() string {
+	return fmt.Sprintf("%s %q: %v", resource.Kind(e.url), e.name, e.err)
+}
+
+func (e *resourceError) Unwrap() error { return e.err }
+
+// reject takes a resource out of the update, as rejected with err.
+func (u *update) reject(url, name string, err error) {
+	if r := u.set[name]; r != nil && r.ttl != nil {
+		r.ttl.Stop()
+	}
+	delete(u.set, name)
+	u.keep = append(u.keep, name)
+	var re *resourceError
+	if !errors.As(err, &re) || re.name != name {
+		re = &resourceError{url: url, name: name, err: err}
+	}
+	u.rejected = append(u.rejected, re)
+}
+
+// merge returns the state the update makes of prev.
+func (u *update) merge(prev map[string]*Resource) map[string]*Resource {
 	next := make(map[string]*Resource, len(prev)+len(u.set))
 	if !u.replace {
 		maps.Copy(next, prev)
@@ -607,16 +751,42 @@ func (c *Client) acceptLocked(ts *typeState, u update, version string) error {
 	for _, name := range u.removed {
 		delete(next, name)
 	}
-	maps.Copy(next, u.set)
-	ts.res = next
-	err := c.followRefsLocked()
-	if err == nil {
-		err = c.applyLocked()
+	for _, name := range u.keep {
+		if r, ok := prev[name]; ok {
+			next[name] = r
+		}
 	}
-	if err != nil {
+	maps.Copy(next, u.set)
+	return next
+}
+
+// acceptLocked applies a validated update: it becomes the type's state, the
+// subscriptions follow its references, and the data plane gets the new
+// configuration. If applying fails, the previous state is restored and the
+// error returned (the response is then NACKed). For LDS and CDS, as in Envoy,
+// a resource that cannot be applied is rejected alone (into u.rejected) and
+// the rest applied; the type's version then stays the last fully accepted one.
+func (c *Client) acceptLocked(ts *typeState, u *update, version string) error {
+	prev := ts.res
+	var next map[string]*Resource
+	for {
+		next = u.merge(prev)
+		ts.res = next
+		err := c.followRefsLocked()
+		if err == nil {
+			err = c.applyLocked()
+		}
+		if err == nil {
+			break
+		}
 		ts.res = prev
 		if ferr := c.followRefsLocked(); ferr != nil {
 			c.log.Error("restoring subscriptions after a rejected update", "error", ferr)
+		}
+		var re *resourceError
+		if ts.wildcard && errors.As(err, &re) && re.url == ts.url && u.set[re.name] != nil {
+			u.reject(ts.url, re.name, err)
+			continue
 		}
 		for _, r := range u.set {
 			if r.ttl != nil {
@@ -637,9 +807,12 @@ func (c *Client) acceptLocked(ts *typeState, u update, version string) error {
 			delete(ts.fetchTimers, name)
 		}
 		delete(ts.timedOut, name)
+		delete(ts.absent, name)
 	}
-	ts.lastReject = nil
-	ts.version = version
+	if len(u.rejected) == 0 {
+		ts.lastReject = nil
+		ts.version = version
+	}
 	ts.received = true
 	if ts.url == resource.RuntimeType && c.opts.Runtime != nil {
 		for name, r := range next {
@@ -675,8 +848,11 @@ func (c *Client) applyLocked() error {
 func (c *Client) describeApplyError(err error) error {
 	var re *dataplane.ResourceError
 	if errors.As(err, &re) {
-		kind := map[string]string{"listener": "Listener", "cluster": "Cluster", "endpoints": "ClusterLoadAssignment", "route": "RouteConfiguration"}[re.Kind]
-		return fmt.Errorf("%s %q: %w", kind, re.Name, re.Err)
+		url, ok := map[string]string{"listener": resource.ListenerType, "cluster": resource.ClusterType,
+			"endpoints": resource.EndpointType, "route": resource.RouteType}[re.Kind]
+		if ok {
+			return &resourceError{url: url, name: re.Name, err: re.Err}
+		}
 	}
 	return err
 }
@@ -778,14 +954,14 @@ func (c *Client) validateLocked(url string, a *anypb.Any) (proto.Message, string
 	case *listenerv3.Listener:
 		for _, s := range c.opts.Static.Listeners {
 			if s.GetName() == name {
-				return nil, name, fmt.Errorf("%s %q: a static listener of that name exists and cannot be replaced through LDS", kind, name)
+				return nil, name, &resourceError{url: url, name: name, err: errors.New("a static listener of that name exists and cannot be replaced through LDS")}
 			}
 		}
 		err = c.opts.Dataplane.ValidateListener(r)
 	case *clusterv3.Cluster:
 		for _, s := range c.opts.Static.Clusters {
 			if s.GetName() == name {
-				return nil, name, fmt.Errorf("%s %q: a static cluster of that name exists and cannot be replaced through CDS", kind, name)
+				return nil, name, &resourceError{url: url, name: name, err: errors.New("a static cluster of that name exists and cannot be replaced through CDS")}
 			}
 		}
 		err = c.opts.Dataplane.ValidateCluster(r)
@@ -797,7 +973,7 @@ func (c *Client) validateLocked(url string, a *anypb.Any) (proto.Message, string
 		err = cfgerr.Validate(m)
 	}
 	if err != nil {
-		return nil, name, fmt.Errorf("%s %q: %w", kind, name, err)
+		return nil, name, &resourceError{url: url, name: name, err: err}
 	}
 	return m, name, nil
 }

@@ -128,7 +128,7 @@ func TestNACKKeepsLastGoodConfig(t *testing.T) {
 	f.waitReady()
 	addr := f.listenerAddr("ingress")
 
-	// A listener whose filter skiff does not know: the whole LDS response is
+	// A listener whose filter skiff does not know: the LDS response is
 	// NACKed, naming the listener and the field, with the last good version.
 	bad := tcpListener("broken", loopback0, "backend")
 	bad.FilterChains[0].Filters[0].GetTypedConfig().TypeUrl = "type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy"
@@ -188,13 +188,17 @@ func TestDuplicateNamesAreNACKed(t *testing.T) {
 		VersionInfo: "dup", TypeUrl: resource.ClusterType, Nonce: "n-dup", Resources: []*anypb.Any{a, a},
 	})
 	f.client.mu.Lock()
-	nack, version := ts.nack, ts.version
+	nack, version, first := ts.nack, ts.version, ts.res["dup"]
 	f.client.mu.Unlock()
-	if nack == nil || !strings.Contains(nack.Error(), `Cluster "dup" appears twice`) {
+	if nack == nil || !strings.Contains(nack.Error(), `Cluster "dup": appears twice`) {
 		t.Fatalf("NACK error %v", nack)
 	}
 	if version != cds.GetVersionInfo() {
 		t.Fatalf("version after a rejected response %q, want %q", version, cds.GetVersionInfo())
+	}
+	// As in Envoy's CDS, the first of the duplicates is applied.
+	if first == nil || first.Version != "dup" {
+		t.Fatalf("the first of the duplicates is not taken: %v", first)
 	}
 }
 
@@ -352,11 +356,16 @@ func TestRuntimeLayerOverRTDS(t *testing.T) {
 }
 
 func hcmListener(name, routeConfig string) *listenerv3.Listener {
+	return hcmListenerFrom(name, routeConfig, adsSource())
+}
+
+// hcmListenerFrom is an HTTP listener whose routes come from RDS through src.
+func hcmListenerFrom(name, routeConfig string, src *corev3.ConfigSource) *listenerv3.Listener {
 	rtr, _ := anypb.New(&routerv3.Router{})
 	a, _ := anypb.New(&hcmv3.HttpConnectionManager{
 		StatPrefix: name,
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
-			RouteConfigName: routeConfig, ConfigSource: adsSource()}},
+			RouteConfigName: routeConfig, ConfigSource: src}},
 		HttpFilters: []*hcmv3.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: rtr}}},
 	})
 	return &listenerv3.Listener{
@@ -487,7 +496,11 @@ func TestHeldBackNACKDoesNotRideOnTheNextACK(t *testing.T) {
 	bad := edsCluster("bad")
 	bad.LbPolicy = clusterv3.Cluster_CLUSTER_PROVIDED // not supported: rejected
 	a, _ := anypb.New(bad)
-	for i := range 2 { // the second is held back
+	// The repeats are held back, each longer (nackPacing): the last one
+	// waits a second, so that the check below sees it held even on a slow,
+	// loaded machine (after one repeat the wait was 100 ms, which a test run
+	// under load sometimes outlasted).
+	for i := range 6 {
 		f.client.handleSotW(ts.stream, &discoveryv3.DiscoveryResponse{
 			VersionInfo: "bad", TypeUrl: resource.ClusterType, Nonce: fmt.Sprintf("n-bad-%d", i), Resources: []*anypb.Any{a},
 		})

@@ -16,6 +16,9 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -79,6 +82,9 @@ type setup struct {
 	edsTimeout          time.Duration
 	staticExtra         []*clusterv3.Cluster
 	initial             *restartv1.XdsState // a hot-restart parent's state
+	noFetchTimeout      bool                // lds_config and cds_config: initial_fetch_timeout 0s (wait forever)
+	nodeOnce            bool                // the api_config_source's set_node_on_first_message_only
+	onSend              func(proto.Message) // sees every request as the client sends it
 }
 
 type fixture struct {
@@ -109,6 +115,7 @@ func testBootstrap(cpAddr string, s setup) *bootstrapv3.Bootstrap {
 	if s.delta {
 		api.ApiType = corev3.ApiConfigSource_DELTA_GRPC
 	}
+	api.SetNodeOnFirstMessageOnly = s.nodeOnce
 	b := &bootstrapv3.Bootstrap{
 		Node:            &corev3.Node{Id: nodeID, Cluster: "test"},
 		StaticResources: &bootstrapv3.Bootstrap_StaticResources{Clusters: append([]*clusterv3.Cluster{xdsCluster}, s.staticExtra...)},
@@ -120,9 +127,13 @@ func testBootstrap(cpAddr string, s setup) *bootstrapv3.Bootstrap {
 	}
 	if s.perType {
 		src := &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_ApiConfigSource{ApiConfigSource: api}, ResourceApiVersion: corev3.ApiVersion_V3}
-		b.DynamicResources = &bootstrapv3.Bootstrap_DynamicResources{LdsConfig: src, CdsConfig: src}
+		b.DynamicResources = &bootstrapv3.Bootstrap_DynamicResources{LdsConfig: src, CdsConfig: proto.Clone(src).(*corev3.ConfigSource)}
 	} else {
 		b.DynamicResources = &bootstrapv3.Bootstrap_DynamicResources{AdsConfig: api, LdsConfig: adsSource(), CdsConfig: adsSource()}
+	}
+	if s.noFetchTimeout {
+		b.DynamicResources.LdsConfig.InitialFetchTimeout = durationpb.New(0)
+		b.DynamicResources.CdsConfig.InitialFetchTimeout = durationpb.New(0)
 	}
 	return b
 }
@@ -165,7 +176,7 @@ func newFixtureWith(t testing.TB, cp *xdstest.ControlPlane, s setup) *fixture {
 		Dataplane:     dp,
 		Static:        dataplane.Snapshot{Clusters: b.GetStaticResources().GetClusters()},
 		Sources:       srcs,
-		Dial:          NewDialer(b, "skiff/test"),
+		Dial:          dialer(b, cp, s.onSend),
 		OnInitialized: func() { close(f.ready) },
 		Initial:       s.initial,
 	})
@@ -181,6 +192,34 @@ func newFixtureWith(t testing.TB, cp *xdstest.ControlPlane, s setup) *fixture {
 	}()
 	t.Cleanup(f.close)
 	return f
+}
+
+// dialer is the client's Dialer: NewDialer's, or if onSend is set one to the
+// control plane that shows onSend every message the client sends.
+func dialer(b *bootstrapv3.Bootstrap, cp *xdstest.ControlPlane, onSend func(proto.Message)) Dialer {
+	if onSend == nil {
+		return NewDialer(b, "skiff/test")
+	}
+	return func(*corev3.GrpcService) (*grpc.ClientConn, error) {
+		return grpc.NewClient("passthrough:///"+cp.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+				cs, err := streamer(ctx, desc, cc, method, opts...)
+				return sendHook{cs, onSend}, err
+			}))
+	}
+}
+
+// sendHook shows every message sent on a client stream to a function.
+type sendHook struct {
+	grpc.ClientStream
+	onSend func(proto.Message)
+}
+
+func (h sendHook) SendMsg(m any) error {
+	if pm, ok := m.(proto.Message); ok {
+		h.onSend(proto.Clone(pm))
+	}
+	return h.ClientStream.SendMsg(m)
 }
 
 func (f *fixture) close() {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -329,13 +330,14 @@ func (s *stream) nextRequestLocked() proto.Message {
 			continue // nothing subscribed yet and nothing to acknowledge
 		}
 		var node *corev3.Node
-		if s.first || !s.c.opts.SetNodeOnFirstMessageOnly {
+		if s.first || !s.src.api.GetSetNodeOnFirstMessageOnly() {
 			node = s.c.opts.Node
 		}
 		s.first = false
 		var detail *statuspb.Status
 		if ts.nack != nil {
-			detail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: ts.nack.Error()}
+			// Envoy NACKs with INTERNAL (GrpcMuxImpl, DeltaSubscriptionState).
+			detail = &statuspb.Status{Code: int32(codes.Internal), Message: ts.nack.Error()}
 			ts.nack = nil
 		}
 		if s.delta {
@@ -426,12 +428,15 @@ func (c *Client) handleSotW(s *stream, resp *discoveryv3.DiscoveryResponse) {
 		}
 		var m proto.Message
 		m, name, err = c.validateLocked(ts.url, a)
-		if err != nil {
-			bad = name
-			break
+		if err == nil {
+			err = checkDuplicate(ts, &u, name)
 		}
-		if _, dup := u.set[name]; dup {
-			err, bad = fmt.Errorf("%s %q appears twice in the response", resource.Kind(ts.url), name), name
+		if err != nil {
+			if refuse(ts, &u, err) {
+				err = nil
+				continue
+			}
+			bad = name
 			break
 		}
 		if !ts.wildcard && !ts.names[name] {
@@ -443,9 +448,35 @@ func (c *Client) handleSotW(s *stream, resp *discoveryv3.DiscoveryResponse) {
 		u.set[name] = c.newResourceLocked(ts, name, version, a, m, now, ttl)
 	}
 	if err == nil {
-		err = c.acceptLocked(ts, u, resp.GetVersionInfo())
+		err = c.acceptLocked(ts, &u, resp.GetVersionInfo())
 	}
-	c.finishLocked(s, ts, resp.GetVersionInfo(), len(resp.GetResources()), bad, err)
+	c.finishLocked(s, ts, resp.GetVersionInfo(), len(resp.GetResources()), bad, err, u.rejected)
+}
+
+// checkDuplicate returns an error if an update already has a resource of
+// that name. (LDS and CDS then apply the first, as Envoy does.)
+func checkDuplicate(ts *typeState, u *update, name string) error {
+	if _, dup := u.set[name]; dup {
+		return &resourceError{url: ts.url, name: name, err: errors.New("appears twice in the response")}
+	}
+	return nil
+}
+
+// refuse handles a resource of a response that failed validation. For LDS and
+// CDS, as in Envoy (CdsApiHelper, LdsApiImpl), a resource the error names is
+// rejected alone: the response goes on without it, its previous version (if
+// any) staying, and is NACKed in the end with the errors of such resources.
+// It returns false if the error rejects the whole response instead.
+func refuse(ts *typeState, u *update, err error) bool {
+	var re *resourceError
+	if !ts.wildcard || !errors.As(err, &re) || re.name == "" {
+		return false
+	}
+	u.rejected = append(u.rejected, re)
+	if _, ok := u.set[re.name]; !ok {
+		u.keep = append(u.keep, re.name)
+	}
+	return true
 }
 
 // handleDelta processes a delta response and queues its ACK or NACK.
@@ -458,7 +489,7 @@ func (c *Client) handleDelta(s *stream, resp *discoveryv3.DeltaDiscoveryResponse
 		return
 	}
 	ts.nonce = resp.GetNonce()
-	u := update{set: map[string]*Resource{}, removed: resp.GetRemovedResources()}
+	u := update{set: map[string]*Resource{}, removed: c.deltaRemovalsLocked(ts, resp.GetRemovedResources())}
 	now := time.Now()
 	var err error
 	var bad string
@@ -477,16 +508,18 @@ func (c *Client) handleDelta(s *stream, resp *discoveryv3.DeltaDiscoveryResponse
 		var m proto.Message
 		var name string
 		m, name, err = c.validateLocked(ts.url, r.GetResource())
+		if err == nil && r.GetName() != "" && r.GetName() != name {
+			err = &resourceError{url: ts.url, name: name, err: fmt.Errorf("is sent under the name %q", r.GetName())}
+		}
+		if err == nil {
+			err = checkDuplicate(ts, &u, name)
+		}
 		if err != nil {
+			if refuse(ts, &u, err) {
+				err = nil
+				continue
+			}
 			bad = name
-			break
-		}
-		if r.GetName() != "" && r.GetName() != name {
-			err, bad = fmt.Errorf("%s %q is sent under the name %q", resource.Kind(ts.url), name, r.GetName()), name
-			break
-		}
-		if _, dup := u.set[name]; dup {
-			err, bad = fmt.Errorf("%s %q appears twice in the response", resource.Kind(ts.url), name), name
 			break
 		}
 		if !ts.wildcard && !ts.names[name] {
@@ -495,13 +528,49 @@ func (c *Client) handleDelta(s *stream, resp *discoveryv3.DeltaDiscoveryResponse
 		u.set[name] = c.newResourceLocked(ts, name, r.GetVersion(), r.GetResource(), m, now, ttl)
 	}
 	if err == nil {
-		err = c.acceptLocked(ts, u, resp.GetSystemVersionInfo())
+		err = c.acceptLocked(ts, &u, resp.GetSystemVersionInfo())
 	}
-	c.finishLocked(s, ts, resp.GetSystemVersionInfo(), len(resp.GetResources())+len(resp.GetRemovedResources()), bad, err)
+	c.finishLocked(s, ts, resp.GetSystemVersionInfo(), len(resp.GetResources())+len(resp.GetRemovedResources()), bad, err, u.rejected)
 }
 
-// finishLocked records the outcome of a response and queues the ACK or NACK.
-func (c *Client) finishLocked(s *stream, ts *typeState, version string, n int, bad string, err error) {
+// deltaRemovalsLocked returns the removals of a delta response that apply.
+// Like Envoy, skiff ignores the removal of a route configuration
+// (RdsRouteConfigSubscription: "attempting to remove a resource ...
+// Ignoring.") and of a ClusterLoadAssignment (EdsClusterImpl takes it as an
+// update without resources): the last one received stays in use. A removed
+// ClusterLoadAssignment not received yet ends the initial fetch, so its
+// cluster warms without endpoints.
+func (c *Client) deltaRemovalsLocked(ts *typeState, removed []string) []string {
+	if len(removed) == 0 || (ts.url != resource.RouteType && ts.url != resource.EndpointType) {
+		return removed
+	}
+	c.log.Warn("xDS delta removal ignored; the last version received stays in use", "type", resource.ShortName(ts.url), "names", removed)
+	if ts.url == resource.EndpointType {
+		for _, name := range removed {
+			if ts.names[name] && !ts.fetched(name) {
+				c.endFetchLocked(ts, name)
+			}
+		}
+	}
+	return nil
+}
+
+// finishLocked records the outcome of a response and queues the ACK or NACK:
+// err rejected it whole (bad is the resource it is about, if any); or
+// (LDS, CDS) the resources in partial were rejected and the rest applied.
+func (c *Client) finishLocked(s *stream, ts *typeState, version string, n int, bad string, err error, partial []*resourceError) {
+	partly := err == nil && len(partial) > 0
+	if partly {
+		// In name order, so that the same response rejected again (a control
+		// plane may order its resources differently each time) is seen as a
+		// repeat below.
+		slices.SortFunc(partial, func(a, b *resourceError) int { return strings.Compare(a.name, b.name) })
+		msgs := make([]string, len(partial))
+		for i, re := range partial {
+			msgs[i] = re.Error()
+		}
+		err = errors.New(strings.Join(msgs, "; "))
+	}
 	if st := ts.stats; st != nil {
 		st.attempt.Inc()
 		if err != nil {
@@ -510,6 +579,11 @@ func (c *Client) finishLocked(s *stream, ts *typeState, version string, n int, b
 			st.success.Inc()
 			st.version.Set(versionHash(version))
 		}
+	}
+	if ts.wildcard {
+		// As Envoy's listener manager does, each update of the type replaces
+		// the error state: what a later update no longer has is not NACKED.
+		clear(ts.rejected)
 	}
 	if err == nil {
 		// A NACK held back (see below) must not ride on this ACK.
@@ -532,6 +606,16 @@ func (c *Client) finishLocked(s *stream, ts *typeState, version string, n int, b
 	ts.lastReject = &rej
 	if bad != "" {
 		ts.rejected[bad] = rej
+	}
+	for _, re := range partial {
+		ts.rejected[re.name] = rejection{version: version, err: re, at: rej.at}
+	}
+	c.initialFetchRejectedLocked(ts)
+	if ts.nackRepeats == 0 && partly {
+		c.log.Warn("xDS update partly rejected (NACK); its other resources are applied, the rejected ones keep their last good version",
+			"type", resource.ShortName(ts.url), "version", version, "error", err)
+		s.queueLocked(ts.url)
+		return
 	}
 	if ts.nackRepeats == 0 {
 		c.log.Warn("xDS update rejected (NACK); the last good configuration keeps serving",
@@ -593,7 +677,7 @@ func (c *Client) armTTLLocked(ts *typeState, r *Resource, ttl *time.Duration) {
 			return // replaced or refreshed since
 		}
 		c.log.Warn("xDS resource TTL expired; removing it", "type", resource.ShortName(url), "name", r.Name)
-		if err := c.acceptLocked(ts, update{removed: []string{r.Name}}, ts.version); err != nil {
+		if err := c.acceptLocked(ts, &update{removed: []string{r.Name}}, ts.version); err != nil {
 			c.log.Error("removing an expired resource", "type", resource.ShortName(url), "name", r.Name, "error", err)
 		}
 	})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -33,78 +34,34 @@ import (
 // come warms (empty) when its eds_config's initial_fetch_timeout expires, and
 // only then are listeners requested and the client initialized.
 func TestInitialFetchTimeout(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		lis := newMemListener()
-		cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
-		gs := grpc.NewServer()
-		testv3.RegisterServer(gs, serverv3.NewServer(context.Background(), cache, nil))
-		go gs.Serve(lis)
-		defer gs.Stop()
-
-		cl := edsCluster("slow")
-		cl.EdsClusterConfig.EdsConfig.InitialFetchTimeout = durationpb.New(5 * time.Second)
-		snap, err := cachev3.NewSnapshot("1", map[resourcev3.Type][]types.Resource{resourcev3.ClusterType: {cl}, resourcev3.ListenerType: {}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cache.SetSnapshot(context.Background(), nodeID, snap); err != nil {
-			t.Fatal(err)
-		}
-
-		reg, _ := filters.Builtin()
-		log := slog.New(slog.DiscardHandler)
-		dp := dataplane.NewServer(dataplane.Options{Logger: log, Registry: reg, Stats: stats.NewStore(), DrainTime: time.Second})
-		ready := make(chan struct{})
-		api := &corev3.ApiConfigSource{ApiType: corev3.ApiConfigSource_GRPC, GrpcServices: []*corev3.GrpcService{{
-			TargetSpecifier: &corev3.GrpcService_GoogleGrpc_{GoogleGrpc: &corev3.GrpcService_GoogleGrpc{TargetUri: "passthrough:///mem"}}}}}
-		c, err := New(Options{
-			Node: node(), Logger: log, Dataplane: dp,
-			Sources: Sources{ADS: api, Cluster: adsSource(), Listener: adsSource()},
-			Dial: func(*corev3.GrpcService) (*grpc.ClientConn, error) {
-				return grpc.NewClient("passthrough:///mem", grpc.WithTransportCredentials(insecure.NewCredentials()),
-					grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return lis.dial() }))
-			},
-			OnInitialized: func() { close(ready) },
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { c.Run(ctx); close(done) }()
-		defer func() {
-			cancel()
-			<-done
-			sctx, scancel := context.WithTimeout(context.Background(), time.Second)
-			defer scancel()
-			dp.Shutdown(sctx)
-		}()
-
-		synctest.Wait()
-		start := time.Now()
-		if c.Initialized() {
-			t.Fatal("initialized while a cluster was warming")
-		}
-		if d := c.dataplaneClusterNames(); len(d) != 0 {
-			t.Fatalf("warming cluster applied before its endpoints or timeout: %v", d)
-		}
-		<-ready // the fetch timeout, then LDS (empty, answered at once), then ready
-		if waited := time.Since(start); waited < 5*time.Second || waited > 6*time.Second {
-			t.Fatalf("initialized after %v, want the 5 s initial_fetch_timeout", waited)
-		}
-		if dp.Clusters().Get("slow") == nil {
-			t.Fatal("the cluster is not in use after its fetch timed out")
-		}
-		var timedOut bool
-		for _, g := range c.GenericXdsConfigs() {
-			if g.GetTypeUrl() == resource.EndpointType && g.GetName() == "slow" {
-				timedOut = g.GetClientStatus().String() == "TIMEOUT"
+	cl := edsCluster("slow")
+	cl.EdsClusterConfig.EdsConfig.InitialFetchTimeout = durationpb.New(5 * time.Second)
+	runInBubble(t, map[resourcev3.Type][]types.Resource{resourcev3.ClusterType: {cl}, resourcev3.ListenerType: {}},
+		func(t *testing.T, c *Client, ready <-chan struct{}) {
+			start := time.Now()
+			if c.Initialized() {
+				t.Fatal("initialized while a cluster was warming")
 			}
-		}
-		if !timedOut {
-			t.Errorf("CSDS does not say the endpoints timed out: %v", c.GenericXdsConfigs())
-		}
-	})
+			if d := c.dataplaneClusterNames(); len(d) != 0 {
+				t.Fatalf("warming cluster applied before its endpoints or timeout: %v", d)
+			}
+			<-ready // the fetch timeout, then LDS (empty, answered at once), then ready
+			if waited := time.Since(start); waited < 5*time.Second || waited > 6*time.Second {
+				t.Fatalf("initialized after %v, want the 5 s initial_fetch_timeout", waited)
+			}
+			if !slices.Contains(c.dataplaneClusterNames(), "slow") {
+				t.Fatal("the cluster is not in use after its fetch timed out")
+			}
+			var timedOut bool
+			for _, g := range c.GenericXdsConfigs() {
+				if g.GetTypeUrl() == resource.EndpointType && g.GetName() == "slow" {
+					timedOut = g.GetClientStatus().String() == "TIMEOUT"
+				}
+			}
+			if !timedOut {
+				t.Errorf("CSDS does not say the endpoints timed out: %v", c.GenericXdsConfigs())
+			}
+		})
 }
 
 // dataplaneClusterNames is what the client last applied.
@@ -250,5 +207,57 @@ func TestRepeatedNACKsArePaced(t *testing.T) {
 		if acks != 1 {
 			t.Fatalf("%d ACKs within a second of the fixed snapshot, want 1", acks)
 		}
+	})
+}
+
+// runInBubble runs a real go-control-plane server serving resources and a
+// client over ADS in a synctest bubble (see TestInitialFetchTimeout), then
+// calls test with the client and a channel closed when it initializes.
+func runInBubble(t *testing.T, resources map[resourcev3.Type][]types.Resource, test func(t *testing.T, c *Client, ready <-chan struct{})) {
+	synctest.Test(t, func(t *testing.T) {
+		lis := newMemListener()
+		cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
+		gs := grpc.NewServer()
+		testv3.RegisterServer(gs, serverv3.NewServer(context.Background(), cache, nil))
+		go gs.Serve(lis)
+		defer gs.Stop()
+		snap, err := cachev3.NewSnapshot("1", resources)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cache.SetSnapshot(context.Background(), nodeID, snap); err != nil {
+			t.Fatal(err)
+		}
+
+		reg, _ := filters.Builtin()
+		log := slog.New(slog.DiscardHandler)
+		dp := dataplane.NewServer(dataplane.Options{Logger: log, Registry: reg, Stats: stats.NewStore(), DrainTime: time.Second})
+		ready := make(chan struct{})
+		api := &corev3.ApiConfigSource{ApiType: corev3.ApiConfigSource_GRPC, GrpcServices: []*corev3.GrpcService{{
+			TargetSpecifier: &corev3.GrpcService_GoogleGrpc_{GoogleGrpc: &corev3.GrpcService_GoogleGrpc{TargetUri: "passthrough:///mem"}}}}}
+		c, err := New(Options{
+			Node: node(), Logger: log, Dataplane: dp,
+			Sources: Sources{ADS: api, Cluster: adsSource(), Listener: adsSource()},
+			Dial: func(*corev3.GrpcService) (*grpc.ClientConn, error) {
+				return grpc.NewClient("passthrough:///mem", grpc.WithTransportCredentials(insecure.NewCredentials()),
+					grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return lis.dial() }))
+			},
+			OnInitialized: func() { close(ready) },
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { c.Run(ctx); close(done) }()
+		defer func() {
+			cancel()
+			<-done
+			sctx, scancel := context.WithTimeout(context.Background(), time.Second)
+			defer scancel()
+			dp.Shutdown(sctx)
+		}()
+		synctest.Wait()
+		test(t, c, ready)
 	})
 }
