@@ -452,7 +452,7 @@ func (q *rq) retriableResponse(resp *http.Header, status int) bool {
 
 // attempt makes one try at the upstream.
 func (q *rq) attempt() outcome {
-	e, hs := q.e, q.hs
+	e := q.e
 	host := q.pickHost()
 	if host == nil {
 		return q.fail(503, "no healthy upstream", "no_healthy_upstream", http.FlagNoHealthyUpstream)
@@ -475,17 +475,6 @@ func (q *rq) attempt() outcome {
 	if q.retries+q.transparent < len(q.tried) {
 		q.tried[q.retries+q.transparent] = host
 	}
-	limits := q.cl.Config().Limits
-	if hs.Requests.Add(1) > int64(limits.Requests()) {
-		hs.Requests.Add(-1)
-		hs.RqPendingOverflow.Inc()
-		return q.fail(503, "upstream connect error or disconnect/reset before headers. reset reason: overflow",
-			"upstream_reset_before_response_started{overflow}", http.FlagUpstreamOverflow)
-	}
-	defer hs.Requests.Add(-1)
-	hs.RqTotal.Inc()
-	hs.RqActive.Inc()
-	defer hs.RqActive.Dec()
 	return q.attemptOn(host)
 }
 
@@ -515,6 +504,11 @@ func (q *rq) attemptOn(host *upstream.Host) outcome {
 	// manager interrupts the exchange (Interrupt) when the downstream goes
 	// away, which resets the stream, so the codec need not watch a context
 	// per request.
+	//
+	// The pool counts the request against max_requests once it has a
+	// connection (a request waiting for one is pending, not active), and
+	// it counts in upstream_rq_total and _active from then on, as Envoy's
+	// attachStreamToClient counts them.
 	conn, us, err := p.Acquire(context.Background(), q.stopChan())
 	if err != nil {
 		if _, ok := errors.AsType[*pool.ConnectError](err); ok {
@@ -522,11 +516,15 @@ func (q *rq) attemptOn(host *upstream.Host) outcome {
 		}
 		return q.acquireFailed(err)
 	}
+	hs := q.hs
+	hs.RqTotal.Inc()
+	hs.RqActive.Inc()
 	q.cl.ReportOutcome(host, upstream.Connected)
 	e.Info.UpstreamLocal = conn.LocalAddrPort()
 	e.Info.UpstreamTLS, e.Info.UpstreamLocalCert = conn.TLS()
 	if !q.setStream(us) {
 		us.Close()
+		hs.RqActive.Dec()
 		p.Release(conn)
 		return q.interrupted()
 	}
@@ -534,6 +532,7 @@ func (q *rq) attemptOn(host *upstream.Host) outcome {
 	q.stopSender(us)
 	q.clearStream()
 	us.Close()
+	hs.RqActive.Dec()
 	p.Release(conn)
 	return out
 }

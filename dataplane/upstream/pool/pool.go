@@ -23,10 +23,17 @@
 // open one); otherwise it waits, as a pending request (at most
 // max_pending_requests of them), for a connection of its host to come back.
 // A connection is closed instead of reused once it carried
-// max_requests_per_connection requests or lived max_connection_duration, and
-// when it sat idle for idle_timeout (1 h by default, Envoy's). One that sat
-// idle for a while is checked (a non-blocking peek) before reuse, so that one
-// the upstream closed meanwhile is not handed out.
+// max_requests_per_connection requests, and when it sat idle for idle_timeout
+// (1 h by default, Envoy's). When it has lived max_connection_duration (a
+// timer per connection) it takes no new request and is closed once idle.
+// The upstream's close of an idle HTTP/1.1 connection is seen at once (see
+// closeWatcher) and the connection closed; one that sat idle for a while is
+// also checked (a non-blocking peek) before reuse, for an upstream that sent
+// something unasked.
+//
+// max_requests counts the requests that have a connection (attached, as
+// Envoy says), not those waiting for one: Acquire refuses a request with
+// ErrOverflow when it would attach one more, and Release ends its count.
 //
 // HTTP/2 puts requests on the first connection of its host with room below
 // the server's SETTINGS_MAX_CONCURRENT_STREAMS, opening another when none has.
@@ -46,7 +53,9 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -116,6 +125,10 @@ type Manager struct {
 	quit    chan struct{}
 	done    chan struct{}
 	bg      sync.WaitGroup // HTTP/2 connections' watchers and closes
+	// watcher notices the upstreams' closes of idle HTTP/1.1 connections;
+	// set with the first connection (nil if it could not be made, or not
+	// yet) and never changed afterwards.
+	watcher *closeWatcher
 }
 
 // NewManager returns a Manager without pools. It starts no goroutine until
@@ -221,6 +234,11 @@ func (m *Manager) startSweeper() bool {
 	if !m.started {
 		m.started = true
 		go m.sweep()
+		w, err := newCloseWatcher(m.opts.Logger)
+		if err != nil {
+			m.opts.Logger.Warn("upstream connections' closes will be noticed late", "error", err)
+		}
+		m.watcher = w
 	}
 	return true
 }
@@ -272,6 +290,9 @@ func (m *Manager) Close() {
 	close(m.quit)
 	if started {
 		<-m.done
+		if m.watcher != nil {
+			m.watcher.stop()
+		}
 	}
 	m.mu.Lock()
 	var all []*Pool
@@ -305,6 +326,19 @@ type Conn struct {
 	requests  uint32
 	streams   int // HTTP/2: streams lent out
 	closed    bool
+	// draining: max_connection_duration was reached (durTimer fired): the
+	// connection takes no new stream and closes once it carries none, as
+	// Envoy's ActiveClient::onConnectionDurationTimeout drains it.
+	draining bool
+	durTimer *time.Timer
+	// sock is the socket under an HTTP/1.1 connection (TLS included), to
+	// register with the Manager's closeWatcher when it first goes idle; nil
+	// once that was tried. watchID is the registration (0: none), and
+	// upstreamClosed says the watcher saw the upstream close it while it
+	// carried a request: it is not reused.
+	sock           syscall.RawConn
+	watchID        uint64
+	upstreamClosed bool
 
 	// The liveness peek's state, so that the check allocates nothing.
 	raw     syscall.RawConn
@@ -373,9 +407,10 @@ func (p *Pool) Acquire(ctx context.Context, stop <-chan struct{}) (*Conn, http.C
 	p.mu.Lock()
 	for {
 		if p.http2 {
-			if c, s := p.h2StreamLocked(ctx); c != nil {
+			c, s, err := p.h2StreamLocked(ctx, hs, cfg)
+			if c != nil || err != nil {
 				p.mu.Unlock()
-				return c, s, nil
+				return c, s, err
 			}
 			if p.dialing > 0 {
 				// A connection on its way will take this stream too.
@@ -391,13 +426,19 @@ func (p *Pool) Acquire(ctx context.Context, stop <-chan struct{}) (*Conn, http.C
 				c := p.idle[len(p.idle)-1]
 				p.idle[len(p.idle)-1] = nil
 				p.idle = p.idle[:len(p.idle)-1]
-				if !p.reusable(c, now) {
-					p.closeLocked(c)
+				if why := p.reusable(c, now); why != keep {
+					p.closeLocked(c, why)
 					continue
+				}
+				if !attach(hs, cfg) {
+					p.idle = append(p.idle, c) // as it was
+					p.mu.Unlock()
+					return nil, nil, ErrOverflow
 				}
 				s, err := c.h1.NewStream(ctx)
 				if err != nil {
-					p.closeLocked(c)
+					detach(hs)
+					p.closeLocked(c, closeCodec)
 					if ctx.Err() != nil {
 						p.mu.Unlock()
 						return nil, nil, ctx.Err()
@@ -465,11 +506,29 @@ func (p *Pool) stopErr(ctx context.Context) error {
 	return ErrStopped
 }
 
-// h2StreamLocked opens a stream on a connection with room, if there is one.
-func (p *Pool) h2StreamLocked(ctx context.Context) (*Conn, http.ClientStream) {
+// attach counts a request that got a connection against the cluster's
+// max_requests, as Envoy's attachStreamToClient does: a request waiting for
+// a connection (pending) does not count. It reports false, counted in
+// upstream_rq_pending_overflow (as Envoy counts it), when max_requests
+// requests are in flight already. Release undoes it (detach).
+func attach(hs *upstream.HTTPStats, cfg *upstream.Config) bool {
+	if hs.Requests.Add(1) > int64(cfg.Limits.Requests()) {
+		hs.Requests.Add(-1)
+		hs.RqPendingOverflow.Inc()
+		return false
+	}
+	return true
+}
+
+// detach ends what attach counted.
+func detach(hs *upstream.HTTPStats) { hs.Requests.Add(-1) }
+
+// h2StreamLocked opens a stream on a connection with room, if there is one;
+// it fails with ErrOverflow when max_requests leaves no room for it.
+func (p *Pool) h2StreamLocked(ctx context.Context, hs *upstream.HTTPStats, cfg *upstream.Config) (*Conn, http.ClientStream, error) {
 	for i := 0; i < len(p.conns); i++ {
 		c := p.conns[i]
-		if c.h2 == nil || !c.h2.Available() {
+		if c.h2 == nil || c.draining || !c.h2.Available() {
 			continue
 		}
 		if limit := p.cl.Config().HTTP.MaxRequestsPerConnection; limit > 0 && c.requests >= limit {
@@ -478,16 +537,20 @@ func (p *Pool) h2StreamLocked(ctx context.Context) (*Conn, http.ClientStream) {
 		if c.transport != p.host.Transport() {
 			continue // made with transport settings an update replaced
 		}
+		if !attach(hs, cfg) {
+			return nil, nil, ErrOverflow
+		}
 		s, err := c.h2.NewStream(ctx)
 		if err != nil {
+			detach(hs)
 			continue
 		}
 		c.requests++
 		c.streams++
 		p.lastUsed = time.Now()
-		return c, s
+		return c, s, nil
 	}
-	return nil, nil
+	return nil, nil, nil
 }
 
 // dial makes a new connection and opens a stream on it. p.total counts it.
@@ -538,14 +601,26 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 			return fail(&ConnectError{Host: p.host.Addr.String(), Err: err})
 		}
 		c.h2 = cc
-		c.streams = 1
+		c.streams = 1 // until attached or not: watchH2 leaves it alone
 		p.m.bg.Go(func() { p.watchH2(c) })
-		s, err := cc.NewStream(ctx)
 		p.mu.Lock()
 		p.dialing--
 		p.conns = append(p.conns, c)
-		p.lastUsed = time.Now()
+		now := time.Now()
+		p.lastUsed = now
+		p.startDurationLocked(c, cfg)
 		p.wakeLocked() // others may share it
+		if !attach(hs, cfg) {
+			c.requests, c.streams, c.idleSince = 0, 0, now
+			select {
+			case <-c.h2.Done():
+				p.closeLocked(c, closeCodec)
+			default:
+			}
+			p.mu.Unlock()
+			return nil, nil, ErrOverflow
+		}
+		s, err := cc.NewStream(ctx)
 		p.mu.Unlock()
 		if err != nil {
 			p.Release(c)
@@ -560,18 +635,110 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 			c.peekFn = c.peek
 		}
 	}
+	c.sock = socketOf(nc)
 	c.h1 = h1.NewClientConn(nc, &h1.Options{Buffers: p.m.opts.Buffers, MaxHeaders: int(cfg.HTTP.MaxHeadersCount), EnableTrailers: cfg.HTTP.EnableTrailers})
-	s, err := c.h1.NewStream(ctx)
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.dialing--
-	p.lastUsed = time.Now()
+	now := time.Now()
+	p.lastUsed = now
+	p.startDurationLocked(c, cfg)
+	if !attach(hs, cfg) {
+		// Made for nothing, as Envoy's pool makes a connection for a
+		// pending request that max_requests then refuses: the next
+		// request takes it.
+		c.requests = 0
+		p.idleLocked(c, now)
+		p.wakeLocked()
+		return nil, nil, ErrOverflow
+	}
+	s, err := c.h1.NewStream(ctx)
 	if err != nil {
-		p.closeLocked(c)
-		p.mu.Unlock()
+		detach(hs)
+		p.closeLocked(c, closeCodec)
 		return nil, nil, err
 	}
-	p.mu.Unlock()
 	return c, s, nil
+}
+
+// socketOf is the socket under nc, plain TCP or TLS, or nil.
+func socketOf(nc net.Conn) syscall.RawConn {
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	if sc, ok := nc.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			return rc
+		}
+	}
+	return nil
+}
+
+// startDurationLocked arms c's max_connection_duration timer, if the
+// cluster sets one: one timer per connection, from its connect, as Envoy's
+// connection_duration_timer_.
+func (p *Pool) startDurationLocked(c *Conn, cfg *upstream.Config) {
+	if d := cfg.HTTP.MaxConnectionDuration; d > 0 {
+		c.durTimer = time.AfterFunc(d-time.Since(c.created), func() { p.durationReached(c) })
+	}
+}
+
+// durationReached drains c, whose max_connection_duration is up, as Envoy's
+// ActiveClient::onConnectionDurationTimeout: counted in
+// upstream_cx_max_duration_reached unless it was draining already (its
+// max_requests_per_connection reached), it takes no new stream and is
+// closed now if idle, else once its last stream ends (Release).
+func (p *Pool) durationReached(c *Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c.closed || c.draining {
+		return
+	}
+	if limit := p.cl.Config().HTTP.MaxRequestsPerConnection; limit > 0 && c.requests >= limit {
+		return
+	}
+	c.draining = true
+	p.cl.HTTPStats().CxMaxDurationReach.Inc()
+	if c.h2 != nil {
+		if c.streams == 0 {
+			p.closeLocked(c, closeLocal)
+		}
+		return
+	}
+	if i := slices.Index(p.idle, c); i >= 0 {
+		p.idle = slices.Delete(p.idle, i, i+1)
+		p.closeLocked(c, closeLocal)
+	}
+}
+
+// upstreamClosed handles the upstream's close of c (or its shutdown of its
+// side), which the closeWatcher saw: an idle connection is closed and
+// counted in upstream_cx_destroy_remote, as Envoy's pool does on the
+// connection's RemoteClose; one carrying a request is not reused.
+func (p *Pool) upstreamClosed(c *Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c.closed {
+		return
+	}
+	c.upstreamClosed = true
+	if i := slices.Index(p.idle, c); i >= 0 {
+		p.idle = slices.Delete(p.idle, i, i+1)
+		p.closeLocked(c, closeRemote)
+	}
+}
+
+// idleLocked puts an HTTP/1.1 connection on the idle stack; the first time,
+// it registers it with the Manager's closeWatcher.
+func (p *Pool) idleLocked(c *Conn, now time.Time) {
+	c.idleSince = now
+	if c.sock != nil {
+		if w := p.m.watcher; w != nil {
+			w.add(c, c.sock)
+		}
+		c.sock = nil
+	}
+	p.idle = append(p.idle, c)
 }
 
 // watchH2 accounts for an HTTP/2 connection that ends by itself (GOAWAY, an
@@ -580,7 +747,7 @@ func (p *Pool) watchH2(c *Conn) {
 	<-c.h2.Done()
 	p.mu.Lock()
 	if c.streams == 0 {
-		p.closeLocked(c)
+		p.closeLocked(c, closeCodec)
 	}
 	p.wakeLocked()
 	p.mu.Unlock()
@@ -589,6 +756,7 @@ func (p *Pool) watchH2(c *Conn) {
 // Release gives back a connection from Acquire, once its stream is closed.
 func (p *Pool) Release(c *Conn) {
 	now := time.Now()
+	detach(p.cl.HTTPStats())
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if c.closed {
@@ -600,53 +768,77 @@ func (p *Pool) Release(c *Conn) {
 			c.idleSince = now
 			select {
 			case <-c.h2.Done():
-				p.closeLocked(c)
+				p.closeLocked(c, closeCodec)
 			default:
-				if !p.reusable(c, now) {
-					p.closeLocked(c)
+				if why := p.reusable(c, now); why != keep {
+					p.closeLocked(c, why)
 				}
 			}
 		}
 		p.wakeLocked()
 		return
 	}
-	if !c.h1.Available() || p.dead || !p.reusable(c, now) {
-		p.closeLocked(c)
-		p.wakeLocked()
-		return
+	switch {
+	case c.upstreamClosed:
+		p.closeLocked(c, closeRemote)
+	case !c.h1.Available():
+		p.closeLocked(c, closeCodec)
+	case p.dead:
+		p.closeLocked(c, closeLocal)
+	default:
+		if why := p.reusable(c, now); why != keep {
+			p.closeLocked(c, why)
+		} else {
+			p.idleLocked(c, now)
+		}
 	}
-	c.idleSince = now
-	p.idle = append(p.idle, c)
 	p.wakeLocked()
 }
 
-// reusable reports whether c may carry another request.
-func (p *Pool) reusable(c *Conn, now time.Time) bool {
+// closeCause is why a connection is closed, or keep.
+type closeCause uint8
+
+const (
+	keep        closeCause = iota // not closed: it may carry another request
+	closeLocal                    // skiff retires it (Envoy's LocalClose)
+	closeRemote                   // the upstream closed it (RemoteClose)
+	// closeCodec: the codec closed it (an error, a response that ends the
+	// connection); the upstream's close if the closeWatcher saw one, else
+	// not known.
+	closeCodec
+)
+
+// reusable reports whether c may carry another request (keep), or why it is
+// to be closed.
+func (p *Pool) reusable(c *Conn, now time.Time) closeCause {
 	hc := &p.cl.Config().HTTP
 	hs := p.cl.HTTPStats()
 	switch {
 	case p.host.Gone():
-		return false
+		return closeLocal
 	case c.transport != p.host.Transport():
 		// The cluster (with a transport socket of its own) was updated:
 		// as Envoy drains an updated cluster's pools, new requests get
 		// new connections.
-		return false
+		return closeLocal
+	case c.draining: // counted when its duration timer fired
+		return closeLocal
 	case hc.MaxRequestsPerConnection > 0 && c.requests >= hc.MaxRequestsPerConnection:
 		hs.CxMaxRequests.Inc()
-		return false
+		return closeLocal
 	case hc.MaxConnectionDuration > 0 && now.Sub(c.created) >= hc.MaxConnectionDuration:
+		// Its timer is late, or a cluster update set the limit after the
+		// connection was made.
 		hs.CxMaxDurationReach.Inc()
-		return false
+		return closeLocal
 	case c.h1 != nil && !c.idleSince.IsZero() && now.Sub(c.idleSince) >= PeekAfter && !c.alive():
-		hs.CxDestroyRemote.Inc()
-		return false
+		return closeRemote
 	}
 	if idle := hc.Idle(); idle > 0 && !c.idleSince.IsZero() && now.Sub(c.idleSince) >= idle && (c.h1 != nil || c.streams == 0) {
 		hs.CxIdleTimeout.Inc()
-		return false
+		return closeLocal
 	}
-	return true
+	return keep
 }
 
 // alive peeks at an idle HTTP/1.1 connection without blocking: an upstream
@@ -693,12 +885,22 @@ func (c *Conn) peek(fd uintptr) bool {
 	return true
 }
 
-// closeLocked closes c and accounts for it. p.mu is held.
-func (p *Pool) closeLocked(c *Conn) {
+// closeLocked closes c and accounts for it: upstream_cx_destroy and, by
+// why, upstream_cx_destroy_local or _remote. p.mu is held.
+func (p *Pool) closeLocked(c *Conn, why closeCause) {
 	if c.closed {
 		return
 	}
 	c.closed = true
+	if c.durTimer != nil {
+		c.durTimer.Stop()
+	}
+	if c.watchID != 0 {
+		p.m.watcher.remove(c.watchID)
+	}
+	if why == closeCodec && c.upstreamClosed {
+		why = closeRemote
+	}
 	if c.h2 != nil {
 		for i, x := range p.conns {
 			if x == c {
@@ -716,6 +918,12 @@ func (p *Pool) closeLocked(c *Conn) {
 	hs := p.cl.HTTPStats()
 	hs.Conns.Add(-1)
 	hs.CxDestroy.Inc()
+	switch why {
+	case closeLocal:
+		hs.CxDestroyLocal.Inc()
+	case closeRemote:
+		hs.CxDestroyRemote.Inc()
+	}
 	p.cl.Disconnected(p.host)
 	p.cl.Release()
 	p.wakeLocked()
@@ -734,20 +942,23 @@ func (p *Pool) wakeLocked() {
 func (p *Pool) sweep(now time.Time) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	keep := p.idle[:0]
+	kept := p.idle[:0]
 	for _, c := range p.idle {
-		if p.reusableIdle(c, now) {
-			keep = append(keep, c)
+		if why := p.reusableIdle(c, now); why == keep {
+			kept = append(kept, c)
 		} else {
-			p.closeLocked(c)
+			p.closeLocked(c, why)
 		}
 	}
-	clear(p.idle[len(keep):])
-	p.idle = keep
+	clear(p.idle[len(kept):])
+	p.idle = kept
 	for i := 0; i < len(p.conns); i++ {
 		c := p.conns[i]
-		if c.streams == 0 && !p.reusableIdle(c, now) {
-			p.closeLocked(c)
+		if c.streams > 0 {
+			continue
+		}
+		if why := p.reusableIdle(c, now); why != keep {
+			p.closeLocked(c, why)
 			i--
 		}
 	}
@@ -758,25 +969,31 @@ func (p *Pool) sweep(now time.Time) bool {
 	return false
 }
 
-// reusableIdle is reusable without the liveness peek (the sweep leaves that
-// to the next Acquire).
-func (p *Pool) reusableIdle(c *Conn, now time.Time) bool {
+// reusableIdle is what the sweep checks of an idle connection: what
+// reusable does but the limits on requests and duration (which Release and
+// the duration timer see to), and the liveness peek only for an HTTP/1.1
+// connection the closeWatcher does not watch (it could not be registered),
+// so that one the upstream closed does not linger in CLOSE-WAIT.
+func (p *Pool) reusableIdle(c *Conn, now time.Time) closeCause {
 	if c.h2 != nil {
 		select {
 		case <-c.h2.Done():
-			return false
+			return closeCodec
 		default:
 		}
 	}
 	hc := &p.cl.Config().HTTP
 	if p.host.Gone() || c.transport != p.host.Transport() {
-		return false
+		return closeLocal
 	}
 	if idle := hc.Idle(); idle > 0 && !c.idleSince.IsZero() && now.Sub(c.idleSince) >= idle {
 		p.cl.HTTPStats().CxIdleTimeout.Inc()
-		return false
+		return closeLocal
 	}
-	return true
+	if c.h1 != nil && c.watchID == 0 && now.Sub(c.idleSince) >= PeekAfter && !c.alive() {
+		return closeRemote
+	}
+	return keep
 }
 
 // closeAll closes every connection of the pool.
@@ -785,10 +1002,10 @@ func (p *Pool) closeAll() {
 	defer p.mu.Unlock()
 	p.dead = true
 	for _, c := range p.idle {
-		p.closeLocked(c)
+		p.closeLocked(c, closeLocal)
 	}
 	p.idle = nil
 	for len(p.conns) > 0 {
-		p.closeLocked(p.conns[0])
+		p.closeLocked(p.conns[0], closeLocal)
 	}
 }

@@ -98,6 +98,12 @@ func get(t testing.TB, p *Pool, path string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	return roundTrip(p, c, s, path)
+}
+
+// roundTrip sends a GET of path on s, a stream on c, reads the response's
+// body and releases c.
+func roundTrip(p *Pool, c *Conn, s http.ClientStream, path string) (string, error) {
 	defer p.Release(c)
 	defer s.Close()
 	var h http.Header
@@ -693,5 +699,176 @@ typed_extension_protocol_options:
 	}
 	if v, _ := st.Value("cluster.c.upstream_cx_pool_overflow"); v != 1 {
 		t.Errorf("upstream_cx_pool_overflow = %d, want 1", v)
+	}
+}
+
+// waitStat waits until the stat name is want.
+func waitStat(t *testing.T, st *stats.Store, name string, want int64) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if v, _ := st.Value(name); v == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			v, _ := st.Value(name)
+			t.Fatalf("%s = %d, want %d", name, v, want)
+		}
+	}
+}
+
+// TestUpstreamCloseOfIdleConnection: an upstream that closes an idle
+// keep-alive connection, without saying so in its response, has the pool
+// close it at once (upstream_cx_destroy_remote, upstream_cx_active back to
+// 0), without waiting for a request or the idle timeout, as Envoy's pool
+// sees the close in its event loop; the next request, sent right after and
+// well within PeekAfter, goes over a new connection.
+func TestUpstreamCloseOfIdleConnection(t *testing.T) {
+	checkUpstreamClose(t, "", func(c net.Conn) net.Conn { return c })
+}
+
+// TestTLSUpstreamCloseOfIdleConnection: the same over TLS (close_notify,
+// then FIN).
+func TestTLSUpstreamCloseOfIdleConnection(t *testing.T) {
+	ca := tlstest.NewCA(t, "upstream CA")
+	cfg := &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "server", "server.test").TLS(t)}}
+	checkUpstreamClose(t, tlsCluster(t, ca), func(c net.Conn) net.Conn { return tls.Server(c, cfg) })
+}
+
+// checkUpstreamClose is TestUpstreamCloseOfIdleConnection with the
+// cluster's extra configuration and wrap making the server's side of each
+// connection.
+func checkUpstreamClose(t *testing.T, extra string, wrap func(net.Conn) net.Conn) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var accepted atomic.Int32
+	closeNow := make(chan struct{}, 2)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			raw, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			raw.SetDeadline(time.Now().Add(5 * time.Second))
+			c := wrap(raw)
+			c.Read(make([]byte, 4096))
+			io.WriteString(c, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+			<-closeNow
+			c.Close()
+		}
+	}()
+	defer func() { ln.Close(); <-done }()
+	st := stats.NewStore()
+	cl := newCluster(t, st, extra, ln.Addr().String())
+	m := NewManager(Options{})
+	defer m.Close()
+	p := m.Pool(cl, cl.Hosts()[0], "", "")
+	if body, err := get(t, p, "/"); err != nil || body != "ok" {
+		t.Fatalf("%q %v", body, err)
+	}
+	closeNow <- struct{}{}
+	waitStat(t, st, "cluster.c.upstream_cx_destroy_remote", 1)
+	waitStat(t, st, "cluster.c.upstream_cx_active", 0)
+	closeNow <- struct{}{}
+	if body, err := get(t, p, "/"); err != nil || body != "ok" {
+		t.Fatalf("after the close: %q %v", body, err)
+	}
+	if n := accepted.Load(); n != 2 {
+		t.Errorf("%d connections accepted, want 2", n)
+	}
+	if v, _ := st.Value("cluster.c.upstream_cx_destroy_local"); v != 0 {
+		t.Errorf("upstream_cx_destroy_local = %d, want 0", v)
+	}
+}
+
+// TestMaxConnectionDurationIdle: an idle HTTP/1.1 connection is closed when
+// its max_connection_duration is up, without a request to notice it
+// (upstream_cx_max_duration_reached, a local close), as Envoy's connection
+// duration timer closes it.
+func TestMaxConnectionDurationIdle(t *testing.T) {
+	srv := startServer(t, func(w nethttp.ResponseWriter, r *nethttp.Request) { io.WriteString(w, "ok") })
+	st := stats.NewStore()
+	cl := newCluster(t, st, `
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    common_http_protocol_options: { max_connection_duration: 0.1s }
+    explicit_http_config: { http_protocol_options: {} }
+`, srv.addr)
+	m := NewManager(Options{})
+	defer m.Close()
+	p := m.Pool(cl, cl.Hosts()[0], "", "")
+	if body, err := get(t, p, "/"); err != nil || body != "ok" {
+		t.Fatalf("%q %v", body, err)
+	}
+	waitStat(t, st, "cluster.c.upstream_cx_max_duration_reached", 1)
+	waitStat(t, st, "cluster.c.upstream_cx_active", 0)
+	if v, _ := st.Value("cluster.c.upstream_cx_destroy_local"); v != 1 {
+		t.Errorf("upstream_cx_destroy_local = %d, want 1", v)
+	}
+}
+
+// TestMaxConnectionDurationBusyHTTP2: an HTTP/2 connection whose
+// max_connection_duration is up while it carries a stream drains, as in
+// Envoy: counted at once, it takes no new stream (the next request gets a
+// new connection) and is closed once its last stream ends.
+func TestMaxConnectionDurationBusyHTTP2(t *testing.T) {
+	release := make(chan struct{})
+	srv := startServer(t, func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		if r.URL.Path == "/held" {
+			<-release
+		}
+		io.WriteString(w, "ok")
+	})
+	st := stats.NewStore()
+	cl := newCluster(t, st, `
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    common_http_protocol_options: { max_connection_duration: 0.1s }
+    explicit_http_config: { http2_protocol_options: {} }
+`, srv.addr)
+	m := NewManager(Options{})
+	defer m.Close()
+	p := m.Pool(cl, cl.Hosts()[0], "", "")
+	c, s, err := p.Acquire(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := make(chan error, 1)
+	go func() {
+		body, err := roundTrip(p, c, s, "/held")
+		if err == nil && body != "ok" {
+			err = fmt.Errorf("body %q", body)
+		}
+		held <- err
+	}()
+	waitStat(t, st, "cluster.c.upstream_cx_max_duration_reached", 1)
+	if body, err := get(t, p, "/"); err != nil || body != "ok" {
+		t.Fatalf("%q %v", body, err)
+	}
+	if n := srv.conns.Load(); n != 2 {
+		t.Errorf("%d connections, want 2 (the first one draining)", n)
+	}
+	p.mu.Lock()
+	closed := c.closed
+	p.mu.Unlock()
+	if closed {
+		t.Error("the draining connection was closed while it carried a stream")
+	}
+	close(release)
+	if err := <-held; err != nil {
+		t.Fatalf("the stream on the draining connection: %v", err)
+	}
+	// Release closed it.
+	p.mu.Lock()
+	closed = c.closed
+	p.mu.Unlock()
+	if !closed {
+		t.Error("the draining connection is open after its last stream")
 	}
 }

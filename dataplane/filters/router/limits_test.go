@@ -1,0 +1,148 @@
+package router
+
+import (
+	nethttp "net/http"
+	"sync"
+	"testing"
+	"time"
+
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+
+	"github.com/skiffproxy/skiff/dataplane/http"
+)
+
+const limitsRoutes = `
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  routes:
+  - match: { prefix: "/" }
+    route: { cluster: c }
+`
+
+// heldBackend answers 200 to each request once release is closed.
+func heldBackend(t *testing.T) (addr string, release chan struct{}) {
+	release = make(chan struct{})
+	addr = backend(t, func(w nethttp.ResponseWriter, r *nethttp.Request) { <-release })
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	return addr, release
+}
+
+// waitValue waits until the stat name is want.
+func (f *fixture) waitValue(t *testing.T, name string, want int64) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if v, _ := f.st.Value(name); v == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			v, _ := f.st.Value(name)
+			t.Fatalf("%s = %d, want %d", name, v, want)
+		}
+	}
+}
+
+// TestMaxRequestsCountsAttachedRequests: max_requests counts the requests
+// that have a connection, not those waiting for one, as Envoy's pool counts
+// them when it attaches a request to a connection: with one connection and
+// max_requests 1, two more concurrent requests wait as pending requests and
+// are answered in turn, instead of 503 UO.
+func TestMaxRequestsCountsAttachedRequests(t *testing.T) {
+	up, release := heldBackend(t)
+	f := newFixtureWith(t, limitsRoutes, &routerv3.Router{}, clusterYAML("c",
+		"circuit_breakers: { thresholds: [{ max_connections: 1, max_pending_requests: 5, max_requests: 1 }] }, ", up))
+	var wg sync.WaitGroup
+	statuses := make([]string, 3)
+	for i := range statuses {
+		wg.Go(func() {
+			d := newDown("GET", "/", nil)
+			f.serve(d)
+			statuses[i] = d.resp.Value(":status")
+		})
+	}
+	f.waitValue(t, "cluster.c.upstream_rq_active", 1)
+	f.waitValue(t, "cluster.c.upstream_rq_pending_active", 2)
+	close(release)
+	wg.Wait()
+	for i, s := range statuses {
+		if s != "200" {
+			t.Errorf("request %d: %s, want 200", i, s)
+		}
+	}
+	for name, want := range map[string]int64{
+		"cluster.c.upstream_rq_total": 3, "cluster.c.upstream_rq_pending_total": 2,
+		"cluster.c.upstream_rq_pending_overflow": 0, "cluster.c.upstream_rq_active": 0,
+	} {
+		if v, _ := f.st.Value(name); v != want {
+			t.Errorf("%s = %d, want %d", name, v, want)
+		}
+	}
+}
+
+// TestMaxRequestsOnAttach: a request that gets a connection while
+// max_requests are in flight is refused (503 UO, upstream_rq_pending_overflow)
+// as Envoy's attachStreamToClient refuses it, after the connection was made
+// for it; it is not counted in upstream_rq_total.
+func TestMaxRequestsOnAttach(t *testing.T) {
+	up, release := heldBackend(t)
+	f := newFixtureWith(t, limitsRoutes, &routerv3.Router{}, clusterYAML("c",
+		"circuit_breakers: { thresholds: [{ max_connections: 5, max_requests: 1 }] }, ", up))
+	first := make(chan string, 1)
+	go func() {
+		d := newDown("GET", "/", nil)
+		f.serve(d)
+		first <- d.resp.Value(":status")
+	}()
+	f.waitValue(t, "cluster.c.upstream_rq_active", 1)
+	d := newDown("GET", "/", nil)
+	e := f.serve(d)
+	if d.resp.Value(":status") != "503" || e.Info.ResponseFlags&http.FlagUpstreamOverflow == 0 {
+		t.Errorf("second request: %s, flags %v; want 503 UO", d.resp.Value(":status"), e.Info.ResponseFlags)
+	}
+	close(release)
+	if s := <-first; s != "200" {
+		t.Errorf("first request: %s", s)
+	}
+	for name, want := range map[string]int64{
+		"cluster.c.upstream_rq_total": 1, "cluster.c.upstream_rq_pending_overflow": 1, "cluster.c.upstream_cx_http1_total": 2,
+	} {
+		if v, _ := f.st.Value(name); v != want {
+			t.Errorf("%s = %d, want %d", name, v, want)
+		}
+	}
+}
+
+// TestPendingOverflowNotInRqTotal: a request the pending limit refuses never
+// had a connection: it is not counted in upstream_rq_total (Envoy counts a
+// request there when it attaches it to a connection).
+func TestPendingOverflowNotInRqTotal(t *testing.T) {
+	up, release := heldBackend(t)
+	f := newFixtureWith(t, limitsRoutes, &routerv3.Router{}, clusterYAML("c",
+		"circuit_breakers: { thresholds: [{ max_connections: 1, max_pending_requests: 0 }] }, ", up))
+	first := make(chan string, 1)
+	go func() {
+		d := newDown("GET", "/", nil)
+		f.serve(d)
+		first <- d.resp.Value(":status")
+	}()
+	f.waitValue(t, "cluster.c.upstream_rq_active", 1)
+	d := newDown("GET", "/", nil)
+	if f.serve(d); d.resp.Value(":status") != "503" {
+		t.Errorf("second request: %s, want 503", d.resp.Value(":status"))
+	}
+	close(release)
+	if s := <-first; s != "200" {
+		t.Errorf("first request: %s", s)
+	}
+	for name, want := range map[string]int64{"cluster.c.upstream_rq_total": 1, "cluster.c.upstream_rq_pending_overflow": 1} {
+		if v, _ := f.st.Value(name); v != want {
+			t.Errorf("%s = %d, want %d", name, v, want)
+		}
+	}
+}
