@@ -427,20 +427,13 @@ func (c *Client) handleSotW(s *stream, resp *discoveryv3.DiscoveryResponse) {
 			a = w.GetResource()
 		}
 		var m proto.Message
-		m, name, err = c.validateLocked(ts.url, a)
-		if err == nil {
-			err = checkDuplicate(ts, &u, name)
-		}
-		if err != nil {
-			if refuse(ts, &u, err) {
-				err = nil
-				continue
-			}
+		var skip bool
+		if m, name, skip, err = c.admitLocked(ts, &u, a, ""); err != nil {
 			bad = name
 			break
 		}
-		if !ts.wildcard && !ts.names[name] {
-			continue // not asked for: ignore, as the protocol says
+		if skip {
+			continue
 		}
 		if version == "" {
 			version = resp.GetVersionInfo()
@@ -451,6 +444,27 @@ func (c *Client) handleSotW(s *stream, resp *discoveryv3.DiscoveryResponse) {
 		err = c.acceptLocked(ts, &u, resp.GetVersionInfo())
 	}
 	c.finishLocked(s, ts, resp.GetVersionInfo(), len(resp.GetResources()), bad, err, u.rejected)
+}
+
+// admitLocked validates resource a of update u (sentName is the name the
+// response gave it, "" if none): m and name for a resource to take; skip for
+// one to leave out, refused on its own (see refuse) or not asked for (as the
+// protocol says); err, with name, when it rejects the whole response.
+func (c *Client) admitLocked(ts *typeState, u *update, a *anypb.Any, sentName string) (m proto.Message, name string, skip bool, err error) {
+	m, name, err = c.validateLocked(ts.url, a)
+	if err == nil && sentName != "" && sentName != name {
+		err = &resourceError{url: ts.url, name: name, err: fmt.Errorf("is sent under the name %q", sentName)}
+	}
+	if err == nil {
+		err = checkDuplicate(ts, u, name)
+	}
+	if err != nil {
+		if refuse(ts, u, err) {
+			return nil, name, true, nil
+		}
+		return nil, name, false, err
+	}
+	return m, name, !ts.wildcard && !ts.names[name], nil
 }
 
 // checkDuplicate returns an error if an update already has a resource of
@@ -507,22 +521,12 @@ func (c *Client) handleDelta(s *stream, resp *discoveryv3.DeltaDiscoveryResponse
 		}
 		var m proto.Message
 		var name string
-		m, name, err = c.validateLocked(ts.url, r.GetResource())
-		if err == nil && r.GetName() != "" && r.GetName() != name {
-			err = &resourceError{url: ts.url, name: name, err: fmt.Errorf("is sent under the name %q", r.GetName())}
-		}
-		if err == nil {
-			err = checkDuplicate(ts, &u, name)
-		}
-		if err != nil {
-			if refuse(ts, &u, err) {
-				err = nil
-				continue
-			}
+		var skip bool
+		if m, name, skip, err = c.admitLocked(ts, &u, r.GetResource(), r.GetName()); err != nil {
 			bad = name
 			break
 		}
-		if !ts.wildcard && !ts.names[name] {
+		if skip {
 			continue
 		}
 		u.set[name] = c.newResourceLocked(ts, name, r.GetVersion(), r.GetResource(), m, now, ttl)
