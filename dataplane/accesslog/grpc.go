@@ -243,6 +243,7 @@ func responseFlags(f http.ResponseFlag) *datav3.ResponseFlags {
 		UpstreamProtocolError:            f&http.FlagUpstreamProtocolError != 0,
 		UpstreamMaxStreamDurationReached: f&http.FlagUpstreamMaxStreamDurationReached != 0,
 		OverloadManager:                  f&http.FlagOverloadManager != 0,
+		DownstreamRemoteReset:            f&http.FlagDownstreamRemoteReset != 0,
 	}
 }
 

@@ -244,9 +244,10 @@ const (
 	FlagUpstreamMaxStreamDurationReached                          // UMSDR
 	FlagOverloadManager                                           // OM
 	FlagFailedLocalHealthCheck                                    // LH
+	FlagDownstreamRemoteReset                                     // DR
 )
 
-var flagNames = [...]string{"UH", "UF", "UO", "NR", "UT", "LR", "UR", "UC", "DC", "FI", "DI", "RL", "UAEX", "SI", "NC", "DPE", "URX", "DT", "UPE", "RBAC", "UMSDR", "OM", "LH"}
+var flagNames = [...]string{"UH", "UF", "UO", "NR", "UT", "LR", "UR", "UC", "DC", "FI", "DI", "RL", "UAEX", "SI", "NC", "DPE", "URX", "DT", "UPE", "RBAC", "UMSDR", "OM", "LH", "DR"}
 
 var flagLongNames = [...]string{
 	"NoHealthyUpstream", "UpstreamConnectionFailure", "UpstreamOverflow", "NoRouteFound",
@@ -255,6 +256,7 @@ var flagLongNames = [...]string{
 	"UnauthorizedExternalService", "StreamIdleTimeout", "NoClusterFound", "DownstreamProtocolError",
 	"UpstreamRetryLimitExceeded", "DurationTimeout", "UpstreamProtocolError", "RbacAccessDenied",
 	"UpstreamMaxStreamDurationReached", "OverloadManagerTerminated", "FailedLocalHealthCheck",
+	"DownstreamRemoteReset",
 }
 
 // String renders the flags as Envoy's %RESPONSE_FLAGS% does: short names joined

@@ -298,7 +298,8 @@ func TestRequestHeadersTimeout(t *testing.T) {
 
 // TestH2ClientResetInterruptsUpstream: an HTTP/2 client's RST_STREAM reaches
 // the upstream request it was waiting on (its HTTP/1.1 connection is closed),
-// and the stream counts as reset by the client.
+// and the stream counts as reset by the client and is logged as Envoy logs it
+// (DR, "http2.remote_reset").
 func TestH2ClientResetInterruptsUpstream(t *testing.T) {
 	arrived, gone := make(chan struct{}), make(chan struct{})
 	up := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
@@ -309,7 +310,9 @@ func TestH2ClientResetInterruptsUpstream(t *testing.T) {
 		case <-time.After(10 * time.Second):
 		}
 	}))
-	e := newEnv(t, "codec_type: HTTP2\n"+hcmYAML("up", ""), cluster(t, "up", false, up))
+	logPath := t.TempDir() + "/access.log"
+	e := newEnv(t, "codec_type: HTTP2\n"+hcmYAML("up", accessLogYAML(logPath, `%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_FLAGS_LONG% %RESPONSE_CODE_DETAILS%\n`)),
+		cluster(t, "up", false, up))
 	_, fr := dialH2(t, e.addr)
 	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: h2RequestBlock("a", "/wait"), EndStream: true, EndHeaders: true})
 	select {
@@ -324,6 +327,42 @@ func TestH2ClientResetInterruptsUpstream(t *testing.T) {
 		t.Fatal("the upstream request was not interrupted by the client's reset")
 	}
 	e.waitStat("http.ingress.downstream_rq_rx_reset", 1)
+	// Envoy: DownstreamRemoteReset, with the codec's details.
+	if log := waitLog(logPath, 1); log != "0 DR DownstreamRemoteReset http2.remote_reset\n" {
+		t.Errorf("access log %q", log)
+	}
+}
+
+// TestH2UpstreamResetAfterResponseStarted: an upstream connection that
+// closes halfway through the response body resets the HTTP/2 client's stream
+// with RST_STREAM(NO_ERROR), as Envoy's codec does for every reset reason but
+// a refused stream or a CONNECT error.
+func TestH2UpstreamResetAfterResponseStarted(t *testing.T) {
+	up := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		c, bw, err := nethttp.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		_, _ = bw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf")
+		_ = bw.Flush()
+		c.Close()
+	}))
+	e := newEnv(t, "codec_type: HTTP2\n"+hcmYAML("up", ""), cluster(t, "up", false, up))
+	_, fr := dialH2(t, e.addr)
+	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: h2RequestBlock("a", "/"), EndStream: true, EndHeaders: true})
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("HTTP/2: %v before RST_STREAM", err)
+		}
+		if rst, ok := f.(*http2.RSTStreamFrame); ok {
+			if rst.StreamID != 1 || rst.ErrCode != http2.ErrCodeNo {
+				t.Fatalf("HTTP/2: %v, want RST_STREAM(NO_ERROR) on stream 1", rst)
+			}
+			break
+		}
+	}
 }
 
 // TestGRPCStats: the grpc_stats filter counts each gRPC call that ends with

@@ -269,7 +269,7 @@ func (st *stream) finish() {
 		reason = nil
 	}
 	if reason == errDownstreamGone {
-		e.Info.SetFlags(http.FlagDownstreamConnectionTermination)
+		st.noteDownstreamGone()
 		m.stats.rqRxReset.Inc()
 		st.Reset(http.ResetCancel)
 	} else if reason != nil {
@@ -302,7 +302,7 @@ func (st *stream) finish() {
 			_ = st.WriteHeader(&e.Response, true)
 		} else {
 			if e.Context().Err() != nil {
-				e.Info.SetFlags(http.FlagDownstreamConnectionTermination)
+				st.noteDownstreamGone()
 				m.stats.rqRxReset.Inc()
 			}
 			st.Reset(http.ResetInternalError)
@@ -699,6 +699,33 @@ func (st *stream) End() error {
 	return st.down.End()
 }
 
+// peerResetter is implemented by downstream streams that can tell a reset by
+// the client (HTTP/2 RST_STREAM) from the connection going away.
+type peerResetter interface {
+	PeerReset() (http.ResetCode, bool)
+}
+
+// noteDownstreamGone flags an exchange the client cut short as Envoy's
+// connection manager does: a stream the client reset is DownstreamRemoteReset
+// (DR) with the codec's details, "http2.remote_reset" ("http2.remote_refuse"
+// for REFUSED_STREAM, which Envoy does not flag); a connection that went away
+// is DownstreamConnectionTermination (DC).
+func (st *stream) noteDownstreamGone() {
+	info := &st.ex.Info
+	if pr, ok := st.down.(peerResetter); ok {
+		if code, ok := pr.PeerReset(); ok {
+			if code == http.ResetRefusedStream {
+				info.ResponseCodeDetails = "http2.remote_refuse"
+			} else {
+				info.SetFlags(http.FlagDownstreamRemoteReset)
+				info.ResponseCodeDetails = "http2.remote_reset"
+			}
+			return
+		}
+	}
+	info.SetFlags(http.FlagDownstreamConnectionTermination)
+}
+
 // EndWithTrailers implements http.ServerStream.
 func (st *stream) EndWithTrailers(t *http.Header) error {
 	st.ended = true
@@ -724,7 +751,20 @@ func (st *stream) Reset(code http.ResetCode) {
 	if code != http.ResetNoError {
 		st.m.stats.rqTxReset.Inc()
 	}
-	st.down.Reset(code)
+	st.down.Reset(wireResetCode(code))
+}
+
+// wireResetCode is the code a reset of the downstream stream goes out with.
+// Envoy's HTTP/2 codec (reasonToReset) sends RST_STREAM(NO_ERROR) for every
+// reset reason but a refused stream (REFUSED_STREAM) and a CONNECT error
+// (CONNECT_ERROR): an upstream reset after the response started, a timeout or
+// a filter's reset all reach an HTTP/2 client as NO_ERROR.
+func wireResetCode(code http.ResetCode) http.ResetCode {
+	switch code {
+	case http.ResetRefusedStream, http.ResetConnectError:
+		return code
+	}
+	return http.ResetNoError
 }
 
 var _ http.ServerStream = (*stream)(nil)

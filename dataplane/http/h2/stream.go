@@ -192,6 +192,20 @@ func (s *stream) NotifyGone(f func()) {
 	s.onGone = f
 }
 
+// PeerReset reports whether the peer ended the stream with RST_STREAM, and
+// with which code: what Envoy's codec reports as a remote reset (details
+// "http2.remote_reset", or "http2.remote_refuse" for REFUSED_STREAM).
+func (s *stream) PeerReset() (http.ResetCode, bool) {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var se *StreamError
+	if errors.As(s.err, &se) && se.Remote {
+		return se.Code, true
+	}
+	return 0, false
+}
+
 // Read reads body bytes received; io.EOF once the peer ended the stream.
 func (s *stream) Read(p []byte) (int, error) {
 	c := s.c
