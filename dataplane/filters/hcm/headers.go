@@ -393,12 +393,7 @@ func (st *stream) removeNominated(list string) bool {
 	req := st.ex.Request
 	for list != "" {
 		var t string
-		if i := strings.IndexByte(list, ','); i >= 0 {
-			t, list = list[:i], list[i+1:]
-		} else {
-			t, list = list, ""
-		}
-		t = strings.TrimSpace(t)
+		t, list = nextToken(list)
 		switch {
 		case t == "":
 		case t[0] == ':':
@@ -450,17 +445,22 @@ func connectionHasUpgrade(h *http.Header) bool {
 	return found
 }
 
+// nextToken splits the first element off a comma-separated list: the
+// element without surrounding whitespace, and the rest after its comma.
+func nextToken(list string) (token, rest string) {
+	if i := strings.IndexByte(list, ','); i >= 0 {
+		return strings.TrimSpace(list[:i]), list[i+1:]
+	}
+	return strings.TrimSpace(list), ""
+}
+
 // hasTokenFold reports whether a comma-separated list holds token
 // (case-insensitively).
 func hasTokenFold(list, token string) bool {
 	for list != "" {
 		var t string
-		if i := strings.IndexByte(list, ','); i >= 0 {
-			t, list = list[:i], list[i+1:]
-		} else {
-			t, list = list, ""
-		}
-		if http.EqualFoldLower(strings.TrimSpace(t), token) {
+		t, list = nextToken(list)
+		if http.EqualFoldLower(t, token) {
 			return true
 		}
 	}
