@@ -451,12 +451,9 @@ func (s *Server) preparedEndpoints(cla *endpointv3.ClusterLoadAssignment) ([]ups
 
 // Apply makes snap the running configuration. Either all of it is applied or,
 // on error, none of it: validation and binding happen before anything running
-// is touched. Listeners whose sockets are unchanged keep them. If nothing but
-// their filter chains changed (listener.FilterChainOnlyChange), their
-// connections keep the filter chain they were accepted with, and chains that
-// were removed or changed drain; any other change replaces the whole listener,
-// as in Envoy, and all its connections drain. Removed listeners stop accepting
-// and drain.
+// is touched. Listeners whose sockets are unchanged keep them; their connections
+// keep the filter chain they were accepted with, and chains that were removed or
+// changed drain. Removed listeners stop accepting and drain.
 func (s *Server) Apply(snap *Snapshot) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
