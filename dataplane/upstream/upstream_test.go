@@ -23,6 +23,7 @@ import (
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 	"github.com/skiffproxy/skiff/internal/nettest"
 	"github.com/skiffproxy/skiff/internal/stats"
+	"github.com/skiffproxy/skiff/internal/statstest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -153,7 +154,7 @@ func TestConnectCountsAndRefusal(t *testing.T) {
 	if _, err := c.Connect(context.Background(), hosts[1]); !IsRefused(err) {
 		t.Fatalf("connect to a closed port: %v, want connection refused", err)
 	}
-	for name, want := range map[string]int64{
+	statstest.Expect(t, st, map[string]int64{
 		"cluster.c.upstream_cx_total":        2,
 		"cluster.c.upstream_cx_connect_fail": 1,
 		"cluster.c.upstream_cx_active":       1,
@@ -162,11 +163,7 @@ func TestConnectCountsAndRefusal(t *testing.T) {
 		"cluster.c.upstream_cx_destroy":        1,
 		"cluster.c.upstream_cx_destroy_remote": 1,
 		"cluster.c.upstream_cx_destroy_local":  0,
-	} {
-		if v, _ := st.Value(name); v != want {
-			t.Errorf("%s = %d, want %d", name, v, want)
-		}
-	}
+	})
 	conn.Close()
 	c.Disconnected(hosts[0])
 	if v, _ := st.Value("cluster.c.upstream_cx_active"); v != 0 {

@@ -26,6 +26,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/skiffproxy/skiff/internal/statstest"
 	"github.com/skiffproxy/skiff/internal/xdstest"
 	"github.com/skiffproxy/skiff/xds/resource"
 )
@@ -88,17 +89,13 @@ func TestStateOfTheWorldADS(t *testing.T) {
 	if got := through(t, f.listenerAddr("ingress")); got != "backend-1" {
 		t.Fatalf("through the listener: %q", got)
 	}
-	for name, want := range map[string]int64{
+	statstest.Expect(t, f.stats, map[string]int64{
 		"control_plane.connected_state":           1,
 		"cluster_manager.cds.update_success":      1,
 		"listener_manager.lds.update_success":     1,
 		"listener_manager.total_listeners_active": 1,
 		"cluster_manager.active_clusters":         2, // with the static xds cluster
-	} {
-		if v, _ := f.stats.Value(name); v != want {
-			t.Errorf("%s = %d, want %d", name, v, want)
-		}
-	}
+	})
 
 	// An endpoint update applies in place; new connections go to the new host.
 	up2 := greeter(t, "backend-2")

@@ -4,11 +4,11 @@ import (
 	nethttp "net/http"
 	"sync"
 	"testing"
-	"time"
 
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 
 	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/internal/statstest"
 )
 
 const limitsRoutes = `
@@ -34,20 +34,6 @@ func heldBackend(t *testing.T) (addr string, release chan struct{}) {
 	return addr, release
 }
 
-// waitValue waits until the stat name is want.
-func (f *fixture) waitValue(t *testing.T, name string, want int64) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		if v, _ := f.st.Value(name); v == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			v, _ := f.st.Value(name)
-			t.Fatalf("%s = %d, want %d", name, v, want)
-		}
-	}
-}
-
 // TestMaxRequestsCountsAttachedRequests: max_requests counts the requests
 // that have a connection, not those waiting for one, as Envoy's pool counts
 // them when it attaches a request to a connection: with one connection and
@@ -66,8 +52,8 @@ func TestMaxRequestsCountsAttachedRequests(t *testing.T) {
 			statuses[i] = d.resp.Value(":status")
 		})
 	}
-	f.waitValue(t, "cluster.c.upstream_rq_active", 1)
-	f.waitValue(t, "cluster.c.upstream_rq_pending_active", 2)
+	statstest.Wait(t, f.st, "cluster.c.upstream_rq_active", 1)
+	statstest.Wait(t, f.st, "cluster.c.upstream_rq_pending_active", 2)
 	close(release)
 	wg.Wait()
 	for i, s := range statuses {
@@ -75,14 +61,10 @@ func TestMaxRequestsCountsAttachedRequests(t *testing.T) {
 			t.Errorf("request %d: %s, want 200", i, s)
 		}
 	}
-	for name, want := range map[string]int64{
+	statstest.Expect(t, f.st, map[string]int64{
 		"cluster.c.upstream_rq_total": 3, "cluster.c.upstream_rq_pending_total": 2,
 		"cluster.c.upstream_rq_pending_overflow": 0, "cluster.c.upstream_rq_active": 0,
-	} {
-		if v, _ := f.st.Value(name); v != want {
-			t.Errorf("%s = %d, want %d", name, v, want)
-		}
-	}
+	})
 }
 
 // TestMaxRequestsOnAttach: a request that gets a connection while
@@ -99,7 +81,7 @@ func TestMaxRequestsOnAttach(t *testing.T) {
 		f.serve(d)
 		first <- d.resp.Value(":status")
 	}()
-	f.waitValue(t, "cluster.c.upstream_rq_active", 1)
+	statstest.Wait(t, f.st, "cluster.c.upstream_rq_active", 1)
 	d := newDown("GET", "/", nil)
 	e := f.serve(d)
 	if d.resp.Value(":status") != "503" || e.Info.ResponseFlags&http.FlagUpstreamOverflow == 0 {
@@ -109,13 +91,9 @@ func TestMaxRequestsOnAttach(t *testing.T) {
 	if s := <-first; s != "200" {
 		t.Errorf("first request: %s", s)
 	}
-	for name, want := range map[string]int64{
+	statstest.Expect(t, f.st, map[string]int64{
 		"cluster.c.upstream_rq_total": 1, "cluster.c.upstream_rq_pending_overflow": 1, "cluster.c.upstream_cx_http1_total": 2,
-	} {
-		if v, _ := f.st.Value(name); v != want {
-			t.Errorf("%s = %d, want %d", name, v, want)
-		}
-	}
+	})
 }
 
 // TestPendingOverflowNotInRqTotal: a request the pending limit refuses never
@@ -131,7 +109,7 @@ func TestPendingOverflowNotInRqTotal(t *testing.T) {
 		f.serve(d)
 		first <- d.resp.Value(":status")
 	}()
-	f.waitValue(t, "cluster.c.upstream_rq_active", 1)
+	statstest.Wait(t, f.st, "cluster.c.upstream_rq_active", 1)
 	d := newDown("GET", "/", nil)
 	if f.serve(d); d.resp.Value(":status") != "503" {
 		t.Errorf("second request: %s, want 503", d.resp.Value(":status"))
@@ -140,9 +118,5 @@ func TestPendingOverflowNotInRqTotal(t *testing.T) {
 	if s := <-first; s != "200" {
 		t.Errorf("first request: %s", s)
 	}
-	for name, want := range map[string]int64{"cluster.c.upstream_rq_total": 1, "cluster.c.upstream_rq_pending_overflow": 1} {
-		if v, _ := f.st.Value(name); v != want {
-			t.Errorf("%s = %d, want %d", name, v, want)
-		}
-	}
+	statstest.Expect(t, f.st, map[string]int64{"cluster.c.upstream_rq_total": 1, "cluster.c.upstream_rq_pending_overflow": 1})
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 	"github.com/skiffproxy/skiff/internal/nettest"
 	"github.com/skiffproxy/skiff/internal/stats"
+	"github.com/skiffproxy/skiff/internal/statstest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -286,18 +287,14 @@ func TestAllAttemptsFailClosesDownstream(t *testing.T) {
 		t.Fatalf("upstream host %v, attempts %d, failure %q, local %v, flags %s",
 			in.UpstreamHost, in.UpstreamAttempts, in.UpstreamTransportFailureReason, in.UpstreamLocal, in.AppendResponseFlags(nil, false))
 	}
-	for name, want := range map[string]int64{
+	statstest.Expect(t, e.st, map[string]int64{
 		"cluster.c.upstream_cx_connect_fail":              3,
 		"cluster.c.upstream_cx_connect_attempts_exceeded": 1,
 		// Each refused connect is a connection the host closed.
 		"cluster.c.upstream_cx_destroy":        3,
 		"cluster.c.upstream_cx_destroy_remote": 3,
 		"cluster.c.upstream_cx_destroy_local":  0,
-	} {
-		if v, _ := e.st.Value(name); v != want {
-			t.Errorf("%s = %d, want %d", name, v, want)
-		}
-	}
+	})
 	if _, ok := e.st.Value("tcp.x.upstream_connect_attempts_exceeded"); ok {
 		t.Error("tcp.x.upstream_connect_attempts_exceeded exists; Envoy has no such stat")
 	}
@@ -365,16 +362,12 @@ func TestIdleTimeoutIsCounted(t *testing.T) {
 		t.Fatalf("idle_timeout = %d", v)
 	}
 	// skiff closed the upstream connection.
-	for name, want := range map[string]int64{
+	statstest.Expect(t, e.st, map[string]int64{
 		"cluster.c.upstream_cx_destroy":        1,
 		"cluster.c.upstream_cx_destroy_local":  1,
 		"cluster.c.upstream_cx_destroy_remote": 0,
 		"cluster.c.upstream_cx_active":         0,
-	} {
-		if v, _ := e.st.Value(name); v != want {
-			t.Errorf("%s = %d, want %d", name, v, want)
-		}
-	}
+	})
 }
 
 // limitedCluster is the Config of a STATIC cluster "c" of addr with
@@ -453,16 +446,12 @@ func TestMaxConnectionsOverflow(t *testing.T) {
 	}
 	// Both upstream connections ended by the echo server's close after
 	// the client's: the host's close.
-	for name, want := range map[string]int64{
+	statstest.Expect(t, e.st, map[string]int64{
 		"cluster.c.upstream_cx_total":          2,
 		"cluster.c.upstream_cx_destroy":        2,
 		"cluster.c.upstream_cx_destroy_remote": 2,
 		"cluster.c.upstream_cx_active":         0,
-	} {
-		if v, _ := e.st.Value(name); v != want {
-			t.Errorf("%s = %d, want %d", name, v, want)
-		}
-	}
+	})
 }
 
 // TestMaxDownstreamConnectionDuration: a connection that moves bytes all along

@@ -27,6 +27,7 @@ import (
 	"github.com/skiffproxy/skiff/internal/netio"
 	"github.com/skiffproxy/skiff/internal/protoyaml"
 	"github.com/skiffproxy/skiff/internal/stats"
+	"github.com/skiffproxy/skiff/internal/statstest"
 	"github.com/skiffproxy/skiff/internal/tlstest"
 )
 
@@ -427,11 +428,7 @@ func TestTLSKeepAliveReuse(t *testing.T) {
 	if n := srv.conns.Load(); n != 1 {
 		t.Errorf("%d upstream connections, want 1 (keep-alive over TLS)", n)
 	}
-	for name, want := range map[string]int64{"cluster.c.ssl.handshake": 1, "cluster.c.ssl.versions.TLSv1.3": 1, "cluster.c.upstream_cx_http1_total": 1} {
-		if v, _ := st.Value(name); v != want {
-			t.Errorf("%s = %d, want %d", name, v, want)
-		}
-	}
+	statstest.Expect(t, st, map[string]int64{"cluster.c.ssl.handshake": 1, "cluster.c.ssl.versions.TLSv1.3": 1, "cluster.c.upstream_cx_http1_total": 1})
 }
 
 // TestTLSStaleIdleConnection: an HTTPS upstream that closes its idle
@@ -702,20 +699,6 @@ typed_extension_protocol_options:
 	}
 }
 
-// waitStat waits until the stat name is want.
-func waitStat(t *testing.T, st *stats.Store, name string, want int64) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		if v, _ := st.Value(name); v == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			v, _ := st.Value(name)
-			t.Fatalf("%s = %d, want %d", name, v, want)
-		}
-	}
-}
-
 // TestUpstreamCloseOfIdleConnection: an upstream that closes an idle
 // keep-alive connection, without saying so in its response, has the pool
 // close it at once (upstream_cx_destroy_remote, upstream_cx_active back to
@@ -771,8 +754,8 @@ func checkUpstreamClose(t *testing.T, extra string, wrap func(net.Conn) net.Conn
 		t.Fatalf("%q %v", body, err)
 	}
 	closeNow <- struct{}{}
-	waitStat(t, st, "cluster.c.upstream_cx_destroy_remote", 1)
-	waitStat(t, st, "cluster.c.upstream_cx_active", 0)
+	statstest.Wait(t, st, "cluster.c.upstream_cx_destroy_remote", 1)
+	statstest.Wait(t, st, "cluster.c.upstream_cx_active", 0)
 	closeNow <- struct{}{}
 	if body, err := get(t, p, "/"); err != nil || body != "ok" {
 		t.Fatalf("after the close: %q %v", body, err)
@@ -805,8 +788,8 @@ typed_extension_protocol_options:
 	if body, err := get(t, p, "/"); err != nil || body != "ok" {
 		t.Fatalf("%q %v", body, err)
 	}
-	waitStat(t, st, "cluster.c.upstream_cx_max_duration_reached", 1)
-	waitStat(t, st, "cluster.c.upstream_cx_active", 0)
+	statstest.Wait(t, st, "cluster.c.upstream_cx_max_duration_reached", 1)
+	statstest.Wait(t, st, "cluster.c.upstream_cx_active", 0)
 	if v, _ := st.Value("cluster.c.upstream_cx_destroy_local"); v != 1 {
 		t.Errorf("upstream_cx_destroy_local = %d, want 1", v)
 	}
@@ -847,7 +830,7 @@ typed_extension_protocol_options:
 		}
 		held <- err
 	}()
-	waitStat(t, st, "cluster.c.upstream_cx_max_duration_reached", 1)
+	statstest.Wait(t, st, "cluster.c.upstream_cx_max_duration_reached", 1)
 	if body, err := get(t, p, "/"); err != nil || body != "ok" {
 		t.Fatalf("%q %v", body, err)
 	}
