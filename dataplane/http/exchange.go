@@ -215,6 +215,11 @@ type Terminal interface {
 	Serve(e *Exchange)
 }
 
+// DetailsViaUpstream is the response code details of a response that came
+// from the upstream (Envoy's ResponseCodeDetails::ViaUpstream); any other
+// details are a local reply's or a reset's.
+const DetailsViaUpstream = "via_upstream"
+
 // ResponseFlag is one of Envoy's response flags (%RESPONSE_FLAGS%): why a
 // response is not simply the upstream's.
 type ResponseFlag uint32

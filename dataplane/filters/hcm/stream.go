@@ -638,7 +638,7 @@ func (st *stream) WriteHeader(h *http.Header, end bool) error {
 		status = v
 	}
 	st.mutateResponse(status)
-	if status == 400 && !st.c.http2 && !m.h1StreamError && e.Info.ResponseCodeDetails != "via_upstream" {
+	if status == 400 && !st.c.http2 && !m.h1StreamError && e.Info.ResponseCodeDetails != http.DetailsViaUpstream {
 		// A local 400 is a messaging error: as Envoy's onLocalReply, the
 		// HTTP/1.x connection closes after it unless
 		// stream_error_on_invalid_http_message.

@@ -618,7 +618,7 @@ func (q *rq) exchange(conn *pool.Conn, us http.ClientStream, start time.Duration
 		r.Add("set-cookie", q.setCookie)
 	}
 	q.rt.MutateResponse(r, &e.Info)
-	e.Info.ResponseCodeDetails = "via_upstream"
+	e.Info.ResponseCodeDetails = http.DetailsViaUpstream
 	respEnd := us.EndedWithHeader()
 	q.respStarted = true
 	if err := e.Downstream.WriteHeader(r, respEnd); err != nil {
