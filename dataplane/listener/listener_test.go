@@ -3,6 +3,7 @@ package listener
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"maps"
@@ -10,6 +11,7 @@ import (
 	"net/netip"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -74,7 +76,6 @@ func startTestListener(t *testing.T, terminal filter.TerminalFilter) *Listener {
 // are served by the goroutine that served the one before, and the idle
 // workers go when the listener is done.
 func TestWorkersServeConnectionsInTurn(t *testing.T) {
-	before := runtime.NumGoroutine()
 	l := startTestListener(t, goroutineFilter{})
 	addr := l.Bound()[0].String()
 	ids := map[string]int{}
@@ -100,11 +101,26 @@ func TestWorkersServeConnectionsInTurn(t *testing.T) {
 
 	l.StopAccepting()
 	deadline := time.Now().Add(workerIdle / 2) // well before the idle workers would time out
-	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+	for workerGoroutines(l) > 0 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	if n := runtime.NumGoroutine(); n > before {
-		t.Errorf("%d goroutines after the listener stopped, %d before it started: idle workers stayed", n, before)
+	if n := workerGoroutines(l); n > 0 {
+		t.Errorf("%d workers after the listener stopped: idle workers stayed", n)
+	}
+}
+
+// workerGoroutines counts the goroutines running l's worker method: counting
+// them rather than all goroutines keeps the tests from seeing goroutines of
+// earlier tests that end meanwhile.
+func workerGoroutines(l *Listener) int {
+	frame := fmt.Sprintf("listener.(*Listener).worker(%p", l)
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return strings.Count(string(buf[:n]), frame)
+		}
+		buf = make([]byte, 2*len(buf))
 	}
 }
 
@@ -113,8 +129,6 @@ func TestWorkersServeConnectionsInTurn(t *testing.T) {
 func TestIdleWorkersGo(t *testing.T) {
 	l := startTestListener(t, holdFilter{})
 	defer l.StopAccepting()
-	time.Sleep(10 * time.Millisecond) // the accept loop is waiting
-	base := runtime.NumGoroutine()
 	const burst = 8
 	var conns []net.Conn
 	for range burst {
@@ -127,8 +141,8 @@ func TestIdleWorkersGo(t *testing.T) {
 	for l.refs.Load() < burst+1 { // all being served
 		time.Sleep(100 * time.Microsecond)
 	}
-	if n := runtime.NumGoroutine(); n < base+burst {
-		t.Fatalf("%d goroutines serving %d connections, %d before", n, burst, base)
+	if n := workerGoroutines(l); n != burst {
+		t.Fatalf("%d workers serving %d connections", n, burst)
 	}
 	for _, c := range conns {
 		c.Close()
@@ -137,14 +151,14 @@ func TestIdleWorkersGo(t *testing.T) {
 		time.Sleep(100 * time.Microsecond)
 	}
 	ended := time.Now()
-	if n := runtime.NumGoroutine(); n < base+burst {
-		t.Errorf("%d goroutines right after the connections ended, want the %d workers idle on top of %d", n, burst, base)
+	if n := workerGoroutines(l); n != burst {
+		t.Errorf("%d workers right after the connections ended, want the %d idle", n, burst)
 	}
-	for runtime.NumGoroutine() > base && time.Since(ended) < 3*workerIdle {
+	for workerGoroutines(l) > 0 && time.Since(ended) < 3*workerIdle {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if n := runtime.NumGoroutine(); n > base {
-		t.Errorf("%d goroutines %v after the connections ended, %d before: idle workers stayed", n, time.Since(ended), base)
+	if n := workerGoroutines(l); n > 0 {
+		t.Errorf("%d workers %v after the connections ended: idle workers stayed", n, time.Since(ended))
 	}
 	if d := time.Since(ended); d < workerIdle/2 {
 		t.Errorf("idle workers went after %v, before workerIdle (%v)", d, workerIdle)
