@@ -14,11 +14,14 @@ import (
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/skiffproxy/skiff/dataplane/filters"
 	"github.com/skiffproxy/skiff/internal/stats"
@@ -182,6 +185,99 @@ func TestFilterChainChangeKeepsIdleHTTP1(t *testing.T) {
 		t.Errorf("an idle connection at a shutdown: %v, want EOF", err)
 	}
 	_ = s.Shutdown(ctx)
+}
+
+// TestListenerChangeDrainsEveryChain: as in Envoy, an update of one filter
+// chain drains only that chain's connections, while an update that changes
+// anything else of the listener (here per_connection_buffer_limit_bytes)
+// replaces the whole listener: it keeps its socket, but the idle HTTP/1.1
+// keep-alive connections of all its chains are answered next with
+// "connection: close", and new connections get the new listener.
+func TestListenerChangeDrainsEveryChain(t *testing.T) {
+	s, _ := newTestServer(t, 10*time.Second)
+	blue := httpGreeter(t, "blue")
+	snap := func(defaultName string, limit uint32) *Snapshot {
+		lis := hcmListener("web", loopback0, "r")
+		lis.DefaultFilterChain = proto.Clone(lis.FilterChains[0]).(*listenerv3.FilterChain)
+		lis.DefaultFilterChain.Name = defaultName
+		// Connections from 127.0.0.2 take the first chain, the others the
+		// default one.
+		lis.FilterChains[0].FilterChainMatch = &listenerv3.FilterChainMatch{SourcePrefixRanges: []*corev3.CidrRange{
+			{AddressPrefix: "127.0.0.2", PrefixLen: wrapperspb.UInt32(32)},
+		}}
+		if limit > 0 {
+			lis.PerConnectionBufferLimitBytes = wrapperspb.UInt32(limit)
+		}
+		return &Snapshot{
+			Listeners: []*listenerv3.Listener{lis},
+			Clusters:  []*clusterv3.Cluster{staticCluster("blue", blue)},
+			Routes:    map[string]*routev3.RouteConfiguration{"r": routeTo("r", "blue")},
+		}
+	}
+	if err := s.Apply(snap("a", 0)); err != nil {
+		t.Fatal(err)
+	}
+	addr := boundAddr(t, s, "web")
+	type client struct {
+		c  net.Conn
+		br *bufio.Reader
+	}
+	dial := func(from string) client {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+		c, err := d.Dial("tcp", addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		return client{c, bufio.NewReader(c)}
+	}
+	closes := func(cl client) bool { // reports connection: close
+		t.Helper()
+		if _, err := io.WriteString(cl.c, "GET / HTTP/1.1\r\nhost: a\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := nethttp.ReadResponse(cl.br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.ReadAll(resp.Body)
+		return resp.Close
+	}
+	matched, other := dial("127.0.0.2"), dial("127.0.0.1")
+	if closes(matched) || closes(other) {
+		t.Fatal("connection: close before any update")
+	}
+
+	// Only the default chain changes: its connection drains, the other
+	// chain's does not.
+	if err := s.Apply(snap("b", 0)); err != nil {
+		t.Fatal(err)
+	}
+	if !closes(other) {
+		t.Error("the changed default chain's connection was not drained")
+	}
+	if closes(matched) {
+		t.Error("a filter chain update drained the connection of an unchanged chain")
+	}
+	other = dial("127.0.0.1")
+	if closes(other) {
+		t.Fatal("a new connection after the filter chain update got connection: close")
+	}
+
+	// A listener-level change: every chain drains; the socket stays.
+	if err := s.Apply(snap("b", 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	if got := boundAddr(t, s, "web"); got != addr {
+		t.Fatalf("listener rebound from %s to %s on a change outside its socket", addr, got)
+	}
+	if !closes(matched) || !closes(other) {
+		t.Error("after a change outside the filter chains, a connection of the old listener was not drained")
+	}
+	if closes(dial("127.0.0.2")) || closes(dial("127.0.0.1")) {
+		t.Error("a new connection to the new listener got connection: close")
+	}
 }
 
 // TestGradualDrain: with Envoy's gradual drain strategy, the connections of a

@@ -164,6 +164,7 @@ type Server struct {
 	onBreaking  func([]string)                 // see OnListenerBreaking
 	rebindHere  bool                           // Apply rebinds breaking changes itself
 	shutdown    bool
+	stopping    chan struct{}  // closed when shutdown is set: drain timers end early
 	draining    sync.WaitGroup // drain timers
 	serving     sync.WaitGroup // connection goroutines of every listener
 
@@ -191,6 +192,7 @@ func NewServer(opts Options) *Server {
 		listeners: map[string]*listener.Listener{},
 		retired:   map[*listener.FilterChain]bool{},
 		applied:   make(chan struct{}),
+		stopping:  make(chan struct{}),
 		routes:    route.NewProvider(),
 	}
 	s.httpPools = pool.NewManager(pool.Options{Buffers: s.buffers, Logger: opts.Logger})
@@ -451,9 +453,12 @@ func (s *Server) preparedEndpoints(cla *endpointv3.ClusterLoadAssignment) ([]ups
 
 // Apply makes snap the running configuration. Either all of it is applied or,
 // on error, none of it: validation and binding happen before anything running
-// is touched. Listeners whose sockets are unchanged keep them; their connections
-// keep the filter chain they were accepted with, and chains that were removed or
-// changed drain. Removed listeners stop accepting and drain.
+// is touched. Listeners whose sockets are unchanged keep them. If nothing but
+// their filter chains changed (listener.FilterChainOnlyChange), their
+// connections keep the filter chain they were accepted with, and chains that
+// were removed or changed drain; any other change replaces the whole listener,
+// as in Envoy, and all its connections drain. Removed listeners stop accepting
+// and drain.
 func (s *Server) Apply(snap *Snapshot) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -644,6 +649,14 @@ func sameSockets(a, b *listener.Config) bool {
 
 // drain asks the connections of retired chains to finish, and closes whatever
 // is left after the drain time. s.mu is held.
+//
+// A retired chain lives out the whole drain time even once it has no
+// connections, as the filter chains of Envoy's drain sequence do: a
+// connection its listener accepted just before the update may still join it
+// (it drains at once), and closing the chain as soon as it was empty refused
+// such a connection unserved (a client of a listener rebound for a socket
+// option saw EOF). A shutdown takes the chain over: Shutdown closes it
+// with the rest.
 func (s *Server) drain(chains []*listener.FilterChain) {
 	for _, ch := range chains {
 		s.drainChain(ch)
@@ -651,10 +664,13 @@ func (s *Server) drain(chains []*listener.FilterChain) {
 		s.draining.Add(1)
 		go func() {
 			defer s.draining.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), s.opts.DrainTime)
-			defer cancel()
-			ch.Conns().Wait(ctx)
-			ch.Conns().Close()
+			t := time.NewTimer(s.opts.DrainTime)
+			defer t.Stop()
+			select {
+			case <-t.C:
+				ch.Conns().Close()
+			case <-s.stopping:
+			}
 			s.mu.Lock()
 			delete(s.retired, ch)
 			s.mu.Unlock()
@@ -746,7 +762,10 @@ func (s *Server) BeginShutdown() { s.beginShutdown() }
 func (s *Server) beginShutdown() []*listener.FilterChain {
 	s.isDraining.Store(true)
 	s.mu.Lock()
-	s.shutdown = true
+	if !s.shutdown {
+		s.shutdown = true
+		close(s.stopping)
+	}
 	if s.drainTimer != nil {
 		s.drainTimer.Stop()
 	}

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/skiffproxy/skiff/dataplane/filters"
+	"github.com/skiffproxy/skiff/dataplane/listener"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
@@ -204,6 +205,41 @@ func TestRetiredChainIsClosedAfterDrainTime(t *testing.T) {
 		t.Fatal("connection of the retired chain still open after the drain time")
 	} else if errors.Is(err, net.ErrClosed) || isTimeout(err) {
 		t.Fatalf("connection not closed by the proxy: %v", err)
+	}
+}
+
+// TestEmptyRetiredChainLivesOutTheDrainTime: a retired chain with no
+// connections is not closed before the drain time ends (Envoy's drain
+// sequence keeps draining chains for the whole drain time), since a
+// connection its listener accepted just before the update may still join it:
+// closed early, it refused that connection unserved (see
+// TestListenerBreakingChangeRebindsWithoutRefusing, which hit it about once in
+// a hundred runs). Shutdown ends the wait.
+func TestEmptyRetiredChainLivesOutTheDrainTime(t *testing.T) {
+	a, b := namedEcho(t, "a"), namedEcho(t, "b")
+	s, _ := newTestServer(t, time.Hour)
+	clusters := []*clusterv3.Cluster{staticCluster("a", a), staticCluster("b", b)}
+	if err := s.Apply(&Snapshot{Listeners: []*listenerv3.Listener{tcpListener("l", loopback0, "a")}, Clusters: clusters}); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	old := listener.AllChains(s.listeners["l"].Config())
+	s.mu.Unlock()
+	if err := s.Apply(&Snapshot{Listeners: []*listenerv3.Listener{tcpListener("l", loopback0, "b")}, Clusters: clusters}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the old code closed the empty chain at once
+	s.mu.Lock()
+	for _, ch := range old {
+		if !s.retired[ch] {
+			t.Errorf("retired chain %p no longer draining, with an hour of drain time left", ch)
+		}
+	}
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
 	}
 }
 

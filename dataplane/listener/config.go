@@ -44,9 +44,11 @@ type Config struct {
 func (c *Config) Proto() *listenerv3.Listener { return c.proto }
 
 // Build validates pb and builds its filters through reg. prev, if not nil, is the
-// listener's running configuration: filter chains equal to one of prev's are
-// reused as they are, so their connections are not drained by an update that does
-// not touch them.
+// listener's running configuration. If pb changes nothing of it but its filter
+// chains (FilterChainOnlyChange), filter chains equal to one of prev's are reused
+// as they are, so their connections are not drained by an update that does not
+// touch them; any other change rebuilds every chain, so that all of prev's drain
+// (Envoy replaces the whole listener then).
 func Build(pb *listenerv3.Listener, reg *filter.Registry, fc filter.Context, prev *Config) (*Config, error) {
 	if err := cfgerr.OnlyFields(pb,
 		"name", "address", "additional_addresses", "stat_prefix", "filter_chains", "default_filter_chain",
@@ -127,7 +129,7 @@ func Build(pb *listenerv3.Listener, reg *filter.Registry, fc filter.Context, pre
 		return nil, cfgerr.Errorf("filter_chains", "a listener needs at least one filter chain or a default_filter_chain")
 	}
 	var prevChains []*FilterChain
-	if prev != nil {
+	if prev != nil && FilterChainOnlyChange(prev.proto, pb) {
 		prevChains = append(prev.Chains, prev.DefaultChain)
 	}
 	health := drainHealth(pb.GetDrainType(), fc.Server)

@@ -18,6 +18,8 @@ import (
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/skiffproxy/skiff/dataplane/filter"
@@ -206,6 +208,70 @@ func TestBuildReusesEqualChains(t *testing.T) {
 	}
 	if second.Chains[0] == first.Chains[0] {
 		t.Error("the changed chain was reused")
+	}
+}
+
+// TestBuildRebuildsChainsOnListenerChange: as Envoy's
+// ListenerImpl::supportUpdateFilterChain decides, only an update confined to
+// filter_chains, default_filter_chain and filter_chain_matcher (with at least
+// one of filter_chains) keeps the unchanged chains; any other change replaces
+// the whole listener, so none of its chains is reused and all of them drain.
+// Fields set to their defaults compare equal to unset ones.
+func TestBuildRebuildsChainsOnListenerChange(t *testing.T) {
+	reg, fc := testRegistry(t)
+	mk := func() *listenerv3.Listener {
+		return &listenerv3.Listener{Name: "l", Address: addr("127.0.0.1", 0),
+			FilterChains: []*listenerv3.FilterChain{
+				{FilterChainMatch: &listenerv3.FilterChainMatch{DestinationPort: wrapperspb.UInt32(80)}, Filters: []*listenerv3.Filter{tcpFilter(t)}},
+				{Filters: []*listenerv3.Filter{tcpFilter(t)}},
+			},
+			DefaultFilterChain: &listenerv3.FilterChain{Filters: []*listenerv3.Filter{tcpFilter(t)}},
+		}
+	}
+	first, err := Build(mk(), reg, fc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		mutate func(*listenerv3.Listener)
+		reused int // chains of first that the update keeps
+	}{
+		{"nothing", func(*listenerv3.Listener) {}, 3},
+		{"a filter chain", func(l *listenerv3.Listener) {
+			l.FilterChains[0].FilterChainMatch.DestinationPort = wrapperspb.UInt32(81)
+		}, 2},
+		{"the default chain", func(l *listenerv3.Listener) { l.DefaultFilterChain.Name = "d" }, 2},
+		{"empty metadata", func(l *listenerv3.Listener) { l.Metadata = &corev3.Metadata{} }, 3},
+		{"per_connection_buffer_limit_bytes", func(l *listenerv3.Listener) {
+			l.PerConnectionBufferLimitBytes = wrapperspb.UInt32(32768)
+		}, 0},
+		{"metadata", func(l *listenerv3.Listener) {
+			l.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"x": {}}}
+		}, 0},
+		{"stat_prefix", func(l *listenerv3.Listener) { l.StatPrefix = "other" }, 0},
+		{"listener_filters_timeout", func(l *listenerv3.Listener) {
+			l.ListenerFiltersTimeout = durationpb.New(time.Second)
+		}, 0},
+		{"no filter_chains left", func(l *listenerv3.Listener) { l.FilterChains = nil }, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pb := mk()
+			tc.mutate(pb)
+			next, err := Build(pb, reg, fc, first)
+			if err != nil {
+				t.Fatal(err)
+			}
+			reused := 0
+			for _, ch := range AllChains(next) {
+				if slices.Contains(AllChains(first), ch) {
+					reused++
+				}
+			}
+			if reused != tc.reused {
+				t.Errorf("%d chains reused, want %d", reused, tc.reused)
+			}
+		})
 	}
 }
 
