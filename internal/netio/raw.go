@@ -10,6 +10,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/skiffproxy/skiff/internal/stats"
 )
 
 // The data path's system calls on non-blocking sockets and pipes are made with
@@ -101,6 +103,9 @@ type Conn struct {
 
 	nonblock   bool // SetNonblockingReads
 	wouldBlock bool // the last Read found the socket empty while nonblock
+
+	counting bool          // CountBytes was called
+	tx, rx   stats.Counter // CountBytes'
 }
 
 // tcpConn is what a Conn takes from the connection under it: net.TCPConn's
@@ -164,6 +169,11 @@ func (c *Conn) Read(p []byte) (int, error) {
 	return c.rn, nil
 }
 
+// CountBytes makes Read, Write and WriteRead add the bytes they move to rx
+// and tx (for example a cluster's upstream_cx_rx_bytes_total and
+// upstream_cx_tx_bytes_total). It must be called before the Conn is used.
+func (c *Conn) CountBytes(tx, rx stats.Counter) { c.tx, c.rx, c.counting = tx, rx, true }
+
 // SetNonblockingReads makes Read return at once with ErrWouldBlock when the
 // socket has nothing to read, rather than wait (false, the default, waits).
 // It lets a reader above the Conn, such as a crypto/tls connection, take in
@@ -187,6 +197,9 @@ func (c *Conn) read(fd uintptr) bool {
 		switch e {
 		case 0:
 			c.rn, c.isEOF = n, n == 0
+			if c.counting {
+				c.rx.Add(uint64(n))
+			}
 			return true
 		case syscall.EINTR:
 		case syscall.EAGAIN:
@@ -234,6 +247,9 @@ func (c *Conn) write(fd uintptr) bool {
 				return true
 			}
 			c.wn += n
+			if c.counting {
+				c.tx.Add(uint64(n))
+			}
 		case syscall.EINTR:
 		case syscall.EAGAIN:
 			return false

@@ -67,6 +67,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/internal/bufpool"
 	"github.com/skiffproxy/skiff/internal/netio"
+	"github.com/skiffproxy/skiff/internal/stats"
 )
 
 // ErrOverflow is returned by Acquire when the cluster's circuit breakers
@@ -585,9 +586,10 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 	c.local = netio.AddrPort(nc.LocalAddr())
 	c.tls, _ = nc.(*tls.Conn)
 	c.tlsState, c.tlsLocal = upstream.TLSSession(nc, transport)
+	codecConn := countBytes(nc, p.cl)
 	if p.http2 {
 		hs.CxHTTP2Total.Inc()
-		cc, err := h2.NewClientConn(nc, h2.ClientOptions{
+		cc, err := h2.NewClientConn(codecConn, h2.ClientOptions{
 			MaxConcurrentStreams:        cfg.HTTP.MaxConcurrentStreams,
 			InitialStreamWindowSize:     cfg.HTTP.InitialStreamWindowSize,
 			InitialConnectionWindowSize: cfg.HTTP.InitialConnectionWindowSize,
@@ -636,7 +638,7 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 		}
 	}
 	c.sock = socketOf(nc)
-	c.h1 = h1.NewClientConn(nc, &h1.Options{Buffers: p.m.opts.Buffers, MaxHeaders: int(cfg.HTTP.MaxHeadersCount), EnableTrailers: cfg.HTTP.EnableTrailers})
+	c.h1 = h1.NewClientConn(codecConn, &h1.Options{Buffers: p.m.opts.Buffers, MaxHeaders: int(cfg.HTTP.MaxHeadersCount), EnableTrailers: cfg.HTTP.EnableTrailers})
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.dialing--
@@ -659,6 +661,46 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 		return nil, nil, err
 	}
 	return c, s, nil
+}
+
+// countBytes makes the bytes the codec moves over nc count in the cluster's
+// upstream_cx_tx_bytes_total and upstream_cx_rx_bytes_total, as Envoy counts
+// them: above the transport socket, so TLS's own records are not counted. A
+// plain TCP conn counts them itself (keeping the HTTP/1.1 codec's
+// WriteRead); any other is wrapped.
+func countBytes(nc net.Conn, cl *upstream.Cluster) net.Conn {
+	tx, rx := cl.ByteCounters()
+	if c, ok := nc.(*netio.Conn); ok {
+		c.CountBytes(tx, rx)
+		return c
+	}
+	return &countedConn{Conn: nc, tx: tx, rx: rx}
+}
+
+// countedConn is a conn whose Read and Write count the bytes they move.
+type countedConn struct {
+	net.Conn
+	tx, rx stats.Counter
+}
+
+func (c *countedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.rx.Add(uint64(n))
+	return n, err
+}
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.tx.Add(uint64(n))
+	return n, err
+}
+
+// CloseWrite half-closes the conn under c, if it can.
+func (c *countedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
 }
 
 // socketOf is the socket under nc, plain TCP or TLS, or nil.
