@@ -151,9 +151,10 @@ type Client struct {
 	connectedCount int
 	haveStats      bool
 
-	// What the data plane runs now, by name: the last applied versions.
-	activeClusters  map[string]*clusterv3.Cluster
-	activeListeners map[string]*listenerv3.Listener
+	// What the data plane runs now, by name: the last applied versions (a
+	// newer accepted one may be warming; see DynamicConfigDump).
+	activeClusters  map[string]*Resource
+	activeListeners map[string]*Resource
 	applied         bool
 }
 
@@ -265,8 +266,8 @@ func New(opts Options) (*Client, error) {
 		log:             opts.Logger,
 		types:           map[string]*typeState{},
 		sources:         map[string]*source{},
-		activeClusters:  map[string]*clusterv3.Cluster{},
-		activeListeners: map[string]*listenerv3.Listener{},
+		activeClusters:  map[string]*Resource{},
+		activeListeners: map[string]*Resource{},
 	}
 	for _, url := range resource.Types() {
 		c.types[url] = &typeState{url: url, wildcard: resource.Wildcard(url), names: map[string]bool{}, res: map[string]*Resource{},
@@ -629,8 +630,8 @@ func (c *Client) followRefsLocked() error {
 	for _, r := range c.types[resource.ClusterType].res {
 		addCluster(r.Msg.(*clusterv3.Cluster))
 	}
-	for _, pb := range c.activeClusters {
-		addCluster(pb)
+	for _, r := range c.activeClusters {
+		addCluster(r.Msg.(*clusterv3.Cluster))
 	}
 	rdsNames, rdsTimeouts := map[string]bool{}, map[string]time.Duration{}
 	var rdsErr error
@@ -646,8 +647,8 @@ func (c *Client) followRefsLocked() error {
 	for _, r := range c.types[resource.ListenerType].res {
 		addListener(r.Msg.(*listenerv3.Listener))
 	}
-	for _, pb := range c.activeListeners {
-		addListener(pb)
+	for _, r := range c.activeListeners {
+		addListener(r.Msg.(*listenerv3.Listener))
 	}
 	c.setNamesLocked(c.types[resource.EndpointType], edsNames, edsTimeouts)
 	c.setNamesLocked(c.types[resource.RouteType], rdsNames, rdsTimeouts)
@@ -857,7 +858,7 @@ func (c *Client) describeApplyError(err error) error {
 	return err
 }
 
-func (c *Client) snapshotLocked() (*dataplane.Snapshot, map[string]*clusterv3.Cluster, map[string]*listenerv3.Listener) {
+func (c *Client) snapshotLocked() (*dataplane.Snapshot, map[string]*Resource, map[string]*Resource) {
 	snap := &dataplane.Snapshot{
 		Endpoints: map[string]*endpointv3.ClusterLoadAssignment{},
 		Routes:    map[string]*routev3.RouteConfiguration{},
@@ -865,24 +866,24 @@ func (c *Client) snapshotLocked() (*dataplane.Snapshot, map[string]*clusterv3.Cl
 	cds, lds := c.types[resource.ClusterType], c.types[resource.ListenerType]
 	eds, rds := c.types[resource.EndpointType], c.types[resource.RouteType]
 
-	clusters := map[string]*clusterv3.Cluster{}
+	clusters := map[string]*Resource{}
 	for _, name := range sortedKeys(cds.res) {
-		pb := cds.res[name].Msg.(*clusterv3.Cluster)
+		r := cds.res[name]
 		switch prev := c.activeClusters[name]; {
-		case c.clusterWarmLocked(pb):
-			clusters[name] = pb
+		case c.clusterWarmLocked(r.Msg.(*clusterv3.Cluster)):
+			clusters[name] = r
 		case prev != nil:
 			clusters[name] = prev // make before break: the old version serves until the new one is warm
 		}
 	}
-	listeners := map[string]*listenerv3.Listener{}
+	listeners := map[string]*Resource{}
 	if c.phase >= phaseListeners {
 		snap.Listeners = append(snap.Listeners, c.opts.Static.Listeners...)
 		for _, name := range sortedKeys(lds.res) {
-			pb := lds.res[name].Msg.(*listenerv3.Listener)
+			r := lds.res[name]
 			switch prev := c.activeListeners[name]; {
-			case c.listenerWarmLocked(pb):
-				listeners[name] = pb
+			case c.listenerWarmLocked(r.Msg.(*listenerv3.Listener)):
+				listeners[name] = r
 			case prev != nil:
 				listeners[name] = prev
 			}
@@ -890,8 +891,8 @@ func (c *Client) snapshotLocked() (*dataplane.Snapshot, map[string]*clusterv3.Cl
 	}
 	// A cluster CDS removed stays while an active listener still uses it.
 	used := map[string]bool{}
-	for _, pb := range listeners {
-		routes, cs := resource.ListenerRefs(pb)
+	for _, r := range listeners {
+		routes, cs := resource.ListenerRefs(r.Msg.(*listenerv3.Listener))
 		for _, cl := range cs {
 			used[cl] = true
 		}
@@ -913,7 +914,7 @@ func (c *Client) snapshotLocked() (*dataplane.Snapshot, map[string]*clusterv3.Cl
 
 	snap.Clusters = append(snap.Clusters, c.opts.Static.Clusters...)
 	for _, name := range sortedKeys(clusters) {
-		pb := clusters[name]
+		pb := clusters[name].Msg.(*clusterv3.Cluster)
 		snap.Clusters = append(snap.Clusters, pb)
 		if ref, ok := resource.EndpointsRef(pb); ok {
 			if r, ok := eds.res[ref.Name]; ok {
@@ -922,7 +923,7 @@ func (c *Client) snapshotLocked() (*dataplane.Snapshot, map[string]*clusterv3.Cl
 		}
 	}
 	for _, name := range sortedKeys(listeners) {
-		pb := listeners[name]
+		pb := listeners[name].Msg.(*listenerv3.Listener)
 		snap.Listeners = append(snap.Listeners, pb)
 		routes, _ := resource.ListenerRefs(pb)
 		for _, r := range routes {
