@@ -223,6 +223,9 @@ type upstreamInfo struct {
 	local    netip.AddrPort
 	attempts int
 	failure  string
+	// flags are those of a connect that succeeded: UF if an attempt failed
+	// before (Envoy never clears a response flag).
+	flags    http.ResponseFlag
 	tls      *tls.ConnectionState // nil: plain TCP
 	tlsLocal *x509.Certificate
 }
@@ -248,6 +251,7 @@ func (p *Proxy) accessLog(ctx context.Context, c *filter.Conn, start time.Time, 
 	in.UpstreamAttempts = ui.attempts
 	in.UpstreamTransportFailureReason = ui.failure
 	in.BytesReceived, in.BytesSent = res.Sent, res.Received
+	in.SetFlags(ui.flags) // connect's first, in the order Envoy sets them
 	in.SetFlags(flags)
 	for _, l := range p.logs {
 		l.Log(e)
@@ -419,7 +423,8 @@ func (m *mover) Move() (*filter.MovedConn, bool) {
 // connect tries up to max_connect_attempts hosts, the load balancer choosing each,
 // and notes in ui the host last tried, the attempts and the upstream's local
 // address or why the last attempt failed. It returns the response flags of a
-// failure, as Envoy's tcp_proxy sets them: UO (the cluster's
+// failure (and UF after a success that followed a failed attempt, also
+// kept in ui), as Envoy's tcp_proxy sets them: UO (the cluster's
 // max_connections are all in use, checked before each attempt), UH (no
 // healthy host), UF (connection failure) and, when every attempt failed,
 // UF then URX, counted in the cluster's
@@ -454,7 +459,8 @@ func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluste
 			cl.ReportOutcome(h, upstream.ConnectedFinal)
 			ui.local = p.upstreamLocal(up)
 			ui.tls, ui.tlsLocal = upstream.TLSSession(up, h.Transport())
-			return up, h, 0
+			ui.flags = failed
+			return up, h, failed
 		}
 		cl.ReleaseConnection()
 		failed = http.FlagUpstreamConnectionFailure

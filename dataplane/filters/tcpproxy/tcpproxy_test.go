@@ -241,13 +241,14 @@ func TestRetriesAnotherEndpointOnConnectFailure(t *testing.T) {
 			t.Fatalf("connection %d: got %q, %v", i, got, err)
 		}
 		wait()
-		// As Envoy's: the host connected to, its attempts, and why the
-		// attempt before failed.
+		// As Envoy's: the host connected to, its attempts, why the
+		// attempt before failed, and UF for that failure (Envoy's tcp_proxy
+		// sets it at each failed attempt and never clears it).
 		in := log.last(t)
 		if in.UpstreamHost != echo || in.UpstreamAttempts != 2 || in.UpstreamTransportFailureReason != "delayed connect error: Connection refused" ||
-			in.UpstreamLocal.Addr() != netip.MustParseAddr("127.0.0.1") || in.ResponseFlags != 0 {
-			t.Fatalf("connection %d: upstream host %v, attempts %d, failure %q, local %v, flags %v", i,
-				in.UpstreamHost, in.UpstreamAttempts, in.UpstreamTransportFailureReason, in.UpstreamLocal, in.ResponseFlags)
+			in.UpstreamLocal.Addr() != netip.MustParseAddr("127.0.0.1") || string(in.AppendResponseFlags(nil, false)) != "UF" {
+			t.Fatalf("connection %d: upstream host %v, attempts %d, failure %q, local %v, flags %s", i,
+				in.UpstreamHost, in.UpstreamAttempts, in.UpstreamTransportFailureReason, in.UpstreamLocal, in.AppendResponseFlags(nil, false))
 		}
 	}
 	// Round robin alternates, so every connection's first attempt lands on the
