@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	nethttp "net/http"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -360,5 +362,60 @@ func TestGradualDrain(t *testing.T) {
 	}
 	if late < len(open)/2 {
 		t.Errorf("%d of %d connections closed %v into a %v gradual drain, want most", late, len(open), time.Since(start), window)
+	}
+}
+
+// TestListenerBufferLimitBoundsRetryBody: the router keeps for a retry as
+// much of a request body as the listener's per_connection_buffer_limit_bytes
+// allows, as Envoy's retry_shadow_buffer_limit: with 1000 bytes, a POST of
+// 800 is retried after a 503, one of 1200 is not (the client gets the 503).
+// It was a fixed 1 MiB whatever the listener said (Istio sends 32 KiB).
+func TestListenerBufferLimitBoundsRetryBody(t *testing.T) {
+	var calls atomic.Int32
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &nethttp.Server{Handler: nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		b, _ := io.ReadAll(r.Body)
+		if calls.Add(1)%2 == 1 { // every first attempt fails
+			w.WriteHeader(503)
+			return
+		}
+		fmt.Fprintf(w, "%d", len(b))
+	})}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close(); <-done })
+	up := ln.Addr().(*net.TCPAddr).AddrPort()
+
+	s, _ := newTestServer(t, time.Second)
+	lis := hcmListener("web", netip.MustParseAddrPort("127.0.0.1:0"), "r")
+	lis.PerConnectionBufferLimitBytes = wrapperspb.UInt32(1000)
+	rc := routeTo("r", "up")
+	rc.VirtualHosts[0].Routes[0].GetRoute().RetryPolicy = &routev3.RetryPolicy{RetryOn: "5xx", NumRetries: wrapperspb.UInt32(1)}
+	if err := s.Apply(&Snapshot{Listeners: []*listenerv3.Listener{lis}, Clusters: []*clusterv3.Cluster{staticCluster("up", up)},
+		Routes: map[string]*routev3.RouteConfiguration{"r": rc}}); err != nil {
+		t.Fatal(err)
+	}
+	addr := boundAddr(t, s, "web")
+	tr := &nethttp.Transport{}
+	defer tr.CloseIdleConnections()
+	c := &nethttp.Client{Transport: tr, Timeout: 5 * time.Second}
+	post := func(n int) (int, string) {
+		calls.Store(0)
+		resp, err := c.Post("http://"+addr.String()+"/", "text/plain", strings.NewReader(strings.Repeat("b", n)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := post(800); code != 200 || body != "800" {
+		t.Errorf("800 bytes: %d %q, want the retry's 200 \"800\"", code, body)
+	}
+	if code, _ := post(1200); code != 503 {
+		t.Errorf("1200 bytes: %d, want the first attempt's 503 (too large to keep for a retry)", code)
 	}
 }

@@ -37,6 +37,10 @@ type Context struct {
 	// TrafficDirection is the listener's traffic_direction (what an HTTP
 	// connection manager's tracing calls egress or ingress).
 	TrafficDirection corev3.TrafficDirection
+	// BufferLimit is the listener's per_connection_buffer_limit_bytes (0:
+	// unset, Envoy's default of 1 MiB): the router keeps that much of a
+	// request body for retries and mirrors.
+	BufferLimit int
 	// HTTPStatPrefix is set when HTTP filters are built: the stats prefix of the
 	// HTTP connection manager that owns them, "http.<stat_prefix>.", under which
 	// Envoy roots HTTP filters' stats (http.<stat_prefix>.fault.*, .rbac.*, .cors.*).

@@ -82,6 +82,7 @@ func Build(pb *listenerv3.Listener, reg *filter.Registry, fc filter.Context, pre
 	}
 	fc.Listener = c.Name
 	fc.TrafficDirection = pb.GetTrafficDirection()
+	fc.BufferLimit = int(pb.GetPerConnectionBufferLimitBytes().GetValue())
 
 	base, err := baseSpec(pb)
 	if err != nil {

@@ -21,7 +21,7 @@ type shadow struct {
 // shadow requests: they carry what the router sends upstream, with
 // "-shadow" appended to the host. A request without a body is mirrored at
 // once; one with a body when the body is in (it is kept, as for a retry, up
-// to RetryBufferLimit; a larger one is not mirrored, as Envoy aborts a
+// to the router's bodyLimit; a larger one is not mirrored, as Envoy aborts a
 // shadow whose buffer overflows).
 func (q *rq) prepareMirrors() {
 	rnd := q.e.Random(0x9e3779b97f4a7c15)

@@ -94,8 +94,9 @@ import (
 // Name is the filter's canonical name.
 const Name = "envoy.filters.http.router"
 
-// RetryBufferLimit is how much of a request body is kept for a retry
-// (Envoy's default per-connection buffer limit, 1 MiB).
+// RetryBufferLimit is how much of a request body is kept for a retry or a
+// mirror when the listener sets no per_connection_buffer_limit_bytes
+// (Envoy's default, 1 MiB).
 const RetryBufferLimit = 1 << 20
 
 // Factory builds router filters.
@@ -123,6 +124,12 @@ func (Factory) Create(m proto.Message, fc *filter.Context) (http.Filter, error) 
 		log:             fc.Logger,
 		suppressHeaders: cfg.GetSuppressEnvoyHeaders(),
 		respectExpected: cfg.GetRespectExpectedRqTimeout(),
+		bodyLimit:       RetryBufferLimit,
+	}
+	if fc.BufferLimit > 0 {
+		// As Envoy's router, which keeps for retries and shadows what the
+		// connection's buffer limit allows (retry_shadow_buffer_limit).
+		r.bodyLimit = fc.BufferLimit
 	}
 	if r.buffers == nil {
 		r.buffers = bufpool.New()
@@ -173,6 +180,7 @@ type Router struct {
 	log             *slog.Logger
 	suppressHeaders bool
 	respectExpected bool
+	bodyLimit       int // the most of a request body kept for a retry or mirror
 	ownPools        bool
 	stats           routerStats
 	rqs             sync.Pool // of *rq

@@ -118,7 +118,7 @@ type rq struct {
 	// The request body.
 	bodyStarted  bool              // reading it began (by a sender)
 	bodyDone     bool              // it was read to its end (set by the sender before senderDone)
-	bodyTooLarge bool              // it did not fit RetryBufferLimit: no retry
+	bodyTooLarge bool              // it did not fit the router's bodyLimit: no retry
 	buffering    bool              // keep it for retries
 	chunks       []*bufpool.Buffer // the body kept for retries
 	last         int               // bytes used in the last chunk
@@ -848,7 +848,7 @@ func (q *rq) keep(p []byte) {
 	if !q.buffering {
 		return
 	}
-	if q.bodyLen > RetryBufferLimit {
+	if q.bodyLen > q.r.bodyLimit {
 		q.buffering, q.bodyTooLarge = false, true
 		for i, c := range q.chunks {
 			q.r.buffers.Put(c)
