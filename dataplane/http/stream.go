@@ -57,6 +57,24 @@ var (
 	ErrNotProcessed = errors.New("http: request not processed by the upstream (safe to retry)")
 )
 
+// A Refusal is the error of a request a server codec refused part-way
+// through its body (a malformed chunk, too many trailers): the connection
+// manager answers it with RefusalStatus, so whoever reads the body (the
+// router) must not take it for the client going away.
+type Refusal interface {
+	error
+	// RefusalStatus is the status the request is answered with, 0 if none
+	// (then the error is no refusal).
+	RefusalStatus() int
+}
+
+// IsRefusal reports whether err, or an error it wraps, is a Refusal with a
+// status.
+func IsRefusal(err error) bool {
+	var r Refusal
+	return errors.As(err, &r) && r.RefusalStatus() != 0
+}
+
 // ServerStream is one request arriving on a downstream connection and the
 // response to it, as a server codec presents them. A codec hands each stream to
 // a Handler on its own goroutine (HTTP/1.1 one at a time per connection, in

@@ -366,8 +366,6 @@ func (st *stream) timeoutReply(reason error) bool {
 // closes after it.
 func (st *stream) bodyRefused(he *h1.Error) {
 	e := &st.ex
-	// The router took the failed read for the client going away.
-	e.Info.ResponseFlags &^= http.FlagDownstreamConnectionTermination
 	st.closeConn = true
 	_ = e.LocalReply(he.Status, protocolErrorBody(he.Status), he.Details, he.Flags())
 }
@@ -610,7 +608,7 @@ func (st *stream) Read(p []byte) (int, error) {
 	}
 	if err == io.EOF {
 		st.requestDone()
-	} else if he, ok := err.(*h1.Error); ok && he.Status != 0 {
+	} else if he, ok := err.(*h1.Error); ok && he.RefusalStatus() != 0 {
 		st.bodyErr.Store(he)
 	}
 	return n, err

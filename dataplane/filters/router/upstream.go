@@ -126,8 +126,8 @@ type rq struct {
 	trailers     http.Header // the request's trailers, kept for a retry
 	senderDone   chan struct{}
 	sending      bool
-	sendWriteErr bool // the sender could not write upstream
-	readFailed   bool // reading the downstream body failed (the client went away)
+	sendWriteErr bool  // the sender could not write upstream
+	readErr      error // why reading the downstream body failed (the client went away, or a refusal)
 
 	tunneling   bool // after a 101: both sides are raw (guarded by mu)
 	respStarted bool // the response headers went downstream
@@ -160,7 +160,7 @@ func (q *rq) begin(r *Router, e *http.Exchange, rt *route.Route) {
 	q.bodyStarted, q.bodyDone, q.bodyTooLarge, q.buffering = false, false, false, false
 	q.last, q.bodyLen = 0, 0
 	q.trailers.Reset()
-	q.sending, q.sendWriteErr, q.readFailed = false, false, false
+	q.sending, q.sendWriteErr, q.readErr = false, false, nil
 	q.respStarted, q.replied, q.tunneling = false, false, false
 	q.shadow = nil
 	if q.senderDone == nil {
@@ -834,7 +834,7 @@ func (q *rq) send(us http.ClientStream) {
 		}
 		if err != nil {
 			q.mu.Lock()
-			q.readFailed = true
+			q.readErr = err
 			q.mu.Unlock()
 			us.Reset(http.ResetCancel)
 			return
@@ -1070,10 +1070,14 @@ func (q *rq) upstreamFailed(conn *pool.Conn, err error, sent bool) outcome {
 		return done
 	}
 	q.mu.Lock()
-	readFailed := q.readFailed
+	readErr := q.readErr
 	q.mu.Unlock()
-	if readFailed {
-		e.Info.SetFlags(http.FlagDownstreamConnectionTermination)
+	if readErr != nil {
+		// A body the codec refused is the connection manager's to answer
+		// (and flag); anything else means the client went away.
+		if !http.IsRefusal(readErr) {
+			e.Info.SetFlags(http.FlagDownstreamConnectionTermination)
+		}
 		return done
 	}
 	if tryTimeout != nil {

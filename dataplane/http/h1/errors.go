@@ -139,6 +139,15 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
+// RefusalStatus implements http.Refusal: Status, for a refused request (0
+// for any other Error).
+func (e *Error) RefusalStatus() int {
+	if e.Upstream {
+		return 0
+	}
+	return e.Status
+}
+
 // Flags returns the Envoy response flags an access log should carry for the
 // error: DPE for a downstream request the codec refused, DC for a downstream
 // gone mid-request, UC for an upstream that closed before or during its
