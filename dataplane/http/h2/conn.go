@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -1514,7 +1515,15 @@ func (c *conn) encodeField(name, value string) bool {
 		if len(c.intern) >= internMaxCount {
 			clear(c.intern)
 		}
-		nv := name + value
+		// One allocation for both strings. Not name + value when value
+		// is empty: Go returns name itself then, which lives in the
+		// header's buffer.
+		var nv string
+		if value == "" {
+			nv = strings.Clone(name)
+		} else {
+			nv = name + value
+		}
 		f = hfield{nv[:len(name)], nv[len(name):]}
 		c.intern[f] = f
 	}
