@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/hex"
 	"encoding/json"
 	"io"
@@ -520,6 +522,32 @@ func TestTLSCommands(t *testing.T) {
 	}
 	if _, err := ParseFormat("%UPSTREAM_PEER_FINGERPRINT_256%"); err == nil {
 		t.Error("UPSTREAM_PEER_FINGERPRINT_256, which Envoy does not have, parsed")
+	}
+
+	// A subject as Envoy prints it (BoringSSL's RFC 2253): emailAddress by
+	// its short name, a comma in a value escaped, last attribute first. Go's
+	// pkix.Name.String gave "1.2.840.113549.1.9.1=#0c...,CN=...".
+	subj, err := ParseFormat("%DOWNSTREAM_PEER_SUBJECT%")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mailPeer := *ipPeer.Cert
+	mailPeer.RawSubject, err = asn1.Marshal(pkix.RDNSequence{
+		{{Type: asn1.ObjectIdentifier{2, 5, 4, 10}, Value: "Acme, Inc., Sales"}},
+		{{Type: asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 1}, Value: "admin@example.com"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rdns pkix.RDNSequence
+	if _, err := asn1.Unmarshal(mailPeer.RawSubject, &rdns); err != nil {
+		t.Fatal(err)
+	}
+	mailPeer.Subject = pkix.Name{}
+	mailPeer.Subject.FillFromRDNSequence(&rdns)
+	e.Info.DownstreamTLS.PeerCertificates = []*x509.Certificate{&mailPeer}
+	if got, want := string(subj.Append(nil, e)), `emailAddress=admin@example.com,O=Acme\, Inc.\, Sales`; got != want {
+		t.Errorf("subject: %q, want %q", got, want)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/dataplane/tlscontext"
+	"github.com/skiffproxy/skiff/internal/x509name"
 )
 
 // The downstream and upstream TLS sessions' commands, as Envoy's: "-" on a
@@ -76,11 +77,11 @@ func tlsDefs(prefix string, session func(*http.StreamInfo) (*tls.ConnectionState
 			return appendJoined(d, c.IPAddresses, net.IP.String)
 		})
 		which.def(which.prefix+"SUBJECT", func(d []byte, c *x509.Certificate) ([]byte, bool) {
-			return appendIf(d, c.Subject.String())
+			return appendName(d, c.RawSubject)
 		})
 	}
 	peerDef("PEER_ISSUER", func(d []byte, c *x509.Certificate) ([]byte, bool) {
-		return appendIf(d, c.Issuer.String())
+		return appendName(d, c.RawIssuer)
 	})
 	if prefix != "DOWNSTREAM_" {
 		return // Envoy has these for the downstream peer only
@@ -92,6 +93,14 @@ func tlsDefs(prefix string, session func(*http.StreamInfo) (*tls.ConnectionState
 	peerDef("PEER_SERIAL", func(d []byte, c *x509.Certificate) ([]byte, bool) {
 		return hex.AppendEncode(d, c.SerialNumber.Bytes()), true
 	})
+}
+
+// appendName appends a distinguished name as Envoy prints one (BoringSSL's
+// RFC 2253 form); false if it is empty or malformed.
+func appendName(d, raw []byte) ([]byte, bool) {
+	n := len(d)
+	d, err := x509name.Append(d, raw)
+	return d, err == nil && len(d) > n
 }
 
 // appendJoined appends the names of xs, comma-separated, as Envoy lists a

@@ -10,6 +10,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 
 	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/internal/x509name"
 )
 
 // x-forwarded-client-cert, as Envoy's forward_client_cert_details:
@@ -70,7 +71,7 @@ func xfccElement(fc *filter.Conn, d *hcmv3.HttpConnectionManager_SetCurrentClien
 		parts = append(parts, `Chain="`+urlEncode(chain.String())+`"`)
 	}
 	if d.GetSubject().GetValue() {
-		parts = append(parts, `Subject="`+peer.Subject.String()+`"`)
+		parts = append(parts, `Subject="`+x509name.String(peer.RawSubject)+`"`)
 	}
 	if d.GetUri() {
 		if len(peer.URIs) == 0 {

@@ -28,6 +28,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/dataplane/http/route"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
+	"github.com/skiffproxy/skiff/internal/x509name"
 )
 
 // Input is what a policy is evaluated against. Addresses that are not known
@@ -291,7 +292,7 @@ func (in *Input) authenticated(m *route.StringMatcher) bool {
 // %DOWNSTREAM_PEER_SUBJECT% does, once per Input.
 func (in *Input) peerSubject(peer *x509.Certificate) string {
 	if !in.subjectSet {
-		in.subject, in.subjectSet = peer.Subject.String(), true
+		in.subject, in.subjectSet = x509name.String(peer.RawSubject), true
 	}
 	return in.subject
 }
