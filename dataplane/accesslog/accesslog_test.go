@@ -350,6 +350,13 @@ typed_config:
 	e := exchange()
 	l.Log(e)
 	l.Log(e)
+	// The exchange's header buffer serves the next request at once; the
+	// entries, sent later, must not change with it.
+	e.Request.Reset()
+	e.Request.Add(http.Method, "PUT")
+	e.Request.Add(http.Scheme, "ftps")
+	e.Request.Add(http.Authority, "example.org")
+	e.Request.Add(http.Path, "/other.html") // where "/index.html" was
 	select {
 	case <-srv.received:
 	case <-time.After(10 * time.Second):

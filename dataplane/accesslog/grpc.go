@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -164,14 +165,16 @@ func (l *grpcLogger) entry(e *http.Exchange) *datav3.HTTPAccessLogEntry {
 	rq := &datav3.HTTPRequestProperties{RequestBodyBytes: uint64(in.BytesReceived)}
 	if h := e.Request; h != nil {
 		rq.RequestMethod = corev3.RequestMethod(corev3.RequestMethod_value[h.Method()])
-		rq.Scheme = h.Scheme()
-		rq.Authority = h.Authority()
-		rq.Path = h.Path()
-		rq.UserAgent = h.Value("user-agent")
-		rq.Referer = h.Value("referer")
-		rq.ForwardedFor = h.Value("x-forwarded-for")
-		rq.RequestId = h.Value("x-request-id")
-		rq.OriginalPath = h.Value("x-envoy-original-path")
+		// Cloned, as pick's: the entry is sent after the exchange is
+		// over, when the header's buffer serves another request.
+		rq.Scheme = strings.Clone(h.Scheme())
+		rq.Authority = strings.Clone(h.Authority())
+		rq.Path = strings.Clone(h.Path())
+		rq.UserAgent = strings.Clone(h.Value("user-agent"))
+		rq.Referer = strings.Clone(h.Value("referer"))
+		rq.ForwardedFor = strings.Clone(h.Value("x-forwarded-for"))
+		rq.RequestId = strings.Clone(h.Value("x-request-id"))
+		rq.OriginalPath = strings.Clone(h.Value("x-envoy-original-path"))
 		rq.RequestHeadersBytes = uint64(h.Size())
 		rq.RequestHeaders = pick(h, l.reqHeaders)
 	}
@@ -202,7 +205,7 @@ func pick(h *http.Header, names []string) map[string]string {
 			if m == nil {
 				m = map[string]string{}
 			}
-			m[n] = string([]byte(v))
+			m[n] = strings.Clone(v)
 		}
 	}
 	return m
