@@ -38,7 +38,8 @@ func heldBackend(t *testing.T) (addr string, release chan struct{}) {
 // that have a connection, not those waiting for one, as Envoy's pool counts
 // them when it attaches a request to a connection: with one connection and
 // max_requests 1, two more concurrent requests wait as pending requests and
-// are answered in turn, instead of 503 UO.
+// are answered in turn, instead of 503 UO. All three were pending (the first
+// while its connection was made, as in Envoy's pool).
 func TestMaxRequestsCountsAttachedRequests(t *testing.T) {
 	up, release := heldBackend(t)
 	f := newFixtureWith(t, limitsRoutes, &routerv3.Router{}, clusterYAML("c",
@@ -62,7 +63,7 @@ func TestMaxRequestsCountsAttachedRequests(t *testing.T) {
 		}
 	}
 	statstest.Expect(t, f.st, map[string]int64{
-		"cluster.c.upstream_rq_total": 3, "cluster.c.upstream_rq_pending_total": 2,
+		"cluster.c.upstream_rq_total": 3, "cluster.c.upstream_rq_pending_total": 3,
 		"cluster.c.upstream_rq_pending_overflow": 0, "cluster.c.upstream_rq_active": 0,
 	})
 }
@@ -98,25 +99,48 @@ func TestMaxRequestsOnAttach(t *testing.T) {
 
 // TestPendingOverflowNotInRqTotal: a request the pending limit refuses never
 // had a connection: it is not counted in upstream_rq_total (Envoy counts a
-// request there when it attaches it to a connection).
+// request there when it attaches it to a connection). The second request
+// waits (max_connections keeps it from making a connection:
+// upstream_cx_overflow), the third finds the one pending place taken.
 func TestPendingOverflowNotInRqTotal(t *testing.T) {
 	up, release := heldBackend(t)
 	f := newFixtureWith(t, limitsRoutes, &routerv3.Router{}, clusterYAML("c",
-		"circuit_breakers: { thresholds: [{ max_connections: 1, max_pending_requests: 0 }] }, ", up))
-	first := make(chan string, 1)
-	go func() {
-		d := newDown("GET", "/", nil)
-		f.serve(d)
-		first <- d.resp.Value(":status")
-	}()
+		"circuit_breakers: { thresholds: [{ max_connections: 1, max_pending_requests: 1 }] }, ", up))
+	statuses := make(chan string, 2)
+	for range 2 {
+		go func() {
+			d := newDown("GET", "/", nil)
+			f.serve(d)
+			statuses <- d.resp.Value(":status")
+		}()
+	}
 	statstest.Wait(t, f.st, "cluster.c.upstream_rq_active", 1)
+	statstest.Wait(t, f.st, "cluster.c.upstream_rq_pending_active", 1)
 	d := newDown("GET", "/", nil)
 	if f.serve(d); d.resp.Value(":status") != "503" {
-		t.Errorf("second request: %s, want 503", d.resp.Value(":status"))
+		t.Errorf("third request: %s, want 503", d.resp.Value(":status"))
 	}
 	close(release)
-	if s := <-first; s != "200" {
-		t.Errorf("first request: %s", s)
+	for range 2 {
+		if s := <-statuses; s != "200" {
+			t.Errorf("waiting request: %s", s)
+		}
 	}
-	statstest.Expect(t, f.st, map[string]int64{"cluster.c.upstream_rq_total": 1, "cluster.c.upstream_rq_pending_overflow": 1})
+	statstest.Expect(t, f.st, map[string]int64{"cluster.c.upstream_rq_total": 2, "cluster.c.upstream_rq_pending_overflow": 1,
+		"cluster.c.upstream_rq_pending_total": 2, "cluster.c.upstream_cx_overflow": 1})
+}
+
+// TestZeroPendingRequestsRefusesNewConnections: with max_pending_requests 0 a
+// request that finds no ready connection is refused, also when it could make
+// one, as Envoy's pool refuses it (the pending check comes before the
+// connect).
+func TestZeroPendingRequestsRefusesNewConnections(t *testing.T) {
+	up := backend(t, func(nethttp.ResponseWriter, *nethttp.Request) {})
+	f := newFixtureWith(t, limitsRoutes, &routerv3.Router{}, clusterYAML("c",
+		"circuit_breakers: { thresholds: [{ max_pending_requests: 0 }] }, ", up))
+	d := newDown("GET", "/", nil)
+	if f.serve(d); d.resp.Value(":status") != "503" {
+		t.Errorf("request needing a new connection: %s, want 503", d.resp.Value(":status"))
+	}
+	statstest.Expect(t, f.st, map[string]int64{"cluster.c.upstream_rq_pending_overflow": 1, "cluster.c.upstream_cx_total": 0})
 }

@@ -398,6 +398,10 @@ var ErrStopped = errors.New("pool: wait for a connection stopped")
 func (p *Pool) Acquire(ctx context.Context, stop <-chan struct{}) (*Conn, http.ClientStream, error) {
 	hs := p.cl.HTTPStats()
 	cfg := p.cl.Config()
+	// As in Envoy's pools, a request that finds no ready connection is
+	// pending, counted and bounded by max_pending_requests, until it has
+	// one: whether it waits for one to come back, for one being made, or
+	// makes one itself.
 	pending := false
 	defer func() {
 		if pending {
@@ -405,6 +409,20 @@ func (p *Pool) Acquire(ctx context.Context, stop <-chan struct{}) (*Conn, http.C
 			hs.RqPendingActive.Dec()
 		}
 	}()
+	becomePending := func() bool {
+		if pending {
+			return true
+		}
+		if hs.Pending.Load() >= int64(cfg.Limits.Pending()) {
+			hs.RqPendingOverflow.Inc()
+			return false
+		}
+		pending = true
+		hs.Pending.Add(1)
+		hs.RqPendingActive.Inc()
+		hs.RqPendingTotal.Inc()
+		return true
+	}
 	p.mu.Lock()
 	for {
 		if p.http2 {
@@ -415,6 +433,10 @@ func (p *Pool) Acquire(ctx context.Context, stop <-chan struct{}) (*Conn, http.C
 			}
 			if p.dialing > 0 {
 				// A connection on its way will take this stream too.
+				if !becomePending() {
+					p.mu.Unlock()
+					return nil, nil, ErrOverflow
+				}
 				if !p.waitLocked(ctx, stop) {
 					p.mu.Unlock()
 					return nil, nil, p.stopErr(ctx)
@@ -452,6 +474,11 @@ func (p *Pool) Acquire(ctx context.Context, stop <-chan struct{}) (*Conn, http.C
 				return c, s, nil
 			}
 		}
+		wasPending := pending
+		if !becomePending() {
+			p.mu.Unlock()
+			return nil, nil, ErrOverflow
+		}
 		if p.total == 0 || hs.Conns.Load() < int64(cfg.Limits.Connections()) {
 			p.total++
 			p.dialing++
@@ -459,17 +486,10 @@ func (p *Pool) Acquire(ctx context.Context, stop <-chan struct{}) (*Conn, http.C
 			p.mu.Unlock()
 			return p.dial(ctx, hs)
 		}
-		if !pending {
-			if hs.Pending.Load() >= int64(cfg.Limits.Pending()) {
-				p.mu.Unlock()
-				hs.RqPendingOverflow.Inc()
-				hs.CxOverflow.Inc()
-				return nil, nil, ErrOverflow
-			}
-			pending = true
-			hs.Pending.Add(1)
-			hs.RqPendingActive.Inc()
-			hs.RqPendingTotal.Inc()
+		if !wasPending {
+			// max_connections kept this request from making one, as
+			// Envoy's tryCreateNewConnection counts it.
+			hs.CxOverflow.Inc()
 		}
 		if !p.waitLocked(ctx, stop) {
 			p.mu.Unlock()
