@@ -273,9 +273,6 @@ func (c *conn) ServeRefused(s http.ServerStream, he *h1.Error) {
 // ServeStream implements http.Handler.
 func (c *conn) ServeStream(s http.ServerStream) {
 	m := c.m
-	if !c.drainApplied.Load() && c.fc.DrainClose() {
-		c.applyDrain()
-	}
 	n := c.requests.Add(1)
 	if m.maxRequests > 0 && n >= m.maxRequests {
 		// This one is the last: HTTP/1.1 answers it with "connection: close",

@@ -526,3 +526,39 @@ http_filters:
 		}
 	}
 }
+
+// TestDrainDecidedAsTheResponseGoesOut: the drain's decision to end a
+// connection is taken as a response head goes out, as Envoy's encodeHeaders
+// takes it: with the gradual strategy, a request that began while the draw
+// still said no gets "connection: close" on its response if the draw says
+// yes by then (it was decided when the request began, so the connection
+// went on for another request).
+func TestDrainDecidedAsTheResponseGoesOut(t *testing.T) {
+	got, release := make(chan struct{}, 1), make(chan struct{})
+	up := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		if r.URL.Path == "/slow" {
+			got <- struct{}{}
+			<-release
+		}
+		io.WriteString(w, "ok")
+	}))
+	e := newEnv(t, hcmYAML("backend", ""), cluster(t, "backend", false, up))
+	e.drainSig.gradual.Store(true)
+	c, br := dialKeepAlive(t, e.addr)
+	e.drain(false) // the draw says no: the connection goes on
+	io.WriteString(c, "GET /slow HTTP/1.1\r\nhost: a\r\n\r\n")
+	<-got
+	e.drainSig.closeNow.Store(true) // later in the drain time it says yes
+	close(release)
+	resp, err := nethttp.ReadResponse(br, nil)
+	if err != nil || !resp.Close {
+		t.Fatalf("response of the request under way: %v, %v; want connection: close", resp, err)
+	}
+	if b, _ := io.ReadAll(resp.Body); string(b) != "ok" {
+		t.Errorf("body %q", b)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("after the connection: close response: %v, want EOF", err)
+	}
+	e.waitStat("http.ingress.downstream_cx_drain_close", 1)
+}

@@ -164,15 +164,20 @@ func (e *env) drain(closeIdle bool) {
 	}
 }
 
-// testDrain is the harness's filter.DrainDecision: an immediate drain.
+// testDrain is the harness's filter.DrainDecision: an immediate drain, or
+// with gradual the decision the test sets in closeNow.
 type testDrain struct {
 	draining, closingIdle chan struct{}
 	drainOne, idleOne     sync.Once
+	gradual, closeNow     atomic.Bool
 }
 
 func (d *testDrain) Draining() <-chan struct{}    { return d.draining }
 func (d *testDrain) ClosingIdle() <-chan struct{} { return d.closingIdle }
 func (d *testDrain) DrainClose() bool {
+	if d.gradual.Load() {
+		return d.closeNow.Load()
+	}
 	select {
 	case <-d.draining:
 		return true

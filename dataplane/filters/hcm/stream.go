@@ -654,6 +654,13 @@ func (st *stream) WriteHeader(h *http.Header, end bool) error {
 	if st.closeConn && !st.c.http2 {
 		r.Set("connection", "close") // the codec closes the connection after it
 	}
+	if c := st.c; !c.drainApplied.Load() && c.fc.DrainClose() {
+		// As Envoy's encodeHeaders, the drain is decided as a response head
+		// goes out (with the gradual strategy a draw that grows likelier
+		// over the drain time): this response is HTTP/1.1's last
+		// ("connection: close" from the codec), HTTP/2 sends GOAWAY.
+		c.applyDrain()
+	}
 	e.Info.ResponseCode = status
 	e.Info.ResponseStart = max(time.Since(e.Info.Start), 1)
 	st.headerSent = true
