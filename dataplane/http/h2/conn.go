@@ -1002,7 +1002,15 @@ func (c *conn) resetLocked(s *stream, code http.ResetCode, remote bool) {
 	if !remote && s.id != 0 {
 		// (A client stream has an id once its HEADERS is being written,
 		// so the RST_STREAM follows it.)
-		if err := c.queueCtrl(ctrlFrame{kind: ctrlRST, id: s.id, val: uint32(code)}); err == nil {
+		wire := code
+		if c.client && code == http.ResetCancel {
+			// A request given up (its caller's reset, Close or context)
+			// goes out as Envoy's codec resets an upstream stream
+			// (reasonToReset): NO_ERROR. The stream's own error keeps
+			// CANCEL.
+			wire = http.ResetNoError
+		}
+		if err := c.queueCtrl(ctrlFrame{kind: ctrlRST, id: s.id, val: uint32(wire)}); err == nil {
 			c.noteReset(s.id)
 		}
 	}
