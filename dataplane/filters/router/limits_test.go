@@ -107,14 +107,18 @@ func TestPendingOverflowNotInRqTotal(t *testing.T) {
 	f := newFixtureWith(t, limitsRoutes, &routerv3.Router{}, clusterYAML("c",
 		"circuit_breakers: { thresholds: [{ max_connections: 1, max_pending_requests: 1 }] }, ", up))
 	statuses := make(chan string, 2)
-	for range 2 {
+	send := func() {
 		go func() {
 			d := newDown("GET", "/", nil)
 			f.serve(d)
 			statuses <- d.resp.Value(":status")
 		}()
 	}
+	// One at a time: while the first is pending for its connection, a
+	// second would find the one pending place taken (as in Envoy).
+	send()
 	statstest.Wait(t, f.st, "cluster.c.upstream_rq_active", 1)
+	send()
 	statstest.Wait(t, f.st, "cluster.c.upstream_rq_pending_active", 1)
 	d := newDown("GET", "/", nil)
 	if f.serve(d); d.resp.Value(":status") != "503" {
