@@ -46,26 +46,19 @@ func Append(dst, raw []byte) ([]byte, error) {
 	if !ok || len(rest) != 0 {
 		return dst, ErrMalformed
 	}
-	// The attributes are printed last to first: walk the RDNs backwards by
-	// collecting their offsets first (a name has few; 16 cover all but the
-	// odd one, which takes a second pass per RDN).
-	var offs [16]int
-	n := 0
-	for p := seq; len(p) > 0; n++ {
-		_, next, ok := element(p, tagSet)
-		if !ok {
-			return dst, ErrMalformed
-		}
-		if n < len(offs) {
-			offs[n] = len(seq) - len(p)
-		}
-		p = next
+	// The attributes are printed last to first: the RDNs are collected
+	// first (a name has few; 16 cover all but the odd one, whose later RDNs
+	// are found again by walking).
+	var rdns [16][]byte
+	n, ok := elements(seq, tagSet, rdns[:])
+	if !ok {
+		return dst, ErrMalformed
 	}
 	start := len(dst)
 	for i := n - 1; i >= 0; i-- {
-		rdn := rdnAt(seq, offs[:], i)
-		if rdn == nil {
-			return dst[:start], ErrMalformed
+		rdn := nth(seq, tagSet, i)
+		if i < len(rdns) {
+			rdn = rdns[i]
 		}
 		var err error
 		if dst, err = appendRDN(dst, rdn, len(dst) > start); err != nil {
@@ -75,39 +68,39 @@ func Append(dst, raw []byte) ([]byte, error) {
 	return dst, nil
 }
 
-// rdnAt returns the contents of the i-th RDN (a SET) of seq.
-func rdnAt(seq []byte, offs []int, i int) []byte {
-	p := seq
-	if i < len(offs) {
-		p = seq[offs[i]:]
-	} else {
-		for range i {
-			_, p, _ = element(p, tagSet)
+// elements reads the DER elements of tag that p holds, storing the contents
+// of the first len(out) in out, and returns how many there are; false if p
+// holds anything else.
+func elements(p []byte, tag byte, out [][]byte) (int, bool) {
+	n := 0
+	for ; len(p) > 0; n++ {
+		contents, rest, ok := element(p, tag)
+		if !ok {
+			return 0, false
 		}
+		if n < len(out) {
+			out[n] = contents
+		}
+		p = rest
 	}
-	set, _, ok := element(p, tagSet)
-	if !ok {
-		return nil
+	return n, true
+}
+
+// nth returns the contents of the i-th element of p, which elements checked.
+func nth(p []byte, tag byte, i int) []byte {
+	for range i {
+		_, p, _ = element(p, tag)
 	}
-	return set
+	contents, _, _ := element(p, tag)
+	return contents
 }
 
 // appendRDN appends the attributes of one RDN, last to first, joined by
 // "+"; a "," goes first unless it is the name's first RDN.
 func appendRDN(dst, set []byte, sep bool) ([]byte, error) {
 	var atvs [8][]byte
-	n := 0
-	for p := set; len(p) > 0; n++ {
-		atv, next, ok := element(p, tagSequence)
-		if !ok {
-			return dst, ErrMalformed
-		}
-		if n < len(atvs) {
-			atvs[n] = atv
-		}
-		p = next
-	}
-	if n == 0 || n > len(atvs) {
+	n, ok := elements(set, tagSequence, atvs[:])
+	if !ok || n == 0 || n > len(atvs) {
 		return dst, ErrMalformed // an empty RDN, or more values than any real name has
 	}
 	for i := n - 1; i >= 0; i-- {

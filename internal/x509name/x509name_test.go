@@ -4,6 +4,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/hex"
+	"fmt"
 	"testing"
 )
 
@@ -87,4 +88,26 @@ func FuzzAppend(f *testing.F) {
 			t.Fatalf("prefix lost: %q", got)
 		}
 	})
+}
+
+// TestManyRDNs: a name with more RDNs than Append collects at once (16) is
+// printed whole, last first.
+func TestManyRDNs(t *testing.T) {
+	var seq pkix.RDNSequence
+	want := ""
+	for i := range 20 {
+		v := fmt.Sprintf("n%d", i)
+		seq = append(seq, pkix.RelativeDistinguishedNameSET{{Type: asn1.ObjectIdentifier{2, 5, 4, 3}, Value: v}})
+		if want != "" {
+			want = "," + want
+		}
+		want = "CN=" + v + want
+	}
+	raw, err := asn1.Marshal(seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := String(raw); got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
 }

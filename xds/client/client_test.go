@@ -10,7 +10,6 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -377,14 +376,6 @@ func hcmListenerFrom(name, routeConfig string, src *corev3.ConfigSource) *listen
 func TestRDSFollowsListeners(t *testing.T) {
 	up := greeter(t, "x")
 	f := newFixture(t, setup{})
-	routes := func(name string) *routev3.RouteConfiguration {
-		return &routev3.RouteConfiguration{Name: name, VirtualHosts: []*routev3.VirtualHost{{
-			Name: "all", Domains: []string{"*"}, Routes: []*routev3.Route{{
-				Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-				Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "backend"}}},
-			}},
-		}}}
-	}
 	// The listener names routes "a", which the control plane does not have yet.
 	f.cp.Push(map[resourcev3.Type][]types.Resource{
 		resourcev3.ClusterType:  {edsCluster("backend")},
@@ -406,7 +397,7 @@ func TestRDSFollowsListeners(t *testing.T) {
 		resourcev3.ClusterType:  {edsCluster("backend")},
 		resourcev3.EndpointType: {assignment("backend", up)},
 		resourcev3.ListenerType: {hcmListener("http", "a")},
-		resourcev3.RouteType:    {routes("a")},
+		resourcev3.RouteType:    {routeTo("a", "backend")},
 	})
 	f.waitReady()
 	f.listenerAddr("http")
@@ -421,7 +412,7 @@ func TestRDSFollowsListeners(t *testing.T) {
 		resourcev3.ClusterType:  {edsCluster("backend")},
 		resourcev3.EndpointType: {assignment("backend", up)},
 		resourcev3.ListenerType: {hcmListener("http", "b")},
-		resourcev3.RouteType:    {routes("a"), routes("b")},
+		resourcev3.RouteType:    {routeTo("a", "backend"), routeTo("b", "backend")},
 	})
 	eventually(t, "RDS subscription follows the listener", func() string {
 		for _, r := range f.cp.Requests() {

@@ -8,7 +8,6 @@ import (
 
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -26,14 +25,6 @@ import (
 func TestConfigDumpShowsWarming(t *testing.T) {
 	up := greeter(t, "x")
 	f := newFixture(t, setup{})
-	routes := func(name string) *routev3.RouteConfiguration {
-		return &routev3.RouteConfiguration{Name: name, VirtualHosts: []*routev3.VirtualHost{{
-			Name: "all", Domains: []string{"*"}, Routes: []*routev3.Route{{
-				Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-				Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "backend"}}},
-			}},
-		}}}
-	}
 	slow := edsCluster("slow") // its endpoints never come, and it waits an hour for them
 	slow.EdsClusterConfig.EdsConfig.InitialFetchTimeout = durationpb.New(time.Hour)
 	push := func(listenerRoutes string, withSlow bool, rcs ...types.Resource) string {
@@ -48,7 +39,7 @@ func TestConfigDumpShowsWarming(t *testing.T) {
 			resourcev3.RouteType:    rcs,
 		})
 	}
-	v1 := push("a", false, routes("a"))
+	v1 := push("a", false, routeTo("a", "backend"))
 	f.waitReady()
 	eventually(t, "everything active", func() string {
 		return checkDump(admin.DynamicConfigDumper(f.client).DynamicConfigDump(), map[string]string{"backend": "active"}, v1, "")
@@ -56,13 +47,13 @@ func TestConfigDumpShowsWarming(t *testing.T) {
 
 	// The listener moves to routes "b", which the control plane lacks; a
 	// cluster comes whose endpoints do not.
-	v2 := push("b", true, routes("a"))
+	v2 := push("b", true, routeTo("a", "backend"))
 	eventually(t, "the warming listener and cluster", func() string {
 		return checkDump(admin.DynamicConfigDumper(f.client).DynamicConfigDump(), map[string]string{"backend": "active", "slow": "warming"}, v1, v2)
 	})
 
 	// The routes come: the listener's new version serves.
-	v3 := push("b", true, routes("a"), routes("b"))
+	v3 := push("b", true, routeTo("a", "backend"), routeTo("b", "backend"))
 	eventually(t, "the listener active once its routes came", func() string {
 		return checkDump(admin.DynamicConfigDumper(f.client).DynamicConfigDump(), map[string]string{"backend": "active", "slow": "warming"}, v3, "")
 	})
