@@ -24,7 +24,6 @@ type ConnSet struct {
 	// a zero window is an immediate drain.
 	drainStart  time.Time
 	drainWindow time.Duration
-	empty       chan struct{} // closed when the set next becomes empty; nil if nobody waits
 
 	// ctx is the parent of every connection's context; Close cancels it. It lives
 	// as long as the chain does, like http.Server's base context.
@@ -64,10 +63,6 @@ func (s *ConnSet) remove(c *filter.Conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.conns, c)
-	if len(s.conns) == 0 && s.empty != nil {
-		close(s.empty)
-		s.empty = nil
-	}
 }
 
 // Draining returns the channel the set's connections see as Conn.Draining
@@ -151,27 +146,6 @@ func (s *ConnSet) DrainNow() {
 // ClosingIdle is closed by DrainNow: idle connections are to end at once (see
 // filter.DrainDecision).
 func (s *ConnSet) ClosingIdle() <-chan struct{} { return s.closingIdle }
-
-// Wait blocks until the set is empty or ctx is done, and returns ctx's error in
-// the latter case.
-func (s *ConnSet) Wait(ctx context.Context) error {
-	s.mu.Lock()
-	if len(s.conns) == 0 {
-		s.mu.Unlock()
-		return nil
-	}
-	if s.empty == nil {
-		s.empty = make(chan struct{})
-	}
-	empty := s.empty
-	s.mu.Unlock()
-	select {
-	case <-empty:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
 
 // Close ends every connection now (their contexts are canceled; each terminal
 // filter closes its connection) and refuses new ones.
