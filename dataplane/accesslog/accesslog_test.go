@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -555,6 +556,27 @@ func TestTLSCommands(t *testing.T) {
 	e.Info.DownstreamTLS.PeerCertificates = []*x509.Certificate{&mailPeer}
 	if got, want := string(subj.Append(nil, e)), `emailAddress=admin@example.com,O=Acme\, Inc.\, Sales`; got != want {
 		t.Errorf("subject: %q, want %q", got, want)
+	}
+
+	// URI SANs as the certificate spells them, as Envoy prints them: Go's
+	// url.URL gave "spiffe://td/Upper" for the first.
+	uris, err := ParseFormat("%DOWNSTREAM_PEER_URI_SAN%")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sanPeer := *ipPeer.Cert
+	ext, err := asn1.Marshal([]asn1.RawValue{
+		{Class: asn1.ClassContextSpecific, Tag: 6, Bytes: []byte("SPIFFE://td/Upper")},
+		{Class: asn1.ClassContextSpecific, Tag: 6, Bytes: []byte("spiffe://td/b")},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sanPeer.Extensions = []pkix.Extension{{Id: asn1.ObjectIdentifier{2, 5, 29, 17}, Value: ext}}
+	sanPeer.URIs = []*url.URL{{Scheme: "spiffe", Host: "td", Path: "/Upper"}, {Scheme: "spiffe", Host: "td", Path: "/b"}}
+	e.Info.DownstreamTLS.PeerCertificates = []*x509.Certificate{&sanPeer}
+	if got, want := string(uris.Append(nil, e)), "SPIFFE://td/Upper,spiffe://td/b"; got != want {
+		t.Errorf("URI SANs: %q, want %q", got, want)
 	}
 }
 

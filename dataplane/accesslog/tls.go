@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"net"
-	"net/url"
 
 	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/dataplane/tlscontext"
@@ -67,9 +66,7 @@ func tlsDefs(prefix string, session func(*http.StreamInfo) (*tls.ConnectionState
 		prefix string
 		def    func(string, func([]byte, *x509.Certificate) ([]byte, bool))
 	}{{"PEER_", peerDef}, {"LOCAL_", localDef}} {
-		which.def(which.prefix+"URI_SAN", func(d []byte, c *x509.Certificate) ([]byte, bool) {
-			return appendJoined(d, c.URIs, (*url.URL).String)
-		})
+		which.def(which.prefix+"URI_SAN", appendURISANs)
 		which.def(which.prefix+"DNS_SAN", func(d []byte, c *x509.Certificate) ([]byte, bool) {
 			return appendJoined(d, c.DNSNames, func(n string) string { return n })
 		})
@@ -93,6 +90,20 @@ func tlsDefs(prefix string, session func(*http.StreamInfo) (*tls.ConnectionState
 	peerDef("PEER_SERIAL", func(d []byte, c *x509.Certificate) ([]byte, bool) {
 		return hex.AppendEncode(d, c.SerialNumber.Bytes()), true
 	})
+}
+
+// appendURISANs appends c's URI SANs as the certificate spells them, comma
+// separated, as Envoy lists them; false if there are none.
+func appendURISANs(d []byte, c *x509.Certificate) ([]byte, bool) {
+	n := len(d)
+	x509name.URISANs(c, func(uri string) bool {
+		if len(d) > n {
+			d = append(d, ',')
+		}
+		d = append(d, uri...)
+		return true
+	})
+	return d, len(d) > n
 }
 
 // appendName appends a distinguished name as Envoy prints one (BoringSSL's

@@ -1,7 +1,8 @@
-// Package x509name renders an X.509 distinguished name the way Envoy prints
-// a certificate's subject and issuer (%DOWNSTREAM_PEER_SUBJECT%, the
-// x-forwarded-client-cert Subject, RBAC's principal_name): BoringSSL's
-// X509_NAME_print_ex with XN_FLAG_RFC2253.
+// Package x509name gives the names in an X.509 certificate as Envoy gives
+// them: URI SANs as the certificate spells them (URISANs), and a
+// distinguished name the way Envoy prints a certificate's subject and issuer
+// (%DOWNSTREAM_PEER_SUBJECT%, the x-forwarded-client-cert Subject, RBAC's
+// principal_name): BoringSSL's X509_NAME_print_ex with XN_FLAG_RFC2253.
 //
 // That is RFC 2253 with BoringSSL's choices, which Go's pkix.Name.String
 // does not share:

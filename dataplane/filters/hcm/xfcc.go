@@ -77,9 +77,10 @@ func xfccElement(fc *filter.Conn, d *hcmv3.HttpConnectionManager_SetCurrentClien
 		if len(peer.URIs) == 0 {
 			parts = append(parts, "URI=")
 		}
-		for _, u := range peer.URIs {
-			parts = append(parts, "URI="+u.String())
-		}
+		x509name.URISANs(peer, func(uri string) bool {
+			parts = append(parts, "URI="+uri) // as the certificate spells it, as Envoy's
+			return true
+		})
 	}
 	if d.GetDns() { // nothing when there is none, unlike URI
 		for _, n := range peer.DNSNames {

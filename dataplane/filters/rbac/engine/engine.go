@@ -13,12 +13,10 @@ package engine
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/asn1"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
-	"unsafe"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
@@ -303,70 +301,12 @@ func (in *Input) peerSubject(peer *x509.Certificate) string {
 // strings it matches point into the parsed extension, so that nothing is
 // copied; a matcher does not keep what it matches.
 func matchURISANs(c *x509.Certificate, m *route.StringMatcher) bool {
-	if len(c.URIs) == 0 {
-		return false
-	}
-	for i := range c.Extensions {
-		if !isSANExtension(c.Extensions[i].Id) {
-			continue
-		}
-		tag, names, _, ok := derElement(c.Extensions[i].Value)
-		if !ok || tag != derSequence {
-			return false
-		}
-		for len(names) > 0 {
-			var name []byte
-			if tag, name, names, ok = derElement(names); !ok {
-				return false
-			}
-			if tag != derURIName {
-				continue
-			}
-			if m.Match(unsafe.String(unsafe.SliceData(name), len(name))) {
-				return true
-			}
-		}
-		return false
-	}
-	return false
-}
-
-// DER tags of a subjectAltName extension: its SEQUENCE OF GeneralName, and
-// the uniformResourceIdentifier [6] IMPLICIT IA5String alternative.
-const (
-	derSequence = 0x30
-	derURIName  = 0x86
-)
-
-// isSANExtension reports whether id is id-ce-subjectAltName (2.5.29.17).
-func isSANExtension(id asn1.ObjectIdentifier) bool {
-	return len(id) == 4 && id[0] == 2 && id[1] == 5 && id[2] == 29 && id[3] == 17
-}
-
-// derElement splits the DER element at the start of b into its tag, its
-// contents and what follows it; ok is false if b does not start with a
-// well-formed element with a low tag number. (crypto/x509 has validated the
-// extension already; this only finds its parts again.)
-func derElement(b []byte) (tag byte, contents, rest []byte, ok bool) {
-	if len(b) < 2 || b[0]&0x1f == 0x1f {
-		return 0, nil, nil, false
-	}
-	tag, n, b := b[0], int(b[1]), b[2:]
-	if n&0x80 != 0 {
-		k := n & 0x7f
-		if k == 0 || k > 4 || len(b) < k {
-			return 0, nil, nil, false
-		}
-		n = 0
-		for _, x := range b[:k] {
-			n = n<<8 | int(x)
-		}
-		b = b[k:]
-	}
-	if n < 0 || n > len(b) {
-		return 0, nil, nil, false
-	}
-	return tag, b[:n], b[n:], true
+	found := false
+	x509name.URISANs(c, func(uri string) bool {
+		found = m.Match(uri)
+		return !found
+	})
+	return found
 }
 
 // matchIP is Envoy's CidrRange::isInRange: same family, and in the prefix.

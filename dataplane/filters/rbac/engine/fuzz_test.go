@@ -1,22 +1,16 @@
 package engine
 
 import (
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/asn1"
 	"fmt"
 	"net/netip"
-	"net/url"
 	"strings"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
-	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/skiffproxy/skiff/dataplane/http"
-	"github.com/skiffproxy/skiff/dataplane/http/route"
 )
 
 // fuzzPermissions and fuzzPrincipals are the leaf rules the fuzzer combines;
@@ -206,45 +200,6 @@ func FuzzEngine(f *testing.F) {
 		want := in.Local.IsValid() && refCIDR(pa, pbits, in.Local.Addr())
 		if got := matched(e, in); got != want {
 			t.Fatalf("cidr %s/%d on %v: %v, want %v", cidr, bits, in.Local, got, want)
-		}
-	})
-}
-
-// FuzzURISANs feeds arbitrary subjectAltName extensions to the URI SAN
-// matcher: it must neither panic nor match anything but a [6] element's
-// contents.
-func FuzzURISANs(f *testing.F) {
-	f.Add([]byte{0x30, 0x0a, 0x86, 0x08, 's', 'p', 'i', 'f', 'f', 'e', ':', 'x'})
-	f.Add([]byte{0x30, 0x81, 0x04, 0x82, 0x02, 'a', 'b'})
-	f.Add([]byte{0x30, 0x84, 0xff, 0xff, 0xff, 0xff})
-	f.Add([]byte{0x30, 0x02, 0x9f, 0x01})
-	m, err := route.NewStringMatcher(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{
-		SafeRegex: &matcherv3.RegexMatcher{Regex: "(?s).*"},
-	}})
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Fuzz(func(t *testing.T, ext []byte) {
-		c := &x509.Certificate{
-			URIs:       []*url.URL{{Scheme: "x"}},
-			Extensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{2, 5, 29, 17}, Value: ext}},
-		}
-		got := matchURISANs(c, m)
-		want := false
-		if tag, names, _, ok := derElement(ext); ok && tag == derSequence {
-			for len(names) > 0 {
-				var ok bool
-				if tag, _, names, ok = derElement(names); !ok {
-					break
-				}
-				if tag == derURIName {
-					want = true
-					break
-				}
-			}
-		}
-		if got != want {
-			t.Fatalf("matchURISANs(%x) = %v, want %v", ext, got, want)
 		}
 	})
 }
