@@ -55,6 +55,11 @@ func TestMaxRequestsCountsAttachedRequests(t *testing.T) {
 	}
 	statstest.Wait(t, f.st, "cluster.c.upstream_rq_active", 1)
 	statstest.Wait(t, f.st, "cluster.c.upstream_rq_pending_active", 2)
+	// The host's count, which LEAST_REQUEST balances on, is Envoy's
+	// rq_active: the requests attached to a connection, not the pending.
+	if n := f.clusters.Get("c").Hosts()[0].RqActive.Load(); n != 1 {
+		t.Errorf("host RqActive = %d with one request attached and two pending, want 1", n)
+	}
 	close(release)
 	wg.Wait()
 	for i, s := range statuses {

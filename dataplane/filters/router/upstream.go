@@ -460,8 +460,6 @@ func (q *rq) attempt() outcome {
 	e.Info.UpstreamHost = host.Addr
 	e.Info.UpstreamAttempts++
 	q.host = host
-	host.RqActive.Add(1) // what LEAST_REQUEST balances on
-	defer host.RqActive.Add(-1)
 	if !q.namesSet {
 		// From the request's own host, before auto_host_rewrite changes it.
 		q.sni, q.san = upstreamNames(q.cl, e.Request)
@@ -519,12 +517,17 @@ func (q *rq) attemptOn(host *upstream.Host) outcome {
 	hs := q.hs
 	hs.RqTotal.Inc()
 	hs.RqActive.Inc()
+	// What LEAST_REQUEST balances on: as Envoy's host rq_active, counted
+	// once the request has a connection (attachStreamToClient), not while
+	// it is pending.
+	host.RqActive.Add(1)
 	q.cl.ReportOutcome(host, upstream.Connected)
 	e.Info.UpstreamLocal = conn.LocalAddrPort()
 	e.Info.UpstreamTLS, e.Info.UpstreamLocalCert = conn.TLS()
 	if !q.setStream(us) {
 		us.Close()
 		hs.RqActive.Dec()
+		host.RqActive.Add(-1)
 		p.Release(conn)
 		return q.interrupted()
 	}
@@ -533,6 +536,7 @@ func (q *rq) attemptOn(host *upstream.Host) outcome {
 	q.clearStream()
 	us.Close()
 	hs.RqActive.Dec()
+	host.RqActive.Add(-1)
 	p.Release(conn)
 	return out
 }
