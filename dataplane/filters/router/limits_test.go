@@ -11,29 +11,6 @@ import (
 	"github.com/skiffproxy/skiff/internal/statstest"
 )
 
-const limitsRoutes = `
-virtual_hosts:
-- name: v
-  domains: ["*"]
-  routes:
-  - match: { prefix: "/" }
-    route: { cluster: c }
-`
-
-// heldBackend answers 200 to each request once release is closed.
-func heldBackend(t *testing.T) (addr string, release chan struct{}) {
-	release = make(chan struct{})
-	addr = backend(t, func(w nethttp.ResponseWriter, r *nethttp.Request) { <-release })
-	t.Cleanup(func() {
-		select {
-		case <-release:
-		default:
-			close(release)
-		}
-	})
-	return addr, release
-}
-
 // TestMaxRequestsCountsAttachedRequests: max_requests counts the requests
 // that have a connection, not those waiting for one, as Envoy's pool counts
 // them when it attaches a request to a connection: with one connection and
@@ -42,7 +19,7 @@ func heldBackend(t *testing.T) (addr string, release chan struct{}) {
 // while its connection was made, as in Envoy's pool).
 func TestMaxRequestsCountsAttachedRequests(t *testing.T) {
 	up, release := heldBackend(t)
-	f := newFixtureWith(t, limitsRoutes, &routerv3.Router{}, clusterYAML("c",
+	f := newFixtureWith(t, routeAllToC, &routerv3.Router{}, clusterYAML("c",
 		"circuit_breakers: { thresholds: [{ max_connections: 1, max_pending_requests: 5, max_requests: 1 }] }, ", up))
 	var wg sync.WaitGroup
 	statuses := make([]string, 3)
@@ -79,7 +56,7 @@ func TestMaxRequestsCountsAttachedRequests(t *testing.T) {
 // for it; it is not counted in upstream_rq_total.
 func TestMaxRequestsOnAttach(t *testing.T) {
 	up, release := heldBackend(t)
-	f := newFixtureWith(t, limitsRoutes, &routerv3.Router{}, clusterYAML("c",
+	f := newFixtureWith(t, routeAllToC, &routerv3.Router{}, clusterYAML("c",
 		"circuit_breakers: { thresholds: [{ max_connections: 5, max_requests: 1 }] }, ", up))
 	first := make(chan string, 1)
 	go func() {
@@ -109,7 +86,7 @@ func TestMaxRequestsOnAttach(t *testing.T) {
 // upstream_cx_overflow), the third finds the one pending place taken.
 func TestPendingOverflowNotInRqTotal(t *testing.T) {
 	up, release := heldBackend(t)
-	f := newFixtureWith(t, limitsRoutes, &routerv3.Router{}, clusterYAML("c",
+	f := newFixtureWith(t, routeAllToC, &routerv3.Router{}, clusterYAML("c",
 		"circuit_breakers: { thresholds: [{ max_connections: 1, max_pending_requests: 1 }] }, ", up))
 	statuses := make(chan string, 2)
 	send := func() {
@@ -145,7 +122,7 @@ func TestPendingOverflowNotInRqTotal(t *testing.T) {
 // connect).
 func TestZeroPendingRequestsRefusesNewConnections(t *testing.T) {
 	up := backend(t, func(nethttp.ResponseWriter, *nethttp.Request) {})
-	f := newFixtureWith(t, limitsRoutes, &routerv3.Router{}, clusterYAML("c",
+	f := newFixtureWith(t, routeAllToC, &routerv3.Router{}, clusterYAML("c",
 		"circuit_breakers: { thresholds: [{ max_pending_requests: 0 }] }, ", up))
 	d := newDown("GET", "/", nil)
 	if f.serve(d); d.resp.Value(":status") != "503" {

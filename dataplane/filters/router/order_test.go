@@ -149,14 +149,8 @@ virtual_hosts:
 // request's x-envoy-expected-rq-timeout-ms wins over its
 // x-envoy-upstream-rq-timeout-ms, as in Envoy's finalTimeout.
 func TestRespectExpectedTimeoutFirst(t *testing.T) {
-	release := make(chan struct{})
+	up, release := heldBackend(t)
 	defer close(release)
-	up := backend(t, func(w nethttp.ResponseWriter, r *nethttp.Request) {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	})
 	f := newFixtureWith(t, `
 virtual_hosts:
 - name: v
@@ -239,14 +233,7 @@ func refusedAddr(t *testing.T) string {
 // does, the errno in words; a connect timeout is a "connection timeout"
 // without a transport failure reason.
 func TestConnectFailureReply(t *testing.T) {
-	f := newFixture(t, `
-virtual_hosts:
-- name: v
-  domains: ["*"]
-  routes:
-  - match: { prefix: "/" }
-    route: { cluster: c }
-`, map[string][]string{"c": {refusedAddr(t)}})
+	f := newFixture(t, routeAllToC, map[string][]string{"c": {refusedAddr(t)}})
 	d := newDown("GET", "/", nil)
 	e := f.serve(d)
 	if want := "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: Connection refused"; d.out.String() != want {
@@ -274,14 +261,7 @@ func TestMalformedResponseIsBadGateway(t *testing.T) {
 		c.Write([]byte("HTTP/1.1 abc\r\n\r\n"))
 		c.Close()
 	})
-	f := newFixture(t, `
-virtual_hosts:
-- name: v
-  domains: ["*"]
-  routes:
-  - match: { prefix: "/" }
-    route: { cluster: c }
-`, map[string][]string{"c": {up}})
+	f := newFixture(t, routeAllToC, map[string][]string{"c": {up}})
 	d := newDown("GET", "/", nil)
 	e := f.serve(d)
 	if d.resp.Value(":status") != "502" || e.Info.ResponseFlags&http.FlagUpstreamProtocolError == 0 ||
@@ -296,14 +276,8 @@ virtual_hosts:
 // upstream_rq_per_try_timeout only; a per-try idle timeout before the
 // headers is upstream_per_try_idle_timeout and not a per-try timeout.
 func TestTimeoutStats(t *testing.T) {
-	release := make(chan struct{})
+	up, release := heldBackend(t)
 	defer close(release)
-	up := backend(t, func(w nethttp.ResponseWriter, r *nethttp.Request) {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	})
 	f := newFixture(t, `
 virtual_hosts:
 - name: v

@@ -147,6 +147,37 @@ func (f *fixture) serve(d *down) *http.Exchange {
 	return e
 }
 
+// heldBackend answers 200 to each request once release is closed (or the
+// request's context ends); release is closed at the latest when the test
+// ends.
+func heldBackend(t *testing.T) (addr string, release chan struct{}) {
+	release = make(chan struct{})
+	addr = backend(t, func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	return addr, release
+}
+
+// routeAllToC is a route configuration sending every request to cluster c.
+const routeAllToC = `
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  routes:
+  - match: { prefix: "/" }
+    route: { cluster: c }
+`
+
 // rawBackend is a TCP upstream that runs serve on each connection it
 // accepts (serve owns the conn), for answers net/http would not give.
 func rawBackend(t *testing.T, serve func(net.Conn)) string {
@@ -251,13 +282,7 @@ virtual_hosts:
 }
 
 func TestGRPCTimeout(t *testing.T) {
-	release := make(chan struct{})
-	up := backend(t, func(w nethttp.ResponseWriter, r *nethttp.Request) {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	})
+	up, release := heldBackend(t)
 	defer close(release)
 	f := newFixture(t, `
 virtual_hosts:
@@ -324,14 +349,7 @@ func TestUpstreamResetBeforeResponse(t *testing.T) {
 		c.(*net.TCPConn).SetLinger(0)
 		c.Close()
 	})
-	f := newFixture(t, `
-virtual_hosts:
-- name: v
-  domains: ["*"]
-  routes:
-  - match: { prefix: "/" }
-    route: { cluster: c }
-`, map[string][]string{"c": {up}})
+	f := newFixture(t, routeAllToC, map[string][]string{"c": {up}})
 	d := newDown("POST", "/", []byte("x"))
 	e := f.serve(d)
 	if d.resp.Value(":status") != "503" || e.Info.ResponseFlags&http.FlagUpstreamConnectionTermination == 0 ||
@@ -382,14 +400,7 @@ func TestSteadyStateNoAllocs(t *testing.T) {
 		}
 	}()
 	t.Cleanup(func() { ln.Close(); <-done })
-	f := newFixture(t, `
-virtual_hosts:
-- name: v
-  domains: ["*"]
-  routes:
-  - match: { prefix: "/" }
-    route: { cluster: c }
-`, map[string][]string{"c": {ln.Addr().String()}})
+	f := newFixture(t, routeAllToC, map[string][]string{"c": {ln.Addr().String()}})
 	// The pool closes its connection first, so the upstream goroutine ends.
 	t.Cleanup(f.r.Close)
 	d := newDown("GET", "/", nil)
