@@ -268,16 +268,16 @@ func TestStaleIdleConnection(t *testing.T) {
 	checkStaleIdle(t, "", func(c net.Conn) net.Conn { return c })
 }
 
-// checkStaleIdle: an upstream that closes every connection after its first
-// response, without saying so, is noticed before the pool reuses the
-// connection. wrap makes the server's side of each connection (TLS, or the
-// socket itself); extra is the cluster's configuration beyond its endpoint.
-func checkStaleIdle(t *testing.T, extra string, wrap func(net.Conn) net.Conn) {
+// answerOnceUpstream is an HTTP/1.1 upstream (over TLS if wrap makes it so)
+// that answers each connection's first request with "ok" and closes the
+// connection when beforeClose returns (TLS: close_notify, then FIN).
+// accepted counts its connections.
+func answerOnceUpstream(t *testing.T, wrap func(net.Conn) net.Conn, beforeClose func()) (addr string, accepted *atomic.Int32) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var accepted atomic.Int32
+	accepted = new(atomic.Int32)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -291,12 +291,21 @@ func checkStaleIdle(t *testing.T, extra string, wrap func(net.Conn) net.Conn) {
 			c := wrap(raw)
 			c.Read(make([]byte, 4096))
 			io.WriteString(c, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-			time.Sleep(10 * time.Millisecond)
-			c.Close() // TLS: close_notify, then FIN
+			beforeClose()
+			c.Close()
 		}
 	}()
-	defer func() { ln.Close(); <-done }()
-	cl := newCluster(t, stats.NewStore(), extra, ln.Addr().String())
+	t.Cleanup(func() { ln.Close(); <-done })
+	return ln.Addr().String(), accepted
+}
+
+// checkStaleIdle: an upstream that closes every connection after its first
+// response, without saying so, is noticed before the pool reuses the
+// connection. wrap makes the server's side of each connection (TLS, or the
+// socket itself); extra is the cluster's configuration beyond its endpoint.
+func checkStaleIdle(t *testing.T, extra string, wrap func(net.Conn) net.Conn) {
+	addr, accepted := answerOnceUpstream(t, wrap, func() { time.Sleep(10 * time.Millisecond) })
+	cl := newCluster(t, stats.NewStore(), extra, addr)
 	m := NewManager(Options{})
 	defer m.Close()
 	p := m.Pool(cl, cl.Hosts()[0], "", "")
@@ -721,32 +730,10 @@ func TestTLSUpstreamCloseOfIdleConnection(t *testing.T) {
 // cluster's extra configuration and wrap making the server's side of each
 // connection.
 func checkUpstreamClose(t *testing.T, extra string, wrap func(net.Conn) net.Conn) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var accepted atomic.Int32
 	closeNow := make(chan struct{}, 2)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			raw, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			raw.SetDeadline(time.Now().Add(5 * time.Second))
-			c := wrap(raw)
-			c.Read(make([]byte, 4096))
-			io.WriteString(c, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-			<-closeNow
-			c.Close()
-		}
-	}()
-	defer func() { ln.Close(); <-done }()
+	addr, accepted := answerOnceUpstream(t, wrap, func() { <-closeNow })
 	st := stats.NewStore()
-	cl := newCluster(t, st, extra, ln.Addr().String())
+	cl := newCluster(t, st, extra, addr)
 	m := NewManager(Options{})
 	defer m.Close()
 	p := m.Pool(cl, cl.Hosts()[0], "", "")
