@@ -196,6 +196,18 @@ func refusingAddr(t *testing.T) netip.AddrPort {
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
+// buildLogged builds cfg's proxy with an infoLog as its access log.
+func (e *env) buildLogged(t *testing.T, cfg *tcpv3.TcpProxy) (*Proxy, *infoLog) {
+	t.Helper()
+	p, err := e.build(t, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := &infoLog{}
+	p.logs = append(p.logs, log)
+	return p, log
+}
+
 // infoLog records the stream info of each access log entry.
 type infoLog struct {
 	mu      sync.Mutex
@@ -224,12 +236,7 @@ func TestRetriesAnotherEndpointOnConnectFailure(t *testing.T) {
 	e.setClusters(&upstream.Config{Name: "c", StatName: "c", ConnectTimeout: time.Second, Endpoints: []upstream.Endpoint{
 		{Addr: refused, Weight: 1}, {Addr: echo, Weight: 1},
 	}})
-	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}, MaxConnectAttempts: wrapperspb.UInt32(2)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := &infoLog{}
-	p.logs = append(p.logs, log)
+	p, log := e.buildLogged(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}, MaxConnectAttempts: wrapperspb.UInt32(2)})
 	for i := range 4 { // round robin starts on each endpoint in turn
 		client, wait := serve(t, p)
 		msg := []byte("hello through the proxy")
@@ -270,12 +277,7 @@ func TestAllAttemptsFailClosesDownstream(t *testing.T) {
 	e.setClusters(&upstream.Config{Name: "c", StatName: "c", ConnectTimeout: time.Second, Endpoints: []upstream.Endpoint{
 		{Addr: refused, Weight: 1},
 	}})
-	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}, MaxConnectAttempts: wrapperspb.UInt32(3)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := &infoLog{}
-	p.logs = append(p.logs, log)
+	p, log := e.buildLogged(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}, MaxConnectAttempts: wrapperspb.UInt32(3)})
 	client, wait := serve(t, p)
 	client.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if n, err := client.Read(make([]byte, 1)); err == nil {
@@ -309,12 +311,7 @@ func TestSingleAttemptFailureIsUFURX(t *testing.T) {
 	e.setClusters(&upstream.Config{Name: "c", StatName: "c", ConnectTimeout: time.Second, Endpoints: []upstream.Endpoint{
 		{Addr: refusingAddr(t), Weight: 1},
 	}})
-	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := &infoLog{}
-	p.logs = append(p.logs, log)
+	p, log := e.buildLogged(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}})
 	client, wait := serve(t, p)
 	client.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if n, err := client.Read(make([]byte, 1)); err == nil {
@@ -400,12 +397,7 @@ func TestMaxConnectionsOverflow(t *testing.T) {
 	var accepted atomic.Int32
 	addr := server(t, func(c net.Conn) { accepted.Add(1); io.Copy(c, c) })
 	e.setClusters(limitedCluster(t, addr, 1))
-	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := &infoLog{}
-	p.logs = append(p.logs, log)
+	p, log := e.buildLogged(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"}})
 	echo := func(c net.Conn) error {
 		c.SetDeadline(time.Now().Add(5 * time.Second))
 		if _, err := c.Write([]byte("x")); err != nil {
@@ -462,13 +454,8 @@ func TestMaxDownstreamConnectionDuration(t *testing.T) {
 	e := newEnv(t)
 	e.setClusters(&upstream.Config{Name: "c", StatName: "c", ConnectTimeout: time.Second, Endpoints: []upstream.Endpoint{{Addr: echoServer(t), Weight: 1}}})
 	const limit = 300 * time.Millisecond
-	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
+	p, log := e.buildLogged(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
 		MaxDownstreamConnectionDuration: durationpb.New(limit)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := &infoLog{}
-	p.logs = append(p.logs, log)
 	start := time.Now()
 	client, wait := serve(t, p)
 	client.SetDeadline(time.Now().Add(10 * time.Second))
@@ -502,13 +489,8 @@ func TestMaxDownstreamConnectionDurationWhileConnecting(t *testing.T) {
 	e := newEnv(t)
 	e.setClusters(&upstream.Config{Name: "c", StatName: "c", ConnectTimeout: time.Minute,
 		Endpoints: []upstream.Endpoint{{Addr: nettest.UnansweredAddr(t), Weight: 1}}})
-	p, err := e.build(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
+	p, log := e.buildLogged(t, &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
 		MaxDownstreamConnectionDuration: durationpb.New(100 * time.Millisecond)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := &infoLog{}
-	p.logs = append(p.logs, log)
 	client, wait := serve(t, p)
 	client.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := client.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
