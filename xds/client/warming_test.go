@@ -128,7 +128,6 @@ func (memAddr) String() string  { return "mem" }
 // of spinning with the server; a fixed snapshot is taken within a second.
 func TestRepeatedNACKsArePaced(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		lis := newMemListener()
 		cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
 		var mu sync.Mutex
 		nacks, acks := 0, 0
@@ -145,11 +144,6 @@ func TestRepeatedNACKsArePaced(t *testing.T) {
 			}
 			return nil
 		}}
-		gs := grpc.NewServer()
-		testv3.RegisterServer(gs, serverv3.NewServer(context.Background(), cache, cb))
-		go gs.Serve(lis)
-		defer gs.Stop()
-
 		bad := edsCluster("bad")
 		bad.LbPolicy = clusterv3.Cluster_CLUSTER_PROVIDED // not supported: rejected
 		set := func(version string, cl *clusterv3.Cluster) {
@@ -162,33 +156,7 @@ func TestRepeatedNACKsArePaced(t *testing.T) {
 			}
 		}
 		set("1", bad)
-
-		reg, _ := filters.Builtin()
-		log := slog.New(slog.DiscardHandler)
-		dp := dataplane.NewServer(dataplane.Options{Logger: log, Registry: reg, Stats: stats.NewStore(), DrainTime: time.Second})
-		api := &corev3.ApiConfigSource{ApiType: corev3.ApiConfigSource_GRPC, GrpcServices: []*corev3.GrpcService{{
-			TargetSpecifier: &corev3.GrpcService_GoogleGrpc_{GoogleGrpc: &corev3.GrpcService_GoogleGrpc{TargetUri: "passthrough:///mem"}}}}}
-		c, err := New(Options{
-			Node: node(), Logger: log, Dataplane: dp,
-			Sources: Sources{ADS: api, Cluster: adsSource(), Listener: adsSource()},
-			Dial: func(*corev3.GrpcService) (*grpc.ClientConn, error) {
-				return grpc.NewClient("passthrough:///mem", grpc.WithTransportCredentials(insecure.NewCredentials()),
-					grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return lis.dial() }))
-			},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { c.Run(ctx); close(done) }()
-		defer func() {
-			cancel()
-			<-done
-			sctx, scancel := context.WithTimeout(context.Background(), time.Second)
-			defer scancel()
-			dp.Shutdown(sctx)
-		}()
+		bubbleADS(t, cache, cb)
 
 		// NACKs at 0, 0.1, 0.3, 0.7, 1.5, 2.5, 3.5 ... 9.5 s.
 		time.Sleep(10 * time.Second)
@@ -215,12 +183,7 @@ func TestRepeatedNACKsArePaced(t *testing.T) {
 // calls test with the client and a channel closed when it initializes.
 func runInBubble(t *testing.T, resources map[resourcev3.Type][]types.Resource, test func(t *testing.T, c *Client, ready <-chan struct{})) {
 	synctest.Test(t, func(t *testing.T) {
-		lis := newMemListener()
 		cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
-		gs := grpc.NewServer()
-		testv3.RegisterServer(gs, serverv3.NewServer(context.Background(), cache, nil))
-		go gs.Serve(lis)
-		defer gs.Stop()
 		snap, err := cachev3.NewSnapshot("1", resources)
 		if err != nil {
 			t.Fatal(err)
@@ -228,36 +191,50 @@ func runInBubble(t *testing.T, resources map[resourcev3.Type][]types.Resource, t
 		if err := cache.SetSnapshot(context.Background(), nodeID, snap); err != nil {
 			t.Fatal(err)
 		}
-
-		reg, _ := filters.Builtin()
-		log := slog.New(slog.DiscardHandler)
-		dp := dataplane.NewServer(dataplane.Options{Logger: log, Registry: reg, Stats: stats.NewStore(), DrainTime: time.Second})
-		ready := make(chan struct{})
-		api := &corev3.ApiConfigSource{ApiType: corev3.ApiConfigSource_GRPC, GrpcServices: []*corev3.GrpcService{{
-			TargetSpecifier: &corev3.GrpcService_GoogleGrpc_{GoogleGrpc: &corev3.GrpcService_GoogleGrpc{TargetUri: "passthrough:///mem"}}}}}
-		c, err := New(Options{
-			Node: node(), Logger: log, Dataplane: dp,
-			Sources: Sources{ADS: api, Cluster: adsSource(), Listener: adsSource()},
-			Dial: func(*corev3.GrpcService) (*grpc.ClientConn, error) {
-				return grpc.NewClient("passthrough:///mem", grpc.WithTransportCredentials(insecure.NewCredentials()),
-					grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return lis.dial() }))
-			},
-			OnInitialized: func() { close(ready) },
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { c.Run(ctx); close(done) }()
-		defer func() {
-			cancel()
-			<-done
-			sctx, scancel := context.WithTimeout(context.Background(), time.Second)
-			defer scancel()
-			dp.Shutdown(sctx)
-		}()
+		c, ready := bubbleADS(t, cache, nil)
 		synctest.Wait()
 		test(t, c, ready)
 	})
+}
+
+// bubbleADS starts, inside a synctest bubble, a go-control-plane server on
+// cache (with callbacks cb, nil for none) over an in-memory listener, a data
+// plane and a client of it over ADS, running until the test ends. It
+// returns the client and a channel closed when it initializes.
+func bubbleADS(t *testing.T, cache cachev3.SnapshotCache, cb serverv3.Callbacks) (*Client, <-chan struct{}) {
+	lis := newMemListener()
+	gs := grpc.NewServer()
+	testv3.RegisterServer(gs, serverv3.NewServer(context.Background(), cache, cb))
+	go gs.Serve(lis)
+	t.Cleanup(gs.Stop)
+
+	reg, _ := filters.Builtin()
+	log := slog.New(slog.DiscardHandler)
+	dp := dataplane.NewServer(dataplane.Options{Logger: log, Registry: reg, Stats: stats.NewStore(), DrainTime: time.Second})
+	ready := make(chan struct{})
+	api := &corev3.ApiConfigSource{ApiType: corev3.ApiConfigSource_GRPC, GrpcServices: []*corev3.GrpcService{{
+		TargetSpecifier: &corev3.GrpcService_GoogleGrpc_{GoogleGrpc: &corev3.GrpcService_GoogleGrpc{TargetUri: "passthrough:///mem"}}}}}
+	c, err := New(Options{
+		Node: node(), Logger: log, Dataplane: dp,
+		Sources: Sources{ADS: api, Cluster: adsSource(), Listener: adsSource()},
+		Dial: func(*corev3.GrpcService) (*grpc.ClientConn, error) {
+			return grpc.NewClient("passthrough:///mem", grpc.WithTransportCredentials(insecure.NewCredentials()),
+				grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return lis.dial() }))
+		},
+		OnInitialized: func() { close(ready) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		sctx, scancel := context.WithTimeout(context.Background(), time.Second)
+		defer scancel()
+		dp.Shutdown(sctx)
+	})
+	return c, ready
 }
