@@ -37,6 +37,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/skiffproxy/skiff/internal/grpcecho"
+	"github.com/skiffproxy/skiff/internal/nettest"
 	"github.com/skiffproxy/skiff/internal/xdstest"
 )
 
@@ -97,33 +98,18 @@ func echoHTTP(name string) nethttp.Handler {
 // wsUpstream accepts WebSocket upgrades and echoes what follows.
 func wsUpstream(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				req, err := nethttp.ReadRequest(br)
-				if err != nil || !strings.EqualFold(req.Header.Get("upgrade"), "websocket") {
-					io.WriteString(c, "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
-					return
-				}
-				io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
-				io.Copy(c, br)
-				c.(*net.TCPConn).CloseWrite()
-			})
+	return nettest.Serve(t, func(c net.Conn) {
+		defer c.Close()
+		br := bufio.NewReader(c)
+		req, err := nethttp.ReadRequest(br)
+		if err != nil || !strings.EqualFold(req.Header.Get("upgrade"), "websocket") {
+			io.WriteString(c, "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+			return
 		}
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
+		io.Copy(c, br)
+		c.(*net.TCPConn).CloseWrite()
 	})
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln.Addr().String()
 }
 
 func sock(addr string) string {

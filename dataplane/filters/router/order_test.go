@@ -15,6 +15,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/dataplane/upstream/pool"
+	"github.com/skiffproxy/skiff/internal/nettest"
 )
 
 // TestResponseMutationsAfterRouterHeaders: the route's response header
@@ -256,7 +257,7 @@ func TestConnectFailureReply(t *testing.T) {
 // parse is a protocol error, answered 502 UPE as Envoy's onUpstreamReset
 // does.
 func TestMalformedResponseIsBadGateway(t *testing.T) {
-	up := rawBackend(t, func(c net.Conn) {
+	up := nettest.Serve(t, func(c net.Conn) {
 		c.Read(make([]byte, 4096))
 		c.Write([]byte("HTTP/1.1 abc\r\n\r\n"))
 		c.Close()

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/skiffproxy/skiff/dataplane/http"
+	"github.com/skiffproxy/skiff/internal/nettest"
 )
 
 // refusingH2 is an HTTP/2 upstream that refuses (RST_STREAM
@@ -48,7 +49,7 @@ func refusingH2(t *testing.T) (addr string, streams *atomic.Int32) {
 			}
 		}
 	}
-	return rawBackend(t, serve), streams
+	return nettest.Serve(t, serve), streams
 }
 
 const h2Options = `typed_extension_protocol_options: { envoy.extensions.upstreams.http.v3.HttpProtocolOptions: { "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: { http2_protocol_options: {} } } }, `

@@ -8,7 +8,6 @@ import (
 	"net"
 	nethttp "net/http"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,6 +21,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/dataplane/http/route"
 	"github.com/skiffproxy/skiff/dataplane/upstream"
+	"github.com/skiffproxy/skiff/internal/nettest"
 	"github.com/skiffproxy/skiff/internal/protoyaml"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
@@ -178,28 +178,6 @@ virtual_hosts:
     route: { cluster: c }
 `
 
-// rawBackend is a TCP upstream that runs serve on each connection it
-// accepts (serve owns the conn), for answers net/http would not give.
-func rawBackend(t *testing.T, serve func(net.Conn)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() { serve(c) })
-		}
-	})
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln.Addr().String()
-}
-
 func backend(t *testing.T, h nethttp.HandlerFunc) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -344,7 +322,7 @@ virtual_hosts:
 }
 
 func TestUpstreamResetBeforeResponse(t *testing.T) {
-	up := rawBackend(t, func(c net.Conn) {
+	up := nettest.Serve(t, func(c net.Conn) {
 		c.Read(make([]byte, 1024))
 		c.(*net.TCPConn).SetLinger(0)
 		c.Close()
