@@ -181,6 +181,11 @@ func ResumePair(down, up net.Conn, cfg *Config, pending [2][]byte) *Pair {
 	downRC, upRC := streamRawConn(down), streamRawConn(up)
 	p.dirs[ToUpstream].init(p, down, up, downRC, upRC, cfg.SentCounters, pending[ToUpstream], DownstreamReset, UpstreamReset)
 	p.dirs[ToDownstream].init(p, up, down, upRC, downRC, cfg.ReceivedCounters, pending[ToDownstream], UpstreamReset, DownstreamReset)
+	// The client's stream is not read ahead (see readRaw): clients seldom
+	// end theirs right after a message, servers often do (an answer and a
+	// close), so for the client's the read ahead would be a read that finds
+	// nothing on nearly every connection.
+	p.dirs[ToUpstream].goesOn = true
 	return p
 }
 
@@ -744,8 +749,9 @@ func (d *direction) spliceOut(fd uintptr) bool {
 // of a proxied HTTP/1.1 exchange with Connection: close, 18 are left (nstat,
 // h1close of ../shared/bench). A read ahead that finds nothing costs a system
 // call, so a direction stops reading ahead after the first time its stream
-// goes on: one read per direction at most, for the streams that end after
-// their first message or two.
+// goes on: one read at most, for the streams that end after their first
+// message or two, and only in the server's stream (ToDownstream). A client
+// that sends and half-closes at once has its FIN sent upstream on its own.
 func (d *direction) readRaw(fd uintptr) bool {
 	if d.buf == nil {
 		d.buf = d.p.buffers.Get(bufpool.Large)
