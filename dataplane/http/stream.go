@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"syscall"
 )
 
 // ResetCode says why a stream was reset; HTTP/2 sends it as RST_STREAM's error
@@ -207,6 +208,17 @@ type ClientConn interface {
 	Available() bool
 	// Close closes the connection.
 	Close() error
+}
+
+// PeerGone reports whether err, from a read or a write on a connection,
+// means that its peer closed or reset it: the end of the stream, or a
+// reset. A connection that ended so is Envoy's RemoteClose, which its
+// connection pools count in upstream_cx_destroy_remote; one this side
+// closed (a response that ends it, a protocol error, a reset stream) is a
+// LocalClose, counted in upstream_cx_destroy_local.
+func PeerGone(err error) bool {
+	return err != nil && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE))
 }
 
 // BodyReader is the part of a stream the router reads a body from.

@@ -154,6 +154,19 @@ func (c *ClientConn) Available() bool {
 	return c.state == connIdle
 }
 
+// PeerClosed reports whether the connection ended because the upstream
+// closed or reset it (a read found the end of the stream or a reset, or a
+// write found the connection gone) rather than by this side's choice (a
+// response that ends it, a malformed response, a reset stream, Close):
+// Envoy's RemoteClose against LocalClose, which a connection pool counts in
+// upstream_cx_destroy_remote and upstream_cx_destroy_local. It is meant for
+// a connection that is no longer Available, once its stream is done.
+func (c *ClientConn) PeerClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.rd.peerGone || http.PeerGone(c.wr.err)
+}
+
 // Close closes the connection, resetting the stream in flight if there is
 // one.
 func (c *ClientConn) Close() error {

@@ -27,6 +27,9 @@ type reader struct {
 	b    []byte
 	r, w int   // b[r:w] is read and not consumed
 	err  error // the error that came with the last bytes read, for the next fill
+	// peerGone: a read found the end of the stream or a reset, or
+	// WriteRead's write found the connection gone (http.PeerGone).
+	peerGone bool
 }
 
 func (rd *reader) init(conn net.Conn, pool *bufpool.Pool) {
@@ -76,6 +79,7 @@ func (rd *reader) writeFill(wr writeReader, w []byte, limit int) (wn int, werr, 
 	}
 	wn, n, err := wr.WriteRead(w, rd.b[rd.w:])
 	if wn < len(w) {
+		rd.peerGone = rd.peerGone || http.PeerGone(err)
 		return wn, err, nil
 	}
 	return wn, nil, rd.got(n, err)
@@ -112,6 +116,7 @@ func (rd *reader) room(limit int) error {
 
 // got accounts for a read of n bytes that returned err.
 func (rd *reader) got(n int, err error) error {
+	rd.peerGone = rd.peerGone || http.PeerGone(err)
 	rd.w += n
 	if n > 0 {
 		rd.err = err
@@ -245,7 +250,9 @@ func (rd *reader) readData(p []byte) (int, error) {
 				rd.err = nil
 				return 0, err
 			}
-			return rd.conn.Read(p)
+			n, err := rd.conn.Read(p)
+			rd.peerGone = rd.peerGone || http.PeerGone(err)
+			return n, err
 		}
 		if err := rd.fill(bufpool.Small); err != nil {
 			return 0, err

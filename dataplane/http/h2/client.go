@@ -123,6 +123,16 @@ func (cc *ClientConn) Err() error {
 	}
 }
 
+// PeerClosed reports, once Done is closed, whether the connection ended
+// because the server closed or reset it rather than by this side's doing
+// (Close, or a protocol error answered with GOAWAY): Envoy's RemoteClose
+// against LocalClose (see http.PeerGone).
+func (cc *ClientConn) PeerClosed() bool {
+	cc.c.mu.Lock()
+	defer cc.c.mu.Unlock()
+	return cc.c.peerClosed
+}
+
 // Close sends GOAWAY and closes the connection at once; streams in flight fail
 // with ErrConnClosed. It waits for the connection's goroutines.
 func (cc *ClientConn) Close() error {

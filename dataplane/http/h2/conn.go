@@ -184,6 +184,7 @@ type conn struct {
 	stopping     bool          // stopLocked was called
 	linger       time.Duration // after the writer stops: how long the reader waits for the peer to close
 	stopErr      error         // why the connection is stopping (nil: orderly)
+	peerClosed   bool          // the peer closed or reset the socket, unasked (http.PeerGone)
 	closed       bool          // torn down: streams failed
 	err          error         // what the streams of a closed connection report
 	werr         error         // the writer's error
@@ -491,6 +492,9 @@ func (c *conn) readLoop() error {
 func (c *conn) ioEnd(err error) error {
 	c.mu.Lock()
 	stopping, stopErr, werr := c.stopping, c.stopErr, c.werr
+	if !stopping && (http.PeerGone(c.rerr.err) || http.PeerGone(werr)) {
+		c.peerClosed = true
+	}
 	c.mu.Unlock()
 	if stopping {
 		return stopErr

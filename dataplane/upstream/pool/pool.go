@@ -864,9 +864,10 @@ const (
 	keep        closeCause = iota // not closed: it may carry another request
 	closeLocal                    // skiff retires it (Envoy's LocalClose)
 	closeRemote                   // the upstream closed it (RemoteClose)
-	// closeCodec: the codec closed it (an error, a response that ends the
-	// connection); the upstream's close if the closeWatcher saw one, else
-	// not known.
+	// closeCodec: the codec closed it: remote if the upstream closed or
+	// reset it (the codec's PeerClosed, or the closeWatcher saw it), local
+	// otherwise (a response that ends the connection, a protocol error, a
+	// reset stream), as Envoy's pool counts the connection's close event.
 	closeCodec
 )
 
@@ -947,6 +948,15 @@ func (c *Conn) peek(fd uintptr) bool {
 	return true
 }
 
+// peerClosed reports whether c's codec ended because the upstream closed
+// or reset the connection.
+func (c *Conn) peerClosed() bool {
+	if c.h2 != nil {
+		return c.h2.PeerClosed()
+	}
+	return c.h1.PeerClosed()
+}
+
 // closeLocked closes c and accounts for it: upstream_cx_destroy and, by
 // why, upstream_cx_destroy_local or _remote. p.mu is held.
 func (p *Pool) closeLocked(c *Conn, why closeCause) {
@@ -960,8 +970,11 @@ func (p *Pool) closeLocked(c *Conn, why closeCause) {
 	if c.watchID != 0 {
 		p.m.watcher.remove(c.watchID)
 	}
-	if why == closeCodec && c.upstreamClosed {
-		why = closeRemote
+	if why == closeCodec {
+		why = closeLocal
+		if c.upstreamClosed || c.peerClosed() {
+			why = closeRemote
+		}
 	}
 	if c.h2 != nil {
 		for i, x := range p.conns {

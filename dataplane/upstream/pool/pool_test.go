@@ -25,6 +25,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/internal/netio"
+	"github.com/skiffproxy/skiff/internal/nettest"
 	"github.com/skiffproxy/skiff/internal/protoyaml"
 	"github.com/skiffproxy/skiff/internal/stats"
 	"github.com/skiffproxy/skiff/internal/statstest"
@@ -949,5 +950,93 @@ typed_extension_protocol_options:
 					tx, rx, cl.read.Load(), cl.written.Load())
 			}
 		})
+	}
+}
+
+// TestCodecCloseCountsWhoClosed: a connection its codec ends is counted in
+// upstream_cx_destroy_remote when the upstream closed or reset it, and in
+// upstream_cx_destroy_local when skiff closed it (a response with
+// connection: close, which skiff acts on before the upstream's FIN), as
+// Envoy's pool counts the connection's RemoteClose and LocalClose.
+func TestCodecCloseCountsWhoClosed(t *testing.T) {
+	for _, tc := range []struct {
+		name, answer  string
+		reset         bool // the upstream resets the connection after answer
+		local, remote int64
+	}{
+		{"connection close", "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok", false, 1, 0},
+		{"body until close", "HTTP/1.1 200 OK\r\n\r\nok", false, 0, 1},
+		{"reset in the body", "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok", true, 0, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := nettest.Serve(t, func(c net.Conn) {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				c.Read(make([]byte, 4096))
+				io.WriteString(c, tc.answer)
+				switch {
+				case tc.reset:
+					c.(*net.TCPConn).SetLinger(0)
+				case tc.local > 0:
+					io.Copy(io.Discard, c) // until skiff closes: the close is its own
+				}
+			})
+			st := stats.NewStore()
+			cl := newCluster(t, st, "", addr)
+			m := NewManager(Options{})
+			defer m.Close()
+			p := m.Pool(cl, cl.Hosts()[0], "", "")
+			body, err := get(t, p, "/")
+			if tc.reset != (err != nil) || (err == nil && body != "ok") {
+				t.Fatalf("get = %q, %v", body, err)
+			}
+			checkDestroys(t, st, tc.local, tc.remote)
+		})
+	}
+}
+
+// TestHTTP2UpstreamCloseCountsRemote: an HTTP/2 connection the upstream
+// closes is counted in upstream_cx_destroy_remote; one the pool closes
+// itself, in upstream_cx_destroy_local.
+func TestHTTP2UpstreamCloseCountsRemote(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &nethttp.Server{Handler: nethttp.HandlerFunc(func(w nethttp.ResponseWriter, _ *nethttp.Request) {
+		io.WriteString(w, "ok")
+	})}
+	srv.Protocols = new(nethttp.Protocols)
+	srv.Protocols.SetUnencryptedHTTP2(true)
+	served := make(chan struct{})
+	go func() { defer close(served); srv.Serve(ln) }()
+	defer func() { srv.Close(); <-served }()
+
+	st := stats.NewStore()
+	cl := newCluster(t, st, `
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: { http2_protocol_options: {} }
+`, ln.Addr().String())
+	m := NewManager(Options{})
+	defer m.Close()
+	p := m.Pool(cl, cl.Hosts()[0], "", "")
+	if body, err := get(t, p, "/"); err != nil || body != "ok" {
+		t.Fatalf("%q %v", body, err)
+	}
+	srv.Close() // closes the idle connection
+	checkDestroys(t, st, 0, 1)
+}
+
+// checkDestroys waits for one connection of cluster c to be destroyed and
+// checks how it was counted.
+func checkDestroys(t *testing.T, st *stats.Store, local, remote int64) {
+	t.Helper()
+	statstest.Wait(t, st, "cluster.c.upstream_cx_destroy", 1)
+	l, _ := st.Value("cluster.c.upstream_cx_destroy_local")
+	r, _ := st.Value("cluster.c.upstream_cx_destroy_remote")
+	if l != local || r != remote {
+		t.Errorf("upstream_cx_destroy_local %d, _remote %d; want %d, %d", l, r, local, remote)
 	}
 }
