@@ -23,8 +23,7 @@ func (st *stream) sanitize(keepUpgrade bool) {
 	m, e := st.m, &st.ex
 	req := e.Request
 	fc := st.c.fc
-	var xbuf [128]byte
-	xff, hasXFF := joinXFF(req, xbuf[:0])
+	xff, hasXFF := req.Get("x-forwarded-for") // one field: see JoinInline in prepare
 	var trusted netip.Addr
 	fromConn := false
 	single := false
@@ -206,39 +205,6 @@ func appendVia(h *http.Header, via string, buf []byte) {
 	}
 	buf = append(buf, via...)
 	h.Set("via", bytesString(buf))
-}
-
-// joinXFF returns the request's x-forwarded-for as Envoy sees it, an inline
-// header: its fields' values joined with "," (empty ones skipped) into dst
-// if there are several, and the request then carries the joined value in
-// one field. It reports whether the request has the header.
-func joinXFF(req *http.Header, dst []byte) (string, bool) {
-	first, has, several := "", false, false
-	req.Range(func(name, value string) bool {
-		if name != "x-forwarded-for" {
-			return true
-		}
-		if !has {
-			first, has = value, true
-			return true
-		}
-		if !several {
-			several = true
-			dst = append(dst, first...)
-		}
-		if value != "" {
-			if len(dst) > 0 {
-				dst = append(dst, ',')
-			}
-			dst = append(dst, value...)
-		}
-		return true
-	})
-	if !several {
-		return first, has
-	}
-	req.Set("x-forwarded-for", bytesString(dst))
-	return req.Value("x-forwarded-for"), true
 }
 
 // lastXFF returns the address skip entries from the right of an

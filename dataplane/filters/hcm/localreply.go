@@ -74,7 +74,7 @@ func newResponseMapper(pb *hcmv3.ResponseMapper, rt *runtime.Loader) (responseMa
 		}
 		rm.body = &s
 	}
-	if rm.headers, err = route.CompileHeadersToAdd("headers_to_add", pb.GetHeadersToAdd()); err != nil {
+	if rm.headers, err = route.CompileHeadersToAdd(true, "headers_to_add", pb.GetHeadersToAdd()); err != nil {
 		return rm, err
 	}
 	if bf := pb.GetBodyFormatOverride(); bf != nil {

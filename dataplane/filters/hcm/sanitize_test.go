@@ -3,6 +3,7 @@ package hcm_test
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	nethttp "net/http"
 	"sort"
@@ -260,5 +261,31 @@ func TestHTTPSURLOnPlaintextEdge(t *testing.T) {
 		if !strings.HasPrefix(got, "HTTP/1.1 "+tc.status+" ") {
 			t.Errorf("%q: %q, want %s", tc.extra, got, tc.status)
 		}
+	}
+}
+
+// TestInlineHeadersJoined: repeated fields of Envoy's inline headers are one
+// field, their values joined with ",", both ways: user-agent in the request
+// and content-type in the response reach the other side joined, while
+// repeated fields of other names (accept, x-custom) stay as they came.
+func TestInlineHeadersJoined(t *testing.T) {
+	up := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		w.Header()["Content-Type"] = []string{"text/plain", "charset=utf-8"}
+		w.Header()["X-Custom"] = []string{"1", "2"}
+		fmt.Fprintf(w, "user-agent %q accept %q\n", r.Header.Values("User-Agent"), r.Header.Values("Accept"))
+	}))
+	e := newEnv(t, hcmYAML("up", ""), cluster(t, "up", false, up))
+	got := rawExchange(t, e.addr, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"+
+		"User-Agent: a\r\nAccept: x\r\nUser-Agent: b\r\nAccept: y\r\n\r\n", 5*time.Second)
+	head, body, _ := strings.Cut(got, "\r\n\r\n")
+	if want := `user-agent ["a,b"] accept ["x" "y"]`; !strings.Contains(body, want) {
+		t.Errorf("the upstream saw %q, want %s", body, want)
+	}
+	lower := strings.ToLower(head)
+	if !strings.Contains(lower, "\r\ncontent-type: text/plain,charset=utf-8\r\n") || strings.Count(lower, "content-type:") != 1 {
+		t.Errorf("response head without one joined content-type:\n%s", head)
+	}
+	if strings.Count(lower, "x-custom:") != 2 {
+		t.Errorf("response head without its two x-custom fields:\n%s", head)
 	}
 }

@@ -394,6 +394,9 @@ func protocolErrorBody(status int) string {
 func (st *stream) prepare() bool {
 	m, e := st.m, &st.ex
 	req := e.Request
+	// As Envoy's codecs add the fields to its header map: a repeated inline
+	// header is one field from here on.
+	req.JoinInline(false)
 	proto := e.Info.Protocol
 	if proto == "HTTP/1.0" {
 		if !m.acceptHTTP10 {

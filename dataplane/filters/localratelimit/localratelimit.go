@@ -138,10 +138,10 @@ func newConfig(cfg *lrlv3.LocalRateLimit, fc *filter.Context, now func() time.Ti
 		f.limit = strconv.FormatUint(uint64(tb.GetMaxTokens()), 10)
 	}
 	var err error
-	if f.requestHeaders, err = route.CompileHeadersToAdd("request_headers_to_add_when_not_enforced", cfg.GetRequestHeadersToAddWhenNotEnforced()); err != nil {
+	if f.requestHeaders, err = route.CompileHeadersToAdd(false, "request_headers_to_add_when_not_enforced", cfg.GetRequestHeadersToAddWhenNotEnforced()); err != nil {
 		return nil, err
 	}
-	if f.responseHeaders, err = route.CompileHeadersToAdd("response_headers_to_add", cfg.GetResponseHeadersToAdd()); err != nil {
+	if f.responseHeaders, err = route.CompileHeadersToAdd(true, "response_headers_to_add", cfg.GetResponseHeadersToAdd()); err != nil {
 		return nil, err
 	}
 	prefix := cfg.GetStatPrefix() + ".http_local_rate_limit."

@@ -581,6 +581,7 @@ func (q *rq) exchange(conn *pool.Conn, us http.ClientStream, start time.Duration
 		}
 	}
 	q.stopTry()
+	resp.JoinInline(true) // as Envoy's codec adds the fields to its header map
 	status, _ := strconv.Atoi(resp.Value(http.Status))
 	q.reportResponse(resp, status)
 	respAt := time.Since(e.Info.Start)

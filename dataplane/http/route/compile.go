@@ -99,10 +99,10 @@ func compile(rc *routev3.RouteConfiguration, opts Options, inline bool) (*Table,
 		c.maxBody = v.GetValue()
 	}
 	var err error
-	if c.cfgReq, err = compileMutation("request_headers_to_add", rc.GetRequestHeadersToAdd(), "request_headers_to_remove", rc.GetRequestHeadersToRemove()); err != nil {
+	if c.cfgReq, err = compileMutation(false, "request_headers_to_add", rc.GetRequestHeadersToAdd(), "request_headers_to_remove", rc.GetRequestHeadersToRemove()); err != nil {
 		return nil, err
 	}
-	if c.cfgResp, err = compileMutation("response_headers_to_add", rc.GetResponseHeadersToAdd(), "response_headers_to_remove", rc.GetResponseHeadersToRemove()); err != nil {
+	if c.cfgResp, err = compileMutation(true, "response_headers_to_add", rc.GetResponseHeadersToAdd(), "response_headers_to_remove", rc.GetResponseHeadersToRemove()); err != nil {
 		return nil, err
 	}
 	if c.rcMirrors, err = compileMirrorPolicies(rc.GetRequestMirrorPolicies()); err != nil {
@@ -198,11 +198,11 @@ func (c *compiler) virtualHost(pb *routev3.VirtualHost) (*VirtualHost, error) {
 		vh.tlsRedirect = &Route{VirtualHost: vh, Action: Redirect, Status: 301, statusText: "301",
 			Redirect: &RedirectAction{Code: 301, Scheme: "https", toHTTPS: true}}
 	}
-	req, err := compileMutation("request_headers_to_add", pb.GetRequestHeadersToAdd(), "request_headers_to_remove", pb.GetRequestHeadersToRemove())
+	req, err := compileMutation(false, "request_headers_to_add", pb.GetRequestHeadersToAdd(), "request_headers_to_remove", pb.GetRequestHeadersToRemove())
 	if err != nil {
 		return nil, err
 	}
-	resp, err := compileMutation("response_headers_to_add", pb.GetResponseHeadersToAdd(), "response_headers_to_remove", pb.GetResponseHeadersToRemove())
+	resp, err := compileMutation(true, "response_headers_to_add", pb.GetResponseHeadersToAdd(), "response_headers_to_remove", pb.GetResponseHeadersToRemove())
 	if err != nil {
 		return nil, err
 	}
@@ -261,11 +261,11 @@ func (c *compiler) route(pb *routev3.Route, vh *VirtualHost, vhRetry *RetryPolic
 		return nil, cfgerr.Field("match", err)
 	}
 	r.match = m
-	req, err := compileMutation("request_headers_to_add", pb.GetRequestHeadersToAdd(), "request_headers_to_remove", pb.GetRequestHeadersToRemove())
+	req, err := compileMutation(false, "request_headers_to_add", pb.GetRequestHeadersToAdd(), "request_headers_to_remove", pb.GetRequestHeadersToRemove())
 	if err != nil {
 		return nil, err
 	}
-	resp, err := compileMutation("response_headers_to_add", pb.GetResponseHeadersToAdd(), "response_headers_to_remove", pb.GetResponseHeadersToRemove())
+	resp, err := compileMutation(true, "response_headers_to_add", pb.GetResponseHeadersToAdd(), "response_headers_to_remove", pb.GetResponseHeadersToRemove())
 	if err != nil {
 		return nil, err
 	}

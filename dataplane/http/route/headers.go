@@ -172,18 +172,25 @@ type headerAdd struct {
 // they are after the removals (ADD_IF_ABSENT and OVERWRITE_IF_EXISTS look at
 // those, not at what this level adds); then the overwrites are applied, then
 // the additions, each in configuration order.
+//
+// A field added to a request (a response if resp) whose name is one of
+// Envoy's inline headers and which is already there is joined to it, after
+// a comma, as Envoy's header map appends to an inline header (see
+// http.Header.JoinInline).
 type headerMutation struct {
 	remove []string
 	add    []headerAdd
+	resp   bool
 }
 
-// compileMutation compiles one level's lists. addField and removeField are
-// the lists' field names, for errors.
-func compileMutation(addField string, adds []*corev3.HeaderValueOption, removeField string, removes []string) (*headerMutation, error) {
+// compileMutation compiles one level's lists, of a request's headers or (resp)
+// a response's. addField and removeField are the lists' field names, for
+// errors.
+func compileMutation(resp bool, addField string, adds []*corev3.HeaderValueOption, removeField string, removes []string) (*headerMutation, error) {
 	if len(adds) == 0 && len(removes) == 0 {
 		return nil, nil
 	}
-	m := &headerMutation{}
+	m := &headerMutation{resp: resp}
 	for i, hvo := range adds {
 		a, err := compileHeaderAdd(hvo)
 		if err != nil {
@@ -288,12 +295,17 @@ func (m *headerMutation) apply(h *http.Header, info *http.StreamInfo) {
 			h.Set(a.name, v)
 		}
 	}
+	added := false
 	for i, d := range dec {
 		if d == decAdd {
 			a := &m.add[i]
 			buf, v = a.value.format(buf, info)
 			h.Add(a.name, v)
+			added = true
 		}
+	}
+	if added {
+		h.JoinInline(m.resp)
 	}
 }
 
@@ -303,9 +315,10 @@ func (m *headerMutation) apply(h *http.Header, info *http.StreamInfo) {
 // syntax (%COMMAND%s as FormatterCommands lists them) and errors.
 type HeadersToAdd struct{ m *headerMutation }
 
-// CompileHeadersToAdd compiles list; field is its name, for errors.
-func CompileHeadersToAdd(field string, list []*corev3.HeaderValueOption) (HeadersToAdd, error) {
-	m, err := compileMutation(field, list, "", nil)
+// CompileHeadersToAdd compiles list, for a request's headers or (resp) a
+// response's; field is its name, for errors.
+func CompileHeadersToAdd(resp bool, field string, list []*corev3.HeaderValueOption) (HeadersToAdd, error) {
+	m, err := compileMutation(resp, field, list, "", nil)
 	return HeadersToAdd{m}, err
 }
 

@@ -20,7 +20,7 @@ func hvo(key, value string, action corev3.HeaderValueOption_HeaderAppendAction) 
 // follows Envoy's HeaderParser like the route table's lists, formatted
 // values included.
 func TestHeadersToAdd(t *testing.T) {
-	adds, err := CompileHeadersToAdd("h", []*corev3.HeaderValueOption{
+	adds, err := CompileHeadersToAdd(false, "h", []*corev3.HeaderValueOption{
 		hvo("X-Append", "2", corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD),
 		hvo("x-absent", "new", corev3.HeaderValueOption_ADD_IF_ABSENT),
 		hvo("x-present", "no", corev3.HeaderValueOption_ADD_IF_ABSENT),
@@ -29,6 +29,7 @@ func TestHeadersToAdd(t *testing.T) {
 		hvo("x-empty", "", corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD),
 		{Header: &corev3.HeaderValue{Key: "x-legacy", Value: "l"}, Append: wrapperspb.Bool(false)},
 		hvo("x-client", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD),
+		hvo("via", "1.1 skiff", corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD), // an inline header: joined
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -40,8 +41,9 @@ func TestHeadersToAdd(t *testing.T) {
 	h.Add("x-over", "1")
 	h.Add("x-over", "2")
 	h.Add("x-legacy", "old")
+	h.Add("via", "1.0 client")
 	adds.Apply(&h, info)
-	want := "x-append: 1\nx-present: yes\nx-over: o\nx-legacy: l\nx-append: 2\nx-absent: new\nx-client: 192.0.2.7\n"
+	want := "x-append: 1\nx-present: yes\nvia: 1.0 client,1.1 skiff\nx-over: o\nx-legacy: l\nx-append: 2\nx-absent: new\nx-client: 192.0.2.7\n"
 	if got := h.String(); got != want {
 		t.Errorf("headers:\n%s\nwant:\n%s", got, want)
 	}
@@ -59,7 +61,7 @@ func TestHeadersToAddErrors(t *testing.T) {
 		//lint:ignore SA1019 append is deprecated but still Envoy's API
 		{&corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "x"}, Append: wrapperspb.Bool(true), AppendAction: corev3.HeaderValueOption_ADD_IF_ABSENT}, "h[0].append", "both"},
 	} {
-		_, err := CompileHeadersToAdd("h", []*corev3.HeaderValueOption{tc.hvo})
+		_, err := CompileHeadersToAdd(false, "h", []*corev3.HeaderValueOption{tc.hvo})
 		if err == nil || cfgerr.PathOf(err) != tc.path || !strings.Contains(err.Error(), tc.msg) {
 			t.Errorf("error %v; want %q at %q", err, tc.msg, tc.path)
 		}

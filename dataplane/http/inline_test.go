@@ -1,0 +1,63 @@
+package http
+
+import "testing"
+
+func TestJoinInline(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		resp   bool
+		fields [][2]string
+		want   string
+	}{
+		{"request: inline headers joined in the first one's place", false, [][2]string{
+			{"user-agent", "a"}, {"accept", "x"}, {"x-forwarded-proto", "http"},
+			{"user-agent", "b"}, {"accept", "y"}, {"x-forwarded-proto", "https"}, {"user-agent", "c"},
+		}, "user-agent: a,b,c\naccept: x\nx-forwarded-proto: http,https\naccept: y\n"},
+		{"empty values skipped", false, [][2]string{
+			{"via", ""}, {"via", "1.1 a"}, {"via", ""}, {"via", "1.1 b"},
+		}, "via: 1.1 a,1.1 b\n"},
+		{"request-only names stay repeated in a response", true, [][2]string{
+			{"user-agent", "a"}, {"user-agent", "b"}, {"server", "s1"}, {"server", "s2"},
+		}, "user-agent: a\nuser-agent: b\nserver: s1,s2\n"},
+		{"response-only names stay repeated in a request", false, [][2]string{
+			{"server", "s1"}, {"server", "s2"}, {"set-cookie", "a=1"}, {"set-cookie", "b=2"},
+		}, "server: s1\nserver: s2\nset-cookie: a=1\nset-cookie: b=2\n"},
+		{"no repeats", false, [][2]string{{"user-agent", "a"}, {"via", "v"}}, "user-agent: a\nvia: v\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var h Header
+			for _, f := range tc.fields {
+				h.Add(f[0], f[1])
+			}
+			h.JoinInline(tc.resp)
+			if got := h.String(); got != tc.want {
+				t.Errorf("got\n%swant\n%s", got, tc.want)
+			}
+			n := 0
+			h.Range(func(string, string) bool { n++; return true })
+			if h.Len() != n {
+				t.Errorf("Len %d, %d fields", h.Len(), n)
+			}
+		})
+	}
+}
+
+func TestJoinInlineNoRepeatsAllocatesNothing(t *testing.T) {
+	var h Header
+	for _, n := range []string{"user-agent", "accept", "x-forwarded-proto", "content-type", "x-b3-traceid", "accept-encoding"} {
+		h.Add(n, "value")
+	}
+	if a := testing.AllocsPerRun(100, func() { h.JoinInline(false) }); a != 0 {
+		t.Errorf("%v allocs", a)
+	}
+}
+
+func BenchmarkJoinInlineNoRepeats(b *testing.B) {
+	var h Header
+	for _, n := range []string{":method", ":path", ":authority", ":scheme", "user-agent", "accept", "x-forwarded-proto", "content-type"} {
+		h.Add(n, "value")
+	}
+	for b.Loop() {
+		h.JoinInline(false)
+	}
+}
