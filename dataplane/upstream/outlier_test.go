@@ -93,6 +93,9 @@ func TestConsecutive5xx(t *testing.T) {
 	if d := time.Since(start); d < 150*time.Millisecond {
 		t.Errorf("back after %v, before base_ejection_time", d)
 	}
+	// The host is marked back before the balancer's host set is rebuilt
+	// with it: picks made in between go to the other two.
+	waitUntil(t, "the balancer to pick the host again", func() bool { return countPicks(c, 3)["127.0.0.1:1"] == 1 })
 	if got := countPicks(c, 30); got["127.0.0.1:1"] != 10 {
 		t.Fatalf("picks %v: the host is back in the balancer", got)
 	}
