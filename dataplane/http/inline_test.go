@@ -61,3 +61,58 @@ func BenchmarkJoinInlineNoRepeats(b *testing.B) {
 		h.JoinInline(false)
 	}
 }
+
+// FuzzJoinInline checks JoinInline against a plain model on headers made
+// from the input: every inline name ends as one field, at its first place,
+// holding its non-empty values joined with ","; every other field stays.
+func FuzzJoinInline(f *testing.F) {
+	f.Add([]byte("\x01a\x02b\x01c\x00d"), false)
+	f.Add([]byte("\x03s\x03\x00\x05x\x03t"), true)
+	names := []string{"user-agent", "via", "accept", "server", "x-forwarded-for", "set-cookie", "content-type", ":path", "date", "x"}
+	f.Fuzz(func(t *testing.T, in []byte, resp bool) {
+		var h Header
+		var fields [][2]string
+		for i := 0; i+1 < len(in) && len(fields) < 40; i += 2 {
+			name := names[int(in[i])%len(names)]
+			value := string(rune('a' + in[i+1]%26))
+			if in[i+1]%7 == 0 {
+				value = ""
+			}
+			h.Add(name, value)
+			fields = append(fields, [2]string{name, value})
+		}
+		// The model.
+		var want [][2]string
+		first := map[string]int{}
+		for _, fl := range fields {
+			name, value := fl[0], fl[1]
+			if name[0] != ':' && IsInline(name, resp) {
+				if i, ok := first[name]; ok {
+					if value != "" {
+						if want[i][1] != "" {
+							want[i][1] += ","
+						}
+						want[i][1] += value
+					}
+					continue
+				}
+				first[name] = len(want)
+			}
+			want = append(want, fl)
+		}
+		h.JoinInline(resp)
+		var got [][2]string
+		h.Range(func(name, value string) bool {
+			got = append(got, [2]string{name, value})
+			return true
+		})
+		if len(got) != len(want) || h.Len() != len(want) {
+			t.Fatalf("got %q (Len %d), want %q", got, h.Len(), want)
+		}
+		for i := range got {
+			if got[i] != want[i] {
+				t.Fatalf("got %q, want %q", got, want)
+			}
+		}
+	})
+}
