@@ -45,11 +45,49 @@ type Exchange struct {
 
 	ctx          context.Context
 	respTrailers Header
+	taps         []BodyTap // AddBodyTap's, in tapArr
+	tapArr       [2]BodyTap
 
 	// Interruption (see Interrupt).
 	imu         sync.Mutex
 	interrupted error
 	interrupter Interrupter
+}
+
+// A BodyTap watches an exchange's body bytes as the router moves them, as
+// an Envoy HTTP filter that only looks sees them in decodeData and
+// encodeData (grpc_stats counts the gRPC messages). It must not keep p.
+// RequestData and ResponseData may run at the same time (a request body may
+// still stream while the response does), each on one goroutine at a time.
+type BodyTap interface {
+	// RequestData is called with each chunk of the request body as it is
+	// read from the downstream stream: once, whatever retries send again.
+	RequestData(p []byte)
+	// ResponseData is called with each chunk of the response body as it is
+	// written to the downstream stream.
+	ResponseData(p []byte)
+}
+
+// AddBodyTap makes t see the exchange's body bytes from now on (a filter
+// calls it from OnRequest). Reset drops the taps.
+func (e *Exchange) AddBodyTap(t BodyTap) {
+	e.taps = append(e.tapArr[:len(e.taps):len(e.tapArr)], t)
+}
+
+// TapRequestBody passes p, request body bytes read from the downstream
+// stream, to the exchange's taps. The router calls it.
+func (e *Exchange) TapRequestBody(p []byte) {
+	for _, t := range e.taps {
+		t.RequestData(p)
+	}
+}
+
+// TapResponseBody passes p, response body bytes written to the downstream
+// stream, to the exchange's taps. The router calls it.
+func (e *Exchange) TapResponseBody(p []byte) {
+	for _, t := range e.taps {
+		t.ResponseData(p)
+	}
 }
 
 // Interrupter is what Interrupt stops: the router registers its upstream
@@ -141,6 +179,7 @@ func (e *Exchange) Reset(s ServerStream) {
 	e.imu.Unlock()
 	e.Downstream, e.Request, e.Response, e.Route, e.Info, e.ctx = s, nil, resp, nil, StreamInfo{}, nil
 	e.respTrailers = tr
+	e.tapArr, e.taps = [2]BodyTap{}, nil
 	if s != nil {
 		e.Request = s.Header()
 		e.Info.Protocol = s.Protocol()

@@ -260,9 +260,11 @@ func (c *Cluster) HTTPStats() *HTTPStats {
 
 // GRPCStats are a cluster's cluster.<name>.grpc.* counters, which the
 // grpc_stats HTTP filter keeps: gRPC calls that ended with a grpc-status,
-// and of those the successes (status 0) and failures.
+// and of those the successes (status 0) and failures; and the messages of
+// the calls' requests and responses.
 type GRPCStats struct {
-	Total, Success, Failure stats.Counter
+	Total, Success, Failure                   stats.Counter
+	RequestMessageCount, ResponseMessageCount stats.Counter
 }
 
 // GRPCStats returns the cluster's gRPC counters, created the first time a
@@ -270,7 +272,11 @@ type GRPCStats struct {
 // stats when it is removed. The caller holds a reference (Acquire).
 func (c *Cluster) GRPCStats() *GRPCStats {
 	return c.grpcStats.get(func() *GRPCStats {
-		return &GRPCStats{Total: c.scope.Counter("grpc.total"), Success: c.scope.Counter("grpc.success"), Failure: c.scope.Counter("grpc.failure")}
+		return &GRPCStats{
+			Total: c.scope.Counter("grpc.total"), Success: c.scope.Counter("grpc.success"), Failure: c.scope.Counter("grpc.failure"),
+			RequestMessageCount:  c.scope.Counter("grpc.request_message_count"),
+			ResponseMessageCount: c.scope.Counter("grpc.response_message_count"),
+		}
 	})
 }
 

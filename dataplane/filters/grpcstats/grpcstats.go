@@ -2,15 +2,15 @@
 // each gRPC request routed to a cluster it counts, once the call ends with
 // a grpc-status (in the trailers, or a trailers-only response),
 // cluster.<cluster stat name>.grpc.total and .success (status 0) or
-// .failure (any other), Envoy's stats for stats_for_all_methods false
+// .failure (any other), and as the bodies go by, the messages of the
+// request and of the response (.request_message_count,
+// .response_message_count): Envoy's stats for stats_for_all_methods false
 // without an individual_method_stats_allowlist (every method counted under
 // one prefix, which is what istiod configures).
 //
 // Not done (refused when configured, or noted): per-method stats
-// (stats_for_all_methods true, individual_method_stats_allowlist),
-// enable_upstream_stats (upstream_rq_time), and the request_message_count /
-// response_message_count counters, which need the message frames of the
-// bodies that skiff's filters do not see yet. emit_filter_state is accepted:
+// (stats_for_all_methods true, individual_method_stats_allowlist) and
+// enable_upstream_stats (upstream_rq_time). emit_filter_state is accepted:
 // it stores the message counts in the request's filter state for access
 // logs, and skiff has no filter state, so nothing could read it.
 package grpcstats
@@ -58,8 +58,54 @@ func (Factory) Create(m proto.Message, fc *filter.Context) (http.Filter, error) 
 // PerRoute implements filter.RouteAware.
 func (f *Filter) PerRoute() filter.PerRoute { return f.pr }
 
-// OnRequest implements http.Filter: the counting happens at the end.
-func (f *Filter) OnRequest(*http.Exchange) http.Action { return http.Continue }
+// OnRequest implements http.Filter: a gRPC call's bodies are watched for
+// their messages; the call is counted at the end.
+func (f *Filter) OnRequest(e *http.Exchange) http.Action {
+	if f.clusters != nil && e.IsGRPC() {
+		if _, on := f.pr.Lookup(e); on {
+			e.AddBodyTap(&messageTap{f: f, e: e})
+		}
+	}
+	return http.Continue
+}
+
+// messageTap counts the messages of one call's bodies, charging the
+// cluster's counters as they start, as Envoy's filter does in decodeData
+// and encodeData (a streaming call's counts grow while it lasts).
+type messageTap struct {
+	f         *Filter
+	e         *http.Exchange
+	req, resp frameCounter
+}
+
+// RequestData implements http.BodyTap.
+func (t *messageTap) RequestData(p []byte) {
+	if n := t.req.count(p); n > 0 {
+		t.f.charge(t.e.Info.UpstreamCluster, func(c *upstream.GRPCStats) { c.RequestMessageCount.Add(n) })
+	}
+}
+
+// ResponseData implements http.BodyTap.
+func (t *messageTap) ResponseData(p []byte) {
+	if n := t.resp.count(p); n > 0 {
+		t.f.charge(t.e.Info.UpstreamCluster, func(c *upstream.GRPCStats) { c.ResponseMessageCount.Add(n) })
+	}
+}
+
+// charge counts in the gRPC counters of the cluster called name. They live
+// in the cluster's stats scope, as in Envoy, and go with it: a call whose
+// cluster was removed meanwhile is not counted.
+func (f *Filter) charge(name string, count func(*upstream.GRPCStats)) {
+	if name == "" || f.clusters == nil {
+		return
+	}
+	cl := f.clusters.Get(name)
+	if cl == nil || !cl.Acquire() {
+		return
+	}
+	defer cl.Release()
+	count(cl.GRPCStats())
+}
 
 // OnComplete implements http.CompleteFilter.
 func (f *Filter) OnComplete(e *http.Exchange) {
@@ -76,21 +122,12 @@ func (f *Filter) OnComplete(e *http.Exchange) {
 	if !ok {
 		return // Envoy charges nothing without a grpc-status
 	}
-	// The counters live in the cluster's stats scope, as in Envoy, and go
-	// with it: a call whose cluster was removed meanwhile is not counted.
-	if f.clusters == nil {
-		return
-	}
-	cl := f.clusters.Get(e.Info.UpstreamCluster)
-	if cl == nil || !cl.Acquire() {
-		return
-	}
-	defer cl.Release()
-	c := cl.GRPCStats()
-	c.Total.Inc()
-	if status == "0" {
-		c.Success.Inc()
-	} else {
-		c.Failure.Inc()
-	}
+	f.charge(e.Info.UpstreamCluster, func(c *upstream.GRPCStats) {
+		c.Total.Inc()
+		if status == "0" {
+			c.Success.Inc()
+		} else {
+			c.Failure.Inc()
+		}
+	})
 }

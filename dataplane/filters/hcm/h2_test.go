@@ -409,6 +409,34 @@ http_filters:
 	e.waitStat("cluster.grpc.grpc.total", 5)
 	e.waitStat("cluster.grpc.grpc.success", 3)
 	e.waitStat("cluster.grpc.grpc.failure", 2)
+	// Messages: a request and a response each for the three calls, a
+	// request for the trailers-only error and one for the failed stream.
+	e.waitStat("cluster.grpc.grpc.request_message_count", 5)
+	e.waitStat("cluster.grpc.grpc.response_message_count", 3)
+
+	// A streaming call's messages count as they go, not at its end.
+	echo, err := client.FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := echo.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte("y")}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := echo.Recv(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.waitStat("cluster.grpc.grpc.request_message_count", 7)
+	e.waitStat("cluster.grpc.grpc.response_message_count", 5)
+	if v, _ := e.st.Value("cluster.grpc.grpc.total"); v != 5 {
+		t.Errorf("grpc.total = %d while a call is under way, want 5", v)
+	}
+	echo.CloseSend()
+	if _, err := echo.Recv(); err != io.EOF {
+		t.Fatalf("stream end: %v", err)
+	}
+	e.waitStat("cluster.grpc.grpc.total", 6)
 
 	// Removed with its cluster (once its pooled upstream connections,
 	// which hold references to it, are closed).

@@ -662,6 +662,7 @@ func (q *rq) pumpResponse(us http.ClientStream) bool {
 		n, err := us.Read(buf)
 		if n > 0 {
 			q.touchIdle()
+			e.TapResponseBody(buf[:n])
 			if _, werr := e.Downstream.Write(buf[:n]); werr != nil {
 				us.Reset(http.ResetCancel)
 				e.Info.SetFlags(http.FlagDownstreamConnectionTermination)
@@ -726,6 +727,7 @@ func (q *rq) tunnel(us http.ClientStream) {
 	for {
 		n, err := us.Read(buf)
 		if n > 0 {
+			e.TapResponseBody(buf[:n])
 			if _, werr := e.Downstream.Write(buf[:n]); werr != nil {
 				us.Reset(http.ResetCancel)
 				e.Downstream.Reset(http.ResetCancel)
@@ -755,6 +757,7 @@ func (q *rq) tunnelUp(us http.ClientStream) {
 	for {
 		n, err := q.e.Downstream.Read(buf.B)
 		if n > 0 {
+			q.e.TapRequestBody(buf.B[:n])
 			if _, werr := us.Write(buf.B[:n]); werr != nil {
 				q.e.Downstream.Reset(http.ResetCancel)
 				return
@@ -808,6 +811,7 @@ func (q *rq) send(us http.ClientStream) {
 	for {
 		n, err := e.Downstream.Read(buf.B)
 		if n > 0 {
+			e.TapRequestBody(buf.B[:n])
 			q.keep(buf.B[:n])
 			if !writeFailed {
 				if _, werr := us.Write(buf.B[:n]); werr != nil {
