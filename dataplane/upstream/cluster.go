@@ -57,6 +57,12 @@ type Host struct {
 
 	outlier  hostOutlier
 	hcFailed atomic.Bool // active health checking failed it (FAILED_ACTIVE_HC), or has yet to pass it
+	// hcExcluded: a response's x-envoy-immediate-health-check-fail failed
+	// it (EXCLUDED_VIA_IMMEDIATE_HC_FAIL), until it passes its checks again.
+	hcExcluded atomic.Bool
+	// hcPassive: such a failure came after the host's check session last
+	// recorded an outcome, which then starts its counts again.
+	hcPassive atomic.Bool
 }
 
 // Transport is the transport socket the host's connections use (the
@@ -102,12 +108,15 @@ func (h *Host) ActiveHealthCheckFailed() bool { return h.hcFailed.Load() }
 
 // HealthFlags says why the load balancer would not pick the host, as the
 // health_flags of Envoy's /clusters: "failed_active_hc",
-// "failed_outlier_check", "failed_eds_health". It is empty for a healthy
-// host.
+// "excluded_via_immediate_hc_fail", "failed_outlier_check",
+// "failed_eds_health". It is empty for a healthy host.
 func (h *Host) HealthFlags() []string {
 	var flags []string
 	if h.hcFailed.Load() {
 		flags = append(flags, "failed_active_hc")
+	}
+	if h.hcExcluded.Load() {
+		flags = append(flags, "excluded_via_immediate_hc_fail")
 	}
 	if h.Ejected() {
 		flags = append(flags, "failed_outlier_check")

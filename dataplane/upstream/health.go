@@ -332,8 +332,8 @@ func compileHTTPCheck(pb *corev3.HealthCheck_HttpHealthCheck) (*HTTPHealthCheck,
 
 // healthStats are a cluster's health_check.* counters, named as in Envoy.
 type healthStats struct {
-	attempt, success, failure, networkFailure stats.Counter
-	healthy                                   stats.Gauge
+	attempt, success, failure, networkFailure, passiveFailure stats.Counter
+	healthy                                                   stats.Gauge
 }
 
 func newHealthStats(sc *stats.Scope) *healthStats {
@@ -342,6 +342,7 @@ func newHealthStats(sc *stats.Scope) *healthStats {
 		success:        sc.Counter("health_check.success"),
 		failure:        sc.Counter("health_check.failure"),
 		networkFailure: sc.Counter("health_check.network_failure"),
+		passiveFailure: sc.Counter("health_check.passive_failure"),
 		healthy:        sc.GaugeMode("health_check.healthy", stats.NeverImport),
 	}
 }
@@ -382,6 +383,7 @@ func (c *Cluster) setHealthCheckLocked(cfg *HealthCheckConfig) {
 	if cfg == nil {
 		changed := false
 		for _, h := range c.hosts {
+			h.hcExcluded.Store(false)
 			changed = h.hcFailed.Swap(false) || changed
 		}
 		if changed {
@@ -769,10 +771,43 @@ func (k *checker) checkHTTP2(ctx context.Context, h *Host, s *session) outcome {
 	return res
 }
 
+// ImmediateHealthCheckFail acts on an upstream response from h that carried
+// x-envoy-immediate-health-check-fail (an upstream Envoy's health check
+// filter failing), as Envoy's router tells the host's health checker: when
+// the cluster has active health checking, the host fails it at once
+// (health_check.failure and .passive_failure; its health_flags show
+// failed_active_hc and excluded_via_immediate_hc_fail) and leaves the
+// balancer until it passes healthy_threshold checks again. Without active
+// health checking the header means nothing, as in Envoy.
+func (c *Cluster) ImmediateHealthCheckFail(h *Host) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := c.checker
+	if k == nil || h.Gone() || c.hosts[h.Addr] != h {
+		return
+	}
+	h.hcExcluded.Store(true)
+	h.hcPassive.Store(true)
+	k.stats.failure.Inc()
+	k.stats.passiveFailure.Inc()
+	if !h.hcFailed.Swap(true) {
+		c.rebuildLocked()
+		k.mu.Lock()
+		k.stats.healthy.Set(int64(k.healthyLocked()))
+		k.mu.Unlock()
+	}
+}
+
 // record applies a check's outcome to the host, as Envoy's
 // handleSuccess and handleFailure do. It reports whether the host is on its
 // way to a change of state that a threshold still holds back.
 func (k *checker) record(h *Host, s *session, res outcome) (pending bool) {
+	if h.hcPassive.Swap(false) {
+		// An immediate failure since the last check: the passes to come
+		// count from none, and a first check no longer brings the host in
+		// at once (Envoy's setUnhealthy).
+		s.healthy, s.bad, s.first = 0, 0, false
+	}
 	first := s.first
 	s.first = false
 	failed := h.hcFailed.Load()
@@ -807,7 +842,13 @@ func (k *checker) record(h *Host, s *session, res outcome) (pending bool) {
 	if c.checker != k || h.Gone() {
 		return false // this checker was replaced or stopped, or the host left
 	}
+	if h.hcPassive.Load() {
+		return true // failed by a response meanwhile: the next check starts again
+	}
 	h.hcFailed.Store(!failed)
+	if failed {
+		h.hcExcluded.Store(false)
+	}
 	c.rebuildLocked()
 	k.mu.Lock()
 	k.stats.healthy.Set(int64(k.healthyLocked()))

@@ -515,3 +515,53 @@ func TestHealthCheckIntervals(t *testing.T) {
 		}
 	}
 }
+
+// TestImmediateHealthCheckFail: a response's
+// x-envoy-immediate-health-check-fail fails the host's active health check
+// at once, as in Envoy: it leaves the balancer with failed_active_hc and
+// excluded_via_immediate_hc_fail, is counted as a passive failure, and
+// comes back after healthy_threshold passing checks. A cluster without
+// active health checking ignores it.
+func TestImmediateHealthCheckFail(t *testing.T) {
+	good, other := newStatusServer(t, 200), newStatusServer(t, 200)
+	hc := fastCheck()
+	hc.HealthChecker = &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{Path: "/healthz"}}
+	c, st := checkedCluster(t, hc, good.addr(), other.addr())
+	g, f := hostAt(c, good.addr()), hostAt(c, other.addr())
+	waitUntil(t, "both hosts healthy", func() bool { return g.Healthy() && f.Healthy() })
+
+	n := other.count.Load()
+	c.ImmediateHealthCheckFail(f)
+	if f.Healthy() {
+		t.Fatal("healthy right after an immediate health check failure")
+	}
+	if flags := strings.Join(f.HealthFlags(), ","); flags != "failed_active_hc,excluded_via_immediate_hc_fail" {
+		t.Errorf("health flags %q", flags)
+	}
+	for range 10 {
+		if h := c.Pick(); h != g {
+			t.Fatalf("picked %v, failed by an immediate health check failure", h.Addr)
+		}
+	}
+	if v, _ := st.Value("cluster.c.health_check.passive_failure"); v != 1 {
+		t.Errorf("health_check.passive_failure = %d, want 1", v)
+	}
+	if v, _ := st.Value("cluster.c.health_check.healthy"); v != 1 {
+		t.Errorf("health_check.healthy = %d, want 1", v)
+	}
+	waitUntil(t, "healthy again", func() bool { return f.Healthy() })
+	if got := other.count.Load() - n; got < 2 {
+		t.Errorf("back after %d checks, want healthy_threshold (2)", got)
+	}
+	if flags := f.HealthFlags(); len(flags) != 0 {
+		t.Errorf("health flags %q after passing again", flags)
+	}
+
+	// Without active health checking, nothing happens.
+	plain, _ := outlierCluster(t, 2, &clusterv3.OutlierDetection{})
+	h := host(plain, 1)
+	plain.ImmediateHealthCheckFail(h)
+	if !h.Healthy() {
+		t.Error("a host of a cluster without health checks failed by the header")
+	}
+}

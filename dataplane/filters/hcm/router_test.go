@@ -708,14 +708,11 @@ access_log:
 		}
 		e.waitStat("http.ingress.downstream_rq_total", int64(i+1))
 		want += tc.log + "\n"
+		// The exchange is logged as it ends, which may come after the
+		// answer: the next case waits for it, so the lines keep this order.
+		waitLogLines(logPath, i+1)
 	}
-	var log string
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		b, _ := os.ReadFile(logPath)
-		if log = string(b); strings.Count(log, "\n") >= 2 {
-			break
-		}
-	}
+	log := waitLogLines(logPath, 2)
 	if log != want {
 		t.Errorf("access log:\n%s\nwant:\n%s", log, want)
 	}
@@ -740,4 +737,65 @@ func TestRequestTimeoutRequestArriving(t *testing.T) {
 		t.Errorf("stalled request body: %d %q close=%v, want 408 \"request timeout\" with connection: close", resp.StatusCode, body, resp.Close)
 	}
 	e.waitStat("http.ingress.downstream_rq_timeout", 1)
+}
+
+// TestImmediateHealthCheckFailHeader: an upstream response carrying
+// x-envoy-immediate-health-check-fail takes its host out of a health
+// checked cluster at once, as Envoy's router tells the host's health
+// checker: the next requests go to the other host, until the failed one
+// passes its checks again.
+func TestImmediateHealthCheckFailHeader(t *testing.T) {
+	backend := func(name string) string {
+		return upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+			if r.URL.Path == "/fail" {
+				w.Header().Set("x-envoy-immediate-health-check-fail", "")
+			}
+			w.Header().Set("x-upstream", name)
+		}))
+	}
+	a, b := backend("a"), backend("b")
+	cl := clusterWith(t, "up", `
+common_lb_config: { healthy_panic_threshold: { value: 0 } }
+health_checks:
+- timeout: 1s
+  interval: 0.2s
+  no_traffic_interval: 0.2s
+  unhealthy_threshold: 2
+  healthy_threshold: 2
+  http_health_check: { path: /healthz }
+`, a, b)
+	e := newEnv(t, hcmYAML("up", ""), cl)
+	t.Cleanup(func() { e.clusters.Set(nil) }) // stops the health checks
+	c := h1Client(t)
+	resp, _ := get(t, c, "http://"+e.addr+"/fail")
+	failed := resp.Header.Get("x-upstream")
+	e.waitStat("cluster.up.health_check.passive_failure", 1)
+	for range 6 {
+		if resp, _ := get(t, c, "http://"+e.addr+"/"); resp.Header.Get("x-upstream") == failed {
+			t.Fatalf("a request went to %s after it answered with x-envoy-immediate-health-check-fail", failed)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if resp, _ := get(t, c, "http://"+e.addr+"/"); resp.Header.Get("x-upstream") == failed {
+			break // back, after its checks passed
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not back within 10 s", failed)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitLogLines waits up to 5 s for the file at path to hold n lines and
+// returns what it holds then.
+func waitLogLines(path string, n int) string {
+	var log string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		b, _ := os.ReadFile(path)
+		if log = string(b); strings.Count(log, "\n") >= n {
+			break
+		}
+	}
+	return log
 }

@@ -1144,8 +1144,13 @@ func (q *rq) upstreamFailed(conn *pool.Conn, err error, sent bool) outcome {
 
 // reportResponse gives the response's status to the cluster's outlier
 // detection: for a gRPC response that ends in its headers, the HTTP status
-// its grpc-status stands for, as Envoy does.
+// its grpc-status stands for, as Envoy does. A response with
+// x-envoy-immediate-health-check-fail fails the host's active health check
+// (Cluster.ImmediateHealthCheckFail).
 func (q *rq) reportResponse(resp *http.Header, status int) {
+	if resp.Has("x-envoy-immediate-health-check-fail") {
+		q.cl.ImmediateHealthCheckFail(q.host)
+	}
 	if status < 200 || !q.cl.DetectsOutliers() {
 		return // 1xx: the response is still to come; or nobody to tell
 	}
