@@ -11,8 +11,11 @@ package http
 // Envoy's request header map (of its response header map if resp): each
 // such name's non-empty values, in order and separated by ",", become the
 // value of its first field, and the later fields go. Pseudo-headers are left
-// alone (the codecs refuse repeated ones). It allocates nothing when no
-// inline header is repeated, and otherwise only when h's buffer must grow.
+// alone (the codecs refuse repeated ones), and so is content-length, which
+// frames the body: HTTP/1.1's codec takes one field only, HTTP/2's repeated
+// identical ones, which joined would read "5,5". It allocates nothing when
+// no inline header is repeated, and otherwise only when h's buffer must
+// grow.
 func (h *Header) JoinInline(resp bool) {
 	if !h.mayRepeat() {
 		return
@@ -34,7 +37,7 @@ func (h *Header) JoinInline(resp bool) {
 			if name != h.str(fs[i].nameStart, fs[i].nameEnd) {
 				continue
 			}
-			if IsInline(name, resp) {
+			if name != "content-length" && IsInline(name, resp) {
 				h.join(j)
 			}
 			break // j is the first field of the name: the others were compared with it
