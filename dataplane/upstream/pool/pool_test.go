@@ -94,6 +94,14 @@ load_assignment: { cluster_name: c, endpoints: [{ lb_endpoints: [%s] }] }
 	return cfg
 }
 
+// http2Options is the cluster YAML that makes its pools speak HTTP/2.
+const http2Options = `
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: { http2_protocol_options: {} }
+`
+
 func get(t testing.TB, p *Pool, path string) (string, error) {
 	t.Helper()
 	c, s, err := p.Acquire(context.Background(), nil)
@@ -176,12 +184,7 @@ func TestHTTP2Multiplexing(t *testing.T) {
 		io.WriteString(w, r.Proto)
 	})
 	st := stats.NewStore()
-	cl := newCluster(t, st, `
-typed_extension_protocol_options:
-  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-    explicit_http_config: { http2_protocol_options: {} }
-`, srv.addr)
+	cl := newCluster(t, st, http2Options, srv.addr)
 	m := NewManager(Options{})
 	defer m.Close()
 	p := m.Pool(cl, cl.Hosts()[0], "", "")
@@ -455,12 +458,7 @@ func TestTLSHTTP2(t *testing.T) {
 	ca := tlstest.NewCA(t, "upstream CA")
 	srv := startTLSServer(t, ca, true, func(w nethttp.ResponseWriter, r *nethttp.Request) { io.WriteString(w, r.Proto) })
 	st := stats.NewStore()
-	cl := newCluster(t, st, tlsCluster(t, ca)+`
-typed_extension_protocol_options:
-  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-    explicit_http_config: { http2_protocol_options: {} }
-`, srv.addr)
+	cl := newCluster(t, st, tlsCluster(t, ca)+http2Options, srv.addr)
 	m := NewManager(Options{})
 	defer m.Close()
 	p := m.Pool(cl, cl.Hosts()[0], "", "")
@@ -890,12 +888,6 @@ func (l *countingListener) Accept() (net.Conn, error) {
 // which a counting wrapper hides).
 func TestUpstreamByteCounters(t *testing.T) {
 	ca := tlstest.NewCA(t, "upstream CA")
-	h2Options := `
-typed_extension_protocol_options:
-  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-    explicit_http_config: { http2_protocol_options: {} }
-`
 	for _, tc := range []struct {
 		name  string
 		tls   bool
@@ -903,7 +895,7 @@ typed_extension_protocol_options:
 	}{
 		{"HTTP/1.1", false, ""},
 		{"HTTP/1.1 over TLS", true, tlsCluster(t, ca)},
-		{"HTTP/2", false, h2Options},
+		{"HTTP/2", false, http2Options},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -1013,12 +1005,7 @@ func TestHTTP2UpstreamCloseCountsRemote(t *testing.T) {
 	defer func() { srv.Close(); <-served }()
 
 	st := stats.NewStore()
-	cl := newCluster(t, st, `
-typed_extension_protocol_options:
-  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-    explicit_http_config: { http2_protocol_options: {} }
-`, ln.Addr().String())
+	cl := newCluster(t, st, http2Options, ln.Addr().String())
 	m := NewManager(Options{})
 	defer m.Close()
 	p := m.Pool(cl, cl.Hosts()[0], "", "")
