@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/skiffproxy/skiff/internal/nettest"
 )
 
 // upstream is an in-test TCP server on loopback. Each accepted connection is
@@ -214,18 +216,9 @@ func randomBytes(seed uint64, n int) []byte {
 	return b
 }
 
-// refusingAddr returns a loopback address nothing listens on: a port that was
-// bound and closed again, so connecting to it is refused.
-func refusingAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
+// refusingAddr returns a loopback address nothing listens on, held for the
+// test (nettest.RefusedAddr), so connecting to it is refused.
+func refusingAddr(t testing.TB) string { return nettest.RefusedAddr(t).String() }
 
 // freePort returns a loopback port that was free a moment ago.
 func freePort(t testing.TB) int {

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/skiffproxy/skiff/internal/nettest"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
 
@@ -93,16 +94,8 @@ func serveTCP(t *testing.T, handle func(net.Conn)) net.Listener {
 	return ln
 }
 
-// refusedAddr is a loopback address nothing listens on.
-func refusedAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln.Close()
-	return ln.Addr().String()
-}
+// refusedAddr is a loopback address nothing listens on, held for the test.
+func refusedAddr(t *testing.T) string { return nettest.RefusedAddr(t).String() }
 
 // statusServer answers the health check path with *status, and records the
 // requests it gets.

@@ -43,3 +43,25 @@ func UnansweredAddr(t testing.TB) netip.AddrPort {
 	t.Skip("the listener's accept queue did not fill")
 	return addr
 }
+
+// RefusedAddr returns a loopback address where a connect is refused (RST):
+// a socket bound to it and never listening holds the port until the test
+// ends, so that no listener the test starts meanwhile can be given it (a
+// port taken from a listener that was closed again can be, and a request
+// meant to fail then reaches that listener).
+func RefusedAddr(t testing.TB) netip.AddrPort {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*unix.SockaddrInet4).Port))
+}

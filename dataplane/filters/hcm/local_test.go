@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/skiffproxy/skiff/internal/nettest"
 )
 
 // rawExchange writes req on a new connection and returns everything read
@@ -53,15 +55,7 @@ func get(t testing.TB, c *nethttp.Client, url string, hdr ...string) (*nethttp.R
 }
 
 func TestLocalReplies(t *testing.T) {
-	closed := func() string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		a := ln.Addr().String()
-		ln.Close()
-		return a
-	}()
+	closed := nettest.RefusedAddr(t).String()
 	dir := t.TempDir()
 	logPath := filepath.Join(dir, "access.log")
 	cfg := fmt.Sprintf(`

@@ -2,13 +2,14 @@ package hcm_test
 
 import (
 	"io"
-	"net"
 	nethttp "net/http"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/skiffproxy/skiff/internal/nettest"
 )
 
 // TestRequestMirror: a route's request_mirror_policies send each request's
@@ -31,9 +32,7 @@ func TestRequestMirror(t *testing.T) {
 		b, _ := io.ReadAll(r.Body)
 		w.Write([]byte("main:" + string(b)))
 	}))
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	refused := ln.Addr().String()
-	ln.Close()
+	refused := nettest.RefusedAddr(t).String()
 	cfg := `
 stat_prefix: ingress
 route_config:

@@ -18,6 +18,8 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/skiffproxy/skiff/internal/nettest"
 )
 
 // echoUpstream echoes the request body, with a digest of it and the
@@ -147,12 +149,7 @@ func TestRetries(t *testing.T) {
 		}
 		fmt.Fprintf(w, "ok %s attempt=%s", b, r.Header.Get("x-envoy-attempt-count"))
 	}))
-	closed := func() string {
-		ln, _ := net.Listen("tcp", "127.0.0.1:0")
-		a := ln.Addr().String()
-		ln.Close()
-		return a
-	}()
+	closed := nettest.RefusedAddr(t).String()
 	good := upstreamServer(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
 		io.WriteString(w, "good")
 	}))

@@ -218,17 +218,8 @@ virtual_hosts:
 	}
 }
 
-// refusedAddr is a loopback address nothing listens on.
-func refusedAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
+// refusedAddr is a loopback address nothing listens on, held for the test.
+func refusedAddr(t *testing.T) string { return nettest.RefusedAddr(t).String() }
 
 // TestConnectFailureReply: a refused connection is answered as Envoy 1.3x
 // does, the errno in words; a connect timeout is a "connection timeout"

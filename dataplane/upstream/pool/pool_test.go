@@ -254,9 +254,7 @@ circuit_breakers: { thresholds: [{ max_connections: 1, max_pending_requests: 1 }
 }
 
 func TestConnectError(t *testing.T) {
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := nettest.RefusedAddr(t).String()
 	st := stats.NewStore()
 	cl := newCluster(t, st, "", addr)
 	m := NewManager(Options{})
