@@ -74,6 +74,10 @@ func (e *Exchange) AddBodyTap(t BodyTap) {
 	e.taps = append(e.tapArr[:len(e.taps):len(e.tapArr)], t)
 }
 
+// BodyTaps are the taps AddBodyTap added (a filter finds its own at the
+// end of the exchange).
+func (e *Exchange) BodyTaps() []BodyTap { return e.taps }
+
 // TapRequestBody passes p, request body bytes read from the downstream
 // stream, to the exchange's taps. The router calls it.
 func (e *Exchange) TapRequestBody(p []byte) {

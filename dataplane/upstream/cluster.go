@@ -204,9 +204,10 @@ type Cluster struct {
 	// (ReserveConnection).
 	res resources
 
-	httpStats lazyStats[HTTPStats]
-	grpcStats lazyStats[GRPCStats]
-	sslStats  lazyStats[tlscontext.Stats] // cluster.<name>.ssl.*, made with the first TLS connection
+	httpStats   lazyStats[HTTPStats]
+	grpcStats   lazyStats[GRPCStats]
+	grpcMethods sync.Map                    // prefix -> *GRPCStats: the grpc_stats filter's per-method sets
+	sslStats    lazyStats[tlscontext.Stats] // cluster.<name>.ssl.*, made with the first TLS connection
 
 	outlier      atomic.Pointer[detector] // nil: no outlier_detection
 	outlierStats *outlierStats            // made with the first detector; under mu
@@ -280,13 +281,26 @@ type GRPCStats struct {
 // gRPC call to the cluster is counted; they go with the cluster's other
 // stats when it is removed. The caller holds a reference (Acquire).
 func (c *Cluster) GRPCStats() *GRPCStats {
-	return c.grpcStats.get(func() *GRPCStats {
-		return &GRPCStats{
-			Total: c.scope.Counter("grpc.total"), Success: c.scope.Counter("grpc.success"), Failure: c.scope.Counter("grpc.failure"),
-			RequestMessageCount:  c.scope.Counter("grpc.request_message_count"),
-			ResponseMessageCount: c.scope.Counter("grpc.response_message_count"),
-		}
-	})
+	return c.grpcStats.get(func() *GRPCStats { return newGRPCStats(c.scope, "grpc.") })
+}
+
+// GRPCMethodStats is GRPCStats for one method, the counters under
+// cluster.<name>.<prefix> (prefix "grpc.<service>.<method>."), made the
+// first time the method is counted. The caller holds a reference (Acquire).
+func (c *Cluster) GRPCMethodStats(prefix string) *GRPCStats {
+	if v, ok := c.grpcMethods.Load(prefix); ok {
+		return v.(*GRPCStats)
+	}
+	v, _ := c.grpcMethods.LoadOrStore(prefix, newGRPCStats(c.scope, prefix))
+	return v.(*GRPCStats)
+}
+
+func newGRPCStats(sc *stats.Scope, prefix string) *GRPCStats {
+	return &GRPCStats{
+		Total: sc.Counter(prefix + "total"), Success: sc.Counter(prefix + "success"), Failure: sc.Counter(prefix + "failure"),
+		RequestMessageCount:  sc.Counter(prefix + "request_message_count"),
+		ResponseMessageCount: sc.Counter(prefix + "response_message_count"),
+	}
 }
 
 // lazyStats is a set of a cluster's stats made on first use: most clusters

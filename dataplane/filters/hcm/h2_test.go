@@ -455,6 +455,75 @@ http_filters:
 	}
 }
 
+// TestGRPCStatsPerMethod: stats_for_all_methods counts each method under
+// grpc.<service>.<method>. of its cluster, as Envoy; an
+// individual_method_stats_allowlist does so for the methods it lists and
+// counts the others in the common grpc. set.
+func TestGRPCStatsPerMethod(t *testing.T) {
+	for _, tc := range []struct {
+		name, cfg     string
+		unary, stream string // where UnaryCall and FullDuplexCall are counted
+	}{
+		{"all methods", "stats_for_all_methods: true",
+			"cluster.grpc.grpc.grpc.testing.TestService.UnaryCall.", "cluster.grpc.grpc.grpc.testing.TestService.FullDuplexCall."},
+		{"dots replaced", "stats_for_all_methods: true\n    replace_dots_in_grpc_service_name: true",
+			"cluster.grpc.grpc.grpc_testing_TestService.UnaryCall.", "cluster.grpc.grpc.grpc_testing_TestService.FullDuplexCall."},
+		{"allowlist", "individual_method_stats_allowlist: { services: [{ name: grpc.testing.TestService, method_names: [UnaryCall] }] }",
+			"cluster.grpc.grpc.grpc.testing.TestService.UnaryCall.", "cluster.grpc.grpc."},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := grpcecho.Start(t)
+			e := newEnv(t, `
+stat_prefix: ingress
+route_config:
+  virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+    - match: { prefix: "/" }
+      route: { cluster: grpc }
+http_filters:
+- name: envoy.filters.http.grpc_stats
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig
+    `+tc.cfg+`
+- name: envoy.filters.http.router
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+`, cluster(t, "grpc", true, up))
+			_, client, ctx := grpcClient(t, e.addr)
+			if _, err := client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("x")}}); err != nil {
+				t.Fatal(err)
+			}
+			echo, err := client.FullDuplexCall(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for range 2 {
+				if err := echo.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte("y")}}); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := echo.Recv(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			echo.CloseSend()
+			if _, err := echo.Recv(); err != io.EOF {
+				t.Fatalf("stream end: %v", err)
+			}
+			e.waitStat(tc.unary+"success", 1)
+			e.waitStat(tc.unary+"request_message_count", 1)
+			e.waitStat(tc.stream+"success", 1)
+			e.waitStat(tc.stream+"request_message_count", 2)
+			e.waitStat(tc.stream+"response_message_count", 2)
+			if tc.stream != "cluster.grpc.grpc." {
+				if v, _ := e.st.Value("cluster.grpc.grpc.total"); v != 0 {
+					t.Errorf("cluster.grpc.grpc.total = %d with every method counted on its own", v)
+				}
+			}
+		})
+	}
+}
+
 // dialRaw opens a TCP connection to addr, closed when the test ends, with
 // its deadline 10 s away, for a test that speaks HTTP on it itself.
 func dialRaw(t *testing.T, addr string) net.Conn {
