@@ -220,15 +220,18 @@ func randomBytes(seed uint64, n int) []byte {
 // test (nettest.RefusedAddr), so connecting to it is refused.
 func refusingAddr(t testing.TB) string { return nettest.RefusedAddr(t).String() }
 
-// freePort returns a loopback port that was free a moment ago.
+// freePort returns a loopback port that was free a moment ago (for a
+// process to listen on; a refused address is refusingAddr's).
 func freePort(t testing.TB) int {
 	t.Helper()
-	_, port, _ := net.SplitHostPort(refusingAddr(t))
-	p, _ := strconv.Atoi(port)
-	return p
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// portFree reports whether host:port can be bound now.
 // freePortPair returns a port p such that p and p+1 were both free.
 func freePortPair(t testing.TB) int {
 	t.Helper()
@@ -242,6 +245,7 @@ func freePortPair(t testing.TB) int {
 	return 0
 }
 
+// portFree reports whether host:port can be bound now.
 func portFree(addr string) bool {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

@@ -186,15 +186,8 @@ func server(t *testing.T, handle func(net.Conn)) netip.AddrPort {
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
-func refusingAddr(t *testing.T) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln.Close()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
-}
+// refusingAddr is a loopback address nothing listens on, held for the test.
+func refusingAddr(t *testing.T) netip.AddrPort { return nettest.RefusedAddr(t) }
 
 // buildLogged builds cfg's proxy with an infoLog as its access log.
 func (e *env) buildLogged(t *testing.T, cfg *tcpv3.TcpProxy) (*Proxy, *infoLog) {
