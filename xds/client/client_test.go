@@ -183,15 +183,27 @@ func TestDuplicateNamesAreNACKed(t *testing.T) {
 	f.client.handleSotW(ts.stream, &discoveryv3.DiscoveryResponse{
 		VersionInfo: "dup", TypeUrl: resource.ClusterType, Nonce: "n-dup", Resources: []*anypb.Any{a, a},
 	})
+	// The NACK is read off the wire: the stream's sender takes the error
+	// from the client's state as it sends it.
+	var nack *discoveryv3.DiscoveryRequest
+	eventually(t, "the NACK of the duplicates", func() string {
+		for _, m := range f.cp.Requests() {
+			if r, ok := m.(*discoveryv3.DiscoveryRequest); ok && r.GetResponseNonce() == "n-dup" {
+				nack = r
+				return ""
+			}
+		}
+		return "no request answers nonce n-dup"
+	})
+	if msg := nack.GetErrorDetail().GetMessage(); !strings.Contains(msg, `Cluster "dup": appears twice`) {
+		t.Fatalf("NACK error_detail %q", msg)
+	}
+	if nack.GetVersionInfo() != cds.GetVersionInfo() {
+		t.Fatalf("version after a rejected response %q, want %q", nack.GetVersionInfo(), cds.GetVersionInfo())
+	}
 	f.client.mu.Lock()
-	nack, version, first := ts.nack, ts.version, ts.res["dup"]
+	first := ts.res["dup"]
 	f.client.mu.Unlock()
-	if nack == nil || !strings.Contains(nack.Error(), `Cluster "dup": appears twice`) {
-		t.Fatalf("NACK error %v", nack)
-	}
-	if version != cds.GetVersionInfo() {
-		t.Fatalf("version after a rejected response %q, want %q", version, cds.GetVersionInfo())
-	}
 	// As in Envoy's CDS, the first of the duplicates is applied.
 	if first == nil || first.Version != "dup" {
 		t.Fatalf("the first of the duplicates is not taken: %v", first)
