@@ -17,22 +17,10 @@ import (
 // connections that filled it.
 func UnansweredAddr(t testing.TB) netip.AddrPort {
 	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
+	fd, addr := boundSocket(t)
 	if err := unix.Listen(fd, 0); err != nil { // the smallest queue
 		t.Fatal(err)
 	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*unix.SockaddrInet4).Port))
 	for range 64 {
 		c, err := net.DialTimeout("tcp", addr.String(), 200*time.Millisecond)
 		if err != nil {
@@ -51,6 +39,14 @@ func UnansweredAddr(t testing.TB) netip.AddrPort {
 // meant to fail then reaches that listener).
 func RefusedAddr(t testing.TB) netip.AddrPort {
 	t.Helper()
+	_, addr := boundSocket(t)
+	return addr
+}
+
+// boundSocket is a TCP socket bound to a free loopback port, and its
+// address; Cleanup closes it.
+func boundSocket(t testing.TB) (int, netip.AddrPort) {
+	t.Helper()
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -63,5 +59,5 @@ func RefusedAddr(t testing.TB) netip.AddrPort {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*unix.SockaddrInet4).Port))
+	return fd, netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*unix.SockaddrInet4).Port))
 }

@@ -370,24 +370,7 @@ func TestH2UpstreamResetAfterResponseStarted(t *testing.T) {
 // otherwise; a trailers-only answer included), and the counters go with the
 // cluster when it is removed.
 func TestGRPCStats(t *testing.T) {
-	up := grpcecho.Start(t)
-	e := newEnv(t, `
-stat_prefix: ingress
-route_config:
-  virtual_hosts:
-  - name: all
-    domains: ["*"]
-    routes:
-    - match: { prefix: "/" }
-      route: { cluster: grpc }
-http_filters:
-- name: envoy.filters.http.grpc_stats
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig
-    emit_filter_state: true
-- name: envoy.filters.http.router
-  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
-`, cluster(t, "grpc", true, up))
+	e := grpcStatsEnv(t, "emit_filter_state: true")
 	conn, client, ctx := grpcClient(t, e.addr)
 	for range 3 {
 		if _, err := client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("x")}}); err != nil {
@@ -415,18 +398,7 @@ http_filters:
 	e.waitStat("cluster.grpc.grpc.response_message_count", 3)
 
 	// A streaming call's messages count as they go, not at its end.
-	echo, err := client.FullDuplexCall(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for range 2 {
-		if err := echo.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte("y")}}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := echo.Recv(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	echo := echoMessages(t, ctx, client, 2)
 	e.waitStat("cluster.grpc.grpc.request_message_count", 7)
 	e.waitStat("cluster.grpc.grpc.response_message_count", 5)
 	if v, _ := e.st.Value("cluster.grpc.grpc.total"); v != 5 {
@@ -455,6 +427,49 @@ http_filters:
 	}
 }
 
+// grpcStatsEnv is a connection manager routing everything to a gRPC echo
+// upstream (cluster grpc, HTTP/2) through grpc_stats configured with cfg,
+// YAML fields of its FilterConfig.
+func grpcStatsEnv(t *testing.T, cfg string) *env {
+	up := grpcecho.Start(t)
+	return newEnv(t, `
+stat_prefix: ingress
+route_config:
+  virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+    - match: { prefix: "/" }
+      route: { cluster: grpc }
+http_filters:
+- name: envoy.filters.http.grpc_stats
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig
+    `+cfg+`
+- name: envoy.filters.http.router
+  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+`, cluster(t, "grpc", true, up))
+}
+
+// echoMessages opens a FullDuplexCall and exchanges n messages on it,
+// leaving it open.
+func echoMessages(t *testing.T, ctx context.Context, client testpb.TestServiceClient, n int) testpb.TestService_FullDuplexCallClient {
+	t.Helper()
+	echo, err := client.FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range n {
+		if err := echo.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte("y")}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := echo.Recv(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return echo
+}
+
 // TestGRPCStatsPerMethod: stats_for_all_methods counts each method under
 // grpc.<service>.<method>. of its cluster, as Envoy; an
 // individual_method_stats_allowlist does so for the methods it lists and
@@ -472,40 +487,12 @@ func TestGRPCStatsPerMethod(t *testing.T) {
 			"cluster.grpc.grpc.grpc.testing.TestService.UnaryCall.", "cluster.grpc.grpc."},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			up := grpcecho.Start(t)
-			e := newEnv(t, `
-stat_prefix: ingress
-route_config:
-  virtual_hosts:
-  - name: all
-    domains: ["*"]
-    routes:
-    - match: { prefix: "/" }
-      route: { cluster: grpc }
-http_filters:
-- name: envoy.filters.http.grpc_stats
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig
-    `+tc.cfg+`
-- name: envoy.filters.http.router
-  typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
-`, cluster(t, "grpc", true, up))
+			e := grpcStatsEnv(t, tc.cfg)
 			_, client, ctx := grpcClient(t, e.addr)
 			if _, err := client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("x")}}); err != nil {
 				t.Fatal(err)
 			}
-			echo, err := client.FullDuplexCall(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for range 2 {
-				if err := echo.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte("y")}}); err != nil {
-					t.Fatal(err)
-				}
-				if _, err := echo.Recv(); err != nil {
-					t.Fatal(err)
-				}
-			}
+			echo := echoMessages(t, ctx, client, 2)
 			echo.CloseSend()
 			if _, err := echo.Recv(); err != io.EOF {
 				t.Fatalf("stream end: %v", err)
