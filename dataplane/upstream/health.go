@@ -595,7 +595,7 @@ func (k *checker) check(ctx context.Context, h *Host, s *session) outcome {
 		res = k.checkTCP(s)
 	} else {
 		var close bool
-		res, close = k.checkHTTP(s)
+		res, close = k.checkHTTP(h, s)
 		keep = keep && !close
 	}
 	if res != checkPassed || !keep {
@@ -714,9 +714,15 @@ func (k *checker) httpRequest() *http.Request {
 	return req
 }
 
-// judge reads a check's response to its end and applies the status rules.
-// close reports that the connection cannot carry another check.
-func (k *checker) judge(resp *http.Response) (res outcome, close bool) {
+// judge reads a check's response from h to its end and applies the status
+// rules. close reports that the connection cannot carry another check. A
+// response that fails the host at once and carries
+// x-envoy-immediate-health-check-fail also marks it
+// excluded_via_immediate_hc_fail until it passes again, as Envoy's HTTP
+// health checker does. (Envoy sets the flag for a retriable status too,
+// which takes the host out of its balancer before the unhealthy threshold;
+// skiff leaves such a host to the threshold.)
+func (k *checker) judge(h *Host, resp *http.Response) (res outcome, close bool) {
 	hc := k.cfg.HTTP
 	_, err := io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
 	resp.Body.Close()
@@ -727,11 +733,14 @@ func (k *checker) judge(resp *http.Response) (res outcome, close bool) {
 	case inRanges(hc.Retriable, resp.StatusCode):
 		return checkNetwork, close
 	}
+	if len(resp.Header.Values("X-Envoy-Immediate-Health-Check-Fail")) > 0 {
+		h.hcExcluded.Store(true)
+	}
 	return checkActive, close
 }
 
 // checkHTTP sends the request over HTTP/1.1 on the session's connection.
-func (k *checker) checkHTTP(s *session) (res outcome, close bool) {
+func (k *checker) checkHTTP(h *Host, s *session) (res outcome, close bool) {
 	req := k.httpRequest()
 	if err := req.Write(s.conn); err != nil {
 		return checkNetwork, true
@@ -740,7 +749,7 @@ func (k *checker) checkHTTP(s *session) (res outcome, close bool) {
 	if err != nil {
 		return checkNetwork, true
 	}
-	return k.judge(resp)
+	return k.judge(h, resp)
 }
 
 // checkHTTP2 sends the request over cleartext HTTP/2 (prior knowledge) on
@@ -762,7 +771,7 @@ func (k *checker) checkHTTP2(ctx context.Context, h *Host, s *session) outcome {
 	res := checkNetwork
 	close := true
 	if resp, err := s.h2.RoundTrip(k.httpRequest().WithContext(ctx)); err == nil {
-		res, close = k.judge(resp)
+		res, close = k.judge(h, resp)
 	}
 	if res != checkPassed || close || !k.cfg.ReuseConnection || s.h2.Available() == 0 {
 		s.h2.Close()

@@ -558,3 +558,34 @@ func TestImmediateHealthCheckFail(t *testing.T) {
 		t.Error("a host of a cluster without health checks failed by the header")
 	}
 }
+
+// TestHealthCheckResponseImmediateFail: a failing health check response
+// with x-envoy-immediate-health-check-fail (an upstream Envoy's
+// health_check filter failing) marks the host
+// excluded_via_immediate_hc_fail beside failed_active_hc, as Envoy's HTTP
+// health checker does, until it passes again.
+func TestHealthCheckResponseImmediateFail(t *testing.T) {
+	var failing atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if failing.Load() {
+			w.Header().Set("x-envoy-immediate-health-check-fail", "")
+			w.WriteHeader(503)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	hc := fastCheck()
+	hc.HealthChecker = &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{Path: "/healthz"}}
+	c, _ := checkedCluster(t, hc, srv.Listener.Addr().String())
+	h := hostAt(c, srv.Listener.Addr().String())
+	waitUntil(t, "healthy", func() bool { return h.Healthy() })
+	failing.Store(true)
+	waitUntil(t, "failed", func() bool { return !h.Healthy() })
+	if flags := strings.Join(h.HealthFlags(), ","); flags != "failed_active_hc,excluded_via_immediate_hc_fail" {
+		t.Errorf("health flags %q", flags)
+	}
+	failing.Store(false)
+	waitUntil(t, "healthy again", func() bool { return h.Healthy() })
+	if flags := h.HealthFlags(); len(flags) != 0 {
+		t.Errorf("health flags %q after passing again", flags)
+	}
+}
