@@ -27,6 +27,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/dataplane/upstream/pool"
 	"github.com/skiffproxy/skiff/internal/bufpool"
+	"github.com/skiffproxy/skiff/internal/nettest"
 	"github.com/skiffproxy/skiff/internal/protoyaml"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
@@ -117,34 +118,23 @@ func (e *env) context() *filter.Context {
 }
 
 func (e *env) serve() {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.addr = ln.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			fc := filter.NewConn(c, e.ids.Add(1), "test", testLog)
-			fc.SetDrain(&e.drainSig)
-			e.connsMu.Lock()
-			e.conns = append(e.conns, fc)
-			e.connsMu.Unlock()
-			wg.Go(func() { e.mgr.ServeConn(ctx, fc) })
-		}
-	})
+	// Cleanups run last first: the context is canceled, then Serve closes
+	// the listener and waits for the connections, then the pools and sinks
+	// close.
 	e.t.Cleanup(func() {
-		ln.Close()
-		cancel()
-		wg.Wait()
 		e.pools.Close()
 		e.sinks.Close()
 	})
+	ctx, cancel := context.WithCancel(context.Background())
+	e.addr = nettest.Serve(e.t, func(c net.Conn) {
+		fc := filter.NewConn(c, e.ids.Add(1), "test", testLog)
+		fc.SetDrain(&e.drainSig)
+		e.connsMu.Lock()
+		e.conns = append(e.conns, fc)
+		e.connsMu.Unlock()
+		e.mgr.ServeConn(ctx, fc)
+	})
+	e.t.Cleanup(cancel)
 }
 
 // drain makes every connection drain as a retired filter chain's do

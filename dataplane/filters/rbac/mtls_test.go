@@ -15,7 +15,6 @@ import (
 	"net"
 	nethttp "net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -28,6 +27,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/filters/router"
 	"github.com/skiffproxy/skiff/dataplane/tlscontext"
 	"github.com/skiffproxy/skiff/internal/bufpool"
+	"github.com/skiffproxy/skiff/internal/nettest"
 	"github.com/skiffproxy/skiff/internal/protoyaml"
 	"github.com/skiffproxy/skiff/internal/tlstest"
 )
@@ -80,40 +80,23 @@ func (p *pki) clientConfig(t *testing.T, leaf *tlstest.Leaf) *tls.Config {
 // connections end with the test.
 func serveTLS(t *testing.T, srv *tlscontext.Server, serve func(context.Context, *filter.Conn)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
 	var ids atomic.Uint64
-	wg.Go(func() {
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
+	addr := nettest.Serve(t, func(nc net.Conn) {
+		defer nc.Close()
+		c := filter.NewConn(nc, ids.Add(1), "test", nil)
+		if srv != nil {
+			tc := tls.Server(nc, srv.Config)
+			if err := tc.HandshakeContext(ctx); err != nil {
 				return
 			}
-			wg.Go(func() {
-				defer nc.Close()
-				c := filter.NewConn(nc, ids.Add(1), "test", nil)
-				if srv != nil {
-					tc := tls.Server(nc, srv.Config)
-					if err := tc.HandshakeContext(ctx); err != nil {
-						return
-					}
-					cs := tc.ConnectionState()
-					c.Conn, c.TLS, c.TLSLocal = tc, &cs, srv.LocalCertificate(&cs)
-				}
-				serve(ctx, c)
-			})
+			cs := tc.ConnectionState()
+			c.Conn, c.TLS, c.TLSLocal = tc, &cs, srv.LocalCertificate(&cs)
 		}
+		serve(ctx, c)
 	})
-	t.Cleanup(func() {
-		ln.Close()
-		cancel()
-		wg.Wait()
-	})
-	return ln.Addr().String()
+	t.Cleanup(cancel) // runs before Serve's, which waits for the connections
+	return addr
 }
 
 // buildHCM is an HTTP connection manager whose only route answers 200 "ok",
