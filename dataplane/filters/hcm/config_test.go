@@ -57,8 +57,8 @@ common_http_protocol_options: { max_response_headers_kb: 80 }
 http_filters: [` + routerFilter + `]`, "common_http_protocol_options.max_response_headers_kb", ""},
 		{`stat_prefix: x
 ` + routes + `
-upgrade_configs: [{ upgrade_type: CONNECT }]
-http_filters: [` + routerFilter + `]`, "upgrade_configs[0].upgrade_type", "CONNECT"},
+upgrade_configs: [{ upgrade_type: CONNECT, filters: [` + routerFilter + `] }]
+http_filters: [` + routerFilter + `]`, "upgrade_configs[0].filters", "not supported"},
 		{`stat_prefix: x
 ` + routes + `
 strip_matching_host_port: true

@@ -371,9 +371,6 @@ func (f Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilt
 			return nil, cfgerr.Index("upgrade_configs", i, err)
 		}
 		t := strings.ToLower(u.GetUpgradeType())
-		if t == "connect" {
-			return nil, cfgerr.Errorf(fmt.Sprintf("upgrade_configs[%d].upgrade_type", i), "CONNECT is not supported by skiff yet")
-		}
 		if mg.upgrades == nil {
 			mg.upgrades = map[string]bool{}
 		}
@@ -484,6 +481,8 @@ type hcmStats struct {
 	rqTxReset, rqWsOnNonWs, rqTooLarge, rqFailedNormalize  stats.Counter
 	rqRespBeforeComplete                                   stats.Counter
 	rqNormalizedRedirect                                   stats.Counter
+	cxUpgradesTotal                                        stats.Counter
+	cxUpgradesActive                                       stats.Gauge
 	rxBytes, txBytes                                       stats.Counter
 	rqTime                                                 stats.Histogram
 }
@@ -518,6 +517,8 @@ func newStats(st *stats.Store, p string) hcmStats {
 		rqRespBeforeComplete: st.Counter(p + "downstream_rq_response_before_rq_complete"),
 		rqFailedNormalize:    st.Counter(p + "downstream_rq_failed_path_normalization"),
 		rqNormalizedRedirect: st.Counter(p + "downstream_rq_redirected_with_normalized_path"),
+		cxUpgradesTotal:      st.Counter(p + "downstream_cx_upgrades_total"),
+		cxUpgradesActive:     st.Gauge(p + "downstream_cx_upgrades_active"),
 		rxBytes:              st.Counter(p + "downstream_cx_rx_bytes_total"),
 		txBytes:              st.Counter(p + "downstream_cx_tx_bytes_total"),
 		rqTime:               st.Histogram(p + "downstream_rq_time"),

@@ -49,6 +49,7 @@ type stream struct {
 	// tunnelReq: an HTTP/1.1 upgrade or CONNECT request, which Envoy's codec
 	// never sees complete (its body is the tunnel's).
 	tunnelReq   bool
+	upgraded    bool   // the upgrade was allowed (downstream_cx_upgrades_active counts it)
 	decoratorOp string // x-envoy-decorator-operation for the response (tracing, ingress)
 	// closeConn: the HTTP/1.x connection closes after this exchange's
 	// response, which says "connection: close" (Envoy's saw_connection_close_).
@@ -142,7 +143,7 @@ func (st *stream) serveRefused(c *conn, s http.ServerStream, he *h1.Error) {
 func (st *stream) start(c *conn, s http.ServerStream) {
 	m := st.m
 	st.c, st.down = c, s
-	st.headerSent, st.ended, st.matched, st.closeConn, st.tunnelReq = false, false, false, false, false
+	st.headerSent, st.ended, st.matched, st.closeConn, st.tunnelReq, st.upgraded = false, false, false, false, false, false
 	st.decoratorOp, st.upgradeType = "", ""
 	st.resetFlag.Store(false)
 	st.reqDone.Store(false)
@@ -185,15 +186,22 @@ func (st *stream) run() {
 			st.routeDuration(rt)
 		}
 	}
-	if st.upgradeType != "" && !route.UpgradeAllowed(rt, m.upgrades, st.upgradeType) {
-		// As Envoy decides it: once the route is known, before any filter.
-		// The connection closes after the 403, as in Envoy: bytes the client
-		// sent after the refused upgrade's head are never read as another
-		// request (a smuggled one).
-		st.closeConn = true
-		m.stats.rqWsOnNonWs.Inc()
-		_ = e.LocalReply(403, "", "upgrade_failed", 0)
-		return
+	if st.upgradeType != "" {
+		if !route.UpgradeAllowed(rt, m.upgrades, st.upgradeType) {
+			// As Envoy decides it: once the route is known, before any
+			// filter. The connection closes after the 403, as in Envoy:
+			// bytes the client sent after the refused upgrade's head are
+			// never read as another request (a smuggled one).
+			st.closeConn = true
+			m.stats.rqWsOnNonWs.Inc()
+			_ = e.LocalReply(403, "", "upgrade_failed", 0)
+			return
+		}
+		// Envoy's upgradeFilterChainCreated: an upgrade (CONNECT included)
+		// counts from here to the stream's end, whatever the upstream says.
+		st.upgraded = true
+		m.stats.cxUpgradesTotal.Inc()
+		m.stats.cxUpgradesActive.Inc()
 	}
 	if m.tracing != nil {
 		st.decoratorOp = m.tracing.decorate(e.Request, rt)
@@ -320,6 +328,9 @@ func (st *stream) finish() {
 		m.stats.rqClass[code/100-1].Inc()
 	}
 	m.stats.rqCompleted.Inc()
+	if st.upgraded {
+		m.stats.cxUpgradesActive.Dec()
+	}
 	m.stats.rqTime.Record(uint64(e.Info.Duration / time.Millisecond))
 	for _, f := range m.doneFilters {
 		f.OnComplete(e)
@@ -437,7 +448,7 @@ func (st *stream) prepare() bool {
 	} else if m.stripMatching {
 		route.StripPort(req, int(st.c.fc.Local.Port()))
 	}
-	st.sanitize(st.upgradeType != "")
+	st.sanitize(st.upgradeType != "" && st.upgradeType != "connect")
 	return true
 }
 
@@ -475,9 +486,13 @@ func (st *stream) underscores() bool {
 // case), or "" for none: h2c upgrades are ignored (the request goes on as
 // HTTP/1.1, as in Envoy). Its upgrade and connection headers are kept until
 // run decides, once the route is known, whether the upgrade is allowed
-// (tunneled) or refused with 403, as Envoy does.
+// (tunneled) or refused with 403, as Envoy does. A CONNECT request, on
+// either protocol, is the upgrade "connect", as Envoy treats it.
 func (st *stream) upgrade() string {
 	req := st.ex.Request
+	if req.Method() == "CONNECT" {
+		return "connect"
+	}
 	up, has := req.Get("upgrade")
 	if !has || st.c.http2 || !connectionHasUpgrade(req) || http.EqualFoldLower(up, "h2c") {
 		return ""

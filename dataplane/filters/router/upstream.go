@@ -487,6 +487,9 @@ func (q *rq) attemptOn(host *upstream.Host) outcome {
 	if e.Info.UpstreamStart == 0 {
 		e.Info.UpstreamStart = max(start, 1)
 	}
+	if q.terminatesConnect() {
+		return q.terminateOn(host)
+	}
 
 	p := q.r.pools.Pool(q.cl, host, q.sni, q.san)
 	if p == nil { // max_connection_pools
@@ -554,8 +557,10 @@ func (q *rq) exchange(conn *pool.Conn, us http.ClientStream, start time.Duration
 		elapsed, _ := q.sinceRequestComplete(time.Since(e.Info.Start))
 		q.setTimeoutHeaders(elapsed)
 	}
-	upgrade := req.Has("upgrade")
-	end := q.requestEnded()
+	// An upgrade or a CONNECT becomes a tunnel if the upstream agrees.
+	connect := req.Method() == "CONNECT"
+	upgrade := connect || req.Has("upgrade")
+	end := q.requestEnded() && !connect
 	var resp *http.Header
 	var err error
 	if ex, ok := us.(http.HeaderExchanger); ok && end && !upgrade {
@@ -631,7 +636,7 @@ func (q *rq) exchange(conn *pool.Conn, us http.ClientStream, start time.Duration
 		e.Info.SetFlags(http.FlagDownstreamConnectionTermination)
 		return done
 	}
-	if status == 101 {
+	if status == 101 || connect && status/100 == 2 {
 		q.stopTimers()
 		q.tunnel(us)
 		hs.RqCompleted.Inc()

@@ -314,7 +314,7 @@ func (c *compiler) routeMatch(pb *routev3.RouteMatch) (routeMatch, error) {
 		return m, cfgerr.Errorf("", "is required")
 	}
 	if err := cfgerr.OnlyFields(pb, "prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive",
-		"headers", "query_parameters", "grpc", "runtime_fraction"); err != nil {
+		"headers", "query_parameters", "grpc", "runtime_fraction", "connect_matcher"); err != nil {
 		return m, err
 	}
 	if rf := pb.GetRuntimeFraction(); rf != nil {
@@ -340,8 +340,13 @@ func (c *compiler) routeMatch(pb *routev3.RouteMatch) (routeMatch, error) {
 		m.kind, m.re = pathRegex, re
 		// case_sensitive does not apply to regexes (use (?i)).
 		m.caseSensitive = true
+	case *routev3.RouteMatch_ConnectMatcher_:
+		if err := cfgerr.Field("connect_matcher", cfgerr.OnlyFields(p.ConnectMatcher)); err != nil {
+			return m, err
+		}
+		m.kind = pathConnect
 	default:
-		return m, cfgerr.Errorf("", "one of prefix, path, safe_regex, path_separated_prefix is required")
+		return m, cfgerr.Errorf("", "one of prefix, path, safe_regex, path_separated_prefix, connect_matcher is required")
 	}
 	if !m.caseSensitive {
 		m.value = http.LowerASCII(m.value)
@@ -377,17 +382,21 @@ func (c *compiler) routeAction(r *Route, pb *routev3.RouteAction, vhRetry *Retry
 		return err
 	}
 	for i, u := range pb.GetUpgradeConfigs() {
-		if err := cfgerr.OnlyFields(u, "upgrade_type", "enabled"); err != nil {
+		if err := cfgerr.OnlyFields(u, "upgrade_type", "enabled", "connect_config"); err != nil {
 			return cfgerr.Index("upgrade_configs", i, err)
 		}
-		t := http.LowerASCII(u.GetUpgradeType())
-		if t == "connect" {
-			return cfgerr.Errorf(fmt.Sprintf("upgrade_configs[%d].upgrade_type", i), "CONNECT is not supported by skiff yet")
+		if err := cfgerr.OnlyFields(u.GetConnectConfig()); err != nil {
+			return cfgerr.Index("upgrade_configs", i, cfgerr.Field("connect_config", err))
 		}
+		t := http.LowerASCII(u.GetUpgradeType())
 		if r.Upgrades == nil {
 			r.Upgrades = map[string]bool{}
 		}
 		r.Upgrades[t] = u.Enabled == nil || u.GetEnabled().GetValue()
+		if t == "connect" {
+			// Used for CONNECT only, as in Envoy (another type's is ignored).
+			r.TerminateConnect = u.GetConnectConfig() != nil
+		}
 	}
 	switch cs := pb.GetClusterSpecifier().(type) {
 	case *routev3.RouteAction_Cluster:

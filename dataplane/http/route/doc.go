@@ -123,14 +123,14 @@
 // Route: filter_action, non_forwarding_action, tracing,
 // per_request_buffer_limit_bytes, stat_prefix, request_body_buffer_limit,
 // route_specifiers.
-// RouteMatch: connect_matcher, path_match_policy, cookies, tls_context,
+// RouteMatch: path_match_policy, cookies, tls_context,
 // dynamic_metadata, filter_state.
 // RouteAction: cluster_specifier_plugin, inline_cluster_specifier_plugin,
 // metadata_match, path_rewrite_policy, path_rewrite, host_rewrite,
 // flush_timeout, early_data_policy, retry_policy_typed_config,
 // request_mirror_policies' cluster_header and runtime_key (at every level), priority (other than DEFAULT), rate_limits,
 // include_vh_rate_limits, hash_policy's filter_state, cors (deprecated: use
-// typed_per_filter_config), upgrade_configs' CONNECT and connect_config,
+// typed_per_filter_config), connect_config's proxy_protocol_config and allow_post,
 // internal_redirect_policy, internal_redirect_action (other than
 // PASS_THROUGH_INTERNAL_REDIRECT), max_internal_redirects, hedge_policy.
 // WeightedCluster: runtime_key_prefix, use_hash_policy

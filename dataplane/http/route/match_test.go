@@ -5,6 +5,7 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 
+	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/dataplane/runtime"
 	"github.com/skiffproxy/skiff/internal/protoyaml"
 )
@@ -346,5 +347,53 @@ virtual_hosts:
 	}
 	if got := share(tbl); got != 750 {
 		t.Errorf("runtime 75%%: %d of 1000 random values matched, want 750", got)
+	}
+}
+
+// TestConnectMatcher: connect_matcher routes take CONNECT requests only, as
+// Envoy's ConnectRouteEntryImpl, with their other matchers; an HTTP/1.1
+// CONNECT has no :path, so no path matcher but an empty prefix matches it; the
+// virtual host is picked by the CONNECT target, port included.
+func TestConnectMatcher(t *testing.T) {
+	tbl := mustCompile(t, `
+virtual_hosts:
+- name: proxy
+  domains: ["db.internal:5432"]
+  routes:
+  - name: tagged
+    match: {connect_matcher: {}, headers: [{name: x-tenant, string_match: {exact: a}}]}
+    route: {cluster: a, upgrade_configs: [{upgrade_type: CONNECT, connect_config: {}}]}
+  - {name: connect, match: {connect_matcher: {}}, route: {cluster: c, upgrade_configs: [{upgrade_type: CONNECT}]}}
+  - {name: get, match: {prefix: /}, route: {cluster: g}}
+- name: other
+  domains: ["*"]
+  routes:
+  - {name: prefix, match: {prefix: /}, route: {cluster: p}}
+`)
+	connect := func(target string, kv ...string) *http.Header {
+		return hdr(append([]string{":method", "CONNECT", ":authority", target}, kv...)...)
+	}
+	tests := []struct {
+		name string
+		h    *http.Header
+		want string
+	}{
+		{"connect", connect("db.internal:5432"), "connect"},
+		{"connect with header", connect("db.internal:5432", "x-tenant", "a"), "tagged"},
+		{"GET is not CONNECT", req("db.internal:5432", "/"), "get"},
+		{"connect elsewhere", connect("db.internal:80"), "<nil>"}, // no path: the prefix route cannot take it
+		{"HTTP/2 CONNECT with a path", hdr(":method", "CONNECT", ":authority", "db.internal:5432", ":path", "/x"), "connect"},
+	}
+	for _, tt := range tests {
+		if got := routeName(tbl.Match(tt.h, 0)); got != tt.want {
+			t.Errorf("%s: %s, want %s", tt.name, got, tt.want)
+		}
+	}
+	r := tbl.Match(connect("db.internal:5432", "x-tenant", "a"), 0)
+	if r == nil || !r.TerminateConnect || !UpgradeAllowed(r, nil, "connect") {
+		t.Errorf("tagged route: TerminateConnect %v, upgrade allowed %v; want both", r != nil && r.TerminateConnect, UpgradeAllowed(r, nil, "connect"))
+	}
+	if r := tbl.Match(connect("db.internal:5432"), 0); r == nil || r.TerminateConnect {
+		t.Errorf("route without connect_config terminates CONNECT")
 	}
 }

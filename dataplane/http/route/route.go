@@ -147,6 +147,12 @@ type Route struct {
 	// allows (true) or refuses (false) whatever the connection manager's
 	// upgrade_configs say; nil if it has none (see UpgradeAllowed).
 	Upgrades map[string]bool
+	// TerminateConnect: the route's CONNECT upgrade has a connect_config, so
+	// the router terminates a CONNECT request, as Envoy's TcpUpstream: the
+	// request's body goes to the upstream host over a TCP connection, whose
+	// bytes are the response's body after a 200 skiff makes. Without it a
+	// CONNECT request is proxied like any other (the upstream terminates it).
+	TerminateConnect bool
 	// Retry is the retry policy (the route's, else the virtual host's), or
 	// nil for no retries.
 	Retry *RetryPolicy
@@ -247,6 +253,9 @@ const (
 	pathExact
 	pathRegex
 	pathSeparatedPrefix
+	// pathConnect is connect_matcher: CONNECT requests, with or without a
+	// path, and nothing else.
+	pathConnect
 )
 
 // matches reports whether the request matches. path is :path without its
@@ -286,6 +295,10 @@ func (m *routeMatch) matches(h *http.Header, path, query string, hasQuery bool, 
 		}
 	case pathRegex:
 		if !m.re.MatchString(path) {
+			return false
+		}
+	case pathConnect:
+		if h.Method() != "CONNECT" {
 			return false
 		}
 	}
@@ -482,7 +495,10 @@ func (r *Route) RewriteRequest(h *http.Header, keepOriginal bool) bool {
 	if !r.pathRewrite.set() {
 		return false
 	}
-	path := h.Path()
+	path, has := h.Get(http.Path)
+	if !has {
+		return false // CONNECT: nothing to rewrite
+	}
 	newPath, ok := r.rewritePath(path, &r.pathRewrite)
 	if !ok || newPath == "" {
 		// As Envoy, an empty result leaves the path alone.

@@ -97,9 +97,12 @@ func (t *Table) Match(h *http.Header, random uint64) *Route {
 		return vh.tlsRedirect
 	}
 	path, ok := h.Get(http.Path)
-	if !ok {
+	if !ok && h.Method() != "CONNECT" {
 		return nil
 	}
+	// A CONNECT request has no path (but for HTTP/2's extended CONNECT): a
+	// connect_matcher route matches it, as in Envoy, where path matchers see
+	// an empty path.
 	p, q, hasQ := splitPath(path, t.ignorePathParams)
 	for _, r := range vh.routes {
 		if r.match.matches(h, p, q, hasQ, random) {
