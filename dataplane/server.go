@@ -278,7 +278,7 @@ func (s *Server) build(snap *Snapshot, running map[string]*listener.Listener) (*
 			if cla != nil {
 				g.assigned[cla] = eps
 			}
-			a = upstream.Assignment{Config: cfg, Endpoints: eps, From: cla}
+			a = upstream.Assignment{Config: cfg, Endpoints: eps, From: cla, Policy: upstream.PolicyOf(cla)}
 		}
 		g.clusters = append(g.clusters, a)
 	}

@@ -21,6 +21,7 @@ import (
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/skiffproxy/skiff/dataplane/filters"
 	"github.com/skiffproxy/skiff/dataplane/listener"
@@ -519,5 +520,46 @@ func TestListenerBreakingChangeRebindsWithoutRefusing(t *testing.T) {
 	s.mu.Unlock()
 	if got := sock.IntOption(t, 1, 8); got < 131072+4*65536 {
 		t.Fatalf("SO_RCVBUF on the serving socket = %d", got)
+	}
+}
+
+// TestEDSLoadPolicy: an EDS cluster's hosts share the traffic by the load
+// assignment's policy: with overprovisioning_factor 100, priority 0 with one
+// host healthy of two takes 50 % (70 % with Envoy's default 140), and a
+// DEGRADED host takes only what healthy ones cannot.
+func TestEDSLoadPolicy(t *testing.T) {
+	s, _ := newTestServer(t, time.Second)
+	eds := &clusterv3.Cluster{
+		Name:                 "c",
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{EdsConfig: &corev3.ConfigSource{
+			ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}},
+	}
+	lbe := func(port uint16, h corev3.HealthStatus) *endpointv3.LbEndpoint {
+		return &endpointv3.LbEndpoint{HealthStatus: h, HostIdentifier: &endpointv3.LbEndpoint_Endpoint{
+			Endpoint: &endpointv3.Endpoint{Address: sockAddr(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port))}}}
+	}
+	for _, tc := range []struct {
+		factor *wrapperspb.UInt32Value
+		p0     [2]int // the share of priority 0, in picks of 1000, within
+	}{{nil, [2]int{650, 750}}, {wrapperspb.UInt32(100), [2]int{450, 550}}} {
+		cla := &endpointv3.ClusterLoadAssignment{ClusterName: "c", Endpoints: []*endpointv3.LocalityLbEndpoints{
+			{LbEndpoints: []*endpointv3.LbEndpoint{lbe(1, corev3.HealthStatus_HEALTHY), lbe(2, corev3.HealthStatus_UNHEALTHY)}},
+			{Priority: 1, LbEndpoints: []*endpointv3.LbEndpoint{lbe(10, corev3.HealthStatus_HEALTHY), lbe(11, corev3.HealthStatus_DEGRADED)}},
+		}}
+		if tc.factor != nil {
+			cla.Policy = &endpointv3.ClusterLoadAssignment_Policy{OverprovisioningFactor: tc.factor}
+		}
+		if err := s.Apply(&Snapshot{Clusters: []*clusterv3.Cluster{eds}, Endpoints: map[string]*endpointv3.ClusterLoadAssignment{"c": cla}}); err != nil {
+			t.Fatal(err)
+		}
+		c := s.Clusters().Get("c")
+		got := map[uint16]int{}
+		for range 1000 {
+			got[c.Pick().Addr.Port()]++
+		}
+		if got[1] < tc.p0[0] || got[1] > tc.p0[1] || got[2] != 0 || got[11] != 0 {
+			t.Errorf("overprovisioning_factor %v: picks %v, want priority 0's healthy host in [%d, %d], the rest to port 10", tc.factor, got, tc.p0[0], tc.p0[1])
+		}
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
@@ -14,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -57,6 +55,9 @@ type Host struct {
 
 	outlier  hostOutlier
 	hcFailed atomic.Bool // active health checking failed it (FAILED_ACTIVE_HC), or has yet to pass it
+	// hcDegraded: its last passing check's response said x-envoy-degraded
+	// (DEGRADED_ACTIVE_HC).
+	hcDegraded atomic.Bool
 	// hcExcluded: a response's x-envoy-immediate-health-check-fail failed
 	// it (EXCLUDED_VIA_IMMEDIATE_HC_FAIL), until it passes its checks again.
 	hcExcluded atomic.Bool
@@ -106,10 +107,11 @@ func (h *Host) Ejected() bool { return h.outlier.ejected.Load() }
 // checking found the host unhealthy, or has yet to check it.
 func (h *Host) ActiveHealthCheckFailed() bool { return h.hcFailed.Load() }
 
-// HealthFlags says why the load balancer would not pick the host, as the
-// health_flags of Envoy's /clusters: "failed_active_hc",
-// "excluded_via_immediate_hc_fail", "failed_outlier_check",
-// "failed_eds_health". It is empty for a healthy host.
+// HealthFlags says why the load balancer would not pick the host, or would
+// pick it only as a degraded one, as the health_flags of Envoy's /clusters:
+// "failed_active_hc", "excluded_via_immediate_hc_fail",
+// "failed_outlier_check", "failed_eds_health", "degraded_active_hc",
+// "degraded_eds_health". It is empty for a healthy host.
 func (h *Host) HealthFlags() []string {
 	var flags []string
 	if h.hcFailed.Load() {
@@ -123,26 +125,27 @@ func (h *Host) HealthFlags() []string {
 	}
 	switch h.Health() {
 	case corev3.HealthStatus_UNKNOWN, corev3.HealthStatus_HEALTHY:
+	case corev3.HealthStatus_DEGRADED:
+		flags = append(flags, "degraded_eds_health")
 	default:
 		flags = append(flags, "failed_eds_health")
+	}
+	if h.hcDegraded.Load() {
+		flags = append(flags, "degraded_active_hc")
 	}
 	return flags
 }
 
-// Healthy reports whether the load balancer may pick the host: the control
-// plane does not say it is unhealthy (UNKNOWN is healthy, as in Envoy
-// without active health checking), active health checking has not failed
-// it, and outlier detection has not ejected it.
-func (h *Host) Healthy() bool {
-	if h.Ejected() || h.hcFailed.Load() {
-		return false
-	}
-	switch h.Health() {
-	case corev3.HealthStatus_UNKNOWN, corev3.HealthStatus_HEALTHY:
-		return true
-	}
-	return false
-}
+// Healthy reports whether the host is healthy: the control plane does not
+// say it is unhealthy or degraded (UNKNOWN is healthy, as in Envoy without
+// active health checking), active health checking has not failed it nor
+// found it degraded, and outlier detection has not ejected it.
+func (h *Host) Healthy() bool { return h.state() == stateHealthy }
+
+// Degraded reports whether the host is degraded and not unhealthy: EDS says
+// DEGRADED, or its health check response said x-envoy-degraded. The load
+// balancer gives degraded hosts what healthy ones cannot carry.
+func (h *Host) Degraded() bool { return h.state() == stateDegraded }
 
 // clusterStats are a cluster's stat handles, named as in Envoy.
 type clusterStats struct {
@@ -157,6 +160,7 @@ type clusterStats struct {
 	cxDestroy, cxDestroyLocal, cxDestroyRemote stats.Counter
 
 	cxActive, membershipTotal, membershipHealthy stats.Gauge
+	membershipDegraded                           stats.Gauge
 	rxBytes, txBytes                             stats.Counter
 	// cxTransportUnsupported (skiff's own) counts connections not made
 	// because their host's transport socket could not be built (see
@@ -166,20 +170,21 @@ type clusterStats struct {
 
 func newClusterStats(sc *stats.Scope) clusterStats {
 	return clusterStats{
-		cxTotal:           sc.Counter("upstream_cx_total"),
-		cxConnectFail:     sc.Counter("upstream_cx_connect_fail"),
-		cxConnectTimeout:  sc.Counter("upstream_cx_connect_timeout"),
-		cxNoneHealthy:     sc.Counter("upstream_cx_none_healthy"),
-		lbHealthyPanic:    sc.Counter("lb_healthy_panic"),
-		cxOverflow:        sc.Counter("upstream_cx_overflow"),
-		cxDestroy:         sc.Counter("upstream_cx_destroy"),
-		cxDestroyLocal:    sc.Counter("upstream_cx_destroy_local"),
-		cxDestroyRemote:   sc.Counter("upstream_cx_destroy_remote"),
-		cxActive:          sc.Gauge("upstream_cx_active"),
-		membershipTotal:   sc.GaugeMode("membership_total", stats.NeverImport),
-		membershipHealthy: sc.GaugeMode("membership_healthy", stats.NeverImport),
-		rxBytes:           sc.Counter("upstream_cx_rx_bytes_total"),
-		txBytes:           sc.Counter("upstream_cx_tx_bytes_total"),
+		cxTotal:            sc.Counter("upstream_cx_total"),
+		cxConnectFail:      sc.Counter("upstream_cx_connect_fail"),
+		cxConnectTimeout:   sc.Counter("upstream_cx_connect_timeout"),
+		cxNoneHealthy:      sc.Counter("upstream_cx_none_healthy"),
+		lbHealthyPanic:     sc.Counter("lb_healthy_panic"),
+		cxOverflow:         sc.Counter("upstream_cx_overflow"),
+		cxDestroy:          sc.Counter("upstream_cx_destroy"),
+		cxDestroyLocal:     sc.Counter("upstream_cx_destroy_local"),
+		cxDestroyRemote:    sc.Counter("upstream_cx_destroy_remote"),
+		cxActive:           sc.Gauge("upstream_cx_active"),
+		membershipTotal:    sc.GaugeMode("membership_total", stats.NeverImport),
+		membershipHealthy:  sc.GaugeMode("membership_healthy", stats.NeverImport),
+		membershipDegraded: sc.GaugeMode("membership_degraded", stats.NeverImport),
+		rxBytes:            sc.Counter("upstream_cx_rx_bytes_total"),
+		txBytes:            sc.Counter("upstream_cx_tx_bytes_total"),
 
 		cxTransportUnsupported:    sc.Counter("upstream_cx_transport_unsupported"),
 		cxConnectAttemptsExceeded: sc.Counter("upstream_cx_connect_attempts_exceeded"),
@@ -192,6 +197,7 @@ type Cluster struct {
 	name  string
 	cfg   atomic.Pointer[Config]
 	lb    atomic.Pointer[balancer]
+	load  LoadPolicy // the load assignment's policy; under mu
 	stats clusterStats
 	scope *stats.Scope
 	// refs counts the Manager's reference (until the cluster is removed) and
@@ -342,6 +348,14 @@ func (c *Cluster) update(a Assignment) {
 		c.res.bindLocked(c, &a.Config.Limits)
 	}
 	lbChanged := old == nil || old.LBPolicy != a.Config.LBPolicy || old.ChoiceCount != a.Config.ChoiceCount
+	load := a.Policy
+	if load.Overprovisioning == 0 { // (never 0 in a valid one)
+		load = DefaultLoadPolicy
+	}
+	if load != c.load {
+		c.load = load
+		lbChanged = true
+	}
 	switch {
 	case a.Config.DNS != nil && old == nil:
 		c.setEndpointsLocked(nil) // until the first resolution
@@ -445,30 +459,21 @@ func (c *Cluster) rebuildLocked() { c.setBalancerLocked(c.lb.Load().all) }
 
 func (c *Cluster) setBalancerLocked(all []*Host) {
 	cfg := c.cfg.Load()
-	b := newBalancer(cfg.LBPolicy, all, cfg.PanicThreshold)
-	b.choices = cfg.ChoiceCount
-	if cfg.LocalityWeighted && !b.panic && cfg.LBPolicy != clusterv3.Cluster_RING_HASH && cfg.LBPolicy != clusterv3.Cluster_MAGLEV {
-		b.byLocality(all)
-	}
-	switch cfg.LBPolicy {
-	case clusterv3.Cluster_RING_HASH:
-		b.hashed = newRing(b.pickable, &cfg.Hashing)
-	case clusterv3.Cluster_MAGLEV:
-		b.hashed = newMaglev(b.pickable, &cfg.Hashing)
-	}
+	b := newBalancer(&balancerConfig{policy: cfg.LBPolicy, panicPct: cfg.PanicThreshold, choices: cfg.ChoiceCount,
+		locality: cfg.LocalityWeighted, hashing: &cfg.Hashing, load: c.load}, all)
 	c.lb.Store(b)
 	c.stats.membershipTotal.Set(int64(len(all)))
 	c.stats.membershipHealthy.Set(int64(b.healthy))
+	c.stats.membershipDegraded.Set(int64(b.degraded))
 }
 
 // Pick chooses a host for a new connection, or returns nil (and counts
 // upstream_cx_none_healthy) when no host is healthy.
 func (c *Cluster) Pick() *Host {
-	b := c.lb.Load()
-	h := b.pick()
+	h, panic := c.lb.Load().pick()
 	if h == nil {
 		c.stats.cxNoneHealthy.Inc()
-	} else if b.panic {
+	} else if panic {
 		c.stats.lbHealthyPanic.Inc()
 	}
 	return h
@@ -476,7 +481,7 @@ func (c *Cluster) Pick() *Host {
 
 // HashBased reports whether the cluster balances by a request's hash
 // (RING_HASH, MAGLEV), so that a route's hash_policy applies.
-func (c *Cluster) HashBased() bool { return c.lb.Load().hashed != nil }
+func (c *Cluster) HashBased() bool { return c.lb.Load().hashed }
 
 // PickHash chooses a host for a request whose route's hash_policy gave hash:
 // the same hash, the same host while the cluster's hosts stay the same
@@ -484,13 +489,13 @@ func (c *Cluster) HashBased() bool { return c.lb.Load().hashed != nil }
 // host, for a retry that avoids the hosts tried (previous_hosts).
 func (c *Cluster) PickHash(hash uint64, attempt uint32) *Host {
 	b := c.lb.Load()
-	if b.hashed == nil {
+	if !b.hashed {
 		return c.Pick()
 	}
-	h := b.hashed.pick(hash, attempt)
+	h, panic := b.pickHash(hash, attempt)
 	if h == nil {
 		c.stats.cxNoneHealthy.Inc()
-	} else if b.panic {
+	} else if panic {
 		c.stats.lbHealthyPanic.Inc()
 	}
 	return h
@@ -733,173 +738,6 @@ func (c *Cluster) ByteCounters() (tx, rx stats.Counter) { return c.stats.txBytes
 // IsRefused reports whether err means the host actively refused the connection.
 func IsRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
 
-// balancer is an immutable snapshot of a cluster's pickable hosts.
-type balancer struct {
-	all     []*Host
-	healthy int
-	policy  clusterv3.Cluster_LbPolicy
-
-	// pickable are the healthy hosts of the best priority level that has any,
-	// or in panic every host of that level.
-	pickable []*Host
-	panic    bool       // fewer hosts healthy than the panic threshold
-	hashed   hashPicker // RING_HASH's ring or MAGLEV's table over pickable
-	weighted bool       // weights differ: use smooth weighted round robin
-	choices  int        // LEAST_REQUEST's choice_count
-
-	// With locality weighted load balancing, a balancer per locality of
-	// pickable, picked by smooth weighted round robin on their effective
-	// weights (see byLocality); nil otherwise.
-	localities []*balancer
-	lweights   []int64
-	lcurrent   []int64 // under mu
-	ltotal     int64
-
-	next atomic.Uint64 // round-robin cursor (equal weights)
-
-	mu      sync.Mutex // smooth weighted round robin state
-	current []int64
-	total   int64
-}
-
-// newBalancer balances over the healthy hosts of all. Simplest correct
-// priority handling: it uses the highest priority (lowest number) that has a
-// healthy host; lower ones take over only when it has none. When fewer than
-// panicPct percent of that level's hosts (of the highest level, if none is
-// healthy) are healthy, it is in panic, as Envoy's load balancer: it uses
-// every host of the level, healthy or not.
-func newBalancer(policy clusterv3.Cluster_LbPolicy, all []*Host, panicPct float64) *balancer {
-	b := &balancer{all: all, policy: policy}
-	best := uint32(0)
-	found := false
-	for _, h := range all {
-		if !h.Healthy() {
-			continue
-		}
-		b.healthy++
-		switch p := h.Priority(); {
-		case !found || p < best:
-			best, found = p, true
-			b.pickable = append(b.pickable[:0], h)
-		case p == best:
-			b.pickable = append(b.pickable, h)
-		}
-	}
-	if !found { // the highest level present
-		for i, h := range all {
-			if p := h.Priority(); i == 0 || p < best {
-				best = p
-			}
-		}
-	}
-	level := 0
-	for _, h := range all {
-		if h.Priority() == best {
-			level++
-		}
-	}
-	if level > 0 && float64(len(b.pickable))*100 < panicPct*float64(level) {
-		b.panic = true
-		b.pickable = b.pickable[:0]
-		for _, h := range all {
-			if h.Priority() == best {
-				b.pickable = append(b.pickable, h)
-			}
-		}
-	}
-	b.weigh()
-	return b
-}
-
-// weigh prepares the round robin over b.pickable.
-func (b *balancer) weigh() {
-	for _, h := range b.pickable {
-		if h.Weight() != b.pickable[0].Weight() {
-			b.weighted = true
-		}
-		b.total += int64(h.Weight())
-	}
-	b.current = make([]int64, len(b.pickable))
-}
-
-func (b *balancer) pick() *Host {
-	if b.localities != nil {
-		return b.pickLocality().pick()
-	}
-	n := len(b.pickable)
-	switch {
-	case n == 0:
-		return nil
-	case n == 1:
-		return b.pickable[0]
-	case b.policy == clusterv3.Cluster_RANDOM:
-		return b.pickRandom()
-	case b.policy == clusterv3.Cluster_LEAST_REQUEST:
-		return b.pickLeastRequest()
-	case b.hashed != nil: // a request without a hash goes to a random place
-		return b.hashed.pick(rand.Uint64(), 0)
-	case !b.weighted:
-		return b.pickable[(b.next.Add(1)-1)%uint64(n)]
-	}
-	// Smooth weighted round robin (as in nginx): every pick raises each host's
-	// current weight by its weight and takes the largest, which then pays the
-	// total back. Picks are spread evenly in proportion to the weights.
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	best := 0
-	for i, h := range b.pickable {
-		b.current[i] += int64(h.Weight())
-		if b.current[i] > b.current[best] {
-			best = i
-		}
-	}
-	b.current[best] -= b.total
-	return b.pickable[best]
-}
-
-// pickLeastRequest is Envoy's LEAST_REQUEST: with equal weights, the host
-// with the fewest active requests of choice_count picked at random (power of
-// two choices by default); with unequal weights, a weighted random pick by
-// weight / (active requests + 1) (Envoy's active_request_bias of 1.0).
-func (b *balancer) pickLeastRequest() *Host {
-	n := len(b.pickable)
-	if !b.weighted {
-		best := b.pickable[rand.IntN(n)]
-		for range max(b.choices, 1) - 1 {
-			if h := b.pickable[rand.IntN(n)]; h.RqActive.Load() < best.RqActive.Load() {
-				best = h
-			}
-		}
-		return best
-	}
-	total := 0.0
-	for _, h := range b.pickable {
-		total += float64(h.Weight()) / float64(h.RqActive.Load()+1)
-	}
-	r := rand.Float64() * total
-	for _, h := range b.pickable {
-		r -= float64(h.Weight()) / float64(h.RqActive.Load()+1)
-		if r < 0 {
-			return h
-		}
-	}
-	return b.pickable[n-1]
-}
-
-func (b *balancer) pickRandom() *Host {
-	if !b.weighted {
-		return b.pickable[rand.IntN(len(b.pickable))]
-	}
-	r := rand.Int64N(b.total)
-	for _, h := range b.pickable {
-		r -= int64(h.Weight())
-		if r < 0 {
-			return h
-		}
-	}
-	return b.pickable[len(b.pickable)-1]
-}
-
 // Manager owns the clusters. Lookups are lock-free; updates are serialised.
 type Manager struct {
 	stats    *stats.Store
@@ -938,6 +776,9 @@ type Assignment struct {
 	Config    *Config
 	Endpoints []Endpoint
 	From      any
+	// Policy is the load assignment's (PolicyOf); the zero value is
+	// DefaultLoadPolicy.
+	Policy LoadPolicy
 }
 
 // Set makes as the complete set of clusters: new names are added, existing
@@ -1017,5 +858,5 @@ func (m *Manager) Close() {
 
 // Static is the Assignment of a cluster whose endpoints are in its Config.
 func Static(cfg *Config) Assignment {
-	return Assignment{Config: cfg, Endpoints: cfg.Endpoints, From: cfg}
+	return Assignment{Config: cfg, Endpoints: cfg.Endpoints, From: cfg, Policy: cfg.Load}
 }

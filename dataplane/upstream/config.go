@@ -34,8 +34,10 @@ type Config struct {
 	LBPolicy       clusterv3.Cluster_LbPolicy
 	// Keepalive configures TCP keepalive on upstream connections (nil: system default).
 	Keepalive *Keepalive
-	// Endpoints is the cluster's load assignment (STATIC clusters).
+	// Endpoints is the cluster's load assignment (STATIC clusters), and
+	// Load its policy (STATIC and DNS clusters).
 	Endpoints []Endpoint
+	Load      LoadPolicy
 	// EDS is set for clusters whose endpoints come from EDS.
 	EDS *EDSConfig
 	// DNS is set for STRICT_DNS and LOGICAL_DNS clusters, whose endpoints
@@ -303,6 +305,7 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 	default:
 		return nil, cfgerr.Errorf("type", "%s clusters are not supported by skiff yet (STATIC, STRICT_DNS, LOGICAL_DNS and EDS are)", pb.GetType())
 	}
+	c.Load = PolicyOf(pb.GetLoadAssignment())
 	return c, nil
 }
 
@@ -623,8 +626,8 @@ func Endpoints(cla *endpointv3.ClusterLoadAssignment) ([]Endpoint, error) {
 		return nil, err
 	}
 	if p := cla.GetPolicy(); p != nil {
-		// overprovisioning_factor and weighted_priority_health shape priority
-		// spill-over, which skiff implements in its simplest form (see lb.go).
+		// overprovisioning_factor and weighted_priority_health shape how
+		// the priority levels share the traffic (PolicyOf, lb.go).
 		if err := cfgerr.OnlyFields(p, "overprovisioning_factor", "weighted_priority_health"); err != nil {
 			return nil, cfgerr.Field("policy", err)
 		}

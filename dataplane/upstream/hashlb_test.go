@@ -91,11 +91,11 @@ func TestConsistentHashing(t *testing.T) {
 // hashes, min_ring_size in all at least.
 func TestRingSize(t *testing.T) {
 	c := hashCluster(clusterv3.Cluster_RING_HASH, 1, 1, 1)
-	if n := len(c.lb.Load().hashed.(*ring).hashes); n != 1026 { // 342 each
+	if n := len(c.lb.Load().only.hashed.(*ring).hashes); n != 1026 { // 342 each
 		t.Fatalf("ring of %d, want 1026", n)
 	}
 	c = hashCluster(clusterv3.Cluster_MAGLEV, 1, 2)
-	m := c.lb.Load().hashed.(*maglev)
+	m := c.lb.Load().only.hashed.(*maglev)
 	n := 0
 	for _, h := range m.table {
 		if h.Addr.Port() == 2 {

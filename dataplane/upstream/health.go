@@ -333,6 +333,7 @@ func compileHTTPCheck(pb *corev3.HealthCheck_HttpHealthCheck) (*HTTPHealthCheck,
 // healthStats are a cluster's health_check.* counters, named as in Envoy.
 type healthStats struct {
 	attempt, success, failure, networkFailure, passiveFailure stats.Counter
+	degraded                                                  stats.Counter
 	healthy                                                   stats.Gauge
 }
 
@@ -343,6 +344,7 @@ func newHealthStats(sc *stats.Scope) *healthStats {
 		failure:        sc.Counter("health_check.failure"),
 		networkFailure: sc.Counter("health_check.network_failure"),
 		passiveFailure: sc.Counter("health_check.passive_failure"),
+		degraded:       sc.Counter("health_check.degraded"),
 		healthy:        sc.GaugeMode("health_check.healthy", stats.NeverImport),
 	}
 }
@@ -384,6 +386,7 @@ func (c *Cluster) setHealthCheckLocked(cfg *HealthCheckConfig) {
 		changed := false
 		for _, h := range c.hosts {
 			h.hcExcluded.Store(false)
+			changed = h.hcDegraded.Swap(false) || changed
 			changed = h.hcFailed.Swap(false) || changed
 		}
 		if changed {
@@ -729,6 +732,7 @@ func (k *checker) judge(h *Host, resp *http.Response) (res outcome, close bool) 
 	close = err != nil || resp.Close
 	switch {
 	case inRanges(hc.Expected, resp.StatusCode):
+		k.setDegraded(h, len(resp.Header.Values("X-Envoy-Degraded")) > 0)
 		return checkPassed, close
 	case inRanges(hc.Retriable, resp.StatusCode):
 		return checkNetwork, close
@@ -737,6 +741,27 @@ func (k *checker) judge(h *Host, resp *http.Response) (res outcome, close bool) 
 		h.hcExcluded.Store(true)
 	}
 	return checkActive, close
+}
+
+// setDegraded records whether a passing check's response said
+// x-envoy-degraded, as Envoy's handleSuccess: a change takes effect at once
+// (no threshold), becoming degraded counts in health_check.degraded, and the
+// host stays degraded until a passing response without the header.
+func (k *checker) setDegraded(h *Host, degraded bool) {
+	if h.hcDegraded.Load() == degraded {
+		return
+	}
+	c := k.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.checker != k || h.Gone() {
+		return
+	}
+	h.hcDegraded.Store(degraded)
+	if degraded {
+		k.stats.degraded.Inc()
+	}
+	c.rebuildLocked()
 }
 
 // checkHTTP sends the request over HTTP/1.1 on the session's connection.

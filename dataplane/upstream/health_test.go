@@ -589,3 +589,43 @@ func TestHealthCheckResponseImmediateFail(t *testing.T) {
 		t.Errorf("health flags %q after passing again", flags)
 	}
 }
+
+// TestHealthCheckDegraded: a passing check whose response says
+// x-envoy-degraded makes the host degraded at once (degraded_active_hc,
+// health_check.degraded), as Envoy's HTTP health checker; the load balancer
+// then gives it only what the healthy hosts cannot carry, and a passing
+// response without the header makes it healthy again.
+func TestHealthCheckDegraded(t *testing.T) {
+	var degraded atomic.Bool
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if degraded.Load() {
+			w.Header().Set("x-envoy-degraded", "")
+		}
+	})
+	a, b := httptest.NewServer(handler), httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	t.Cleanup(a.Close)
+	t.Cleanup(b.Close)
+	hc := fastCheck()
+	hc.HealthChecker = &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{Path: "/healthz"}}
+	c, st := checkedCluster(t, hc, a.Listener.Addr().String(), b.Listener.Addr().String())
+	h := hostAt(c, a.Listener.Addr().String())
+	waitUntil(t, "healthy", func() bool { return h.Healthy() })
+	degraded.Store(true)
+	waitUntil(t, "degraded", func() bool { return h.Degraded() })
+	if flags := strings.Join(h.HealthFlags(), ","); flags != "degraded_active_hc" {
+		t.Errorf("health flags %q", flags)
+	}
+	if v, _ := st.Value("cluster.c.health_check.degraded"); v != 1 {
+		t.Errorf("health_check.degraded = %d, want 1", v)
+	}
+	// One host healthy of two: 70 % to it, 30 % to the degraded one.
+	got := countPicks(c, 10000)
+	if n := got[a.Listener.Addr().String()]; n < 2800 || n > 3200 {
+		t.Errorf("picks %v: want 30 %% to the degraded host", got)
+	}
+	degraded.Store(false)
+	waitUntil(t, "healthy again", func() bool { return h.Healthy() })
+	if got := countPicks(c, 1000); got[a.Listener.Addr().String()] != 500 {
+		t.Errorf("picks %v after it passed without the header: want half", got)
+	}
+}

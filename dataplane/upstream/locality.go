@@ -1,21 +1,16 @@
 package upstream
 
-// overprovisioning is Envoy's default overprovisioning factor (1.4, in
-// hundredths): a locality with at least 1/1.4 of its hosts healthy takes its
-// whole weight.
-const overprovisioning = 140
-
 // byLocality makes b pick a locality first and then a host of it, as
 // Envoy's locality weighted load balancing (common_lb_config
-// locality_weighted_lb_config): each locality of the picked priority level
-// takes traffic in proportion to its load_balancing_weight times its
-// availability, min(1, 1.4 × its healthy hosts / its hosts). Localities
-// without a weight take none; if none has any, b stays as it is.
-func (b *balancer) byLocality(all []*Host) {
+// locality_weighted_lb_config): each locality of the level (whose hosts are
+// levelHosts) takes traffic in proportion to its load_balancing_weight times
+// its availability, min(1, overprovisioning × its hosts in the set (those in
+// says are) / its hosts). Localities without a weight take none; if none has
+// any, b stays as it is.
+func (b *hostSet) byLocality(levelHosts []*Host, in func(*Host) bool, overprovisioning uint32) {
 	if len(b.pickable) == 0 {
 		return
 	}
-	level := b.pickable[0].Priority()
 	type group struct {
 		hosts          []*Host // pickable (healthy) ones
 		total, healthy int
@@ -23,10 +18,7 @@ func (b *balancer) byLocality(all []*Host) {
 	}
 	var order []string
 	groups := map[string]*group{}
-	for _, h := range all {
-		if h.Priority() != level {
-			continue
-		}
+	for _, h := range levelHosts {
 		g := groups[h.locality]
 		if g == nil {
 			g = &group{weight: h.localityWeight}
@@ -34,12 +26,12 @@ func (b *balancer) byLocality(all []*Host) {
 			order = append(order, h.locality)
 		}
 		g.total++
-		if h.Healthy() {
+		if in(h) {
 			g.healthy++
 			g.hosts = append(g.hosts, h)
 		}
 	}
-	var localities []*balancer
+	var localities []*hostSet
 	var weights []int64
 	var total int64
 	for _, name := range order {
@@ -47,9 +39,9 @@ func (b *balancer) byLocality(all []*Host) {
 		if g.weight == 0 || g.healthy == 0 {
 			continue
 		}
-		avail := min(int64(1000), int64(overprovisioning*10*g.healthy/g.total))
+		avail := min(int64(1000), int64(overprovisioning)*10*int64(g.healthy)/int64(g.total))
 		w := int64(g.weight) * avail
-		child := &balancer{all: g.hosts, healthy: g.healthy, policy: b.policy, pickable: g.hosts, choices: b.choices}
+		child := &hostSet{policy: b.policy, pickable: g.hosts, choices: b.choices}
 		child.weigh()
 		localities = append(localities, child)
 		weights = append(weights, w)
@@ -63,7 +55,7 @@ func (b *balancer) byLocality(all []*Host) {
 }
 
 // pickLocality is the smooth weighted round robin over the localities.
-func (b *balancer) pickLocality() *balancer {
+func (b *hostSet) pickLocality() *hostSet {
 	if len(b.localities) == 1 {
 		return b.localities[0]
 	}

@@ -92,9 +92,12 @@ func TestPriorityAndHealth(t *testing.T) {
 		ep("127.0.0.1:4", 1, 2, corev3.HealthStatus_HEALTHY),
 		ep("127.0.0.1:5", 1, 1, corev3.HealthStatus_DRAINING),
 	}, clusterv3.Cluster_ROUND_ROBIN)
-	got := countPicks(c, 100)
-	if got["127.0.0.1:2"] != 50 || got["127.0.0.1:3"] != 50 {
-		t.Fatalf("picks %v: want priority 1's two usable hosts only", got)
+	// Envoy's priority load: priority 0 has no healthy host; priority 1,
+	// two of three (the draining one is not), carries min(100, 1.4 × 2/3)
+	// = 93 %, priority 2 the other 7 %.
+	got := countPicks(c, 10000)
+	if p1 := got["127.0.0.1:2"] + got["127.0.0.1:3"]; p1 < 9100 || p1 > 9500 || got["127.0.0.1:4"]+p1 != 10000 {
+		t.Fatalf("picks %v: want 93 %% over priority 1's two usable hosts, 7 %% to priority 2", got)
 	}
 	c.SetEndpoints([]Endpoint{ep("127.0.0.1:1", 1, 0, corev3.HealthStatus_UNHEALTHY)})
 	if h := c.Pick(); h != nil {
