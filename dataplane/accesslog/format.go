@@ -381,6 +381,17 @@ func (f *Format) typed() bool {
 	return len(f.parts) == 1 && f.parts[0].cmd != nil && f.parts[0].cmd.kind == kindNumber
 }
 
+// Literal reports whether the format is only literal text, without a
+// command: it renders the same for every exchange.
+func (f *Format) Literal() bool {
+	for _, p := range f.parts {
+		if p.cmd != nil || p.hdr != 0 || p.isStart {
+			return false
+		}
+	}
+	return true
+}
+
 // single reports whether the format is a single command (JSON formats render
 // a missing value as null).
 func (f *Format) single() bool {

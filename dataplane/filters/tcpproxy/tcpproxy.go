@@ -47,7 +47,7 @@ func (Factory) ConfigType() proto.Message { return &tcpv3.TcpProxy{} }
 func (Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilter, error) {
 	cfg := m.(*tcpv3.TcpProxy)
 	if err := cfgerr.OnlyFields(cfg, "stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts",
-		"max_downstream_connection_duration", "hash_policy", "access_log"); err != nil {
+		"max_downstream_connection_duration", "hash_policy", "access_log", "tunneling_config"); err != nil {
 		return nil, err
 	}
 	logs, err := accesslog.Build(cfg.GetAccessLog(), accesslog.Options{
@@ -111,6 +111,11 @@ func (Factory) Create(m proto.Message, fc *filter.Context) (filter.NetworkFilter
 			return nil, cfgerr.Errorf("max_downstream_connection_duration", "must be at least 1ms, got %v", p.maxDuration)
 		}
 	}
+	if tc := cfg.GetTunnelingConfig(); tc != nil {
+		if p.tunnel, err = newTunneling(tc, fc); err != nil {
+			return nil, cfgerr.Field("tunneling_config", err)
+		}
+	}
 	p.copyCfg.IdleTimeout = p.idleTimeout
 	prefix := "tcp." + cfg.GetStatPrefix() + "."
 	p.stats = proxyStats{
@@ -142,6 +147,7 @@ type Proxy struct {
 	maxAttempts  int
 	stats        proxyStats
 	copyCfg      netio.Config
+	tunnel       *tunneling // tunneling_config; nil: plain TCP upstream
 	log          *slog.Logger
 	logs         []accesslog.Logger
 }
@@ -185,7 +191,14 @@ func (p *Proxy) ServeConn(ctx context.Context, c *filter.Conn) {
 	ctx, stop := p.limitDuration(ctx, start)
 	defer stop()
 	ui := &upstreamInfo{cluster: name}
-	up, host, flag := p.connect(ctx, c, cl, ui)
+	var up net.Conn
+	var host *upstream.Host
+	var flag http.ResponseFlag
+	if p.tunnel != nil {
+		up, host, flag = p.connectTunnel(ctx, c, cl, ui, start)
+	} else {
+		up, host, flag = p.connect(ctx, c, cl, ui)
+	}
 	if up == nil {
 		if context.Cause(ctx) == errMaxDuration {
 			p.stats.maxDuration.Inc()
@@ -195,7 +208,10 @@ func (p *Proxy) ServeConn(ctx context.Context, c *filter.Conn) {
 		p.accessLog(ctx, c, start, ui, netio.Result{}, flag)
 		return
 	}
-	cl.Closed(host, p.proxy(ctx, c, cl, host, up, [2][]byte{}, start, ui))
+	how := p.proxy(ctx, c, cl, host, up, [2][]byte{}, start, ui)
+	if p.tunnel == nil { // a tunnel's connection is its pool's
+		cl.Closed(host, how)
+	}
 }
 
 // errMaxDuration is the cause of a connection's context ending at

@@ -97,6 +97,10 @@ func TestConfigErrors(t *testing.T) {
 			MaxDownstreamConnectionDuration: durationpb.New(-time.Second)}, "typed_config.max_downstream_connection_duration"},
 		{"max duration under 1ms", &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
 			MaxDownstreamConnectionDuration: durationpb.New(time.Microsecond)}, "typed_config.max_downstream_connection_duration"},
+		{"tunneling over POST", &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
+			TunnelingConfig: &tcpv3.TcpProxy_TunnelingConfig{Hostname: "h:443", UsePost: true}}, "typed_config.tunneling_config.use_post"},
+		{"tunneling hostname command", &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
+			TunnelingConfig: &tcpv3.TcpProxy_TunnelingConfig{Hostname: "%NOPE%:443"}}, "typed_config.tunneling_config.hostname"},
 		{"unknown access logger", &tcpv3.TcpProxy{StatPrefix: "x", ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: "c"},
 			AccessLog: []*accesslogv3.AccessLog{{Name: "x", ConfigType: &accesslogv3.AccessLog_TypedConfig{
 				TypedConfig: &anypb.Any{TypeUrl: "type.googleapis.com/envoy.extensions.access_loggers.wasm.v3.WasmAccessLog"}}}}},
