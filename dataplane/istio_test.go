@@ -104,7 +104,7 @@ func TestIstioSidecarResources(t *testing.T) {
 		"Listener-virtualOutbound.pb":          {"use_original_dst", "not supported by skiff"},
 		"Listener-virtualInbound.pb":           {"listener_filters[0].typed_config", "envoy.filters.listener.original_dst"},
 		"Cluster-PassthroughCluster.pb":        {"lb_policy", "CLUSTER_PROVIDED is not supported"},
-		"Cluster-InboundPassthroughCluster.pb": {"upstream_bind_config", "not supported by skiff"},
+		"Cluster-InboundPassthroughCluster.pb": {"lb_policy", "CLUSTER_PROVIDED is not supported"},
 		// Inbound clusters are ORIGINAL_DST with cleanup_interval.
 		"Cluster-inbound_18080__.pb": {"cleanup_interval", "not supported by skiff"},
 		"Cluster-inbound_19000__.pb": {"cleanup_interval", "not supported by skiff"},

@@ -662,7 +662,7 @@ func (c *Cluster) dial(ctx context.Context, h *Host, timeout time.Duration, o Co
 		return nil, &TransportError{Cluster: c.name, Host: h.Addr.String(), Match: t.Name, Socket: t.Socket, Err: t.Unusable}
 	}
 	start := time.Now()
-	opts := netio.DialOptions{Timeout: timeout}
+	opts := netio.DialOptions{Timeout: timeout, Source: c.cfg.Load().Source}
 	if ka := c.cfg.Load().Keepalive; ka != nil {
 		opts.KeepAlive = net.KeepAliveConfig{Enable: true, Idle: ka.Idle, Interval: ka.Interval, Count: ka.Probes}
 	}

@@ -34,6 +34,9 @@ type Config struct {
 	LBPolicy       clusterv3.Cluster_LbPolicy
 	// Keepalive configures TCP keepalive on upstream connections (nil: system default).
 	Keepalive *Keepalive
+	// Source is upstream_bind_config's source_address: the local address
+	// upstream connections are bound to (port 0: any), or the zero AddrPort.
+	Source netip.AddrPort
 	// Endpoints is the cluster's load assignment (STATIC clusters), and
 	// Load its policy (STATIC and DNS clusters).
 	Endpoints []Endpoint
@@ -146,6 +149,7 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 		"dns_resolvers", "use_tcp_for_dns_lookups", "dns_resolution_config", "typed_dns_resolver_config",
 		"wait_for_warm_on_init", "cluster_type", "load_balancing_policy",
 		"common_http_protocol_options", "http_protocol_options", "max_requests_per_connection",
+		"upstream_bind_config",
 	); err != nil {
 		return nil, err
 	}
@@ -255,6 +259,15 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 				Idle:     time.Duration(tk.GetKeepaliveTime().GetValue()) * time.Second,
 				Interval: time.Duration(tk.GetKeepaliveInterval().GetValue()) * time.Second,
 			}
+		}
+	}
+	if bc := pb.GetUpstreamBindConfig(); bc != nil {
+		if err := cfgerr.OnlyFields(bc, "source_address"); err != nil {
+			return nil, cfgerr.Field("upstream_bind_config", err)
+		}
+		var err error
+		if c.Source, err = SocketAddr(bc.GetSourceAddress()); err != nil {
+			return nil, cfgerr.Field("upstream_bind_config.source_address", err)
 		}
 	}
 	if err := c.protocolOptions(pb); err != nil {

@@ -357,6 +357,12 @@ func TestNewConfigErrors(t *testing.T) {
 			c.OutlierDetection = &clusterv3.OutlierDetection{BaseEjectionTime: durationpb.New(time.Minute), MaxEjectionTime: durationpb.New(time.Second)}
 		}, "outlier_detection.max_ejection_time"},
 		{"zero connect timeout", func(c *clusterv3.Cluster) { c.ConnectTimeout = durationpb.New(0) }, "connect_timeout"},
+		{"bind config freebind", func(c *clusterv3.Cluster) {
+			c.UpstreamBindConfig = &corev3.BindConfig{SourceAddress: &corev3.SocketAddress{Address: "127.0.0.6", PortSpecifier: &corev3.SocketAddress_PortValue{}}, Freebind: wrapperspb.Bool(true)}
+		}, "upstream_bind_config.freebind"},
+		{"bind config hostname", func(c *clusterv3.Cluster) {
+			c.UpstreamBindConfig = &corev3.BindConfig{SourceAddress: &corev3.SocketAddress{Address: "localhost", PortSpecifier: &corev3.SocketAddress_PortValue{}}}
+		}, "upstream_bind_config.source_address.address"},
 		{"zero weight", func(c *clusterv3.Cluster) {
 			c.LoadAssignment.Endpoints[0].LbEndpoints[0].LoadBalancingWeight = wrapperspb.UInt32(0)
 		}, "load_assignment.endpoints[0].lb_endpoints[0].load_balancing_weight"},
@@ -420,5 +426,36 @@ func TestFailureReason(t *testing.T) {
 		if got := FailureReason(err); got != want {
 			t.Errorf("FailureReason(%v) = %q, want %q", err, got, want)
 		}
+	}
+}
+
+// TestUpstreamBindConfig: upstream_bind_config's source_address is the
+// local address of the cluster's connections (istiod gives inbound clusters
+// 127.0.0.6, so that their traffic is told apart from the application's).
+func TestUpstreamBindConfig(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	pb := clusterYAML(t, "upstream_bind_config: { source_address: { address: 127.0.0.6, port_value: 0 } }")
+	cfg, err := NewConfig(pb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Endpoints = []Endpoint{{Addr: ln.Addr().(*net.TCPAddr).AddrPort(), Weight: 1}}
+	c := newCluster(Static(cfg), stats.NewStore())
+	conn, err := c.Connect(context.Background(), c.Hosts()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	got, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer got.Close()
+	if from := got.RemoteAddr().(*net.TCPAddr).AddrPort().Addr(); from != netip.MustParseAddr("127.0.0.6") {
+		t.Errorf("upstream connection from %v, want 127.0.0.6", from)
 	}
 }

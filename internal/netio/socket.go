@@ -376,6 +376,11 @@ type DialOptions struct {
 	// KeepAlive turns TCP keep-alive on with its settings when Enable is set
 	// (a zero Idle, Interval or Count leaves the system's); off otherwise.
 	KeepAlive net.KeepAliveConfig
+	// Source, if valid, is the local address the socket is bound to
+	// before it connects (Envoy's upstream_bind_config); port 0 lets the
+	// kernel pick the port at connect (IP_BIND_ADDRESS_NO_PORT), so that
+	// connections to different peers may share one.
+	Source netip.AddrPort
 }
 
 // Dial connects to addr. A connect that the kernel completes at once (a
@@ -410,6 +415,12 @@ func Dial(ctx context.Context, addr netip.AddrPort, o *DialOptions) (*Conn, erro
 			return fail(err)
 		}
 	}
+	if o.Source.IsValid() {
+		if err := bindSource(fd, o.Source); err != nil {
+			unix.Close(fd)
+			return fail(err)
+		}
+	}
 	_, _, e := syscall.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(salen))
 	switch e {
 	case 0, unix.EINPROGRESS, unix.EINTR: // non-blocking: it never waits
@@ -435,6 +446,25 @@ func Dial(ctx context.Context, addr netip.AddrPort, o *DialOptions) (*Conn, erro
 		}
 	}
 	return c, nil
+}
+
+// bindSource binds fd to the local address src before a connect.
+func bindSource(fd int, src netip.AddrPort) error {
+	if src.Port() == 0 {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1); err != nil {
+			return os.NewSyscallError("setsockopt", err)
+		}
+	}
+	var sa unix.Sockaddr
+	if ip := src.Addr().Unmap(); ip.Is4() {
+		sa = &unix.SockaddrInet4{Port: int(src.Port()), Addr: ip.As4()}
+	} else {
+		sa = &unix.SockaddrInet6{Port: int(src.Port()), Addr: ip.As16()}
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		return os.NewSyscallError("bind", err)
+	}
+	return nil
 }
 
 // connectDone reports whether a connect under way on fd finished (up), or
