@@ -541,8 +541,8 @@ func TestEDSLoadPolicy(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		factor *wrapperspb.UInt32Value
-		p0     [2]int // the share of priority 0, in picks of 1000, within
-	}{{nil, [2]int{650, 750}}, {wrapperspb.UInt32(100), [2]int{450, 550}}} {
+		p0     [2]int // the share of priority 0, in picks of 10000, within
+	}{{nil, [2]int{6700, 7300}}, {wrapperspb.UInt32(100), [2]int{4700, 5300}}} {
 		cla := &endpointv3.ClusterLoadAssignment{ClusterName: "c", Endpoints: []*endpointv3.LocalityLbEndpoints{
 			{LbEndpoints: []*endpointv3.LbEndpoint{lbe(1, corev3.HealthStatus_HEALTHY), lbe(2, corev3.HealthStatus_UNHEALTHY)}},
 			{Priority: 1, LbEndpoints: []*endpointv3.LbEndpoint{lbe(10, corev3.HealthStatus_HEALTHY), lbe(11, corev3.HealthStatus_DEGRADED)}},
@@ -555,7 +555,7 @@ func TestEDSLoadPolicy(t *testing.T) {
 		}
 		c := s.Clusters().Get("c")
 		got := map[uint16]int{}
-		for range 1000 {
+		for range 10000 {
 			got[c.Pick().Addr.Port()]++
 		}
 		if got[1] < tc.p0[0] || got[1] > tc.p0[1] || got[2] != 0 || got[11] != 0 {
