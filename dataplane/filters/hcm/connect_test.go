@@ -73,19 +73,11 @@ func TestConnectTerminated(t *testing.T) {
 	if resp.StatusCode != 200 || resp.Header.Get("x-tunnel") != "skiff" {
 		t.Fatalf("CONNECT answered %d %v, want 200 with x-tunnel", resp.StatusCode, resp.Header)
 	}
-	for _, msg := range []string{"ping", "pong"} {
-		if msg != "ping" {
-			io.WriteString(c, msg)
-		}
-		buf := make([]byte, len(msg))
-		if _, err := io.ReadFull(br, buf); err != nil || string(buf) != msg {
-			t.Fatalf("through the tunnel: %q %v, want %q", buf, err, msg)
-		}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(br, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("the bytes sent with the head came back as %q (%v)", buf, err)
 	}
-	c.(*net.TCPConn).CloseWrite()
-	if rest, err := io.ReadAll(br); err != nil || len(rest) != 0 {
-		t.Errorf("after the client's end: %q %v, want the host's end", rest, err)
-	}
+	echoThrough(t, c, br, c.(*net.TCPConn).CloseWrite, "pong")
 	if b := <-got; b != "pingpong" {
 		t.Errorf("the host read %q, want only the tunnel's bytes", b)
 	}
@@ -117,17 +109,7 @@ func TestConnectTerminatedHTTP2(t *testing.T) {
 	if resp.StatusCode != 200 || resp.Header.Get("x-tunnel") != "skiff" {
 		t.Fatalf("CONNECT answered %d %v, want 200 with x-tunnel", resp.StatusCode, resp.Header)
 	}
-	for _, msg := range []string{"ping", "pong"} {
-		io.WriteString(pw, msg)
-		buf := make([]byte, len(msg))
-		if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != msg {
-			t.Fatalf("through the tunnel: %q %v, want %q", buf, err, msg)
-		}
-	}
-	pw.Close()
-	if rest, err := io.ReadAll(resp.Body); err != nil || len(rest) != 0 {
-		t.Errorf("after the client's END_STREAM: %q %v, want the host's", rest, err)
-	}
+	echoThrough(t, pw, resp.Body, pw.Close, "ping", "pong")
 	if b := <-got; b != "pingpong" {
 		t.Errorf("the host read %q, want only the tunnel's bytes", b)
 	}
@@ -200,16 +182,24 @@ func TestConnectProxiedHTTP2(t *testing.T) {
 		b, _ := io.ReadAll(br)
 		t.Fatalf("CONNECT answered %v %v %q", resp, err, b)
 	}
-	for _, msg := range []string{"ping", "pong"} {
-		io.WriteString(c, msg)
+	echoThrough(t, c, br, c.(*net.TCPConn).CloseWrite, "ping", "pong")
+}
+
+// echoThrough sends each message through a tunnel whose far end echoes and
+// reads it back, then ends the client's side with closeWrite and checks that
+// the far end's end follows, with nothing before it.
+func echoThrough(t *testing.T, w io.Writer, r io.Reader, closeWrite func() error, msgs ...string) {
+	t.Helper()
+	for _, msg := range msgs {
+		io.WriteString(w, msg)
 		buf := make([]byte, len(msg))
-		if _, err := io.ReadFull(br, buf); err != nil || string(buf) != msg {
+		if _, err := io.ReadFull(r, buf); err != nil || string(buf) != msg {
 			t.Fatalf("through the tunnel: %q %v, want %q", buf, err, msg)
 		}
 	}
-	c.(*net.TCPConn).CloseWrite()
-	if rest, err := io.ReadAll(br); err != nil || len(rest) != 0 {
-		t.Errorf("after the client's end: %q %v, want the upstream's", rest, err)
+	closeWrite()
+	if rest, err := io.ReadAll(r); err != nil || len(rest) != 0 {
+		t.Errorf("after the client's end: %q %v, want the far end's", rest, err)
 	}
 }
 
