@@ -93,21 +93,20 @@ func TestIstioGatewayResources(t *testing.T) {
 // TestIstioSidecarResources: the sidecar's resources are accepted, or
 // refused for what skiff does not do yet, with the field named. Each
 // refusal below is a missing feature, not a bug: a sidecar's traffic
-// capture (iptables to virtualOutbound / virtualInbound) needs
-// original-destination listeners and clusters.
+// capture (iptables to virtualOutbound / virtualInbound) needs listeners
+// reached through use_original_dst; the inbound clusters (ORIGINAL_DST, from
+// 127.0.0.6) are accepted.
 func TestIstioSidecarResources(t *testing.T) {
 	s := istioServer(t)
 	refused := map[string]struct{ path, msg string }{
 		// Outbound listeners reached through virtualOutbound's use_original_dst.
-		"Listener-0.0.0.0_80.pb":               {"bind_to_port", "listeners that do not bind"},
-		"Listener-240.240.0.10_9000.pb":        {"bind_to_port", "listeners that do not bind"},
-		"Listener-virtualOutbound.pb":          {"use_original_dst", "not supported by skiff"},
-		"Listener-virtualInbound.pb":           {"listener_filters[0].typed_config", "envoy.filters.listener.original_dst"},
-		"Cluster-PassthroughCluster.pb":        {"lb_policy", "CLUSTER_PROVIDED is not supported"},
-		"Cluster-InboundPassthroughCluster.pb": {"lb_policy", "CLUSTER_PROVIDED is not supported"},
-		// Inbound clusters are ORIGINAL_DST with cleanup_interval.
-		"Cluster-inbound_18080__.pb": {"cleanup_interval", "not supported by skiff"},
-		"Cluster-inbound_19000__.pb": {"cleanup_interval", "not supported by skiff"},
+		"Listener-0.0.0.0_80.pb":        {"bind_to_port", "listeners that do not bind"},
+		"Listener-240.240.0.10_9000.pb": {"bind_to_port", "listeners that do not bind"},
+		"Listener-virtualOutbound.pb":   {"use_original_dst", "not supported by skiff"},
+		"Listener-virtualInbound.pb":    {"listener_filters[1].filter_disabled", "not supported by skiff"},
+		// The passthrough clusters' HTTP pools follow the downstream's protocol.
+		"Cluster-PassthroughCluster.pb":        {"typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].use_downstream_protocol_config", "not supported by skiff"},
+		"Cluster-InboundPassthroughCluster.pb": {"typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].use_downstream_protocol_config", "not supported by skiff"},
 	}
 	files, _ := filepath.Glob("testdata/istio/sidecar/*.pb")
 	if len(files) != 16 {

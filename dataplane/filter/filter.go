@@ -41,6 +41,10 @@ type Conn struct {
 	// Local is the destination address: the listener socket's address, or the
 	// original destination when a listener filter restored it.
 	Local netip.AddrPort
+	// LocalRestored says a listener filter (original_dst) restored Local:
+	// ORIGINAL_DST clusters connect there, and a listener with
+	// use_original_dst may hand the connection over.
+	LocalRestored bool
 	// Remote is the source address: the socket peer, or the original client when a
 	// listener filter (PROXY protocol) restored it.
 	Remote netip.AddrPort

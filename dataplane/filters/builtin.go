@@ -14,6 +14,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/filters/istioalpn"
 	"github.com/skiffproxy/skiff/dataplane/filters/localratelimit"
 	"github.com/skiffproxy/skiff/dataplane/filters/metadataexchange"
+	"github.com/skiffproxy/skiff/dataplane/filters/originaldst"
 	"github.com/skiffproxy/skiff/dataplane/filters/peermetadata"
 	"github.com/skiffproxy/skiff/dataplane/filters/rbac"
 	"github.com/skiffproxy/skiff/dataplane/filters/router"
@@ -46,6 +47,7 @@ func Builtin() (*filter.Registry, error) {
 	for _, f := range []filter.ListenerFactory{
 		tlsinspector.Factory{},
 		httpinspector.Factory{},
+		originaldst.Factory{},
 	} {
 		if err := r.RegisterListener(f); err != nil {
 			return nil, err

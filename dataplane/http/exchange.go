@@ -395,6 +395,10 @@ type StreamInfo struct {
 
 	ConnectionID                      uint64
 	DownstreamRemote, DownstreamLocal netip.AddrPort
+	// DownstreamLocalRestored: DownstreamLocal is the original destination a
+	// listener filter restored (original_dst), which ORIGINAL_DST clusters
+	// connect to.
+	DownstreamLocalRestored bool
 	// DownstreamDirectRemote is the socket peer, whatever PROXY protocol or
 	// x-forwarded-for say DownstreamRemote is.
 	DownstreamDirectRemote netip.AddrPort

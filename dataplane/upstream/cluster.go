@@ -64,6 +64,8 @@ type Host struct {
 	// hcPassive: such a failure came after the host's check session last
 	// recorded an outcome, which then starts its counts again.
 	hcPassive atomic.Bool
+	// used: an ORIGINAL_DST cluster picked the host since its last sweep.
+	used atomic.Bool
 }
 
 // Transport is the transport socket the host's connections use (the
@@ -194,12 +196,16 @@ func newClusterStats(sc *stats.Scope) clusterStats {
 // Cluster is a named set of hosts with a load balancer. Its settings and hosts
 // are replaced atomically by updates; Pick and Connect never block on an update.
 type Cluster struct {
-	name  string
-	cfg   atomic.Pointer[Config]
-	lb    atomic.Pointer[balancer]
-	load  LoadPolicy // the load assignment's policy; under mu
-	stats clusterStats
-	scope *stats.Scope
+	name string
+	cfg  atomic.Pointer[Config]
+	lb   atomic.Pointer[balancer]
+	load LoadPolicy // the load assignment's policy; under mu
+	// cleanup is an ORIGINAL_DST cluster's next sweep of unused hosts, and
+	// stopped says the cluster was stopped; under mu.
+	cleanup *time.Timer
+	stopped bool
+	stats   clusterStats
+	scope   *stats.Scope
 	// refs counts the Manager's reference (until the cluster is removed) and
 	// every user between Acquire and Release. The stats scope is closed, and its
 	// slots reclaimed, when the last one goes.
@@ -384,6 +390,11 @@ func (c *Cluster) update(a Assignment) {
 // server is shutting down.
 func (c *Cluster) stop() {
 	c.mu.Lock()
+	c.stopped = true
+	if c.cleanup != nil {
+		c.cleanup.Stop()
+		c.cleanup = nil
+	}
 	if d := c.outlier.Load(); d != nil {
 		d.stopLocked()
 	}
@@ -470,6 +481,10 @@ func (c *Cluster) setBalancerLocked(all []*Host) {
 // Pick chooses a host for a new connection, or returns nil (and counts
 // upstream_cx_none_healthy) when no host is healthy.
 func (c *Cluster) Pick() *Host {
+	if c.OriginalDst() != nil {
+		c.stats.cxNoneHealthy.Inc() // its hosts are picked by destination
+		return nil
+	}
 	h, panic := c.lb.Load().pick()
 	if h == nil {
 		c.stats.cxNoneHealthy.Inc()

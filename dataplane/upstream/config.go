@@ -34,6 +34,9 @@ type Config struct {
 	LBPolicy       clusterv3.Cluster_LbPolicy
 	// Keepalive configures TCP keepalive on upstream connections (nil: system default).
 	Keepalive *Keepalive
+	// OriginalDst is set for ORIGINAL_DST clusters, whose hosts are the
+	// destinations their connections and requests ask for.
+	OriginalDst *OriginalDstConfig
 	// Source is upstream_bind_config's source_address: the local address
 	// upstream connections are bound to (port 0: any), or the zero AddrPort.
 	Source netip.AddrPort
@@ -149,7 +152,7 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 		"dns_resolvers", "use_tcp_for_dns_lookups", "dns_resolution_config", "typed_dns_resolver_config",
 		"wait_for_warm_on_init", "cluster_type", "load_balancing_policy",
 		"common_http_protocol_options", "http_protocol_options", "max_requests_per_connection",
-		"upstream_bind_config",
+		"upstream_bind_config", "cleanup_interval", "original_dst_lb_config",
 	); err != nil {
 		return nil, err
 	}
@@ -188,8 +191,12 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 	case clusterv3.Cluster_LEAST_REQUEST:
 		c.ChoiceCount = 2 // Envoy's default
 	case clusterv3.Cluster_RING_HASH, clusterv3.Cluster_MAGLEV:
+	case clusterv3.Cluster_CLUSTER_PROVIDED:
+		if pb.GetType() != clusterv3.Cluster_ORIGINAL_DST {
+			return nil, cfgerr.Errorf("lb_policy", "CLUSTER_PROVIDED is only for ORIGINAL_DST clusters")
+		}
 	default:
-		return nil, cfgerr.Errorf("lb_policy", "%s is not supported by skiff yet (ROUND_ROBIN, RANDOM, LEAST_REQUEST, RING_HASH, MAGLEV are)", c.LBPolicy)
+		return nil, cfgerr.Errorf("lb_policy", "%s is not supported by skiff yet (ROUND_ROBIN, RANDOM, LEAST_REQUEST, RING_HASH, MAGLEV, and CLUSTER_PROVIDED for ORIGINAL_DST, are)", c.LBPolicy)
 	}
 	if err := c.Hashing.compile(pb); err != nil {
 		return nil, err
@@ -315,8 +322,21 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 		if c.DNS, err = dnsConfig(pb, legacyDNSCluster(pb), "", opts.Resolver); err != nil {
 			return nil, err
 		}
+	case clusterv3.Cluster_ORIGINAL_DST:
+		var err error
+		if c.OriginalDst, err = originalDstConfig(pb); err != nil {
+			return nil, err
+		}
 	default:
-		return nil, cfgerr.Errorf("type", "%s clusters are not supported by skiff yet (STATIC, STRICT_DNS, LOGICAL_DNS and EDS are)", pb.GetType())
+		return nil, cfgerr.Errorf("type", "%s clusters are not supported by skiff yet (STATIC, STRICT_DNS, LOGICAL_DNS, EDS and ORIGINAL_DST are)", pb.GetType())
+	}
+	if pb.GetType() != clusterv3.Cluster_ORIGINAL_DST {
+		if pb.CleanupInterval != nil {
+			return nil, cfgerr.Errorf("cleanup_interval", "only for ORIGINAL_DST clusters")
+		}
+		if pb.GetOriginalDstLbConfig() != nil {
+			return nil, cfgerr.Errorf("original_dst_lb_config", "only for ORIGINAL_DST clusters")
+		}
 	}
 	c.Load = PolicyOf(pb.GetLoadAssignment())
 	return c, nil

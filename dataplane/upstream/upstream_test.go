@@ -15,6 +15,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	metadatav3 "github.com/envoyproxy/go-control-plane/envoy/type/metadata/v3"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -318,9 +319,21 @@ func TestNewConfigErrors(t *testing.T) {
 		{"hostname endpoint", func(c *clusterv3.Cluster) {
 			c.LoadAssignment.Endpoints[0].LbEndpoints[0].GetEndpoint().Address.GetSocketAddress().Address = "example.com"
 		}, "load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address"},
-		{"ORIGINAL_DST not yet", func(c *clusterv3.Cluster) {
+		{"ORIGINAL_DST without CLUSTER_PROVIDED", func(c *clusterv3.Cluster) {
 			c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST}
-		}, "type"},
+			c.LoadAssignment = nil
+		}, "lb_policy"},
+		{"ORIGINAL_DST with a load assignment", func(c *clusterv3.Cluster) {
+			c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST}
+			c.LbPolicy = clusterv3.Cluster_CLUSTER_PROVIDED
+		}, "load_assignment"},
+		{"ORIGINAL_DST metadata key", func(c *clusterv3.Cluster) {
+			c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST}
+			c.LbPolicy = clusterv3.Cluster_CLUSTER_PROVIDED
+			c.LoadAssignment = nil
+			c.LbConfig = &clusterv3.Cluster_OriginalDstLbConfig_{OriginalDstLbConfig: &clusterv3.Cluster_OriginalDstLbConfig{MetadataKey: &metadatav3.MetadataKey{Key: "k", Path: []*metadatav3.MetadataKey_PathSegment{{Segment: &metadatav3.MetadataKey_PathSegment_Key{Key: "a"}}}}}}
+		}, "original_dst_lb_config.metadata_key"},
+		{"cleanup_interval on STATIC", func(c *clusterv3.Cluster) { c.CleanupInterval = durationpb.New(time.Second) }, "cleanup_interval"},
 		{"EDS without a source", func(c *clusterv3.Cluster) {
 			c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS}
 			c.LoadAssignment = nil

@@ -153,7 +153,7 @@ func (st *stream) start(c *conn, s http.ServerStream) {
 	e.LocalReplies = m.localReplies
 	in := &e.Info
 	in.ConnectionID = c.fc.ID
-	in.DownstreamLocal = c.fc.Local
+	in.DownstreamLocal, in.DownstreamLocalRestored = c.fc.Local, c.fc.LocalRestored
 	in.DownstreamRemote = c.fc.Remote
 	in.DownstreamDirectRemote = c.fc.DirectRemote
 	in.RequestedServerName = c.fc.ServerName

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -983,10 +984,32 @@ func (q *rq) pickHost() *upstream.Host {
 // pick asks the cluster for a host: by the request's hash when it has one
 // (attempt > 0: another place for it), else as its balancer picks.
 func (q *rq) pick(attempt uint32) *upstream.Host {
+	if od := q.cl.OriginalDst(); od != nil {
+		return q.cl.PickOriginal(q.originalDst(od))
+	}
 	if q.hasHash {
 		return q.cl.PickHash(q.hash, attempt)
 	}
 	return q.cl.Pick()
+}
+
+// originalDst is where an ORIGINAL_DST cluster sends the request, as Envoy's
+// OriginalDstCluster load balancer picks it: the header's "IP:port" with
+// use_http_header, else the downstream connection's original destination if
+// a listener filter restored it; the zero AddrPort (no host) otherwise.
+func (q *rq) originalDst(od *upstream.OriginalDstConfig) netip.AddrPort {
+	e := q.e
+	if od.Header != "" {
+		if v, ok := e.Request.Get(od.Header); ok {
+			if ap, err := netip.ParseAddrPort(v); err == nil {
+				return ap
+			}
+		}
+	}
+	if e.Info.DownstreamLocalRestored {
+		return e.Info.DownstreamLocal
+	}
+	return netip.AddrPort{}
 }
 
 func (q *rq) triedHost(h *upstream.Host) bool {

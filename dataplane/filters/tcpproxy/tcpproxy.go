@@ -171,6 +171,23 @@ func (p *Proxy) pickCluster() string {
 	return p.clusterNames[len(p.clusterNames)-1]
 }
 
+// pickHost picks the host of a connect attempt: an ORIGINAL_DST cluster's for
+// the original destination a listener filter restored (none without), else
+// as the cluster balances, by the client's address with hash_policy
+// source_ip (another attempt looks further along the ring or table).
+func (p *Proxy) pickHost(c *filter.Conn, cl *upstream.Cluster, attempt int) *upstream.Host {
+	switch {
+	case cl.OriginalDst() != nil:
+		if !c.LocalRestored {
+			return cl.PickOriginal(netip.AddrPort{})
+		}
+		return cl.PickOriginal(c.Local)
+	case p.hashSourceIP && cl.HashBased() && c.Remote.IsValid():
+		return cl.PickHash(xxhash.Sum64String(c.Remote.Addr().String()), uint32(attempt-1))
+	}
+	return cl.Pick()
+}
+
 // ServeConn implements filter.TerminalFilter.
 func (p *Proxy) ServeConn(ctx context.Context, c *filter.Conn) {
 	p.stats.cxTotal.Inc()
@@ -456,14 +473,7 @@ func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluste
 			p.log.Warn("tcp_proxy: cluster's max_connections reached; closing downstream", "conn", c.ID, "cluster", cl.Name())
 			return nil, nil, failed | http.FlagUpstreamOverflow
 		}
-		var h *upstream.Host
-		if p.hashSourceIP && cl.HashBased() && c.Remote.IsValid() {
-			// The client's address places it; another attempt looks
-			// further along the ring or table.
-			h = cl.PickHash(xxhash.Sum64String(c.Remote.Addr().String()), uint32(attempt-1))
-		} else {
-			h = cl.Pick()
-		}
+		h := p.pickHost(c, cl, attempt)
 		if h == nil {
 			cl.ReleaseConnection()
 			p.log.Warn("tcp_proxy: no healthy upstream; closing downstream", "conn", c.ID, "cluster", cl.Name())

@@ -78,7 +78,7 @@ func (p *Proxy) connectTunnel(ctx context.Context, c *filter.Conn, cl *upstream.
 	var failed http.ResponseFlag
 	authority := p.tunnel.authority(ctx, c, start)
 	for attempt := 1; attempt <= p.maxAttempts; attempt++ {
-		h := cl.Pick()
+		h := p.pickHost(c, cl, attempt)
 		if h == nil {
 			p.log.Warn("tcp_proxy: no healthy upstream; closing downstream", "conn", c.ID, "cluster", cl.Name())
 			return nil, nil, failed | http.FlagNoHealthyUpstream
