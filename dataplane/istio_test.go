@@ -92,18 +92,14 @@ func TestIstioGatewayResources(t *testing.T) {
 
 // TestIstioSidecarResources: the sidecar's resources are accepted, or
 // refused for what skiff does not do yet, with the field named. Each
-// refusal below is a missing feature, not a bug: a sidecar's traffic
-// capture (iptables to virtualOutbound / virtualInbound) needs listeners
-// reached through use_original_dst; the inbound clusters (ORIGINAL_DST, from
-// 127.0.0.6) are accepted.
+// refusal below is a missing feature, not a bug. The outbound side loads:
+// virtualOutbound (use_original_dst) and the listeners it hands connections
+// to (bind_to_port false), the inbound clusters (ORIGINAL_DST, from
+// 127.0.0.6); virtualInbound and the passthrough clusters do not yet.
 func TestIstioSidecarResources(t *testing.T) {
 	s := istioServer(t)
 	refused := map[string]struct{ path, msg string }{
-		// Outbound listeners reached through virtualOutbound's use_original_dst.
-		"Listener-0.0.0.0_80.pb":        {"bind_to_port", "listeners that do not bind"},
-		"Listener-240.240.0.10_9000.pb": {"bind_to_port", "listeners that do not bind"},
-		"Listener-virtualOutbound.pb":   {"use_original_dst", "not supported by skiff"},
-		"Listener-virtualInbound.pb":    {"listener_filters[1].filter_disabled", "not supported by skiff"},
+		"Listener-virtualInbound.pb": {"listener_filters[1].filter_disabled", "not supported by skiff"},
 		// The passthrough clusters' HTTP pools follow the downstream's protocol.
 		"Cluster-PassthroughCluster.pb":        {"typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].use_downstream_protocol_config", "not supported by skiff"},
 		"Cluster-InboundPassthroughCluster.pb": {"typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].use_downstream_protocol_config", "not supported by skiff"},

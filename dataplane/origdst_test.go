@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // originalDstCluster is an ORIGINAL_DST cluster, its connections from
@@ -172,9 +173,10 @@ func linkUp(name string) error {
 	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
 }
 
-// redirect adds the nftables rule that sends TCP connections made to dst,
-// except those from exempt, to 127.0.0.1:port, as a sidecar's iptables
-// REDIRECT does (with Istio's 127.0.0.6 exemption).
+// redirect adds the nftables rule that sends TCP connections made to dst
+// (port dstPort, or any if 0), except those from exempt, to
+// 127.0.0.1:port, as a sidecar's iptables REDIRECT does (with Istio's
+// 127.0.0.6 exemption).
 func redirect(t *testing.T, dst, exempt netip.Addr, dstPort, port uint16) {
 	t.Helper()
 	c, err := nftables.New()
@@ -185,18 +187,23 @@ func redirect(t *testing.T, dst, exempt netip.Addr, dstPort, port uint16) {
 	accept := nftables.ChainPolicyAccept
 	ch := c.AddChain(&nftables.Chain{Name: "output", Table: tb, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest, Policy: &accept})
-	c.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: []expr.Any{
+	exprs := []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}, // daddr
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: dst.AsSlice()},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4}, // saddr
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: exempt.AsSlice()},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}, // dport
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(dstPort)},
+	}
+	if dstPort != 0 {
+		exprs = append(exprs,
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}, // dport
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(dstPort)})
+	}
+	exprs = append(exprs,
 		&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
-		&expr.Redir{RegisterProtoMin: 1},
-	}})
+		&expr.Redir{RegisterProtoMin: 1})
+	c.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: exprs})
 	if err := c.Flush(); err != nil {
 		t.Fatalf("nftables: %v", err)
 	}
@@ -245,5 +252,56 @@ func TestOriginalDstRedirect(t *testing.T) {
 	}
 	if v, _ := st.Value("cluster.orig.upstream_cx_total"); v != 1 {
 		t.Errorf("upstream_cx_total = %d, want 1", v)
+	}
+}
+
+// TestUseOriginalDst: a sidecar's outbound capture, as istiod configures it:
+// every connection to 127.0.0.9 is redirected to a virtual listener with
+// use_original_dst, which hands each to the listener of its original
+// destination, here one with bind_to_port false (127.0.0.9:8080, whose
+// tcp_proxy goes to the app at 127.0.0.10:8080); a destination without a
+// listener (127.0.0.9:9090) stays on the virtual listener's own chain, whose
+// ORIGINAL_DST cluster passes it through.
+func TestUseOriginalDst(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	whoAmI(t, "127.0.0.10:8080")
+	whoAmI(t, "127.0.0.9:9090")
+	s, st := newTestServer(t, time.Second)
+	virtual := tcpListener("virtual", loopback0, "passthrough")
+	virtual.UseOriginalDst = wrapperspb.Bool(true)
+	outbound := tcpListener("127.0.0.9_8080", netip.MustParseAddrPort("127.0.0.9:8080"), "app")
+	outbound.BindToPort = wrapperspb.Bool(false)
+	if err := s.Apply(&Snapshot{Listeners: []*listenerv3.Listener{virtual, outbound},
+		Clusters: []*clusterv3.Cluster{
+			originalDstCluster("passthrough", netip.MustParseAddrPort("127.0.0.6:0"), false),
+			staticCluster("app", netip.MustParseAddrPort("127.0.0.10:8080")),
+		}}); err != nil {
+		t.Fatal(err)
+	}
+	redirect(t, netip.MustParseAddr("127.0.0.9"), netip.MustParseAddr("127.0.0.6"), 0, boundAddr(t, s, "virtual").Port())
+	for _, tc := range []struct{ dial, want string }{
+		{"127.0.0.9:8080", "127.0.0.10:8080 from 127.0.0.1\n"},
+		{"127.0.0.9:9090", "127.0.0.9:9090 from 127.0.0.6\n"},
+	} {
+		c, err := net.DialTimeout("tcp", tc.dial, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		c.Close()
+		if err != nil || line != tc.want {
+			t.Errorf("connection to %s: %q %v, want %q", tc.dial, line, err, tc.want)
+		}
+	}
+	for name, want := range map[string]int64{
+		"listener.127.0.0.9_8080.downstream_cx_total": 1,
+		"listener.127.0.0.1_0.downstream_cx_total":    1, // the pass-through one
+	} {
+		if v, _ := st.Value(name); v != want {
+			t.Errorf("%s = %d, want %d", name, v, want)
+		}
 	}
 }

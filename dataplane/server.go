@@ -130,6 +130,26 @@ func newManagerStats(st *stats.Store) managerStats {
 	}
 }
 
+// listenerAt is the listener a connection whose original destination is a
+// goes to, as Envoy's getBalancedHandlerByAddress finds it: the listener of
+// that address, else the one of the wildcard address (0.0.0.0 or ::) with
+// its port; nil if none.
+func (s *Server) listenerAt(a netip.AddrPort) *listener.Listener {
+	m := s.byAddr.Load()
+	if m == nil {
+		return nil
+	}
+	a = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+	if l := (*m)[a]; l != nil {
+		return l
+	}
+	any := netip.IPv4Unspecified()
+	if a.Addr().Is6() {
+		any = netip.IPv6Unspecified()
+	}
+	return (*m)[netip.AddrPortFrom(any, a.Port())]
+}
+
 // Server runs listeners and clusters.
 type Server struct {
 	mstats   managerStats
@@ -149,6 +169,9 @@ type Server struct {
 
 	mu        sync.Mutex // serialises Apply and Shutdown
 	listeners map[string]*listener.Listener
+	// byAddr indexes listeners by the addresses connections reach them at,
+	// for use_original_dst's hand-over (listenerAt); replaced with listeners.
+	byAddr atomic.Pointer[map[netip.AddrPort]*listener.Listener]
 	// What the last Apply built, by message: reused when the same message comes
 	// again, so an update rebuilds only what changed.
 	clusterCfgs map[*clusterv3.Cluster]*upstream.Config
@@ -495,7 +518,8 @@ func (s *Server) Apply(snap *Snapshot) error {
 			s.log.Warn("listener not started: the listeners were drained (admin DrainListeners)", "listener", cfg.Name)
 			continue
 		}
-		l, err := listener.Start(cfg, listener.Options{Logger: s.log, Stats: s.opts.Stats, Sockets: s.sockets, ConnIDs: &s.connIDs, Serving: &s.serving})
+		l, err := listener.Start(cfg, listener.Options{Logger: s.log, Stats: s.opts.Stats, Sockets: s.sockets, ConnIDs: &s.connIDs, Serving: &s.serving,
+			ByAddress: s.listenerAt})
 		if err != nil {
 			for _, l := range started {
 				l.StopAccepting()
@@ -553,6 +577,13 @@ func (s *Server) Apply(snap *Snapshot) error {
 		}
 	}
 	s.listeners = next
+	byAddr := make(map[netip.AddrPort]*listener.Listener, len(next))
+	for _, l := range next {
+		for _, a := range l.Addresses() {
+			byAddr[netip.AddrPortFrom(a.Addr().Unmap(), a.Port())] = l
+		}
+	}
+	s.byAddr.Store(&byAddr)
 	s.drain(retired)
 	s.last = snap
 	if s.gen.Add(1) == 1 && !s.opts.InitializedExternally {
@@ -643,8 +674,10 @@ func (s *Server) countChanges(g *generation, next map[string]*listener.Listener,
 	m.clustersActive.Set(int64(len(g.clusters)))
 }
 
+// sameSockets reports whether a and b bind the same sockets (binding or not
+// is part of it: a listener that starts or stops binding is replaced).
 func sameSockets(a, b *listener.Config) bool {
-	return slices.EqualFunc(a.Sockets, b.Sockets, func(x, y listener.SocketSpec) bool { return x.Key() == y.Key() })
+	return a.Unbound == b.Unbound && slices.EqualFunc(a.Sockets, b.Sockets, func(x, y listener.SocketSpec) bool { return x.Key() == y.Key() })
 }
 
 // drain asks the connections of retired chains to finish, and closes whatever

@@ -37,6 +37,15 @@ type Config struct {
 	Chains       []*FilterChain
 	DefaultChain *FilterChain
 
+	// UseOriginalDst is use_original_dst: a connection whose original
+	// destination is restored (implicitly, as by the original_dst listener
+	// filter) goes to the listener at that address, if there is one.
+	UseOriginalDst bool
+	// Unbound, when valid, is the address of a listener with bind_to_port
+	// false: it binds no socket (Sockets is for its stat prefix only) and
+	// serves the connections use_original_dst listeners hand it.
+	Unbound netip.AddrPort
+
 	proto *listenerv3.Listener
 }
 
@@ -55,7 +64,7 @@ func Build(pb *listenerv3.Listener, reg *filter.Registry, fc filter.Context, pre
 		"listener_filters", "listener_filters_timeout", "continue_on_listener_filters_timeout",
 		"per_connection_buffer_limit_bytes", "metadata", "drain_type", "transparent", "freebind",
 		"socket_options", "tcp_fast_open_queue_length", "traffic_direction", "enable_reuse_port",
-		"tcp_backlog_size", "bind_to_port", "ignore_global_conn_limit",
+		"tcp_backlog_size", "bind_to_port", "ignore_global_conn_limit", "use_original_dst",
 		// Envoy's event loop accepts at most this many pending connections per
 		// socket event, for fairness between listeners sharing a worker. skiff's
 		// accept loop takes one connection per Accept call and hands it to its
@@ -70,9 +79,6 @@ func Build(pb *listenerv3.Listener, reg *filter.Registry, fc filter.Context, pre
 	}
 	if pb.GetName() == "" {
 		return nil, cfgerr.Errorf("name", "must not be empty")
-	}
-	if pb.BindToPort != nil && !pb.GetBindToPort().GetValue() {
-		return nil, cfgerr.Errorf("bind_to_port", "listeners that do not bind (reached through use_original_dst) are not supported by skiff yet")
 	}
 	c := &Config{
 		Name:                             pb.GetName(),
@@ -93,6 +99,17 @@ func Build(pb *listenerv3.Listener, reg *filter.Registry, fc filter.Context, pre
 		return nil, cfgerr.Field("address", err)
 	}
 	c.Sockets = append(c.Sockets, spec)
+	c.UseOriginalDst = pb.GetUseOriginalDst().GetValue()
+	if pb.BindToPort != nil && !pb.GetBindToPort().GetValue() {
+		// Reached only through a use_original_dst listener's hand-over.
+		if len(pb.GetAdditionalAddresses()) > 0 {
+			return nil, cfgerr.Errorf("additional_addresses", "not supported by skiff on a listener that does not bind")
+		}
+		if spec.Addr.Port() == 0 {
+			return nil, cfgerr.Errorf("address.socket_address.port_value", "a listener that does not bind needs its port (connections are handed to it by their original destination)")
+		}
+		c.Unbound = spec.Addr
+	}
 	for i, aa := range pb.GetAdditionalAddresses() {
 		if err := cfgerr.OnlyFields(aa, "address"); err != nil {
 			return nil, cfgerr.Index("additional_addresses", i, err)
@@ -151,7 +168,7 @@ func Build(pb *listenerv3.Listener, reg *filter.Registry, fc filter.Context, pre
 		return nil, err
 	}
 	if d := pb.GetDefaultFilterChain(); d != nil {
-		if d.GetFilterChainMatch() != nil {
+		if m := d.GetFilterChainMatch(); m != nil && proto.Size(m) > 0 { // istiod sends an empty one
 			return nil, cfgerr.Errorf("default_filter_chain.filter_chain_match", "the default filter chain must not have a match")
 		}
 		ch, err := buildChain(d, reg, &fc, prevChains, health)

@@ -91,7 +91,12 @@ func TestBuildErrors(t *testing.T) {
 			l.Address = addr("127.0.0.1", 8080)
 			l.AdditionalAddresses = []*listenerv3.AdditionalAddress{{Address: addr("127.0.0.1", 8080)}}
 		}, "additional_addresses[0].address"},
-		{"bind_to_port false", func(l *listenerv3.Listener) { l.BindToPort = wrapperspb.Bool(false) }, "bind_to_port"},
+		{"bind_to_port false on port 0", func(l *listenerv3.Listener) { l.BindToPort = wrapperspb.Bool(false) }, "address.socket_address.port_value"},
+		{"bind_to_port false with more addresses", func(l *listenerv3.Listener) {
+			l.BindToPort = wrapperspb.Bool(false)
+			l.Address = addr("127.0.0.1", 8080)
+			l.AdditionalAddresses = []*listenerv3.AdditionalAddress{{Address: addr("127.0.0.2", 8080)}}
+		}, "additional_addresses"},
 		{"connection balance", func(l *listenerv3.Listener) {
 			l.ConnectionBalanceConfig = &listenerv3.Listener_ConnectionBalanceConfig{}
 		}, "connection_balance_config"},

@@ -17,6 +17,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/filter"
 	"github.com/skiffproxy/skiff/dataplane/tlscontext"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
+	"github.com/skiffproxy/skiff/internal/netio"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
 
@@ -56,6 +57,10 @@ type Options struct {
 	Sockets *SocketTable
 	// ConnIDs numbers connections across all listeners.
 	ConnIDs *atomic.Uint64
+	// ByAddress finds the listener for a restored original destination (a
+	// listener of that address, else of the wildcard address with its port),
+	// or nil; for use_original_dst.
+	ByAddress func(netip.AddrPort) *Listener
 	// Serving counts the connection goroutines of all listeners, so that the
 	// owner can wait for every connection to end.
 	Serving *sync.WaitGroup
@@ -94,6 +99,10 @@ func Start(cfg *Config, opts Options) (*Listener, error) {
 	l.refs.Store(1)
 	l.log = opts.Logger.With("listener", cfg.Name)
 	l.cfg.Store(cfg)
+	if cfg.Unbound.IsValid() {
+		l.log.Info("listener ready, not bound: connections reach it by their original destination", "address", cfg.Unbound.String())
+		return l, nil
+	}
 	for i, spec := range cfg.Sockets {
 		s, err := opts.Sockets.Acquire(spec, cfg.Name+"/"+strconv.Itoa(i))
 		if err != nil {
@@ -123,6 +132,15 @@ func (l *Listener) Config() *Config { return l.cfg.Load() }
 
 // Sockets returns the listener's sockets.
 func (l *Listener) Sockets() []*Socket { return l.sockets }
+
+// Addresses are the addresses connections reach the listener at: its
+// sockets', or the one of a listener that does not bind.
+func (l *Listener) Addresses() []netip.AddrPort {
+	if a := l.cfg.Load().Unbound; a.IsValid() {
+		return []netip.AddrPort{a}
+	}
+	return l.Bound()
+}
 
 // HandOverTo moves new connections for every address this listener shares with
 // next (a replacement bound with other socket options) to next's sockets, so
@@ -241,10 +259,38 @@ func (l *Listener) worker(c net.Conn) {
 func (l *Listener) serve(tc net.Conn) {
 	defer l.opts.Serving.Done()
 	defer l.unref()
+	l.serveConn(filter.NewConn(tc, l.opts.ConnIDs.Add(1), l.name, l.log), true)
+}
+
+// serveConn runs the listener filters on c, then, if the listener uses the
+// original destination and another listener has the restored one, hands c to
+// it (mayHandOff: not a connection handed over already), as Envoy's
+// ActiveTcpSocket does; else it serves c on the filter chain it matches.
+func (l *Listener) serveConn(c *filter.Conn, mayHandOff bool) {
+	tc := c.Conn
 	cfg := l.cfg.Load()
-	c := filter.NewConn(tc, l.opts.ConnIDs.Add(1), l.name, l.log)
 	l.stats.preCxActive.Inc()
-	ch := l.chooseChain(cfg, c)
+	if cfg.UseOriginalDst && mayHandOff && !c.LocalRestored {
+		// use_original_dst implies the original_dst listener filter.
+		if dst, ok := netio.OriginalDst(tc, c.Local.Addr().Is6() && !c.Local.Addr().Is4In6()); ok {
+			c.Local, c.LocalRestored = dst, true
+		}
+	}
+	if len(cfg.ListenerFilters) > 0 && !l.runListenerFilters(cfg, c) {
+		l.stats.preCxActive.Dec()
+		tc.Close()
+		return
+	}
+	if cfg.UseOriginalDst && mayHandOff && c.LocalRestored && l.opts.ByAddress != nil {
+		if to := l.opts.ByAddress(c.Local); to != nil && to != l && to.ref() {
+			l.stats.preCxActive.Dec()
+			defer to.unref()
+			c.Listener = to.name
+			to.serveConn(c, false)
+			return
+		}
+	}
+	ch := l.matchChain(cfg, c)
 	l.stats.preCxActive.Dec()
 	if ch == nil {
 		tc.Close()
@@ -256,13 +302,9 @@ func (l *Listener) serve(tc net.Conn) {
 	l.serveChain(ch, c, tc)
 }
 
-// chooseChain runs cfg's listener filters on c and returns the filter chain
-// it matches, or nil (counted and logged) if a listener filter ended it or no
-// chain matches.
-func (l *Listener) chooseChain(cfg *Config, c *filter.Conn) *FilterChain {
-	if len(cfg.ListenerFilters) > 0 && !l.runListenerFilters(cfg, c) {
-		return nil
-	}
+// matchChain returns the filter chain c matches, or nil (counted and
+// logged) if none does.
+func (l *Listener) matchChain(cfg *Config, c *filter.Conn) *FilterChain {
 	ch := match(cfg.Chains, cfg.DefaultChain, c)
 	if ch == nil {
 		l.stats.noChainMatch.Inc()
