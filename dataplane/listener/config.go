@@ -5,6 +5,7 @@
 package listener
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -284,10 +285,94 @@ func socketSpec(a *corev3.Address, base SocketSpec) (SocketSpec, error) {
 }
 
 func buildListenerFilter(lf *listenerv3.ListenerFilter, reg *filter.Registry, fc *filter.Context) (filter.ListenerFilter, error) {
-	if err := cfgerr.OnlyFields(lf, "name", "typed_config"); err != nil {
+	if err := cfgerr.OnlyFields(lf, "name", "typed_config", "filter_disabled"); err != nil {
 		return nil, err
 	}
-	return reg.ListenerFilter(lf.GetName(), lf.GetTypedConfig(), fc)
+	f, err := reg.ListenerFilter(lf.GetName(), lf.GetTypedConfig(), fc)
+	if err != nil || lf.GetFilterDisabled() == nil {
+		return f, err
+	}
+	disabled, err := compilePredicate(lf.GetFilterDisabled())
+	if err != nil {
+		return nil, cfgerr.Field("filter_disabled", err)
+	}
+	return disabledWhen{f, disabled}, nil
+}
+
+// disabledWhen is a listener filter with filter_disabled: it does not run on
+// a connection the predicate matches, as Envoy decides it when the filter's
+// turn comes (after the filters before it, original_dst's restoring
+// included).
+type disabledWhen struct {
+	filter.ListenerFilter
+	disabled func(*filter.Conn) bool
+}
+
+func (d disabledWhen) OnAccept(ctx context.Context, c *filter.Conn) error {
+	if d.disabled(c) {
+		return nil
+	}
+	return d.ListenerFilter.OnAccept(ctx, c)
+}
+
+// compilePredicate compiles a ListenerFilterChainMatchPredicate: any_match,
+// or_match, and_match, not_match and destination_port_range ([start, end)
+// of the connection's destination port, the original one if restored).
+func compilePredicate(p *listenerv3.ListenerFilterChainMatchPredicate) (func(*filter.Conn) bool, error) {
+	set := func(field string, rules []*listenerv3.ListenerFilterChainMatchPredicate) ([]func(*filter.Conn) bool, error) {
+		var out []func(*filter.Conn) bool
+		for i, r := range rules {
+			f, err := compilePredicate(r)
+			if err != nil {
+				return nil, cfgerr.Index(field+".rules", i, err)
+			}
+			out = append(out, f)
+		}
+		return out, nil
+	}
+	switch r := p.GetRule().(type) {
+	case *listenerv3.ListenerFilterChainMatchPredicate_AnyMatch:
+		return func(*filter.Conn) bool { return true }, nil // (the proto requires true)
+	case *listenerv3.ListenerFilterChainMatchPredicate_OrMatch:
+		fs, err := set("or_match", r.OrMatch.GetRules())
+		if err != nil {
+			return nil, err
+		}
+		return func(c *filter.Conn) bool {
+			for _, f := range fs {
+				if f(c) {
+					return true
+				}
+			}
+			return false
+		}, nil
+	case *listenerv3.ListenerFilterChainMatchPredicate_AndMatch:
+		fs, err := set("and_match", r.AndMatch.GetRules())
+		if err != nil {
+			return nil, err
+		}
+		return func(c *filter.Conn) bool {
+			for _, f := range fs {
+				if !f(c) {
+					return false
+				}
+			}
+			return true
+		}, nil
+	case *listenerv3.ListenerFilterChainMatchPredicate_NotMatch:
+		f, err := compilePredicate(r.NotMatch)
+		if err != nil {
+			return nil, cfgerr.Field("not_match", err)
+		}
+		return func(c *filter.Conn) bool { return !f(c) }, nil
+	case *listenerv3.ListenerFilterChainMatchPredicate_DestinationPortRange:
+		start, end := r.DestinationPortRange.GetStart(), r.DestinationPortRange.GetEnd()
+		return func(c *filter.Conn) bool {
+			p := int32(c.Local.Port())
+			return start <= p && p < end
+		}, nil
+	}
+	return nil, cfgerr.Errorf("", "one of any_match, or_match, and_match, not_match, destination_port_range is required")
 }
 
 // StatAddress formats an address the way Envoy's listener stat names do:
