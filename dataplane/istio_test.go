@@ -95,15 +95,13 @@ func TestIstioGatewayResources(t *testing.T) {
 // refusal below is a missing feature, not a bug. The outbound side loads:
 // virtualOutbound (use_original_dst) and the listeners it hands connections
 // to (bind_to_port false), the inbound clusters (ORIGINAL_DST, from
-// 127.0.0.6); virtualInbound (SDS) and the passthrough clusters do not yet.
+// 127.0.0.6), the passthrough clusters (use_downstream_protocol_config);
+// virtualInbound, whose mTLS certificates come by SDS, does not yet.
 func TestIstioSidecarResources(t *testing.T) {
 	s := istioServer(t)
 	refused := map[string]struct{ path, msg string }{
 		// Inbound mTLS takes its certificates from SDS.
 		"Listener-virtualInbound.pb": {"filter_chains[1].transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].sds_config", "SDS"},
-		// The passthrough clusters' HTTP pools follow the downstream's protocol.
-		"Cluster-PassthroughCluster.pb":        {"typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].use_downstream_protocol_config", "not supported by skiff"},
-		"Cluster-InboundPassthroughCluster.pb": {"typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].use_downstream_protocol_config", "not supported by skiff"},
 	}
 	files, _ := filepath.Glob("testdata/istio/sidecar/*.pb")
 	if len(files) != 16 {

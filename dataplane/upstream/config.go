@@ -52,6 +52,10 @@ type Config struct {
 	// HTTP2 says the cluster's hosts speak HTTP/2 (http2_protocol_options or
 	// an HttpProtocolOptions extension asking for it), as gRPC servers need.
 	HTTP2 bool
+	// DownstreamProtocol is use_downstream_protocol_config: a request goes
+	// upstream in its own protocol, HTTP/2 or HTTP/1.1 (HTTP2 is the
+	// protocol of what has no downstream: health checks, tunnels).
+	DownstreamProtocol bool
 	// HTTP are the cluster's HTTP connection pool settings (HttpProtocolOptions).
 	HTTP HTTPOptions
 	// Limits are the circuit breakers' thresholds (circuit_breakers, default
@@ -395,7 +399,7 @@ func (c *Config) protocolOptions(pb *clusterv3.Cluster) error {
 		if err := cfgerr.Validate(&hpo); err != nil {
 			return cfgerr.Field(path, err)
 		}
-		if err := cfgerr.OnlyFields(&hpo, "explicit_http_config", "common_http_protocol_options", "upstream_http_protocol_options"); err != nil {
+		if err := cfgerr.OnlyFields(&hpo, "explicit_http_config", "use_downstream_protocol_config", "common_http_protocol_options", "upstream_http_protocol_options"); err != nil {
 			return cfgerr.Field(path, err)
 		}
 		if u := hpo.GetUpstreamHttpProtocolOptions(); u != nil {
@@ -418,6 +422,22 @@ func (c *Config) protocolOptions(pb *clusterv3.Cluster) error {
 				}
 			default:
 				return cfgerr.Errorf(path+".explicit_http_config", "only http_protocol_options and http2_protocol_options are supported (not HTTP/3)")
+			}
+		}
+		if d := hpo.GetUseDownstreamProtocolConfig(); d != nil {
+			if err := cfgerr.OnlyFields(d, "http_protocol_options", "http2_protocol_options"); err != nil {
+				return cfgerr.Field(path+".use_downstream_protocol_config", err)
+			}
+			c.DownstreamProtocol = true
+			if o := d.GetHttp2ProtocolOptions(); o != nil {
+				if err := c.HTTP.http2Options(o); err != nil {
+					return cfgerr.Field(path+".use_downstream_protocol_config.http2_protocol_options", err)
+				}
+			}
+			if o := d.GetHttpProtocolOptions(); o != nil {
+				if err := c.HTTP.http1Options(o); err != nil {
+					return cfgerr.Field(path+".use_downstream_protocol_config.http_protocol_options", err)
+				}
 			}
 		}
 		if co := hpo.GetCommonHttpProtocolOptions(); co != nil {

@@ -492,7 +492,11 @@ func (q *rq) attemptOn(host *upstream.Host) outcome {
 		return q.terminateOn(host)
 	}
 
-	p := q.r.pools.Pool(q.cl, host, q.sni, q.san)
+	http2 := q.cl.Config().HTTP2
+	if q.cl.Config().DownstreamProtocol {
+		http2 = e.Info.Protocol == "HTTP/2"
+	}
+	p := q.r.pools.PoolAs(q.cl, host, q.sni, q.san, http2)
 	if p == nil { // max_connection_pools
 		return q.fail(503, "upstream connect error or disconnect/reset before headers. reset reason: overflow",
 			"upstream_reset_before_response_started{overflow}", http.FlagUpstreamOverflow)

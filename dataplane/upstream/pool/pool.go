@@ -162,7 +162,12 @@ type poolKey struct {
 // upstream_cx_pool_overflow, when a new pool would exceed the cluster's
 // max_connection_pools.
 func (m *Manager) Pool(cl *upstream.Cluster, h *upstream.Host, sni, san string) *Pool {
-	http2 := cl.Config().HTTP2
+	return m.PoolAs(cl, h, sni, san, cl.Config().HTTP2)
+}
+
+// PoolAs is Pool for the protocol http2 says: the downstream's, for a
+// cluster with use_downstream_protocol_config.
+func (m *Manager) PoolAs(cl *upstream.Cluster, h *upstream.Host, sni, san string, http2 bool) *Pool {
 	proto := protoIndex(http2)
 	if (sni != "" || san != "") && h.Transport().TLS == nil {
 		sni, san = "", ""
