@@ -26,6 +26,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/skiffproxy/skiff/internal/nettest"
 )
 
 // originalDstCluster is an ORIGINAL_DST cluster, its connections from
@@ -50,24 +52,11 @@ func originalDstCluster(name string, source netip.AddrPort, header bool) *cluste
 // <client IP>\n" and then echoes.
 func whoAmI(t *testing.T, addr string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				fmt.Fprintf(c, "%s from %s\n", addr, c.RemoteAddr().(*net.TCPAddr).IP)
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	nettest.ServeAt(t, addr, func(c net.Conn) {
+		defer c.Close()
+		fmt.Fprintf(c, "%s from %s\n", addr, c.RemoteAddr().(*net.TCPAddr).IP)
+		io.Copy(c, c)
+	})
 }
 
 // TestOriginalDstHeader: an ORIGINAL_DST cluster with use_http_header sends

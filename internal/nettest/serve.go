@@ -12,7 +12,13 @@ import (
 // waits for every serve to return.
 func Serve(t testing.TB, serve func(net.Conn)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return ServeAt(t, "127.0.0.1:0", serve)
+}
+
+// ServeAt is Serve listening on addr.
+func ServeAt(t testing.TB, addr string, serve func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
