@@ -143,11 +143,11 @@ func (s *Server) listenerAt(a netip.AddrPort) *listener.Listener {
 	if l := (*m)[a]; l != nil {
 		return l
 	}
-	any := netip.IPv4Unspecified()
+	wildcard := netip.IPv4Unspecified()
 	if a.Addr().Is6() {
-		any = netip.IPv6Unspecified()
+		wildcard = netip.IPv6Unspecified()
 	}
-	return (*m)[netip.AddrPortFrom(any, a.Port())]
+	return (*m)[netip.AddrPortFrom(wildcard, a.Port())]
 }
 
 // Server runs listeners and clusters.

@@ -75,6 +75,18 @@ type Conn struct {
 	moved atomic.Bool
 }
 
+// RestoreOriginalDst sets Local to the connection's original destination
+// if the kernel redirected it (SO_ORIGINAL_DST), marking it restored, and
+// reports whether it did: the original_dst listener filter, which a
+// listener with use_original_dst implies.
+func (c *Conn) RestoreOriginalDst() bool {
+	dst, ok := netio.OriginalDst(c.Conn, c.Local.Addr().Is6() && !c.Local.Addr().Is4In6())
+	if ok {
+		c.Local, c.LocalRestored = dst, true
+	}
+	return ok
+}
+
 type moverBox struct{ m Mover }
 
 // MovedKind says what kind of connection a MovedConn is.

@@ -17,7 +17,6 @@ import (
 	"github.com/skiffproxy/skiff/dataplane/filter"
 	"github.com/skiffproxy/skiff/dataplane/tlscontext"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
-	"github.com/skiffproxy/skiff/internal/netio"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
 
@@ -271,10 +270,7 @@ func (l *Listener) serveConn(c *filter.Conn, mayHandOff bool) {
 	cfg := l.cfg.Load()
 	l.stats.preCxActive.Inc()
 	if cfg.UseOriginalDst && mayHandOff && !c.LocalRestored {
-		// use_original_dst implies the original_dst listener filter.
-		if dst, ok := netio.OriginalDst(tc, c.Local.Addr().Is6() && !c.Local.Addr().Is4In6()); ok {
-			c.Local, c.LocalRestored = dst, true
-		}
+		c.RestoreOriginalDst() // use_original_dst implies the original_dst listener filter
 	}
 	if len(cfg.ListenerFilters) > 0 && !l.runListenerFilters(cfg, c) {
 		l.stats.preCxActive.Dec()

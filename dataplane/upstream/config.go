@@ -346,6 +346,17 @@ func NewConfigWith(pb *clusterv3.Cluster, opts Options) (*Config, error) {
 	return c, nil
 }
 
+// UpstreamHTTP2 reports whether a request that came in downstream (its
+// protocol: "HTTP/1.1", "HTTP/2", ...) goes to the cluster's hosts over
+// HTTP/2: the downstream's protocol with use_downstream_protocol_config,
+// else the cluster's.
+func (c *Config) UpstreamHTTP2(downstream string) bool {
+	if c.DownstreamProtocol {
+		return downstream == "HTTP/2"
+	}
+	return c.HTTP2
+}
+
 // clusterType reads a cluster_type extension: envoy.cluster.dns (DnsCluster)
 // is skiff's one.
 func (c *Config) clusterType(pb *clusterv3.Cluster, ct *clusterv3.Cluster_CustomClusterType, def *Resolver) error {

@@ -825,11 +825,17 @@ func (c *Cluster) ImmediateHealthCheckFail(h *Host) {
 	k.stats.failure.Inc()
 	k.stats.passiveFailure.Inc()
 	if !h.hcFailed.Swap(true) {
-		c.rebuildLocked()
-		k.mu.Lock()
-		k.stats.healthy.Set(int64(k.healthyLocked()))
-		k.mu.Unlock()
+		k.healthChangedLocked()
 	}
+}
+
+// healthChangedLocked rebuilds the cluster's balancer after a host passed
+// or failed its checks and sets health_check.healthy; c.mu is held.
+func (k *checker) healthChangedLocked() {
+	k.c.rebuildLocked()
+	k.mu.Lock()
+	k.stats.healthy.Set(int64(k.healthyLocked()))
+	k.mu.Unlock()
 }
 
 // record applies a check's outcome to the host, as Envoy's
@@ -883,10 +889,7 @@ func (k *checker) record(h *Host, s *session, res outcome) (pending bool) {
 	if failed {
 		h.hcExcluded.Store(false)
 	}
-	c.rebuildLocked()
-	k.mu.Lock()
-	k.stats.healthy.Set(int64(k.healthyLocked()))
-	k.mu.Unlock()
+	k.healthChangedLocked()
 	return false
 }
 

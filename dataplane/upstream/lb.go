@@ -213,10 +213,10 @@ func newBalancer(cfg *balancerConfig, all []*Host) *balancer {
 			lb.degraded = lb.healthy
 		default:
 			if lb.healthyLoad > 0 {
-				lb.healthy = newHostSet(cfg, l.healthy, l.all, (*Host).isHealthy)
+				lb.healthy = newHostSet(cfg, l.healthy, l.all, (*Host).Healthy)
 			}
 			if lb.degradedLoad > 0 {
-				lb.degraded = newHostSet(cfg, l.degraded, l.all, (*Host).isDegraded)
+				lb.degraded = newHostSet(cfg, l.degraded, l.all, (*Host).Degraded)
 			}
 		}
 	}
@@ -231,9 +231,6 @@ func newBalancer(cfg *balancerConfig, all []*Host) *balancer {
 	}
 	return b
 }
-
-func (h *Host) isHealthy() bool  { return h.state() == stateHealthy }
-func (h *Host) isDegraded() bool { return h.state() == stateDegraded }
 
 // distribute is Envoy's distributeLoad: each level in order takes its
 // availability's share of the total availability, from what is left of

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"net/netip"
+	"strings"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -55,7 +56,7 @@ func originalDstConfig(pb *clusterv3.Cluster) (*OriginalDstConfig, error) {
 		if lc.GetUseHttpHeader() {
 			od.Header = DefaultOriginalDstHeader
 			if n := lc.GetHttpHeaderName(); n != "" {
-				od.Header = lowerASCII(n)
+				od.Header = strings.ToLower(n)
 			}
 		}
 		if p := lc.GetUpstreamPortOverride(); p != nil {
@@ -66,16 +67,6 @@ func originalDstConfig(pb *clusterv3.Cluster) (*OriginalDstConfig, error) {
 		}
 	}
 	return od, nil
-}
-
-func lowerASCII(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if 'A' <= c && c <= 'Z' {
-			b[i] = c + 'a' - 'A'
-		}
-	}
-	return string(b)
 }
 
 // OriginalDst is the cluster's ORIGINAL_DST configuration, or nil for a

@@ -17,7 +17,6 @@ import (
 
 	"github.com/skiffproxy/skiff/dataplane/filter"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
-	"github.com/skiffproxy/skiff/internal/netio"
 )
 
 // Name is the filter's canonical name.
@@ -46,16 +45,6 @@ type Filter struct{}
 
 // OnAccept implements filter.ListenerFilter.
 func (Filter) OnAccept(_ context.Context, c *filter.Conn) error {
-	Restore(c)
+	c.RestoreOriginalDst()
 	return nil
-}
-
-// Restore sets c.Local to the connection's original destination if the
-// kernel redirected it, and reports whether it did.
-func Restore(c *filter.Conn) bool {
-	dst, ok := netio.OriginalDst(c.Conn, c.Local.Addr().Is6() && !c.Local.Addr().Is4In6())
-	if ok {
-		c.Local, c.LocalRestored = dst, true
-	}
-	return ok
 }

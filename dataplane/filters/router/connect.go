@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/skiffproxy/skiff/dataplane/http"
@@ -78,7 +78,7 @@ func (q *rq) terminateOn(host *upstream.Host) outcome {
 	q.clearStream()
 	us.Close()
 	how := upstream.LocalClose
-	if us.peerEnded() {
+	if us.peerGone.Load() { // the host ended it (Envoy's RemoteClose)
 		how = upstream.RemoteClose
 	}
 	cl.Closed(host, how)
@@ -89,11 +89,8 @@ func (q *rq) terminateOn(host *upstream.Host) outcome {
 // place of an HTTP client stream, for the router's tunnel. Only the body
 // methods are used; Reset closes the connection with a reset.
 type tcpStream struct {
-	conn net.Conn
-
-	mu    sync.Mutex
-	eof   bool // the host ended its side (a FIN or a reset was read)
-	close bool
+	conn     net.Conn
+	peerGone atomic.Bool // a read found the host's end of stream or reset (http.PeerGone)
 }
 
 var errNoHeaders = errors.New("router: a terminated CONNECT's upstream has no headers")
@@ -108,10 +105,8 @@ func (s *tcpStream) Write(p []byte) (int, error)          { return s.conn.Write(
 // Read reads the host's bytes; io.EOF once it half-closed.
 func (s *tcpStream) Read(p []byte) (int, error) {
 	n, err := s.conn.Read(p)
-	if err != nil {
-		s.mu.Lock()
-		s.eof = !s.close
-		s.mu.Unlock()
+	if http.PeerGone(err) {
+		s.peerGone.Store(true)
 	}
 	return n, err
 }
@@ -132,17 +127,4 @@ func (s *tcpStream) Reset(http.ResetCode) {
 	_ = s.Close()
 }
 
-func (s *tcpStream) Close() error {
-	s.mu.Lock()
-	s.close = true
-	s.mu.Unlock()
-	return s.conn.Close()
-}
-
-// peerEnded reports whether the host ended the connection before skiff
-// closed it (Envoy's RemoteClose).
-func (s *tcpStream) peerEnded() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.eof
-}
+func (s *tcpStream) Close() error { return s.conn.Close() }

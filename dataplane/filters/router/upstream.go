@@ -492,11 +492,7 @@ func (q *rq) attemptOn(host *upstream.Host) outcome {
 		return q.terminateOn(host)
 	}
 
-	http2 := q.cl.Config().HTTP2
-	if q.cl.Config().DownstreamProtocol {
-		http2 = e.Info.Protocol == "HTTP/2"
-	}
-	p := q.r.pools.PoolAs(q.cl, host, q.sni, q.san, http2)
+	p := q.r.pools.PoolAs(q.cl, host, q.sni, q.san, q.cl.Config().UpstreamHTTP2(e.Info.Protocol))
 	if p == nil { // max_connection_pools
 		return q.fail(503, "upstream connect error or disconnect/reset before headers. reset reason: overflow",
 			"upstream_reset_before_response_started{overflow}", http.FlagUpstreamOverflow)
