@@ -148,6 +148,17 @@ func (cp *ControlPlane) Request(typeURL string, n int) *discoveryv3.DiscoveryReq
 	}
 }
 
+// RequestAnswering waits for the SotW request of a type that answers the
+// response with the given nonce (its ACK or NACK).
+func (cp *ControlPlane) RequestAnswering(typeURL, nonce string) *discoveryv3.DiscoveryRequest {
+	cp.t.Helper()
+	m, _ := cp.waitFor(&cp.requests, 0, "request "+typeURL+" answering "+nonce, func(m proto.Message) bool {
+		r, ok := m.(*discoveryv3.DiscoveryRequest)
+		return ok && r.GetTypeUrl() == typeURL && r.GetResponseNonce() == nonce
+	})
+	return m.(*discoveryv3.DiscoveryRequest)
+}
+
 // DeltaRequest waits for the n-th delta request of a type.
 func (cp *ControlPlane) DeltaRequest(typeURL string, n int) *discoveryv3.DeltaDiscoveryRequest {
 	cp.t.Helper()
