@@ -57,6 +57,12 @@ type Snapshot struct {
 	// theirs up by name for every request, so an RDS update rebuilds no
 	// listener.
 	Routes map[string]*routev3.RouteConfiguration
+	// Secrets are the secrets received by SDS, by name, which TLS contexts
+	// name in SDS secret configs with an sds_config. A context built from
+	// them follows their new versions in place (no listener is rebuilt and
+	// no connection drained, as in Envoy); a secret left out keeps its last
+	// version.
+	Secrets map[string]*tlsv3.Secret
 }
 
 // ResourceError is a configuration error in one resource of a Snapshot. Err
@@ -103,7 +109,7 @@ type Options struct {
 	// Secrets are the bootstrap's static_resources.secrets (see
 	// CheckSecrets), which TLS contexts name in SDS secret configs without
 	// an sds_config.
-	Secrets tlscontext.Secrets
+	Secrets map[string]*tlsv3.Secret
 }
 
 // managerStats are Envoy's listener_manager.* and cluster_manager.* stats.
@@ -166,6 +172,7 @@ type Server struct {
 	routes     *route.Provider
 	httpPools  *pool.Manager
 	accessLogs *accesslog.Sinks
+	sds        *tlscontext.SecretStore // the secrets of Snapshot.Secrets
 
 	mu        sync.Mutex // serialises Apply and Shutdown
 	listeners map[string]*listener.Listener
@@ -217,6 +224,7 @@ func NewServer(opts Options) *Server {
 		applied:   make(chan struct{}),
 		stopping:  make(chan struct{}),
 		routes:    route.NewProvider(),
+		sds:       tlscontext.NewSecretStore(opts.Logger),
 	}
 	s.httpPools = pool.NewManager(pool.Options{Buffers: s.buffers, Logger: opts.Logger})
 	s.accessLogs = accesslog.NewSinks(opts.Logger, opts.Stats)
@@ -243,7 +251,7 @@ func (s *Server) factoryContext() filter.Context {
 		AccessLogs: s.accessLogs,
 		Node:       s.opts.Node,
 		Runtime:    s.opts.Runtime,
-		Secrets:    s.opts.Secrets,
+		Secrets:    s.secrets(),
 		Server:     s,
 		ClusterExists: func(name string) bool {
 			return s.clusters.Get(name) != nil
@@ -440,14 +448,20 @@ func (s *Server) clusterOptions() upstream.Options {
 	fc := s.factoryContext()
 	return upstream.Options{Filters: func(f *clusterv3.Filter) (upstream.ConnFilter, error) {
 		return s.opts.Registry.UpstreamNetworkFilter(f.GetName(), f.GetTypedConfig(), &fc)
-	}, Resolver: s.opts.Resolver, Secrets: s.opts.Secrets}
+	}, Resolver: s.opts.Resolver, Secrets: s.secrets()}
+}
+
+// secrets are the secrets TLS contexts may name: the static ones and those
+// of SDS.
+func (s *Server) secrets() tlscontext.Secrets {
+	return tlscontext.Secrets{Static: s.opts.Secrets, SDS: s.sds}
 }
 
 // CheckSecrets checks the bootstrap's static_resources.secrets and indexes
 // them by name for Options.Secrets. An error is a *ResourceError of kind
 // "secret".
-func CheckSecrets(list []*tlsv3.Secret) (tlscontext.Secrets, error) {
-	secrets := make(tlscontext.Secrets, len(list))
+func CheckSecrets(list []*tlsv3.Secret) (map[string]*tlsv3.Secret, error) {
+	secrets := make(map[string]*tlsv3.Secret, len(list))
 	for i, sec := range list {
 		if err := tlscontext.CheckSecret(sec); err != nil {
 			return nil, &ResourceError{Kind: "secret", Index: i, Name: sec.GetName(), Err: err}
@@ -488,8 +502,15 @@ func (s *Server) Apply(snap *Snapshot) error {
 	if s.shutdown {
 		return errors.New("dataplane: server is shut down")
 	}
+	// New versions of SDS secrets go first, so that what is built now uses
+	// them; the contexts already built take them at their next handshake.
+	if name, err := s.sds.Check(snap.Secrets); err != nil {
+		return &ResourceError{Kind: "secret", Name: name, Err: err}
+	}
+	prevSecrets := s.sds.Set(snap.Secrets)
 	g, err := s.build(snap, s.listeners)
 	if err != nil {
+		s.sds.Set(prevSecrets)
 		return err
 	}
 
@@ -525,6 +546,7 @@ func (s *Server) Apply(snap *Snapshot) error {
 				l.StopAccepting()
 			}
 			s.mstats.listenerCreateFailure.Inc()
+			s.sds.Set(prevSecrets)
 			return &ResourceError{Kind: "listener", Index: i, Name: cfg.Name, Err: err}
 		}
 		started = append(started, l)

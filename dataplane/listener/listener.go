@@ -338,7 +338,7 @@ func (l *Listener) serveChain(ch *FilterChain, c *filter.Conn, tc net.Conn) {
 // sslStats are the listener's TLS stats, made when a filter chain with TLS
 // first needs them.
 func (l *Listener) sslStats() *tlscontext.Stats {
-	l.sslOnce.Do(func() { l.ssl = tlscontext.NewStats(l.scope) })
+	l.sslOnce.Do(func() { l.ssl = tlscontext.NewStats(l.scope, true) })
 	return l.ssl
 }
 
@@ -348,6 +348,12 @@ func (l *Listener) sslStats() *tlscontext.Stats {
 // transport_socket_connect_timeout, or the chain drained first.
 func (l *Listener) handshake(ctx context.Context, ch *FilterChain, c *filter.Conn) bool {
 	st := l.sslStats()
+	if err := ch.tls.Ready(); err != nil {
+		// As Envoy: no handshake without the certificates.
+		st.SecretsNotReady()
+		l.log.Debug("TLS context not ready; closing", "conn", c.ID, "remote", c.Remote, "error", err)
+		return false
+	}
 	tc := tls.Server(c.Conn, ch.tls.Config)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -22,11 +22,19 @@ import (
 // its subject alt name matchers and pins, not against the SNI (unless
 // auto_sni_san_validation asks for that).
 type Client struct {
-	config            *tls.Config // no ServerName; NextProtos is alpn_protocols
 	sni               string
 	autoHostSNI       bool
 	autoSANValidation bool
-	v                 *validator // nil: the server's certificate is not verified
+	sessions          tls.ClientSessionCache // shared by the versions an SDS secret makes
+
+	static *clientState             // a context without SDS secrets
+	sds    *following[*clientState] // one built from SDS secrets
+}
+
+// clientState is an UpstreamTlsContext built from given secrets.
+type clientState struct {
+	config *tls.Config // no ServerName; NextProtos is alpn_protocols
+	v      *validator  // nil: the server's certificate is not verified
 }
 
 // NewClient builds an UpstreamTlsContext, taking the secrets it names by SDS
@@ -36,6 +44,28 @@ func NewClient(pb *tlsv3.UpstreamTlsContext, secrets Secrets) (*Client, error) {
 		"allow_renegotiation", "max_session_keys", "enforce_rsa_key_usage"); err != nil {
 		return nil, err
 	}
+	c := &Client{
+		sni:               pb.GetSni(),
+		autoHostSNI:       pb.GetAutoHostSni(),
+		autoSANValidation: pb.GetAutoSniSanValidation(),
+	}
+	if n := pb.GetMaxSessionKeys(); n == nil || n.GetValue() > 0 {
+		size := 1
+		if n != nil {
+			size = int(n.GetValue())
+		}
+		c.sessions = tls.NewLRUClientSessionCache(size)
+	}
+	f, st, err := follow(secrets, func(secrets Secrets) (*clientState, error) { return c.build(pb, secrets) })
+	if err != nil {
+		return nil, err
+	}
+	c.static, c.sds = st, f
+	return c, nil
+}
+
+// build builds the context's configuration from secrets.
+func (c *Client) build(pb *tlsv3.UpstreamTlsContext, secrets Secrets) (*clientState, error) {
 	ctc := pb.GetCommonTlsContext()
 	if ctc == nil {
 		ctc = &tlsv3.CommonTlsContext{}
@@ -47,32 +77,35 @@ func NewClient(pb *tlsv3.UpstreamTlsContext, secrets Secrets) (*Client, error) {
 	if len(cfg.Certificates) > 1 {
 		return nil, cfgerr.Errorf("common_tls_context.tls_certificates", "a client context takes one certificate, not %d (as in Envoy)", len(cfg.Certificates))
 	}
-	c := &Client{
-		config:            cfg,
-		sni:               pb.GetSni(),
-		autoHostSNI:       pb.GetAutoHostSni(),
-		autoSANValidation: pb.GetAutoSniSanValidation(),
-		v:                 v,
-	}
 	if c.autoSANValidation && v == nil {
 		return nil, cfgerr.Errorf("auto_sni_san_validation", "needs common_tls_context.validation_context with trusted_ca: without it the server's certificate is not verified")
 	}
+	st := &clientState{config: cfg, v: v}
 	// The chain, the names and the pins are checked by verify, as Envoy's
 	// certificate validator does, not by Go's default (which would also
 	// match the certificate against the SNI).
 	cfg.InsecureSkipVerify = true
-	cfg.VerifyConnection = c.verify
-	if n := pb.GetMaxSessionKeys(); n == nil || n.GetValue() > 0 {
-		size := 1
-		if n != nil {
-			size = int(n.GetValue())
-		}
-		cfg.ClientSessionCache = tls.NewLRUClientSessionCache(size)
-	}
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error { return c.verify(st, cs) }
+	cfg.ClientSessionCache = c.sessions
 	if pb.GetAllowRenegotiation() {
 		cfg.Renegotiation = tls.RenegotiateFreelyAsClient
 	}
-	return c, nil
+	return st, nil
+}
+
+// Ready returns an error wrapping ErrSecretNotReady if the context's SDS
+// secrets have not all come (handshakes would fail), else nil.
+func (c *Client) Ready() error {
+	_, err := c.state()
+	return err
+}
+
+// state is the context built from the current versions of its secrets.
+func (c *Client) state() (*clientState, error) {
+	if c.sds != nil {
+		return c.sds.current()
+	}
+	return c.static, nil
 }
 
 // Upstream builds a cluster's transport_socket (or a transport_socket_matches
@@ -92,12 +125,13 @@ func Upstream(ts *corev3.TransportSocket, secrets Secrets) (*Client, error) {
 }
 
 // LocalCertificate is the client certificate (tls_certificates), nil if
-// there is none.
+// there is none (or its SDS secret has not come).
 func (c *Client) LocalCertificate() *x509.Certificate {
-	if len(c.config.Certificates) == 0 {
+	st, err := c.state()
+	if err != nil || len(st.config.Certificates) == 0 {
 		return nil
 	}
-	return c.config.Certificates[0].Leaf
+	return st.config.Certificates[0].Leaf
 }
 
 // HandshakeOptions are what a connection's user tells the TLS client, as
@@ -129,8 +163,14 @@ func (c *Client) ServerName(hostname string) string {
 
 // Handshake starts TLS on conn and completes the handshake before ctx ends.
 // On failure the caller still owns conn.
+//
+// A context whose SDS secrets have not come fails with ErrSecretNotReady.
 func (c *Client) Handshake(ctx context.Context, conn net.Conn, o HandshakeOptions) (*tls.Conn, error) {
-	cfg := c.config.Clone()
+	st, err := c.state()
+	if err != nil {
+		return nil, err
+	}
+	cfg := st.config.Clone()
 	cfg.ServerName = c.ServerName(o.Hostname)
 	if o.SNI != "" {
 		cfg.ServerName = o.SNI
@@ -139,7 +179,7 @@ func (c *Client) Handshake(ctx context.Context, conn net.Conn, o HandshakeOption
 		cfg.NextProtos = o.ALPN
 	}
 	if o.VerifyName != "" {
-		cfg.VerifyConnection = func(cs tls.ConnectionState) error { return c.check(cs, o.VerifyName) }
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error { return c.check(st, cs, o.VerifyName) }
 	}
 	tc := tls.Client(conn, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
@@ -153,22 +193,23 @@ func (c *Client) Handshake(ctx context.Context, conn net.Conn, o HandshakeOption
 // upstreams); with one, the chain must lead to trusted_ca and the leaf pass
 // the subject alt name matchers (or, with auto_sni_san_validation, carry the
 // SNI as a DNS name) and the pins.
-func (c *Client) verify(cs tls.ConnectionState) error {
+func (c *Client) verify(st *clientState, cs tls.ConnectionState) error {
 	if !c.autoSANValidation {
-		return c.check(cs, "")
+		return c.check(st, cs, "")
 	}
 	if cs.ServerName == "" {
 		return &VerifyError{Reason: "fail_verify_san", Err: errors.New("no SNI was sent for auto_sni_san_validation to check")}
 	}
-	return c.check(cs, cs.ServerName)
+	return c.check(st, cs, cs.ServerName)
 }
 
 // check is verify with name, if set, in place of the subject alt name
 // matchers: the leaf must carry it as a DNS name or, for an IP address, as
 // an IP SAN. The name is checked even without a validation context (as
 // Envoy's validator does), on a chain then unverified.
-func (c *Client) check(cs tls.ConnectionState, name string) error {
-	if c.v == nil && name == "" {
+func (c *Client) check(st *clientState, cs tls.ConnectionState, name string) error {
+	v := st.v
+	if v == nil && name == "" {
 		return nil
 	}
 	certs := cs.PeerCertificates
@@ -176,8 +217,8 @@ func (c *Client) check(cs tls.ConnectionState, name string) error {
 		return &VerifyError{Reason: "fail_verify_no_cert", Err: errors.New("the server sent no certificate")}
 	}
 	var chains [][]*x509.Certificate
-	if c.v != nil {
-		opts := x509.VerifyOptions{Roots: c.v.roots, Intermediates: x509.NewCertPool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	if v != nil {
+		opts := x509.VerifyOptions{Roots: v.roots, Intermediates: x509.NewCertPool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
 		for _, ic := range certs[1:] {
 			opts.Intermediates.AddCert(ic)
 		}
@@ -187,16 +228,16 @@ func (c *Client) check(cs tls.ConnectionState, name string) error {
 		}
 	}
 	if name == "" {
-		return c.v.verify(nil, chains)
+		return v.verify(nil, chains)
 	}
 	leaf := certs[0]
 	if !certificateNames(leaf, name) {
 		return &VerifyError{Reason: "fail_verify_san", Err: fmt.Errorf("the server's certificate is not for %q", name)}
 	}
-	if c.v == nil {
+	if v == nil {
 		return nil
 	}
-	return c.v.verifyPins(leaf)
+	return v.verifyPins(leaf)
 }
 
 // certificateNames reports whether c is for name: an IP SAN equal to it if

@@ -159,7 +159,7 @@ func TestClientHandshakes(t *testing.T) {
 			if tt.client != nil {
 				tt.client(pb)
 			}
-			c, err := NewClient(pb, nil)
+			c, err := NewClient(pb, Secrets{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -209,7 +209,7 @@ func TestClientSessionResumption(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := NewClient(&tlsv3.UpstreamTlsContext{Sni: "server.test", MaxSessionKeys: tt.keys, CommonTlsContext: &tlsv3.CommonTlsContext{
-				TlsParams: &tlsv3.TlsParameters{TlsMaximumProtocolVersion: tt.max}}}, nil)
+				TlsParams: &tlsv3.TlsParameters{TlsMaximumProtocolVersion: tt.max}}}, Secrets{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -242,7 +242,7 @@ func TestClientConfigErrors(t *testing.T) {
 		{"auto_sni_san_validation without a CA", &tlsv3.UpstreamTlsContext{AutoSniSanValidation: true}, "auto_sni_san_validation: needs"},
 		{"SDS", &tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
 			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: "default", SdsConfig: &corev3.ConfigSource{}}}}},
-			"common_tls_context.tls_certificate_sds_secret_configs[0].sds_config: secrets from a config source (SDS) are not supported"},
+			"common_tls_context.tls_certificate_sds_secret_configs[0].sds_config: secrets by SDS are not available here"},
 		{"no such static secret", &tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
 			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: "default"}}}},
 			`common_tls_context.tls_certificate_sds_secret_configs[0].name: no secret "default" in static_resources.secrets`},
@@ -252,7 +252,7 @@ func TestClientConfigErrors(t *testing.T) {
 			ValidationContext: &tlsv3.CertificateValidationContext{TrustedCa: inline([]byte("x"))}}}}, "validation_context.trusted_ca: holds no PEM"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := NewClient(tt.pb, nil)
+			_, err := NewClient(tt.pb, Secrets{})
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("NewClient: %v; want an error containing %q", err, tt.want)
 			}
@@ -266,11 +266,11 @@ func TestClientConfigErrors(t *testing.T) {
 // default, as Envoy.
 func TestStaticSecrets(t *testing.T) {
 	f := newFixture(t)
-	secrets := Secrets{
+	secrets := Secrets{Static: map[string]*tlsv3.Secret{
 		"server": {Name: "server", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
 			CertificateChain: inline(f.server.CertPEM), PrivateKey: inline(f.server.KeyPEM)}}},
 		"ca": {Name: "ca", Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{TrustedCa: inline(f.ca.PEM)}}},
-	}
+	}}
 	s, err := NewServer(&tlsv3.DownstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
 		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: "server"}}}}, secrets)
 	if err != nil {
@@ -394,7 +394,7 @@ func TestHandshakeOptions(t *testing.T) {
 		{"IP address refused", withCA, byName, HandshakeOptions{VerifyName: "127.0.0.1"}, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := NewClient(tt.pb, nil)
+			c, err := NewClient(tt.pb, Secrets{})
 			if err != nil {
 				t.Fatal(err)
 			}

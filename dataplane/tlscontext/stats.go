@@ -15,10 +15,16 @@ type Stats struct {
 	handshake, connectionError, sessionReused, noCertificate, failVerifyNoCert,
 	failVerifyError, failVerifySAN, failVerifyCertHash stats.Counter
 	versions [4]stats.Counter // TLSv1 to TLSv1.3, by version - tls.VersionTLS10
+	// secretsNotReady is server_ssl_socket_factory.
+	// downstream_context_secrets_not_ready (a listener's) or
+	// client_ssl_socket_factory.upstream_context_secrets_not_ready (a
+	// cluster's).
+	secretsNotReady stats.Counter
 }
 
-// NewStats makes the ssl.* stats in sc.
-func NewStats(sc *stats.Scope) *Stats {
+// NewStats makes the ssl.* stats in sc, a listener's (server) or a
+// cluster's.
+func NewStats(sc *stats.Scope, server bool) *Stats {
 	s := &Stats{
 		handshake:          sc.Counter("ssl.handshake"),
 		connectionError:    sc.Counter("ssl.connection_error"),
@@ -32,8 +38,17 @@ func NewStats(sc *stats.Scope) *Stats {
 	for i := range s.versions {
 		s.versions[i] = sc.Counter("ssl.versions." + VersionName(uint16(tls.VersionTLS10+i)))
 	}
+	if server {
+		s.secretsNotReady = sc.Counter("server_ssl_socket_factory.downstream_context_secrets_not_ready")
+	} else {
+		s.secretsNotReady = sc.Counter("client_ssl_socket_factory.upstream_context_secrets_not_ready")
+	}
 	return s
 }
+
+// SecretsNotReady counts a connection closed (downstream) or not made
+// (upstream) because the context's SDS secrets have not come.
+func (s *Stats) SecretsNotReady() { s.secretsNotReady.Inc() }
 
 // Handshake counts a completed handshake.
 func (s *Stats) Handshake(cs *tls.ConnectionState) {

@@ -6,9 +6,11 @@
 // ALPN, client certificate validation with trusted CAs, subject alt names,
 // certificate hashes and SPKI pins).
 //
-// Secrets come inline or from files (DataSource); secrets by SDS, private key
-// providers, CRLs and the other fields skiff does not implement are refused by
-// name, so that a configuration is never half applied.
+// Secrets come inline, from files (DataSource), from the bootstrap's static
+// secrets or by SDS (see SecretStore: a context built from SDS secrets
+// follows their updates); private key providers, CRLs and the other fields
+// skiff does not implement are refused by name, so that a configuration is
+// never half applied.
 package tlscontext
 
 import (
@@ -48,7 +50,14 @@ type Server struct {
 	// RequireSNI is require_sni: handshakes without a server name fail.
 	RequireSNI bool
 
-	certs []tls.Certificate
+	certs []tls.Certificate        // static contexts
+	sds   *following[*serverState] // contexts built from SDS secrets
+}
+
+// serverState is a DownstreamTlsContext built from given secrets.
+type serverState struct {
+	config *tls.Config
+	certs  []tls.Certificate
 }
 
 // VerifyError is a client certificate that the validation context refused;
@@ -81,12 +90,40 @@ func NewServer(pb *tlsv3.DownstreamTlsContext, secrets Secrets) (*Server, error)
 	if ctc == nil {
 		return nil, cfgerr.Errorf("common_tls_context", "is required: it holds the certificate")
 	}
-	cfg, v, err := common(ctc, true, secrets)
+	if len(ctc.GetTlsCertificates())+len(ctc.GetTlsCertificateSdsSecretConfigs()) == 0 {
+		return nil, cfgerr.Errorf("common_tls_context.tls_certificates", "a server needs at least one certificate")
+	}
+	f, st, err := follow(secrets, func(secrets Secrets) (*serverState, error) { return s.build(pb, secrets) })
+	if err != nil {
+		return nil, err
+	}
+	if f == nil {
+		s.Config, s.certs = st.config, st.certs
+		return s, nil
+	}
+	// Each handshake takes the configuration built from the secrets' current
+	// versions (crypto/tls's way to change certificates on a live server).
+	s.sds = f
+	s.Config = &tls.Config{GetConfigForClient: func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+		st, err := f.current()
+		if err != nil {
+			return nil, err
+		}
+		if pick := st.config.GetConfigForClient; pick != nil {
+			if cfg, err := pick(hi); cfg != nil || err != nil {
+				return cfg, err
+			}
+		}
+		return st.config, nil
+	}}
+	return s, nil
+}
+
+// build builds the context's configuration from secrets.
+func (s *Server) build(pb *tlsv3.DownstreamTlsContext, secrets Secrets) (*serverState, error) {
+	cfg, v, err := common(pb.GetCommonTlsContext(), true, secrets)
 	if err != nil {
 		return nil, cfgerr.Field("common_tls_context", err)
-	}
-	if len(cfg.Certificates) == 0 {
-		return nil, cfgerr.Errorf("common_tls_context.tls_certificates", "a server needs at least one certificate")
 	}
 	switch {
 	case v != nil && (s.RequireClientCert || v.pins()):
@@ -103,7 +140,7 @@ func NewServer(pb *tlsv3.DownstreamTlsContext, secrets Secrets) (*Server, error)
 		cfg.VerifyPeerCertificate = v.verify
 	}
 	cfg.SessionTicketsDisabled = pb.GetDisableStatelessSessionResumption()
-	s.certs = cfg.Certificates
+	st := &serverState{config: cfg, certs: cfg.Certificates}
 	if s.RequireSNI {
 		// Go asks GetCertificate without a server name only when there are
 		// no Certificates.
@@ -130,15 +167,34 @@ func NewServer(pb *tlsv3.DownstreamTlsContext, secrets Secrets) (*Server, error)
 			return noALPN, nil
 		}
 	}
-	s.Config = cfg
-	return s, nil
+	return st, nil
+}
+
+// Ready returns an error wrapping ErrSecretNotReady if the context's SDS
+// secrets have not all come (handshakes would fail), else nil.
+func (s *Server) Ready() error {
+	if s.sds == nil {
+		return nil
+	}
+	_, err := s.sds.current()
+	return err
 }
 
 // LocalCertificate is the certificate the server presented in the session
 // cs: the one for its server name (the first without a match).
+//
+// A context built from SDS secrets answers from their current versions.
 func (s *Server) LocalCertificate(cs *tls.ConnectionState) *x509.Certificate {
+	certs := s.certs
+	if s.sds != nil {
+		st, err := s.sds.current()
+		if err != nil {
+			return nil
+		}
+		certs = st.certs
+	}
 	var first *x509.Certificate
-	for _, c := range s.certs {
+	for _, c := range certs {
 		if c.Leaf == nil {
 			continue
 		}
@@ -199,7 +255,10 @@ func common(pb *tlsv3.CommonTlsContext, server bool, secrets Secrets) (*tls.Conf
 		cfg.Certificates = append(cfg.Certificates, cert)
 	}
 	for i, sc := range pb.GetTlsCertificateSdsSecretConfigs() {
-		sec, err := secrets.lookup(sc)
+		sec, err := secrets.lookup(sc, true)
+		if err == nil && sec == nil {
+			continue // by SDS, not received yet
+		}
 		if err == nil && sec.GetTlsCertificate() == nil {
 			err = cfgerr.Errorf("name", "secret %q is not a tls_certificate", sc.GetName())
 		}
@@ -230,6 +289,9 @@ func common(pb *tlsv3.CommonTlsContext, server bool, secrets Secrets) (*tls.Conf
 		if vc, err = secrets.validationContext(t.ValidationContextSdsSecretConfig); err != nil {
 			return nil, nil, cfgerr.Field(path, err)
 		}
+		if vc == nil {
+			return cfg, &validator{}, nil // by SDS, not received yet: the context is not ready
+		}
 	case *tlsv3.CommonTlsContext_CombinedValidationContext:
 		path = "combined_validation_context"
 		cvc := t.CombinedValidationContext
@@ -241,6 +303,9 @@ func common(pb *tlsv3.CommonTlsContext, server bool, secrets Secrets) (*tls.Conf
 			dyn, err := secrets.validationContext(sc)
 			if err != nil {
 				return nil, nil, cfgerr.Field(path+".validation_context_sds_secret_config", err)
+			}
+			if dyn == nil {
+				return cfg, &validator{}, nil // by SDS, not received yet: the context is not ready
 			}
 			// As Envoy: the secret's fields merged over the default
 			// context's (its singular fields win, its lists are appended).

@@ -190,7 +190,7 @@ func TestServerHandshakes(t *testing.T) {
 		}), client: f.withCert(f.client, t), version: tls.VersionTLS13},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			s, err := NewServer(f.context(tt.server), nil)
+			s, err := NewServer(f.context(tt.server), Secrets{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -222,7 +222,7 @@ func TestConfigErrors(t *testing.T) {
 		{"no certificate", func(pb *tlsv3.DownstreamTlsContext) { pb.CommonTlsContext.TlsCertificates = nil }, "common_tls_context.tls_certificates: a server needs"},
 		{"SDS", func(pb *tlsv3.DownstreamTlsContext) {
 			pb.CommonTlsContext.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{sds}
-		}, "common_tls_context.tls_certificate_sds_secret_configs[0].sds_config: secrets from a config source (SDS) are not supported"},
+		}, "common_tls_context.tls_certificate_sds_secret_configs[0].sds_config: secrets by SDS are not available here"},
 		{"bad PEM", func(pb *tlsv3.DownstreamTlsContext) {
 			pb.CommonTlsContext.TlsCertificates[0].CertificateChain = inline([]byte("not a certificate"))
 		}, "common_tls_context.tls_certificates[0].certificate_chain: with private_key"},
@@ -258,7 +258,7 @@ func TestConfigErrors(t *testing.T) {
 		{"stapling", func(pb *tlsv3.DownstreamTlsContext) { pb.OcspStaplePolicy = tlsv3.DownstreamTlsContext_MUST_STAPLE }, "ocsp_staple_policy"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := NewServer(f.context(tt.configure), nil)
+			_, err := NewServer(f.context(tt.configure), Secrets{})
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("NewServer: %v; want an error containing %q", err, tt.want)
 			}
@@ -272,16 +272,16 @@ func TestDownstream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := Downstream(&corev3.TransportSocket{Name: SocketName, ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: a}}, nil)
+	s, err := Downstream(&corev3.TransportSocket{Name: SocketName, ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: a}}, Secrets{})
 	if err != nil || s == nil || len(s.Config.Certificates) != 1 {
 		t.Fatalf("Downstream(DownstreamTlsContext) = %v, %v", s, err)
 	}
 	raw, _ := anypb.New(&corev3.Address{})
-	if _, err := Downstream(&corev3.TransportSocket{Name: "x", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: raw}}, nil); err == nil ||
+	if _, err := Downstream(&corev3.TransportSocket{Name: "x", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: raw}}, Secrets{}); err == nil ||
 		!strings.Contains(err.Error(), "typed_config") {
 		t.Errorf("Downstream(an Address): %v; want an error naming typed_config", err)
 	}
-	if _, err := Downstream(&corev3.TransportSocket{Name: SocketName}, nil); err == nil {
+	if _, err := Downstream(&corev3.TransportSocket{Name: SocketName}, Secrets{}); err == nil {
 		t.Error("Downstream without typed_config: no error")
 	}
 }

@@ -164,10 +164,6 @@ type clusterStats struct {
 	cxActive, membershipTotal, membershipHealthy stats.Gauge
 	membershipDegraded                           stats.Gauge
 	rxBytes, txBytes                             stats.Counter
-	// cxTransportUnsupported (skiff's own) counts connections not made
-	// because their host's transport socket could not be built (see
-	// Transport).
-	cxTransportUnsupported stats.Counter
 }
 
 func newClusterStats(sc *stats.Scope) clusterStats {
@@ -188,7 +184,6 @@ func newClusterStats(sc *stats.Scope) clusterStats {
 		rxBytes:            sc.Counter("upstream_cx_rx_bytes_total"),
 		txBytes:            sc.Counter("upstream_cx_tx_bytes_total"),
 
-		cxTransportUnsupported:    sc.Counter("upstream_cx_transport_unsupported"),
 		cxConnectAttemptsExceeded: sc.Counter("upstream_cx_connect_attempts_exceeded"),
 	}
 }
@@ -672,9 +667,12 @@ func (c *Cluster) ConnectAttemptsExceeded() { c.stats.cxConnectAttemptsExceeded.
 // Connect); it counts timeouts and TLS outcomes, not the connection.
 func (c *Cluster) dial(ctx context.Context, h *Host, timeout time.Duration, o ConnectOptions) (net.Conn, error) {
 	t := h.Transport()
-	if t.Unusable != nil {
-		c.stats.cxTransportUnsupported.Inc()
-		return nil, &TransportError{Cluster: c.name, Host: h.Addr.String(), Match: t.Name, Socket: t.Socket, Err: t.Unusable}
+	if t.TLS != nil {
+		if err := t.TLS.Ready(); err != nil {
+			// As Envoy: no connection is made without the certificates.
+			c.tlsStats().SecretsNotReady()
+			return nil, fmt.Errorf("cluster %s: host %s: transport socket %s: %w", c.name, h.Addr, t.Socket, err)
+		}
 	}
 	start := time.Now()
 	opts := netio.DialOptions{Timeout: timeout, Source: c.cfg.Load().Source}
@@ -699,7 +697,7 @@ func (c *Cluster) dial(ctx context.Context, h *Host, timeout time.Duration, o Co
 		hctx, cancel = context.WithDeadline(ctx, start.Add(timeout))
 		defer cancel()
 	}
-	st := c.sslStats.get(func() *tlscontext.Stats { return tlscontext.NewStats(c.scope) })
+	st := c.tlsStats()
 	tc, err := t.TLS.Handshake(hctx, conn, tlscontext.HandshakeOptions{Hostname: h.Hostname(), SNI: o.SNI, VerifyName: o.VerifyName, ALPN: o.ALPN})
 	if err != nil {
 		conn.Close()
@@ -713,6 +711,11 @@ func (c *Cluster) dial(ctx context.Context, h *Host, timeout time.Duration, o Co
 	cs := tc.ConnectionState()
 	st.Handshake(&cs)
 	return tc, nil
+}
+
+// tlsStats are the cluster's TLS stats, made when first needed.
+func (c *Cluster) tlsStats() *tlscontext.Stats {
+	return c.sslStats.get(func() *tlscontext.Stats { return tlscontext.NewStats(c.scope, false) })
 }
 
 // negotiatedProtocol is the ALPN protocol of a TLS connection ("" for plain

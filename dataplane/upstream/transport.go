@@ -3,7 +3,6 @@ package upstream
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"net"
 
@@ -23,12 +22,10 @@ import (
 const TransportSocketMatchKey = "envoy.transport_socket_match"
 
 // Transport is what an upstream connection is wrapped in: Envoy's transport
-// socket, raw_buffer (plain TCP) or TLS (an UpstreamTlsContext). A
-// transport_socket_matches entry whose TLS context takes its secrets by SDS,
-// which skiff does not have, is kept, unusable: every connection to a host it
-// selects fails with ErrTransportUnsupported instead of sending plaintext to
-// a host that expects TLS, so that istiod's clusters still serve their
-// plaintext endpoints.
+// socket, raw_buffer (plain TCP) or TLS (an UpstreamTlsContext). A TLS
+// context whose SDS secrets have not come makes no connection (see
+// tlscontext.Client.Ready): skiff never sends plaintext to a host that
+// expects TLS.
 type Transport struct {
 	// Name is the transport_socket_matches entry's name ("" for the
 	// cluster's transport_socket or the raw_buffer default).
@@ -36,12 +33,8 @@ type Transport struct {
 	// Socket is the transport socket's name (envoy.transport_sockets.tls,
 	// envoy.transport_sockets.raw_buffer).
 	Socket string
-	// TLS is the transport's UpstreamTlsContext (nil: plain TCP, or
-	// unusable).
+	// TLS is the transport's UpstreamTlsContext (nil: plain TCP).
 	TLS *tlscontext.Client
-	// Unusable is why a TLS transport_socket_matches entry could not be
-	// built (nil if it was).
-	Unusable error
 
 	match      *structpb.Struct // nil: matches every endpoint
 	matchCount stats.Counter    // cluster.<name>.<match name>.total_match_count
@@ -49,10 +42,6 @@ type Transport struct {
 
 // rawBuffer is the default transport: plain TCP.
 var rawBuffer = &Transport{Socket: "envoy.transport_sockets.raw_buffer"}
-
-// ErrTransportUnsupported is returned (wrapped) by Connect for a host whose
-// transport socket skiff could not build (see Transport).
-var ErrTransportUnsupported = errors.New("transport socket not supported by skiff")
 
 // transportSockets reads transport_socket and transport_socket_matches.
 func (c *Config) transportSockets(pb *clusterv3.Cluster, secrets tlscontext.Secrets) error {
@@ -74,11 +63,7 @@ func (c *Config) transportSockets(pb *clusterv3.Cluster, secrets tlscontext.Secr
 		}
 		t := &Transport{Name: m.GetName(), Socket: m.GetTransportSocket().GetName()}
 		var err error
-		switch t.TLS, err = tlscontext.Upstream(m.GetTransportSocket(), secrets); {
-		case errors.Is(err, tlscontext.ErrSDSUnsupported):
-			// istiod's tlsMode-istio: kept, its hosts unreachable.
-			t.Unusable = cfgerr.Field(path, err)
-		case err != nil:
+		if t.TLS, err = tlscontext.Upstream(m.GetTransportSocket(), secrets); err != nil {
 			return cfgerr.Field(path, err)
 		}
 		if len(m.GetMatch().GetFields()) > 0 {
@@ -132,20 +117,6 @@ func labelsMatch(match, md *structpb.Struct) bool {
 func transportMetadata(md *corev3.Metadata) *structpb.Struct {
 	return md.GetFilterMetadata()[TransportSocketMatchKey]
 }
-
-// TransportError is a connection refused because the transport socket its
-// host needs could not be built.
-type TransportError struct {
-	Cluster, Host, Match, Socket string
-	Err                          error // why the transport could not be built
-}
-
-func (e *TransportError) Error() string {
-	return fmt.Sprintf("cluster %s: host %s: transport_socket_matches %q selects %s (TLS), which skiff cannot build (%v); not connecting in plaintext",
-		e.Cluster, e.Host, e.Match, e.Socket, e.Err)
-}
-
-func (e *TransportError) Unwrap() []error { return []error{ErrTransportUnsupported, e.Err} }
 
 // TLSSession is the TLS session of a connection Connect made with transport
 // t, and the client certificate t presents (nil, nil for plain TCP), for

@@ -5,9 +5,11 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -72,6 +74,19 @@ func trusting(ca *tlstest.CA, sni string) func(*tlsv3.UpstreamTlsContext) {
 	}
 }
 
+// countingTLSServer accepts TLS with cert and counts the connections.
+func countingTLSServer(t *testing.T, cert *tlstest.Leaf) (net.Listener, *atomic.Int64) {
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert.TLS(t)}}
+	var n atomic.Int64
+	ln := serveTCP(t, func(c net.Conn) {
+		n.Add(1)
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		sc := tls.Server(c, cfg)
+		io.Copy(sc, sc)
+	})
+	return ln, &n
+}
+
 // tlsEchoServer accepts TLS with cert and echoes what it reads.
 func tlsEchoServer(t *testing.T, cert *tlstest.Leaf) *endpointv3.Endpoint {
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert.TLS(t)}}
@@ -85,14 +100,16 @@ func tlsEchoServer(t *testing.T, cert *tlstest.Leaf) *endpointv3.Endpoint {
 
 // TestTransportSocketMatches: istiod's clusters choose TLS for endpoints
 // labelled tlsMode=istio and raw_buffer for the others. skiff connects to
-// the latter in plaintext and to the former over TLS; a match whose TLS
-// context skiff cannot build (SDS) is kept, and connections to its hosts
-// fail with a TransportError and a stat, never in plaintext.
+// the latter in plaintext and to the former over TLS. A match whose TLS
+// context takes its certificate by SDS makes no connection before the
+// secret comes (counted as Envoy's upstream_context_secrets_not_ready),
+// never one in plaintext, and connects over TLS once it has.
 func TestTransportSocketMatches(t *testing.T) {
 	ca := tlstest.NewCA(t, "mesh CA")
 	_, plain := listen(t)
 	mtls := tlsEchoServer(t, ca.Issue(t, "server", "server.test"))
-	_, sds := listen(t)
+	sdsLn, sdsAccepted := countingTLSServer(t, ca.Issue(t, "server", "server.test"))
+	sds := endpointOf(sdsLn)
 	tlsMD, _ := structpb.NewStruct(map[string]any{"tlsMode": "istio"})
 	sdsMD, _ := structpb.NewStruct(map[string]any{"tlsMode": "sds"})
 	pb := &clusterv3.Cluster{
@@ -112,7 +129,8 @@ func TestTransportSocketMatches(t *testing.T) {
 			{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: sds}, Metadata: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{TransportSocketMatchKey: sdsMD}}},
 		}}}},
 	}
-	cfg, err := NewConfig(pb)
+	store := tlscontext.NewSecretStore(slog.New(slog.DiscardHandler))
+	cfg, err := NewConfigWith(pb, Options{Secrets: tlscontext.Secrets{SDS: store}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,21 +173,36 @@ func TestTransportSocketMatches(t *testing.T) {
 	cl.Disconnected(hosts[1])
 
 	_, err = cl.Connect(ctx, hosts[2])
-	var te *TransportError
-	if !errors.As(err, &te) || !errors.Is(err, ErrTransportUnsupported) || te.Match != "tlsMode-sds" ||
-		!errors.Is(err, tlscontext.ErrSDSUnsupported) ||
-		!strings.Contains(err.Error(), "transport_socket_matches[1].transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].sds_config") {
-		t.Fatalf("SDS host: err %v, want a TransportError for tlsMode-sds naming the field", err)
+	if !errors.Is(err, tlscontext.ErrSecretNotReady) || !strings.Contains(err.Error(), `"default"`) {
+		t.Fatalf("SDS host before its secret: err %v, want ErrSecretNotReady naming the secret", err)
 	}
+	if n := sdsAccepted.Load(); n != 0 {
+		t.Fatalf("the SDS host got %d connections before the secret came", n)
+	}
+	client := ca.Issue(t, "client", "client.test")
+	store.Set(map[string]*tlsv3.Secret{"default": {Name: "default", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+		CertificateChain: inlinePEM(client.CertPEM), PrivateKey: inlinePEM(client.KeyPEM)}}}})
+	c, err = cl.Connect(ctx, hosts[2])
+	if err != nil {
+		t.Fatalf("SDS host once its secret came: %v", err)
+	}
+	if _, ok := c.(*tls.Conn); !ok {
+		t.Fatalf("SDS host: got %T, want a TLS connection", c)
+	}
+	if _, local := TLSSession(c, hosts[2].Transport()); local == nil || local.Subject.CommonName != "client" {
+		t.Errorf("SDS host: the client certificate is %v, want the secret's", local)
+	}
+	c.Close()
+	cl.Disconnected(hosts[2])
 	want := map[string]uint64{
-		"cluster.c.upstream_cx_total":                  3,
-		"cluster.c.upstream_cx_transport_unsupported":  1,
-		"cluster.c.upstream_cx_connect_fail":           1,
-		"cluster.c.ssl.handshake":                      1,
-		"cluster.c.ssl.versions.TLSv1.2":               1,
-		"cluster.c.tlsMode-istio.total_match_count":    1,
-		"cluster.c.tlsMode-sds.total_match_count":      1,
-		"cluster.c.tlsMode-disabled.total_match_count": 1,
+		"cluster.c.upstream_cx_total":                                            4,
+		"cluster.c.client_ssl_socket_factory.upstream_context_secrets_not_ready": 1,
+		"cluster.c.upstream_cx_connect_fail":                                     1,
+		"cluster.c.ssl.handshake":                                                2,
+		"cluster.c.ssl.versions.TLSv1.2":                                         2,
+		"cluster.c.tlsMode-istio.total_match_count":                              1,
+		"cluster.c.tlsMode-sds.total_match_count":                                1,
+		"cluster.c.tlsMode-disabled.total_match_count":                           1,
 	}
 	for name, v := range want {
 		if got := st.Counter(name).Value(); got != v {

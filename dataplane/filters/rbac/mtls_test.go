@@ -55,7 +55,7 @@ func newPKI(t *testing.T) *pki {
 		t.Fatalf("DownstreamTlsContext: %v", err)
 	}
 	var err error
-	if p.serverTLS, err = tlscontext.NewServer(&pb, nil); err != nil {
+	if p.serverTLS, err = tlscontext.NewServer(&pb, tlscontext.Secrets{}); err != nil {
 		t.Fatal(err)
 	}
 	return p
