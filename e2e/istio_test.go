@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 	nethttp "net/http"
@@ -10,19 +11,42 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/skiffproxy/skiff/internal/tlstest"
 	"github.com/skiffproxy/skiff/internal/xdstest"
 )
+
+// mtlsBackend is httpBackend over TLS (HTTP/1.1) with a certificate of ca,
+// requiring a client certificate of ca: a pod behind its sidecar.
+func mtlsBackend(t testing.TB, ca *tlstest.CA, h nethttp.Handler) string {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
+		Certificates: []tls.Certificate{ca.Issue(t, "backend", "spiffe://cluster.local/ns/default/sa/backend").TLS(t)},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    ca.Pool(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &nethttp.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close(); <-done })
+	return ln.Addr().String()
+}
 
 // istioRouterNode is the node istiod pushed the gateway resources to.
 const istioRouterNode = "router~127.0.0.1~gw.istio-system~istio-system.svc.cluster.local"
@@ -71,14 +95,29 @@ func setSocketAddress(a *corev3.Address, addr string) {
 // TestIstioGateway pushes what istiod sent an ingress gateway, unchanged but
 // for addresses (the listener on a free loopback port, the EDS endpoints on
 // test backends), from a go-control-plane server to the real binary, and
-// sends the VirtualService's traffic through it.
+// sends the VirtualService's traffic through it. As istio-agent does, a
+// second server (the bootstrap's sds-grpc; istio-agent's is a unix socket)
+// serves the workload certificate ("default") and the mesh's CA ("ROOTCA")
+// by SDS, and
+// one of the backends is a pod with a sidecar (its endpoint labelled
+// tlsMode: istio): the gateway reaches it over mTLS with those secrets.
 func TestIstioGateway(t *testing.T) {
 	res := loadIstioRouter(t)
-	// backend.example.com's three endpoints become three backends.
+	meshCA := tlstest.NewCA(t, "mesh CA")
+	gatewayID := "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+	// backend.example.com's three endpoints become three backends; the
+	// first takes mTLS only.
 	backends := map[string]string{}
 	for i := range 3 {
 		name := fmt.Sprintf("backend-%d", i)
-		addr := httpBackend(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		serve := httpBackend
+		if i == 0 {
+			serve = func(t testing.TB, h nethttp.Handler) string { return mtlsBackend(t, meshCA, h) }
+		}
+		addr := serve(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+			if r.TLS != nil {
+				w.Header().Set("x-seen-client-id", r.TLS.PeerCertificates[0].URIs[0].String())
+			}
 			w.Header().Set("x-upstream", name)
 			w.Header().Set("x-seen-path", r.URL.RequestURI())
 			w.Header().Set("x-seen-decorator", r.Header.Get("x-envoy-decorator-operation"))
@@ -103,8 +142,18 @@ func TestIstioGateway(t *testing.T) {
 				a := lbe.GetEndpoint().GetAddress()
 				if a.GetSocketAddress().GetPortValue() == 19000 {
 					setSocketAddress(a, echo.Addr)
-				} else {
-					setSocketAddress(a, backendAddrs[i])
+					continue
+				}
+				setSocketAddress(a, backendAddrs[i])
+				if backends[backendAddrs[i]] == "backend-0" {
+					md, _ := structpb.NewStruct(map[string]any{"tlsMode": "istio"})
+					if lbe.Metadata == nil {
+						lbe.Metadata = &corev3.Metadata{}
+					}
+					if lbe.Metadata.FilterMetadata == nil {
+						lbe.Metadata.FilterMetadata = map[string]*structpb.Struct{}
+					}
+					lbe.Metadata.FilterMetadata["envoy.transport_socket_match"] = md
 				}
 			}
 		}
@@ -114,7 +163,17 @@ func TestIstioGateway(t *testing.T) {
 
 	cp := xdstest.Start(t, "127.0.0.1:0", istioRouterNode)
 	cp.Push(res)
+	agent := xdstest.Start(t, "127.0.0.1:0", istioRouterNode)
+	workload := meshCA.Issue(t, "istio-ingressgateway", gatewayID)
+	agent.Push(map[resourcev3.Type][]types.Resource{resourcev3.SecretType: {
+		&tlsv3.Secret{Name: "default", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+			CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: workload.CertPEM}},
+			PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: workload.KeyPEM}}}}},
+		&tlsv3.Secret{Name: "ROOTCA", Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+			TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: meshCA.PEM}}}}},
+	}})
 	host, port, _ := net.SplitHostPort(cp.Addr())
+	sdsHost, sdsPort, _ := net.SplitHostPort(agent.Addr())
 	p := startSkiff(t, fmt.Sprintf(`node:
   id: %s
   cluster: istio-ingressgateway.istio-system
@@ -140,7 +199,18 @@ static_resources:
       endpoints:
       - lb_endpoints:
         - endpoint: { address: { socket_address: { address: %s, port_value: %s } } }
-`, istioRouterNode, host, port))
+  - name: sds-grpc
+    type: STATIC
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }
+    load_assignment:
+      cluster_name: sds-grpc
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: %s, port_value: %s } } }
+`, istioRouterNode, host, port, sdsHost, sdsPort))
 	addr := waitListener(t, p, l.GetName())
 	for _, r := range cp.Requests() {
 		if d, ok := r.(*discoveryv3.DiscoveryRequest); ok && d.GetErrorDetail() != nil {
@@ -167,6 +237,9 @@ static_resources:
 			t.Fatalf("GET /api/items reached %q: %q", up, body)
 		}
 		seen[up] = true
+		if id := resp.Header.Get("x-seen-client-id"); (up == "backend-0") != (id == gatewayID) {
+			t.Errorf("%s saw the client certificate %q (want the gateway's SDS certificate on backend-0 alone)", up, id)
+		}
 		for h, want := range map[string]string{
 			"x-seen-path":          "/api/items?i=" + fmt.Sprint(i),
 			"x-seen-decorator":     "backend.example.com:80/api*", // the route's decorator, egress
@@ -185,7 +258,7 @@ static_resources:
 			t.Errorf("the upstream's x-envoy-peer-metadata-id went downstream: %q", v)
 		}
 	}
-	if len(seen) < 2 {
+	if len(seen) < 3 {
 		t.Errorf("6 requests reached only %v of the three endpoints", seen)
 	}
 

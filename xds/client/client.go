@@ -32,6 +32,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -47,12 +48,14 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	runtimev3 "github.com/envoyproxy/go-control-plane/envoy/service/runtime/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/skiffproxy/skiff/dataplane"
 	"github.com/skiffproxy/skiff/dataplane/runtime"
+	"github.com/skiffproxy/skiff/dataplane/tlscontext"
 	"github.com/skiffproxy/skiff/internal/backoff"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 	"github.com/skiffproxy/skiff/internal/stats"
@@ -407,6 +410,7 @@ func (c *Client) Run(ctx context.Context) {
 	// handed over, may already name endpoints and routes.
 	c.startTypeLocked(resource.EndpointType)
 	c.startTypeLocked(resource.RouteType)
+	c.startTypeLocked(resource.SecretType)
 	c.maybeAdvanceLocked()
 	c.mu.Unlock()
 	<-ctx.Done()
@@ -592,14 +596,17 @@ func (c *Client) allListenersWarmLocked() bool {
 	return true
 }
 
+// clusterWarmLocked reports whether a cluster has what it waits for: its
+// endpoints (EDS) and its SDS secrets.
 func (c *Client) clusterWarmLocked(pb *clusterv3.Cluster) bool {
-	ref, ok := resource.EndpointsRef(pb)
-	if !ok {
-		return true
+	if ref, ok := resource.EndpointsRef(pb); ok && !c.types[resource.EndpointType].fetched(ref.Name) {
+		return false
 	}
-	return c.types[resource.EndpointType].fetched(ref.Name)
+	return c.secretsFetchedLocked(pb)
 }
 
+// listenerWarmLocked reports whether a listener has what it waits for: its
+// route configurations (RDS) and its SDS secrets.
 func (c *Client) listenerWarmLocked(pb *listenerv3.Listener) bool {
 	rds := c.types[resource.RouteType]
 	routes, _ := resource.ListenerRefs(pb)
@@ -608,16 +615,41 @@ func (c *Client) listenerWarmLocked(pb *listenerv3.Listener) bool {
 			return false
 		}
 	}
+	return c.secretsFetchedLocked(pb)
+}
+
+// secretsFetchedLocked reports whether the SDS secrets of a listener or a
+// cluster came (or their initial fetch timed out), as Envoy's init manager
+// makes both wait for them.
+func (c *Client) secretsFetchedLocked(m proto.Message) bool {
+	sds := c.types[resource.SecretType]
+	for _, r := range resource.SecretRefs(m) {
+		if !sds.fetched(r.Name) {
+			return false
+		}
+	}
 	return true
 }
 
-// followRefsLocked makes the EDS and RDS subscriptions follow what the accepted
-// clusters and listeners (and the still active ones) reference. It returns an
-// error if a reference names a config source skiff cannot use.
+// followRefsLocked makes the EDS, RDS and SDS subscriptions follow what the
+// accepted clusters and listeners (and the still active ones, and the
+// static ones for SDS) reference. It returns an error if a reference names a
+// config source skiff cannot use.
 func (c *Client) followRefsLocked() error {
+	sdsNames, sdsTimeouts := map[string]bool{}, map[string]time.Duration{}
+	var sdsErr error
+	addSecrets := func(url, name string, m proto.Message) {
+		for _, ref := range resource.SecretRefs(m) {
+			if err := c.attach(resource.SecretType, ref.Source, c.types[url].source); err != nil && sdsErr == nil {
+				sdsErr = &resourceError{url: url, name: name, err: fmt.Errorf("transport_socket: secret %q: sds_config: %w", ref.Name, err)}
+			}
+			addRef(sdsNames, sdsTimeouts, ref.Name, ref.Source)
+		}
+	}
 	edsNames, edsTimeouts := map[string]bool{}, map[string]time.Duration{}
 	var edsErr error
 	addCluster := func(pb *clusterv3.Cluster) {
+		addSecrets(resource.ClusterType, pb.GetName(), pb)
 		ref, ok := resource.EndpointsRef(pb)
 		if !ok {
 			return
@@ -633,9 +665,13 @@ func (c *Client) followRefsLocked() error {
 	for _, r := range c.activeClusters {
 		addCluster(r.Msg.(*clusterv3.Cluster))
 	}
+	for _, pb := range c.opts.Static.Clusters {
+		addSecrets(resource.ClusterType, pb.GetName(), pb)
+	}
 	rdsNames, rdsTimeouts := map[string]bool{}, map[string]time.Duration{}
 	var rdsErr error
 	addListener := func(pb *listenerv3.Listener) {
+		addSecrets(resource.ListenerType, pb.GetName(), pb)
 		routes, _ := resource.ListenerRefs(pb)
 		for _, r := range routes {
 			if err := c.attach(resource.RouteType, r.Source, c.types[resource.ListenerType].source); err != nil && rdsErr == nil {
@@ -650,15 +686,13 @@ func (c *Client) followRefsLocked() error {
 	for _, r := range c.activeListeners {
 		addListener(r.Msg.(*listenerv3.Listener))
 	}
+	for _, pb := range c.opts.Static.Listeners {
+		addSecrets(resource.ListenerType, pb.GetName(), pb)
+	}
 	c.setNamesLocked(c.types[resource.EndpointType], edsNames, edsTimeouts)
 	c.setNamesLocked(c.types[resource.RouteType], rdsNames, rdsTimeouts)
-	if edsErr != nil {
-		return edsErr
-	}
-	if rdsErr != nil {
-		return rdsErr
-	}
-	return nil
+	c.setNamesLocked(c.types[resource.SecretType], sdsNames, sdsTimeouts)
+	return cmp.Or(edsErr, rdsErr, sdsErr)
 }
 
 // addRef adds a reference to name through config source src: the name is
@@ -850,7 +884,7 @@ func (c *Client) describeApplyError(err error) error {
 	var re *dataplane.ResourceError
 	if errors.As(err, &re) {
 		url, ok := map[string]string{"listener": resource.ListenerType, "cluster": resource.ClusterType,
-			"endpoints": resource.EndpointType, "route": resource.RouteType}[re.Kind]
+			"endpoints": resource.EndpointType, "route": resource.RouteType, "secret": resource.SecretType}[re.Kind]
 		if ok {
 			return &resourceError{url: url, name: re.Name, err: re.Err}
 		}
@@ -862,6 +896,10 @@ func (c *Client) snapshotLocked() (*dataplane.Snapshot, map[string]*Resource, ma
 	snap := &dataplane.Snapshot{
 		Endpoints: map[string]*endpointv3.ClusterLoadAssignment{},
 		Routes:    map[string]*routev3.RouteConfiguration{},
+		Secrets:   map[string]*tlsv3.Secret{},
+	}
+	for name, r := range c.types[resource.SecretType].res {
+		snap.Secrets[name] = r.Msg.(*tlsv3.Secret)
 	}
 	cds, lds := c.types[resource.ClusterType], c.types[resource.ListenerType]
 	eds, rds := c.types[resource.EndpointType], c.types[resource.RouteType]
@@ -970,6 +1008,8 @@ func (c *Client) validateLocked(url string, a *anypb.Any) (proto.Message, string
 		err = c.opts.Dataplane.ValidateEndpoints(r)
 	case *routev3.RouteConfiguration:
 		err = c.opts.Dataplane.ValidateRoute(r)
+	case *tlsv3.Secret:
+		err = tlscontext.CheckSecret(r)
 	default:
 		err = cfgerr.Validate(m)
 	}

@@ -133,6 +133,7 @@ func methodFor(url string, aggregated, delta bool) (string, error) {
 		resource.EndpointType: {"/envoy.service.endpoint.v3.EndpointDiscoveryService/", "Endpoints"},
 		resource.RouteType:    {"/envoy.service.route.v3.RouteDiscoveryService/", "Routes"},
 		resource.RuntimeType:  {"/envoy.service.runtime.v3.RuntimeDiscoveryService/", "Runtime"},
+		resource.SecretType:   {"/envoy.service.secret.v3.SecretDiscoveryService/", "Secrets"},
 	}
 	svc, ok := services[url]
 	if !ok {
@@ -545,7 +546,7 @@ func (c *Client) handleDelta(s *stream, resp *discoveryv3.DeltaDiscoveryResponse
 // ClusterLoadAssignment not received yet ends the initial fetch, so its
 // cluster warms without endpoints.
 func (c *Client) deltaRemovalsLocked(ts *typeState, removed []string) []string {
-	if len(removed) == 0 || (ts.url != resource.RouteType && ts.url != resource.EndpointType) {
+	if len(removed) == 0 || (ts.url != resource.RouteType && ts.url != resource.EndpointType && ts.url != resource.SecretType) {
 		return removed
 	}
 	c.log.Warn("xDS delta removal ignored; the last version received stays in use", "type", resource.ShortName(ts.url), "names", removed)

@@ -1,8 +1,9 @@
 // Package resource knows the xDS resource types skiff subscribes to: their type
 // URLs, how to decode and check them, and which other resources each one
 // references (a cluster its ClusterLoadAssignment, a listener its route
-// configurations and clusters). The xDS client uses it to validate responses
-// and to follow references (CDS -> EDS, LDS -> RDS).
+// configurations and clusters, both their TLS secrets). The xDS client uses
+// it to validate responses and to follow references (CDS -> EDS, LDS -> RDS,
+// both -> SDS).
 package resource
 
 import (
@@ -16,6 +17,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	runtimev3 "github.com/envoyproxy/go-control-plane/envoy/service/runtime/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -28,13 +30,15 @@ const (
 	EndpointType = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 	RouteType    = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 	RuntimeType  = "type.googleapis.com/envoy.service.runtime.v3.Runtime"
+	SecretType   = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 )
 
 // Types lists the type URLs in the order Envoy initialises them and a control
 // plane should push them: clusters, their endpoints, listeners, their routes.
-// Runtime comes first since everything else may read it.
+// Runtime comes first since everything else may read it; secrets last, as
+// both clusters and listeners name them.
 func Types() []string {
-	return []string{RuntimeType, ClusterType, EndpointType, ListenerType, RouteType}
+	return []string{RuntimeType, ClusterType, EndpointType, ListenerType, RouteType, SecretType}
 }
 
 // ShortName is the usual abbreviation of a type URL (LDS, CDS, ...), for logs.
@@ -50,6 +54,8 @@ func ShortName(typeURL string) string {
 		return "RDS"
 	case RuntimeType:
 		return "RTDS"
+	case SecretType:
+		return "SDS"
 	}
 	return typeURL
 }
@@ -67,6 +73,8 @@ func Kind(typeURL string) string {
 		return "RouteConfiguration"
 	case RuntimeType:
 		return "Runtime"
+	case SecretType:
+		return "Secret"
 	}
 	return typeURL
 }
@@ -89,6 +97,8 @@ func New(typeURL string) proto.Message {
 		return &routev3.RouteConfiguration{}
 	case RuntimeType:
 		return &runtimev3.Runtime{}
+	case SecretType:
+		return &tlsv3.Secret{}
 	}
 	return nil
 }
@@ -105,6 +115,8 @@ func Name(m proto.Message) string {
 	case *routev3.RouteConfiguration:
 		return r.GetName()
 	case *runtimev3.Runtime:
+		return r.GetName()
+	case *tlsv3.Secret:
 		return r.GetName()
 	}
 	return ""
@@ -178,6 +190,50 @@ func ListenerRefs(l *listenerv3.Listener) (routes []Ref, clusters []string) {
 		}
 	}
 	return routes, clusters
+}
+
+// SecretRefs returns the secrets a listener's or a cluster's TLS transport
+// sockets take by SDS (an SdsSecretConfig with an sds_config), in order.
+func SecretRefs(m proto.Message) []Ref {
+	var sockets []*corev3.TransportSocket
+	switch r := m.(type) {
+	case *listenerv3.Listener:
+		for _, fc := range append(slices.Clip(r.GetFilterChains()), r.GetDefaultFilterChain()) {
+			sockets = append(sockets, fc.GetTransportSocket())
+		}
+	case *clusterv3.Cluster:
+		sockets = append(sockets, r.GetTransportSocket())
+		for _, tm := range r.GetTransportSocketMatches() {
+			sockets = append(sockets, tm.GetTransportSocket())
+		}
+	}
+	var refs []Ref
+	add := func(scs ...*tlsv3.SdsSecretConfig) {
+		for _, sc := range scs {
+			if sc.GetSdsConfig() != nil {
+				refs = append(refs, Ref{Name: sc.GetName(), Source: sc.GetSdsConfig()})
+			}
+		}
+	}
+	for _, ts := range sockets {
+		var ctc *tlsv3.CommonTlsContext
+		a := ts.GetTypedConfig()
+		switch a.MessageName() {
+		case "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext":
+			var d tlsv3.DownstreamTlsContext
+			if a.UnmarshalTo(&d) == nil {
+				ctc = d.GetCommonTlsContext()
+			}
+		case "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext":
+			var u tlsv3.UpstreamTlsContext
+			if a.UnmarshalTo(&u) == nil {
+				ctc = u.GetCommonTlsContext()
+			}
+		}
+		add(ctc.GetTlsCertificateSdsSecretConfigs()...)
+		add(ctc.GetValidationContextSdsSecretConfig(), ctc.GetCombinedValidationContext().GetValidationContextSdsSecretConfig())
+	}
+	return refs
 }
 
 // RouteClusters returns the clusters a route configuration routes to.
