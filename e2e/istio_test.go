@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"net"
@@ -30,23 +31,52 @@ import (
 )
 
 // mtlsBackend is httpBackend over TLS (HTTP/1.1) with a certificate of ca,
-// requiring a client certificate of ca: a pod behind its sidecar.
+// requiring a client certificate of ca: a pod behind its sidecar, whose
+// inbound listener prefers Istio's metadata exchange to HTTP.
 func mtlsBackend(t testing.TB, ca *tlstest.CA, h nethttp.Handler) string {
 	t.Helper()
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
 		Certificates: []tls.Certificate{ca.Issue(t, "backend", "spiffe://cluster.local/ns/default/sa/backend").TLS(t)},
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    ca.Pool(),
+		NextProtos:   []string{"istio-peer-exchange", "istio-http/1.0", "istio-http/1.1", "istio-h2", "istio", "http/1.1"},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &nethttp.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	// HTTP/1.1 whatever the ALPN (net/http would drop a connection that
+	// negotiated istio-http/1.1), with the TLS state in r.TLS.
+	type tlsKey struct{}
+	srv := &nethttp.Server{
+		Handler: nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+			cs := r.Context().Value(tlsKey{}).(*tls.Conn).ConnectionState()
+			r.TLS = &cs
+			h.ServeHTTP(w, r)
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, tlsKey{}, c.(plainHTTPConn).Conn)
+		},
+	}
 	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Serve(ln) }()
+	go func() { defer close(done); _ = srv.Serve(plainHTTPListener{ln}) }()
 	t.Cleanup(func() { srv.Close(); <-done })
 	return ln.Addr().String()
 }
+
+// plainHTTPListener hands net/http its TLS connections as plainHTTPConns.
+type plainHTTPListener struct{ net.Listener }
+
+func (l plainHTTPListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return plainHTTPConn{c.(*tls.Conn)}, nil
+}
+
+// plainHTTPConn is a TLS connection net/http does not see as one.
+type plainHTTPConn struct{ *tls.Conn }
 
 // istioRouterNode is the node istiod pushed the gateway resources to.
 const istioRouterNode = "router~127.0.0.1~gw.istio-system~istio-system.svc.cluster.local"
@@ -117,6 +147,7 @@ func TestIstioGateway(t *testing.T) {
 		addr := serve(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
 			if r.TLS != nil {
 				w.Header().Set("x-seen-client-id", r.TLS.PeerCertificates[0].URIs[0].String())
+				w.Header().Set("x-seen-alpn", r.TLS.NegotiatedProtocol)
 			}
 			w.Header().Set("x-upstream", name)
 			w.Header().Set("x-seen-path", r.URL.RequestURI())
@@ -224,6 +255,11 @@ static_resources:
 	if r.code != 0 || !alpnType.MatchString(r.stdout) {
 		t.Errorf("skiff admin config-dump -o json: exit %d, stderr %q, istio.alpn's config not printed", r.code, r.stderr)
 	}
+	// The SDS secrets are dumped as Envoy dumps them, the private key redacted.
+	secretsDump := regexp.MustCompile(`(?s)"dynamic_?[aA]ctive_?[sS]ecrets":.*"name":\s*"default"`)
+	if !secretsDump.MatchString(r.stdout) || strings.Contains(r.stdout, "PRIVATE KEY") {
+		t.Errorf("skiff admin config-dump -o json: the SDS secrets are missing or their private key is not redacted:\n%s", r.stdout)
+	}
 
 	c := h1Client(t)
 	seen := map[string]bool{}
@@ -239,6 +275,9 @@ static_resources:
 		seen[up] = true
 		if id := resp.Header.Get("x-seen-client-id"); (up == "backend-0") != (id == gatewayID) {
 			t.Errorf("%s saw the client certificate %q (want the gateway's SDS certificate on backend-0 alone)", up, id)
+		}
+		if alpn := resp.Header.Get("x-seen-alpn"); up == "backend-0" && alpn != "istio-http/1.1" {
+			t.Errorf("the mTLS connection negotiated ALPN %q, want istio-http/1.1 (istio.alpn's override)", alpn)
 		}
 		for h, want := range map[string]string{
 			"x-seen-path":          "/api/items?i=" + fmt.Sprint(i),

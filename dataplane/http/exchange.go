@@ -42,6 +42,9 @@ type Exchange struct {
 	// LocalReplies, when set, rewrites the exchange's local replies (the
 	// connection manager's local_reply_config). Reset keeps it.
 	LocalReplies LocalReplyMapper
+	// ALPN, when a filter sets it, chooses the protocols that TLS to the
+	// upstream offers for this request (istio.alpn does).
+	ALPN ALPNOverride
 
 	ctx          context.Context
 	respTrailers Header
@@ -52,6 +55,17 @@ type Exchange struct {
 	imu         sync.Mutex
 	interrupted error
 	interrupter Interrupter
+}
+
+// ALPNOverride replaces the alpn_protocols of an exchange's upstream TLS
+// connection, as Envoy's envoy.network.application_protocols filter state
+// does. The router asks it for the protocol it sends the request in.
+type ALPNOverride interface {
+	// ApplicationProtocols returns the protocols to offer to an upstream
+	// spoken to in HTTP/2 (http2), else HTTP/1.0 (http10) or HTTP/1.1, and
+	// a key naming that list (for connection pool lookups); nil keeps the
+	// context's own.
+	ApplicationProtocols(http2, http10 bool) (protos []string, key string)
 }
 
 // A BodyTap watches an exchange's body bytes as the router moves them, as
@@ -181,7 +195,7 @@ func (e *Exchange) Reset(s ServerStream) {
 	e.imu.Lock()
 	e.interrupted, e.interrupter = nil, nil
 	e.imu.Unlock()
-	e.Downstream, e.Request, e.Response, e.Route, e.Info, e.ctx = s, nil, resp, nil, StreamInfo{}, nil
+	e.Downstream, e.Request, e.Response, e.Route, e.Info, e.ctx, e.ALPN = s, nil, resp, nil, StreamInfo{}, nil, nil
 	e.respTrailers = tr
 	e.tapArr, e.taps = [2]BodyTap{}, nil
 	if s != nil {

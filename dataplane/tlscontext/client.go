@@ -150,6 +150,10 @@ type HandshakeOptions struct {
 	// (Envoy's ALPN fallback: h2 for an HTTP/2 connection pool, http/1.1
 	// for an HTTP/1.1 one).
 	ALPN []string
+	// ALPNOverride, if set, is offered instead of the context's
+	// alpn_protocols (Envoy's envoy.network.application_protocols filter
+	// state: istio.alpn).
+	ALPNOverride []string
 }
 
 // ServerName is the SNI sent to a host named hostname: sni, or hostname
@@ -175,7 +179,10 @@ func (c *Client) Handshake(ctx context.Context, conn net.Conn, o HandshakeOption
 	if o.SNI != "" {
 		cfg.ServerName = o.SNI
 	}
-	if len(cfg.NextProtos) == 0 {
+	switch {
+	case len(o.ALPNOverride) > 0:
+		cfg.NextProtos = o.ALPNOverride
+	case len(cfg.NextProtos) == 0:
 		cfg.NextProtos = o.ALPN
 	}
 	if o.VerifyName != "" {

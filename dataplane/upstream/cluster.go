@@ -562,6 +562,9 @@ type ConnectOptions struct {
 	// instead of passing the context's subject alt name matchers
 	// (auto_san_validation).
 	VerifyName string
+	// ALPNOverride, if set, is offered instead of the context's
+	// alpn_protocols (istio.alpn).
+	ALPNOverride []string
 }
 
 // ConnectWith is Connect with options for the TLS transport (ignored for
@@ -698,7 +701,8 @@ func (c *Cluster) dial(ctx context.Context, h *Host, timeout time.Duration, o Co
 		defer cancel()
 	}
 	st := c.tlsStats()
-	tc, err := t.TLS.Handshake(hctx, conn, tlscontext.HandshakeOptions{Hostname: h.Hostname(), SNI: o.SNI, VerifyName: o.VerifyName, ALPN: o.ALPN})
+	tc, err := t.TLS.Handshake(hctx, conn, tlscontext.HandshakeOptions{Hostname: h.Hostname(), SNI: o.SNI, VerifyName: o.VerifyName, ALPN: o.ALPN,
+		ALPNOverride: o.ALPNOverride})
 	if err != nil {
 		conn.Close()
 		st.Failed(err)

@@ -10,15 +10,18 @@
 // nothing else: not the request, not the routing, and nothing at all on a
 // plaintext upstream connection, which negotiates no ALPN.
 //
-// skiff has no upstream TLS yet (an endpoint that would need it fails to
-// connect, see upstream.Transport), so every upstream connection is
-// plaintext and the override has nothing to apply to: the filter validates
-// its config and lets every request through unchanged, which is what
-// istio-proxy does for a plaintext upstream.
+// skiff does the same through the exchange's http.ALPNOverride: the router
+// asks the filter for the list of the protocol it sends the request in, and
+// the request's connection pool (one per list) offers it on its TLS
+// connections instead of the context's alpn_protocols. A sidecar at the
+// other end then picks its HTTP filter chain (istio-http/1.1, istio-h2),
+// where the context's own list (istio-peer-exchange, istio) would take it
+// to its TCP chain and its in-band metadata exchange.
 package istioalpn
 
 import (
 	"fmt"
+	"strings"
 
 	"google.golang.org/protobuf/proto"
 
@@ -41,10 +44,11 @@ func (Factory) Name() string { return Name }
 func (Factory) ConfigType() proto.Message { return istiotypes.New(istiotypes.AlpnFilterConfig) }
 
 // Filter is a built istio.alpn filter. Overrides are its alpn_override
-// lists by upstream protocol (HTTP10, HTTP11, HTTP2), for the day skiff
-// speaks TLS upstream.
+// lists by upstream protocol (HTTP10, HTTP11, HTTP2), and keys each list
+// joined, for pool lookups.
 type Filter struct {
 	Overrides map[string][]string
+	keys      map[string]string
 }
 
 // Create implements filter.HTTPFactory.
@@ -54,7 +58,7 @@ func (Factory) Create(m proto.Message, _ *filter.Context) (http.Filter, error) {
 	}
 	r := m.ProtoReflect()
 	list := r.Get(r.Descriptor().Fields().ByName("alpn_override")).List()
-	f := &Filter{Overrides: map[string][]string{}}
+	f := &Filter{Overrides: map[string][]string{}, keys: map[string]string{}}
 	for i := range list.Len() {
 		o := list.Get(i).Message()
 		if err := cfgerr.OnlyFields(o.Interface(), "upstream_protocol", "alpn_override"); err != nil {
@@ -76,9 +80,28 @@ func (Factory) Create(m proto.Message, _ *filter.Context) (http.Filter, error) {
 			alpn = append(alpn, vals.Get(j).String())
 		}
 		f.Overrides[proto] = alpn
+		f.keys[proto] = strings.Join(alpn, ",")
 	}
 	return f, nil
 }
 
-// OnRequest implements http.Filter: nothing to do on plaintext upstreams.
-func (f *Filter) OnRequest(*http.Exchange) http.Action { return http.Continue }
+// OnRequest implements http.Filter: the exchange's upstream TLS offers the
+// filter's list.
+func (f *Filter) OnRequest(e *http.Exchange) http.Action {
+	if len(f.Overrides) > 0 {
+		e.ALPN = f
+	}
+	return http.Continue
+}
+
+// ApplicationProtocols implements http.ALPNOverride.
+func (f *Filter) ApplicationProtocols(http2, http10 bool) ([]string, string) {
+	proto := "HTTP11"
+	switch {
+	case http2:
+		proto = "HTTP2"
+	case http10:
+		proto = "HTTP10"
+	}
+	return f.Overrides[proto], f.keys[proto]
+}

@@ -8,14 +8,18 @@
 // in-band, but only on a connection whose ALPN is the config's protocol
 // (istio-peer-exchange), which only Istio mutual TLS negotiates. On any other
 // connection it counts metadata_exchange.alpn_protocol_not_found and lets
-// the bytes through untouched. skiff has no TLS yet, so no connection ever
-// has that ALPN: the filter counts every connection as
-// alpn_protocol_not_found and never touches its bytes, which is exactly what
-// istio-proxy does on a plaintext connection.
+// the bytes through untouched, as skiff does. skiff does not implement the
+// exchange: a connection that negotiated the protocol (mTLS with a sidecar
+// that picked istio-peer-exchange) is counted in
+// metadata_exchange.alpn_protocol_found and closed, since its peer expects
+// the exchange's bytes first and passing the stream through would corrupt
+// it. HTTP to a sidecar does not get there: istio.alpn makes it offer
+// istio-http/1.1 or istio-h2 instead.
 package metadataexchange
 
 import (
 	"context"
+	"errors"
 	"net"
 
 	"google.golang.org/protobuf/proto"
@@ -66,17 +70,20 @@ func field(r protoreflect.Message, name string) protoreflect.FieldDescriptor {
 	return r.Descriptor().Fields().ByName(protoreflect.Name(name))
 }
 
+// ErrExchangeUnsupported is the error of a connection that negotiated the
+// exchange's protocol.
+var ErrExchangeUnsupported = errors.New("the connection negotiated Istio's metadata exchange (ALPN istio-peer-exchange), which skiff does not implement; closing it rather than corrupting its stream")
+
 // check is the filter's whole effect on a connection whose negotiated ALPN
-// is alpn: without the exchange protocol it passes the connection through.
-func (f *Filter) check(alpn string) {
+// is alpn: without the exchange protocol it passes the connection through,
+// with it the connection fails.
+func (f *Filter) check(alpn string) error {
 	if alpn != f.protocol {
 		f.stats.ALPNNotFound.Inc()
-		return
+		return nil
 	}
-	// Unreachable while skiff has no TLS (no connection negotiates ALPN).
-	// The in-band exchange is not implemented: when TLS comes, this must
-	// exchange metadata or fail the connection, never pass it silently.
 	f.stats.ALPNFound.Inc()
+	return ErrExchangeUnsupported
 }
 
 // OnConnection implements filter.NetworkFilter.
@@ -85,14 +92,12 @@ func (f *Filter) OnConnection(_ context.Context, c *filter.Conn) error {
 	if c.TransportProtocol == "tls" && len(c.ApplicationProtocols) > 0 {
 		alpn = c.ApplicationProtocols[0]
 	}
-	f.check(alpn)
-	return nil
+	return f.check(alpn)
 }
 
 // UpstreamConnected implements upstream.ConnFilter.
 func (f *Filter) UpstreamConnected(_ net.Conn, alpn string) error {
-	f.check(alpn)
-	return nil
+	return f.check(alpn)
 }
 
 // NetworkFactory builds the filter for a listener's filter chain.

@@ -492,7 +492,16 @@ func (q *rq) attemptOn(host *upstream.Host) outcome {
 		return q.terminateOn(host)
 	}
 
-	p := q.r.pools.PoolAs(q.cl, host, q.sni, q.san, q.cl.Config().UpstreamHTTP2(e.Info.Protocol))
+	cfg := q.cl.Config()
+	http2 := cfg.UpstreamHTTP2(e.Info.Protocol)
+	o := pool.TLSOptions{SNI: q.sni, SAN: q.san}
+	if e.ALPN != nil {
+		// HTTP/1.0 only where the downstream's protocol goes upstream, as
+		// istio-proxy's alpn filter reads it.
+		http10 := !http2 && cfg.DownstreamProtocol && e.Info.Protocol == "HTTP/1.0"
+		o.ALPN, o.ALPNKey = e.ALPN.ApplicationProtocols(http2, http10)
+	}
+	p := q.r.pools.PoolAs(q.cl, host, o, http2)
 	if p == nil { // max_connection_pools
 		return q.fail(503, "upstream connect error or disconnect/reset before headers. reset reason: overflow",
 			"upstream_reset_before_response_started{overflow}", http.FlagUpstreamOverflow)

@@ -145,12 +145,27 @@ func NewManager(opts Options) *Manager {
 }
 
 // poolKey is what sets a pool apart: its host, and for TLS the SNI its
-// connections send and the name the server's certificate must carry when
-// the request sets them (auto_sni, auto_san_validation), as Envoy keys pools
-// by transport socket options.
+// connections send, the name the server's certificate must carry and the
+// ALPN they offer when the request sets them (auto_sni, auto_san_validation,
+// istio.alpn), as Envoy keys pools by transport socket options.
 type poolKey struct {
-	h        *upstream.Host
-	sni, san string
+	h             *upstream.Host
+	sni, san, alp string
+}
+
+// TLSOptions are what a request asks of the TLS connections of its pool
+// ("" or nil for the cluster's own), ignored when the host's connections
+// are plain TCP.
+type TLSOptions struct {
+	// SNI is sent instead of the cluster's (auto_sni).
+	SNI string
+	// SAN is the name the server's certificate must carry instead of
+	// passing the cluster's matchers (auto_san_validation).
+	SAN string
+	// ALPN is offered instead of the context's alpn_protocols, and ALPNKey
+	// names that list (http.ALPNOverride).
+	ALPN    []string
+	ALPNKey string
 }
 
 // Pool returns the pool of connections to host h of cluster cl, in the
@@ -162,17 +177,17 @@ type poolKey struct {
 // upstream_cx_pool_overflow, when a new pool would exceed the cluster's
 // max_connection_pools.
 func (m *Manager) Pool(cl *upstream.Cluster, h *upstream.Host, sni, san string) *Pool {
-	return m.PoolAs(cl, h, sni, san, cl.Config().HTTP2)
+	return m.PoolAs(cl, h, TLSOptions{SNI: sni, SAN: san}, cl.Config().HTTP2)
 }
 
-// PoolAs is Pool for the protocol http2 says: the downstream's, for a
-// cluster with use_downstream_protocol_config.
-func (m *Manager) PoolAs(cl *upstream.Cluster, h *upstream.Host, sni, san string, http2 bool) *Pool {
+// PoolAs is Pool with all the TLS options, for the protocol http2 says: the
+// downstream's, for a cluster with use_downstream_protocol_config.
+func (m *Manager) PoolAs(cl *upstream.Cluster, h *upstream.Host, o TLSOptions, http2 bool) *Pool {
 	proto := protoIndex(http2)
-	if (sni != "" || san != "") && h.Transport().TLS == nil {
-		sni, san = "", ""
+	if (o.SNI != "" || o.SAN != "" || o.ALPNKey != "") && h.Transport().TLS == nil {
+		o = TLSOptions{}
 	}
-	k := poolKey{h, sni, san}
+	k := poolKey{h, o.SNI, o.SAN, o.ALPNKey}
 	if p := m.lookup(proto, k); p != nil {
 		return p
 	}
@@ -187,7 +202,7 @@ func (m *Manager) PoolAs(cl *upstream.Cluster, h *upstream.Host, sni, san string
 		return nil
 	}
 	hs.Pools.Add(1)
-	p := &Pool{m: m, cl: cl, host: h, sni: sni, san: san, http2: http2, lastUsed: time.Now()}
+	p := &Pool{m: m, cl: cl, host: h, tls: o, http2: http2, lastUsed: time.Now()}
 	m.replaceLocked(proto, func(pools map[poolKey]*Pool) { pools[k] = p })
 	return p
 }
@@ -269,7 +284,7 @@ func (m *Manager) sweep() {
 				if len(ps) > 0 { // one copy of the map for all of them
 					m.replaceLocked(proto, func(pools map[poolKey]*Pool) {
 						for _, p := range ps {
-							if k := (poolKey{p.host, p.sni, p.san}); pools[k] == p {
+							if k := (poolKey{p.host, p.tls.SNI, p.tls.SAN, p.tls.ALPNKey}); pools[k] == p {
 								delete(pools, k)
 								p.cl.HTTPStats().Pools.Add(-1)
 							}
@@ -371,8 +386,7 @@ type Pool struct {
 	m     *Manager
 	cl    *upstream.Cluster
 	host  *upstream.Host
-	sni   string // the SNI of its TLS connections, if not the cluster's
-	san   string // the name their server's certificate must carry, if set
+	tls   TLSOptions // what its TLS connections do beside the cluster's context
 	http2 bool
 
 	mu       sync.Mutex
@@ -600,7 +614,8 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 		alpn = []string{"h2"}
 	}
 	transport := p.host.Transport()
-	nc, err := p.cl.ConnectWith(ctx, p.host, upstream.ConnectOptions{ALPN: alpn, SNI: p.sni, VerifyName: p.san})
+	nc, err := p.cl.ConnectWith(ctx, p.host, upstream.ConnectOptions{ALPN: alpn, SNI: p.tls.SNI, VerifyName: p.tls.SAN,
+		ALPNOverride: p.tls.ALPN})
 	if err != nil {
 		p.cl.Release()
 		p.m.opts.Logger.Debug("upstream connect failed", "cluster", p.cl.Name(), "host", p.host.Addr, "error", err)

@@ -363,7 +363,7 @@ func TestSweepRemovesGonePool(t *testing.T) {
 	if !h.Gone() {
 		t.Fatal("the host is not gone after leaving the cluster")
 	}
-	for deadline := time.Now().Add(10 * sweepEvery); m.lookup(0, poolKey{h, "", ""}) != nil; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(10 * sweepEvery); m.lookup(0, poolKey{h: h}) != nil; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the gone host's pool was not removed")
 		}
