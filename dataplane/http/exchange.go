@@ -452,4 +452,16 @@ type StreamInfo struct {
 	BytesReceived, BytesSent int64
 	RequestID                string
 	UpstreamAttempts         int
+
+	// FilterState is what filters record of the exchange for a later phase
+	// of it (Envoy's filter state), by key; nil until one does.
+	FilterState map[string]any
+}
+
+// SetFilterState records v under key in FilterState.
+func (i *StreamInfo) SetFilterState(key string, v any) {
+	if i.FilterState == nil {
+		i.FilterState = make(map[string]any, 1)
+	}
+	i.FilterState[key] = v
 }

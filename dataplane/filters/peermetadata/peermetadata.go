@@ -11,7 +11,11 @@
 //     route's cluster has istio metadata disable_mx, or external with
 //     skip_external_clusters (PassthroughCluster counts as external);
 //   - upstream_discovery / downstream_discovery istio_headers: those two
-//     headers are removed from the response / the request once read.
+//     headers are removed from the response / the request once read;
+//   - downstream_propagation istio_headers: a response gets the node id if
+//     the request came with x-envoy-peer-metadata-id, and the workload
+//     metadata if it came with x-envoy-peer-metadata (a peer proxy asked),
+//     under the same cluster conditions.
 //
 // What istio-proxy does with the peer metadata it discovers is store it in
 // the request's filter state for its telemetry filters (istio.stats); skiff
@@ -19,9 +23,7 @@
 // headers. workload_discovery needs istio-proxy's workload metadata xDS
 // bootstrap extension, which skiff does not have: as in istio-proxy without
 // it, it finds nothing. baggage discovery is deprecated and ignored by
-// istio-proxy too. downstream_propagation (answering a peer's headers on the
-// response) is refused: it needs per-request state skiff's filters do not
-// keep yet.
+// istio-proxy too.
 package peermetadata
 
 import (
@@ -65,6 +67,7 @@ type Filter struct {
 	removeRequest  bool // downstream_discovery has istio_headers
 	removeResponse bool // upstream_discovery has istio_headers
 	propagate      bool // upstream_propagation has istio_headers
+	answer         bool // downstream_propagation has istio_headers
 	skipExternal   bool
 	id, value      string
 	clusters       *upstream.Manager
@@ -73,10 +76,7 @@ type Filter struct {
 // Create implements filter.HTTPFactory.
 func (Factory) Create(m proto.Message, fc *filter.Context) (http.Filter, error) {
 	if err := cfgerr.OnlyFields(m, "downstream_discovery", "upstream_discovery", "upstream_propagation",
-		"shared_with_upstream", "additional_labels"); err != nil {
-		if cfgerr.PathOf(err) == "downstream_propagation" {
-			return nil, cfgerr.Errorf("downstream_propagation", "not supported by skiff yet")
-		}
+		"downstream_propagation", "shared_with_upstream", "additional_labels"); err != nil {
 		return nil, err
 	}
 	r := m.ProtoReflect()
@@ -88,33 +88,44 @@ func (Factory) Create(m proto.Message, fc *filter.Context) (http.Filter, error) 
 	if f.removeResponse, err = discovery(r, "upstream_discovery"); err != nil {
 		return nil, err
 	}
-	props := r.Get(fd(r, "upstream_propagation")).List()
-	for i := range props.Len() {
-		p := props.Get(i).Message()
-		ih := fd(p, "istio_headers")
-		if !p.Has(ih) {
-			return nil, cfgerr.Errorf(fmt.Sprintf("upstream_propagation[%d]", i), "needs a method (istio_headers)")
-		}
-		f.propagate = true
-		h := p.Get(ih).Message()
-		if h.Get(fd(h, "skip_external_clusters")).Bool() {
-			f.skipExternal = true
-		}
+	if f.propagate, err = f.propagation(r, "upstream_propagation"); err != nil {
+		return nil, err
+	}
+	if f.answer, err = f.propagation(r, "downstream_propagation"); err != nil {
+		return nil, err
 	}
 	var labels []string
 	ls := r.Get(fd(r, "additional_labels")).List()
 	for i := range ls.Len() {
 		labels = append(labels, ls.Get(i).String())
 	}
-	if f.propagate {
+	if f.propagate || f.answer {
 		f.id = fc.Node.GetId()
 		v, err := WorkloadMetadata(fc.Node, labels)
 		if err != nil {
-			return nil, cfgerr.Errorf("upstream_propagation", "encoding the node's metadata: %v", err)
+			return nil, cfgerr.Errorf("additional_labels", "encoding the node's metadata: %v", err)
 		}
 		f.value = v
 	}
 	return f, nil
+}
+
+// propagation reports whether the named list of PropagationMethods has
+// istio_headers (the only method skiff has), checking every entry names it.
+func (f *Filter) propagation(r protoreflect.Message, name string) (bool, error) {
+	props := r.Get(fd(r, name)).List()
+	for i := range props.Len() {
+		p := props.Get(i).Message()
+		ih := fd(p, "istio_headers")
+		if !p.Has(ih) {
+			return false, cfgerr.Errorf(fmt.Sprintf("%s[%d]", name, i), "needs a method skiff has (istio_headers)")
+		}
+		h := p.Get(ih).Message()
+		if h.Get(fd(h, "skip_external_clusters")).Bool() {
+			f.skipExternal = true
+		}
+	}
+	return props.Len() > 0, nil
 }
 
 func fd(m protoreflect.Message, name string) protoreflect.FieldDescriptor {
@@ -212,9 +223,30 @@ func ownerKind(owner, workload string) string {
 	return ""
 }
 
+// askedKey is the filter state of an exchange whose request carried the
+// exchange headers: askedID | askedMetadata.
+const askedKey = "io.istio.peer_metadata.asked"
+
+const (
+	askedID = 1 << iota
+	askedMetadata
+)
+
 // OnRequest implements http.Filter.
 func (f *Filter) OnRequest(e *http.Exchange) http.Action {
 	req := e.Request
+	if f.answer {
+		var asked uint8
+		if req.Has(HeaderID) {
+			asked |= askedID
+		}
+		if req.Has(HeaderMetadata) {
+			asked |= askedMetadata
+		}
+		if asked != 0 {
+			e.Info.SetFilterState(askedKey, asked)
+		}
+	}
 	if f.removeRequest {
 		req.Del(HeaderID)
 		req.Del(HeaderMetadata)
@@ -231,6 +263,19 @@ func (f *Filter) OnResponse(e *http.Exchange) {
 	if f.removeResponse {
 		e.Response.Del(HeaderID)
 		e.Response.Del(HeaderMetadata)
+	}
+	if !f.answer {
+		return
+	}
+	asked, _ := e.Info.FilterState[askedKey].(uint8)
+	if asked == 0 || f.skip(e) {
+		return
+	}
+	if asked&askedID != 0 {
+		e.Response.Set(HeaderID, f.id)
+	}
+	if asked&askedMetadata != 0 {
+		e.Response.Set(HeaderMetadata, f.value)
 	}
 }
 
