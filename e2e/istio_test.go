@@ -307,3 +307,107 @@ static_resources:
 		t.Fatalf("GET /elsewhere: %d %q, want 404", resp.StatusCode, body)
 	}
 }
+
+// TestIstioTCPMetadataExchange: TCP between two meshed proxies, both skiff,
+// configured as istiod configures a sidecar's outbound TCP cluster (mTLS
+// offering istio-peer-exchange, the metadata exchange filter on the
+// cluster) and a sidecar's inbound TCP chain (mTLS, the exchange filter
+// before tcp_proxy). The two exchange their workload metadata in-band and
+// the stream goes through byte for byte after it.
+func TestIstioTCPMetadataExchange(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca := tlstest.NewCA(t, "mesh CA")
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, ca.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	inCert, inKey := ca.Issue(t, "inbound", "spiffe://cluster.local/ns/default/sa/echo").Files(t, dir, "in-")
+	outCert, outKey := ca.Issue(t, "outbound", "spiffe://cluster.local/ns/default/sa/client").Files(t, dir, "out-")
+	// mx is the filter as a list entry whose "- " is at column indent.
+	mx := func(indent int) string {
+		pad := strings.Repeat(" ", indent+2)
+		return "name: istio.metadata_exchange\n" + pad + "typed_config:\n" +
+			pad + `  "@type": type.googleapis.com/udpa.type.v1.TypedStruct` + "\n" +
+			pad + "  type_url: type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange\n" +
+			pad + "  value: { protocol: istio-peer-exchange, enable_discovery: true }"
+	}
+	echo := startUpstream(t, "127.0.0.1", echoHandler)
+	inbound := startSkiff(t, fmt.Sprintf(`
+node: { id: "sidecar~127.0.0.2~echo.default~default.svc.cluster.local", metadata: { NAME: echo-0, NAMESPACE: default } }
+static_resources:
+  listeners:
+  - name: inbound
+    address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            alpn_protocols: [istio-peer-exchange, h2, http/1.1]
+            tls_certificates: [{ certificate_chain: { filename: %q }, private_key: { filename: %q } }]
+            validation_context: { trusted_ca: { filename: %q } }
+      filters:
+      - %s
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: inbound
+          cluster: echo
+  clusters:
+%s`, inCert, inKey, caFile, mx(6), staticCluster("echo", false, echo.Addr)))
+	outbound := startSkiff(t, fmt.Sprintf(`
+node: { id: "sidecar~127.0.0.1~client.default~default.svc.cluster.local", metadata: { NAME: client-0, NAMESPACE: default } }
+static_resources:
+  listeners:
+  - name: outbound
+    address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: outbound
+          cluster: echo
+  clusters:
+  - name: echo
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: echo
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: %s } }] }]
+    filters:
+    - %s
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: outbound_.9000_._.echo.default.svc.cluster.local
+        common_tls_context:
+          alpn_protocols: [istio-peer-exchange, istio]
+          tls_certificates: [{ certificate_chain: { filename: %q }, private_key: { filename: %q } }]
+          validation_context: { trusted_ca: { filename: %q } }
+`, sock(inbound.Addr(t, "inbound")), mx(4), outCert, outKey, caFile))
+
+	for i := range 3 {
+		c, err := net.DialTimeout("tcp", outbound.Addr(t, "outbound"), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(ioTimeout))
+		if err := echoAll(c.(*net.TCPConn), randomBytes(uint64(i), 256<<10)); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		c.Close()
+	}
+	for _, p := range []*Proxy{inbound, outbound} {
+		st := runSkiff(t, "admin", "--runtime-dir", p.RuntimeDir, "stats")
+		for _, want := range []string{"metadata_exchange.alpn_protocol_found: 3", "metadata_exchange.metadata_added: 3"} {
+			if !strings.Contains(st.stdout, want) {
+				t.Errorf("stats lack %q:\n%s", want, st.stdout)
+			}
+		}
+	}
+}

@@ -29,14 +29,13 @@ package peermetadata
 import (
 	"encoding/base64"
 	"fmt"
-	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/dataplane/filters/internal/istiometa"
 	"github.com/skiffproxy/skiff/dataplane/filters/internal/istiotypes"
 	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/dataplane/http/route"
@@ -151,50 +150,11 @@ func discovery(r protoreflect.Message, name string) (bool, error) {
 	return headers, nil
 }
 
-// Node metadata keys and labels istio-proxy reads (extensions/common/metadata_object.h).
-const (
-	keyName      = "NAME"
-	keyNamespace = "NAMESPACE"
-	keyCluster   = "CLUSTER_ID"
-	keyLabels    = "LABELS"
-	keyOwner     = "OWNER"
-	keyWorkload  = "WORKLOAD_NAME"
-	ownerPrefix  = "kubernetes://apis/apps/v1/namespaces/"
-)
-
-var wellKnownLabels = []string{"service.istio.io/canonical-name", "service.istio.io/canonical-revision", "app", "version"}
-
 // WorkloadMetadata is the x-envoy-peer-metadata value of a proxy with node
-// n: istio-proxy's convertWorkloadMetadataToStruct of the node metadata
-// (with additional labels), serialized deterministically, base64-encoded.
+// n: its workload metadata (istiometa.Workload), serialized
+// deterministically, base64-encoded.
 func WorkloadMetadata(n *corev3.Node, additionalLabels []string) (string, error) {
-	md := n.GetMetadata().GetFields()
-	str := func(k string) string { return md[k].GetStringValue() }
-	out := map[string]any{}
-	for _, k := range []string{keyName, keyNamespace, keyWorkload, keyCluster} {
-		if v := str(k); v != "" {
-			out[k] = v
-		}
-	}
-	labels := map[string]any{}
-	in := md[keyLabels].GetStructValue().GetFields()
-	for _, l := range wellKnownLabels {
-		if v := in[l].GetStringValue(); v != "" {
-			labels[l] = v
-		}
-	}
-	for _, l := range additionalLabels {
-		if v, ok := in[l]; ok {
-			labels[l] = v.GetStringValue()
-		}
-	}
-	out[keyLabels] = labels
-	if w := str(keyWorkload); w != "" {
-		if kind := ownerKind(str(keyOwner), w); kind != "" {
-			out[keyOwner] = ownerPrefix + str(keyNamespace) + "/" + kind + "s/" + w
-		}
-	}
-	s, err := structpb.NewStruct(out)
+	s, err := istiometa.Workload(n, additionalLabels)
 	if err != nil {
 		return "", err
 	}
@@ -203,24 +163,6 @@ func WorkloadMetadata(n *corev3.Node, additionalLabels []string) (string, error)
 		return "", err
 	}
 	return base64.StdEncoding.EncodeToString(b), nil
-}
-
-// ownerKind is istio-proxy's parseOwner: the workload type in an owner
-// ".../<kind>s/<workload>" (pod, deployment, job, cronjob), or "".
-func ownerKind(owner, workload string) string {
-	if len(owner) <= len(workload)+2 {
-		return ""
-	}
-	owner = owner[:len(owner)-len(workload)-2]
-	i := strings.LastIndexByte(owner, '/')
-	if i < 0 {
-		return ""
-	}
-	switch k := owner[i+1:]; k {
-	case "pod", "deployment", "job", "cronjob":
-		return k
-	}
-	return ""
 }
 
 // askedKey is the filter state of an exchange whose request carried the
