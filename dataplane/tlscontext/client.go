@@ -25,7 +25,7 @@ type Client struct {
 	sni               string
 	autoHostSNI       bool
 	autoSANValidation bool
-	sessions          tls.ClientSessionCache // shared by the versions an SDS secret makes
+	sessionKeys       int // max_session_keys: the session cache's size, 0 for none
 
 	static *clientState             // a context without SDS secrets
 	sds    *following[*clientState] // one built from SDS secrets
@@ -49,12 +49,9 @@ func NewClient(pb *tlsv3.UpstreamTlsContext, secrets Secrets) (*Client, error) {
 		autoHostSNI:       pb.GetAutoHostSni(),
 		autoSANValidation: pb.GetAutoSniSanValidation(),
 	}
-	if n := pb.GetMaxSessionKeys(); n == nil || n.GetValue() > 0 {
-		size := 1
-		if n != nil {
-			size = int(n.GetValue())
-		}
-		c.sessions = tls.NewLRUClientSessionCache(size)
+	c.sessionKeys = 1
+	if n := pb.GetMaxSessionKeys(); n != nil {
+		c.sessionKeys = int(n.GetValue())
 	}
 	f, st, err := follow(secrets, func(secrets Secrets) (*clientState, error) { return c.build(pb, secrets) })
 	if err != nil {
@@ -86,7 +83,11 @@ func (c *Client) build(pb *tlsv3.UpstreamTlsContext, secrets Secrets) (*clientSt
 	// match the certificate against the SNI).
 	cfg.InsecureSkipVerify = true
 	cfg.VerifyConnection = func(cs tls.ConnectionState) error { return c.verify(st, cs) }
-	cfg.ClientSessionCache = c.sessions
+	if c.sessionKeys > 0 {
+		// A cache per version of the secrets, as Envoy makes a new context
+		// for each: a session is not resumed past a rotation.
+		cfg.ClientSessionCache = tls.NewLRUClientSessionCache(c.sessionKeys)
+	}
 	if pb.GetAllowRenegotiation() {
 		cfg.Renegotiation = tls.RenegotiateFreelyAsClient
 	}

@@ -43,7 +43,8 @@ type SecretStore struct {
 }
 
 // secretCell is one secret name's current version (nil until received) and
-// what the contexts naming it need it to be.
+// what the contexts built from it so far need it to be (a context only
+// validated counts too).
 type secretCell struct {
 	name                 string
 	sec                  atomic.Pointer[tlsv3.Secret]
@@ -103,9 +104,6 @@ func (s *SecretStore) Set(secrets map[string]*tlsv3.Secret) (previous map[string
 	}
 	return previous
 }
-
-// Get returns the current version of a secret, nil if none was received.
-func (s *SecretStore) Get(name string) *tlsv3.Secret { return s.cell(name).sec.Load() }
 
 // stale reports whether a secret a build used has changed since.
 func stale(deps []dep) bool {
