@@ -463,24 +463,29 @@ func (c *Config) protocolOptions(pb *clusterv3.Cluster) error {
 // deprecatedHTTPOptions reads the cluster-level HTTP settings that
 // HttpProtocolOptions replaced (common_http_protocol_options,
 // http_protocol_options, max_requests_per_connection), which older Envoy
-// configurations still carry. As in Envoy, they do not mix with an
-// HttpProtocolOptions extension.
+// configurations still carry. The first two do not mix with an
+// HttpProtocolOptions extension (Envoy ignores them then; skiff says so).
+// max_requests_per_connection does, as in Envoy (istio-agent's bootstrap
+// sets it on xds-grpc), unless the extension sets it too.
 func (c *Config) deprecatedHTTPOptions(pb *clusterv3.Cluster) error {
 	//lint:ignore SA1019 deprecated in Envoy for HttpProtocolOptions, still honoured there
 	common, h1, maxRequests := pb.GetCommonHttpProtocolOptions(), pb.GetHttpProtocolOptions(), pb.GetMaxRequestsPerConnection()
+	ext, hasExt := pb.GetTypedExtensionProtocolOptions()[httpProtocolOptionsName]
 	var field string
 	switch {
 	case common != nil:
 		field = "common_http_protocol_options"
 	case h1 != nil:
 		field = "http_protocol_options"
-	case maxRequests != nil:
-		field = "max_requests_per_connection"
-	default:
-		return nil
 	}
-	if _, ok := pb.GetTypedExtensionProtocolOptions()[httpProtocolOptionsName]; ok {
+	if field != "" && hasExt {
 		return cfgerr.Errorf(field, "is deprecated and cannot be combined with typed_extension_protocol_options[%s]; set it there", httpProtocolOptionsName)
+	}
+	if maxRequests != nil && hasExt {
+		var hpo httpv3.HttpProtocolOptions
+		if ext.UnmarshalTo(&hpo) == nil && hpo.GetCommonHttpProtocolOptions().GetMaxRequestsPerConnection() != nil {
+			return cfgerr.Errorf("max_requests_per_connection", "only one of max_requests_per_connection from Cluster or HttpProtocolOptions can be specified (as in Envoy)")
+		}
 	}
 	if common != nil {
 		if err := c.HTTP.common(common); err != nil {

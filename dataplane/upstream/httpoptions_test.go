@@ -119,7 +119,9 @@ func TestHostHostnameAndGone(t *testing.T) {
 }
 
 // TestDeprecatedHTTPOptions: the cluster-level settings HttpProtocolOptions
-// replaced still configure the pools, and cannot be mixed with it.
+// replaced still configure the pools. max_requests_per_connection goes with
+// HttpProtocolOptions, as in Envoy (istio-agent's bootstrap has both on
+// xds-grpc), unless that sets it too; the others do not mix with it.
 func TestDeprecatedHTTPOptions(t *testing.T) {
 	cfg, err := NewConfig(clusterYAML(t, `
 common_http_protocol_options: { idle_timeout: 7s, max_headers_count: 40 }
@@ -132,14 +134,29 @@ max_requests_per_connection: 9
 	if cfg.HTTP.IdleTimeout != 7*time.Second || cfg.HTTP.MaxHeadersCount != 40 || cfg.HTTP.MaxRequestsPerConnection != 9 || !cfg.HTTP.EnableTrailers {
 		t.Errorf("HTTP options %+v: want idle 7s, 40 headers, 9 requests per connection, trailers", cfg.HTTP)
 	}
-	_, err = NewConfig(clusterYAML(t, `
-max_requests_per_connection: 9
+	cfg, err = NewConfig(clusterYAML(t, `
+max_requests_per_connection: 1
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: { http2_protocol_options: {} }
+`))
+	if err != nil || cfg.HTTP.MaxRequestsPerConnection != 1 || !cfg.HTTP2 {
+		t.Errorf("max_requests_per_connection beside HttpProtocolOptions: %v, %d requests per connection, HTTP/2 %v", err, cfg.HTTP.MaxRequestsPerConnection, cfg.HTTP2)
+	}
+	for _, tt := range []struct{ extra, path string }{
+		{"max_requests_per_connection: 9", "max_requests_per_connection"},
+		{"common_http_protocol_options: { idle_timeout: 7s }", "common_http_protocol_options"},
+	} {
+		_, err = NewConfig(clusterYAML(t, tt.extra+`
 typed_extension_protocol_options:
   envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
     "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
     explicit_http_config: { http_protocol_options: {} }
+    common_http_protocol_options: { max_requests_per_connection: 3 }
 `))
-	if cfgerr.PathOf(err) != "max_requests_per_connection" {
-		t.Errorf("mixed with HttpProtocolOptions: %v, want an error at max_requests_per_connection", err)
+		if cfgerr.PathOf(err) != tt.path {
+			t.Errorf("%s with HttpProtocolOptions setting max_requests_per_connection: %v, want an error at %s", tt.extra, err, tt.path)
+		}
 	}
 }
