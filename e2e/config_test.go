@@ -100,6 +100,17 @@ func TestBadConfig(t *testing.T) {
 		bootstrap: "dns_resolution_config: { resolvers: [{ socket_address: { address: dns.example, port_value: 53 } }] }\nstatic_resources:\n  listeners:" + goodListener + `
   clusters:` + goodCluster + "\n",
 		want: []string{"dns_resolution_config.resolvers[0].socket_address.address", "dns.example"},
+	}, {
+		name: "sds_over_ads_without_ads",
+		bootstrap: "static_resources:\n  listeners:" + strings.Replace(goodListener, "    - filters:", `    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificate_sds_secret_configs: [{ name: cert, sds_config: { ads: {} } }]
+      filters:`, 1) + `
+  clusters:` + goodCluster + "\n",
+		want: []string{`static_resources.listeners[0]: secret "cert": sds_config.ads`, "needs dynamic_resources.ads_config"},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

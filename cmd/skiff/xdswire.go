@@ -37,16 +37,17 @@ func checkDynamic(b *bootstrapv3.Bootstrap) (*runtime.Loader, error) {
 	return rt, nil
 }
 
-// startXDS starts the xDS client when the bootstrap has dynamic_resources; it
-// returns nil otherwise. The client applies snap's static resources itself,
-// together with what the control plane sends, and stops when ctx is done.
+// startXDS starts the xDS client when the bootstrap has dynamic_resources,
+// or static resources that take secrets by SDS; it returns nil otherwise.
+// The client applies snap's static resources itself, together with what
+// the control plane sends, and stops when ctx is done.
 func startXDS(ctx context.Context, srv *dataplane.Server, snap *dataplane.Snapshot, b *bootstrapv3.Bootstrap, log *slog.Logger, initial *restartv1.XdsState) (*xdsRun, error) {
-	if b.GetDynamicResources() == nil {
-		return nil, nil
-	}
 	srcs, err := client.SourcesFromBootstrap(b)
 	if err != nil {
 		return nil, err
+	}
+	if b.GetDynamicResources() == nil && !srcs.StaticSecrets {
+		return nil, nil
 	}
 	node := proto.Clone(b.GetNode()).(*corev3.Node)
 	if node == nil {

@@ -12,9 +12,11 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/skiffproxy/skiff/dataplane/runtime"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
+	"github.com/skiffproxy/skiff/xds/resource"
 )
 
 // maxRecvMsgSize bounds one xDS response. Istio's pushes exceed gRPC's default
@@ -61,6 +63,27 @@ func SourcesFromBootstrap(b *bootstrapv3.Bootstrap) (Sources, error) {
 			return s, cfgerr.Field(fmt.Sprintf("layered_runtime.layers[%d].rtds_layer.rtds_config", i), err)
 		}
 		s.Runtime = append(s.Runtime, r)
+	}
+	// Static resources may take secrets by SDS: their config sources must
+	// be usable from the bootstrap alone.
+	check := func(path string, m proto.Message) error {
+		for _, ref := range resource.SecretRefs(m) {
+			s.StaticSecrets = true
+			if err := checkConfigSource(ref.Source, s.ADS != nil); err != nil {
+				return cfgerr.Field(fmt.Sprintf("%s: secret %q: sds_config", path, ref.Name), err)
+			}
+		}
+		return nil
+	}
+	for i, l := range b.GetStaticResources().GetListeners() {
+		if err := check(fmt.Sprintf("static_resources.listeners[%d]", i), l); err != nil {
+			return s, err
+		}
+	}
+	for i, c := range b.GetStaticResources().GetClusters() {
+		if err := check(fmt.Sprintf("static_resources.clusters[%d]", i), c); err != nil {
+			return s, err
+		}
 	}
 	return s, nil
 }

@@ -136,6 +136,9 @@ type Sources struct {
 	Listener *corev3.ConfigSource    // lds_config; nil: no LDS
 	Cluster  *corev3.ConfigSource    // cds_config; nil: no CDS
 	Runtime  []runtime.RTDS          // layered_runtime's RTDS layers
+	// StaticSecrets: static listeners or clusters name secrets by SDS, which
+	// a client must fetch even without dynamic_resources.
+	StaticSecrets bool
 }
 
 // Client is an xDS client. Create it with New and start it with Run.
