@@ -12,6 +12,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/skiffproxy/skiff/internal/tlstest"
 	"github.com/skiffproxy/skiff/internal/xdstest"
@@ -81,4 +82,49 @@ static_resources:
 	waitFor(t, "the SDS certificate served", func() bool { return served() == "first" })
 	sds.Push(secret("second"))
 	waitFor(t, "the rotated certificate served", func() bool { return served() == "second" })
+}
+
+// TestHotRestartKeepsSDSSecrets: a listener whose certificate came by SDS
+// keeps serving TLS across a hot restart even when the control plane is
+// gone by then: the successor takes the secrets with the rest of its
+// parent's xDS state instead of warming again.
+func TestHotRestartKeepsSDSSecrets(t *testing.T) {
+	t.Parallel()
+	ca := tlstest.NewCA(t, "sds CA")
+	leaf := ca.Issue(t, "served", "tls.test")
+	up := startUpstream(t, "127.0.0.1", nameHandler("behind TLS"))
+	cp := xdstest.Start(t, "127.0.0.1:0", xdsNode)
+	l := xdsListener("tls", "backend")
+	ctx, _ := anypb.New(&tlsv3.DownstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: "cert", SdsConfig: &corev3.ConfigSource{
+			ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}}}}})
+	l.FilterChains[0].TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls",
+		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: ctx}}
+	res := xdsResources(xdsAssignment("backend", up.Addr), l)
+	res[resourcev3.SecretType] = []types.Resource{&tlsv3.Secret{Name: "cert", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+		CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: leaf.CertPEM}},
+		PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: leaf.KeyPEM}}}}}}
+	cp.Push(res)
+	f := startFleet(t, xdsBootstrap(cp.Addr(), false))
+	addr := f.addr("tls")
+	ask := func() (string, error) {
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, &tls.Config{RootCAs: ca.Pool(), ServerName: "tls.test"})
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(ioTimeout))
+		b, err := io.ReadAll(c)
+		return string(b), err
+	}
+	if got, err := ask(); err != nil || got != "behind TLS\n" {
+		t.Fatalf("before the restart: %q, %v", got, err)
+	}
+	cp.Stop()
+	f.restart("sighup", f.current())
+	for i := range 3 {
+		if got, err := ask(); err != nil || got != "behind TLS\n" {
+			t.Fatalf("connection %d after the restart, the control plane gone: %q, %v", i, got, err)
+		}
+	}
 }
