@@ -149,9 +149,11 @@ func NewManager(opts Options) *Manager {
 // ALPN they offer when the request sets them (auto_sni, auto_san_validation,
 // istio.alpn), as Envoy keys pools by transport socket options.
 type poolKey struct {
-	h             *upstream.Host
-	sni, san, alp string
+	h              *upstream.Host
+	sni, san, alpn string
 }
+
+func keyOf(h *upstream.Host, o TLSOptions) poolKey { return poolKey{h, o.SNI, o.SAN, o.ALPNKey} }
 
 // TLSOptions are what a request asks of the TLS connections of its pool
 // ("" or nil for the cluster's own), ignored when the host's connections
@@ -187,7 +189,7 @@ func (m *Manager) PoolAs(cl *upstream.Cluster, h *upstream.Host, o TLSOptions, h
 	if (o.SNI != "" || o.SAN != "" || o.ALPNKey != "") && h.Transport().TLS == nil {
 		o = TLSOptions{}
 	}
-	k := poolKey{h, o.SNI, o.SAN, o.ALPNKey}
+	k := keyOf(h, o)
 	if p := m.lookup(proto, k); p != nil {
 		return p
 	}
@@ -284,7 +286,7 @@ func (m *Manager) sweep() {
 				if len(ps) > 0 { // one copy of the map for all of them
 					m.replaceLocked(proto, func(pools map[poolKey]*Pool) {
 						for _, p := range ps {
-							if k := (poolKey{p.host, p.tls.SNI, p.tls.SAN, p.tls.ALPNKey}); pools[k] == p {
+							if k := keyOf(p.host, p.tls); pools[k] == p {
 								delete(pools, k)
 								p.cl.HTTPStats().Pools.Add(-1)
 							}
