@@ -175,3 +175,37 @@ func TestSDSClusterSecretOwnSource(t *testing.T) {
 		t.Errorf("cluster.backend.ssl.handshake = %d, want 1", v)
 	}
 }
+
+// TestSDSDelta: the same over delta ADS: the listener warms until its
+// secret comes, serves it, and follows a new version; a delta removal of
+// the secret is ignored (the last version keeps serving), as for routes and
+// endpoints.
+func TestSDSDelta(t *testing.T) {
+	up := greeter(t, "backend")
+	ca := tlstest.NewCA(t, "sds CA")
+	first, second := ca.Issue(t, "first", "tls.test"), ca.Issue(t, "second", "tls.test")
+	f := newFixture(t, setup{delta: true})
+	res := full(edsCluster("backend"), assignment("backend", up), tlsListener("tls", "backend", "server-cert"))
+	f.cp.Push(res)
+	f.cp.DeltaRequest(resource.SecretType, 0)
+	res[resourcev3.SecretType] = []types.Resource{certSecret("server-cert", first.CertPEM, first.KeyPEM)}
+	f.cp.Push(res)
+	addr := f.listenerAddr("tls")
+	if cn, said := throughTLS(t, addr); cn != "first" || said != "backend" {
+		t.Fatalf("through the listener: certificate %q, upstream %q", cn, said)
+	}
+	res[resourcev3.SecretType] = []types.Resource{certSecret("server-cert", second.CertPEM, second.KeyPEM)}
+	f.cp.Push(res)
+	eventually(t, "the rotated certificate served", func() string {
+		if cn, _ := throughTLS(t, addr); cn != "second" {
+			return "certificate " + cn
+		}
+		return ""
+	})
+	delete(res, resourcev3.SecretType)
+	f.cp.Push(res)
+	f.waitDeltaRemoval(resource.SecretType, "server-cert")
+	if cn, said := throughTLS(t, addr); cn != "second" || said != "backend" {
+		t.Fatalf("after the secret's removal: certificate %q, upstream %q; want the last version", cn, said)
+	}
+}
