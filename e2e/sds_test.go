@@ -62,7 +62,7 @@ static_resources:
           cluster: echo
   clusters:
 %s%s`, node, staticCluster("echo", false, echo.Addr), staticCluster("sds-grpc", true, sds.Addr())))
-	addr := p.Addr(t, "tls")
+	addr := waitListener(t, p, "tls") // the xDS client applies the static listeners
 	served := func() string {
 		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, &tls.Config{RootCAs: ca.Pool(), ServerName: "tls.test"})
 		if err != nil {
