@@ -183,7 +183,7 @@ func (v *service) ListClusters(context.Context, *adminv1.ListClustersRequest) (*
 		}
 		for _, h := range c.Hosts() {
 			cs.Hosts = append(cs.Hosts, &adminv1.HostStatus{
-				Address:       h.Addr.String(),
+				Address:       h.String(),
 				Weight:        h.Weight(),
 				Priority:      h.Priority(),
 				HealthStatus:  h.Health().String(),

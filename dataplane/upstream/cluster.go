@@ -26,6 +26,9 @@ import (
 // and the connections made to it are untouched by unrelated changes.
 type Host struct {
 	Addr netip.AddrPort
+	// Pipe is the path of the unix socket of an endpoint with a pipe
+	// address (Addr is then the zero AddrPort).
+	Pipe string
 
 	weight   atomic.Uint32
 	priority atomic.Uint32
@@ -78,6 +81,23 @@ func (h *Host) Transport() *Transport {
 		return t
 	}
 	return rawBuffer
+}
+
+// hostKey identifies a host in its cluster: its address, or its socket's
+// path.
+type hostKey struct {
+	addr netip.AddrPort
+	pipe string
+}
+
+func (h *Host) key() hostKey { return hostKey{h.Addr, h.Pipe} }
+
+// String is the host's address, or its unix socket's path.
+func (h *Host) String() string {
+	if h.Pipe != "" {
+		return h.Pipe
+	}
+	return h.Addr.String()
 }
 
 // Weight is the host's load-balancing weight.
@@ -226,15 +246,15 @@ type Cluster struct {
 	dnsEndpoints []Endpoint   // the endpoints dns last set; under mu
 	dnsStats     *dnsStats    // made with the first resolver; under mu
 
-	mu         sync.Mutex               // serialises updates
-	transports []*Transport             // the Config's transport_socket_matches with this cluster's counters
-	hosts      map[netip.AddrPort]*Host // every host of the current assignment, by address
-	epsFrom    any                      // what the current endpoints were built from (see Assignment)
+	mu         sync.Mutex        // serialises updates
+	transports []*Transport      // the Config's transport_socket_matches with this cluster's counters
+	hosts      map[hostKey]*Host // every host of the current assignment, by address
+	epsFrom    any               // what the current endpoints were built from (see Assignment)
 }
 
 func newCluster(a Assignment, st *stats.Store) *Cluster {
 	sc := st.Scope("cluster." + a.Config.StatName + ".")
-	c := &Cluster{name: a.Config.Name, scope: sc, stats: newClusterStats(sc), hosts: map[netip.AddrPort]*Host{}}
+	c := &Cluster{name: a.Config.Name, scope: sc, stats: newClusterStats(sc), hosts: map[hostKey]*Host{}}
 	c.refs.Store(1)
 	c.update(a)
 	c.mu.Lock()
@@ -419,15 +439,16 @@ func (c *Cluster) SetEndpoints(eps []Endpoint) {
 }
 
 func (c *Cluster) setEndpointsLocked(eps []Endpoint) {
-	next := make(map[netip.AddrPort]*Host, len(eps))
+	next := make(map[hostKey]*Host, len(eps))
 	all := make([]*Host, 0, len(eps))
 	for _, ep := range eps {
-		if _, dup := next[ep.Addr]; dup {
+		k := hostKey{ep.Addr, ep.Pipe}
+		if _, dup := next[k]; dup {
 			continue // Envoy, too, keeps one host per address
 		}
-		h, ok := c.hosts[ep.Addr]
+		h, ok := c.hosts[k]
 		if !ok {
-			h = &Host{Addr: ep.Addr}
+			h = &Host{Addr: ep.Addr, Pipe: ep.Pipe}
 			// A new host waits for its first health check to pass.
 			h.hcFailed.Store(c.checker != nil)
 		}
@@ -441,11 +462,11 @@ func (c *Cluster) setEndpointsLocked(eps []Endpoint) {
 			name := ep.Hostname
 			h.hostname.Store(&name)
 		}
-		next[ep.Addr] = h
+		next[k] = h
 		all = append(all, h)
 	}
-	for addr, h := range c.hosts {
-		if next[addr] != h {
+	for k, h := range c.hosts {
+		if next[k] != h {
 			h.gone.Store(true)
 		}
 	}
@@ -674,20 +695,16 @@ func (c *Cluster) dial(ctx context.Context, h *Host, timeout time.Duration, o Co
 		if err := t.TLS.Ready(); err != nil {
 			// As Envoy: no connection is made without the certificates.
 			c.tlsStats().SecretsNotReady()
-			return nil, fmt.Errorf("cluster %s: host %s: transport socket %s: %w", c.name, h.Addr, t.Socket, err)
+			return nil, fmt.Errorf("cluster %s: host %s: transport socket %s: %w", c.name, h, t.Socket, err)
 		}
 	}
 	start := time.Now()
-	opts := netio.DialOptions{Timeout: timeout, Source: c.cfg.Load().Source}
-	if ka := c.cfg.Load().Keepalive; ka != nil {
-		opts.KeepAlive = net.KeepAliveConfig{Enable: true, Idle: ka.Idle, Interval: ka.Interval, Count: ka.Probes}
-	}
-	conn, err := netio.Dial(ctx, h.Addr, &opts)
+	conn, err := c.connect(ctx, h, timeout)
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
 			c.stats.cxConnectTimeout.Inc()
-			return nil, fmt.Errorf("cluster %s: connecting to %s: %w after %v", c.name, h.Addr, ErrConnectTimeout, timeout)
+			return nil, fmt.Errorf("cluster %s: connecting to %s: %w after %v", c.name, h, ErrConnectTimeout, timeout)
 		}
 		return nil, fmt.Errorf("cluster %s: %w", c.name, err)
 	}
@@ -708,9 +725,9 @@ func (c *Cluster) dial(ctx context.Context, h *Host, timeout time.Duration, o Co
 		st.Failed(err)
 		if ctx.Err() == nil && hctx.Err() != nil {
 			c.stats.cxConnectTimeout.Inc()
-			return nil, fmt.Errorf("cluster %s: TLS handshake with %s: %w after %v", c.name, h.Addr, ErrConnectTimeout, timeout)
+			return nil, fmt.Errorf("cluster %s: TLS handshake with %s: %w after %v", c.name, h, ErrConnectTimeout, timeout)
 		}
-		return nil, fmt.Errorf("cluster %s: TLS handshake with %s: %w", c.name, h.Addr, err)
+		return nil, fmt.Errorf("cluster %s: TLS handshake with %s: %w", c.name, h, err)
 	}
 	cs := tc.ConnectionState()
 	st.Handshake(&cs)
@@ -720,6 +737,21 @@ func (c *Cluster) dial(ctx context.Context, h *Host, timeout time.Duration, o Co
 // tlsStats are the cluster's TLS stats, made when first needed.
 func (c *Cluster) tlsStats() *tlscontext.Stats {
 	return c.sslStats.get(func() *tlscontext.Stats { return tlscontext.NewStats(c.scope, false) })
+}
+
+// connect makes the connection to h: TCP (netio.Dial, with the cluster's
+// source address and keepalive), or a unix socket for a pipe endpoint.
+func (c *Cluster) connect(ctx context.Context, h *Host, timeout time.Duration) (net.Conn, error) {
+	if h.Pipe != "" {
+		d := net.Dialer{Timeout: timeout}
+		return d.DialContext(ctx, "unix", h.Pipe)
+	}
+	cfg := c.cfg.Load()
+	opts := netio.DialOptions{Timeout: timeout, Source: cfg.Source}
+	if ka := cfg.Keepalive; ka != nil {
+		opts.KeepAlive = net.KeepAliveConfig{Enable: true, Idle: ka.Idle, Interval: ka.Interval, Count: ka.Probes}
+	}
+	return netio.Dial(ctx, h.Addr, &opts)
 }
 
 // negotiatedProtocol is the ALPN protocol of a TLS connection ("" for plain
@@ -736,6 +768,9 @@ func negotiatedProtocol(c net.Conn) string {
 // toward max_connections, without a check). It returns the host (for
 // Closed), or nil if the cluster no longer has that host.
 func (c *Cluster) Adopted(addr netip.AddrPort) *Host {
+	if !addr.IsValid() {
+		return nil // unknown (and never a pipe host's: those do not move)
+	}
 	for _, h := range c.Hosts() {
 		if h.Addr == addr {
 			c.res.conns.Add(1)

@@ -109,7 +109,10 @@ type Keepalive struct {
 
 // Endpoint is one upstream host of a load assignment.
 type Endpoint struct {
-	Addr     netip.AddrPort
+	Addr netip.AddrPort
+	// Pipe is the path of the unix socket of an endpoint with a pipe
+	// address (Addr is then the zero AddrPort).
+	Pipe     string
 	Weight   uint32 // load_balancing_weight, 1 when unset
 	Priority uint32
 	Health   corev3.HealthStatus
@@ -719,9 +722,21 @@ func endpoint(lle *endpointv3.LocalityLbEndpoints, lbe *endpointv3.LbEndpoint) (
 	if lbe.GetEndpoint() == nil {
 		return Endpoint{}, cfgerr.Errorf("endpoint", "must be set (named endpoints are not supported)")
 	}
-	sa := lbe.GetEndpoint().GetAddress().GetSocketAddress()
+	addr := lbe.GetEndpoint().GetAddress()
+	if p := addr.GetPipe(); p != nil {
+		if err := cfgerr.OnlyFields(p, "path", "mode"); err != nil {
+			return Endpoint{}, cfgerr.Field("endpoint.address.pipe", err)
+		}
+		if p.GetPath() == "" {
+			return Endpoint{}, cfgerr.Errorf("endpoint.address.pipe.path", "must not be empty")
+		}
+		ep := endpointTemplate(lle, lbe)
+		ep.Pipe = p.GetPath()
+		return ep, nil
+	}
+	sa := addr.GetSocketAddress()
 	if sa == nil {
-		return Endpoint{}, cfgerr.Errorf("endpoint.address", "only socket_address is supported")
+		return Endpoint{}, cfgerr.Errorf("endpoint.address", "only socket_address and pipe are supported")
 	}
 	ap, err := SocketAddr(sa)
 	if err != nil {

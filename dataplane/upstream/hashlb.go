@@ -100,12 +100,13 @@ type hashPicker interface {
 }
 
 // hashKey is what places h on the ring or in the table: its address as
-// Envoy writes it ("10.0.0.1:80", "[::1]:80"), or its hostname.
+// Envoy writes it ("10.0.0.1:80", "[::1]:80", a unix socket's path), or its
+// hostname.
 func hashKey(h *Host, useHostname bool) string {
 	if name := h.Hostname(); useHostname && name != "" {
 		return name
 	}
-	return h.Addr.String()
+	return h.String()
 }
 
 // normalizedWeights are the hosts' weights as fractions of their sum, and

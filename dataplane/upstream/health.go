@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -421,14 +420,14 @@ func (c *Cluster) setHealthCheckLocked(cfg *HealthCheckConfig) {
 // syncLocked starts a session for each host that has none and ends those of
 // hosts that left (c.mu held). A new host starts failed until its first
 // check passes.
-func (k *checker) syncLocked(hosts map[netip.AddrPort]*Host) {
+func (k *checker) syncLocked(hosts map[hostKey]*Host) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.stopped {
 		return
 	}
 	for h, cancel := range k.sessions {
-		if hosts[h.Addr] != h {
+		if hosts[h.key()] != h {
 			cancel()
 			delete(k.sessions, h)
 		}
@@ -658,7 +657,7 @@ func (k *checker) checkGRPC(ctx context.Context, h *Host, s *session) outcome {
 		if authority == "" {
 			authority = k.c.name
 		}
-		cc, err := grpc.NewClient("passthrough:///"+h.Addr.String(),
+		cc, err := grpc.NewClient("passthrough:///"+h.String(),
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithAuthority(authority),
 			grpc.WithUserAgent("Envoy/HC"),
@@ -787,7 +786,7 @@ func (k *checker) checkHTTP2(ctx context.Context, h *Host, s *session) outcome {
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return k.dial(ctx, h) },
 		}
 		tr.Protocols.SetUnencryptedHTTP2(true)
-		cc, err := tr.NewClientConn(ctx, "http", h.Addr.String())
+		cc, err := tr.NewClientConn(ctx, "http", h.String())
 		if err != nil {
 			return checkNetwork
 		}
@@ -817,7 +816,7 @@ func (c *Cluster) ImmediateHealthCheckFail(h *Host) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	k := c.checker
-	if k == nil || h.Gone() || c.hosts[h.Addr] != h {
+	if k == nil || h.Gone() || c.hosts[h.key()] != h {
 		return
 	}
 	h.hcExcluded.Store(true)

@@ -90,12 +90,12 @@ func (c *Cluster) PickOriginal(dst netip.AddrPort) *Host {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	h := c.hosts[dst]
+	h := c.hosts[hostKey{addr: dst}]
 	if h == nil {
 		h = &Host{Addr: dst}
 		h.weight.Store(1)
 		h.transport.Store(resolveTransport(c.transports, c.cfg.Load().transport, nil, nil))
-		c.hosts[dst] = h
+		c.hosts[hostKey{addr: dst}] = h
 		all := append(append([]*Host(nil), c.lb.Load().all...), h)
 		c.setBalancerLocked(all)
 		c.startCleanupLocked(od.Cleanup)
@@ -130,7 +130,7 @@ func (c *Cluster) sweep() {
 			continue
 		}
 		h.gone.Store(true)
-		delete(c.hosts, h.Addr)
+		delete(c.hosts, h.key())
 	}
 	if len(keep) != len(c.lb.Load().all) {
 		c.setBalancerLocked(keep)

@@ -301,7 +301,7 @@ func (d *detector) consecutive(h *Host, k ejection) {
 	c := d.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if d.done || h.outlier.ejected.Load() || c.hosts[h.Addr] != h {
+	if d.done || h.outlier.ejected.Load() || c.hosts[h.key()] != h {
 		return
 	}
 	d.stats.detected[k].Inc()

@@ -50,7 +50,7 @@ func (q *rq) terminateOn(host *upstream.Host) outcome {
 		if !interrupted {
 			cl.ReportOutcome(host, upstream.ConnectFailed)
 		}
-		return q.acquireFailed(&pool.ConnectError{Host: host.Addr.String(), Err: err})
+		return q.acquireFailed(&pool.ConnectError{Host: host.String(), Err: err})
 	}
 	cl.ReportOutcome(host, upstream.Connected)
 	e.Info.UpstreamLocal = netio.AddrPort(conn.LocalAddr())

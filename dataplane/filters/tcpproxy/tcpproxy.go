@@ -494,7 +494,7 @@ func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluste
 			cl.ReportOutcome(h, upstream.ConnectFailed)
 		}
 		ui.failure = upstream.FailureReason(err)
-		p.log.Warn("tcp_proxy: upstream connect failed", "conn", c.ID, "cluster", cl.Name(), "host", h.Addr,
+		p.log.Warn("tcp_proxy: upstream connect failed", "conn", c.ID, "cluster", cl.Name(), "host", h,
 			"attempt", attempt, "max_connect_attempts", p.maxAttempts, "error", err)
 		if ctx.Err() != nil {
 			return nil, nil, failed

@@ -99,7 +99,7 @@ func (p *Proxy) connectTunnel(ctx context.Context, c *filter.Conn, cl *upstream.
 			cl.ReportOutcome(h, upstream.ConnectFailed)
 		}
 		ui.failure = err.Error()
-		p.log.Warn("tcp_proxy: upstream tunnel failed", "conn", c.ID, "cluster", cl.Name(), "host", h.Addr,
+		p.log.Warn("tcp_proxy: upstream tunnel failed", "conn", c.ID, "cluster", cl.Name(), "host", h,
 			"attempt", attempt, "max_connect_attempts", p.maxAttempts, "error", err)
 		if ctx.Err() != nil {
 			return nil, nil, failed

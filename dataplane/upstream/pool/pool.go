@@ -607,7 +607,7 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 		return nil, nil, err
 	}
 	if !p.m.startSweeper() || !p.cl.Acquire() {
-		return fail(&ConnectError{Host: p.host.Addr.String(), Err: errors.New("shutting down")})
+		return fail(&ConnectError{Host: p.host.String(), Err: errors.New("shutting down")})
 	}
 	// Offered over TLS when the cluster's UpstreamTlsContext names no
 	// protocol, as Envoy's pools do.
@@ -620,8 +620,8 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 		ALPNOverride: p.tls.ALPN})
 	if err != nil {
 		p.cl.Release()
-		p.m.opts.Logger.Debug("upstream connect failed", "cluster", p.cl.Name(), "host", p.host.Addr, "error", err)
-		return fail(&ConnectError{Host: p.host.Addr.String(), Err: err})
+		p.m.opts.Logger.Debug("upstream connect failed", "cluster", p.cl.Name(), "host", p.host, "error", err)
+		return fail(&ConnectError{Host: p.host.String(), Err: err})
 	}
 	cfg := p.cl.Config()
 	c := &Conn{p: p, created: time.Now(), requests: 1, transport: transport}
@@ -642,7 +642,7 @@ func (p *Pool) dial(ctx context.Context, hs *upstream.HTTPStats) (*Conn, http.Cl
 			nc.Close()
 			p.cl.Disconnected(p.host)
 			p.cl.Release()
-			return fail(&ConnectError{Host: p.host.Addr.String(), Err: err})
+			return fail(&ConnectError{Host: p.host.String(), Err: err})
 		}
 		c.h2 = cc
 		c.streams = 1 // until attached or not: watchH2 leaves it alone
