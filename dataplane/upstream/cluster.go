@@ -248,7 +248,7 @@ type Cluster struct {
 
 	mu         sync.Mutex        // serialises updates
 	transports []*Transport      // the Config's transport_socket_matches with this cluster's counters
-	hosts      map[hostKey]*Host // every host of the current assignment, by address
+	hosts      map[hostKey]*Host // every host of the current assignment, by address or path
 	epsFrom    any               // what the current endpoints were built from (see Assignment)
 }
 
