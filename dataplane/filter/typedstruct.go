@@ -55,6 +55,32 @@ func unwrapTypedStruct(a *anypb.Any) (string, *structpb.Struct, error) {
 	return url, value, nil
 }
 
+// TypedConfigURL is the type URL a typed_config stands for: its own, or the
+// type_url of the TypedStruct it is ("" if that does not decode).
+func TypedConfigURL(a *anypb.Any) string {
+	if !isTypedStruct(a.GetTypeUrl()) {
+		return a.GetTypeUrl()
+	}
+	url, _, err := unwrapTypedStruct(a)
+	if err != nil {
+		return ""
+	}
+	return url
+}
+
+// DecodeTypedConfig decodes a typed_config into m, given as m's own type or
+// as a TypedStruct, as Envoy accepts either.
+func DecodeTypedConfig(a *anypb.Any, m proto.Message) error {
+	if !isTypedStruct(a.GetTypeUrl()) {
+		return a.UnmarshalTo(m)
+	}
+	_, value, err := unwrapTypedStruct(a)
+	if err != nil {
+		return err
+	}
+	return structToMessage(value, m)
+}
+
 // structToMessage converts a TypedStruct's value into m through its JSON
 // form, as Envoy does. Unknown fields are errors.
 func structToMessage(v *structpb.Struct, m proto.Message) error {

@@ -31,6 +31,9 @@
 //   - stats_flush_interval: accepted (within PGV's [1ms, 5m) range) and has no
 //     effect. It paces the flush to stats sinks, and skiff has no sinks (stats_sinks
 //     is refused), so there is nothing for it to change.
+//   - bootstrap_extensions: envoy.bootstrap.internal_listener alone (as
+//     istio-agent's bootstrap has it), checked and without effect: it only lets
+//     listeners be internal ones, and skiff refuses those where they are defined.
 //
 // Anything else that is set, stats_config included (it changes stat names and which
 // stats exist, so ignoring it would be visible), is an error rather than ignored.
@@ -48,11 +51,13 @@ import (
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	internallistenerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/bootstrap/internal_listener/v3"
 	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/skiffproxy/skiff/dataplane/filter"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 	"github.com/skiffproxy/skiff/internal/protoyaml"
 )
@@ -200,8 +205,13 @@ func finish(b *bootstrapv3.Bootstrap) error {
 func checkSupported(b *bootstrapv3.Bootstrap) error {
 	if err := cfgerr.OnlyFields(b, "node", "static_resources", "dynamic_resources",
 		"cluster_manager", "stats_flush_interval", "layered_runtime", "admin",
-		"typed_dns_resolver_config", "dns_resolution_config", "use_tcp_for_dns_lookups"); err != nil {
+		"typed_dns_resolver_config", "dns_resolution_config", "use_tcp_for_dns_lookups", "bootstrap_extensions"); err != nil {
 		return err
+	}
+	for i, e := range b.GetBootstrapExtensions() {
+		if err := checkExtension(e); err != nil {
+			return cfgerr.Index("bootstrap_extensions", i, err)
+		}
 	}
 	if b.Node != nil {
 		err := cfgerr.OnlyFields(b.Node, "id", "cluster", "metadata", "locality", "user_agent_name",
@@ -226,6 +236,26 @@ func checkSupported(b *bootstrapv3.Bootstrap) error {
 		}
 	}
 	return nil
+}
+
+// internalListenerType is the one bootstrap extension skiff takes.
+const internalListenerType = "envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
+
+// checkExtension accepts Envoy's envoy.bootstrap.internal_listener (as
+// istio-agent's bootstrap carries it), which only lets listeners be
+// internal ones: skiff has none (a listener with an envoy_internal_address is
+// refused where it is defined), so it changes nothing. Any other extension
+// is refused.
+func checkExtension(e *corev3.TypedExtensionConfig) error {
+	url := filter.TypedConfigURL(e.GetTypedConfig())
+	if url[strings.LastIndexByte(url, '/')+1:] != internalListenerType {
+		return cfgerr.Errorf("typed_config", "extension %q: type %s is not supported by skiff (only %s)", e.GetName(), url, internalListenerType)
+	}
+	var il internallistenerv3.InternalListener
+	if err := filter.DecodeTypedConfig(e.GetTypedConfig(), &il); err != nil {
+		return cfgerr.Errorf("typed_config", "extension %q: decoding %s: %w", e.GetName(), url, err)
+	}
+	return cfgerr.Field("typed_config", cfgerr.Validate(&il))
 }
 
 // checkNames refuses two static listeners or two static clusters with one name, as

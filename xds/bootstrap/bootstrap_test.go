@@ -174,6 +174,18 @@ static_resources:
 			want: "bad.yaml: stats_config: not supported by skiff (field 13 of envoy.config.bootstrap.v3.Bootstrap)",
 		},
 		{
+			name: "bootstrap extension other than internal_listener",
+			file: "bad.yaml",
+			data: "bootstrap_extensions: [{name: md, typed_config: {\"@type\": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/istio.workload.BootstrapExtension}}]\n",
+			want: `bad.yaml: bootstrap_extensions[0].typed_config: extension "md": type type.googleapis.com/istio.workload.BootstrapExtension is not supported by skiff (only envoy.extensions.bootstrap.internal_listener.v3.InternalListener)`,
+		},
+		{
+			name: "internal_listener out of range",
+			file: "bad.yaml",
+			data: "bootstrap_extensions: [{name: il, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener, buffer_size_kb: 100000}}]\n",
+			want: "bad.yaml: bootstrap_extensions[0].typed_config.buffer_size_kb: …",
+		},
+		{
 			name: "unsupported node field",
 			file: "bad.yaml",
 			data: "node: {id: n1, dynamic_parameters: {a: {}}}\n",
@@ -445,6 +457,14 @@ layered_runtime:
   layers: [{name: static, static_layer: {a: 1}}]
 cluster_manager: {}
 stats_flush_interval: 5s
+bootstrap_extensions:
+- name: envoy.bootstrap.internal_listener
+  typed_config:
+    "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+    type_url: type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener
+    value: {buffer_size_kb: 64}
+- name: direct
+  typed_config: {"@type": type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener}
 static_resources:
   clusters: [{name: xds, type: STATIC}]
 `
