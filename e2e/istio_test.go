@@ -197,11 +197,9 @@ func TestIstioGateway(t *testing.T) {
 	agent := xdstest.Start(t, "127.0.0.1:0", istioRouterNode)
 	workload := meshCA.Issue(t, "istio-ingressgateway", gatewayID)
 	agent.Push(map[resourcev3.Type][]types.Resource{resourcev3.SecretType: {
-		&tlsv3.Secret{Name: "default", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
-			CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: workload.CertPEM}},
-			PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: workload.KeyPEM}}}}},
+		certSecret("default", workload),
 		&tlsv3.Secret{Name: "ROOTCA", Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-			TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: meshCA.PEM}}}}},
+			TrustedCa: inlineBytes(meshCA.PEM)}}},
 	}})
 	host, port, _ := net.SplitHostPort(cp.Addr())
 	sdsHost, sdsPort, _ := net.SplitHostPort(agent.Addr())
