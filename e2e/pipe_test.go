@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	nethttp "net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -28,7 +29,8 @@ func unixListener(t *testing.T, name string) (net.Listener, string) {
 // TestPipeEndpoints: clusters whose endpoints are unix sockets (pipe
 // addresses, as Envoy proxies to a local app's socket): tcp_proxy copies a
 // stream byte for byte with its half-close, and the router sends HTTP
-// requests over a kept-alive socket connection.
+// requests over a kept-alive socket connection; access logs name the host
+// by its path.
 func TestPipeEndpoints(t *testing.T) {
 	t.Parallel()
 	echoLn, echoPath := unixListener(t, "echo.sock")
@@ -64,6 +66,14 @@ func TestPipeEndpoints(t *testing.T) {
       endpoints: [{ lb_endpoints: [{ endpoint: { address: { pipe: { path: %q } } } }] }]
 `, name, name, path)
 	}
+	logPath := filepath.Join(t.TempDir(), "access.log")
+	accessLog := func(indent int, tag string) string {
+		pad := strings.Repeat(" ", indent)
+		return pad + "access_log:\n" + pad + "- name: envoy.access_loggers.file\n" + pad + "  typed_config:\n" +
+			pad + "    \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n" +
+			pad + "    path: " + logPath + "\n" +
+			pad + "    log_format: { text_format_source: { inline_string: \"" + tag + " %UPSTREAM_HOST%\\n\" } }\n"
+	}
 	p := startSkiff(t, `
 static_resources:
   listeners:
@@ -76,7 +86,7 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
           stat_prefix: tcp
           cluster: echo
-  - name: http
+`+accessLog(10, "tcp")+`  - name: http
     address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
     filter_chains:
     - filters:
@@ -84,7 +94,7 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: http
-          route_config:
+`+accessLog(10, "http")+`          route_config:
             virtual_hosts:
             - name: all
               domains: ["*"]
@@ -112,6 +122,11 @@ static_resources:
 			t.Fatalf("GET through the router to a unix socket: %d %q", resp.StatusCode, body)
 		}
 	}
+	c.Close()
+	waitFor(t, "the access log lines", func() bool {
+		b, _ := os.ReadFile(logPath)
+		return strings.Contains(string(b), "tcp "+echoPath+"\n") && strings.Count(string(b), "http "+httpPath+"\n") == 3
+	})
 	r := runSkiff(t, "admin", "--runtime-dir", p.RuntimeDir, "stats")
 	for _, want := range []string{"cluster.app.upstream_cx_total: 1", "cluster.app.upstream_rq_total: 3", "cluster.echo.upstream_cx_total: 1"} {
 		if !strings.Contains(r.stdout, want) {

@@ -95,8 +95,8 @@ func init() {
 		}
 		return strconv.AppendInt(d, (e.Info.ResponseComplete - e.Info.ResponseStart).Milliseconds(), 10), true
 	})
-	def("UPSTREAM_HOST", kindString, addrOf(func(i *http.StreamInfo) netip.AddrPort { return i.UpstreamHost }, true))
-	def("UPSTREAM_REMOTE_ADDRESS", kindString, addrOf(func(i *http.StreamInfo) netip.AddrPort { return i.UpstreamHost }, true))
+	def("UPSTREAM_HOST", kindString, upstreamHost)
+	def("UPSTREAM_REMOTE_ADDRESS", kindString, upstreamHost)
 	def("UPSTREAM_LOCAL_ADDRESS", kindString, addrOf(func(i *http.StreamInfo) netip.AddrPort { return i.UpstreamLocal }, true))
 	def("UPSTREAM_CLUSTER", kindString, func(d []byte, e *http.Exchange) ([]byte, bool) {
 		return appendIf(d, e.Info.UpstreamCluster)
@@ -165,6 +165,17 @@ func addrOf(get func(*http.StreamInfo) netip.AddrPort, withPort bool) func([]byt
 		}
 		return ap.Addr().AppendTo(d), true
 	}
+}
+
+// upstreamHost is the upstream host's address, or its unix socket's path.
+func upstreamHost(d []byte, e *http.Exchange) ([]byte, bool) {
+	if p := e.Info.UpstreamPipe; p != "" {
+		return append(d, p...), true
+	}
+	if ap := e.Info.UpstreamHost; ap.IsValid() {
+		return ap.AppendTo(d), true
+	}
+	return d, false
 }
 
 func portOf(get func(*http.StreamInfo) netip.AddrPort) func([]byte, *http.Exchange) ([]byte, bool) {

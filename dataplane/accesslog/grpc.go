@@ -128,7 +128,7 @@ func (l *grpcLogger) entry(e *http.Exchange) *datav3.HTTPAccessLogEntry {
 		DownstreamLocalAddress:         address(in.DownstreamLocal),
 		DownstreamDirectRemoteAddress:  address(in.DownstreamDirectRemote),
 		StartTime:                      timestamppb.New(in.Start),
-		UpstreamRemoteAddress:          address(in.UpstreamHost),
+		UpstreamRemoteAddress:          upstreamAddress(in),
 		UpstreamLocalAddress:           address(in.UpstreamLocal),
 		UpstreamCluster:                in.UpstreamCluster,
 		RouteName:                      in.RouteName,
@@ -209,6 +209,14 @@ func pick(h *http.Header, names []string) map[string]string {
 		}
 	}
 	return m
+}
+
+// upstreamAddress is the upstream host's address, or its pipe.
+func upstreamAddress(in *http.StreamInfo) *corev3.Address {
+	if in.UpstreamPipe != "" {
+		return &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: in.UpstreamPipe}}}
+	}
+	return address(in.UpstreamHost)
 }
 
 func address(ap netip.AddrPort) *corev3.Address {

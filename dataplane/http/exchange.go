@@ -426,7 +426,10 @@ type StreamInfo struct {
 	VirtualHostName string
 	UpstreamCluster string
 	UpstreamHost    netip.AddrPort
-	UpstreamLocal   netip.AddrPort
+	// UpstreamPipe is the unix socket path of an upstream host with a pipe
+	// address (UpstreamHost is then the zero AddrPort).
+	UpstreamPipe  string
+	UpstreamLocal netip.AddrPort
 	// UpstreamTLS is the upstream connection's TLS session, nil on a plain
 	// one; UpstreamLocalCert the client certificate skiff has for it.
 	UpstreamTLS       *tls.ConnectionState

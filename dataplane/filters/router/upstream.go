@@ -458,7 +458,7 @@ func (q *rq) attempt() outcome {
 	if host == nil {
 		return q.fail(503, "no healthy upstream", "no_healthy_upstream", http.FlagNoHealthyUpstream)
 	}
-	e.Info.UpstreamHost = host.Addr
+	e.Info.UpstreamHost, e.Info.UpstreamPipe = host.Addr, host.Pipe
 	e.Info.UpstreamAttempts++
 	q.host = host
 	if !q.namesSet {

@@ -253,6 +253,7 @@ func (p *Proxy) limitDuration(ctx context.Context, start time.Time) (context.Con
 type upstreamInfo struct {
 	cluster  string
 	host     netip.AddrPort
+	pipe     string // a pipe host's socket path
 	local    netip.AddrPort
 	attempts int
 	failure  string
@@ -279,7 +280,7 @@ func (p *Proxy) accessLog(ctx context.Context, c *filter.Conn, start time.Time, 
 	in.RequestedServerName = c.ServerName
 	in.DownstreamTLS, in.DownstreamLocalCert = c.TLS, c.TLSLocal
 	in.UpstreamCluster = ui.cluster
-	in.UpstreamHost, in.UpstreamLocal = ui.host, ui.local
+	in.UpstreamHost, in.UpstreamPipe, in.UpstreamLocal = ui.host, ui.pipe, ui.local
 	in.UpstreamTLS, in.UpstreamLocalCert = ui.tls, ui.tlsLocal
 	in.UpstreamAttempts = ui.attempts
 	in.UpstreamTransportFailureReason = ui.failure
@@ -479,7 +480,7 @@ func (p *Proxy) connect(ctx context.Context, c *filter.Conn, cl *upstream.Cluste
 			p.log.Warn("tcp_proxy: no healthy upstream; closing downstream", "conn", c.ID, "cluster", cl.Name())
 			return nil, nil, failed | http.FlagNoHealthyUpstream
 		}
-		ui.host, ui.attempts = h.Addr, attempt
+		ui.host, ui.pipe, ui.attempts = h.Addr, h.Pipe, attempt
 		up, err := cl.Connect(ctx, h)
 		if err == nil {
 			cl.ReportOutcome(h, upstream.ConnectedFinal)

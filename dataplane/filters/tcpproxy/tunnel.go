@@ -83,7 +83,7 @@ func (p *Proxy) connectTunnel(ctx context.Context, c *filter.Conn, cl *upstream.
 			p.log.Warn("tcp_proxy: no healthy upstream; closing downstream", "conn", c.ID, "cluster", cl.Name())
 			return nil, nil, failed | http.FlagNoHealthyUpstream
 		}
-		ui.host, ui.attempts = h.Addr, attempt
+		ui.host, ui.pipe, ui.attempts = h.Addr, h.Pipe, attempt
 		up, err := p.openTunnel(ctx, cl, h, authority)
 		if err == nil {
 			cl.ReportOutcome(h, upstream.ConnectedFinal)
