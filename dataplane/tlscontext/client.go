@@ -27,8 +27,7 @@ type Client struct {
 	autoSANValidation bool
 	sessionKeys       int // max_session_keys: the session cache's size, 0 for none
 
-	static *clientState             // a context without SDS secrets
-	sds    *following[*clientState] // one built from SDS secrets
+	built *following[*clientState]
 }
 
 // clientState is an UpstreamTlsContext built from given secrets.
@@ -53,11 +52,11 @@ func NewClient(pb *tlsv3.UpstreamTlsContext, secrets Secrets) (*Client, error) {
 	if n := pb.GetMaxSessionKeys(); n != nil {
 		c.sessionKeys = int(n.GetValue())
 	}
-	f, st, err := follow(secrets, func(secrets Secrets) (*clientState, error) { return c.build(pb, secrets) })
+	f, err := follow(secrets, func(secrets Secrets) (*clientState, error) { return c.build(pb, secrets) })
 	if err != nil {
 		return nil, err
 	}
-	c.static, c.sds = st, f
+	c.built = f
 	return c, nil
 }
 
@@ -97,16 +96,8 @@ func (c *Client) build(pb *tlsv3.UpstreamTlsContext, secrets Secrets) (*clientSt
 // Ready returns an error wrapping ErrSecretNotReady if the context's SDS
 // secrets have not all come (handshakes would fail), else nil.
 func (c *Client) Ready() error {
-	_, err := c.state()
+	_, err := c.built.current()
 	return err
-}
-
-// state is the context built from the current versions of its secrets.
-func (c *Client) state() (*clientState, error) {
-	if c.sds != nil {
-		return c.sds.current()
-	}
-	return c.static, nil
 }
 
 // Upstream builds a cluster's transport_socket (or a transport_socket_matches
@@ -128,7 +119,7 @@ func Upstream(ts *corev3.TransportSocket, secrets Secrets) (*Client, error) {
 // LocalCertificate is the client certificate (tls_certificates), nil if
 // there is none (or its SDS secret has not come).
 func (c *Client) LocalCertificate() *x509.Certificate {
-	st, err := c.state()
+	st, err := c.built.current()
 	if err != nil || len(st.config.Certificates) == 0 {
 		return nil
 	}
@@ -171,7 +162,7 @@ func (c *Client) ServerName(hostname string) string {
 //
 // A context whose SDS secrets have not come fails with ErrSecretNotReady.
 func (c *Client) Handshake(ctx context.Context, conn net.Conn, o HandshakeOptions) (*tls.Conn, error) {
-	st, err := c.state()
+	st, err := c.built.current()
 	if err != nil {
 		return nil, err
 	}

@@ -126,9 +126,9 @@ func missing(deps []dep) []string {
 	return names
 }
 
-// following is what a context built from SDS secrets keeps to follow them:
-// the last build (its value and the versions it used) and how to build
-// again.
+// following is a built context and, if it was built from SDS secrets, how
+// it follows them: the last build (its value and the versions it used) and
+// how to build again. A context without SDS secrets never builds again.
 type following[T any] struct {
 	secrets Secrets
 	build   func(Secrets) (T, error)
@@ -144,18 +144,22 @@ type followed[T any] struct {
 	err  error
 }
 
-// follow builds a context from secrets. It returns nil if the build used no
-// SDS secret; else the first build's error, unless it is only that a secret
-// is missing (handshakes then fail until it comes).
-func follow[T any](secrets Secrets, build func(Secrets) (T, error)) (*following[T], T, error) {
+// follow builds a context from secrets. It returns the first build's
+// error, unless it is only that an SDS secret is missing (handshakes then
+// fail until it comes).
+func follow[T any](secrets Secrets, build func(Secrets) (T, error)) (*following[T], error) {
 	f := &following[T]{secrets: secrets, build: build}
 	first := f.make()
-	if len(first.deps) == 0 || (first.err != nil && !errors.Is(first.err, ErrSecretNotReady)) {
-		return nil, first.v, first.err
+	if first.err != nil && !errors.Is(first.err, ErrSecretNotReady) {
+		return nil, first.err
 	}
 	f.last.Store(first)
-	return f, first.v, nil
+	return f, nil
 }
+
+// bySDS reports whether the context was built from SDS secrets, and so
+// follows their versions.
+func (f *following[T]) bySDS() bool { return len(f.last.Load().deps) > 0 }
 
 func (f *following[T]) make() *followed[T] {
 	var deps []dep

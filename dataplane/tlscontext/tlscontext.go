@@ -50,8 +50,7 @@ type Server struct {
 	// RequireSNI is require_sni: handshakes without a server name fail.
 	RequireSNI bool
 
-	certs []tls.Certificate        // static contexts
-	sds   *following[*serverState] // contexts built from SDS secrets
+	built *following[*serverState]
 }
 
 // serverState is a DownstreamTlsContext built from given secrets.
@@ -93,17 +92,18 @@ func NewServer(pb *tlsv3.DownstreamTlsContext, secrets Secrets) (*Server, error)
 	if len(ctc.GetTlsCertificates())+len(ctc.GetTlsCertificateSdsSecretConfigs()) == 0 {
 		return nil, cfgerr.Errorf("common_tls_context.tls_certificates", "a server needs at least one certificate")
 	}
-	f, st, err := follow(secrets, func(secrets Secrets) (*serverState, error) { return s.build(pb, secrets) })
+	f, err := follow(secrets, func(secrets Secrets) (*serverState, error) { return s.build(pb, secrets) })
 	if err != nil {
 		return nil, err
 	}
-	if f == nil {
-		s.Config, s.certs = st.config, st.certs
+	s.built = f
+	if !f.bySDS() {
+		st, _ := f.current()
+		s.Config = st.config
 		return s, nil
 	}
 	// Each handshake takes the configuration built from the secrets' current
 	// versions (crypto/tls's way to change certificates on a live server).
-	s.sds = f
 	s.Config = &tls.Config{GetConfigForClient: func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
 		st, err := f.current()
 		if err != nil {
@@ -173,10 +173,7 @@ func (s *Server) build(pb *tlsv3.DownstreamTlsContext, secrets Secrets) (*server
 // Ready returns an error wrapping ErrSecretNotReady if the context's SDS
 // secrets have not all come (handshakes would fail), else nil.
 func (s *Server) Ready() error {
-	if s.sds == nil {
-		return nil
-	}
-	_, err := s.sds.current()
+	_, err := s.built.current()
 	return err
 }
 
@@ -185,16 +182,12 @@ func (s *Server) Ready() error {
 //
 // A context built from SDS secrets answers from their current versions.
 func (s *Server) LocalCertificate(cs *tls.ConnectionState) *x509.Certificate {
-	certs := s.certs
-	if s.sds != nil {
-		st, err := s.sds.current()
-		if err != nil {
-			return nil
-		}
-		certs = st.certs
+	st, err := s.built.current()
+	if err != nil {
+		return nil
 	}
 	var first *x509.Certificate
-	for _, c := range certs {
+	for _, c := range st.certs {
 		if c.Leaf == nil {
 			continue
 		}
