@@ -136,6 +136,10 @@ func newManagerStats(st *stats.Store) managerStats {
 	}
 }
 
+// unmapped is a with an IPv4-mapped IPv6 address as IPv4: how byAddr keys
+// listeners and how listenerAt looks them up.
+func unmapped(a netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(a.Addr().Unmap(), a.Port()) }
+
 // listenerAt is the listener a connection whose original destination is a
 // goes to, as Envoy's getBalancedHandlerByAddress finds it: the listener of
 // that address, else the one of the wildcard address (0.0.0.0 or ::) with
@@ -145,7 +149,7 @@ func (s *Server) listenerAt(a netip.AddrPort) *listener.Listener {
 	if m == nil {
 		return nil
 	}
-	a = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+	a = unmapped(a)
 	if l := (*m)[a]; l != nil {
 		return l
 	}
@@ -602,7 +606,7 @@ func (s *Server) Apply(snap *Snapshot) error {
 	byAddr := make(map[netip.AddrPort]*listener.Listener, len(next))
 	for _, l := range next {
 		for _, a := range l.Addresses() {
-			byAddr[netip.AddrPortFrom(a.Addr().Unmap(), a.Port())] = l
+			byAddr[unmapped(a)] = l
 		}
 	}
 	s.byAddr.Store(&byAddr)
