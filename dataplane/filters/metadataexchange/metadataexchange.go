@@ -58,9 +58,6 @@ const (
 	maxData = 1 << 20
 	// exchangeTimeout bounds the wait for the peer's metadata.
 	exchangeTimeout = 10 * time.Second
-	// The keys of the exchanged Struct, as the HTTP exchange's headers.
-	keyMetadata = "x-envoy-peer-metadata"
-	keyID       = "x-envoy-peer-metadata-id"
 )
 
 // ErrExchange wraps the errors of a failed exchange.
@@ -87,13 +84,8 @@ func create(m proto.Message, fc *filter.Context) (*Filter, error) {
 	if f.protocol == "" {
 		return nil, cfgerr.Errorf("protocol", "must be set (istiod sends istio-peer-exchange)")
 	}
-	var labels []string
-	ls := r.Get(field(r, "additional_labels")).List()
-	for i := range ls.Len() {
-		labels = append(labels, ls.Get(i).String())
-	}
 	var err error
-	if f.frame, err = frame(fc, labels); err != nil {
+	if f.frame, err = frame(fc, istiometa.AdditionalLabels(r)); err != nil {
 		return nil, cfgerr.Errorf("additional_labels", "encoding the node's metadata: %v", err)
 	}
 	st := fc.Stats
@@ -117,9 +109,9 @@ func frame(fc *filter.Context, labels []string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	data := &structpb.Struct{Fields: map[string]*structpb.Value{keyMetadata: structpb.NewStructValue(w)}}
+	data := &structpb.Struct{Fields: map[string]*structpb.Value{istiometa.KeyMetadata: structpb.NewStructValue(w)}}
 	if id := fc.Node.GetId(); id != "" {
-		data.Fields[keyID] = structpb.NewStringValue(id)
+		data.Fields[istiometa.KeyID] = structpb.NewStringValue(id)
 	}
 	value, err := proto.MarshalOptions{Deterministic: true}.Marshal(data)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/dataplane/filters/internal/istiometa"
 	"github.com/skiffproxy/skiff/dataplane/filters/internal/istiotypes"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
@@ -120,8 +121,8 @@ func TestExchange(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := <-seen
-	if s.GetFields()[keyID].GetStringValue() != "sidecar~10.0.0.1~a.default" ||
-		s.GetFields()[keyMetadata].GetStructValue().GetFields()["NAME"].GetStringValue() != "sidecar~10.0.0.1~a.default" {
+	if s.GetFields()[istiometa.KeyID].GetStringValue() != "sidecar~10.0.0.1~a.default" ||
+		s.GetFields()[istiometa.KeyMetadata].GetStructValue().GetFields()["NAME"].GetStringValue() != "sidecar~10.0.0.1~a.default" {
 		t.Errorf("skiff's metadata: %v", s)
 	}
 	buf = make([]byte, len("stream"))

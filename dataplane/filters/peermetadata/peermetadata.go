@@ -48,8 +48,8 @@ const Name = "istio.metadata_exchange"
 
 // The exchange headers.
 const (
-	HeaderID       = "x-envoy-peer-metadata-id"
-	HeaderMetadata = "x-envoy-peer-metadata"
+	HeaderID       = istiometa.KeyID
+	HeaderMetadata = istiometa.KeyMetadata
 )
 
 // Factory builds the filter.
@@ -93,14 +93,9 @@ func (Factory) Create(m proto.Message, fc *filter.Context) (http.Filter, error) 
 	if f.answer, err = f.propagation(r, "downstream_propagation"); err != nil {
 		return nil, err
 	}
-	var labels []string
-	ls := r.Get(fd(r, "additional_labels")).List()
-	for i := range ls.Len() {
-		labels = append(labels, ls.Get(i).String())
-	}
 	if f.propagate || f.answer {
 		f.id = fc.Node.GetId()
-		v, err := WorkloadMetadata(fc.Node, labels)
+		v, err := WorkloadMetadata(fc.Node, istiometa.AdditionalLabels(r))
 		if err != nil {
 			return nil, cfgerr.Errorf("additional_labels", "encoding the node's metadata: %v", err)
 		}

@@ -6,8 +6,27 @@ import (
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/structpb"
 )
+
+// The names a proxy tells its id and its workload metadata under: headers
+// of the HTTP exchange, keys of the TCP exchange's Struct.
+const (
+	KeyID       = "x-envoy-peer-metadata-id"
+	KeyMetadata = "x-envoy-peer-metadata"
+)
+
+// AdditionalLabels is the additional_labels list of an Istio filter's
+// config (the peer metadata and metadata exchange filters both have one).
+func AdditionalLabels(cfg protoreflect.Message) []string {
+	var labels []string
+	l := cfg.Get(cfg.Descriptor().Fields().ByName("additional_labels")).List()
+	for i := range l.Len() {
+		labels = append(labels, l.Get(i).String())
+	}
+	return labels
+}
 
 // Node metadata keys and labels istio-proxy reads (extensions/common/metadata_object.h).
 const (
