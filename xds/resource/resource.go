@@ -158,14 +158,19 @@ func EndpointsRef(c *clusterv3.Cluster) (Ref, bool) {
 	return Ref{Name: name, Source: ec.GetEdsConfig()}, true
 }
 
-// ListenerRefs returns the route configurations a listener's HTTP connection
-// managers load through RDS, and the clusters its TCP proxies use.
-func ListenerRefs(l *listenerv3.Listener) (routes []Ref, clusters []string) {
+// filterChains are a listener's filter chains, its default chain last.
+func filterChains(l *listenerv3.Listener) []*listenerv3.FilterChain {
 	chains := l.GetFilterChains()
 	if d := l.GetDefaultFilterChain(); d != nil {
 		chains = append(slices.Clip(chains), d)
 	}
-	for _, fc := range chains {
+	return chains
+}
+
+// ListenerRefs returns the route configurations a listener's HTTP connection
+// managers load through RDS, and the clusters its TCP proxies use.
+func ListenerRefs(l *listenerv3.Listener) (routes []Ref, clusters []string) {
+	for _, fc := range filterChains(l) {
 		for _, f := range fc.GetFilters() {
 			a := f.GetTypedConfig()
 			switch a.GetTypeUrl() {
@@ -198,7 +203,7 @@ func SecretRefs(m proto.Message) []Ref {
 	var sockets []*corev3.TransportSocket
 	switch r := m.(type) {
 	case *listenerv3.Listener:
-		for _, fc := range append(slices.Clip(r.GetFilterChains()), r.GetDefaultFilterChain()) {
+		for _, fc := range filterChains(r) {
 			sockets = append(sockets, fc.GetTransportSocket())
 		}
 	case *clusterv3.Cluster:
