@@ -19,7 +19,6 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -197,9 +196,8 @@ func TestIstioGateway(t *testing.T) {
 	agent := xdstest.Start(t, "127.0.0.1:0", istioRouterNode)
 	workload := meshCA.Issue(t, "istio-ingressgateway", gatewayID)
 	agent.Push(map[resourcev3.Type][]types.Resource{resourcev3.SecretType: {
-		certSecret("default", workload),
-		&tlsv3.Secret{Name: "ROOTCA", Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-			TrustedCa: inlineBytes(meshCA.PEM)}}},
+		workload.Secret("default"),
+		meshCA.Secret("ROOTCA"),
 	}})
 	host, port, _ := net.SplitHostPort(cp.Addr())
 	sdsHost, sdsPort, _ := net.SplitHostPort(agent.Addr())

@@ -18,16 +18,6 @@ import (
 	"github.com/skiffproxy/skiff/internal/xdstest"
 )
 
-func inlineBytes(b []byte) *corev3.DataSource {
-	return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
-}
-
-// certSecret is an SDS secret of l's certificate and key.
-func certSecret(name string, l *tlstest.Leaf) *tlsv3.Secret {
-	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
-		CertificateChain: inlineBytes(l.CertPEM), PrivateKey: inlineBytes(l.KeyPEM)}}}
-}
-
 // TestStaticListenerSDS: a bootstrap without dynamic_resources whose static
 // listener takes its certificate by SDS from a static cluster (as a
 // bootstrap names istio-agent's sds-grpc): skiff runs an xDS client for it,
@@ -38,7 +28,7 @@ func TestStaticListenerSDS(t *testing.T) {
 	const node = "static-sds"
 	ca := tlstest.NewCA(t, "sds CA")
 	secret := func(cn string) map[resourcev3.Type][]types.Resource {
-		return map[resourcev3.Type][]types.Resource{resourcev3.SecretType: {certSecret("cert", ca.Issue(t, cn, "tls.test"))}}
+		return map[resourcev3.Type][]types.Resource{resourcev3.SecretType: {ca.Issue(t, cn, "tls.test").Secret("cert")}}
 	}
 	sds := xdstest.Start(t, "127.0.0.1:0", node)
 	sds.Push(secret("first"))
@@ -107,7 +97,7 @@ func TestHotRestartKeepsSDSSecrets(t *testing.T) {
 	l.FilterChains[0].TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls",
 		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: ctx}}
 	res := xdsResources(xdsAssignment("backend", up.Addr), l)
-	res[resourcev3.SecretType] = []types.Resource{certSecret("cert", leaf)}
+	res[resourcev3.SecretType] = []types.Resource{leaf.Secret("cert")}
 	cp.Push(res)
 	f := startFleet(t, xdsBootstrap(cp.Addr(), false))
 	addr := f.addr("tls")

@@ -18,16 +18,6 @@ func bySDS(name string) *tlsv3.SdsSecretConfig {
 		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}}
 }
 
-func certSecret(name string, l *tlstest.Leaf) *tlsv3.Secret {
-	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
-		CertificateChain: inline(l.CertPEM), PrivateKey: inline(l.KeyPEM)}}}
-}
-
-func caSecret(name string, ca *tlstest.CA) *tlsv3.Secret {
-	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-		TrustedCa: inline(ca.PEM)}}}
-}
-
 // TestSDSSecrets: contexts whose secrets come by SDS refuse handshakes until
 // the secrets come, then follow each new version from the next handshake on
 // (a certificate rotated in place, as Envoy does), while connections made
@@ -63,8 +53,8 @@ func TestSDSSecrets(t *testing.T) {
 		t.Fatalf("handshake before the secrets: %v, want ErrSecretNotReady naming server-cert", err)
 	}
 
-	store.Set(map[string]*tlsv3.Secret{"server-cert": certSecret("server-cert", f.server), "ROOTCA": caSecret("ROOTCA", f.ca),
-		"client-cert": certSecret("client-cert", f.client)})
+	store.Set(map[string]*tlsv3.Secret{"server-cert": f.server.Secret("server-cert"), "ROOTCA": f.ca.Secret("ROOTCA"),
+		"client-cert": f.client.Secret("client-cert")})
 	addr := serve(t, s.Config)
 	before, err := dialClient(t, c, addr, "", nil)
 	if err != nil {
@@ -81,8 +71,8 @@ func TestSDSSecrets(t *testing.T) {
 	// Rotation: a new server certificate, from a new CA that both sides
 	// are told about in the same update.
 	ca2 := tlstest.NewCA(t, "rotated CA")
-	store.Set(map[string]*tlsv3.Secret{"server-cert": certSecret("server-cert", ca2.Issue(t, "server-2", "server.test")),
-		"client-cert": certSecret("client-cert", ca2.Issue(t, "client-2", "client.test")), "ROOTCA": caSecret("ROOTCA", ca2)})
+	store.Set(map[string]*tlsv3.Secret{"server-cert": ca2.Issue(t, "server-2", "server.test").Secret("server-cert"),
+		"client-cert": ca2.Issue(t, "client-2", "client.test").Secret("client-cert"), "ROOTCA": ca2.Secret("ROOTCA")})
 	after, err := dialClient(t, c, addr, "", nil)
 	if err != nil {
 		t.Fatalf("handshake after the rotation: %v", err)
@@ -103,13 +93,13 @@ func TestSDSSecrets(t *testing.T) {
 		t.Fatal("a client that trusts only the old CA completed a handshake with the rotated certificate")
 	}
 
-	if name, err := store.Check(map[string]*tlsv3.Secret{"ROOTCA": certSecret("ROOTCA", f.server)}); name != "ROOTCA" || err == nil {
+	if name, err := store.Check(map[string]*tlsv3.Secret{"ROOTCA": f.server.Secret("ROOTCA")}); name != "ROOTCA" || err == nil {
 		t.Errorf("Check of a certificate where a validation context is used: %q, %v", name, err)
 	}
-	if name, err := store.Check(map[string]*tlsv3.Secret{"server-cert": caSecret("server-cert", f.ca)}); name != "server-cert" || err == nil {
+	if name, err := store.Check(map[string]*tlsv3.Secret{"server-cert": f.ca.Secret("server-cert")}); name != "server-cert" || err == nil {
 		t.Errorf("Check of a validation context where a certificate is used: %q, %v", name, err)
 	}
-	if _, err := store.Check(map[string]*tlsv3.Secret{"server-cert": certSecret("server-cert", f.server)}); err != nil {
+	if _, err := store.Check(map[string]*tlsv3.Secret{"server-cert": f.server.Secret("server-cert")}); err != nil {
 		t.Errorf("Check of a certificate: %v", err)
 	}
 }

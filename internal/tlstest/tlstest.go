@@ -18,6 +18,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 )
 
 // CA is a certificate authority.
@@ -137,4 +140,24 @@ func (ca *CA) Issue(t testing.TB, cn string, names ...string) *Leaf {
 		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}),
 		Cert:    cert,
 	}
+}
+
+// CertSecret is an Envoy secret (as SDS sends it) of a certificate chain and
+// a private key in PEM, inline; they need not match.
+func CertSecret(name string, cert, key []byte) *tlsv3.Secret {
+	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+		CertificateChain: inline(cert), PrivateKey: inline(key)}}}
+}
+
+// Secret is an Envoy secret of the leaf's certificate and key.
+func (l *Leaf) Secret(name string) *tlsv3.Secret { return CertSecret(name, l.CertPEM, l.KeyPEM) }
+
+// Secret is an Envoy secret of a validation context trusting the CA.
+func (ca *CA) Secret(name string) *tlsv3.Secret {
+	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+		TrustedCa: inline(ca.PEM)}}}
+}
+
+func inline(b []byte) *corev3.DataSource {
+	return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
 }

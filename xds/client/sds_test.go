@@ -31,13 +31,6 @@ func tlsListener(name, cluster, secret string) *listenerv3.Listener {
 	return l
 }
 
-func certSecret(name string, cert, key []byte) *tlsv3.Secret {
-	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
-		CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: cert}},
-		PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: key}},
-	}}}
-}
-
 // throughTLS connects to addr over TLS and returns the certificate's
 // common name and what the upstream said.
 func throughTLS(t *testing.T, addr netip.AddrPort) (cn, said string) {
@@ -80,7 +73,7 @@ func TestSDSListenerSecret(t *testing.T) {
 		}
 	}
 
-	res[resourcev3.SecretType] = []types.Resource{certSecret("server-cert", first.CertPEM, first.KeyPEM)}
+	res[resourcev3.SecretType] = []types.Resource{first.Secret("server-cert")}
 	f.cp.Push(res)
 	addr := f.listenerAddr("tls")
 	if cn, said := throughTLS(t, addr); cn != "first" || said != "backend" {
@@ -88,7 +81,7 @@ func TestSDSListenerSecret(t *testing.T) {
 	}
 	modified, _ := f.stats.Value("listener_manager.listener_modified")
 
-	res[resourcev3.SecretType] = []types.Resource{certSecret("server-cert", second.CertPEM, second.KeyPEM)}
+	res[resourcev3.SecretType] = []types.Resource{second.Secret("server-cert")}
 	v := f.cp.Push(res)
 	eventually(t, "the rotated certificate served", func() string {
 		if cn, _ := throughTLS(t, addr); cn != "second" {
@@ -101,7 +94,7 @@ func TestSDSListenerSecret(t *testing.T) {
 	}
 
 	// A certificate with another's key.
-	res[resourcev3.SecretType] = []types.Resource{certSecret("server-cert", first.CertPEM, second.KeyPEM)}
+	res[resourcev3.SecretType] = []types.Resource{tlstest.CertSecret("server-cert", first.CertPEM, second.KeyPEM)}
 	bad := f.cp.Push(res)
 	nack := f.cp.Request(resource.SecretType, 0)
 	for n := 1; nack.GetErrorDetail() == nil; n++ {
@@ -188,13 +181,13 @@ func TestSDSDelta(t *testing.T) {
 	res := full(edsCluster("backend"), assignment("backend", up), tlsListener("tls", "backend", "server-cert"))
 	f.cp.Push(res)
 	f.cp.DeltaRequest(resource.SecretType, 0)
-	res[resourcev3.SecretType] = []types.Resource{certSecret("server-cert", first.CertPEM, first.KeyPEM)}
+	res[resourcev3.SecretType] = []types.Resource{first.Secret("server-cert")}
 	f.cp.Push(res)
 	addr := f.listenerAddr("tls")
 	if cn, said := throughTLS(t, addr); cn != "first" || said != "backend" {
 		t.Fatalf("through the listener: certificate %q, upstream %q", cn, said)
 	}
-	res[resourcev3.SecretType] = []types.Resource{certSecret("server-cert", second.CertPEM, second.KeyPEM)}
+	res[resourcev3.SecretType] = []types.Resource{second.Secret("server-cert")}
 	f.cp.Push(res)
 	eventually(t, "the rotated certificate served", func() string {
 		if cn, _ := throughTLS(t, addr); cn != "second" {
