@@ -752,6 +752,11 @@ func (d *direction) spliceOut(fd uintptr) bool {
 // goes on: one read at most, for the streams that end after their first
 // message or two, and only in the server's stream (ToDownstream). A client
 // that sends and half-closes at once has its FIN sent upstream on its own.
+//
+// The read after a chunk that finds nothing cannot be skipped by waiting in
+// the poller at once: an end of stream that arrived with the bytes, before
+// the poller was armed for this read, raises no further event, so the
+// direction would wait forever (tried: the half-close tests hang).
 func (d *direction) readRaw(fd uintptr) bool {
 	if d.buf == nil {
 		d.buf = d.p.buffers.Get(bufpool.Large)

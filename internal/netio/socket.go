@@ -41,11 +41,14 @@ import (
 // sock is the descriptor and addresses under a Conn made by Accept or Dial:
 // the rest of net.TCPConn's methods the data path uses.
 type sock struct {
-	f        *os.File
-	frc      syscall.RawConn // f's
-	raw      sockRaw         // frc with net's errors
-	closed   atomic.Bool
-	remoteAP netip.AddrPort
+	f      *os.File
+	frc    syscall.RawConn // f's
+	raw    sockRaw         // frc with net's errors
+	closed atomic.Bool
+	// deadlines is set once a deadline is: until then clearing them, as
+	// netio.Pair does for every connection it starts, has nothing to undo.
+	deadlines atomic.Bool
+	remoteAP  netip.AddrPort
 	// remote is remoteAP as RemoteAddr returns it, made on its first call
 	// (tcp_proxy and the listener take remoteAP instead: two allocations
 	// saved per connection).
@@ -127,9 +130,27 @@ func (s *sock) remoteAddr() *net.TCPAddr {
 	return a
 }
 
-func (s *sock) SetDeadline(t time.Time) error      { return s.deadline(s.f.SetDeadline(t)) }
-func (s *sock) SetReadDeadline(t time.Time) error  { return s.deadline(s.f.SetReadDeadline(t)) }
-func (s *sock) SetWriteDeadline(t time.Time) error { return s.deadline(s.f.SetWriteDeadline(t)) }
+func (s *sock) SetDeadline(t time.Time) error { return s.setDeadline(t, (*os.File).SetDeadline) }
+func (s *sock) SetReadDeadline(t time.Time) error {
+	return s.setDeadline(t, (*os.File).SetReadDeadline)
+}
+func (s *sock) SetWriteDeadline(t time.Time) error {
+	return s.setDeadline(t, (*os.File).SetWriteDeadline)
+}
+
+// setDeadline sets a deadline with set, or does nothing when it clears one
+// and none was ever set.
+func (s *sock) setDeadline(t time.Time, set func(*os.File, time.Time) error) error {
+	var err error
+	switch {
+	case !t.IsZero() || s.deadlines.Load():
+		s.deadlines.Store(true)
+		err = set(s.f, t)
+	case s.closed.Load():
+		err = net.ErrClosed // what set would have said, in deadline's words
+	}
+	return s.deadline(err)
+}
 
 func (s *sock) deadline(err error) error {
 	if err == nil {

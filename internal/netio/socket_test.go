@@ -252,3 +252,50 @@ func TestDialErrors(t *testing.T) {
 		}
 	})
 }
+
+// Deadlines on a Conn from Accept: clearing them before any was set does
+// nothing (netio.Pair clears them on every connection it starts), clearing
+// them after one was set undoes it, and on a closed Conn both say so as
+// net.Conn's do.
+func TestConnDeadlines(t *testing.T) {
+	ln := listenLoopback(t, "127.0.0.1")
+	acc := acceptorOf(t, ln)
+	dial := func() *net.TCPConn {
+		client, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { client.Close() })
+		return client
+	}
+	client := dial()
+	c := accept(t, acc)
+	if err := c.SetDeadline(time.Time{}); err != nil {
+		t.Fatalf("clearing unset deadlines: %v", err)
+	}
+	if err := c.SetReadDeadline(time.Unix(1, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read past the deadline: %v, want os.ErrDeadlineExceeded", err)
+	}
+	if err := c.SetDeadline(time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.Read(make([]byte, 1)); n != 1 || err != nil {
+		t.Fatalf("Read after clearing the deadline: %d, %v", n, err)
+	}
+	dial()
+	c2 := accept(t, acc) // never had a deadline
+	for _, c := range []*Conn{c, c2} {
+		c.Close()
+		for _, set := range []func(time.Time) error{c.SetDeadline, c.SetReadDeadline, c.SetWriteDeadline} {
+			if err := set(time.Time{}); !errors.Is(err, net.ErrClosed) {
+				t.Errorf("clearing a closed Conn's deadline: %v, want net.ErrClosed", err)
+			}
+		}
+	}
+}
