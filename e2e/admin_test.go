@@ -45,7 +45,13 @@ type adminSkiff struct {
 // startAdminSkiff runs b with an admin address of 127.0.0.1:0.
 func startAdminSkiff(t *testing.T, b bootstrap, extra ...string) *adminSkiff {
 	t.Helper()
-	p := startSkiff(t, adminBlock+b.yaml(t), extra...)
+	return startAdminSkiffYAML(t, b.yaml(t), extra...)
+}
+
+// startAdminSkiffYAML is startAdminSkiff for a bootstrap written out.
+func startAdminSkiffYAML(t *testing.T, yaml string, extra ...string) *adminSkiff {
+	t.Helper()
+	p := startSkiff(t, adminBlock+yaml, extra...)
 	a := &adminSkiff{Proxy: p, sockPath: filepath.Join(p.RuntimeDir, "admin.sock")}
 	for _, l := range p.Logs() {
 		if l.Msg() == "admin listening" && l.Fields["network"] == "tcp" {
@@ -484,6 +490,57 @@ func TestAdminPrometheus(t *testing.T) {
 	}
 	if _, body := a.adminGet(t, "/stats?filter=^tcp%5C.l%5C.downstream_cx_total$"); body != "tcp.l.downstream_cx_total: 1\n" {
 		t.Errorf("GET /stats?filter=^tcp\\.l\\.downstream_cx_total$ = %q", body)
+	}
+}
+
+// TestAdminStatsConfig: a bootstrap's stats_config decides which stats
+// exist (stats_matcher: the tcp_proxy's are left out of /stats, Prometheus
+// and the stats file) and the Prometheus labels (stats_tags written as
+// istio-agent writes them, with an ECMAScript look-ahead and [:digit:]
+// classes, and a fixed_value; use_all_default_tags off, so no envoy_ tags).
+func TestAdminStatsConfig(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, "127.0.0.1", echoHandler)
+	a := startAdminSkiffYAML(t, `stats_config:
+  use_all_default_tags: false
+  stats_tags:
+  - tag_name: cluster_name
+    regex: '^cluster\.((.+?(\..+?\.svc\.cluster\.local)?)\.)'
+  - tag_name: listener_address
+    regex: '^listener(?=\.)\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)'
+  - tag_name: mesh
+    fixed_value: m1
+  stats_matcher:
+    inclusion_list:
+      patterns: [{prefix: cluster.}, {prefix: listener.}, {prefix: server.}]
+`+simple(up.Addr).yaml(t))
+	c := dial(t, a.Addr(t, "l"))
+	if err := echoRoundTrip(c, []byte("scrape me")); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	code, body := a.adminGet(t, "/stats/prometheus")
+	if code != http.StatusOK {
+		t.Fatalf("GET /stats/prometheus: %d\n%s", code, body)
+	}
+	for _, want := range []string{
+		`(?m)^# TYPE envoy_cluster_upstream_cx_total counter\nenvoy_cluster_upstream_cx_total\{cluster_name="c",mesh="m1"\} 1$`,
+		`(?m)^envoy_listener_downstream_cx_total\{listener_address="127\.0\.0\.1_\d+",mesh="m1"\} 1$`,
+		`(?m)^envoy_server_live\{mesh="m1"\} 1$`,
+	} {
+		if !regexp.MustCompile(want).MatchString(body) {
+			t.Errorf("GET /stats/prometheus does not match %s:\n%s", want, body)
+		}
+	}
+	if strings.Contains(body, "envoy_tcp_") || strings.Contains(body, "envoy_cluster_name") {
+		t.Errorf("GET /stats/prometheus has a stat the inclusion list leaves out, or a default tag:\n%s", body)
+	}
+	if _, body := a.adminGet(t, "/stats"); strings.Contains(body, "tcp.l.") || !strings.Contains(body, "cluster.c.upstream_cx_total: 1") {
+		t.Errorf("GET /stats:\n%s", body)
+	}
+	if r := runSkiff(t, "stats", "--runtime-dir", a.RuntimeDir); r.code != 0 || strings.Contains(r.stdout, "tcp.l.") ||
+		!strings.Contains(r.stdout, "cluster.c.upstream_cx_total") {
+		t.Errorf("skiff stats (the stats file): exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/skiffproxy/skiff/dataplane"
 	"github.com/skiffproxy/skiff/dataplane/admin"
+	"github.com/skiffproxy/skiff/dataplane/statsconfig"
 )
 
 // adminFlags are the flags of 'skiff run' about the admin API.
@@ -37,6 +38,7 @@ type adminConfig struct {
 	adminFlags
 	runtimeDir string
 	levels     *slog.LevelVar
+	tags       *statsconfig.Tags // the bootstrap's stats_config's
 	// inheritedTCP is the admin.address socket a hot-restart parent handed
 	// over (nil: bind it).
 	inheritedTCP *os.File
@@ -108,6 +110,7 @@ func startAdmin(ctx context.Context, srv *dataplane.Server, b *bootstrapv3.Boots
 		Logger:       log,
 		Dataplane:    srv,
 		Stats:        srv.Stats(),
+		Tags:         cfg.tags,
 		Bootstrap:    b,
 		Levels:       cfg.levels,
 		Version:      versionString(),

@@ -22,6 +22,7 @@ import (
 	"github.com/skiffproxy/skiff/dataplane"
 	"github.com/skiffproxy/skiff/dataplane/filters"
 	"github.com/skiffproxy/skiff/dataplane/restart"
+	"github.com/skiffproxy/skiff/dataplane/statsconfig"
 	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 	"github.com/skiffproxy/skiff/internal/runtimedir"
@@ -210,7 +211,13 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer dir.Close()
-	st, err := stats.Open(dir.File(statsFile), stats.WithLogger(log))
+	var st *stats.Store
+	sc, err := statsconfig.New(b.GetStatsConfig()) // checked with the bootstrap, unless it is the parent's
+	if err != nil {
+		err = fmt.Errorf("%s: stats_config: %w", source, err)
+	} else {
+		st, err = stats.Open(dir.File(statsFile), stats.WithLogger(log), stats.WithAccept(sc.Accept))
+	}
 	if err != nil {
 		if inherited != nil {
 			inherited.Refuse(err.Error())
@@ -219,7 +226,7 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	defer st.Close()
 	srv, err := newServer(b, source, log, o.drain(), st)
-	adminCfg := &adminConfig{adminFlags: o.admin, runtimeDir: dir.Path, levels: levels}
+	adminCfg := &adminConfig{adminFlags: o.admin, runtimeDir: dir.Path, levels: levels, tags: sc.Tags}
 	if err == nil && inherited != nil {
 		var socks []restart.ListenSocket
 		socks, adminCfg.inheritedTCP = splitAdminSocket(inherited.Sockets)

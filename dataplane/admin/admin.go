@@ -40,6 +40,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/skiffproxy/skiff/dataplane"
+	"github.com/skiffproxy/skiff/dataplane/statsconfig"
 	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/internal/stats"
 	adminv1 "github.com/skiffproxy/skiff/proto/skiff/admin/v1"
@@ -94,6 +95,9 @@ type Options struct {
 	Logger    *slog.Logger // nil: discard
 	Dataplane Dataplane
 	Stats     *stats.Store
+	// Tags makes the tags of /stats/prometheus (the bootstrap's
+	// stats_config); nil: Envoy's default tags.
+	Tags *statsconfig.Tags
 	// Bootstrap gives the node (for CSDS and server info) and the static
 	// resources of the config dump. It is not changed.
 	Bootstrap *bootstrapv3.Bootstrap
@@ -173,6 +177,9 @@ func New(opts Options) *Server {
 	}
 	if opts.Levels == nil {
 		opts.Levels = new(slog.LevelVar)
+	}
+	if opts.Tags == nil {
+		opts.Tags = statsconfig.DefaultTags()
 	}
 	if opts.StartTime.IsZero() {
 		opts.StartTime = time.Now()

@@ -69,7 +69,7 @@ func (s *Server) serveStats(w http.ResponseWriter, r *http.Request, format strin
 	switch format {
 	case "prometheus":
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		writePrometheus(w, samples)
+		writePrometheus(w, samples, s.opts.Tags)
 	case "json":
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(statsJSON(samples))

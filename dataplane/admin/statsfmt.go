@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/skiffproxy/skiff/dataplane/statsconfig"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
 
@@ -122,8 +123,8 @@ func writeStatsText(w io.Writer, samples []stats.Sample) error {
 }
 
 // writePrometheus writes samples in Prometheus' text exposition format as
-// Envoy's /stats/prometheus does: the tags Envoy's default tag extractors find
-// in a stat name become labels, the rest of the name, prefixed with envoy_ and
+// Envoy's /stats/prometheus does: the tags that producer finds in a stat name
+// become labels, the rest of the name, prefixed with envoy_ and
 // with every character outside [a-zA-Z0-9_] replaced by _, the metric name:
 //
 //	# TYPE envoy_cluster_upstream_cx_total counter
@@ -133,7 +134,7 @@ func writeStatsText(w io.Writer, samples []stats.Sample) error {
 // by their upper bound, _sum and _count); within each, metrics are sorted by
 // their tag-extracted name and the lines of one metric by stat name, and each
 // metric ends with an empty line.
-func writePrometheus(w io.Writer, samples []stats.Sample) error {
+func writePrometheus(w io.Writer, samples []stats.Sample, producer *statsconfig.Tags) error {
 	type line struct {
 		name   string // the stat's full name, for sorting
 		labels string
@@ -150,7 +151,7 @@ func writePrometheus(w io.Writer, samples []stats.Sample) error {
 		if !known(s) {
 			continue
 		}
-		extracted, tags := extractTags(s.Name)
+		extracted, tags := producer.Extract(s.Name)
 		key := s.Kind.String() + " " + extracted
 		m := byKey[key]
 		if m == nil {
@@ -206,148 +207,16 @@ func sanitizeName(s string) string {
 
 var labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
 
-func formatLabels(tags []tag) string {
+func formatLabels(tags []statsconfig.Tag) string {
 	var b strings.Builder
 	for i, t := range tags {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		b.WriteString(sanitizeName(t.name))
+		b.WriteString(sanitizeName(t.Name))
 		b.WriteString(`="`)
-		labelEscaper.WriteString(&b, t.value)
+		labelEscaper.WriteString(&b, t.Value)
 		b.WriteByte('"')
 	}
 	return b.String()
-}
-
-// tag is a name and value extracted from a stat name.
-type tag struct{ name, value string }
-
-// tagExtractor is one of Envoy's default tag extraction rules
-// (source/common/config/well_known_names.cc). It is either a regular
-// expression whose first group is the part of the name to remove and whose
-// second group is the value, or a token pattern such as "cluster.$.**" where $
-// is the value (removed with its dot), * any one token, and a final ** one or
-// more tokens.
-type tagExtractor struct {
-	name   string
-	substr string // the name must contain it, a cheap test before the regexp
-	re     *regexp.Regexp
-	tokens []string
-	not    string // a value that does not count as a match
-}
-
-// Envoy's pattern pieces, as in well_known_names.cc.
-const (
-	reAddress  = `(?:(?:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[[a-fA-F_\d]+\])_\d+)`
-	reTagValue = `[^\.]+`
-	reRouteCfg = `[\w\-./]+`
-)
-
-func reExtractor(name, expr, substr string) tagExtractor {
-	expr = strings.NewReplacer("<ADDRESS>", reAddress, "<TAG_VALUE>", reTagValue, "<ROUTE_CONFIG_NAME>", reRouteCfg).Replace(expr)
-	return tagExtractor{name: name, re: regexp.MustCompile(expr), substr: substr}
-}
-
-func tokenExtractor(name, pattern string) tagExtractor {
-	return tagExtractor{name: name, tokens: strings.Split(pattern, ".")}
-}
-
-// tagExtractors are Envoy's default tag extractors that apply to the stats
-// skiff has or is about to have, in Envoy's order (which fixes the order of the
-// labels).
-var tagExtractors = []tagExtractor{
-	reExtractor("envoy.response_code", `_rq(_(\d{3}))$`, "_rq_"),
-	reExtractor("envoy.response_code_class", `_rq_((\d))xx$`, "_rq_"),
-	tokenExtractor("envoy.virtual_cluster", "vhost.*.vcluster.$.**"),
-	tokenExtractor("envoy.tcp_prefix", "tcp.$.**"),
-	tokenExtractor("envoy.udp_prefix", "udp.$.**"),
-	tokenExtractor("envoy.cluster_name", "cluster.$.**"),
-	reExtractor("envoy.http_conn_manager_prefix", `^listener\..*?\.http\.((<TAG_VALUE>)\.)`, ".http."),
-	tokenExtractor("envoy.http_conn_manager_prefix", "http.$.**"),
-	reExtractor("envoy.worker_id", `^(?:listener\.(?:<ADDRESS>|<TAG_VALUE>)|server|listener_manager|thread_local_cluster_manager)\.worker_((\d+)\.)`, ""),
-	func() tagExtractor {
-		e := reExtractor("envoy.listener_address", `^listener\.((<ADDRESS>|<TAG_VALUE>)\.)`, "")
-		e.not = "admin"
-		return e
-	}(),
-	tokenExtractor("envoy.virtual_host", "vhost.$.**"),
-	reExtractor("envoy.rds_route_config", `^http\.<TAG_VALUE>\.rds\.((<ROUTE_CONFIG_NAME>)\.)\w+?$`, ".rds."),
-	tokenExtractor("envoy.route", "vhost.*.route.$.**"),
-	tokenExtractor("envoy.connection_limit_prefix", "connection_limit.$.**"),
-	tokenExtractor("envoy.local_network_ratelimit_prefix", "local_rate_limit.$.**"),
-}
-
-// extract returns the value the rule finds in name and the byte range of name
-// it removes.
-func (e *tagExtractor) extract(name string) (value string, start, end int, ok bool) {
-	if e.substr != "" && !strings.Contains(name, e.substr) {
-		return "", 0, 0, false
-	}
-	if e.re != nil {
-		m := e.re.FindStringSubmatchIndex(name)
-		if m == nil || m[2] < 0 || m[4] < 0 {
-			return "", 0, 0, false
-		}
-		value = name[m[4]:m[5]]
-		if value == e.not {
-			return "", 0, 0, false
-		}
-		return value, m[2], m[3], true
-	}
-	tokens := strings.Split(name, ".")
-	last := len(e.tokens) - 1 // a final "**": one or more tokens
-	if len(tokens) < len(e.tokens) || e.tokens[last] != "**" && len(tokens) != len(e.tokens) {
-		return "", 0, 0, false
-	}
-	pos := 0
-	for i, want := range e.tokens {
-		if want == "**" && i == last {
-			break
-		}
-		switch want {
-		case "$":
-			value, start = tokens[i], pos
-		case "*":
-		default:
-			if tokens[i] != want {
-				return "", 0, 0, false
-			}
-		}
-		pos += len(tokens[i]) + 1
-	}
-	end = start + len(value)
-	if end < len(name) {
-		end++ // the dot after the value
-	} else if start > 0 {
-		start-- // the value is last: the dot before it
-	}
-	return value, start, end, true
-}
-
-// extractTags applies Envoy's default tag extractors to a stat name, as
-// Envoy's TagProducer does: each rule is matched against the full name, and
-// the tag-extracted name is the name without every part a rule removed.
-func extractTags(name string) (string, []tag) {
-	var tags []tag
-	var cut [][2]int
-	for i := range tagExtractors {
-		e := &tagExtractors[i]
-		value, start, end, ok := e.extract(name)
-		if !ok {
-			continue
-		}
-		tags = append(tags, tag{name: e.name, value: value})
-		cut = append(cut, [2]int{start, end})
-	}
-	if len(cut) == 0 {
-		return name, nil
-	}
-	var b strings.Builder
-	for i := 0; i < len(name); i++ {
-		if !slices.ContainsFunc(cut, func(c [2]int) bool { return i >= c[0] && i < c[1] }) {
-			b.WriteByte(name[i])
-		}
-	}
-	return b.String(), tags
 }

@@ -5,39 +5,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/skiffproxy/skiff/dataplane/statsconfig"
 	"github.com/skiffproxy/skiff/internal/stats"
 )
-
-func TestExtractTags(t *testing.T) {
-	for _, tt := range []struct {
-		name      string
-		extracted string
-		tags      []tag
-	}{
-		{"cluster.backend.upstream_cx_total", "cluster.upstream_cx_total", []tag{{"envoy.cluster_name", "backend"}}},
-		{"cluster.backend.membership_healthy", "cluster.membership_healthy", []tag{{"envoy.cluster_name", "backend"}}},
-		{"listener.127.0.0.1_10000.downstream_cx_total", "listener.downstream_cx_total", []tag{{"envoy.listener_address", "127.0.0.1_10000"}}},
-		{"listener.[__1]_10000.downstream_cx_active", "listener.downstream_cx_active", []tag{{"envoy.listener_address", "[__1]_10000"}}},
-		{"listener.ingress.downstream_cx_total", "listener.downstream_cx_total", []tag{{"envoy.listener_address", "ingress"}}},
-		// Envoy keeps the admin listener's stats out of the listener_address tag.
-		{"listener.admin.downstream_cx_total", "listener.admin.downstream_cx_total", nil},
-		{"tcp.ingress_tcp.downstream_cx_total", "tcp.downstream_cx_total", []tag{{"envoy.tcp_prefix", "ingress_tcp"}}},
-		{"tcp.ingress_tcp.upstream_flush_active", "tcp.upstream_flush_active", []tag{{"envoy.tcp_prefix", "ingress_tcp"}}},
-		{"http.ingress_http.downstream_rq_200", "http.downstream_rq", []tag{{"envoy.response_code", "200"}, {"envoy.http_conn_manager_prefix", "ingress_http"}}},
-		{"http.ingress_http.downstream_rq_5xx", "http.downstream_rq_xx", []tag{{"envoy.response_code_class", "5"}, {"envoy.http_conn_manager_prefix", "ingress_http"}}},
-		{"listener.127.0.0.1_80.http.hcm.downstream_rq_2xx", "listener.http.downstream_rq_xx", []tag{
-			{"envoy.response_code_class", "2"}, {"envoy.http_conn_manager_prefix", "hcm"}, {"envoy.listener_address", "127.0.0.1_80"}}},
-		{"vhost.vh.route.r1.upstream_rq_total", "vhost.route.upstream_rq_total", []tag{{"envoy.virtual_host", "vh"}, {"envoy.route", "r1"}}},
-		{"server.live", "server.live", nil},
-		// A prefix without a stat name after it is not a tag.
-		{"tcp.lonely", "tcp.lonely", nil},
-	} {
-		extracted, tags := extractTags(tt.name)
-		if extracted != tt.extracted || !slices.Equal(tags, tt.tags) {
-			t.Errorf("extractTags(%q) = %q, %v; want %q, %v", tt.name, extracted, tags, tt.extracted, tt.tags)
-		}
-	}
-}
 
 func TestPrometheusName(t *testing.T) {
 	for in, want := range map[string]string{
@@ -61,7 +31,7 @@ func TestWritePrometheus(t *testing.T) {
 		{Name: `cluster.we"ird\.x`, Kind: stats.KindCounter, Value: 0},
 	}
 	var b strings.Builder
-	if err := writePrometheus(&b, samples); err != nil {
+	if err := writePrometheus(&b, samples, statsconfig.DefaultTags()); err != nil {
 		t.Fatal(err)
 	}
 	want := `# TYPE envoy_cluster_upstream_cx_total counter
@@ -145,7 +115,7 @@ func TestHistograms(t *testing.T) {
 	samples := st.Snapshot()
 
 	var b strings.Builder
-	if err := writePrometheus(&b, samples); err != nil {
+	if err := writePrometheus(&b, samples, statsconfig.DefaultTags()); err != nil {
 		t.Fatal(err)
 	}
 	want := `# TYPE envoy_cluster_upstream_cx_length_ms histogram

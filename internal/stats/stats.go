@@ -106,6 +106,7 @@ type Store struct {
 	root    map[key]bool // entries the Store itself holds until Close
 	reg     *region      // nil: in-memory
 	log     *slog.Logger
+	accept  func(name string) bool // nil: every name
 	closed  bool
 
 	overflow Counter // file-backed only
@@ -132,6 +133,7 @@ type Option func(*options)
 
 type options struct {
 	log         *slog.Logger
+	accept      func(name string) bool
 	capacity    int
 	capacitySet bool
 	lockTimeout time.Duration
@@ -140,6 +142,13 @@ type options struct {
 // WithLogger sets where Open and the Store report repairs, replacements and
 // overflows.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithAccept makes the Store keep only the stats whose names accept accepts
+// (a bootstrap's stats_matcher): any other it hands out detached, as Envoy's
+// null stats, never in the region nor in a Snapshot. Nil accepts every name.
+func WithAccept(accept func(name string) bool) Option {
+	return func(o *options) { o.accept = accept }
+}
 
 // WithCapacity sets how many counters and gauges a region created by Open can
 // hold (DefaultCapacity otherwise; at least 16). An existing region keeps its
@@ -173,7 +182,7 @@ func Open(path string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{entries: map[key]*entry{}, root: map[key]bool{}, reg: reg, log: o.log}
+	s := &Store{entries: map[key]*entry{}, root: map[key]bool{}, reg: reg, log: o.log, accept: o.accept}
 	s.overflow = s.Counter("stats.overflow")
 	return s, nil
 }
@@ -220,6 +229,9 @@ func (s *Store) Histogram(name string) Histogram {
 }
 
 func (s *Store) holdRoot(k key, mode ImportMode) *entry {
+	if s.rejects(k) {
+		return detached(k, mode)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.root[k] {
@@ -227,6 +239,18 @@ func (s *Store) holdRoot(k key, mode ImportMode) *entry {
 		return s.hold(k, mode)
 	}
 	return s.entries[k]
+}
+
+// rejects reports whether the stat k is one the Store does not keep.
+func (s *Store) rejects(k key) bool { return s.accept != nil && !s.accept(k.name) }
+
+// detached returns a stat of nobody's: its value is private to its handles.
+func detached(k key, mode ImportMode) *entry {
+	e := &entry{mode: mode, slot: -1, p: unsafe.Pointer(new(atomic.Uint64))}
+	if k.kind == KindHistogram {
+		e.hist = new(histogram)
+	}
+	return e
 }
 
 // hold adds a holder to the stat k, creating it if this process has none.
@@ -385,16 +409,15 @@ func (sc *Scope) Histogram(name string) Histogram {
 
 func (sc *Scope) hold(k key, mode ImportMode) *entry {
 	s := sc.s
+	if s.rejects(k) {
+		return detached(k, mode)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if sc.closed {
 		// A closed Scope hands out detached stats rather than resurrect holds
 		// nobody would release.
-		e := &entry{mode: mode, slot: -1, p: unsafe.Pointer(new(atomic.Uint64))}
-		if k.kind == KindHistogram {
-			e.hist = new(histogram)
-		}
-		return e
+		return detached(k, mode)
 	}
 	if sc.held[k] {
 		return s.entries[k]

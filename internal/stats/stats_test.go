@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -212,5 +213,47 @@ func TestKindsAndModesPrint(t *testing.T) {
 	}
 	if !strings.Contains((&VersionError{Path: "p", Version: 9}).Error(), "version 9") {
 		t.Fatal("VersionError does not name the version")
+	}
+}
+
+// A Store with WithAccept keeps only the stats it accepts: the others count
+// into values of their own handles, outside the region and every Snapshot.
+func TestAccept(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "stats")
+	s := openTest(t, path, WithCapacity(1024), WithAccept(func(name string) bool { return strings.HasPrefix(name, "cluster.") }))
+	kept := s.Counter("cluster.c.upstream_cx_total")
+	dropped := s.Counter("http.h.downstream_rq_total")
+	sc := s.Scope("listener.l.")
+	scoped, scopedGauge, hist := sc.Counter("downstream_cx_total"), sc.Gauge("downstream_cx_active"), sc.Histogram("downstream_cx_length_ms")
+	for _, c := range []Counter{kept, dropped, scoped} {
+		c.Inc()
+	}
+	scopedGauge.Inc()
+	hist.Record(3)
+	if dropped.Value() != 1 || scoped.Value() != 1 || scopedGauge.Value() != 1 {
+		t.Errorf("a rejected stat's handle does not count: %d %d %d", dropped.Value(), scoped.Value(), scopedGauge.Value())
+	}
+	var names []string
+	for _, sm := range userSamples(s) {
+		names = append(names, sm.Name)
+	}
+	if !slices.Equal(names, []string{"cluster.c.upstream_cx_total"}) {
+		t.Errorf("snapshot has %q, want only the accepted stat", names)
+	}
+	snap, err := ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names = nil
+	for _, st := range snap.Stats {
+		names = append(names, st.Name)
+	}
+	if slices.Contains(names, "http.h.downstream_rq_total") || slices.Contains(names, "listener.l.downstream_cx_total") ||
+		!slices.Contains(names, "cluster.c.upstream_cx_total") {
+		t.Errorf("the region has %q", names)
+	}
+	sc.Close()
+	if err := s.reg.verify(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -34,9 +34,12 @@
 //   - bootstrap_extensions: envoy.bootstrap.internal_listener alone (as
 //     istio-agent's bootstrap has it), checked and without effect: it only lets
 //     listeners be internal ones, and skiff refuses those where they are defined.
+//   - stats_config: stats_matcher, use_all_default_tags, stats_tags and
+//     allow_default_tag_overrides (see dataplane/statsconfig); not
+//     histogram_bucket_settings (skiff's histograms have fixed log-linear
+//     buckets).
 //
-// Anything else that is set, stats_config included (it changes stat names and which
-// stats exist, so ignoring it would be visible), is an error rather than ignored.
+// Anything else that is set is an error rather than ignored.
 package bootstrap
 
 import (
@@ -58,6 +61,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/skiffproxy/skiff/dataplane/filter"
+	"github.com/skiffproxy/skiff/dataplane/statsconfig"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 	"github.com/skiffproxy/skiff/internal/protoyaml"
 )
@@ -205,8 +209,12 @@ func finish(b *bootstrapv3.Bootstrap) error {
 func checkSupported(b *bootstrapv3.Bootstrap) error {
 	if err := cfgerr.OnlyFields(b, "node", "static_resources", "dynamic_resources",
 		"cluster_manager", "stats_flush_interval", "layered_runtime", "admin",
-		"typed_dns_resolver_config", "dns_resolution_config", "use_tcp_for_dns_lookups", "bootstrap_extensions"); err != nil {
+		"typed_dns_resolver_config", "dns_resolution_config", "use_tcp_for_dns_lookups", "bootstrap_extensions",
+		"stats_config"); err != nil {
 		return err
+	}
+	if _, err := statsconfig.New(b.GetStatsConfig()); err != nil {
+		return cfgerr.Field("stats_config", err)
 	}
 	for i, e := range b.GetBootstrapExtensions() {
 		if err := checkExtension(e); err != nil {

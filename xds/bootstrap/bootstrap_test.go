@@ -168,10 +168,16 @@ static_resources:
 			want: "bad.yaml: tracing: not supported by skiff (field 9 of envoy.config.bootstrap.v3.Bootstrap)",
 		},
 		{
-			name: "stats_config is refused",
+			name: "stats_config with a bad tag regex",
 			file: "bad.yaml",
-			data: "stats_config: {use_all_default_tags: false}\n",
-			want: "bad.yaml: stats_config: not supported by skiff (field 13 of envoy.config.bootstrap.v3.Bootstrap)",
+			data: "stats_config: {stats_tags: [{tag_name: a, regex: '^a\\.(b'}]}\n",
+			want: "bad.yaml: stats_config.stats_tags[0].regex: …",
+		},
+		{
+			name: "stats_config histogram buckets",
+			file: "bad.yaml",
+			data: "stats_config: {histogram_bucket_settings: [{match: {prefix: a}, buckets: [1]}]}\n",
+			want: "bad.yaml: stats_config.histogram_bucket_settings: not supported by skiff …",
 		},
 		{
 			name: "bootstrap extension other than internal_listener",
