@@ -217,21 +217,28 @@ func TestExpandClassNames(t *testing.T) {
 	}
 }
 
-// The stats_config of istio-agent's envoy_bootstrap.json (rendered for a
-// sidecar; testdata holds it) compiles.
-func TestIstioBootstrapStatsConfig(t *testing.T) {
+// istioConfig compiles the stats_config of testdata/istio-stats-config.yaml.
+func istioConfig(tb testing.TB) *Config {
+	tb.Helper()
 	data, err := os.ReadFile("testdata/istio-stats-config.yaml")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	var b bootstrapv3.Bootstrap
 	if err := protoyaml.Unmarshal(data, &b); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	c, err := New(b.GetStatsConfig())
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
+	return c
+}
+
+// The stats_config of istio-agent's envoy_bootstrap.json (rendered for a
+// sidecar; testdata holds it) compiles.
+func TestIstioBootstrapStatsConfig(t *testing.T) {
+	c := istioConfig(t)
 	if c.Accept("cluster.outbound|80||web.default.svc.cluster.local.upstream_rq_total") {
 		t.Error("an outbound cluster's stat is accepted; istio-agent's inclusion list keeps it out")
 	}
@@ -273,18 +280,7 @@ func FuzzTags(f *testing.F) {
 // BenchmarkIstioTags: the cost per stat name of a Prometheus scrape under
 // istio-agent's stats_tags (44 ECMAScript regexes).
 func BenchmarkIstioTags(b *testing.B) {
-	data, err := os.ReadFile("testdata/istio-stats-config.yaml")
-	if err != nil {
-		b.Fatal(err)
-	}
-	var bs bootstrapv3.Bootstrap
-	if err := protoyaml.Unmarshal(data, &bs); err != nil {
-		b.Fatal(err)
-	}
-	c, err := New(bs.GetStatsConfig())
-	if err != nil {
-		b.Fatal(err)
-	}
+	c := istioConfig(b)
 	b.ReportAllocs()
 	for b.Loop() {
 		c.Tags.Extract("cluster.xds-grpc.upstream_cx_total")
