@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	nethttp "net/http"
 	"net/netip"
@@ -404,6 +405,81 @@ static_resources:
 			if !strings.Contains(st.stdout, want) {
 				t.Errorf("stats lack %q:\n%s", want, st.stdout)
 			}
+		}
+	}
+}
+
+// istioAgentNode is the node id of testdata/istio-agent-bootstrap.json.tmpl.
+const istioAgentNode = "sidecar~10.0.0.1~app.default~default.svc.cluster.local"
+
+// TestIstioAgentBootstrap runs skiff as istio-agent runs Envoy: with a
+// rendering of istio-agent's envoy_bootstrap.json (its stats_config with
+// Istio's 44 stats_tags and inclusion list, xds-grpc and sds-grpc on unix
+// sockets, the internal_listener extension, the runtime layers, the
+// prometheus and readiness listeners; the listeners bind loopback here, not
+// 0.0.0.0). istiod's resources come over ADS from the agent's socket; the
+// readiness listener reaches the agent; the prometheus listener serves
+// skiff's admin /stats/prometheus with the inclusion list applied and
+// Istio's tags.
+func TestIstioAgentBootstrap(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	up := startUpstream(t, "127.0.0.1", echoHandler)
+	cp := xdstest.Start(t, "unix:"+filepath.Join(dir, "XDS"), istioAgentNode)
+	cp.Push(xdsResources(xdsAssignment("backend", up.Addr), xdsListener("ingress", "backend")))
+	agent := httpBackend(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		if r.URL.Path != "/healthz/ready" {
+			nethttp.NotFound(w, r)
+		}
+	}))
+	_, agentPort, _ := net.SplitHostPort(agent)
+	tmpl, err := os.ReadFile("testdata/istio-agent-bootstrap.json.tmpl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	statsPort, healthPort := freePort(t), freePort(t)
+	cfg := strings.NewReplacer("__DIR__", dir, "__ADMIN_PORT__", fmt.Sprint(freePort(t)), "__AGENT_PORT__", agentPort,
+		"__STATS_PORT__", fmt.Sprint(statsPort), "__HEALTH_PORT__", fmt.Sprint(healthPort)).Replace(string(tmpl))
+	p := startSkiff(t, cfg)
+
+	c := dial(t, waitListener(t, p, "ingress"))
+	if err := echoRoundTrip(c, []byte("through istiod's listener")); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	get := func(port int, path string) (int, string) {
+		t.Helper()
+		resp, err := nethttp.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var b strings.Builder
+		if _, err := io.Copy(&b, resp.Body); err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, b.String()
+	}
+	if code, _ := get(healthPort, "/healthz/ready"); code != nethttp.StatusOK {
+		t.Errorf("GET /healthz/ready through the readiness listener: %d", code)
+	}
+	code, body := get(statsPort, "/stats/prometheus")
+	if code != nethttp.StatusOK {
+		t.Fatalf("GET /stats/prometheus through the prometheus listener: %d\n%s", code, body)
+	}
+	for _, want := range []string{
+		// The ADS connection goes through the xds-grpc cluster, as Envoy's.
+		`(?m)^envoy_cluster_upstream_cx_total\{cluster_name="xds-grpc"\} [1-9]`,
+		`(?m)^envoy_cluster_upstream_cx_active\{cluster_name="xds-grpc"\} 1$`,
+		`(?m)^envoy_server_live\{\} 1$`,
+	} {
+		if !regexp.MustCompile(want).MatchString(body) {
+			t.Errorf("GET /stats/prometheus does not match %s:\n%s", want, body)
+		}
+	}
+	for _, unwanted := range []string{"envoy_tcp_", "envoy_listener_downstream", `cluster_name="backend"`, "envoy_cluster_name"} {
+		if strings.Contains(body, unwanted) {
+			t.Errorf("GET /stats/prometheus has %s, which the inclusion list or use_all_default_tags: false leaves out:\n%s", unwanted, body)
 		}
 	}
 }

@@ -66,7 +66,7 @@ func startXDS(ctx context.Context, srv *dataplane.Server, snap *dataplane.Snapsh
 		Sources:   srcs,
 		Stats:     srv.Stats(),
 		Initial:   initial,
-		Dial:      client.NewDialer(b, fmt.Sprintf("skiff/%s", version)),
+		Dial:      client.NewDialer(b, fmt.Sprintf("skiff/%s", version), srv.Clusters()),
 		OnInitialized: func() {
 			srv.MarkInitialized()
 			close(x.ready)

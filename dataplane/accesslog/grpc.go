@@ -409,15 +409,7 @@ func (g *grpcSink) dial() (*grpc.ClientConn, error) {
 			if cl == nil {
 				return nil, fmt.Errorf("cluster %q not found", name)
 			}
-			h := cl.Pick()
-			if h == nil {
-				return nil, fmt.Errorf("cluster %q has no healthy host", name)
-			}
-			c, err := cl.ConnectWith(ctx, h, upstream.ConnectOptions{ALPN: []string{"h2"}}) // over TLS, gRPC servers want h2
-			if err != nil {
-				return nil, err
-			}
-			return &accountedConn{Conn: c, cl: cl, h: h}, nil
+			return cl.Open(ctx, upstream.ConnectOptions{ALPN: []string{"h2"}}) // over TLS, gRPC servers want h2
 		}))
 		authority := eg.GetAuthority()
 		if authority == "" {
@@ -427,21 +419,4 @@ func (g *grpcSink) dial() (*grpc.ClientConn, error) {
 		return grpc.NewClient("passthrough:///"+name, opts...)
 	}
 	return grpc.NewClient(gs.GetGoogleGrpc().GetTargetUri(), opts...)
-}
-
-// accountedConn tells the cluster when a connection it counted closes.
-type accountedConn struct {
-	net.Conn
-	cl     *upstream.Cluster
-	h      *upstream.Host
-	closed bool
-}
-
-func (c *accountedConn) Close() error {
-	err := c.Conn.Close()
-	if !c.closed {
-		c.closed = true
-		c.cl.Disconnected(c.h)
-	}
-	return err
 }

@@ -683,6 +683,43 @@ func (c *Cluster) Closed(h *Host, how CloseKind) {
 	c.Disconnected(h)
 }
 
+// Open connects to a host the load balancer picks, for a user of the
+// cluster outside the connection pools and tcp_proxy: a gRPC client whose
+// service is the cluster's (envoy_grpc: the xDS client, the gRPC access
+// log), as Envoy's gRPC clients use the cluster. The connection counts as
+// the pools' do, in upstream_cx_total and upstream_cx_active and under
+// max_connections; its Close counts its end (upstream_cx_destroy, as
+// skiff's close: the gRPC client closes it, whoever ended it).
+func (c *Cluster) Open(ctx context.Context, o ConnectOptions) (net.Conn, error) {
+	h := c.Pick()
+	if h == nil {
+		return nil, fmt.Errorf("cluster %s: no healthy host", c.name)
+	}
+	if !c.ReserveConnection() {
+		return nil, fmt.Errorf("cluster %s: max_connections reached", c.name)
+	}
+	conn, err := c.ConnectWith(ctx, h, o)
+	if err != nil {
+		c.ReleaseConnection()
+		return nil, err
+	}
+	return &openConn{Conn: conn, c: c, h: h}, nil
+}
+
+// openConn is a connection from Open.
+type openConn struct {
+	net.Conn
+	c    *Cluster
+	h    *Host
+	once sync.Once
+}
+
+func (oc *openConn) Close() error {
+	err := oc.Conn.Close()
+	oc.once.Do(func() { oc.c.Closed(oc.h, LocalClose) })
+	return err
+}
+
 // ConnectAttemptsExceeded counts, in upstream_cx_connect_attempts_exceeded,
 // a tcp_proxy connection whose max_connect_attempts all failed.
 func (c *Cluster) ConnectAttemptsExceeded() { c.stats.cxConnectAttemptsExceeded.Inc() }

@@ -178,6 +178,49 @@ func TestConnectCountsAndRefusal(t *testing.T) {
 	}
 }
 
+// TestOpen: a connection for a gRPC client of the cluster counts as a
+// pool's, under max_connections, and its Close counts its end.
+func TestOpen(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfg, err := NewConfig(clusterYAML(t, `circuit_breakers: { thresholds: [{ max_connections: 1 }] }`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Endpoints = []Endpoint{{Addr: ln.Addr().(*net.TCPAddr).AddrPort(), Weight: 1}}
+	st := stats.NewStore()
+	m := NewManager(st)
+	m.Set([]Assignment{Static(cfg)})
+	c := m.Get("c")
+	conn, err := c.Open(t.Context(), ConnectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Open(t.Context(), ConnectOptions{}); err == nil || !strings.Contains(err.Error(), "max_connections") {
+		t.Fatalf("a second connection under max_connections 1: %v", err)
+	}
+	statstest.Expect(t, st, map[string]int64{
+		"cluster.c.upstream_cx_total":    1,
+		"cluster.c.upstream_cx_active":   1,
+		"cluster.c.upstream_cx_overflow": 1,
+		"cluster.c.upstream_cx_destroy":  0,
+	})
+	conn.Close()
+	conn.Close() // counted once
+	statstest.Expect(t, st, map[string]int64{
+		"cluster.c.upstream_cx_active":        0,
+		"cluster.c.upstream_cx_destroy":       1,
+		"cluster.c.upstream_cx_destroy_local": 1,
+	})
+	if conn, err = c.Open(t.Context(), ConnectOptions{}); err != nil {
+		t.Fatalf("no room after the first connection closed: %v", err)
+	}
+	conn.Close()
+}
+
 func TestConnectTimeout(t *testing.T) {
 	addr := nettest.UnansweredAddr(t)
 	st := stats.NewStore()

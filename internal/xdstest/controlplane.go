@@ -6,6 +6,7 @@ package xdstest
 import (
 	"context"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -36,9 +37,15 @@ type ControlPlane struct {
 	changed   chan struct{}
 }
 
+// Start serves ADS (SotW and delta) for nodeID on addr, host:port or
+// unix:path, until the test ends.
 func Start(t testing.TB, addr, nodeID string) *ControlPlane {
 	t.Helper()
-	lis, err := net.Listen("tcp", addr)
+	network := "tcp"
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok { // as istio-agent serves istiod's xDS to its proxy
+		network, addr = "unix", path
+	}
+	lis, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/skiffproxy/skiff/dataplane/runtime"
+	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 	"github.com/skiffproxy/skiff/xds/resource"
 )
@@ -136,9 +138,14 @@ func checkAPIConfigSource(api *corev3.ApiConfigSource) error {
 }
 
 // NewDialer returns the Dialer for a bootstrap: envoy_grpc names one of its
-// static clusters (whose first endpoint is dialed), google_grpc gives a gRPC
-// target URI, including unix: paths such as Istio's agent socket.
-func NewDialer(b *bootstrapv3.Bootstrap, userAgent string) Dialer {
+// static clusters, google_grpc gives a gRPC target URI, including unix:
+// paths such as Istio's agent socket. With clusters (the dataplane's), an
+// envoy_grpc service is reached as Envoy's gRPC clients reach it: through
+// the cluster, whose load balancer picks the host and whose stats count the
+// connections (cluster.xds-grpc.upstream_cx_active, which Istio's
+// dashboards watch), with the cluster's name as :authority; without, the
+// cluster's first endpoint is dialed.
+func NewDialer(b *bootstrapv3.Bootstrap, userAgent string, clusters *upstream.Manager) Dialer {
 	return func(svc *corev3.GrpcService) (*grpc.ClientConn, error) {
 		target, creds, err := resolveTarget(b, svc)
 		if err != nil {
@@ -148,6 +155,16 @@ func NewDialer(b *bootstrapv3.Bootstrap, userAgent string) Dialer {
 			grpc.WithTransportCredentials(creds),
 			grpc.WithUserAgent(userAgent),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgSize)),
+		}
+		if name := svc.GetEnvoyGrpc().GetClusterName(); name != "" && clusters != nil {
+			target = "passthrough:///" + name
+			opts = append(opts, grpc.WithAuthority(name), grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+				cl := clusters.Get(name)
+				if cl == nil {
+					return nil, fmt.Errorf("cluster %q not found", name)
+				}
+				return cl.Open(ctx, upstream.ConnectOptions{})
+			}))
 		}
 		if md := svc.GetInitialMetadata(); len(md) > 0 {
 			kv := make([]string, 0, 2*len(md))

@@ -198,7 +198,7 @@ func newFixtureWith(t testing.TB, cp *xdstest.ControlPlane, s setup) *fixture {
 // control plane that shows onSend every message the client sends.
 func dialer(b *bootstrapv3.Bootstrap, cp *xdstest.ControlPlane, onSend func(proto.Message)) Dialer {
 	if onSend == nil {
-		return NewDialer(b, "skiff/test")
+		return NewDialer(b, "skiff/test", nil)
 	}
 	return func(*corev3.GrpcService) (*grpc.ClientConn, error) {
 		return grpc.NewClient("passthrough:///"+cp.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
