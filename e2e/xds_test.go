@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/netip"
@@ -23,9 +24,12 @@ import (
 	statusv3 "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/skiffproxy/skiff/internal/tlstest"
 	"github.com/skiffproxy/skiff/internal/xdstest"
 	adminv1 "github.com/skiffproxy/skiff/proto/skiff/admin/v1"
 )
@@ -364,5 +368,45 @@ func listenRcvbuf(t *testing.T, port int) int {
 			t.Fatalf("want exactly one socket listening on port %d, ss says:\n%s", port, out)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestXDSOverMTLS: the ADS cluster's transport_socket makes the control
+// plane connection mutual TLS, as Envoy's (istiod's port 15012 asks for
+// it): skiff presents its certificate, checks the control plane's against
+// the cluster's CA and SNI, and follows what it is sent; a control plane
+// whose certificate the cluster does not trust gets no request.
+func TestXDSOverMTLS(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca := tlstest.NewCA(t, "mesh CA")
+	clientCert, clientKey := ca.Issue(t, "skiff", "spiffe://cluster.local/ns/default/sa/skiff").Files(t, dir, "client-")
+	caFile := writeFile(t, "ca.pem", string(ca.PEM))
+	serve := func(issuer *tlstest.CA) *xdstest.ControlPlane {
+		cert := issuer.Issue(t, "istiod", "istiod.istio-system.svc").TLS(t)
+		creds := credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool()})
+		return xdstest.Start(t, "127.0.0.1:0", xdsNode, grpc.Creds(creds))
+	}
+	up := startUpstream(t, "127.0.0.1", echoHandler)
+
+	cp := serve(ca)
+	cp.Push(xdsResources(xdsAssignment("backend", up.Addr), xdsListener("ingress", "backend")))
+	p := startSkiff(t, xdsBootstrap(cp.Addr(), false)+tlsUpstream("istiod.istio-system.svc", caFile, clientCert, clientKey, ""))
+	c := dial(t, waitListener(t, p, "ingress"))
+	if err := echoRoundTrip(c, []byte("configured over mTLS")); err != nil {
+		t.Fatal(err)
+	}
+	if r := cp.Request(resourcev3.ListenerType, 0); r.GetNode().GetId() != xdsNode {
+		t.Errorf("LDS request over mTLS: %v", r)
+	}
+
+	untrusted := serve(tlstest.NewCA(t, "another CA"))
+	q := startSkiff(t, xdsBootstrap(untrusted.Addr(), false)+tlsUpstream("istiod.istio-system.svc", caFile, clientCert, clientKey, ""))
+	refused := regexp.MustCompile(`(?m)^cluster\.xds\.ssl\.fail_verify_error: [1-9]`)
+	waitFor(t, "a refused TLS handshake with the untrusted control plane", func() bool {
+		return refused.MatchString(runSkiff(t, "stats", "--runtime-dir", q.RuntimeDir).stdout)
+	})
+	if n := len(untrusted.Requests()); n != 0 {
+		t.Errorf("the untrusted control plane got %d requests", n)
 	}
 }

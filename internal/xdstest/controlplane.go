@@ -38,8 +38,9 @@ type ControlPlane struct {
 }
 
 // Start serves ADS (SotW and delta) for nodeID on addr, host:port or
-// unix:path, until the test ends.
-func Start(t testing.TB, addr, nodeID string) *ControlPlane {
+// unix:path, until the test ends; opts are the gRPC server's (TLS
+// credentials, say).
+func Start(t testing.TB, addr, nodeID string, opts ...grpc.ServerOption) *ControlPlane {
 	t.Helper()
 	network := "tcp"
 	if path, ok := strings.CutPrefix(addr, "unix:"); ok { // as istio-agent serves istiod's xDS to its proxy
@@ -68,7 +69,7 @@ func Start(t testing.TB, addr, nodeID string) *ControlPlane {
 		},
 	}
 	srv := serverv3.NewServer(context.Background(), cp.cache, cb)
-	cp.grpc = grpc.NewServer()
+	cp.grpc = grpc.NewServer(opts...)
 	testv3.RegisterServer(cp.grpc, srv)
 	go cp.grpc.Serve(lis)
 	t.Cleanup(cp.Stop)

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -141,30 +142,41 @@ func checkAPIConfigSource(api *corev3.ApiConfigSource) error {
 // static clusters, google_grpc gives a gRPC target URI, including unix:
 // paths such as Istio's agent socket. With clusters (the dataplane's), an
 // envoy_grpc service is reached as Envoy's gRPC clients reach it: through
-// the cluster, whose load balancer picks the host and whose stats count the
-// connections (cluster.xds-grpc.upstream_cx_active, which Istio's
-// dashboards watch), with the cluster's name as :authority; without, the
-// cluster's first endpoint is dialed.
+// the cluster, whose load balancer picks the host, whose transport socket
+// makes the connection TLS if it has one (TLS to the control plane, ALPN h2
+// unless the context says otherwise), and whose stats count the connections
+// (cluster.xds-grpc.upstream_cx_active, which Istio's dashboards watch),
+// with the cluster's name as :authority. Without clusters, the cluster's
+// first endpoint is dialed, in plaintext.
 func NewDialer(b *bootstrapv3.Bootstrap, userAgent string, clusters *upstream.Manager) Dialer {
 	return func(svc *corev3.GrpcService) (*grpc.ClientConn, error) {
-		target, creds, err := resolveTarget(b, svc)
-		if err != nil {
-			return nil, err
-		}
 		opts := []grpc.DialOption{
-			grpc.WithTransportCredentials(creds),
 			grpc.WithUserAgent(userAgent),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgSize)),
 		}
+		var target string
 		if name := svc.GetEnvoyGrpc().GetClusterName(); name != "" && clusters != nil {
+			if bootstrapCluster(b, name) == nil {
+				return nil, cfgerr.Errorf("envoy_grpc.cluster_name", "no static cluster named %q", name)
+			}
 			target = "passthrough:///" + name
-			opts = append(opts, grpc.WithAuthority(name), grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-				cl := clusters.Get(name)
-				if cl == nil {
-					return nil, fmt.Errorf("cluster %q not found", name)
-				}
-				return cl.Open(ctx, upstream.ConnectOptions{})
-			}))
+			opts = append(opts,
+				grpc.WithTransportCredentials(insecure.NewCredentials()), // TLS, if any, is the cluster's
+				grpc.WithAuthority(name),
+				grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+					cl := clusters.Get(name)
+					if cl == nil {
+						return nil, fmt.Errorf("cluster %q not found", name)
+					}
+					return cl.Open(ctx, upstream.ConnectOptions{ALPN: []string{"h2"}})
+				}))
+		} else {
+			t, creds, err := resolveTarget(b, svc)
+			if err != nil {
+				return nil, err
+			}
+			target = t
+			opts = append(opts, grpc.WithTransportCredentials(creds))
 		}
 		if md := svc.GetInitialMetadata(); len(md) > 0 {
 			kv := make([]string, 0, 2*len(md))
@@ -179,9 +191,19 @@ func NewDialer(b *bootstrapv3.Bootstrap, userAgent string, clusters *upstream.Ma
 	}
 }
 
-// resolveTarget finds the gRPC target of a service and the credentials to use.
-// This is the seam for TLS to the control plane: the cluster's transport_socket
-// (envoy_grpc) or channel_credentials (google_grpc) will choose TLS here.
+// bootstrapCluster is the bootstrap's static cluster of that name, or nil.
+func bootstrapCluster(b *bootstrapv3.Bootstrap, name string) *clusterv3.Cluster {
+	for _, c := range b.GetStaticResources().GetClusters() {
+		if c.GetName() == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// resolveTarget finds the gRPC target of a service dialed directly, not
+// through the dataplane's cluster, and the credentials to use: plaintext
+// only (TLS to the control plane goes through the cluster).
 func resolveTarget(b *bootstrapv3.Bootstrap, svc *corev3.GrpcService) (string, credentials.TransportCredentials, error) {
 	if g := svc.GetGoogleGrpc(); g != nil {
 		if cc := g.GetChannelCredentials(); cc != nil && cc.GetLocalCredentials() == nil {
@@ -193,14 +215,11 @@ func resolveTarget(b *bootstrapv3.Bootstrap, svc *corev3.GrpcService) (string, c
 	if name == "" {
 		return "", nil, errors.New("needs envoy_grpc.cluster_name or google_grpc.target_uri")
 	}
-	for _, c := range b.GetStaticResources().GetClusters() {
-		if c.GetName() != name {
-			continue
-		}
+	if c := bootstrapCluster(b, name); c != nil {
 		if c.GetTransportSocket() != nil {
-			return "", nil, cfgerr.Errorf("envoy_grpc.cluster_name", "cluster %q has a transport_socket: TLS to the control plane is not supported by this version of skiff yet", name)
+			return "", nil, cfgerr.Errorf("envoy_grpc.cluster_name", "cluster %q has a transport_socket: TLS needs the dataplane's cluster", name)
 		}
-		// Like Envoy's gRPC client, use the cluster's first endpoint.
+		// Without the dataplane's cluster: its first endpoint.
 		var first *corev3.Address
 		for _, lle := range c.GetLoadAssignment().GetEndpoints() {
 			if lbes := lle.GetLbEndpoints(); len(lbes) > 0 && first == nil {
