@@ -383,7 +383,7 @@ func TestXDSOverMTLS(t *testing.T) {
 	clientCert, clientKey := ca.Issue(t, "skiff", "spiffe://cluster.local/ns/default/sa/skiff").Files(t, dir, "client-")
 	caFile := writeFile(t, "ca.pem", string(ca.PEM))
 	serve := func(issuer *tlstest.CA) *xdstest.ControlPlane {
-		cert := issuer.Issue(t, "istiod", "istiod.istio-system.svc").TLS(t)
+		cert := issuer.Issue(t, "istiod", "istiod.istio-system.svc", "127.0.0.1").TLS(t)
 		creds := credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool()})
 		return xdstest.Start(t, "127.0.0.1:0", xdsNode, grpc.Creds(creds))
 	}
@@ -398,6 +398,31 @@ func TestXDSOverMTLS(t *testing.T) {
 	}
 	if r := cp.Request(resourcev3.ListenerType, 0); r.GetNode().GetId() != xdsNode {
 		t.Errorf("LDS request over mTLS: %v", r)
+	}
+
+	// google_grpc with ssl_credentials: the same, through gRPC's own TLS.
+	cp2 := serve(ca)
+	cp2.Push(xdsResources(xdsAssignment("backend", up.Addr), xdsListener("ingress", "backend")))
+	g := startSkiff(t, fmt.Sprintf(`node: { id: %s, cluster: e2e }
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services:
+    - google_grpc:
+        target_uri: %s
+        stat_prefix: xds
+        channel_credentials:
+          ssl_credentials:
+            root_certs: { filename: %q }
+            cert_chain: { filename: %q }
+            private_key: { filename: %q }
+  cds_config: { ads: {}, resource_api_version: V3 }
+  lds_config: { ads: {}, resource_api_version: V3 }
+`, xdsNode, cp2.Addr(), caFile, clientCert, clientKey))
+	c2 := dial(t, waitListener(t, g, "ingress"))
+	if err := echoRoundTrip(c2, []byte("configured over google_grpc mTLS")); err != nil {
+		t.Fatal(err)
 	}
 
 	untrusted := serve(tlstest.NewCA(t, "another CA"))

@@ -482,6 +482,46 @@ func certificate(pb *tlsv3.TlsCertificate) (tls.Certificate, error) {
 	return cert, nil
 }
 
+// ChannelTLS is the TLS of a google_grpc service's ssl_credentials, as
+// Envoy's Google gRPC client takes them: root_certs to verify the server
+// with (the system's roots if unset), and cert_chain and private_key to
+// present (none if unset). Errors name the field.
+func ChannelTLS(pb *corev3.GrpcService_GoogleGrpc_SslCredentials) (*tls.Config, error) {
+	if err := cfgerr.OnlyFields(pb, "root_certs", "private_key", "cert_chain"); err != nil {
+		return nil, err
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if pb.GetRootCerts() != nil {
+		roots, err := dataSource(pb.GetRootCerts())
+		if err != nil {
+			return nil, cfgerr.Field("root_certs", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(roots) {
+			return nil, cfgerr.Errorf("root_certs", "no PEM certificate in it")
+		}
+	}
+	if (pb.GetCertChain() == nil) != (pb.GetPrivateKey() == nil) {
+		return nil, cfgerr.Errorf("cert_chain", "cert_chain and private_key go together")
+	}
+	if pb.GetCertChain() != nil {
+		chain, err := dataSource(pb.GetCertChain())
+		if err != nil {
+			return nil, cfgerr.Field("cert_chain", err)
+		}
+		key, err := dataSource(pb.GetPrivateKey())
+		if err != nil {
+			return nil, cfgerr.Field("private_key", err)
+		}
+		cert, err := tls.X509KeyPair(chain, key)
+		if err != nil {
+			return nil, cfgerr.Errorf("cert_chain", "with private_key: %v", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
+
 // dataSource reads a DataSource: a file, inline bytes or an inline string.
 func dataSource(pb *corev3.DataSource) ([]byte, error) {
 	if pb == nil {

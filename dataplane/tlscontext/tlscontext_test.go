@@ -285,3 +285,29 @@ func TestDownstream(t *testing.T) {
 		t.Error("Downstream without typed_config: no error")
 	}
 }
+
+// ChannelTLS takes a google_grpc service's ssl_credentials: roots and a
+// client certificate, or refuses them naming the field.
+func TestChannelTLS(t *testing.T) {
+	ca := tlstest.NewCA(t, "control plane CA")
+	leaf := ca.Issue(t, "skiff", "skiff.test")
+	inline := func(b []byte) *corev3.DataSource {
+		return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
+	}
+	cfg, err := ChannelTLS(&corev3.GrpcService_GoogleGrpc_SslCredentials{RootCerts: inline(ca.PEM), CertChain: inline(leaf.CertPEM), PrivateKey: inline(leaf.KeyPEM)})
+	if err != nil || cfg.RootCAs == nil || len(cfg.Certificates) != 1 {
+		t.Fatalf("ChannelTLS = %v, %v", cfg, err)
+	}
+	for _, tt := range []struct {
+		pb   *corev3.GrpcService_GoogleGrpc_SslCredentials
+		want string
+	}{
+		{&corev3.GrpcService_GoogleGrpc_SslCredentials{RootCerts: inline([]byte("nope"))}, "root_certs: no PEM certificate"},
+		{&corev3.GrpcService_GoogleGrpc_SslCredentials{CertChain: inline(leaf.CertPEM)}, "cert_chain: cert_chain and private_key go together"},
+		{&corev3.GrpcService_GoogleGrpc_SslCredentials{CertChain: inline(leaf.CertPEM), PrivateKey: inline(ca.PEM)}, "cert_chain: with private_key: "},
+	} {
+		if _, err := ChannelTLS(tt.pb); err == nil || !strings.HasPrefix(err.Error(), tt.want) {
+			t.Errorf("ChannelTLS(%v): %v, want an error starting %q", tt.pb, err, tt.want)
+		}
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/skiffproxy/skiff/dataplane/runtime"
+	"github.com/skiffproxy/skiff/dataplane/tlscontext"
 	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 	"github.com/skiffproxy/skiff/xds/resource"
@@ -202,14 +203,22 @@ func bootstrapCluster(b *bootstrapv3.Bootstrap, name string) *clusterv3.Cluster 
 }
 
 // resolveTarget finds the gRPC target of a service dialed directly, not
-// through the dataplane's cluster, and the credentials to use: plaintext
-// only (TLS to the control plane goes through the cluster).
+// through the dataplane's cluster, and the credentials to use: a
+// google_grpc service's channel_credentials, plaintext for an envoy_grpc
+// one (its TLS is the cluster's transport socket, through the cluster).
 func resolveTarget(b *bootstrapv3.Bootstrap, svc *corev3.GrpcService) (string, credentials.TransportCredentials, error) {
 	if g := svc.GetGoogleGrpc(); g != nil {
-		if cc := g.GetChannelCredentials(); cc != nil && cc.GetLocalCredentials() == nil {
-			return "", nil, cfgerr.Errorf("google_grpc.channel_credentials", "TLS to the control plane is not supported by this version of skiff yet")
+		switch cc := g.GetChannelCredentials().GetCredentialSpecifier().(type) {
+		case nil, *corev3.GrpcService_GoogleGrpc_ChannelCredentials_LocalCredentials:
+			return g.GetTargetUri(), insecure.NewCredentials(), nil
+		case *corev3.GrpcService_GoogleGrpc_ChannelCredentials_SslCredentials:
+			cfg, err := tlscontext.ChannelTLS(cc.SslCredentials)
+			if err != nil {
+				return "", nil, cfgerr.Field("google_grpc.channel_credentials.ssl_credentials", err)
+			}
+			return g.GetTargetUri(), credentials.NewTLS(cfg), nil
 		}
-		return g.GetTargetUri(), insecure.NewCredentials(), nil
+		return "", nil, cfgerr.Errorf("google_grpc.channel_credentials.google_default", "not supported by skiff (ssl_credentials and local_credentials are)")
 	}
 	name := svc.GetEnvoyGrpc().GetClusterName()
 	if name == "" {
