@@ -437,8 +437,8 @@ func TestIstioAgentBootstrap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	statsPort, healthPort := freePort(t), freePort(t)
-	cfg := strings.NewReplacer("__DIR__", dir, "__ADMIN_PORT__", fmt.Sprint(freePort(t)), "__AGENT_PORT__", agentPort,
+	adminPort, statsPort, healthPort := freePort(t), freePort(t), freePort(t)
+	cfg := strings.NewReplacer("__DIR__", dir, "__ADMIN_PORT__", fmt.Sprint(adminPort), "__AGENT_PORT__", agentPort,
 		"__STATS_PORT__", fmt.Sprint(statsPort), "__HEALTH_PORT__", fmt.Sprint(healthPort)).Replace(string(tmpl))
 	p := startSkiff(t, cfg)
 
@@ -462,6 +462,18 @@ func TestIstioAgentBootstrap(t *testing.T) {
 	}
 	if code, _ := get(healthPort, "/healthz/ready"); code != nethttp.StatusOK {
 		t.Errorf("GET /healthz/ready through the readiness listener: %d", code)
+	}
+	// istio-agent's readiness check (pilot-agent's GetReadinessStats and
+	// GetUpdateStatusStats): both lines there, live, workers started, the
+	// initial CDS and LDS accepted.
+	if _, body := get(adminPort, `/stats?usedonly&filter=^(server\.state|listener_manager\.workers_started)`); body != "listener_manager.workers_started: 1\nserver.state: 0\n" {
+		t.Errorf("istio-agent's readiness query answers %q", body)
+	}
+	_, body := get(adminPort, `/stats?usedonly&filter=^(cluster_manager\.cds|listener_manager\.lds)\.(update_success|update_rejected)$`)
+	for _, want := range []string{"cluster_manager.cds.update_success: ", "listener_manager.lds.update_success: "} {
+		if !strings.Contains(body, want) {
+			t.Errorf("istio-agent's update query answers %q, without %s", body, want)
+		}
 	}
 	code, body := get(statsPort, "/stats/prometheus")
 	if code != nethttp.StatusOK {

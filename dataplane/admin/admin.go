@@ -147,6 +147,11 @@ type Server struct {
 // serverGauges are Envoy's server.* gauges that the admin API keeps.
 type serverGauges struct {
 	state, live, epoch stats.Gauge
+	// workersStarted is listener_manager.workers_started: 1 from the
+	// moment the server is first live (Envoy's workers start then, once
+	// the initial configuration is in), unset before. istio-agent's
+	// readiness check reads it with server.state.
+	workersStarted stats.Gauge
 }
 
 // mutating reports whether a method changes the running process: refused over
@@ -190,6 +195,8 @@ func New(opts Options) *Server {
 		state: opts.Stats.GaugeMode("server.state", stats.NeverImport),
 		live:  opts.Stats.GaugeMode("server.live", stats.NeverImport),
 		epoch: opts.Stats.GaugeMode("server.hot_restart_epoch", stats.NeverImport),
+
+		workersStarted: opts.Stats.GaugeMode("listener_manager.workers_started", stats.NeverImport),
 	}
 	s.gauges.epoch.Set(int64(opts.RestartEpoch))
 	if opts.XDS != nil {
@@ -335,6 +342,9 @@ func (s *Server) updateState() {
 	}
 	s.gauges.live.Set(live)
 	s.gauges.state.Set(envoyState(st))
+	if live == 1 {
+		s.gauges.workersStarted.Set(1)
+	}
 }
 
 // envoyState is the value of Envoy's server.state gauge for st.

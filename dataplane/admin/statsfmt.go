@@ -32,15 +32,14 @@ func newStatFilter(expr string, usedOnly bool) (statFilter, error) {
 	return f, nil
 }
 
-// match reports whether s passes the filter. A counter or gauge counts as
-// used once it is not 0 (the store does not record whether a stat was ever
-// written, and one still at 0 carries no information anyway), a histogram
-// once it recorded a value.
+// match reports whether s passes the filter; ?usedonly keeps the stats
+// that were written (stats.Sample.Used: server.state at 0 once live is, as
+// istio-agent's readiness check expects).
 func (f statFilter) match(s stats.Sample) bool {
 	if !known(s) {
 		return false
 	}
-	if f.usedOnly && !used(s) {
+	if f.usedOnly && !s.Used {
 		return false
 	}
 	return f.re == nil || f.re.MatchString(s.Name)
@@ -55,13 +54,6 @@ func known(s stats.Sample) bool {
 		return s.Histogram != nil
 	}
 	return false
-}
-
-func used(s stats.Sample) bool {
-	if s.Kind == stats.KindHistogram {
-		return s.Histogram.Count > 0
-	}
-	return s.Value != 0
 }
 
 // envoyQuantiles are the quantiles Envoy's /stats shows for a histogram.

@@ -73,8 +73,9 @@ func TestWriteStatsText(t *testing.T) {
 func TestStatFilter(t *testing.T) {
 	samples := []stats.Sample{
 		{Name: "cluster.a.upstream_cx_total", Kind: stats.KindCounter, Value: 0},
-		{Name: "cluster.b.upstream_cx_total", Kind: stats.KindCounter, Value: 2},
-		{Name: "listener.x.downstream_cx_active", Kind: stats.KindGauge, Value: 1},
+		{Name: "cluster.b.upstream_cx_total", Kind: stats.KindCounter, Value: 2, Used: true},
+		{Name: "listener.x.downstream_cx_active", Kind: stats.KindGauge, Value: 1, Used: true},
+		{Name: "server.state", Kind: stats.KindGauge, Value: 0, Used: true}, // Set to 0: used
 	}
 	names := func(ss []stats.Sample) (out []string) {
 		for _, s := range ss {
@@ -87,8 +88,8 @@ func TestStatFilter(t *testing.T) {
 		usedOnly bool
 		want     []string
 	}{
-		{"", false, []string{"cluster.a.upstream_cx_total", "cluster.b.upstream_cx_total", "listener.x.downstream_cx_active"}},
-		{"", true, []string{"cluster.b.upstream_cx_total", "listener.x.downstream_cx_active"}},
+		{"", false, []string{"cluster.a.upstream_cx_total", "cluster.b.upstream_cx_total", "listener.x.downstream_cx_active", "server.state"}},
+		{"", true, []string{"cluster.b.upstream_cx_total", "listener.x.downstream_cx_active", "server.state"}},
 		{`^cluster\.`, false, []string{"cluster.a.upstream_cx_total", "cluster.b.upstream_cx_total"}},
 		{`cx_total$`, true, []string{"cluster.b.upstream_cx_total"}},
 	} {

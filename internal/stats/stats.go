@@ -24,7 +24,10 @@ func (c Counter) Add(n uint64) { c.v.Add(n) }
 func (c Counter) Value() uint64 { return c.v.Load() }
 
 // Gauge is a handle to a value that goes up and down.
-type Gauge struct{ v *atomic.Int64 }
+type Gauge struct {
+	v   *atomic.Int64
+	set *atomic.Bool // Set was called: the gauge is used even at 0
+}
 
 // Inc adds one.
 func (g Gauge) Inc() { g.v.Add(1) }
@@ -35,8 +38,15 @@ func (g Gauge) Dec() { g.v.Add(-1) }
 // Add adds n (which may be negative).
 func (g Gauge) Add(n int64) { g.v.Add(n) }
 
-// Set replaces the value.
-func (g Gauge) Set(n int64) { g.v.Store(n) }
+// Set replaces the value. A gauge that was Set counts as used (Sample.Used)
+// whatever its value, as Envoy's do: server.state is 0 once the server is
+// live.
+func (g Gauge) Set(n int64) {
+	g.v.Store(n)
+	if !g.set.Load() {
+		g.set.Store(true)
+	}
+}
 
 // Value returns the current value.
 func (g Gauge) Value() int64 { return g.v.Load() }
@@ -95,6 +105,11 @@ type Sample struct {
 	Value     int64
 	Mode      ImportMode // gauges
 	Histogram *HistogramSnapshot
+	// Used says the stat was written, as Envoy's ?usedonly means it: a
+	// counter or gauge that is not 0, a gauge that was Set (to any value),
+	// a histogram that recorded a value. (A gauge brought back to 0 by Dec
+	// counts as unused, where Envoy's would not.)
+	Used bool
 }
 
 // Store hands out stat handles by name. Asking twice for the same name (and
@@ -126,7 +141,10 @@ type entry struct {
 	slot int64          // -1: not in the region
 	hist *histogram
 	refs int
+	set  atomic.Bool // a gauge's Set was called
 }
+
+func (e *entry) gauge() Gauge { return Gauge{v: (*atomic.Int64)(e.p), set: &e.set} }
 
 // Option configures Open.
 type Option func(*options)
@@ -218,7 +236,7 @@ func (s *Store) Gauge(name string) Gauge { return s.GaugeMode(name, Accumulate) 
 // The mode is fixed when this process first creates the gauge; asking again
 // with another mode returns the existing gauge.
 func (s *Store) GaugeMode(name string, mode ImportMode) Gauge {
-	return Gauge{(*atomic.Int64)(s.holdRoot(key{name, KindGauge}, mode).p)}
+	return s.holdRoot(key{name, KindGauge}, mode).gauge()
 }
 
 // Histogram returns the handle of the named histogram. Histograms live in
@@ -317,10 +335,13 @@ func (s *Store) Snapshot() []Sample {
 		switch k.kind {
 		case KindCounter:
 			sm.Value = int64((*atomic.Uint64)(e.p).Load())
+			sm.Used = sm.Value != 0
 		case KindGauge:
 			sm.Value = (*atomic.Int64)(e.p).Load()
+			sm.Used = sm.Value != 0 || e.set.Load()
 		case KindHistogram:
 			sm.Histogram = e.hist.snapshot()
+			sm.Used = sm.Histogram.Count > 0
 		}
 		out = append(out, sm)
 	}
@@ -399,7 +420,7 @@ func (sc *Scope) Gauge(name string) Gauge { return sc.GaugeMode(name, Accumulate
 
 // GaugeMode returns the handle of the gauge prefix+name with the given mode.
 func (sc *Scope) GaugeMode(name string, mode ImportMode) Gauge {
-	return Gauge{(*atomic.Int64)(sc.hold(key{sc.prefix + name, KindGauge}, mode).p)}
+	return sc.hold(key{sc.prefix + name, KindGauge}, mode).gauge()
 }
 
 // Histogram returns the handle of the histogram prefix+name.

@@ -257,3 +257,28 @@ func TestAccept(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Sample.Used: a counter or gauge not at 0, a gauge Set to any value (as
+// server.state, 0 once live), a histogram that recorded something.
+func TestUsed(t *testing.T) {
+	stores(t, func(t *testing.T, s *Store) {
+		s.Counter("c.zero")
+		s.Counter("c.one").Inc()
+		s.Gauge("g.set_zero").Set(0)
+		g := s.Scope("s.").Gauge("g.back_to_zero")
+		g.Inc()
+		g.Dec()
+		s.Gauge("g.two").Add(2)
+		s.Histogram("h.empty")
+		s.Histogram("h.one").Record(1)
+		var used []string
+		for _, sm := range userSamples(s) {
+			if sm.Used {
+				used = append(used, sm.Name)
+			}
+		}
+		if want := []string{"c.one", "g.set_zero", "g.two", "h.one"}; !slices.Equal(used, want) {
+			t.Errorf("used: %q, want %q", used, want)
+		}
+	})
+}
