@@ -202,7 +202,7 @@ func TestIstioGateway(t *testing.T) {
 	}})
 	host, port, _ := net.SplitHostPort(cp.Addr())
 	sdsHost, sdsPort, _ := net.SplitHostPort(agent.Addr())
-	p := startSkiff(t, fmt.Sprintf(`node:
+	a := startAdminSkiffYAML(t, fmt.Sprintf(`node:
   id: %s
   cluster: istio-ingressgateway.istio-system
   metadata: { NAMESPACE: istio-system, CLUSTER_ID: Kubernetes, NAME: gw-0, LABELS: { istio: ingressgateway } }
@@ -239,6 +239,7 @@ static_resources:
       - lb_endpoints:
         - endpoint: { address: { socket_address: { address: %s, port_value: %s } } }
 `, istioRouterNode, host, port, sdsHost, sdsPort))
+	p := a.Proxy
 	addr := waitListener(t, p, l.GetName())
 	for _, r := range cp.Requests() {
 		if d, ok := r.(*discoveryv3.DiscoveryRequest); ok && d.GetErrorDetail() != nil {
@@ -256,6 +257,12 @@ static_resources:
 	secretsDump := regexp.MustCompile(`(?s)"dynamic_?[aA]ctive_?[sS]ecrets":.*"name":\s*"default"`)
 	if !secretsDump.MatchString(r.stdout) || strings.Contains(r.stdout, "PRIVATE KEY") {
 		t.Errorf("skiff admin config-dump -o json: the SDS secrets are missing or their private key is not redacted:\n%s", r.stdout)
+	}
+	// So does the HTTP side's /config_dump, as Envoy's (istioctl
+	// proxy-config reads it through istio-agent).
+	if code, body := a.adminGet(t, "/config_dump?include_eds"); code != nethttp.StatusOK || !alpnType.MatchString(body) ||
+		!secretsDump.MatchString(body) || strings.Contains(body, "PRIVATE KEY") || !strings.Contains(body, `"dynamic_endpoint_configs"`) {
+		t.Errorf("GET /config_dump?include_eds: %d\n%s", code, body)
 	}
 
 	c := h1Client(t)

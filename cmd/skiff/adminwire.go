@@ -17,6 +17,7 @@ import (
 
 	"github.com/skiffproxy/skiff/dataplane"
 	"github.com/skiffproxy/skiff/dataplane/admin"
+	"github.com/skiffproxy/skiff/dataplane/filter"
 	"github.com/skiffproxy/skiff/dataplane/statsconfig"
 )
 
@@ -38,7 +39,8 @@ type adminConfig struct {
 	adminFlags
 	runtimeDir string
 	levels     *slog.LevelVar
-	tags       *statsconfig.Tags // the bootstrap's stats_config's
+	tags       *statsconfig.Tags    // the bootstrap's stats_config's
+	types      *filter.TypeResolver // the registry's config types
 	// inheritedTCP is the admin.address socket a hot-restart parent handed
 	// over (nil: bind it).
 	inheritedTCP *os.File
@@ -111,6 +113,7 @@ func startAdmin(ctx context.Context, srv *dataplane.Server, b *bootstrapv3.Boots
 		Dataplane:    srv,
 		Stats:        srv.Stats(),
 		Tags:         cfg.tags,
+		Types:        cfg.types,
 		Bootstrap:    b,
 		Levels:       cfg.levels,
 		Version:      versionString(),

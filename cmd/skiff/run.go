@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/skiffproxy/skiff/dataplane"
+	"github.com/skiffproxy/skiff/dataplane/filter"
 	"github.com/skiffproxy/skiff/dataplane/filters"
 	"github.com/skiffproxy/skiff/dataplane/restart"
 	"github.com/skiffproxy/skiff/dataplane/statsconfig"
@@ -238,6 +239,7 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	}
+	adminCfg.types = srv.types
 
 	go stats.NewServerStats(st, time.Now()).Run(ctx, time.Second)
 	var hr *hotRestart
@@ -283,8 +285,9 @@ func (o *runOptions) drain() drainPolicy {
 
 // server is a validated data plane, not yet started.
 type server struct {
-	srv  *dataplane.Server
-	snap *dataplane.Snapshot
+	srv   *dataplane.Server
+	snap  *dataplane.Snapshot
+	types *filter.TypeResolver // the registry's config types, for the admin API's JSON
 }
 
 // newServer checks everything in b that skiff can check without touching a
@@ -316,7 +319,7 @@ func newServer(b *bootstrapv3.Bootstrap, source string, log *slog.Logger, drain 
 	if err := srv.Validate(snap); err != nil {
 		return nil, locate(source, err)
 	}
-	return &server{srv: srv, snap: snap}, nil
+	return &server{srv: srv, snap: snap, types: reg.Resolver()}, nil
 }
 
 // locate turns a dataplane error about a static resource into one that names the

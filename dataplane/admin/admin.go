@@ -40,6 +40,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/skiffproxy/skiff/dataplane"
+	"github.com/skiffproxy/skiff/dataplane/filter"
 	"github.com/skiffproxy/skiff/dataplane/statsconfig"
 	"github.com/skiffproxy/skiff/dataplane/upstream"
 	"github.com/skiffproxy/skiff/internal/stats"
@@ -98,6 +99,9 @@ type Options struct {
 	// Tags makes the tags of /stats/prometheus (the bootstrap's
 	// stats_config); nil: Envoy's default tags.
 	Tags *statsconfig.Tags
+	// Types resolves the Anys of the HTTP /config_dump (the registry's
+	// config types, Istio's included); nil: the types linked in.
+	Types *filter.TypeResolver
 	// Bootstrap gives the node (for CSDS and server info) and the static
 	// resources of the config dump. It is not changed.
 	Bootstrap *bootstrapv3.Bootstrap

@@ -414,6 +414,29 @@ func TestConfigDumpStatic(t *testing.T) {
 			t.Errorf("GetConfigDump(%v): %v, want InvalidArgument", req, err)
 		}
 	}
+
+	// The HTTP side's /config_dump, as Envoy's: JSON with proto field
+	// names, the same dump, redacted.
+	base := "http://" + ta.httpAddr
+	code, body, h := httpGet(t, base+"/config_dump")
+	if code != http.StatusOK || h.Get("Content-Type") != "application/json" {
+		t.Fatalf("GET /config_dump: %d %q\n%s", code, h.Get("Content-Type"), body)
+	}
+	var fromHTTP adminv3.ConfigDump
+	if err := protojson.Unmarshal([]byte(body), &fromHTTP); err != nil {
+		t.Fatalf("GET /config_dump is not a ConfigDump in JSON: %v\n%s", err, body)
+	}
+	if !proto.Equal(&fromHTTP, cd) || !strings.Contains(body, `"static_listeners"`) || strings.Contains(body, "PRIVATE-KEY") {
+		t.Errorf("GET /config_dump differs from GetConfigDump, has no proto field names or shows a key:\n%s", body)
+	}
+	if _, body, _ := httpGet(t, base+"/config_dump?resource=static_clusters&name_regex=^back"); !strings.Contains(body, "envoy.admin.v3.ClustersConfigDump.StaticCluster") {
+		t.Errorf("GET /config_dump?resource=static_clusters:\n%s", body)
+	}
+	for _, q := range []string{"?resource=no_such_field", "?name_regex=(", "?mask=configs"} {
+		if code, body, _ := httpGet(t, base+"/config_dump"+q); code != http.StatusBadRequest {
+			t.Errorf("GET /config_dump%s = %d, want 400\n%s", q, code, body)
+		}
+	}
 }
 
 func TestConfigDumpAndCSDSFromXDS(t *testing.T) {

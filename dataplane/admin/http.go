@@ -6,6 +6,9 @@ import (
 	"net/http"
 	"strings"
 
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+
 	"github.com/skiffproxy/skiff/internal/stats"
 	adminv1 "github.com/skiffproxy/skiff/proto/skiff/admin/v1"
 )
@@ -16,6 +19,7 @@ const httpHelp = `skiff admin: the HTTP side of the admin API (the rest is gRPC:
   /ready              200 LIVE when serving, 503 and the state otherwise
   /stats              counters and gauges, "name: value" lines; ?filter=RE2 ?usedonly ?format=json|prometheus
   /stats/prometheus   the same in Prometheus' text format, named as Envoy names them
+  /config_dump        the running configuration as Envoy's JSON, secrets redacted; ?resource= ?name_regex= ?include_eds
 `
 
 // httpHandler serves the read-only HTTP endpoints, for scrapers and load
@@ -43,9 +47,39 @@ func (s *Server) httpHandler(w http.ResponseWriter, r *http.Request) {
 		s.serveStats(w, r, format)
 	case "/stats/prometheus":
 		s.serveStats(w, r, "prometheus")
+	case "/config_dump":
+		s.serveConfigDump(w, r)
 	default:
 		http.Error(w, "not found\n\n"+httpHelp, http.StatusNotFound)
 	}
+}
+
+// serveConfigDump answers as Envoy's /config_dump (what istioctl
+// proxy-config reads through istio-agent): the envoy.admin.v3.ConfigDump in
+// JSON with proto field names, as Envoy writes it, secrets redacted;
+// ?resource=, ?name_regex= and ?include_eds as Envoy's. ?mask is refused.
+func (s *Server) serveConfigDump(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if q.Has("mask") {
+		http.Error(w, "mask: not supported by skiff (resource and name_regex are)", http.StatusBadRequest)
+		return
+	}
+	cd, err := s.configDump(q.Get("resource"), q.Get("name_regex"), q.Has("include_eds"))
+	if err != nil {
+		http.Error(w, status.Convert(err).Message(), http.StatusBadRequest)
+		return
+	}
+	mo := protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: true}
+	if s.opts.Types != nil {
+		mo.Resolver = s.opts.Types
+	}
+	b, err := mo.Marshal(cd)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(append(b, '\n'))
 }
 
 // serveReady answers as Envoy's /ready: 200 and LIVE, or 503 and the state.
