@@ -36,6 +36,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/skiffproxy/skiff/dataplane"
 	"github.com/skiffproxy/skiff/dataplane/upstream"
@@ -680,5 +681,60 @@ func TestReflection(t *testing.T) {
 		if !slices.Contains(names, want) {
 			t.Errorf("reflection lists %v, want %s among them", names, want)
 		}
+	}
+}
+
+// The HTTP side's /clusters, as Envoy's: its text lines and ?format=json.
+func TestHTTPClusters(t *testing.T) {
+	ta := startTestAdmin(t, func(o *Options) {
+		o.Bootstrap = &bootstrapv3.Bootstrap{StaticResources: &bootstrapv3.Bootstrap_StaticResources{Clusters: []*clusterv3.Cluster{{Name: "backend"}}}}
+	})
+	cfg, err := upstream.NewConfig(&clusterv3.Cluster{Name: "backend",
+		CircuitBreakers: &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{MaxConnections: wrapperspb.UInt32(5)}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Endpoints = []upstream.Endpoint{
+		{Addr: netip.MustParseAddrPort("127.0.0.1:8080"), Weight: 2, Hostname: "a.test", Locality: "us-east/a/1"},
+		{Addr: netip.MustParseAddrPort("[::1]:9090"), Weight: 1, Priority: 1, Health: corev3.HealthStatus_UNHEALTHY, Locality: "//"},
+	}
+	ta.dp.clusters.Set([]upstream.Assignment{upstream.Static(cfg)})
+	base := "http://" + ta.httpAddr
+	code, body, _ := httpGet(t, base+"/clusters")
+	if code != http.StatusOK {
+		t.Fatalf("GET /clusters: %d\n%s", code, body)
+	}
+	for _, want := range []string{
+		"backend::observability_name::backend\n",
+		"backend::default_priority::max_connections::5\n",
+		"backend::default_priority::max_retries::3\n",
+		"backend::added_via_api::false\n",
+		"backend::127.0.0.1:8080::cx_total::0\n",
+		"backend::127.0.0.1:8080::hostname::a.test\n",
+		"backend::127.0.0.1:8080::health_flags::healthy\n",
+		"backend::127.0.0.1:8080::weight::2\n",
+		"backend::127.0.0.1:8080::region::us-east\n",
+		"backend::127.0.0.1:8080::sub_zone::1\n",
+		"backend::[::1]:9090::health_flags::/failed_eds_health\n",
+		"backend::[::1]:9090::priority::1\n",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("GET /clusters lacks %q:\n%s", want, body)
+		}
+	}
+	_, body, _ = httpGet(t, base+"/clusters?format=json")
+	var cs adminv3.Clusters
+	if err := protojson.Unmarshal([]byte(body), &cs); err != nil {
+		t.Fatalf("GET /clusters?format=json is not an envoy.admin.v3.Clusters: %v\n%s", err, body)
+	}
+	if len(cs.GetClusterStatuses()) != 1 || len(cs.GetClusterStatuses()[0].GetHostStatuses()) != 2 {
+		t.Fatalf("GET /clusters?format=json: %v", &cs)
+	}
+	h := cs.GetClusterStatuses()[0].GetHostStatuses()[1]
+	if h.GetAddress().GetSocketAddress().GetAddress() != "::1" || h.GetHealthStatus().GetEdsHealthStatus() != corev3.HealthStatus_UNHEALTHY {
+		t.Errorf("second host: %v", h)
+	}
+	if code, _, _ := httpGet(t, base+"/clusters?format=yaml"); code != http.StatusBadRequest {
+		t.Errorf("GET /clusters?format=yaml = %d, want 400", code)
 	}
 }

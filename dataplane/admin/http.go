@@ -20,6 +20,7 @@ const httpHelp = `skiff admin: the HTTP side of the admin API (the rest is gRPC:
   /stats              counters and gauges, "name: value" lines; ?filter=RE2 ?usedonly ?format=json|prometheus
   /stats/prometheus   the same in Prometheus' text format, named as Envoy names them
   /config_dump        the running configuration as Envoy's JSON, secrets redacted; ?resource= ?name_regex= ?include_eds
+  /clusters           clusters and hosts as Envoy's cluster::host::stat::value lines; ?format=json
 `
 
 // httpHandler serves the read-only HTTP endpoints, for scrapers and load
@@ -49,6 +50,8 @@ func (s *Server) httpHandler(w http.ResponseWriter, r *http.Request) {
 		s.serveStats(w, r, "prometheus")
 	case "/config_dump":
 		s.serveConfigDump(w, r)
+	case "/clusters":
+		s.serveClusters(w, r)
 	default:
 		http.Error(w, "not found\n\n"+httpHelp, http.StatusNotFound)
 	}

@@ -429,6 +429,14 @@ func (c *Cluster) stop() {
 	}
 }
 
+// HostLocality is h's locality, as "region/zone/sub_zone" ("//" for none),
+// h one of the cluster's hosts.
+func (c *Cluster) HostLocality(h *Host) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return h.locality
+}
+
 // SetEndpoints replaces the cluster's hosts, keeping the Host objects of
 // addresses that remain.
 func (c *Cluster) SetEndpoints(eps []Endpoint) {
