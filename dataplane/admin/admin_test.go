@@ -738,3 +738,29 @@ func TestHTTPClusters(t *testing.T) {
 		t.Errorf("GET /clusters?format=yaml = %d, want 400", code)
 	}
 }
+
+// The HTTP side's /server_info and /listeners, as Envoy's.
+func TestHTTPServerInfoAndListeners(t *testing.T) {
+	ta := startTestAdmin(t, nil)
+	base := "http://" + ta.httpAddr
+	_, body, _ := httpGet(t, base+"/server_info")
+	var si adminv3.ServerInfo
+	if err := protojson.Unmarshal([]byte(body), &si); err != nil {
+		t.Fatalf("GET /server_info is not an envoy.admin.v3.ServerInfo: %v\n%s", err, body)
+	}
+	if si.GetVersion() != "test" || si.GetNode().GetId() != "node-1" || si.GetState() != adminv3.ServerInfo_INITIALIZING || si.GetUptimeCurrentEpoch() == nil {
+		t.Errorf("GET /server_info: %v", &si)
+	}
+	if _, body, _ := httpGet(t, base+"/listeners"); body != "l::127.0.0.1:41000\n" {
+		t.Errorf("GET /listeners = %q", body)
+	}
+	_, body, _ = httpGet(t, base+"/listeners?format=json")
+	var ls adminv3.Listeners
+	if err := protojson.Unmarshal([]byte(body), &ls); err != nil {
+		t.Fatalf("GET /listeners?format=json: %v\n%s", err, body)
+	}
+	if st := ls.GetListenerStatuses(); len(st) != 1 || st[0].GetName() != "l" || st[0].GetLocalAddress().GetSocketAddress().GetPortValue() != 41000 ||
+		st[0].GetAdditionalLocalAddresses()[0].GetSocketAddress().GetAddress() != "::1" {
+		t.Errorf("GET /listeners?format=json: %v", &ls)
+	}
+}

@@ -11,7 +11,6 @@ import (
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/skiffproxy/skiff/dataplane/upstream"
@@ -31,13 +30,7 @@ func (s *Server) serveClusters(w http.ResponseWriter, r *http.Request) {
 	}
 	cs := s.clustersStatus()
 	if format == "json" {
-		b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: true}.Marshal(cs)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.Write(append(b, '\n'))
+		writeJSON(w, cs)
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -21,6 +21,8 @@ const httpHelp = `skiff admin: the HTTP side of the admin API (the rest is gRPC:
   /stats/prometheus   the same in Prometheus' text format, named as Envoy names them
   /config_dump        the running configuration as Envoy's JSON, secrets redacted; ?resource= ?name_regex= ?include_eds
   /clusters           clusters and hosts as Envoy's cluster::host::stat::value lines; ?format=json
+  /listeners          listeners as Envoy's name::address lines; ?format=json
+  /server_info        version, state, uptime and node as Envoy's JSON
 `
 
 // httpHandler serves the read-only HTTP endpoints, for scrapers and load
@@ -52,6 +54,10 @@ func (s *Server) httpHandler(w http.ResponseWriter, r *http.Request) {
 		s.serveConfigDump(w, r)
 	case "/clusters":
 		s.serveClusters(w, r)
+	case "/listeners":
+		s.serveListeners(w, r)
+	case "/server_info":
+		s.serveServerInfo(w)
 	default:
 		http.Error(w, "not found\n\n"+httpHelp, http.StatusNotFound)
 	}
