@@ -85,6 +85,9 @@ type Options struct {
 	Logger   *slog.Logger
 	Registry *filter.Registry
 	Stats    *stats.Store
+	// FileFlushInterval is how often access log files are written to
+	// (Envoy's --file-flush-interval-msec); 0: accesslog's default.
+	FileFlushInterval time.Duration
 	// DrainTime is how long connections of removed listeners and filter chains
 	// may go on before they are closed.
 	DrainTime time.Duration
@@ -231,7 +234,7 @@ func NewServer(opts Options) *Server {
 		sds:       tlscontext.NewSecretStore(opts.Logger),
 	}
 	s.httpPools = pool.NewManager(pool.Options{Buffers: s.buffers, Logger: opts.Logger})
-	s.accessLogs = accesslog.NewSinks(opts.Logger, opts.Stats)
+	s.accessLogs = accesslog.NewSinks(opts.Logger, opts.Stats, opts.FileFlushInterval)
 	if pipes, err := netio.NewPipePool(0); err != nil {
 		opts.Logger.Warn("splice(2) unavailable; TCP proxying copies through buffers", "error", err)
 	} else {

@@ -163,6 +163,9 @@ func TestBadFlags(t *testing.T) {
 		{"both_drain_flags", []string{"run", "-c", cfg, "--drain-time", "1s", "--drain-time-s", "1"}, "drain-time"},
 		{"bad_drain_strategy", []string{"run", "-c", cfg, "--drain-strategy", "eventually"}, "--drain-strategy"},
 		{"envoy_style_unknown_flag", []string{"-c", cfg, "--no-such-flag"}, "no-such-flag"},
+		{"bad_ip_version", []string{"run", "-c", cfg, "--local-address-ip-version", "v5"}, "--local-address-ip-version"},
+		{"bad_component_log_level", []string{"run", "-c", cfg, "--component-log-level", "misc:loud"}, "--component-log-level"},
+		{"negative_flush_interval", []string{"run", "-c", cfg, "--file-flush-interval-msec", "-1"}, "--file-flush-interval-msec"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

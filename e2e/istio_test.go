@@ -419,8 +419,8 @@ static_resources:
 // istioAgentNode is the node id of testdata/istio-agent-bootstrap.json.tmpl.
 const istioAgentNode = "sidecar~10.0.0.1~app.default~default.svc.cluster.local"
 
-// TestIstioAgentBootstrap runs skiff as istio-agent runs Envoy: with a
-// rendering of istio-agent's envoy_bootstrap.json (its stats_config with
+// TestIstioAgentBootstrap runs skiff as istio-agent runs Envoy: with its
+// command line and a rendering of its envoy_bootstrap.json (its stats_config with
 // Istio's 44 stats_tags and inclusion list, xds-grpc and sds-grpc on unix
 // sockets, the internal_listener extension, the runtime layers, the
 // prometheus and readiness listeners; the listeners bind loopback here, not
@@ -447,7 +447,12 @@ func TestIstioAgentBootstrap(t *testing.T) {
 	adminPort, statsPort, healthPort := freePort(t), freePort(t), freePort(t)
 	cfg := strings.NewReplacer("__DIR__", dir, "__ADMIN_PORT__", fmt.Sprint(adminPort), "__AGENT_PORT__", agentPort,
 		"__STATS_PORT__", fmt.Sprint(statsPort), "__HEALTH_PORT__", fmt.Sprint(healthPort)).Replace(string(tmpl))
-	p := startSkiff(t, cfg)
+	// istio-agent's command line for its proxy (pkg/envoy: args()), but -l
+	// info, which the harness's start-up line needs.
+	p := startSkiff(t, cfg, "--drain-time-s", "45", "--drain-strategy", "immediate", "--local-address-ip-version", "v4",
+		"--file-flush-interval-msec", "1000", "--disable-hot-restart", "--allow-unknown-static-fields",
+		"-l", "info", "--component-log-level", "misc:error", "--log-format", "%Y-%m-%dT%T.%fZ\t%l\tenvoy %n %g:%#\t%v\tthread=%t",
+		"--concurrency", "2")
 
 	c := dial(t, waitListener(t, p, "ingress"))
 	if err := echoRoundTrip(c, []byte("through istiod's listener")); err != nil {

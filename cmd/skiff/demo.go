@@ -84,7 +84,7 @@ func demoCmd(args []string, stdout, stderr io.Writer) error {
 	xdsCluster.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress().PortSpecifier = portValue(*xdsPort)
 	b.Admin = nil // the demo serves no admin API; `skiff run` does
 
-	srv, err := newServer(b, demoSource, log, drainPolicy{time: time.Second}, stats.NewStore())
+	srv, err := newServer(b, demoSource, log, tuning{drainTime: time.Second}, stats.NewStore())
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/skiffproxy/skiff/dataplane"
+	"github.com/skiffproxy/skiff/dataplane/admin"
 	"github.com/skiffproxy/skiff/dataplane/filter"
 	"github.com/skiffproxy/skiff/dataplane/filters"
 	"github.com/skiffproxy/skiff/dataplane/restart"
@@ -52,6 +53,7 @@ type runOptions struct {
 	runtimeDir             string
 	supervise              bool
 	admin                  adminFlags
+	fileFlush              time.Duration
 }
 
 func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
@@ -83,6 +85,11 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 	fs.IntVar(&o.concurrency, "concurrency", 0, "worker threads (GOMAXPROCS); 0 keeps Go's default of one per CPU")
 	fs.Bool("cpuset-threads", false, "Envoy's flag for sizing the workers by the CPU set rather than the machine's CPUs; accepted, as Go's default already counts the CPUs skiff may run on (its affinity mask and cgroup quota)")
 	fs.StringVar(&o.runtimeDir, "runtime-dir", runtimedir.Default(), "directory for this instance's sockets and stats")
+	flushMS := fs.Int("file-flush-interval-msec", 0, "how often access log files are written to, in milliseconds (Envoy's flag; skiff's default is 1000, as istio-agent sets it)")
+	ipVersion := fs.String("local-address-ip-version", "v4", "Envoy's flag (v4 or v6) for the address family of the server's local address, which skiff does not use: checked, without effect")
+	fs.Bool("allow-unknown-static-fields", false, "Envoy's flag: accepted, but skiff still refuses a bootstrap with fields it does not know (it never ignores configuration)")
+	componentLevels := fs.String("component-log-level", "", "Envoy's per-component log levels (component:level,...): checked, without effect (skiff's log has no components; -l sets its level)")
+	fs.String("log-format", "", "Envoy's log line pattern: accepted, without effect (skiff's lines are slog's, see --log-encoding)")
 	fs.BoolVar(&o.supervise, "supervise", false, "run under a small supervisor that outlives hot restarts (for PID 1 in containers and pid-following process managers)")
 	o.admin.register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -122,6 +129,24 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 	}
 	if o.readyTimeout <= 0 {
 		return nil, errors.New("--hot-restart-ready-timeout must be positive")
+	}
+	if *flushMS < 0 {
+		return nil, errors.New("--file-flush-interval-msec must not be negative")
+	}
+	o.fileFlush = time.Duration(*flushMS) * time.Millisecond
+	if *ipVersion != "v4" && *ipVersion != "v6" {
+		return nil, fmt.Errorf("--local-address-ip-version %q: v4 or v6", *ipVersion)
+	}
+	if *componentLevels != "" {
+		for _, cl := range strings.Split(*componentLevels, ",") {
+			_, level, ok := strings.Cut(cl, ":")
+			if !ok {
+				return nil, fmt.Errorf("--component-log-level %q: want component:level,...", *componentLevels)
+			}
+			if _, err := admin.ParseLogLevel(level); err != nil {
+				return nil, fmt.Errorf("--component-log-level %q: %w", *componentLevels, err)
+			}
+		}
 	}
 	return o, nil
 }
@@ -164,7 +189,7 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if o.mode == "validate" {
-		if _, err := newServer(b, source, log, o.drain(), stats.NewStore()); err != nil {
+		if _, err := newServer(b, source, log, o.tuning(), stats.NewStore()); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "configuration '%s' OK\n", source)
@@ -172,7 +197,7 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	// Everything that can be checked without the runtime directory or a socket
 	// is checked first: a bad bootstrap stops here, before any of them.
-	if _, err := newServer(b, source, log, o.drain(), stats.NewStore()); err != nil {
+	if _, err := newServer(b, source, log, o.tuning(), stats.NewStore()); err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -226,7 +251,7 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer st.Close()
-	srv, err := newServer(b, source, log, o.drain(), st)
+	srv, err := newServer(b, source, log, o.tuning(), st)
 	adminCfg := &adminConfig{adminFlags: o.admin, runtimeDir: dir.Path, levels: levels, tags: sc.Tags}
 	if err == nil && inherited != nil {
 		var socks []restart.ListenSocket
@@ -272,15 +297,17 @@ func onSignal(ctx context.Context, ch <-chan os.Signal, f func()) {
 	}
 }
 
-// drainPolicy is how the data plane drains the connections of removed or
-// changed filter chains.
-type drainPolicy struct {
-	time    time.Duration
-	gradual bool
+// tuning is what the command line sets in the data plane: how it drains
+// the connections of removed or changed filter chains, and how often it
+// writes access log files.
+type tuning struct {
+	drainTime time.Duration
+	gradual   bool
+	fileFlush time.Duration // 0: accesslog's default
 }
 
-func (o *runOptions) drain() drainPolicy {
-	return drainPolicy{time: o.drainTime, gradual: o.drainStrategy == "gradual"}
+func (o *runOptions) tuning() tuning {
+	return tuning{drainTime: o.drainTime, gradual: o.drainStrategy == "gradual", fileFlush: o.fileFlush}
 }
 
 // server is a validated data plane, not yet started.
@@ -292,7 +319,7 @@ type server struct {
 
 // newServer checks everything in b that skiff can check without touching a
 // socket, so that a bad bootstrap exits before binding anything.
-func newServer(b *bootstrapv3.Bootstrap, source string, log *slog.Logger, drain drainPolicy, st *stats.Store) (*server, error) {
+func newServer(b *bootstrapv3.Bootstrap, source string, log *slog.Logger, tune tuning, st *stats.Store) (*server, error) {
 	rt, err := checkDynamic(b)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", source, err)
@@ -309,7 +336,7 @@ func newServer(b *bootstrapv3.Bootstrap, source string, log *slog.Logger, drain 
 	if err != nil {
 		return nil, locate(source, err)
 	}
-	srv := dataplane.NewServer(dataplane.Options{Logger: log, Registry: reg, Stats: st, DrainTime: drain.time, GradualDrain: drain.gradual, Node: b.GetNode(), Runtime: rt, Resolver: resolver, Secrets: secrets,
+	srv := dataplane.NewServer(dataplane.Options{Logger: log, Registry: reg, Stats: st, DrainTime: tune.drainTime, GradualDrain: tune.gradual, FileFlushInterval: tune.fileFlush, Node: b.GetNode(), Runtime: rt, Resolver: resolver, Secrets: secrets,
 		// With xDS, the client says when the first round is in place.
 		InitializedExternally: b.GetDynamicResources() != nil})
 	snap := &dataplane.Snapshot{

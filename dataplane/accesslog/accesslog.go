@@ -38,7 +38,6 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"time"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -524,11 +523,6 @@ func appendJSONString(dst []byte, s string) []byte {
 func ConfigFor(name string, m proto.Message) (*accesslogv3.AccessLog, error) {
 	return newAccessLog(name, m)
 }
-
-// Close durations for flushers.
-const (
-	flushEvery = time.Second
-)
 
 // lowerNames lower-cases header names given in configuration.
 func lowerNames(names []string) []string {

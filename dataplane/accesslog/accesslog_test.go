@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
@@ -204,7 +205,7 @@ func TestConfigErrors(t *testing.T) {
 func TestFileSink(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "a.log")
 	st := stats.NewStore()
-	sinks := NewSinks(nil, st)
+	sinks := NewSinks(nil, st, 0)
 	l := build1(t, `
 name: envoy.access_loggers.file
 typed_config:
@@ -234,12 +235,43 @@ typed_config:
 	}
 }
 
+// TestFileSinkFlushInterval: a file sink writes what waits every flush
+// interval (--file-flush-interval-msec), not before (fake time: synctest).
+func TestFileSinkFlushInterval(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "a.log")
+	synctest.Test(t, func(t *testing.T) {
+		sinks := NewSinks(nil, nil, 10*time.Second)
+		defer sinks.Close()
+		l := build1(t, `
+name: envoy.access_loggers.file
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+  path: `+path+`
+  log_format: { text_format_source: { inline_string: "%RESPONSE_CODE%\n" } }
+`, sinks)
+		l.Log(exchange())
+		size := func() int {
+			synctest.Wait()
+			b, _ := os.ReadFile(path)
+			return len(b)
+		}
+		time.Sleep(9 * time.Second)
+		if n := size(); n != 0 {
+			t.Fatalf("%d bytes written before the 10 s flush interval", n)
+		}
+		time.Sleep(2 * time.Second)
+		if n := size(); n != len("200\n") {
+			t.Fatalf("%d bytes written after the flush interval, want the entry", n)
+		}
+	})
+}
+
 // TestFileSinkReopen: after Reopen, entries go to a new file at the path,
 // and what was written before stays in the file log rotation moved away.
 func TestFileSinkReopen(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "a.log")
-	sinks := NewSinks(nil, nil)
+	sinks := NewSinks(nil, nil, 0)
 	defer sinks.Close()
 	l := build1(t, `
 name: envoy.access_loggers.file
@@ -279,7 +311,7 @@ typed_config:
 }
 
 func TestTextLogAllocs(t *testing.T) {
-	sinks := NewSinks(nil, nil)
+	sinks := NewSinks(nil, nil, 0)
 	defer sinks.Close()
 	l := build1(t, `
 name: envoy.access_loggers.file
@@ -336,7 +368,7 @@ func TestGRPCSink(t *testing.T) {
 	defer func() { gs.Stop(); <-done }()
 
 	st := stats.NewStore()
-	sinks := NewSinks(nil, st)
+	sinks := NewSinks(nil, st, 0)
 	l := build1(t, `
 name: envoy.access_loggers.http_grpc
 typed_config:

@@ -12,8 +12,9 @@ import (
 	"github.com/skiffproxy/skiff/internal/stats"
 )
 
-// Sink limits: a file sink writes once 64 KiB wait (or every second), and
-// drops entries while 16 MiB wait for a disk that does not keep up.
+// Sink limits: a file sink writes once 64 KiB wait (or every flush
+// interval), and drops entries while 16 MiB wait for a disk that does not
+// keep up.
 const (
 	flushAt    = 64 << 10
 	maxPending = 16 << 20
@@ -25,6 +26,9 @@ const (
 type Sinks struct {
 	log   *slog.Logger
 	stats *stats.Store
+	// flushEvery is how often a file sink writes what waits (Envoy's
+	// --file-flush-interval-msec).
+	flushEvery time.Duration
 
 	mu     sync.Mutex
 	files  map[string]*fileSink
@@ -33,16 +37,25 @@ type Sinks struct {
 	wg     sync.WaitGroup
 }
 
+// DefaultFileFlushInterval is how often file sinks write what waits unless
+// told otherwise: istio-agent's --file-flush-interval-msec 1000 (Envoy's
+// default is 10 s).
+const DefaultFileFlushInterval = time.Second
+
 // NewSinks returns an empty set of sinks. st counts written and dropped
-// entries (nil: an in-memory store).
-func NewSinks(log *slog.Logger, st *stats.Store) *Sinks {
+// entries (nil: an in-memory store); file sinks write what waits every
+// flushEvery (DefaultFileFlushInterval if 0) or once 64 KiB wait.
+func NewSinks(log *slog.Logger, st *stats.Store, flushEvery time.Duration) *Sinks {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if st == nil {
 		st = stats.NewStore()
 	}
-	return &Sinks{log: log, stats: st, files: map[string]*fileSink{}, grpcs: map[string]*grpcSink{}}
+	if flushEvery <= 0 {
+		flushEvery = DefaultFileFlushInterval
+	}
+	return &Sinks{log: log, stats: st, flushEvery: flushEvery, files: map[string]*fileSink{}, grpcs: map[string]*grpcSink{}}
 }
 
 // Close writes out what is buffered and stops the sinks' goroutines.
@@ -179,7 +192,7 @@ func (f *fileSink) run() {
 			out.Close()
 		}
 	}()
-	t := time.NewTicker(flushEvery)
+	t := time.NewTicker(f.s.flushEvery)
 	defer t.Stop()
 	for {
 		quit := false

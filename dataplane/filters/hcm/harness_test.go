@@ -77,7 +77,7 @@ func newEnv(t testing.TB, hcmYAML string, clusters ...*clusterv3.Cluster) *env {
 	bufs := bufpool.New()
 	e.pools = pool.NewManager(pool.Options{Buffers: bufs, Logger: testLog})
 	e.routes = route.NewProvider()
-	e.sinks = accesslog.NewSinks(testLog, e.st)
+	e.sinks = accesslog.NewSinks(testLog, e.st, 0)
 	e.reg = filter.NewRegistry()
 	for _, f := range []filter.HTTPFactory{router.Factory{}, grpcstats.Factory{}} {
 		if err := e.reg.RegisterHTTP(f); err != nil {
