@@ -229,16 +229,24 @@ func TestAdminStats(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Used as Envoy means it: written. A counter at 0 never was; a gauge
+	// at 0 was if it was set (server.state is 0 once live).
+	usedNames := map[string]bool{}
 	for _, s := range used.GetStats() {
-		if s.GetType() == adminv1.StatType_STAT_TYPE_HISTOGRAM {
+		usedNames[s.GetName()] = true
+		switch s.GetType() {
+		case adminv1.StatType_STAT_TYPE_HISTOGRAM:
 			if s.GetHistogram().GetCount() == 0 {
 				t.Errorf("GetStats(used_only) returned the empty histogram %s", s.GetName())
 			}
-			continue
+		case adminv1.StatType_STAT_TYPE_COUNTER:
+			if s.GetValue() == 0 {
+				t.Errorf("GetStats(used_only) returned %s = %d", s.GetName(), s.GetValue())
+			}
 		}
-		if s.GetValue() == 0 || s.GetName() == "cluster.c.upstream_cx_total" {
-			t.Errorf("GetStats(used_only) returned %s = %d", s.GetName(), s.GetValue())
-		}
+	}
+	if !usedNames["server.state"] || usedNames["cluster.c.upstream_cx_total"] {
+		t.Errorf("GetStats(used_only): server.state (set to 0: live) missing, or cluster.c.upstream_cx_total (0) there: %v", usedNames)
 	}
 
 	stream, err := a.admin(false).WatchStats(ctx, &adminv1.WatchStatsRequest{Filter: `^tcp\.l\.downstream_cx_total$`, Interval: durationpb.New(100 * time.Millisecond)})

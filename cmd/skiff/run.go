@@ -141,7 +141,7 @@ func parseRunFlags(args []string, stderr io.Writer) (*runOptions, error) {
 		for _, cl := range strings.Split(*componentLevels, ",") {
 			_, level, ok := strings.Cut(cl, ":")
 			if !ok {
-				return nil, fmt.Errorf("--component-log-level %q: want component:level,...", *componentLevels)
+				return nil, fmt.Errorf("--component-log-level %q: want component:level pairs, comma-separated", *componentLevels)
 			}
 			if _, err := admin.ParseLogLevel(level); err != nil {
 				return nil, fmt.Errorf("--component-log-level %q: %w", *componentLevels, err)
