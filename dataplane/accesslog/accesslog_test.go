@@ -144,6 +144,20 @@ typed_config:
 	}
 }
 
+// fileLogger builds an envoy.access_loggers.file logger writing format (a
+// text_format_source, as written in a YAML double-quoted string: \n for a
+// newline) to path.
+func fileLogger(t *testing.T, path, format string, sinks *Sinks) Logger {
+	t.Helper()
+	return build1(t, `
+name: envoy.access_loggers.file
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+  path: `+path+`
+  log_format: { text_format_source: { inline_string: "`+format+`" } }
+`, sinks)
+}
+
 func build1(t *testing.T, y string, sinks *Sinks) Logger {
 	t.Helper()
 	var c accesslogv3.AccessLog
@@ -206,13 +220,7 @@ func TestFileSink(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "a.log")
 	st := stats.NewStore()
 	sinks := NewSinks(nil, st, 0)
-	l := build1(t, `
-name: envoy.access_loggers.file
-typed_config:
-  "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-  path: `+path+`
-  log_format: { text_format_source: { inline_string: "%RESPONSE_CODE% %REQ(:PATH)%\n" } }
-`, sinks)
+	l := fileLogger(t, path, `%RESPONSE_CODE% %REQ(:PATH)%\n`, sinks)
 	e := exchange()
 	for range 100 {
 		l.Log(e)
@@ -242,13 +250,7 @@ func TestFileSinkFlushInterval(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sinks := NewSinks(nil, nil, 10*time.Second)
 		defer sinks.Close()
-		l := build1(t, `
-name: envoy.access_loggers.file
-typed_config:
-  "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-  path: `+path+`
-  log_format: { text_format_source: { inline_string: "%RESPONSE_CODE%\n" } }
-`, sinks)
+		l := fileLogger(t, path, `%RESPONSE_CODE%\n`, sinks)
 		l.Log(exchange())
 		size := func() int {
 			synctest.Wait()
@@ -273,13 +275,7 @@ func TestFileSinkReopen(t *testing.T) {
 	path := filepath.Join(dir, "a.log")
 	sinks := NewSinks(nil, nil, 0)
 	defer sinks.Close()
-	l := build1(t, `
-name: envoy.access_loggers.file
-typed_config:
-  "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-  path: `+path+`
-  log_format: { text_format_source: { inline_string: "%REQ(:PATH)%\n" } }
-`, sinks)
+	l := fileLogger(t, path, `%REQ(:PATH)%\n`, sinks)
 	logPath := func(p string) {
 		e := exchange()
 		e.Request.Set(http.Path, p)
