@@ -23,28 +23,38 @@ func (c Counter) Add(n uint64) { c.v.Add(n) }
 // Value returns the current value.
 func (c Counter) Value() uint64 { return c.v.Load() }
 
-// Gauge is a handle to a value that goes up and down.
+// Gauge is a handle to a value that goes up and down. A gauge that was
+// written counts as used (Sample.Used) whatever its value, as Envoy's:
+// server.state is 0 once the server is live, a connection gauge is 0 again
+// once its connections closed.
 type Gauge struct {
-	v   *atomic.Int64
-	set *atomic.Bool // Set was called: the gauge is used even at 0
+	v    *atomic.Int64
+	used *atomic.Bool
 }
 
 // Inc adds one.
-func (g Gauge) Inc() { g.v.Add(1) }
+func (g Gauge) Inc() { g.Add(1) }
 
 // Dec subtracts one.
-func (g Gauge) Dec() { g.v.Add(-1) }
+func (g Gauge) Dec() { g.Add(-1) }
 
 // Add adds n (which may be negative).
-func (g Gauge) Add(n int64) { g.v.Add(n) }
+func (g Gauge) Add(n int64) {
+	g.v.Add(n)
+	g.markUsed()
+}
 
-// Set replaces the value. A gauge that was Set counts as used (Sample.Used)
-// whatever its value, as Envoy's do: server.state is 0 once the server is
-// live.
+// Set replaces the value.
 func (g Gauge) Set(n int64) {
 	g.v.Store(n)
-	if !g.set.Load() {
-		g.set.Store(true)
+	g.markUsed()
+}
+
+// markUsed records that the gauge was written: a load, and a store only
+// the first time.
+func (g Gauge) markUsed() {
+	if !g.used.Load() {
+		g.used.Store(true)
 	}
 }
 
@@ -106,9 +116,8 @@ type Sample struct {
 	Mode      ImportMode // gauges
 	Histogram *HistogramSnapshot
 	// Used says the stat was written, as Envoy's ?usedonly means it: a
-	// counter or gauge that is not 0, a gauge that was Set (to any value),
-	// a histogram that recorded a value. (A gauge brought back to 0 by Dec
-	// counts as unused, where Envoy's would not.)
+	// counter that is not 0, a gauge written to (whatever its value now), a
+	// histogram that recorded a value.
 	Used bool
 }
 
@@ -141,10 +150,10 @@ type entry struct {
 	slot int64          // -1: not in the region
 	hist *histogram
 	refs int
-	set  atomic.Bool // a gauge's Set was called
+	used atomic.Bool // a gauge was written
 }
 
-func (e *entry) gauge() Gauge { return Gauge{v: (*atomic.Int64)(e.p), set: &e.set} }
+func (e *entry) gauge() Gauge { return Gauge{v: (*atomic.Int64)(e.p), used: &e.used} }
 
 // Option configures Open.
 type Option func(*options)
@@ -338,7 +347,7 @@ func (s *Store) Snapshot() []Sample {
 			sm.Used = sm.Value != 0
 		case KindGauge:
 			sm.Value = (*atomic.Int64)(e.p).Load()
-			sm.Used = sm.Value != 0 || e.set.Load()
+			sm.Used = sm.Value != 0 || e.used.Load()
 		case KindHistogram:
 			sm.Histogram = e.hist.snapshot()
 			sm.Used = sm.Histogram.Count > 0

@@ -258,8 +258,9 @@ func TestAccept(t *testing.T) {
 	}
 }
 
-// Sample.Used: a counter or gauge not at 0, a gauge Set to any value (as
-// server.state, 0 once live), a histogram that recorded something.
+// Sample.Used: a counter not at 0, a gauge written to (set to 0 as
+// server.state once live, or back at 0 after its Inc and Dec), a
+// histogram that recorded something.
 func TestUsed(t *testing.T) {
 	stores(t, func(t *testing.T, s *Store) {
 		s.Counter("c.zero")
@@ -271,13 +272,14 @@ func TestUsed(t *testing.T) {
 		s.Gauge("g.two").Add(2)
 		s.Histogram("h.empty")
 		s.Histogram("h.one").Record(1)
+		s.Gauge("g.never")
 		var used []string
 		for _, sm := range userSamples(s) {
 			if sm.Used {
 				used = append(used, sm.Name)
 			}
 		}
-		if want := []string{"c.one", "g.set_zero", "g.two", "h.one"}; !slices.Equal(used, want) {
+		if want := []string{"c.one", "g.set_zero", "g.two", "h.one", "s.g.back_to_zero"}; !slices.Equal(used, want) {
 			t.Errorf("used: %q, want %q", used, want)
 		}
 	})
