@@ -16,8 +16,8 @@ import (
 	"github.com/skiffproxy/skiff/internal/cfgerr"
 )
 
-// Config is a compiled stats_config. The zero of each part (no stats_config)
-// keeps every stat and extracts Envoy's default tags.
+// Config is a compiled stats_config. That of a bootstrap without one
+// (New(nil)) keeps every stat and extracts Envoy's default tags.
 type Config struct {
 	// Accept reports whether a stat of this name is made (stats_matcher);
 	// one that is not is never kept nor shown, as Envoy's null stats. Nil

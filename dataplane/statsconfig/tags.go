@@ -34,7 +34,7 @@ func (t *Tags) Extract(name string) (string, []Tag) {
 	for i := range t.extractors {
 		e := &t.extractors[i]
 		value, start, end, ok := e.extract(name)
-		if !ok || slices.ContainsFunc(tags, func(t Tag) bool { return t.Name == e.name }) {
+		if !ok || slices.ContainsFunc(tags, func(found Tag) bool { return found.Name == e.name }) {
 			continue
 		}
 		tags = append(tags, Tag{Name: e.name, Value: value})
