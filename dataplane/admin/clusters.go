@@ -152,7 +152,7 @@ func hostAddress(a *corev3.Address) string {
 
 // healthFlagsText is a host's health_flags line as Envoy writes it:
 // "healthy", or each reason the load balancer skips or degrades the host
-// after a slash.
+// after a slash, in Envoy's order.
 func healthFlagsText(hs *adminv3.HostHealthStatus) string {
 	var b strings.Builder
 	for _, f := range []struct {
@@ -163,8 +163,8 @@ func healthFlagsText(hs *adminv3.HostHealthStatus) string {
 		{hs.GetFailedOutlierCheck(), "failed_outlier_check"},
 		{hs.GetEdsHealthStatus() != corev3.HealthStatus_UNKNOWN && hs.GetEdsHealthStatus() != corev3.HealthStatus_HEALTHY &&
 			hs.GetEdsHealthStatus() != corev3.HealthStatus_DEGRADED, "failed_eds_health"},
-		{hs.GetEdsHealthStatus() == corev3.HealthStatus_DEGRADED, "degraded_eds_health"},
 		{hs.GetFailedActiveDegradedCheck(), "degraded_active_hc"},
+		{hs.GetEdsHealthStatus() == corev3.HealthStatus_DEGRADED, "degraded_eds_health"},
 		{hs.GetExcludedViaImmediateHcFail(), "excluded_via_immediate_hc_fail"},
 	} {
 		if f.set {
