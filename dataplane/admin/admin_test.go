@@ -112,6 +112,7 @@ type testAdmin struct {
 	unix     *grpc.ClientConn
 	tcp      *grpc.ClientConn
 	httpAddr string
+	sock     string // the admin unix socket's path
 }
 
 func startTestAdmin(t *testing.T, configure func(*Options)) *testAdmin {
@@ -156,6 +157,7 @@ func startTestAdmin(t *testing.T, configure func(*Options)) *testAdmin {
 		return cc
 	}
 	ta.unix, ta.tcp = dial("unix://"+sock), dial(ta.httpAddr)
+	ta.sock = sock
 	t.Cleanup(func() {
 		ta.unix.Close()
 		ta.tcp.Close()
@@ -762,5 +764,58 @@ func TestHTTPServerInfoAndListeners(t *testing.T) {
 	if st := ls.GetListenerStatuses(); len(st) != 1 || st[0].GetName() != "l" || st[0].GetLocalAddress().GetSocketAddress().GetPortValue() != 41000 ||
 		st[0].GetAdditionalLocalAddresses()[0].GetSocketAddress().GetAddress() != "::1" {
 		t.Errorf("GET /listeners?format=json: %v", &ls)
+	}
+}
+
+// Envoy's POST endpoints that change the server: only POST, refused over
+// TCP as the gRPC calls are, served over the admin unix socket.
+func TestHTTPMutations(t *testing.T) {
+	ta := startTestAdmin(t, nil)
+	post := func(overUnix bool, path string) (int, string) {
+		t.Helper()
+		tr := &http.Transport{}
+		if overUnix {
+			tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "unix", ta.sock)
+			}
+		}
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Post("http://"+ta.httpAddr+path, "text/plain", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := post(false, "/healthcheck/fail"); code != http.StatusForbidden || !strings.Contains(body, "--admin-tcp-mutations") || ta.dp.hcFailed.Load() {
+		t.Errorf("POST /healthcheck/fail over TCP: %d %q, failed %t", code, body, ta.dp.hcFailed.Load())
+	}
+	if code, _, _ := httpGet(t, "http://"+ta.httpAddr+"/healthcheck/fail"); code != http.StatusMethodNotAllowed {
+		t.Errorf("GET /healthcheck/fail = %d, want 405", code)
+	}
+	drains := func() []bool {
+		ta.dp.mu.Lock()
+		defer ta.dp.mu.Unlock()
+		return slices.Clone(ta.dp.drains)
+	}
+	for _, tt := range []struct {
+		path, want string
+		code       int
+		check      func() bool
+	}{
+		{"/healthcheck/fail", "OK\n", http.StatusOK, func() bool { return ta.dp.hcFailed.Load() }},
+		{"/healthcheck/ok", "OK\n", http.StatusOK, func() bool { return !ta.dp.hcFailed.Load() }},
+		{"/reopen_logs", "OK\n", http.StatusOK, func() bool { return ta.dp.reopen.Load() == 1 }},
+		{"/logging?level=debug", "level: debug\n", http.StatusOK, func() bool { return ta.levels.Level() == slog.LevelDebug }},
+		{"/logging", "level: debug\n", http.StatusOK, func() bool { return true }},
+		{"/logging?level=loud", "", http.StatusBadRequest, func() bool { return ta.levels.Level() == slog.LevelDebug }},
+		{"/drain_listeners?inboundonly&graceful", "", http.StatusBadRequest, func() bool { return len(drains()) == 0 }},
+		{"/drain_listeners?graceful", "OK\n", http.StatusOK, func() bool { return slices.Equal(drains(), []bool{true}) }},
+	} {
+		code, body := post(true, tt.path)
+		if code != tt.code || (tt.want != "" && body != tt.want) || !tt.check() {
+			t.Errorf("POST %s over the unix socket: %d %q (check %t), want %d %q", tt.path, code, body, tt.check(), tt.code, tt.want)
+		}
 	}
 }

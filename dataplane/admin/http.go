@@ -23,14 +23,25 @@ const httpHelp = `skiff admin: the HTTP side of the admin API (the rest is gRPC:
   /clusters           clusters and hosts as Envoy's cluster::host::stat::value lines; ?format=json
   /listeners          listeners as Envoy's name::address lines; ?format=json
   /server_info        version, state, uptime and node as Envoy's JSON
+
+POST, over the admin unix socket (or TCP with --admin-tcp-mutations), as Envoy's:
+  /drain_listeners    ?graceful
+  /healthcheck/fail   /healthcheck/ok
+  /logging            ?level=
+  /reopen_logs
 `
 
-// httpHandler serves the read-only HTTP endpoints, for scrapers and load
-// balancer health checks. Nothing here changes the server.
+// httpHandler serves Envoy's HTTP admin endpoints: the read-only ones (GET),
+// for scrapers, load balancer health checks and istioctl, and the POST ones
+// that change the server under the gRPC calls' guard (see httpMutationAt).
 func (s *Server) httpHandler(w http.ResponseWriter, r *http.Request) {
+	if m, ok := httpMutationAt(r.URL.Path); ok {
+		s.serveMutation(w, r, m)
+		return
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		http.Error(w, "method not allowed: the HTTP side of the admin API is read-only", http.StatusMethodNotAllowed)
+		http.Error(w, "method not allowed: this endpoint only reads (GET)", http.StatusMethodNotAllowed)
 		return
 	}
 	switch r.URL.Path {
