@@ -9,6 +9,7 @@ import (
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 )
 
@@ -75,7 +76,7 @@ func TestDrainListeners(t *testing.T) {
 	addr := boundAddr(t, s, "l")
 	c, r, _ := dialGreeting(t, addr)
 
-	if at := s.DrainListeners(false); time.Since(at) > time.Second || time.Until(at) > 0 {
+	if at := s.DrainListeners(false, false); time.Since(at) > time.Second || time.Until(at) > 0 {
 		t.Errorf("DrainListeners(false) returned %v, want about now", at)
 	}
 	refusedWithin(t, addr, 5*time.Second)
@@ -93,6 +94,51 @@ func TestDrainListeners(t *testing.T) {
 	}
 }
 
+// TestDrainListenersInboundOnly: as Envoy's ?inboundonly, only the
+// INBOUND listener stops accepting (an outbound and an unspecified one go
+// on), a listener added afterwards is started unless it is inbound, and a
+// drain of every listener then widens it.
+func TestDrainListenersInboundOnly(t *testing.T) {
+	a := namedEcho(t, "a")
+	s, _ := newTestServer(t, 10*time.Second)
+	clusters := []*clusterv3.Cluster{staticCluster("a", a)}
+	withDirection := func(name string, d corev3.TrafficDirection) *listenerv3.Listener {
+		l := tcpListener(name, loopback0, "a")
+		l.TrafficDirection = d
+		return l
+	}
+	listeners := []*listenerv3.Listener{
+		withDirection("in", corev3.TrafficDirection_INBOUND),
+		withDirection("out", corev3.TrafficDirection_OUTBOUND),
+		withDirection("unspecified", corev3.TrafficDirection_UNSPECIFIED),
+	}
+	if err := s.Apply(&Snapshot{Listeners: listeners, Clusters: clusters}); err != nil {
+		t.Fatal(err)
+	}
+	in, out, unspecified := boundAddr(t, s, "in"), boundAddr(t, s, "out"), boundAddr(t, s, "unspecified")
+	s.DrainListeners(false, true)
+	refusedWithin(t, in, 5*time.Second)
+	dialGreeting(t, out)
+	dialGreeting(t, unspecified)
+
+	more := append(listeners, withDirection("in2", corev3.TrafficDirection_INBOUND), withDirection("out2", corev3.TrafficDirection_OUTBOUND))
+	if err := s.Apply(&Snapshot{Listeners: more, Clusters: clusters}); err != nil {
+		t.Fatal(err)
+	}
+	started := map[string]bool{}
+	for _, l := range s.Listeners() {
+		started[l.Name] = len(l.Bound) > 0
+	}
+	if started["in2"] || !started["out2"] {
+		t.Errorf("after an inbound-only drain: in2 started %t, out2 started %t; want false, true", started["in2"], started["out2"])
+	}
+	dialGreeting(t, boundAddr(t, s, "out2"))
+
+	s.DrainListeners(false, false)
+	refusedWithin(t, out, 5*time.Second)
+	refusedWithin(t, unspecified, 5*time.Second)
+}
+
 func TestDrainListenersGraceful(t *testing.T) {
 	a := namedEcho(t, "a")
 	const drain = time.Second
@@ -101,7 +147,7 @@ func TestDrainListenersGraceful(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := boundAddr(t, s, "l")
-	at := s.DrainListeners(true)
+	at := s.DrainListeners(true, false)
 	if d := time.Until(at); d <= 0 || d > drain {
 		t.Errorf("DrainListeners(true) stops accepting in %v, want within the drain time %v", d, drain)
 	}

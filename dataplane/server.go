@@ -212,7 +212,8 @@ type Server struct {
 	hcFailed   atomic.Bool // SetHealthCheckFailed
 	applied    chan struct{}
 	initOnce   sync.Once
-	drained    bool        // DrainListeners ran: Apply starts no new listener
+	drained    bool        // DrainListeners ran: Apply starts no new listener (of its scope)
+	drainIn    bool        // ... and only inbound listeners are in its scope
 	drainTimer *time.Timer // a graceful DrainListeners' end
 	drainedAt  time.Time   // when the listeners stop(ped) accepting
 }
@@ -542,7 +543,7 @@ func (s *Server) Apply(snap *Snapshot) error {
 			next[cfg.Name] = l
 			continue
 		}
-		if s.drained {
+		if s.drained && (!s.drainIn || inbound(cfg)) {
 			s.log.Warn("listener not started: the listeners were drained (admin DrainListeners)", "listener", cfg.Name)
 			continue
 		}
@@ -883,14 +884,22 @@ func (s *Server) Runtime() *runtime.Loader { return s.opts.Runtime }
 // /drain_listeners; connections already accepted go on. With graceful, the
 // connections of every filter chain are first asked to end at their next safe
 // point, and the listeners go on accepting (the new connections are asked the
-// same) for the drain time before they stop. Listeners that a later Apply adds
-// are not started. It returns when the listeners stop (or stopped) accepting.
-func (s *Server) DrainListeners(graceful bool) time.Time {
+// same) for the drain time before they stop. With inboundOnly, only the
+// listeners whose traffic_direction is INBOUND stop (Envoy's ?inboundonly: a
+// sidecar keeps its outbound listeners while its pod terminates); a graceful
+// drain still asks every connection to end, as Envoy's drain sequence is the
+// server's. Listeners that a later Apply adds are not started (inbound ones
+// only, with inboundOnly). A later call without inboundOnly widens an
+// inbound-only drain to every listener. It returns when the listeners stop
+// (or stopped) accepting.
+func (s *Server) DrainListeners(graceful, inboundOnly bool) time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.drained && (graceful || s.drainTimer == nil) {
+	widen := s.drained && s.drainIn && !inboundOnly
+	if s.drained && !widen && (graceful || s.drainTimer == nil) {
 		return s.drainedAt
 	}
+	s.drainIn = inboundOnly && (!s.drained || s.drainIn)
 	s.drained = true
 	s.isDraining.Store(true)
 	if !graceful {
@@ -898,10 +907,11 @@ func (s *Server) DrainListeners(graceful bool) time.Time {
 			s.drainTimer.Stop()
 			s.drainTimer = nil
 		}
-		for _, l := range s.listeners {
-			l.StopAccepting()
-		}
+		s.stopDrainedLocked()
 		s.drainedAt = time.Now()
+		return s.drainedAt
+	}
+	if s.drainTimer != nil { // a graceful drain under way: it ends as it was to, in the new scope
 		return s.drainedAt
 	}
 	for _, l := range s.listeners {
@@ -914,9 +924,22 @@ func (s *Server) DrainListeners(graceful bool) time.Time {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		s.drainTimer = nil
-		for _, l := range s.listeners {
-			l.StopAccepting()
-		}
+		s.stopDrainedLocked()
 	})
 	return s.drainedAt
+}
+
+// stopDrainedLocked stops the listeners in the drain's scope from
+// accepting.
+func (s *Server) stopDrainedLocked() {
+	for _, l := range s.listeners {
+		if !s.drainIn || inbound(l.Config()) {
+			l.StopAccepting()
+		}
+	}
+}
+
+// inbound reports whether a listener's traffic_direction is INBOUND.
+func inbound(cfg *listener.Config) bool {
+	return cfg.Proto().GetTrafficDirection() == corev3.TrafficDirection_INBOUND
 }

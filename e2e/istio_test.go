@@ -433,7 +433,9 @@ func TestIstioAgentBootstrap(t *testing.T) {
 	dir := t.TempDir()
 	up := startUpstream(t, "127.0.0.1", echoHandler)
 	cp := xdstest.Start(t, "unix:"+filepath.Join(dir, "XDS"), istioAgentNode)
-	cp.Push(xdsResources(xdsAssignment("backend", up.Addr), xdsListener("ingress", "backend")))
+	inbound, outbound := xdsListener("ingress", "backend"), xdsListener("egress", "backend")
+	inbound.TrafficDirection, outbound.TrafficDirection = corev3.TrafficDirection_INBOUND, corev3.TrafficDirection_OUTBOUND
+	cp.Push(xdsResources(xdsAssignment("backend", up.Addr), inbound, outbound))
 	agent := httpBackend(t, nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
 		if r.URL.Path != "/healthz/ready" {
 			nethttp.NotFound(w, r)
@@ -448,8 +450,9 @@ func TestIstioAgentBootstrap(t *testing.T) {
 	cfg := strings.NewReplacer("__DIR__", dir, "__ADMIN_PORT__", fmt.Sprint(adminPort), "__AGENT_PORT__", agentPort,
 		"__STATS_PORT__", fmt.Sprint(statsPort), "__HEALTH_PORT__", fmt.Sprint(healthPort)).Replace(string(tmpl))
 	// istio-agent's command line for its proxy (pkg/envoy: args()), but -l
-	// info, which the harness's start-up line needs.
-	p := startSkiff(t, cfg, "--drain-time-s", "45", "--drain-strategy", "immediate", "--local-address-ip-version", "v4",
+	// info, which the harness's start-up line needs, and
+	// --admin-tcp-mutations, which a wrapper would add for the agent's drain.
+	p := startSkiff(t, cfg, "--admin-tcp-mutations", "--drain-time-s", "45", "--drain-strategy", "immediate", "--local-address-ip-version", "v4",
 		"--file-flush-interval-msec", "1000", "--disable-hot-restart", "--allow-unknown-static-fields",
 		"-l", "info", "--component-log-level", "misc:error", "--log-format", "%Y-%m-%dT%T.%fZ\t%l\tenvoy %n %g:%#\t%v\tthread=%t",
 		"--concurrency", "2")
@@ -505,5 +508,22 @@ func TestIstioAgentBootstrap(t *testing.T) {
 		if strings.Contains(body, unwanted) {
 			t.Errorf("GET /stats/prometheus has %s, which the inclusion list or use_all_default_tags: false leaves out:\n%s", unwanted, body)
 		}
+	}
+
+	// The agent's drain at pod termination (graceful there; here at once):
+	// the inbound listener stops, the outbound one serves on.
+	egress := waitListener(t, p, "egress")
+	resp, err := nethttp.Post(fmt.Sprintf("http://127.0.0.1:%d/drain_listeners?inboundonly", adminPort), "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != nethttp.StatusOK {
+		t.Fatalf("POST /drain_listeners?inboundonly: %d", resp.StatusCode)
+	}
+	waitRefused(t, waitListener(t, p, "ingress"), 10*time.Second)
+	c = dial(t, egress)
+	if err := echoRoundTrip(c, []byte("outbound after the inbound drain")); err != nil {
+		t.Errorf("the outbound listener after an inbound-only drain: %v", err)
 	}
 }

@@ -657,12 +657,13 @@ func adminLogLevel(c *adminClient, args []string) error {
 
 func adminDrain(c *adminClient, args []string) error {
 	graceful := c.fs.Bool("graceful", false, "ask open connections to finish and keep accepting for the drain time before the listeners stop")
+	inboundOnly := c.fs.Bool("inbound-only", false, "stop only the listeners whose traffic_direction is INBOUND (Envoy's ?inboundonly)")
 	if err := c.parse(args, 0); err != nil {
 		return err
 	}
 	ctx, cancel := c.call()
 	defer cancel()
-	r, err := c.admin.DrainListeners(ctx, &adminv1.DrainListenersRequest{Graceful: *graceful})
+	r, err := c.admin.DrainListeners(ctx, &adminv1.DrainListenersRequest{Graceful: *graceful, InboundOnly: *inboundOnly})
 	if err != nil {
 		return err
 	}

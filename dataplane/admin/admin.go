@@ -60,7 +60,7 @@ type Dataplane interface {
 	Applied() <-chan struct{}
 	// DrainListeners stops the listeners from accepting (Envoy's
 	// /drain_listeners) and returns when they stop (stopped).
-	DrainListeners(graceful bool) time.Time
+	DrainListeners(graceful, inboundOnly bool) time.Time
 	// ReopenAccessLogs makes the access log files be opened again by their
 	// paths (Envoy's /reopen_logs).
 	ReopenAccessLogs()

@@ -53,7 +53,8 @@ type fakeDataplane struct {
 	clusters *upstream.Manager
 
 	mu       sync.Mutex
-	drains   []bool
+	drains   []bool // graceful, per call
+	inbound  []bool // inboundOnly, per call
 	reopen   atomic.Int32
 	hcFailed atomic.Bool
 }
@@ -69,10 +70,11 @@ func (f *fakeDataplane) Listeners() []dataplane.ListenerInfo {
 func (f *fakeDataplane) Clusters() *upstream.Manager { return f.clusters }
 func (f *fakeDataplane) Generation() uint64          { return f.gen.Load() }
 func (f *fakeDataplane) Applied() <-chan struct{}    { return f.applied }
-func (f *fakeDataplane) DrainListeners(graceful bool) time.Time {
+func (f *fakeDataplane) DrainListeners(graceful, inboundOnly bool) time.Time {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.drains = append(f.drains, graceful)
+	f.inbound = append(f.inbound, inboundOnly)
 	return time.Now()
 }
 
@@ -799,6 +801,11 @@ func TestHTTPMutations(t *testing.T) {
 		defer ta.dp.mu.Unlock()
 		return slices.Clone(ta.dp.drains)
 	}
+	inbound := func() []bool {
+		ta.dp.mu.Lock()
+		defer ta.dp.mu.Unlock()
+		return slices.Clone(ta.dp.inbound)
+	}
 	for _, tt := range []struct {
 		path, want string
 		code       int
@@ -810,8 +817,12 @@ func TestHTTPMutations(t *testing.T) {
 		{"/logging?level=debug", "level: debug\n", http.StatusOK, func() bool { return ta.levels.Level() == slog.LevelDebug }},
 		{"/logging", "level: debug\n", http.StatusOK, func() bool { return true }},
 		{"/logging?level=loud", "", http.StatusBadRequest, func() bool { return ta.levels.Level() == slog.LevelDebug }},
-		{"/drain_listeners?inboundonly&graceful", "", http.StatusBadRequest, func() bool { return len(drains()) == 0 }},
-		{"/drain_listeners?graceful", "OK\n", http.StatusOK, func() bool { return slices.Equal(drains(), []bool{true}) }},
+		{"/drain_listeners?inboundonly&graceful", "OK\n", http.StatusOK, func() bool {
+			return slices.Equal(drains(), []bool{true}) && slices.Equal(inbound(), []bool{true})
+		}},
+		{"/drain_listeners", "OK\n", http.StatusOK, func() bool {
+			return slices.Equal(drains(), []bool{true, false}) && slices.Equal(inbound(), []bool{true, false})
+		}},
 	} {
 		code, body := post(true, tt.path)
 		if code != tt.code || (tt.want != "" && body != tt.want) || !tt.check() {

@@ -26,10 +26,7 @@ func httpMutationAt(path string) (httpMutation, bool) {
 	case "/drain_listeners":
 		return httpMutation{adminv1.AdminService_DrainListeners_FullMethodName, func(ctx context.Context, v *service, r *http.Request) (string, error) {
 			q := r.URL.Query()
-			if q.Has("inboundonly") {
-				return "", status.Error(codes.InvalidArgument, "inboundonly: not supported by skiff (it drains every listener)")
-			}
-			_, err := v.DrainListeners(ctx, &adminv1.DrainListenersRequest{Graceful: q.Has("graceful")})
+			_, err := v.DrainListeners(ctx, &adminv1.DrainListenersRequest{Graceful: q.Has("graceful"), InboundOnly: q.Has("inboundonly")})
 			return "OK\n", err
 		}}, true
 	case "/healthcheck/fail":

@@ -202,8 +202,8 @@ func (v *service) ListClusters(context.Context, *adminv1.ListClustersRequest) (*
 
 func (v *service) DrainListeners(_ context.Context, req *adminv1.DrainListenersRequest) (*adminv1.DrainListenersResponse, error) {
 	v.s.SetDraining()
-	at := v.s.opts.Dataplane.DrainListeners(req.GetGraceful())
-	v.s.log.Info("admin: draining listeners", "graceful", req.GetGraceful(), "stop_accepting", at)
+	at := v.s.opts.Dataplane.DrainListeners(req.GetGraceful(), req.GetInboundOnly())
+	v.s.log.Info("admin: draining listeners", "graceful", req.GetGraceful(), "inbound_only", req.GetInboundOnly(), "stop_accepting", at)
 	return &adminv1.DrainListenersResponse{StopAcceptingTime: timestamppb.New(at)}, nil
 }
 

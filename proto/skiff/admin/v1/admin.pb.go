@@ -1395,7 +1395,11 @@ type DrainListenersRequest struct {
 	// (new connections are asked the same) for the drain time (--drain-time)
 	// before the listeners stop, as Envoy's ?graceful. Without it, the
 	// listeners stop accepting at once; open connections go on either way.
-	Graceful      bool `protobuf:"varint,1,opt,name=graceful,proto3" json:"graceful,omitempty"`
+	Graceful bool `protobuf:"varint,1,opt,name=graceful,proto3" json:"graceful,omitempty"`
+	// Stop only the listeners whose traffic_direction is INBOUND (Envoy's
+	// ?inboundonly: a sidecar keeps its outbound listeners while its pod
+	// terminates). A graceful drain still asks every connection to end.
+	InboundOnly   bool `protobuf:"varint,2,opt,name=inbound_only,json=inboundOnly,proto3" json:"inbound_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1433,6 +1437,13 @@ func (*DrainListenersRequest) Descriptor() ([]byte, []int) {
 func (x *DrainListenersRequest) GetGraceful() bool {
 	if x != nil {
 		return x.Graceful
+	}
+	return false
+}
+
+func (x *DrainListenersRequest) GetInboundOnly() bool {
+	if x != nil {
+		return x.InboundOnly
 	}
 	return false
 }
@@ -2110,9 +2121,10 @@ const file_skiff_admin_v1_admin_proto_rawDesc = "" +
 	"\bcx_total\x18\x06 \x01(\x04R\acxTotal\x12\x1b\n" +
 	"\tcx_active\x18\a \x01(\x03R\bcxActive\x12&\n" +
 	"\x0fcx_connect_fail\x18\b \x01(\x04R\rcxConnectFail\x12!\n" +
-	"\fhealth_flags\x18\t \x03(\tR\vhealthFlags\"3\n" +
+	"\fhealth_flags\x18\t \x03(\tR\vhealthFlags\"V\n" +
 	"\x15DrainListenersRequest\x12\x1a\n" +
-	"\bgraceful\x18\x01 \x01(\bR\bgraceful\"d\n" +
+	"\bgraceful\x18\x01 \x01(\bR\bgraceful\x12!\n" +
+	"\finbound_only\x18\x02 \x01(\bR\vinboundOnly\"d\n" +
 	"\x16DrainListenersResponse\x12J\n" +
 	"\x13stop_accepting_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x11stopAcceptingTime\"0\n" +
 	"\x16StartHotRestartRequest\x12\x16\n" +
