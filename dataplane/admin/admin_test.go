@@ -817,6 +817,7 @@ func TestHTTPMutations(t *testing.T) {
 		{"/logging?level=debug", "level: debug\n", http.StatusOK, func() bool { return ta.levels.Level() == slog.LevelDebug }},
 		{"/logging", "level: debug\n", http.StatusOK, func() bool { return true }},
 		{"/logging?level=loud", "", http.StatusBadRequest, func() bool { return ta.levels.Level() == slog.LevelDebug }},
+		{"/drain_listeners?graceful&skip_exit", "", http.StatusBadRequest, func() bool { return len(drains()) == 0 }},
 		{"/drain_listeners?inboundonly&graceful", "OK\n", http.StatusOK, func() bool {
 			return slices.Equal(drains(), []bool{true}) && slices.Equal(inbound(), []bool{true})
 		}},

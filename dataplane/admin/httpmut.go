@@ -26,6 +26,10 @@ func httpMutationAt(path string) (httpMutation, bool) {
 	case "/drain_listeners":
 		return httpMutation{adminv1.AdminService_DrainListeners_FullMethodName, func(ctx context.Context, v *service, r *http.Request) (string, error) {
 			q := r.URL.Query()
+			if q.Has("skip_exit") {
+				// Envoy then drains without stopping the listeners at the end.
+				return "", status.Error(codes.InvalidArgument, "skip_exit: not supported by skiff (a drain stops the listeners at its end)")
+			}
 			_, err := v.DrainListeners(ctx, &adminv1.DrainListenersRequest{Graceful: q.Has("graceful"), InboundOnly: q.Has("inboundonly")})
 			return "OK\n", err
 		}}, true
