@@ -25,7 +25,7 @@ const httpHelp = `skiff admin: the HTTP side of the admin API (the rest is gRPC:
   /server_info        version, state, uptime and node as Envoy's JSON
 
 POST, over the admin unix socket (or TCP with --admin-tcp-mutations), as Envoy's:
-  /drain_listeners    ?graceful
+  /drain_listeners    ?graceful ?inboundonly
   /healthcheck/fail   /healthcheck/ok
   /logging            ?level=
   /reopen_logs
