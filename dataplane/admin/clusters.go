@@ -30,7 +30,7 @@ func (s *Server) serveClusters(w http.ResponseWriter, r *http.Request) {
 	}
 	cs := s.clustersStatus()
 	if format == "json" {
-		writeJSON(w, cs)
+		s.writeJSON(w, cs)
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -65,10 +65,7 @@ func (s *Server) serveClusters(w http.ResponseWriter, r *http.Request) {
 // clustersStatus is the running clusters as Envoy's /clusters?format=json
 // describes them, sorted by name.
 func (s *Server) clustersStatus() *adminv3.Clusters {
-	static := map[string]bool{}
-	for _, c := range s.opts.Bootstrap.GetStaticResources().GetClusters() {
-		static[c.GetName()] = true
-	}
+	static := s.staticClusters()
 	out := &adminv3.Clusters{}
 	for _, c := range s.opts.Dataplane.Clusters().Clusters() {
 		cfg := c.Config()
@@ -94,9 +91,18 @@ func (s *Server) clustersStatus() *adminv3.Clusters {
 	return out
 }
 
+// staticClusters are the names of the bootstrap's clusters: those not
+// added_via_api.
+func (s *Server) staticClusters() map[string]bool {
+	static := map[string]bool{}
+	for _, c := range s.opts.Bootstrap.GetStaticResources().GetClusters() {
+		static[c.GetName()] = true
+	}
+	return static
+}
+
 func hostStatus(c *upstream.Cluster, h *upstream.Host) *adminv3.HostStatus {
-	addr := &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
-		Address: h.Addr.Addr().String(), PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(h.Addr.Port())}}}}
+	addr := socketAddress(h.Addr)
 	if h.Pipe != "" {
 		addr = &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: h.Pipe}}}
 	}

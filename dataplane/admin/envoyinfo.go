@@ -30,7 +30,7 @@ func (s *Server) serveServerInfo(w http.ResponseWriter) {
 		UptimeAllEpochs:    up,
 		Node:               proto.Clone(o.Bootstrap.GetNode()).(*corev3.Node),
 	}
-	writeJSON(w, si)
+	s.writeJSON(w, si)
 }
 
 // envoyServerInfoState is Envoy's ServerInfo.State for st.
@@ -65,7 +65,7 @@ func (s *Server) serveListeners(w http.ResponseWriter, r *http.Request) {
 		out.ListenerStatuses = append(out.ListenerStatuses, ls)
 	}
 	if format == "json" {
-		writeJSON(w, out)
+		s.writeJSON(w, out)
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -80,9 +80,13 @@ func socketAddress(a netip.AddrPort) *corev3.Address {
 }
 
 // writeJSON writes m as Envoy's admin endpoints write JSON: indented, with
-// proto field names.
-func writeJSON(w http.ResponseWriter, m proto.Message) {
-	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: true}.Marshal(m)
+// proto field names, the Anys it holds resolved by Options.Types.
+func (s *Server) writeJSON(w http.ResponseWriter, m proto.Message) {
+	mo := protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: true}
+	if s.opts.Types != nil {
+		mo.Resolver = s.opts.Types
+	}
+	b, err := mo.Marshal(m)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return

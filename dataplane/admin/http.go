@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/skiffproxy/skiff/internal/stats"
 	adminv1 "github.com/skiffproxy/skiff/proto/skiff/admin/v1"
@@ -89,17 +88,7 @@ func (s *Server) serveConfigDump(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, status.Convert(err).Message(), http.StatusBadRequest)
 		return
 	}
-	mo := protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: true}
-	if s.opts.Types != nil {
-		mo.Resolver = s.opts.Types
-	}
-	b, err := mo.Marshal(cd)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Write(append(b, '\n'))
+	s.writeJSON(w, cd)
 }
 
 // serveReady answers as Envoy's /ready: 200 and LIVE, or 503 and the state.

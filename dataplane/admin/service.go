@@ -170,10 +170,7 @@ func (v *service) ListListeners(context.Context, *adminv1.ListListenersRequest) 
 }
 
 func (v *service) ListClusters(context.Context, *adminv1.ListClustersRequest) (*adminv1.ListClustersResponse, error) {
-	static := map[string]bool{}
-	for _, c := range v.s.opts.Bootstrap.GetStaticResources().GetClusters() {
-		static[c.GetName()] = true
-	}
+	static := v.s.staticClusters()
 	resp := &adminv1.ListClustersResponse{}
 	for _, c := range v.s.opts.Dataplane.Clusters().Clusters() {
 		cs := &adminv1.ClusterStatus{
