@@ -478,7 +478,8 @@ func (s *clientStream) ExchangeHeader(h *http.Header) (*http.Header, bool, error
 		resp, err := s.ReadHeader()
 		return resp, true, err
 	}
-	yieldToReady() // before the write below, and with no lock held
+	// No yieldToReady before this write (see there): the handlers' turns are
+	// already grouped before it by the server codecs.
 	c.wmu.Lock()
 	held, err := s.writeHeader(h, true, true)
 	if err != nil || !held {
