@@ -3,7 +3,9 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -426,6 +428,79 @@ func TestAdminShutdownDraining(t *testing.T) {
 	if _, err := os.Stat(a.sockPath); !os.IsNotExist(err) {
 		t.Errorf("admin socket still there after skiff exited: %v", err)
 	}
+}
+
+// TestAdminShutdownNow: POST /quitquitquit over the admin unix socket makes
+// skiff exit at once with status 0, its open connection closed rather than
+// drained for the 120 s drain time (Envoy's /quitquitquit); over TCP it is
+// refused and skiff serves on. `skiff admin shutdown` (the gRPC call) ends a
+// SIGTERM drain under way the same way.
+func TestAdminShutdownNow(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, "127.0.0.1", echoHandler)
+	t.Run("quitquitquit", func(t *testing.T) {
+		t.Parallel()
+		a := startAdminSkiff(t, simple(up.Addr), "--drain-time", "120s")
+		c := dial(t, a.Addr(t, "l"))
+		if err := echoRoundTrip(c, []byte("before")); err != nil {
+			t.Fatal(err)
+		}
+		post := func(client *http.Client, url string) (int, string) {
+			t.Helper()
+			resp, err := client.Post(url, "text/plain", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, string(b)
+		}
+		tcp := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 20 * time.Second}
+		if code, body := post(tcp, "http://"+a.tcpAddr+"/quitquitquit"); code != http.StatusForbidden {
+			t.Fatalf("POST /quitquitquit over TCP: %d %q, want 403", code, body)
+		}
+		if err := echoRoundTrip(c, []byte("after the refused quit")); err != nil {
+			t.Fatalf("connection after a refused /quitquitquit: %v", err)
+		}
+		unix := &http.Client{Transport: &http.Transport{DisableKeepAlives: true,
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "unix", a.sockPath)
+			}}, Timeout: 20 * time.Second}
+		if code, body := post(unix, "http://skiff/quitquitquit"); code != http.StatusOK || body != "OK\n" {
+			t.Fatalf("POST /quitquitquit over the unix socket: %d %q, want 200 OK", code, body)
+		}
+		if code := a.Wait(t, exitTimeout); code != 0 {
+			t.Errorf("skiff exited with %d after /quitquitquit, want 0", code)
+		}
+		if _, err := expectClosed(t, c, 10*time.Second); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("connection ended with %v, want EOF or a reset", err)
+		}
+	})
+	t.Run("during a drain", func(t *testing.T) {
+		t.Parallel()
+		a := startAdminSkiff(t, simple(up.Addr), "--drain-time", "120s")
+		c := dial(t, a.Addr(t, "l"))
+		if err := echoRoundTrip(c, []byte("before")); err != nil {
+			t.Fatal(err)
+		}
+		a.Signal(t, syscall.SIGTERM)
+		waitFor(t, "/ready to say DRAINING", func() bool {
+			code, body := a.adminGet(t, "/ready")
+			return code == http.StatusServiceUnavailable && body == "DRAINING\n"
+		})
+		if err := echoRoundTrip(c, []byte("draining")); err != nil {
+			t.Fatalf("connection during the drain: %v", err)
+		}
+		if r := runSkiff(t, "admin", "--runtime-dir", a.RuntimeDir, "shutdown"); r.code != 0 || r.stdout != "skiff is shutting down\n" {
+			t.Fatalf("skiff admin shutdown: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+		}
+		if code := a.Wait(t, exitTimeout); code != 0 {
+			t.Errorf("skiff exited with %d after skiff admin shutdown, want 0", code)
+		}
+		if _, err := expectClosed(t, c, 10*time.Second); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("connection ended with %v, want EOF or a reset", err)
+		}
+	})
 }
 
 // TestAdminReflectionAndCSDS: reflection lists the services (grpcurl list),

@@ -50,7 +50,8 @@ Commands:
                             the configuration, as Envoy's /config_dump (-o json for all of it)
   csds                      the xDS resources and their status (Envoy's CSDS)
   log-level [LEVEL]         print the log level, or set it: trace, debug, info, warning, error, critical, off
-  drain [--graceful]        stop the listeners accepting connections (Envoy's /drain_listeners)
+  drain [--graceful] [--inbound-only]
+                            stop the listeners accepting connections (Envoy's /drain_listeners)
   restart                   start a hot restart
   reopen-logs               reopen the access log files, for log rotation (Envoy's /reopen_logs; SIGUSR1)
   healthcheck fail|ok       make the health_check filters answer 503, or as usual
@@ -58,8 +59,10 @@ Commands:
   profile cpu|heap|allocs|goroutine [--duration D] [--out FILE]
                             write a pprof profile (CPU: over D, default 30s) to FILE
                             (default TYPE.pprof), for go tool pprof or a PGO build
+  shutdown                  make skiff exit at once, its connections closed, not drained
+                            (Envoy's /quitquitquit; SIGTERM drains for --drain-time first)
 
-drain, restart, reopen-logs, healthcheck, profile and a log-level change are
+drain, restart, reopen-logs, healthcheck, profile, shutdown and a log-level change are
 accepted only over the unix socket unless skiff runs with --admin-tcp-mutations.
 
 Flags (also accepted after COMMAND):
@@ -117,6 +120,7 @@ var adminCommands = map[string]func(c *adminClient, args []string) error{
 	"reopen-logs": adminReopenLogs,
 	"healthcheck": adminHealthCheck,
 	"profile":     adminProfile,
+	"shutdown":    adminShutdown,
 }
 
 // adminClient is a connection to the admin API and where to print.
@@ -711,6 +715,23 @@ func adminReopenLogs(c *adminClient, args []string) error {
 		return c.printJSON(r)
 	}
 	_, err = fmt.Fprintln(c.stdout, "access logs reopened")
+	return err
+}
+
+func adminShutdown(c *adminClient, args []string) error {
+	if err := c.parse(args, 0); err != nil {
+		return err
+	}
+	ctx, cancel := c.call()
+	defer cancel()
+	r, err := c.admin.Shutdown(ctx, &adminv1.ShutdownRequest{})
+	if err != nil {
+		return err
+	}
+	if c.json() {
+		return c.printJSON(r)
+	}
+	_, err = fmt.Fprintln(c.stdout, "skiff is shutting down")
 	return err
 }
 

@@ -44,6 +44,8 @@ type adminConfig struct {
 	// inheritedTCP is the admin.address socket a hot-restart parent handed
 	// over (nil: bind it).
 	inheritedTCP *os.File
+	// shutdown is the admin API's Shutdown (quitquitquit).
+	shutdown func()
 }
 
 // adminRun is the running admin API.
@@ -122,6 +124,7 @@ func startAdmin(ctx context.Context, srv *dataplane.Server, b *bootstrapv3.Boots
 		TCPMutations: cfg.tcpMutations,
 		HotRestart:   hotRestartHook(hr),
 		RestartEpoch: restartEpoch(hr),
+		Shutdown:     cfg.shutdown,
 	})
 	var wg sync.WaitGroup
 	for _, ln := range lns {

@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -202,6 +203,8 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	ctx, exit := withExitNow(ctx)
+	defer exit.cancel(nil)
 	// SIGUSR1 reopens the access logs, as Envoy's does (logrotate's
 	// postrotate sends it); taken from here on so that it never kills skiff.
 	usr1 := make(chan os.Signal, 1)
@@ -252,7 +255,7 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	defer st.Close()
 	srv, err := newServer(b, source, log, o.tuning(), st)
-	adminCfg := &adminConfig{adminFlags: o.admin, runtimeDir: dir.Path, levels: levels, tags: sc.Tags}
+	adminCfg := &adminConfig{adminFlags: o.admin, runtimeDir: dir.Path, levels: levels, tags: sc.Tags, shutdown: exit.request}
 	if err == nil && inherited != nil {
 		var socks []restart.ListenSocket
 		socks, adminCfg.inheritedTCP = splitAdminSocket(inherited.Sockets)
@@ -282,7 +285,41 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 		inherited:  inherited,
 		reopenLogs: usr1,
 		hup:        hup,
+		exit:       exit,
 	})
+}
+
+// errExitNow ends serve's context when the admin API asks skiff to exit at
+// once (Shutdown, Envoy's /quitquitquit).
+var errExitNow = errors.New("admin shutdown: exiting at once")
+
+// exitNow is the admin API's Shutdown for serve: request ends serve's
+// context, or the drain under way, at once.
+type exitNow struct {
+	once   sync.Once
+	done   chan struct{} // closed by request
+	cancel context.CancelCauseFunc
+}
+
+// withExitNow returns a context that request ends with errExitNow.
+func withExitNow(parent context.Context) (context.Context, *exitNow) {
+	ctx, cancel := context.WithCancelCause(parent)
+	return ctx, &exitNow{done: make(chan struct{}), cancel: cancel}
+}
+
+func (e *exitNow) request() {
+	e.once.Do(func() {
+		close(e.done)
+		e.cancel(errExitNow)
+	})
+}
+
+// requested is closed once request was called; a nil e never is.
+func (e *exitNow) requested() <-chan struct{} {
+	if e == nil {
+		return nil
+	}
+	return e.done
 }
 
 // onSignal runs f for each signal on ch until ctx is done.
@@ -380,12 +417,14 @@ type serveOptions struct {
 	inherited          *restart.Inherited // set when taking over from a parent
 	reopenLogs         <-chan os.Signal   // each value reopens the access logs (SIGUSR1)
 	hup                <-chan os.Signal   // each value starts a hot restart (SIGHUP), or is logged without one
+	exit               *exitNow           // the admin API's Shutdown; nil when it has none
 }
 
 // serve applies the configuration (or starts the xDS client that does), runs
 // until ctx is done or a successor took over, then drains: for at most the
 // drain time, or the parent shutdown time after a handover. A second signal
-// during the drain ends it at once.
+// during the drain ends it at once, as does the admin API's Shutdown, which
+// also skips the drain when it comes first.
 func serve(ctx context.Context, o serveOptions) error {
 	srv, log := o.srv, o.log
 	var admin *adminRun
@@ -513,7 +552,12 @@ func serve(ctx context.Context, o serveOptions) error {
 	select {
 	case <-ctx.Done():
 		srv.BeginShutdown()
-		log.Info("shutting down: listeners closed, draining connections", "drain_time", drainTime)
+		if errors.Is(context.Cause(ctx), errExitNow) {
+			drainTime = 0
+			log.Info("shutting down at once (admin shutdown, quitquitquit): listeners and connections closed")
+		} else {
+			log.Info("shutting down: listeners closed, draining connections", "drain_time", drainTime)
+		}
 	case <-handedOver:
 		stopXDS()
 		drainTime = o.parentShutdownTime
@@ -529,6 +573,9 @@ func serve(ctx context.Context, o serveOptions) error {
 		select {
 		case <-again:
 			log.Warn("second signal: closing all connections now")
+			cancel()
+		case <-o.exit.requested():
+			log.Warn("admin shutdown (quitquitquit): closing all connections now")
 			cancel()
 		case <-dctx.Done():
 		}

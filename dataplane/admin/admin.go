@@ -12,7 +12,7 @@
 // The Server serves on any number of listeners (in skiff, the runtime
 // directory's admin.sock and the bootstrap's admin.address). Calls that change
 // the running process (DrainListeners, StartHotRestart, SetLogLevel,
-// ReopenLogs, SetHealthCheckFailed) or profile it (GetProfile) are accepted
+// ReopenLogs, SetHealthCheckFailed, Shutdown) or profile it (GetProfile) are accepted
 // only over unix sockets unless Options.TCPMutations is set: a unix socket in
 // the 0700 runtime directory reaches only its owner, a loopback port every
 // local user.
@@ -121,13 +121,19 @@ type Options struct {
 	// RuntimeDir is reported by GetServerInfo.
 	RuntimeDir string
 	// TCPMutations accepts DrainListeners, StartHotRestart, SetLogLevel,
-	// ReopenLogs, SetHealthCheckFailed and GetProfile over TCP too; by
-	// default they are accepted only over unix sockets.
+	// ReopenLogs, SetHealthCheckFailed, Shutdown and GetProfile over TCP
+	// too; by default they are accepted only over unix sockets.
 	TCPMutations bool
 	// HotRestart starts a hot restart, running binary (empty: skiff's own
 	// executable), and returns the new process's pid and epoch once it is
 	// ready; nil (hot restart off) answers StartHotRestart with UNIMPLEMENTED.
 	HotRestart func(ctx context.Context, binary string) (pid int, epoch uint32, err error)
+	// Shutdown makes the process exit at once, its connections closed
+	// rather than drained (Envoy's /quitquitquit). It must return promptly:
+	// the answer goes out after it returns, and the admin API keeps
+	// answering until the process stops it. Nil answers Shutdown with
+	// UNIMPLEMENTED.
+	Shutdown func()
 }
 
 // Server is the admin API. Serve it on listeners; Shutdown ends it.
@@ -167,6 +173,7 @@ func mutating(method string) bool {
 		adminv1.AdminService_SetLogLevel_FullMethodName,
 		adminv1.AdminService_ReopenLogs_FullMethodName,
 		adminv1.AdminService_SetHealthCheckFailed_FullMethodName,
+		adminv1.AdminService_Shutdown_FullMethodName,
 		// Not a change, but a CPU profile costs the data path and only one
 		// runs at a time, and Envoy takes it as a POST too.
 		adminv1.AdminService_GetProfile_FullMethodName:

@@ -771,24 +771,30 @@ func TestHTTPServerInfoAndListeners(t *testing.T) {
 
 // Envoy's POST endpoints that change the server: only POST, refused over
 // TCP as the gRPC calls are, served over the admin unix socket.
+// post makes a POST to path of ta's HTTP side, over its unix socket or TCP.
+func (ta *testAdmin) post(t *testing.T, overUnix bool, path string) (int, string) {
+	t.Helper()
+	tr := &http.Transport{}
+	if overUnix {
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", ta.sock)
+		}
+	}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Post("http://"+ta.httpAddr+path, "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
 func TestHTTPMutations(t *testing.T) {
 	ta := startTestAdmin(t, nil)
 	post := func(overUnix bool, path string) (int, string) {
 		t.Helper()
-		tr := &http.Transport{}
-		if overUnix {
-			tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
-				return (&net.Dialer{}).DialContext(ctx, "unix", ta.sock)
-			}
-		}
-		defer tr.CloseIdleConnections()
-		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Post("http://"+ta.httpAddr+path, "text/plain", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+		return ta.post(t, overUnix, path)
 	}
 	if code, body := post(false, "/healthcheck/fail"); code != http.StatusForbidden || !strings.Contains(body, "--admin-tcp-mutations") || ta.dp.hcFailed.Load() {
 		t.Errorf("POST /healthcheck/fail over TCP: %d %q, failed %t", code, body, ta.dp.hcFailed.Load())
@@ -829,5 +835,40 @@ func TestHTTPMutations(t *testing.T) {
 		if code != tt.code || (tt.want != "" && body != tt.want) || !tt.check() {
 			t.Errorf("POST %s over the unix socket: %d %q (check %t), want %d %q", tt.path, code, body, tt.check(), tt.code, tt.want)
 		}
+	}
+}
+
+// TestShutdown: Shutdown (gRPC) and POST /quitquitquit (HTTP) call
+// Options.Shutdown, under the guard of the calls that change the server;
+// without the hook both say it is not available.
+func TestShutdown(t *testing.T) {
+	var calls atomic.Int32
+	ta := startTestAdmin(t, func(o *Options) { o.Shutdown = func() { calls.Add(1) } })
+	ctx := ctxT(t)
+	if _, err := ta.admin(false).Shutdown(ctx, &adminv1.ShutdownRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("Shutdown over TCP: %v, want PermissionDenied", err)
+	}
+	if code, body := ta.post(t, false, "/quitquitquit"); code != http.StatusForbidden || !strings.Contains(body, "--admin-tcp-mutations") {
+		t.Errorf("POST /quitquitquit over TCP: %d %q, want 403", code, body)
+	}
+	if code, _, _ := httpGet(t, "http://"+ta.httpAddr+"/quitquitquit"); code != http.StatusMethodNotAllowed {
+		t.Errorf("GET /quitquitquit = %d, want 405", code)
+	}
+	if n := calls.Load(); n != 0 {
+		t.Fatalf("Shutdown called %d times by refused requests", n)
+	}
+	if code, body := ta.post(t, true, "/quitquitquit"); code != http.StatusOK || body != "OK\n" || calls.Load() != 1 {
+		t.Errorf("POST /quitquitquit over the unix socket: %d %q, %d calls; want 200 OK, 1 call", code, body, calls.Load())
+	}
+	if _, err := ta.admin(true).Shutdown(ctx, &adminv1.ShutdownRequest{}); err != nil || calls.Load() != 2 {
+		t.Errorf("Shutdown over the unix socket: %v, %d calls; want 2 calls", err, calls.Load())
+	}
+
+	none := startTestAdmin(t, nil)
+	if _, err := none.admin(true).Shutdown(ctx, &adminv1.ShutdownRequest{}); status.Code(err) != codes.Unimplemented {
+		t.Errorf("Shutdown without the hook: %v, want Unimplemented", err)
+	}
+	if code, _ := none.post(t, true, "/quitquitquit"); code != http.StatusNotImplemented {
+		t.Errorf("POST /quitquitquit without the hook: %d, want 501", code)
 	}
 }

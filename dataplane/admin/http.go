@@ -28,6 +28,7 @@ POST, over the admin unix socket (or TCP with --admin-tcp-mutations), as Envoy's
   /healthcheck/fail   /healthcheck/ok
   /logging            ?level=
   /reopen_logs
+  /quitquitquit       exit at once, connections closed (SIGTERM drains first)
 `
 
 // httpHandler serves Envoy's HTTP admin endpoints: the read-only ones (GET),

@@ -48,6 +48,11 @@ func httpMutationAt(path string) (httpMutation, bool) {
 			_, err := v.ReopenLogs(ctx, &adminv1.ReopenLogsRequest{})
 			return "OK\n", err
 		}}, true
+	case "/quitquitquit":
+		return httpMutation{adminv1.AdminService_Shutdown_FullMethodName, func(ctx context.Context, v *service, _ *http.Request) (string, error) {
+			_, err := v.Shutdown(ctx, &adminv1.ShutdownRequest{})
+			return "OK\n", err
+		}}, true
 	case "/logging":
 		return httpMutation{adminv1.AdminService_SetLogLevel_FullMethodName, func(ctx context.Context, v *service, r *http.Request) (string, error) {
 			level := r.URL.Query().Get("level")
@@ -77,8 +82,11 @@ func (s *Server) serveMutation(w http.ResponseWriter, r *http.Request, m httpMut
 	out, err := m.call(r.Context(), &service{s: s}, r)
 	if err != nil {
 		code := http.StatusInternalServerError
-		if status.Code(err) == codes.InvalidArgument {
+		switch status.Code(err) {
+		case codes.InvalidArgument:
 			code = http.StatusBadRequest
+		case codes.Unimplemented:
+			code = http.StatusNotImplemented
 		}
 		http.Error(w, status.Convert(err).Message(), code)
 		return

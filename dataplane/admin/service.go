@@ -229,6 +229,15 @@ func (v *service) ReopenLogs(context.Context, *adminv1.ReopenLogsRequest) (*admi
 	return &adminv1.ReopenLogsResponse{}, nil
 }
 
+func (v *service) Shutdown(context.Context, *adminv1.ShutdownRequest) (*adminv1.ShutdownResponse, error) {
+	if v.s.opts.Shutdown == nil {
+		return nil, status.Error(codes.Unimplemented, "shutdown is not available in this skiff; stop it with SIGTERM")
+	}
+	v.s.log.Info("admin: shutting down at once (quitquitquit)")
+	v.s.opts.Shutdown()
+	return &adminv1.ShutdownResponse{}, nil
+}
+
 func (v *service) SetHealthCheckFailed(_ context.Context, req *adminv1.SetHealthCheckFailedRequest) (*adminv1.SetHealthCheckFailedResponse, error) {
 	v.s.log.Info("admin: health checks", "failed", req.GetFailed())
 	v.s.opts.Dataplane.SetHealthCheckFailed(req.GetFailed())

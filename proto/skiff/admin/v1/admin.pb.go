@@ -1773,6 +1773,78 @@ func (x *SetLogLevelResponse) GetPreviousLevel() string {
 	return ""
 }
 
+type ShutdownRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShutdownRequest) Reset() {
+	*x = ShutdownRequest{}
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShutdownRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShutdownRequest) ProtoMessage() {}
+
+func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
+func (*ShutdownRequest) Descriptor() ([]byte, []int) {
+	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+type ShutdownResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShutdownResponse) Reset() {
+	*x = ShutdownResponse{}
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShutdownResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShutdownResponse) ProtoMessage() {}
+
+func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
+func (*ShutdownResponse) Descriptor() ([]byte, []int) {
+	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
 type ReopenLogsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1781,7 +1853,7 @@ type ReopenLogsRequest struct {
 
 func (x *ReopenLogsRequest) Reset() {
 	*x = ReopenLogsRequest{}
-	mi := &file_skiff_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1793,7 +1865,7 @@ func (x *ReopenLogsRequest) String() string {
 func (*ReopenLogsRequest) ProtoMessage() {}
 
 func (x *ReopenLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_skiff_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1806,7 +1878,7 @@ func (x *ReopenLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReopenLogsRequest.ProtoReflect.Descriptor instead.
 func (*ReopenLogsRequest) Descriptor() ([]byte, []int) {
-	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 type ReopenLogsResponse struct {
@@ -1817,7 +1889,7 @@ type ReopenLogsResponse struct {
 
 func (x *ReopenLogsResponse) Reset() {
 	*x = ReopenLogsResponse{}
-	mi := &file_skiff_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1829,7 +1901,7 @@ func (x *ReopenLogsResponse) String() string {
 func (*ReopenLogsResponse) ProtoMessage() {}
 
 func (x *ReopenLogsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_skiff_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1842,7 +1914,7 @@ func (x *ReopenLogsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReopenLogsResponse.ProtoReflect.Descriptor instead.
 func (*ReopenLogsResponse) Descriptor() ([]byte, []int) {
-	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 type SetHealthCheckFailedRequest struct {
@@ -1855,7 +1927,7 @@ type SetHealthCheckFailedRequest struct {
 
 func (x *SetHealthCheckFailedRequest) Reset() {
 	*x = SetHealthCheckFailedRequest{}
-	mi := &file_skiff_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1867,7 +1939,7 @@ func (x *SetHealthCheckFailedRequest) String() string {
 func (*SetHealthCheckFailedRequest) ProtoMessage() {}
 
 func (x *SetHealthCheckFailedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_skiff_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1880,7 +1952,7 @@ func (x *SetHealthCheckFailedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetHealthCheckFailedRequest.ProtoReflect.Descriptor instead.
 func (*SetHealthCheckFailedRequest) Descriptor() ([]byte, []int) {
-	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SetHealthCheckFailedRequest) GetFailed() bool {
@@ -1900,7 +1972,7 @@ type SetHealthCheckFailedResponse struct {
 
 func (x *SetHealthCheckFailedResponse) Reset() {
 	*x = SetHealthCheckFailedResponse{}
-	mi := &file_skiff_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1912,7 +1984,7 @@ func (x *SetHealthCheckFailedResponse) String() string {
 func (*SetHealthCheckFailedResponse) ProtoMessage() {}
 
 func (x *SetHealthCheckFailedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_skiff_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1925,7 +1997,7 @@ func (x *SetHealthCheckFailedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetHealthCheckFailedResponse.ProtoReflect.Descriptor instead.
 func (*SetHealthCheckFailedResponse) Descriptor() ([]byte, []int) {
-	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SetHealthCheckFailedResponse) GetFailing() bool {
@@ -1948,7 +2020,7 @@ type GetProfileRequest struct {
 
 func (x *GetProfileRequest) Reset() {
 	*x = GetProfileRequest{}
-	mi := &file_skiff_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1960,7 +2032,7 @@ func (x *GetProfileRequest) String() string {
 func (*GetProfileRequest) ProtoMessage() {}
 
 func (x *GetProfileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_skiff_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1973,7 +2045,7 @@ func (x *GetProfileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProfileRequest.ProtoReflect.Descriptor instead.
 func (*GetProfileRequest) Descriptor() ([]byte, []int) {
-	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetProfileRequest) GetType() ProfileType {
@@ -2001,7 +2073,7 @@ type GetProfileResponse struct {
 
 func (x *GetProfileResponse) Reset() {
 	*x = GetProfileResponse{}
-	mi := &file_skiff_admin_v1_admin_proto_msgTypes[33]
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2013,7 +2085,7 @@ func (x *GetProfileResponse) String() string {
 func (*GetProfileResponse) ProtoMessage() {}
 
 func (x *GetProfileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_skiff_admin_v1_admin_proto_msgTypes[33]
+	mi := &file_skiff_admin_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2026,7 +2098,7 @@ func (x *GetProfileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProfileResponse.ProtoReflect.Descriptor instead.
 func (*GetProfileResponse) Descriptor() ([]byte, []int) {
-	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_skiff_admin_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetProfileResponse) GetData() []byte {
@@ -2139,7 +2211,9 @@ const file_skiff_admin_v1_admin_proto_rawDesc = "" +
 	"\x05level\x18\x01 \x01(\tR\x05level\"R\n" +
 	"\x13SetLogLevelResponse\x12\x14\n" +
 	"\x05level\x18\x01 \x01(\tR\x05level\x12%\n" +
-	"\x0eprevious_level\x18\x02 \x01(\tR\rpreviousLevel\"\x13\n" +
+	"\x0eprevious_level\x18\x02 \x01(\tR\rpreviousLevel\"\x11\n" +
+	"\x0fShutdownRequest\"\x12\n" +
+	"\x10ShutdownResponse\"\x13\n" +
 	"\x11ReopenLogsRequest\"\x14\n" +
 	"\x12ReopenLogsResponse\"5\n" +
 	"\x1bSetHealthCheckFailedRequest\x12\x16\n" +
@@ -2166,7 +2240,7 @@ const file_skiff_admin_v1_admin_proto_rawDesc = "" +
 	"\x10PROFILE_TYPE_CPU\x10\x01\x12\x15\n" +
 	"\x11PROFILE_TYPE_HEAP\x10\x02\x12\x17\n" +
 	"\x13PROFILE_TYPE_ALLOCS\x10\x03\x12\x1a\n" +
-	"\x16PROFILE_TYPE_GOROUTINE\x10\x042\x8c\n" +
+	"\x16PROFILE_TYPE_GOROUTINE\x10\x042\xdb\n" +
 	"\n" +
 	"\fAdminService\x12\\\n" +
 	"\rGetServerInfo\x12$.skiff.admin.v1.GetServerInfoRequest\x1a%.skiff.admin.v1.GetServerInfoResponse\x12M\n" +
@@ -2185,7 +2259,8 @@ const file_skiff_admin_v1_admin_proto_rawDesc = "" +
 	"ReopenLogs\x12!.skiff.admin.v1.ReopenLogsRequest\x1a\".skiff.admin.v1.ReopenLogsResponse\x12q\n" +
 	"\x14SetHealthCheckFailed\x12+.skiff.admin.v1.SetHealthCheckFailedRequest\x1a,.skiff.admin.v1.SetHealthCheckFailedResponse\x12U\n" +
 	"\n" +
-	"GetProfile\x12!.skiff.admin.v1.GetProfileRequest\x1a\".skiff.admin.v1.GetProfileResponse0\x01B:Z8github.com/skiffproxy/skiff/proto/skiff/admin/v1;adminv1b\x06proto3"
+	"GetProfile\x12!.skiff.admin.v1.GetProfileRequest\x1a\".skiff.admin.v1.GetProfileResponse0\x01\x12M\n" +
+	"\bShutdown\x12\x1f.skiff.admin.v1.ShutdownRequest\x1a .skiff.admin.v1.ShutdownResponseB:Z8github.com/skiffproxy/skiff/proto/skiff/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_skiff_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -2200,7 +2275,7 @@ func file_skiff_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_skiff_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_skiff_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_skiff_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_skiff_admin_v1_admin_proto_goTypes = []any{
 	(ServerState)(0),                     // 0: skiff.admin.v1.ServerState
 	(StatType)(0),                        // 1: skiff.admin.v1.StatType
@@ -2233,35 +2308,37 @@ var file_skiff_admin_v1_admin_proto_goTypes = []any{
 	(*GetLogLevelResponse)(nil),          // 28: skiff.admin.v1.GetLogLevelResponse
 	(*SetLogLevelRequest)(nil),           // 29: skiff.admin.v1.SetLogLevelRequest
 	(*SetLogLevelResponse)(nil),          // 30: skiff.admin.v1.SetLogLevelResponse
-	(*ReopenLogsRequest)(nil),            // 31: skiff.admin.v1.ReopenLogsRequest
-	(*ReopenLogsResponse)(nil),           // 32: skiff.admin.v1.ReopenLogsResponse
-	(*SetHealthCheckFailedRequest)(nil),  // 33: skiff.admin.v1.SetHealthCheckFailedRequest
-	(*SetHealthCheckFailedResponse)(nil), // 34: skiff.admin.v1.SetHealthCheckFailedResponse
-	(*GetProfileRequest)(nil),            // 35: skiff.admin.v1.GetProfileRequest
-	(*GetProfileResponse)(nil),           // 36: skiff.admin.v1.GetProfileResponse
-	(*durationpb.Duration)(nil),          // 37: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),        // 38: google.protobuf.Timestamp
-	(*anypb.Any)(nil),                    // 39: google.protobuf.Any
+	(*ShutdownRequest)(nil),              // 31: skiff.admin.v1.ShutdownRequest
+	(*ShutdownResponse)(nil),             // 32: skiff.admin.v1.ShutdownResponse
+	(*ReopenLogsRequest)(nil),            // 33: skiff.admin.v1.ReopenLogsRequest
+	(*ReopenLogsResponse)(nil),           // 34: skiff.admin.v1.ReopenLogsResponse
+	(*SetHealthCheckFailedRequest)(nil),  // 35: skiff.admin.v1.SetHealthCheckFailedRequest
+	(*SetHealthCheckFailedResponse)(nil), // 36: skiff.admin.v1.SetHealthCheckFailedResponse
+	(*GetProfileRequest)(nil),            // 37: skiff.admin.v1.GetProfileRequest
+	(*GetProfileResponse)(nil),           // 38: skiff.admin.v1.GetProfileResponse
+	(*durationpb.Duration)(nil),          // 39: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),        // 40: google.protobuf.Timestamp
+	(*anypb.Any)(nil),                    // 41: google.protobuf.Any
 }
 var file_skiff_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: skiff.admin.v1.GetServerInfoResponse.state:type_name -> skiff.admin.v1.ServerState
-	37, // 1: skiff.admin.v1.GetServerInfoResponse.uptime:type_name -> google.protobuf.Duration
-	38, // 2: skiff.admin.v1.GetServerInfoResponse.start_time:type_name -> google.protobuf.Timestamp
+	39, // 1: skiff.admin.v1.GetServerInfoResponse.uptime:type_name -> google.protobuf.Duration
+	40, // 2: skiff.admin.v1.GetServerInfoResponse.start_time:type_name -> google.protobuf.Timestamp
 	0,  // 3: skiff.admin.v1.GetReadyResponse.state:type_name -> skiff.admin.v1.ServerState
-	39, // 4: skiff.admin.v1.GetConfigDumpResponse.config_dump:type_name -> google.protobuf.Any
+	41, // 4: skiff.admin.v1.GetConfigDumpResponse.config_dump:type_name -> google.protobuf.Any
 	1,  // 5: skiff.admin.v1.Stat.type:type_name -> skiff.admin.v1.StatType
 	10, // 6: skiff.admin.v1.Stat.histogram:type_name -> skiff.admin.v1.Histogram
 	11, // 7: skiff.admin.v1.Histogram.buckets:type_name -> skiff.admin.v1.HistogramBucket
 	9,  // 8: skiff.admin.v1.GetStatsResponse.stats:type_name -> skiff.admin.v1.Stat
-	37, // 9: skiff.admin.v1.WatchStatsRequest.interval:type_name -> google.protobuf.Duration
+	39, // 9: skiff.admin.v1.WatchStatsRequest.interval:type_name -> google.protobuf.Duration
 	9,  // 10: skiff.admin.v1.WatchStatsResponse.stats:type_name -> skiff.admin.v1.Stat
-	38, // 11: skiff.admin.v1.WatchStatsResponse.time:type_name -> google.protobuf.Timestamp
+	40, // 11: skiff.admin.v1.WatchStatsResponse.time:type_name -> google.protobuf.Timestamp
 	18, // 12: skiff.admin.v1.ListListenersResponse.listeners:type_name -> skiff.admin.v1.ListenerStatus
 	21, // 13: skiff.admin.v1.ListClustersResponse.clusters:type_name -> skiff.admin.v1.ClusterStatus
 	22, // 14: skiff.admin.v1.ClusterStatus.hosts:type_name -> skiff.admin.v1.HostStatus
-	38, // 15: skiff.admin.v1.DrainListenersResponse.stop_accepting_time:type_name -> google.protobuf.Timestamp
+	40, // 15: skiff.admin.v1.DrainListenersResponse.stop_accepting_time:type_name -> google.protobuf.Timestamp
 	2,  // 16: skiff.admin.v1.GetProfileRequest.type:type_name -> skiff.admin.v1.ProfileType
-	37, // 17: skiff.admin.v1.GetProfileRequest.duration:type_name -> google.protobuf.Duration
+	39, // 17: skiff.admin.v1.GetProfileRequest.duration:type_name -> google.protobuf.Duration
 	3,  // 18: skiff.admin.v1.AdminService.GetServerInfo:input_type -> skiff.admin.v1.GetServerInfoRequest
 	5,  // 19: skiff.admin.v1.AdminService.GetReady:input_type -> skiff.admin.v1.GetReadyRequest
 	7,  // 20: skiff.admin.v1.AdminService.GetConfigDump:input_type -> skiff.admin.v1.GetConfigDumpRequest
@@ -2273,25 +2350,27 @@ var file_skiff_admin_v1_admin_proto_depIdxs = []int32{
 	25, // 26: skiff.admin.v1.AdminService.StartHotRestart:input_type -> skiff.admin.v1.StartHotRestartRequest
 	27, // 27: skiff.admin.v1.AdminService.GetLogLevel:input_type -> skiff.admin.v1.GetLogLevelRequest
 	29, // 28: skiff.admin.v1.AdminService.SetLogLevel:input_type -> skiff.admin.v1.SetLogLevelRequest
-	31, // 29: skiff.admin.v1.AdminService.ReopenLogs:input_type -> skiff.admin.v1.ReopenLogsRequest
-	33, // 30: skiff.admin.v1.AdminService.SetHealthCheckFailed:input_type -> skiff.admin.v1.SetHealthCheckFailedRequest
-	35, // 31: skiff.admin.v1.AdminService.GetProfile:input_type -> skiff.admin.v1.GetProfileRequest
-	4,  // 32: skiff.admin.v1.AdminService.GetServerInfo:output_type -> skiff.admin.v1.GetServerInfoResponse
-	6,  // 33: skiff.admin.v1.AdminService.GetReady:output_type -> skiff.admin.v1.GetReadyResponse
-	8,  // 34: skiff.admin.v1.AdminService.GetConfigDump:output_type -> skiff.admin.v1.GetConfigDumpResponse
-	13, // 35: skiff.admin.v1.AdminService.GetStats:output_type -> skiff.admin.v1.GetStatsResponse
-	15, // 36: skiff.admin.v1.AdminService.WatchStats:output_type -> skiff.admin.v1.WatchStatsResponse
-	17, // 37: skiff.admin.v1.AdminService.ListListeners:output_type -> skiff.admin.v1.ListListenersResponse
-	20, // 38: skiff.admin.v1.AdminService.ListClusters:output_type -> skiff.admin.v1.ListClustersResponse
-	24, // 39: skiff.admin.v1.AdminService.DrainListeners:output_type -> skiff.admin.v1.DrainListenersResponse
-	26, // 40: skiff.admin.v1.AdminService.StartHotRestart:output_type -> skiff.admin.v1.StartHotRestartResponse
-	28, // 41: skiff.admin.v1.AdminService.GetLogLevel:output_type -> skiff.admin.v1.GetLogLevelResponse
-	30, // 42: skiff.admin.v1.AdminService.SetLogLevel:output_type -> skiff.admin.v1.SetLogLevelResponse
-	32, // 43: skiff.admin.v1.AdminService.ReopenLogs:output_type -> skiff.admin.v1.ReopenLogsResponse
-	34, // 44: skiff.admin.v1.AdminService.SetHealthCheckFailed:output_type -> skiff.admin.v1.SetHealthCheckFailedResponse
-	36, // 45: skiff.admin.v1.AdminService.GetProfile:output_type -> skiff.admin.v1.GetProfileResponse
-	32, // [32:46] is the sub-list for method output_type
-	18, // [18:32] is the sub-list for method input_type
+	33, // 29: skiff.admin.v1.AdminService.ReopenLogs:input_type -> skiff.admin.v1.ReopenLogsRequest
+	35, // 30: skiff.admin.v1.AdminService.SetHealthCheckFailed:input_type -> skiff.admin.v1.SetHealthCheckFailedRequest
+	37, // 31: skiff.admin.v1.AdminService.GetProfile:input_type -> skiff.admin.v1.GetProfileRequest
+	31, // 32: skiff.admin.v1.AdminService.Shutdown:input_type -> skiff.admin.v1.ShutdownRequest
+	4,  // 33: skiff.admin.v1.AdminService.GetServerInfo:output_type -> skiff.admin.v1.GetServerInfoResponse
+	6,  // 34: skiff.admin.v1.AdminService.GetReady:output_type -> skiff.admin.v1.GetReadyResponse
+	8,  // 35: skiff.admin.v1.AdminService.GetConfigDump:output_type -> skiff.admin.v1.GetConfigDumpResponse
+	13, // 36: skiff.admin.v1.AdminService.GetStats:output_type -> skiff.admin.v1.GetStatsResponse
+	15, // 37: skiff.admin.v1.AdminService.WatchStats:output_type -> skiff.admin.v1.WatchStatsResponse
+	17, // 38: skiff.admin.v1.AdminService.ListListeners:output_type -> skiff.admin.v1.ListListenersResponse
+	20, // 39: skiff.admin.v1.AdminService.ListClusters:output_type -> skiff.admin.v1.ListClustersResponse
+	24, // 40: skiff.admin.v1.AdminService.DrainListeners:output_type -> skiff.admin.v1.DrainListenersResponse
+	26, // 41: skiff.admin.v1.AdminService.StartHotRestart:output_type -> skiff.admin.v1.StartHotRestartResponse
+	28, // 42: skiff.admin.v1.AdminService.GetLogLevel:output_type -> skiff.admin.v1.GetLogLevelResponse
+	30, // 43: skiff.admin.v1.AdminService.SetLogLevel:output_type -> skiff.admin.v1.SetLogLevelResponse
+	34, // 44: skiff.admin.v1.AdminService.ReopenLogs:output_type -> skiff.admin.v1.ReopenLogsResponse
+	36, // 45: skiff.admin.v1.AdminService.SetHealthCheckFailed:output_type -> skiff.admin.v1.SetHealthCheckFailedResponse
+	38, // 46: skiff.admin.v1.AdminService.GetProfile:output_type -> skiff.admin.v1.GetProfileResponse
+	32, // 47: skiff.admin.v1.AdminService.Shutdown:output_type -> skiff.admin.v1.ShutdownResponse
+	33, // [33:48] is the sub-list for method output_type
+	18, // [18:33] is the sub-list for method input_type
 	18, // [18:18] is the sub-list for extension type_name
 	18, // [18:18] is the sub-list for extension extendee
 	0,  // [0:18] is the sub-list for field type_name
@@ -2308,7 +2387,7 @@ func file_skiff_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_skiff_admin_v1_admin_proto_rawDesc), len(file_skiff_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   34,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

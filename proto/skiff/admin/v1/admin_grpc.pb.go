@@ -40,6 +40,7 @@ const (
 	AdminService_ReopenLogs_FullMethodName           = "/skiff.admin.v1.AdminService/ReopenLogs"
 	AdminService_SetHealthCheckFailed_FullMethodName = "/skiff.admin.v1.AdminService/SetHealthCheckFailed"
 	AdminService_GetProfile_FullMethodName           = "/skiff.admin.v1.AdminService/GetProfile"
+	AdminService_Shutdown_FullMethodName             = "/skiff.admin.v1.AdminService/Shutdown"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -101,6 +102,11 @@ type AdminServiceClient interface {
 	// allocations or the goroutines. The profile comes in chunks, to be joined
 	// in order. One CPU profile runs at a time.
 	GetProfile(ctx context.Context, in *GetProfileRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetProfileResponse], error)
+	// Shutdown makes skiff exit at once with status 0 (Envoy's /quitquitquit):
+	// the listeners close and the open connections are closed, not drained;
+	// the response comes before the exit. To drain first, call DrainListeners
+	// with graceful and wait, or send SIGTERM, which drains for --drain-time.
+	Shutdown(ctx context.Context, in *ShutdownRequest, opts ...grpc.CallOption) (*ShutdownResponse, error)
 }
 
 type adminServiceClient struct {
@@ -269,6 +275,16 @@ func (c *adminServiceClient) GetProfile(ctx context.Context, in *GetProfileReque
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_GetProfileClient = grpc.ServerStreamingClient[GetProfileResponse]
 
+func (c *adminServiceClient) Shutdown(ctx context.Context, in *ShutdownRequest, opts ...grpc.CallOption) (*ShutdownResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ShutdownResponse)
+	err := c.cc.Invoke(ctx, AdminService_Shutdown_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -328,6 +344,11 @@ type AdminServiceServer interface {
 	// allocations or the goroutines. The profile comes in chunks, to be joined
 	// in order. One CPU profile runs at a time.
 	GetProfile(*GetProfileRequest, grpc.ServerStreamingServer[GetProfileResponse]) error
+	// Shutdown makes skiff exit at once with status 0 (Envoy's /quitquitquit):
+	// the listeners close and the open connections are closed, not drained;
+	// the response comes before the exit. To drain first, call DrainListeners
+	// with graceful and wait, or send SIGTERM, which drains for --drain-time.
+	Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -379,6 +400,9 @@ func (UnimplementedAdminServiceServer) SetHealthCheckFailed(context.Context, *Se
 }
 func (UnimplementedAdminServiceServer) GetProfile(*GetProfileRequest, grpc.ServerStreamingServer[GetProfileResponse]) error {
 	return status.Error(codes.Unimplemented, "method GetProfile not implemented")
+}
+func (UnimplementedAdminServiceServer) Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Shutdown not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -639,6 +663,24 @@ func _AdminService_GetProfile_Handler(srv interface{}, stream grpc.ServerStream)
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_GetProfileServer = grpc.ServerStreamingServer[GetProfileResponse]
 
+func _AdminService_Shutdown_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ShutdownRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).Shutdown(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_Shutdown_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).Shutdown(ctx, req.(*ShutdownRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -693,6 +735,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetHealthCheckFailed",
 			Handler:    _AdminService_SetHealthCheckFailed_Handler,
+		},
+		{
+			MethodName: "Shutdown",
+			Handler:    _AdminService_Shutdown_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
