@@ -769,8 +769,6 @@ func TestHTTPServerInfoAndListeners(t *testing.T) {
 	}
 }
 
-// Envoy's POST endpoints that change the server: only POST, refused over
-// TCP as the gRPC calls are, served over the admin unix socket.
 // post makes a POST to path of ta's HTTP side, over its unix socket or TCP.
 func (ta *testAdmin) post(t *testing.T, overUnix bool, path string) (int, string) {
 	t.Helper()
@@ -790,6 +788,8 @@ func (ta *testAdmin) post(t *testing.T, overUnix bool, path string) (int, string
 	return resp.StatusCode, string(b)
 }
 
+// Envoy's POST endpoints that change the server: only POST, refused over
+// TCP as the gRPC calls are, served over the admin unix socket.
 func TestHTTPMutations(t *testing.T) {
 	ta := startTestAdmin(t, nil)
 	post := func(overUnix bool, path string) (int, string) {
