@@ -56,6 +56,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -204,6 +205,11 @@ func (m *Manager) PoolAs(cl *upstream.Cluster, h *upstream.Host, o TLSOptions, h
 		return nil
 	}
 	hs.Pools.Add(1)
+	// The names may be strings over a request's header, valid only while
+	// it lasts (see http.Header): the pool, its key and its dials keep
+	// copies. (o.ALPN comes from a filter's configuration.)
+	o.SNI, o.SAN, o.ALPNKey = strings.Clone(o.SNI), strings.Clone(o.SAN), strings.Clone(o.ALPNKey)
+	k = keyOf(h, o)
 	p := &Pool{m: m, cl: cl, host: h, tls: o, http2: http2, lastUsed: time.Now()}
 	m.replaceLocked(proto, func(pools map[poolKey]*Pool) { pools[k] = p })
 	return p

@@ -705,6 +705,46 @@ typed_extension_protocol_options:
 	}
 }
 
+// TestPoolKeepsItsNames: the SNI and SAN a request asks for are strings
+// over its header's buffer (see http.Header), which the next request on the
+// connection overwrites. The pool keeps its own copies, as its key and for
+// its dials: after the buffer took another name, the first name still finds
+// its pool, the other name does not, and the pool still dials the first.
+// (Keeping the request's strings, a request for c.test was sent over the
+// connection made and verified for a.test: e2e TestUpstreamAutoSNI, once in
+// a while.)
+func TestPoolKeepsItsNames(t *testing.T) {
+	ca := tlstest.NewCA(t, "upstream CA")
+	cl := newCluster(t, stats.NewStore(), tlsCluster(t, ca)+`
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: { http_protocol_options: {} }
+    upstream_http_protocol_options: { auto_sni: true, auto_san_validation: true }
+`, "127.0.0.1:1")
+	m := NewManager(Options{})
+	defer m.Close()
+	h := cl.Hosts()[0]
+	var req http.Header
+	req.Set(http.Authority, "a.test")
+	name := req.Authority()
+	a := m.Pool(cl, h, name, name)
+	req.Reset()
+	req.Set(http.Authority, "c.test") // the same bytes of the buffer
+	if name != "c.test" {
+		t.Fatalf("the header's string reads %q after the buffer took c.test: the test no longer shows what it is about", name)
+	}
+	if got := m.Pool(cl, h, "a.test", "a.test"); got != a {
+		t.Errorf("a.test: pool %p, want the one made for it, %p", got, a)
+	}
+	if got := m.Pool(cl, h, "c.test", "c.test"); got == a {
+		t.Error("c.test: got a.test's pool")
+	}
+	if a.tls.SNI != "a.test" || a.tls.SAN != "a.test" {
+		t.Errorf("a.test's pool dials with SNI %q, SAN %q", a.tls.SNI, a.tls.SAN)
+	}
+}
+
 // TestUpstreamCloseOfIdleConnection: an upstream that closes an idle
 // keep-alive connection, without saying so in its response, has the pool
 // close it at once (upstream_cx_destroy_remote, upstream_cx_active back to
