@@ -377,8 +377,15 @@ typed_config:
   additional_request_headers_to_log: [X-Request-Id]
 `, sinks)
 	e := exchange()
+	// StreamInfo's strings may be over a header too (a cluster_header's
+	// value, say): the entries keep copies of them as well.
+	var from http.Header
+	from.Add("x-cluster", "backend")
+	e.Info.UpstreamCluster = from.Value("x-cluster")
 	l.Log(e)
 	l.Log(e)
+	from.Reset()
+	from.Add("x-cluster", "zzzzzzz")
 	// The exchange's header buffer serves the next request at once; the
 	// entries, sent later, must not change with it.
 	e.Request.Reset()

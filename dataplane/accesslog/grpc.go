@@ -130,9 +130,9 @@ func (l *grpcLogger) entry(e *http.Exchange) *datav3.HTTPAccessLogEntry {
 		StartTime:                      timestamppb.New(in.Start),
 		UpstreamRemoteAddress:          upstreamAddress(in),
 		UpstreamLocalAddress:           address(in.UpstreamLocal),
-		UpstreamCluster:                in.UpstreamCluster,
-		RouteName:                      in.RouteName,
-		UpstreamTransportFailureReason: in.UpstreamTransportFailureReason,
+		UpstreamCluster:                strings.Clone(in.UpstreamCluster),
+		RouteName:                      strings.Clone(in.RouteName),
+		UpstreamTransportFailureReason: strings.Clone(in.UpstreamTransportFailureReason),
 		ResponseFlags:                  responseFlags(in.ResponseFlags),
 		Duration:                       durationpb.New(in.Duration),
 		UpstreamRequestAttemptCount:    uint32(in.UpstreamAttempts),
@@ -181,7 +181,7 @@ func (l *grpcLogger) entry(e *http.Exchange) *datav3.HTTPAccessLogEntry {
 	ent.Request = rq
 	rs := &datav3.HTTPResponseProperties{
 		ResponseBodyBytes:    uint64(in.BytesSent),
-		ResponseCodeDetails:  in.ResponseCodeDetails,
+		ResponseCodeDetails:  strings.Clone(in.ResponseCodeDetails),
 		ResponseHeadersBytes: uint64(e.Response.Size()),
 		ResponseHeaders:      pick(&e.Response, l.respHeaders),
 		ResponseTrailers:     pick(e.ResponseTrailers(), l.respTrailers),

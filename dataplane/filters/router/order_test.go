@@ -6,6 +6,7 @@ import (
 	"net"
 	nethttp "net/http"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -215,6 +216,44 @@ virtual_hosts:
 	if d.resp.Value(":status") != "503" || d.resp.Value("x-envoy-overloaded") != "true" || d.resp.Value("x-config") != "1" ||
 		d.resp.Value("x-envoy-attempt-count") != "1" || e.Info.ResponseFlags&http.FlagUpstreamOverflow == 0 {
 		t.Errorf("overflow: %s", d.resp.String())
+	}
+}
+
+// TestUpstreamClusterOwned: a cluster_header route names in StreamInfo the
+// cluster's own name, not the request's string, which the connection's next
+// request overwrites before an access log (gRPC's, buffered) may send it.
+func TestUpstreamClusterOwned(t *testing.T) {
+	up := backend(t, func(w nethttp.ResponseWriter, r *nethttp.Request) {})
+	f := newFixtureWith(t, `
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  routes:
+  - match: { prefix: "/" }
+    route: { cluster_header: x-cluster }
+`, &routerv3.Router{}, clusterYAML("c1", "", up))
+	fields := func(cluster string) [][2]string {
+		return [][2]string{{http.Method, "GET"}, {http.Scheme, "http"}, {http.Authority, "example.com"}, {http.Path, "/"}, {"x-cluster", cluster}}
+	}
+	d := &down{}
+	// Room for what the router adds, so that the buffer stays the same one
+	// (as a codec's reused header's does).
+	d.req.Add("x-room", strings.Repeat("r", 4096))
+	d.req.Reset()
+	for _, kv := range fields("c1") {
+		d.req.Add(kv[0], kv[1])
+	}
+	e := f.serve(d)
+	if d.resp.Value(":status") != "200" {
+		t.Fatalf("response %s", d.resp.String())
+	}
+	// The next request, in the same buffer.
+	d.req.Reset()
+	for _, kv := range fields("zz") {
+		d.req.Add(kv[0], kv[1])
+	}
+	if got := e.Info.UpstreamCluster; got != "c1" {
+		t.Errorf("UpstreamCluster %q after the header took the next request, want c1", got)
 	}
 }
 

@@ -204,7 +204,10 @@ func (q *rq) run() {
 	}
 	defer cl.Release()
 	q.cl, q.hs = cl, cl.HTTPStats()
-	e.Info.UpstreamCluster = name
+	// The cluster's own name: name may be a string over the request's
+	// header (cluster_header), and StreamInfo goes to access logs that may
+	// send it after the header served the connection's next request.
+	e.Info.UpstreamCluster = cl.Name()
 
 	// As in Envoy's router, the host is placed by the request's hash from
 	// the client's own headers, the timeouts read the x-envoy headers the
