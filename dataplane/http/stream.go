@@ -127,8 +127,9 @@ type ServerStream interface {
 type GoneNotifier interface {
 	// NotifyGone makes f run, on a goroutine of its own, when the stream ends
 	// abnormally before the handler returns, or at once if it already has;
-	// f runs at most once. NotifyGone(nil) withdraws it: f may have been
-	// started already, as with the stop function of context.AfterFunc.
+	// f runs at most once. NotifyGone(nil) withdraws it and returns once a
+	// call of f already started has returned: after it f does not run, so
+	// that what f works on can be reused (must not be called from f).
 	NotifyGone(f func())
 }
 

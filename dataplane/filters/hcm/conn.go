@@ -292,15 +292,24 @@ func (c *conn) ServeStream(s http.ServerStream) {
 		c.idleSince.Store(c.st.started + int64(c.st.ex.Info.Duration)) // its end, without a clock read
 		return
 	}
+	// st goes back to the pool, and to another exchange, only once no call
+	// of downstreamGone for this one can come: NotifyGone(nil) waits for one
+	// under way.
 	st := m.streams.Get().(*stream)
 	if gn, ok := s.(http.GoneNotifier); ok {
 		gn.NotifyGone(st.downstreamGoneFn)
 		st.serve(c, s)
 		gn.NotifyGone(nil)
 	} else {
-		stop := context.AfterFunc(s.Context(), st.downstreamGoneFn)
+		gone := make(chan struct{})
+		stop := context.AfterFunc(s.Context(), func() {
+			defer close(gone)
+			st.downstreamGone()
+		})
 		st.serve(c, s)
-		stop()
+		if !stop() {
+			<-gone
+		}
 	}
 	m.streams.Put(st)
 }

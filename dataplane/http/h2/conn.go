@@ -1041,7 +1041,7 @@ func (c *conn) failStreamLocked(s *stream, err error) {
 	}
 	if f := s.onGone; f != nil {
 		s.onGone = nil
-		go f()
+		s.runGoneLocked(f)
 	}
 	s.cond.Broadcast()
 	c.removeLocked(s)

@@ -478,6 +478,36 @@ func TestServerClientReset(t *testing.T) {
 	p.expect("PING ACK", func(f http2.Frame) bool { pf, ok := f.(*http2.PingFrame); return ok && pf.IsAck() }, func(http2.Frame) bool { return true })
 }
 
+// TestServerNotifyGoneWithdrawWaits: NotifyGone(nil) returns only once a
+// call of the gone function already under way has returned, so that the
+// connection manager can reuse what it works on (its stream state, pooled)
+// without a late call reaching the next exchange.
+func TestServerNotifyGoneWithdrawWaits(t *testing.T) {
+	started, release := make(chan struct{}), make(chan struct{})
+	var finished atomic.Bool
+	result := make(chan bool, 1)
+	ts := startServer(t, ServerOptions{}, handlerFunc(func(s http.ServerStream) {
+		gn := s.(http.GoneNotifier)
+		gn.NotifyGone(func() {
+			close(started)
+			<-release
+			finished.Store(true)
+		})
+		<-started // the client reset the stream
+		gn.NotifyGone(nil)
+		result <- finished.Load()
+	}))
+	p := dialPeer(t, ts.addr)
+	p.request(1, false, "/")
+	_ = p.fr.WriteRSTStream(1, http2.ErrCodeCancel)
+	<-started
+	time.Sleep(50 * time.Millisecond) // time for a NotifyGone(nil) that does not wait to return
+	close(release)
+	if !<-result {
+		t.Fatal("NotifyGone(nil) returned while the gone function was still running")
+	}
+}
+
 func TestServerHandlerReset(t *testing.T) {
 	ts := startServer(t, ServerOptions{}, handlerFunc(func(s http.ServerStream) {
 		s.Reset(http.ResetCancel)

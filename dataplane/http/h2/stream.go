@@ -71,6 +71,9 @@ type stream struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	onGone func() // NotifyGone's (server side)
+	// goneRuns counts the calls of onGone under way, which NotifyGone(nil)
+	// waits for.
+	goneRuns sync.WaitGroup
 
 	// Client side.
 	stopCtx func() bool
@@ -181,15 +184,30 @@ func (s *stream) Context() context.Context {
 
 // NotifyGone implements http.GoneNotifier: f runs when the stream fails (the
 // client reset it, the connection ended) while the handler holds it.
+// NotifyGone(nil) returns once a call of f already started has returned.
 func (s *stream) NotifyGone(f func()) {
 	c := s.c
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if f != nil && (s.err != nil || c.closed) {
-		go f()
+		s.runGoneLocked(f)
+		c.mu.Unlock()
 		return
 	}
 	s.onGone = f
+	c.mu.Unlock()
+	if f == nil {
+		s.goneRuns.Wait()
+	}
+}
+
+// runGoneLocked runs f on a goroutine of its own (it takes locks of its
+// own, and may reset this stream), counted in goneRuns.
+func (s *stream) runGoneLocked(f func()) {
+	s.goneRuns.Add(1)
+	go func() {
+		defer s.goneRuns.Done()
+		f()
+	}()
 }
 
 // PeerReset reports whether the peer ended the stream with RST_STREAM, and
