@@ -697,18 +697,27 @@ func (c *Cluster) Closed(h *Host, how CloseKind) {
 // log), as Envoy's gRPC clients use the cluster. The connection counts as
 // the pools' do, in upstream_cx_total and upstream_cx_active and under
 // max_connections; its Close counts its end (upstream_cx_destroy, as
-// skiff's close: the gRPC client closes it, whoever ended it).
+// skiff's close: the gRPC client closes it, whoever ended it). The
+// connection holds a reference to the cluster (Acquire) until it is
+// closed, as the pools' do: a cluster removed meanwhile keeps its stats
+// for the count of the close.
 func (c *Cluster) Open(ctx context.Context, o ConnectOptions) (net.Conn, error) {
+	if !c.Acquire() {
+		return nil, fmt.Errorf("cluster %s: removed", c.name)
+	}
 	h := c.Pick()
 	if h == nil {
+		c.Release()
 		return nil, fmt.Errorf("cluster %s: no healthy host", c.name)
 	}
 	if !c.ReserveConnection() {
+		c.Release()
 		return nil, fmt.Errorf("cluster %s: max_connections reached", c.name)
 	}
 	conn, err := c.ConnectWith(ctx, h, o)
 	if err != nil {
 		c.ReleaseConnection()
+		c.Release()
 		return nil, err
 	}
 	return &openConn{Conn: conn, c: c, h: h}, nil
@@ -724,7 +733,10 @@ type openConn struct {
 
 func (oc *openConn) Close() error {
 	err := oc.Conn.Close()
-	oc.once.Do(func() { oc.c.Closed(oc.h, LocalClose) })
+	oc.once.Do(func() {
+		oc.c.Closed(oc.h, LocalClose)
+		oc.c.Release()
+	})
 	return err
 }
 

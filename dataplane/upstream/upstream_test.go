@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -219,6 +220,53 @@ func TestOpen(t *testing.T) {
 		t.Fatalf("no room after the first connection closed: %v", err)
 	}
 	conn.Close()
+}
+
+// TestOpenOutlivesRemoval: a connection from Open holds its cluster, as a
+// pool's does. Removed by CDS while the connection is open (the gRPC access
+// log's can last as long as the process), the cluster keeps its stats for
+// the connection's close; without the reference the close counted into
+// freed slots of the stats file, which the cluster re-added under the same
+// name took (its counters went to -1).
+func TestOpenOutlivesRemoval(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	st, err := stats.Open(filepath.Join(t.TempDir(), "stats"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	assignment := func() Assignment {
+		cfg, err := NewConfig(clusterYAML(t, ``))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Endpoints = []Endpoint{{Addr: ln.Addr().(*net.TCPAddr).AddrPort(), Weight: 1}}
+		return Static(cfg)
+	}
+	m := NewManager(st)
+	m.Set([]Assignment{assignment()})
+	conn, err := m.Get("c").Open(t.Context(), ConnectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Set(nil)
+	if v, ok := st.Value("cluster.c.upstream_cx_active"); !ok || v != 1 {
+		t.Errorf("removed cluster with an open connection: upstream_cx_active %d (there: %t), want 1", v, ok)
+	}
+	m.Set([]Assignment{assignment()})
+	m.Get("c").HTTPStats()
+	before := st.Snapshot()
+	conn.Close()
+	after := st.Snapshot()
+	for i := range after {
+		if i < len(before) && before[i].Name == after[i].Name && before[i].Value != after[i].Value && !strings.HasPrefix(after[i].Name, "cluster.c.upstream_cx_") {
+			t.Errorf("%s changed %d -> %d by the old connection's close", after[i].Name, before[i].Value, after[i].Value)
+		}
+	}
 }
 
 func TestConnectTimeout(t *testing.T) {
