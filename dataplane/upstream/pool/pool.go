@@ -215,6 +215,25 @@ func (m *Manager) PoolAs(cl *upstream.Cluster, h *upstream.Host, o TLSOptions, h
 	return p
 }
 
+// forget removes p, which its sweep dropped, from pools, unless another
+// pool took its key already.
+func forget(pools map[poolKey]*Pool, p *Pool) {
+	if k := keyOf(p.host, p.tls); pools[k] == p {
+		delete(pools, k)
+		p.cl.HTTPStats().Pools.Add(-1)
+	}
+}
+
+// successor returns the pool that stands for p, which the sweeper dropped
+// (it may not have removed it yet): the Manager's pool of the same host,
+// names and protocol, made if need be; nil past max_connection_pools.
+func (m *Manager) successor(p *Pool) *Pool {
+	m.mu.Lock()
+	m.replaceLocked(protoIndex(p.http2), func(pools map[poolKey]*Pool) { forget(pools, p) })
+	m.mu.Unlock()
+	return m.PoolAs(p.cl, p.host, p.tls, p.http2)
+}
+
 // lookup returns the pool of h in a protocol, or nil.
 func (m *Manager) lookup(proto int, k poolKey) *Pool {
 	if pools := m.pools[proto].Load(); pools != nil {
@@ -292,10 +311,7 @@ func (m *Manager) sweep() {
 				if len(ps) > 0 { // one copy of the map for all of them
 					m.replaceLocked(proto, func(pools map[poolKey]*Pool) {
 						for _, p := range ps {
-							if k := keyOf(p.host, p.tls); pools[k] == p {
-								delete(pools, k)
-								p.cl.HTTPStats().Pools.Add(-1)
-							}
+							forget(pools, p)
 						}
 					})
 				}
@@ -451,6 +467,18 @@ func (p *Pool) Acquire(ctx context.Context, stop <-chan struct{}) (*Conn, http.C
 		return true
 	}
 	p.mu.Lock()
+	if p.dead {
+		// The sweeper dropped the pool after the caller looked it up (it
+		// was empty and unused): its connections would be nobody's to
+		// sweep or close. The Manager's pool for the same names has them
+		// (Release, given this pool, passes the connection on to it).
+		p.mu.Unlock()
+		np := p.m.successor(p)
+		if np == nil {
+			return nil, nil, ErrOverflow
+		}
+		return np.Acquire(ctx, stop)
+	}
 	for {
 		if p.http2 {
 			c, s, err := p.h2StreamLocked(ctx, hs, cfg)
@@ -844,7 +872,13 @@ func (p *Pool) watchH2(c *Conn) {
 }
 
 // Release gives back a connection from Acquire, once its stream is closed.
+// Given the pool Acquire was called on, it gives it back to the pool the
+// connection is of (see Acquire on a dropped pool).
 func (p *Pool) Release(c *Conn) {
+	if c.p != p {
+		c.p.Release(c)
+		return
+	}
 	now := time.Now()
 	detach(p.cl.HTTPStats())
 	p.mu.Lock()

@@ -745,6 +745,52 @@ typed_extension_protocol_options:
 	}
 }
 
+// TestAcquireOnDroppedPool: a request that looked its pool up just before
+// the sweeper dropped it (empty and unused for emptyPoolLife) gets its
+// connection in the Manager's pool for the same host instead, which sweeps
+// and closes it; before, the connection was made in the dropped pool, which
+// nothing swept or closed again (an HTTP/2 connection stayed open and
+// counted in upstream_cx_active for good, and Manager.Close waited for it).
+func TestAcquireOnDroppedPool(t *testing.T) {
+	srv := startServer(t, func(w nethttp.ResponseWriter, r *nethttp.Request) { io.WriteString(w, "ok") })
+	st := stats.NewStore()
+	cl := newCluster(t, st, http2Options, srv.addr)
+	m := NewManager(Options{})
+	h := cl.Hosts()[0]
+	p := m.Pool(cl, h, "", "") // the router's look-up
+	// The sweeper, meanwhile.
+	p.mu.Lock()
+	p.lastUsed = time.Now().Add(-2 * emptyPoolLife)
+	p.mu.Unlock()
+	if !p.sweep(time.Now()) {
+		t.Fatal("the sweep kept the pool")
+	}
+	// The router goes on with the pool it looked up.
+	if body, err := get(t, p, "/"); err != nil || body != "ok" {
+		t.Fatalf("GET through the dropped pool: %q, %v", body, err)
+	}
+	np := m.Pool(cl, h, "", "")
+	p.mu.Lock()
+	dropped := p.total
+	p.mu.Unlock()
+	np.mu.Lock()
+	live := np.total
+	np.mu.Unlock()
+	if np == p || dropped != 0 || live != 1 {
+		t.Fatalf("connections: %d in the dropped pool, %d in the Manager's (a new one: %t); want 0 and 1", dropped, live, np != p)
+	}
+	closed := make(chan struct{})
+	go func() { m.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Manager.Close did not return: a connection it does not know is open")
+	}
+	if v, _ := st.Value("cluster.c.upstream_cx_active"); v != 0 {
+		t.Errorf("upstream_cx_active %d after Close, want 0", v)
+	}
+}
+
 // TestUpstreamCloseOfIdleConnection: an upstream that closes an idle
 // keep-alive connection, without saying so in its response, has the pool
 // close it at once (upstream_cx_destroy_remote, upstream_cx_active back to
