@@ -55,6 +55,7 @@ type Exchange struct {
 	imu         sync.Mutex
 	interrupted error
 	interrupter Interrupter
+	gen         uint64 // counts Resets, under imu (see InterruptGen)
 }
 
 // ALPNOverride replaces the alpn_protocols of an exchange's upstream TLS
@@ -127,12 +128,35 @@ func (e *Exchange) Interrupt(reason error) {
 	// its request state for other exchanges).
 	e.imu.Lock()
 	defer e.imu.Unlock()
+	e.interruptLocked(reason)
+}
+
+func (e *Exchange) interruptLocked(reason error) {
 	if e.interrupted != nil {
 		return
 	}
 	e.interrupted = reason
 	if e.interrupter != nil {
 		e.interrupter.Interrupt(reason)
+	}
+}
+
+// Gen is the exchange's generation: Reset changes it.
+func (e *Exchange) Gen() uint64 {
+	e.imu.Lock()
+	defer e.imu.Unlock()
+	return e.gen
+}
+
+// InterruptGen is Interrupt if the exchange is still the one of generation
+// gen, not Reset for another stream since: for a timer or callback that
+// decided to interrupt the exchange it saw and may run after an Exchange
+// that is reused (the connection manager's) moved on to the next one.
+func (e *Exchange) InterruptGen(gen uint64, reason error) {
+	e.imu.Lock()
+	defer e.imu.Unlock()
+	if e.gen == gen {
+		e.interruptLocked(reason)
 	}
 }
 
@@ -194,6 +218,7 @@ func (e *Exchange) Reset(s ServerStream) {
 	tr.Reset()
 	e.imu.Lock()
 	e.interrupted, e.interrupter = nil, nil
+	e.gen++
 	e.imu.Unlock()
 	e.Downstream, e.Request, e.Response, e.Route, e.Info, e.ctx, e.ALPN = s, nil, resp, nil, StreamInfo{}, nil, nil
 	e.respTrailers = tr

@@ -106,3 +106,29 @@ func TestExchangeReuseAndInterrupt(t *testing.T) {
 		t.Errorf("%v allocs per Reset", n)
 	}
 }
+
+// TestInterruptGen: an interrupt decided for one exchange (a timer of the
+// connection manager's) does not reach the next one a reused Exchange
+// serves.
+func TestInterruptGen(t *testing.T) {
+	s := &stream{}
+	e := http.NewExchange(context.Background(), s)
+	first := e.Gen()
+	e.Reset(s)
+	if e.Gen() == first {
+		t.Fatal("Reset kept the generation")
+	}
+	i := &interrupter{}
+	if err := e.SetInterrupter(i); err != nil {
+		t.Fatal(err)
+	}
+	e.InterruptGen(first, errors.New("late timeout of the first exchange"))
+	if i.got != nil || e.Interrupted() != nil {
+		t.Errorf("the second exchange was interrupted by the first's: %v / %v", i.got, e.Interrupted())
+	}
+	reason := errors.New("timeout")
+	e.InterruptGen(e.Gen(), reason)
+	if i.got != reason || e.Interrupted() != reason {
+		t.Errorf("its own generation: interrupted with %v / %v, want %v", i.got, e.Interrupted(), reason)
+	}
+}

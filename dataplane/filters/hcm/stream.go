@@ -73,6 +73,10 @@ type stream struct {
 	idleTimer, reqTimer, durTimer lazyTimer
 
 	downstreamGoneFn func() // st.downstreamGone, made once
+	// exGen is st.ex's generation while active (under mu): the timers and
+	// downstreamGone interrupt only that exchange (Exchange.InterruptGen),
+	// not the next one st serves if they run late.
+	exGen uint64
 }
 
 func newStream(m *Manager) *stream {
@@ -90,10 +94,10 @@ func (st *stream) downstreamGone() {
 		return
 	}
 	st.mu.Lock()
-	active := st.active
+	active, gen := st.active, st.exGen
 	st.mu.Unlock()
 	if active {
-		st.ex.Interrupt(errDownstreamGone)
+		st.ex.InterruptGen(gen, errDownstreamGone)
 	}
 }
 
@@ -504,9 +508,11 @@ func (st *stream) upgrade() string {
 // active (for the timers and downstreamGone) from here to finish.
 func (st *stream) armTimers() {
 	m := st.m
+	gen := st.ex.Gen()
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	st.active = true
+	st.exGen = gen
 	st.idle = m.streamIdle
 	start := st.ex.Info.Start
 	if st.idle > 0 {
@@ -548,8 +554,9 @@ func (st *stream) onIdle() {
 	}
 	st.idleTimer.done()
 	st.active = false
+	gen := st.exGen
 	st.mu.Unlock()
-	st.ex.Interrupt(errStreamIdle)
+	st.ex.InterruptGen(gen, errStreamIdle)
 }
 
 func (st *stream) onRequestTimeout() {
@@ -565,8 +572,9 @@ func (st *stream) onRequestTimeout() {
 		return
 	}
 	st.reqTimer.done()
+	gen := st.exGen
 	st.mu.Unlock()
-	st.ex.Interrupt(errRequestTimeout)
+	st.ex.InterruptGen(gen, errRequestTimeout)
 }
 
 // onMaxDuration runs when the duration timer fires: it interrupts the
@@ -584,8 +592,9 @@ func (st *stream) onMaxDuration() {
 		return
 	}
 	st.durTimer.done()
+	gen := st.exGen
 	st.mu.Unlock()
-	st.ex.Interrupt(errMaxDuration)
+	st.ex.InterruptGen(gen, errMaxDuration)
 }
 
 // requestDone stops the request timeout once the request is all in.

@@ -1366,6 +1366,12 @@ func (q *rq) Interrupt(reason error) { q.interrupt(reason, false) }
 
 func (q *rq) interrupt(reason error, perTry bool) {
 	q.mu.Lock()
+	q.interruptLocked(reason, perTry)
+	q.mu.Unlock()
+}
+
+// interruptLocked is interrupt with q.mu held.
+func (q *rq) interruptLocked(reason error, perTry bool) {
 	if perTry {
 		q.tryReason = reason
 	} else if q.reason == nil {
@@ -1386,7 +1392,6 @@ func (q *rq) interrupt(reason error, perTry bool) {
 	if q.tunneling && !perTry {
 		q.e.Downstream.Reset(http.ResetCancel)
 	}
-	q.mu.Unlock()
 }
 
 func (q *rq) why() error {
@@ -1448,8 +1453,10 @@ func (q *rq) touchIdle() {
 }
 
 func (q *rq) onIdle() {
-	if q.fired(&q.idleTimer, &q.idleFire, &q.idleAt, q.onIdleFn) {
-		q.interrupt(errPerTryIdleTimeout, true)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.firedLocked(&q.idleTimer, &q.idleFire, &q.idleAt, q.onIdleFn) {
+		q.interruptLocked(errPerTryIdleTimeout, true)
 	}
 }
 
@@ -1531,22 +1538,27 @@ func (q *rq) stopTimers() {
 // deadline passed; a deadline still ahead (a later request, the state is
 // reused) sets the timer again.
 func (q *rq) onGlobal() {
-	if q.fired(&q.globalTimer, &q.globalFire, &q.globalAt, q.onGlobalFn) {
-		q.interrupt(errGlobalTimeout, false)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.firedLocked(&q.globalTimer, &q.globalFire, &q.globalAt, q.onGlobalFn) {
+		q.interruptLocked(errGlobalTimeout, false)
 	}
 }
 
 func (q *rq) onTry() {
-	if q.fired(&q.tryTimer, &q.tryFire, &q.tryAt, q.onTryFn) {
-		q.interrupt(errPerTryTimeout, true)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.firedLocked(&q.tryTimer, &q.tryFire, &q.tryAt, q.onTryFn) {
+		q.interruptLocked(errPerTryTimeout, true)
 	}
 }
 
-// fired handles a timer firing: it reports whether the deadline passed (and
-// clears it), or sets the timer for a deadline still ahead.
-func (q *rq) fired(t **time.Timer, fire, at *time.Time, f func()) bool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
+// firedLocked handles a timer firing: it reports whether the deadline
+// passed (and clears it), or sets the timer for a deadline still ahead. The
+// timer's callback holds q.mu from this check through its interrupt: let go
+// in between, the request could end and q serve the next one (it is pooled),
+// which the interrupt would then reach.
+func (q *rq) firedLocked(t **time.Timer, fire, at *time.Time, f func()) bool {
 	*fire = time.Time{}
 	if at.IsZero() {
 		return false
