@@ -520,14 +520,30 @@ func (s *sock) connected(ctx context.Context, timeout time.Duration) error {
 			deadline, hasDeadline, ctxBound = d, true, false
 		}
 	}
+	set := hasDeadline // a write deadline to clear at the end
 	if hasDeadline {
 		s.f.SetWriteDeadline(deadline)
-		defer s.f.SetWriteDeadline(time.Time{})
 	}
+	var stop func() bool
+	var ended chan struct{}
 	if ctx.Done() != nil {
-		stop := context.AfterFunc(ctx, func() { s.f.SetWriteDeadline(time.Unix(1, 0)) })
-		defer stop()
+		ended = make(chan struct{})
+		stop = context.AfterFunc(ctx, func() {
+			defer close(ended)
+			s.f.SetWriteDeadline(time.Unix(1, 0))
+		})
 	}
+	defer func() {
+		if stop != nil && !stop() {
+			// ctx ended: its past deadline is set, or about to be, and must
+			// not stay on the connection once the connect is done.
+			<-ended
+			set = true
+		}
+		if set {
+			s.f.SetWriteDeadline(time.Time{})
+		}
+	}()
 	var cerr syscall.Errno
 	err := s.frc.Write(func(fd uintptr) bool { // writable: the connect ended
 		up, e := connectDone(int(fd))
