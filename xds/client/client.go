@@ -195,6 +195,13 @@ type typeState struct {
 	version string // last accepted version_info (SotW) or system_version_info (delta)
 	nonce   string // nonce of the last response on the current stream
 	nack    error  // to send with the next request, then cleared
+	// ackDue: a delta response awaits its ACK or NACK, the next request for
+	// the type. Only that one carries the response's nonce: a delta request
+	// that only changes the subscription must not (DeltaDiscoveryRequest's
+	// response_nonce: "unlike in DiscoveryRequest"), or a server such as
+	// istiod drops it as answering an expired nonce and the subscription is
+	// lost.
+	ackDue bool
 	// The same update rejected again (a control plane that answers every
 	// NACK with the same response): how many times in a row, and the timer
 	// that paces the next NACK.

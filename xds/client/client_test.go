@@ -3,6 +3,7 @@ package client
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -244,6 +245,32 @@ func TestDeltaADS(t *testing.T) {
 		}
 		return ""
 	})
+}
+
+// TestDeltaSubscriptionWithoutNonce: a delta request that only changes the
+// subscription carries no response_nonce (DeltaDiscoveryRequest's comment:
+// "Otherwise (unlike in DiscoveryRequest) response_nonce must be omitted"),
+// as Envoy's: istiod drops a request whose nonce is not its last one sent
+// (an EDS push crossing the request), and the new cluster's subscription
+// was lost for the rest of the stream. Only the ACK of a response has it.
+func TestDeltaSubscriptionWithoutNonce(t *testing.T) {
+	up := greeter(t, "b")
+	f := newFixture(t, setup{delta: true})
+	f.cp.Push(full(edsCluster("a"), assignment("a", up), tcpListener("la", loopback0, "a")))
+	f.waitReady()
+	eds := f.cp.DeltaResponse(resource.EndpointType, 0)
+	if ack := f.cp.DeltaRequest(resource.EndpointType, 1); ack.GetResponseNonce() != eds.GetNonce() {
+		t.Fatalf("the EDS ACK carries nonce %q, want the response's %q", ack.GetResponseNonce(), eds.GetNonce())
+	}
+	f.cp.Push(map[resourcev3.Type][]types.Resource{
+		resourcev3.ClusterType:  {edsCluster("a"), edsCluster("b")},
+		resourcev3.EndpointType: {assignment("a", up), assignment("b", up)},
+		resourcev3.ListenerType: {tcpListener("la", loopback0, "a")},
+	})
+	r := f.cp.DeltaRequest(resource.EndpointType, 2)
+	if !slices.Equal(r.GetResourceNamesSubscribe(), []string{"b"}) || r.GetResponseNonce() != "" {
+		t.Errorf("EDS request for the new cluster: subscribe %v, nonce %q; want [b] and no nonce", r.GetResourceNamesSubscribe(), r.GetResponseNonce())
+	}
 }
 
 func TestReconnectResendsVersions(t *testing.T) {

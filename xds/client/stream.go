@@ -260,7 +260,8 @@ func (s *stream) once(ctx context.Context) (got bool, err error) {
 	s.sent = map[string]map[string]bool{}
 	for url := range s.urls {
 		s.c.types[url].nonce = "" // nonces belong to a stream
-		s.queueLocked(url)        // resubscribe, with the versions we have
+		s.c.types[url].ackDue = false
+		s.queueLocked(url) // resubscribe, with the versions we have
 	}
 	s.c.mu.Unlock()
 
@@ -360,7 +361,10 @@ func (s *stream) nextRequestLocked() proto.Message {
 }
 
 func (s *stream) deltaRequestLocked(ts *typeState, node *corev3.Node, detail *statuspb.Status) *discoveryv3.DeltaDiscoveryRequest {
-	req := &discoveryv3.DeltaDiscoveryRequest{Node: node, TypeUrl: ts.url, ResponseNonce: ts.nonce, ErrorDetail: detail}
+	req := &discoveryv3.DeltaDiscoveryRequest{Node: node, TypeUrl: ts.url, ErrorDetail: detail}
+	if ts.ackDue {
+		req.ResponseNonce, ts.ackDue = ts.nonce, false
+	}
 	sent := s.sent[ts.url]
 	if sent == nil {
 		// The first request for the type on this stream: say what we have, so
@@ -503,7 +507,7 @@ func (c *Client) handleDelta(s *stream, resp *discoveryv3.DeltaDiscoveryResponse
 		c.log.Warn("xDS response for a type skiff did not ask for on this stream; ignored", "type", resp.GetTypeUrl())
 		return
 	}
-	ts.nonce = resp.GetNonce()
+	ts.nonce, ts.ackDue = resp.GetNonce(), true
 	u := update{set: map[string]*Resource{}, removed: c.deltaRemovalsLocked(ts, resp.GetRemovedResources())}
 	now := time.Now()
 	var err error
