@@ -273,6 +273,24 @@ func TestDeltaSubscriptionWithoutNonce(t *testing.T) {
 	}
 }
 
+// TestUnreachableCountsFailures: with the control plane unreachable, each
+// stream that could not be made counts in the subscriptions'
+// update_failure, as Envoy counts a failed establishment; before, only a
+// stream that had been made and then ended did, and dashboards watching
+// cds.update_failure stayed at 0 while skiff could not reach istiod.
+func TestUnreachableCountsFailures(t *testing.T) {
+	cp := xdstest.Start(t, "127.0.0.1:0", nodeID)
+	cp.Stop()
+	f := newFixtureWith(t, cp, setup{})
+	// (LDS is asked for once the clusters are in, as in Envoy.)
+	eventually(t, "cds.update_failure counts the failed streams", func() string {
+		if v, _ := f.stats.Value("cluster_manager.cds.update_failure"); v == 0 {
+			return "cluster_manager.cds.update_failure is 0"
+		}
+		return ""
+	})
+}
+
 func TestReconnectResendsVersions(t *testing.T) {
 	for _, delta := range []bool{false, true} {
 		t.Run(map[bool]string{false: "sotw", true: "delta"}[delta], func(t *testing.T) {

@@ -235,6 +235,20 @@ func (s *stream) run(ctx context.Context) {
 	}
 }
 
+// countFailureLocked counts err, the end of a stream or the failure to make
+// one, in the update_failure of the stream's types that keep stats, unless
+// it is ctx's end (skiff stopping the client).
+func (s *stream) countFailureLocked(ctx context.Context, err error) {
+	if err == nil || ctx.Err() != nil {
+		return
+	}
+	for url := range s.urls {
+		if st := s.c.types[url].stats; st != nil {
+			st.failure.Inc()
+		}
+	}
+}
+
 // once runs one gRPC stream until it fails, reporting whether any response
 // arrived on it.
 func (s *stream) once(ctx context.Context) (got bool, err error) {
@@ -242,6 +256,12 @@ func (s *stream) once(ctx context.Context) (got bool, err error) {
 	defer cancel()
 	gs, err := s.src.conn.NewStream(sctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, s.method)
 	if err != nil {
+		// A stream that could not be made fails its subscriptions too, as
+		// in Envoy (update_failure on each failed establishment): with the
+		// control plane unreachable, it is what moves.
+		s.c.mu.Lock()
+		s.countFailureLocked(ctx, err)
+		s.c.mu.Unlock()
 		return false, err
 	}
 	s.c.mu.Lock()
@@ -249,11 +269,7 @@ func (s *stream) once(ctx context.Context) (got bool, err error) {
 	defer func() {
 		s.c.mu.Lock()
 		s.c.setConnectedLocked(-1)
-		for url := range s.urls {
-			if st := s.c.types[url].stats; st != nil && err != nil && ctx.Err() == nil {
-				st.failure.Inc()
-			}
-		}
+		s.countFailureLocked(ctx, err)
 		s.c.mu.Unlock()
 	}()
 	s.first = true
