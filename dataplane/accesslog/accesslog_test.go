@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -26,6 +27,8 @@ import (
 	alsv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/skiffproxy/skiff/dataplane/http"
 	"github.com/skiffproxy/skiff/dataplane/runtime"
@@ -421,6 +424,63 @@ typed_config:
 	}
 	if v, _ := st.Value("access_logs.grpc_access_log.logs_written"); v != 2 {
 		t.Errorf("logs_written = %d", v)
+	}
+}
+
+// rejectingALS ends every stream with an error after its first message,
+// as an access log service that refuses the client (or recycles streams).
+type rejectingALS struct {
+	alsv3.UnimplementedAccessLogServiceServer
+}
+
+func (rejectingALS) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessLogsServer) error {
+	_, _ = stream.Recv()
+	return status.Error(codes.PermissionDenied, "no")
+}
+
+// TestGRPCSinkEndsDroppedStreams: a stream the sink gives up after a failed
+// Send is ended. Before, grpc-go kept each one's goroutine until the sink
+// closed (a Send that fails with io.EOF does not finish the stream): about
+// one per two flushes against a service that ends streams.
+func TestGRPCSinkEndsDroppedStreams(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	alsv3.RegisterAccessLogServiceServer(gs, rejectingALS{})
+	done := make(chan struct{})
+	go func() { defer close(done); _ = gs.Serve(lis) }()
+	defer func() { gs.Stop(); <-done }()
+	sinks := NewSinks(nil, stats.NewStore(), 0)
+	defer sinks.Close()
+	l := build1(t, `
+name: envoy.access_loggers.http_grpc
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig
+  common_config:
+    log_name: edge
+    transport_api_version: V3
+    buffer_flush_interval: 0.01s
+    grpc_service: { google_grpc: { target_uri: "`+lis.Addr().String()+`", stat_prefix: als } }
+`, sinks)
+	e := exchange()
+	for range 40 {
+		l.Log(e)
+		time.Sleep(15 * time.Millisecond)
+	}
+	// The streams of the last flush or two may still be ending.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		buf := make([]byte, 1<<22)
+		n := strings.Count(string(buf[:goruntime.Stack(buf, true)]), "grpc.newClientStreamWithParams.func")
+		if n <= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d client stream goroutines alive after 40 flushes to a service that ends every stream", n)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

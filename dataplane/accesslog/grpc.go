@@ -316,12 +316,17 @@ func (g *grpcSink) run() {
 	var (
 		conn   *grpc.ClientConn
 		stream grpc.ClientStreamingClient[alsv3.StreamAccessLogsMessage, alsv3.StreamAccessLogsResponse]
-		batch  []*datav3.HTTPAccessLogEntry
-		bytes  int
+		// endStream cancels stream's own context: a stream given up after
+		// a failed Send must be ended, or grpc-go keeps its goroutine (a
+		// Send that fails with io.EOF does not finish the stream).
+		endStream context.CancelFunc
+		batch     []*datav3.HTTPAccessLogEntry
+		bytes     int
 	)
 	defer func() {
 		if stream != nil {
 			_, _ = stream.CloseAndRecv()
+			endStream()
 		}
 		if conn != nil {
 			conn.Close()
@@ -346,13 +351,15 @@ func (g *grpcSink) run() {
 			HttpLogs: &alsv3.StreamAccessLogsMessage_HTTPAccessLogEntries{LogEntry: batch},
 		}}
 		if stream == nil {
-			s, err := alsv3.NewAccessLogServiceClient(conn).StreamAccessLogs(ctx)
+			sctx, cancel := context.WithCancel(ctx)
+			s, err := alsv3.NewAccessLogServiceClient(conn).StreamAccessLogs(sctx)
 			if err != nil {
+				cancel()
 				g.s.log.Warn("access log service: cannot open the stream; entries dropped", "error", err, "entries", len(batch))
 				g.dropped.Add(uint64(len(batch)))
 				return
 			}
-			stream = s
+			stream, endStream = s, cancel
 			node := g.node
 			if node == nil {
 				node = &corev3.Node{}
@@ -362,7 +369,8 @@ func (g *grpcSink) run() {
 		if err := stream.Send(msg); err != nil {
 			g.s.log.Warn("access log service: send failed; entries dropped", "error", err, "entries", len(batch))
 			g.dropped.Add(uint64(len(batch)))
-			stream = nil
+			endStream()
+			stream, endStream = nil, nil
 			return
 		}
 		g.written.Add(uint64(len(batch)))
