@@ -89,7 +89,7 @@ func bind(spec SocketSpec) (_ *net.TCPListener, err error) {
 		return nil, os.NewSyscallError("socket", err)
 	}
 	defer func() {
-		if err != nil {
+		if err != nil && fd >= 0 {
 			unix.Close(fd)
 		}
 	}()
@@ -160,7 +160,11 @@ func bind(spec SocketSpec) (_ *net.TCPListener, err error) {
 	if err := applyOptions(fd, spec.Options, corev3.SocketOption_STATE_LISTENING); err != nil {
 		return nil, err
 	}
-	return fileListener(fd, spec.Addr.String())
+	// fileListener owns fd from here, closed whatever happens: the deferred
+	// close must not close the number again (by then another descriptor's).
+	owned := fd
+	fd = -1
+	return fileListener(owned, spec.Addr.String())
 }
 
 // fileListener wraps fd (which it takes over) in a *net.TCPListener.
