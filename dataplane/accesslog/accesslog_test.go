@@ -354,17 +354,25 @@ func (s *alsServer) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessL
 	}
 }
 
-func TestGRPCSink(t *testing.T) {
+// startALS serves srv as an access log service on loopback until the test
+// ends, and returns its address.
+func startALS(t *testing.T, srv alsv3.AccessLogServiceServer) string {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &alsServer{received: make(chan struct{}, 1)}
 	gs := grpc.NewServer()
 	alsv3.RegisterAccessLogServiceServer(gs, srv)
 	done := make(chan struct{})
 	go func() { defer close(done); _ = gs.Serve(lis) }()
-	defer func() { gs.Stop(); <-done }()
+	t.Cleanup(func() { gs.Stop(); <-done })
+	return lis.Addr().String()
+}
+
+func TestGRPCSink(t *testing.T) {
+	srv := &alsServer{received: make(chan struct{}, 1)}
+	addr := startALS(t, srv)
 
 	st := stats.NewStore()
 	sinks := NewSinks(nil, st, 0)
@@ -376,7 +384,7 @@ typed_config:
     log_name: edge
     transport_api_version: V3
     buffer_flush_interval: 0.05s
-    grpc_service: { google_grpc: { target_uri: "`+lis.Addr().String()+`", stat_prefix: als } }
+    grpc_service: { google_grpc: { target_uri: "`+addr+`", stat_prefix: als } }
   additional_request_headers_to_log: [X-Request-Id]
 `, sinks)
 	e := exchange()
@@ -443,15 +451,7 @@ func (rejectingALS) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessL
 // closed (a Send that fails with io.EOF does not finish the stream): about
 // one per two flushes against a service that ends streams.
 func TestGRPCSinkEndsDroppedStreams(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	alsv3.RegisterAccessLogServiceServer(gs, rejectingALS{})
-	done := make(chan struct{})
-	go func() { defer close(done); _ = gs.Serve(lis) }()
-	defer func() { gs.Stop(); <-done }()
+	addr := startALS(t, rejectingALS{})
 	sinks := NewSinks(nil, stats.NewStore(), 0)
 	defer sinks.Close()
 	l := build1(t, `
@@ -462,7 +462,7 @@ typed_config:
     log_name: edge
     transport_api_version: V3
     buffer_flush_interval: 0.01s
-    grpc_service: { google_grpc: { target_uri: "`+lis.Addr().String()+`", stat_prefix: als } }
+    grpc_service: { google_grpc: { target_uri: "`+addr+`", stat_prefix: als } }
 `, sinks)
 	e := exchange()
 	for range 40 {
