@@ -990,15 +990,30 @@ func sortedKeys[V any](m map[string]V) []string {
 // validateLocked decodes and checks one resource of a response. The error
 // names the resource and, through cfgerr, the field.
 func (c *Client) validateLocked(url string, a *anypb.Any) (proto.Message, string, error) {
+	m, name, err := decode(url, a)
+	if err != nil {
+		return nil, "", err
+	}
+	return c.checkLocked(url, m, name)
+}
+
+// decode decodes one resource of a response and gives its name.
+func decode(url string, a *anypb.Any) (proto.Message, string, error) {
 	m, err := resource.Decode(url, a)
 	if err != nil {
 		return nil, "", err
 	}
 	name := resource.Name(m)
-	kind := resource.Kind(url)
 	if name == "" {
-		return nil, "", fmt.Errorf("%s without a name", kind)
+		return nil, "", fmt.Errorf("%s without a name", resource.Kind(url))
 	}
+	return m, name, nil
+}
+
+// checkLocked checks m, a decoded resource called name, as the data plane
+// would take it.
+func (c *Client) checkLocked(url string, m proto.Message, name string) (proto.Message, string, error) {
+	var err error
 	switch r := m.(type) {
 	case *listenerv3.Listener:
 		for _, s := range c.opts.Static.Listeners {

@@ -22,6 +22,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/skiffproxy/skiff/xds/resource"
@@ -561,4 +562,39 @@ func TestListenerFailingToApplyRejectedAlone(t *testing.T) {
 	if st := f.csdsStatus(resource.ListenerType, "taken"); st != "NACKED" {
 		t.Errorf("CSDS status of the listener that could not start: %q", st)
 	}
+}
+
+// TestUnsubscribedBadResourceIgnored: a resource of a response that skiff
+// did not ask for (a response crossing an unsubscription) is left out
+// unchecked, as Envoy does; a bad one no longer rejects the response and
+// with it the good update of a resource that was asked for.
+func TestUnsubscribedBadResourceIgnored(t *testing.T) {
+	up, up2 := greeter(t, "a-1"), greeter(t, "a-2")
+	f := newFixture(t, setup{})
+	f.cp.Push(full(edsCluster("a"), assignment("a", up), tcpListener("la", loopback0, "a")))
+	f.waitReady()
+	bad := assignment("zzz", up)
+	bad.Endpoints[0].LbEndpoints[0].GetEndpoint().Address = nil
+	good, err := anypb.New(assignment("a", up2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	notAsked, err := anypb.New(bad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.client.mu.Lock()
+	s := f.client.types[resource.EndpointType].stream
+	f.client.mu.Unlock()
+	f.client.handleSotW(s, &discoveryv3.DiscoveryResponse{VersionInfo: "x", TypeUrl: resource.EndpointType, Nonce: "n-x", Resources: []*anypb.Any{good, notAsked}})
+	r := f.cp.RequestAnswering(resource.EndpointType, "n-x")
+	if r.GetErrorDetail() != nil || r.GetVersionInfo() != "x" {
+		t.Fatalf("answer: version %q, error %v; want an ACK of x", r.GetVersionInfo(), r.GetErrorDetail())
+	}
+	eventually(t, "cluster a takes its new endpoint", func() string {
+		if got := through(t, f.listenerAddr("la")); got != "a-2" {
+			return "through the listener: " + got
+		}
+		return ""
+	})
 }

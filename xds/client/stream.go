@@ -472,7 +472,16 @@ func (c *Client) handleSotW(s *stream, resp *discoveryv3.DiscoveryResponse) {
 // one to leave out, refused on its own (see refuse) or not asked for (as the
 // protocol says); err, with name, when it rejects the whole response.
 func (c *Client) admitLocked(ts *typeState, u *update, a *anypb.Any, sentName string) (m proto.Message, name string, skip bool, err error) {
-	m, name, err = c.validateLocked(ts.url, a)
+	m, name, err = decode(ts.url, a)
+	if err == nil && !ts.wildcard && !ts.names[name] {
+		// Not asked for (a response crossing an unsubscription): left out
+		// unchecked, as Envoy does, so that a bad one cannot reject the
+		// resources that were.
+		return nil, name, true, nil
+	}
+	if err == nil {
+		m, name, err = c.checkLocked(ts.url, m, name)
+	}
 	if err == nil && sentName != "" && sentName != name {
 		err = &resourceError{url: ts.url, name: name, err: fmt.Errorf("is sent under the name %q", sentName)}
 	}
@@ -485,7 +494,7 @@ func (c *Client) admitLocked(ts *typeState, u *update, a *anypb.Any, sentName st
 		}
 		return nil, name, false, err
 	}
-	return m, name, !ts.wildcard && !ts.names[name], nil
+	return m, name, false, nil
 }
 
 // checkDuplicate returns an error if an update already has a resource of
