@@ -204,6 +204,9 @@ type Server struct {
 	stopping    chan struct{}  // closed when shutdown is set: drain timers end early
 	draining    sync.WaitGroup // drain timers
 	serving     sync.WaitGroup // connection goroutines of every listener
+	// pending are the connections in their listener filters, ended with
+	// their listener's drain or at the end of a shutdown's.
+	pending *listener.PendingConns
 
 	// For the admin API: the number of Snapshots applied and a channel the
 	// first one closes; DrainListeners' state (guarded by mu).
@@ -226,6 +229,7 @@ func NewServer(opts Options) *Server {
 		clusters:  upstream.NewManager(opts.Stats),
 		mstats:    newManagerStats(opts.Stats),
 		sockets:   listener.NewSocketTable(opts.Logger),
+		pending:   listener.NewPendingConns(),
 		buffers:   bufpool.New(),
 		listeners: map[string]*listener.Listener{},
 		retired:   map[*listener.FilterChain]bool{},
@@ -548,7 +552,7 @@ func (s *Server) Apply(snap *Snapshot) error {
 			continue
 		}
 		l, err := listener.Start(cfg, listener.Options{Logger: s.log, Stats: s.opts.Stats, Sockets: s.sockets, ConnIDs: &s.connIDs, Serving: &s.serving,
-			ByAddress: s.listenerAt})
+			ByAddress: s.listenerAt, Pending: s.pending})
 		if err != nil {
 			for _, l := range started {
 				l.StopAccepting()
@@ -591,6 +595,7 @@ func (s *Server) Apply(snap *Snapshot) error {
 				}
 			}
 			l.StopAccepting()
+			s.drainPending(l)
 			// Chains the replacement reuses keep their connections.
 			keep := map[*listener.FilterChain]bool{}
 			if repl := next[name]; repl != nil {
@@ -741,6 +746,23 @@ func (s *Server) drain(chains []*listener.FilterChain) {
 	}
 }
 
+// drainPending ends, after the drain time, the connections of l (stopped)
+// still in their listener filters, as drain ends its chains' connections
+// (a shutdown ends them all). s.mu is held.
+func (s *Server) drainPending(l *listener.Listener) {
+	s.draining.Add(1)
+	go func() {
+		defer s.draining.Done()
+		t := time.NewTimer(s.opts.DrainTime)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			s.pending.CloseFor(l)
+		case <-s.stopping:
+		}
+	}()
+}
+
 // ListenerInfo describes a running listener.
 type ListenerInfo struct {
 	Name  string
@@ -791,6 +813,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, ch := range chains {
 		ch.Conns().Close()
 	}
+	s.pending.Close()
 	<-served
 	s.draining.Wait()
 	s.httpPools.Close()

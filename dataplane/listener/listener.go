@@ -63,6 +63,9 @@ type Options struct {
 	// Serving counts the connection goroutines of all listeners, so that the
 	// owner can wait for every connection to end.
 	Serving *sync.WaitGroup
+	// Pending, if set, holds the connections running their listener
+	// filters, for the owner to end (see PendingConns).
+	Pending *PendingConns
 }
 
 // Listener accepts connections on its sockets and serves each with the filter
@@ -272,7 +275,7 @@ func (l *Listener) serveConn(c *filter.Conn, mayHandOff bool) {
 	if cfg.UseOriginalDst && mayHandOff && !c.LocalRestored {
 		c.RestoreOriginalDst() // use_original_dst implies the original_dst listener filter
 	}
-	if len(cfg.ListenerFilters) > 0 && !l.runListenerFilters(cfg, c) {
+	if len(cfg.ListenerFilters) > 0 && !l.listenerFilters(cfg, c) {
 		l.stats.preCxActive.Dec()
 		tc.Close()
 		return
@@ -446,6 +449,20 @@ func (l *Listener) Adopt(down net.Conn, m *filter.MovedConn) {
 		c.SetDrain(ch.conns)
 		ad.Adopt(ctx, c, m)
 	}()
+}
+
+// listenerFilters is runListenerFilters with c among the pending connections
+// (Options.Pending) meanwhile.
+func (l *Listener) listenerFilters(cfg *Config, c *filter.Conn) bool {
+	p := l.opts.Pending
+	if p == nil {
+		return l.runListenerFilters(cfg, c)
+	}
+	if !p.add(c, l) {
+		return false // the server is closing what is left
+	}
+	defer p.remove(c)
+	return l.runListenerFilters(cfg, c)
 }
 
 // runListenerFilters runs cfg's listener filters under the listener filter
