@@ -729,27 +729,25 @@ func (s *Server) drain(chains []*listener.FilterChain) {
 	for _, ch := range chains {
 		s.drainChain(ch)
 		s.retired[ch] = true
-		s.draining.Add(1)
-		go func() {
-			defer s.draining.Done()
-			t := time.NewTimer(s.opts.DrainTime)
-			defer t.Stop()
-			select {
-			case <-t.C:
-				ch.Conns().Close()
-			case <-s.stopping:
-			}
+		s.afterDrainTime(ch.Conns().Close, func() {
 			s.mu.Lock()
 			delete(s.retired, ch)
 			s.mu.Unlock()
-		}()
+		})
 	}
 }
 
 // drainPending ends, after the drain time, the connections of l (stopped)
 // still in their listener filters, as drain ends its chains' connections
-// (a shutdown ends them all). s.mu is held.
+// (a shutdown ends them all).
 func (s *Server) drainPending(l *listener.Listener) {
+	s.afterDrainTime(func() { s.pending.CloseFor(l) }, nil)
+}
+
+// afterDrainTime runs over once the drain time is over, unless a shutdown
+// comes first (Shutdown ends what is left itself), and then, if set, then;
+// Shutdown waits for it (draining).
+func (s *Server) afterDrainTime(over, then func()) {
 	s.draining.Add(1)
 	go func() {
 		defer s.draining.Done()
@@ -757,8 +755,11 @@ func (s *Server) drainPending(l *listener.Listener) {
 		defer t.Stop()
 		select {
 		case <-t.C:
-			s.pending.CloseFor(l)
+			over()
 		case <-s.stopping:
+		}
+		if then != nil {
+			then()
 		}
 	}()
 }
