@@ -994,7 +994,10 @@ func (c *Client) validateLocked(url string, a *anypb.Any) (proto.Message, string
 	if err != nil {
 		return nil, "", err
 	}
-	return c.checkLocked(url, m, name)
+	if err := c.checkLocked(url, m, name); err != nil {
+		return nil, name, err
+	}
+	return m, name, nil
 }
 
 // decode decodes one resource of a response and gives its name.
@@ -1012,20 +1015,20 @@ func decode(url string, a *anypb.Any) (proto.Message, string, error) {
 
 // checkLocked checks m, a decoded resource called name, as the data plane
 // would take it.
-func (c *Client) checkLocked(url string, m proto.Message, name string) (proto.Message, string, error) {
+func (c *Client) checkLocked(url string, m proto.Message, name string) error {
 	var err error
 	switch r := m.(type) {
 	case *listenerv3.Listener:
 		for _, s := range c.opts.Static.Listeners {
 			if s.GetName() == name {
-				return nil, name, &resourceError{url: url, name: name, err: errors.New("a static listener of that name exists and cannot be replaced through LDS")}
+				return &resourceError{url: url, name: name, err: errors.New("a static listener of that name exists and cannot be replaced through LDS")}
 			}
 		}
 		err = c.opts.Dataplane.ValidateListener(r)
 	case *clusterv3.Cluster:
 		for _, s := range c.opts.Static.Clusters {
 			if s.GetName() == name {
-				return nil, name, &resourceError{url: url, name: name, err: errors.New("a static cluster of that name exists and cannot be replaced through CDS")}
+				return &resourceError{url: url, name: name, err: errors.New("a static cluster of that name exists and cannot be replaced through CDS")}
 			}
 		}
 		err = c.opts.Dataplane.ValidateCluster(r)
@@ -1039,7 +1042,7 @@ func (c *Client) checkLocked(url string, m proto.Message, name string) (proto.Me
 		err = cfgerr.Validate(m)
 	}
 	if err != nil {
-		return nil, name, &resourceError{url: url, name: name, err: err}
+		return &resourceError{url: url, name: name, err: err}
 	}
-	return m, name, nil
+	return nil
 }

@@ -480,7 +480,7 @@ func (c *Client) admitLocked(ts *typeState, u *update, a *anypb.Any, sentName st
 		return nil, name, true, nil
 	}
 	if err == nil {
-		m, name, err = c.checkLocked(ts.url, m, name)
+		err = c.checkLocked(ts.url, m, name)
 	}
 	if err == nil && sentName != "" && sentName != name {
 		err = &resourceError{url: ts.url, name: name, err: fmt.Errorf("is sent under the name %q", sentName)}
