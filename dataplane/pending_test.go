@@ -13,6 +13,8 @@ import (
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/skiffproxy/skiff/internal/stats"
 )
 
 // TestPendingListenerFilterConns: a connection still in its listener
@@ -24,16 +26,9 @@ import (
 func TestPendingListenerFilterConns(t *testing.T) {
 	a := namedEcho(t, "a")
 	s, st := newTestServer(t, 200*time.Millisecond)
-	inspector, err := anypb.New(&tlsinspectorv3.TlsInspector{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	silent := func(name string) *listenerv3.Listener {
-		l := tcpListener(name, loopback0, "a")
-		l.StatPrefix = name
+		l := inspectedListener(t, name, "a")
 		l.ListenerFiltersTimeout = durationpb.New(0)
-		l.ListenerFilters = []*listenerv3.ListenerFilter{{Name: "envoy.filters.listener.tls_inspector",
-			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: inspector}}}
 		return l
 	}
 	clusters := []*clusterv3.Cluster{staticCluster("a", a)}
@@ -42,19 +37,9 @@ func TestPendingListenerFilterConns(t *testing.T) {
 	}
 	dialPending := func(name string) net.Conn {
 		t.Helper()
-		c, err := net.DialTimeout("tcp", boundAddr(t, s, name).String(), 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := dialPending(t, s, st, name)
 		t.Cleanup(func() { c.Close() })
-		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-			if v, _ := st.Value("listener." + name + ".downstream_pre_cx_active"); v == 1 {
-				return c
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("listener %s: no connection in its listener filters", name)
-			}
-		}
+		return c
 	}
 	closed := func(c net.Conn) bool {
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -85,5 +70,41 @@ func TestPendingListenerFilterConns(t *testing.T) {
 	}
 	if !closed(kept) {
 		t.Error("the pending connection was still open after Shutdown")
+	}
+}
+
+// inspectedListener is a tcp_proxy listener to cluster whose tls_inspector
+// listener filter waits for a client's first bytes; its stat prefix is its
+// name.
+func inspectedListener(t *testing.T, name, cluster string) *listenerv3.Listener {
+	t.Helper()
+	inspector, err := anypb.New(&tlsinspectorv3.TlsInspector{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := tcpListener(name, loopback0, cluster)
+	l.StatPrefix = name
+	l.ListenerFilters = []*listenerv3.ListenerFilter{{Name: "envoy.filters.listener.tls_inspector",
+		ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: inspector}}}
+	return l
+}
+
+// dialPending connects to listener name of s and waits until the connection
+// is in its listener filters (downstream_pre_cx_active 1). The caller closes
+// it.
+func dialPending(t *testing.T, s *Server, st *stats.Store, name string) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", boundAddr(t, s, name).String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		if v, _ := st.Value("listener." + name + ".downstream_pre_cx_active"); v == 1 {
+			return c // its listener filter waits for the first bytes
+		}
+		if time.Now().After(deadline) {
+			c.Close()
+			t.Fatalf("listener %s: no connection in its listener filters", name)
+		}
 	}
 }

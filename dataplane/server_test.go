@@ -17,7 +17,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -371,28 +370,13 @@ func TestClusterUpdateInPlace(t *testing.T) {
 func TestShutdownServesConnectionStillJoining(t *testing.T) {
 	a := namedEcho(t, "a")
 	s, st := newTestServer(t, time.Second)
-	l := tcpListener("l", loopback0, "a")
-	l.StatPrefix = "l"
-	inspector, _ := anypb.New(&tlsinspectorv3.TlsInspector{})
-	l.ListenerFilters = []*listenerv3.ListenerFilter{{Name: "envoy.filters.listener.tls_inspector",
-		ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: inspector}}}
+	l := inspectedListener(t, "l", "a")
 	if err := s.Apply(&Snapshot{Listeners: []*listenerv3.Listener{l}, Clusters: []*clusterv3.Cluster{staticCluster("a", a)}}); err != nil {
 		t.Fatal(err)
 	}
-	c, err := net.DialTimeout("tcp", boundAddr(t, s, "l").String(), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialPending(t, s, st, "l")
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		if v, _ := st.Value("listener.l.downstream_pre_cx_active"); v == 1 {
-			break // accepted: its listener filter waits for the first bytes
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the connection was not accepted")
-		}
-	}
 	shut := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
